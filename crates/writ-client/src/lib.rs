@@ -1,0 +1,191 @@
+//! Client library for agents and services: Mint, Downscope and Validate over gRPC.
+//!
+//! It links only the wire API (`writ-api`) and tonic, never the store, so an agent
+//! that embeds it does not pull in RocksDB. The caller's identity travels in request
+//! metadata, set once per client with [`WritClient::as_caller`] or
+//! [`WritClient::with_minter_credential`].
+#![forbid(unsafe_code)]
+
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use writ_api::pb::{self, token_service_client::TokenServiceClient};
+
+pub use writ_api::pb as proto;
+
+/// Metadata header carrying the caller's identity (interim, until mTLS).
+pub const CALLER_HEADER: &str = "x-writ-caller";
+
+/// A client-side failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Could not connect, or the address is invalid.
+    #[error("connecting to {addr}: {message}")]
+    Connect {
+        /// The server address.
+        addr: String,
+        /// Why.
+        message: String,
+    },
+    /// A header value is not valid metadata.
+    #[error("invalid {0}: not valid gRPC metadata")]
+    Metadata(&'static str),
+    /// The server refused or failed the request.
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] tonic::Status),
+}
+
+/// A connection to a Writ server, acting as one caller.
+#[derive(Clone, Debug)]
+pub struct WritClient {
+    inner: TokenServiceClient<Channel>,
+    caller: Option<MetadataValue<tonic::metadata::Ascii>>,
+    credential: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl WritClient {
+    /// Connects to `addr` (`http://host:port`, or `host:port`).
+    pub async fn connect(addr: &str) -> Result<WritClient, ClientError> {
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("http://{addr}")
+        };
+        let err = |e: &dyn std::fmt::Display| ClientError::Connect {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| err(&e))?
+            .connect()
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(WritClient {
+            inner: TokenServiceClient::new(channel),
+            caller: None,
+            credential: None,
+        })
+    }
+
+    /// Acts as the party `id` (sets `x-writ-caller`).
+    pub fn as_caller(mut self, id: &str) -> Result<WritClient, ClientError> {
+        self.caller = Some(
+            id.parse()
+                .map_err(|_| ClientError::Metadata(CALLER_HEADER))?,
+        );
+        Ok(self)
+    }
+
+    /// Acts as a minter holding `credential` (sets `authorization: Bearer ...`).
+    pub fn with_minter_credential(mut self, credential: &str) -> Result<WritClient, ClientError> {
+        let v = format!("Bearer {}", credential.trim());
+        self.credential = Some(
+            v.parse()
+                .map_err(|_| ClientError::Metadata("authorization"))?,
+        );
+        Ok(self)
+    }
+
+    fn request<T>(&self, msg: T) -> tonic::Request<T> {
+        let mut r = tonic::Request::new(msg);
+        if let Some(c) = &self.caller {
+            r.metadata_mut().insert(CALLER_HEADER, c.clone());
+        }
+        if let Some(c) = &self.credential {
+            r.metadata_mut().insert("authorization", c.clone());
+        }
+        r
+    }
+
+    /// Starts a transaction (minters only).
+    pub async fn mint(&mut self, req: pb::MintRequest) -> Result<pb::MintResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.inner.mint(r).await?.into_inner())
+    }
+
+    /// Derives a child token for the next hop (the parent's audience only).
+    pub async fn downscope(
+        &mut self,
+        req: pb::DownscopeRequest,
+    ) -> Result<pb::DownscopeResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.inner.downscope(r).await?.into_inner())
+    }
+
+    /// Introspects a token presented to this caller, optionally checking one action.
+    pub async fn validate(
+        &mut self,
+        req: pb::ValidateRequest,
+    ) -> Result<pb::ValidateResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.inner.validate(r).await?.into_inner())
+    }
+}
+
+/// Convenience constructors for the wire types agents build most.
+pub mod build {
+    use super::pb;
+
+    /// A party with a kind and client type.
+    pub fn party(id: &str, kind: pb::ActorKind, client_type: pb::ClientType) -> pb::Party {
+        pb::Party {
+            id: id.to_string(),
+            kind: kind.into(),
+            client_type: client_type.into(),
+        }
+    }
+
+    /// A confidential agent.
+    pub fn agent(id: &str) -> pb::Party {
+        party(id, pb::ActorKind::Agent, pb::ClientType::Confidential)
+    }
+
+    /// A confidential workload (API, service).
+    pub fn workload(id: &str) -> pb::Party {
+        party(id, pb::ActorKind::Workload, pb::ClientType::Confidential)
+    }
+
+    fn c(kind: pb::constraint::Kind) -> pb::Constraint {
+        pb::Constraint { kind: Some(kind) }
+    }
+
+    /// value ≤ `v`.
+    pub fn max(v: i64) -> pb::Constraint {
+        c(pb::constraint::Kind::Max(v))
+    }
+    /// value ≥ `v`.
+    pub fn min(v: i64) -> pb::Constraint {
+        c(pb::constraint::Kind::Min(v))
+    }
+    /// value ∈ `set`.
+    pub fn allow(set: &[&str]) -> pb::Constraint {
+        c(pb::constraint::Kind::Allow(pb::StringSet {
+            values: set.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+    /// value ∉ `set`.
+    pub fn deny(set: &[&str]) -> pb::Constraint {
+        c(pb::constraint::Kind::Deny(pb::StringSet {
+            values: set.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+    /// value starts with `p`.
+    pub fn prefix(p: &str) -> pb::Constraint {
+        c(pb::constraint::Kind::Prefix(p.to_string()))
+    }
+    /// value == `v`.
+    pub fn exact(v: pb::Value) -> pb::Constraint {
+        c(pb::constraint::Kind::Exact(v))
+    }
+    /// An integer value.
+    pub fn int(v: i64) -> pb::Value {
+        pb::Value {
+            kind: Some(pb::value::Kind::Int(v)),
+        }
+    }
+    /// A string value.
+    pub fn str(v: &str) -> pb::Value {
+        pb::Value {
+            kind: Some(pb::value::Kind::Str(v.to_string())),
+        }
+    }
+}

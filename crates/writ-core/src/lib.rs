@@ -1,0 +1,30 @@
+//! Writ's pure core: what a transaction token *is* and the rules that keep every hop
+//! narrower than the one before it.
+//!
+//! This crate does no I/O, spawns nothing, never reads the clock and never draws
+//! randomness: every rule takes `now` and every new token takes its entropy from the
+//! caller. That keeps the security-critical logic deterministic, testable without
+//! sleeping, and small enough to read in one sitting.
+//!
+//! Layout:
+//! - [`ids`]: transaction ids, public token ids, timestamps.
+//! - [`token`]: the opaque bearer-token format (prefix, entropy, keyed-blake3 tag) and
+//!   server key rings; turns a presented string into the hash that storage keys on.
+//! - [`claims`]: typed claim constraints, their partial order and their evaluation.
+//! - [`model`]: the token record every hop stores, parties and grants.
+//! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
+//! - [`limits`]: hard bounds on every size a request can carry.
+#![forbid(unsafe_code)]
+
+pub mod claims;
+pub mod ids;
+pub mod limits;
+pub mod model;
+pub mod narrow;
+pub mod token;
+
+pub use claims::{Claims, Constraint, Denial, Value};
+pub use ids::{TokenId, TxnId, UnixMillis};
+pub use model::{ActorKind, ClientType, Grant, Party, TokenRecord};
+pub use narrow::{ChildRequest, Dimension, MintRequest, NarrowingError, Policy};
+pub use token::{KeyRing, SecretHash, ServerKey, TokenError, TokenSecret, VerifiedToken};

@@ -1,0 +1,329 @@
+//! Minting and downscoping: the narrowing rules.
+//!
+//! [`mint`] builds a root record from a trusted minter's request. [`downscope`] builds a
+//! child from a parent and refuses, naming the [`Dimension`], anything that would give
+//! the child more than its parent: a scope the parent lacks, a wider or dropped claim,
+//! an audience outside the parent's targets, wider targets, a later expiry, an
+//! unchanged grant, a chain too deep, an actor loop, or a caller that does not hold the
+//! parent. Immutable fields (txn, subject, trust domain, tctx, rctx) are copied, never
+//! taken from the request.
+
+use crate::claims::Claims;
+use crate::ids::{TokenId, TxnId, UnixMillis};
+use crate::model::{Grant, Party, TokenRecord};
+use crate::token::VerifiedToken;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+/// Configured limits the rules enforce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Policy {
+    /// Lifetime of a minted token when the request names none, in seconds.
+    pub default_ttl_secs: u64,
+    /// Longest lifetime a minted token may have, in seconds.
+    pub max_ttl_secs: u64,
+    /// Deepest chain allowed (the root is depth 0).
+    pub max_depth: u32,
+    /// Allow a party to appear twice in one chain (A → B → A).
+    pub allow_actor_loops: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            default_ttl_secs: 300,
+            max_ttl_secs: 900,
+            max_depth: 8,
+            allow_actor_loops: false,
+        }
+    }
+}
+
+/// The dimension a refused request tried to widen or violate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dimension {
+    /// The parent is expired.
+    ParentExpired,
+    /// The caller is not the parent's audience (its holder).
+    Holder,
+    /// A requested scope is not held by the parent.
+    Scopes,
+    /// A claim is wider than, of another kind than, or would drop the parent's.
+    Claims,
+    /// The child's audience is not among the parent's targets.
+    Audience,
+    /// The child's targets are not a subset of the parent's.
+    Targets,
+    /// The child would outlive its parent, or the TTL is out of range.
+    Expiry,
+    /// The child grants exactly what the parent grants.
+    NotNarrower,
+    /// The chain would exceed the maximum depth.
+    Depth,
+    /// A party would appear twice in the chain.
+    Loop,
+}
+
+impl Dimension {
+    /// Stable machine-readable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Dimension::ParentExpired => "parent_expired",
+            Dimension::Holder => "holder",
+            Dimension::Scopes => "scopes",
+            Dimension::Claims => "claims",
+            Dimension::Audience => "audience",
+            Dimension::Targets => "targets",
+            Dimension::Expiry => "expiry",
+            Dimension::NotNarrower => "not_narrower",
+            Dimension::Depth => "depth",
+            Dimension::Loop => "loop",
+        }
+    }
+}
+
+/// A refused mint or downscope: which dimension, and a message naming the culprit.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {detail}", dimension.as_str())]
+pub struct NarrowingError {
+    /// The dimension refused.
+    pub dimension: Dimension,
+    /// What exactly was wrong.
+    pub detail: String,
+}
+
+fn refuse<T>(dimension: Dimension, detail: impl fmt::Display) -> Result<T, NarrowingError> {
+    Err(NarrowingError {
+        dimension,
+        detail: detail.to_string(),
+    })
+}
+
+/// A validated request to start a transaction.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MintRequest {
+    /// The authenticated user the transaction acts for.
+    pub subject: String,
+    /// The first agent that will hold the token.
+    pub audience: Party,
+    /// Parties the chain may reach.
+    pub targets: BTreeSet<String>,
+    /// Scopes granted.
+    pub scopes: BTreeSet<String>,
+    /// Claim constraints.
+    pub claims: Claims,
+    /// Why.
+    pub purpose: String,
+    /// Transaction context.
+    pub tctx: BTreeMap<String, String>,
+    /// Request context.
+    pub rctx: BTreeMap<String, String>,
+    /// Lifetime in seconds; `None` means the policy's default.
+    pub ttl_secs: Option<u64>,
+}
+
+/// A validated request to derive a child for the next hop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChildRequest {
+    /// The next hop: the only party the child may be presented to.
+    pub audience: Party,
+    /// Parties reachable from the child; must be a subset of the parent's.
+    pub targets: BTreeSet<String>,
+    /// Scopes; must be a subset of the parent's.
+    pub scopes: BTreeSet<String>,
+    /// Claims to narrow or add. Parent claims not named here are inherited unchanged.
+    pub claims: Claims,
+    /// Lifetime in seconds; `None` means the parent's expiry.
+    pub ttl_secs: Option<u64>,
+    /// Purpose at this hop; `None` inherits the parent's.
+    pub purpose: Option<String>,
+}
+
+/// Identity and placement of the new token, chosen by the caller of the rules.
+#[derive(Clone, Copy, Debug)]
+pub struct NewToken {
+    /// The issued token's id and hash.
+    pub token: VerifiedToken,
+    /// Transaction id (ignored by [`downscope`], which inherits the parent's).
+    pub txn: TxnId,
+    /// Issue time.
+    pub now: UnixMillis,
+}
+
+/// Builds a root record. `minter` becomes the first actor and `trust_domain` comes from
+/// configuration, never from the request.
+pub fn mint(
+    req: MintRequest,
+    minter: Party,
+    trust_domain: &str,
+    policy: &Policy,
+    new: NewToken,
+) -> Result<TokenRecord, NarrowingError> {
+    let ttl = req.ttl_secs.unwrap_or(policy.default_ttl_secs);
+    if ttl == 0 || ttl > policy.max_ttl_secs {
+        return refuse(
+            Dimension::Expiry,
+            format_args!("ttl_seconds {ttl} is outside 1..={}", policy.max_ttl_secs),
+        );
+    }
+    if req.audience.id == minter.id && !policy.allow_actor_loops {
+        return refuse(
+            Dimension::Loop,
+            format_args!("audience {:?} is the minter itself", minter.id),
+        );
+    }
+    Ok(TokenRecord {
+        token_id: new.token.token_id,
+        secret_hash: new.token.secret_hash,
+        txn: new.txn,
+        parent: None,
+        depth: 0,
+        subject: req.subject,
+        trust_domain: trust_domain.to_string(),
+        actors: vec![minter],
+        audience: req.audience,
+        grant: Grant {
+            scopes: req.scopes,
+            claims: req.claims,
+            targets: req.targets,
+            expires_at: new.now.plus_secs(ttl),
+        },
+        purpose: req.purpose,
+        tctx: req.tctx,
+        rctx: req.rctx,
+        issued_at: new.now,
+    })
+}
+
+/// Derives a child of `parent` for the caller `caller_id`. Revocation is the store's
+/// business; everything else that can refuse a child is decided here.
+pub fn downscope(
+    parent: &TokenRecord,
+    caller_id: &str,
+    req: ChildRequest,
+    policy: &Policy,
+    new: NewToken,
+) -> Result<TokenRecord, NarrowingError> {
+    let pg = &parent.grant;
+    if pg.is_expired(new.now) {
+        return refuse(Dimension::ParentExpired, "the parent token has expired");
+    }
+    if caller_id != parent.audience.id {
+        return refuse(
+            Dimension::Holder,
+            format_args!(
+                "caller {caller_id:?} is not the parent's audience {:?}",
+                parent.audience.id
+            ),
+        );
+    }
+    // Checked: a stored depth of u32::MAX must not wrap around to 0 and pass.
+    let depth = match parent.depth.checked_add(1) {
+        Some(depth) if depth <= policy.max_depth => depth,
+        _ => {
+            let depth = u64::from(parent.depth) + 1;
+            return refuse(
+                Dimension::Depth,
+                format_args!("depth {depth} exceeds max_depth {}", policy.max_depth),
+            );
+        }
+    };
+    // The parent's holder becomes the child's current actor.
+    let actor = parent.audience.clone();
+    if !policy.allow_actor_loops {
+        if parent.actors.iter().any(|a| a.id == actor.id) {
+            return refuse(
+                Dimension::Loop,
+                format_args!("actor {:?} already acted in this chain", actor.id),
+            );
+        }
+        if req.audience.id == actor.id || parent.actors.iter().any(|a| a.id == req.audience.id) {
+            return refuse(
+                Dimension::Loop,
+                format_args!("audience {:?} already acts in this chain", req.audience.id),
+            );
+        }
+    }
+    if !pg.targets.contains(&req.audience.id) {
+        return refuse(
+            Dimension::Audience,
+            format_args!(
+                "audience {:?} is not among the parent's targets",
+                req.audience.id
+            ),
+        );
+    }
+    if let Some(t) = req.targets.difference(&pg.targets).next() {
+        return refuse(
+            Dimension::Targets,
+            format_args!("target {t:?} is not among the parent's targets"),
+        );
+    }
+    if let Some(s) = req.scopes.difference(&pg.scopes).next() {
+        return refuse(
+            Dimension::Scopes,
+            format_args!("scope {s:?} is not held by the parent"),
+        );
+    }
+    let mut claims = pg.claims.clone();
+    for (name, c) in req.claims {
+        if let Some(p) = pg.claims.get(&name)
+            && !p.is_narrowed_by(&c)
+        {
+            return refuse(
+                Dimension::Claims,
+                format_args!("claim {name:?}: {c} is not within the parent's {p}"),
+            );
+        }
+        claims.insert(name, c);
+    }
+    let expires_at = match req.ttl_secs {
+        None => pg.expires_at,
+        Some(0) => return refuse(Dimension::Expiry, "ttl_seconds must be at least 1"),
+        Some(ttl) => new.now.plus_secs(ttl),
+    };
+    if expires_at > pg.expires_at {
+        return refuse(
+            Dimension::Expiry,
+            format_args!(
+                "the child would expire {} ms after its parent",
+                expires_at.0 - pg.expires_at.0
+            ),
+        );
+    }
+    let grant = Grant {
+        scopes: req.scopes,
+        claims,
+        targets: req.targets,
+        expires_at,
+    };
+    if grant == *pg {
+        return refuse(
+            Dimension::NotNarrower,
+            "the child grants exactly the parent's scopes, claims, targets and expiry; each hop must narrow at least one",
+        );
+    }
+    let mut actors = parent.actors.clone();
+    actors.push(actor);
+    Ok(TokenRecord {
+        token_id: new.token.token_id,
+        secret_hash: new.token.secret_hash,
+        txn: parent.txn,
+        parent: Some(parent.token_id),
+        depth,
+        subject: parent.subject.clone(),
+        trust_domain: parent.trust_domain.clone(),
+        actors,
+        audience: req.audience,
+        grant,
+        purpose: req.purpose.unwrap_or_else(|| parent.purpose.clone()),
+        tctx: parent.tctx.clone(),
+        rctx: parent.rctx.clone(),
+        issued_at: new.now,
+    })
+}
+
+/// The token id a record would be stored under; convenience for callers.
+pub fn id_of(record: &TokenRecord) -> TokenId {
+    record.token_id
+}

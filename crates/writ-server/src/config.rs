@@ -1,0 +1,200 @@
+//! Configuration: embedded defaults, an optional TOML file, then command-line
+//! overrides. Every field has a default, so `writ serve` runs with no file at all.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use writ_core::limits::MAX_DEPTH_CEILING;
+use writ_core::narrow::Policy;
+use writ_store::Durability;
+
+/// The whole server configuration. See the README's configuration reference.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Default: loopback only.
+    pub listen: SocketAddr,
+    /// Where the store, the server keys and the local minter credential live.
+    pub data_dir: PathBuf,
+    /// The trust domain every token belongs to (the Txn-Token `aud`).
+    pub trust_domain: String,
+    /// Token lifetime and chain limits.
+    pub tokens: TokenConfig,
+    /// Storage settings.
+    pub storage: StorageConfig,
+    /// Callers allowed to Mint. When empty, a local minter credential is generated in the
+    /// data directory on first start.
+    pub minters: Vec<MinterConfig>,
+}
+
+/// Token lifetime and chain limits.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Lifetime of a minted token when the request names none.
+    pub default_ttl_seconds: u64,
+    /// Longest lifetime a minted token may have. Tokens are never refreshed.
+    pub max_ttl_seconds: u64,
+    /// Deepest chain allowed (the root is depth 0).
+    pub max_depth: u32,
+    /// Let a party appear twice in one chain (A → B → A). Off by default.
+    pub allow_actor_loops: bool,
+}
+
+/// Storage settings.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StorageConfig {
+    /// `sync` (default): every acknowledged write is fsynced. `buffered`: survives a
+    /// process crash but a power loss may lose the last writes.
+    pub durability: Durability,
+}
+
+/// One caller allowed to Mint.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinterConfig {
+    /// The minter's identity; becomes the first actor of every chain it starts.
+    pub id: String,
+    /// `blake3` hex of the credential (print one with `writ credential-hash`).
+    pub credential_blake3: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7433)),
+            data_dir: PathBuf::from("writ-data"),
+            trust_domain: "writ.local".into(),
+            tokens: TokenConfig::default(),
+            storage: StorageConfig::default(),
+            minters: Vec::new(),
+        }
+    }
+}
+
+impl Default for TokenConfig {
+    fn default() -> Self {
+        let p = Policy::default();
+        TokenConfig {
+            default_ttl_seconds: p.default_ttl_secs,
+            max_ttl_seconds: p.max_ttl_secs,
+            max_depth: p.max_depth,
+            allow_actor_loops: p.allow_actor_loops,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("parsing {path}: {source}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: toml::de::Error,
+    },
+    /// A value is out of range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path` over the defaults, or the defaults alone.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks ranges the type system cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let t = &self.tokens;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if t.max_ttl_seconds == 0 || t.max_ttl_seconds > 86_400 {
+            return bad(format!(
+                "tokens.max_ttl_seconds = {} must be in 1..=86400",
+                t.max_ttl_seconds
+            ));
+        }
+        if t.default_ttl_seconds == 0 || t.default_ttl_seconds > t.max_ttl_seconds {
+            return bad(format!(
+                "tokens.default_ttl_seconds = {} must be in 1..=max_ttl_seconds ({})",
+                t.default_ttl_seconds, t.max_ttl_seconds
+            ));
+        }
+        if t.max_depth == 0 || t.max_depth > MAX_DEPTH_CEILING {
+            return bad(format!(
+                "tokens.max_depth = {} must be in 1..={MAX_DEPTH_CEILING}",
+                t.max_depth
+            ));
+        }
+        if writ_api::convert::id("trust_domain", &self.trust_domain).is_err() {
+            return bad("trust_domain must be a non-empty id without whitespace".into());
+        }
+        for m in &self.minters {
+            writ_api::convert::id("minters.id", &m.id)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            let mut h = [0u8; 32];
+            if hex::decode_to_slice(&m.credential_blake3, &mut h).is_err() {
+                return bad(format!(
+                    "minters {:?}: credential_blake3 must be 64 hex digits",
+                    m.id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The narrowing policy this configuration sets.
+    pub fn policy(&self) -> Policy {
+        Policy {
+            default_ttl_secs: self.tokens.default_ttl_seconds,
+            max_ttl_secs: self.tokens.max_ttl_seconds,
+            max_depth: self.tokens.max_depth,
+            allow_actor_loops: self.tokens.allow_actor_loops,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_files_override_them() {
+        Config::default().validate().unwrap();
+        let c: Config =
+            toml::from_str("trust_domain = \"bank.example\"\n[tokens]\nmax_depth = 3\n").unwrap();
+        assert_eq!(c.trust_domain, "bank.example");
+        assert_eq!(c.tokens.max_depth, 3);
+        assert_eq!(c.tokens.max_ttl_seconds, 900);
+        assert!(
+            toml::from_str::<Config>("listen_addr = \"x\"").is_err(),
+            "unknown keys are refused"
+        );
+        let c: Config = toml::from_str("[tokens]\nmax_depth = 65\n").unwrap();
+        assert!(c.validate().is_err());
+        let c: Config = toml::from_str("[tokens]\ndefault_ttl_seconds = 1000\n").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,105 @@
+//! The tonic `TokenService`: identify the caller, convert the request (validating it),
+//! call the [`Service`], convert the answer. No rules live here.
+
+use crate::auth::Authenticator;
+use crate::error::ServiceError;
+use crate::service::{Inactive, Service, Validation};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+use writ_api::convert;
+use writ_api::pb::{self, token_service_server::TokenService};
+use writ_store::TokenStore;
+
+/// The gRPC face of a [`Service`].
+#[derive(Debug)]
+pub struct GrpcService<S> {
+    service: Arc<Service<S>>,
+    auth: Authenticator,
+}
+
+impl<S> GrpcService<S> {
+    /// Wraps a service.
+    pub fn new(service: Arc<Service<S>>, auth: Authenticator) -> Self {
+        GrpcService { service, auth }
+    }
+}
+
+fn inactive_pb(i: Inactive) -> pb::InactiveReason {
+    match i {
+        Inactive::Expired => pb::InactiveReason::Expired,
+        Inactive::Revoked => pb::InactiveReason::Revoked,
+        Inactive::Unknown => pb::InactiveReason::Unknown,
+        Inactive::WrongAudience => pb::InactiveReason::WrongAudience,
+        Inactive::Malformed => pb::InactiveReason::Malformed,
+    }
+}
+
+#[tonic::async_trait]
+impl<S: TokenStore> TokenService for GrpcService<S> {
+    async fn mint(
+        &self,
+        request: Request<pb::MintRequest>,
+    ) -> Result<Response<pb::MintResponse>, Status> {
+        let caller = self
+            .auth
+            .identify(request.metadata())
+            .map_err(ServiceError::from)?;
+        let req = convert::mint_request(request.into_inner())?;
+        let (secret, record) = self.service.mint(&caller, req).await?;
+        Ok(Response::new(pb::MintResponse {
+            token: secret.expose().to_string(),
+            info: Some(convert::token_info(&record)),
+        }))
+    }
+
+    async fn downscope(
+        &self,
+        request: Request<pb::DownscopeRequest>,
+    ) -> Result<Response<pb::DownscopeResponse>, Status> {
+        let caller = self
+            .auth
+            .identify(request.metadata())
+            .map_err(ServiceError::from)?;
+        let (parent, child) = convert::downscope_request(request.into_inner())?;
+        let (secret, record) = self.service.downscope(&caller, &parent, child).await?;
+        Ok(Response::new(pb::DownscopeResponse {
+            token: secret.expose().to_string(),
+            info: Some(convert::token_info(&record)),
+        }))
+    }
+
+    async fn validate(
+        &self,
+        request: Request<pb::ValidateRequest>,
+    ) -> Result<Response<pb::ValidateResponse>, Status> {
+        let caller = self
+            .auth
+            .identify(request.metadata())
+            .map_err(ServiceError::from)?;
+        let req = request.into_inner();
+        let action = convert::action(req.action)?;
+        let answer = match self.service.validate(&caller, &req.token, action).await? {
+            Validation::Inactive(why) => pb::ValidateResponse {
+                inactive_reason: inactive_pb(why).into(),
+                ..Default::default()
+            },
+            Validation::Active { record, decision } => pb::ValidateResponse {
+                active: true,
+                inactive_reason: pb::InactiveReason::Unspecified.into(),
+                info: Some(convert::token_info(&record)),
+                decision: decision.map(|d| match d {
+                    Ok(()) => pb::ActionDecision {
+                        allowed: true,
+                        ..Default::default()
+                    },
+                    Err(denial) => pb::ActionDecision {
+                        allowed: false,
+                        denied_by: denial.denied_by,
+                        reason: denial.reason,
+                    },
+                }),
+            },
+        };
+        Ok(Response::new(answer))
+    }
+}

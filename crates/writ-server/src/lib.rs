@@ -1,0 +1,136 @@
+//! Writ's gRPC server: configuration, on-disk secrets, the caller-identity seam, the
+//! service logic and its tonic face.
+//!
+//! Layout:
+//! - [`config`]: defaults, the TOML file, validation.
+//! - [`secrets`]: the server key ring and the local minter credential on disk.
+//! - [`auth`]: the one seam that decides who is calling.
+//! - [`service`]: Mint, Downscope and Validate over any [`writ_store::TokenStore`].
+//! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
+//! - [`error`]: the service's error enum and its one mapping to gRPC codes.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod secrets;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use writ_api::pb::token_service_server::TokenServiceServer;
+use writ_core::limits::MAX_MESSAGE_BYTES;
+use writ_store::{RocksStore, StoreOptions};
+
+pub use config::Config;
+
+/// Directory of the RocksDB store inside the data directory.
+pub const DB_DIR: &str = "db";
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// A secret file could not be created, read or trusted.
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
+    /// The store could not be opened.
+    #[error("opening the store: {0}")]
+    Store(#[from] writ_store::StoreError),
+    /// Binding or serving failed.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The address actually bound (useful with port 0).
+    pub local_addr: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and closes the store.
+    pub async fn shutdown(self) -> Result<(), ServerError> {
+        let _ = self.shutdown.send(());
+        self.wait().await
+    }
+
+    /// Waits for the server to stop.
+    pub async fn wait(self) -> Result<(), ServerError> {
+        self.task
+            .await
+            .map_err(|e| ServerError::Transport(e.to_string()))?
+    }
+}
+
+/// Opens the data directory and store, binds, and starts serving in the background.
+pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    secrets::ensure_private_dir(&data_dir)?;
+    let keys = secrets::load_or_create_key_ring(&data_dir)?;
+    let mut minters = secrets::Minters::default();
+    if config.minters.is_empty() {
+        minters.add(
+            secrets::LOCAL_MINTER_ID.into(),
+            secrets::load_or_create_local_minter(&data_dir)?,
+        );
+    }
+    for m in &config.minters {
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(&m.credential_blake3, &mut digest)
+            .map_err(|e| config::ConfigError::Invalid(format!("minters {:?}: {e}", m.id)))?;
+        minters.add(m.id.clone(), digest);
+    }
+    let db_path = data_dir.join(DB_DIR);
+    let opts = StoreOptions {
+        durability: config.storage.durability,
+    };
+    let store = tokio::task::spawn_blocking(move || RocksStore::open(&db_path, opts))
+        .await
+        .map_err(|e| ServerError::Transport(e.to_string()))??;
+    let service = service::Service::new(
+        Arc::new(store),
+        keys,
+        config.policy(),
+        config.trust_domain.clone(),
+    );
+    let grpc = grpc::GrpcService::new(Arc::new(service), auth::Authenticator::new(minters));
+    let svc = TokenServiceServer::new(grpc)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::Transport(format!("binding {}: {e}", config.listen)))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Transport(e.to_string()))?;
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
+                let _ = rx.await;
+            })
+            .await
+            .map_err(|e| ServerError::Transport(e.to_string()))
+    });
+    tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "writ listening");
+    Ok(RunningServer {
+        local_addr,
+        shutdown: tx,
+        task,
+    })
+}

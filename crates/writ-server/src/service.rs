@@ -1,0 +1,198 @@
+//! The service logic of Mint, Downscope and Validate, independent of gRPC: it takes
+//! validated core values and an identified caller, applies the core's rules and talks
+//! to the store. The tonic layer in [`crate::grpc`] only converts and maps errors.
+
+use crate::auth::Caller;
+use crate::error::{ParentProblem, ServiceError};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use writ_api::convert::Action;
+use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
+use writ_core::{
+    ActorKind, ClientType, Denial, KeyRing, Party, TokenError, TokenRecord, TokenSecret, TxnId,
+    UnixMillis,
+};
+use writ_store::TokenStore;
+
+/// Why Validate answers "inactive". Machine-readable, and deliberately all it says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Inactive {
+    /// Past its expiry.
+    Expired,
+    /// Revoked, or an ancestor was.
+    Revoked,
+    /// Well-formed and correctly tagged, but not in the store.
+    Unknown,
+    /// Presented to a party that is not its audience.
+    WrongAudience,
+    /// Not a token this server issued (bad format or integrity tag).
+    Malformed,
+}
+
+/// Why a presented token names no usable record.
+enum Miss {
+    Malformed,
+    Forged,
+    Unknown,
+}
+
+/// Validate's answer.
+#[derive(Clone, Debug)]
+pub enum Validation {
+    /// The token is active; `decision` is set when an action was asked about.
+    Active {
+        /// The stored record.
+        record: Box<TokenRecord>,
+        /// The action verdict, if one was asked.
+        decision: Option<Result<(), Denial>>,
+    },
+    /// The token is not active.
+    Inactive(Inactive),
+}
+
+/// The service state shared by every request.
+#[derive(Debug)]
+pub struct Service<S> {
+    store: Arc<S>,
+    keys: KeyRing,
+    policy: Policy,
+    trust_domain: String,
+}
+
+/// The wall clock, read in exactly one place.
+#[allow(clippy::disallowed_methods)]
+pub fn now() -> UnixMillis {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    UnixMillis(u64::try_from(ms).unwrap_or(u64::MAX))
+}
+
+impl<S: TokenStore> Service<S> {
+    /// A service over `store`, signing with `keys`.
+    pub fn new(store: Arc<S>, keys: KeyRing, policy: Policy, trust_domain: String) -> Self {
+        Service {
+            store,
+            keys,
+            policy,
+            trust_domain,
+        }
+    }
+
+    fn issue(&self, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
+        let (secret, token) = self.keys.issue(rand::random());
+        (secret, NewToken { token, txn, now })
+    }
+
+    /// Starts a transaction for a minter.
+    pub async fn mint(
+        &self,
+        caller: &Caller,
+        req: MintRequest,
+    ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
+        let minter = match caller {
+            Caller::Minter(id) => id.clone(),
+            Caller::Party(id) => {
+                return Err(ServiceError::PermissionDenied(format!(
+                    "caller {id:?} is not a configured minter"
+                )));
+            }
+            Caller::Anonymous => {
+                return Err(ServiceError::Unauthenticated(
+                    "authorization: Mint requires a minter credential (`authorization: Bearer <credential>`)".into(),
+                ));
+            }
+        };
+        let now = now();
+        let (secret, new) = self.issue(TxnId::new(now, rand::random()), now);
+        let minter = Party {
+            id: minter,
+            kind: ActorKind::Workload,
+            client_type: ClientType::Confidential,
+        };
+        let record = narrow::mint(req, minter, &self.trust_domain, &self.policy, new)
+            .map_err(ServiceError::MintRefused)?;
+        self.store.insert(record.clone()).await?;
+        tracing::info!(txn = %record.txn, token_id = %record.token_id, audience = %record.audience.id, "minted");
+        Ok((secret, record))
+    }
+
+    /// Looks up the record a presented token names. The integrity check runs first, so
+    /// a forged or mistyped token never reaches the store.
+    async fn lookup(&self, presented: &str) -> Result<Result<TokenRecord, Miss>, ServiceError> {
+        let verified = match self.keys.verify(presented) {
+            Ok(v) => v,
+            Err(TokenError::Malformed) => return Ok(Err(Miss::Malformed)),
+            Err(TokenError::Forged) => return Ok(Err(Miss::Forged)),
+        };
+        match self.store.get(verified.token_id).await? {
+            Some(r) if r.secret_hash.ct_eq(&verified.secret_hash) => Ok(Ok(r)),
+            _ => Ok(Err(Miss::Unknown)),
+        }
+    }
+
+    /// Derives a child of `parent_token` for the next hop.
+    pub async fn downscope(
+        &self,
+        caller: &Caller,
+        parent_token: &str,
+        req: ChildRequest,
+    ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
+        let Some(caller_id) = caller.id() else {
+            return Err(ServiceError::Unauthenticated(
+                "x-writ-caller: Downscope requires the caller's identity (the parent's audience)"
+                    .into(),
+            ));
+        };
+        let parent = match self.lookup(parent_token).await? {
+            Ok(p) => p,
+            Err(Miss::Malformed) => {
+                return Err(ServiceError::ParentToken(ParentProblem::Malformed));
+            }
+            Err(Miss::Forged | Miss::Unknown) => {
+                return Err(ServiceError::ParentToken(ParentProblem::Invalid));
+            }
+        };
+        let now = now();
+        let (secret, new) = self.issue(parent.txn, now);
+        let child = narrow::downscope(&parent, caller_id, req, &self.policy, new)?;
+        self.store.insert(child.clone()).await?;
+        tracing::info!(
+            txn = %child.txn, token_id = %child.token_id, parent = %parent.token_id,
+            actor = %caller_id, audience = %child.audience.id, depth = child.depth, "downscoped"
+        );
+        Ok((secret, child))
+    }
+
+    /// Introspects a token for the calling party, optionally checking one action.
+    pub async fn validate(
+        &self,
+        caller: &Caller,
+        token: &str,
+        action: Option<Action>,
+    ) -> Result<Validation, ServiceError> {
+        let Some(caller_id) = caller.id() else {
+            return Err(ServiceError::Unauthenticated(
+                "x-writ-caller: Validate requires the identity of the validating service".into(),
+            ));
+        };
+        let record = match self.lookup(token).await? {
+            Ok(r) => r,
+            Err(Miss::Malformed | Miss::Forged) => {
+                return Ok(Validation::Inactive(Inactive::Malformed));
+            }
+            Err(Miss::Unknown) => return Ok(Validation::Inactive(Inactive::Unknown)),
+        };
+        if record.audience.id != caller_id {
+            return Ok(Validation::Inactive(Inactive::WrongAudience));
+        }
+        if record.grant.is_expired(now()) {
+            return Ok(Validation::Inactive(Inactive::Expired));
+        }
+        let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
+        Ok(Validation::Active {
+            record: Box::new(record),
+            decision,
+        })
+    }
+}

@@ -1,0 +1,300 @@
+//! The `writ` binary: `writ serve` runs the service; the other commands are a client
+//! for trying it by hand and for scripts (`--json` prints one JSON object on stdout).
+//! `anyhow` lives here and nowhere else.
+#![forbid(unsafe_code)]
+
+mod args;
+mod output;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use writ_api::pb;
+use writ_client::{ClientError, WritClient};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "writ",
+    version,
+    about = "Short-lived transaction tokens for AI-agent call chains"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the Writ service (embedded defaults: 127.0.0.1:7433, ./writ-data).
+    Serve(ServeArgs),
+    /// Start a transaction: mint a root token (needs the minter credential).
+    Mint(MintArgs),
+    /// Derive a narrower child token for the next hop.
+    Downscope(DownscopeArgs),
+    /// Introspect a token, optionally checking one action.
+    Validate(ValidateArgs),
+    /// Print the blake3 digest of a minter credential read from stdin, for `[[minters]]`.
+    CredentialHash,
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// TOML configuration file (optional; every setting has a default).
+    #[arg(long, env = "WRIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address to listen on; overrides the configuration.
+    #[arg(long)]
+    listen: Option<std::net::SocketAddr>,
+    /// Data directory; overrides the configuration.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+struct ClientArgs {
+    /// Server address.
+    #[arg(long, env = "WRIT_SERVER", default_value = "http://127.0.0.1:7433")]
+    server: String,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+struct Narrowing {
+    /// Party the token is bound to (the next hop).
+    #[arg(long)]
+    audience: String,
+    /// Kind of the audience: agent, user or workload.
+    #[arg(long, default_value = "agent")]
+    audience_kind: args::Kind,
+    /// Client type of the audience: confidential or public.
+    #[arg(long, default_value = "confidential")]
+    audience_client: args::ClientKind,
+    /// A party the chain may still reach (repeatable).
+    #[arg(long = "target")]
+    targets: Vec<String>,
+    /// A scope (repeatable).
+    #[arg(long = "scope")]
+    scopes: Vec<String>,
+    /// A claim NAME:KIND:VALUE, KIND one of max, min, allow, deny, prefix, exact, exact-int
+    /// (e.g. amount:max:500, category:deny:health,gambling, path:prefix:/trips/).
+    #[arg(long = "claim", value_parser = args::parse_claim)]
+    claims: Vec<(String, pb::Constraint)>,
+    /// Lifetime in seconds (mint: default from configuration; downscope: the parent's expiry).
+    #[arg(long)]
+    ttl: Option<u32>,
+    /// Purpose of the transaction at this hop.
+    #[arg(long)]
+    purpose: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct MintArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The authenticated user the transaction acts for.
+    #[arg(long)]
+    subject: String,
+    #[command(flatten)]
+    narrowing: Narrowing,
+    /// Transaction context entry KEY=VALUE (repeatable).
+    #[arg(long, value_parser = args::parse_kv)]
+    tctx: Vec<(String, String)>,
+    /// Request context entry KEY=VALUE (repeatable), e.g. req_ip=203.0.113.7.
+    #[arg(long, value_parser = args::parse_kv)]
+    rctx: Vec<(String, String)>,
+    /// The minter credential itself (prefer the file).
+    #[arg(long, env = "WRIT_MINTER_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+    /// File holding the minter credential.
+    #[arg(long, default_value = "writ-data/minter.credential")]
+    credential_file: PathBuf,
+}
+
+#[derive(Args, Debug)]
+struct DownscopeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The parent token (prefer the WRIT_TOKEN environment variable).
+    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Who is downscoping: the parent token's audience.
+    #[arg(long = "as")]
+    caller: String,
+    #[command(flatten)]
+    narrowing: Narrowing,
+}
+
+#[derive(Args, Debug)]
+struct ValidateArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The token to check (prefer the WRIT_TOKEN environment variable).
+    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
+    token: String,
+    /// Who is validating: must be the token's audience.
+    #[arg(long = "as")]
+    caller: String,
+    /// Check an action that needs this scope.
+    #[arg(long)]
+    scope: Option<String>,
+    /// Action attribute KEY=VALUE (integer if it parses as one), repeatable.
+    #[arg(long = "attr", value_parser = args::parse_attr, requires = "scope")]
+    attrs: Vec<(String, pb::Value)>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("writ: starting the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("writ: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Serve(a) => serve(a).await,
+        Command::Mint(a) => mint(a).await,
+        Command::Downscope(a) => downscope(a).await,
+        Command::Validate(a) => validate(a).await,
+        Command::CredentialHash => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the credential from stdin")?;
+            println!("{}", writ_server::secrets::credential_hex(s.trim()));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn serve(a: ServeArgs) -> Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = writ_server::Config::load(a.config.as_deref())?;
+    if let Some(l) = a.listen {
+        config.listen = l;
+    }
+    if let Some(d) = a.data_dir {
+        config.data_dir = d;
+    }
+    let running = writ_server::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    running.shutdown().await?;
+    tracing::info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a refusal the way scripts and people both read it, and picks the exit code.
+fn refused(json: bool, e: ClientError) -> Result<ExitCode> {
+    match e {
+        ClientError::Status(s) => {
+            if json {
+                println!("{}", output::status_json(&s));
+            }
+            eprintln!(
+                "writ: refused: {}: {}",
+                output::code_name(s.code()),
+                s.message()
+            );
+            Ok(ExitCode::from(1))
+        }
+        other => Err(other.into()),
+    }
+}
+
+async fn mint(a: MintArgs) -> Result<ExitCode> {
+    let credential = match a.credential {
+        Some(c) => c,
+        None => std::fs::read_to_string(&a.credential_file).with_context(|| {
+            format!(
+                "reading the minter credential from {}",
+                a.credential_file.display()
+            )
+        })?,
+    };
+    let mut client = WritClient::connect(&a.client.server)
+        .await?
+        .with_minter_credential(credential.trim())?;
+    let n = a.narrowing;
+    let req = pb::MintRequest {
+        subject: a.subject,
+        audience: Some(args::party(&n.audience, n.audience_kind, n.audience_client)),
+        targets: n.targets,
+        scopes: n.scopes,
+        claims: n.claims.into_iter().collect(),
+        purpose: n.purpose.unwrap_or_default(),
+        tctx: a.tctx.into_iter().collect(),
+        rctx: a.rctx.into_iter().collect(),
+        ttl_seconds: n.ttl.unwrap_or(0),
+    };
+    match client.mint(req).await {
+        Ok(r) => output::issued(a.client.json, &r.token, r.info.as_ref()),
+        Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn downscope(a: DownscopeArgs) -> Result<ExitCode> {
+    let mut client = WritClient::connect(&a.client.server)
+        .await?
+        .as_caller(&a.caller)?;
+    let n = a.narrowing;
+    let req = pb::DownscopeRequest {
+        parent_token: a.token,
+        audience: Some(args::party(&n.audience, n.audience_kind, n.audience_client)),
+        targets: n.targets,
+        scopes: n.scopes,
+        claims: n.claims.into_iter().collect(),
+        ttl_seconds: n.ttl.unwrap_or(0),
+        purpose: n.purpose.unwrap_or_default(),
+    };
+    match client.downscope(req).await {
+        Ok(r) => output::issued(a.client.json, &r.token, r.info.as_ref()),
+        Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn validate(a: ValidateArgs) -> Result<ExitCode> {
+    let mut client = WritClient::connect(&a.client.server)
+        .await?
+        .as_caller(&a.caller)?;
+    let action = a.scope.map(|scope| pb::Action {
+        scope,
+        attributes: a.attrs.into_iter().collect(),
+    });
+    match client
+        .validate(pb::ValidateRequest {
+            token: a.token,
+            action,
+        })
+        .await
+    {
+        Ok(r) => output::validation(a.client.json, &r),
+        Err(e) => refused(a.client.json, e),
+    }
+}

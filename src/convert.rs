@@ -1,0 +1,554 @@
+//! Wire ⇄ core conversions. Wire → core validates (and is the only validation of
+//! request shape in Writ); core → wire cannot fail.
+
+use crate::pb;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use writ_core::limits::*;
+use writ_core::narrow::{ChildRequest, MintRequest};
+use writ_core::{ActorKind, Claims, ClientType, Constraint, Party, TokenRecord, Value};
+
+/// A request field that failed validation. Becomes `INVALID_ARGUMENT` naming the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    /// Dotted path of the offending field, e.g. `claims["amount"].allow`.
+    pub field: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl From<FieldError> for tonic::Status {
+    fn from(e: FieldError) -> Self {
+        tonic::Status::invalid_argument(e.to_string())
+    }
+}
+
+type Result<T> = std::result::Result<T, FieldError>;
+
+fn bad<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
+    Err(FieldError {
+        field: field.into(),
+        message: message.into(),
+    })
+}
+
+/// A bounded, printable string: no control characters, at most `max` bytes.
+fn text(field: &str, s: &str, max: usize) -> Result<()> {
+    if s.len() > max {
+        return bad(field, format!("is {} bytes; the limit is {max}", s.len()));
+    }
+    if s.chars().any(char::is_control) {
+        return bad(field, "contains control characters");
+    }
+    Ok(())
+}
+
+/// A party or subject id: non-empty, printable, no whitespace, bounded.
+pub fn id(field: &str, s: &str) -> Result<String> {
+    if s.is_empty() {
+        return bad(field, "is required");
+    }
+    text(field, s, MAX_ID_LEN)?;
+    if s.chars().any(char::is_whitespace) {
+        return bad(field, "contains whitespace");
+    }
+    Ok(s.to_string())
+}
+
+/// A claim, attribute or context key: 1..=64 bytes of `[A-Za-z0-9_.:-]`.
+fn name(field: &str, s: &str) -> Result<()> {
+    if s.is_empty() || s.len() > MAX_CLAIM_NAME_LEN {
+        return bad(
+            field,
+            format!("names must be 1..={MAX_CLAIM_NAME_LEN} bytes"),
+        );
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.:-".contains(&b))
+    {
+        return bad(
+            field,
+            format!("name {s:?} may only contain letters, digits and _ . : -"),
+        );
+    }
+    Ok(())
+}
+
+fn kind(field: &str, k: i32) -> Result<ActorKind> {
+    match pb::ActorKind::try_from(k) {
+        Ok(pb::ActorKind::User) => Ok(ActorKind::User),
+        Ok(pb::ActorKind::Agent) => Ok(ActorKind::Agent),
+        Ok(pb::ActorKind::Workload) => Ok(ActorKind::Workload),
+        _ => bad(field, "must be USER, AGENT or WORKLOAD"),
+    }
+}
+
+fn client_type(field: &str, c: i32) -> Result<ClientType> {
+    match pb::ClientType::try_from(c) {
+        Ok(pb::ClientType::Confidential) => Ok(ClientType::Confidential),
+        Ok(pb::ClientType::Public) => Ok(ClientType::Public),
+        _ => bad(field, "must be CONFIDENTIAL or PUBLIC"),
+    }
+}
+
+/// A required party.
+pub fn party(field: &str, p: Option<pb::Party>) -> Result<Party> {
+    let Some(p) = p else {
+        return bad(field, "is required");
+    };
+    Ok(Party {
+        id: id(&format!("{field}.id"), &p.id)?,
+        kind: kind(&format!("{field}.kind"), p.kind)?,
+        client_type: client_type(&format!("{field}.client_type"), p.client_type)?,
+    })
+}
+
+/// Scopes: RFC 6749 scope-tokens (printable ASCII except space, `"` and `\`), bounded.
+pub fn scopes(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
+    if v.len() > MAX_SCOPES {
+        return bad(
+            field,
+            format!("has {} entries; the limit is {MAX_SCOPES}", v.len()),
+        );
+    }
+    v.into_iter()
+        .map(|s| {
+            let ok = !s.is_empty()
+                && s.len() <= MAX_SCOPE_LEN
+                && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+            if ok {
+                Ok(s)
+            } else {
+                bad(field, format!("{s:?} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)"))
+            }
+        })
+        .collect()
+}
+
+/// Targets: party ids, bounded.
+pub fn targets(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
+    if v.len() > MAX_TARGETS {
+        return bad(
+            field,
+            format!("has {} entries; the limit is {MAX_TARGETS}", v.len()),
+        );
+    }
+    v.iter().map(|t| id(field, t)).collect()
+}
+
+fn string_set(field: &str, s: Option<pb::StringSet>) -> Result<BTreeSet<String>> {
+    let values = s.map(|s| s.values).unwrap_or_default();
+    if values.len() > MAX_SET_ITEMS {
+        return bad(
+            field,
+            format!("has {} members; the limit is {MAX_SET_ITEMS}", values.len()),
+        );
+    }
+    values
+        .into_iter()
+        .map(|v| text(field, &v, MAX_VALUE_LEN).map(|()| v))
+        .collect()
+}
+
+/// A wire value (exact claim value or action attribute).
+pub fn value(field: &str, v: Option<pb::Value>) -> Result<Value> {
+    match v.and_then(|v| v.kind) {
+        Some(pb::value::Kind::Int(i)) => Ok(Value::Int(i)),
+        Some(pb::value::Kind::Str(s)) => text(field, &s, MAX_VALUE_LEN).map(|()| Value::Str(s)),
+        None => bad(field, "a value must be int or str"),
+    }
+}
+
+/// One constraint; an unset kind is refused, never skipped.
+pub fn constraint(field: &str, c: pb::Constraint) -> Result<Constraint> {
+    use pb::constraint::Kind;
+    Ok(match c.kind {
+        Some(Kind::Max(v)) => Constraint::Max(v),
+        Some(Kind::Min(v)) => Constraint::Min(v),
+        Some(Kind::Allow(s)) => {
+            Constraint::AllowSet(string_set(&format!("{field}.allow"), Some(s))?)
+        }
+        Some(Kind::Deny(s)) => Constraint::DenySet(string_set(&format!("{field}.deny"), Some(s))?),
+        Some(Kind::Prefix(p)) => {
+            text(&format!("{field}.prefix"), &p, MAX_VALUE_LEN)?;
+            Constraint::Prefix(p)
+        }
+        Some(Kind::Exact(v)) => Constraint::Exact(value(&format!("{field}.exact"), Some(v))?),
+        None => {
+            return bad(
+                field,
+                "a constraint kind (max, min, allow, deny, prefix, exact) is required",
+            );
+        }
+    })
+}
+
+/// Claims: bounded, named, each with a known constraint kind.
+pub fn claims(field: &str, m: HashMap<String, pb::Constraint>) -> Result<Claims> {
+    if m.len() > MAX_CLAIMS {
+        return bad(
+            field,
+            format!("has {} entries; the limit is {MAX_CLAIMS}", m.len()),
+        );
+    }
+    m.into_iter()
+        .map(|(k, c)| {
+            let f = format!("{field}[{k:?}]");
+            name(&f, &k)?;
+            Ok((k, constraint(&f, c)?))
+        })
+        .collect()
+}
+
+/// `tctx` / `rctx`: bounded string maps.
+pub fn context(field: &str, m: HashMap<String, String>) -> Result<BTreeMap<String, String>> {
+    if m.len() > MAX_CONTEXT_ENTRIES {
+        return bad(
+            field,
+            format!(
+                "has {} entries; the limit is {MAX_CONTEXT_ENTRIES}",
+                m.len()
+            ),
+        );
+    }
+    m.into_iter()
+        .map(|(k, v)| {
+            let f = format!("{field}[{k:?}]");
+            name(&f, &k)?;
+            text(&f, &v, MAX_VALUE_LEN)?;
+            Ok((k, v))
+        })
+        .collect()
+}
+
+fn purpose(field: &str, s: String) -> Result<String> {
+    text(field, &s, MAX_VALUE_LEN).map(|()| s)
+}
+
+fn ttl(v: u32) -> Option<u64> {
+    (v != 0).then_some(u64::from(v))
+}
+
+/// Validates a Mint request.
+pub fn mint_request(r: pb::MintRequest) -> Result<MintRequest> {
+    Ok(MintRequest {
+        subject: id("subject", &r.subject)?,
+        audience: party("audience", r.audience)?,
+        targets: targets("targets", r.targets)?,
+        scopes: scopes("scopes", r.scopes)?,
+        claims: claims("claims", r.claims)?,
+        purpose: purpose("purpose", r.purpose)?,
+        tctx: context("tctx", r.tctx)?,
+        rctx: context("rctx", r.rctx)?,
+        ttl_secs: ttl(r.ttl_seconds),
+    })
+}
+
+/// Validates a Downscope request; returns the presented parent token and the child spec.
+pub fn downscope_request(r: pb::DownscopeRequest) -> Result<(String, ChildRequest)> {
+    if r.parent_token.is_empty() {
+        return bad("parent_token", "is required");
+    }
+    let child = ChildRequest {
+        audience: party("audience", r.audience)?,
+        targets: targets("targets", r.targets)?,
+        scopes: scopes("scopes", r.scopes)?,
+        claims: claims("claims", r.claims)?,
+        ttl_secs: ttl(r.ttl_seconds),
+        purpose: if r.purpose.is_empty() {
+            None
+        } else {
+            Some(purpose("purpose", r.purpose)?)
+        },
+    };
+    Ok((r.parent_token, child))
+}
+
+/// An action to check: the required scope and its attributes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Action {
+    /// The scope the action needs.
+    pub scope: String,
+    /// Attributes the claims are evaluated against.
+    pub attributes: BTreeMap<String, Value>,
+}
+
+/// Validates the optional action of a Validate request.
+pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
+    let Some(a) = a else { return Ok(None) };
+    let scope = scopes("action.scope", vec![a.scope])?.into_iter().next();
+    let Some(scope) = scope else {
+        return bad("action.scope", "is required");
+    };
+    if a.attributes.len() > MAX_ATTRIBUTES {
+        return bad(
+            "action.attributes",
+            format!(
+                "has {} entries; the limit is {MAX_ATTRIBUTES}",
+                a.attributes.len()
+            ),
+        );
+    }
+    let attributes = a
+        .attributes
+        .into_iter()
+        .map(|(k, v)| {
+            let f = format!("action.attributes[{k:?}]");
+            name(&f, &k)?;
+            Ok((k, value(&f, Some(v))?))
+        })
+        .collect::<Result<_>>()?;
+    Ok(Some(Action { scope, attributes }))
+}
+
+// ---- core → wire ----
+
+fn kind_pb(k: ActorKind) -> pb::ActorKind {
+    match k {
+        ActorKind::User => pb::ActorKind::User,
+        ActorKind::Agent => pb::ActorKind::Agent,
+        ActorKind::Workload => pb::ActorKind::Workload,
+    }
+}
+
+fn client_type_pb(c: ClientType) -> pb::ClientType {
+    match c {
+        ClientType::Confidential => pb::ClientType::Confidential,
+        ClientType::Public => pb::ClientType::Public,
+    }
+}
+
+/// A core party on the wire.
+pub fn party_pb(p: &Party) -> pb::Party {
+    pb::Party {
+        id: p.id.clone(),
+        kind: kind_pb(p.kind).into(),
+        client_type: client_type_pb(p.client_type).into(),
+    }
+}
+
+/// A core value on the wire.
+pub fn value_pb(v: &Value) -> pb::Value {
+    let kind = match v {
+        Value::Int(i) => pb::value::Kind::Int(*i),
+        Value::Str(s) => pb::value::Kind::Str(s.clone()),
+    };
+    pb::Value { kind: Some(kind) }
+}
+
+/// A core constraint on the wire.
+pub fn constraint_pb(c: &Constraint) -> pb::Constraint {
+    use pb::constraint::Kind;
+    let set = |s: &BTreeSet<String>| pb::StringSet {
+        values: s.iter().cloned().collect(),
+    };
+    let kind = match c {
+        Constraint::Max(v) => Kind::Max(*v),
+        Constraint::Min(v) => Kind::Min(*v),
+        Constraint::AllowSet(s) => Kind::Allow(set(s)),
+        Constraint::DenySet(s) => Kind::Deny(set(s)),
+        Constraint::Prefix(p) => Kind::Prefix(p.clone()),
+        Constraint::Exact(v) => Kind::Exact(value_pb(v)),
+    };
+    pb::Constraint { kind: Some(kind) }
+}
+
+/// Claims on the wire.
+pub fn claims_pb(c: &Claims) -> HashMap<String, pb::Constraint> {
+    c.iter()
+        .map(|(k, v)| (k.clone(), constraint_pb(v)))
+        .collect()
+}
+
+/// The actor chain nested RFC 8693-style: current actor outermost.
+pub fn act_pb(actors: &[Party]) -> Option<pb::Act> {
+    actors.iter().fold(None, |inner, p| {
+        Some(pb::Act {
+            id: p.id.clone(),
+            kind: kind_pb(p.kind).into(),
+            client_type: client_type_pb(p.client_type).into(),
+            act: inner.map(Box::new),
+        })
+    })
+}
+
+/// Everything a record says, for Validate and the mint/downscope responses. Never the secret.
+pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
+    let actor = r.current_actor();
+    pb::TokenInfo {
+        token_id: r.token_id.to_string(),
+        txn: r.txn.to_string(),
+        parent_token_id: r.parent.map(|p| p.to_string()).unwrap_or_default(),
+        depth: r.depth,
+        subject: r.subject.clone(),
+        trust_domain: r.trust_domain.clone(),
+        act: act_pb(&r.actors),
+        audience: Some(party_pb(&r.audience)),
+        targets: r.grant.targets.iter().cloned().collect(),
+        scopes: r.grant.scopes.iter().cloned().collect(),
+        claims: claims_pb(&r.grant.claims),
+        purpose: r.purpose.clone(),
+        tctx: r.tctx.clone().into_iter().collect(),
+        rctx: r.rctx.clone().into_iter().collect(),
+        issued_at_unix_ms: r.issued_at.0,
+        expires_at_unix_ms: r.grant.expires_at.0,
+        agent_traffic: actor.kind == ActorKind::Agent,
+        actor_client_type: client_type_pb(actor.client_type).into(),
+    }
+}
+
+/// Wire → core for a constraint, used by clients that read `TokenInfo` back.
+pub fn claims_from_pb(m: HashMap<String, pb::Constraint>) -> Result<Claims> {
+    claims("claims", m)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn agent(id: &str) -> Option<pb::Party> {
+        Some(pb::Party {
+            id: id.into(),
+            kind: pb::ActorKind::Agent.into(),
+            client_type: pb::ClientType::Confidential.into(),
+        })
+    }
+
+    fn mint() -> pb::MintRequest {
+        pb::MintRequest {
+            subject: "alice".into(),
+            audience: agent("planner"),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn every_refusal_names_its_field() {
+        let cases: Vec<(pb::MintRequest, &str)> = vec![
+            (
+                pb::MintRequest {
+                    subject: String::new(),
+                    ..mint()
+                },
+                "subject",
+            ),
+            (
+                pb::MintRequest {
+                    audience: None,
+                    ..mint()
+                },
+                "audience",
+            ),
+            (
+                pb::MintRequest {
+                    audience: Some(pb::Party {
+                        kind: 0,
+                        ..agent("x").unwrap()
+                    }),
+                    ..mint()
+                },
+                "audience.kind",
+            ),
+            (
+                pb::MintRequest {
+                    audience: Some(pb::Party {
+                        client_type: 9,
+                        ..agent("x").unwrap()
+                    }),
+                    ..mint()
+                },
+                "audience.client_type",
+            ),
+            (
+                pb::MintRequest {
+                    scopes: vec!["a b".into()],
+                    ..mint()
+                },
+                "scopes",
+            ),
+            (
+                pb::MintRequest {
+                    scopes: (0..=MAX_SCOPES).map(|i| format!("s{i}")).collect(),
+                    ..mint()
+                },
+                "scopes",
+            ),
+            (
+                pb::MintRequest {
+                    targets: vec!["".into()],
+                    ..mint()
+                },
+                "targets",
+            ),
+            (
+                pb::MintRequest {
+                    claims: [("amount".into(), pb::Constraint { kind: None })].into(),
+                    ..mint()
+                },
+                "claims[\"amount\"]",
+            ),
+            (
+                pb::MintRequest {
+                    claims: [(
+                        "bad name".into(),
+                        pb::Constraint {
+                            kind: Some(pb::constraint::Kind::Max(1)),
+                        },
+                    )]
+                    .into(),
+                    ..mint()
+                },
+                "claims[\"bad name\"]",
+            ),
+            (
+                pb::MintRequest {
+                    tctx: [("k".into(), "x".repeat(MAX_VALUE_LEN + 1))].into(),
+                    ..mint()
+                },
+                "tctx[\"k\"]",
+            ),
+            (
+                pb::MintRequest {
+                    purpose: "a\u{0}b".into(),
+                    ..mint()
+                },
+                "purpose",
+            ),
+        ];
+        for (req, field) in cases {
+            let err = mint_request(req).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        assert!(mint_request(mint()).is_ok());
+    }
+
+    #[test]
+    fn act_nests_current_actor_outermost() {
+        let p = |id: &str| Party {
+            id: id.into(),
+            kind: ActorKind::Agent,
+            client_type: ClientType::Public,
+        };
+        let act = act_pb(&[p("gw"), p("planner"), p("booking")]).unwrap();
+        assert_eq!(act.id, "booking");
+        let inner = act.act.unwrap();
+        assert_eq!(inner.id, "planner");
+        assert_eq!(inner.act.unwrap().id, "gw");
+    }
+
+    #[test]
+    fn constraints_round_trip() {
+        let c: Claims = [
+            ("a".to_string(), Constraint::Max(5)),
+            (
+                "b".to_string(),
+                Constraint::DenySet(["x".to_string()].into()),
+            ),
+            ("c".to_string(), Constraint::Exact(Value::Str("EUR".into()))),
+        ]
+        .into();
+        assert_eq!(claims_from_pb(claims_pb(&c)).unwrap(), c);
+    }
+}

@@ -1,0 +1,18 @@
+//! Writ's wire API: the `writ.v1` types generated from `proto/` (compiled once, by the
+//! root `build.rs`) and [`convert`], the one place where wire types become core types.
+//!
+//! Every incoming request is validated while it is converted: ids, scopes, claims and
+//! contexts are checked against [`writ_core::limits`] and every required field is
+//! present, so handlers only ever see valid core values. Errors name the field.
+//! Both the server and the client link this crate; it never depends on the store.
+#![forbid(unsafe_code)]
+
+pub mod convert;
+
+/// Generated protobuf types and gRPC stubs for package `writ.v1`.
+#[allow(missing_docs, missing_debug_implementations, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("writ.v1");
+}
+
+pub use convert::FieldError;
