@@ -63,7 +63,7 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, and closes the store.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(());
-        self.wait().await
+        self.task.await.map_err(|e| ServerError::Transport(e.to_string()))?
     }
 
     /// Waits for the server to stop.

@@ -1,0 +1,32 @@
+//! Writ's storage: where token records live between the hop that mints them and every
+//! hop that validates them.
+//!
+//! The service logic only ever talks to the [`TokenStore`] trait. It is deliberately
+//! small (insert, point read, per-transaction index scan) and its futures are `Send`
+//! and own their work, so a networked, distributed backend (a Redis Cluster store is
+//! planned) can implement it without the core or the server changing. No RocksDB type
+//! appears in this crate's public API.
+//!
+//! Layout:
+//! - [`api`]: the [`TokenStore`] contract and the crate's one error type, [`StoreError`].
+//! - `keys`: the byte layout of every key and the column-family names (the only place
+//!   that knows them).
+//! - `codec`: the versioned encoding of a stored [`TokenRecord`](writ_core::TokenRecord).
+//! - [`rocks`]: [`RocksStore`], the embedded, durable RocksDB backend.
+//! - [`memory`]: [`MemoryStore`], an in-process backend with the same semantics, for
+//!   fast tests of the layers above.
+#![forbid(unsafe_code)]
+#![cfg_attr(test, allow(clippy::unwrap_used))]
+
+pub mod api;
+mod codec;
+mod keys;
+pub mod memory;
+pub mod rocks;
+
+#[cfg(test)]
+mod conformance;
+
+pub use api::{StoreError, TokenStore};
+pub use memory::MemoryStore;
+pub use rocks::{Durability, RocksStore, StoreOptions};

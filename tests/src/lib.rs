@@ -1,0 +1,428 @@
+//! Harness for Writ's end-to-end tests; the tests themselves live in `tests/tests/`.
+//!
+//! Every test starts the real server in-process on `127.0.0.1:0` with its own temporary
+//! data directory and talks to it over real gRPC through [`WritClient`], exactly as an
+//! agent would. Helpers here build the requests the tests send and check the answers,
+//! panicking with the full refusal when something is not what a test expects.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tempfile::TempDir;
+use tonic::Code;
+use writ_client::{ClientError, WritClient};
+use writ_server::RunningServer;
+
+pub use writ_client::build;
+pub use writ_client::proto as pb;
+pub use writ_server::Config;
+
+/// Identity of the local minter the server generates when no `[[minters]]` are configured.
+pub const LOCAL_MINTER: &str = "local-minter";
+/// Name of the generated minter credential file in the data directory.
+pub const CREDENTIAL_FILE: &str = "minter.credential";
+/// Name of the server key ring file in the data directory.
+pub const KEYS_FILE: &str = "server-keys.toml";
+
+/// A real Writ server running in this process on an ephemeral loopback port, with a
+/// private temporary data directory that lives as long as this value.
+#[derive(Debug)]
+pub struct TestServer {
+    tmp: TempDir,
+    data_dir: PathBuf,
+    config: Config,
+    running: Option<RunningServer>,
+    addr: SocketAddr,
+}
+
+impl TestServer {
+    /// Starts a server with the default configuration.
+    pub async fn start() -> TestServer {
+        TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts a server after `configure` adjusted the configuration (listen address and
+    /// data directory are set by the harness).
+    pub async fn start_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::launch(configure, |_| {}).await
+    }
+
+    /// Starts a server whose data directory holds a copy of `other`'s server key ring
+    /// (mode 0600) but none of its records: tokens it issues verify on `other` and are
+    /// unknown there.
+    pub async fn start_with_keys_of(other: &TestServer) -> TestServer {
+        let keys = other.data_dir.join(KEYS_FILE);
+        TestServer::launch(
+            |_| {},
+            move |data_dir| {
+                std::fs::create_dir_all(data_dir).expect("creating the data directory");
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                    .expect("chmod 700 on the data directory");
+                let copy = data_dir.join(KEYS_FILE);
+                std::fs::copy(&keys, &copy).expect("copying the server key ring");
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod 600 on the copied key ring");
+            },
+        )
+        .await
+    }
+
+    async fn launch(
+        configure: impl FnOnce(&mut Config),
+        prepare: impl FnOnce(&Path),
+    ) -> TestServer {
+        let tmp = tempfile::tempdir().expect("creating a temporary directory");
+        let data_dir = tmp.path().join("data");
+        prepare(&data_dir);
+        let mut config = Config::default();
+        configure(&mut config);
+        config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.data_dir = data_dir.clone();
+        let running = writ_server::start(config.clone())
+            .await
+            .expect("starting the Writ server");
+        let addr = running.local_addr;
+        TestServer {
+            tmp,
+            data_dir,
+            config,
+            running: Some(running),
+            addr,
+        }
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The data directory (`<tmp>/data`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// The temporary directory holding the data directory.
+    pub fn tmp(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// The generated local minter credential, trimmed.
+    pub fn credential(&self) -> String {
+        let path = self.data_dir.join(CREDENTIAL_FILE);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
+    async fn connect(&self) -> WritClient {
+        WritClient::connect(&self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url()))
+    }
+
+    /// A client with no identity at all.
+    pub async fn anonymous(&self) -> WritClient {
+        self.connect().await
+    }
+
+    /// A client holding the local minter credential.
+    pub async fn minter(&self) -> WritClient {
+        let cred = self.credential();
+        self.connect()
+            .await
+            .with_minter_credential(&cred)
+            .expect("credential is valid metadata")
+    }
+
+    /// A client asserting the identity `id` (`x-writ-caller`).
+    pub async fn party(&self, id: &str) -> WritClient {
+        self.connect()
+            .await
+            .as_caller(id)
+            .expect("caller id is valid metadata")
+    }
+
+    /// Shuts the server down and waits until it stopped (the store is closed).
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await.expect("the server shut down cleanly");
+        }
+    }
+
+    /// Starts the server again on the same data directory and configuration (a new
+    /// ephemeral port).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let running = writ_server::start(self.config.clone())
+            .await
+            .expect("restarting the Writ server");
+        self.addr = running.local_addr;
+        self.running = Some(running);
+    }
+
+    /// Mints `req` as the local minter, panicking on refusal.
+    pub async fn mint(&self, req: pb::MintRequest) -> pb::MintResponse {
+        ok(self.minter().await.mint(req).await, "mint")
+    }
+
+    /// Downscopes as `caller`, panicking on refusal.
+    pub async fn downscope(
+        &self,
+        caller: &str,
+        req: pb::DownscopeRequest,
+    ) -> pb::DownscopeResponse {
+        ok(self.party(caller).await.downscope(req).await, "downscope")
+    }
+
+    /// Validates as `caller`, panicking on an RPC error (inactive is an answer, not an error).
+    pub async fn validate(&self, caller: &str, req: pb::ValidateRequest) -> pb::ValidateResponse {
+        ok(self.party(caller).await.validate(req).await, "validate")
+    }
+}
+
+// ---- request builders ----
+
+/// Owned strings.
+pub fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// A claims map.
+pub fn claims(v: Vec<(&str, pb::Constraint)>) -> HashMap<String, pb::Constraint> {
+    v.into_iter().map(|(k, c)| (k.to_string(), c)).collect()
+}
+
+/// A mint request for `subject` with the agent `audience`.
+pub fn mint_request(
+    subject: &str,
+    audience: pb::Party,
+    targets: &[&str],
+    scopes: &[&str],
+    claim_list: Vec<(&str, pb::Constraint)>,
+) -> pb::MintRequest {
+    pb::MintRequest {
+        subject: subject.into(),
+        audience: Some(audience),
+        targets: strings(targets),
+        scopes: strings(scopes),
+        claims: claims(claim_list),
+        ..Default::default()
+    }
+}
+
+/// The trip scenario's root: alice's transaction handed to the `planner` agent, which
+/// may reach `booking` and `payments`, with `amount ≤ 1000` and `category ∉ {gambling}`.
+pub fn trip_mint() -> pb::MintRequest {
+    pb::MintRequest {
+        purpose: "book a trip".into(),
+        tctx: [("trip".to_string(), "lisbon-2026".to_string())].into(),
+        rctx: [("req_ip".to_string(), "203.0.113.7".to_string())].into(),
+        ..mint_request(
+            "alice",
+            build::agent("planner"),
+            &["booking", "payments"],
+            &["trips:book", "payments:charge"],
+            vec![
+                ("amount", build::max(1000)),
+                ("category", build::deny(&["gambling"])),
+            ],
+        )
+    }
+}
+
+/// A downscope request of `parent` for `audience`.
+pub fn child(
+    parent: &str,
+    audience: pb::Party,
+    targets: &[&str],
+    scopes: &[&str],
+    claim_list: Vec<(&str, pb::Constraint)>,
+) -> pb::DownscopeRequest {
+    pb::DownscopeRequest {
+        parent_token: parent.into(),
+        audience: Some(audience),
+        targets: strings(targets),
+        scopes: strings(scopes),
+        claims: claims(claim_list),
+        ..Default::default()
+    }
+}
+
+/// A plain introspection of `token`.
+pub fn introspect(token: &str) -> pb::ValidateRequest {
+    pb::ValidateRequest {
+        token: token.into(),
+        action: None,
+    }
+}
+
+/// An introspection of `token` that also checks one action.
+pub fn check(token: &str, scope: &str, attributes: Vec<(&str, pb::Value)>) -> pb::ValidateRequest {
+    pb::ValidateRequest {
+        token: token.into(),
+        action: Some(pb::Action {
+            scope: scope.into(),
+            attributes: attributes
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        }),
+    }
+}
+
+// ---- answer checks ----
+
+/// The value of a successful call; panics with the refusal otherwise.
+#[track_caller]
+pub fn ok<T>(r: Result<T, ClientError>, what: &str) -> T {
+    r.unwrap_or_else(|e| panic!("{what} failed: {e}"))
+}
+
+/// Asserts the call was refused with `code` and a message containing every needle;
+/// returns the message.
+#[track_caller]
+pub fn assert_refused<T: Debug>(r: Result<T, ClientError>, code: Code, needles: &[&str]) -> String {
+    let status = match r {
+        Ok(v) => panic!("expected {code:?} naming {needles:?}, but the call succeeded: {v:?}"),
+        Err(ClientError::Status(s)) => s,
+        Err(other) => panic!("expected {code:?} naming {needles:?}, got a client error: {other}"),
+    };
+    assert_eq!(
+        status.code(),
+        code,
+        "wrong code; message: {:?}",
+        status.message()
+    );
+    for n in needles {
+        assert!(
+            status.message().contains(n),
+            "message {:?} does not name {n:?}",
+            status.message()
+        );
+    }
+    status.message().to_string()
+}
+
+/// Asserts the answer is active and returns its info.
+#[track_caller]
+pub fn assert_active(r: &pb::ValidateResponse) -> pb::TokenInfo {
+    assert!(r.active, "expected an active token, got {r:?}");
+    assert_eq!(
+        r.inactive_reason(),
+        pb::InactiveReason::Unspecified,
+        "{r:?}"
+    );
+    r.info
+        .clone()
+        .unwrap_or_else(|| panic!("an active answer carries the token info: {r:?}"))
+}
+
+/// Asserts the answer is inactive for `reason` and says nothing else.
+#[track_caller]
+pub fn assert_inactive(r: &pb::ValidateResponse, reason: pb::InactiveReason) {
+    assert!(!r.active, "expected inactive ({reason:?}), got {r:?}");
+    assert_eq!(r.inactive_reason(), reason, "{r:?}");
+    assert!(
+        r.info.is_none(),
+        "an inactive answer must carry no info: {r:?}"
+    );
+    assert!(
+        r.decision.is_none(),
+        "an inactive answer must carry no decision: {r:?}"
+    );
+}
+
+/// Asserts the answer is active with an allowed action.
+#[track_caller]
+pub fn assert_allowed(r: &pb::ValidateResponse) {
+    assert_active(r);
+    let d = r
+        .decision
+        .as_ref()
+        .unwrap_or_else(|| panic!("an action was asked, no decision: {r:?}"));
+    assert!(d.allowed, "expected the action to be allowed: {d:?}");
+    assert_eq!(d.denied_by, "", "{d:?}");
+}
+
+/// Asserts the answer is active with the action denied by `denied_by`; returns the reason.
+#[track_caller]
+pub fn assert_denied(r: &pb::ValidateResponse, denied_by: &str) -> String {
+    assert_active(r);
+    let d = r
+        .decision
+        .as_ref()
+        .unwrap_or_else(|| panic!("an action was asked, no decision: {r:?}"));
+    assert!(
+        !d.allowed,
+        "expected the action to be denied by {denied_by:?}: {d:?}"
+    );
+    assert_eq!(d.denied_by, denied_by, "{d:?}");
+    assert!(!d.reason.is_empty(), "a denial says why: {d:?}");
+    d.reason.clone()
+}
+
+/// The actor chain, current actor first: `(id, kind)` pairs.
+pub fn act_chain(info: &pb::TokenInfo) -> Vec<(String, pb::ActorKind)> {
+    let mut out = Vec::new();
+    let mut cur = info.act.as_ref();
+    while let Some(a) = cur {
+        out.push((a.id.clone(), a.kind()));
+        cur = a.act.as_deref();
+    }
+    out
+}
+
+/// Just the ids of [`act_chain`].
+pub fn act_ids(info: &pb::TokenInfo) -> Vec<String> {
+    act_chain(info).into_iter().map(|(id, _)| id).collect()
+}
+
+// ---- token mangling, time, files ----
+
+/// `token` with the character in its middle replaced by another base64url character:
+/// still well-formed, but its integrity tag no longer verifies.
+pub fn flip_middle(token: &str) -> String {
+    let mut chars: Vec<char> = token.chars().collect();
+    let i = chars.len() / 2;
+    chars[i] = if chars[i] == 'A' { 'B' } else { 'A' };
+    let out: String = chars.into_iter().collect();
+    assert_ne!(out, token);
+    out
+}
+
+/// Sleeps long enough for a token minted with `ttl_seconds = 1` to be expired.
+pub async fn sleep_past_one_second_ttl() {
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+}
+
+/// Every regular file under `dir`, recursively.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).unwrap_or_else(|e| panic!("listing {}: {e}", d.display()));
+        for entry in entries {
+            let entry = entry.unwrap_or_else(|e| panic!("listing {}: {e}", d.display()));
+            let ft = entry
+                .file_type()
+                .unwrap_or_else(|e| panic!("stat {}: {e}", entry.path().display()));
+            if ft.is_dir() {
+                stack.push(entry.path());
+            } else if ft.is_file() {
+                out.push(entry.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// True when `needle` occurs in `haystack`.
+pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
