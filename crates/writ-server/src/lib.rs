@@ -63,7 +63,9 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, and closes the store.
     pub async fn shutdown(self) -> Result<(), ServerError> {
         let _ = self.shutdown.send(());
-        self.task.await.map_err(|e| ServerError::Transport(e.to_string()))?
+        self.task
+            .await
+            .map_err(|e| ServerError::Transport(e.to_string()))?
     }
 
     /// Waits for the server to stop.
