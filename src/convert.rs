@@ -32,25 +32,51 @@ fn bad<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     })
 }
 
-/// A bounded, printable string: no control characters, at most `max` bytes.
+/// How an offending value is echoed in an error: quoted, escaped and cut to 64 chars,
+/// so a huge input cannot blow up the error (and the `grpc-message` trailer).
+fn shown(s: &str) -> String {
+    let cut: String = s.chars().take(64).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+/// Characters that render as nothing or reorder text: refused so ids and values cannot
+/// spoof what an operator reads in audit output.
+fn is_invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// A bounded, printable string: no control or invisible characters, at most `max` bytes.
 fn text(field: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max {
         return bad(field, format!("is {} bytes; the limit is {max}", s.len()));
     }
-    if s.chars().any(char::is_control) {
-        return bad(field, "contains control characters");
+    if s.chars().any(|c| c.is_control() || is_invisible(c)) {
+        return bad(field, "contains control or invisible characters");
     }
     Ok(())
 }
 
-/// A party or subject id: non-empty, printable, no whitespace, bounded.
+/// A party or subject id: 1..=256 bytes of printable ASCII without spaces (ids travel in
+/// gRPC metadata and must read the same to every operator).
 pub fn id(field: &str, s: &str) -> Result<String> {
     if s.is_empty() {
         return bad(field, "is required");
     }
-    text(field, s, MAX_ID_LEN)?;
-    if s.chars().any(char::is_whitespace) {
-        return bad(field, "contains whitespace");
+    if s.len() > MAX_ID_LEN {
+        return bad(
+            field,
+            format!("is {} bytes; the limit is {MAX_ID_LEN}", s.len()),
+        );
+    }
+    if !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad(
+            field,
+            format!("{} must be printable ASCII without spaces", shown(s)),
+        );
     }
     Ok(s.to_string())
 }
@@ -69,7 +95,10 @@ fn name(field: &str, s: &str) -> Result<()> {
     {
         return bad(
             field,
-            format!("name {s:?} may only contain letters, digits and _ . : -"),
+            format!(
+                "name {} may only contain letters, digits and _ . : -",
+                shown(s)
+            ),
         );
     }
     Ok(())
@@ -120,7 +149,7 @@ pub fn scopes(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
             if ok {
                 Ok(s)
             } else {
-                bad(field, format!("{s:?} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)"))
+                bad(field, format!("{} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)", shown(&s)))
             }
         })
         .collect()
@@ -194,7 +223,7 @@ pub fn claims(field: &str, m: HashMap<String, pb::Constraint>) -> Result<Claims>
     }
     m.into_iter()
         .map(|(k, c)| {
-            let f = format!("{field}[{k:?}]");
+            let f = format!("{field}[{}]", shown(&k));
             name(&f, &k)?;
             Ok((k, constraint(&f, c)?))
         })
@@ -214,7 +243,7 @@ pub fn context(field: &str, m: HashMap<String, String>) -> Result<BTreeMap<Strin
     }
     m.into_iter()
         .map(|(k, v)| {
-            let f = format!("{field}[{k:?}]");
+            let f = format!("{field}[{}]", shown(&k));
             name(&f, &k)?;
             text(&f, &v, MAX_VALUE_LEN)?;
             Ok((k, v))
@@ -242,6 +271,9 @@ pub fn mint_request(r: pb::MintRequest) -> Result<MintRequest> {
         tctx: context("tctx", r.tctx)?,
         rctx: context("rctx", r.rctx)?,
         ttl_secs: ttl(r.ttl_seconds),
+        // Use limits are enforced by the store's lifecycle work (issue 3) before the
+        // wire exposes them; until then every token is unlimited.
+        max_uses: None,
     })
 }
 
@@ -256,6 +288,7 @@ pub fn downscope_request(r: pb::DownscopeRequest) -> Result<(String, ChildReques
         scopes: scopes("scopes", r.scopes)?,
         claims: claims("claims", r.claims)?,
         ttl_secs: ttl(r.ttl_seconds),
+        max_uses: None,
         purpose: if r.purpose.is_empty() {
             None
         } else {
@@ -277,6 +310,9 @@ pub struct Action {
 /// Validates the optional action of a Validate request.
 pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
     let Some(a) = a else { return Ok(None) };
+    if a.scope.is_empty() {
+        return bad("action.scope", "is required");
+    }
     let scope = scopes("action.scope", vec![a.scope])?.into_iter().next();
     let Some(scope) = scope else {
         return bad("action.scope", "is required");
@@ -294,7 +330,7 @@ pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
         .attributes
         .into_iter()
         .map(|(k, v)| {
-            let f = format!("action.attributes[{k:?}]");
+            let f = format!("action.attributes[{}]", shown(&k));
             name(&f, &k)?;
             Ok((k, value(&f, Some(v))?))
         })

@@ -1,6 +1,7 @@
 //! The three-hop chain of the issue: gateway → planner (agent) → booking (agent) →
 //! payments (API), each hop narrower, each token validated by its own audience.
 
+use tonic::Code;
 use writ_e2e::pb::{ActorKind, ClientType, InactiveReason};
 use writ_e2e::*;
 
@@ -218,13 +219,20 @@ async fn a_token_validated_by_a_party_other_than_its_audience_is_inactive() {
         )
         .await;
 
-    // The root belongs to the planner, not to booking, payments or the minter.
-    for party in ["booking", "payments", LOCAL_MINTER, "planner2"] {
+    // The root belongs to the planner, not to booking or payments.
+    for party in ["booking", "payments", "planner2"] {
         assert_inactive(
             &srv.validate(party, introspect(&root.token)).await,
             InactiveReason::WrongAudience,
         );
     }
+    // Nobody may assert the minter's identity without its credential.
+    let r = srv
+        .party(LOCAL_MINTER)
+        .await
+        .validate(introspect(&root.token))
+        .await;
+    assert_refused(r, Code::PermissionDenied, &["minter"]);
     // The child belongs to booking; its former holder, the planner, may not use it.
     assert_inactive(
         &srv.validate("planner", introspect(&c1.token)).await,

@@ -301,7 +301,7 @@ async fn actor_loops_and_foreign_holders_are_refused() {
     assert_refused(r, Code::PermissionDenied, &["loop:", "planner"]);
 
     // Only the parent's audience may derive from it.
-    for thief in ["booking", "payments", LOCAL_MINTER] {
+    for thief in ["booking", "payments"] {
         let r = srv
             .party(thief)
             .await
@@ -315,6 +315,19 @@ async fn actor_loops_and_foreign_holders_are_refused() {
             .await;
         assert_refused(r, Code::PermissionDenied, &["holder:", thief]);
     }
+    // Claiming the minter's identity without its credential is refused outright.
+    let r = srv
+        .party(LOCAL_MINTER)
+        .await
+        .downscope(child(
+            &root,
+            build::agent("booking"),
+            &[],
+            &["trips:book"],
+            vec![],
+        ))
+        .await;
+    assert_refused(r, Code::PermissionDenied, &["minter"]);
     // The former holder of a child may not derive from it either.
     let r = srv
         .party("planner")
@@ -484,7 +497,7 @@ async fn only_configured_minters_may_mint() {
             ..trip_mint()
         })
         .await;
-    assert_refused(r, Code::InvalidArgument, &["loop", LOCAL_MINTER]);
+    assert_refused(r, Code::PermissionDenied, &["loop", LOCAL_MINTER]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -34,12 +34,25 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
 }
 
-/// A connection to a Writ server, acting as one caller.
-#[derive(Clone, Debug)]
+/// A connection to a Writ server, acting as one caller. `Debug` never prints the
+/// credential.
+#[derive(Clone)]
 pub struct WritClient {
     inner: TokenServiceClient<Channel>,
     caller: Option<MetadataValue<tonic::metadata::Ascii>>,
     credential: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for WritClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WritClient")
+            .field("caller", &self.caller)
+            .field(
+                "credential",
+                &self.credential.as_ref().map(|_| "<redacted>"),
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 impl WritClient {
@@ -78,10 +91,12 @@ impl WritClient {
     /// Acts as a minter holding `credential` (sets `authorization: Bearer ...`).
     pub fn with_minter_credential(mut self, credential: &str) -> Result<WritClient, ClientError> {
         let v = format!("Bearer {}", credential.trim());
-        self.credential = Some(
-            v.parse()
-                .map_err(|_| ClientError::Metadata("authorization"))?,
-        );
+        let mut v: MetadataValue<tonic::metadata::Ascii> = v
+            .parse()
+            .map_err(|_| ClientError::Metadata("authorization"))?;
+        // Keeps it out of HPACK's dynamic table and out of debug output.
+        v.set_sensitive(true);
+        self.credential = Some(v);
         Ok(self)
     }
 

@@ -13,11 +13,13 @@
 //! - [`claims`]: typed claim constraints, their partial order and their evaluation.
 //! - [`model`]: the token record every hop stores, parties and grants.
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
+//! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed.
 //! - [`limits`]: hard bounds on every size a request can carry.
 #![forbid(unsafe_code)]
 
 pub mod claims;
 pub mod ids;
+pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod narrow;
@@ -25,6 +27,7 @@ pub mod token;
 
 pub use claims::{Claims, Constraint, Denial, Value};
 pub use ids::{TokenId, TxnId, UnixMillis};
+pub use lifecycle::{Revocation, Status, TokenState};
 pub use model::{ActorKind, ClientType, Grant, Party, TokenRecord};
 pub use narrow::{ChildRequest, Dimension, MintRequest, NarrowingError, Policy};
 pub use token::{KeyRing, SecretHash, ServerKey, TokenError, TokenSecret, VerifiedToken};

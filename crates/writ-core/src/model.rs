@@ -49,6 +49,11 @@ pub struct Grant {
     pub targets: BTreeSet<String>,
     /// After this instant the token is inactive.
     pub expires_at: UnixMillis,
+    /// How many allowed action checks the token may answer; `None` is unlimited. A child
+    /// never holds more than its parent, and deriving it reserves its uses from the
+    /// parent's budget (the store enforces that under concurrency), so a single-use token
+    /// yields one use in total, however the chain branches.
+    pub max_uses: Option<u32>,
 }
 
 impl Grant {

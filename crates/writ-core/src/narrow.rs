@@ -10,6 +10,7 @@
 
 use crate::claims::Claims;
 use crate::ids::{TokenId, TxnId, UnixMillis};
+use crate::limits::MAX_CLAIMS;
 use crate::model::{Grant, Party, TokenRecord};
 use crate::token::VerifiedToken;
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +59,8 @@ pub enum Dimension {
     Expiry,
     /// The child grants exactly what the parent grants.
     NotNarrower,
+    /// The child would carry more uses than its parent, or zero uses.
+    Uses,
     /// The chain would exceed the maximum depth.
     Depth,
     /// A party would appear twice in the chain.
@@ -76,6 +79,7 @@ impl Dimension {
             Dimension::Targets => "targets",
             Dimension::Expiry => "expiry",
             Dimension::NotNarrower => "not_narrower",
+            Dimension::Uses => "uses",
             Dimension::Depth => "depth",
             Dimension::Loop => "loop",
         }
@@ -120,6 +124,8 @@ pub struct MintRequest {
     pub rctx: BTreeMap<String, String>,
     /// Lifetime in seconds; `None` means the policy's default.
     pub ttl_secs: Option<u64>,
+    /// Allowed action checks; `None` is unlimited.
+    pub max_uses: Option<u32>,
 }
 
 /// A validated request to derive a child for the next hop.
@@ -137,6 +143,8 @@ pub struct ChildRequest {
     pub ttl_secs: Option<u64>,
     /// Purpose at this hop; `None` inherits the parent's.
     pub purpose: Option<String>,
+    /// Allowed action checks; `None` inherits the parent's limit.
+    pub max_uses: Option<u32>,
 }
 
 /// Identity and placement of the new token, chosen by the caller of the rules.
@@ -172,6 +180,12 @@ pub fn mint(
             format_args!("audience {:?} is the minter itself", minter.id),
         );
     }
+    if req.max_uses == Some(0) {
+        return refuse(
+            Dimension::Uses,
+            "max_uses must be at least 1 (0 means unlimited on the wire)",
+        );
+    }
     Ok(TokenRecord {
         token_id: new.token.token_id,
         secret_hash: new.token.secret_hash,
@@ -187,6 +201,7 @@ pub fn mint(
             claims: req.claims,
             targets: req.targets,
             expires_at: new.now.plus_secs(ttl),
+            max_uses: req.max_uses,
         },
         purpose: req.purpose,
         tctx: req.tctx,
@@ -205,17 +220,16 @@ pub fn downscope(
     new: NewToken,
 ) -> Result<TokenRecord, NarrowingError> {
     let pg = &parent.grant;
-    if pg.is_expired(new.now) {
-        return refuse(Dimension::ParentExpired, "the parent token has expired");
-    }
+    // Holder first, and without naming the real holder: a thief who presents a leaked
+    // token under a guessed identity learns neither who holds it nor whether it is alive.
     if caller_id != parent.audience.id {
         return refuse(
             Dimension::Holder,
-            format_args!(
-                "caller {caller_id:?} is not the parent's audience {:?}",
-                parent.audience.id
-            ),
+            format_args!("caller {caller_id:?} does not hold the parent token"),
         );
+    }
+    if pg.is_expired(new.now) {
+        return refuse(Dimension::ParentExpired, "the parent token has expired");
     }
     // Checked: a stored depth of u32::MAX must not wrap around to 0 and pass.
     let depth = match parent.depth.checked_add(1) {
@@ -277,6 +291,16 @@ pub fn downscope(
         }
         claims.insert(name, c);
     }
+    // Each hop may add claims; the merged set stays within the same bound as a request's.
+    if claims.len() > MAX_CLAIMS {
+        return refuse(
+            Dimension::Claims,
+            format_args!(
+                "the child would carry {} claims; the limit is {MAX_CLAIMS}",
+                claims.len()
+            ),
+        );
+    }
     let expires_at = match req.ttl_secs {
         None => pg.expires_at,
         Some(0) => return refuse(Dimension::Expiry, "ttl_seconds must be at least 1"),
@@ -291,11 +315,23 @@ pub fn downscope(
             ),
         );
     }
+    let max_uses = match (req.max_uses, pg.max_uses) {
+        (Some(0), _) => return refuse(Dimension::Uses, "max_uses must be at least 1"),
+        (Some(c), Some(p)) if c > p => {
+            return refuse(
+                Dimension::Uses,
+                format_args!("max_uses {c} exceeds the parent's {p}"),
+            );
+        }
+        (Some(c), _) => Some(c),
+        (None, p) => p,
+    };
     let grant = Grant {
         scopes: req.scopes,
         claims,
         targets: req.targets,
         expires_at,
+        max_uses,
     };
     if grant == *pg {
         return refuse(

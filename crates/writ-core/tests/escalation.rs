@@ -168,6 +168,7 @@ fn grant_s() -> impl Strategy<Value = Grant> {
             claims,
             targets,
             expires_at: UnixMillis(exp),
+            max_uses: None,
         },
     )
 }
@@ -230,6 +231,7 @@ fn mint_req_s() -> impl Strategy<Value = MintRequest> {
                 tctx,
                 rctx,
                 ttl_secs,
+                max_uses: None,
             },
         )
 }
@@ -365,6 +367,7 @@ fn violations(
                 claims,
                 targets: req.targets.clone(),
                 expires_at: e,
+                max_uses: None,
             };
             if grant == *pg {
                 v.push(Dimension::NotNarrower);
@@ -600,6 +603,7 @@ impl Gen {
                     .collect(),
                 ttl_secs: self.ttl(pg.expires_at, now),
                 purpose,
+                max_uses: None,
             },
             1 => ChildRequest {
                 audience: self.audience_from(&pg.targets),
@@ -616,6 +620,7 @@ impl Gen {
                     self.ttl(pg.expires_at, now)
                 },
                 purpose,
+                max_uses: None,
             },
             _ => {
                 let mut targets = self.subset(&pg.targets, 0.8);
@@ -659,6 +664,7 @@ impl Gen {
                     claims,
                     ttl_secs: self.ttl(pg.expires_at, now),
                     purpose,
+                    max_uses: None,
                 }
             }
         };
@@ -697,6 +703,7 @@ impl Gen {
             claims: Claims::new(),
             ttl_secs: None,
             purpose: None,
+            max_uses: None,
         };
         for _ in 0..1 + self.below(2) {
             match self.below(6) {
@@ -1152,6 +1159,7 @@ proptest! {
             claims: Claims::new(),
             ttl_secs: if remaining >= 1 && g.chance(0.5) { Some(g.0.random_range(1..=remaining)) } else { None },
             purpose: None,
+            max_uses: None,
         };
         for (n, c) in &pg.claims {
             if g.chance(0.5) {
@@ -1168,6 +1176,10 @@ proptest! {
                 now = UnixMillis(pg.expires_at.0 + if g.chance(0.5) { 0 } else { g.0.random_range(1..100_000) });
                 req.ttl_secs = None;
                 None
+            }
+            Dimension::Uses => {
+                req.max_uses = Some(0);
+                Some("max_uses".to_string())
             }
             Dimension::Holder => {
                 caller = if g.chance(0.5) { OUTSIDER.to_string() } else { fresh.clone() };

@@ -66,6 +66,7 @@ fn mint_request(targets: &[&str]) -> MintRequest {
         tctx: [("order".to_string(), "o-1".to_string())].into(),
         rctx: [("ip".to_string(), "203.0.113.9".to_string())].into(),
         ttl_secs: Some(ROOT_TTL),
+        max_uses: None,
     }
 }
 
@@ -94,6 +95,7 @@ fn same_as(parent: &TokenRecord, audience: &str) -> ChildRequest {
         claims: Claims::new(),
         ttl_secs: None,
         purpose: None,
+        max_uses: None,
     }
 }
 
@@ -412,7 +414,14 @@ fn refuses_a_caller_that_does_not_hold_the_parent() {
     assert_refused(
         derive(&parent, "booker", narrower(&parent)),
         Dimension::Holder,
-        &["\"booker\"", "\"planner\""],
+        &["\"booker\""],
+    );
+    // The refusal never names the real holder.
+    assert!(
+        !derive(&parent, "booker", narrower(&parent))
+            .unwrap_err()
+            .detail
+            .contains("planner")
     );
     assert_refused(
         derive(&parent, "gateway", narrower(&parent)),
@@ -772,4 +781,90 @@ fn authorize_fails_closed_on_a_wrongly_typed_attribute() {
         a.insert(name.into(), wrong);
         assert_eq!(g.authorize("pay", &a).unwrap_err().denied_by, name);
     }
+}
+
+// ---- use limits ----
+
+fn limited_root(uses: Option<u32>) -> TokenRecord {
+    let mut req = mint_request(&["booker", "payer", "search"]);
+    req.max_uses = uses;
+    narrow::mint(
+        req,
+        party("gateway"),
+        "example.com",
+        &Policy::default(),
+        new_token(1, NOW),
+    )
+    .unwrap()
+}
+
+#[test]
+fn children_inherit_or_lower_the_use_limit() {
+    let root = limited_root(Some(3));
+    assert_eq!(root.grant.max_uses, Some(3));
+    let inherited = derive(&root, "planner", narrower(&root)).unwrap();
+    assert_eq!(inherited.grant.max_uses, Some(3));
+    let mut req = same_as(&root, "booker");
+    req.max_uses = Some(1);
+    let lowered = derive(&root, "planner", req).unwrap();
+    assert_eq!(
+        lowered.grant.max_uses,
+        Some(1),
+        "a lower limit alone is a narrowing"
+    );
+    let unlimited = limited_root(None);
+    let mut req = narrower(&unlimited);
+    req.max_uses = Some(5);
+    assert_eq!(
+        derive(&unlimited, "planner", req).unwrap().grant.max_uses,
+        Some(5)
+    );
+}
+
+#[test]
+fn refuses_more_uses_than_the_parent_and_zero_uses() {
+    let root = limited_root(Some(1));
+    let mut req = narrower(&root);
+    req.max_uses = Some(2);
+    let err = derive(&root, "planner", req).unwrap_err();
+    assert_eq!(err.dimension, Dimension::Uses);
+    assert!(
+        err.detail.contains("max_uses 2") && err.detail.contains("1"),
+        "{err}"
+    );
+    let mut req = narrower(&root);
+    req.max_uses = Some(0);
+    assert_eq!(
+        derive(&root, "planner", req).unwrap_err().dimension,
+        Dimension::Uses
+    );
+    let mut req = mint_request(&["booker"]);
+    req.max_uses = Some(0);
+    let err = narrow::mint(
+        req,
+        party("gateway"),
+        "example.com",
+        &Policy::default(),
+        new_token(1, NOW),
+    )
+    .unwrap_err();
+    assert_eq!(err.dimension, Dimension::Uses);
+}
+
+#[test]
+fn refuses_a_child_whose_merged_claims_exceed_the_bound() {
+    let mut req = mint_request(&["booker", "payer", "search"]);
+    req.claims = (0..writ_core::limits::MAX_CLAIMS)
+        .map(|i| (format!("c{i}"), Constraint::Max(1)))
+        .collect();
+    let root = narrow::mint(
+        req,
+        party("gateway"),
+        "example.com",
+        &Policy::default(),
+        new_token(1, NOW),
+    )
+    .unwrap();
+    let req = with_claim(narrower(&root), "one_more", Constraint::Max(1));
+    assert_refused(derive(&root, "planner", req), Dimension::Claims, &["limit"]);
 }

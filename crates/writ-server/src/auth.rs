@@ -42,6 +42,9 @@ pub enum AuthError {
     /// A header is malformed.
     #[error("{0}")]
     Malformed(String),
+    /// The caller is identified but claims what it may not.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 /// Identifies callers from request metadata.
@@ -57,7 +60,8 @@ impl Authenticator {
     }
 
     /// Decides who is calling. A bearer credential wins; if it is present it must be
-    /// valid, and an `x-writ-caller` header beside it must name the same minter.
+    /// valid, and an `x-writ-caller` header beside it must name the same minter. Nobody
+    /// may assert a minter's identity without its credential.
     pub fn identify(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
         let asserted = match md.get(CALLER_HEADER) {
             None => None,
@@ -71,25 +75,30 @@ impl Authenticator {
             }
         };
         if let Some(v) = md.get("authorization") {
-            let cred = v
-                .to_str()
-                .ok()
-                .and_then(|s| s.strip_prefix("Bearer "))
-                .ok_or_else(|| {
-                    AuthError::Malformed("authorization: expected `Bearer <credential>`".into())
-                })?;
+            let value = v.to_str().map_err(|_| AuthError::BadCredential)?;
+            // RFC 7235: the scheme is case-insensitive.
+            let cred = match value.split_once(' ') {
+                Some((scheme, cred)) if scheme.eq_ignore_ascii_case("bearer") => cred.trim(),
+                _ => return Err(AuthError::BadCredential),
+            };
             let id = self
                 .minters
-                .identify(cred.trim())
+                .identify(cred)
                 .ok_or(AuthError::BadCredential)?;
             if asserted.as_deref().is_some_and(|a| a != id) {
-                return Err(AuthError::Malformed(format!(
+                return Err(AuthError::Forbidden(format!(
                     "{CALLER_HEADER}: does not match the credential's identity"
                 )));
             }
             return Ok(Caller::Minter(id.to_string()));
         }
-        Ok(asserted.map_or(Caller::Anonymous, Caller::Party))
+        match asserted {
+            Some(id) if self.minters.is_minter_id(&id) => Err(AuthError::Forbidden(format!(
+                "{CALLER_HEADER}: {id:?} is a minter and must present its credential"
+            ))),
+            Some(id) => Ok(Caller::Party(id)),
+            None => Ok(Caller::Anonymous),
+        }
     }
 }
 
@@ -99,9 +108,11 @@ mod tests {
     use super::*;
     use crate::secrets::credential_digest;
 
+    const C1: &str = "wmc_00000000000000000000000000000001";
+
     fn auth() -> Authenticator {
         let mut m = Minters::default();
-        m.add("gw".into(), credential_digest("c1"));
+        m.add("gw".into(), credential_digest(C1));
         Authenticator::new(m)
     }
 
@@ -116,27 +127,45 @@ mod tests {
     #[test]
     fn identifies_minters_parties_and_nobody() {
         let a = auth();
+        let bearer = format!("Bearer {C1}");
+        let lower = format!("bearer {C1}");
         assert_eq!(
-            a.identify(&md(&[("authorization", "Bearer c1")])),
+            a.identify(&md(&[("authorization", &bearer)])),
             Ok(Caller::Minter("gw".into()))
         );
         assert_eq!(
-            a.identify(&md(&[("authorization", "Bearer c2")])),
+            a.identify(&md(&[("authorization", &lower)])),
+            Ok(Caller::Minter("gw".into()))
+        );
+        let wrong = format!("Bearer {C1}x");
+        assert_eq!(
+            a.identify(&md(&[("authorization", &wrong)])),
             Err(AuthError::BadCredential)
         );
-        assert!(a.identify(&md(&[("authorization", "c1")])).is_err());
+        assert_eq!(
+            a.identify(&md(&[("authorization", "Bearer ")])),
+            Err(AuthError::BadCredential)
+        );
+        assert_eq!(
+            a.identify(&md(&[("authorization", C1)])),
+            Err(AuthError::BadCredential)
+        );
         assert_eq!(
             a.identify(&md(&[(CALLER_HEADER, "planner")])),
             Ok(Caller::Party("planner".into()))
         );
-        assert!(
-            a.identify(&md(&[
-                ("authorization", "Bearer c1"),
-                (CALLER_HEADER, "other")
-            ]))
-            .is_err()
-        );
+        assert!(matches!(
+            a.identify(&md(&[("authorization", &bearer), (CALLER_HEADER, "other")])),
+            Err(AuthError::Forbidden(_))
+        ));
+        assert!(matches!(
+            a.identify(&md(&[(CALLER_HEADER, "gw")])),
+            Err(AuthError::Forbidden(_))
+        ));
         assert_eq!(a.identify(&md(&[])), Ok(Caller::Anonymous));
-        assert!(a.identify(&md(&[(CALLER_HEADER, "a b")])).is_err());
+        assert!(matches!(
+            a.identify(&md(&[(CALLER_HEADER, "a b")])),
+            Err(AuthError::Malformed(_))
+        ));
     }
 }

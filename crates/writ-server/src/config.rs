@@ -14,6 +14,8 @@ use writ_store::Durability;
 pub struct Config {
     /// Address to listen on. Default: loopback only.
     pub listen: SocketAddr,
+    /// Accept a non-loopback `listen` address although traffic is plaintext. Off.
+    pub allow_insecure_listen: bool,
     /// Where the store, the server keys and the local minter credential live.
     pub data_dir: PathBuf,
     /// The trust domain every token belongs to (the Txn-Token `aud`).
@@ -64,6 +66,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 7433)),
+            allow_insecure_listen: false,
             data_dir: PathBuf::from("writ-data"),
             trust_domain: "writ.local".into(),
             tokens: TokenConfig::default(),
@@ -151,6 +154,22 @@ impl Config {
             return bad("trust_domain must be a non-empty id without whitespace".into());
         }
         for m in &self.minters {
+            if self
+                .minters
+                .iter()
+                .filter(|o| {
+                    o.id == m.id
+                        || o.credential_blake3
+                            .eq_ignore_ascii_case(&m.credential_blake3)
+                })
+                .count()
+                > 1
+            {
+                return bad(format!(
+                    "minters {:?}: every minter needs its own id and credential",
+                    m.id
+                ));
+            }
             writ_api::convert::id("minters.id", &m.id)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             let mut h = [0u8; 32];

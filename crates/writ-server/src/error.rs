@@ -55,9 +55,13 @@ impl From<ServiceError> for tonic::Status {
                 Code::Unauthenticated
             }
             ServiceError::Auth(AuthError::Malformed(_)) => Code::InvalidArgument,
+            ServiceError::Auth(AuthError::Forbidden(_)) => Code::PermissionDenied,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::ParentToken(ParentProblem::Malformed) => Code::InvalidArgument,
             ServiceError::ParentToken(ParentProblem::Invalid) => Code::Unauthenticated,
+            ServiceError::MintRefused(n) if n.dimension == Dimension::Loop => {
+                Code::PermissionDenied
+            }
             ServiceError::MintRefused(_) => Code::InvalidArgument,
             ServiceError::Narrowing(n) => match n.dimension {
                 Dimension::ParentExpired | Dimension::NotNarrower | Dimension::Depth => {
@@ -69,6 +73,7 @@ impl From<ServiceError> for tonic::Status {
                 | Dimension::Audience
                 | Dimension::Targets
                 | Dimension::Expiry
+                | Dimension::Uses
                 | Dimension::Loop => Code::PermissionDenied,
             },
             ServiceError::Store(StoreError::Conflict) => Code::Aborted,

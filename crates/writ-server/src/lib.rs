@@ -79,6 +79,15 @@ impl RunningServer {
 /// Opens the data directory and store, binds, and starts serving in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     config.validate()?;
+    if !config.listen.ip().is_loopback() && !config.allow_insecure_listen {
+        return Err(config::ConfigError::Invalid(format!(
+            "listen = {}: Writ speaks plaintext gRPC (bearer tokens and credentials in the clear) \
+             until TLS lands; listen on loopback behind a TLS-terminating proxy, or set \
+             allow_insecure_listen = true to accept the risk",
+            config.listen
+        ))
+        .into());
+    }
     let data_dir = config.data_dir.clone();
     secrets::ensure_private_dir(&data_dir)?;
     let keys = secrets::load_or_create_key_ring(&data_dir)?;
@@ -111,7 +120,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let grpc = grpc::GrpcService::new(Arc::new(service), auth::Authenticator::new(minters));
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        // Responses carry whole records; four times the request bound leaves headroom.
+        .max_encoding_message_size(4 * MAX_MESSAGE_BYTES);
 
     let listener = TcpListener::bind(config.listen)
         .await
@@ -122,6 +132,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
+            .http2_max_header_list_size(16 * 1024)
+            .max_concurrent_streams(256)
+            .concurrency_limit_per_connection(256)
+            .timeout(std::time::Duration::from_secs(30))
             .add_service(svc)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                 let _ = rx.await;
@@ -135,4 +149,25 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         shutdown: tx,
         task,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn refuses_plaintext_beyond_loopback() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "0.0.0.0:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let err = start(config).await.unwrap_err();
+        assert!(err.to_string().contains("allow_insecure_listen"), "{err}");
+        assert!(
+            !dir.path().join("data").exists(),
+            "refused before touching the data dir"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 use writ_core::{KeyRing, ServerKey};
@@ -56,11 +56,22 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
     }
 }
 
-/// Creates `dir` (owner-only) if missing.
+/// Creates `dir` owner-only if missing; refuses an existing one that group or others can
+/// enter, since the store's files inside it inherit no stricter protection.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), SecretsError> {
     if !dir.exists() {
-        fs::create_dir_all(dir).map_err(io(dir))?;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io(dir))?;
+    }
+    let mode = fs::metadata(dir).map_err(io(dir))?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(SecretsError::Permissions {
+            path: dir.to_owned(),
+            mode: mode & 0o777,
+        });
     }
     Ok(())
 }
@@ -77,16 +88,27 @@ fn read_private(path: &Path) -> Result<String, SecretsError> {
     fs::read_to_string(path).map_err(io(path))
 }
 
-/// Writes a new secret file with mode 0600, failing if it already exists, and syncs it.
+/// Writes a new secret file with mode 0600 atomically: a temporary file is written and
+/// synced, renamed into place and the directory synced, so a crash never leaves an empty
+/// or partial secret behind.
 fn create_private(path: &Path, content: &str) -> Result<(), SecretsError> {
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(io(path))?;
-    f.write_all(content.as_bytes()).map_err(io(path))?;
-    f.sync_all().map_err(io(path))
+        .open(&tmp)
+        .map_err(io(&tmp))?;
+    f.write_all(content.as_bytes()).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
 }
 
 #[derive(Serialize, Deserialize)]
@@ -167,8 +189,24 @@ pub fn load_or_create_local_minter(data_dir: &Path) -> Result<[u8; 32], SecretsE
         create_private(&path, &format!("{CREDENTIAL_PREFIX}{}\n", hex::encode(raw)))?;
         tracing::info!(path = %path.display(), "generated the local minter credential");
     }
-    Ok(credential_digest(read_private(&path)?.trim()))
+    let credential = read_private(&path)?;
+    let credential = credential.trim();
+    let well_formed = credential
+        .strip_prefix(CREDENTIAL_PREFIX)
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !well_formed {
+        return Err(SecretsError::Invalid {
+            path,
+            message: format!(
+                "not a minter credential (`{CREDENTIAL_PREFIX}` and 64 hex digits); delete it to generate a new one"
+            ),
+        });
+    }
+    Ok(credential_digest(credential))
 }
+
+/// Shortest credential [`Minters::identify`] will consider.
+pub const MIN_CREDENTIAL_LEN: usize = 32;
 
 /// Minter identities and credential digests; compares in constant time.
 #[derive(Clone, Default)]
@@ -190,9 +228,18 @@ impl Minters {
         self.entries.push((id, digest));
     }
 
+    /// Is `id` a minter's identity? Nobody may assert one without its credential.
+    pub fn is_minter_id(&self, id: &str) -> bool {
+        self.entries.iter().any(|(m, _)| m == id)
+    }
+
     /// The minter whose credential this is, if any. Checks every entry, so timing does not
     /// reveal which one matched.
     pub fn identify(&self, credential: &str) -> Option<&str> {
+        // An empty or short credential never matches, even if one was misconfigured.
+        if credential.len() < MIN_CREDENTIAL_LEN {
+            return None;
+        }
         let d = credential_digest(credential);
         let mut found = None;
         for (id, digest) in &self.entries {
@@ -238,9 +285,56 @@ mod tests {
     #[test]
     fn minters_identify_only_their_own_credential() {
         let mut m = Minters::default();
-        m.add("gw".into(), credential_digest("secret-1"));
-        assert_eq!(m.identify("secret-1"), Some("gw"));
-        assert_eq!(m.identify("secret-2"), None);
-        assert!(!format!("{m:?}").contains("secret"));
+        let c1 = "wmc_0000000000000000000000000000000000000001";
+        m.add("gw".into(), credential_digest(c1));
+        m.add("empty".into(), credential_digest(""));
+        assert_eq!(m.identify(c1), Some("gw"));
+        assert_eq!(
+            m.identify("wmc_0000000000000000000000000000000000000002"),
+            None
+        );
+        assert_eq!(
+            m.identify(""),
+            None,
+            "an empty credential never authenticates"
+        );
+        assert!(m.is_minter_id("gw") && !m.is_minter_id("planner"));
+        assert!(!format!("{m:?}").contains("wmc_"));
+    }
+
+    #[test]
+    fn empty_or_garbled_credential_files_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(MINTER_CREDENTIAL_FILE);
+        for content in [
+            "",
+            "\n",
+            "wmc_short",
+            "password1234567890password1234567890",
+        ] {
+            fs::write(&p, content).unwrap();
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o600)).unwrap();
+            let r = load_or_create_local_minter(dir.path());
+            assert!(
+                matches!(r, Err(SecretsError::Invalid { .. })),
+                "{content:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn data_dirs_others_can_enter_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        ensure_private_dir(&d).unwrap();
+        assert_eq!(
+            fs::metadata(&d).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(matches!(
+            ensure_private_dir(&d),
+            Err(SecretsError::Permissions { .. })
+        ));
     }
 }

@@ -59,6 +59,19 @@ pub struct Service<S> {
     trust_domain: String,
 }
 
+/// The identity of a party caller. Minters mint; they neither hold nor validate tokens.
+fn party_id<'a>(caller: &'a Caller, needed: &str) -> Result<&'a str, ServiceError> {
+    match caller {
+        Caller::Party(id) => Ok(id),
+        Caller::Minter(id) => Err(ServiceError::PermissionDenied(format!(
+            "minter {id:?} may only Mint; send the caller's own identity in x-writ-caller"
+        ))),
+        Caller::Anonymous => Err(ServiceError::Unauthenticated(format!(
+            "x-writ-caller: {needed}"
+        ))),
+    }
+}
+
 /// The wall clock, read in exactly one place.
 #[allow(clippy::disallowed_methods)]
 pub fn now() -> UnixMillis {
@@ -126,7 +139,13 @@ impl<S: TokenStore> Service<S> {
             Err(TokenError::Forged) => return Ok(Err(Miss::Forged)),
         };
         match self.store.get(verified.token_id).await? {
-            Some(r) if r.secret_hash.ct_eq(&verified.secret_hash) => Ok(Ok(r)),
+            // A record of another trust domain (the configuration changed) is not ours.
+            Some(r)
+                if r.secret_hash.ct_eq(&verified.secret_hash)
+                    && r.trust_domain == self.trust_domain =>
+            {
+                Ok(Ok(r))
+            }
             _ => Ok(Err(Miss::Unknown)),
         }
     }
@@ -138,12 +157,10 @@ impl<S: TokenStore> Service<S> {
         parent_token: &str,
         req: ChildRequest,
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-        let Some(caller_id) = caller.id() else {
-            return Err(ServiceError::Unauthenticated(
-                "x-writ-caller: Downscope requires the caller's identity (the parent's audience)"
-                    .into(),
-            ));
-        };
+        let caller_id = party_id(
+            caller,
+            "Downscope requires the caller's identity (the parent's audience)",
+        )?;
         let parent = match self.lookup(parent_token).await? {
             Ok(p) => p,
             Err(Miss::Malformed) => {
@@ -171,11 +188,10 @@ impl<S: TokenStore> Service<S> {
         token: &str,
         action: Option<Action>,
     ) -> Result<Validation, ServiceError> {
-        let Some(caller_id) = caller.id() else {
-            return Err(ServiceError::Unauthenticated(
-                "x-writ-caller: Validate requires the identity of the validating service".into(),
-            ));
-        };
+        let caller_id = party_id(
+            caller,
+            "Validate requires the identity of the validating service",
+        )?;
         let record = match self.lookup(token).await? {
             Ok(r) => r,
             Err(Miss::Malformed | Miss::Forged) => {

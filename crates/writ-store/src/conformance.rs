@@ -53,6 +53,7 @@ pub(crate) fn record(txn: TxnId, id: TokenId, parent: Option<TokenId>) -> TokenR
             ]),
             targets: BTreeSet::from(["svc:payments".to_owned()]),
             expires_at: UnixMillis(1_700_000_300_000 + u64::from(id.0[3])),
+            max_uses: None,
         },
         purpose: "book a trip".to_owned(),
         tctx: BTreeMap::from([("trip".to_owned(), "42".to_owned())]),

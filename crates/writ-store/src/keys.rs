@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn txn_keys_group_by_txn_then_order_by_token_id() {
-        let mut keys = vec![
+        let mut keys = [
             txn_token_key(txn(2), tid(0, 0)),
             txn_token_key(txn(1), tid(9, 0)),
             txn_token_key(txn(1), tid(0, 1)),

@@ -1,0 +1,206 @@
+//! What happens to a token after it is issued: its mutable state (revocation, uses,
+//! children), the status derived from it, and the audit events that record every step.
+//! Still pure: the store persists these values and the server decides when to write them.
+
+use crate::ids::{TokenId, UnixMillis};
+use crate::model::{Grant, TokenRecord};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
+
+/// Why and by whom a token was revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Revocation {
+    /// When.
+    pub at: UnixMillis,
+    /// Who asked (an operator's identity).
+    pub by: String,
+    /// Why, as the operator said.
+    pub reason: String,
+    /// The token the operator revoked: this one, or the ancestor whose revocation reached it.
+    pub cause: TokenId,
+}
+
+/// The mutable part of a stored token. Only the store changes it, under its per-transaction
+/// serialisation, so concurrent Downscope, Validate and Revoke never lose an update.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenState {
+    /// Set once, never cleared: a revoked token cannot be un-revoked.
+    pub revoked: Option<Revocation>,
+    /// Uses consumed by successful action checks.
+    pub uses: u32,
+    /// Children derived so far.
+    pub children: u32,
+}
+
+/// A token's status at one instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Status {
+    /// Usable.
+    Active,
+    /// Past its expiry.
+    Expired,
+    /// Revoked, directly or through an ancestor.
+    Revoked,
+    /// Every use it carried has been consumed.
+    Exhausted,
+}
+
+impl Status {
+    /// Lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Active => "active",
+            Status::Expired => "expired",
+            Status::Revoked => "revoked",
+            Status::Exhausted => "exhausted",
+        }
+    }
+}
+
+/// Status of `record` in `state` at `now`. Revocation outranks expiry, which outranks
+/// exhaustion: the most permanent reason is the one reported.
+pub fn status(record: &TokenRecord, state: &TokenState, now: UnixMillis) -> Status {
+    if state.revoked.is_some() {
+        Status::Revoked
+    } else if record.grant.is_expired(now) {
+        Status::Expired
+    } else if record.grant.max_uses.is_some_and(|m| state.uses >= m) {
+        Status::Exhausted
+    } else {
+        Status::Active
+    }
+}
+
+/// What a child narrowed relative to its parent, one human-readable line per change, for
+/// chain views and audit. Empty only for a root (no parent) comparison with itself.
+pub fn narrowed(parent: &Grant, child: &Grant) -> Vec<String> {
+    let mut out = Vec::new();
+    let dropped = |kind: &str, p: &BTreeSet<String>, c: &BTreeSet<String>| {
+        let gone: Vec<&str> = p.difference(c).map(String::as_str).collect();
+        (!gone.is_empty()).then(|| format!("{kind} dropped: {}", gone.join(" ")))
+    };
+    out.extend(dropped("scopes", &parent.scopes, &child.scopes));
+    out.extend(dropped("targets", &parent.targets, &child.targets));
+    for (name, c) in &child.claims {
+        match parent.claims.get(name) {
+            None => out.push(format!("claim {name} added: {c}")),
+            Some(p) if p != c => out.push(format!("claim {name}: {p} -> {c}")),
+            Some(_) => {}
+        }
+    }
+    if child.expires_at < parent.expires_at {
+        out.push(format!(
+            "expiry {} s earlier",
+            (parent.expires_at.0 - child.expires_at.0).div_ceil(1000)
+        ));
+    }
+    if child.max_uses != parent.max_uses {
+        let show = |u: Option<u32>| u.map_or("unlimited".to_string(), |u| u.to_string());
+        out.push(format!(
+            "max_uses {} -> {}",
+            show(parent.max_uses),
+            show(child.max_uses)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::claims::Constraint;
+    use crate::ids::TxnId;
+    use crate::model::{ActorKind, ClientType, Party};
+    use crate::token::SecretHash;
+
+    fn grant() -> Grant {
+        Grant {
+            scopes: ["a".to_string(), "b".to_string()].into(),
+            claims: [("amount".to_string(), Constraint::Max(100))].into(),
+            targets: ["x".to_string(), "y".to_string()].into(),
+            expires_at: UnixMillis(10_000),
+            max_uses: Some(3),
+        }
+    }
+
+    fn record(g: Grant) -> TokenRecord {
+        let p = Party {
+            id: "p".into(),
+            kind: ActorKind::Agent,
+            client_type: ClientType::Public,
+        };
+        TokenRecord {
+            token_id: TokenId([1; 16]),
+            secret_hash: SecretHash([0; 32]),
+            txn: TxnId([2; 16]),
+            parent: None,
+            depth: 0,
+            subject: "alice".into(),
+            trust_domain: "t".into(),
+            actors: vec![p.clone()],
+            audience: p,
+            grant: g,
+            purpose: String::new(),
+            tctx: Default::default(),
+            rctx: Default::default(),
+            issued_at: UnixMillis(0),
+        }
+    }
+
+    #[test]
+    fn status_ranks_revoked_over_expired_over_exhausted() {
+        let r = record(grant());
+        let mut s = TokenState::default();
+        assert_eq!(status(&r, &s, UnixMillis(0)), Status::Active);
+        s.uses = 3;
+        assert_eq!(status(&r, &s, UnixMillis(0)), Status::Exhausted);
+        assert_eq!(status(&r, &s, UnixMillis(10_000)), Status::Expired);
+        s.revoked = Some(Revocation {
+            at: UnixMillis(1),
+            by: "op".into(),
+            reason: "r".into(),
+            cause: TokenId([1; 16]),
+        });
+        assert_eq!(status(&r, &s, UnixMillis(10_000)), Status::Revoked);
+        let unlimited = record(Grant {
+            max_uses: None,
+            ..grant()
+        });
+        let busy = TokenState {
+            uses: u32::MAX,
+            ..TokenState::default()
+        };
+        assert_eq!(status(&unlimited, &busy, UnixMillis(0)), Status::Active);
+    }
+
+    #[test]
+    fn narrowed_lists_every_change() {
+        let p = grant();
+        assert!(narrowed(&p, &p).is_empty());
+        let c = Grant {
+            scopes: ["a".to_string()].into(),
+            claims: [
+                ("amount".to_string(), Constraint::Max(50)),
+                (
+                    "cat".to_string(),
+                    Constraint::DenySet(["h".to_string()].into()),
+                ),
+            ]
+            .into(),
+            targets: ["y".to_string()].into(),
+            expires_at: UnixMillis(4_000),
+            max_uses: Some(1),
+        };
+        assert_eq!(
+            narrowed(&p, &c),
+            vec![
+                "scopes dropped: b",
+                "targets dropped: x",
+                "claim amount: max 100 -> max 50",
+                "claim cat added: deny {h}",
+                "expiry 6 s earlier",
+                "max_uses 3 -> 1",
+            ]
+        );
+    }
+}
