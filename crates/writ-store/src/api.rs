@@ -8,7 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use writ_core::{TokenId, TokenRecord, TxnId};
+use writ_core::{TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
 /// map errors to responses once.
@@ -24,6 +24,25 @@ pub enum StoreError {
         /// What was found to be wrong.
         what: String,
     },
+    /// `insert_child` was given a record without a parent, or whose parent does not
+    /// exist in the same transaction; nothing was written.
+    #[error("the parent token does not exist")]
+    ParentMissing,
+    /// `insert_child`: the parent is revoked, so it may derive no children.
+    #[error("the parent token is revoked")]
+    ParentRevoked,
+    /// `insert_child`: the parent already has `limit` children.
+    #[error("the parent token already has the maximum of {limit} children")]
+    FanOutExceeded {
+        /// The fan-out limit that was reached.
+        limit: u32,
+    },
+    /// `insert_child`: the parent's remaining uses cannot cover the child's `max_uses`.
+    #[error("the parent token has too few uses left to reserve the child's uses")]
+    UsesExhausted,
+    /// The token named does not exist.
+    #[error("no such token")]
+    NotFound,
     /// The storage engine or its I/O failed; the message comes from the engine.
     #[error("storage backend error: {0}")]
     Backend(String),
@@ -33,7 +52,39 @@ pub enum StoreError {
     Task(String),
 }
 
+/// What [`TokenStore::revoke`] revokes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RevokeTarget {
+    /// One token and every descendant derived from it through
+    /// [`TokenStore::insert_child`]; each gets this token as its revocation's `cause`.
+    Token(TokenId),
+    /// Every token of one transaction; each is its own `cause`.
+    Txn(TxnId),
+}
+
+/// The result of [`TokenStore::consume_use`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UseOutcome {
+    /// One use was consumed. `remaining` is how many are left after it; `None` for a
+    /// token with unlimited uses (for which nothing is written).
+    Consumed {
+        /// Uses left after this one; `None` when unlimited.
+        remaining: Option<u32>,
+    },
+    /// Every use is already consumed (or reserved by children); nothing changed.
+    Exhausted,
+    /// The token is revoked; nothing changed.
+    Revoked,
+    /// No such token.
+    Unknown,
+}
+
 /// Storage for token records.
+///
+/// Every mutation of a token's state (`insert_child`, `revoke`, `consume_use`, and
+/// `insert`) runs its read-check-write serialised with every other mutation of the same
+/// transaction, so none loses an update and a child derived while an ancestor is being
+/// revoked is either revoked with it or refused.
 ///
 /// Futures must be polled inside a Tokio runtime. Dropping a pending future does not
 /// cancel the operation: an `insert` whose future was dropped may still land.
@@ -55,6 +106,49 @@ pub trait TokenStore: Send + Sync + 'static {
         &self,
         txn: TxnId,
     ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send;
+
+    /// The mutable state of a token: the default state if the token exists but has never
+    /// changed, `None` if it does not exist.
+    fn state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send;
+
+    /// Stores a child token derived from `record.parent`, atomically with respect to
+    /// every other mutation of the transaction. Refuses, writing nothing:
+    /// [`Conflict`](StoreError::Conflict) if the child's id exists,
+    /// [`ParentMissing`](StoreError::ParentMissing) if `record.parent` is `None` or names
+    /// no token of `record.txn`, [`ParentRevoked`](StoreError::ParentRevoked),
+    /// [`FanOutExceeded`](StoreError::FanOutExceeded) if the parent already has
+    /// `max_children` children, and [`UsesExhausted`](StoreError::UsesExhausted) if both
+    /// have a `max_uses` and the parent's consumed plus reserved uses plus the child's
+    /// would exceed the parent's.
+    ///
+    /// On success, in one atomic write (durable per the store's durability): the record
+    /// and its indexes, the parent→child link, and the parent's state with `children`
+    /// incremented and, when both have a `max_uses`, the child's uses added to `uses`.
+    fn insert_child(
+        &self,
+        record: TokenRecord,
+        max_children: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Revokes a token and every descendant (or every token of a transaction) in one
+    /// atomic write, skipping tokens already revoked: a revocation is never overwritten.
+    /// Returns the ids newly revoked. [`NotFound`](StoreError::NotFound) for an unknown
+    /// token; an unknown transaction revokes nothing.
+    fn revoke(
+        &self,
+        target: RevokeTarget,
+        by: String,
+        reason: String,
+        at: UnixMillis,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send;
+
+    /// Atomically consumes one use of a token, if it is known, not revoked and not
+    /// exhausted. Expiry is not checked here.
+    fn consume_use(&self, id: TokenId)
+    -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 }
 
 /// A shared store is a store, so servers can hold `Arc<S>` and still pass it on as `S`.
@@ -75,5 +169,37 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         txn: TxnId,
     ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
         T::txn_tokens(self, txn)
+    }
+
+    fn state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send {
+        T::state(self, id)
+    }
+
+    fn insert_child(
+        &self,
+        record: TokenRecord,
+        max_children: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        T::insert_child(self, record, max_children)
+    }
+
+    fn revoke(
+        &self,
+        target: RevokeTarget,
+        by: String,
+        reason: String,
+        at: UnixMillis,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+        T::revoke(self, target, by, reason, at)
+    }
+
+    fn consume_use(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
+        T::consume_use(self, id)
     }
 }

@@ -2,7 +2,8 @@
 //! hop that validates them.
 //!
 //! The service logic only ever talks to the [`TokenStore`] trait. It is deliberately
-//! small (insert, point read, per-transaction index scan) and its futures are `Send`
+//! small (insert, point read, per-transaction index scan, and the state mutations:
+//! deriving a child, revoking a subtree or transaction, consuming a use) and its futures are `Send`
 //! and own their work, so a networked, distributed backend (a Redis Cluster store is
 //! planned) can implement it without the core or the server changing. No RocksDB type
 //! appears in this crate's public API.
@@ -11,7 +12,14 @@
 //! - [`api`]: the [`TokenStore`] contract and the crate's one error type, [`StoreError`].
 //! - `keys`: the byte layout of every key and the column-family names (the only place
 //!   that knows them).
-//! - `codec`: the versioned encoding of a stored [`TokenRecord`](writ_core::TokenRecord).
+//! - `codec`: the versioned encodings of a stored [`TokenRecord`](writ_core::TokenRecord)
+//!   and [`TokenState`](writ_core::TokenState).
+//!
+//! Column families (key layouts in `keys`): `tokens` (immutable records), `state`
+//! (each token's mutable [`TokenState`](writ_core::TokenState); no row means the default
+//! state), `txn_tokens` (index: the tokens of a transaction), `children` (index: the
+//! children of a token, written by `insert_child` and walked by `revoke`), `expiry`
+//! (index: tokens by expiry time) and `meta` (schema version).
 //! - [`rocks`]: [`RocksStore`], the embedded, durable RocksDB backend.
 //! - [`memory`]: [`MemoryStore`], an in-process backend with the same semantics, for
 //!   fast tests of the layers above.
@@ -27,6 +35,6 @@ pub mod rocks;
 #[cfg(test)]
 mod conformance;
 
-pub use api::{StoreError, TokenStore};
+pub use api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
 pub use memory::MemoryStore;
 pub use rocks::{Durability, RocksStore, StoreOptions};
