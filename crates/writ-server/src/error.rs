@@ -77,6 +77,12 @@ impl From<ServiceError> for tonic::Status {
                 | Dimension::Loop => Code::PermissionDenied,
             },
             ServiceError::Store(StoreError::Conflict) => Code::Aborted,
+            ServiceError::Store(StoreError::ParentRevoked | StoreError::UsesExhausted) => {
+                Code::FailedPrecondition
+            }
+            ServiceError::Store(StoreError::FanOutExceeded { .. }) => Code::ResourceExhausted,
+            ServiceError::Store(StoreError::ParentMissing) => Code::Unauthenticated,
+            ServiceError::Store(StoreError::NotFound) => Code::NotFound,
             ServiceError::Store(_) => Code::Unavailable,
         };
         if code == Code::Unavailable {

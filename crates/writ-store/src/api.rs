@@ -147,8 +147,10 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Atomically consumes one use of a token, if it is known, not revoked and not
     /// exhausted. Expiry is not checked here.
-    fn consume_use(&self, id: TokenId)
-    -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
+    fn consume_use(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 }
 
 /// A shared store is a store, so servers can hold `Arc<S>` and still pass it on as `S`.

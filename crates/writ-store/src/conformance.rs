@@ -1,12 +1,12 @@
 //! The behaviour every [`TokenStore`] must show, written once and run against every
 //! backend, plus hand-built records for tests.
 
-use crate::api::{StoreError, TokenStore};
+use crate::api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use writ_core::{
-    ActorKind, ClientType, Constraint, Grant, Party, SecretHash, TokenId, TokenRecord, TxnId,
-    UnixMillis,
+    ActorKind, ClientType, Constraint, Grant, Party, SecretHash, TokenId, TokenRecord, TokenState,
+    TxnId, UnixMillis,
 };
 
 /// A token id whose bytes sort by `n` (big-endian in the first four bytes) with a
@@ -70,7 +70,24 @@ pub(crate) async fn run<S: TokenStore>(store: S) {
     duplicate_insert_conflicts(&*store).await;
     txn_index_is_exact_and_ordered(&*store).await;
     concurrent_inserts_all_land(store.clone()).await;
-    concurrent_duplicates_admit_exactly_one(store).await;
+    concurrent_duplicates_admit_exactly_one(store.clone()).await;
+    child_insert_counts_children_and_enforces_fan_out(&*store).await;
+    revoked_parent_refuses_children(&*store).await;
+    uses_are_reserved_and_exhausted(&*store).await;
+    concurrent_consumes_of_a_single_use_token_admit_one(store.clone()).await;
+    revoking_a_node_revokes_exactly_its_subtree(&*store).await;
+    revoking_a_txn_revokes_all_its_tokens(&*store).await;
+    derive_racing_revoke_never_leaves_a_usable_descendant(store).await;
+}
+
+/// `record` with `max_uses` set.
+pub(crate) fn with_uses(mut r: TokenRecord, max_uses: Option<u32>) -> TokenRecord {
+    r.grant.max_uses = max_uses;
+    r
+}
+
+fn revoked_reason(state: &TokenState) -> Option<(&str, TokenId)> {
+    state.revoked.as_ref().map(|r| (r.reason.as_str(), r.cause))
 }
 
 async fn round_trip<S: TokenStore>(store: &S) {
@@ -191,4 +208,396 @@ async fn concurrent_duplicates_admit_exactly_one<S: TokenStore>(store: Arc<S>) {
     }
     assert_eq!(ok, 1);
     assert_eq!(store.txn_tokens(txn(600)).await.unwrap(), vec![tid(20_000)]);
+}
+
+async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store: &S) {
+    let t = txn(700);
+    let root = record(t, tid(40_000), None);
+    store.insert(root).await.unwrap();
+    assert_eq!(
+        store.state(tid(40_000)).await.unwrap(),
+        Some(TokenState::default())
+    );
+    assert_eq!(store.state(tid(49_999)).await.unwrap(), None);
+    for n in [40_001, 40_002] {
+        store
+            .insert_child(record(t, tid(n), Some(tid(40_000))), 2)
+            .await
+            .unwrap();
+    }
+    let s = store.state(tid(40_000)).await.unwrap().unwrap();
+    assert_eq!((s.children, s.uses, s.revoked), (2, 0, None));
+    assert_eq!(
+        store.state(tid(40_001)).await.unwrap(),
+        Some(TokenState::default())
+    );
+    assert_eq!(
+        store
+            .insert_child(record(t, tid(40_003), Some(tid(40_000))), 2)
+            .await,
+        Err(StoreError::FanOutExceeded { limit: 2 })
+    );
+    // A child's own fan-out is counted separately.
+    store
+        .insert_child(record(t, tid(40_004), Some(tid(40_001))), 1)
+        .await
+        .unwrap();
+    // An existing id conflicts and changes nothing.
+    assert_eq!(
+        store
+            .insert_child(record(t, tid(40_001), Some(tid(40_000))), 10)
+            .await,
+        Err(StoreError::Conflict)
+    );
+    // No parent, an unknown parent, a parent of another transaction.
+    assert_eq!(
+        store.insert_child(record(t, tid(40_005), None), 10).await,
+        Err(StoreError::ParentMissing)
+    );
+    assert_eq!(
+        store
+            .insert_child(record(t, tid(40_005), Some(tid(49_999))), 10)
+            .await,
+        Err(StoreError::ParentMissing)
+    );
+    assert_eq!(
+        store
+            .insert_child(record(txn(701), tid(40_005), Some(tid(40_000))), 10)
+            .await,
+        Err(StoreError::ParentMissing)
+    );
+    assert_eq!(store.get(tid(40_003)).await.unwrap(), None);
+    assert_eq!(store.get(tid(40_005)).await.unwrap(), None);
+    assert_eq!(store.state(tid(40_000)).await.unwrap().unwrap().children, 2);
+    assert_eq!(store.state(tid(40_001)).await.unwrap().unwrap().children, 1);
+    assert_eq!(
+        store.txn_tokens(t).await.unwrap(),
+        vec![tid(40_000), tid(40_001), tid(40_002), tid(40_004)]
+    );
+    assert_eq!(
+        store.get(tid(40_004)).await.unwrap(),
+        Some(record(t, tid(40_004), Some(tid(40_001))))
+    );
+}
+
+async fn revoked_parent_refuses_children<S: TokenStore>(store: &S) {
+    let t = txn(710);
+    store.insert(record(t, tid(41_000), None)).await.unwrap();
+    let revoked = store
+        .revoke(
+            RevokeTarget::Token(tid(41_000)),
+            "op".to_owned(),
+            "leak".to_owned(),
+            UnixMillis(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![tid(41_000)]);
+    assert_eq!(
+        store
+            .insert_child(record(t, tid(41_001), Some(tid(41_000))), 10)
+            .await,
+        Err(StoreError::ParentRevoked)
+    );
+    assert_eq!(store.get(tid(41_001)).await.unwrap(), None);
+    let s = store.state(tid(41_000)).await.unwrap().unwrap();
+    assert_eq!(s.children, 0);
+    let r = s.revoked.unwrap();
+    assert_eq!(
+        (r.at, r.by.as_str(), r.reason.as_str(), r.cause),
+        (UnixMillis(5), "op", "leak", tid(41_000))
+    );
+}
+
+async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
+    let t = txn(720);
+    let root = tid(42_000);
+    store
+        .insert(with_uses(record(t, root, None), Some(3)))
+        .await
+        .unwrap();
+    let child = |n: u32, uses: Option<u32>| with_uses(record(t, tid(n), Some(root)), uses);
+    store
+        .insert_child(child(42_001, Some(2)), 10)
+        .await
+        .unwrap();
+    assert_eq!(store.state(root).await.unwrap().unwrap().uses, 2);
+    assert_eq!(
+        store.insert_child(child(42_002, Some(2)), 10).await,
+        Err(StoreError::UsesExhausted)
+    );
+    assert_eq!(store.get(tid(42_002)).await.unwrap(), None);
+    let s = store.state(root).await.unwrap().unwrap();
+    assert_eq!((s.uses, s.children), (2, 1));
+    store
+        .insert_child(child(42_003, Some(1)), 10)
+        .await
+        .unwrap();
+    let s = store.state(root).await.unwrap().unwrap();
+    assert_eq!((s.uses, s.children), (3, 2));
+    // The root's budget is all reserved: neither it nor a new child can use more.
+    assert_eq!(
+        store.consume_use(root).await.unwrap(),
+        UseOutcome::Exhausted
+    );
+    assert_eq!(
+        store.insert_child(child(42_004, Some(1)), 10).await,
+        Err(StoreError::UsesExhausted)
+    );
+    // A child with no use limit reserves nothing.
+    store.insert_child(child(42_005, None), 10).await.unwrap();
+    assert_eq!(store.state(root).await.unwrap().unwrap().uses, 3);
+
+    // The child spends its reserved uses.
+    let c = tid(42_001);
+    assert_eq!(
+        store.consume_use(c).await.unwrap(),
+        UseOutcome::Consumed { remaining: Some(1) }
+    );
+    assert_eq!(
+        store.consume_use(c).await.unwrap(),
+        UseOutcome::Consumed { remaining: Some(0) }
+    );
+    assert_eq!(store.consume_use(c).await.unwrap(), UseOutcome::Exhausted);
+    assert_eq!(store.state(c).await.unwrap().unwrap().uses, 2);
+
+    // Unlimited: always consumed, and nothing is counted.
+    let u = tid(42_005);
+    for _ in 0..3 {
+        assert_eq!(
+            store.consume_use(u).await.unwrap(),
+            UseOutcome::Consumed { remaining: None }
+        );
+    }
+    assert_eq!(store.state(u).await.unwrap(), Some(TokenState::default()));
+    assert_eq!(
+        store.consume_use(tid(49_998)).await.unwrap(),
+        UseOutcome::Unknown
+    );
+
+    // Revocation outranks everything, for limited and unlimited tokens alike.
+    let revoked = store
+        .revoke(
+            RevokeTarget::Token(tid(42_003)),
+            "op".to_owned(),
+            "r".to_owned(),
+            UnixMillis(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked, vec![tid(42_003)]);
+    assert_eq!(
+        store.consume_use(tid(42_003)).await.unwrap(),
+        UseOutcome::Revoked
+    );
+    store
+        .revoke(
+            RevokeTarget::Token(u),
+            "op".to_owned(),
+            "r".to_owned(),
+            UnixMillis(1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.consume_use(u).await.unwrap(), UseOutcome::Revoked);
+    assert_eq!(store.state(tid(42_003)).await.unwrap().unwrap().uses, 0);
+}
+
+async fn concurrent_consumes_of_a_single_use_token_admit_one<S: TokenStore>(store: Arc<S>) {
+    const N: usize = 50;
+    let id = tid(43_000);
+    store
+        .insert(with_uses(record(txn(730), id, None), Some(1)))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..N)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.consume_use(id).await })
+        })
+        .collect();
+    let mut consumed = 0;
+    for task in tasks {
+        match task.await.unwrap().unwrap() {
+            UseOutcome::Consumed { remaining } => {
+                assert_eq!(remaining, Some(0));
+                consumed += 1;
+            }
+            other => assert_eq!(other, UseOutcome::Exhausted),
+        }
+    }
+    assert_eq!(consumed, 1);
+    assert_eq!(store.state(id).await.unwrap().unwrap().uses, 1);
+}
+
+async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
+    let t = txn(740);
+    // 44_000 ─┬─ 44_001 ─┬─ 44_003 ── 44_005
+    //         │          └─ 44_004
+    //         └─ 44_002 ── 44_006
+    store.insert(record(t, tid(44_000), None)).await.unwrap();
+    for (n, parent) in [
+        (44_001, 44_000),
+        (44_002, 44_000),
+        (44_003, 44_001),
+        (44_004, 44_001),
+        (44_005, 44_003),
+        (44_006, 44_002),
+    ] {
+        store
+            .insert_child(record(t, tid(n), Some(tid(parent))), 10)
+            .await
+            .unwrap();
+    }
+    let revoke = |id: u32, reason: &str| {
+        store.revoke(
+            RevokeTarget::Token(tid(id)),
+            "op".to_owned(),
+            reason.to_owned(),
+            UnixMillis(9),
+        )
+    };
+    let mut first = revoke(44_001, "first").await.unwrap();
+    first.sort();
+    assert_eq!(
+        first,
+        vec![tid(44_001), tid(44_003), tid(44_004), tid(44_005)]
+    );
+    for n in [44_001, 44_003, 44_004, 44_005] {
+        let s = store.state(tid(n)).await.unwrap().unwrap();
+        assert_eq!(revoked_reason(&s), Some(("first", tid(44_001))), "{n}");
+    }
+    for n in [44_000, 44_002, 44_006] {
+        assert_eq!(store.state(tid(n)).await.unwrap().unwrap().revoked, None);
+    }
+    // Nothing new to revoke, and the first revocation stands.
+    assert_eq!(revoke(44_001, "second").await.unwrap(), vec![]);
+    assert_eq!(revoke(44_003, "third").await.unwrap(), vec![]);
+    let s = store.state(tid(44_005)).await.unwrap().unwrap();
+    assert_eq!(revoked_reason(&s), Some(("first", tid(44_001))));
+    // Revoking the root reaches only what is left.
+    let mut rest = revoke(44_000, "root").await.unwrap();
+    rest.sort();
+    assert_eq!(rest, vec![tid(44_000), tid(44_002), tid(44_006)]);
+    let s = store.state(tid(44_006)).await.unwrap().unwrap();
+    assert_eq!(revoked_reason(&s), Some(("root", tid(44_000))));
+    let s = store.state(tid(44_004)).await.unwrap().unwrap();
+    assert_eq!(revoked_reason(&s), Some(("first", tid(44_001))));
+    assert_eq!(revoke(49_997, "nothing").await, Err(StoreError::NotFound));
+}
+
+async fn revoking_a_txn_revokes_all_its_tokens<S: TokenStore>(store: &S) {
+    let t = txn(750);
+    store.insert(record(t, tid(45_000), None)).await.unwrap();
+    for n in [45_001, 45_002] {
+        store
+            .insert_child(record(t, tid(n), Some(tid(45_000))), 10)
+            .await
+            .unwrap();
+    }
+    // A neighbouring transaction stays untouched.
+    store
+        .insert(record(txn(751), tid(45_100), None))
+        .await
+        .unwrap();
+    let revoke = |target, reason: &str| {
+        store.revoke(target, "op".to_owned(), reason.to_owned(), UnixMillis(3))
+    };
+    assert_eq!(
+        revoke(RevokeTarget::Token(tid(45_002)), "one")
+            .await
+            .unwrap(),
+        vec![tid(45_002)]
+    );
+    let mut all = revoke(RevokeTarget::Txn(t), "all").await.unwrap();
+    all.sort();
+    assert_eq!(all, vec![tid(45_000), tid(45_001)]);
+    for n in [45_000, 45_001] {
+        let s = store.state(tid(n)).await.unwrap().unwrap();
+        assert_eq!(revoked_reason(&s), Some(("all", tid(n))));
+    }
+    let s = store.state(tid(45_002)).await.unwrap().unwrap();
+    assert_eq!(revoked_reason(&s), Some(("one", tid(45_002))));
+    assert_eq!(
+        store.state(tid(45_100)).await.unwrap().unwrap().revoked,
+        None
+    );
+    assert_eq!(revoke(RevokeTarget::Txn(t), "again").await.unwrap(), vec![]);
+    assert_eq!(
+        revoke(RevokeTarget::Txn(txn(759)), "none").await.unwrap(),
+        vec![]
+    );
+}
+
+async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(store: Arc<S>) {
+    const ROUNDS: u32 = 4;
+    const TASKS: u32 = 48;
+    const CHAIN: u32 = 4;
+    for round in 0..ROUNDS {
+        let t = txn(760 + u64::from(round));
+        let base = 46_000 + round * 1_000;
+        // A chain base → base+1 → ... → base+CHAIN-1.
+        store.insert(record(t, tid(base), None)).await.unwrap();
+        for i in 1..CHAIN {
+            store
+                .insert_child(record(t, tid(base + i), Some(tid(base + i - 1))), u32::MAX)
+                .await
+                .unwrap();
+        }
+        let spawn_deriver = |i: u32| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // A child under a chain node, then a grandchild under that child.
+                let child = tid(base + 100 + i);
+                let parent = tid(base + i % CHAIN);
+                for (id, parent) in [(child, parent), (tid(base + 500 + i), child)] {
+                    match store
+                        .insert_child(record(t, id, Some(parent)), u32::MAX)
+                        .await
+                    {
+                        Ok(()) => {}
+                        Err(StoreError::ParentRevoked) => return,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut tasks: Vec<_> = (0..TASKS / 2).map(spawn_deriver).collect();
+        let revoker = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .revoke(
+                        RevokeTarget::Token(tid(base)),
+                        "op".to_owned(),
+                        "race".to_owned(),
+                        UnixMillis(1),
+                    )
+                    .await
+            })
+        };
+        tasks.extend((TASKS / 2..TASKS).map(spawn_deriver));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let newly: BTreeSet<TokenId> = revoker.await.unwrap().unwrap().into_iter().collect();
+        let all = store.txn_tokens(t).await.unwrap();
+        assert!(all.len() >= CHAIN as usize);
+        for id in all {
+            // Every token of the transaction descends from the revoked root.
+            let mut at = id;
+            while let Some(parent) = store.get(at).await.unwrap().unwrap().parent {
+                at = parent;
+            }
+            assert_eq!(at, tid(base));
+            let s = store.state(id).await.unwrap().unwrap();
+            assert_eq!(
+                revoked_reason(&s),
+                Some(("race", tid(base))),
+                "round {round}: {id} survived the revocation"
+            );
+            assert!(newly.contains(&id), "{id} missing from the revoked ids");
+        }
+    }
 }

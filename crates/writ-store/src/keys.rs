@@ -7,7 +7,9 @@
 //! | column family | key                                | value                    |
 //! |---------------|------------------------------------|--------------------------|
 //! | `tokens`      | token id (16)                      | encoded record (`codec`) |
+//! | `state`       | token id (16)                      | encoded state (`codec`)  |
 //! | `txn_tokens`  | txn id (16) ‖ token id (16)        | empty                    |
+//! | `children`    | parent token id (16) ‖ child token id (16) | empty            |
 //! | `expiry`      | expires_at ms, u64 BE (8) ‖ token id (16) | empty             |
 //! | `meta`        | `schema_version`                   | u32 BE                   |
 
@@ -15,6 +17,10 @@ use writ_core::{TokenId, TxnId, UnixMillis};
 
 /// Records by public token id.
 pub(crate) const CF_TOKENS: &str = "tokens";
+/// Mutable state (revocation, uses, children) by token id; no row is the default state.
+pub(crate) const CF_STATE: &str = "state";
+/// Index: the children of each token, for revoking a subtree.
+pub(crate) const CF_CHILDREN: &str = "children";
 /// Index: the tokens of each transaction.
 pub(crate) const CF_TXN_TOKENS: &str = "txn_tokens";
 /// Index: tokens by expiry time, for the cleanup task.
@@ -54,6 +60,36 @@ pub(crate) fn txn_token_key(txn: TxnId, id: TokenId) -> [u8; 2 * ID_LEN] {
 
 /// The token id of a [`CF_TXN_TOKENS`] key; `None` if the key has the wrong length.
 pub(crate) fn token_id_of_txn_key(key: &[u8]) -> Option<TokenId> {
+    if key.len() != 2 * ID_LEN {
+        return None;
+    }
+    let id: [u8; ID_LEN] = key[ID_LEN..].try_into().ok()?;
+    Some(TokenId(id))
+}
+
+/// Length of a `children` key prefix: one parent token id.
+pub(crate) const PARENT_PREFIX_LEN: usize = ID_LEN;
+
+/// Key of a token's row in [`CF_STATE`].
+pub(crate) fn state_key(id: TokenId) -> [u8; ID_LEN] {
+    id.0
+}
+
+/// The prefix every [`CF_CHILDREN`] key of one parent starts with.
+pub(crate) fn children_prefix(parent: TokenId) -> [u8; PARENT_PREFIX_LEN] {
+    parent.0
+}
+
+/// Key of a [`CF_CHILDREN`] index entry.
+pub(crate) fn child_key(parent: TokenId, child: TokenId) -> [u8; 2 * ID_LEN] {
+    let mut k = [0u8; 2 * ID_LEN];
+    k[..ID_LEN].copy_from_slice(&parent.0);
+    k[ID_LEN..].copy_from_slice(&child.0);
+    k
+}
+
+/// The child token id of a [`CF_CHILDREN`] key; `None` if the key has the wrong length.
+pub(crate) fn child_id_of_child_key(key: &[u8]) -> Option<TokenId> {
     if key.len() != 2 * ID_LEN {
         return None;
     }
@@ -140,6 +176,43 @@ mod tests {
     }
 
     #[test]
+    fn child_keys_group_by_parent_and_round_trip() {
+        let mut keys = [
+            child_key(tid(2, 0), tid(0, 0)),
+            child_key(tid(1, 0), tid(9, 0)),
+            child_key(tid(1, 0), tid(0, 1)),
+            child_key(tid(1, 1), tid(0, 0)),
+        ];
+        keys.sort();
+        let decoded: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                (
+                    k[..PARENT_PREFIX_LEN].to_vec(),
+                    child_id_of_child_key(k).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            decoded,
+            vec![
+                (children_prefix(tid(1, 0)).to_vec(), tid(0, 1)),
+                (children_prefix(tid(1, 0)).to_vec(), tid(9, 0)),
+                (children_prefix(tid(1, 1)).to_vec(), tid(0, 0)),
+                (children_prefix(tid(2, 0)).to_vec(), tid(0, 0)),
+            ]
+        );
+        let k = child_key(tid(3, 4), tid(5, 6));
+        assert!(k.starts_with(&children_prefix(tid(3, 4))));
+        assert!(!k.starts_with(&children_prefix(tid(5, 6))));
+        assert_eq!(&k[..16], &tid(3, 4).0);
+        assert_eq!(child_id_of_child_key(&k), Some(tid(5, 6)));
+        assert_eq!(child_id_of_child_key(&k[..31]), None);
+        assert_eq!(child_id_of_child_key(&[k.as_slice(), &[0]].concat()), None);
+        assert_eq!(state_key(tid(4, 5)), tid(4, 5).0);
+    }
+
+    #[test]
     fn expiry_keys_sort_numerically_then_by_token_id() {
         // Little-endian or decimal text would put 256 before 255 or 10 before 9.
         let times = [
@@ -181,7 +254,14 @@ mod tests {
 
     #[test]
     fn column_families_are_distinct() {
-        let mut names = [CF_TOKENS, CF_TXN_TOKENS, CF_EXPIRY, CF_META];
+        let mut names = [
+            CF_TOKENS,
+            CF_STATE,
+            CF_TXN_TOKENS,
+            CF_CHILDREN,
+            CF_EXPIRY,
+            CF_META,
+        ];
         names.sort_unstable();
         let n = names.len();
         let mut dedup = names.to_vec();

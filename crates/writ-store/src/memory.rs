@@ -2,18 +2,133 @@
 //! backends and none of their setup, so the layers above the store test fast.
 //! Nothing survives the process.
 
-use crate::api::{StoreError, TokenStore};
+use crate::api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use writ_core::{TokenId, TokenRecord, TxnId};
+use writ_core::{Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 #[derive(Default)]
 struct State {
     tokens: BTreeMap<TokenId, TokenRecord>,
     /// Mirrors the durable `txn_tokens` index: (txn, token) pairs sort like its keys.
     txn_tokens: BTreeSet<(TxnId, TokenId)>,
+    /// Mutable state; no entry is the default state.
+    states: BTreeMap<TokenId, TokenState>,
+    /// Mirrors the durable `children` index: (parent, child) pairs.
+    children: BTreeSet<(TokenId, TokenId)>,
+}
+
+impl State {
+    fn txn_ids(&self, txn: TxnId) -> Vec<TokenId> {
+        let lo = (txn, TokenId([0; 16]));
+        let hi = (txn, TokenId([0xff; 16]));
+        self.txn_tokens.range(lo..=hi).map(|&(_, id)| id).collect()
+    }
+
+    fn child_ids(&self, parent: TokenId) -> Vec<TokenId> {
+        let lo = (parent, TokenId([0; 16]));
+        let hi = (parent, TokenId([0xff; 16]));
+        self.children.range(lo..=hi).map(|&(_, id)| id).collect()
+    }
+
+    fn insert_child(&mut self, record: TokenRecord, max_children: u32) -> Result<(), StoreError> {
+        if self.tokens.contains_key(&record.token_id) {
+            return Err(StoreError::Conflict);
+        }
+        let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
+        let parent = match self.tokens.get(&parent_id) {
+            Some(p) if p.txn == record.txn => p,
+            _ => return Err(StoreError::ParentMissing),
+        };
+        let mut pstate = self.states.get(&parent_id).cloned().unwrap_or_default();
+        if pstate.revoked.is_some() {
+            return Err(StoreError::ParentRevoked);
+        }
+        if pstate.children >= max_children {
+            return Err(StoreError::FanOutExceeded {
+                limit: max_children,
+            });
+        }
+        if let (Some(n), Some(p)) = (record.grant.max_uses, parent.grant.max_uses) {
+            match pstate.uses.checked_add(n) {
+                Some(total) if total <= p => pstate.uses = total,
+                _ => return Err(StoreError::UsesExhausted),
+            }
+        }
+        pstate.children += 1;
+        self.states.insert(parent_id, pstate);
+        self.children.insert((parent_id, record.token_id));
+        self.txn_tokens.insert((record.txn, record.token_id));
+        self.tokens.insert(record.token_id, record);
+        Ok(())
+    }
+
+    fn revoke(
+        &mut self,
+        target: RevokeTarget,
+        by: &str,
+        reason: &str,
+        at: UnixMillis,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        // (token, cause) pairs to revoke, in walk order.
+        let mut todo: Vec<(TokenId, TokenId)> = Vec::new();
+        match target {
+            RevokeTarget::Token(root) => {
+                if !self.tokens.contains_key(&root) {
+                    return Err(StoreError::NotFound);
+                }
+                let mut seen = BTreeSet::from([root]);
+                let mut queue = std::collections::VecDeque::from([root]);
+                while let Some(id) = queue.pop_front() {
+                    todo.push((id, root));
+                    for child in self.child_ids(id) {
+                        if seen.insert(child) {
+                            queue.push_back(child);
+                        }
+                    }
+                }
+            }
+            RevokeTarget::Txn(txn) => todo.extend(self.txn_ids(txn).into_iter().map(|id| (id, id))),
+        }
+        let mut revoked = Vec::new();
+        for (id, cause) in todo {
+            let state = self.states.entry(id).or_default();
+            if state.revoked.is_none() {
+                state.revoked = Some(Revocation {
+                    at,
+                    by: by.to_owned(),
+                    reason: reason.to_owned(),
+                    cause,
+                });
+                revoked.push(id);
+            }
+        }
+        Ok(revoked)
+    }
+
+    fn consume_use(&mut self, id: TokenId) -> UseOutcome {
+        let Some(record) = self.tokens.get(&id) else {
+            return UseOutcome::Unknown;
+        };
+        let max = record.grant.max_uses;
+        let current = self.states.get(&id);
+        if current.is_some_and(|s| s.revoked.is_some()) {
+            return UseOutcome::Revoked;
+        }
+        let Some(max) = max else {
+            return UseOutcome::Consumed { remaining: None };
+        };
+        let state = self.states.entry(id).or_default();
+        if state.uses >= max {
+            return UseOutcome::Exhausted;
+        }
+        state.uses += 1;
+        UseOutcome::Consumed {
+            remaining: Some(max - state.uses),
+        }
+    }
 }
 
 /// An in-memory token store. Clones share the same data.
@@ -28,7 +143,7 @@ impl MemoryStore {
         MemoryStore::default()
     }
 
-    fn state(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> MutexGuard<'_, State> {
         // No critical section can panic half-way through an update, so a poisoned lock
         // still guards consistent data.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -38,7 +153,7 @@ impl MemoryStore {
 impl fmt::Debug for MemoryStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStore")
-            .field("tokens", &self.state().tokens.len())
+            .field("tokens", &self.lock().tokens.len())
             .finish()
     }
 }
@@ -48,7 +163,7 @@ impl TokenStore for MemoryStore {
     fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
         let store = self.clone();
         async move {
-            let mut state = store.state();
+            let mut state = store.lock();
             if state.tokens.contains_key(&record.token_id) {
                 return Err(StoreError::Conflict);
             }
@@ -63,7 +178,7 @@ impl TokenStore for MemoryStore {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
         let store = self.clone();
-        async move { Ok(store.state().tokens.get(&id).cloned()) }
+        async move { Ok(store.lock().tokens.get(&id).cloned()) }
     }
 
     fn txn_tokens(
@@ -71,16 +186,49 @@ impl TokenStore for MemoryStore {
         txn: TxnId,
     ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
         let store = self.clone();
+        async move { Ok(store.lock().txn_ids(txn)) }
+    }
+
+    fn state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send {
+        let store = self.clone();
         async move {
-            let lo = (txn, TokenId([0; 16]));
-            let hi = (txn, TokenId([0xff; 16]));
-            Ok(store
-                .state()
-                .txn_tokens
-                .range(lo..=hi)
-                .map(|&(_, id)| id)
-                .collect())
+            let state = store.lock();
+            if !state.tokens.contains_key(&id) {
+                return Ok(None);
+            }
+            Ok(Some(state.states.get(&id).cloned().unwrap_or_default()))
         }
+    }
+
+    fn insert_child(
+        &self,
+        record: TokenRecord,
+        max_children: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        async move { store.lock().insert_child(record, max_children) }
+    }
+
+    fn revoke(
+        &self,
+        target: RevokeTarget,
+        by: String,
+        reason: String,
+        at: UnixMillis,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+        let store = self.clone();
+        async move { store.lock().revoke(target, &by, &reason, at) }
+    }
+
+    fn consume_use(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().consume_use(id)) }
     }
 }
 

@@ -5,22 +5,31 @@
 //! where group commit comes from: concurrent writers block in RocksDB's write thread,
 //! which batches them into one WAL write and one fsync.
 //!
+//! State mutations read, check and write under a lock striped by transaction id (every
+//! token of a call tree shares its transaction), each in one `WriteBatch`. So a child
+//! derived while an ancestor is being revoked is either inserted before the revocation
+//! walks the `children` index (and revoked with the subtree) or sees its parent revoked
+//! and is refused. Token-id uniqueness across transactions is kept by a second, per-id
+//! striped lock, always taken after the transaction's.
+//!
 //! Durability rests on the write-ahead log, which is never disabled: an acknowledged
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
 //! the WAL on the next open.
 
-use crate::api::{StoreError, TokenStore};
+use crate::api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
 use crate::{codec, keys};
 use rocksdb::{
     BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DataBlockIndexType, Direction,
     IteratorMode, Options, PrefixRange, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, VecDeque};
 use std::fmt;
 use std::future::Future;
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
-use writ_core::{TokenId, TokenRecord, TxnId};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use writ_core::{Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// When an insert is acknowledged relative to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -45,13 +54,46 @@ pub struct StoreOptions {
 /// Writers whose token ids fall in the same stripe serialise their
 /// existence-check-then-write; others proceed (and group-commit) concurrently.
 const INSERT_STRIPES: usize = 64;
+/// Mutations of transactions in the same stripe serialise their read-check-write;
+/// others proceed (and group-commit) concurrently.
+const TXN_STRIPES: usize = 256;
 
 struct Inner {
     db: DB,
     durability: Durability,
     path: PathBuf,
-    /// Makes "check the id is free, then write" atomic per token id.
+    /// Makes "check the id is free, then write" atomic per token id (ids are unique
+    /// across transactions). Always taken after the transaction's lock.
     insert_locks: Vec<Mutex<()>>,
+    /// Serialises every state mutation (insert, insert_child, revoke, consume_use) of
+    /// one transaction: all tokens of a call tree share it.
+    txn_locks: Vec<Mutex<()>>,
+}
+
+impl Inner {
+    fn lock_txn(&self, txn: TxnId) -> MutexGuard<'_, ()> {
+        // The first bytes of a txn id are its mint time, so hash all of them.
+        let mut h = DefaultHasher::new();
+        txn.hash(&mut h);
+        let stripe = (h.finish() % self.txn_locks.len() as u64) as usize;
+        self.txn_locks[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_id(&self, id: TokenId) -> MutexGuard<'_, ()> {
+        // Token ids are hash output, so their first byte spreads them evenly over stripes.
+        let stripe = usize::from(id.0[0]) % self.insert_locks.len();
+        self.insert_locks[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write_opts(&self) -> WriteOptions {
+        let mut write_opts = WriteOptions::default();
+        write_opts.set_sync(self.durability == Durability::Sync);
+        write_opts
+    }
 }
 
 /// The RocksDB token store. Cheap to clone: clones share one open database, which is
@@ -126,7 +168,9 @@ impl RocksStore {
         db_opts.set_keep_log_file_num(10);
         let cfs = [
             ColumnFamilyDescriptor::new(keys::CF_TOKENS, tokens_cf_options()),
+            ColumnFamilyDescriptor::new(keys::CF_STATE, tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_TXN_TOKENS, txn_tokens_cf_options()),
+            ColumnFamilyDescriptor::new(keys::CF_CHILDREN, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_EXPIRY, Options::default()),
             ColumnFamilyDescriptor::new(keys::CF_META, Options::default()),
         ];
@@ -139,6 +183,7 @@ impl RocksStore {
                 durability: opts.durability,
                 path: path.to_owned(),
                 insert_locks: (0..INSERT_STRIPES).map(|_| Mutex::new(())).collect(),
+                txn_locks: (0..TXN_STRIPES).map(|_| Mutex::new(())).collect(),
             }),
         })
     }
@@ -200,9 +245,28 @@ fn insert_blocking(inner: &Inner, record: &TokenRecord) -> Result<(), StoreError
     let db = &inner.db;
     let tokens = cf(db, keys::CF_TOKENS)?;
     let key = keys::token_key(record.token_id);
-    let value = codec::encode(record)?;
     let mut batch = WriteBatch::default();
-    batch.put_cf(tokens, key, value);
+    put_record(inner, &mut batch, record)?;
+    let _txn_guard = inner.lock_txn(record.txn);
+    let _id_guard = inner.lock_id(record.token_id);
+    if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
+        return Err(StoreError::Conflict);
+    }
+    db.write_opt(batch, &inner.write_opts()).map_err(backend)
+}
+
+/// The record and its index entries, added to `batch`.
+fn put_record(
+    inner: &Inner,
+    batch: &mut WriteBatch,
+    record: &TokenRecord,
+) -> Result<(), StoreError> {
+    let db = &inner.db;
+    batch.put_cf(
+        cf(db, keys::CF_TOKENS)?,
+        keys::token_key(record.token_id),
+        codec::encode(record)?,
+    );
     batch.put_cf(
         cf(db, keys::CF_TXN_TOKENS)?,
         keys::txn_token_key(record.txn, record.token_id),
@@ -213,18 +277,211 @@ fn insert_blocking(inner: &Inner, record: &TokenRecord) -> Result<(), StoreError
         keys::expiry_key(record.grant.expires_at, record.token_id),
         keys::EMPTY_VALUE,
     );
-    let mut write_opts = WriteOptions::default();
-    write_opts.set_sync(inner.durability == Durability::Sync);
+    Ok(())
+}
 
-    // Token ids are hash output, so their first byte spreads them evenly over stripes.
-    let stripe = usize::from(key[0]) % inner.insert_locks.len();
-    let _guard = inner.insert_locks[stripe]
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
+/// The stored state row of a token, if any.
+fn read_state(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, StoreError> {
+    let db = &inner.db;
+    match db
+        .get_pinned_cf(cf(db, keys::CF_STATE)?, keys::state_key(id))
+        .map_err(backend)?
+    {
+        Some(value) => codec::decode_state(&value).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn put_state(
+    inner: &Inner,
+    batch: &mut WriteBatch,
+    id: TokenId,
+    state: &TokenState,
+) -> Result<(), StoreError> {
+    batch.put_cf(
+        cf(&inner.db, keys::CF_STATE)?,
+        keys::state_key(id),
+        codec::encode_state(state)?,
+    );
+    Ok(())
+}
+
+fn token_exists(inner: &Inner, id: TokenId) -> Result<bool, StoreError> {
+    let db = &inner.db;
+    Ok(db
+        .get_pinned_cf(cf(db, keys::CF_TOKENS)?, keys::token_key(id))
+        .map_err(backend)?
+        .is_some())
+}
+
+fn state_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, StoreError> {
+    // A state row is only ever written for an existing token.
+    if let Some(state) = read_state(inner, id)? {
+        return Ok(Some(state));
+    }
+    Ok(token_exists(inner, id)?.then(TokenState::default))
+}
+
+fn insert_child_blocking(
+    inner: &Inner,
+    record: &TokenRecord,
+    max_children: u32,
+) -> Result<(), StoreError> {
+    let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
+    let mut batch = WriteBatch::default();
+    put_record(inner, &mut batch, record)?;
+    batch.put_cf(
+        cf(&inner.db, keys::CF_CHILDREN)?,
+        keys::child_key(parent_id, record.token_id),
+        keys::EMPTY_VALUE,
+    );
+
+    let _txn_guard = inner.lock_txn(record.txn);
+    let _id_guard = inner.lock_id(record.token_id);
+    if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
     }
-    db.write_opt(batch, &write_opts).map_err(backend)
+    let parent = match get_blocking(inner, parent_id)? {
+        Some(p) if p.txn == record.txn => p,
+        _ => return Err(StoreError::ParentMissing),
+    };
+    let mut pstate = read_state(inner, parent_id)?.unwrap_or_default();
+    if pstate.revoked.is_some() {
+        return Err(StoreError::ParentRevoked);
+    }
+    if pstate.children >= max_children {
+        return Err(StoreError::FanOutExceeded {
+            limit: max_children,
+        });
+    }
+    if let (Some(n), Some(p)) = (record.grant.max_uses, parent.grant.max_uses) {
+        match pstate.uses.checked_add(n) {
+            Some(total) if total <= p => pstate.uses = total,
+            _ => return Err(StoreError::UsesExhausted),
+        }
+    }
+    pstate.children += 1;
+    put_state(inner, &mut batch, parent_id, &pstate)?;
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)
+}
+
+/// Ids of the children of `parent`, from the `children` index.
+fn children_of(inner: &Inner, parent: TokenId) -> Result<Vec<TokenId>, StoreError> {
+    let db = &inner.db;
+    let prefix = keys::children_prefix(parent);
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_prefix_same_as_start(true);
+    read_opts.set_iterate_range(PrefixRange(prefix));
+    let iter = db.iterator_cf_opt(
+        cf(db, keys::CF_CHILDREN)?,
+        read_opts,
+        IteratorMode::From(&prefix, Direction::Forward),
+    );
+    let mut ids = Vec::new();
+    for item in iter {
+        let (key, _) = item.map_err(backend)?;
+        if !key.starts_with(&prefix) {
+            break;
+        }
+        let id = keys::child_id_of_child_key(&key)
+            .ok_or_else(|| corrupt(format!("children key of {} bytes", key.len())))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn revoke_blocking(
+    inner: &Inner,
+    target: RevokeTarget,
+    by: &str,
+    reason: &str,
+    at: UnixMillis,
+) -> Result<Vec<TokenId>, StoreError> {
+    let txn = match target {
+        RevokeTarget::Token(id) => get_blocking(inner, id)?.ok_or(StoreError::NotFound)?.txn,
+        RevokeTarget::Txn(txn) => txn,
+    };
+    let _txn_guard = inner.lock_txn(txn);
+    // (token, cause) pairs, in walk order.
+    let mut todo: Vec<(TokenId, TokenId)> = Vec::new();
+    match target {
+        RevokeTarget::Token(root) => {
+            let mut seen = BTreeSet::from([root]);
+            let mut queue = VecDeque::from([root]);
+            while let Some(id) = queue.pop_front() {
+                todo.push((id, root));
+                for child in children_of(inner, id)? {
+                    if seen.insert(child) {
+                        queue.push_back(child);
+                    }
+                }
+            }
+        }
+        RevokeTarget::Txn(txn) => {
+            todo.extend(
+                txn_tokens_blocking(inner, txn)?
+                    .into_iter()
+                    .map(|id| (id, id)),
+            );
+        }
+    }
+    let mut batch = WriteBatch::default();
+    let mut revoked = Vec::new();
+    for (id, cause) in todo {
+        let mut state = read_state(inner, id)?.unwrap_or_default();
+        if state.revoked.is_some() {
+            continue;
+        }
+        state.revoked = Some(Revocation {
+            at,
+            by: by.to_owned(),
+            reason: reason.to_owned(),
+            cause,
+        });
+        put_state(inner, &mut batch, id, &state)?;
+        revoked.push(id);
+    }
+    if !revoked.is_empty() {
+        inner
+            .db
+            .write_opt(batch, &inner.write_opts())
+            .map_err(backend)?;
+    }
+    Ok(revoked)
+}
+
+fn consume_use_blocking(inner: &Inner, id: TokenId) -> Result<UseOutcome, StoreError> {
+    let Some(record) = get_blocking(inner, id)? else {
+        return Ok(UseOutcome::Unknown);
+    };
+    let Some(max) = record.grant.max_uses else {
+        // Nothing to count: one read decides, and nothing is written.
+        return Ok(match read_state(inner, id)? {
+            Some(s) if s.revoked.is_some() => UseOutcome::Revoked,
+            _ => UseOutcome::Consumed { remaining: None },
+        });
+    };
+    let _txn_guard = inner.lock_txn(record.txn);
+    let mut state = read_state(inner, id)?.unwrap_or_default();
+    if state.revoked.is_some() {
+        return Ok(UseOutcome::Revoked);
+    }
+    if state.uses >= max {
+        return Ok(UseOutcome::Exhausted);
+    }
+    state.uses += 1;
+    let mut batch = WriteBatch::default();
+    put_state(inner, &mut batch, id, &state)?;
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)?;
+    Ok(UseOutcome::Consumed {
+        remaining: Some(max - state.uses),
+    })
 }
 
 fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
@@ -281,6 +538,38 @@ impl TokenStore for RocksStore {
     ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
         self.blocking(move |inner| txn_tokens_blocking(inner, txn))
     }
+
+    fn state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send {
+        self.blocking(move |inner| state_blocking(inner, id))
+    }
+
+    fn insert_child(
+        &self,
+        record: TokenRecord,
+        max_children: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.blocking(move |inner| insert_child_blocking(inner, &record, max_children))
+    }
+
+    fn revoke(
+        &self,
+        target: RevokeTarget,
+        by: String,
+        reason: String,
+        at: UnixMillis,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+        self.blocking(move |inner| revoke_blocking(inner, target, &by, &reason, at))
+    }
+
+    fn consume_use(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
+        self.blocking(move |inner| consume_use_blocking(inner, id))
+    }
 }
 
 #[cfg(test)]
@@ -325,6 +614,66 @@ mod tests {
             vec![tid(1), tid(2)]
         );
         assert_eq!(store.insert(root).await, Err(StoreError::Conflict));
+    }
+
+    #[tokio::test]
+    async fn state_and_children_survive_close_and_reopen() {
+        let dir = TempDir::new().unwrap();
+        let t = txn(70);
+        let root = conformance::with_uses(record(t, tid(1), None), Some(5));
+        let child = conformance::with_uses(record(t, tid(2), Some(tid(1))), Some(2));
+        {
+            let store = open(&dir, Durability::Sync);
+            store.insert(root).await.unwrap();
+            store.insert_child(child.clone(), 4).await.unwrap();
+            assert_eq!(
+                store.consume_use(tid(2)).await.unwrap(),
+                UseOutcome::Consumed { remaining: Some(1) }
+            );
+        }
+        let store = open(&dir, Durability::Sync);
+        assert_eq!(store.get(tid(2)).await.unwrap(), Some(child));
+        let s = store.state(tid(1)).await.unwrap().unwrap();
+        assert_eq!((s.uses, s.children, s.revoked), (2, 1, None));
+        assert_eq!(store.state(tid(2)).await.unwrap().unwrap().uses, 1);
+        // The children index survived: revoking the root still reaches the child.
+        let mut revoked = store
+            .revoke(
+                RevokeTarget::Token(tid(1)),
+                "op".to_owned(),
+                "r".to_owned(),
+                UnixMillis(1),
+            )
+            .await
+            .unwrap();
+        revoked.sort();
+        assert_eq!(revoked, vec![tid(1), tid(2)]);
+        drop(store);
+        let store = open(&dir, Durability::Sync);
+        assert_eq!(
+            store.consume_use(tid(2)).await.unwrap(),
+            UseOutcome::Revoked
+        );
+        let s = store.state(tid(2)).await.unwrap().unwrap();
+        assert_eq!(s.revoked.map(|r| r.cause), Some(tid(1)));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_state_reads_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        store.insert(record(txn(71), tid(6), None)).await.unwrap();
+        let db = &store.inner.db;
+        db.put_cf(
+            cf(db, keys::CF_STATE).unwrap(),
+            keys::state_key(tid(6)),
+            [9u8, 1],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.state(tid(6)).await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[tokio::test]
@@ -390,7 +739,9 @@ mod tests {
                 dir.path(),
                 [
                     keys::CF_TOKENS,
+                    keys::CF_STATE,
                     keys::CF_TXN_TOKENS,
+                    keys::CF_CHILDREN,
                     keys::CF_EXPIRY,
                     keys::CF_META,
                 ],
