@@ -5,7 +5,9 @@ use crate::pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use writ_core::limits::*;
 use writ_core::narrow::{ChildRequest, MintRequest};
-use writ_core::{ActorKind, Claims, ClientType, Constraint, Party, TokenRecord, Value};
+use writ_core::{
+    ActorKind, Claims, ClientType, Constraint, Party, TokenId, TokenRecord, TxnId, Value,
+};
 
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` naming the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -271,9 +273,7 @@ pub fn mint_request(r: pb::MintRequest) -> Result<MintRequest> {
         tctx: context("tctx", r.tctx)?,
         rctx: context("rctx", r.rctx)?,
         ttl_secs: ttl(r.ttl_seconds),
-        // Use limits are enforced by the store's lifecycle work (issue 3) before the
-        // wire exposes them; until then every token is unlimited.
-        max_uses: None,
+        max_uses: (r.max_uses != 0).then_some(r.max_uses),
     })
 }
 
@@ -288,7 +288,7 @@ pub fn downscope_request(r: pb::DownscopeRequest) -> Result<(String, ChildReques
         scopes: scopes("scopes", r.scopes)?,
         claims: claims("claims", r.claims)?,
         ttl_secs: ttl(r.ttl_seconds),
-        max_uses: None,
+        max_uses: (r.max_uses != 0).then_some(r.max_uses),
         purpose: if r.purpose.is_empty() {
             None
         } else {
@@ -296,6 +296,47 @@ pub fn downscope_request(r: pb::DownscopeRequest) -> Result<(String, ChildReques
         },
     };
     Ok((r.parent_token, child))
+}
+
+/// What a Revoke request names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeTarget {
+    /// The token itself, presented by its holder.
+    Token(String),
+    /// A token by public id (operators).
+    TokenId(TokenId),
+    /// A whole transaction (operators).
+    Txn(TxnId),
+}
+
+/// Validates a Revoke request: the target and the reason (required, bounded).
+pub fn revoke_request(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
+    use pb::revoke_request::Target;
+    let target = match r.target {
+        Some(Target::Token(t)) if !t.is_empty() => RevokeTarget::Token(t),
+        Some(Target::TokenId(id)) => {
+            RevokeTarget::TokenId(id.parse().map_err(|e: writ_core::ids::IdParseError| {
+                FieldError {
+                    field: "token_id".into(),
+                    message: e.to_string(),
+                }
+            })?)
+        }
+        Some(Target::Txn(txn)) => {
+            RevokeTarget::Txn(txn.parse().map_err(|e: writ_core::ids::IdParseError| {
+                FieldError {
+                    field: "txn".into(),
+                    message: e.to_string(),
+                }
+            })?)
+        }
+        _ => return bad("target", "one of token, token_id or txn is required"),
+    };
+    if r.reason.trim().is_empty() {
+        return bad("reason", "is required");
+    }
+    text("reason", &r.reason, MAX_VALUE_LEN)?;
+    Ok((target, r.reason))
 }
 
 /// An action to check: the required scope and its attributes.
@@ -431,6 +472,7 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         expires_at_unix_ms: r.grant.expires_at.0,
         agent_traffic: actor.kind == ActorKind::Agent,
         actor_client_type: client_type_pb(actor.client_type).into(),
+        max_uses: r.grant.max_uses.unwrap_or(0),
     }
 }
 

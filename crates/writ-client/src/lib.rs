@@ -88,6 +88,12 @@ impl WritClient {
         Ok(self)
     }
 
+    /// Acts as an operator holding `credential` (sets `authorization: Bearer ...`); the
+    /// server tells minters and operators apart by the credential.
+    pub fn with_operator_credential(self, credential: &str) -> Result<WritClient, ClientError> {
+        self.with_minter_credential(credential)
+    }
+
     /// Acts as a minter holding `credential` (sets `authorization: Bearer ...`).
     pub fn with_minter_credential(mut self, credential: &str) -> Result<WritClient, ClientError> {
         let v = format!("Bearer {}", credential.trim());
@@ -124,6 +130,16 @@ impl WritClient {
     ) -> Result<pb::DownscopeResponse, ClientError> {
         let r = self.request(req);
         Ok(self.inner.downscope(r).await?.into_inner())
+    }
+
+    /// Revokes a token and its descendants: by the token itself (its holder), or by token id
+    /// or transaction (operators).
+    pub async fn revoke(
+        &mut self,
+        req: pb::RevokeRequest,
+    ) -> Result<pb::RevokeResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.inner.revoke(r).await?.into_inner())
     }
 
     /// Introspects a token presented to this caller, optionally checking one action.

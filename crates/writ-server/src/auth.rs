@@ -1,12 +1,12 @@
 //! The caller-identity seam: the one place that decides who is calling.
 //!
-//! Today a minter proves itself with a configured credential (`authorization: Bearer
-//! <credential>`), and any other caller *asserts* its identity in the `x-writ-caller`
+//! Today minters and operators prove themselves with a configured credential
+//! (`authorization: Bearer <credential>`), and any other caller *asserts* its identity in the `x-writ-caller`
 //! metadata header. That assertion is not authenticated: it is an interim measure until
 //! mTLS with SPIFFE-style identities and client credentials replace the body of
 //! [`Authenticator::identify`]. Nothing else in the server reads caller metadata.
 
-use crate::secrets::Minters;
+use crate::secrets::{Credentials, Role};
 use tonic::metadata::MetadataMap;
 
 /// Metadata header carrying an asserted caller identity (interim; see module docs).
@@ -17,6 +17,8 @@ pub const CALLER_HEADER: &str = "x-writ-caller";
 pub enum Caller {
     /// A configured minter, authenticated by its credential.
     Minter(String),
+    /// A configured operator, authenticated by its credential.
+    Operator(String),
     /// A party identified by `id` (an agent, service or API).
     Party(String),
     /// No identity presented.
@@ -27,7 +29,7 @@ impl Caller {
     /// The caller's identity, if any.
     pub fn id(&self) -> Option<&str> {
         match self {
-            Caller::Minter(id) | Caller::Party(id) => Some(id),
+            Caller::Minter(id) | Caller::Operator(id) | Caller::Party(id) => Some(id),
             Caller::Anonymous => None,
         }
     }
@@ -50,13 +52,13 @@ pub enum AuthError {
 /// Identifies callers from request metadata.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
-    minters: Minters,
+    credentials: Credentials,
 }
 
 impl Authenticator {
-    /// An authenticator that knows these minters.
-    pub fn new(minters: Minters) -> Self {
-        Authenticator { minters }
+    /// An authenticator that knows these credentialed identities.
+    pub fn new(credentials: Credentials) -> Self {
+        Authenticator { credentials }
     }
 
     /// Decides who is calling. A bearer credential wins; if it is present it must be
@@ -81,8 +83,8 @@ impl Authenticator {
                 Some((scheme, cred)) if scheme.eq_ignore_ascii_case("bearer") => cred.trim(),
                 _ => return Err(AuthError::BadCredential),
             };
-            let id = self
-                .minters
+            let (id, role) = self
+                .credentials
                 .identify(cred)
                 .ok_or(AuthError::BadCredential)?;
             if asserted.as_deref().is_some_and(|a| a != id) {
@@ -90,12 +92,17 @@ impl Authenticator {
                     "{CALLER_HEADER}: does not match the credential's identity"
                 )));
             }
-            return Ok(Caller::Minter(id.to_string()));
+            return Ok(match role {
+                Role::Minter => Caller::Minter(id.to_string()),
+                Role::Operator => Caller::Operator(id.to_string()),
+            });
         }
         match asserted {
-            Some(id) if self.minters.is_minter_id(&id) => Err(AuthError::Forbidden(format!(
-                "{CALLER_HEADER}: {id:?} is a minter and must present its credential"
-            ))),
+            Some(id) if self.credentials.is_credentialed_id(&id) => {
+                Err(AuthError::Forbidden(format!(
+                    "{CALLER_HEADER}: {id:?} is a minter or operator and must present its credential"
+                )))
+            }
             Some(id) => Ok(Caller::Party(id)),
             None => Ok(Caller::Anonymous),
         }
@@ -109,10 +116,12 @@ mod tests {
     use crate::secrets::credential_digest;
 
     const C1: &str = "wmc_00000000000000000000000000000001";
+    const OPS: &str = "woc_00000000000000000000000000000003";
 
     fn auth() -> Authenticator {
-        let mut m = Minters::default();
-        m.add("gw".into(), credential_digest(C1));
+        let mut m = Credentials::default();
+        m.add("gw".into(), Role::Minter, credential_digest(C1));
+        m.add("ops".into(), Role::Operator, credential_digest(OPS));
         Authenticator::new(m)
     }
 
@@ -160,6 +169,15 @@ mod tests {
         ));
         assert!(matches!(
             a.identify(&md(&[(CALLER_HEADER, "gw")])),
+            Err(AuthError::Forbidden(_))
+        ));
+        let ops = format!("Bearer {OPS}");
+        assert_eq!(
+            a.identify(&md(&[("authorization", &ops)])),
+            Ok(Caller::Operator("ops".into()))
+        );
+        assert!(matches!(
+            a.identify(&md(&[(CALLER_HEADER, "ops")])),
             Err(AuthError::Forbidden(_))
         ));
         assert_eq!(a.identify(&md(&[])), Ok(Caller::Anonymous));

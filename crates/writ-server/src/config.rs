@@ -26,7 +26,10 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Callers allowed to Mint. When empty, a local minter credential is generated in the
     /// data directory on first start.
-    pub minters: Vec<MinterConfig>,
+    pub minters: Vec<CredentialConfig>,
+    /// Callers allowed to revoke by token id or transaction. When empty, a local operator
+    /// credential is generated in the data directory on first start.
+    pub operators: Vec<CredentialConfig>,
 }
 
 /// Token lifetime and chain limits.
@@ -41,6 +44,8 @@ pub struct TokenConfig {
     pub max_depth: u32,
     /// Let a party appear twice in one chain (A → B → A). Off by default.
     pub allow_actor_loops: bool,
+    /// Most children one token may have (fan-out).
+    pub max_children: u32,
 }
 
 /// Storage settings.
@@ -52,11 +57,11 @@ pub struct StorageConfig {
     pub durability: Durability,
 }
 
-/// One caller allowed to Mint.
+/// One credentialed caller (a minter or an operator).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MinterConfig {
-    /// The minter's identity; becomes the first actor of every chain it starts.
+pub struct CredentialConfig {
+    /// The caller's identity (a minter's becomes the first actor of every chain it starts).
     pub id: String,
     /// `blake3` hex of the credential (print one with `writ credential-hash`).
     pub credential_blake3: String,
@@ -72,6 +77,7 @@ impl Default for Config {
             tokens: TokenConfig::default(),
             storage: StorageConfig::default(),
             minters: Vec::new(),
+            operators: Vec::new(),
         }
     }
 }
@@ -84,6 +90,7 @@ impl Default for TokenConfig {
             max_ttl_seconds: p.max_ttl_secs,
             max_depth: p.max_depth,
             allow_actor_loops: p.allow_actor_loops,
+            max_children: 16,
         }
     }
 }
@@ -150,12 +157,18 @@ impl Config {
                 t.max_depth
             ));
         }
+        if t.max_children == 0 || t.max_children > 1024 {
+            return bad(format!(
+                "tokens.max_children = {} must be in 1..=1024",
+                t.max_children
+            ));
+        }
         if writ_api::convert::id("trust_domain", &self.trust_domain).is_err() {
             return bad("trust_domain must be a non-empty id without whitespace".into());
         }
-        for m in &self.minters {
-            if self
-                .minters
+        let all: Vec<&CredentialConfig> = self.minters.iter().chain(&self.operators).collect();
+        for m in &all {
+            if all
                 .iter()
                 .filter(|o| {
                     o.id == m.id
@@ -166,16 +179,16 @@ impl Config {
                 > 1
             {
                 return bad(format!(
-                    "minters {:?}: every minter needs its own id and credential",
+                    "{:?}: every minter and operator needs its own id and credential",
                     m.id
                 ));
             }
-            writ_api::convert::id("minters.id", &m.id)
+            writ_api::convert::id("minters/operators id", &m.id)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             let mut h = [0u8; 32];
             if hex::decode_to_slice(&m.credential_blake3, &mut h).is_err() {
                 return bad(format!(
-                    "minters {:?}: credential_blake3 must be 64 hex digits",
+                    "{:?}: credential_blake3 must be 64 hex digits",
                     m.id
                 ));
             }

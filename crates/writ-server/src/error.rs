@@ -24,6 +24,18 @@ pub enum ServiceError {
     /// The presented parent token is not usable.
     #[error("parent_token: {0}")]
     ParentToken(ParentProblem),
+    /// The token presented to Revoke is not usable.
+    #[error("token: {0}")]
+    Token(ParentProblem),
+    /// The parent already has the configured maximum of children.
+    #[error("fan_out: the parent token already has {0} children (tokens.max_children)")]
+    FanOut(u32),
+    /// The parent has fewer uses left than the child would reserve.
+    #[error("uses: the parent token has fewer uses left than the child's max_uses")]
+    UsesLeft,
+    /// The named token or transaction does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// Mint refused by the rules.
     #[error("{0}")]
     MintRefused(NarrowingError),
@@ -44,6 +56,9 @@ pub enum ParentProblem {
     /// Fails its integrity check, or no such token exists.
     #[error("not a valid token")]
     Invalid,
+    /// Revoked (directly or through an ancestor): it may derive nothing.
+    #[error("the token is revoked")]
+    Revoked,
 }
 
 impl From<ServiceError> for tonic::Status {
@@ -58,7 +73,14 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Auth(AuthError::Forbidden(_)) => Code::PermissionDenied,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             ServiceError::ParentToken(ParentProblem::Malformed) => Code::InvalidArgument,
-            ServiceError::ParentToken(ParentProblem::Invalid) => Code::Unauthenticated,
+            ServiceError::ParentToken(ParentProblem::Invalid)
+            | ServiceError::Token(ParentProblem::Invalid) => Code::Unauthenticated,
+            ServiceError::ParentToken(ParentProblem::Revoked)
+            | ServiceError::Token(ParentProblem::Revoked) => Code::FailedPrecondition,
+            ServiceError::Token(ParentProblem::Malformed) => Code::InvalidArgument,
+            ServiceError::FanOut(_) => Code::ResourceExhausted,
+            ServiceError::UsesLeft => Code::FailedPrecondition,
+            ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::MintRefused(n) if n.dimension == Dimension::Loop => {
                 Code::PermissionDenied
             }

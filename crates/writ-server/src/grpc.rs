@@ -31,6 +31,7 @@ fn inactive_pb(i: Inactive) -> pb::InactiveReason {
         Inactive::Unknown => pb::InactiveReason::Unknown,
         Inactive::WrongAudience => pb::InactiveReason::WrongAudience,
         Inactive::Malformed => pb::InactiveReason::Malformed,
+        Inactive::Exhausted => pb::InactiveReason::Exhausted,
     }
 }
 
@@ -101,5 +102,20 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             },
         };
         Ok(Response::new(answer))
+    }
+
+    async fn revoke(
+        &self,
+        request: Request<pb::RevokeRequest>,
+    ) -> Result<Response<pb::RevokeResponse>, Status> {
+        let caller = self
+            .auth
+            .identify(request.metadata())
+            .map_err(ServiceError::from)?;
+        let (target, reason) = convert::revoke_request(request.into_inner())?;
+        let ids = self.service.revoke(&caller, target, reason).await?;
+        Ok(Response::new(pb::RevokeResponse {
+            revoked_token_ids: ids.iter().map(ToString::to_string).collect(),
+        }))
     }
 }

@@ -91,18 +91,34 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let data_dir = config.data_dir.clone();
     secrets::ensure_private_dir(&data_dir)?;
     let keys = secrets::load_or_create_key_ring(&data_dir)?;
-    let mut minters = secrets::Minters::default();
+    let mut credentials = secrets::Credentials::default();
     if config.minters.is_empty() {
-        minters.add(
+        let digest = secrets::load_or_create_local_minter(&data_dir)?;
+        credentials.add(
             secrets::LOCAL_MINTER_ID.into(),
-            secrets::load_or_create_local_minter(&data_dir)?,
+            secrets::Role::Minter,
+            digest,
         );
     }
-    for m in &config.minters {
+    if config.operators.is_empty() {
+        let digest = secrets::load_or_create_local_operator(&data_dir)?;
+        credentials.add(
+            secrets::LOCAL_OPERATOR_ID.into(),
+            secrets::Role::Operator,
+            digest,
+        );
+    }
+    let configured = config.minters.iter().map(|m| (m, secrets::Role::Minter));
+    for (m, role) in configured.chain(
+        config
+            .operators
+            .iter()
+            .map(|o| (o, secrets::Role::Operator)),
+    ) {
         let mut digest = [0u8; 32];
         hex::decode_to_slice(&m.credential_blake3, &mut digest)
-            .map_err(|e| config::ConfigError::Invalid(format!("minters {:?}: {e}", m.id)))?;
-        minters.add(m.id.clone(), digest);
+            .map_err(|e| config::ConfigError::Invalid(format!("{:?}: {e}", m.id)))?;
+        credentials.add(m.id.clone(), role, digest);
     }
     let db_path = data_dir.join(DB_DIR);
     let opts = StoreOptions {
@@ -116,8 +132,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         keys,
         config.policy(),
         config.trust_domain.clone(),
+        config.tokens.max_children,
     );
-    let grpc = grpc::GrpcService::new(Arc::new(service), auth::Authenticator::new(minters));
+    let grpc = grpc::GrpcService::new(Arc::new(service), auth::Authenticator::new(credentials));
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         // Responses carry whole records; four times the request bound leaves headroom.

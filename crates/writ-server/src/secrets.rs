@@ -17,6 +17,11 @@ pub const KEYS_FILE: &str = "server-keys.toml";
 pub const MINTER_CREDENTIAL_FILE: &str = "minter.credential";
 /// Identity of the generated local minter.
 pub const LOCAL_MINTER_ID: &str = "local-minter";
+/// File name of the generated local operator credential inside the data directory.
+pub const OPERATOR_CREDENTIAL_FILE: &str = "operator.credential";
+/// Identity of the generated local operator.
+pub const LOCAL_OPERATOR_ID: &str = "local-operator";
+const OPERATOR_CREDENTIAL_PREFIX: &str = "woc_";
 const CREDENTIAL_PREFIX: &str = "wmc_";
 const CREDENTIAL_CONTEXT: &str = "writ 2026-11 minter credential v1";
 
@@ -182,23 +187,47 @@ pub fn credential_hex(credential: &str) -> String {
 
 /// Loads the local minter credential, generating one on first start. Returns its digest.
 pub fn load_or_create_local_minter(data_dir: &Path) -> Result<[u8; 32], SecretsError> {
-    let path = data_dir.join(MINTER_CREDENTIAL_FILE);
+    load_or_create_local_credential(
+        data_dir,
+        MINTER_CREDENTIAL_FILE,
+        CREDENTIAL_PREFIX,
+        "minter",
+    )
+}
+
+/// Loads the local operator credential, generating one on first start. Returns its digest.
+pub fn load_or_create_local_operator(data_dir: &Path) -> Result<[u8; 32], SecretsError> {
+    load_or_create_local_credential(
+        data_dir,
+        OPERATOR_CREDENTIAL_FILE,
+        OPERATOR_CREDENTIAL_PREFIX,
+        "operator",
+    )
+}
+
+fn load_or_create_local_credential(
+    data_dir: &Path,
+    file: &str,
+    prefix: &str,
+    role: &str,
+) -> Result<[u8; 32], SecretsError> {
+    let path = data_dir.join(file);
     if !path.exists() {
         let mut raw = [0u8; 32];
         rand::rng().fill_bytes(&mut raw);
-        create_private(&path, &format!("{CREDENTIAL_PREFIX}{}\n", hex::encode(raw)))?;
-        tracing::info!(path = %path.display(), "generated the local minter credential");
+        create_private(&path, &format!("{prefix}{}\n", hex::encode(raw)))?;
+        tracing::info!(path = %path.display(), "generated the local {role} credential");
     }
     let credential = read_private(&path)?;
     let credential = credential.trim();
     let well_formed = credential
-        .strip_prefix(CREDENTIAL_PREFIX)
+        .strip_prefix(prefix)
         .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
     if !well_formed {
         return Err(SecretsError::Invalid {
             path,
             message: format!(
-                "not a minter credential (`{CREDENTIAL_PREFIX}` and 64 hex digits); delete it to generate a new one"
+                "not a {role} credential (`{prefix}` and 64 hex digits); delete it to generate a new one"
             ),
         });
     }
@@ -208,43 +237,53 @@ pub fn load_or_create_local_minter(data_dir: &Path) -> Result<[u8; 32], SecretsE
 /// Shortest credential [`Minters::identify`] will consider.
 pub const MIN_CREDENTIAL_LEN: usize = 32;
 
-/// Minter identities and credential digests; compares in constant time.
-#[derive(Clone, Default)]
-pub struct Minters {
-    entries: Vec<(String, [u8; 32])>,
+/// What a credential lets its holder do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Start transactions (Mint).
+    Minter,
+    /// Investigate and revoke call chains.
+    Operator,
 }
 
-impl std::fmt::Debug for Minters {
+/// Credentialed identities (minters, operators) and their credential digests; compares
+/// in constant time.
+#[derive(Clone, Default)]
+pub struct Credentials {
+    entries: Vec<(String, Role, [u8; 32])>,
+}
+
+impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_list()
-            .entries(self.entries.iter().map(|(id, _)| id))
+            .entries(self.entries.iter().map(|(id, role, _)| (id, role)))
             .finish()
     }
 }
 
-impl Minters {
-    /// Adds a minter.
-    pub fn add(&mut self, id: String, digest: [u8; 32]) {
-        self.entries.push((id, digest));
+impl Credentials {
+    /// Adds an identity.
+    pub fn add(&mut self, id: String, role: Role, digest: [u8; 32]) {
+        self.entries.push((id, role, digest));
     }
 
-    /// Is `id` a minter's identity? Nobody may assert one without its credential.
-    pub fn is_minter_id(&self, id: &str) -> bool {
-        self.entries.iter().any(|(m, _)| m == id)
+    /// Is `id` a credentialed identity? Nobody may assert one without its credential.
+    pub fn is_credentialed_id(&self, id: &str) -> bool {
+        self.entries.iter().any(|(m, _, _)| m == id)
     }
 
-    /// The minter whose credential this is, if any. Checks every entry, so timing does not
+    /// Whose credential this is, if anyone's. Checks every entry, so timing does not
     /// reveal which one matched.
-    pub fn identify(&self, credential: &str) -> Option<&str> {
+    pub fn identify(&self, credential: &str) -> Option<(&str, Role)> {
         // An empty or short credential never matches, even if one was misconfigured.
         if credential.len() < MIN_CREDENTIAL_LEN {
             return None;
         }
         let d = credential_digest(credential);
         let mut found = None;
-        for (id, digest) in &self.entries {
+        for (id, role, digest) in &self.entries {
             if bool::from(digest.ct_eq(&d)) {
-                found = Some(id.as_str());
+                found = Some((id.as_str(), *role));
             }
         }
         found
@@ -284,11 +323,14 @@ mod tests {
 
     #[test]
     fn minters_identify_only_their_own_credential() {
-        let mut m = Minters::default();
+        let mut m = Credentials::default();
         let c1 = "wmc_0000000000000000000000000000000000000001";
-        m.add("gw".into(), credential_digest(c1));
-        m.add("empty".into(), credential_digest(""));
-        assert_eq!(m.identify(c1), Some("gw"));
+        let c3 = "woc_0000000000000000000000000000000000000003";
+        m.add("gw".into(), Role::Minter, credential_digest(c1));
+        m.add("ops".into(), Role::Operator, credential_digest(c3));
+        m.add("empty".into(), Role::Minter, credential_digest(""));
+        assert_eq!(m.identify(c1), Some(("gw", Role::Minter)));
+        assert_eq!(m.identify(c3), Some(("ops", Role::Operator)));
         assert_eq!(
             m.identify("wmc_0000000000000000000000000000000000000002"),
             None
@@ -298,7 +340,8 @@ mod tests {
             None,
             "an empty credential never authenticates"
         );
-        assert!(m.is_minter_id("gw") && !m.is_minter_id("planner"));
+        assert!(m.is_credentialed_id("gw") && m.is_credentialed_id("ops"));
+        assert!(!m.is_credentialed_id("planner"));
         assert!(!format!("{m:?}").contains("wmc_"));
     }
 

@@ -6,13 +6,14 @@ use crate::auth::Caller;
 use crate::error::{ParentProblem, ServiceError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
-use writ_api::convert::Action;
+use writ_api::convert::{Action, RevokeTarget};
+use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
 use writ_core::{
-    ActorKind, ClientType, Denial, KeyRing, Party, TokenError, TokenRecord, TokenSecret, TxnId,
-    UnixMillis,
+    ActorKind, ClientType, Denial, KeyRing, Party, TokenError, TokenId, TokenRecord, TokenSecret,
+    TxnId, UnixMillis,
 };
-use writ_store::TokenStore;
+use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
 
 /// Why Validate answers "inactive". Machine-readable, and deliberately all it says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +28,8 @@ pub enum Inactive {
     WrongAudience,
     /// Not a token this server issued (bad format or integrity tag).
     Malformed,
+    /// Every use it carried is consumed or passed on to children.
+    Exhausted,
 }
 
 /// Why a presented token names no usable record.
@@ -57,14 +60,15 @@ pub struct Service<S> {
     keys: KeyRing,
     policy: Policy,
     trust_domain: String,
+    max_children: u32,
 }
 
 /// The identity of a party caller. Minters mint; they neither hold nor validate tokens.
 fn party_id<'a>(caller: &'a Caller, needed: &str) -> Result<&'a str, ServiceError> {
     match caller {
         Caller::Party(id) => Ok(id),
-        Caller::Minter(id) => Err(ServiceError::PermissionDenied(format!(
-            "minter {id:?} may only Mint; send the caller's own identity in x-writ-caller"
+        Caller::Minter(id) | Caller::Operator(id) => Err(ServiceError::PermissionDenied(format!(
+            "{id:?} holds a minter or operator credential; send the caller's own identity in x-writ-caller"
         ))),
         Caller::Anonymous => Err(ServiceError::Unauthenticated(format!(
             "x-writ-caller: {needed}"
@@ -83,12 +87,19 @@ pub fn now() -> UnixMillis {
 
 impl<S: TokenStore> Service<S> {
     /// A service over `store`, signing with `keys`.
-    pub fn new(store: Arc<S>, keys: KeyRing, policy: Policy, trust_domain: String) -> Self {
+    pub fn new(
+        store: Arc<S>,
+        keys: KeyRing,
+        policy: Policy,
+        trust_domain: String,
+        max_children: u32,
+    ) -> Self {
         Service {
             store,
             keys,
             policy,
             trust_domain,
+            max_children,
         }
     }
 
@@ -105,7 +116,7 @@ impl<S: TokenStore> Service<S> {
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
         let minter = match caller {
             Caller::Minter(id) => id.clone(),
-            Caller::Party(id) => {
+            Caller::Party(id) | Caller::Operator(id) => {
                 return Err(ServiceError::PermissionDenied(format!(
                     "caller {id:?} is not a configured minter"
                 )));
@@ -170,10 +181,34 @@ impl<S: TokenStore> Service<S> {
                 return Err(ServiceError::ParentToken(ParentProblem::Invalid));
             }
         };
+        let state = self.store.state(parent.token_id).await?.unwrap_or_default();
+        // Only the holder learns that its token is revoked; anyone else gets the core's
+        // holder refusal below.
+        if caller_id == parent.audience.id && state.revoked.is_some() {
+            return Err(ServiceError::ParentToken(ParentProblem::Revoked));
+        }
+        let mut req = req;
+        if req.max_uses.is_none()
+            && let Some(max) = parent.grant.max_uses
+        {
+            // A child that names no limit gets what the parent has left to pass on.
+            req.max_uses = Some(max.saturating_sub(state.uses).max(1));
+        }
         let now = now();
         let (secret, new) = self.issue(parent.txn, now);
         let child = narrow::downscope(&parent, caller_id, req, &self.policy, new)?;
-        self.store.insert(child.clone()).await?;
+        // The store re-checks revocation, fan-out and the use budget under the
+        // transaction's lock, so a concurrent Revoke never leaves a usable child.
+        self.store
+            .insert_child(child.clone(), self.max_children)
+            .await
+            .map_err(|e| match e {
+                StoreError::ParentRevoked => ServiceError::ParentToken(ParentProblem::Revoked),
+                StoreError::ParentMissing => ServiceError::ParentToken(ParentProblem::Invalid),
+                StoreError::FanOutExceeded { limit } => ServiceError::FanOut(limit),
+                StoreError::UsesExhausted => ServiceError::UsesLeft,
+                other => ServiceError::Store(other),
+            })?;
         tracing::info!(
             txn = %child.txn, token_id = %child.token_id, parent = %parent.token_id,
             actor = %caller_id, audience = %child.audience.id, depth = child.depth, "downscoped"
@@ -202,13 +237,99 @@ impl<S: TokenStore> Service<S> {
         if record.audience.id != caller_id {
             return Ok(Validation::Inactive(Inactive::WrongAudience));
         }
-        if record.grant.is_expired(now()) {
-            return Ok(Validation::Inactive(Inactive::Expired));
+        let state = self.store.state(record.token_id).await?.unwrap_or_default();
+        match lifecycle::status(&record, &state, now()) {
+            Status::Active => {}
+            Status::Revoked => return Ok(Validation::Inactive(Inactive::Revoked)),
+            Status::Expired => return Ok(Validation::Inactive(Inactive::Expired)),
+            Status::Exhausted => return Ok(Validation::Inactive(Inactive::Exhausted)),
         }
         let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
+        // An allowed action on a limited token spends one use, atomically; losing the
+        // race for the last use makes the token exhausted for this caller too.
+        if matches!(decision, Some(Ok(()))) && record.grant.max_uses.is_some() {
+            match self.store.consume_use(record.token_id).await? {
+                UseOutcome::Consumed { .. } => {}
+                UseOutcome::Exhausted => return Ok(Validation::Inactive(Inactive::Exhausted)),
+                UseOutcome::Revoked => return Ok(Validation::Inactive(Inactive::Revoked)),
+                UseOutcome::Unknown => return Ok(Validation::Inactive(Inactive::Unknown)),
+            }
+        }
         Ok(Validation::Active {
             record: Box::new(record),
             decision,
         })
+    }
+
+    /// Revokes a token and its whole subtree, or a whole transaction. By token: whoever
+    /// presents it (possession is the authority). By token id or transaction: operators.
+    pub async fn revoke(
+        &self,
+        caller: &Caller,
+        target: RevokeTarget,
+        reason: String,
+    ) -> Result<Vec<TokenId>, ServiceError> {
+        let now = now();
+        let (revoked, by) = match target {
+            RevokeTarget::Token(token) => {
+                let record = match self.lookup(&token).await? {
+                    Ok(r) => r,
+                    Err(Miss::Malformed) => {
+                        return Err(ServiceError::Token(ParentProblem::Malformed));
+                    }
+                    Err(Miss::Forged | Miss::Unknown) => {
+                        return Err(ServiceError::Token(ParentProblem::Invalid));
+                    }
+                };
+                let by = caller
+                    .id()
+                    .map_or_else(|| "token holder".to_string(), str::to_string);
+                let ids = self
+                    .store
+                    .revoke(StoreTarget::Token(record.token_id), by.clone(), reason, now)
+                    .await?;
+                (ids, by)
+            }
+            RevokeTarget::TokenId(id) => {
+                let by = operator(caller)?;
+                let ids = self
+                    .store
+                    .revoke(StoreTarget::Token(id), by.clone(), reason, now)
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound => {
+                            ServiceError::NotFound(format!("token_id: no token {id}"))
+                        }
+                        other => ServiceError::Store(other),
+                    })?;
+                (ids, by)
+            }
+            RevokeTarget::Txn(txn) => {
+                let by = operator(caller)?;
+                let ids = self
+                    .store
+                    .revoke(StoreTarget::Txn(txn), by.clone(), reason, now)
+                    .await?;
+                if ids.is_empty() && self.store.txn_tokens(txn).await?.is_empty() {
+                    return Err(ServiceError::NotFound(format!("txn: no transaction {txn}")));
+                }
+                (ids, by)
+            }
+        };
+        tracing::info!(by = %by, revoked = revoked.len(), "revoked");
+        Ok(revoked)
+    }
+}
+
+/// The operator behind a caller, or why it is not one.
+fn operator(caller: &Caller) -> Result<String, ServiceError> {
+    match caller {
+        Caller::Operator(id) => Ok(id.clone()),
+        Caller::Anonymous => Err(ServiceError::Unauthenticated(
+            "authorization: revoking by token_id or txn requires an operator credential".into(),
+        )),
+        Caller::Minter(id) | Caller::Party(id) => Err(ServiceError::PermissionDenied(format!(
+            "{id:?} is not an operator; only operators revoke by token_id or txn"
+        ))),
     }
 }
