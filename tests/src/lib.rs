@@ -24,6 +24,11 @@ pub use writ_server::Config;
 pub const LOCAL_MINTER: &str = "local-minter";
 /// Name of the generated minter credential file in the data directory.
 pub const CREDENTIAL_FILE: &str = "minter.credential";
+/// Identity of the local operator the server generates when no `[[operators]]` are
+/// configured.
+pub const LOCAL_OPERATOR: &str = "local-operator";
+/// Name of the generated operator credential file in the data directory.
+pub const OPERATOR_CREDENTIAL_FILE: &str = "operator.credential";
 /// Name of the server key ring file in the data directory.
 pub const KEYS_FILE: &str = "server-keys.toml";
 
@@ -118,6 +123,15 @@ impl TestServer {
             .to_string()
     }
 
+    /// The generated local operator credential, trimmed.
+    pub fn operator_credential(&self) -> String {
+        let path = self.data_dir.join(OPERATOR_CREDENTIAL_FILE);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
     async fn connect(&self) -> WritClient {
         WritClient::connect(&self.url())
             .await
@@ -135,6 +149,15 @@ impl TestServer {
         self.connect()
             .await
             .with_minter_credential(&cred)
+            .expect("credential is valid metadata")
+    }
+
+    /// A client holding the local operator credential.
+    pub async fn operator(&self) -> WritClient {
+        let cred = self.operator_credential();
+        self.connect()
+            .await
+            .with_operator_credential(&cred)
             .expect("credential is valid metadata")
     }
 
@@ -176,6 +199,24 @@ impl TestServer {
         req: pb::DownscopeRequest,
     ) -> pb::DownscopeResponse {
         ok(self.party(caller).await.downscope(req).await, "downscope")
+    }
+
+    /// Revokes as the local operator, panicking on refusal; returns the newly revoked ids.
+    pub async fn revoke_as_operator(&self, req: pb::RevokeRequest) -> Vec<String> {
+        ok(self.operator().await.revoke(req).await, "revoke").revoked_token_ids
+    }
+
+    /// Revokes by presenting the token itself (no identity), panicking on refusal;
+    /// returns the newly revoked ids.
+    pub async fn revoke_as_holder(&self, token: &str, reason: &str) -> Vec<String> {
+        ok(
+            self.anonymous()
+                .await
+                .revoke(revoke_token(token, reason))
+                .await,
+            "revoke",
+        )
+        .revoked_token_ids
     }
 
     /// Validates as `caller`, panicking on an RPC error (inactive is an answer, not an error).
@@ -272,6 +313,45 @@ pub fn check(token: &str, scope: &str, attributes: Vec<(&str, pb::Value)>) -> pb
                 .collect(),
         }),
     }
+}
+
+/// A revocation of `token` by its holder.
+pub fn revoke_token(token: &str, reason: &str) -> pb::RevokeRequest {
+    pb::RevokeRequest {
+        target: Some(pb::revoke_request::Target::Token(token.into())),
+        reason: reason.into(),
+    }
+}
+
+/// A revocation of the token `id` and its descendants (operators).
+pub fn revoke_token_id(id: &str, reason: &str) -> pb::RevokeRequest {
+    pb::RevokeRequest {
+        target: Some(pb::revoke_request::Target::TokenId(id.into())),
+        reason: reason.into(),
+    }
+}
+
+/// A revocation of the whole transaction `txn` (operators).
+pub fn revoke_txn(txn: &str, reason: &str) -> pb::RevokeRequest {
+    pb::RevokeRequest {
+        target: Some(pb::revoke_request::Target::Txn(txn.into())),
+        reason: reason.into(),
+    }
+}
+
+/// `ids`, sorted, for comparing sets of token ids.
+pub fn sorted(ids: &[&str]) -> Vec<String> {
+    let mut v = strings(ids);
+    v.sort();
+    v
+}
+
+/// The id of a minted or derived token.
+#[track_caller]
+pub fn token_id(info: Option<&pb::TokenInfo>) -> String {
+    info.expect("an issued token comes with its info")
+        .token_id
+        .clone()
 }
 
 // ---- answer checks ----

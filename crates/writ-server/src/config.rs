@@ -49,12 +49,27 @@ pub struct TokenConfig {
 }
 
 /// Storage settings.
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
     /// `sync` (default): every acknowledged write is fsynced. `buffered`: survives a
     /// process crash but a power loss may lose the last writes.
     pub durability: Durability,
+    /// How long an expired token (and its lineage and state) is kept for investigation
+    /// before cleanup reclaims it.
+    pub retention_seconds: u64,
+    /// How often cleanup runs.
+    pub cleanup_interval_seconds: u64,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            durability: Durability::default(),
+            retention_seconds: 3600,
+            cleanup_interval_seconds: 30,
+        }
+    }
 }
 
 /// One credentialed caller (a minter or an operator).
@@ -155,6 +170,14 @@ impl Config {
             return bad(format!(
                 "tokens.max_depth = {} must be in 1..={MAX_DEPTH_CEILING}",
                 t.max_depth
+            ));
+        }
+        if self.storage.cleanup_interval_seconds == 0
+            || self.storage.cleanup_interval_seconds > 86_400
+        {
+            return bad(format!(
+                "storage.cleanup_interval_seconds = {} must be in 1..=86400",
+                self.storage.cleanup_interval_seconds
             ));
         }
         if t.max_children == 0 || t.max_children > 1024 {

@@ -5,13 +5,15 @@
 //! - [`config`]: defaults, the TOML file, validation.
 //! - [`secrets`]: the server key ring and the local minter credential on disk.
 //! - [`auth`]: the one seam that decides who is calling.
-//! - [`service`]: Mint, Downscope and Validate over any [`writ_store::TokenStore`].
+//! - [`service`]: Mint, Downscope, Validate and Revoke over any [`writ_store::TokenStore`].
+//! - [`cleanup`]: the background task that reclaims expired tokens.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -21,7 +23,7 @@ pub mod service;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
 use writ_api::pb::token_service_server::TokenServiceServer;
@@ -55,24 +57,27 @@ pub enum ServerError {
 pub struct RunningServer {
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
-    shutdown: oneshot::Sender<()>,
+    stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
+    cleanup: JoinHandle<()>,
 }
 
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, and closes the store.
+    /// Stops accepting, lets in-flight requests finish, stops cleanup, and closes the store.
     pub async fn shutdown(self) -> Result<(), ServerError> {
-        let _ = self.shutdown.send(());
-        self.task
-            .await
-            .map_err(|e| ServerError::Transport(e.to_string()))?
+        let _ = self.stop.send(true);
+        self.wait().await
     }
 
     /// Waits for the server to stop.
     pub async fn wait(self) -> Result<(), ServerError> {
-        self.task
+        let served = self
+            .task
             .await
-            .map_err(|e| ServerError::Transport(e.to_string()))?
+            .map_err(|e| ServerError::Transport(e.to_string()));
+        let _ = self.stop.send(true);
+        let _ = self.cleanup.await;
+        served?
     }
 }
 
@@ -127,8 +132,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let store = tokio::task::spawn_blocking(move || RocksStore::open(&db_path, opts))
         .await
         .map_err(|e| ServerError::Transport(e.to_string()))??;
+    let store = Arc::new(store);
     let service = service::Service::new(
-        Arc::new(store),
+        store.clone(),
         keys,
         config.policy(),
         config.trust_domain.clone(),
@@ -146,7 +152,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let local_addr = listener
         .local_addr()
         .map_err(|e| ServerError::Transport(e.to_string()))?;
-    let (tx, rx) = oneshot::channel::<()>();
+    let (stop, mut stopped) = watch::channel(false);
+    let cleanup = tokio::spawn(cleanup::run(
+        store,
+        std::time::Duration::from_secs(config.storage.cleanup_interval_seconds),
+        std::time::Duration::from_secs(config.storage.retention_seconds),
+        stop.subscribe(),
+    ));
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_max_header_list_size(16 * 1024)
@@ -154,8 +166,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .concurrency_limit_per_connection(256)
             .timeout(std::time::Duration::from_secs(30))
             .add_service(svc)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = rx.await;
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stopped.wait_for(|s| *s).await;
             })
             .await
             .map_err(|e| ServerError::Transport(e.to_string()))
@@ -163,8 +175,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "writ listening");
     Ok(RunningServer {
         local_addr,
-        shutdown: tx,
+        stop,
         task,
+        cleanup,
     })
 }
 

@@ -234,7 +234,7 @@ fn load_or_create_local_credential(
     Ok(credential_digest(credential))
 }
 
-/// Shortest credential [`Minters::identify`] will consider.
+/// Shortest credential [`Credentials::identify`] will consider.
 pub const MIN_CREDENTIAL_LEN: usize = 32;
 
 /// What a credential lets its holder do.

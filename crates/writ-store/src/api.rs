@@ -79,6 +79,27 @@ pub enum UseOutcome {
     Unknown,
 }
 
+/// The result of [`TokenStore::purge_expired`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PurgeStats {
+    /// How many tokens were deleted (with everything that belongs to them); strictly,
+    /// how many expiry-index entries, so a stray entry whose record is already gone
+    /// (say, deleted by a concurrent purge) counts too.
+    pub tokens: usize,
+    /// Whether tokens that expired before the cutoff remain, so another call has work.
+    pub more: bool,
+}
+
+/// Key counts of a store, from [`TokenStore::stats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StoreStats {
+    /// Stored token records.
+    pub tokens: u64,
+    /// Entries in every per-token key space besides the records: the `txn_tokens`,
+    /// `expiry` and `children` indexes and the `state` rows.
+    pub index_entries: u64,
+}
+
 /// Storage for token records.
 ///
 /// Every mutation of a token's state (`insert_child`, `revoke`, `consume_use`, and
@@ -151,6 +172,29 @@ pub trait TokenStore: Send + Sync + 'static {
         &self,
         id: TokenId,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
+
+    /// Deletes up to `max_tokens` tokens whose `expires_at < cutoff`, found in expiry
+    /// order through the expiry index (never a scan of live data), and with each one
+    /// everything that belongs to it: its record, state row, transaction-index and
+    /// expiry-index entries, its link under its parent and every link under itself.
+    /// A child never outlives its parent, so a lineage expires (and goes) together.
+    ///
+    /// Each token is deleted under its transaction's lock, so a concurrent
+    /// `insert_child` under an expiring parent either lands first (and its link is
+    /// deleted with the parent) or finds the parent gone
+    /// ([`ParentMissing`](StoreError::ParentMissing)). Deletes are written in batches,
+    /// durable per the store's durability. `more` says whether expired tokens below
+    /// the cutoff remain.
+    fn purge_expired(
+        &self,
+        cutoff: UnixMillis,
+        max_tokens: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send;
+
+    /// Counts the records and the index and state entries. A diagnostic for tests and
+    /// operators: it scans every key space in full, so its cost grows with the store;
+    /// never call it on a request path.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
 }
 
 /// A shared store is a store, so servers can hold `Arc<S>` and still pass it on as `S`.
@@ -203,5 +247,17 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         id: TokenId,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
         T::consume_use(self, id)
+    }
+
+    fn purge_expired(
+        &self,
+        cutoff: UnixMillis,
+        max_tokens: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        T::purge_expired(self, cutoff, max_tokens)
+    }
+
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        T::stats(self)
     }
 }

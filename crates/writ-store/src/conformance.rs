@@ -77,8 +77,20 @@ pub(crate) async fn run<S: TokenStore>(store: S) {
     concurrent_consumes_of_a_single_use_token_admit_one(store.clone()).await;
     revoking_a_node_revokes_exactly_its_subtree(&*store).await;
     revoking_a_txn_revokes_all_its_tokens(&*store).await;
-    derive_racing_revoke_never_leaves_a_usable_descendant(store).await;
+    derive_racing_revoke_never_leaves_a_usable_descendant(store.clone()).await;
+    // Last: these count every key of the store and expect no other writer.
+    purge_removes_exactly_the_expired_tokens_and_all_their_entries(&*store).await;
+    purge_racing_derive_leaves_no_orphan(store).await;
 }
+
+/// `record` with `expires_at` set.
+pub(crate) fn expiring(mut r: TokenRecord, expires_at: u64) -> TokenRecord {
+    r.grant.expires_at = UnixMillis(expires_at);
+    r
+}
+
+/// Below every `expires_at` the other checks use (which are around 1.7e12).
+const CUTOFF: UnixMillis = UnixMillis(1_000_000);
 
 /// `record` with `max_uses` set.
 pub(crate) fn with_uses(mut r: TokenRecord, max_uses: Option<u32>) -> TokenRecord {
@@ -599,5 +611,183 @@ async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(st
             );
             assert!(newly.contains(&id), "{id} missing from the revoked ids");
         }
+    }
+}
+
+async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: TokenStore>(store: &S) {
+    let base = store.stats().await.unwrap();
+    // Nothing below the cutoff yet.
+    assert_eq!(
+        store.purge_expired(CUTOFF, 100).await.unwrap(),
+        crate::PurgeStats {
+            tokens: 0,
+            more: false
+        }
+    );
+    let (a, b) = (txn(900), txn(901));
+    // An expired lineage 90_000 → 90_001 → 90_002.
+    store
+        .insert(expiring(record(a, tid(90_000), None), 5_000))
+        .await
+        .unwrap();
+    store
+        .insert_child(
+            expiring(record(a, tid(90_001), Some(tid(90_000))), 4_000),
+            8,
+        )
+        .await
+        .unwrap();
+    store
+        .insert_child(
+            expiring(record(a, tid(90_002), Some(tid(90_001))), 4_000),
+            8,
+        )
+        .await
+        .unwrap();
+    // A live root of the same transaction, with an expired child.
+    store
+        .insert(expiring(record(a, tid(90_003), None), 2_000_000))
+        .await
+        .unwrap();
+    store
+        .insert_child(
+            expiring(record(a, tid(90_004), Some(tid(90_003))), 3_000),
+            8,
+        )
+        .await
+        .unwrap();
+    // Another transaction: an expired, revoked token, a live one and one expiring
+    // exactly at the cutoff (not before it, so it stays).
+    store
+        .insert(expiring(record(b, tid(90_005), None), 6_000))
+        .await
+        .unwrap();
+    store
+        .insert(expiring(record(b, tid(90_006), None), 1_500_000))
+        .await
+        .unwrap();
+    store
+        .insert(expiring(record(b, tid(90_009), None), CUTOFF.0))
+        .await
+        .unwrap();
+    store
+        .revoke(
+            RevokeTarget::Token(tid(90_005)),
+            "op".to_owned(),
+            "r".to_owned(),
+            UnixMillis(1),
+        )
+        .await
+        .unwrap();
+    let full = store.stats().await.unwrap();
+    // 8 tokens: txn_tokens + expiry each, 3 children links, state rows of the three
+    // parents and of the revoked token.
+    assert_eq!(full.tokens, base.tokens + 8);
+    assert_eq!(full.index_entries, base.index_entries + 16 + 3 + 4);
+
+    // Expiry order: 90_004 (3000), 90_001 and 90_002 (4000), 90_000, 90_005.
+    assert_eq!(
+        store.purge_expired(CUTOFF, 2).await.unwrap(),
+        crate::PurgeStats {
+            tokens: 2,
+            more: true
+        }
+    );
+    assert_eq!(store.get(tid(90_004)).await.unwrap(), None);
+    assert_eq!(store.get(tid(90_001)).await.unwrap(), None);
+    assert!(store.get(tid(90_002)).await.unwrap().is_some());
+    // A limit of zero deletes nothing but still reports what is left.
+    assert_eq!(
+        store.purge_expired(CUTOFF, 0).await.unwrap(),
+        crate::PurgeStats {
+            tokens: 0,
+            more: true
+        }
+    );
+    assert_eq!(
+        store.purge_expired(CUTOFF, 100).await.unwrap(),
+        crate::PurgeStats {
+            tokens: 3,
+            more: false
+        }
+    );
+    for n in [90_000, 90_001, 90_002, 90_004, 90_005] {
+        assert_eq!(store.get(tid(n)).await.unwrap(), None, "{n}");
+        assert_eq!(store.state(tid(n)).await.unwrap(), None, "{n}");
+    }
+    assert_eq!(store.txn_tokens(a).await.unwrap(), vec![tid(90_003)]);
+    assert_eq!(
+        store.txn_tokens(b).await.unwrap(),
+        vec![tid(90_006), tid(90_009)]
+    );
+    // The live parent keeps its record and state (its children count is history).
+    assert!(store.get(tid(90_003)).await.unwrap().is_some());
+    assert_eq!(store.state(tid(90_003)).await.unwrap().unwrap().children, 1);
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.tokens, base.tokens + 3);
+    // Three tokens' txn_tokens and expiry entries, and the live parent's state row:
+    // every link to a purged child is gone.
+    assert_eq!(after.index_entries, base.index_entries + 6 + 1);
+
+    // A purged parent derives nothing, and the refusal writes nothing.
+    assert_eq!(
+        store
+            .insert_child(record(a, tid(90_007), Some(tid(90_000))), 8)
+            .await,
+        Err(StoreError::ParentMissing)
+    );
+    assert_eq!(store.get(tid(90_007)).await.unwrap(), None);
+    assert_eq!(store.stats().await.unwrap(), after);
+    assert_eq!(
+        store.purge_expired(CUTOFF, 100).await.unwrap(),
+        crate::PurgeStats {
+            tokens: 0,
+            more: false
+        }
+    );
+    // Moving the cutoff past the rest purges them too, leaving the store as it was.
+    let later = UnixMillis(2_000_001);
+    assert_eq!(store.purge_expired(later, 100).await.unwrap().tokens, 3);
+    assert_eq!(store.stats().await.unwrap(), base);
+}
+
+async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
+    const ROUNDS: u32 = 4;
+    const TASKS: u32 = 16;
+    let base = store.stats().await.unwrap();
+    for round in 0..ROUNDS {
+        let t = txn(920 + u64::from(round));
+        let root = tid(91_000 + round * 100);
+        store
+            .insert(expiring(record(t, root, None), 10_000))
+            .await
+            .unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..TASKS {
+            let deriver = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let child = expiring(record(t, tid(91_001 + round * 100 + i), Some(root)), 9_000);
+                match deriver.insert_child(child, u32::MAX).await {
+                    Ok(()) | Err(StoreError::ParentMissing) => {}
+                    Err(e) => panic!("unexpected {e:?}"),
+                }
+            }));
+            if i == TASKS / 2 {
+                let purger = store.clone();
+                tasks.push(tokio::spawn(async move {
+                    purger.purge_expired(CUTOFF, usize::MAX).await.unwrap();
+                }));
+            }
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        // Whatever landed before the purge, or was refused after it, one more purge
+        // leaves nothing behind.
+        let last = store.purge_expired(CUTOFF, usize::MAX).await.unwrap();
+        assert!(!last.more);
+        assert_eq!(store.get(root).await.unwrap(), None);
+        assert_eq!(store.txn_tokens(t).await.unwrap(), Vec::<TokenId>::new());
+        assert_eq!(store.stats().await.unwrap(), base, "round {round}");
     }
 }

@@ -12,6 +12,10 @@
 //! | `children`    | parent token id (16) ‖ child token id (16) | empty            |
 //! | `expiry`      | expires_at ms, u64 BE (8) ‖ token id (16) | empty             |
 //! | `meta`        | `schema_version`                   | u32 BE                   |
+//!
+//! Every key of a token is derivable from its record, so purging an expired token
+//! (found through `expiry`) deletes its `tokens`, `state`, `txn_tokens` and `expiry`
+//! rows, its `children` entry under its parent and every entry under itself.
 
 use writ_core::{TokenId, TxnId, UnixMillis};
 
@@ -23,7 +27,7 @@ pub(crate) const CF_STATE: &str = "state";
 pub(crate) const CF_CHILDREN: &str = "children";
 /// Index: the tokens of each transaction.
 pub(crate) const CF_TXN_TOKENS: &str = "txn_tokens";
-/// Index: tokens by expiry time, for the cleanup task.
+/// Index: tokens by expiry time, walked in key order by `purge_expired`.
 pub(crate) const CF_EXPIRY: &str = "expiry";
 /// Store-wide metadata.
 pub(crate) const CF_META: &str = "meta";
@@ -103,6 +107,15 @@ pub(crate) fn expiry_key(expires_at: UnixMillis, id: TokenId) -> [u8; 8 + ID_LEN
     k[..8].copy_from_slice(&expires_at.0.to_be_bytes());
     k[8..].copy_from_slice(&id.0);
     k
+}
+
+/// The token id of a [`CF_EXPIRY`] key; `None` if the key has the wrong length.
+pub(crate) fn token_id_of_expiry_key(key: &[u8]) -> Option<TokenId> {
+    if key.len() != 8 + ID_LEN {
+        return None;
+    }
+    let id: [u8; ID_LEN] = key[8..].try_into().ok()?;
+    Some(TokenId(id))
 }
 
 /// The stored form of a schema version.
@@ -240,6 +253,14 @@ mod tests {
         assert!(expiry_key(UnixMillis(5), tid(0xff, 0)) < expiry_key(UnixMillis(6), tid(0, 0)));
         assert!(expiry_key(UnixMillis(5), tid(1, 0)) < expiry_key(UnixMillis(5), tid(2, 0)));
         assert_eq!(&expiry_key(UnixMillis(5), tid(1, 2))[8..], &tid(1, 2).0);
+        let k = expiry_key(UnixMillis(5), tid(1, 2));
+        assert_eq!(token_id_of_expiry_key(&k), Some(tid(1, 2)));
+        assert_eq!(token_id_of_expiry_key(&k[..23]), None);
+        // Every expires_at below a cutoff sorts before the cutoff's 8 bytes alone.
+        assert!(
+            expiry_key(UnixMillis(4), tid(0xff, 0xff)).as_slice() < 5u64.to_be_bytes().as_slice()
+        );
+        assert!(k.as_slice() >= 5u64.to_be_bytes().as_slice());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! hop that validates them.
 //!
 //! The service logic only ever talks to the [`TokenStore`] trait. It is deliberately
-//! small (insert, point read, per-transaction index scan, and the state mutations:
-//! deriving a child, revoking a subtree or transaction, consuming a use) and its futures are `Send`
+//! small (insert, point read, per-transaction index scan, the state mutations:
+//! deriving a child, revoking a subtree or transaction, consuming a use, and the
+//! housekeeping: purging expired tokens through the expiry index, and a key-count
+//! diagnostic) and its futures are `Send`
 //! and own their work, so a networked, distributed backend (a Redis Cluster store is
 //! planned) can implement it without the core or the server changing. No RocksDB type
 //! appears in this crate's public API.
@@ -19,7 +21,9 @@
 //! (each token's mutable [`TokenState`](writ_core::TokenState); no row means the default
 //! state), `txn_tokens` (index: the tokens of a transaction), `children` (index: the
 //! children of a token, written by `insert_child` and walked by `revoke`), `expiry`
-//! (index: tokens by expiry time) and `meta` (schema version).
+//! (index: tokens by expiry time, walked by `purge_expired`) and `meta` (schema
+//! version). Purging deletes a token with every entry of every key space that belongs
+//! to it; RocksDB compaction then reclaims the disk space.
 //! - [`rocks`]: [`RocksStore`], the embedded, durable RocksDB backend.
 //! - [`memory`]: [`MemoryStore`], an in-process backend with the same semantics, for
 //!   fast tests of the layers above.
@@ -35,6 +39,6 @@ pub mod rocks;
 #[cfg(test)]
 mod conformance;
 
-pub use api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
+pub use api::{PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
 pub use memory::MemoryStore;
 pub use rocks::{Durability, RocksStore, StoreOptions};

@@ -2,7 +2,7 @@
 //! backends and none of their setup, so the layers above the store test fast.
 //! Nothing survives the process.
 
-use crate::api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
+use crate::api::{PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -18,6 +18,8 @@ struct State {
     states: BTreeMap<TokenId, TokenState>,
     /// Mirrors the durable `children` index: (parent, child) pairs.
     children: BTreeSet<(TokenId, TokenId)>,
+    /// Mirrors the durable `expiry` index: (expires_at, token) pairs.
+    expiry: BTreeSet<(UnixMillis, TokenId)>,
 }
 
 impl State {
@@ -60,9 +62,53 @@ impl State {
         pstate.children += 1;
         self.states.insert(parent_id, pstate);
         self.children.insert((parent_id, record.token_id));
-        self.txn_tokens.insert((record.txn, record.token_id));
-        self.tokens.insert(record.token_id, record);
+        self.put_record(record);
         Ok(())
+    }
+
+    /// The record and its index entries.
+    fn put_record(&mut self, record: TokenRecord) {
+        self.txn_tokens.insert((record.txn, record.token_id));
+        self.expiry
+            .insert((record.grant.expires_at, record.token_id));
+        self.tokens.insert(record.token_id, record);
+    }
+
+    fn purge_expired(&mut self, cutoff: UnixMillis, max_tokens: usize) -> PurgeStats {
+        let lo = (UnixMillis(0), TokenId([0; 16]));
+        let hi = (cutoff, TokenId([0; 16]));
+        let due: Vec<(UnixMillis, TokenId)> = self
+            .expiry
+            .range(lo..hi)
+            .take(max_tokens)
+            .copied()
+            .collect();
+        for &(at, id) in &due {
+            self.expiry.remove(&(at, id));
+            self.states.remove(&id);
+            for child in self.child_ids(id) {
+                self.children.remove(&(id, child));
+            }
+            if let Some(record) = self.tokens.remove(&id) {
+                self.txn_tokens.remove(&(record.txn, id));
+                if let Some(parent) = record.parent {
+                    self.children.remove(&(parent, id));
+                }
+            }
+        }
+        PurgeStats {
+            tokens: due.len(),
+            more: self.expiry.range(lo..hi).next().is_some(),
+        }
+    }
+
+    fn stats(&self) -> StoreStats {
+        let index =
+            self.txn_tokens.len() + self.expiry.len() + self.states.len() + self.children.len();
+        StoreStats {
+            tokens: self.tokens.len() as u64,
+            index_entries: index as u64,
+        }
     }
 
     fn revoke(
@@ -167,8 +213,7 @@ impl TokenStore for MemoryStore {
             if state.tokens.contains_key(&record.token_id) {
                 return Err(StoreError::Conflict);
             }
-            state.txn_tokens.insert((record.txn, record.token_id));
-            state.tokens.insert(record.token_id, record);
+            state.put_record(record);
             Ok(())
         }
     }
@@ -229,6 +274,21 @@ impl TokenStore for MemoryStore {
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
         let store = self.clone();
         async move { Ok(store.lock().consume_use(id)) }
+    }
+
+    fn purge_expired(
+        &self,
+        cutoff: UnixMillis,
+        max_tokens: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().purge_expired(cutoff, max_tokens)) }
+    }
+
+    /// Counts every map and set: a full pass, a diagnostic only.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().stats()) }
     }
 }
 

@@ -12,15 +12,21 @@
 //! and is refused. Token-id uniqueness across transactions is kept by a second, per-id
 //! striped lock, always taken after the transaction's.
 //!
+//! [`TokenStore::purge_expired`] deletes expired tokens in `WriteBatch`es of up to 256,
+//! holding the lock stripes of their transactions; the space of the deleted keys comes
+//! back through RocksDB's background compaction, or at once through
+//! [`RocksStore::compact_all`].
+//!
 //! Durability rests on the write-ahead log, which is never disabled: an acknowledged
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
 //! the WAL on the next open.
 
-use crate::api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
+use crate::api::{PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
 use crate::{codec, keys};
 use rocksdb::{
-    BlockBasedOptions, ColumnFamily, ColumnFamilyDescriptor, DB, DataBlockIndexType, Direction,
-    IteratorMode, Options, PrefixRange, ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
+    CompactOptions, DB, DataBlockIndexType, Direction, IteratorMode, Options, PrefixRange,
+    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, VecDeque};
@@ -71,11 +77,18 @@ struct Inner {
 }
 
 impl Inner {
-    fn lock_txn(&self, txn: TxnId) -> MutexGuard<'_, ()> {
+    fn txn_stripe(&self, txn: TxnId) -> usize {
         // The first bytes of a txn id are its mint time, so hash all of them.
         let mut h = DefaultHasher::new();
         txn.hash(&mut h);
-        let stripe = (h.finish() % self.txn_locks.len() as u64) as usize;
+        (h.finish() % self.txn_locks.len() as u64) as usize
+    }
+
+    fn lock_txn(&self, txn: TxnId) -> MutexGuard<'_, ()> {
+        self.lock_txn_stripe(self.txn_stripe(txn))
+    }
+
+    fn lock_txn_stripe(&self, stripe: usize) -> MutexGuard<'_, ()> {
         self.txn_locks[stripe]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -520,6 +533,165 @@ fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreE
     Ok(ids)
 }
 
+/// Tokens deleted per `WriteBatch` (and per set of transaction locks held) by a purge.
+const PURGE_BATCH: usize = 256;
+
+/// An `expiry` index key and the token id it names.
+type ExpiryEntry = (Box<[u8]>, TokenId);
+
+/// Up to `limit` entries (key and token id) of the `expiry` index with
+/// `expires_at < cutoff`, in key order.
+fn expired_ids(
+    inner: &Inner,
+    cutoff: UnixMillis,
+    limit: usize,
+) -> Result<Vec<ExpiryEntry>, StoreError> {
+    let db = &inner.db;
+    let mut read_opts = ReadOptions::default();
+    // Every key below `cutoff` BE sorts before this 8-byte bound; every key at or
+    // after `cutoff` sorts at or after it.
+    read_opts.set_iterate_upper_bound(cutoff.0.to_be_bytes().to_vec());
+    let iter = db.iterator_cf_opt(cf(db, keys::CF_EXPIRY)?, read_opts, IteratorMode::Start);
+    let mut ids = Vec::new();
+    for item in iter.take(limit) {
+        let (key, _) = item.map_err(backend)?;
+        let id = keys::token_id_of_expiry_key(&key)
+            .ok_or_else(|| corrupt(format!("expiry key of {} bytes", key.len())))?;
+        ids.push((key, id));
+    }
+    Ok(ids)
+}
+
+/// Deletes one batch of expired tokens, holding the lock stripes of all their
+/// transactions (taken in stripe order, so two purges cannot deadlock, and no other
+/// operation holds more than one). Returns how many expiry entries were removed.
+fn purge_batch(inner: &Inner, cutoff: UnixMillis, limit: usize) -> Result<usize, StoreError> {
+    let db = &inner.db;
+    let entries = expired_ids(inner, cutoff, limit)?;
+    if entries.is_empty() {
+        return Ok(0);
+    }
+    let n = entries.len();
+    // Records are immutable, so they can be read before locking; only a purge deletes
+    // them, and deleting twice is harmless.
+    let mut records = Vec::with_capacity(n);
+    let mut stripes = BTreeSet::new();
+    for (key, id) in entries {
+        let record = get_blocking(inner, id)?;
+        if let Some(r) = &record {
+            stripes.insert(inner.txn_stripe(r.txn));
+        }
+        records.push((key, id, record));
+    }
+    let _guards: Vec<_> = stripes
+        .into_iter()
+        .map(|s| inner.lock_txn_stripe(s))
+        .collect();
+    let (tokens, state, txn_tokens, expiry, children) = (
+        cf(db, keys::CF_TOKENS)?,
+        cf(db, keys::CF_STATE)?,
+        cf(db, keys::CF_TXN_TOKENS)?,
+        cf(db, keys::CF_EXPIRY)?,
+        cf(db, keys::CF_CHILDREN)?,
+    );
+    let mut batch = WriteBatch::default();
+    for (key, id, record) in records {
+        batch.delete_cf(expiry, key);
+        let Some(record) = record else {
+            // An expiry entry whose token is already gone (say, purged concurrently):
+            // the entry is all there is left to delete.
+            continue;
+        };
+        batch.delete_cf(tokens, keys::token_key(id));
+        batch.delete_cf(state, keys::state_key(id));
+        batch.delete_cf(txn_tokens, keys::txn_token_key(record.txn, id));
+        if let Some(parent) = record.parent {
+            batch.delete_cf(children, keys::child_key(parent, id));
+        }
+        // Read under the lock: a child derived before we locked is unlinked here.
+        for child in children_of(inner, id)? {
+            batch.delete_cf(children, keys::child_key(id, child));
+        }
+    }
+    db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
+    Ok(n)
+}
+
+fn purge_expired_blocking(
+    inner: &Inner,
+    cutoff: UnixMillis,
+    max_tokens: usize,
+) -> Result<PurgeStats, StoreError> {
+    let mut purged = 0;
+    while purged < max_tokens {
+        let n = purge_batch(inner, cutoff, PURGE_BATCH.min(max_tokens - purged))?;
+        if n == 0 {
+            break;
+        }
+        purged += n;
+    }
+    let more = !expired_ids(inner, cutoff, 1)?.is_empty();
+    Ok(PurgeStats {
+        tokens: purged,
+        more,
+    })
+}
+
+/// Number of keys in one column family, by a full scan.
+fn count_keys(inner: &Inner, name: &str) -> Result<u64, StoreError> {
+    let db = &inner.db;
+    let mut read_opts = ReadOptions::default();
+    // A full scan must not be cut short by the prefix extractor, nor evict hot blocks.
+    read_opts.set_total_order_seek(true);
+    read_opts.fill_cache(false);
+    let mut n = 0;
+    for item in db.iterator_cf_opt(cf(db, name)?, read_opts, IteratorMode::Start) {
+        item.map_err(backend)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+fn stats_blocking(inner: &Inner) -> Result<StoreStats, StoreError> {
+    let mut index_entries = 0;
+    for name in [
+        keys::CF_TXN_TOKENS,
+        keys::CF_EXPIRY,
+        keys::CF_STATE,
+        keys::CF_CHILDREN,
+    ] {
+        index_entries += count_keys(inner, name)?;
+    }
+    Ok(StoreStats {
+        tokens: count_keys(inner, keys::CF_TOKENS)?,
+        index_entries,
+    })
+}
+
+impl RocksStore {
+    /// Compacts every column family over its whole key range, so the space of deleted
+    /// keys is reclaimed now rather than by background compaction. Blocking and
+    /// expensive: for tests and maintenance.
+    pub fn compact_all(&self) -> Result<(), StoreError> {
+        let db = &self.inner.db;
+        // Rewrite the bottommost level too: otherwise a flushed file holding only
+        // tombstones can be moved there as it is, and the tombstones stay on disk.
+        let mut opts = CompactOptions::default();
+        opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+        for name in [
+            keys::CF_TOKENS,
+            keys::CF_STATE,
+            keys::CF_TXN_TOKENS,
+            keys::CF_CHILDREN,
+            keys::CF_EXPIRY,
+            keys::CF_META,
+        ] {
+            db.compact_range_cf_opt(cf(db, name)?, None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        Ok(())
+    }
+}
+
 impl TokenStore for RocksStore {
     fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
         self.blocking(move |inner| insert_blocking(inner, &record))
@@ -569,6 +741,19 @@ impl TokenStore for RocksStore {
         id: TokenId,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
         self.blocking(move |inner| consume_use_blocking(inner, id))
+    }
+
+    fn purge_expired(
+        &self,
+        cutoff: UnixMillis,
+        max_tokens: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        self.blocking(move |inner| purge_expired_blocking(inner, cutoff, max_tokens))
+    }
+
+    /// Scans every key space in full: a diagnostic only.
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        self.blocking(stats_blocking)
     }
 }
 
@@ -786,6 +971,83 @@ mod tests {
             RocksStore::open(&file.join("db"), StoreOptions::default()),
             Err(StoreError::Backend(_))
         ));
+    }
+
+    /// Total size of the files directly in `dir` (RocksDB keeps a flat directory), and
+    /// of its SST files alone.
+    fn dir_size(dir: &Path) -> (u64, u64) {
+        let (mut total, mut sst) = (0, 0);
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let len = entry.metadata().unwrap().len();
+            total += len;
+            if entry.file_name().to_string_lossy().ends_with(".sst") {
+                sst += len;
+            }
+        }
+        (total, sst)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn continuous_minting_of_short_lived_tokens_stays_bounded() {
+        const ROUNDS: u64 = 20;
+        const PER_ROUND: u32 = 200;
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        for round in 0..ROUNDS {
+            // Each round mints a lineage per transaction: a root and three children,
+            // all expiring within this round's window, then purges up to its end.
+            let start = 1_000 + round * 1_000;
+            for i in 0..PER_ROUND {
+                let n = u32::try_from(round).unwrap() * PER_ROUND + i;
+                let t = txn(10_000 + u64::from(n / 4));
+                if i % 4 == 0 {
+                    let r = conformance::expiring(record(t, tid(n), None), start + 500);
+                    store.insert(r).await.unwrap();
+                } else {
+                    let parent = tid(n - n % 4);
+                    let r = conformance::expiring(record(t, tid(n), Some(parent)), start + 400);
+                    store.insert_child(r, 8).await.unwrap();
+                }
+            }
+            let minted = store.stats().await.unwrap();
+            assert_eq!(minted.tokens, u64::from(PER_ROUND), "round {round}");
+            // txn_tokens + expiry per token, a link per child, a state row per root.
+            assert!(minted.index_entries <= 4 * u64::from(PER_ROUND));
+            let purged = store
+                .purge_expired(UnixMillis(start + 1_000), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!(purged.tokens, PER_ROUND as usize);
+            assert!(!purged.more);
+            assert_eq!(store.stats().await.unwrap(), StoreStats::default());
+            store.compact_all().unwrap();
+            // The total includes RocksDB's own info log (`LOG`), which grows with every
+            // flush and compaction; the SST files hold the data.
+            let (size, sst) = dir_size(dir.path());
+            println!(
+                "round {round:2}: {size} bytes on disk ({sst} in SST files) after purge and compaction"
+            );
+            assert!(size < 5 * 1024 * 1024, "round {round}: {size} bytes");
+            assert!(sst < 64 * 1024, "round {round}: {sst} bytes of SST files");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_orphan_expiry_entry_is_purged_and_counted() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let db = &store.inner.db;
+        db.put_cf(
+            cf(db, keys::CF_EXPIRY).unwrap(),
+            keys::expiry_key(UnixMillis(5), tid(9)),
+            keys::EMPTY_VALUE,
+        )
+        .unwrap();
+        assert_eq!(store.stats().await.unwrap().index_entries, 1);
+        let purged = store.purge_expired(UnixMillis(6), 10).await.unwrap();
+        assert_eq!((purged.tokens, purged.more), (1, false));
+        assert_eq!(store.stats().await.unwrap(), StoreStats::default());
     }
 
     #[test]

@@ -49,6 +49,28 @@ pub fn parse_attr(s: &str) -> Result<(String, pb::Value), String> {
     Ok((k, value))
 }
 
+/// What `writ revoke` revokes as an operator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// One token (and its descendants) by id.
+    TokenId(String),
+    /// A whole transaction.
+    Txn(String),
+}
+
+/// `tid_...` or `txn_...`. The error never repeats the input, which may be a secret.
+pub fn parse_target(s: &str) -> Result<Target, String> {
+    if s.starts_with("tid_") {
+        Ok(Target::TokenId(s.to_string()))
+    } else if s.starts_with("txn_") {
+        Ok(Target::Txn(s.to_string()))
+    } else if s.starts_with("writ_") {
+        Err("that is a token, not a token id: pass it with --token or WRIT_TOKEN".to_string())
+    } else {
+        Err("expected a token id (tid_...) or a transaction (txn_...)".to_string())
+    }
+}
+
 /// `NAME:KIND:VALUE`.
 pub fn parse_claim(s: &str) -> Result<(String, pb::Constraint), String> {
     use writ_client::build as b;
@@ -113,5 +135,19 @@ mod tests {
             parse_attr("c=health").unwrap().1,
             writ_client::build::str("health")
         );
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            parse_target("tid_abc").unwrap(),
+            Target::TokenId("tid_abc".into())
+        );
+        assert_eq!(
+            parse_target("txn_abc").unwrap(),
+            Target::Txn("txn_abc".into())
+        );
+        assert!(parse_target("writ_secret").unwrap_err().contains("--token"));
+        assert!(parse_target("abc").is_err());
     }
 }

@@ -35,6 +35,9 @@ enum Command {
     Downscope(DownscopeArgs),
     /// Introspect a token, optionally checking one action.
     Validate(ValidateArgs),
+    /// Revoke a token and every descendant: a token id or transaction (operator), or the
+    /// token you hold.
+    Revoke(RevokeArgs),
     /// Print the blake3 digest of a minter credential read from stdin, for `[[minters]]`.
     CredentialHash,
 }
@@ -89,6 +92,10 @@ struct Narrowing {
     /// Purpose of the transaction at this hop.
     #[arg(long)]
     purpose: Option<String>,
+    /// Uses the token allows; each allowed action check consumes one (mint: default
+    /// unlimited; downscope: default all the parent has left, reserved from its budget).
+    #[arg(long)]
+    max_uses: Option<u32>,
 }
 
 #[derive(Args, Debug)]
@@ -146,6 +153,29 @@ struct ValidateArgs {
     attrs: Vec<(String, pb::Value)>,
 }
 
+#[derive(Args, Debug)]
+struct RevokeArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// A token id (tid_...) or a whole transaction (txn_...), revoked as an operator.
+    /// Without it, the token from --token / WRIT_TOKEN is revoked by its holder.
+    // Parsed in `revoke`, not by clap, which would echo a mistaken token secret.
+    target: Option<String>,
+    /// Why (required; recorded with the revocation).
+    #[arg(long)]
+    reason: String,
+    /// The token to revoke when no TARGET is given (prefer the WRIT_TOKEN environment
+    /// variable); needs no credential.
+    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// The operator credential itself (prefer the file); used with a TARGET.
+    #[arg(long, env = "WRIT_OPERATOR_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+    /// File holding the operator credential; used with a TARGET.
+    #[arg(long, default_value = "writ-data/operator.credential")]
+    credential_file: PathBuf,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -173,6 +203,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Mint(a) => mint(a).await,
         Command::Downscope(a) => downscope(a).await,
         Command::Validate(a) => validate(a).await,
+        Command::Revoke(a) => revoke(a).await,
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -253,6 +284,7 @@ async fn mint(a: MintArgs) -> Result<ExitCode> {
         tctx: a.tctx.into_iter().collect(),
         rctx: a.rctx.into_iter().collect(),
         ttl_seconds: n.ttl.unwrap_or(0),
+        max_uses: n.max_uses.unwrap_or(0),
     };
     match client.mint(req).await {
         Ok(r) => output::issued(a.client.json, &r.token, r.info.as_ref()),
@@ -273,6 +305,7 @@ async fn downscope(a: DownscopeArgs) -> Result<ExitCode> {
         claims: n.claims.into_iter().collect(),
         ttl_seconds: n.ttl.unwrap_or(0),
         purpose: n.purpose.unwrap_or_default(),
+        max_uses: n.max_uses.unwrap_or(0),
     };
     match client.downscope(req).await {
         Ok(r) => output::issued(a.client.json, &r.token, r.info.as_ref()),
@@ -296,6 +329,45 @@ async fn validate(a: ValidateArgs) -> Result<ExitCode> {
         .await
     {
         Ok(r) => output::validation(a.client.json, &r),
+        Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
+    use pb::revoke_request::Target as T;
+    let client = WritClient::connect(&a.client.server).await?;
+    let (mut client, target) = match a.target {
+        Some(target) => {
+            let target = args::parse_target(&target).map_err(|e| anyhow::anyhow!("TARGET: {e}"))?;
+            let credential = match a.credential {
+                Some(c) => c,
+                None => std::fs::read_to_string(&a.credential_file).with_context(|| {
+                    format!(
+                        "reading the operator credential from {}",
+                        a.credential_file.display()
+                    )
+                })?,
+            };
+            let target = match target {
+                args::Target::TokenId(id) => T::TokenId(id),
+                args::Target::Txn(txn) => T::Txn(txn),
+            };
+            (client.with_operator_credential(credential.trim())?, target)
+        }
+        None => {
+            let token = a.token.context(
+                "nothing to revoke: give a token id (tid_...) or transaction (txn_...), \
+                 or the token itself with --token or WRIT_TOKEN",
+            )?;
+            (client, T::Token(token))
+        }
+    };
+    let req = pb::RevokeRequest {
+        target: Some(target),
+        reason: a.reason,
+    };
+    match client.revoke(req).await {
+        Ok(r) => output::revoked(a.client.json, &r),
         Err(e) => refused(a.client.json, e),
     }
 }

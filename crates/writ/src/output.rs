@@ -123,6 +123,7 @@ pub fn info_json(i: &pb::TokenInfo) -> Json {
         "expires_at_unix_ms": i.expires_at_unix_ms,
         "agent_traffic": i.agent_traffic,
         "actor_client_type": client_name(i.actor_client_type),
+        "max_uses": i.max_uses,
     })
 }
 
@@ -163,6 +164,14 @@ fn info_text(i: &pb::TokenInfo) -> String {
         rows.push(("purpose", i.purpose.clone()));
     }
     rows.push(("expires_at", format!("{} (unix ms)", i.expires_at_unix_ms)));
+    rows.push((
+        "max_uses",
+        if i.max_uses == 0 {
+            "unlimited".to_string()
+        } else {
+            i.max_uses.to_string()
+        },
+    ));
     rows.iter()
         .map(|(k, v)| format!("{k:<11} {v}"))
         .collect::<Vec<_>>()
@@ -193,6 +202,7 @@ fn reason_name(r: i32) -> &'static str {
         Ok(pb::InactiveReason::Unknown) => "unknown",
         Ok(pb::InactiveReason::WrongAudience) => "wrong_audience",
         Ok(pb::InactiveReason::Malformed) => "malformed",
+        Ok(pb::InactiveReason::Exhausted) => "exhausted",
         _ => "unspecified",
     }
 }
@@ -247,4 +257,17 @@ pub fn validation(json_out: bool, r: &pb::ValidateResponse) -> Result<ExitCode> 
     } else {
         ExitCode::from(1)
     })
+}
+
+/// A Revoke answer: the token ids this call revoked (none when already revoked).
+pub fn revoked(json_out: bool, r: &pb::RevokeResponse) -> Result<ExitCode> {
+    if json_out {
+        println!("{}", json!({ "revoked_token_ids": r.revoked_token_ids }));
+    } else {
+        println!("revoked {} token(s)", r.revoked_token_ids.len());
+        for id in &r.revoked_token_ids {
+            println!("{id}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

@@ -146,6 +146,7 @@ fn writ(args: &[&str], envs: &[(&str, &str)]) -> Output {
         "WRIT_SERVER",
         "WRIT_TOKEN",
         "WRIT_MINTER_CREDENTIAL",
+        "WRIT_OPERATOR_CREDENTIAL",
         "WRIT_CONFIG",
     ] {
         cmd.env_remove(v);
@@ -393,6 +394,120 @@ fn cli_mint_downscope_validate_and_escalation() {
     // The secret is printed only by mint/downscope, never in the JSON info of validate.
     let v = json_exit(&validate("booking", "amount=50", &child), 0);
     assert!(!v.to_string().contains(&child[5..]), "{v}");
+}
+
+#[test]
+fn cli_revoke_by_id_and_by_holder_and_max_uses() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&tmp.path().join("data"), 0);
+    let url = srv.url();
+    let operator_file = srv.data_dir.join("operator.credential");
+    let operator_file = operator_file.to_str().expect("utf-8 path");
+
+    let minted = cli_mint(&srv, &["--max-uses", "2"]);
+    let token = str_field(&minted, "/token").to_string();
+    let id = str_field(&minted, "/info/token_id").to_string();
+    assert!(id.starts_with("tid_"), "{minted}");
+    assert_eq!(
+        minted.pointer("/info/max_uses").and_then(Json::as_u64),
+        Some(2),
+        "{minted}"
+    );
+
+    // The operator revokes the token by id.
+    let out = writ(
+        &[
+            "revoke",
+            &id,
+            "--reason",
+            "test",
+            "--json",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file,
+        ],
+        &[],
+    );
+    let v = json_exit(&out, 0);
+    assert_eq!(v, serde_json::json!({ "revoked_token_ids": [id] }));
+
+    // Validation now fails with exit 1, naming the reason.
+    let out = writ(
+        &["validate", "--server", &url, "--as", "planner", "--json"],
+        &[("WRIT_TOKEN", &token)],
+    );
+    let v = json_exit(&out, 1);
+    assert_eq!(str_field(&v, "/inactive_reason"), "revoked", "{v}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("revoked"),
+        "{}",
+        describe(&out)
+    );
+
+    // Again, in text: nothing new.
+    let out = writ(
+        &["revoke", &id, "--reason", "again", "--server", &url],
+        &[("WRIT_OPERATOR_CREDENTIAL", &srv_operator(operator_file))],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "revoked 0 token(s)\n");
+
+    // Only operators revoke by id: the minter credential is refused with exit 1.
+    let other = cli_mint(&srv, &[]);
+    let other_token = str_field(&other, "/token").to_string();
+    let other_id = str_field(&other, "/info/token_id").to_string();
+    let minter_file = srv.credential_file();
+    let out = writ(
+        &[
+            "revoke",
+            &other_id,
+            "--reason",
+            "test",
+            "--server",
+            &url,
+            "--credential-file",
+            minter_file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        describe(&out)
+    );
+
+    // Its holder revokes it with WRIT_TOKEN, no credential at all.
+    let out = writ(
+        &["revoke", "--reason", "done", "--server", &url],
+        &[("WRIT_TOKEN", &other_token)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("revoked 1 token(s)\n{other_id}\n")
+    );
+
+    // A token is not a TARGET: usage error, exit 2, and the secret is not echoed.
+    let out = writ(
+        &["revoke", &other_token, "--reason", "x", "--server", &url],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&other_token[5..]),
+        "{}",
+        describe(&out)
+    );
+}
+
+/// The operator credential in `file`, trimmed.
+fn srv_operator(file: &str) -> String {
+    std::fs::read_to_string(file)
+        .expect("reading the operator credential")
+        .trim()
+        .to_string()
 }
 
 #[test]
