@@ -8,7 +8,9 @@
 
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
-use writ_api::pb::{self, token_service_client::TokenServiceClient};
+use writ_api::pb::{
+    self, chain_service_client::ChainServiceClient, token_service_client::TokenServiceClient,
+};
 
 pub use writ_api::pb as proto;
 
@@ -39,6 +41,7 @@ pub enum ClientError {
 #[derive(Clone)]
 pub struct WritClient {
     inner: TokenServiceClient<Channel>,
+    chain: ChainServiceClient<Channel>,
     caller: Option<MetadataValue<tonic::metadata::Ascii>>,
     credential: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
@@ -73,7 +76,8 @@ impl WritClient {
             .await
             .map_err(|e| err(&e))?;
         Ok(WritClient {
-            inner: TokenServiceClient::new(channel),
+            inner: TokenServiceClient::new(channel.clone()),
+            chain: ChainServiceClient::new(channel),
             caller: None,
             credential: None,
         })
@@ -140,6 +144,22 @@ impl WritClient {
     ) -> Result<pb::RevokeResponse, ClientError> {
         let r = self.request(req);
         Ok(self.inner.revoke(r).await?.into_inner())
+    }
+
+    /// The whole tree of one transaction (operators).
+    pub async fn get_transaction(&mut self, txn: &str) -> Result<pb::Transaction, ClientError> {
+        let r = self.request(pb::GetTransactionRequest {
+            txn: txn.to_string(),
+        });
+        Ok(self.chain.get_transaction(r).await?.into_inner())
+    }
+
+    /// One token with its ancestry (operators).
+    pub async fn get_token(&mut self, token_id: &str) -> Result<pb::GetTokenResponse, ClientError> {
+        let r = self.request(pb::GetTokenRequest {
+            token_id: token_id.to_string(),
+        });
+        Ok(self.chain.get_token(r).await?.into_inner())
     }
 
     /// Introspects a token presented to this caller, optionally checking one action.

@@ -6,6 +6,7 @@
 //! - [`secrets`]: the server key ring and the local minter credential on disk.
 //! - [`auth`]: the one seam that decides who is calling.
 //! - [`service`]: Mint, Downscope, Validate and Revoke over any [`writ_store::TokenStore`].
+//! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry).
 //! - [`cleanup`]: the background task that reclaims expired tokens.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
@@ -13,6 +14,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod chain;
 pub mod cleanup;
 pub mod config;
 pub mod error;
@@ -26,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use writ_api::pb::chain_service_server::ChainServiceServer;
 use writ_api::pb::token_service_server::TokenServiceServer;
 use writ_core::limits::MAX_MESSAGE_BYTES;
 use writ_store::{RocksStore, StoreOptions};
@@ -140,7 +143,12 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config.trust_domain.clone(),
         config.tokens.max_children,
     );
-    let grpc = grpc::GrpcService::new(Arc::new(service), auth::Authenticator::new(credentials));
+    let auth = auth::Authenticator::new(credentials);
+    let chain = ChainServiceServer::new(chain::ChainGrpc::new(store.clone(), auth.clone()))
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        // A tree of up to 1000 nodes.
+        .max_encoding_message_size(1000 * 4 * MAX_MESSAGE_BYTES);
+    let grpc = grpc::GrpcService::new(Arc::new(service), auth);
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         // Responses carry whole records; four times the request bound leaves headroom.
@@ -166,6 +174,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .concurrency_limit_per_connection(256)
             .timeout(std::time::Duration::from_secs(30))
             .add_service(svc)
+            .add_service(chain)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
