@@ -988,6 +988,34 @@ mod tests {
         (total, sst)
     }
 
+    /// A figure, not a check: how many bytes one stored token costs on disk once
+    /// compacted. Run with
+    /// `cargo test --workspace -- --ignored disk_bytes_per_stored_token --nocapture`.
+    #[tokio::test(flavor = "multi_thread")]
+    #[ignore = "a measurement; run by hand"]
+    async fn disk_bytes_per_stored_token() {
+        const TOKENS: u32 = 20_000;
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        for n in 0..TOKENS {
+            let t = txn(u64::from(n / 4));
+            if n % 4 == 0 {
+                store.insert(record(t, tid(n), None)).await.unwrap();
+            } else {
+                let r = record(t, tid(n), Some(tid(n - n % 4)));
+                store.insert_child(r, 8).await.unwrap();
+            }
+        }
+        store.compact_all().unwrap();
+        let (size, sst) = dir_size(dir.path());
+        println!(
+            "{TOKENS} tokens (a root and three children per transaction): {sst} bytes of SST \
+             files, {} bytes per token ({size} bytes in the directory incl. logs)",
+            sst / u64::from(TOKENS)
+        );
+        assert!(sst > 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn continuous_minting_of_short_lived_tokens_stays_bounded() {
         const ROUNDS: u64 = 20;

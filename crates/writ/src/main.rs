@@ -38,6 +38,10 @@ enum Command {
     /// Revoke a token and every descendant: a token id or transaction (operator), or the
     /// token you hold.
     Revoke(RevokeArgs),
+    /// Show a transaction's call-chain tree (operator).
+    Chain(ChainArgs),
+    /// Show one token with its ancestry, root first (operator).
+    Token(TokenArgs),
     /// Print the blake3 digest of a minter credential read from stdin, for `[[minters]]`.
     CredentialHash,
 }
@@ -176,6 +180,56 @@ struct RevokeArgs {
     credential_file: PathBuf,
 }
 
+/// The operator credential, for the operator-only commands.
+#[derive(Args, Debug)]
+struct OperatorCredential {
+    /// The operator credential itself (prefer the file).
+    #[arg(long, env = "WRIT_OPERATOR_CREDENTIAL", hide_env_values = true)]
+    credential: Option<String>,
+    /// File holding the operator credential.
+    #[arg(long, default_value = "writ-data/operator.credential")]
+    credential_file: PathBuf,
+}
+
+impl OperatorCredential {
+    /// The credential: the flag or environment variable, else the file.
+    fn load(self) -> Result<String> {
+        let c = match self.credential {
+            Some(c) => c,
+            None => std::fs::read_to_string(&self.credential_file).with_context(|| {
+                format!(
+                    "reading the operator credential from {}",
+                    self.credential_file.display()
+                )
+            })?,
+        };
+        Ok(c.trim().to_string())
+    }
+}
+
+#[derive(Args, Debug)]
+struct ChainArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The transaction (txn_...).
+    txn: String,
+    /// Print a Graphviz digraph instead of the tree.
+    #[arg(long, conflicts_with = "json")]
+    dot: bool,
+    #[command(flatten)]
+    operator: OperatorCredential,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The token id (tid_...).
+    token_id: String,
+    #[command(flatten)]
+    operator: OperatorCredential,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -204,6 +258,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Downscope(a) => downscope(a).await,
         Command::Validate(a) => validate(a).await,
         Command::Revoke(a) => revoke(a).await,
+        Command::Chain(a) => chain(a).await,
+        Command::Token(a) => token(a).await,
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -339,20 +395,16 @@ async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
     let (mut client, target) = match a.target {
         Some(target) => {
             let target = args::parse_target(&target).map_err(|e| anyhow::anyhow!("TARGET: {e}"))?;
-            let credential = match a.credential {
-                Some(c) => c,
-                None => std::fs::read_to_string(&a.credential_file).with_context(|| {
-                    format!(
-                        "reading the operator credential from {}",
-                        a.credential_file.display()
-                    )
-                })?,
-            };
+            let credential = OperatorCredential {
+                credential: a.credential,
+                credential_file: a.credential_file,
+            }
+            .load()?;
             let target = match target {
                 args::Target::TokenId(id) => T::TokenId(id),
                 args::Target::Txn(txn) => T::Txn(txn),
             };
-            (client.with_operator_credential(credential.trim())?, target)
+            (client.with_operator_credential(&credential)?, target)
         }
         None => {
             let token = a.token.context(
@@ -368,6 +420,35 @@ async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
     };
     match client.revoke(req).await {
         Ok(r) => output::revoked(a.client.json, &r),
+        Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn chain(a: ChainArgs) -> Result<ExitCode> {
+    let credential = a.operator.load()?;
+    let mut client = WritClient::connect(&a.client.server)
+        .await?
+        .with_operator_credential(&credential)?;
+    let format = if a.client.json {
+        output::ChainFormat::Json
+    } else if a.dot {
+        output::ChainFormat::Dot
+    } else {
+        output::ChainFormat::Tree
+    };
+    match client.get_transaction(&a.txn).await {
+        Ok(t) => output::chain(format, std::io::stdout().is_terminal(), &t),
+        Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn token(a: TokenArgs) -> Result<ExitCode> {
+    let credential = a.operator.load()?;
+    let mut client = WritClient::connect(&a.client.server)
+        .await?
+        .with_operator_credential(&credential)?;
+    match client.get_token(&a.token_id).await {
+        Ok(r) => output::token(a.client.json, std::io::stdout().is_terminal(), &r),
         Err(e) => refused(a.client.json, e),
     }
 }

@@ -271,3 +271,277 @@ pub fn revoked(json_out: bool, r: &pb::RevokeResponse) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+fn status_name(s: i32) -> &'static str {
+    match pb::TokenStatus::try_from(s) {
+        Ok(pb::TokenStatus::Active) => "active",
+        Ok(pb::TokenStatus::Expired) => "expired",
+        Ok(pb::TokenStatus::Revoked) => "revoked",
+        Ok(pb::TokenStatus::Exhausted) => "exhausted",
+        _ => "unspecified",
+    }
+}
+
+/// The status, in ANSI colour when `colour` (stdout is a terminal).
+fn status_text(s: i32, colour: bool) -> String {
+    let name = status_name(s);
+    if !colour {
+        return name.to_string();
+    }
+    let code = match pb::TokenStatus::try_from(s) {
+        Ok(pb::TokenStatus::Active) => "32",
+        Ok(pb::TokenStatus::Expired) => "33",
+        Ok(pb::TokenStatus::Revoked) => "31",
+        Ok(pb::TokenStatus::Exhausted) => "35",
+        _ => "2",
+    };
+    format!("\x1b[{code}m{name}\x1b[0m")
+}
+
+/// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
+fn utc(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = i64::try_from(days).unwrap_or(0) + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+fn info_of(n: &pb::TokenNode) -> pb::TokenInfo {
+    n.info.clone().unwrap_or_default()
+}
+
+/// `actor -> audience`, the actor being the outermost `act`.
+fn hop(i: &pb::TokenInfo) -> String {
+    let actor = i.act.as_ref().map_or("?", |a| a.id.as_str());
+    let aud = i.audience.as_ref().map_or("?", |a| a.id.as_str());
+    format!("{actor} -> {aud}")
+}
+
+/// One node in one line: id, hop, status, scopes, expiry, what narrowed.
+fn node_line(n: &pb::TokenNode, colour: bool) -> String {
+    let i = info_of(n);
+    let mut line = format!(
+        "{}  {}  {}  scopes={}  expires={}",
+        i.token_id,
+        hop(&i),
+        status_text(n.status, colour),
+        if i.scopes.is_empty() {
+            "-".to_string()
+        } else {
+            i.scopes.join(",")
+        },
+        utc(i.expires_at_unix_ms),
+    );
+    if !n.narrowed.is_empty() {
+        line.push_str(&format!("  [{}]", n.narrowed.join("; ")));
+    }
+    line
+}
+
+/// One node as JSON.
+pub fn node_json(n: &pb::TokenNode) -> Json {
+    let i = info_of(n);
+    json!({
+        "token_id": i.token_id,
+        "parent_token_id": if i.parent_token_id.is_empty() { Json::Null } else { json!(i.parent_token_id) },
+        "depth": i.depth,
+        "status": status_name(n.status),
+        "uses": n.uses,
+        "children": n.children,
+        "narrowed": n.narrowed,
+        "revocation": n.revocation.as_ref().map_or(Json::Null, |r| json!({
+            "at_unix_ms": r.at_unix_ms,
+            "by": r.by,
+            "reason": r.reason,
+            "cause_token_id": r.cause_token_id,
+        })),
+        "info": info_json(&i),
+    })
+}
+
+/// How `writ chain` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChainFormat {
+    Tree,
+    Json,
+    Dot,
+}
+
+/// For each node, the indices of its children, and the roots (no parent in the answer).
+fn tree_shape(tokens: &[pb::TokenNode]) -> (Vec<usize>, Vec<Vec<usize>>) {
+    let ids: std::collections::HashMap<String, usize> = tokens
+        .iter()
+        .enumerate()
+        .map(|(k, n)| (info_of(n).token_id, k))
+        .collect();
+    let mut roots = Vec::new();
+    let mut kids = vec![Vec::new(); tokens.len()];
+    for (k, n) in tokens.iter().enumerate() {
+        let parent = n.info.as_ref().map_or("", |i| i.parent_token_id.as_str());
+        match ids.get(parent) {
+            Some(&p) if p != k => kids[p].push(k),
+            _ => roots.push(k),
+        }
+    }
+    (roots, kids)
+}
+
+fn tree_lines(
+    tokens: &[pb::TokenNode],
+    kids: &[Vec<usize>],
+    k: usize,
+    prefix: &str,
+    colour: bool,
+    out: &mut Vec<String>,
+) {
+    let n = kids[k].len();
+    for (j, &c) in kids[k].iter().enumerate() {
+        let last = j + 1 == n;
+        let (guide, next) = if last {
+            ("└── ", "    ")
+        } else {
+            ("├── ", "│   ")
+        };
+        out.push(format!("{prefix}{guide}{}", node_line(&tokens[c], colour)));
+        tree_lines(tokens, kids, c, &format!("{prefix}{next}"), colour, out);
+    }
+}
+
+fn dot_escape(s: &str) -> String {
+    s.replace('\\', "\\\\").replace('"', "\\\"")
+}
+
+/// A GetTransaction answer: a tree, JSON, or a Graphviz digraph.
+pub fn chain(format: ChainFormat, colour: bool, t: &pb::Transaction) -> Result<ExitCode> {
+    let (roots, kids) = tree_shape(&t.tokens);
+    match format {
+        ChainFormat::Json => {
+            let tokens: Vec<Json> = t.tokens.iter().map(node_json).collect();
+            println!(
+                "{}",
+                json!({ "txn": t.txn, "subject": t.subject, "truncated": t.truncated, "tokens": tokens })
+            );
+        }
+        ChainFormat::Tree => {
+            let mut out = vec![format!(
+                "{}  subject={}  tokens={}{}",
+                t.txn,
+                t.subject,
+                t.tokens.len(),
+                if t.truncated { " (truncated)" } else { "" }
+            )];
+            for &r in &roots {
+                out.push(node_line(&t.tokens[r], colour));
+                tree_lines(&t.tokens, &kids, r, "", colour, &mut out);
+            }
+            println!("{}", out.join("\n"));
+        }
+        ChainFormat::Dot => {
+            let mut out = vec![
+                format!("digraph \"{}\" {{", dot_escape(&t.txn)),
+                "  node [shape=box];".to_string(),
+            ];
+            for n in &t.tokens {
+                let i = info_of(n);
+                let aud = i.audience.as_ref().map_or("?", |a| a.id.as_str());
+                let label = format!(
+                    "{}\\n{}\\n{}",
+                    dot_escape(aud),
+                    status_name(n.status),
+                    dot_escape(&i.scopes.join(" "))
+                );
+                let style = match pb::TokenStatus::try_from(n.status) {
+                    Ok(pb::TokenStatus::Revoked) => ", color=red, fontcolor=red",
+                    Ok(pb::TokenStatus::Expired | pb::TokenStatus::Exhausted) => ", color=gray",
+                    _ => "",
+                };
+                out.push(format!(
+                    "  \"{}\" [label=\"{label}\"{style}];",
+                    dot_escape(&i.token_id)
+                ));
+            }
+            for (p, cs) in kids.iter().enumerate() {
+                let pid = info_of(&t.tokens[p]).token_id;
+                for &c in cs {
+                    let child = &t.tokens[c];
+                    let label = child
+                        .narrowed
+                        .iter()
+                        .map(|l| dot_escape(l))
+                        .collect::<Vec<_>>()
+                        .join("\\n");
+                    out.push(format!(
+                        "  \"{}\" -> \"{}\" [label=\"{label}\"];",
+                        dot_escape(&pid),
+                        dot_escape(&info_of(child).token_id)
+                    ));
+                }
+            }
+            out.push("}".to_string());
+            println!("{}", out.join("\n"));
+        }
+    }
+    if t.truncated {
+        eprintln!(
+            "writ: truncated: the transaction has more tokens than one answer carries ({})",
+            t.tokens.len()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A GetToken answer: the node and its ancestry, root first.
+pub fn token(json_out: bool, colour: bool, r: &pb::GetTokenResponse) -> Result<ExitCode> {
+    let node = r.token.clone().unwrap_or_default();
+    if json_out {
+        let ancestors: Vec<Json> = r.ancestors.iter().map(node_json).collect();
+        println!(
+            "{}",
+            json!({ "token": node_json(&node), "ancestors": ancestors })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let i = info_of(&node);
+    let mut rows: Vec<(&str, String)> = vec![
+        ("status", status_text(node.status, colour)),
+        ("uses", node.uses.to_string()),
+        ("children", node.children.to_string()),
+    ];
+    if let Some(rv) = &node.revocation {
+        rows.push((
+            "revoked",
+            format!(
+                "{} by {}: {} (cause {})",
+                utc(rv.at_unix_ms),
+                rv.by,
+                rv.reason,
+                rv.cause_token_id
+            ),
+        ));
+    }
+    for l in &node.narrowed {
+        rows.push(("narrowed", l.clone()));
+    }
+    for a in &r.ancestors {
+        rows.push(("ancestor", node_line(a, colour)));
+    }
+    println!("{}", info_text(&i));
+    for (k, v) in rows {
+        println!("{k:<11} {v}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

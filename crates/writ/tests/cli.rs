@@ -596,3 +596,253 @@ fn client_commands_fail_cleanly_without_a_server() {
         describe(&out)
     );
 }
+
+#[test]
+fn cli_chain_and_token_show_the_call_chain() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&tmp.path().join("data"), 0);
+    let url = srv.url();
+    let operator_file = srv.data_dir.join("operator.credential");
+    let operator_file = operator_file.to_str().expect("utf-8 path");
+
+    // alice's token for the planner, which may reach booking, payments and hotel.
+    let minted = cli_mint(
+        &srv,
+        &[
+            "--target",
+            "payments",
+            "--target",
+            "hotel",
+            "--scope",
+            "payments:charge",
+        ],
+    );
+    let root = str_field(&minted, "/token").to_string();
+    let root_id = str_field(&minted, "/info/token_id").to_string();
+    let txn = str_field(&minted, "/info/txn").to_string();
+
+    let downscope = |parent: &str, caller: &str, audience: &str, extra: &[&str]| {
+        let mut args = vec![
+            "downscope",
+            "--server",
+            url.as_str(),
+            "--json",
+            "--as",
+            caller,
+            "--audience",
+            audience,
+        ];
+        args.extend_from_slice(extra);
+        let v = json_exit(&writ(&args, &[("WRIT_TOKEN", parent)]), 0);
+        (
+            str_field(&v, "/token").to_string(),
+            str_field(&v, "/info/token_id").to_string(),
+        )
+    };
+    // The planner's token branches: booking (which goes on to the hotel) and payments.
+    let (booking, booking_id) = downscope(
+        &root,
+        "planner",
+        "booking",
+        &[
+            "--target",
+            "hotel",
+            "--scope",
+            "trips:book",
+            "--claim",
+            "amount:max:100",
+        ],
+    );
+    let (_, hotel_id) = downscope(&booking, "booking", "hotel", &["--scope", "trips:book"]);
+    let (_, payments_id) = downscope(
+        &root,
+        "planner",
+        "payments",
+        &["--scope", "payments:charge"],
+    );
+
+    // The operator revokes the booking branch (booking and the hotel).
+    let out = writ(
+        &[
+            "revoke",
+            &booking_id,
+            "--reason",
+            "test",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    let chain = |extra: &[&str]| {
+        let mut args = vec![
+            "chain",
+            txn.as_str(),
+            "--server",
+            url.as_str(),
+            "--credential-file",
+            operator_file,
+        ];
+        args.extend_from_slice(extra);
+        writ(&args, &[])
+    };
+
+    // The tree: a header, then one line per token with tree(1)'s guides.
+    let out = chain(&[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains('\x1b'), "no colour off a terminal: {text}");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 4, "{text}");
+    assert!(lines[0].starts_with(&txn), "{text}");
+    let expect = [
+        ("", &root_id, "local-minter -> planner", "active"),
+        ("├── ", &booking_id, "planner -> booking", "revoked"),
+        ("│   └── ", &hotel_id, "booking -> hotel", "revoked"),
+        ("└── ", &payments_id, "planner -> payments", "active"),
+    ];
+    for (line, (guide, id, hop, status)) in lines[1..].iter().zip(expect) {
+        assert!(
+            line.starts_with(&format!("{guide}{id}  ")),
+            "expected {guide:?}{id} at the start of {line:?}\n{text}"
+        );
+        assert!(line.contains(hop), "{line}");
+        assert!(line.contains(&format!("  {status}  ")), "{line}");
+    }
+    assert!(!lines[1].contains(" revoked "), "{text}");
+    assert!(!lines[4].contains(" revoked "), "{text}");
+    // What the booking hop narrowed, on its line.
+    assert!(
+        lines[2].contains("[") && lines[2].contains("claim amount:"),
+        "{text}"
+    );
+    assert!(
+        lines[2].contains("100") && lines[2].contains("500"),
+        "{text}"
+    );
+    assert!(lines[2].contains("targets dropped:"), "{text}");
+
+    // JSON: every token, each parent before its children.
+    let v = json_exit(&chain(&["--json"]), 0);
+    assert_eq!(str_field(&v, "/txn"), txn);
+    assert_eq!(str_field(&v, "/subject"), "alice");
+    assert_eq!(v.pointer("/truncated").and_then(Json::as_bool), Some(false));
+    let tokens = v
+        .pointer("/tokens")
+        .and_then(Json::as_array)
+        .expect("tokens");
+    let ids: Vec<&str> = tokens.iter().map(|t| str_field(t, "/token_id")).collect();
+    assert_eq!(
+        ids,
+        [
+            root_id.as_str(),
+            booking_id.as_str(),
+            hotel_id.as_str(),
+            payments_id.as_str()
+        ],
+        "{v}"
+    );
+    for (k, t) in tokens.iter().enumerate() {
+        if let Some(p) = t.pointer("/parent_token_id").and_then(Json::as_str) {
+            let at = ids.iter().position(|i| *i == p).expect("parent listed");
+            assert!(at < k, "parent after child: {v}");
+        }
+        assert_eq!(str_field(t, "/info/token_id"), ids[k]);
+    }
+    assert_eq!(str_field(&tokens[1], "/status"), "revoked");
+    assert_eq!(str_field(&tokens[3], "/status"), "active");
+    assert_eq!(
+        tokens[0].pointer("/children").and_then(Json::as_u64),
+        Some(2)
+    );
+    assert_eq!(
+        str_field(&tokens[1], "/revocation/cause_token_id"),
+        booking_id
+    );
+
+    // Graphviz: a digraph, one edge per child.
+    let out = chain(&["--dot"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let dot = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(dot.starts_with("digraph"), "{dot}");
+    // Edges are `"parent" -> "child"`; the narrowed labels may hold arrows of their own.
+    assert_eq!(dot.matches("\" -> \"").count(), 3, "{dot}");
+    assert!(
+        dot.contains(&format!("\"{root_id}\" -> \"{payments_id}\"")),
+        "{dot}"
+    );
+    assert!(dot.contains("color=red"), "{dot}");
+
+    // One token with its ancestry, root first.
+    let out = writ(
+        &[
+            "token",
+            &hotel_id,
+            "--json",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file,
+        ],
+        &[],
+    );
+    let v = json_exit(&out, 0);
+    assert_eq!(str_field(&v, "/token/token_id"), hotel_id);
+    let ancestors: Vec<&str> = v
+        .pointer("/ancestors")
+        .and_then(Json::as_array)
+        .expect("ancestors")
+        .iter()
+        .map(|a| str_field(a, "/token_id"))
+        .collect();
+    assert_eq!(ancestors, [root_id.as_str(), booking_id.as_str()], "{v}");
+    let out = writ(
+        &[
+            "token",
+            &payments_id,
+            "--json",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file,
+        ],
+        &[],
+    );
+    let v = json_exit(&out, 0);
+    assert_eq!(str_field(&v, "/ancestors/0/token_id"), root_id, "{v}");
+
+    // Unknown ids and non-operators are refused with exit 1 and the server's reason.
+    let out = writ(
+        &[
+            "token",
+            "tid_00000000000000000000000000000000",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("NOT_FOUND"),
+        "{}",
+        describe(&out)
+    );
+    let minter_file = srv.credential_file();
+    let out = writ(
+        &[
+            "chain",
+            &txn,
+            "--server",
+            &url,
+            "--credential-file",
+            minter_file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+}
