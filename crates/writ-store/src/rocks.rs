@@ -383,24 +383,40 @@ fn insert_child_blocking(
 
 /// Ids of the children of `parent`, from the `children` index.
 fn children_of(inner: &Inner, parent: TokenId) -> Result<Vec<TokenId>, StoreError> {
+    scan_ids(
+        inner,
+        keys::CF_CHILDREN,
+        &keys::children_prefix(parent),
+        keys::child_id_of_child_key,
+    )
+}
+
+/// The token ids stored under `prefix` in an index column family keyed
+/// `prefix ‖ token id`, bounded to the prefix (never a scan beyond it).
+fn scan_ids(
+    inner: &Inner,
+    cf_name: &str,
+    prefix: &[u8],
+    id_of: fn(&[u8]) -> Option<TokenId>,
+) -> Result<Vec<TokenId>, StoreError> {
     let db = &inner.db;
-    let prefix = keys::children_prefix(parent);
     let mut read_opts = ReadOptions::default();
     read_opts.set_prefix_same_as_start(true);
     read_opts.set_iterate_range(PrefixRange(prefix));
     let iter = db.iterator_cf_opt(
-        cf(db, keys::CF_CHILDREN)?,
+        cf(db, cf_name)?,
         read_opts,
-        IteratorMode::From(&prefix, Direction::Forward),
+        IteratorMode::From(prefix, Direction::Forward),
     );
     let mut ids = Vec::new();
     for item in iter {
         let (key, _) = item.map_err(backend)?;
-        if !key.starts_with(&prefix) {
+        // The bounds already stop the scan; checking again costs nothing.
+        if !key.starts_with(prefix) {
             break;
         }
-        let id = keys::child_id_of_child_key(&key)
-            .ok_or_else(|| corrupt(format!("children key of {} bytes", key.len())))?;
+        let id =
+            id_of(&key).ok_or_else(|| corrupt(format!("{cf_name} key of {} bytes", key.len())))?;
         ids.push(id);
     }
     Ok(ids)
@@ -509,28 +525,12 @@ fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, Store
 }
 
 fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreError> {
-    let db = &inner.db;
-    let prefix = keys::txn_prefix(txn);
-    let mut read_opts = ReadOptions::default();
-    read_opts.set_prefix_same_as_start(true);
-    read_opts.set_iterate_range(PrefixRange(prefix));
-    let iter = db.iterator_cf_opt(
-        cf(db, keys::CF_TXN_TOKENS)?,
-        read_opts,
-        IteratorMode::From(&prefix, Direction::Forward),
-    );
-    let mut ids = Vec::new();
-    for item in iter {
-        let (key, _) = item.map_err(backend)?;
-        // The bounds already stop the scan; checking again costs nothing.
-        if !key.starts_with(&prefix) {
-            break;
-        }
-        let id = keys::token_id_of_txn_key(&key)
-            .ok_or_else(|| corrupt(format!("txn_tokens key of {} bytes", key.len())))?;
-        ids.push(id);
-    }
-    Ok(ids)
+    scan_ids(
+        inner,
+        keys::CF_TXN_TOKENS,
+        &keys::txn_prefix(txn),
+        keys::token_id_of_txn_key,
+    )
 }
 
 /// Tokens deleted per `WriteBatch` (and per set of transaction locks held) by a purge.
