@@ -206,11 +206,11 @@ impl TestServer {
         ok(self.operator().await.revoke(req).await, "revoke").revoked_token_ids
     }
 
-    /// Revokes by presenting the token itself (no identity), panicking on refusal;
-    /// returns the newly revoked ids.
-    pub async fn revoke_as_holder(&self, token: &str, reason: &str) -> Vec<String> {
+    /// Revokes by presenting the token itself as its holder (the token's audience),
+    /// panicking on refusal; returns the newly revoked ids.
+    pub async fn revoke_as_holder(&self, holder: &str, token: &str, reason: &str) -> Vec<String> {
         ok(
-            self.anonymous()
+            self.party(holder)
                 .await
                 .revoke(revoke_token(token, reason))
                 .await,

@@ -203,7 +203,7 @@ async fn revoking_a_token_id_revokes_its_subtree_and_nothing_else() {
         Vec::<String>::new()
     );
     assert_eq!(
-        srv.revoke_as_holder(&t.a1.token, "again").await,
+        srv.revoke_as_holder("payments", &t.a1.token, "again").await,
         Vec::<String>::new()
     );
     // Revoking the root now revokes the rest, and none of the already revoked ones again.
@@ -225,12 +225,29 @@ async fn revoking_a_token_id_revokes_its_subtree_and_nothing_else() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_holder_revokes_its_own_token_without_any_identity() {
+async fn a_holder_revokes_its_own_token_and_nobody_else_can() {
     let srv = TestServer::start().await;
     let t = Tree::build(&srv).await;
 
-    // booking holds A and revokes it by presenting it; no identity, no credential.
-    let mut revoked = srv.revoke_as_holder(&t.a.token, "done booking").await;
+    // Presenting a token is not enough: a thief (anonymous, or under another name)
+    // learns nothing, exactly as for a token that does not exist, and revokes nothing.
+    for mut thief in [
+        srv.anonymous().await,
+        srv.party("search").await,
+        srv.party("planner").await,
+    ] {
+        assert_refused(
+            thief.revoke(revoke_token(&t.a.token, "stolen")).await,
+            Code::Unauthenticated,
+            &["token", "not a valid token"],
+        );
+    }
+    assert_active(&srv.validate("booking", introspect(&t.a.token)).await);
+
+    // booking holds A and revokes it by presenting it; no credential needed.
+    let mut revoked = srv
+        .revoke_as_holder("booking", &t.a.token, "done booking")
+        .await;
     revoked.sort();
     assert_eq!(revoked, sorted(&[&t.a_id(), &t.a1_id()]));
     let [root, a, a1, b] = t.validate_all(&srv).await;
@@ -241,7 +258,7 @@ async fn a_holder_revokes_its_own_token_without_any_identity() {
 
     // Presenting it again revokes nothing new.
     assert_eq!(
-        srv.revoke_as_holder(&t.a.token, "again").await,
+        srv.revoke_as_holder("booking", &t.a.token, "again").await,
         Vec::<String>::new()
     );
 

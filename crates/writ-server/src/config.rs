@@ -206,6 +206,16 @@ impl Config {
                     m.id
                 ));
             }
+            let reserved = [
+                crate::secrets::LOCAL_MINTER_ID,
+                crate::secrets::LOCAL_OPERATOR_ID,
+            ];
+            if reserved.contains(&m.id.as_str()) {
+                return bad(format!(
+                    "{:?}: reserved for the generated local credentials",
+                    m.id
+                ));
+            }
             writ_api::convert::id("minters/operators id", &m.id)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             let mut h = [0u8; 32];
@@ -251,5 +261,11 @@ mod tests {
         assert!(c.validate().is_err());
         let c: Config = toml::from_str("[tokens]\ndefault_ttl_seconds = 1000\n").unwrap();
         assert!(c.validate().is_err());
+        let digest = "ab".repeat(32);
+        let c: Config = toml::from_str(&format!(
+            "[[minters]]\nid = \"local-operator\"\ncredential_blake3 = \"{digest}\"\n"
+        ))
+        .unwrap();
+        assert!(c.validate().is_err(), "generated identities are reserved");
     }
 }

@@ -146,8 +146,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let auth = auth::Authenticator::new(credentials);
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(store.clone(), auth.clone()))
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        // A tree of up to 1000 nodes.
-        .max_encoding_message_size(1000 * 4 * MAX_MESSAGE_BYTES);
+        // A tree of up to 1000 nodes of a few KiB each.
+        .max_encoding_message_size(32 * 1024 * 1024);
     let grpc = grpc::GrpcService::new(Arc::new(service), auth);
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -281,9 +281,13 @@ impl<S: TokenStore> Service<S> {
                         return Err(ServiceError::Token(ParentProblem::Invalid));
                     }
                 };
-                let by = caller
-                    .id()
-                    .map_or_else(|| "token holder".to_string(), str::to_string);
+                // Only the holder (the token's audience) or an operator; anyone else learns
+                // nothing, exactly as for a token that does not exist.
+                let by = match caller {
+                    Caller::Operator(id) => id.clone(),
+                    Caller::Party(id) if *id == record.audience.id => id.clone(),
+                    _ => return Err(ServiceError::Token(ParentProblem::Invalid)),
+                };
                 let ids = self
                     .store
                     .revoke(StoreTarget::Token(record.token_id), by.clone(), reason, now)

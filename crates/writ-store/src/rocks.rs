@@ -434,6 +434,13 @@ fn revoke_blocking(
         RevokeTarget::Txn(txn) => txn,
     };
     let _txn_guard = inner.lock_txn(txn);
+    // Read before the lock; cleanup may have purged it since. Never write state for a
+    // token that is gone.
+    if let RevokeTarget::Token(id) = target
+        && !token_exists(inner, id)?
+    {
+        return Err(StoreError::NotFound);
+    }
     // (token, cause) pairs, in walk order.
     let mut todo: Vec<(TokenId, TokenId)> = Vec::new();
     match target {
@@ -494,6 +501,9 @@ fn consume_use_blocking(inner: &Inner, id: TokenId) -> Result<UseOutcome, StoreE
         });
     };
     let _txn_guard = inner.lock_txn(record.txn);
+    if !token_exists(inner, id)? {
+        return Ok(UseOutcome::Unknown); // purged since the read above
+    }
     let mut state = read_state(inner, id)?.unwrap_or_default();
     if state.revoked.is_some() {
         return Ok(UseOutcome::Revoked);

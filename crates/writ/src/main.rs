@@ -169,9 +169,12 @@ struct RevokeArgs {
     #[arg(long)]
     reason: String,
     /// The token to revoke when no TARGET is given (prefer the WRIT_TOKEN environment
-    /// variable); needs no credential.
+    /// variable); revoked by its holder, named with --as.
     #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Who revokes the token given with --token: its holder (the token's audience).
+    #[arg(long = "as")]
+    caller: Option<String>,
     /// The operator credential itself (prefer the file); used with a TARGET.
     #[arg(long, env = "WRIT_OPERATOR_CREDENTIAL", hide_env_values = true)]
     credential: Option<String>,
@@ -411,7 +414,10 @@ async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
                 "nothing to revoke: give a token id (tid_...) or transaction (txn_...), \
                  or the token itself with --token or WRIT_TOKEN",
             )?;
-            (client, T::Token(token))
+            let holder = a
+                .caller
+                .context("revoking a token as its holder needs --as HOLDER")?;
+            (client.as_caller(&holder)?, T::Token(token))
         }
     };
     let req = pb::RevokeRequest {

@@ -478,9 +478,25 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
         describe(&out)
     );
 
+    // Anyone else presenting it is refused without learning anything.
+    let out = writ(
+        &[
+            "revoke", "--as", "booking", "--reason", "stolen", "--server", &url,
+        ],
+        &[("WRIT_TOKEN", &other_token)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a valid token"),
+        "{}",
+        describe(&out)
+    );
+
     // Its holder revokes it with WRIT_TOKEN, no credential at all.
     let out = writ(
-        &["revoke", "--reason", "done", "--server", &url],
+        &[
+            "revoke", "--as", "planner", "--reason", "done", "--server", &url,
+        ],
         &[("WRIT_TOKEN", &other_token)],
     );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
