@@ -21,6 +21,9 @@ pub const MAX_TARGETS: usize = 64;
 pub const MAX_CONTEXT_ENTRIES: usize = 32;
 /// Most attributes in one action check.
 pub const MAX_ATTRIBUTES: usize = 32;
+/// Most tokens one transaction (call tree) may hold, so revoking, listing or walking a
+/// whole tree is bounded work whatever the fan-out and depth settings.
+pub const MAX_TOKENS_PER_TXN: usize = 4096;
 /// The deepest chain any configuration may allow.
 pub const MAX_DEPTH_CEILING: u32 = 64;
 /// Largest gRPC message the server accepts, in bytes.

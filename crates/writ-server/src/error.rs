@@ -30,6 +30,9 @@ pub enum ServiceError {
     /// The parent already has the configured maximum of children.
     #[error("fan_out: the parent token already has {0} children (tokens.max_children)")]
     FanOut(u32),
+    /// The transaction already holds the most tokens one tree may have.
+    #[error("txn: the transaction already holds {0} tokens, the most one call tree may have")]
+    TxnFull(usize),
     /// The parent has fewer uses left than the child would reserve.
     #[error("uses: the parent token has fewer uses left than the child's max_uses")]
     UsesLeft,
@@ -78,7 +81,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::ParentToken(ParentProblem::Revoked)
             | ServiceError::Token(ParentProblem::Revoked) => Code::FailedPrecondition,
             ServiceError::Token(ParentProblem::Malformed) => Code::InvalidArgument,
-            ServiceError::FanOut(_) => Code::ResourceExhausted,
+            ServiceError::FanOut(_) | ServiceError::TxnFull(_) => Code::ResourceExhausted,
             ServiceError::UsesLeft => Code::FailedPrecondition,
             ServiceError::NotFound(_) => Code::NotFound,
             ServiceError::MintRefused(n) if n.dimension == Dimension::Loop => {
@@ -102,7 +105,9 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Store(StoreError::ParentRevoked | StoreError::UsesExhausted) => {
                 Code::FailedPrecondition
             }
-            ServiceError::Store(StoreError::FanOutExceeded { .. }) => Code::ResourceExhausted,
+            ServiceError::Store(StoreError::FanOutExceeded { .. } | StoreError::TxnFull { .. }) => {
+                Code::ResourceExhausted
+            }
             ServiceError::Store(StoreError::ParentMissing) => Code::Unauthenticated,
             ServiceError::Store(StoreError::NotFound) => Code::NotFound,
             ServiceError::Store(_) => Code::Unavailable,

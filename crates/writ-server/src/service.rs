@@ -207,6 +207,7 @@ impl<S: TokenStore> Service<S> {
                 StoreError::ParentMissing => ServiceError::ParentToken(ParentProblem::Invalid),
                 StoreError::FanOutExceeded { limit } => ServiceError::FanOut(limit),
                 StoreError::UsesExhausted => ServiceError::UsesLeft,
+                StoreError::TxnFull { limit } => ServiceError::TxnFull(limit),
                 other => ServiceError::Store(other),
             })?;
         tracing::info!(

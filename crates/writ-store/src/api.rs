@@ -37,6 +37,13 @@ pub enum StoreError {
         /// The fan-out limit that was reached.
         limit: u32,
     },
+    /// `insert_child`: the transaction already holds `limit` tokens
+    /// (`writ_core::limits::MAX_TOKENS_PER_TXN`).
+    #[error("the transaction already holds the maximum of {limit} tokens")]
+    TxnFull {
+        /// The per-transaction limit that was reached.
+        limit: usize,
+    },
     /// `insert_child`: the parent's remaining uses cannot cover the child's `max_uses`.
     #[error("the parent token has too few uses left to reserve the child's uses")]
     UsesExhausted,

@@ -791,3 +791,52 @@ async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
         assert_eq!(store.stats().await.unwrap(), base, "round {round}");
     }
 }
+
+/// A transaction holds at most `MAX_TOKENS_PER_TXN` tokens: the next child is refused and
+/// nothing is written. Separate from [`run`] because it writes thousands of tokens (run it
+/// on fast stores only).
+pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
+    use writ_core::limits::MAX_TOKENS_PER_TXN;
+    let t = txn(990);
+    let limit = u32::try_from(MAX_TOKENS_PER_TXN).unwrap();
+    store.insert(record(t, tid(900_000), None)).await.unwrap();
+    // Fill the transaction quickly (plain inserts skip the per-child checks); the
+    // limit is counted from the transaction's index, however its tokens got there.
+    for n in 1..limit - 1 {
+        store
+            .insert(record(t, tid(900_000 + n), None))
+            .await
+            .unwrap();
+    }
+    // The last one that fits goes through insert_child like any other.
+    store
+        .insert_child(
+            record(t, tid(900_000 + limit - 1), Some(tid(900_000))),
+            u32::MAX,
+        )
+        .await
+        .unwrap();
+    assert_eq!(store.txn_tokens(t).await.unwrap().len(), MAX_TOKENS_PER_TXN);
+    let extra = record(t, tid(900_000 + limit), Some(tid(900_000)));
+    assert_eq!(
+        store.insert_child(extra.clone(), u32::MAX).await,
+        Err(StoreError::TxnFull {
+            limit: MAX_TOKENS_PER_TXN
+        })
+    );
+    assert_eq!(
+        store.get(extra.token_id).await.unwrap(),
+        None,
+        "nothing written"
+    );
+    // Other transactions are unaffected.
+    let other = txn(991);
+    store
+        .insert(record(other, tid(950_000), None))
+        .await
+        .unwrap();
+    store
+        .insert_child(record(other, tid(950_001), Some(tid(950_000))), u32::MAX)
+        .await
+        .unwrap();
+}

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 #[derive(Default)]
@@ -51,6 +52,19 @@ impl State {
         if pstate.children >= max_children {
             return Err(StoreError::FanOutExceeded {
                 limit: max_children,
+            });
+        }
+        let lo = (record.txn, TokenId([0; 16]));
+        let hi = (record.txn, TokenId([0xff; 16]));
+        if self
+            .txn_tokens
+            .range(lo..=hi)
+            .take(MAX_TOKENS_PER_TXN)
+            .count()
+            >= MAX_TOKENS_PER_TXN
+        {
+            return Err(StoreError::TxnFull {
+                limit: MAX_TOKENS_PER_TXN,
             });
         }
         if let (Some(n), Some(p)) = (record.grant.max_uses, parent.grant.max_uses) {
@@ -300,6 +314,11 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance() {
         conformance::run(MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn a_transaction_holds_a_bounded_number_of_tokens() {
+        conformance::txn_holds_at_most_max_tokens(MemoryStore::new()).await;
     }
 
     #[tokio::test]

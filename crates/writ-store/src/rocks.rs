@@ -35,6 +35,7 @@ use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// When an insert is acknowledged relative to the disk.
@@ -367,6 +368,19 @@ fn insert_child_blocking(
             limit: max_children,
         });
     }
+    let held = scan_ids(
+        inner,
+        keys::CF_TXN_TOKENS,
+        &keys::txn_prefix(record.txn),
+        keys::token_id_of_txn_key,
+        MAX_TOKENS_PER_TXN,
+    )?
+    .len();
+    if held >= MAX_TOKENS_PER_TXN {
+        return Err(StoreError::TxnFull {
+            limit: MAX_TOKENS_PER_TXN,
+        });
+    }
     if let (Some(n), Some(p)) = (record.grant.max_uses, parent.grant.max_uses) {
         match pstate.uses.checked_add(n) {
             Some(total) if total <= p => pstate.uses = total,
@@ -388,16 +402,18 @@ fn children_of(inner: &Inner, parent: TokenId) -> Result<Vec<TokenId>, StoreErro
         keys::CF_CHILDREN,
         &keys::children_prefix(parent),
         keys::child_id_of_child_key,
+        usize::MAX,
     )
 }
 
-/// The token ids stored under `prefix` in an index column family keyed
+/// Up to `limit` token ids stored under `prefix` in an index column family keyed
 /// `prefix ‖ token id`, bounded to the prefix (never a scan beyond it).
 fn scan_ids(
     inner: &Inner,
     cf_name: &str,
     prefix: &[u8],
     id_of: fn(&[u8]) -> Option<TokenId>,
+    limit: usize,
 ) -> Result<Vec<TokenId>, StoreError> {
     let db = &inner.db;
     let mut read_opts = ReadOptions::default();
@@ -409,7 +425,7 @@ fn scan_ids(
         IteratorMode::From(prefix, Direction::Forward),
     );
     let mut ids = Vec::new();
-    for item in iter {
+    for item in iter.take(limit) {
         let (key, _) = item.map_err(backend)?;
         // The bounds already stop the scan; checking again costs nothing.
         if !key.starts_with(prefix) {
@@ -540,6 +556,7 @@ fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreE
         keys::CF_TXN_TOKENS,
         &keys::txn_prefix(txn),
         keys::token_id_of_txn_key,
+        usize::MAX,
     )
 }
 
@@ -781,6 +798,12 @@ mod tests {
     async fn conformance_sync() {
         let dir = TempDir::new().unwrap();
         conformance::run(open(&dir, Durability::Sync)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_transaction_holds_a_bounded_number_of_tokens() {
+        let dir = TempDir::new().unwrap();
+        conformance::txn_holds_at_most_max_tokens(open(&dir, Durability::Buffered)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
