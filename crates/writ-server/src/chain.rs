@@ -80,11 +80,7 @@ fn node(
 
 impl<S: TokenStore> ChainGrpc<S> {
     async fn load(&self, id: TokenId) -> Result<Option<(TokenRecord, TokenState)>, ServiceError> {
-        let Some(r) = self.store.get(id).await? else {
-            return Ok(None);
-        };
-        let state = self.store.state(id).await?.unwrap_or_default();
-        Ok(Some((r, state)))
+        Ok(self.store.get_with_state(id).await?)
     }
 }
 

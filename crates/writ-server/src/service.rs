@@ -11,7 +11,7 @@ use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
 use writ_core::{
     ActorKind, ClientType, Denial, KeyRing, Party, TokenError, TokenId, TokenRecord, TokenSecret,
-    TxnId, UnixMillis,
+    TokenState, TxnId, UnixMillis,
 };
 use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
 
@@ -143,19 +143,22 @@ impl<S: TokenStore> Service<S> {
 
     /// Looks up the record a presented token names. The integrity check runs first, so
     /// a forged or mistyped token never reaches the store.
-    async fn lookup(&self, presented: &str) -> Result<Result<TokenRecord, Miss>, ServiceError> {
+    async fn lookup(
+        &self,
+        presented: &str,
+    ) -> Result<Result<(TokenRecord, TokenState), Miss>, ServiceError> {
         let verified = match self.keys.verify(presented) {
             Ok(v) => v,
             Err(TokenError::Malformed) => return Ok(Err(Miss::Malformed)),
             Err(TokenError::Forged) => return Ok(Err(Miss::Forged)),
         };
-        match self.store.get(verified.token_id).await? {
+        match self.store.get_with_state(verified.token_id).await? {
             // A record of another trust domain (the configuration changed) is not ours.
-            Some(r)
+            Some((r, state))
                 if r.secret_hash.ct_eq(&verified.secret_hash)
                     && r.trust_domain == self.trust_domain =>
             {
-                Ok(Ok(r))
+                Ok(Ok((r, state)))
             }
             _ => Ok(Err(Miss::Unknown)),
         }
@@ -172,8 +175,8 @@ impl<S: TokenStore> Service<S> {
             caller,
             "Downscope requires the caller's identity (the parent's audience)",
         )?;
-        let parent = match self.lookup(parent_token).await? {
-            Ok(p) => p,
+        let (parent, state) = match self.lookup(parent_token).await? {
+            Ok(found) => found,
             Err(Miss::Malformed) => {
                 return Err(ServiceError::ParentToken(ParentProblem::Malformed));
             }
@@ -181,7 +184,6 @@ impl<S: TokenStore> Service<S> {
                 return Err(ServiceError::ParentToken(ParentProblem::Invalid));
             }
         };
-        let state = self.store.state(parent.token_id).await?.unwrap_or_default();
         // Only the holder learns that its token is revoked; anyone else gets the core's
         // holder refusal below.
         if caller_id == parent.audience.id && state.revoked.is_some() {
@@ -228,8 +230,8 @@ impl<S: TokenStore> Service<S> {
             caller,
             "Validate requires the identity of the validating service",
         )?;
-        let record = match self.lookup(token).await? {
-            Ok(r) => r,
+        let (record, state) = match self.lookup(token).await? {
+            Ok(found) => found,
             Err(Miss::Malformed | Miss::Forged) => {
                 return Ok(Validation::Inactive(Inactive::Malformed));
             }
@@ -238,7 +240,6 @@ impl<S: TokenStore> Service<S> {
         if record.audience.id != caller_id {
             return Ok(Validation::Inactive(Inactive::WrongAudience));
         }
-        let state = self.store.state(record.token_id).await?.unwrap_or_default();
         match lifecycle::status(&record, &state, now()) {
             Status::Active => {}
             Status::Revoked => return Ok(Validation::Inactive(Inactive::Revoked)),
@@ -274,7 +275,7 @@ impl<S: TokenStore> Service<S> {
         let (revoked, by) = match target {
             RevokeTarget::Token(token) => {
                 let record = match self.lookup(&token).await? {
-                    Ok(r) => r,
+                    Ok((r, _)) => r,
                     Err(Miss::Malformed) => {
                         return Err(ServiceError::Token(ParentProblem::Malformed));
                     }

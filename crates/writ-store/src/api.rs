@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
@@ -142,6 +143,13 @@ pub trait TokenStore: Send + Sync + 'static {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send;
 
+    /// A token's record and its state in one round trip: what Validate, Downscope and the
+    /// chain views need, read together.
+    fn get_with_state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send;
+
     /// Stores a child token derived from `record.parent`, atomically with respect to
     /// every other mutation of the transaction. Refuses, writing nothing:
     /// [`Conflict`](StoreError::Conflict) if the child's id exists,
@@ -231,6 +239,13 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         T::state(self, id)
     }
 
+    fn get_with_state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+        T::get_with_state(self, id)
+    }
+
     fn insert_child(
         &self,
         record: TokenRecord,
@@ -267,4 +282,40 @@ impl<T: TokenStore> TokenStore for Arc<T> {
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
         T::stats(self)
     }
+}
+
+/// The rule every backend applies, while it holds the transaction's serialisation,
+/// before a child joins its parent: the parent is not revoked, has room for another
+/// child, the transaction has room for another token, and the parent's remaining uses
+/// cover the child's. On success `parent_state` carries the reservation and the new child
+/// count, ready to be written with the child. Kept here, once, so a networked backend
+/// enforces exactly the same thing.
+pub(crate) fn admit_child(
+    parent: &TokenRecord,
+    parent_state: &mut TokenState,
+    child: &TokenRecord,
+    max_children: u32,
+    tokens_in_txn: usize,
+) -> Result<(), StoreError> {
+    if parent_state.revoked.is_some() {
+        return Err(StoreError::ParentRevoked);
+    }
+    if parent_state.children >= max_children {
+        return Err(StoreError::FanOutExceeded {
+            limit: max_children,
+        });
+    }
+    if tokens_in_txn >= MAX_TOKENS_PER_TXN {
+        return Err(StoreError::TxnFull {
+            limit: MAX_TOKENS_PER_TXN,
+        });
+    }
+    if let (Some(n), Some(p)) = (child.grant.max_uses, parent.grant.max_uses) {
+        match parent_state.uses.checked_add(n) {
+            Some(total) if total <= p => parent_state.uses = total,
+            _ => return Err(StoreError::UsesExhausted),
+        }
+    }
+    parent_state.children += 1;
+    Ok(())
 }

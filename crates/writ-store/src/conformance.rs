@@ -73,6 +73,7 @@ pub(crate) async fn run<S: TokenStore>(store: S) {
     concurrent_duplicates_admit_exactly_one(store.clone()).await;
     child_insert_counts_children_and_enforces_fan_out(&*store).await;
     revoked_parent_refuses_children(&*store).await;
+    record_and_state_read_together(&*store).await;
     uses_are_reserved_and_exhausted(&*store).await;
     concurrent_consumes_of_a_single_use_token_admit_one(store.clone()).await;
     revoking_a_node_revokes_exactly_its_subtree(&*store).await;
@@ -839,4 +840,34 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
         .insert_child(record(other, tid(950_001), Some(tid(950_000))), u32::MAX)
         .await
         .unwrap();
+}
+
+/// `get_with_state` answers exactly what `get` and `state` answer separately.
+async fn record_and_state_read_together<S: TokenStore>(store: &S) {
+    let t = txn(880);
+    let root = record(t, tid(880_000), None);
+    store.insert(root.clone()).await.unwrap();
+    store
+        .insert_child(record(t, tid(880_001), Some(tid(880_000))), 10)
+        .await
+        .unwrap();
+    let (r, s) = store.get_with_state(root.token_id).await.unwrap().unwrap();
+    assert_eq!(r, root);
+    assert_eq!(Some(s.clone()), store.state(root.token_id).await.unwrap());
+    assert_eq!(s.children, 1);
+    store
+        .revoke(
+            RevokeTarget::Token(root.token_id),
+            "op".into(),
+            "why".into(),
+            UnixMillis(5),
+        )
+        .await
+        .unwrap();
+    let (_, s) = store.get_with_state(tid(880_001)).await.unwrap().unwrap();
+    assert!(
+        s.revoked.is_some(),
+        "the descendant's state comes with its record"
+    );
+    assert_eq!(store.get_with_state(tid(889_999)).await.unwrap(), None);
 }

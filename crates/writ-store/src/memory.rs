@@ -2,7 +2,9 @@
 //! backends and none of their setup, so the layers above the store test fast.
 //! Nothing survives the process.
 
-use crate::api::{PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
+use crate::api::{
+    PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome, admit_child,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
@@ -46,34 +48,14 @@ impl State {
             _ => return Err(StoreError::ParentMissing),
         };
         let mut pstate = self.states.get(&parent_id).cloned().unwrap_or_default();
-        if pstate.revoked.is_some() {
-            return Err(StoreError::ParentRevoked);
-        }
-        if pstate.children >= max_children {
-            return Err(StoreError::FanOutExceeded {
-                limit: max_children,
-            });
-        }
         let lo = (record.txn, TokenId([0; 16]));
         let hi = (record.txn, TokenId([0xff; 16]));
-        if self
+        let held = self
             .txn_tokens
             .range(lo..=hi)
             .take(MAX_TOKENS_PER_TXN)
-            .count()
-            >= MAX_TOKENS_PER_TXN
-        {
-            return Err(StoreError::TxnFull {
-                limit: MAX_TOKENS_PER_TXN,
-            });
-        }
-        if let (Some(n), Some(p)) = (record.grant.max_uses, parent.grant.max_uses) {
-            match pstate.uses.checked_add(n) {
-                Some(total) if total <= p => pstate.uses = total,
-                _ => return Err(StoreError::UsesExhausted),
-            }
-        }
-        pstate.children += 1;
+            .count();
+        admit_child(parent, &mut pstate, &record, max_children, held)?;
         self.states.insert(parent_id, pstate);
         self.children.insert((parent_id, record.token_id));
         self.put_record(record);
@@ -259,6 +241,22 @@ impl TokenStore for MemoryStore {
                 return Ok(None);
             }
             Ok(Some(state.states.get(&id).cloned().unwrap_or_default()))
+        }
+    }
+
+    fn get_with_state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let state = store.lock();
+            Ok(state.tokens.get(&id).map(|r| {
+                (
+                    r.clone(),
+                    state.states.get(&id).cloned().unwrap_or_default(),
+                )
+            }))
         }
     }
 

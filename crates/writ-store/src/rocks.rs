@@ -21,7 +21,9 @@
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
 //! the WAL on the next open.
 
-use crate::api::{PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
+use crate::api::{
+    PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome, admit_child,
+};
 use crate::{codec, keys};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
@@ -360,14 +362,6 @@ fn insert_child_blocking(
         _ => return Err(StoreError::ParentMissing),
     };
     let mut pstate = read_state(inner, parent_id)?.unwrap_or_default();
-    if pstate.revoked.is_some() {
-        return Err(StoreError::ParentRevoked);
-    }
-    if pstate.children >= max_children {
-        return Err(StoreError::FanOutExceeded {
-            limit: max_children,
-        });
-    }
     let held = scan_ids(
         inner,
         keys::CF_TXN_TOKENS,
@@ -376,18 +370,7 @@ fn insert_child_blocking(
         MAX_TOKENS_PER_TXN,
     )?
     .len();
-    if held >= MAX_TOKENS_PER_TXN {
-        return Err(StoreError::TxnFull {
-            limit: MAX_TOKENS_PER_TXN,
-        });
-    }
-    if let (Some(n), Some(p)) = (record.grant.max_uses, parent.grant.max_uses) {
-        match pstate.uses.checked_add(n) {
-            Some(total) if total <= p => pstate.uses = total,
-            _ => return Err(StoreError::UsesExhausted),
-        }
-    }
-    pstate.children += 1;
+    admit_child(&parent, &mut pstate, record, max_children, held)?;
     put_state(inner, &mut batch, parent_id, &pstate)?;
     inner
         .db
@@ -743,6 +726,20 @@ impl TokenStore for RocksStore {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send {
         self.blocking(move |inner| state_blocking(inner, id))
+    }
+
+    fn get_with_state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+        // One trip to the blocking pool for both point reads.
+        self.blocking(move |inner| {
+            let Some(record) = get_blocking(inner, id)? else {
+                return Ok(None);
+            };
+            let state = read_state(inner, id)?.unwrap_or_default();
+            Ok(Some((record, state)))
+        })
     }
 
     fn insert_child(
