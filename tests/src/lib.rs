@@ -179,6 +179,12 @@ impl TestServer {
     /// Starts the server again on the same data directory and configuration (a new
     /// ephemeral port).
     pub async fn restart(&mut self) {
+        self.restart_with(|_| {}).await;
+    }
+
+    /// Restarts on the same data directory with a changed configuration.
+    pub async fn restart_with(&mut self, configure: impl FnOnce(&mut Config)) {
+        configure(&mut self.config);
         self.stop().await;
         let running = writ_server::start(self.config.clone())
             .await

@@ -638,3 +638,41 @@ async fn invalid_request_fields_are_refused_naming_the_field() {
         .await;
     assert_refused(r, Code::InvalidArgument, &["action.attributes[\"amount\"]"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configured_minters_authenticate_by_their_credential_digest() {
+    let secret = "wmc_an-edge-gateway-credential-of-enough-length";
+    let srv = TestServer::start_with(|c| {
+        c.minters = vec![writ_server::config::CredentialConfig {
+            id: "edge-gateway".into(),
+            // What `writ credential-hash` prints.
+            credential_blake3: writ_server::secrets::credential_hex(secret),
+        }];
+    })
+    .await;
+    assert!(
+        !srv.data_dir().join("minter.credential").exists(),
+        "no local minter credential when minters are configured"
+    );
+    let mut gw = srv
+        .anonymous()
+        .await
+        .with_minter_credential(secret)
+        .expect("valid metadata");
+    let minted = gw
+        .mint(trip_mint())
+        .await
+        .expect("the configured minter mints");
+    let act = minted.info.expect("info").act.expect("act");
+    assert_eq!(act.id, "edge-gateway", "the minter is the first actor");
+    let mut wrong = srv
+        .anonymous()
+        .await
+        .with_minter_credential(&format!("{secret}x"))
+        .expect("valid metadata");
+    assert_refused(
+        wrong.mint(trip_mint()).await,
+        Code::Unauthenticated,
+        &["credential"],
+    );
+}

@@ -179,3 +179,36 @@ async fn token_secrets_never_reach_the_data_dir() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_trust_domain_disowns_the_old_tokens() {
+    let mut srv = TestServer::start().await;
+    let root = srv.mint(trip_mint()).await;
+    assert_active(&srv.validate("planner", introspect(&root.token)).await);
+    srv.restart_with(|c| c.trust_domain = "bank.example".into())
+        .await;
+    // Same keys, same store, but not this trust domain's token any more.
+    assert_inactive(
+        &srv.validate("planner", introspect(&root.token)).await,
+        InactiveReason::Unknown,
+    );
+    let r = srv
+        .party("planner")
+        .await
+        .downscope(child(
+            &root.token,
+            build::agent("booking"),
+            &[],
+            &["trips:book"],
+            vec![],
+        ))
+        .await;
+    assert_refused(
+        r,
+        tonic::Code::Unauthenticated,
+        &["parent_token", "not a valid token"],
+    );
+    // New tokens carry the new trust domain.
+    let fresh = srv.mint(trip_mint()).await;
+    assert_eq!(fresh.info.expect("info").trust_domain, "bank.example");
+}
