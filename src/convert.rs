@@ -3,10 +3,12 @@
 
 use crate::pb;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use writ_core::lifecycle::{self, Status};
 use writ_core::limits::*;
 use writ_core::narrow::{ChildRequest, MintRequest};
 use writ_core::{
-    ActorKind, Claims, ClientType, Constraint, Party, TokenId, TokenRecord, TxnId, Value,
+    ActorKind, Claims, ClientType, Constraint, Event, EventId, EventKind, Party, TokenId,
+    TokenRecord, TokenState, TxnId, UnixMillis, Value,
 };
 
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` naming the field.
@@ -479,6 +481,240 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
 /// Wire → core for a constraint, used by clients that read `TokenInfo` back.
 pub fn claims_from_pb(m: HashMap<String, pb::Constraint>) -> Result<Claims> {
     claims("claims", m)
+}
+
+/// Parses an id-like string field, naming the field on failure.
+fn parsed<T: std::str::FromStr>(field: &str, s: &str) -> Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| FieldError {
+        field: field.into(),
+        message: e.to_string(),
+    })
+}
+
+/// An optional id filter: empty means "no filter".
+fn optional_id(field: &str, s: &str) -> Result<Option<String>> {
+    if s.is_empty() {
+        Ok(None)
+    } else {
+        id(field, s).map(Some)
+    }
+}
+
+/// A page size: 0 means `default`, more than `max` is refused.
+fn page_size(v: u32, default: usize, max: usize) -> Result<usize> {
+    match v as usize {
+        0 => Ok(default),
+        n if n > max => bad("page_size", format!("is {n}; the limit is {max}")),
+        n => Ok(n),
+    }
+}
+
+/// Most items one listing page carries.
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// Core → wire for a status.
+pub fn status_pb(s: Status) -> pb::TokenStatus {
+    match s {
+        Status::Active => pb::TokenStatus::Active,
+        Status::Expired => pb::TokenStatus::Expired,
+        Status::Revoked => pb::TokenStatus::Revoked,
+        Status::Exhausted => pb::TokenStatus::Exhausted,
+    }
+}
+
+/// A validated ListTransactions request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnListing {
+    /// Only this user's transactions.
+    pub subject: Option<String>,
+    /// Only transactions this party acted in or was an audience of.
+    pub actor: Option<String>,
+    /// Minted at or after.
+    pub since: Option<UnixMillis>,
+    /// Minted before.
+    pub until: Option<UnixMillis>,
+    /// Root token status.
+    pub status: Option<Status>,
+    /// Most transactions to return.
+    pub page_size: usize,
+    /// Only transactions older than this one (the cursor).
+    pub before: Option<TxnId>,
+}
+
+/// Validates a ListTransactions request.
+pub fn list_transactions_request(r: pb::ListTransactionsRequest) -> Result<TxnListing> {
+    let time = |v: u64| (v != 0).then_some(UnixMillis(v));
+    let (since, until) = (time(r.since_unix_ms), time(r.until_unix_ms));
+    if let (Some(s), Some(u)) = (since, until)
+        && s >= u
+    {
+        return bad("until_unix_ms", "must be after since_unix_ms");
+    }
+    let status = match pb::TokenStatus::try_from(r.status) {
+        Ok(pb::TokenStatus::Unspecified) => None,
+        Ok(pb::TokenStatus::Active) => Some(Status::Active),
+        Ok(pb::TokenStatus::Expired) => Some(Status::Expired),
+        Ok(pb::TokenStatus::Revoked) => Some(Status::Revoked),
+        Ok(pb::TokenStatus::Exhausted) => Some(Status::Exhausted),
+        Err(_) => return bad("status", format!("unknown status {}", r.status)),
+    };
+    let before = if r.cursor.is_empty() {
+        None
+    } else {
+        Some(parsed("cursor", &r.cursor)?)
+    };
+    Ok(TxnListing {
+        subject: optional_id("subject", &r.subject)?,
+        actor: optional_id("actor", &r.actor)?,
+        since,
+        until,
+        status,
+        page_size: page_size(r.page_size, 50, MAX_PAGE_SIZE)?,
+        before,
+    })
+}
+
+/// Validates a ListEvents request: the transaction, the cursor and the page size.
+pub fn list_events_request(r: pb::ListEventsRequest) -> Result<(TxnId, Option<EventId>, usize)> {
+    let txn = parsed("txn", &r.txn)?;
+    let after = if r.after.is_empty() {
+        None
+    } else {
+        Some(parsed("after", &r.after)?)
+    };
+    Ok((txn, after, page_size(r.page_size, 100, MAX_PAGE_SIZE)?))
+}
+
+/// Which live events a watcher wants. Every given filter must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WatchFilter {
+    /// Only this transaction.
+    pub txn: Option<TxnId>,
+    /// Only this user's transactions.
+    pub subject: Option<String>,
+    /// Only events by this party.
+    pub actor: Option<String>,
+    /// Only these kinds (by name); empty means all.
+    pub kinds: BTreeSet<&'static str>,
+}
+
+impl WatchFilter {
+    /// Does `e` pass the filter?
+    pub fn matches(&self, e: &Event) -> bool {
+        self.txn.is_none_or(|t| t == e.txn)
+            && self.subject.as_ref().is_none_or(|s| *s == e.subject)
+            && self.actor.as_ref().is_none_or(|a| *a == e.actor)
+            && (self.kinds.is_empty() || self.kinds.contains(e.kind.name()))
+    }
+}
+
+/// Validates a WatchEvents request.
+pub fn watch_events_request(r: pb::WatchEventsRequest) -> Result<WatchFilter> {
+    let txn = if r.txn.is_empty() {
+        None
+    } else {
+        Some(parsed("txn", &r.txn)?)
+    };
+    let mut kinds = BTreeSet::new();
+    for (i, k) in r.kinds.iter().enumerate() {
+        let name = match pb::EventKind::try_from(*k) {
+            Ok(pb::EventKind::Minted) => "minted",
+            Ok(pb::EventKind::Downscoped) => "downscoped",
+            Ok(pb::EventKind::Validated) => "validated",
+            Ok(pb::EventKind::Refused) => "refused",
+            Ok(pb::EventKind::Revoked) => "revoked",
+            _ => return bad(format!("kinds[{i}]"), format!("unknown event kind {k}")),
+        };
+        kinds.insert(name);
+    }
+    Ok(WatchFilter {
+        txn,
+        subject: optional_id("subject", &r.subject)?,
+        actor: optional_id("actor", &r.actor)?,
+        kinds,
+    })
+}
+
+/// Core → wire for an audit event.
+pub fn event_pb(e: &Event) -> pb::AuditEvent {
+    let mut out = pb::AuditEvent {
+        id: e.id.to_string(),
+        at_unix_ms: e.id.at().0,
+        txn: e.txn.to_string(),
+        subject: e.subject.clone(),
+        token_id: e.token.map(|t| t.to_string()).unwrap_or_default(),
+        actor: e.actor.clone(),
+        ..Default::default()
+    };
+    let kind = match &e.kind {
+        EventKind::Minted {
+            audience,
+            scopes,
+            expires_at,
+        } => {
+            out.audience = audience.clone();
+            out.scopes = scopes.clone();
+            out.expires_at_unix_ms = expires_at.0;
+            pb::EventKind::Minted
+        }
+        EventKind::Downscoped {
+            parent,
+            audience,
+            scopes,
+            narrowed,
+        } => {
+            out.parent_token_id = parent.to_string();
+            out.audience = audience.clone();
+            out.scopes = scopes.clone();
+            out.narrowed = narrowed.clone();
+            pb::EventKind::Downscoped
+        }
+        EventKind::Validated {
+            action,
+            result,
+            detail,
+        } => {
+            out.action = action.clone().unwrap_or_default();
+            out.result = result.clone();
+            out.detail = detail.clone();
+            pb::EventKind::Validated
+        }
+        EventKind::Refused { dimension, detail } => {
+            out.dimension = dimension.clone();
+            out.detail = detail.clone();
+            pb::EventKind::Refused
+        }
+        EventKind::Revoked { reason, revoked } => {
+            out.reason = reason.clone();
+            out.revoked = *revoked;
+            pb::EventKind::Revoked
+        }
+    };
+    out.kind = kind.into();
+    out
+}
+
+/// Core → wire for a transaction listed by its root token.
+pub fn txn_summary(
+    root: &TokenRecord,
+    state: &TokenState,
+    now: UnixMillis,
+) -> pb::TransactionSummary {
+    pb::TransactionSummary {
+        txn: root.txn.to_string(),
+        subject: root.subject.clone(),
+        root_token_id: root.token_id.to_string(),
+        minted_by: root.current_actor().id.clone(),
+        audience: Some(party_pb(&root.audience)),
+        scopes: root.grant.scopes.iter().cloned().collect(),
+        minted_at_unix_ms: root.issued_at.0,
+        expires_at_unix_ms: root.grant.expires_at.0,
+        status: status_pb(lifecycle::status(root, state, now)).into(),
+        purpose: root.purpose.clone(),
+    }
 }
 
 #[cfg(test)]

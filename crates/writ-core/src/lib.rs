@@ -14,9 +14,11 @@
 //! - [`model`]: the token record every hop stores, parties and grants.
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
 //! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed.
+//! - [`audit`]: the events of the audit trail and their ordering ids.
 //! - [`limits`]: hard bounds on every size a request can carry.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod claims;
 pub mod ids;
 pub mod lifecycle;
@@ -25,6 +27,7 @@ pub mod model;
 pub mod narrow;
 pub mod token;
 
+pub use audit::{Event, EventId, EventKind};
 pub use claims::{Claims, Constraint, Denial, Value};
 pub use ids::{TokenId, TxnId, UnixMillis};
 pub use lifecycle::{Revocation, Status, TokenState};

@@ -1,6 +1,6 @@
 //! What happens to a token after it is issued: its mutable state (revocation, uses,
-//! children), the status derived from it, and the audit events that record every step.
-//! Still pure: the store persists these values and the server decides when to write them.
+//! children) and the status derived from it. Still pure: the store persists these
+//! values and the server decides when to write them.
 
 use crate::ids::{TokenId, UnixMillis};
 use crate::model::{Grant, TokenRecord};

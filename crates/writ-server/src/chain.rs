@@ -1,18 +1,24 @@
-//! The operators' view of call chains: a transaction's whole tree, and one token with
-//! its ancestry, each node with its status and what narrowed relative to its parent.
-//! Read-only; built from the store's per-transaction index, never a scan.
+//! The operators' view of call chains: a transaction's whole tree, one token with its
+//! ancestry (each node with its status and what narrowed relative to its parent), the
+//! transaction listing, and the audit trail, stored and live. Read-only; built from the
+//! store's indexes, never a scan.
 
+use crate::audit::Audit;
 use crate::auth::{Authenticator, Caller};
 use crate::error::ServiceError;
 use crate::service::now;
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
-use writ_api::convert;
+use writ_api::convert::{self, status_pb};
 use writ_api::pb::{self, chain_service_server::ChainService};
-use writ_core::lifecycle::{self, Status as TokenStatus};
+use writ_core::lifecycle;
 use writ_core::{TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
-use writ_store::TokenStore;
+use writ_store::{TokenStore, TxnQuery};
 
 /// Most nodes one GetTransaction answer carries.
 pub const MAX_TREE_NODES: usize = 1000;
@@ -22,12 +28,64 @@ pub const MAX_TREE_NODES: usize = 1000;
 pub struct ChainGrpc<S> {
     store: Arc<S>,
     auth: Authenticator,
+    audit: Arc<Audit>,
+    /// Turns true at shutdown, ending every watch stream (which would otherwise keep
+    /// graceful shutdown waiting forever).
+    stop: watch::Receiver<bool>,
 }
 
 impl<S> ChainGrpc<S> {
-    /// Queries over `store`, for operators identified by `auth`.
-    pub fn new(store: Arc<S>, auth: Authenticator) -> Self {
-        ChainGrpc { store, auth }
+    /// Queries over `store` and `audit`, for operators identified by `auth`.
+    pub fn new(
+        store: Arc<S>,
+        auth: Authenticator,
+        audit: Arc<Audit>,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        ChainGrpc {
+            store,
+            auth,
+            audit,
+            stop,
+        }
+    }
+}
+
+/// The stream WatchEvents answers with.
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
+
+/// Forwards live events that pass `filter` to `out` until the watcher goes away, falls
+/// behind (ended with RESOURCE_EXHAUSTED) or the server stops.
+async fn forward(
+    mut live: broadcast::Receiver<Arc<writ_core::Event>>,
+    filter: convert::WatchFilter,
+    out: mpsc::Sender<Result<pb::AuditEvent, Status>>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let event = tokio::select! {
+            e = live.recv() => e,
+            _ = stop.wait_for(|s| *s) => return,
+            () = out.closed() => return,
+        };
+        match event {
+            Ok(e) if filter.matches(&e) => {
+                if out.send(Ok(convert::event_pb(&e))).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let _ = out
+                    .send(Err(Status::resource_exhausted(format!(
+                        "watcher fell {n} events behind and was dropped; \
+                         read the gap with ListEvents and watch again"
+                    ))))
+                    .await;
+                return;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 
@@ -42,15 +100,6 @@ fn operator_only(auth: &Authenticator, md: &tonic::metadata::MetadataMap) -> Res
             "{id:?} is not an operator; chain queries are for operators"
         ))
         .into()),
-    }
-}
-
-fn status_pb(s: TokenStatus) -> pb::TokenStatus {
-    match s {
-        TokenStatus::Active => pb::TokenStatus::Active,
-        TokenStatus::Expired => pb::TokenStatus::Expired,
-        TokenStatus::Revoked => pb::TokenStatus::Revoked,
-        TokenStatus::Exhausted => pb::TokenStatus::Exhausted,
     }
 }
 
@@ -99,6 +148,75 @@ where
 
 #[tonic::async_trait]
 impl<S: TokenStore> ChainService for ChainGrpc<S> {
+    type WatchEventsStream = EventStream;
+
+    async fn list_transactions(
+        &self,
+        request: Request<pb::ListTransactionsRequest>,
+    ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
+        operator_only(&self.auth, request.metadata())?;
+        let l = convert::list_transactions_request(request.into_inner())?;
+        let now = now();
+        let page = self
+            .store
+            .list_txns(TxnQuery {
+                subject: l.subject,
+                party: l.actor,
+                since: l.since,
+                until: l.until,
+                status: l.status,
+                now,
+                before: l.before,
+                limit: l.page_size,
+            })
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListTransactionsResponse {
+            transactions: page
+                .roots
+                .iter()
+                .map(|(r, s)| convert::txn_summary(r, s, now))
+                .collect(),
+            next_cursor: page.next.map(|t| t.to_string()).unwrap_or_default(),
+        }))
+    }
+
+    async fn list_events(
+        &self,
+        request: Request<pb::ListEventsRequest>,
+    ) -> Result<Response<pb::ListEventsResponse>, Status> {
+        operator_only(&self.auth, request.metadata())?;
+        let (txn, after, limit) = convert::list_events_request(request.into_inner())?;
+        // Everything this server has answered is in the trail before it is read.
+        self.audit.flush().await;
+        let events = self
+            .store
+            .events(txn, after, limit)
+            .await
+            .map_err(ServiceError::from)?;
+        let next_cursor = events.last().map(|e| e.id.to_string()).unwrap_or_default();
+        Ok(Response::new(pb::ListEventsResponse {
+            events: events.iter().map(convert::event_pb).collect(),
+            next_cursor,
+        }))
+    }
+
+    async fn watch_events(
+        &self,
+        request: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        operator_only(&self.auth, request.metadata())?;
+        let filter = convert::watch_events_request(request.into_inner())?;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(forward(
+            self.audit.subscribe(),
+            filter,
+            tx,
+            self.stop.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn get_transaction(
         &self,
         request: Request<pb::GetTransactionRequest>,

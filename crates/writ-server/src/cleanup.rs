@@ -1,6 +1,7 @@
 //! Expiry cleanup: a background task that reclaims tokens a retention window after they
-//! expired. It walks the store's expiry-ordered index, so it never scans live data, and
-//! deletes in bounded batches so it never holds a transaction lock for long.
+//! expired, and audit events after the audit trail's own (longer) retention. It walks the
+//! store's expiry-ordered index and time-ordered event log, so it never scans live data,
+//! and deletes in bounded batches so it never holds a transaction lock for long.
 
 use crate::service::now;
 use std::sync::Arc;
@@ -33,24 +34,59 @@ pub async fn purge_once<S: TokenStore>(store: &S, retention: Duration) -> usize 
     }
 }
 
-/// Runs [`purge_once`] every `interval` until `stop` turns true.
+/// Purges audit events older than `retention`; returns how many went.
+pub async fn purge_events_once<S: TokenStore>(store: &S, retention: Duration) -> usize {
+    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
+    let cutoff = UnixMillis(now().0.saturating_sub(retention_ms));
+    let mut total = 0;
+    loop {
+        match store.purge_events(cutoff, BATCH).await {
+            Ok(stats) => {
+                total += stats.tokens;
+                if !stats.more {
+                    return total;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "audit cleanup failed; retrying at the next interval");
+                return total;
+            }
+        }
+    }
+}
+
+/// When cleanup runs and what it keeps.
+#[derive(Clone, Copy, Debug)]
+pub struct Schedule {
+    /// Time between runs.
+    pub interval: Duration,
+    /// How long tokens are kept after they expire.
+    pub token_retention: Duration,
+    /// How long audit events are kept.
+    pub audit_retention: Duration,
+}
+
+/// Runs [`purge_once`] and [`purge_events_once`] every `interval` until `stop` turns true.
 pub async fn run<S: TokenStore>(
     store: Arc<S>,
-    interval: Duration,
-    retention: Duration,
+    schedule: Schedule,
     mut stop: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(schedule.interval) => {}
             _ = stop.changed() => return,
         }
         if *stop.borrow() {
             return;
         }
-        let purged = purge_once(store.as_ref(), retention).await;
+        let purged = purge_once(store.as_ref(), schedule.token_retention).await;
         if purged > 0 {
             tracing::info!(purged, "reclaimed expired tokens");
+        }
+        let events = purge_events_once(store.as_ref(), schedule.audit_retention).await;
+        if events > 0 {
+            tracing::info!(events, "reclaimed audit events past retention");
         }
     }
 }

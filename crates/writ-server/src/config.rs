@@ -24,6 +24,8 @@ pub struct Config {
     pub tokens: TokenConfig,
     /// Storage settings.
     pub storage: StorageConfig,
+    /// Audit trail settings.
+    pub audit: AuditConfig,
     /// Callers allowed to Mint. When empty, a local minter credential is generated in the
     /// data directory on first start.
     pub minters: Vec<CredentialConfig>,
@@ -72,6 +74,39 @@ impl Default for StorageConfig {
     }
 }
 
+/// Which validations the audit trail records.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValidationEvents {
+    /// Every Validate of a known token (default).
+    #[default]
+    All,
+    /// Only Validates that checked an action, and those that found the token inactive.
+    Actions,
+    /// None (minted, downscoped, refused and revoked are always recorded).
+    None,
+}
+
+/// Audit trail settings. The trail is kept apart from token state: token cleanup never
+/// deletes it; it has its own retention.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// How long events are kept. Default: 30 days.
+    pub retention_seconds: u64,
+    /// Which validations are recorded.
+    pub validations: ValidationEvents,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            retention_seconds: 30 * 86_400,
+            validations: ValidationEvents::All,
+        }
+    }
+}
+
 /// One credentialed caller (a minter or an operator).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -91,6 +126,7 @@ impl Default for Config {
             trust_domain: "writ.local".into(),
             tokens: TokenConfig::default(),
             storage: StorageConfig::default(),
+            audit: AuditConfig::default(),
             minters: Vec::new(),
             operators: Vec::new(),
         }
@@ -178,6 +214,13 @@ impl Config {
             return bad(format!(
                 "storage.cleanup_interval_seconds = {} must be in 1..=86400",
                 self.storage.cleanup_interval_seconds
+            ));
+        }
+        if self.audit.retention_seconds < self.storage.retention_seconds {
+            return bad(format!(
+                "audit.retention_seconds = {} must be at least storage.retention_seconds ({}): \
+                 evidence must not go before the tokens it describes",
+                self.audit.retention_seconds, self.storage.retention_seconds
             ));
         }
         if t.max_children == 0 || t.max_children > 1024 {

@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod audit;
 pub mod auth;
 pub mod chain;
 pub mod cleanup;
@@ -63,6 +64,7 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
     cleanup: JoinHandle<()>,
+    audit_writer: JoinHandle<()>,
 }
 
 impl RunningServer {
@@ -80,6 +82,8 @@ impl RunningServer {
             .map_err(|e| ServerError::Transport(e.to_string()));
         let _ = self.stop.send(true);
         let _ = self.cleanup.await;
+        // The services are gone with the server, so the writer drains its queue and ends.
+        let _ = self.audit_writer.await;
         served?
     }
 }
@@ -136,18 +140,27 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Transport(e.to_string()))??;
     let store = Arc::new(store);
+    let (audit, audit_writer) = audit::Audit::start(store.clone()).await?;
+    let (stop, mut stopped) = watch::channel(false);
     let service = service::Service::new(
         store.clone(),
         keys,
         config.policy(),
         config.trust_domain.clone(),
         config.tokens.max_children,
+        audit.clone(),
+        config.audit.validations,
     );
     let auth = auth::Authenticator::new(credentials);
-    let chain = ChainServiceServer::new(chain::ChainGrpc::new(store.clone(), auth.clone()))
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        // A tree of up to 1000 nodes of a few KiB each.
-        .max_encoding_message_size(32 * 1024 * 1024);
+    let chain = ChainServiceServer::new(chain::ChainGrpc::new(
+        store.clone(),
+        auth.clone(),
+        audit,
+        stop.subscribe(),
+    ))
+    .max_decoding_message_size(MAX_MESSAGE_BYTES)
+    // A tree of up to 1000 nodes of a few KiB each.
+    .max_encoding_message_size(32 * 1024 * 1024);
     let grpc = grpc::GrpcService::new(Arc::new(service), auth);
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
@@ -160,11 +173,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let local_addr = listener
         .local_addr()
         .map_err(|e| ServerError::Transport(e.to_string()))?;
-    let (stop, mut stopped) = watch::channel(false);
     let cleanup = tokio::spawn(cleanup::run(
         store,
-        std::time::Duration::from_secs(config.storage.cleanup_interval_seconds),
-        std::time::Duration::from_secs(config.storage.retention_seconds),
+        cleanup::Schedule {
+            interval: std::time::Duration::from_secs(config.storage.cleanup_interval_seconds),
+            token_retention: std::time::Duration::from_secs(config.storage.retention_seconds),
+            audit_retention: std::time::Duration::from_secs(config.audit.retention_seconds),
+        },
         stop.subscribe(),
     ));
     let task = tokio::spawn(async move {
@@ -187,6 +202,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         stop,
         task,
         cleanup,
+        audit_writer,
     })
 }
 

@@ -1,8 +1,11 @@
-//! The service logic of Mint, Downscope and Validate, independent of gRPC: it takes
-//! validated core values and an identified caller, applies the core's rules and talks
-//! to the store. The tonic layer in [`crate::grpc`] only converts and maps errors.
+//! The service logic of Mint, Downscope, Validate and Revoke, independent of gRPC: it
+//! takes validated core values and an identified caller, applies the core's rules, talks
+//! to the store and records each step in the audit trail. The tonic layer in
+//! [`crate::grpc`] only converts and maps errors.
 
+use crate::audit::Audit;
 use crate::auth::Caller;
+use crate::config::ValidationEvents;
 use crate::error::{ParentProblem, ServiceError};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -10,8 +13,8 @@ use writ_api::convert::{Action, RevokeTarget};
 use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
 use writ_core::{
-    ActorKind, ClientType, Denial, KeyRing, Party, TokenError, TokenId, TokenRecord, TokenSecret,
-    TokenState, TxnId, UnixMillis,
+    ActorKind, ClientType, Denial, Event, KeyRing, Party, TokenError, TokenId, TokenRecord,
+    TokenSecret, TokenState, TxnId, UnixMillis,
 };
 use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
 
@@ -30,6 +33,20 @@ pub enum Inactive {
     Malformed,
     /// Every use it carried is consumed or passed on to children.
     Exhausted,
+}
+
+impl Inactive {
+    /// Stable lower-case name, as audit events record it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Inactive::Expired => "expired",
+            Inactive::Revoked => "revoked",
+            Inactive::Unknown => "unknown",
+            Inactive::WrongAudience => "wrong_audience",
+            Inactive::Malformed => "malformed",
+            Inactive::Exhausted => "exhausted",
+        }
+    }
 }
 
 /// Why a presented token names no usable record.
@@ -61,6 +78,8 @@ pub struct Service<S> {
     policy: Policy,
     trust_domain: String,
     max_children: u32,
+    audit: Arc<Audit>,
+    validations: ValidationEvents,
 }
 
 /// The identity of a party caller. Minters mint; they neither hold nor validate tokens.
@@ -76,23 +95,30 @@ fn party_id<'a>(caller: &'a Caller, needed: &str) -> Result<&'a str, ServiceErro
     }
 }
 
-/// The wall clock, read in exactly one place.
+/// The wall clock in microseconds, read in exactly one place.
 #[allow(clippy::disallowed_methods)]
-pub fn now() -> UnixMillis {
-    let ms = SystemTime::now()
+pub fn now_micros() -> u64 {
+    let us = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis());
-    UnixMillis(u64::try_from(ms).unwrap_or(u64::MAX))
+        .map_or(0, |d| d.as_micros());
+    u64::try_from(us).unwrap_or(u64::MAX)
+}
+
+/// The wall clock.
+pub fn now() -> UnixMillis {
+    UnixMillis(now_micros() / 1000)
 }
 
 impl<S: TokenStore> Service<S> {
-    /// A service over `store`, signing with `keys`.
+    /// A service over `store`, signing with `keys` and recording into `audit`.
     pub fn new(
         store: Arc<S>,
         keys: KeyRing,
         policy: Policy,
         trust_domain: String,
         max_children: u32,
+        audit: Arc<Audit>,
+        validations: ValidationEvents,
     ) -> Self {
         Service {
             store,
@@ -100,7 +126,15 @@ impl<S: TokenStore> Service<S> {
             policy,
             trust_domain,
             max_children,
+            audit,
+            validations,
         }
+    }
+
+    /// Records a refused Downscope of `parent` by `actor`.
+    async fn refused(&self, parent: &TokenRecord, actor: &str, dimension: &str, detail: String) {
+        let event = Event::refused(self.audit.next_id(), parent, actor, dimension, detail);
+        self.audit.record(event).await;
     }
 
     fn issue(&self, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
@@ -136,7 +170,9 @@ impl<S: TokenStore> Service<S> {
         };
         let record = narrow::mint(req, minter, &self.trust_domain, &self.policy, new)
             .map_err(ServiceError::MintRefused)?;
-        self.store.insert(record.clone()).await?;
+        let event = Event::minted(self.audit.next_id(), &record);
+        self.store.insert(record.clone(), event.clone()).await?;
+        self.audit.publish(event);
         tracing::info!(txn = %record.txn, token_id = %record.token_id, audience = %record.audience.id, "minted");
         Ok((secret, record))
     }
@@ -187,6 +223,13 @@ impl<S: TokenStore> Service<S> {
         // Only the holder learns that its token is revoked; anyone else gets the core's
         // holder refusal below.
         if caller_id == parent.audience.id && state.revoked.is_some() {
+            self.refused(
+                &parent,
+                caller_id,
+                "revoked",
+                "the parent token is revoked".into(),
+            )
+            .await;
             return Err(ServiceError::ParentToken(ParentProblem::Revoked));
         }
         let mut req = req;
@@ -198,20 +241,42 @@ impl<S: TokenStore> Service<S> {
         }
         let now = now();
         let (secret, new) = self.issue(parent.txn, now);
-        let child = narrow::downscope(&parent, caller_id, req, &self.policy, new)?;
+        let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new) {
+            Ok(child) => child,
+            Err(e) => {
+                self.refused(&parent, caller_id, e.dimension.as_str(), e.detail.clone())
+                    .await;
+                return Err(e.into());
+            }
+        };
+        let event = Event::downscoped(self.audit.next_id(), &parent.grant, &child);
         // The store re-checks revocation, fan-out and the use budget under the
         // transaction's lock, so a concurrent Revoke never leaves a usable child.
-        self.store
-            .insert_child(child.clone(), self.max_children)
-            .await
-            .map_err(|e| match e {
-                StoreError::ParentRevoked => ServiceError::ParentToken(ParentProblem::Revoked),
-                StoreError::ParentMissing => ServiceError::ParentToken(ParentProblem::Invalid),
-                StoreError::FanOutExceeded { limit } => ServiceError::FanOut(limit),
-                StoreError::UsesExhausted => ServiceError::UsesLeft,
-                StoreError::TxnFull { limit } => ServiceError::TxnFull(limit),
-                other => ServiceError::Store(other),
-            })?;
+        let stored = self
+            .store
+            .insert_child(child.clone(), self.max_children, event.clone())
+            .await;
+        let refusal = match stored {
+            Ok(()) => None,
+            Err(StoreError::ParentRevoked) => {
+                Some(("revoked", ServiceError::ParentToken(ParentProblem::Revoked)))
+            }
+            Err(StoreError::FanOutExceeded { limit }) => {
+                Some(("fan_out", ServiceError::FanOut(limit)))
+            }
+            Err(StoreError::UsesExhausted) => Some(("uses", ServiceError::UsesLeft)),
+            Err(StoreError::TxnFull { limit }) => Some(("txn_size", ServiceError::TxnFull(limit))),
+            Err(StoreError::ParentMissing) => {
+                return Err(ServiceError::ParentToken(ParentProblem::Invalid));
+            }
+            Err(other) => return Err(ServiceError::Store(other)),
+        };
+        if let Some((dimension, error)) = refusal {
+            self.refused(&parent, caller_id, dimension, error.to_string())
+                .await;
+            return Err(error);
+        }
+        self.audit.publish(event);
         tracing::info!(
             txn = %child.txn, token_id = %child.token_id, parent = %parent.token_id,
             actor = %caller_id, audience = %child.audience.id, depth = child.depth, "downscoped"
@@ -232,19 +297,42 @@ impl<S: TokenStore> Service<S> {
         )?;
         let (record, state) = match self.lookup(token).await? {
             Ok(found) => found,
+            // Nothing to attribute to a transaction: not recorded.
             Err(Miss::Malformed | Miss::Forged) => {
                 return Ok(Validation::Inactive(Inactive::Malformed));
             }
             Err(Miss::Unknown) => return Ok(Validation::Inactive(Inactive::Unknown)),
         };
+        let scope = action.as_ref().map(|a| a.scope.clone());
+        let verdict = self.decide(caller_id, &record, &state, action).await?;
+        self.record_validation(caller_id, &record, scope, &verdict)
+            .await;
+        Ok(match verdict {
+            Ok(decision) => Validation::Active {
+                record: Box::new(record),
+                decision,
+            },
+            Err(why) => Validation::Inactive(why),
+        })
+    }
+
+    /// Validate's verdict on a known token: active (with the action's decision, if one
+    /// was asked) or why not.
+    async fn decide(
+        &self,
+        caller_id: &str,
+        record: &TokenRecord,
+        state: &TokenState,
+        action: Option<Action>,
+    ) -> Result<Result<Option<Result<(), Denial>>, Inactive>, ServiceError> {
         if record.audience.id != caller_id {
-            return Ok(Validation::Inactive(Inactive::WrongAudience));
+            return Ok(Err(Inactive::WrongAudience));
         }
-        match lifecycle::status(&record, &state, now()) {
+        match lifecycle::status(record, state, now()) {
             Status::Active => {}
-            Status::Revoked => return Ok(Validation::Inactive(Inactive::Revoked)),
-            Status::Expired => return Ok(Validation::Inactive(Inactive::Expired)),
-            Status::Exhausted => return Ok(Validation::Inactive(Inactive::Exhausted)),
+            Status::Revoked => return Ok(Err(Inactive::Revoked)),
+            Status::Expired => return Ok(Err(Inactive::Expired)),
+            Status::Exhausted => return Ok(Err(Inactive::Exhausted)),
         }
         let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
         // An allowed action on a limited token spends one use, atomically; losing the
@@ -252,15 +340,38 @@ impl<S: TokenStore> Service<S> {
         if matches!(decision, Some(Ok(()))) && record.grant.max_uses.is_some() {
             match self.store.consume_use(record.token_id).await? {
                 UseOutcome::Consumed { .. } => {}
-                UseOutcome::Exhausted => return Ok(Validation::Inactive(Inactive::Exhausted)),
-                UseOutcome::Revoked => return Ok(Validation::Inactive(Inactive::Revoked)),
-                UseOutcome::Unknown => return Ok(Validation::Inactive(Inactive::Unknown)),
+                UseOutcome::Exhausted => return Ok(Err(Inactive::Exhausted)),
+                UseOutcome::Revoked => return Ok(Err(Inactive::Revoked)),
+                UseOutcome::Unknown => return Ok(Err(Inactive::Unknown)),
             }
         }
-        Ok(Validation::Active {
-            record: Box::new(record),
-            decision,
-        })
+        Ok(Ok(decision))
+    }
+
+    /// Queues the `validated` event of a verdict, as configured.
+    async fn record_validation(
+        &self,
+        service: &str,
+        record: &TokenRecord,
+        scope: Option<String>,
+        verdict: &Result<Option<Result<(), Denial>>, Inactive>,
+    ) {
+        let (result, detail) = match verdict {
+            Err(why) => ("inactive", why.as_str().to_owned()),
+            Ok(None) => ("active", String::new()),
+            Ok(Some(Ok(()))) => ("allowed", String::new()),
+            Ok(Some(Err(d))) => ("denied", format!("{}: {}", d.denied_by, d.reason)),
+        };
+        let wanted = match self.validations {
+            ValidationEvents::All => true,
+            ValidationEvents::Actions => scope.is_some() || verdict.is_err(),
+            ValidationEvents::None => false,
+        };
+        if wanted {
+            let id = self.audit.next_id();
+            let event = Event::validated(id, record, service, scope, result, detail);
+            self.audit.record(event).await;
+        }
     }
 
     /// Revokes a token and its whole subtree, or a whole transaction. By token: whoever
@@ -271,7 +382,7 @@ impl<S: TokenStore> Service<S> {
         target: RevokeTarget,
         reason: String,
     ) -> Result<Vec<TokenId>, ServiceError> {
-        let now = now();
+        let now = self.audit.next_id();
         let (revoked, by) = match target {
             RevokeTarget::Token(token) => {
                 let record = match self.lookup(&token).await? {
@@ -316,14 +427,17 @@ impl<S: TokenStore> Service<S> {
                     .store
                     .revoke(StoreTarget::Txn(txn), by.clone(), reason, now)
                     .await?;
-                if ids.is_empty() && self.store.txn_tokens(txn).await?.is_empty() {
+                if ids.event.is_none() {
                     return Err(ServiceError::NotFound(format!("txn: no transaction {txn}")));
                 }
                 (ids, by)
             }
         };
-        tracing::info!(by = %by, revoked = revoked.len(), "revoked");
-        Ok(revoked)
+        tracing::info!(by = %by, revoked = revoked.ids.len(), "revoked");
+        if let Some(event) = revoked.event {
+            self.audit.publish(event);
+        }
+        Ok(revoked.ids)
     }
 }
 

@@ -8,8 +8,9 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{Event, EventId, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
 /// map errors to responses once.
@@ -106,6 +107,105 @@ pub struct StoreStats {
     /// Entries in every per-token key space besides the records: the `txn_tokens`,
     /// `expiry` and `children` indexes and the `state` rows.
     pub index_entries: u64,
+    /// Entries of the transaction-listing indexes (`txns`, `subject_txns`, `party_txns`,
+    /// `txn_parties`): a handful per transaction, gone with its root token.
+    pub txn_index_entries: u64,
+    /// Stored audit events (kept apart from tokens, with their own retention).
+    pub events: u64,
+}
+
+/// What [`TokenStore::revoke`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    /// The tokens newly revoked, in walk order.
+    pub ids: Vec<TokenId>,
+    /// The audit event written with the revocation; `None` when nothing existed to revoke.
+    pub event: Option<Event>,
+}
+
+/// Most index entries one [`TokenStore::list_txns`] call examines, so a selective status
+/// filter costs bounded work per call; the caller continues from the returned cursor.
+pub const MAX_TXN_SCAN: usize = 10_000;
+
+/// Which transactions [`TokenStore::list_txns`] returns: newest first, each filter
+/// optional, all given filters must match.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnQuery {
+    /// Only transactions acting for this user.
+    pub subject: Option<String>,
+    /// Only transactions in which this party acted or was an audience.
+    pub party: Option<String>,
+    /// Only transactions minted at or after this instant.
+    pub since: Option<UnixMillis>,
+    /// Only transactions minted before this instant.
+    pub until: Option<UnixMillis>,
+    /// Only transactions whose root token has this status at `now`.
+    pub status: Option<Status>,
+    /// The instant statuses are computed at.
+    pub now: UnixMillis,
+    /// Continue after this transaction (a previous page's `next`): only older ones.
+    pub before: Option<TxnId>,
+    /// Most transactions to return (at least 1).
+    pub limit: usize,
+}
+
+/// One page of [`TokenStore::list_txns`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxnPage {
+    /// Each matching transaction's root token and its state, newest first.
+    pub roots: Vec<(TokenRecord, TokenState)>,
+    /// Where to continue (pass as `before`); `None` when nothing older can match.
+    pub next: Option<TxnId>,
+}
+
+/// Does the transaction of `root` match the filters of `query` that its index scan did
+/// not apply? Stores scan the party index when `party` is given (else the subject index
+/// when `subject` is, else all transactions), bounded by the time window and cursor;
+/// this checks the rest. One rule for every backend.
+pub(crate) fn txn_matches(query: &TxnQuery, root: &TokenRecord, state: &TokenState) -> bool {
+    query.subject.as_ref().is_none_or(|s| *s == root.subject)
+        && query
+            .status
+            .is_none_or(|want| lifecycle::status(root, state, query.now) == want)
+}
+
+/// The transaction-id range a query scans: from `since` (inclusive) to the earlier of
+/// `until` and the cursor (exclusive). Transaction ids begin with their mint time.
+pub(crate) fn txn_range(query: &TxnQuery) -> (TxnId, Option<TxnId>) {
+    let lo = TxnId::new(query.since.unwrap_or(UnixMillis(0)), [0; 10]);
+    let until = query.until.map(|u| TxnId::new(u, [0; 10]));
+    let hi = match (until, query.before) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    (lo, hi)
+}
+
+/// Builds a page from `candidates` (transaction ids from an index, newest first, already
+/// within [`txn_range`]), reading each one's root through `root_of` and keeping those
+/// that [`txn_matches`]. Stops at `query.limit` matches or [`MAX_TXN_SCAN`] candidates.
+pub(crate) fn collect_page(
+    query: &TxnQuery,
+    candidates: impl Iterator<Item = Result<TxnId, StoreError>>,
+    mut root_of: impl FnMut(TxnId) -> Result<Option<(TokenRecord, TokenState)>, StoreError>,
+) -> Result<TxnPage, StoreError> {
+    let limit = query.limit.max(1);
+    let mut roots = Vec::new();
+    for (scanned, candidate) in candidates.enumerate() {
+        let txn = candidate?;
+        if let Some((record, state)) = root_of(txn)?
+            && txn_matches(query, &record, &state)
+        {
+            roots.push((record, state));
+        }
+        if roots.len() >= limit || scanned + 1 >= MAX_TXN_SCAN {
+            return Ok(TxnPage {
+                roots,
+                next: Some(txn),
+            });
+        }
+    }
+    Ok(TxnPage { roots, next: None })
 }
 
 /// Storage for token records.
@@ -118,10 +218,15 @@ pub struct StoreStats {
 /// Futures must be polled inside a Tokio runtime. Dropping a pending future does not
 /// cancel the operation: an `insert` whose future was dropped may still land.
 pub trait TokenStore: Send + Sync + 'static {
-    /// Stores a new record and all its index entries in one atomic write; durable before
-    /// it resolves when the store is opened with
+    /// Stores a new root record, all its index entries (including the transaction's, for
+    /// [`list_txns`](TokenStore::list_txns)) and its `minted` audit event in one atomic
+    /// write; durable before it resolves when the store is opened with
     /// [`Durability::Sync`](crate::Durability::Sync). `Err(Conflict)` if the id exists.
-    fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+    fn insert(
+        &self,
+        record: TokenRecord,
+        event: Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// One point read by public token id.
     fn get(
@@ -161,25 +266,29 @@ pub trait TokenStore: Send + Sync + 'static {
     /// would exceed the parent's.
     ///
     /// On success, in one atomic write (durable per the store's durability): the record
-    /// and its indexes, the parent→child link, and the parent's state with `children`
-    /// incremented and, when both have a `max_uses`, the child's uses added to `uses`.
+    /// and its indexes, the parent→child link, the parent's state with `children`
+    /// incremented and, when both have a `max_uses`, the child's uses added to `uses`,
+    /// and the `downscoped` audit event.
     fn insert_child(
         &self,
         record: TokenRecord,
         max_children: u32,
+        event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Revokes a token and every descendant (or every token of a transaction) in one
     /// atomic write, skipping tokens already revoked: a revocation is never overwritten.
-    /// Returns the ids newly revoked. [`NotFound`](StoreError::NotFound) for an unknown
-    /// token; an unknown transaction revokes nothing.
+    /// The same write appends the `revoked` audit event, with id `event` (whose time is
+    /// the revocation's). Returns the ids newly revoked and the event.
+    /// [`NotFound`](StoreError::NotFound) for an unknown token; an unknown transaction
+    /// revokes (and records) nothing.
     fn revoke(
         &self,
         target: RevokeTarget,
         by: String,
         reason: String,
-        at: UnixMillis,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send;
+        event: EventId,
+    ) -> impl Future<Output = Result<Revoked, StoreError>> + Send;
 
     /// Atomically consumes one use of a token, if it is known, not revoked and not
     /// exhausted. Expiry is not checked here.
@@ -210,12 +319,51 @@ pub trait TokenStore: Send + Sync + 'static {
     /// operators: it scans every key space in full, so its cost grows with the store;
     /// never call it on a request path.
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send;
+
+    /// Transactions matching `query`, newest first, through the transaction, subject or
+    /// party index (never a scan of the tokens), examining at most [`MAX_TXN_SCAN`]
+    /// index entries per call. A transaction is listed while its root token is stored.
+    fn list_txns(
+        &self,
+        query: TxnQuery,
+    ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send;
+
+    /// Appends audit events that accompany no token change (validated, refused), in one
+    /// atomic write, durable per the store's durability. Ids must be unique.
+    fn append_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Up to `limit` events of one transaction with ids after `after`, in id order.
+    fn events(
+        &self,
+        txn: TxnId,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send;
+
+    /// The greatest event id stored, so a restarted issuer keeps ids increasing.
+    fn last_event_id(&self) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send;
+
+    /// Deletes up to `max_events` events older than `cutoff`, oldest first, through the
+    /// event log's time order. Independent of token purging: the audit trail has its own
+    /// retention. `PurgeStats::tokens` counts events here.
+    fn purge_events(
+        &self,
+        cutoff: UnixMillis,
+        max_events: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send;
 }
 
 /// A shared store is a store, so servers can hold `Arc<S>` and still pass it on as `S`.
 impl<T: TokenStore> TokenStore for Arc<T> {
-    fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        T::insert(self, record)
+    fn insert(
+        &self,
+        record: TokenRecord,
+        event: Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        T::insert(self, record, event)
     }
 
     fn get(
@@ -250,8 +398,9 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         &self,
         record: TokenRecord,
         max_children: u32,
+        event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        T::insert_child(self, record, max_children)
+        T::insert_child(self, record, max_children, event)
     }
 
     fn revoke(
@@ -259,9 +408,9 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         target: RevokeTarget,
         by: String,
         reason: String,
-        at: UnixMillis,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
-        T::revoke(self, target, by, reason, at)
+        event: EventId,
+    ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
+        T::revoke(self, target, by, reason, event)
     }
 
     fn consume_use(
@@ -281,6 +430,67 @@ impl<T: TokenStore> TokenStore for Arc<T> {
 
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
         T::stats(self)
+    }
+
+    fn list_txns(
+        &self,
+        query: TxnQuery,
+    ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send {
+        T::list_txns(self, query)
+    }
+
+    fn append_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        T::append_events(self, events)
+    }
+
+    fn events(
+        &self,
+        txn: TxnId,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+        T::events(self, txn, after, limit)
+    }
+
+    fn last_event_id(&self) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send {
+        T::last_event_id(self)
+    }
+
+    fn purge_events(
+        &self,
+        cutoff: UnixMillis,
+        max_events: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        T::purge_events(self, cutoff, max_events)
+    }
+}
+
+/// The `revoked` event of a revocation of `target` (the revoked token or, for a whole
+/// transaction, `None`) that made `count` tokens inactive.
+pub(crate) fn revoked_event(
+    id: EventId,
+    any: &TokenRecord,
+    target: RevokeTarget,
+    by: &str,
+    reason: &str,
+    count: usize,
+) -> Event {
+    Event {
+        id,
+        txn: any.txn,
+        subject: any.subject.clone(),
+        token: match target {
+            RevokeTarget::Token(t) => Some(t),
+            RevokeTarget::Txn(_) => None,
+        },
+        actor: by.to_owned(),
+        kind: writ_core::EventKind::Revoked {
+            reason: reason.to_owned(),
+            revoked: u32::try_from(count).unwrap_or(u32::MAX),
+        },
     }
 }
 

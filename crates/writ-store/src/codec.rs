@@ -8,12 +8,14 @@
 use crate::api::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use writ_core::{TokenRecord, TokenState};
+use writ_core::{Event, TokenRecord, TokenState};
 
 /// Format version of record values written by this build.
 const FORMAT_VERSION: u8 = 1;
 /// Format version of state values written by this build.
 const STATE_FORMAT_VERSION: u8 = 1;
+/// Format version of audit events written by this build.
+const EVENT_FORMAT_VERSION: u8 = 1;
 
 fn encode_versioned<T: Serialize>(
     value: &T,
@@ -66,6 +68,16 @@ pub(crate) fn encode_state(state: &TokenState) -> Result<Vec<u8>, StoreError> {
 /// Decodes a stored state, with the same refusals as [`decode`].
 pub(crate) fn decode_state(bytes: &[u8]) -> Result<TokenState, StoreError> {
     decode_versioned(bytes, STATE_FORMAT_VERSION, "token state")
+}
+
+/// Encodes an audit event for storage.
+pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>, StoreError> {
+    encode_versioned(event, EVENT_FORMAT_VERSION, "audit event")
+}
+
+/// Decodes a stored audit event, with the same refusals as [`decode`].
+pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
+    decode_versioned(bytes, EVENT_FORMAT_VERSION, "audit event")
 }
 
 #[cfg(test)]

@@ -1,13 +1,55 @@
 //! The behaviour every [`TokenStore`] must show, written once and run against every
 //! backend, plus hand-built records for tests.
 
-use crate::api::{RevokeTarget, StoreError, TokenStore, UseOutcome};
+use crate::api::{RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use writ_core::{
-    ActorKind, ClientType, Constraint, Grant, Party, SecretHash, TokenId, TokenRecord, TokenState,
-    TxnId, UnixMillis,
+    ActorKind, ClientType, Constraint, Event, EventId, Grant, Party, SecretHash, TokenId,
+    TokenRecord, TokenState, TxnId, UnixMillis,
 };
+
+static NEXT_EVENT: AtomicU64 = AtomicU64::new(0);
+
+/// A fresh event id at `at`: unique within a test process (up to 1000 per millisecond).
+pub(crate) fn event_at(at: UnixMillis) -> EventId {
+    EventId(at.0 * 1000 + NEXT_EVENT.fetch_add(1, Ordering::Relaxed) % 1000)
+}
+
+/// Test shorthands for the token writes, with their audit events made up.
+pub(crate) trait Shorthand: TokenStore {
+    /// `insert` with a `minted` event.
+    fn put(&self, r: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let e = Event::minted(event_at(r.issued_at), &r);
+        self.insert(r, e)
+    }
+
+    /// `insert_child` with a `downscoped` event.
+    fn put_child(
+        &self,
+        r: TokenRecord,
+        max_children: u32,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let e = Event::downscoped(event_at(r.issued_at), &r.grant, &r);
+        self.insert_child(r, max_children, e)
+    }
+
+    /// `revoke` at `at`, returning just the ids.
+    fn revoke_at(
+        &self,
+        target: RevokeTarget,
+        by: String,
+        reason: String,
+        at: UnixMillis,
+    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+        let revoking = self.revoke(target, by, reason, event_at(at));
+        async move { revoking.await.map(|r| r.ids) }
+    }
+}
+
+impl<S: TokenStore> Shorthand for S {}
 
 /// A token id whose bytes sort by `n` (big-endian in the first four bytes) with a
 /// marker byte at the end, so tests can reason about key order.
@@ -106,8 +148,8 @@ fn revoked_reason(state: &TokenState) -> Option<(&str, TokenId)> {
 async fn round_trip<S: TokenStore>(store: &S) {
     let root = record(txn(1), tid(10), None);
     let child = record(txn(1), tid(11), Some(tid(10)));
-    store.insert(root.clone()).await.unwrap();
-    store.insert(child.clone()).await.unwrap();
+    store.put(root.clone()).await.unwrap();
+    store.put(child.clone()).await.unwrap();
     assert_eq!(store.get(tid(10)).await.unwrap(), Some(root));
     assert_eq!(store.get(tid(11)).await.unwrap(), Some(child));
 }
@@ -122,12 +164,12 @@ async fn unknown_id_is_none<S: TokenStore>(store: &S) {
 
 async fn duplicate_insert_conflicts<S: TokenStore>(store: &S) {
     let first = record(txn(2), tid(20), None);
-    store.insert(first.clone()).await.unwrap();
+    store.put(first.clone()).await.unwrap();
     // Same id, different content and transaction: refused, and nothing changes.
     let mut other = record(txn(3), tid(20), None);
     other.purpose = "something else".to_owned();
-    assert_eq!(store.insert(other).await, Err(StoreError::Conflict));
-    assert_eq!(store.insert(first.clone()).await, Err(StoreError::Conflict));
+    assert_eq!(store.put(other).await, Err(StoreError::Conflict));
+    assert_eq!(store.put(first.clone()).await, Err(StoreError::Conflict));
     assert_eq!(store.get(tid(20)).await.unwrap(), Some(first));
     assert_eq!(store.txn_tokens(txn(2)).await.unwrap(), vec![tid(20)]);
     assert_eq!(
@@ -152,7 +194,7 @@ async fn txn_index_is_exact_and_ordered<S: TokenStore>(store: &S) {
         (a, 303),
         (b, 304),
     ] {
-        store.insert(record(t, tid(n), None)).await.unwrap();
+        store.put(record(t, tid(n), None)).await.unwrap();
     }
     assert_eq!(
         store.txn_tokens(a).await.unwrap(),
@@ -172,7 +214,7 @@ async fn concurrent_inserts_all_land<S: TokenStore>(store: Arc<S>) {
             // Spread over several transactions, inserted in no particular order.
             tokio::spawn(async move {
                 store
-                    .insert(record(
+                    .put(record(
                         txn(500 + u64::from(i % 4)),
                         tid(10_000 + (i * 7919) % N),
                         None,
@@ -208,7 +250,7 @@ async fn concurrent_duplicates_admit_exactly_one<S: TokenStore>(store: Arc<S>) {
             tokio::spawn(async move {
                 let mut r = record(txn(600), tid(20_000), None);
                 r.purpose = format!("attempt {i}");
-                store.insert(r).await
+                store.put(r).await
             })
         })
         .collect();
@@ -226,7 +268,7 @@ async fn concurrent_duplicates_admit_exactly_one<S: TokenStore>(store: Arc<S>) {
 async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store: &S) {
     let t = txn(700);
     let root = record(t, tid(40_000), None);
-    store.insert(root).await.unwrap();
+    store.put(root).await.unwrap();
     assert_eq!(
         store.state(tid(40_000)).await.unwrap(),
         Some(TokenState::default())
@@ -234,7 +276,7 @@ async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store:
     assert_eq!(store.state(tid(49_999)).await.unwrap(), None);
     for n in [40_001, 40_002] {
         store
-            .insert_child(record(t, tid(n), Some(tid(40_000))), 2)
+            .put_child(record(t, tid(n), Some(tid(40_000))), 2)
             .await
             .unwrap();
     }
@@ -246,36 +288,36 @@ async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store:
     );
     assert_eq!(
         store
-            .insert_child(record(t, tid(40_003), Some(tid(40_000))), 2)
+            .put_child(record(t, tid(40_003), Some(tid(40_000))), 2)
             .await,
         Err(StoreError::FanOutExceeded { limit: 2 })
     );
     // A child's own fan-out is counted separately.
     store
-        .insert_child(record(t, tid(40_004), Some(tid(40_001))), 1)
+        .put_child(record(t, tid(40_004), Some(tid(40_001))), 1)
         .await
         .unwrap();
     // An existing id conflicts and changes nothing.
     assert_eq!(
         store
-            .insert_child(record(t, tid(40_001), Some(tid(40_000))), 10)
+            .put_child(record(t, tid(40_001), Some(tid(40_000))), 10)
             .await,
         Err(StoreError::Conflict)
     );
     // No parent, an unknown parent, a parent of another transaction.
     assert_eq!(
-        store.insert_child(record(t, tid(40_005), None), 10).await,
+        store.put_child(record(t, tid(40_005), None), 10).await,
         Err(StoreError::ParentMissing)
     );
     assert_eq!(
         store
-            .insert_child(record(t, tid(40_005), Some(tid(49_999))), 10)
+            .put_child(record(t, tid(40_005), Some(tid(49_999))), 10)
             .await,
         Err(StoreError::ParentMissing)
     );
     assert_eq!(
         store
-            .insert_child(record(txn(701), tid(40_005), Some(tid(40_000))), 10)
+            .put_child(record(txn(701), tid(40_005), Some(tid(40_000))), 10)
             .await,
         Err(StoreError::ParentMissing)
     );
@@ -295,9 +337,9 @@ async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store:
 
 async fn revoked_parent_refuses_children<S: TokenStore>(store: &S) {
     let t = txn(710);
-    store.insert(record(t, tid(41_000), None)).await.unwrap();
+    store.put(record(t, tid(41_000), None)).await.unwrap();
     let revoked = store
-        .revoke(
+        .revoke_at(
             RevokeTarget::Token(tid(41_000)),
             "op".to_owned(),
             "leak".to_owned(),
@@ -308,7 +350,7 @@ async fn revoked_parent_refuses_children<S: TokenStore>(store: &S) {
     assert_eq!(revoked, vec![tid(41_000)]);
     assert_eq!(
         store
-            .insert_child(record(t, tid(41_001), Some(tid(41_000))), 10)
+            .put_child(record(t, tid(41_001), Some(tid(41_000))), 10)
             .await,
         Err(StoreError::ParentRevoked)
     );
@@ -326,26 +368,20 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
     let t = txn(720);
     let root = tid(42_000);
     store
-        .insert(with_uses(record(t, root, None), Some(3)))
+        .put(with_uses(record(t, root, None), Some(3)))
         .await
         .unwrap();
     let child = |n: u32, uses: Option<u32>| with_uses(record(t, tid(n), Some(root)), uses);
-    store
-        .insert_child(child(42_001, Some(2)), 10)
-        .await
-        .unwrap();
+    store.put_child(child(42_001, Some(2)), 10).await.unwrap();
     assert_eq!(store.state(root).await.unwrap().unwrap().uses, 2);
     assert_eq!(
-        store.insert_child(child(42_002, Some(2)), 10).await,
+        store.put_child(child(42_002, Some(2)), 10).await,
         Err(StoreError::UsesExhausted)
     );
     assert_eq!(store.get(tid(42_002)).await.unwrap(), None);
     let s = store.state(root).await.unwrap().unwrap();
     assert_eq!((s.uses, s.children), (2, 1));
-    store
-        .insert_child(child(42_003, Some(1)), 10)
-        .await
-        .unwrap();
+    store.put_child(child(42_003, Some(1)), 10).await.unwrap();
     let s = store.state(root).await.unwrap().unwrap();
     assert_eq!((s.uses, s.children), (3, 2));
     // The root's budget is all reserved: neither it nor a new child can use more.
@@ -354,11 +390,11 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
         UseOutcome::Exhausted
     );
     assert_eq!(
-        store.insert_child(child(42_004, Some(1)), 10).await,
+        store.put_child(child(42_004, Some(1)), 10).await,
         Err(StoreError::UsesExhausted)
     );
     // A child with no use limit reserves nothing.
-    store.insert_child(child(42_005, None), 10).await.unwrap();
+    store.put_child(child(42_005, None), 10).await.unwrap();
     assert_eq!(store.state(root).await.unwrap().unwrap().uses, 3);
 
     // The child spends its reserved uses.
@@ -390,7 +426,7 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
 
     // Revocation outranks everything, for limited and unlimited tokens alike.
     let revoked = store
-        .revoke(
+        .revoke_at(
             RevokeTarget::Token(tid(42_003)),
             "op".to_owned(),
             "r".to_owned(),
@@ -404,7 +440,7 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
         UseOutcome::Revoked
     );
     store
-        .revoke(
+        .revoke_at(
             RevokeTarget::Token(u),
             "op".to_owned(),
             "r".to_owned(),
@@ -420,7 +456,7 @@ async fn concurrent_consumes_of_a_single_use_token_admit_one<S: TokenStore>(stor
     const N: usize = 50;
     let id = tid(43_000);
     store
-        .insert(with_uses(record(txn(730), id, None), Some(1)))
+        .put(with_uses(record(txn(730), id, None), Some(1)))
         .await
         .unwrap();
     let tasks: Vec<_> = (0..N)
@@ -448,7 +484,7 @@ async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
     // 44_000 ─┬─ 44_001 ─┬─ 44_003 ── 44_005
     //         │          └─ 44_004
     //         └─ 44_002 ── 44_006
-    store.insert(record(t, tid(44_000), None)).await.unwrap();
+    store.put(record(t, tid(44_000), None)).await.unwrap();
     for (n, parent) in [
         (44_001, 44_000),
         (44_002, 44_000),
@@ -458,12 +494,12 @@ async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
         (44_006, 44_002),
     ] {
         store
-            .insert_child(record(t, tid(n), Some(tid(parent))), 10)
+            .put_child(record(t, tid(n), Some(tid(parent))), 10)
             .await
             .unwrap();
     }
     let revoke = |id: u32, reason: &str| {
-        store.revoke(
+        store.revoke_at(
             RevokeTarget::Token(tid(id)),
             "op".to_owned(),
             reason.to_owned(),
@@ -501,20 +537,20 @@ async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
 
 async fn revoking_a_txn_revokes_all_its_tokens<S: TokenStore>(store: &S) {
     let t = txn(750);
-    store.insert(record(t, tid(45_000), None)).await.unwrap();
+    store.put(record(t, tid(45_000), None)).await.unwrap();
     for n in [45_001, 45_002] {
         store
-            .insert_child(record(t, tid(n), Some(tid(45_000))), 10)
+            .put_child(record(t, tid(n), Some(tid(45_000))), 10)
             .await
             .unwrap();
     }
     // A neighbouring transaction stays untouched.
     store
-        .insert(record(txn(751), tid(45_100), None))
+        .put(record(txn(751), tid(45_100), None))
         .await
         .unwrap();
     let revoke = |target, reason: &str| {
-        store.revoke(target, "op".to_owned(), reason.to_owned(), UnixMillis(3))
+        store.revoke_at(target, "op".to_owned(), reason.to_owned(), UnixMillis(3))
     };
     assert_eq!(
         revoke(RevokeTarget::Token(tid(45_002)), "one")
@@ -550,10 +586,10 @@ async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(st
         let t = txn(760 + u64::from(round));
         let base = 46_000 + round * 1_000;
         // A chain base → base+1 → ... → base+CHAIN-1.
-        store.insert(record(t, tid(base), None)).await.unwrap();
+        store.put(record(t, tid(base), None)).await.unwrap();
         for i in 1..CHAIN {
             store
-                .insert_child(record(t, tid(base + i), Some(tid(base + i - 1))), u32::MAX)
+                .put_child(record(t, tid(base + i), Some(tid(base + i - 1))), u32::MAX)
                 .await
                 .unwrap();
         }
@@ -564,10 +600,7 @@ async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(st
                 let child = tid(base + 100 + i);
                 let parent = tid(base + i % CHAIN);
                 for (id, parent) in [(child, parent), (tid(base + 500 + i), child)] {
-                    match store
-                        .insert_child(record(t, id, Some(parent)), u32::MAX)
-                        .await
-                    {
+                    match store.put_child(record(t, id, Some(parent)), u32::MAX).await {
                         Ok(()) => {}
                         Err(StoreError::ParentRevoked) => return,
                         Err(e) => panic!("unexpected {e:?}"),
@@ -581,7 +614,7 @@ async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(st
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .revoke(
+                    .revoke_at(
                         RevokeTarget::Token(tid(base)),
                         "op".to_owned(),
                         "race".to_owned(),
@@ -628,18 +661,18 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
     let (a, b) = (txn(900), txn(901));
     // An expired lineage 90_000 → 90_001 → 90_002.
     store
-        .insert(expiring(record(a, tid(90_000), None), 5_000))
+        .put(expiring(record(a, tid(90_000), None), 5_000))
         .await
         .unwrap();
     store
-        .insert_child(
+        .put_child(
             expiring(record(a, tid(90_001), Some(tid(90_000))), 4_000),
             8,
         )
         .await
         .unwrap();
     store
-        .insert_child(
+        .put_child(
             expiring(record(a, tid(90_002), Some(tid(90_001))), 4_000),
             8,
         )
@@ -647,11 +680,11 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
         .unwrap();
     // A live root of the same transaction, with an expired child.
     store
-        .insert(expiring(record(a, tid(90_003), None), 2_000_000))
+        .put(expiring(record(a, tid(90_003), None), 2_000_000))
         .await
         .unwrap();
     store
-        .insert_child(
+        .put_child(
             expiring(record(a, tid(90_004), Some(tid(90_003))), 3_000),
             8,
         )
@@ -660,19 +693,19 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
     // Another transaction: an expired, revoked token, a live one and one expiring
     // exactly at the cutoff (not before it, so it stays).
     store
-        .insert(expiring(record(b, tid(90_005), None), 6_000))
+        .put(expiring(record(b, tid(90_005), None), 6_000))
         .await
         .unwrap();
     store
-        .insert(expiring(record(b, tid(90_006), None), 1_500_000))
+        .put(expiring(record(b, tid(90_006), None), 1_500_000))
         .await
         .unwrap();
     store
-        .insert(expiring(record(b, tid(90_009), None), CUTOFF.0))
+        .put(expiring(record(b, tid(90_009), None), CUTOFF.0))
         .await
         .unwrap();
     store
-        .revoke(
+        .revoke_at(
             RevokeTarget::Token(tid(90_005)),
             "op".to_owned(),
             "r".to_owned(),
@@ -733,7 +766,7 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
     // A purged parent derives nothing, and the refusal writes nothing.
     assert_eq!(
         store
-            .insert_child(record(a, tid(90_007), Some(tid(90_000))), 8)
+            .put_child(record(a, tid(90_007), Some(tid(90_000))), 8)
             .await,
         Err(StoreError::ParentMissing)
     );
@@ -749,7 +782,15 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
     // Moving the cutoff past the rest purges them too, leaving the store as it was.
     let later = UnixMillis(2_000_001);
     assert_eq!(store.purge_expired(later, 100).await.unwrap().tokens, 3);
-    assert_eq!(store.stats().await.unwrap(), base);
+    // ... but for the audit trail, which token cleanup never touches: the events of all
+    // eight tokens and of the revocation are still there.
+    let end = store.stats().await.unwrap();
+    assert_eq!(end.events, full.events);
+    assert!(end.events >= base.events + 9);
+    assert_eq!(
+        StoreStats { events: 0, ..end },
+        StoreStats { events: 0, ..base }
+    );
 }
 
 async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
@@ -760,7 +801,7 @@ async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
         let t = txn(920 + u64::from(round));
         let root = tid(91_000 + round * 100);
         store
-            .insert(expiring(record(t, root, None), 10_000))
+            .put(expiring(record(t, root, None), 10_000))
             .await
             .unwrap();
         let mut tasks = Vec::new();
@@ -768,7 +809,7 @@ async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
             let deriver = store.clone();
             tasks.push(tokio::spawn(async move {
                 let child = expiring(record(t, tid(91_001 + round * 100 + i), Some(root)), 9_000);
-                match deriver.insert_child(child, u32::MAX).await {
+                match deriver.put_child(child, u32::MAX).await {
                     Ok(()) | Err(StoreError::ParentMissing) => {}
                     Err(e) => panic!("unexpected {e:?}"),
                 }
@@ -789,7 +830,12 @@ async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
         assert!(!last.more);
         assert_eq!(store.get(root).await.unwrap(), None);
         assert_eq!(store.txn_tokens(t).await.unwrap(), Vec::<TokenId>::new());
-        assert_eq!(store.stats().await.unwrap(), base, "round {round}");
+        let now = store.stats().await.unwrap();
+        assert_eq!(
+            StoreStats { events: 0, ..now },
+            StoreStats { events: 0, ..base },
+            "round {round}"
+        );
     }
 }
 
@@ -800,18 +846,15 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
     use writ_core::limits::MAX_TOKENS_PER_TXN;
     let t = txn(990);
     let limit = u32::try_from(MAX_TOKENS_PER_TXN).unwrap();
-    store.insert(record(t, tid(900_000), None)).await.unwrap();
+    store.put(record(t, tid(900_000), None)).await.unwrap();
     // Fill the transaction quickly (plain inserts skip the per-child checks); the
     // limit is counted from the transaction's index, however its tokens got there.
     for n in 1..limit - 1 {
-        store
-            .insert(record(t, tid(900_000 + n), None))
-            .await
-            .unwrap();
+        store.put(record(t, tid(900_000 + n), None)).await.unwrap();
     }
     // The last one that fits goes through insert_child like any other.
     store
-        .insert_child(
+        .put_child(
             record(t, tid(900_000 + limit - 1), Some(tid(900_000))),
             u32::MAX,
         )
@@ -820,7 +863,7 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
     assert_eq!(store.txn_tokens(t).await.unwrap().len(), MAX_TOKENS_PER_TXN);
     let extra = record(t, tid(900_000 + limit), Some(tid(900_000)));
     assert_eq!(
-        store.insert_child(extra.clone(), u32::MAX).await,
+        store.put_child(extra.clone(), u32::MAX).await,
         Err(StoreError::TxnFull {
             limit: MAX_TOKENS_PER_TXN
         })
@@ -832,12 +875,9 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
     );
     // Other transactions are unaffected.
     let other = txn(991);
+    store.put(record(other, tid(950_000), None)).await.unwrap();
     store
-        .insert(record(other, tid(950_000), None))
-        .await
-        .unwrap();
-    store
-        .insert_child(record(other, tid(950_001), Some(tid(950_000))), u32::MAX)
+        .put_child(record(other, tid(950_001), Some(tid(950_000))), u32::MAX)
         .await
         .unwrap();
 }
@@ -846,9 +886,9 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
 async fn record_and_state_read_together<S: TokenStore>(store: &S) {
     let t = txn(880);
     let root = record(t, tid(880_000), None);
-    store.insert(root.clone()).await.unwrap();
+    store.put(root.clone()).await.unwrap();
     store
-        .insert_child(record(t, tid(880_001), Some(tid(880_000))), 10)
+        .put_child(record(t, tid(880_001), Some(tid(880_000))), 10)
         .await
         .unwrap();
     let (r, s) = store.get_with_state(root.token_id).await.unwrap().unwrap();
@@ -856,7 +896,7 @@ async fn record_and_state_read_together<S: TokenStore>(store: &S) {
     assert_eq!(Some(s.clone()), store.state(root.token_id).await.unwrap());
     assert_eq!(s.children, 1);
     store
-        .revoke(
+        .revoke_at(
             RevokeTarget::Token(root.token_id),
             "op".into(),
             "why".into(),
@@ -870,4 +910,304 @@ async fn record_and_state_read_together<S: TokenStore>(store: &S) {
         "the descendant's state comes with its record"
     );
     assert_eq!(store.get_with_state(tid(889_999)).await.unwrap(), None);
+}
+
+/// The audit trail and the transaction listing. Run on a fresh store: it lists and purges
+/// the whole trail.
+pub(crate) async fn audit_and_listing<S: TokenStore>(store: S) {
+    events_are_written_with_their_token_changes(&store).await;
+    appended_events_page_in_id_order(&store).await;
+    listing_filters_and_pages_newest_first(&store).await;
+    events_outlive_tokens_and_go_with_their_own_retention(&store).await;
+}
+
+fn party_of(id: &str) -> Party {
+    party(id, ActorKind::Agent)
+}
+
+async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
+    let t = txn(3_000_000);
+    let root = record(t, tid(3_000), None);
+    let minted = Event::minted(EventId(10), &root);
+    store.insert(root.clone(), minted.clone()).await.unwrap();
+    let child = record(t, tid(3_001), Some(tid(3_000)));
+    let derived = Event::downscoped(EventId(20), &root.grant, &child);
+    store
+        .insert_child(child.clone(), 1, derived.clone())
+        .await
+        .unwrap();
+    // A refused child writes no event either.
+    let refused = record(t, tid(3_002), Some(tid(3_000)));
+    let e = Event::downscoped(EventId(25), &root.grant, &refused);
+    assert_eq!(
+        store.insert_child(refused, 1, e).await,
+        Err(StoreError::FanOutExceeded { limit: 1 })
+    );
+    // A conflicting insert writes none.
+    let dup = Event::minted(EventId(26), &root);
+    assert_eq!(
+        store.insert(root.clone(), dup).await,
+        Err(StoreError::Conflict)
+    );
+    let revoked = store
+        .revoke(
+            RevokeTarget::Token(tid(3_001)),
+            "op".into(),
+            "leak".into(),
+            EventId(30_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revoked.ids, vec![tid(3_001)]);
+    let revocation = revoked.event.clone().unwrap();
+    assert_eq!(revocation.id, EventId(30_000));
+    assert_eq!(revocation.token, Some(tid(3_001)));
+    assert_eq!(revocation.actor, "op");
+    assert_eq!(
+        revocation.kind,
+        writ_core::EventKind::Revoked {
+            reason: "leak".into(),
+            revoked: 1
+        }
+    );
+    // Its time is the revocation's.
+    let state = store.state(tid(3_001)).await.unwrap().unwrap();
+    assert_eq!(state.revoked.unwrap().at, UnixMillis(30));
+    // A whole transaction: no token named.
+    let all = store
+        .revoke(
+            RevokeTarget::Txn(t),
+            "op".into(),
+            "all".into(),
+            EventId(40_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(all.ids, vec![tid(3_000)]);
+    assert_eq!(all.event.as_ref().unwrap().token, None);
+    // An unknown transaction: nothing revoked, nothing recorded.
+    let none = store
+        .revoke(
+            RevokeTarget::Txn(txn(3_000_001)),
+            "op".into(),
+            "x".into(),
+            EventId(50_000),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none.ids, Vec::<TokenId>::new());
+    assert_eq!(none.event, None);
+    assert_eq!(
+        store.events(t, None, 100).await.unwrap(),
+        vec![minted, derived, revocation, all.event.unwrap()]
+    );
+    assert_eq!(
+        store.events(txn(3_000_001), None, 100).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(store.last_event_id().await.unwrap(), Some(EventId(40_000)));
+}
+
+async fn appended_events_page_in_id_order<S: TokenStore>(store: &S) {
+    let t = txn(3_100_000);
+    let r = record(t, tid(3_100), None);
+    // Appended out of order and in two writes; read back in id order.
+    let ev = |id: u64| {
+        Event::validated(
+            EventId(id),
+            &r,
+            "svc:payments",
+            None,
+            "active",
+            String::new(),
+        )
+    };
+    store
+        .append_events(vec![ev(1_000_005), ev(1_000_001)])
+        .await
+        .unwrap();
+    store
+        .append_events(vec![ev(1_000_003), ev(1_000_002), ev(1_000_004)])
+        .await
+        .unwrap();
+    let ids = |v: Vec<Event>| v.into_iter().map(|e| e.id.0).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.events(t, None, 2).await.unwrap()),
+        vec![1_000_001, 1_000_002]
+    );
+    assert_eq!(
+        ids(store.events(t, Some(EventId(1_000_002)), 2).await.unwrap()),
+        vec![1_000_003, 1_000_004]
+    );
+    assert_eq!(
+        ids(store.events(t, Some(EventId(1_000_004)), 2).await.unwrap()),
+        vec![1_000_005]
+    );
+    assert_eq!(
+        store.events(t, Some(EventId(u64::MAX)), 2).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(
+        store.last_event_id().await.unwrap(),
+        Some(EventId(1_000_005))
+    );
+    store.append_events(Vec::new()).await.unwrap();
+}
+
+async fn listing_filters_and_pages_newest_first<S: TokenStore>(store: &S) {
+    use crate::api::TxnQuery;
+    use writ_core::Status;
+    // Six transactions minted at 4_000_000 + k ms: subjects alternate, k = 3 goes to
+    // agent:x through a child, k = 4 is revoked, k = 5 has expired.
+    let mut txns = Vec::new();
+    for k in 0..6u32 {
+        let t = txn(4_000_000 + u64::from(k));
+        txns.push(t);
+        let mut root = record(t, tid(4_000 + k), None);
+        root.subject = if k % 2 == 0 { "user:bea" } else { "user:cy" }.to_owned();
+        if k == 5 {
+            root.grant.expires_at = UnixMillis(4_500_000);
+        }
+        store.put(root.clone()).await.unwrap();
+        if k == 3 {
+            let mut child = record(t, tid(4_100), Some(root.token_id));
+            child.subject = root.subject.clone();
+            child.audience = party_of("agent:x");
+            store.put_child(child, 10).await.unwrap();
+        }
+    }
+    store
+        .revoke_at(
+            RevokeTarget::Txn(txns[4]),
+            "op".into(),
+            "r".into(),
+            UnixMillis(9),
+        )
+        .await
+        .unwrap();
+    let now = UnixMillis(5_000_000);
+    let query = |f: &dyn Fn(&mut TxnQuery)| {
+        let mut q = TxnQuery {
+            subject: None,
+            party: None,
+            since: Some(UnixMillis(4_000_000)),
+            until: Some(UnixMillis(4_000_006)),
+            status: None,
+            now,
+            before: None,
+            limit: 100,
+        };
+        f(&mut q);
+        q
+    };
+    let list = |q: TxnQuery| async move {
+        let page = store.list_txns(q).await.unwrap();
+        let ks: Vec<u64> = page
+            .roots
+            .iter()
+            .map(|(r, _)| u64::from(r.token_id.0[3]) - u64::from(tid(4_000).0[3]))
+            .collect();
+        (ks, page.next)
+    };
+    assert_eq!(list(query(&|_| {})).await.0, vec![5, 4, 3, 2, 1, 0]);
+    let bea = |q: &mut TxnQuery| q.subject = Some("user:bea".into());
+    assert_eq!(list(query(&bea)).await.0, vec![4, 2, 0]);
+    let x = |q: &mut TxnQuery| q.party = Some("agent:x".into());
+    assert_eq!(list(query(&x)).await.0, vec![3]);
+    // Party and subject together: both must match.
+    let x_bea = |q: &mut TxnQuery| {
+        q.party = Some("agent:x".into());
+        q.subject = Some("user:bea".into());
+    };
+    assert_eq!(list(query(&x_bea)).await.0, Vec::<u64>::new());
+    // Every root names the minter and its audience as parties.
+    let gw = |q: &mut TxnQuery| q.party = Some("agent:planner".into());
+    assert_eq!(list(query(&gw)).await.0, vec![5, 4, 3, 2, 1, 0]);
+    let nobody = |q: &mut TxnQuery| q.party = Some("agent:nobody".into());
+    assert_eq!(list(query(&nobody)).await.0, Vec::<u64>::new());
+    // Time window: [since, until).
+    let window = |q: &mut TxnQuery| {
+        q.since = Some(UnixMillis(4_000_001));
+        q.until = Some(UnixMillis(4_000_003));
+    };
+    assert_eq!(list(query(&window)).await.0, vec![2, 1]);
+    // Status at `now`.
+    let revoked = |q: &mut TxnQuery| q.status = Some(Status::Revoked);
+    assert_eq!(list(query(&revoked)).await.0, vec![4]);
+    let expired = |q: &mut TxnQuery| q.status = Some(Status::Expired);
+    assert_eq!(list(query(&expired)).await.0, vec![5]);
+    let active = |q: &mut TxnQuery| q.status = Some(Status::Active);
+    assert_eq!(list(query(&active)).await.0, vec![3, 2, 1, 0]);
+    // Pages of two, each continuing from the previous cursor, see everything once.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let (ks, next) = list(query(&|q| {
+            q.limit = 2;
+            q.before = before;
+        }))
+        .await;
+        assert!(ks.len() <= 2);
+        seen.extend(ks);
+        match next {
+            Some(n) => before = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![5, 4, 3, 2, 1, 0]);
+    // A purged root takes its transaction out of every listing index.
+    let purged = store
+        .purge_expired(UnixMillis(4_500_001), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(purged.tokens, 1);
+    assert_eq!(list(query(&|_| {})).await.0, vec![4, 3, 2, 1, 0]);
+    assert_eq!(list(query(&gw)).await.0, vec![4, 3, 2, 1, 0]);
+    assert_eq!(list(query(&expired)).await.0, Vec::<u64>::new());
+}
+
+async fn events_outlive_tokens_and_go_with_their_own_retention<S: TokenStore>(store: &S) {
+    let before = store.stats().await.unwrap();
+    assert!(before.events > 0);
+    // Every token is purged; the trail stays.
+    store
+        .purge_expired(UnixMillis(u64::MAX), usize::MAX)
+        .await
+        .unwrap();
+    let after = store.stats().await.unwrap();
+    assert_eq!(
+        (after.tokens, after.index_entries, after.txn_index_entries),
+        (0, 0, 0)
+    );
+    assert_eq!(after.events, before.events);
+    // Events before 1 s (1_000_000 µs) go: the four of the first test (at 10, 20, 30_000
+    // and 40_000 µs) and the listing test's revocation (at 9 ms); the rest stay.
+    let purged = store.purge_events(UnixMillis(1_000), 2).await.unwrap();
+    assert_eq!((purged.tokens, purged.more), (2, true));
+    let purged = store.purge_events(UnixMillis(1_000), 100).await.unwrap();
+    assert_eq!((purged.tokens, purged.more), (3, false));
+    let t = txn(3_100_000);
+    let left: Vec<u64> = store
+        .events(t, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id.0)
+        .collect();
+    assert_eq!(left, (1_000_001..=1_000_005).collect::<Vec<u64>>());
+    assert_eq!(
+        store.events(txn(3_000_000), None, 100).await.unwrap(),
+        vec![]
+    );
+    let everything = store
+        .purge_events(UnixMillis(u64::MAX / 1000), usize::MAX)
+        .await
+        .unwrap();
+    assert!(!everything.more);
+    assert_eq!(store.stats().await.unwrap(), StoreStats::default());
+    assert_eq!(
+        store.last_event_id().await.unwrap(),
+        None,
+        "the log is empty"
+    );
 }

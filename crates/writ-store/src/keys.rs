@@ -11,13 +11,31 @@
 //! | `txn_tokens`  | txn id (16) ‖ token id (16)        | empty                    |
 //! | `children`    | parent token id (16) ‖ child token id (16) | empty            |
 //! | `expiry`      | expires_at ms, u64 BE (8) ‖ token id (16) | empty             |
+//! | `txns`        | txn id (16)                        | root token id (16)       |
+//! | `subject_txns`| digest(subject) (16) ‖ txn id (16) | empty                    |
+//! | `party_txns`  | digest(party) (16) ‖ txn id (16)   | empty                    |
+//! | `txn_parties` | txn id (16) ‖ digest(party) (16)   | empty                    |
+//! | `events`      | txn id (16) ‖ event id, u64 BE (8) | encoded event (`codec`)  |
+//! | `event_log`   | event id, u64 BE (8) ‖ txn id (16) | empty                    |
 //! | `meta`        | `schema_version`                   | u32 BE                   |
 //!
 //! Every key of a token is derivable from its record, so purging an expired token
 //! (found through `expiry`) deletes its `tokens`, `state`, `txn_tokens` and `expiry`
-//! rows, its `children` entry under its parent and every entry under itself.
+//! rows, its `children` entry under its parent and every entry under itself; purging a
+//! root also deletes its transaction's `txns`, `subject_txns`, `party_txns` and
+//! `txn_parties` rows (the last lists the digests the `party_txns` keys need).
+//!
+//! Transaction ids begin with their mint time, so the three transaction indexes list
+//! newest first by scanning backwards, and a time window is a key range. Subjects and
+//! parties are variable-length strings, so their index keys hold a 128-bit keyed digest
+//! instead (fixed length, so the transaction id that follows is always at the same
+//! offset); a listing re-checks the subject on the root record.
+//!
+//! The audit trail (`events`, `event_log`) is kept apart from token state: purging a
+//! token never touches it. `event_log` orders every event by id (its time), which is
+//! what the audit retention walks.
 
-use writ_core::{TokenId, TxnId, UnixMillis};
+use writ_core::{EventId, TokenId, TxnId, UnixMillis};
 
 /// Records by public token id.
 pub(crate) const CF_TOKENS: &str = "tokens";
@@ -29,11 +47,41 @@ pub(crate) const CF_CHILDREN: &str = "children";
 pub(crate) const CF_TXN_TOKENS: &str = "txn_tokens";
 /// Index: tokens by expiry time, walked in key order by `purge_expired`.
 pub(crate) const CF_EXPIRY: &str = "expiry";
+/// Transactions by id, to their root token.
+pub(crate) const CF_TXNS: &str = "txns";
+/// Index: transactions by subject.
+pub(crate) const CF_SUBJECT_TXNS: &str = "subject_txns";
+/// Index: transactions by every party that acted in them or was an audience.
+pub(crate) const CF_PARTY_TXNS: &str = "party_txns";
+/// Inverse of `party_txns`, so purging a transaction finds its entries.
+pub(crate) const CF_TXN_PARTIES: &str = "txn_parties";
+/// The audit trail, by transaction then event id.
+pub(crate) const CF_EVENTS: &str = "events";
+/// Every event by id (time), for retention.
+pub(crate) const CF_EVENT_LOG: &str = "event_log";
 /// Store-wide metadata.
 pub(crate) const CF_META: &str = "meta";
 
+/// Every column family, in the order they are opened and compacted.
+pub(crate) const ALL_CFS: [&str; 12] = [
+    CF_TOKENS,
+    CF_STATE,
+    CF_TXN_TOKENS,
+    CF_CHILDREN,
+    CF_EXPIRY,
+    CF_TXNS,
+    CF_SUBJECT_TXNS,
+    CF_PARTY_TXNS,
+    CF_TXN_PARTIES,
+    CF_EVENTS,
+    CF_EVENT_LOG,
+    CF_META,
+];
+
 /// Version of this layout. Bump it on any incompatible change to a key or value.
-pub(crate) const SCHEMA_VERSION: u32 = 1;
+/// Version 2 added the transaction indexes and the audit trail; a version-1 store is
+/// upgraded in place on open (its transaction indexes rebuilt from the records).
+pub(crate) const SCHEMA_VERSION: u32 = 2;
 /// Key in [`CF_META`] holding the schema version.
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
@@ -116,6 +164,78 @@ pub(crate) fn token_id_of_expiry_key(key: &[u8]) -> Option<TokenId> {
     }
     let id: [u8; ID_LEN] = key[8..].try_into().ok()?;
     Some(TokenId(id))
+}
+
+/// Length of a digest of a subject or party in index keys.
+pub(crate) const DIGEST_LEN: usize = 16;
+
+/// The index digest of a subject or party id: keyed so index keys reveal nothing an
+/// outsider can precompute, and 128 bits so collisions do not happen in practice (and a
+/// listing re-checks the subject anyway).
+pub(crate) fn digest(id: &str) -> [u8; DIGEST_LEN] {
+    let hash = blake3::Hasher::new_derive_key("writ 2026 index digest v1")
+        .update(id.as_bytes())
+        .finalize();
+    let mut out = [0u8; DIGEST_LEN];
+    out.copy_from_slice(&hash.as_bytes()[..DIGEST_LEN]);
+    out
+}
+
+/// Key of a `subject_txns` or `party_txns` entry.
+pub(crate) fn digest_txn_key(digest: &[u8; DIGEST_LEN], txn: TxnId) -> [u8; DIGEST_LEN + ID_LEN] {
+    let mut k = [0u8; DIGEST_LEN + ID_LEN];
+    k[..DIGEST_LEN].copy_from_slice(digest);
+    k[DIGEST_LEN..].copy_from_slice(&txn.0);
+    k
+}
+
+/// The transaction id of a `txns` key or of the end of a `subject_txns`/`party_txns`
+/// key; `None` if the key is too short.
+pub(crate) fn txn_of_suffix(key: &[u8]) -> Option<TxnId> {
+    let id: [u8; ID_LEN] = key.get(key.len().checked_sub(ID_LEN)?..)?.try_into().ok()?;
+    Some(TxnId(id))
+}
+
+/// Key of a `txn_parties` entry.
+pub(crate) fn txn_party_key(txn: TxnId, digest: &[u8; DIGEST_LEN]) -> [u8; ID_LEN + DIGEST_LEN] {
+    let mut k = [0u8; ID_LEN + DIGEST_LEN];
+    k[..ID_LEN].copy_from_slice(&txn.0);
+    k[ID_LEN..].copy_from_slice(digest);
+    k
+}
+
+/// The party digest of a `txn_parties` key; `None` if the key has the wrong length.
+pub(crate) fn digest_of_txn_party_key(key: &[u8]) -> Option<[u8; DIGEST_LEN]> {
+    if key.len() != ID_LEN + DIGEST_LEN {
+        return None;
+    }
+    key[ID_LEN..].try_into().ok()
+}
+
+/// Key of an `events` entry.
+pub(crate) fn event_key(txn: TxnId, id: EventId) -> [u8; ID_LEN + 8] {
+    let mut k = [0u8; ID_LEN + 8];
+    k[..ID_LEN].copy_from_slice(&txn.0);
+    k[ID_LEN..].copy_from_slice(&id.0.to_be_bytes());
+    k
+}
+
+/// Key of an `event_log` entry.
+pub(crate) fn event_log_key(id: EventId, txn: TxnId) -> [u8; 8 + ID_LEN] {
+    let mut k = [0u8; 8 + ID_LEN];
+    k[..8].copy_from_slice(&id.0.to_be_bytes());
+    k[8..].copy_from_slice(&txn.0);
+    k
+}
+
+/// The event id and transaction of an `event_log` key.
+pub(crate) fn of_event_log_key(key: &[u8]) -> Option<(EventId, TxnId)> {
+    if key.len() != 8 + ID_LEN {
+        return None;
+    }
+    let id = u64::from_be_bytes(key[..8].try_into().ok()?);
+    let txn: [u8; ID_LEN] = key[8..].try_into().ok()?;
+    Some((EventId(id), TxnId(txn)))
 }
 
 /// The stored form of a schema version.
@@ -270,19 +390,36 @@ mod tests {
             Some(SCHEMA_VERSION)
         );
         assert_eq!(encode_schema_version(1), [0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn index_keys_order_by_digest_then_time_and_round_trip() {
+        let early = TxnId::new(UnixMillis(1_000), [0xff; 10]);
+        let late = TxnId::new(UnixMillis(2_000), [0; 10]);
+        let (a, b) = (digest("alice"), digest("bob"));
+        assert_ne!(a, b);
+        assert_eq!(a, digest("alice"));
+        assert!(digest_txn_key(&a, early) < digest_txn_key(&a, late));
+        assert_eq!(txn_of_suffix(&digest_txn_key(&b, late)), Some(late));
+        assert_eq!(txn_of_suffix(&late.0), Some(late));
+        assert_eq!(txn_of_suffix(&[0; 15]), None);
+        let k = txn_party_key(late, &b);
+        assert_eq!(digest_of_txn_party_key(&k), Some(b));
+        assert_eq!(digest_of_txn_party_key(&k[..31]), None);
+        // Events of a transaction sort by id; the log sorts by id across transactions.
+        assert!(event_key(early, EventId(5)) < event_key(early, EventId(256)));
+        assert!(event_log_key(EventId(5), late) < event_log_key(EventId(6), early));
+        assert_eq!(
+            of_event_log_key(&event_log_key(EventId(7), late)),
+            Some((EventId(7), late))
+        );
+        assert_eq!(of_event_log_key(&[0; 23]), None);
         assert_eq!(decode_schema_version(&[0, 1]), None);
     }
 
     #[test]
     fn column_families_are_distinct() {
-        let mut names = [
-            CF_TOKENS,
-            CF_STATE,
-            CF_TXN_TOKENS,
-            CF_CHILDREN,
-            CF_EXPIRY,
-            CF_META,
-        ];
+        let mut names = ALL_CFS;
         names.sort_unstable();
         let n = names.len();
         let mut dedup = names.to_vec();

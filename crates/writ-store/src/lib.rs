@@ -39,6 +39,9 @@ pub mod rocks;
 #[cfg(test)]
 mod conformance;
 
-pub use api::{PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
+pub use api::{
+    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
+    UseOutcome,
+};
 pub use memory::MemoryStore;
 pub use rocks::{Durability, RocksStore, StoreOptions};

@@ -3,14 +3,15 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome, admit_child,
+    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
+    UseOutcome, admit_child, collect_page, revoked_event, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 #[derive(Default)]
 struct State {
@@ -23,6 +24,16 @@ struct State {
     children: BTreeSet<(TokenId, TokenId)>,
     /// Mirrors the durable `expiry` index: (expires_at, token) pairs.
     expiry: BTreeSet<(UnixMillis, TokenId)>,
+    /// Mirrors `txns`: each transaction's root token.
+    txns: BTreeMap<TxnId, TokenId>,
+    /// Mirrors `subject_txns`.
+    subject_txns: BTreeSet<(String, TxnId)>,
+    /// Mirrors `party_txns` and its inverse `txn_parties`.
+    party_txns: BTreeSet<(String, TxnId)>,
+    txn_parties: BTreeSet<(TxnId, String)>,
+    /// Mirrors `events` and `event_log`.
+    events: BTreeMap<(TxnId, EventId), Event>,
+    event_log: BTreeSet<(EventId, TxnId)>,
 }
 
 impl State {
@@ -38,7 +49,22 @@ impl State {
         self.children.range(lo..=hi).map(|&(_, id)| id).collect()
     }
 
-    fn insert_child(&mut self, record: TokenRecord, max_children: u32) -> Result<(), StoreError> {
+    fn add_party(&mut self, txn: TxnId, party: &str) {
+        self.party_txns.insert((party.to_owned(), txn));
+        self.txn_parties.insert((txn, party.to_owned()));
+    }
+
+    fn append(&mut self, event: Event) {
+        self.event_log.insert((event.id, event.txn));
+        self.events.insert((event.txn, event.id), event);
+    }
+
+    fn insert_child(
+        &mut self,
+        record: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> Result<(), StoreError> {
         if self.tokens.contains_key(&record.token_id) {
             return Err(StoreError::Conflict);
         }
@@ -58,8 +84,90 @@ impl State {
         admit_child(parent, &mut pstate, &record, max_children, held)?;
         self.states.insert(parent_id, pstate);
         self.children.insert((parent_id, record.token_id));
+        self.add_party(record.txn, &record.audience.id);
         self.put_record(record);
+        self.append(event);
         Ok(())
+    }
+
+    fn insert_root(&mut self, record: TokenRecord, event: Event) -> Result<(), StoreError> {
+        if self.tokens.contains_key(&record.token_id) {
+            return Err(StoreError::Conflict);
+        }
+        let txn = record.txn;
+        self.txns.insert(txn, record.token_id);
+        self.subject_txns.insert((record.subject.clone(), txn));
+        self.add_party(txn, &record.current_actor().id.clone());
+        self.add_party(txn, &record.audience.id.clone());
+        self.put_record(record);
+        self.append(event);
+        Ok(())
+    }
+
+    fn root_of(&self, txn: TxnId) -> Option<(TokenRecord, TokenState)> {
+        let id = self.txns.get(&txn)?;
+        let record = self.tokens.get(id)?.clone();
+        Some((record, self.states.get(id).cloned().unwrap_or_default()))
+    }
+
+    fn list_txns(&self, query: &TxnQuery) -> Result<TxnPage, StoreError> {
+        let (lo, hi) = txn_range(query);
+        let hi = hi.unwrap_or(TxnId([0xff; 16]));
+        if lo >= hi {
+            return Ok(TxnPage {
+                roots: Vec::new(),
+                next: None,
+            });
+        }
+        let keyed = |set: &BTreeSet<(String, TxnId)>, key: &str| -> Vec<TxnId> {
+            set.range((key.to_owned(), lo)..(key.to_owned(), hi))
+                .rev()
+                .map(|(_, t)| *t)
+                .collect()
+        };
+        let candidates: Vec<TxnId> = match (&query.party, &query.subject) {
+            (Some(p), _) => keyed(&self.party_txns, p),
+            (None, Some(s)) => keyed(&self.subject_txns, s),
+            (None, None) => self.txns.range(lo..hi).rev().map(|(t, _)| *t).collect(),
+        };
+        collect_page(query, candidates.into_iter().map(Ok), |t| {
+            Ok(self.root_of(t))
+        })
+    }
+
+    fn events(&self, txn: TxnId, after: Option<EventId>, limit: usize) -> Vec<Event> {
+        let lo = (
+            txn,
+            after.map_or(EventId(0), |a| EventId(a.0.saturating_add(1))),
+        );
+        let hi = (txn, EventId(u64::MAX));
+        self.events
+            .range(lo..=hi)
+            .take(limit)
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn purge_events(&mut self, cutoff: UnixMillis, max: usize) -> PurgeStats {
+        let first_kept = EventId::first_at(cutoff);
+        let due: Vec<(EventId, TxnId)> = self
+            .event_log
+            .iter()
+            .take_while(|(id, _)| *id < first_kept)
+            .take(max)
+            .copied()
+            .collect();
+        for (id, txn) in &due {
+            self.event_log.remove(&(*id, *txn));
+            self.events.remove(&(*txn, *id));
+        }
+        PurgeStats {
+            tokens: due.len(),
+            more: self
+                .event_log
+                .first()
+                .is_some_and(|(id, _)| *id < first_kept),
+        }
     }
 
     /// The record and its index entries.
@@ -89,6 +197,8 @@ impl State {
                 self.txn_tokens.remove(&(record.txn, id));
                 if let Some(parent) = record.parent {
                     self.children.remove(&(parent, id));
+                } else {
+                    self.unindex_txn(&record);
                 }
             }
         }
@@ -98,12 +208,35 @@ impl State {
         }
     }
 
+    /// Drops a purged root's transaction from the listing indexes.
+    fn unindex_txn(&mut self, root: &TokenRecord) {
+        let txn = root.txn;
+        self.txns.remove(&txn);
+        self.subject_txns.remove(&(root.subject.clone(), txn));
+        let parties: Vec<String> = self
+            .txn_parties
+            .range((txn, String::new())..)
+            .take_while(|(t, _)| *t == txn)
+            .map(|(_, p)| p.clone())
+            .collect();
+        for p in parties {
+            self.txn_parties.remove(&(txn, p.clone()));
+            self.party_txns.remove(&(p, txn));
+        }
+    }
+
     fn stats(&self) -> StoreStats {
         let index =
             self.txn_tokens.len() + self.expiry.len() + self.states.len() + self.children.len();
+        let txn_index = self.txns.len()
+            + self.subject_txns.len()
+            + self.party_txns.len()
+            + self.txn_parties.len();
         StoreStats {
             tokens: self.tokens.len() as u64,
             index_entries: index as u64,
+            txn_index_entries: txn_index as u64,
+            events: self.events.len() as u64,
         }
     }
 
@@ -112,8 +245,9 @@ impl State {
         target: RevokeTarget,
         by: &str,
         reason: &str,
-        at: UnixMillis,
-    ) -> Result<Vec<TokenId>, StoreError> {
+        event: EventId,
+    ) -> Result<Revoked, StoreError> {
+        let at = event.at();
         // (token, cause) pairs to revoke, in walk order.
         let mut todo: Vec<(TokenId, TokenId)> = Vec::new();
         match target {
@@ -134,6 +268,16 @@ impl State {
             }
             RevokeTarget::Txn(txn) => todo.extend(self.txn_ids(txn).into_iter().map(|id| (id, id))),
         }
+        let Some(any) = todo
+            .first()
+            .and_then(|(id, _)| self.tokens.get(id))
+            .cloned()
+        else {
+            return Ok(Revoked {
+                ids: Vec::new(),
+                event: None,
+            });
+        };
         let mut revoked = Vec::new();
         for (id, cause) in todo {
             let state = self.states.entry(id).or_default();
@@ -147,7 +291,12 @@ impl State {
                 revoked.push(id);
             }
         }
-        Ok(revoked)
+        let event = revoked_event(event, &any, target, by, reason, revoked.len());
+        self.append(event.clone());
+        Ok(Revoked {
+            ids: revoked,
+            event: Some(event),
+        })
     }
 
     fn consume_use(&mut self, id: TokenId) -> UseOutcome {
@@ -202,16 +351,13 @@ impl fmt::Debug for MemoryStore {
 
 // The futures are lazy like every other backend's: nothing happens until polled.
 impl TokenStore for MemoryStore {
-    fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        event: Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let store = self.clone();
-        async move {
-            let mut state = store.lock();
-            if state.tokens.contains_key(&record.token_id) {
-                return Err(StoreError::Conflict);
-            }
-            state.put_record(record);
-            Ok(())
-        }
+        async move { store.lock().insert_root(record, event) }
     }
 
     fn get(
@@ -264,9 +410,10 @@ impl TokenStore for MemoryStore {
         &self,
         record: TokenRecord,
         max_children: u32,
+        event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let store = self.clone();
-        async move { store.lock().insert_child(record, max_children) }
+        async move { store.lock().insert_child(record, max_children, event) }
     }
 
     fn revoke(
@@ -274,10 +421,10 @@ impl TokenStore for MemoryStore {
         target: RevokeTarget,
         by: String,
         reason: String,
-        at: UnixMillis,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+        event: EventId,
+    ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
         let store = self.clone();
-        async move { store.lock().revoke(target, &by, &reason, at) }
+        async move { store.lock().revoke(target, &by, &reason, event) }
     }
 
     fn consume_use(
@@ -302,16 +449,67 @@ impl TokenStore for MemoryStore {
         let store = self.clone();
         async move { Ok(store.lock().stats()) }
     }
+
+    fn list_txns(
+        &self,
+        query: TxnQuery,
+    ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send {
+        let store = self.clone();
+        async move { store.lock().list_txns(&query) }
+    }
+
+    fn append_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let mut state = store.lock();
+            for e in events {
+                state.append(e);
+            }
+            Ok(())
+        }
+    }
+
+    fn events(
+        &self,
+        txn: TxnId,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().events(txn, after, limit)) }
+    }
+
+    fn last_event_id(&self) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().event_log.last().map(|(id, _)| *id)) }
+    }
+
+    fn purge_events(
+        &self,
+        cutoff: UnixMillis,
+        max_events: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().purge_events(cutoff, max_events)) }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance;
+    use crate::conformance::{self, Shorthand};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn conformance() {
         conformance::run(MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn audit_and_listing() {
+        conformance::audit_and_listing(MemoryStore::new()).await;
     }
 
     #[tokio::test]
@@ -329,7 +527,7 @@ mod tests {
         let a = MemoryStore::new();
         let b = a.clone();
         let r = conformance::record(conformance::txn(1), conformance::tid(1), None);
-        a.insert(r.clone()).await.unwrap();
+        a.put(r.clone()).await.unwrap();
         assert_eq!(b.get(r.token_id).await.unwrap(), Some(r));
         assert_eq!(format!("{b:?}"), "MemoryStore { tokens: 1 }");
     }

@@ -22,7 +22,8 @@
 //! the WAL on the next open.
 
 use crate::api::{
-    PurgeStats, RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome, admit_child,
+    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
+    UseOutcome, admit_child, collect_page, revoked_event, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -38,7 +39,7 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// When an insert is acknowledged relative to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,6 +189,12 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(keys::CF_TXN_TOKENS, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_CHILDREN, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_EXPIRY, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_TXNS, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_SUBJECT_TXNS, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_PARTY_TXNS, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_TXN_PARTIES, txn_tokens_cf_options()),
+            ColumnFamilyDescriptor::new(keys::CF_EVENTS, txn_tokens_cf_options()),
+            ColumnFamilyDescriptor::new(keys::CF_EVENT_LOG, Options::default()),
             ColumnFamilyDescriptor::new(keys::CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(backend)?;
@@ -230,6 +237,7 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
     {
         Some(v) => match keys::decode_schema_version(&v) {
             Some(keys::SCHEMA_VERSION) => Ok(()),
+            Some(1) => upgrade_from_v1(db),
             Some(found) => Err(corrupt(format!(
                 "store has schema version {found}, this build reads version {}",
                 keys::SCHEMA_VERSION
@@ -257,12 +265,82 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
     }
 }
 
-fn insert_blocking(inner: &Inner, record: &TokenRecord) -> Result<(), StoreError> {
+/// Version 1 had no transaction indexes: rebuild them from the records, then record
+/// version 2, in one synced write. The audit trail starts empty.
+fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_total_order_seek(true);
+    let mut n = 0u64;
+    for item in db.iterator_cf_opt(cf(db, keys::CF_TOKENS)?, read_opts, IteratorMode::Start) {
+        let (_, value) = item.map_err(backend)?;
+        let record = codec::decode(&value)?;
+        index_txn(db, &mut batch, &record)?;
+        n += 1;
+    }
+    batch.put_cf(
+        cf(db, keys::CF_META)?,
+        keys::SCHEMA_VERSION_KEY,
+        keys::encode_schema_version(keys::SCHEMA_VERSION),
+    );
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync).map_err(backend)?;
+    tracing::info!(
+        tokens = n,
+        version = keys::SCHEMA_VERSION,
+        "upgraded token store schema from version 1"
+    );
+    Ok(())
+}
+
+/// The transaction-listing index entries a record contributes: for a root, the
+/// transaction itself, its subject and its two parties (minter and audience); for a
+/// child, its audience (its actor was its parent's audience). Idempotent puts.
+fn index_txn(db: &DB, batch: &mut WriteBatch, record: &TokenRecord) -> Result<(), StoreError> {
+    let txn = record.txn;
+    let mut parties = vec![record.audience.id.as_str()];
+    if record.parent.is_none() {
+        batch.put_cf(cf(db, keys::CF_TXNS)?, txn.0, record.token_id.0);
+        batch.put_cf(
+            cf(db, keys::CF_SUBJECT_TXNS)?,
+            keys::digest_txn_key(&keys::digest(&record.subject), txn),
+            keys::EMPTY_VALUE,
+        );
+        parties.push(record.current_actor().id.as_str());
+    }
+    let (party_txns, txn_parties) = (cf(db, keys::CF_PARTY_TXNS)?, cf(db, keys::CF_TXN_PARTIES)?);
+    for party in parties {
+        let d = keys::digest(party);
+        batch.put_cf(party_txns, keys::digest_txn_key(&d, txn), keys::EMPTY_VALUE);
+        batch.put_cf(txn_parties, keys::txn_party_key(txn, &d), keys::EMPTY_VALUE);
+    }
+    Ok(())
+}
+
+/// An audit event's two entries, added to `batch`.
+fn put_event(db: &DB, batch: &mut WriteBatch, event: &Event) -> Result<(), StoreError> {
+    batch.put_cf(
+        cf(db, keys::CF_EVENTS)?,
+        keys::event_key(event.txn, event.id),
+        codec::encode_event(event)?,
+    );
+    batch.put_cf(
+        cf(db, keys::CF_EVENT_LOG)?,
+        keys::event_log_key(event.id, event.txn),
+        keys::EMPTY_VALUE,
+    );
+    Ok(())
+}
+
+fn insert_blocking(inner: &Inner, record: &TokenRecord, event: &Event) -> Result<(), StoreError> {
     let db = &inner.db;
     let tokens = cf(db, keys::CF_TOKENS)?;
     let key = keys::token_key(record.token_id);
     let mut batch = WriteBatch::default();
     put_record(inner, &mut batch, record)?;
+    index_txn(db, &mut batch, record)?;
+    put_event(db, &mut batch, event)?;
     let _txn_guard = inner.lock_txn(record.txn);
     let _id_guard = inner.lock_id(record.token_id);
     if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
@@ -342,10 +420,13 @@ fn insert_child_blocking(
     inner: &Inner,
     record: &TokenRecord,
     max_children: u32,
+    event: &Event,
 ) -> Result<(), StoreError> {
     let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
     let mut batch = WriteBatch::default();
     put_record(inner, &mut batch, record)?;
+    index_txn(&inner.db, &mut batch, record)?;
+    put_event(&inner.db, &mut batch, event)?;
     batch.put_cf(
         cf(&inner.db, keys::CF_CHILDREN)?,
         keys::child_key(parent_id, record.token_id),
@@ -426,8 +507,9 @@ fn revoke_blocking(
     target: RevokeTarget,
     by: &str,
     reason: &str,
-    at: UnixMillis,
-) -> Result<Vec<TokenId>, StoreError> {
+    event: EventId,
+) -> Result<Revoked, StoreError> {
+    let at = event.at();
     let txn = match target {
         RevokeTarget::Token(id) => get_blocking(inner, id)?.ok_or(StoreError::NotFound)?.txn,
         RevokeTarget::Txn(txn) => txn,
@@ -463,6 +545,13 @@ fn revoke_blocking(
             );
         }
     }
+    let Some(any) = todo.first().map(|(id, _)| *id) else {
+        return Ok(Revoked {
+            ids: Vec::new(),
+            event: None,
+        });
+    };
+    let any = get_blocking(inner, any)?.ok_or_else(|| corrupt("indexed token has no record"))?;
     let mut batch = WriteBatch::default();
     let mut revoked = Vec::new();
     for (id, cause) in todo {
@@ -479,13 +568,16 @@ fn revoke_blocking(
         put_state(inner, &mut batch, id, &state)?;
         revoked.push(id);
     }
-    if !revoked.is_empty() {
-        inner
-            .db
-            .write_opt(batch, &inner.write_opts())
-            .map_err(backend)?;
-    }
-    Ok(revoked)
+    let event = revoked_event(event, &any, target, by, reason, revoked.len());
+    put_event(&inner.db, &mut batch, &event)?;
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)?;
+    Ok(Revoked {
+        ids: revoked,
+        event: Some(event),
+    })
 }
 
 fn consume_use_blocking(inner: &Inner, id: TokenId) -> Result<UseOutcome, StoreError> {
@@ -617,6 +709,8 @@ fn purge_batch(inner: &Inner, cutoff: UnixMillis, limit: usize) -> Result<usize,
         batch.delete_cf(txn_tokens, keys::txn_token_key(record.txn, id));
         if let Some(parent) = record.parent {
             batch.delete_cf(children, keys::child_key(parent, id));
+        } else {
+            unindex_txn(inner, &mut batch, &record)?;
         }
         // Read under the lock: a child derived before we locked is unlinked here.
         for child in children_of(inner, id)? {
@@ -625,6 +719,40 @@ fn purge_batch(inner: &Inner, cutoff: UnixMillis, limit: usize) -> Result<usize,
     }
     db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
     Ok(n)
+}
+
+/// Deletes a purged root's transaction from the listing indexes (the inverse of every
+/// [`index_txn`] of its transaction), found through `txn_parties`.
+fn unindex_txn(
+    inner: &Inner,
+    batch: &mut WriteBatch,
+    root: &TokenRecord,
+) -> Result<(), StoreError> {
+    let db = &inner.db;
+    let txn = root.txn;
+    batch.delete_cf(cf(db, keys::CF_TXNS)?, txn.0);
+    batch.delete_cf(
+        cf(db, keys::CF_SUBJECT_TXNS)?,
+        keys::digest_txn_key(&keys::digest(&root.subject), txn),
+    );
+    let (party_txns, txn_parties) = (cf(db, keys::CF_PARTY_TXNS)?, cf(db, keys::CF_TXN_PARTIES)?);
+    let prefix = keys::txn_prefix(txn);
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_prefix_same_as_start(true);
+    read_opts.set_iterate_range(PrefixRange(prefix.as_slice()));
+    let iter = db.iterator_cf_opt(
+        txn_parties,
+        read_opts,
+        IteratorMode::From(&prefix, Direction::Forward),
+    );
+    for item in iter {
+        let (key, _) = item.map_err(backend)?;
+        let d = keys::digest_of_txn_party_key(&key)
+            .ok_or_else(|| corrupt(format!("txn_parties key of {} bytes", key.len())))?;
+        batch.delete_cf(party_txns, keys::digest_txn_key(&d, txn));
+        batch.delete_cf(txn_parties, key);
+    }
+    Ok(())
 }
 
 fn purge_expired_blocking(
@@ -672,9 +800,170 @@ fn stats_blocking(inner: &Inner) -> Result<StoreStats, StoreError> {
     ] {
         index_entries += count_keys(inner, name)?;
     }
+    let mut txn_index_entries = 0;
+    for name in [
+        keys::CF_TXNS,
+        keys::CF_SUBJECT_TXNS,
+        keys::CF_PARTY_TXNS,
+        keys::CF_TXN_PARTIES,
+    ] {
+        txn_index_entries += count_keys(inner, name)?;
+    }
     Ok(StoreStats {
         tokens: count_keys(inner, keys::CF_TOKENS)?,
         index_entries,
+        txn_index_entries,
+        events: count_keys(inner, keys::CF_EVENTS)?,
+    })
+}
+
+/// Transactions for a query: scans the party, subject or transaction index backwards
+/// over the query's range, reading each candidate's root.
+fn list_txns_blocking(inner: &Inner, query: &TxnQuery) -> Result<TxnPage, StoreError> {
+    let db = &inner.db;
+    let (lo, hi) = txn_range(query);
+    let (cf_name, prefix): (&str, Vec<u8>) = match (&query.party, &query.subject) {
+        (Some(p), _) => (keys::CF_PARTY_TXNS, keys::digest(p).to_vec()),
+        (None, Some(s)) => (keys::CF_SUBJECT_TXNS, keys::digest(s).to_vec()),
+        (None, None) => (keys::CF_TXNS, Vec::new()),
+    };
+    let lower = [prefix.as_slice(), &lo.0].concat();
+    let upper = match hi {
+        Some(hi) => [prefix.as_slice(), &hi.0].concat(),
+        // Just past every key with this prefix.
+        None => [prefix.as_slice(), &[0xff; 17]].concat(),
+    };
+    if lower >= upper {
+        return Ok(TxnPage {
+            roots: Vec::new(),
+            next: None,
+        });
+    }
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_iterate_lower_bound(lower);
+    read_opts.set_iterate_upper_bound(upper);
+    let iter = db.iterator_cf_opt(cf(db, cf_name)?, read_opts, IteratorMode::End);
+    let candidates = iter.map(|item| {
+        let (key, _) = item.map_err(backend)?;
+        keys::txn_of_suffix(&key)
+            .ok_or_else(|| corrupt(format!("{cf_name} key of {} bytes", key.len())))
+    });
+    let txns = cf(db, keys::CF_TXNS)?;
+    collect_page(query, candidates, |txn| {
+        let Some(root) = db.get_pinned_cf(txns, txn.0).map_err(backend)? else {
+            return Ok(None); // purged between the index entry and now
+        };
+        let root: [u8; 16] = root
+            .as_ref()
+            .try_into()
+            .map_err(|_| corrupt("txns value is not a token id"))?;
+        let root = TokenId(root);
+        let Some(record) = get_blocking(inner, root)? else {
+            return Ok(None);
+        };
+        let state = read_state(inner, root)?.unwrap_or_default();
+        Ok(Some((record, state)))
+    })
+}
+
+fn append_events_blocking(inner: &Inner, events: &[Event]) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    for e in events {
+        put_event(&inner.db, &mut batch, e)?;
+    }
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)
+}
+
+fn events_blocking(
+    inner: &Inner,
+    txn: TxnId,
+    after: Option<EventId>,
+    limit: usize,
+) -> Result<Vec<Event>, StoreError> {
+    let db = &inner.db;
+    let start = after.map_or(EventId(0), |a| EventId(a.0.saturating_add(1)));
+    if after.is_some_and(|a| a.0 == u64::MAX) {
+        return Ok(Vec::new());
+    }
+    let from = keys::event_key(txn, start);
+    let prefix = keys::txn_prefix(txn);
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_prefix_same_as_start(true);
+    read_opts.set_iterate_range(PrefixRange(prefix.as_slice()));
+    let iter = db.iterator_cf_opt(
+        cf(db, keys::CF_EVENTS)?,
+        read_opts,
+        IteratorMode::From(&from, Direction::Forward),
+    );
+    let mut out = Vec::new();
+    for item in iter.take(limit) {
+        let (_, value) = item.map_err(backend)?;
+        out.push(codec::decode_event(&value)?);
+    }
+    Ok(out)
+}
+
+fn last_event_id_blocking(inner: &Inner) -> Result<Option<EventId>, StoreError> {
+    let db = &inner.db;
+    match db
+        .iterator_cf(cf(db, keys::CF_EVENT_LOG)?, IteratorMode::End)
+        .next()
+    {
+        None => Ok(None),
+        Some(item) => {
+            let (key, _) = item.map_err(backend)?;
+            let (id, _) = keys::of_event_log_key(&key)
+                .ok_or_else(|| corrupt(format!("event_log key of {} bytes", key.len())))?;
+            Ok(Some(id))
+        }
+    }
+}
+
+/// Events deleted per `WriteBatch` by an audit purge.
+const EVENT_PURGE_BATCH: usize = 1024;
+
+fn purge_events_blocking(
+    inner: &Inner,
+    cutoff: UnixMillis,
+    max_events: usize,
+) -> Result<PurgeStats, StoreError> {
+    let db = &inner.db;
+    let (log, events) = (cf(db, keys::CF_EVENT_LOG)?, cf(db, keys::CF_EVENTS)?);
+    let due = |limit: usize| -> Result<Vec<(Box<[u8]>, EventId, TxnId)>, StoreError> {
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_iterate_upper_bound(EventId::first_at(cutoff).0.to_be_bytes().to_vec());
+        let mut out = Vec::new();
+        for item in db
+            .iterator_cf_opt(log, read_opts, IteratorMode::Start)
+            .take(limit)
+        {
+            let (key, _) = item.map_err(backend)?;
+            let (id, txn) = keys::of_event_log_key(&key)
+                .ok_or_else(|| corrupt(format!("event_log key of {} bytes", key.len())))?;
+            out.push((key, id, txn));
+        }
+        Ok(out)
+    };
+    let mut purged = 0;
+    while purged < max_events {
+        let batch_entries = due(EVENT_PURGE_BATCH.min(max_events - purged))?;
+        if batch_entries.is_empty() {
+            break;
+        }
+        let mut batch = WriteBatch::default();
+        for (key, id, txn) in &batch_entries {
+            batch.delete_cf(events, keys::event_key(*txn, *id));
+            batch.delete_cf(log, key);
+        }
+        db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
+        purged += batch_entries.len();
+    }
+    Ok(PurgeStats {
+        tokens: purged,
+        more: !due(1)?.is_empty(),
     })
 }
 
@@ -688,14 +977,7 @@ impl RocksStore {
         // tombstones can be moved there as it is, and the tombstones stay on disk.
         let mut opts = CompactOptions::default();
         opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
-        for name in [
-            keys::CF_TOKENS,
-            keys::CF_STATE,
-            keys::CF_TXN_TOKENS,
-            keys::CF_CHILDREN,
-            keys::CF_EXPIRY,
-            keys::CF_META,
-        ] {
+        for name in keys::ALL_CFS {
             db.compact_range_cf_opt(cf(db, name)?, None::<&[u8]>, None::<&[u8]>, &opts);
         }
         Ok(())
@@ -703,8 +985,12 @@ impl RocksStore {
 }
 
 impl TokenStore for RocksStore {
-    fn insert(&self, record: TokenRecord) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.blocking(move |inner| insert_blocking(inner, &record))
+    fn insert(
+        &self,
+        record: TokenRecord,
+        event: Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.blocking(move |inner| insert_blocking(inner, &record, &event))
     }
 
     fn get(
@@ -746,8 +1032,9 @@ impl TokenStore for RocksStore {
         &self,
         record: TokenRecord,
         max_children: u32,
+        event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.blocking(move |inner| insert_child_blocking(inner, &record, max_children))
+        self.blocking(move |inner| insert_child_blocking(inner, &record, max_children, &event))
     }
 
     fn revoke(
@@ -755,9 +1042,9 @@ impl TokenStore for RocksStore {
         target: RevokeTarget,
         by: String,
         reason: String,
-        at: UnixMillis,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
-        self.blocking(move |inner| revoke_blocking(inner, target, &by, &reason, at))
+        event: EventId,
+    ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
+        self.blocking(move |inner| revoke_blocking(inner, target, &by, &reason, event))
     }
 
     fn consume_use(
@@ -779,16 +1066,57 @@ impl TokenStore for RocksStore {
     fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
         self.blocking(stats_blocking)
     }
+
+    fn list_txns(
+        &self,
+        query: TxnQuery,
+    ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send {
+        self.blocking(move |inner| list_txns_blocking(inner, &query))
+    }
+
+    fn append_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.blocking(move |inner| append_events_blocking(inner, &events))
+    }
+
+    fn events(
+        &self,
+        txn: TxnId,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+        self.blocking(move |inner| events_blocking(inner, txn, after, limit))
+    }
+
+    fn last_event_id(&self) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send {
+        self.blocking(last_event_id_blocking)
+    }
+
+    fn purge_events(
+        &self,
+        cutoff: UnixMillis,
+        max_events: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        self.blocking(move |inner| purge_events_blocking(inner, cutoff, max_events))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance::{self, record, tid, txn};
+    use crate::conformance::{self, Shorthand, record, tid, txn};
     use tempfile::TempDir;
 
     fn open(dir: &TempDir, durability: Durability) -> RocksStore {
         RocksStore::open(dir.path(), StoreOptions { durability }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn audit_and_listing() {
+        let dir = TempDir::new().unwrap();
+        conformance::audit_and_listing(open(&dir, Durability::Sync)).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -817,8 +1145,8 @@ mod tests {
         {
             let store = open(&dir, Durability::Sync);
             let clone = store.clone();
-            store.insert(root.clone()).await.unwrap();
-            clone.insert(child.clone()).await.unwrap();
+            store.put(root.clone()).await.unwrap();
+            clone.put(child.clone()).await.unwrap();
         }
         // Every clone is gone, so the database is closed and its lock released.
         let store = open(&dir, Durability::Sync);
@@ -828,7 +1156,7 @@ mod tests {
             store.txn_tokens(txn(7)).await.unwrap(),
             vec![tid(1), tid(2)]
         );
-        assert_eq!(store.insert(root).await, Err(StoreError::Conflict));
+        assert_eq!(store.put(root).await, Err(StoreError::Conflict));
     }
 
     #[tokio::test]
@@ -839,8 +1167,8 @@ mod tests {
         let child = conformance::with_uses(record(t, tid(2), Some(tid(1))), Some(2));
         {
             let store = open(&dir, Durability::Sync);
-            store.insert(root).await.unwrap();
-            store.insert_child(child.clone(), 4).await.unwrap();
+            store.put(root).await.unwrap();
+            store.put_child(child.clone(), 4).await.unwrap();
             assert_eq!(
                 store.consume_use(tid(2)).await.unwrap(),
                 UseOutcome::Consumed { remaining: Some(1) }
@@ -853,7 +1181,7 @@ mod tests {
         assert_eq!(store.state(tid(2)).await.unwrap().unwrap().uses, 1);
         // The children index survived: revoking the root still reaches the child.
         let mut revoked = store
-            .revoke(
+            .revoke_at(
                 RevokeTarget::Token(tid(1)),
                 "op".to_owned(),
                 "r".to_owned(),
@@ -877,7 +1205,7 @@ mod tests {
     async fn a_corrupt_state_reads_as_corrupt() {
         let dir = TempDir::new().unwrap();
         let store = open(&dir, Durability::Sync);
-        store.insert(record(txn(71), tid(6), None)).await.unwrap();
+        store.put(record(txn(71), tid(6), None)).await.unwrap();
         let db = &store.inner.db;
         db.put_cf(
             cf(db, keys::CF_STATE).unwrap(),
@@ -897,7 +1225,7 @@ mod tests {
         let r = record(txn(8), tid(3), None);
         {
             let store = open(&dir, Durability::Buffered);
-            store.insert(r.clone()).await.unwrap();
+            store.put(r.clone()).await.unwrap();
             assert_eq!(store.get(tid(3)).await.unwrap(), Some(r.clone()));
         }
         let store = open(&dir, Durability::Buffered);
@@ -909,7 +1237,7 @@ mod tests {
         let dir = TempDir::new().unwrap();
         let store = open(&dir, Durability::Sync);
         let r = record(txn(9), tid(4), None);
-        store.insert(r.clone()).await.unwrap();
+        store.put(r.clone()).await.unwrap();
         let db = &store.inner.db;
         let expiry = db
             .get_cf(
@@ -925,6 +1253,62 @@ mod tests {
             )
             .unwrap();
         assert_eq!(idx, Some(vec![]));
+    }
+
+    #[tokio::test]
+    async fn a_version_1_store_is_upgraded_with_its_transactions_listed() {
+        let dir = TempDir::new().unwrap();
+        let t = txn(77);
+        {
+            // Version 1: tokens without the transaction indexes or an audit trail.
+            let store = open(&dir, Durability::Sync);
+            store.put(record(t, tid(7), None)).await.unwrap();
+            let mut child = record(t, tid(8), Some(tid(7)));
+            child.audience.id = "agent:late".into();
+            store.put_child(child, 4).await.unwrap();
+            let db = &store.inner.db;
+            for name in [
+                keys::CF_TXNS,
+                keys::CF_SUBJECT_TXNS,
+                keys::CF_PARTY_TXNS,
+                keys::CF_TXN_PARTIES,
+            ] {
+                let cf = cf(db, name).unwrap();
+                db.delete_range_cf(cf, &[0u8][..], &[0xffu8; 64][..])
+                    .unwrap();
+            }
+            let meta = cf(db, keys::CF_META).unwrap();
+            db.put_cf(
+                meta,
+                keys::SCHEMA_VERSION_KEY,
+                keys::encode_schema_version(1),
+            )
+            .unwrap();
+            assert_eq!(store.stats().await.unwrap().txn_index_entries, 0);
+        }
+        let store = open(&dir, Durability::Sync);
+        let query = TxnQuery {
+            subject: None,
+            party: Some("agent:late".into()),
+            since: None,
+            until: None,
+            status: None,
+            now: UnixMillis(0),
+            before: None,
+            limit: 10,
+        };
+        let page = store.list_txns(query).await.unwrap();
+        assert_eq!(page.roots.len(), 1);
+        assert_eq!(page.roots[0].0.token_id, tid(7));
+        drop(store);
+        // Recorded as upgraded: a second open does not redo it.
+        let store = open(&dir, Durability::Sync);
+        let db = &store.inner.db;
+        let v = db
+            .get_cf(cf(db, keys::CF_META).unwrap(), keys::SCHEMA_VERSION_KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys::decode_schema_version(&v), Some(keys::SCHEMA_VERSION));
     }
 
     #[test]
@@ -943,25 +1327,16 @@ mod tests {
         }
         match RocksStore::open(dir.path(), StoreOptions::default()) {
             Err(StoreError::Corrupt { what }) => {
-                assert!(what.contains("schema version 2"), "{what}")
+                assert!(
+                    what.contains(&format!("schema version {}", keys::SCHEMA_VERSION + 1)),
+                    "{what}"
+                )
             }
             other => panic!("expected Corrupt, got {other:?}"),
         }
         {
             // A malformed version value is refused too.
-            let db = DB::open_cf(
-                &Options::default(),
-                dir.path(),
-                [
-                    keys::CF_TOKENS,
-                    keys::CF_STATE,
-                    keys::CF_TXN_TOKENS,
-                    keys::CF_CHILDREN,
-                    keys::CF_EXPIRY,
-                    keys::CF_META,
-                ],
-            )
-            .unwrap();
+            let db = DB::open_cf(&Options::default(), dir.path(), keys::ALL_CFS).unwrap();
             db.put_cf(
                 cf(&db, keys::CF_META).unwrap(),
                 keys::SCHEMA_VERSION_KEY,
@@ -1030,10 +1405,10 @@ mod tests {
         for n in 0..TOKENS {
             let t = txn(u64::from(n / 4));
             if n % 4 == 0 {
-                store.insert(record(t, tid(n), None)).await.unwrap();
+                store.put(record(t, tid(n), None)).await.unwrap();
             } else {
                 let r = record(t, tid(n), Some(tid(n - n % 4)));
-                store.insert_child(r, 8).await.unwrap();
+                store.put_child(r, 8).await.unwrap();
             }
         }
         store.compact_all().unwrap();
@@ -1061,11 +1436,11 @@ mod tests {
                 let t = txn(10_000 + u64::from(n / 4));
                 if i % 4 == 0 {
                     let r = conformance::expiring(record(t, tid(n), None), start + 500);
-                    store.insert(r).await.unwrap();
+                    store.put(r).await.unwrap();
                 } else {
                     let parent = tid(n - n % 4);
                     let r = conformance::expiring(record(t, tid(n), Some(parent)), start + 400);
-                    store.insert_child(r, 8).await.unwrap();
+                    store.put_child(r, 8).await.unwrap();
                 }
             }
             let minted = store.stats().await.unwrap();
@@ -1078,6 +1453,20 @@ mod tests {
                 .unwrap();
             assert_eq!(purged.tokens, PER_ROUND as usize);
             assert!(!purged.more);
+            // The tokens and every index of theirs are gone; the audit trail is not.
+            assert_eq!(
+                store.stats().await.unwrap(),
+                StoreStats {
+                    events: u64::from(PER_ROUND),
+                    ..StoreStats::default()
+                }
+            );
+            // Its own retention reclaims it.
+            let events = store
+                .purge_events(UnixMillis(1_800_000_000_000), usize::MAX)
+                .await
+                .unwrap();
+            assert_eq!((events.tokens, events.more), (PER_ROUND as usize, false));
             assert_eq!(store.stats().await.unwrap(), StoreStats::default());
             store.compact_all().unwrap();
             // The total includes RocksDB's own info log (`LOG`), which grows with every
