@@ -1,4 +1,5 @@
-//! Client library for agents and services: Mint, Downscope and Validate over gRPC.
+//! Client library for agents, services and operators: Mint, Downscope, Validate and
+//! Revoke, and the operators' chain queries and audit trail, over gRPC.
 //!
 //! It links only the wire API (`writ-api`) and tonic, never the store, so an agent
 //! that embeds it does not pull in RocksDB. The caller's identity travels in request
@@ -160,6 +161,34 @@ impl WritClient {
             token_id: token_id.to_string(),
         });
         Ok(self.chain.get_token(r).await?.into_inner())
+    }
+
+    /// Transactions, newest first, filtered and paginated (operators).
+    pub async fn list_transactions(
+        &mut self,
+        req: pb::ListTransactionsRequest,
+    ) -> Result<pb::ListTransactionsResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.chain.list_transactions(r).await?.into_inner())
+    }
+
+    /// One page of a transaction's audit trail, oldest first (operators).
+    pub async fn list_events(
+        &mut self,
+        req: pb::ListEventsRequest,
+    ) -> Result<pb::ListEventsResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.chain.list_events(r).await?.into_inner())
+    }
+
+    /// Audit events as they happen (operators). The stream yields an error and ends if
+    /// the watcher falls behind; it ends when the server stops.
+    pub async fn watch_events(
+        &mut self,
+        req: pb::WatchEventsRequest,
+    ) -> Result<tonic::Streaming<pb::AuditEvent>, ClientError> {
+        let r = self.request(req);
+        Ok(self.chain.watch_events(r).await?.into_inner())
     }
 
     /// Introspects a token presented to this caller, optionally checking one action.
