@@ -17,6 +17,96 @@ pub enum ClientKind {
     Public,
 }
 
+/// `--status`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum StatusArg {
+    Active,
+    Expired,
+    Revoked,
+    Exhausted,
+}
+
+impl StatusArg {
+    pub fn pb(self) -> pb::TokenStatus {
+        match self {
+            StatusArg::Active => pb::TokenStatus::Active,
+            StatusArg::Expired => pb::TokenStatus::Expired,
+            StatusArg::Revoked => pb::TokenStatus::Revoked,
+            StatusArg::Exhausted => pb::TokenStatus::Exhausted,
+        }
+    }
+}
+
+/// `--kind`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum KindArg {
+    Minted,
+    Downscoped,
+    Validated,
+    Refused,
+    Revoked,
+}
+
+impl KindArg {
+    pub fn pb(self) -> pb::EventKind {
+        match self {
+            KindArg::Minted => pb::EventKind::Minted,
+            KindArg::Downscoped => pb::EventKind::Downscoped,
+            KindArg::Validated => pb::EventKind::Validated,
+            KindArg::Refused => pb::EventKind::Refused,
+            KindArg::Revoked => pb::EventKind::Revoked,
+        }
+    }
+}
+
+/// `--since`/`--until`: a span back from now, or an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Since {
+    /// This many milliseconds before now.
+    Ago(u64),
+    /// This Unix time in milliseconds.
+    At(u64),
+}
+
+impl Since {
+    /// The instant, given `now` in Unix milliseconds.
+    pub fn at(self, now: u64) -> u64 {
+        match self {
+            Since::Ago(ms) => now.saturating_sub(ms).max(1),
+            Since::At(ms) => ms,
+        }
+    }
+}
+
+/// `30s`, `15m`, `1h`, `2d`, `1w`, or Unix milliseconds.
+pub fn parse_since(s: &str) -> Result<Since, String> {
+    if let Ok(ms) = s.parse::<u64>() {
+        return Ok(Since::At(ms));
+    }
+    let split = s.len().saturating_sub(1);
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| {
+        format!("expected a span like 30s, 15m, 1h, 2d or 1w, or Unix milliseconds, got {s:?}")
+    })?;
+    let unit_ms = match unit {
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => return Err(format!("unknown unit in {s:?}: use s, m, h, d or w")),
+    };
+    Ok(Since::Ago(n.saturating_mul(unit_ms)))
+}
+
+/// The wall clock in Unix milliseconds (for `--since`).
+#[allow(clippy::disallowed_methods)]
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 /// A wire party from the command line.
 pub fn party(id: &str, kind: Kind, client: ClientKind) -> pb::Party {
     let kind = match kind {
@@ -135,6 +225,22 @@ mod tests {
             parse_attr("c=health").unwrap().1,
             writ_client::build::str("health")
         );
+    }
+
+    #[test]
+    fn spans_parse() {
+        assert_eq!(parse_since("1h").unwrap(), Since::Ago(3_600_000));
+        assert_eq!(parse_since("30s").unwrap(), Since::Ago(30_000));
+        assert_eq!(parse_since("2d").unwrap(), Since::Ago(172_800_000));
+        assert_eq!(
+            parse_since("1700000000000").unwrap(),
+            Since::At(1_700_000_000_000)
+        );
+        assert_eq!(Since::Ago(1_000).at(5_000), 4_000);
+        assert_eq!(Since::Ago(9_000).at(5_000), 1);
+        for bad in ["", "h", "1y", "-1h", "1.5h"] {
+            assert!(parse_since(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

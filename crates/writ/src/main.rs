@@ -42,6 +42,11 @@ enum Command {
     Chain(ChainArgs),
     /// Show one token with its ancestry, root first (operator).
     Token(TokenArgs),
+    /// List transactions, newest first, e.g. `writ txns --subject alice --since 1h`
+    /// (operator).
+    Txns(TxnsArgs),
+    /// Show a transaction's audit trail, or follow events live with --follow (operator).
+    Events(EventsArgs),
     /// Print the blake3 digest of a minter credential read from stdin, for `[[minters]]`.
     CredentialHash,
 }
@@ -233,6 +238,58 @@ struct TokenArgs {
     operator: OperatorCredential,
 }
 
+#[derive(Args, Debug)]
+struct TxnsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Only this user's transactions.
+    #[arg(long)]
+    subject: Option<String>,
+    /// Only transactions in which this party acted or was an audience.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Only those minted within this long ago (30s, 15m, 1h, 2d, 1w) or at or after this
+    /// Unix time in milliseconds.
+    #[arg(long, value_parser = args::parse_since)]
+    since: Option<args::Since>,
+    /// Only those minted before this long ago, or this Unix time in milliseconds.
+    #[arg(long, value_parser = args::parse_since)]
+    until: Option<args::Since>,
+    /// Only those whose root token has this status.
+    #[arg(long)]
+    status: Option<args::StatusArg>,
+    /// Most transactions to show (1..=1000).
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+    /// Continue after a previous listing (its `next_cursor`).
+    #[arg(long)]
+    cursor: Option<String>,
+    #[command(flatten)]
+    operator: OperatorCredential,
+}
+
+#[derive(Args, Debug)]
+struct EventsArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The transaction (txn_...). Without it, --follow watches every transaction.
+    txn: Option<String>,
+    /// After the history, keep printing events as they happen (until interrupted).
+    #[arg(long, short = 'f')]
+    follow: bool,
+    /// With --follow: only this user's events.
+    #[arg(long, requires = "follow")]
+    subject: Option<String>,
+    /// With --follow: only events by this party.
+    #[arg(long, requires = "follow")]
+    actor: Option<String>,
+    /// With --follow: only these kinds (repeatable).
+    #[arg(long = "kind", requires = "follow")]
+    kinds: Vec<args::KindArg>,
+    #[command(flatten)]
+    operator: OperatorCredential,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
@@ -263,6 +320,8 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Revoke(a) => revoke(a).await,
         Command::Chain(a) => chain(a).await,
         Command::Token(a) => token(a).await,
+        Command::Txns(a) => txns(a).await,
+        Command::Events(a) => events(a).await,
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -456,5 +515,104 @@ async fn token(a: TokenArgs) -> Result<ExitCode> {
     match client.get_token(&a.token_id).await {
         Ok(r) => output::token(a.client.json, std::io::stdout().is_terminal(), &r),
         Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn operator_client(client: &ClientArgs, op: OperatorCredential) -> Result<WritClient> {
+    let credential = op.load()?;
+    Ok(WritClient::connect(&client.server)
+        .await?
+        .with_operator_credential(&credential)?)
+}
+
+async fn txns(a: TxnsArgs) -> Result<ExitCode> {
+    let mut client = operator_client(&a.client, a.operator).await?;
+    let now = args::now_ms();
+    let req = pb::ListTransactionsRequest {
+        subject: a.subject.unwrap_or_default(),
+        actor: a.actor.unwrap_or_default(),
+        since_unix_ms: a.since.map_or(0, |s| s.at(now)),
+        until_unix_ms: a.until.map_or(0, |s| s.at(now)),
+        status: a
+            .status
+            .map_or(pb::TokenStatus::Unspecified, |s| s.pb())
+            .into(),
+        page_size: a.limit,
+        cursor: a.cursor.unwrap_or_default(),
+    };
+    match client.list_transactions(req).await {
+        Ok(r) => output::txns(a.client.json, std::io::stdout().is_terminal(), &r),
+        Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn events(a: EventsArgs) -> Result<ExitCode> {
+    use std::io::Write;
+    let (txn, json) = (a.txn.clone().unwrap_or_default(), a.client.json);
+    if txn.is_empty() && !a.follow {
+        anyhow::bail!("give a transaction (txn_...), or --follow to watch every transaction");
+    }
+    let colour = std::io::stdout().is_terminal();
+    let mut client = operator_client(&a.client, a.operator).await?;
+    // Watch first, then read the history, so nothing falls between the two.
+    let mut live = if a.follow {
+        let req = pb::WatchEventsRequest {
+            txn: txn.clone(),
+            subject: a.subject.unwrap_or_default(),
+            actor: a.actor.unwrap_or_default(),
+            kinds: a.kinds.iter().map(|k| i32::from(k.pb())).collect(),
+        };
+        match client.watch_events(req).await {
+            Ok(s) => Some(s),
+            Err(e) => return refused(json, e),
+        }
+    } else {
+        None
+    };
+    let show_txn = txn.is_empty();
+    let mut stdout = std::io::stdout().lock();
+    let mut last = String::new();
+    if !txn.is_empty() {
+        const PAGE: u32 = 500;
+        loop {
+            let req = pb::ListEventsRequest {
+                txn: txn.clone(),
+                after: last.clone(),
+                page_size: PAGE,
+            };
+            let page = match client.list_events(req).await {
+                Ok(p) => p,
+                Err(e) => return refused(json, e),
+            };
+            for e in &page.events {
+                writeln!(stdout, "{}", output::event(json, colour, show_txn, e))?;
+            }
+            if let Some(e) = page.events.last() {
+                last = e.id.clone();
+            }
+            if page.events.len() < PAGE as usize {
+                break;
+            }
+        }
+    }
+    stdout.flush()?;
+    let Some(mut live) = live.take() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    loop {
+        let next = tokio::select! {
+            m = live.message() => m,
+            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+        };
+        match next {
+            // Ids are fixed-width hex, so string order is id order.
+            Ok(Some(e)) if e.id > last => {
+                writeln!(stdout, "{}", output::event(json, colour, show_txn, &e))?;
+                stdout.flush()?;
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Ok(ExitCode::SUCCESS),
+            Err(status) => return refused(json, ClientError::Status(status)),
+        }
     }
 }

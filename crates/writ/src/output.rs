@@ -545,3 +545,210 @@ pub fn token(json_out: bool, colour: bool, r: &pb::GetTokenResponse) -> Result<E
     }
     Ok(ExitCode::SUCCESS)
 }
+
+fn event_kind_name(k: i32) -> &'static str {
+    match pb::EventKind::try_from(k) {
+        Ok(pb::EventKind::Minted) => "minted",
+        Ok(pb::EventKind::Downscoped) => "downscoped",
+        Ok(pb::EventKind::Validated) => "validated",
+        Ok(pb::EventKind::Refused) => "refused",
+        Ok(pb::EventKind::Revoked) => "revoked",
+        _ => "unspecified",
+    }
+}
+
+/// One audit event as a JSON object (one line per event in `writ events --json`).
+pub fn event_json(e: &pb::AuditEvent) -> Json {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(e.id));
+    m.insert("at".into(), json!(utc(e.at_unix_ms)));
+    m.insert("at_unix_ms".into(), json!(e.at_unix_ms));
+    m.insert("kind".into(), json!(event_kind_name(e.kind)));
+    m.insert("txn".into(), json!(e.txn));
+    m.insert("subject".into(), json!(e.subject));
+    m.insert("actor".into(), json!(e.actor));
+    m.insert("token_id".into(), json!(e.token_id));
+    let mut put = |k: &str, v: &str| {
+        if !v.is_empty() {
+            m.insert(k.into(), json!(v));
+        }
+    };
+    put("audience", &e.audience);
+    put("parent_token_id", &e.parent_token_id);
+    put("action", &e.action);
+    put("result", &e.result);
+    put("detail", &e.detail);
+    put("dimension", &e.dimension);
+    put("reason", &e.reason);
+    match e.kind() {
+        pb::EventKind::Minted => {
+            m.insert("scopes".into(), json!(e.scopes));
+            m.insert("expires_at_unix_ms".into(), json!(e.expires_at_unix_ms));
+        }
+        pb::EventKind::Downscoped => {
+            m.insert("scopes".into(), json!(e.scopes));
+            m.insert("narrowed".into(), json!(e.narrowed));
+        }
+        pb::EventKind::Revoked => {
+            m.insert("revoked".into(), json!(e.revoked));
+        }
+        _ => {}
+    }
+    Json::Object(m)
+}
+
+/// One audit event as a line: time, kind, actor, then what happened.
+pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -> String {
+    if json_out {
+        return event_json(e).to_string();
+    }
+    let kind = event_kind_name(e.kind);
+    let kind = if colour {
+        let code = match e.kind() {
+            pb::EventKind::Minted | pb::EventKind::Downscoped => "32",
+            pb::EventKind::Refused => "33",
+            pb::EventKind::Revoked => "31",
+            _ => "0",
+        };
+        format!("\x1b[{code}m{kind:<10}\x1b[0m")
+    } else {
+        format!("{kind:<10}")
+    };
+    let what = match e.kind() {
+        pb::EventKind::Minted => format!(
+            "{} -> {}  {}  scopes: {}",
+            e.actor,
+            e.audience,
+            e.token_id,
+            e.scopes.join(" ")
+        ),
+        pb::EventKind::Downscoped => {
+            let mut s = format!(
+                "{} -> {}  {} (from {})",
+                e.actor, e.audience, e.token_id, e.parent_token_id
+            );
+            if !e.narrowed.is_empty() {
+                s.push_str(&format!("  narrowed: {}", e.narrowed.join("; ")));
+            }
+            s
+        }
+        pb::EventKind::Validated => {
+            let action = if e.action.is_empty() {
+                "introspect"
+            } else {
+                &e.action
+            };
+            let mut s = format!("{}  {}  {action}: {}", e.actor, e.token_id, e.result);
+            if !e.detail.is_empty() {
+                s.push_str(&format!(" ({})", e.detail));
+            }
+            s
+        }
+        pb::EventKind::Refused => {
+            format!("{}  {}  {}: {}", e.actor, e.token_id, e.dimension, e.detail)
+        }
+        pb::EventKind::Revoked => {
+            let target = if e.token_id.is_empty() {
+                "whole transaction"
+            } else {
+                &e.token_id
+            };
+            format!(
+                "{}  {target}  {} token(s): {}",
+                e.actor, e.revoked, e.reason
+            )
+        }
+        pb::EventKind::Unspecified => String::new(),
+    };
+    let txn = if show_txn {
+        format!("{}  ", e.txn)
+    } else {
+        String::new()
+    };
+    format!("{}  {txn}{kind}  {what}", utc(e.at_unix_ms))
+}
+
+/// A ListTransactions answer: aligned columns, newest first, or one JSON object.
+pub fn txns(json_out: bool, colour: bool, r: &pb::ListTransactionsResponse) -> Result<ExitCode> {
+    if json_out {
+        let list: Vec<Json> = r
+            .transactions
+            .iter()
+            .map(|t| {
+                json!({
+                    "txn": t.txn,
+                    "subject": t.subject,
+                    "status": status_name(t.status),
+                    "minted_at": utc(t.minted_at_unix_ms),
+                    "minted_at_unix_ms": t.minted_at_unix_ms,
+                    "expires_at_unix_ms": t.expires_at_unix_ms,
+                    "minted_by": t.minted_by,
+                    "audience": t.audience.as_ref().map(|a| a.id.clone()).unwrap_or_default(),
+                    "root_token_id": t.root_token_id,
+                    "scopes": t.scopes,
+                    "purpose": t.purpose,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            json!({ "transactions": list, "next_cursor": r.next_cursor })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = r
+        .transactions
+        .iter()
+        .map(|t| {
+            [
+                utc(t.minted_at_unix_ms),
+                t.txn.clone(),
+                t.subject.clone(),
+                t.audience
+                    .as_ref()
+                    .map(|a| a.id.clone())
+                    .unwrap_or_default(),
+                status_name(t.status).to_string(),
+            ]
+        })
+        .collect();
+    let header = ["MINTED", "TXN", "SUBJECT", "FIRST HOP", "STATUS"];
+    let width = |i: usize| {
+        rows.iter()
+            .map(|r| r[i].chars().count())
+            .chain([header[i].len()])
+            .max()
+            .unwrap_or(0)
+    };
+    let w: Vec<usize> = (0..4).map(width).collect();
+    println!(
+        "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+        header[0],
+        header[1],
+        header[2],
+        header[3],
+        header[4],
+        w0 = w[0],
+        w1 = w[1],
+        w2 = w[2],
+        w3 = w[3]
+    );
+    for (row, t) in rows.iter().zip(&r.transactions) {
+        println!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            status_text(t.status, colour),
+            w0 = w[0],
+            w1 = w[1],
+            w2 = w[2],
+            w3 = w[3]
+        );
+    }
+    if !r.next_cursor.is_empty() {
+        eprintln!("writ: more: continue with --cursor {}", r.next_cursor);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -862,3 +862,174 @@ fn cli_chain_and_token_show_the_call_chain() {
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
 }
+
+#[test]
+fn cli_events_and_txns_show_the_trail_and_the_listing() {
+    use std::io::{BufRead, BufReader};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&tmp.path().join("data"), 0);
+    let url = srv.url();
+    let operator_file = srv.data_dir.join("operator.credential");
+    let operator_file = operator_file.to_str().expect("utf-8 path");
+    let op = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&["--server", &url, "--credential-file", operator_file]);
+        writ(&all, &[])
+    };
+
+    // Follow every transaction's minted events, as JSON lines, before anything happens.
+    let mut follower = Command::new(WRIT)
+        .args([
+            "events",
+            "--follow",
+            "--json",
+            "--kind",
+            "minted",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawning writ events --follow");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().expect("piped stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // The follower subscribes asynchronously: mint until it reports one (bounded), so
+    // the test needs no sleep to know the watch is open.
+    let mut followed = None;
+    let mut txn = String::new();
+    let mut root = String::new();
+    for _ in 0..20 {
+        let minted = cli_mint(&srv, &[]);
+        txn = str_field(&minted, "/info/txn").to_string();
+        root = str_field(&minted, "/token").to_string();
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            followed = Some(line.expect("reading the follower"));
+            break;
+        }
+    }
+    let followed: Json = serde_json::from_str(&followed.expect("the follower printed an event"))
+        .expect("a JSON line");
+    assert_eq!(str_field(&followed, "/kind"), "minted");
+    assert_eq!(str_field(&followed, "/subject"), "alice");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Downscope, validate, an escalation, a revocation: each one event.
+    let down = writ(
+        &[
+            "downscope",
+            "--server",
+            &url,
+            "--json",
+            "--as",
+            "planner",
+            "--audience",
+            "booking",
+            "--scope",
+            "trips:book",
+            "--claim",
+            "amount:max:100",
+        ],
+        &[("WRIT_TOKEN", root.as_str())],
+    );
+    let child_token = str_field(&json_exit(&down, 0), "/token").to_string();
+    let v = writ(
+        &[
+            "validate",
+            "--server",
+            &url,
+            "--as",
+            "booking",
+            "--scope",
+            "trips:book",
+            "--attr",
+            "amount=50",
+        ],
+        &[("WRIT_TOKEN", child_token.as_str())],
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", describe(&v));
+    let wider = writ(
+        &[
+            "downscope",
+            "--server",
+            &url,
+            "--as",
+            "booking",
+            "--audience",
+            "hotel",
+            "--scope",
+            "trips:book",
+            "--claim",
+            "amount:max:900",
+        ],
+        &[("WRIT_TOKEN", child_token.as_str())],
+    );
+    assert_eq!(wider.status.code(), Some(1), "{}", describe(&wider));
+    let out = op(&["revoke", &txn, "--reason", "done"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+
+    // The trail as text: one line per event, in order, no colour off a terminal.
+    let out = op(&["events", &txn]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!text.contains('\x1b'), "{text}");
+    let kinds: Vec<&str> = text
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        ["minted", "downscoped", "validated", "refused", "revoked"],
+        "{text}"
+    );
+    assert!(text.contains("local-minter -> planner"), "{text}");
+    assert!(text.contains("trips:book: allowed"), "{text}");
+    assert!(text.contains("audience:"), "{text}");
+    assert!(text.contains("whole transaction"), "{text}");
+    // And as JSON lines.
+    let out = op(&["events", &txn, "--json"]);
+    let lines: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 5);
+    assert_eq!(str_field(&lines[3], "/dimension"), "audience");
+    assert_eq!(str_field(&lines[4], "/reason"), "done");
+
+    // The listing: alice's transactions in the last hour, newest first.
+    let out = op(&["txns", "--subject", "alice", "--since", "1h", "--json"]);
+    let listed = json_exit(&out, 0);
+    let list = listed["transactions"].as_array().expect("an array");
+    assert!(!list.is_empty());
+    assert_eq!(str_field(&list[0], "/txn"), txn);
+    assert_eq!(str_field(&list[0], "/status"), "revoked");
+    let out = op(&["txns", "--subject", "alice", "--since", "1h"]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let rows: Vec<&str> = text.lines().collect();
+    assert!(rows[0].starts_with("MINTED"), "{text}");
+    assert!(
+        rows[1].contains(&txn) && rows[1].contains("revoked"),
+        "{text}"
+    );
+    // Columns line up: every row has its status where the header has STATUS.
+    let col = rows[0].find("STATUS").expect("a STATUS column");
+    assert!(rows[1..].iter().all(|r| r.len() > col), "{text}");
+    let out = op(&["txns", "--subject", "bob", "--json"]);
+    assert_eq!(json_exit(&out, 0)["transactions"], serde_json::json!([]));
+    // Usage errors exit 2 without contacting anyone.
+    let out = op(&["events"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let out = op(&["txns", "--since", "yesterday"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
