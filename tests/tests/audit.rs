@@ -40,7 +40,7 @@ fn kinds(events: &[pb::AuditEvent]) -> Vec<EventKind> {
 async fn every_event_kind_is_recorded_in_order() {
     let srv = TestServer::start().await;
     let root = srv.mint(trip_mint()).await;
-    let txn = root.info.as_ref().unwrap().txn.clone();
+    let txn = root.info.as_ref().expect("info").txn.clone();
     let root_id = token_id(root.info.as_ref());
     let booking = srv
         .downscope(
@@ -207,7 +207,7 @@ fn sorted_strings(v: &[String]) -> Vec<String> {
 async fn store_refusals_are_recorded_with_their_limit() {
     let srv = TestServer::start_with(|c| c.tokens.max_children = 1).await;
     let root = srv.mint(trip_mint()).await;
-    let txn = root.info.as_ref().unwrap().txn.clone();
+    let txn = root.info.as_ref().expect("info").txn.clone();
     let req = || {
         child(
             &root.token,
@@ -233,7 +233,7 @@ async fn validations_can_be_left_out_of_the_trail() {
     use writ_server::config::ValidationEvents;
     let srv = TestServer::start_with(|c| c.audit.validations = ValidationEvents::Actions).await;
     let root = srv.mint(trip_mint()).await;
-    let txn = root.info.as_ref().unwrap().txn.clone();
+    let txn = root.info.as_ref().expect("info").txn.clone();
     assert_active(&srv.validate("planner", introspect(&root.token)).await);
     assert_allowed(
         &srv.validate(
@@ -288,7 +288,7 @@ async fn watchers_see_live_events_through_their_filters() {
             ..trip_mint()
         })
         .await;
-    let bob_txn = bob.info.as_ref().unwrap().txn.clone();
+    let bob_txn = bob.info.as_ref().expect("info").txn.clone();
     let derived = srv
         .downscope(
             "planner",
@@ -377,7 +377,7 @@ async fn shutdown_ends_open_watches() {
 async fn only_operators_read_the_trail_and_bad_requests_name_their_field() {
     let srv = TestServer::start().await;
     let root = srv.mint(trip_mint()).await;
-    let txn = root.info.as_ref().unwrap().txn.clone();
+    let txn = root.info.as_ref().expect("info").txn.clone();
     let req = || pb::ListEventsRequest {
         txn: txn.clone(),
         ..Default::default()
@@ -507,7 +507,7 @@ async fn transactions_list_newest_first_with_filters_and_pages() {
             .await;
         minted.push(r);
     }
-    let txn = |i: usize| minted[i].info.as_ref().unwrap().txn.clone();
+    let txn = |i: usize| minted[i].info.as_ref().expect("info").txn.clone();
     // Transaction 2 reaches the auditor agent; transaction 3 is revoked.
     srv.downscope(
         "planner",
@@ -534,7 +534,7 @@ async fn transactions_list_newest_first_with_filters_and_pages() {
     let first = &summaries[5];
     assert_eq!(first.subject, "carol");
     assert_eq!(first.minted_by, LOCAL_MINTER);
-    assert_eq!(first.audience.as_ref().unwrap().id, "planner");
+    assert_eq!(first.audience.as_ref().expect("audience").id, "planner");
     assert_eq!(first.root_token_id, token_id(minted[0].info.as_ref()));
     assert_eq!(first.status(), TokenStatus::Active);
 
@@ -568,7 +568,7 @@ async fn transactions_list_newest_first_with_filters_and_pages() {
     .0;
     assert_eq!(active_dave, vec![txn(5), txn(1)]);
     // A time window [since, until): transaction ids carry their mint millisecond.
-    let issued = |i: usize| minted[i].info.as_ref().unwrap().issued_at_unix_ms;
+    let issued = |i: usize| minted[i].info.as_ref().expect("info").issued_at_unix_ms;
     let (since, until) = (issued(2), issued(4) + 1);
     let window = list(pb::ListTransactionsRequest {
         since_unix_ms: since,
@@ -602,4 +602,34 @@ async fn transactions_list_newest_first_with_filters_and_pages() {
         cursor = next;
     }
     assert_eq!(seen, all);
+}
+
+#[tokio::test]
+async fn open_watches_are_bounded_and_released() {
+    let srv = TestServer::start().await;
+    let mut op = srv.operator().await;
+    let mut open = Vec::new();
+    for _ in 0..writ_server::chain::MAX_WATCHERS {
+        open.push(ok(op.watch_events(Default::default()).await, "watch"));
+    }
+    assert_refused(
+        op.watch_events(Default::default()).await,
+        Code::ResourceExhausted,
+        &["watches"],
+    );
+    // Closing one frees its place once the server notices (bounded wait, no timing
+    // assertion: the loop only guards against hanging).
+    drop(open.pop());
+    let mut reopened = None;
+    for _ in 0..300 {
+        if let Ok(s) = op.watch_events(Default::default()).await {
+            reopened = Some(s);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reopened.is_some(),
+        "a closed watch never gave its place back"
+    );
 }

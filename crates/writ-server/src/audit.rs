@@ -130,9 +130,11 @@ async fn write_loop<S: TokenStore>(
         }
         if !events.is_empty() {
             let n = events.len();
-            match store.append_events(events.clone()).await {
+            // Copy the batch for the feed only when someone is watching.
+            let watched = (live.receiver_count() > 0).then(|| events.clone());
+            match store.append_events(events).await {
                 Ok(()) => {
-                    for e in events {
+                    for e in watched.into_iter().flatten() {
                         let _ = live.send(Arc::new(e));
                     }
                 }

@@ -10,6 +10,7 @@ use crate::service::now;
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +23,8 @@ use writ_store::{TokenStore, TxnQuery};
 
 /// Most nodes one GetTransaction answer carries.
 pub const MAX_TREE_NODES: usize = 1000;
+/// Most WatchEvents streams open at once, server-wide: each holds a task and a buffer.
+pub const MAX_WATCHERS: usize = 64;
 
 /// The gRPC face of the chain queries.
 #[derive(Debug)]
@@ -32,6 +35,28 @@ pub struct ChainGrpc<S> {
     /// Turns true at shutdown, ending every watch stream (which would otherwise keep
     /// graceful shutdown waiting forever).
     stop: watch::Receiver<bool>,
+    /// Open watch streams.
+    watchers: Arc<AtomicUsize>,
+}
+
+/// Holds one of the [`MAX_WATCHERS`] places until the watch ends.
+struct WatchSlot(Arc<AtomicUsize>);
+
+impl WatchSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Option<WatchSlot> {
+        count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_WATCHERS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| WatchSlot(count.clone()))
+    }
+}
+
+impl Drop for WatchSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl<S> ChainGrpc<S> {
@@ -47,6 +72,7 @@ impl<S> ChainGrpc<S> {
             auth,
             audit,
             stop,
+            watchers: Arc::new(AtomicUsize::new(0)),
         }
     }
 }
@@ -57,6 +83,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>>
 /// Forwards live events that pass `filter` to `out` until the watcher goes away, falls
 /// behind (ended with RESOURCE_EXHAUSTED) or the server stops.
 async fn forward(
+    _slot: WatchSlot,
     mut live: broadcast::Receiver<Arc<writ_core::Event>>,
     filter: convert::WatchFilter,
     out: mpsc::Sender<Result<pb::AuditEvent, Status>>,
@@ -207,8 +234,14 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
         operator_only(&self.auth, request.metadata())?;
         let filter = convert::watch_events_request(request.into_inner())?;
+        let slot = WatchSlot::take(&self.watchers).ok_or_else(|| {
+            Status::resource_exhausted(format!(
+                "{MAX_WATCHERS} event watches are already open on this server"
+            ))
+        })?;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(forward(
+            slot,
             self.audit.subscribe(),
             filter,
             tx,

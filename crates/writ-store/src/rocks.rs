@@ -922,6 +922,9 @@ fn last_event_id_blocking(inner: &Inner) -> Result<Option<EventId>, StoreError> 
     }
 }
 
+/// An `event_log` key with the event id and transaction it names.
+type LogEntry = (Box<[u8]>, EventId, TxnId);
+
 /// Events deleted per `WriteBatch` by an audit purge.
 const EVENT_PURGE_BATCH: usize = 1024;
 
@@ -932,7 +935,7 @@ fn purge_events_blocking(
 ) -> Result<PurgeStats, StoreError> {
     let db = &inner.db;
     let (log, events) = (cf(db, keys::CF_EVENT_LOG)?, cf(db, keys::CF_EVENTS)?);
-    let due = |limit: usize| -> Result<Vec<(Box<[u8]>, EventId, TxnId)>, StoreError> {
+    let due = |limit: usize| -> Result<Vec<LogEntry>, StoreError> {
         let mut read_opts = ReadOptions::default();
         read_opts.set_iterate_upper_bound(EventId::first_at(cutoff).0.to_be_bytes().to_vec());
         let mut out = Vec::new();
