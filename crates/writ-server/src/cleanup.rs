@@ -4,22 +4,29 @@
 //! and deletes in bounded batches so it never holds a transaction lock for long.
 
 use crate::service::now;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use writ_core::UnixMillis;
-use writ_store::TokenStore;
+use writ_store::{PurgeStats, StoreError, TokenStore};
 
 /// Most tokens one purge call deletes before the task yields.
 const BATCH: usize = 1024;
 
-/// Purges until nothing below the cutoff is left; returns how many tokens went.
-pub async fn purge_once<S: TokenStore>(store: &S, retention: Duration) -> usize {
+/// Calls `purge(cutoff, BATCH)` until it reports nothing more below the cutoff, which is
+/// `retention` before now; returns how many items went. A failure is logged and ends the
+/// pass (the next interval retries).
+async fn drain<F, Fut>(what: &str, retention: Duration, mut purge: F) -> usize
+where
+    F: FnMut(UnixMillis, usize) -> Fut,
+    Fut: Future<Output = Result<PurgeStats, StoreError>>,
+{
     let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
     let cutoff = UnixMillis(now().0.saturating_sub(retention_ms));
     let mut total = 0;
     loop {
-        match store.purge_expired(cutoff, BATCH).await {
+        match purge(cutoff, BATCH).await {
             Ok(stats) => {
                 total += stats.tokens;
                 if !stats.more {
@@ -27,32 +34,27 @@ pub async fn purge_once<S: TokenStore>(store: &S, retention: Duration) -> usize 
                 }
             }
             Err(e) => {
-                tracing::warn!(error = %e, "expiry cleanup failed; retrying at the next interval");
+                tracing::warn!(error = %e, "{what} cleanup failed; retrying at the next interval");
                 return total;
             }
         }
     }
 }
 
+/// Purges tokens expired more than `retention` ago; returns how many went.
+pub async fn purge_once<S: TokenStore>(store: &S, retention: Duration) -> usize {
+    drain("expiry", retention, |cutoff, n| {
+        store.purge_expired(cutoff, n)
+    })
+    .await
+}
+
 /// Purges audit events older than `retention`; returns how many went.
 pub async fn purge_events_once<S: TokenStore>(store: &S, retention: Duration) -> usize {
-    let retention_ms = u64::try_from(retention.as_millis()).unwrap_or(u64::MAX);
-    let cutoff = UnixMillis(now().0.saturating_sub(retention_ms));
-    let mut total = 0;
-    loop {
-        match store.purge_events(cutoff, BATCH).await {
-            Ok(stats) => {
-                total += stats.tokens;
-                if !stats.more {
-                    return total;
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "audit cleanup failed; retrying at the next interval");
-                return total;
-            }
-        }
-    }
+    drain("audit", retention, |cutoff, n| {
+        store.purge_events(cutoff, n)
+    })
+    .await
 }
 
 /// When cleanup runs and what it keeps.
