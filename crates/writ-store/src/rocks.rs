@@ -29,7 +29,7 @@ use crate::{codec, keys};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
     CompactOptions, DB, DataBlockIndexType, Direction, IteratorMode, Options, PrefixRange,
-    ReadOptions, SliceTransform, WriteBatch, WriteOptions,
+    ReadOptions, ReadTier, SliceTransform, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, VecDeque};
@@ -625,6 +625,32 @@ fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, Store
     }
 }
 
+/// A token's record and state, read at `tier`. With `ReadTier::BlockCache` the read never
+/// touches the disk, and `Ok(None)` (rather than an answer) says it would have had to.
+fn get_with_state_at(
+    inner: &Inner,
+    id: TokenId,
+    tier: ReadTier,
+) -> Result<Option<Option<(TokenRecord, TokenState)>>, StoreError> {
+    let db = &inner.db;
+    let mut opts = ReadOptions::default();
+    opts.set_read_tier(tier);
+    let needs_disk = |e: &rocksdb::Error| e.kind() == rocksdb::ErrorKind::Incomplete;
+    let record = match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), &opts) {
+        Ok(Some(v)) => codec::decode(&v)?,
+        Ok(None) => return Ok(Some(None)),
+        Err(e) if needs_disk(&e) => return Ok(None),
+        Err(e) => return Err(backend(e)),
+    };
+    let state = match db.get_pinned_cf_opt(cf(db, keys::CF_STATE)?, keys::state_key(id), &opts) {
+        Ok(Some(v)) => codec::decode_state(&v)?,
+        Ok(None) => TokenState::default(),
+        Err(e) if needs_disk(&e) => return Ok(None),
+        Err(e) => return Err(backend(e)),
+    };
+    Ok(Some(Some((record, state))))
+}
+
 fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreError> {
     scan_ids(
         inner,
@@ -1021,14 +1047,19 @@ impl TokenStore for RocksStore {
         &self,
         id: TokenId,
     ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
-        // One trip to the blocking pool for both point reads.
-        self.blocking(move |inner| {
-            let Some(record) = get_blocking(inner, id)? else {
-                return Ok(None);
-            };
-            let state = read_state(inner, id)?.unwrap_or_default();
-            Ok(Some((record, state)))
-        })
+        let inner = self.inner.clone();
+        let slow = self.blocking(move |inner| {
+            // The `All` tier always answers.
+            Ok(get_with_state_at(inner, id, ReadTier::All)?.flatten())
+        });
+        async move {
+            // Validate's read: answered from memory on the calling thread when it can be
+            // (a few microseconds, no hand-off to the blocking pool), else by the pool.
+            match get_with_state_at(&inner, id, ReadTier::BlockCache)? {
+                Some(answer) => Ok(answer),
+                None => slow.await,
+            }
+        }
     }
 
     fn insert_child(
@@ -1114,6 +1145,33 @@ mod tests {
 
     fn open(dir: &TempDir, durability: Durability) -> RocksStore {
         RocksStore::open(dir.path(), StoreOptions { durability }).unwrap()
+    }
+
+    #[tokio::test]
+    async fn reads_that_need_the_disk_fall_back_to_the_blocking_pool() {
+        let dir = TempDir::new().unwrap();
+        let (root, child) = (
+            record(txn(81), tid(1), None),
+            record(txn(81), tid(2), Some(tid(1))),
+        );
+        {
+            let store = open(&dir, Durability::Sync);
+            store.put(root.clone()).await.unwrap();
+            store.put_child(child.clone(), 4).await.unwrap();
+            store.compact_all().unwrap();
+        }
+        // Reopened: the memtable is empty and the block cache cold, so the memory-only
+        // read is incomplete and must not read as "no such token".
+        let store = open(&dir, Durability::Sync);
+        let cold = get_with_state_at(&store.inner, tid(1), ReadTier::BlockCache);
+        assert_eq!(cold, Ok(None), "a cold read needs the disk");
+        let (r, s) = store.get_with_state(tid(1)).await.unwrap().unwrap();
+        assert_eq!((r, s.children), (root, 1));
+        assert_eq!(
+            store.get_with_state(tid(2)).await.unwrap().map(|(r, _)| r),
+            Some(child)
+        );
+        assert_eq!(store.get_with_state(tid(3)).await.unwrap(), None);
     }
 
     #[tokio::test]
