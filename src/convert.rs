@@ -546,8 +546,19 @@ pub struct TxnListing {
 
 /// Validates a ListTransactions request.
 pub fn list_transactions_request(r: pb::ListTransactionsRequest) -> Result<TxnListing> {
-    let time = |v: u64| (v != 0).then_some(UnixMillis(v));
-    let (since, until) = (time(r.since_unix_ms), time(r.until_unix_ms));
+    // Transaction ids hold their mint time in 48 bits; larger values (microseconds by
+    // mistake, say) would wrap, so they are refused.
+    const MAX_MS: u64 = (1 << 48) - 1;
+    let time = |field: &str, v: u64| match v {
+        0 => Ok(None),
+        v if v > MAX_MS => bad(
+            field,
+            format!("{v} is not Unix milliseconds (at most {MAX_MS})"),
+        ),
+        v => Ok(Some(UnixMillis(v))),
+    };
+    let since = time("since_unix_ms", r.since_unix_ms)?;
+    let until = time("until_unix_ms", r.until_unix_ms)?;
     if let (Some(s), Some(u)) = (since, until)
         && s >= u
     {

@@ -89,29 +89,35 @@ async fn forward(
     out: mpsc::Sender<Result<pb::AuditEvent, Status>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let shutting_down = || Err(Status::unavailable("the server is shutting down"));
     loop {
         let event = tokio::select! {
             e = live.recv() => e,
-            _ = stop.wait_for(|s| *s) => return,
-            () = out.closed() => return,
-        };
-        match event {
-            Ok(e) if filter.matches(&e) => {
-                if out.send(Ok(convert::event_pb(&e))).await.is_err() {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(n)) => {
-                let _ = out
-                    .send(Err(Status::resource_exhausted(format!(
-                        "watcher fell {n} events behind and was dropped; \
-                         read the gap with ListEvents and watch again"
-                    ))))
-                    .await;
+            _ = stop.wait_for(|s| *s) => {
+                let _ = out.try_send(shutting_down());
                 return;
             }
+            () = out.closed() => return,
+        };
+        let item = match event {
+            Ok(e) if filter.matches(&e) => Ok(convert::event_pb(&e)),
+            Ok(_) => continue,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                Err(Status::resource_exhausted(format!(
+                    "watcher fell {n} events behind and was dropped; \
+                 read the gap with ListEvents and watch again"
+                )))
+            }
             Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let last = item.is_err();
+        // A watcher that stops reading must not hold up shutdown.
+        tokio::select! {
+            sent = out.send(item) => if sent.is_err() || last { return },
+            _ = stop.wait_for(|s| *s) => {
+                let _ = out.try_send(shutting_down());
+                return;
+            }
         }
     }
 }
@@ -214,13 +220,20 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
         operator_only(&self.auth, request.metadata())?;
         let (txn, after, limit) = convert::list_events_request(request.into_inner())?;
-        // Everything this server has answered is in the trail before it is read.
-        self.audit.flush().await;
-        let events = self
+        // Everything this server has answered is in the trail before it is read, and
+        // nothing is shown past an event still being written (so a reader paging by id
+        // never skips one that commits late).
+        self.audit
+            .flush()
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let visible = self.audit.visible_before();
+        let mut events = self
             .store
             .events(txn, after, limit)
             .await
             .map_err(ServiceError::from)?;
+        events.retain(|e| e.id < visible);
         let next_cursor = events.last().map(|e| e.id.to_string()).unwrap_or_default();
         Ok(Response::new(pb::ListEventsResponse {
             events: events.iter().map(convert::event_pb).collect(),

@@ -216,11 +216,17 @@ impl Config {
                 self.storage.cleanup_interval_seconds
             ));
         }
-        if self.audit.retention_seconds < self.storage.retention_seconds {
+        // Events count from when they happen, tokens from when they expire: a minted
+        // event must outlive its token's longest lifetime plus the token retention.
+        let floor = self
+            .storage
+            .retention_seconds
+            .saturating_add(t.max_ttl_seconds);
+        if self.audit.retention_seconds < floor {
             return bad(format!(
-                "audit.retention_seconds = {} must be at least storage.retention_seconds ({}): \
-                 evidence must not go before the tokens it describes",
-                self.audit.retention_seconds, self.storage.retention_seconds
+                "audit.retention_seconds = {} must be at least storage.retention_seconds + \
+                 tokens.max_ttl_seconds ({floor}): evidence must not go before the tokens it describes",
+                self.audit.retention_seconds
             ));
         }
         if t.max_children == 0 || t.max_children > 1024 {

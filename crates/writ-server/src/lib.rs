@@ -28,7 +28,7 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 use writ_api::pb::chain_service_server::ChainServiceServer;
 use writ_api::pb::token_service_server::TokenServiceServer;
 use writ_core::limits::MAX_MESSAGE_BYTES;
@@ -67,24 +67,50 @@ pub struct RunningServer {
     audit_writer: JoinHandle<()>,
 }
 
+/// How long shutdown waits for in-flight requests and open streams (say, a watcher that
+/// stopped reading) before it drops the connections that are left.
+pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl RunningServer {
-    /// Stops accepting, lets in-flight requests finish, stops cleanup, and closes the store.
-    pub async fn shutdown(self) -> Result<(), ServerError> {
+    /// Stops accepting, lets in-flight requests finish (for up to [`SHUTDOWN_GRACE`], then
+    /// drops what is left), stops cleanup, stores queued audit events and closes the store.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
         let _ = self.stop.send(true);
-        self.wait().await
+        let joined = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                tracing::warn!(
+                    grace_seconds = SHUTDOWN_GRACE.as_secs(),
+                    "connections still open after the shutdown grace period; dropping them"
+                );
+                self.task.abort();
+                (&mut self.task).await
+            }
+        };
+        self.finish(joined).await
     }
 
     /// Waits for the server to stop.
-    pub async fn wait(self) -> Result<(), ServerError> {
-        let served = self
-            .task
-            .await
-            .map_err(|e| ServerError::Transport(e.to_string()));
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        let joined = (&mut self.task).await;
+        self.finish(joined).await
+    }
+
+    async fn finish(
+        self,
+        joined: Result<Result<(), ServerError>, tokio::task::JoinError>,
+    ) -> Result<(), ServerError> {
+        let served = match joined {
+            Ok(served) => served,
+            // Aborted by `shutdown` after the grace period: a stop, not a failure.
+            Err(e) if e.is_cancelled() => Ok(()),
+            Err(e) => Err(ServerError::Transport(e.to_string())),
+        };
         let _ = self.stop.send(true);
         let _ = self.cleanup.await;
         // The services are gone with the server, so the writer drains its queue and ends.
         let _ = self.audit_writer.await;
-        served?
+        served
     }
 }
 
@@ -132,6 +158,13 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .map_err(|e| config::ConfigError::Invalid(format!("{:?}: {e}", m.id)))?;
         credentials.add(m.id.clone(), role, digest);
     }
+    // Bind before opening the store: a busy port fails fast and leaves nothing running.
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServerError::Transport(format!("binding {}: {e}", config.listen)))?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|e| ServerError::Transport(e.to_string()))?;
     let db_path = data_dir.join(DB_DIR);
     let opts = StoreOptions {
         durability: config.storage.durability,
@@ -167,12 +200,6 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         // Responses carry whole records; four times the request bound leaves headroom.
         .max_encoding_message_size(4 * MAX_MESSAGE_BYTES);
 
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| ServerError::Transport(format!("binding {}: {e}", config.listen)))?;
-    let local_addr = listener
-        .local_addr()
-        .map_err(|e| ServerError::Transport(e.to_string()))?;
     let cleanup = tokio::spawn(cleanup::run(
         store,
         cleanup::Schedule {
@@ -182,6 +209,11 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
         stop.subscribe(),
     ));
+    // TCP_NODELAY: a response written in more than one segment must not wait for the
+    // peer's delayed ACK (Nagle), which costs ~40 ms per small RPC.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(std::time::Duration::from_secs(60)));
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_max_header_list_size(16 * 1024)
@@ -190,7 +222,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .timeout(std::time::Duration::from_secs(30))
             .add_service(svc)
             .add_service(chain)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             })
             .await

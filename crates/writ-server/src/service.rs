@@ -13,8 +13,8 @@ use writ_api::convert::{Action, RevokeTarget};
 use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
 use writ_core::{
-    ActorKind, ClientType, Denial, Event, KeyRing, Party, TokenError, TokenId, TokenRecord,
-    TokenSecret, TokenState, TxnId, UnixMillis,
+    ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
+    TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis,
 };
 use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
 
@@ -82,6 +82,27 @@ pub struct Service<S> {
     validations: ValidationEvents,
 }
 
+/// Validate's answer on a known token: active with the action's decision (if one was
+/// asked), or why it is inactive.
+type Verdict = Result<Option<Result<(), Denial>>, Inactive>;
+
+/// Who validates which token, about which action, under which event id.
+type ValidationContext<'a> = (&'a str, &'a TokenRecord, &'a Option<String>, EventId);
+
+/// The `validated` event of a verdict.
+fn validated_event(
+    (service, record, scope, id): ValidationContext<'_>,
+    verdict: &Verdict,
+) -> Event {
+    let (result, detail) = match verdict {
+        Err(why) => ("inactive", why.as_str().to_owned()),
+        Ok(None) => ("active", String::new()),
+        Ok(Some(Ok(()))) => ("allowed", String::new()),
+        Ok(Some(Err(d))) => ("denied", format!("{}: {}", d.denied_by, d.reason)),
+    };
+    Event::validated(id, record, service, scope.clone(), result, detail)
+}
+
 /// The identity of a party caller. Minters mint; they neither hold nor validate tokens.
 fn party_id<'a>(caller: &'a Caller, needed: &str) -> Result<&'a str, ServiceError> {
     match caller {
@@ -133,8 +154,9 @@ impl<S: TokenStore> Service<S> {
 
     /// Records a refused Downscope of `parent` by `actor`.
     async fn refused(&self, parent: &TokenRecord, actor: &str, dimension: &str, detail: String) {
-        let event = Event::refused(self.audit.next_id(), parent, actor, dimension, detail);
-        self.audit.record(event).await;
+        let pending = self.audit.issue();
+        let event = Event::refused(pending.id(), parent, actor, dimension, detail);
+        self.audit.record(pending, event).await;
     }
 
     fn issue(&self, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
@@ -170,9 +192,12 @@ impl<S: TokenStore> Service<S> {
         };
         let record = narrow::mint(req, minter, &self.trust_domain, &self.policy, new)
             .map_err(ServiceError::MintRefused)?;
-        let event = Event::minted(self.audit.next_id(), &record);
+        // Pending until the insert returns: readers see nothing later meanwhile.
+        let pending = self.audit.issue();
+        let event = Event::minted(pending.id(), &record);
         self.store.insert(record.clone(), event.clone()).await?;
         self.audit.publish(event);
+        drop(pending);
         tracing::info!(txn = %record.txn, token_id = %record.token_id, audience = %record.audience.id, "minted");
         Ok((secret, record))
     }
@@ -249,7 +274,8 @@ impl<S: TokenStore> Service<S> {
                 return Err(e.into());
             }
         };
-        let event = Event::downscoped(self.audit.next_id(), &parent.grant, &child);
+        let pending = self.audit.issue();
+        let event = Event::downscoped(pending.id(), &parent.grant, &child);
         // The store re-checks revocation, fan-out and the use budget under the
         // transaction's lock, so a concurrent Revoke never leaves a usable child.
         let stored = self
@@ -271,6 +297,7 @@ impl<S: TokenStore> Service<S> {
             }
             Err(other) => return Err(ServiceError::Store(other)),
         };
+        drop(pending);
         if let Some((dimension, error)) = refusal {
             self.refused(&parent, caller_id, dimension, error.to_string())
                 .await;
@@ -304,9 +331,23 @@ impl<S: TokenStore> Service<S> {
             Err(Miss::Unknown) => return Ok(Validation::Inactive(Inactive::Unknown)),
         };
         let scope = action.as_ref().map(|a| a.scope.clone());
-        let verdict = self.decide(caller_id, &record, &state, action).await?;
-        self.record_validation(caller_id, &record, scope, &verdict)
-            .await;
+        // Issued as the answer is decided, so the trail orders it among concurrent events.
+        let pending = self.audit.issue();
+        let ctx = (caller_id, &record, &scope, pending.id());
+        let (verdict, stored) = self.decide(ctx, &state, action).await?;
+        match stored {
+            // Written with the use it spent.
+            Some(event) => {
+                self.audit.publish(event);
+                drop(pending);
+            }
+            None => {
+                if self.wants_validation(scope.is_some(), verdict.is_err()) {
+                    let event = validated_event(ctx, &verdict);
+                    self.audit.record(pending, event).await;
+                }
+            }
+        }
         Ok(match verdict {
             Ok(decision) => Validation::Active {
                 record: Box::new(record),
@@ -316,62 +357,55 @@ impl<S: TokenStore> Service<S> {
         })
     }
 
+    /// Does the configuration record this validation?
+    fn wants_validation(&self, checked_action: bool, inactive: bool) -> bool {
+        match self.validations {
+            ValidationEvents::All => true,
+            ValidationEvents::Actions => checked_action || inactive,
+            ValidationEvents::None => false,
+        }
+    }
+
     /// Validate's verdict on a known token: active (with the action's decision, if one
-    /// was asked) or why not.
+    /// was asked) or why not; and the `validated` event if the store wrote it with a
+    /// spent use.
     async fn decide(
         &self,
-        caller_id: &str,
-        record: &TokenRecord,
+        ctx: ValidationContext<'_>,
         state: &TokenState,
         action: Option<Action>,
-    ) -> Result<Result<Option<Result<(), Denial>>, Inactive>, ServiceError> {
+    ) -> Result<(Verdict, Option<Event>), ServiceError> {
+        let (caller_id, record, _, _) = ctx;
         if record.audience.id != caller_id {
-            return Ok(Err(Inactive::WrongAudience));
+            return Ok((Err(Inactive::WrongAudience), None));
         }
         match lifecycle::status(record, state, now()) {
             Status::Active => {}
-            Status::Revoked => return Ok(Err(Inactive::Revoked)),
-            Status::Expired => return Ok(Err(Inactive::Expired)),
-            Status::Exhausted => return Ok(Err(Inactive::Exhausted)),
+            Status::Revoked => return Ok((Err(Inactive::Revoked), None)),
+            Status::Expired => return Ok((Err(Inactive::Expired), None)),
+            Status::Exhausted => return Ok((Err(Inactive::Exhausted), None)),
         }
         let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
-        // An allowed action on a limited token spends one use, atomically; losing the
-        // race for the last use makes the token exhausted for this caller too.
+        // An allowed action on a limited token spends one use, atomically, and the use and
+        // its event are one write; losing the race for the last use makes the token
+        // exhausted for this caller too.
         if matches!(decision, Some(Ok(()))) && record.grant.max_uses.is_some() {
-            match self.store.consume_use(record.token_id).await? {
-                UseOutcome::Consumed { .. } => {}
-                UseOutcome::Exhausted => return Ok(Err(Inactive::Exhausted)),
-                UseOutcome::Revoked => return Ok(Err(Inactive::Revoked)),
-                UseOutcome::Unknown => return Ok(Err(Inactive::Unknown)),
-            }
+            let verdict = Ok(decision);
+            let event = self
+                .wants_validation(true, false)
+                .then(|| validated_event(ctx, &verdict));
+            let outcome = self
+                .store
+                .consume_use(record.token_id, event.clone())
+                .await?;
+            return Ok(match outcome {
+                UseOutcome::Consumed { .. } => (verdict, event),
+                UseOutcome::Exhausted => (Err(Inactive::Exhausted), None),
+                UseOutcome::Revoked => (Err(Inactive::Revoked), None),
+                UseOutcome::Unknown => (Err(Inactive::Unknown), None),
+            });
         }
-        Ok(Ok(decision))
-    }
-
-    /// Queues the `validated` event of a verdict, as configured.
-    async fn record_validation(
-        &self,
-        service: &str,
-        record: &TokenRecord,
-        scope: Option<String>,
-        verdict: &Result<Option<Result<(), Denial>>, Inactive>,
-    ) {
-        let (result, detail) = match verdict {
-            Err(why) => ("inactive", why.as_str().to_owned()),
-            Ok(None) => ("active", String::new()),
-            Ok(Some(Ok(()))) => ("allowed", String::new()),
-            Ok(Some(Err(d))) => ("denied", format!("{}: {}", d.denied_by, d.reason)),
-        };
-        let wanted = match self.validations {
-            ValidationEvents::All => true,
-            ValidationEvents::Actions => scope.is_some() || verdict.is_err(),
-            ValidationEvents::None => false,
-        };
-        if wanted {
-            let id = self.audit.next_id();
-            let event = Event::validated(id, record, service, scope, result, detail);
-            self.audit.record(event).await;
-        }
+        Ok((Ok(decision), None))
     }
 
     /// Revokes a token and its whole subtree, or a whole transaction. By token: whoever
@@ -382,7 +416,8 @@ impl<S: TokenStore> Service<S> {
         target: RevokeTarget,
         reason: String,
     ) -> Result<Vec<TokenId>, ServiceError> {
-        let now = self.audit.next_id();
+        let pending = self.audit.issue();
+        let now = pending.id();
         let (revoked, by) = match target {
             RevokeTarget::Token(token) => {
                 let record = match self.lookup(&token).await? {
@@ -437,6 +472,7 @@ impl<S: TokenStore> Service<S> {
         if let Some(event) = revoked.event {
             self.audit.publish(event);
         }
+        drop(pending);
         Ok(revoked.ids)
     }
 }

@@ -154,7 +154,8 @@ pub struct TxnQuery {
 pub struct TxnPage {
     /// Each matching transaction's root token and its state, newest first.
     pub roots: Vec<(TokenRecord, TokenState)>,
-    /// Where to continue (pass as `before`); `None` when nothing older can match.
+    /// Where to continue (pass as `before`); `None` when the scan reached the end of the
+    /// range. A full page always returns a cursor, so the page after it may be empty.
     pub next: Option<TxnId>,
 }
 
@@ -291,10 +292,13 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send;
 
     /// Atomically consumes one use of a token, if it is known, not revoked and not
-    /// exhausted. Expiry is not checked here.
+    /// exhausted. Expiry is not checked here. On `Consumed`, `event` (the validation that
+    /// spent the use) is written in the same atomic write, so a spent use is never
+    /// missing from the trail; otherwise it is not written.
     fn consume_use(
         &self,
         id: TokenId,
+        event: Option<Event>,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send;
 
     /// Deletes up to `max_tokens` tokens whose `expires_at < cutoff`, found in expiry
@@ -416,8 +420,9 @@ impl<T: TokenStore> TokenStore for Arc<T> {
     fn consume_use(
         &self,
         id: TokenId,
+        event: Option<Event>,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
-        T::consume_use(self, id)
+        T::consume_use(self, id, event)
     }
 
     fn purge_expired(

@@ -386,7 +386,7 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
     assert_eq!((s.uses, s.children), (3, 2));
     // The root's budget is all reserved: neither it nor a new child can use more.
     assert_eq!(
-        store.consume_use(root).await.unwrap(),
+        store.consume_use(root, None).await.unwrap(),
         UseOutcome::Exhausted
     );
     assert_eq!(
@@ -400,27 +400,30 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
     // The child spends its reserved uses.
     let c = tid(42_001);
     assert_eq!(
-        store.consume_use(c).await.unwrap(),
+        store.consume_use(c, None).await.unwrap(),
         UseOutcome::Consumed { remaining: Some(1) }
     );
     assert_eq!(
-        store.consume_use(c).await.unwrap(),
+        store.consume_use(c, None).await.unwrap(),
         UseOutcome::Consumed { remaining: Some(0) }
     );
-    assert_eq!(store.consume_use(c).await.unwrap(), UseOutcome::Exhausted);
+    assert_eq!(
+        store.consume_use(c, None).await.unwrap(),
+        UseOutcome::Exhausted
+    );
     assert_eq!(store.state(c).await.unwrap().unwrap().uses, 2);
 
     // Unlimited: always consumed, and nothing is counted.
     let u = tid(42_005);
     for _ in 0..3 {
         assert_eq!(
-            store.consume_use(u).await.unwrap(),
+            store.consume_use(u, None).await.unwrap(),
             UseOutcome::Consumed { remaining: None }
         );
     }
     assert_eq!(store.state(u).await.unwrap(), Some(TokenState::default()));
     assert_eq!(
-        store.consume_use(tid(49_998)).await.unwrap(),
+        store.consume_use(tid(49_998), None).await.unwrap(),
         UseOutcome::Unknown
     );
 
@@ -436,7 +439,7 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
         .unwrap();
     assert_eq!(revoked, vec![tid(42_003)]);
     assert_eq!(
-        store.consume_use(tid(42_003)).await.unwrap(),
+        store.consume_use(tid(42_003), None).await.unwrap(),
         UseOutcome::Revoked
     );
     store
@@ -448,7 +451,10 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
         )
         .await
         .unwrap();
-    assert_eq!(store.consume_use(u).await.unwrap(), UseOutcome::Revoked);
+    assert_eq!(
+        store.consume_use(u, None).await.unwrap(),
+        UseOutcome::Revoked
+    );
     assert_eq!(store.state(tid(42_003)).await.unwrap().unwrap().uses, 0);
 }
 
@@ -462,7 +468,7 @@ async fn concurrent_consumes_of_a_single_use_token_admit_one<S: TokenStore>(stor
     let tasks: Vec<_> = (0..N)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.consume_use(id).await })
+            tokio::spawn(async move { store.consume_use(id, None).await })
         })
         .collect();
     let mut consumed = 0;
@@ -916,6 +922,7 @@ async fn record_and_state_read_together<S: TokenStore>(store: &S) {
 /// the whole trail.
 pub(crate) async fn audit_and_listing<S: TokenStore>(store: S) {
     events_are_written_with_their_token_changes(&store).await;
+    a_spent_use_is_written_with_its_event(&store).await;
     appended_events_page_in_id_order(&store).await;
     listing_filters_and_pages_newest_first(&store).await;
     events_outlive_tokens_and_go_with_their_own_retention(&store).await;
@@ -1006,6 +1013,48 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
         vec![]
     );
     assert_eq!(store.last_event_id().await.unwrap(), Some(EventId(40_000)));
+}
+
+async fn a_spent_use_is_written_with_its_event<S: TokenStore>(store: &S) {
+    let t = txn(3_050_000);
+    let r = with_uses(record(t, tid(3_050), None), Some(1));
+    store
+        .insert(r.clone(), Event::minted(EventId(60_000), &r))
+        .await
+        .unwrap();
+    let ev = |id| {
+        Event::validated(
+            EventId(id),
+            &r,
+            "svc:payments",
+            Some("pay".into()),
+            "allowed",
+            String::new(),
+        )
+    };
+    assert_eq!(
+        store
+            .consume_use(r.token_id, Some(ev(60_001)))
+            .await
+            .unwrap(),
+        UseOutcome::Consumed { remaining: Some(0) }
+    );
+    // Exhausted: neither the use nor the event is written.
+    assert_eq!(
+        store
+            .consume_use(r.token_id, Some(ev(60_002)))
+            .await
+            .unwrap(),
+        UseOutcome::Exhausted
+    );
+    let ids: Vec<u64> = store
+        .events(t, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.id.0)
+        .collect();
+    assert_eq!(ids, vec![60_000, 60_001]);
 }
 
 async fn appended_events_page_in_id_order<S: TokenStore>(store: &S) {
@@ -1181,11 +1230,12 @@ async fn events_outlive_tokens_and_go_with_their_own_retention<S: TokenStore>(st
     );
     assert_eq!(after.events, before.events);
     // Events before 1 s (1_000_000 µs) go: the four of the first test (at 10, 20, 30_000
-    // and 40_000 µs) and the listing test's revocation (at 9 ms); the rest stay.
+    // and 40_000 µs), the two of the use test (60_000 and 60_001) and the listing test's
+    // revocation (at 9 ms); the rest stay.
     let purged = store.purge_events(UnixMillis(1_000), 2).await.unwrap();
     assert_eq!((purged.tokens, purged.more), (2, true));
     let purged = store.purge_events(UnixMillis(1_000), 100).await.unwrap();
-    assert_eq!((purged.tokens, purged.more), (3, false));
+    assert_eq!((purged.tokens, purged.more), (5, false));
     let t = txn(3_100_000);
     let left: Vec<u64> = store
         .events(t, None, 100)

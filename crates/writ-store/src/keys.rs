@@ -169,8 +169,9 @@ pub(crate) fn token_id_of_expiry_key(key: &[u8]) -> Option<TokenId> {
 /// Length of a digest of a subject or party in index keys.
 pub(crate) const DIGEST_LEN: usize = 16;
 
-/// The index digest of a subject or party id: keyed so index keys reveal nothing an
-/// outsider can precompute, and 128 bits so collisions do not happen in practice (and a
+/// The index digest of a subject or party id: fixed-length, domain-separated (blake3's
+/// derive-key mode with a Writ context; not secret, so it hides nothing from someone who
+/// can read the store) and 128 bits, so collisions do not happen in practice (and a
 /// listing re-checks the subject anyway).
 pub(crate) fn digest(id: &str) -> [u8; DIGEST_LEN] {
     let hash = blake3::Hasher::new_derive_key("writ 2026 index digest v1")

@@ -119,20 +119,26 @@ impl State {
                 next: None,
             });
         }
-        let keyed = |set: &BTreeSet<(String, TxnId)>, key: &str| -> Vec<TxnId> {
+        fn keyed<'a>(
+            set: &'a BTreeSet<(String, TxnId)>,
+            key: &str,
+            (lo, hi): (TxnId, TxnId),
+        ) -> impl Iterator<Item = Result<TxnId, StoreError>> + 'a {
             set.range((key.to_owned(), lo)..(key.to_owned(), hi))
                 .rev()
-                .map(|(_, t)| *t)
-                .collect()
-        };
-        let candidates: Vec<TxnId> = match (&query.party, &query.subject) {
-            (Some(p), _) => keyed(&self.party_txns, p),
-            (None, Some(s)) => keyed(&self.subject_txns, s),
-            (None, None) => self.txns.range(lo..hi).rev().map(|(t, _)| *t).collect(),
-        };
-        collect_page(query, candidates.into_iter().map(Ok), |t| {
-            Ok(self.root_of(t))
-        })
+                .map(|(_, t)| Ok(*t))
+        }
+        let root_of = |t| Ok(self.root_of(t));
+        // Lazily, so the scan budget bounds the work as in the durable store.
+        match (&query.party, &query.subject) {
+            (Some(p), _) => collect_page(query, keyed(&self.party_txns, p, (lo, hi)), root_of),
+            (None, Some(s)) => collect_page(query, keyed(&self.subject_txns, s, (lo, hi)), root_of),
+            (None, None) => collect_page(
+                query,
+                self.txns.range(lo..hi).rev().map(|(t, _)| Ok(*t)),
+                root_of,
+            ),
+        }
     }
 
     fn events(&self, txn: TxnId, after: Option<EventId>, limit: usize) -> Vec<Event> {
@@ -299,7 +305,15 @@ impl State {
         })
     }
 
-    fn consume_use(&mut self, id: TokenId) -> UseOutcome {
+    fn consume_use(&mut self, id: TokenId, event: Option<Event>) -> UseOutcome {
+        let outcome = self.consume(id);
+        if let (UseOutcome::Consumed { .. }, Some(e)) = (outcome, event) {
+            self.append(e);
+        }
+        outcome
+    }
+
+    fn consume(&mut self, id: TokenId) -> UseOutcome {
         let Some(record) = self.tokens.get(&id) else {
             return UseOutcome::Unknown;
         };
@@ -430,9 +444,10 @@ impl TokenStore for MemoryStore {
     fn consume_use(
         &self,
         id: TokenId,
+        event: Option<Event>,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
         let store = self.clone();
-        async move { Ok(store.lock().consume_use(id)) }
+        async move { Ok(store.lock().consume_use(id, event)) }
     }
 
     fn purge_expired(

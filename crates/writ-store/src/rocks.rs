@@ -265,26 +265,49 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
     }
 }
 
-/// Version 1 had no transaction indexes: rebuild them from the records, then record
-/// version 2, in one synced write. The audit trail starts empty.
+/// Version 1 had no transaction indexes: rebuild them from the records in batches
+/// (idempotent puts, so an interrupted upgrade simply runs again), then record version 2
+/// in a last, synced write. Children whose root is already gone are not indexed: nothing
+/// would ever remove their entries. The audit trail starts empty.
 fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
-    let mut batch = WriteBatch::default();
-    let mut read_opts = ReadOptions::default();
-    read_opts.set_total_order_seek(true);
-    let mut n = 0u64;
-    for item in db.iterator_cf_opt(cf(db, keys::CF_TOKENS)?, read_opts, IteratorMode::Start) {
-        let (_, value) = item.map_err(backend)?;
-        let record = codec::decode(&value)?;
+    const CHUNK: usize = 10_000;
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    let records = || {
+        let mut read_opts = ReadOptions::default();
+        read_opts.set_total_order_seek(true);
+        read_opts.fill_cache(false);
+        cf(db, keys::CF_TOKENS).map(|tokens| {
+            db.iterator_cf_opt(tokens, read_opts, IteratorMode::Start)
+                .map(|item| codec::decode(&item.map_err(backend)?.1))
+        })
+    };
+    let mut rooted = std::collections::HashSet::new();
+    for record in records()? {
+        let record = record?;
+        if record.parent.is_none() {
+            rooted.insert(record.txn);
+        }
+    }
+    let (mut batch, mut pending, mut n) = (WriteBatch::default(), 0, 0u64);
+    for record in records()? {
+        let record = record?;
+        if !rooted.contains(&record.txn) {
+            continue;
+        }
         index_txn(db, &mut batch, &record)?;
-        n += 1;
+        (pending, n) = (pending + 1, n + 1);
+        if pending == CHUNK {
+            db.write_opt(std::mem::take(&mut batch), &sync)
+                .map_err(backend)?;
+            pending = 0;
+        }
     }
     batch.put_cf(
         cf(db, keys::CF_META)?,
         keys::SCHEMA_VERSION_KEY,
         keys::encode_schema_version(keys::SCHEMA_VERSION),
     );
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
     db.write_opt(batch, &sync).map_err(backend)?;
     tracing::info!(
         tokens = n,
@@ -580,16 +603,23 @@ fn revoke_blocking(
     })
 }
 
-fn consume_use_blocking(inner: &Inner, id: TokenId) -> Result<UseOutcome, StoreError> {
+fn consume_use_blocking(
+    inner: &Inner,
+    id: TokenId,
+    event: Option<&Event>,
+) -> Result<UseOutcome, StoreError> {
     let Some(record) = get_blocking(inner, id)? else {
         return Ok(UseOutcome::Unknown);
     };
     let Some(max) = record.grant.max_uses else {
-        // Nothing to count: one read decides, and nothing is written.
-        return Ok(match read_state(inner, id)? {
-            Some(s) if s.revoked.is_some() => UseOutcome::Revoked,
-            _ => UseOutcome::Consumed { remaining: None },
-        });
+        // Nothing to count: one read decides; only the event is written.
+        if read_state(inner, id)?.is_some_and(|s| s.revoked.is_some()) {
+            return Ok(UseOutcome::Revoked);
+        }
+        if let Some(e) = event {
+            append_events_blocking(inner, std::slice::from_ref(e))?;
+        }
+        return Ok(UseOutcome::Consumed { remaining: None });
     };
     let _txn_guard = inner.lock_txn(record.txn);
     if !token_exists(inner, id)? {
@@ -605,6 +635,9 @@ fn consume_use_blocking(inner: &Inner, id: TokenId) -> Result<UseOutcome, StoreE
     state.uses += 1;
     let mut batch = WriteBatch::default();
     put_state(inner, &mut batch, id, &state)?;
+    if let Some(e) = event {
+        put_event(&inner.db, &mut batch, e)?;
+    }
     inner
         .db
         .write_opt(batch, &inner.write_opts())
@@ -1084,8 +1117,9 @@ impl TokenStore for RocksStore {
     fn consume_use(
         &self,
         id: TokenId,
+        event: Option<Event>,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
-        self.blocking(move |inner| consume_use_blocking(inner, id))
+        self.blocking(move |inner| consume_use_blocking(inner, id, event.as_ref()))
     }
 
     fn purge_expired(
@@ -1231,7 +1265,7 @@ mod tests {
             store.put(root).await.unwrap();
             store.put_child(child.clone(), 4).await.unwrap();
             assert_eq!(
-                store.consume_use(tid(2)).await.unwrap(),
+                store.consume_use(tid(2), None).await.unwrap(),
                 UseOutcome::Consumed { remaining: Some(1) }
             );
         }
@@ -1255,7 +1289,7 @@ mod tests {
         drop(store);
         let store = open(&dir, Durability::Sync);
         assert_eq!(
-            store.consume_use(tid(2)).await.unwrap(),
+            store.consume_use(tid(2), None).await.unwrap(),
             UseOutcome::Revoked
         );
         let s = store.state(tid(2)).await.unwrap().unwrap();
@@ -1327,6 +1361,14 @@ mod tests {
             let mut child = record(t, tid(8), Some(tid(7)));
             child.audience.id = "agent:late".into();
             store.put_child(child, 4).await.unwrap();
+            // A child whose root v1 cleanup already took: indexed, nothing would remove
+            // its entries, so the upgrade leaves it out.
+            let mut orphan = record(txn(78), tid(9), Some(tid(10)));
+            orphan.audience.id = "agent:orphan".into();
+            let db = &store.inner.db;
+            let mut batch = WriteBatch::default();
+            put_record(&store.inner, &mut batch, &orphan).unwrap();
+            db.write(batch).unwrap();
             let db = &store.inner.db;
             for name in [
                 keys::CF_TXNS,
@@ -1361,6 +1403,9 @@ mod tests {
         let page = store.list_txns(query).await.unwrap();
         assert_eq!(page.roots.len(), 1);
         assert_eq!(page.roots[0].0.token_id, tid(7));
+        // The root's six entries (txns, subject, two parties both ways) and the child's
+        // audience both ways: nothing for the orphan.
+        assert_eq!(store.stats().await.unwrap().txn_index_entries, 6 + 2);
         drop(store);
         // Recorded as upgraded: a second open does not redo it.
         let store = open(&dir, Durability::Sync);
