@@ -528,6 +528,39 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_listing_scan_stops_at_its_budget_and_continues_from_the_cursor() {
+        use crate::api::{MAX_TXN_SCAN, TxnQuery};
+        let store = MemoryStore::new();
+        let n = MAX_TXN_SCAN as u64 + 50;
+        for i in 0..n {
+            let r = conformance::record(
+                conformance::txn(1_000 + i),
+                conformance::tid(i as u32),
+                None,
+            );
+            store.put(r).await.unwrap();
+        }
+        // Nothing is revoked: a page examines the budget, finds nothing, and says where
+        // to go on; the next examines the rest and ends.
+        let query = |before| TxnQuery {
+            subject: None,
+            party: None,
+            since: None,
+            until: None,
+            status: Some(writ_core::Status::Revoked),
+            now: UnixMillis(0),
+            before,
+            limit: 10,
+        };
+        let first = store.list_txns(query(None)).await.unwrap();
+        assert!(first.roots.is_empty());
+        assert_eq!(first.next, Some(conformance::txn(1_000 + 50)));
+        let second = store.list_txns(query(first.next)).await.unwrap();
+        assert!(second.roots.is_empty());
+        assert_eq!(second.next, None);
+    }
+
+    #[tokio::test]
     async fn a_transaction_holds_a_bounded_number_of_tokens() {
         conformance::txn_holds_at_most_max_tokens(MemoryStore::new()).await;
     }
