@@ -62,6 +62,8 @@ pub struct StorageConfig {
     pub retention_seconds: u64,
     /// How often cleanup runs.
     pub cleanup_interval_seconds: u64,
+    /// RocksDB block cache for token records and states, in MiB.
+    pub block_cache_mib: u64,
 }
 
 impl Default for StorageConfig {
@@ -70,6 +72,7 @@ impl Default for StorageConfig {
             durability: Durability::default(),
             retention_seconds: 3600,
             cleanup_interval_seconds: 30,
+            block_cache_mib: writ_store::StoreOptions::default().block_cache_mib,
         }
     }
 }
@@ -227,6 +230,12 @@ impl Config {
                 "audit.retention_seconds = {} must be at least storage.retention_seconds + \
                  tokens.max_ttl_seconds ({floor}): evidence must not go before the tokens it describes",
                 self.audit.retention_seconds
+            ));
+        }
+        if self.storage.block_cache_mib == 0 || self.storage.block_cache_mib > 1 << 20 {
+            return bad(format!(
+                "storage.block_cache_mib = {} must be in 1..=1048576",
+                self.storage.block_cache_mib
             ));
         }
         if t.max_children == 0 || t.max_children > 1024 {

@@ -168,6 +168,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     let db_path = data_dir.join(DB_DIR);
     let opts = StoreOptions {
         durability: config.storage.durability,
+        block_cache_mib: config.storage.block_cache_mib,
     };
     let store = tokio::task::spawn_blocking(move || RocksStore::open(&db_path, opts))
         .await

@@ -27,7 +27,7 @@ use crate::api::{
 };
 use crate::{codec, keys};
 use rocksdb::{
-    BlockBasedOptions, BottommostLevelCompaction, ColumnFamily, ColumnFamilyDescriptor,
+    BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
     CompactOptions, DB, DataBlockIndexType, Direction, IteratorMode, Options, PrefixRange,
     ReadOptions, ReadTier, SliceTransform, WriteBatch, WriteOptions,
 };
@@ -54,11 +54,24 @@ pub enum Durability {
 }
 
 /// How to open a [`RocksStore`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreOptions {
     /// When inserts are acknowledged.
     pub durability: Durability,
+    /// Size of the block cache shared by the records and their states, in MiB. Validate
+    /// answers from memory (without a hand-off to the blocking pool) when the blocks it
+    /// needs are cached, so size it to the live tokens (about 300 MB per million).
+    pub block_cache_mib: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            durability: Durability::default(),
+            block_cache_mib: 256,
+        }
+    }
 }
 
 /// Writers whose token ids fall in the same stripe serialise their
@@ -145,8 +158,9 @@ fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a ColumnFamily, StoreError> {
 /// `tokens` serves one point read per validation and one (almost always missing) point
 /// read per insert. A whole-key bloom filter lets a miss skip SST files without reading
 /// them, and a hash index inside each data block avoids a binary search on a hit.
-fn tokens_cf_options() -> Options {
+fn tokens_cf_options(cache: &Cache) -> Options {
     let mut table = BlockBasedOptions::default();
+    table.set_block_cache(cache);
     table.set_bloom_filter(10.0, false);
     table.set_data_block_index_type(DataBlockIndexType::BinaryAndHash);
     let mut opts = Options::default();
@@ -183,9 +197,11 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         // RocksDB's own info logs, not data: keep a bounded number.
         db_opts.set_keep_log_file_num(10);
+        let mib = usize::try_from(opts.block_cache_mib).unwrap_or(usize::MAX);
+        let cache = Cache::new_lru_cache(mib.saturating_mul(1024 * 1024));
         let cfs = [
-            ColumnFamilyDescriptor::new(keys::CF_TOKENS, tokens_cf_options()),
-            ColumnFamilyDescriptor::new(keys::CF_STATE, tokens_cf_options()),
+            ColumnFamilyDescriptor::new(keys::CF_TOKENS, tokens_cf_options(&cache)),
+            ColumnFamilyDescriptor::new(keys::CF_STATE, tokens_cf_options(&cache)),
             ColumnFamilyDescriptor::new(keys::CF_TXN_TOKENS, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_CHILDREN, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_EXPIRY, Options::default()),
@@ -700,10 +716,17 @@ const PURGE_BATCH: usize = 256;
 /// An `expiry` index key and the token id it names.
 type ExpiryEntry = (Box<[u8]>, TokenId);
 
+/// The smallest key after `key`: where a scan resumes past entries it just deleted, so it
+/// does not step over their tombstones again.
+fn after(key: &[u8]) -> Vec<u8> {
+    [key, &[0]].concat()
+}
+
 /// Up to `limit` entries (key and token id) of the `expiry` index with
-/// `expires_at < cutoff`, in key order.
+/// `expires_at < cutoff`, in key order, starting at `from` when given.
 fn expired_ids(
     inner: &Inner,
+    from: Option<&[u8]>,
     cutoff: UnixMillis,
     limit: usize,
 ) -> Result<Vec<ExpiryEntry>, StoreError> {
@@ -712,6 +735,9 @@ fn expired_ids(
     // Every key below `cutoff` BE sorts before this 8-byte bound; every key at or
     // after `cutoff` sorts at or after it.
     read_opts.set_iterate_upper_bound(cutoff.0.to_be_bytes().to_vec());
+    if let Some(from) = from {
+        read_opts.set_iterate_lower_bound(from.to_vec());
+    }
     let iter = db.iterator_cf_opt(cf(db, keys::CF_EXPIRY)?, read_opts, IteratorMode::Start);
     let mut ids = Vec::new();
     for item in iter.take(limit) {
@@ -725,13 +751,20 @@ fn expired_ids(
 
 /// Deletes one batch of expired tokens, holding the lock stripes of all their
 /// transactions (taken in stripe order, so two purges cannot deadlock, and no other
-/// operation holds more than one). Returns how many expiry entries were removed.
-fn purge_batch(inner: &Inner, cutoff: UnixMillis, limit: usize) -> Result<usize, StoreError> {
+/// operation holds more than one). Returns how many expiry entries were removed and the
+/// key to resume from.
+fn purge_batch(
+    inner: &Inner,
+    from: Option<&[u8]>,
+    cutoff: UnixMillis,
+    limit: usize,
+) -> Result<(usize, Option<Vec<u8>>), StoreError> {
     let db = &inner.db;
-    let entries = expired_ids(inner, cutoff, limit)?;
-    if entries.is_empty() {
-        return Ok(0);
-    }
+    let entries = expired_ids(inner, from, cutoff, limit)?;
+    let Some((last, _)) = entries.last() else {
+        return Ok((0, None));
+    };
+    let resume = after(last);
     let n = entries.len();
     // Records are immutable, so they can be read before locking; only a purge deletes
     // them, and deleting twice is harmless.
@@ -777,7 +810,7 @@ fn purge_batch(inner: &Inner, cutoff: UnixMillis, limit: usize) -> Result<usize,
         }
     }
     db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
-    Ok(n)
+    Ok((n, Some(resume)))
 }
 
 /// Deletes a purged root's transaction from the listing indexes (the inverse of every
@@ -820,18 +853,40 @@ fn purge_expired_blocking(
     max_tokens: usize,
 ) -> Result<PurgeStats, StoreError> {
     let mut purged = 0;
+    // Each batch resumes past the previous one instead of seeking from the start of the
+    // index and stepping over every tombstone the earlier batches left (which made a
+    // large purge quadratic).
+    let mut from: Option<Vec<u8>> = None;
     while purged < max_tokens {
-        let n = purge_batch(inner, cutoff, PURGE_BATCH.min(max_tokens - purged))?;
+        let limit = PURGE_BATCH.min(max_tokens - purged);
+        let (n, resume) = purge_batch(inner, from.as_deref(), cutoff, limit)?;
         if n == 0 {
             break;
         }
         purged += n;
+        from = resume;
     }
-    let more = !expired_ids(inner, cutoff, 1)?.is_empty();
+    let more = !expired_ids(inner, from.as_deref(), cutoff, 1)?.is_empty();
+    if purged >= COMPACT_AFTER {
+        compact_below(inner, keys::CF_EXPIRY, &cutoff.0.to_be_bytes())?;
+    }
     Ok(PurgeStats {
         tokens: purged,
         more,
     })
+}
+
+/// A purge that deleted at least this many entries compacts the index span it walked.
+const COMPACT_AFTER: usize = 10_000;
+
+/// Compacts `cf_name` below `bound`, dropping the tombstones a large purge left there, so
+/// the next pass (which starts from the beginning of the index) does not walk them.
+fn compact_below(inner: &Inner, cf_name: &str, bound: &[u8]) -> Result<(), StoreError> {
+    let db = &inner.db;
+    let mut opts = CompactOptions::default();
+    opts.set_bottommost_level_compaction(BottommostLevelCompaction::Force);
+    db.compact_range_cf_opt(cf(db, cf_name)?, None::<&[u8]>, Some(bound), &opts);
+    Ok(())
 }
 
 /// Number of keys in one column family, by a full scan.
@@ -994,9 +1049,13 @@ fn purge_events_blocking(
 ) -> Result<PurgeStats, StoreError> {
     let db = &inner.db;
     let (log, events) = (cf(db, keys::CF_EVENT_LOG)?, cf(db, keys::CF_EVENTS)?);
-    let due = |limit: usize| -> Result<Vec<LogEntry>, StoreError> {
+    let bound = EventId::first_at(cutoff).0.to_be_bytes();
+    let due = |from: Option<&[u8]>, limit: usize| -> Result<Vec<LogEntry>, StoreError> {
         let mut read_opts = ReadOptions::default();
-        read_opts.set_iterate_upper_bound(EventId::first_at(cutoff).0.to_be_bytes().to_vec());
+        read_opts.set_iterate_upper_bound(bound.to_vec());
+        if let Some(from) = from {
+            read_opts.set_iterate_lower_bound(from.to_vec());
+        }
         let mut out = Vec::new();
         for item in db
             .iterator_cf_opt(log, read_opts, IteratorMode::Start)
@@ -1010,11 +1069,14 @@ fn purge_events_blocking(
         Ok(out)
     };
     let mut purged = 0;
+    // Resume past each batch, as `purge_expired` does.
+    let mut from: Option<Vec<u8>> = None;
     while purged < max_events {
-        let batch_entries = due(EVENT_PURGE_BATCH.min(max_events - purged))?;
-        if batch_entries.is_empty() {
+        let batch_entries = due(from.as_deref(), EVENT_PURGE_BATCH.min(max_events - purged))?;
+        let Some((last, _, _)) = batch_entries.last() else {
             break;
-        }
+        };
+        from = Some(after(last));
         let mut batch = WriteBatch::default();
         for (key, id, txn) in &batch_entries {
             batch.delete_cf(events, keys::event_key(*txn, *id));
@@ -1023,9 +1085,13 @@ fn purge_events_blocking(
         db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
         purged += batch_entries.len();
     }
+    let more = !due(from.as_deref(), 1)?.is_empty();
+    if purged >= COMPACT_AFTER {
+        compact_below(inner, keys::CF_EVENT_LOG, &bound)?;
+    }
     Ok(PurgeStats {
         tokens: purged,
-        more: !due(1)?.is_empty(),
+        more,
     })
 }
 
@@ -1178,7 +1244,11 @@ mod tests {
     use tempfile::TempDir;
 
     fn open(dir: &TempDir, durability: Durability) -> RocksStore {
-        RocksStore::open(dir.path(), StoreOptions { durability }).unwrap()
+        let opts = StoreOptions {
+            durability,
+            ..StoreOptions::default()
+        };
+        RocksStore::open(dir.path(), opts).unwrap()
     }
 
     #[tokio::test]
