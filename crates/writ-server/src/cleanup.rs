@@ -11,8 +11,10 @@ use tokio::sync::watch;
 use writ_core::UnixMillis;
 use writ_store::{PurgeStats, StoreError, TokenStore};
 
-/// Most tokens one purge call deletes before the task yields.
-const BATCH: usize = 1024;
+/// Most items one purge call deletes. Large, so that one call purges a big span while
+/// resuming past its own batches (the store writes and locks in small batches inside
+/// it) and compacts what it purged, and the next call does not re-walk tombstones.
+const BATCH: usize = 100_000;
 
 /// Calls `purge(cutoff, BATCH)` until it reports nothing more below the cutoff, which is
 /// `retention` before now; returns how many items went. A failure is logged and ends the
