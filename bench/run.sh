@@ -34,41 +34,47 @@ load() { # name, then writ-load arguments
 }
 : > "$R/load/summary.txt"
 
-# 1. Validate vs the empty RPC, same concurrency, default (multi-thread) server runtime.
-for c in 1 4 16 64 256; do
-  load "empty-multi-c$c" --mix empty --concurrency "$c"
-  load "validate-multi-c$c" --mix validate --concurrency "$c"
+# 1. Validate vs the empty RPC at the same concurrency, default (multi-thread) runtime:
+#    as `writ_server::start` serves (Nagle on), and with TCP_NODELAY (`-nd`), each
+#    against the baseline server configured the same way.
+for c in 1 16 64 256; do
+  load "empty-c$c" --mix empty --concurrency "$c"
+  load "validate-c$c" --mix validate --concurrency "$c"
+  load "empty-nd-c$c" --mix empty --concurrency "$c" --server-nodelay
+  load "validate-nd-c$c" --mix validate --concurrency "$c" --server-nodelay
 done
 # The server runtime: current-thread, and a one-worker multi-thread runtime.
-for c in 16 64; do
-  load "empty-current-c$c" --mix empty --concurrency "$c" --server-runtime current
-  load "validate-current-c$c" --mix validate --concurrency "$c" --server-runtime current
-  load "empty-multi1-c$c" --mix empty --concurrency "$c" --server-workers 1
-  load "validate-multi1-c$c" --mix validate --concurrency "$c" --server-workers 1
+for rt in "current --server-runtime current" "multi1 --server-workers 1"; do
+  set -- $rt
+  name=$1; shift
+  load "empty-nd-$name-c64" --mix empty --concurrency 64 --server-nodelay "$@"
+  load "validate-nd-$name-c64" --mix validate --concurrency 64 --server-nodelay "$@"
 done
 # p99 at half of the peak, open loop (latency from each request's scheduled start).
-peak=$(for f in "$R"/load/validate-multi-c*.json; do jq -r '"\(.throughput_ops_s) \(input_filename)"' "$f"; done | sort -g | tail -1 | cut -d' ' -f2)
-load "validate-half-peak" --mix validate --concurrency 64 --rate-from "$peak" --rate-fraction 0.5
-load "empty-at-validate-half-peak" --mix empty --concurrency 64 --rate-from "$peak" --rate-fraction 0.5
+peak=$(for f in "$R"/load/validate-nd-c*.json; do echo "$(jq -r .throughput_ops_s "$f") $f"; done | sort -g | tail -1 | cut -d' ' -f2)
+load "validate-nd-half-peak" --mix validate --concurrency 64 --server-nodelay --rate-from "$peak" --rate-fraction 0.5
+load "empty-nd-at-validate-half-peak" --mix empty --concurrency 64 --server-nodelay --rate-from "$peak" --rate-fraction 0.5
 # Validate against chain depth over gRPC.
 for d in 4 16 64; do
-  load "validate-depth$d-c64" --mix validate --concurrency 64 --depth "$d" --tokens 200
+  load "validate-nd-depth$d-c64" --mix validate --concurrency 64 --depth "$d" --tokens 200 --server-nodelay
 done
-# 2. Mint + Downscope chains, durable and buffered.
+# 2. Mint + Downscope chains, durable (fsync) and buffered.
 for c in 1 16 64; do
-  load "chain-sync-c$c" --mix chain --concurrency "$c" --durability sync
-  load "chain-buffered-c$c" --mix chain --concurrency "$c" --durability buffered
+  load "chain-sync-nd-c$c" --mix chain --concurrency "$c" --durability sync --server-nodelay
+  load "chain-buffered-nd-c$c" --mix chain --concurrency "$c" --durability buffered --server-nodelay
 done
+load "chain-sync-c64" --mix chain --concurrency 64 --durability sync
 # Validate while revoking 50 chains a second.
-load "revoke-c64" --mix revoke --concurrency 64 --revoke-rate 50
+load "revoke-nd-c64" --mix revoke --concurrency 64 --revoke-rate 50 --server-nodelay
 
-"$BIN/writ-growth" plot-load --title "Validate vs empty RPC over gRPC (in-process server, 2 cores shared with the client)" \
-  --svg "$R/load-validate.svg" "$R"/load/empty-multi-c*.json "$R"/load/validate-multi-c*.json
-"$BIN/writ-growth" plot-load --title "Mint+Downscope chains: fsync vs buffered" \
-  --svg "$R/load-chain.svg" "$R"/load/chain-*.json
+"$BIN/writ-growth" plot-load --title "Validate vs empty RPC over gRPC (2 cores shared with the client)" \
+  --svg "$R/load-validate.svg" "$R"/load/empty-c*.json "$R"/load/validate-c*.json \
+  "$R"/load/empty-nd-c*.json "$R"/load/validate-nd-c*.json
+"$BIN/writ-growth" plot-load --title "Mint+Downscope chains (RPC/s): fsync vs buffered, TCP_NODELAY" \
+  --svg "$R/load-chain.svg" "$R"/load/chain-*-nd-c*.json
 
 # 3. Micro-benchmarks (criterion) with the JWT and Biscuit baselines.
-cargo bench 2>&1 | grep -v '^\s*$' | tee "$R/criterion-bench.txt"
+cargo bench --benches 2>&1 | grep -v '^\s*$' | tee "$R/criterion-bench.txt"
 (cd baselines && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/baselines" cargo bench) 2>&1 | grep -v '^\s*$' \
   | tee "$R/criterion-baselines.txt"
 

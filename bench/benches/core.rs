@@ -6,6 +6,9 @@
 //!
 //! Sample sizes and measurement times are kept small so `cargo bench` takes minutes.
 
+// A failed setup or a wrong answer should stop a bench loudly.
+#![allow(clippy::unwrap_used)]
+
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use ed25519_dalek::{Signer, SigningKey, Verifier};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

@@ -4,6 +4,9 @@
 //! one `block_on` on a Tokio runtime, so RocksDB's blocking-pool hop is included, as it
 //! is in the server.
 
+// A failed setup or a wrong answer should stop a bench loudly.
+#![allow(clippy::unwrap_used)]
+
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
 use std::sync::Arc;

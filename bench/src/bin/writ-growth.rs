@@ -413,7 +413,7 @@ async fn tokens(
                     r??;
                 }
             }
-            if loaded % 250_000 == 0 {
+            if loaded.is_multiple_of(250_000) {
                 eprintln!(
                     "  loaded {loaded} tokens ({:.0} s)",
                     t0.elapsed().as_secs_f64()
@@ -526,15 +526,23 @@ fn write_svg(path: &Path, chart: &Chart) -> Result<()> {
     std::fs::write(path, chart.render()).with_context(|| format!("writing {}", path.display()))
 }
 
+fn series_name(label: &str) -> String {
+    match label.rsplit_once("-c") {
+        Some((head, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => head.into(),
+        _ => label.into(),
+    }
+}
+
 fn plot_load(title: &str, svg: &Path, files: &[PathBuf]) -> Result<()> {
     let mut series: Vec<Series> = Vec::new();
     for f in files {
         let text =
             std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
+        // One line per label with its concurrency suffix ("-c64") taken off.
         let label = v["args"]["label"]
             .as_str()
-            .map(str::to_string)
+            .map(series_name)
             .unwrap_or_else(|| v["args"]["mix"].as_str().unwrap_or("?").to_string());
         let x = v["args"]["concurrency"].as_f64().unwrap_or(0.0);
         let y = v["throughput_ops_s"].as_f64().unwrap_or(0.0);
