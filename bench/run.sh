@@ -13,6 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/writ-bench-target}"
 R=results
+rm -rf "$R/load" "$R/logs"
 mkdir -p "$R/load" "$R/logs"
 DUR=${DUR:-8}
 WARM=${WARM:-2}
@@ -34,44 +35,43 @@ load() { # name, then writ-load arguments
 }
 : > "$R/load/summary.txt"
 
-# 1. Validate vs the empty RPC at the same concurrency, default (multi-thread) runtime:
-#    as `writ_server::start` serves (Nagle on), and with TCP_NODELAY (`-nd`), each
-#    against the baseline server configured the same way.
+# 1. Validate vs the empty RPC at the same concurrency (both servers set TCP_NODELAY, as
+#    `writ_server::start` does), default multi-thread runtime, audit.validations = all.
 for c in 1 16 64 256; do
   load "empty-c$c" --mix empty --concurrency "$c"
   load "validate-c$c" --mix validate --concurrency "$c"
-  load "empty-nd-c$c" --mix empty --concurrency "$c" --server-nodelay
-  load "validate-nd-c$c" --mix validate --concurrency "$c" --server-nodelay
+done
+# What recording every validation in the audit trail costs.
+for a in actions none; do
+  load "validate-audit_$a-c64" --mix validate --concurrency 64 --audit-validations "$a"
 done
 # The server runtime: current-thread, and a one-worker multi-thread runtime.
 for rt in "current --server-runtime current" "multi1 --server-workers 1"; do
   set -- $rt
   name=$1; shift
-  load "empty-nd-$name-c64" --mix empty --concurrency 64 --server-nodelay "$@"
-  load "validate-nd-$name-c64" --mix validate --concurrency 64 --server-nodelay "$@"
+  load "empty-$name-c64" --mix empty --concurrency 64 "$@"
+  load "validate-$name-c64" --mix validate --concurrency 64 "$@"
 done
 # p99 at half of the peak, open loop (latency from each request's scheduled start).
-peak=$(for f in "$R"/load/validate-nd-c*.json; do echo "$(jq -r .throughput_ops_s "$f") $f"; done | sort -g | tail -1 | cut -d' ' -f2)
-load "validate-nd-half-peak" --mix validate --concurrency 64 --server-nodelay --rate-from "$peak" --rate-fraction 0.5
-load "empty-nd-at-validate-half-peak" --mix empty --concurrency 64 --server-nodelay --rate-from "$peak" --rate-fraction 0.5
+peak=$(for f in "$R"/load/validate-c*.json; do echo "$(jq -r .throughput_ops_s "$f") $f"; done | sort -g | tail -1 | cut -d' ' -f2)
+load "validate-half-peak" --mix validate --concurrency 64 --rate-from "$peak" --rate-fraction 0.5
+load "empty-at-validate-half-peak" --mix empty --concurrency 64 --rate-from "$peak" --rate-fraction 0.5
 # Validate against chain depth over gRPC.
 for d in 4 16 64; do
-  load "validate-nd-depth$d-c64" --mix validate --concurrency 64 --depth "$d" --tokens 200 --server-nodelay
+  load "validate-depth$d-c64" --mix validate --concurrency 64 --depth "$d" --tokens 200
 done
 # 2. Mint + Downscope chains, durable (fsync) and buffered.
 for c in 1 16 64; do
-  load "chain-sync-nd-c$c" --mix chain --concurrency "$c" --durability sync --server-nodelay
-  load "chain-buffered-nd-c$c" --mix chain --concurrency "$c" --durability buffered --server-nodelay
+  load "chain-sync-c$c" --mix chain --concurrency "$c" --durability sync
+  load "chain-buffered-c$c" --mix chain --concurrency "$c" --durability buffered
 done
-load "chain-sync-c64" --mix chain --concurrency 64 --durability sync
 # Validate while revoking 50 chains a second.
-load "revoke-nd-c64" --mix revoke --concurrency 64 --revoke-rate 50 --server-nodelay
+load "revoke-c64" --mix revoke --concurrency 64 --revoke-rate 50
 
 "$BIN/writ-growth" plot-load --title "Validate vs empty RPC over gRPC (2 cores shared with the client)" \
-  --svg "$R/load-validate.svg" "$R"/load/empty-c*.json "$R"/load/validate-c*.json \
-  "$R"/load/empty-nd-c*.json "$R"/load/validate-nd-c*.json
-"$BIN/writ-growth" plot-load --title "Mint+Downscope chains (RPC/s): fsync vs buffered, TCP_NODELAY" \
-  --svg "$R/load-chain.svg" "$R"/load/chain-*-nd-c*.json
+  --svg "$R/load-validate.svg" "$R"/load/empty-c*.json "$R"/load/validate-c*.json
+"$BIN/writ-growth" plot-load --title "Mint+Downscope chains (RPC/s): fsync vs buffered" \
+  --svg "$R/load-chain.svg" "$R"/load/chain-*-c*.json
 
 # 3. Micro-benchmarks (criterion) with the JWT and Biscuit baselines.
 cargo bench --benches 2>&1 | grep -v '^\s*$' | tee "$R/criterion-bench.txt"

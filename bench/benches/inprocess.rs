@@ -89,11 +89,14 @@ fn service_ops<S: TokenStore>(
     store: S,
     samples: usize,
 ) {
-    let svc = Arc::new(adapter::service(
-        Arc::new(store),
-        fixtures::keyring(),
-        fixtures::policy(8),
-    ));
+    let svc = Arc::new(
+        rt.block_on(adapter::service(
+            Arc::new(store),
+            fixtures::keyring(),
+            fixtures::policy(8),
+        ))
+        .unwrap(),
+    );
     // 256 chains of depth 1; Validate picks their leaves in turn.
     let leaves: Vec<_> = rt.block_on(async {
         let mut v = Vec::new();

@@ -1,14 +1,17 @@
 //! The one place the harness touches the parts of Writ's API that are still changing:
-//! `TokenStore::insert`/`insert_child`/`purge_expired` and `Service::new` with its
-//! methods. Everything else measures stable surfaces (the gRPC server, `writ_core`,
-//! `TokenStore::get`/`get_with_state`). When the store trait or the service gain an
-//! argument, adapt these few functions and nothing else.
+//! `TokenStore::insert`/`purge_expired` and `Service::new` (with the audit trail it
+//! needs) and its methods. Everything else measures stable surfaces (the gRPC server,
+//! `writ_core`, `TokenStore::get`/`get_with_state`). When the store trait or the service
+//! change again, adapt these few functions and nothing else.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use writ_api::convert::Action;
 use writ_core::narrow::{ChildRequest, MintRequest, Policy};
-use writ_core::{KeyRing, TokenRecord, TokenSecret, UnixMillis};
+use writ_core::{Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis};
+use writ_server::audit::Audit;
 use writ_server::auth::Caller;
+use writ_server::config::ValidationEvents;
 use writ_server::error::ServiceError;
 use writ_server::service::{Service, Validation};
 use writ_store::{StoreError, TokenStore};
@@ -19,25 +22,35 @@ use crate::fixtures;
 /// derive many children of one parent.
 pub const MAX_CHILDREN: u32 = 1024;
 
-/// An in-process service over `store`, as `writ_server::start` builds it.
-pub fn service<S: TokenStore>(store: Arc<S>, keys: KeyRing, policy: Policy) -> Service<S> {
-    Service::new(
+/// An in-process service over `store`, as `writ_server::start` builds it, with its audit
+/// trail writer running on the current runtime and recording every validation (the
+/// server's default).
+pub async fn service<S: TokenStore>(
+    store: Arc<S>,
+    keys: KeyRing,
+    policy: Policy,
+) -> Result<Service<S>, StoreError> {
+    let (audit, _writer) = Audit::start(store.clone()).await?;
+    Ok(Service::new(
         store,
         keys,
         policy,
         fixtures::TRUST_DOMAIN.to_string(),
         MAX_CHILDREN,
-    )
+        audit,
+        ValidationEvents::All,
+    ))
 }
 
-/// Stores a root record (durable per the store's durability).
+/// Event ids for records loaded straight into a store: increasing, one per record.
+static NEXT_EVENT: AtomicU64 = AtomicU64::new(0);
+
+/// Stores a root record with its `minted` event (durable per the store's durability).
 pub async fn put<S: TokenStore>(store: &S, record: TokenRecord) -> Result<(), StoreError> {
-    store.insert(record).await
-}
-
-/// Stores a child record under its parent, applying the admission rule.
-pub async fn put_child<S: TokenStore>(store: &S, record: TokenRecord) -> Result<(), StoreError> {
-    store.insert_child(record, MAX_CHILDREN).await
+    let base = EventId::first_at(record.issued_at).0;
+    let id = EventId(base + NEXT_EVENT.fetch_add(1, Ordering::Relaxed));
+    let event = Event::minted(id, &record);
+    store.insert(record, event).await
 }
 
 /// Deletes every token that expired before `cutoff`, in batches of `batch`, as the
@@ -118,98 +131,4 @@ pub async fn mint_chain<S: TokenStore>(
         secrets.push(child);
     }
     Ok(secrets)
-}
-
-/// A Writ server started by [`start_nodelay`].
-#[derive(Debug)]
-pub struct NodelayServer {
-    /// Where it listens.
-    pub local_addr: std::net::SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-}
-
-impl NodelayServer {
-    /// Stops accepting and waits for in-flight requests.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(true);
-        self.task.await??;
-        Ok(())
-    }
-}
-
-/// `writ_server::start` with one change: accepted connections get `TCP_NODELAY`.
-///
-/// `start` serves a `TcpListenerStream`, whose sockets keep Nagle's algorithm on; a
-/// response written while the peer's ACK of an earlier small segment (an HTTP/2 window
-/// update, say) is outstanding then waits for the peer's delayed ACK, about 40 ms on
-/// Linux. This copy of `start` (same secrets, store, services and server limits; only
-/// local credentials, no cleanup task) exists to measure what Writ does once that is
-/// fixed. Compare its figures with `start`'s, never use it instead of them.
-pub async fn start_nodelay(config: writ_server::Config) -> anyhow::Result<NodelayServer> {
-    use writ_api::pb::chain_service_server::ChainServiceServer;
-    use writ_api::pb::token_service_server::TokenServiceServer;
-    use writ_core::limits::MAX_MESSAGE_BYTES;
-    use writ_server::secrets;
-
-    config.validate()?;
-    let data_dir = config.data_dir.clone();
-    secrets::ensure_private_dir(&data_dir)?;
-    let keys = secrets::load_or_create_key_ring(&data_dir)?;
-    let mut credentials = secrets::Credentials::default();
-    let minter = secrets::load_or_create_local_minter(&data_dir)?;
-    credentials.add(
-        secrets::LOCAL_MINTER_ID.into(),
-        secrets::Role::Minter,
-        minter,
-    );
-    let operator = secrets::load_or_create_local_operator(&data_dir)?;
-    credentials.add(
-        secrets::LOCAL_OPERATOR_ID.into(),
-        secrets::Role::Operator,
-        operator,
-    );
-    let db_path = data_dir.join(writ_server::DB_DIR);
-    let opts = writ_store::StoreOptions {
-        durability: config.storage.durability,
-    };
-    let store =
-        tokio::task::spawn_blocking(move || writ_store::RocksStore::open(&db_path, opts)).await??;
-    let store = Arc::new(store);
-    let service = Service::new(
-        store.clone(),
-        keys,
-        config.policy(),
-        config.trust_domain.clone(),
-        config.tokens.max_children,
-    );
-    let auth = writ_server::auth::Authenticator::new(credentials);
-    let chain = ChainServiceServer::new(writ_server::chain::ChainGrpc::new(
-        store.clone(),
-        auth.clone(),
-    ))
-    .max_decoding_message_size(MAX_MESSAGE_BYTES)
-    .max_encoding_message_size(32 * 1024 * 1024);
-    let grpc = writ_server::grpc::GrpcService::new(Arc::new(service), auth);
-    let svc = TokenServiceServer::new(grpc)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(4 * MAX_MESSAGE_BYTES);
-    let listener = tokio::net::TcpListener::bind(config.listen).await?;
-    let local_addr = listener.local_addr()?;
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let (stop, mut stopped) = tokio::sync::watch::channel(false);
-    let task = tokio::spawn(async move {
-        crate::baseline::server_builder()
-            .add_service(svc)
-            .add_service(chain)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            })
-            .await
-    });
-    Ok(NodelayServer {
-        local_addr,
-        stop,
-        task,
-    })
 }

@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 use tonic::transport::server::TcpIncoming;
 use writ_server::Config;
 
-use crate::{adapter, baseline};
+use crate::baseline;
 
 /// Which Tokio runtime the server runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -27,17 +27,13 @@ pub enum Flavor {
     Current,
 }
 
-/// A server runtime: flavour and, for `Multi`, the worker count (default: one per core),
-/// and whether accepted sockets get `TCP_NODELAY` (Writ's `start` leaves Nagle on; see
-/// [`crate::adapter::start_nodelay`]).
+/// A server runtime: flavour and, for `Multi`, the worker count (default: one per core).
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct RuntimeSpec {
     /// Multi-thread or current-thread.
     pub flavor: Flavor,
     /// Worker threads of a multi-thread runtime; `None` is Tokio's default (the cores).
     pub workers: Option<usize>,
-    /// Set `TCP_NODELAY` on accepted connections.
-    pub nodelay: bool,
 }
 
 impl RuntimeSpec {
@@ -45,10 +41,13 @@ impl RuntimeSpec {
     pub fn build(&self) -> std::io::Result<tokio::runtime::Runtime> {
         match self.flavor {
             Flavor::Current => tokio::runtime::Builder::new_current_thread()
+                .thread_name("server")
                 .enable_all()
                 .build(),
             Flavor::Multi => {
                 let mut b = tokio::runtime::Builder::new_multi_thread();
+                // Named, so a profile of writ-load tells server threads from client ones.
+                b.thread_name("server");
                 if let Some(n) = self.workers {
                     b.worker_threads(n);
                 }
@@ -89,8 +88,7 @@ impl ServerHandle {
     }
 }
 
-/// Starts Writ (`writ_server::start`, or [`adapter::start_nodelay`] when
-/// `spec.nodelay`) with `configure` applied to a default configuration whose listen address
+/// Starts Writ (`writ_server::start`) with `configure` applied to a default configuration whose listen address
 /// is an ephemeral loopback port and whose data directory is a new temporary directory.
 pub fn spawn_writ(spec: RuntimeSpec, configure: impl FnOnce(&mut Config)) -> Result<ServerHandle> {
     let tmp = tempfile::tempdir().context("creating a temporary data directory")?;
@@ -106,18 +104,6 @@ pub fn spawn_writ(spec: RuntimeSpec, configure: impl FnOnce(&mut Config)) -> Res
         .spawn(move || -> Result<()> {
             let rt = spec.build()?;
             rt.block_on(async move {
-                if spec.nodelay {
-                    let running = match adapter::start_nodelay(config).await {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e.to_string()));
-                            return Ok(());
-                        }
-                    };
-                    let _ = ready_tx.send(Ok(running.local_addr));
-                    let _ = stop_rx.await;
-                    return running.shutdown().await;
-                }
                 let running = match writ_server::start(config).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -160,9 +146,8 @@ pub fn spawn_baseline(spec: RuntimeSpec) -> Result<ServerHandle> {
                     }
                 };
                 let addr = listener.local_addr()?;
-                // As Writ's `start` does: Nagle stays on unless asked otherwise.
-                let incoming =
-                    TcpIncoming::from(listener).with_nodelay(spec.nodelay.then_some(true));
+                // As Writ's `start` does: TCP_NODELAY on accepted connections.
+                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
                 let _ = ready_tx.send(Ok(addr));
                 baseline::server_builder()
                     .add_service(baseline::pb::baseline_server::BaselineServer::new(

@@ -206,11 +206,9 @@ async fn depth_on<S: TokenStore>(
     concurrency: usize,
     rows: &mut Vec<DepthRow>,
 ) -> Result<()> {
-    let svc = Arc::new(adapter::service(
-        Arc::new(store),
-        fixtures::keyring(),
-        fixtures::policy(64),
-    ));
+    let svc = Arc::new(
+        adapter::service(Arc::new(store), fixtures::keyring(), fixtures::policy(64)).await?,
+    );
     for &d in depths {
         let mut leaves = Vec::new();
         for _ in 0..64 {
@@ -382,11 +380,7 @@ async fn tokens(
     )?);
     let keys = fixtures::keyring();
     let policy = fixtures::policy(8);
-    let svc = Arc::new(adapter::service(
-        store.clone(),
-        keys.clone(),
-        policy.clone(),
-    ));
+    let svc = Arc::new(adapter::service(store.clone(), keys.clone(), policy.clone()).await?);
     let mut reservoir = Reservoir {
         cap: 10_000,
         seen: 0,

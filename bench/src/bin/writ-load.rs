@@ -37,6 +37,7 @@ use writ_bench::report::{self, Latency, Machine};
 use writ_bench::serve::{self, Flavor, RuntimeSpec, ServerHandle};
 use writ_bench::{fixtures, wire};
 use writ_client::WritClient;
+use writ_server::config::ValidationEvents;
 use writ_store::Durability;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
@@ -47,6 +48,14 @@ enum Mix {
     Mint,
     Revoke,
     Empty,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum AuditValidations {
+    All,
+    Actions,
+    None,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
@@ -113,10 +122,10 @@ struct Args {
     /// In-process server: worker threads of a multi-thread runtime (default: the cores).
     #[arg(long)]
     server_workers: Option<usize>,
-    /// In-process server: set TCP_NODELAY on accepted connections (Writ's `start`
-    /// leaves Nagle's algorithm on; this runs a copy of `start` with that one change).
-    #[arg(long)]
-    server_nodelay: bool,
+    /// In-process server: which validations the audit trail records
+    /// (`audit.validations`: all, actions or none).
+    #[arg(long, value_enum, default_value = "all")]
+    audit_validations: AuditValidations,
     /// Worker threads of the load generator's own (multi-thread) runtime.
     #[arg(long, default_value_t = 2)]
     client_workers: usize,
@@ -409,16 +418,20 @@ fn main() -> Result<()> {
     let spec = RuntimeSpec {
         flavor: args.server_runtime,
         workers: args.server_workers,
-        nodelay: args.server_nodelay,
     };
     let server: Option<ServerHandle> = match (&args.server, args.mix) {
         (Some(_), _) => None,
         (None, Mix::Empty) => Some(serve::spawn_baseline(spec)?),
         (None, _) => {
-            let (depth, durability) = (args.depth, args.durability);
+            let (depth, durability, audit) = (args.depth, args.durability, args.audit_validations);
             Some(serve::spawn_writ(spec, |c| {
                 c.tokens.max_depth = depth.max(c.tokens.max_depth);
                 c.tokens.max_children = 1024;
+                c.audit.validations = match audit {
+                    AuditValidations::All => ValidationEvents::All,
+                    AuditValidations::Actions => ValidationEvents::Actions,
+                    AuditValidations::None => ValidationEvents::None,
+                };
                 c.storage.durability = match durability {
                     DurabilityArg::Sync => Durability::Sync,
                     DurabilityArg::Buffered => Durability::Buffered,
@@ -432,6 +445,7 @@ fn main() -> Result<()> {
         (None, None) => unreachable!("a server was started"),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("load")
         .worker_threads(args.client_workers.max(1))
         .enable_all()
         .build()?;
@@ -651,8 +665,8 @@ fn summarize(
         out.args.connections,
         match &out.server.runtime {
             Some(r) => format!(
-                "in-process {:?} workers {:?} nodelay {}",
-                r.flavor, r.workers, r.nodelay
+                "in-process {:?} workers {:?} audit.validations {:?}",
+                r.flavor, r.workers, out.args.audit_validations
             ),
             None => out.server.url.clone(),
         }
