@@ -17,8 +17,8 @@ rm -rf "$R/load" "$R/logs"
 mkdir -p "$R/load" "$R/logs"
 DUR=${DUR:-8}
 WARM=${WARM:-2}
-SIZES=${SIZES:-10000,100000,1000000}
-if [[ -n "${QUICK:-}" ]]; then DUR=2; WARM=1; SIZES=10000,100000; fi
+SIZES=${SIZES:-10000,100000,1000000}  # the committed run used 10000,100000,1000000,3000000,10000000
+if [[ -n "${QUICK:-}" ]]; then DUR=2; WARM=1; SIZES=10000,100000; CLEANUP_SIZES=10000,30000; fi
 
 cargo build --release --bins
 (cd baselines && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/baselines" cargo bench --no-run)
@@ -69,16 +69,20 @@ done
 load "revoke-c64" --mix revoke --concurrency 64 --revoke-rate 50
 
 "$BIN/writ-growth" plot-load --title "Validate vs empty RPC over gRPC (2 cores shared with the client)" \
-  --svg "$R/load-validate.svg" "$R"/load/empty-c*.json "$R"/load/validate-c*.json
+  --svg "$R/load-validate.svg" "$R"/load/empty-c[0-9]*.json "$R"/load/validate-c[0-9]*.json \
+  "$R"/load/empty-current-c*.json "$R"/load/validate-current-c*.json
 "$BIN/writ-growth" plot-load --title "Mint+Downscope chains (RPC/s): fsync vs buffered" \
-  --svg "$R/load-chain.svg" "$R"/load/chain-*-c*.json
+  --svg "$R/load-chain.svg" "$R"/load/chain-*-c*.json "$R"/load/empty-c[0-9]*.json
 
 # 3. Micro-benchmarks (criterion) with the JWT and Biscuit baselines.
 cargo bench --benches 2>&1 | grep -v '^\s*$' | tee "$R/criterion-bench.txt"
 (cd baselines && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/baselines" cargo bench) 2>&1 | grep -v '^\s*$' \
   | tee "$R/criterion-baselines.txt"
+bash criterion-summary.sh | tee "$R/criterion-summary.txt"
 
 # 4. Growth: chain depth, stored tokens, disk, cleanup.
 "$BIN/writ-growth" depth --out "$R/depth.json" --svg "$R/depth.svg" 2>&1 | tee "$R/logs/depth.log"
-"$BIN/writ-growth" tokens --sizes "$SIZES" --out "$R/tokens.json" --svg "$R/tokens.svg" 2>&1 | tee "$R/logs/tokens.log"
+"$BIN/writ-growth" tokens --sizes "$SIZES" --no-purge --out "$R/tokens.json" --svg "$R/tokens.svg" 2>&1 | tee "$R/logs/tokens.log"
+# Cleanup on fresh stores (purging 1M tokens in one go takes many minutes: see BENCHMARKS.md).
+"$BIN/writ-growth" cleanup --sizes "${CLEANUP_SIZES:-10000,30000,100000,200000}" --out "$R/cleanup.json" --svg "$R/cleanup.svg" 2>&1 | tee "$R/logs/cleanup.log"
 echo "done: results in bench/$R"

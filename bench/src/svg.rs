@@ -42,7 +42,7 @@ fn nice_max(v: f64) -> f64 {
         return 1.0;
     }
     let mag = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 2.5, 5.0, 10.0] {
+    for m in [1.0, 2.0, 2.5, 5.0, 6.0, 8.0, 10.0] {
         if m * mag >= v {
             return m * mag;
         }

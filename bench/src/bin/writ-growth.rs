@@ -76,6 +76,24 @@ enum Cmd {
         #[arg(long, default_value = "results/tokens.svg")]
         svg: PathBuf,
     },
+    /// Cleanup time against the number of expired tokens: for each size, a fresh store
+    /// is loaded and every token purged through `TokenStore::purge_expired` in batches
+    /// of 1024, as the server's cleanup task does.
+    Cleanup {
+        /// Numbers of tokens, one fresh store each.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "10000,30000,100000,300000"
+        )]
+        sizes: Vec<usize>,
+        /// JSON result.
+        #[arg(long, default_value = "results/cleanup.json")]
+        out: PathBuf,
+        /// SVG chart.
+        #[arg(long, default_value = "results/cleanup.svg")]
+        svg: PathBuf,
+    },
     /// Throughput against concurrency from writ-load JSON results, one line per label.
     PlotLoad {
         /// Chart title.
@@ -119,6 +137,7 @@ fn main() -> Result<()> {
             &out,
             &svg,
         )),
+        Cmd::Cleanup { sizes, out, svg } => rt.block_on(cleanup(sizes, &out, &svg)),
         Cmd::PlotLoad { title, svg, files } => plot_load(&title, &svg, &files),
     }
 }
@@ -320,18 +339,51 @@ struct Purge {
 }
 
 #[derive(Serialize)]
-struct TokensOut {
+struct TokensOut<'a> {
     tool: &'static str,
-    machine: Machine,
+    machine: &'a Machine,
     note: &'static str,
     probe: usize,
     concurrency: usize,
-    rows: Vec<TokensRow>,
-    compacted_disk_bytes: u64,
-    compacted_disk_bytes_per_million: f64,
+    rows: &'a [TokensRow],
+    /// After a full compaction at the end (absent while the run is still going).
+    compacted_disk_bytes: Option<u64>,
+    compacted_disk_bytes_per_million: Option<f64>,
     purge: Option<Purge>,
     loadavg_after: String,
 }
+
+/// Writes the tokens chart and JSON; called after every size, so a run stopped early
+/// still leaves what it measured.
+fn write_tokens(out: &Path, svg: &Path, doc: &TokensOut<'_>) -> Result<()> {
+    let rows = doc.rows;
+    let chart = Chart {
+        title: "In-process Validate vs stored tokens (RocksDB)".into(),
+        x_label: "stored tokens (log)".into(),
+        y_label: "latency (µs)".into(),
+        log_x: true,
+        series: vec![
+            Series {
+                name: "mean".into(),
+                points: rows
+                    .iter()
+                    .map(|r| (r.tokens as f64, r.probe.latency.mean_us))
+                    .collect(),
+            },
+            Series {
+                name: "p99".into(),
+                points: rows
+                    .iter()
+                    .map(|r| (r.tokens as f64, r.probe.latency.p99_us))
+                    .collect(),
+            },
+        ],
+    };
+    write_svg(svg, &chart)?;
+    report::write_json(out, doc)
+}
+
+const TOKENS_NOTE: &str = "root tokens (depth 0) inserted through TokenStore::insert (with their minted events) into a RocksDB store opened with Durability::Buffered; probes validate tokens sampled uniformly from all loaded";
 
 /// Keeps at most `cap` secrets, each loaded token equally likely to be kept, so probes
 /// hit old and new tokens alike.
@@ -436,6 +488,22 @@ async fn tokens(
             disk_bytes_per_token: disk as f64 / size as f64,
             probe: p,
         });
+        write_tokens(
+            out,
+            svg,
+            &TokensOut {
+                tool: "writ-growth tokens",
+                machine: &machine,
+                note: TOKENS_NOTE,
+                probe: probe_n,
+                concurrency,
+                rows: &rows,
+                compacted_disk_bytes: None,
+                compacted_disk_bytes_per_million: None,
+                purge: None,
+                loadavg_after: report::loadavg(),
+            },
+        )?;
     }
     let t0 = Instant::now();
     let s2 = store.clone();
@@ -469,41 +537,118 @@ async fn tokens(
     } else {
         None
     };
+    write_tokens(
+        out,
+        svg,
+        &TokensOut {
+            tool: "writ-growth tokens",
+            machine: &machine,
+            note: TOKENS_NOTE,
+            probe: probe_n,
+            concurrency,
+            rows: &rows,
+            compacted_disk_bytes: Some(compacted),
+            compacted_disk_bytes_per_million: Some(compacted as f64 / loaded.max(1) as f64 * 1e6),
+            purge,
+            loadavg_after: report::loadavg(),
+        },
+    )?;
+    eprintln!("wrote {} and {}", out.display(), svg.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct CleanupRow {
+    tokens: usize,
+    load_seconds: f64,
+    purge_seconds: f64,
+    purged_tokens_s: f64,
+}
+
+#[derive(Serialize)]
+struct CleanupOut {
+    tool: &'static str,
+    machine: Machine,
+    note: &'static str,
+    rows: Vec<CleanupRow>,
+    loadavg_after: String,
+}
+
+/// Loads `n` root tokens into `store` with 64 inserts in flight.
+async fn load_roots(store: &Arc<RocksStore>, n: usize) -> Result<()> {
+    let keys = fixtures::keyring();
+    let policy = fixtures::policy(8);
+    let issued_at = now();
+    let mut set = JoinSet::new();
+    for _ in 0..n {
+        let mut chain = fixtures::record_chain(&keys, &policy, 0, issued_at)?;
+        let Some((_, record)) = chain.pop() else {
+            continue;
+        };
+        let store = store.clone();
+        set.spawn(async move { adapter::put(store.as_ref(), record).await });
+        while set.len() >= 64 {
+            if let Some(r) = set.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+async fn cleanup(sizes: Vec<usize>, out: &Path, svg: &Path) -> Result<()> {
+    let machine = report::machine();
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let tmp = tempfile::tempdir()?;
+        let store = Arc::new(RocksStore::open(
+            &tmp.path().join("db"),
+            StoreOptions {
+                durability: Durability::Buffered,
+            },
+        )?);
+        let t0 = Instant::now();
+        load_roots(&store, n).await?;
+        let load_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let purged = adapter::purge_before(store.as_ref(), UnixMillis(u64::MAX), 1024).await?;
+        let purge_seconds = t1.elapsed().as_secs_f64();
+        anyhow::ensure!(purged == n, "purged {purged} of {n} tokens");
+        eprintln!(
+            "{n:>8} tokens: loaded in {load_seconds:.1} s, purged in {purge_seconds:.2} s ({:.0} tokens/s)",
+            n as f64 / purge_seconds
+        );
+        rows.push(CleanupRow {
+            tokens: n,
+            load_seconds,
+            purge_seconds,
+            purged_tokens_s: n as f64 / purge_seconds,
+        });
+    }
     let chart = Chart {
-        title: "In-process Validate vs stored tokens (RocksDB)".into(),
-        x_label: "stored tokens (log)".into(),
-        y_label: "latency (µs)".into(),
+        title: "Cleanup: time to purge N expired tokens (RocksDB)".into(),
+        x_label: "expired tokens (log)".into(),
+        y_label: "seconds".into(),
         log_x: true,
-        series: vec![
-            Series {
-                name: "mean".into(),
-                points: rows
-                    .iter()
-                    .map(|r| (r.tokens as f64, r.probe.latency.mean_us))
-                    .collect(),
-            },
-            Series {
-                name: "p99".into(),
-                points: rows
-                    .iter()
-                    .map(|r| (r.tokens as f64, r.probe.latency.p99_us))
-                    .collect(),
-            },
-        ],
+        series: vec![Series {
+            name: "purge time".into(),
+            points: rows
+                .iter()
+                .map(|r| (r.tokens as f64, r.purge_seconds))
+                .collect(),
+        }],
     };
     write_svg(svg, &chart)?;
     report::write_json(
         out,
-        &TokensOut {
-            tool: "writ-growth tokens",
+        &CleanupOut {
+            tool: "writ-growth cleanup",
             machine,
-            note: "root tokens (depth 0) inserted through TokenStore::insert into a RocksDB store opened with Durability::Buffered; probes validate tokens sampled uniformly from all loaded",
-            probe: probe_n,
-            concurrency,
+            note: "root tokens loaded through TokenStore::insert (Durability::Buffered) into a fresh store per size, then purged with purge_expired(cutoff = u64::MAX, 1024) until none is left",
             rows,
-            compacted_disk_bytes: compacted,
-            compacted_disk_bytes_per_million: compacted as f64 / loaded.max(1) as f64 * 1e6,
-            purge,
             loadavg_after: report::loadavg(),
         },
     )?;
