@@ -286,7 +286,7 @@ async fn depth(
     let chart = Chart {
         title: "In-process Validate vs chain depth (sequential)".into(),
         x_label: "chain depth (log)".into(),
-        y_label: "mean latency (µs)".into(),
+        y_label: "latency (µs)".into(),
         log_x: true,
         series: vec![
             Series {
