@@ -28,7 +28,14 @@ fn rt() -> Runtime {
 
 fn rocks(durability: Durability) -> (tempfile::TempDir, RocksStore) {
     let tmp = tempfile::tempdir().unwrap();
-    let store = RocksStore::open(&tmp.path().join("db"), StoreOptions { durability }).unwrap();
+    let store = RocksStore::open(
+        &tmp.path().join("db"),
+        StoreOptions {
+            durability,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
     (tmp, store)
 }
 

@@ -262,6 +262,7 @@ async fn depth(
         &tmp.path().join("db"),
         StoreOptions {
             durability: Durability::Buffered,
+            ..StoreOptions::default()
         },
     )?;
     let mut rows = Vec::new();
@@ -428,6 +429,7 @@ async fn tokens(
         &path,
         StoreOptions {
             durability: Durability::Buffered,
+            ..StoreOptions::default()
         },
     )?);
     let keys = fixtures::keyring();
@@ -608,6 +610,7 @@ async fn cleanup(sizes: Vec<usize>, out: &Path, svg: &Path) -> Result<()> {
             &tmp.path().join("db"),
             StoreOptions {
                 durability: Durability::Buffered,
+                ..StoreOptions::default()
             },
         )?);
         let t0 = Instant::now();
