@@ -69,6 +69,9 @@ enum Cmd {
         /// Skip the final purge (cleanup time).
         #[arg(long)]
         no_purge: bool,
+        /// Validate each sampled token once before measuring (a warm block cache).
+        #[arg(long)]
+        warm: bool,
         /// JSON result.
         #[arg(long, default_value = "results/tokens.json")]
         out: PathBuf,
@@ -87,6 +90,9 @@ enum Cmd {
             default_value = "10000,30000,100000,300000"
         )]
         sizes: Vec<usize>,
+        /// `max_tokens` of each `purge_expired` call (the server's cleanup task uses 1024).
+        #[arg(long, default_value_t = 1024)]
+        batch: usize,
         /// JSON result.
         #[arg(long, default_value = "results/cleanup.json")]
         out: PathBuf,
@@ -126,6 +132,7 @@ fn main() -> Result<()> {
             concurrency,
             dir,
             no_purge,
+            warm,
             out,
             svg,
         } => rt.block_on(tokens(
@@ -134,10 +141,16 @@ fn main() -> Result<()> {
             concurrency,
             dir,
             !no_purge,
+            warm,
             &out,
             &svg,
         )),
-        Cmd::Cleanup { sizes, out, svg } => rt.block_on(cleanup(sizes, &out, &svg)),
+        Cmd::Cleanup {
+            sizes,
+            batch,
+            out,
+            svg,
+        } => rt.block_on(cleanup(sizes, batch, &out, &svg)),
         Cmd::PlotLoad { title, svg, files } => plot_load(&title, &svg, &files),
     }
 }
@@ -419,6 +432,7 @@ async fn tokens(
     concurrency: usize,
     dir: Option<PathBuf>,
     purge: bool,
+    warm: bool,
     out: &Path,
     svg: &Path,
 ) -> Result<()> {
@@ -474,6 +488,13 @@ async fn tokens(
         let load_seconds = t0.elapsed().as_secs_f64();
         let disk = report::dir_bytes(&path);
         let sample = Arc::new(reservoir.kept.clone());
+        if warm {
+            // Validate every sampled token once first: the probe then measures a working
+            // set that is in the block cache, not the first read after a flush.
+            for t in sample.iter() {
+                adapter::validate(&svc, &fixtures::hop(0), t.expose(), true).await?;
+            }
+        }
         let p = probe(&svc, &fixtures::hop(0), &sample, probe_n, concurrency).await?;
         eprintln!(
             "{size:>9} tokens: {}  |  {:.0} validates/s with {concurrency} tasks  |  {:.0} B/token on disk",
@@ -570,6 +591,7 @@ struct CleanupRow {
 #[derive(Serialize)]
 struct CleanupOut {
     tool: &'static str,
+    batch: usize,
     machine: Machine,
     note: &'static str,
     rows: Vec<CleanupRow>,
@@ -601,7 +623,7 @@ async fn load_roots(store: &Arc<RocksStore>, n: usize) -> Result<()> {
     Ok(())
 }
 
-async fn cleanup(sizes: Vec<usize>, out: &Path, svg: &Path) -> Result<()> {
+async fn cleanup(sizes: Vec<usize>, batch: usize, out: &Path, svg: &Path) -> Result<()> {
     let machine = report::machine();
     let mut rows = Vec::new();
     for &n in &sizes {
@@ -617,7 +639,7 @@ async fn cleanup(sizes: Vec<usize>, out: &Path, svg: &Path) -> Result<()> {
         load_roots(&store, n).await?;
         let load_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
-        let purged = adapter::purge_before(store.as_ref(), UnixMillis(u64::MAX), 1024).await?;
+        let purged = adapter::purge_before(store.as_ref(), UnixMillis(u64::MAX), batch).await?;
         let purge_seconds = t1.elapsed().as_secs_f64();
         anyhow::ensure!(purged == n, "purged {purged} of {n} tokens");
         eprintln!(
@@ -649,8 +671,9 @@ async fn cleanup(sizes: Vec<usize>, out: &Path, svg: &Path) -> Result<()> {
         out,
         &CleanupOut {
             tool: "writ-growth cleanup",
+            batch,
             machine,
-            note: "root tokens loaded through TokenStore::insert (Durability::Buffered) into a fresh store per size, then purged with purge_expired(cutoff = u64::MAX, 1024) until none is left",
+            note: "root tokens loaded through TokenStore::insert (Durability::Buffered) into a fresh store per size, then purged with purge_expired(cutoff = u64::MAX, batch) until none is left",
             rows,
             loadavg_after: report::loadavg(),
         },
