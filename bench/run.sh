@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# The whole benchmark harness of issue 4 in one command, from the repository root:
+#
+#   bash bench/run.sh            # everything, about 15 minutes after the first build
+#   QUICK=1 bash bench/run.sh    # shorter runs, for checking the harness itself
+#
+# Builds bench/ (its own workspace: the main workspace is never built here) and
+# bench/baselines/, runs the criterion benches, the writ-load sweeps and the growth
+# measurements, and leaves JSON, logs and SVG charts in bench/results/.
+# CARGO_TARGET_DIR defaults to ~/.cache/writ-bench-target: the first build compiles
+# RocksDB's C++ (about 17 minutes on two cores), later ones reuse it.
+set -euo pipefail
+cd "$(dirname "$0")"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/writ-bench-target}"
+R=results
+rm -rf "$R/load" "$R/logs"
+mkdir -p "$R/load" "$R/logs"
+DUR=${DUR:-8}
+WARM=${WARM:-2}
+SIZES=${SIZES:-10000,100000,1000000}  # the committed run used 10000,100000,1000000,3000000,10000000
+if [[ -n "${QUICK:-}" ]]; then DUR=2; WARM=1; SIZES=10000,100000; CLEANUP_SIZES=10000,30000; fi
+
+cargo build --release --bins
+(cd baselines && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/baselines" cargo bench --no-run)
+BIN="$CARGO_TARGET_DIR/release"
+
+{ echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; } \
+  | tee "$R/machine.txt"
+
+load() { # name, then writ-load arguments
+  local name=$1; shift
+  echo "== writ-load $name: $*"
+  "$BIN/writ-load" --duration "$DUR" --warmup "$WARM" --out "$R/load/$name.json" --label "$name" "$@" \
+    2> "$R/logs/$name.log" | tee -a "$R/load/summary.txt"
+}
+: > "$R/load/summary.txt"
+
+# 1. Validate vs the empty RPC at the same concurrency (both servers set TCP_NODELAY, as
+#    `writ_server::start` does), default multi-thread runtime, audit.validations = all.
+for c in 1 16 64 256; do
+  load "empty-c$c" --mix empty --concurrency "$c"
+  load "validate-c$c" --mix validate --concurrency "$c"
+done
+# What recording every validation in the audit trail costs.
+for a in actions none; do
+  load "validate-audit_$a-c64" --mix validate --concurrency 64 --audit-validations "$a"
+done
+# The server runtime: current-thread, and a one-worker multi-thread runtime.
+for rt in "current --server-runtime current" "multi1 --server-workers 1"; do
+  set -- $rt
+  name=$1; shift
+  load "empty-$name-c64" --mix empty --concurrency 64 "$@"
+  load "validate-$name-c64" --mix validate --concurrency 64 "$@"
+done
+# p99 at half of the peak, open loop (latency from each request's scheduled start).
+peak=$(for f in "$R"/load/validate-c*.json; do echo "$(jq -r .throughput_ops_s "$f") $f"; done | sort -g | tail -1 | cut -d' ' -f2)
+load "validate-half-peak" --mix validate --concurrency 64 --rate-from "$peak" --rate-fraction 0.5
+load "empty-at-validate-half-peak" --mix empty --concurrency 64 --rate-from "$peak" --rate-fraction 0.5
+# Validate against chain depth over gRPC.
+for d in 4 16 64; do
+  load "validate-depth$d-c64" --mix validate --concurrency 64 --depth "$d" --tokens 200
+done
+# 2. Mint + Downscope chains, durable (fsync) and buffered.
+for c in 1 16 64; do
+  load "chain-sync-c$c" --mix chain --concurrency "$c" --durability sync
+  load "chain-buffered-c$c" --mix chain --concurrency "$c" --durability buffered
+done
+# Validate while revoking 50 chains a second.
+load "revoke-c64" --mix revoke --concurrency 64 --revoke-rate 50
+
+"$BIN/writ-growth" plot-load --title "Validate vs empty RPC over gRPC (2 cores shared with the client)" \
+  --svg "$R/load-validate.svg" "$R"/load/empty-c[0-9]*.json "$R"/load/validate-c[0-9]*.json \
+  "$R"/load/empty-current-c*.json "$R"/load/validate-current-c*.json
+"$BIN/writ-growth" plot-load --title "Mint+Downscope chains (RPC/s): fsync vs buffered" \
+  --svg "$R/load-chain.svg" "$R"/load/chain-*-c*.json "$R"/load/empty-c[0-9]*.json
+
+# 3. Micro-benchmarks (criterion) with the JWT and Biscuit baselines.
+cargo bench --benches 2>&1 | grep -v '^\s*$' | tee "$R/criterion-bench.txt"
+(cd baselines && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/baselines" cargo bench) 2>&1 | grep -v '^\s*$' \
+  | tee "$R/criterion-baselines.txt"
+bash criterion-summary.sh | tee "$R/criterion-summary.txt"
+
+# 4. Growth: chain depth, stored tokens, disk, cleanup.
+"$BIN/writ-growth" depth --out "$R/depth.json" --svg "$R/depth.svg" 2>&1 | tee "$R/logs/depth.log"
+"$BIN/writ-growth" tokens --sizes "$SIZES" --no-purge --out "$R/tokens.json" --svg "$R/tokens.svg" 2>&1 | tee "$R/logs/tokens.log"
+# Cleanup on fresh stores (purging 1M tokens in one go takes many minutes: see BENCHMARKS.md).
+"$BIN/writ-growth" cleanup --sizes "${CLEANUP_SIZES:-10000,30000,100000,200000}" --out "$R/cleanup.json" --svg "$R/cleanup.svg" 2>&1 | tee "$R/logs/cleanup.log"
+echo "done: results in bench/$R"

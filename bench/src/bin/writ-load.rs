@@ -1,0 +1,689 @@
+//! `writ-load`: drives a Writ server over real gRPC at a chosen concurrency and reports
+//! throughput and latency (HdrHistogram: p50/p99/p99.9), with a progress line each
+//! second and a JSON result file for `BENCHMARKS.md`.
+//!
+//! It starts Writ in-process (its own runtime on its own thread; flavour and workers are
+//! options) on an ephemeral port with a temporary data directory, or targets
+//! `--server ADDR`. The `empty` mix drives the empty-RPC baseline server instead, the
+//! floor issue 4 measures Validate against.
+//!
+//! Mixes:
+//! - `validate`: Validate (with the standard action check unless `--no-action`) of
+//!   pre-minted tokens at chain depth `--depth`, picked at random from `--tokens` chains.
+//! - `chain`: each iteration mints a root and downscopes it `--depth` times; Mint and
+//!   Downscope latencies are reported apart.
+//! - `mint`: Mint only.
+//! - `revoke`: `validate` while one extra task revokes whole chains (by root token id, as
+//!   an operator) at `--revoke-rate` per second.
+//! - `empty`: the empty unary RPC.
+//!
+//! With `--rate R` the load is open-loop (R operations per second in total, spread over
+//! the workers) and latency is measured from each operation's scheduled start, so a
+//! stalled server cannot hide its queueing (no coordinated omission).
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, ValueEnum};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tonic::transport::{Channel, Endpoint};
+use writ_bench::baseline::pb::{Empty, baseline_client::BaselineClient};
+use writ_bench::report::{self, Latency, Machine};
+use writ_bench::serve::{self, Flavor, RuntimeSpec, ServerHandle};
+use writ_bench::{fixtures, wire};
+use writ_client::WritClient;
+use writ_server::config::ValidationEvents;
+use writ_store::Durability;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum Mix {
+    Validate,
+    Chain,
+    Mint,
+    Revoke,
+    Empty,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum AuditValidations {
+    All,
+    Actions,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum DurabilityArg {
+    Sync,
+    Buffered,
+}
+
+/// Load generator for Writ (issue 4).
+#[derive(Clone, Debug, Parser, Serialize)]
+#[command(name = "writ-load", version)]
+struct Args {
+    /// What to send.
+    #[arg(long, value_enum, default_value = "validate")]
+    mix: Mix,
+    /// Target this server (`http://host:port`) instead of starting one in-process.
+    #[arg(long)]
+    server: Option<String>,
+    /// With --server: the minter credential file (Mint, and minting the token pool).
+    #[arg(long)]
+    minter_credential_file: Option<PathBuf>,
+    /// With --server and --mix revoke: the operator credential file.
+    #[arg(long)]
+    operator_credential_file: Option<PathBuf>,
+    /// Requests in flight (one task each).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// HTTP/2 connections the tasks share (round-robin).
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// Measured seconds.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Seconds of load before measuring.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Open-loop total rate (operations per second); closed-loop when absent.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Open-loop at this fraction of the throughput in a previous result file (say,
+    /// half of the peak: `--rate-from peak.json --rate-fraction 0.5`).
+    #[arg(long, requires = "rate_fraction", conflicts_with = "rate")]
+    rate_from: Option<PathBuf>,
+    /// See --rate-from.
+    #[arg(long, requires = "rate_from")]
+    rate_fraction: Option<f64>,
+    /// Chain depth: of the validated tokens (0 = roots), or of each chain the `chain` mix
+    /// builds.
+    #[arg(long, default_value_t = 1)]
+    depth: u32,
+    /// Pre-minted chains to validate (validate and revoke mixes).
+    #[arg(long, default_value_t = 1000)]
+    tokens: usize,
+    /// Validate without an action check (plain introspection).
+    #[arg(long)]
+    no_action: bool,
+    /// Revocations per second in the revoke mix.
+    #[arg(long, default_value_t = 50.0)]
+    revoke_rate: f64,
+    /// In-process server: runtime flavour.
+    #[arg(long, value_enum, default_value = "multi")]
+    server_runtime: Flavor,
+    /// In-process server: worker threads of a multi-thread runtime (default: the cores).
+    #[arg(long)]
+    server_workers: Option<usize>,
+    /// In-process server: which validations the audit trail records
+    /// (`audit.validations`: all, actions or none).
+    #[arg(long, value_enum, default_value = "all")]
+    audit_validations: AuditValidations,
+    /// Worker threads of the load generator's own (multi-thread) runtime.
+    #[arg(long, default_value_t = 2)]
+    client_workers: usize,
+    /// In-process server: storage.durability.
+    #[arg(long, value_enum, default_value = "sync")]
+    durability: DurabilityArg,
+    /// Write the result as JSON here.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Free text stored in the result (say, "under load: other engineer compiling").
+    #[arg(long)]
+    label: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    recording: AtomicBool,
+    stop: AtomicBool,
+    done: AtomicU64,
+    errors: AtomicU64,
+    inactive: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn error(&self, e: impl std::fmt::Display) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().unwrap_or_else(|p| p.into_inner());
+        if first.is_none() {
+            *first = Some(e.to_string());
+        }
+    }
+}
+
+type Hists = BTreeMap<&'static str, Histogram<u64>>;
+
+fn rec(hists: &mut Hists, shared: &Shared, kind: &'static str, since: Instant) {
+    let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    shared.done.fetch_add(1, Ordering::Relaxed);
+    if shared.recording.load(Ordering::Relaxed) {
+        report::record(hists.entry(kind).or_insert_with(report::histogram), ns);
+    }
+}
+
+/// One pre-minted chain: the root's public id (what an operator revokes) and the leaf's
+/// secret (what is validated).
+#[derive(Clone, Debug)]
+struct Chain {
+    root_id: String,
+    leaf: String,
+}
+
+/// What one worker sends.
+#[derive(Clone)]
+enum Work {
+    Validate {
+        client: WritClient,
+        pool: Arc<Vec<Chain>>,
+        action: bool,
+        must_be_active: bool,
+    },
+    Chain {
+        minter: WritClient,
+        hops: Vec<WritClient>,
+        depth: u32,
+    },
+    Mint {
+        minter: WritClient,
+    },
+    Empty {
+        client: BaselineClient<Channel>,
+    },
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+async fn worker(id: usize, mut work: Work, shared: Arc<Shared>, period: Option<Duration>) -> Hists {
+    let mut hists = Hists::new();
+    let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (id as u64 + 1).wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let begin = Instant::now() + period.map_or(Duration::ZERO, |p| p.mul_f64(id as f64 / 64.0));
+    let mut n: u32 = 0;
+    while !shared.stop.load(Ordering::Relaxed) {
+        let t0 = match period {
+            Some(p) => {
+                let at = begin + p * n;
+                n = n.wrapping_add(1);
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
+        match &mut work {
+            Work::Validate {
+                client,
+                pool,
+                action,
+                must_be_active,
+            } => {
+                let i = (xorshift(&mut seed) % pool.len() as u64) as usize;
+                let req = wire::validate_pb(&pool[i].leaf, *action);
+                match client.validate(req).await {
+                    Ok(r) => {
+                        if !r.active {
+                            shared.inactive.fetch_add(1, Ordering::Relaxed);
+                            if *must_be_active {
+                                shared.error(format!(
+                                    "token inactive (reason {})",
+                                    r.inactive_reason
+                                ));
+                                continue;
+                            }
+                        } else if r.decision.as_ref().is_some_and(|d| !d.allowed) {
+                            shared.error("action denied");
+                            continue;
+                        }
+                        rec(&mut hists, &shared, "validate", t0);
+                    }
+                    Err(e) => shared.error(e),
+                }
+            }
+            Work::Chain {
+                minter,
+                hops,
+                depth,
+            } => {
+                let mut parent = match minter.mint(wire::mint_pb(*depth)).await {
+                    Ok(r) => {
+                        rec(&mut hists, &shared, "mint", t0);
+                        r.token
+                    }
+                    Err(e) => {
+                        shared.error(e);
+                        continue;
+                    }
+                };
+                for level in 1..=*depth {
+                    let t = Instant::now();
+                    let req = wire::downscope_pb(&parent, level, *depth);
+                    match hops[level as usize - 1].downscope(req).await {
+                        Ok(r) => {
+                            rec(&mut hists, &shared, "downscope", t);
+                            parent = r.token;
+                        }
+                        Err(e) => {
+                            shared.error(e);
+                            break;
+                        }
+                    }
+                }
+            }
+            Work::Mint { minter } => match minter.mint(wire::mint_pb(0)).await {
+                Ok(_) => rec(&mut hists, &shared, "mint", t0),
+                Err(e) => shared.error(e),
+            },
+            Work::Empty { client } => match client.ping(Empty {}).await {
+                Ok(_) => rec(&mut hists, &shared, "empty", t0),
+                Err(e) => shared.error(e),
+            },
+        }
+    }
+    hists
+}
+
+/// Revokes whole chains, by root id, at `rate` per second until stopped or the pool is
+/// used up.
+async fn revoker(
+    mut operator: WritClient,
+    pool: Arc<Vec<Chain>>,
+    rate: f64,
+    shared: Arc<Shared>,
+) -> Hists {
+    let mut hists = Hists::new();
+    let period = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    let mut tick = tokio::time::interval(period);
+    for chain in pool.iter() {
+        tick.tick().await;
+        if shared.stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let t0 = Instant::now();
+        let req = writ_client::proto::RevokeRequest {
+            target: Some(writ_client::proto::revoke_request::Target::TokenId(
+                chain.root_id.clone(),
+            )),
+            reason: "writ-load revoke mix".into(),
+        };
+        match operator.revoke(req).await {
+            Ok(_) => rec(&mut hists, &shared, "revoke", t0),
+            Err(e) => shared.error(e),
+        }
+    }
+    hists
+}
+
+fn read_credential(path: &PathBuf) -> Result<String> {
+    Ok(std::fs::read_to_string(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .trim()
+        .to_string())
+}
+
+/// Mints `n` chains of `depth` hops with `parallel` concurrent minters.
+async fn mint_pool(
+    minter: &WritClient,
+    hops: &[WritClient],
+    n: usize,
+    depth: u32,
+) -> Result<Vec<Chain>> {
+    let parallel = 16.min(n.max(1));
+    let mut tasks = Vec::new();
+    for t in 0..parallel {
+        let mut minter = minter.clone();
+        let mut hops = hops.to_vec();
+        let count = n / parallel + usize::from(t < n % parallel);
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(count);
+            for _ in 0..count {
+                let root = minter.mint(wire::mint_pb(depth)).await?;
+                let root_id = root.info.map(|i| i.token_id).unwrap_or_default();
+                let mut leaf = root.token;
+                for level in 1..=depth {
+                    let req = wire::downscope_pb(&leaf, level, depth);
+                    leaf = hops[level as usize - 1].downscope(req).await?.token;
+                }
+                out.push(Chain { root_id, leaf });
+            }
+            Ok::<_, writ_client::ClientError>(out)
+        }));
+    }
+    let mut pool = Vec::with_capacity(n);
+    for t in tasks {
+        pool.extend(t.await??);
+    }
+    Ok(pool)
+}
+
+#[derive(Serialize)]
+struct OpSummary {
+    count: u64,
+    throughput_ops_s: f64,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct ServerInfo {
+    in_process: bool,
+    url: String,
+    runtime: Option<RuntimeSpec>,
+    durability: Option<DurabilityArg>,
+}
+
+#[derive(Serialize)]
+struct Output {
+    tool: &'static str,
+    args: Args,
+    server: ServerInfo,
+    machine_before: Machine,
+    loadavg_after: String,
+    elapsed_s: f64,
+    ops: u64,
+    errors: u64,
+    inactive_answers: u64,
+    throughput_ops_s: f64,
+    latency: Latency,
+    per_op: BTreeMap<String, OpSummary>,
+    first_error: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if let (Some(path), Some(f)) = (&args.rate_from, args.rate_fraction) {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        let peak = v["throughput_ops_s"]
+            .as_f64()
+            .ok_or_else(|| anyhow!("{} has no throughput_ops_s", path.display()))?;
+        args.rate = Some(peak * f);
+        eprintln!("open loop at {:.0} ops/s ({f} of {peak:.0})", peak * f);
+    }
+    if args.concurrency == 0 || args.connections == 0 {
+        bail!("--concurrency and --connections must be at least 1");
+    }
+    let machine_before = report::machine();
+    let spec = RuntimeSpec {
+        flavor: args.server_runtime,
+        workers: args.server_workers,
+    };
+    let server: Option<ServerHandle> = match (&args.server, args.mix) {
+        (Some(_), _) => None,
+        (None, Mix::Empty) => Some(serve::spawn_baseline(spec)?),
+        (None, _) => {
+            let (depth, durability, audit) = (args.depth, args.durability, args.audit_validations);
+            Some(serve::spawn_writ(spec, |c| {
+                c.tokens.max_depth = depth.max(c.tokens.max_depth);
+                c.tokens.max_children = 1024;
+                c.audit.validations = match audit {
+                    AuditValidations::All => ValidationEvents::All,
+                    AuditValidations::Actions => ValidationEvents::Actions,
+                    AuditValidations::None => ValidationEvents::None,
+                };
+                c.storage.durability = match durability {
+                    DurabilityArg::Sync => Durability::Sync,
+                    DurabilityArg::Buffered => Durability::Buffered,
+                };
+            })?)
+        }
+    };
+    let url = match (&args.server, &server) {
+        (Some(u), _) => u.clone(),
+        (None, Some(s)) => s.url(),
+        (None, None) => unreachable!("a server was started"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_name("load")
+        .worker_threads(args.client_workers.max(1))
+        .enable_all()
+        .build()?;
+    let info = ServerInfo {
+        in_process: server.is_some(),
+        url: url.clone(),
+        runtime: server.as_ref().map(|_| spec),
+        durability: (server.is_some() && args.mix != Mix::Empty).then_some(args.durability),
+    };
+    let data_dir = server.as_ref().and_then(|s| s.data_dir.clone());
+    let result = rt.block_on(run(&args, &url, data_dir));
+    drop(rt);
+    if let Some(s) = server {
+        s.stop()?;
+    }
+    let (elapsed, hists, shared) = result?;
+    summarize(args, info, machine_before, elapsed, hists, &shared)
+}
+
+async fn run(
+    args: &Args,
+    url: &str,
+    data_dir: Option<PathBuf>,
+) -> Result<(f64, Hists, Arc<Shared>)> {
+    let credential = |name: &str, flag: &Option<PathBuf>| -> Result<String> {
+        match (flag, &data_dir) {
+            (Some(p), _) => read_credential(p),
+            (None, Some(d)) => read_credential(&d.join(name)),
+            (None, None) => bail!("--server needs the {name} file (see --help)"),
+        }
+    };
+    // One connection per --connections; tasks share them round-robin.
+    let mut works: Vec<Work> = Vec::with_capacity(args.concurrency);
+    let mut pool = Arc::new(Vec::new());
+    let mut operator = None;
+    if args.mix == Mix::Empty {
+        let mut conns = Vec::new();
+        for _ in 0..args.connections {
+            let ch = Endpoint::from_shared(url.to_string())?.connect().await?;
+            conns.push(BaselineClient::new(ch));
+        }
+        for i in 0..args.concurrency {
+            works.push(Work::Empty {
+                client: conns[i % conns.len()].clone(),
+            });
+        }
+    } else {
+        let mut conns = Vec::new();
+        for _ in 0..args.connections {
+            conns.push(WritClient::connect(url).await?);
+        }
+        let minter_cred = credential("minter.credential", &args.minter_credential_file)?;
+        let minters: Vec<WritClient> = conns
+            .iter()
+            .map(|c| c.clone().with_minter_credential(&minter_cred))
+            .collect::<Result<_, _>>()?;
+        let hops_of = |c: &WritClient| -> Result<Vec<WritClient>> {
+            (0..args.depth.max(1))
+                .map(|l| -> Result<WritClient> { Ok(c.clone().as_caller(&fixtures::hop(l))?) })
+                .collect()
+        };
+        if matches!(args.mix, Mix::Validate | Mix::Revoke) {
+            let t = Instant::now();
+            pool = Arc::new(
+                mint_pool(&minters[0], &hops_of(&conns[0])?, args.tokens, args.depth).await?,
+            );
+            eprintln!(
+                "minted {} chains of depth {} in {:.1} s",
+                pool.len(),
+                args.depth,
+                t.elapsed().as_secs_f64()
+            );
+            if args.mix == Mix::Revoke {
+                let op_cred = credential("operator.credential", &args.operator_credential_file)?;
+                operator = Some(conns[0].clone().with_operator_credential(&op_cred)?);
+            }
+        }
+        for i in 0..args.concurrency {
+            let conn = &conns[i % conns.len()];
+            works.push(match args.mix {
+                Mix::Validate | Mix::Revoke => Work::Validate {
+                    client: conn.clone().as_caller(&fixtures::hop(args.depth))?,
+                    pool: pool.clone(),
+                    action: !args.no_action,
+                    must_be_active: args.mix == Mix::Validate,
+                },
+                Mix::Chain => Work::Chain {
+                    minter: minters[i % minters.len()].clone(),
+                    hops: hops_of(conn)?,
+                    depth: args.depth,
+                },
+                Mix::Mint => Work::Mint {
+                    minter: minters[i % minters.len()].clone(),
+                },
+                Mix::Empty => unreachable!("handled above"),
+            });
+        }
+    }
+    let shared = Arc::new(Shared::default());
+    let period = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r.max(0.001)));
+    let mut tasks = Vec::new();
+    for (i, w) in works.into_iter().enumerate() {
+        tasks.push(tokio::spawn(worker(i, w, shared.clone(), period)));
+    }
+    if let Some(op) = operator {
+        tasks.push(tokio::spawn(revoker(
+            op,
+            pool.clone(),
+            args.revoke_rate,
+            shared.clone(),
+        )));
+    }
+    // Progress, once a second.
+    let start = Instant::now();
+    let warmup = Duration::from_secs_f64(args.warmup);
+    let total = warmup + Duration::from_secs_f64(args.duration);
+    let mut measured_from = None;
+    let mut last = 0u64;
+    let mut tick = tokio::time::interval_at(
+        (start + Duration::from_secs(1)).into(),
+        Duration::from_secs(1),
+    );
+    loop {
+        let now = Instant::now();
+        if measured_from.is_none() && now >= start + warmup {
+            shared.recording.store(true, Ordering::Relaxed);
+            measured_from = Some(now);
+        }
+        if now >= start + total {
+            break;
+        }
+        let next_edge = if measured_from.is_none() {
+            start + warmup
+        } else {
+            start + total
+        };
+        tokio::select! {
+            _ = tick.tick() => {
+                let done = shared.done.load(Ordering::Relaxed);
+                eprintln!(
+                    "[{:>4.0}s] {:<7} {:>9} ops/s  errors {}",
+                    start.elapsed().as_secs_f64(),
+                    if measured_from.is_some() { "measure" } else { "warmup" },
+                    done - last,
+                    shared.errors.load(Ordering::Relaxed)
+                );
+                last = done;
+            }
+            _ = tokio::time::sleep_until(next_edge.into()) => {}
+        }
+    }
+    shared.recording.store(false, Ordering::Relaxed);
+    shared.stop.store(true, Ordering::Relaxed);
+    let elapsed = measured_from.map_or(0.0, |m| m.elapsed().as_secs_f64());
+    let mut hists = Hists::new();
+    for t in tasks {
+        let h = tokio::time::timeout(Duration::from_secs(35), t)
+            .await
+            .map_err(|_| anyhow!("a worker did not stop within 35 s"))??;
+        for (k, v) in h {
+            hists.entry(k).or_insert_with(report::histogram).add(&v)?;
+        }
+    }
+    Ok((elapsed, hists, shared))
+}
+
+fn summarize(
+    args: Args,
+    server: ServerInfo,
+    machine_before: Machine,
+    elapsed: f64,
+    hists: Hists,
+    shared: &Shared,
+) -> Result<()> {
+    let mut all = report::histogram();
+    let mut per_op = BTreeMap::new();
+    for (k, h) in &hists {
+        // The revoker runs beside the load: its operations are reported, not counted in.
+        if *k != "revoke" {
+            all.add(h)?;
+        }
+        per_op.insert(
+            k.to_string(),
+            OpSummary {
+                count: h.len(),
+                throughput_ops_s: h.len() as f64 / elapsed.max(1e-9),
+                latency: Latency::of(h),
+            },
+        );
+    }
+    let ops = all.len();
+    let out = Output {
+        tool: "writ-load",
+        server,
+        machine_before,
+        loadavg_after: report::loadavg(),
+        elapsed_s: elapsed,
+        ops,
+        errors: shared.errors.load(Ordering::Relaxed),
+        inactive_answers: shared.inactive.load(Ordering::Relaxed),
+        throughput_ops_s: ops as f64 / elapsed.max(1e-9),
+        latency: Latency::of(&all),
+        per_op,
+        first_error: shared
+            .first_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
+        args,
+    };
+    println!(
+        "mix {:?}  concurrency {}  connections {}  server {}",
+        out.args.mix,
+        out.args.concurrency,
+        out.args.connections,
+        match &out.server.runtime {
+            Some(r) => format!(
+                "in-process {:?} workers {:?} audit.validations {:?}",
+                r.flavor, r.workers, out.args.audit_validations
+            ),
+            None => out.server.url.clone(),
+        }
+    );
+    println!(
+        "{:.0} ops/s over {:.1} s ({} ops, {} errors, {} inactive answers)",
+        out.throughput_ops_s, out.elapsed_s, out.ops, out.errors, out.inactive_answers
+    );
+    for (k, s) in &out.per_op {
+        println!("  {k:<10} {:>9.0} ops/s  {}", s.throughput_ops_s, s.latency);
+    }
+    if let Some(e) = &out.first_error {
+        println!("first error: {e}");
+    }
+    if let Some(path) = &out.args.out {
+        report::write_json(path, &out)?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
