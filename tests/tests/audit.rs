@@ -488,6 +488,14 @@ async fn only_operators_read_the_trail_and_bad_requests_name_their_field() {
             "until_unix_ms",
         ),
         (
+            // Microseconds by mistake: beyond the 48 bits a transaction id holds.
+            pb::ListTransactionsRequest {
+                since_unix_ms: 1_700_000_000_000_000,
+                ..Default::default()
+            },
+            "since_unix_ms",
+        ),
+        (
             pb::ListTransactionsRequest {
                 status: 99,
                 ..Default::default()

@@ -326,4 +326,49 @@ mod tests {
         .unwrap();
         assert!(c.validate().is_err(), "generated identities are reserved");
     }
+
+    #[test]
+    fn audit_retention_outlives_tokens_and_the_cache_is_bounded() {
+        // Token retention 3600 + max TTL 900: an audit retention below 4500 would drop a
+        // minted event while its token may still be stored.
+        let c: Config = toml::from_str(
+            "[audit]
+retention_seconds = 4499
+",
+        )
+        .unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("audit.retention_seconds"), "{e}");
+        let c: Config = toml::from_str(
+            "[audit]
+retention_seconds = 4500
+",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let c: Config = toml::from_str(
+            "[audit]
+validations = \"actions\"
+",
+        )
+        .unwrap();
+        assert_eq!(c.audit.validations, ValidationEvents::Actions);
+        assert!(
+            toml::from_str::<Config>(
+                "[audit]
+validations = \"some\"
+"
+            )
+            .is_err()
+        );
+        for bad in ["0", "1048577"] {
+            let c: Config = toml::from_str(&format!(
+                "[storage]
+block_cache_mib = {bad}
+"
+            ))
+            .unwrap();
+            assert!(c.validate().is_err(), "block_cache_mib = {bad}");
+        }
+    }
 }

@@ -1252,6 +1252,41 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_purge_larger_than_a_batch_resumes_past_each_batch() {
+        // Several batches of PURGE_BATCH in one call, and more than COMPACT_AFTER in all,
+        // with a live token after them: every expired one goes, the live one stays.
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        let n = u32::try_from(COMPACT_AFTER + PURGE_BATCH + 7).unwrap();
+        for i in 0..n {
+            let r = conformance::expiring(
+                record(txn(90 + u64::from(i)), tid(i), None),
+                1_000 + u64::from(i % 50),
+            );
+            store.put(r).await.unwrap();
+        }
+        let live = conformance::expiring(record(txn(1), tid(n), None), 5_000_000);
+        store.put(live).await.unwrap();
+        let purged = store
+            .purge_expired(UnixMillis(10_000), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((purged.tokens, purged.more), (n as usize, false));
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.tokens, 1);
+        assert!(store.get(tid(n)).await.unwrap().is_some());
+        // A bounded call reports what is left, and the next call finds it.
+        for i in 0..10 {
+            let r = conformance::expiring(record(txn(2), tid(n + 1 + i), None), 2_000);
+            store.put(r).await.unwrap();
+        }
+        let first = store.purge_expired(UnixMillis(10_000), 4).await.unwrap();
+        assert_eq!((first.tokens, first.more), (4, true));
+        let rest = store.purge_expired(UnixMillis(10_000), 100).await.unwrap();
+        assert_eq!((rest.tokens, rest.more), (6, false));
+    }
+
+    #[tokio::test]
     async fn reads_that_need_the_disk_fall_back_to_the_blocking_pool() {
         let dir = TempDir::new().unwrap();
         let (root, child) = (
