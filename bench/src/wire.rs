@@ -55,6 +55,7 @@ pub fn downscope_pb(parent_token: &str, level: u32, depth: u32) -> pb::Downscope
 pub fn validate_pb(token: &str, with_action: bool) -> pb::ValidateRequest {
     pb::ValidateRequest {
         token: token.into(),
+        decision_only: false,
         action: with_action.then(|| pb::Action {
             scope: SCOPE.into(),
             attributes: HashMap::from([

@@ -303,6 +303,7 @@ pub fn child(
 pub fn introspect(token: &str) -> pb::ValidateRequest {
     pb::ValidateRequest {
         token: token.into(),
+        decision_only: false,
         action: None,
     }
 }
@@ -311,6 +312,7 @@ pub fn introspect(token: &str) -> pb::ValidateRequest {
 pub fn check(token: &str, scope: &str, attributes: Vec<(&str, pb::Value)>) -> pb::ValidateRequest {
     pb::ValidateRequest {
         token: token.into(),
+        decision_only: false,
         action: Some(pb::Action {
             scope: scope.into(),
             attributes: attributes

@@ -226,3 +226,42 @@ async fn every_claim_kind_evaluates_on_a_narrowed_child() {
         .await,
     );
 }
+
+#[tokio::test]
+async fn a_decision_only_answer_carries_the_verdict_without_the_context() {
+    let srv = TestServer::start().await;
+    let root = srv.mint(trip_mint()).await;
+    let ask = |amount: i64| pb::ValidateRequest {
+        decision_only: true,
+        ..check(
+            &root.token,
+            "trips:book",
+            vec![
+                ("amount", build::int(amount)),
+                ("category", build::str("hotel")),
+            ],
+        )
+    };
+    let allowed = srv.validate("planner", ask(10)).await;
+    assert!(allowed.active);
+    assert!(allowed.info.is_none(), "{allowed:?}");
+    assert!(allowed.decision.as_ref().is_some_and(|d| d.allowed));
+    let denied = srv.validate("planner", ask(5000)).await;
+    assert!(denied.active && denied.info.is_none());
+    let d = denied.decision.expect("a decision");
+    assert!(!d.allowed && d.denied_by == "amount", "{d:?}");
+    // Inactive answers are the same either way.
+    let wrong = srv.validate("booking", ask(10)).await;
+    assert_inactive(&wrong, pb::InactiveReason::WrongAudience);
+    // Without the flag the context is there, as before.
+    let full = srv
+        .validate(
+            "planner",
+            pb::ValidateRequest {
+                decision_only: false,
+                ..ask(10)
+            },
+        )
+        .await;
+    assert_eq!(assert_active(&full).subject, "alice");
+}

@@ -113,6 +113,9 @@ struct Args {
     /// Validate without an action check (plain introspection).
     #[arg(long)]
     no_action: bool,
+    /// Validate asks for the verdict only (`decision_only`), without the token's context.
+    #[arg(long)]
+    decision_only: bool,
     /// Revocations per second in the revoke mix.
     #[arg(long, default_value_t = 50.0)]
     revoke_rate: f64,
@@ -185,6 +188,7 @@ enum Work {
         client: WritClient,
         pool: Arc<Vec<Chain>>,
         action: bool,
+        decision_only: bool,
         must_be_active: bool,
     },
     Chain {
@@ -227,10 +231,12 @@ async fn worker(id: usize, mut work: Work, shared: Arc<Shared>, period: Option<D
                 client,
                 pool,
                 action,
+                decision_only,
                 must_be_active,
             } => {
                 let i = (xorshift(&mut seed) % pool.len() as u64) as usize;
-                let req = wire::validate_pb(&pool[i].leaf, *action);
+                let mut req = wire::validate_pb(&pool[i].leaf, *action);
+                req.decision_only = *decision_only;
                 match client.validate(req).await {
                     Ok(r) => {
                         if !r.active {
@@ -530,6 +536,7 @@ async fn run(
                     client: conn.clone().as_caller(&fixtures::hop(args.depth))?,
                     pool: pool.clone(),
                     action: !args.no_action,
+                    decision_only: args.decision_only,
                     must_be_active: args.mix == Mix::Validate,
                 },
                 Mix::Chain => Work::Chain {

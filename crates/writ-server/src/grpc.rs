@@ -87,7 +87,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             Validation::Active { record, decision } => pb::ValidateResponse {
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified.into(),
-                info: Some(convert::token_info(&record)),
+                info: (!req.decision_only).then(|| convert::token_info(&record)),
                 decision: decision.map(|d| match d {
                     Ok(()) => pb::ActionDecision {
                         allowed: true,

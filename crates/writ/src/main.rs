@@ -442,6 +442,7 @@ async fn validate(a: ValidateArgs) -> Result<ExitCode> {
     match client
         .validate(pb::ValidateRequest {
             token: a.token,
+            decision_only: false,
             action,
         })
         .await
