@@ -316,22 +316,8 @@ pub fn revoke_request(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
     use pb::revoke_request::Target;
     let target = match r.target {
         Some(Target::Token(t)) if !t.is_empty() => RevokeTarget::Token(t),
-        Some(Target::TokenId(id)) => {
-            RevokeTarget::TokenId(id.parse().map_err(|e: writ_core::ids::IdParseError| {
-                FieldError {
-                    field: "token_id".into(),
-                    message: e.to_string(),
-                }
-            })?)
-        }
-        Some(Target::Txn(txn)) => {
-            RevokeTarget::Txn(txn.parse().map_err(|e: writ_core::ids::IdParseError| {
-                FieldError {
-                    field: "txn".into(),
-                    message: e.to_string(),
-                }
-            })?)
-        }
+        Some(Target::TokenId(id)) => RevokeTarget::TokenId(parsed("token_id", &id)?),
+        Some(Target::Txn(txn)) => RevokeTarget::Txn(parsed("txn", &txn)?),
         _ => return bad("target", "one of token, token_id or txn is required"),
     };
     if r.reason.trim().is_empty() {
@@ -483,8 +469,8 @@ pub fn claims_from_pb(m: HashMap<String, pb::Constraint>) -> Result<Claims> {
     claims("claims", m)
 }
 
-/// Parses an id-like string field, naming the field on failure.
-fn parsed<T: std::str::FromStr>(field: &str, s: &str) -> Result<T>
+/// Parses an id-like string field (`txn_…`, `tid_…`, `evt_…`), naming the field on failure.
+pub fn parsed<T: std::str::FromStr>(field: &str, s: &str) -> Result<T>
 where
     T::Err: std::fmt::Display,
 {

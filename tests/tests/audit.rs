@@ -680,3 +680,32 @@ async fn open_watches_are_bounded_and_released() {
         "a closed watch never gave its place back"
     );
 }
+
+#[tokio::test]
+async fn with_validations_off_only_the_token_changes_are_recorded() {
+    use writ_server::config::ValidationEvents;
+    let srv = TestServer::start_with(|c| c.audit.validations = ValidationEvents::None).await;
+    let root = srv
+        .mint(pb::MintRequest {
+            max_uses: 2,
+            ..trip_mint()
+        })
+        .await;
+    let txn = root.info.as_ref().expect("info").txn.clone();
+    assert_active(&srv.validate("planner", introspect(&root.token)).await);
+    // Even a validation that spends a use is not recorded (the use itself is).
+    assert_allowed(
+        &srv.validate(
+            "planner",
+            check(
+                &root.token,
+                "trips:book",
+                vec![("amount", build::int(1)), ("category", build::str("hotel"))],
+            ),
+        )
+        .await,
+    );
+    srv.revoke_as_operator(revoke_txn(&txn, "done")).await;
+    let events = all_events(&srv, &txn, 100).await;
+    assert_eq!(kinds(&events), vec![EventKind::Minted, EventKind::Revoked]);
+}

@@ -191,6 +191,29 @@ impl Event {
         }
     }
 
+    /// The event of a revocation by `by` of `token` (`None`: the whole transaction) in
+    /// the transaction of `any` (any of its tokens), which made `count` tokens inactive.
+    pub fn revoked(
+        id: EventId,
+        any: &TokenRecord,
+        token: Option<TokenId>,
+        by: &str,
+        reason: &str,
+        count: usize,
+    ) -> Event {
+        Event {
+            id,
+            txn: any.txn,
+            subject: any.subject.clone(),
+            token,
+            actor: by.to_owned(),
+            kind: EventKind::Revoked {
+                reason: reason.to_owned(),
+                revoked: u32::try_from(count).unwrap_or(u32::MAX),
+            },
+        }
+    }
+
     /// The event of a refused Downscope of `parent` by `actor`.
     pub fn refused(
         id: EventId,

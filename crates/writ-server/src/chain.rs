@@ -166,19 +166,6 @@ impl<S: TokenStore> ChainGrpc<S> {
     }
 }
 
-fn parse<T: std::str::FromStr>(field: &str, s: &str) -> Result<T, Status>
-where
-    T::Err: std::fmt::Display,
-{
-    s.parse::<T>().map_err(|e| {
-        convert::FieldError {
-            field: field.into(),
-            message: e.to_string(),
-        }
-        .into()
-    })
-}
-
 #[tonic::async_trait]
 impl<S: TokenStore> ChainService for ChainGrpc<S> {
     type WatchEventsStream = EventStream;
@@ -268,7 +255,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
         operator_only(&self.auth, request.metadata())?;
-        let txn: TxnId = parse("txn", &request.into_inner().txn)?;
+        let txn: TxnId = convert::parsed("txn", &request.into_inner().txn)?;
         let ids = self
             .store
             .txn_tokens(txn)
@@ -323,7 +310,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::GetTokenResponse>, Status> {
         operator_only(&self.auth, request.metadata())?;
-        let id: TokenId = parse("token_id", &request.into_inner().token_id)?;
+        let id: TokenId = convert::parsed("token_id", &request.into_inner().token_id)?;
         let Some((record, state)) = self.load(id).await? else {
             return Err(ServiceError::NotFound(format!("token_id: no token {id}")).into());
         };
@@ -350,5 +337,64 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             token,
             ancestors: nodes,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use writ_core::{Event, EventId, TxnId, UnixMillis};
+
+    fn event(n: u64) -> Arc<Event> {
+        let txn = TxnId::new(UnixMillis(n), [0; 10]);
+        Arc::new(Event {
+            id: EventId(n),
+            txn,
+            subject: "alice".into(),
+            token: None,
+            actor: "op".into(),
+            kind: writ_core::EventKind::Revoked {
+                reason: "r".into(),
+                revoked: 0,
+            },
+        })
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_so_and_ended() {
+        let (live, rx) = broadcast::channel(4);
+        for n in 0..10 {
+            live.send(event(n)).unwrap();
+        }
+        let (tx, mut out) = mpsc::channel(16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let count = Arc::new(AtomicUsize::new(0));
+        let slot = WatchSlot::take(&count).unwrap();
+        tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        let first = out.recv().await.unwrap();
+        let status = first.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().contains("6 events behind"), "{status:?}");
+        // The stream ends there, and the watch gives its place back.
+        assert!(out.recv().await.is_none());
+        assert_eq!(count.load(Ordering::Acquire), 0);
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_watch_with_unavailable() {
+        let (live, rx) = broadcast::channel(4);
+        let (tx, mut out) = mpsc::channel(16);
+        let (stop_tx, stop) = watch::channel(false);
+        let count = Arc::new(AtomicUsize::new(0));
+        let slot = WatchSlot::take(&count).unwrap();
+        let task = tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        live.send(event(1)).unwrap();
+        assert!(out.recv().await.unwrap().is_ok());
+        stop_tx.send(true).unwrap();
+        task.await.unwrap();
+        let end = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::Unavailable);
+        assert!(out.recv().await.is_none());
     }
 }

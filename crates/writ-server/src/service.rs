@@ -331,22 +331,24 @@ impl<S: TokenStore> Service<S> {
             Err(Miss::Unknown) => return Ok(Validation::Inactive(Inactive::Unknown)),
         };
         let scope = action.as_ref().map(|a| a.scope.clone());
-        // Issued as the answer is decided, so the trail orders it among concurrent events.
-        let pending = self.audit.issue();
-        let ctx = (caller_id, &record, &scope, pending.id());
+        // Issued as the answer is decided, so the trail orders it among concurrent events;
+        // not at all (no trip through the issuer's lock) when validations go unrecorded,
+        // in which case no event is ever built from the placeholder id.
+        let pending = (self.validations != ValidationEvents::None).then(|| self.audit.issue());
+        let id = pending.as_ref().map_or(EventId(0), |p| p.id());
+        let ctx = (caller_id, &record, &scope, id);
         let (verdict, stored) = self.decide(ctx, &state, action).await?;
-        match stored {
+        match (stored, pending) {
             // Written with the use it spent.
-            Some(event) => {
+            (Some(event), pending) => {
                 self.audit.publish(event);
                 drop(pending);
             }
-            None => {
-                if self.wants_validation(scope.is_some(), verdict.is_err()) {
-                    let event = validated_event(ctx, &verdict);
-                    self.audit.record(pending, event).await;
-                }
+            (None, Some(pending)) if self.wants_validation(scope.is_some(), verdict.is_err()) => {
+                let event = validated_event(ctx, &verdict);
+                self.audit.record(pending, event).await;
             }
+            (None, _) => {}
         }
         Ok(match verdict {
             Ok(decision) => Validation::Active {

@@ -71,6 +71,16 @@ pub enum RevokeTarget {
     Txn(TxnId),
 }
 
+impl RevokeTarget {
+    /// The token named, if the target is one token's subtree.
+    pub fn token(self) -> Option<TokenId> {
+        match self {
+            RevokeTarget::Token(t) => Some(t),
+            RevokeTarget::Txn(_) => None,
+        }
+    }
+}
+
 /// The result of [`TokenStore::consume_use`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum UseOutcome {
@@ -470,32 +480,6 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         max_events: usize,
     ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
         T::purge_events(self, cutoff, max_events)
-    }
-}
-
-/// The `revoked` event of a revocation of `target` (the revoked token or, for a whole
-/// transaction, `None`) that made `count` tokens inactive.
-pub(crate) fn revoked_event(
-    id: EventId,
-    any: &TokenRecord,
-    target: RevokeTarget,
-    by: &str,
-    reason: &str,
-    count: usize,
-) -> Event {
-    Event {
-        id,
-        txn: any.txn,
-        subject: any.subject.clone(),
-        token: match target {
-            RevokeTarget::Token(t) => Some(t),
-            RevokeTarget::Txn(_) => None,
-        },
-        actor: by.to_owned(),
-        kind: writ_core::EventKind::Revoked {
-            reason: reason.to_owned(),
-            revoked: u32::try_from(count).unwrap_or(u32::MAX),
-        },
     }
 }
 

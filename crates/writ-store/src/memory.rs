@@ -4,7 +4,7 @@
 
 use crate::api::{
     PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
-    UseOutcome, admit_child, collect_page, revoked_event, txn_range,
+    UseOutcome, admit_child, collect_page, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -297,7 +297,7 @@ impl State {
                 revoked.push(id);
             }
         }
-        let event = revoked_event(event, &any, target, by, reason, revoked.len());
+        let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
         self.append(event.clone());
         Ok(Revoked {
             ids: revoked,

@@ -23,7 +23,7 @@
 
 use crate::api::{
     PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
-    UseOutcome, admit_child, collect_page, revoked_event, txn_range,
+    UseOutcome, admit_child, collect_page, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -607,7 +607,7 @@ fn revoke_blocking(
         put_state(inner, &mut batch, id, &state)?;
         revoked.push(id);
     }
-    let event = revoked_event(event, &any, target, by, reason, revoked.len());
+    let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
     put_event(&inner.db, &mut batch, &event)?;
     inner
         .db
