@@ -12,7 +12,6 @@ use std::thread::JoinHandle;
 use tempfile::TempDir;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tonic::transport::server::TcpIncoming;
 use writ_server::Config;
 
 use crate::baseline;
@@ -146,8 +145,8 @@ pub fn spawn_baseline(spec: RuntimeSpec) -> Result<ServerHandle> {
                     }
                 };
                 let addr = listener.local_addr()?;
-                // As Writ's `start` does: TCP_NODELAY on accepted connections.
-                let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+                // The transport Writ's `start` uses.
+                let incoming = writ_server::transport::incoming(listener);
                 let _ = ready_tx.send(Ok(addr));
                 baseline::server_builder()
                     .add_service(baseline::pb::baseline_server::BaselineServer::new(

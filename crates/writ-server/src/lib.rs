@@ -9,6 +9,7 @@
 //! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry).
 //! - [`cleanup`]: the background task that reclaims expired tokens.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
+//! - [`transport`]: socket settings of accepted connections.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
@@ -22,13 +23,13 @@ pub mod error;
 pub mod grpc;
 pub mod secrets;
 pub mod service;
+pub mod transport;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tonic::transport::server::TcpIncoming;
 use writ_api::pb::chain_service_server::ChainServiceServer;
 use writ_api::pb::token_service_server::TokenServiceServer;
 use writ_core::limits::MAX_MESSAGE_BYTES;
@@ -210,11 +211,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         },
         stop.subscribe(),
     ));
-    // TCP_NODELAY: a response written in more than one segment must not wait for the
-    // peer's delayed ACK (Nagle), which costs ~40 ms per small RPC.
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(std::time::Duration::from_secs(60)));
+    let incoming = transport::incoming(listener);
     let task = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .http2_max_header_list_size(16 * 1024)

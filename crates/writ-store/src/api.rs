@@ -343,7 +343,9 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send;
 
     /// Appends audit events that accompany no token change (validated, refused), in one
-    /// atomic write, durable per the store's durability. Ids must be unique.
+    /// atomic write. Ids must be unique. Once it returns the events survive a crash of
+    /// the process; against power loss they may stay buffered until the store's next
+    /// durable write (nobody waits on them, so they are not synced one batch at a time).
     fn append_events(
         &self,
         events: Vec<Event>,

@@ -985,9 +985,13 @@ fn append_events_blocking(inner: &Inner, events: &[Event]) -> Result<(), StoreEr
     for e in events {
         put_event(&inner.db, &mut batch, e)?;
     }
+    // Buffered, whatever the store's durability: the WAL write reaches the OS before this
+    // returns (a killed process loses nothing), and the next synced token write makes it
+    // durable against power loss too. These events wait for no answer, so an fsync per
+    // batch would buy little and cost a sixth of a busy server's CPU (BENCHMARKS.md).
     inner
         .db
-        .write_opt(batch, &inner.write_opts())
+        .write_opt(batch, &WriteOptions::default())
         .map_err(backend)
 }
 

@@ -526,16 +526,53 @@ fn srv_operator(file: &str) -> String {
         .to_string()
 }
 
+/// `writ events TXN --json` against `srv` as the operator: the trail's event kinds.
+fn event_kinds(srv: &Server, txn: &str) -> Vec<String> {
+    let operator_file = srv.data_dir.join("operator.credential");
+    let url = srv.url();
+    let out = writ(
+        &[
+            "events",
+            txn,
+            "--json",
+            "--server",
+            &url,
+            "--credential-file",
+            operator_file.to_str().expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let v: Json = serde_json::from_str(l).expect("a JSON line");
+            str_field(&v, "/kind").to_string()
+        })
+        .collect()
+}
+
 #[test]
-fn an_acknowledged_mint_survives_sigkill() {
+fn an_acknowledged_mint_and_a_listed_validation_survive_sigkill() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let mut srv = Server::start(&data, 0);
     let minted = cli_mint(&srv, &["--ttl", "600"]);
     let token = str_field(&minted, "/token").to_string();
+    let txn = str_field(&minted, "/info/txn").to_string();
+    let url = srv.url();
+    let v = writ(
+        &["validate", "--server", &url, "--as", "planner"],
+        &[("WRIT_TOKEN", &token)],
+    );
+    assert_eq!(v.status.code(), Some(0), "{}", describe(&v));
+    // Listed, so stored: the validation's event was appended without an fsync of its
+    // own, which a killed process must not lose.
+    assert_eq!(event_kinds(&srv, &txn), ["minted", "validated"]);
 
     srv.kill_hard();
     let srv = Server::start(&data, 1);
+    assert_eq!(event_kinds(&srv, &txn), ["minted", "validated"]);
 
     let out = writ(
         &[
