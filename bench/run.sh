@@ -83,7 +83,7 @@ bash criterion-summary.sh | tee "$R/criterion-summary.txt"
 # 4. Growth: chain depth, stored tokens, disk, cleanup, claims, fan-out, footprint and startup.
 FOOTPRINT_SIZES=${FOOTPRINT_SIZES:-100000,1000000}  # 10000000 adds 30-40 minutes (loading)
 GROWTH_ITERS=${GROWTH_ITERS:-20000}
-FANOUTS=${FANOUTS:-1,10,100,1000}
+FANOUTS=${FANOUTS:-1,10,100,250,500,1000}
 FANOUT_REPS=${FANOUT_REPS:-3}
 if [[ -n "${QUICK:-}" ]]; then FOOTPRINT_SIZES=20000; GROWTH_ITERS=2000; FANOUTS=1,10,100; FANOUT_REPS=1; fi
 "$BIN/writ-growth" depth --out "$R/depth.json" --svg "$R/depth.svg" 2>&1 | tee "$R/logs/depth.log"

@@ -142,7 +142,7 @@ enum Cmd {
         /// Upper bounds of the buckets of k (the k-th Downscope of a transaction); the
         /// last is how many children each transaction gets (at most 1024 = the
         /// in-process fan-out ceiling; the transaction limit is 4096 tokens).
-        #[arg(long, value_delimiter = ',', default_value = "1,10,100,1000")]
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,250,500,1000")]
         fanouts: Vec<usize>,
         /// Transactions grown per store and mode.
         #[arg(long, default_value_t = 3)]
@@ -163,7 +163,8 @@ enum Cmd {
         svg: PathBuf,
     },
     /// Memory, disk and startup time against live tokens: one fresh RocksDB store per
-    /// size, loaded, then reopened by `writ_server::start` and in-process.
+    /// size, loaded, then served by a server process (`writ_server::start`, timed to its
+    /// first Validate) and reopened in-process.
     Footprint {
         /// Live root tokens, one fresh store each.
         #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
