@@ -80,9 +80,20 @@ cargo bench --benches 2>&1 | grep -v '^\s*$' | tee "$R/criterion-bench.txt"
   | tee "$R/criterion-baselines.txt"
 bash criterion-summary.sh | tee "$R/criterion-summary.txt"
 
-# 4. Growth: chain depth, stored tokens, disk, cleanup.
+# 4. Growth: chain depth, stored tokens, disk, cleanup, claims, fan-out, footprint and startup.
+FOOTPRINT_SIZES=${FOOTPRINT_SIZES:-100000,1000000}  # 10000000 adds 30-40 minutes (loading)
+GROWTH_ITERS=${GROWTH_ITERS:-20000}
+FANOUTS=${FANOUTS:-1,10,100,250,500,1000}
+FANOUT_REPS=${FANOUT_REPS:-3}
+if [[ -n "${QUICK:-}" ]]; then FOOTPRINT_SIZES=20000; GROWTH_ITERS=2000; FANOUTS=1,10,100; FANOUT_REPS=1; fi
 "$BIN/writ-growth" depth --out "$R/depth.json" --svg "$R/depth.svg" 2>&1 | tee "$R/logs/depth.log"
 "$BIN/writ-growth" tokens --sizes "$SIZES" --no-purge --out "$R/tokens.json" --svg "$R/tokens.svg" 2>&1 | tee "$R/logs/tokens.log"
 # Cleanup on fresh stores (purging 1M tokens in one go takes many minutes: see BENCHMARKS.md).
 "$BIN/writ-growth" cleanup --sizes "${CLEANUP_SIZES:-10000,30000,100000,200000}" --out "$R/cleanup.json" --svg "$R/cleanup.svg" 2>&1 | tee "$R/logs/cleanup.log"
+# Validate against the number of claims on the token (1 to the limit of 32).
+"$BIN/writ-growth" claims --iters "$GROWTH_ITERS" --out "$R/claims.json" --svg "$R/claims.svg" 2>&1 | tee "$R/logs/claims.log"
+# Downscope against the tokens already in the transaction (siblings vs spread over 32 parents).
+"$BIN/writ-growth" fanout --fanouts "$FANOUTS" --reps "$FANOUT_REPS" --out "$R/fanout.json" --svg "$R/fanout.svg" 2>&1 | tee "$R/logs/fanout.log"
+# Memory, disk and startup (a server process on the loaded data directory) against live tokens.
+"$BIN/writ-growth" footprint --sizes "$FOOTPRINT_SIZES" --out "$R/footprint.json" --svg "$R/footprint.svg" 2>&1 | tee "$R/logs/footprint.log"
 echo "done: results in bench/$R"

@@ -4,11 +4,12 @@
 //! `writ_core`, `TokenStore::get`/`get_with_state`). When the store trait or the service
 //! change again, adapt these few functions and nothing else.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use writ_api::convert::Action;
 use writ_core::narrow::{ChildRequest, MintRequest, Policy};
-use writ_core::{Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis};
+use writ_core::{Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis, Value};
 use writ_server::audit::Audit;
 use writ_server::auth::Caller;
 use writ_server::config::ValidationEvents;
@@ -40,6 +41,27 @@ pub async fn service<S: TokenStore>(
         audit,
         ValidationEvents::All,
     ))
+}
+
+/// [`service`], also returning the audit trail writer's task: it ends (and lets go of
+/// the store) once the service is dropped and the queued events are stored, so a
+/// measurement can close and reopen the same store.
+pub async fn service_with_writer<S: TokenStore>(
+    store: Arc<S>,
+    keys: KeyRing,
+    policy: Policy,
+) -> Result<(Service<S>, tokio::task::JoinHandle<()>), StoreError> {
+    let (audit, writer) = Audit::start(store.clone()).await?;
+    let svc = Service::new(
+        store,
+        keys,
+        policy,
+        fixtures::TRUST_DOMAIN.to_string(),
+        MAX_CHILDREN,
+        audit,
+        ValidationEvents::All,
+    );
+    Ok((svc, writer))
 }
 
 /// Event ids for records loaded straight into a store: increasing, one per record.
@@ -109,6 +131,32 @@ pub async fn validate<S: TokenStore>(
         Validation::Active { decision, .. } => !matches!(decision, Some(Err(_))),
         Validation::Inactive(_) => false,
     })
+}
+
+/// Validate `token` as `audience` with an action of `scope` and `attributes` (for
+/// claims-size measurements). Returns whether the token is active and the action
+/// allowed.
+pub async fn validate_action<S: TokenStore>(
+    svc: &Service<S>,
+    audience: &str,
+    token: &str,
+    scope: &str,
+    attributes: &BTreeMap<String, Value>,
+) -> Result<bool, ServiceError> {
+    let action = Action {
+        scope: scope.into(),
+        attributes: attributes.clone(),
+    };
+    let v = svc
+        .validate(&Caller::Party(audience.into()), token, Some(action))
+        .await?;
+    Ok(matches!(
+        v,
+        Validation::Active {
+            decision: Some(Ok(_)),
+            ..
+        }
+    ))
 }
 
 /// Mints a chain of `depth` hops through the service; returns every hop's secret,

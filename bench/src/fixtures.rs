@@ -162,3 +162,50 @@ pub fn record_chain(
     }
     Ok(chain)
 }
+
+/// A root like [`mint_request`]`(0)` but whose grant carries `n` typed claims
+/// (`c00`, `c01`, ...), cycling through every kind: max, min, allow-set and deny-set (of
+/// `set_items` members each), prefix and exact. `n` must stay within
+/// `writ_core::limits::MAX_CLAIMS` and `set_items` within `MAX_SET_ITEMS`.
+pub fn claims_mint_request(n: usize, set_items: usize) -> MintRequest {
+    let mut req = mint_request(0);
+    req.claims = (0..n)
+        .map(|i| (claim_name(i), claim(i, set_items)))
+        .collect();
+    req
+}
+
+fn claim_name(i: usize) -> String {
+    format!("c{i:02}")
+}
+
+fn claim(i: usize, set_items: usize) -> Constraint {
+    let set = |tag: &str| (0..set_items).map(|j| format!("{tag}{j}")).collect();
+    match i % 6 {
+        0 => Constraint::Max(ROOT_MAX_AMOUNT),
+        1 => Constraint::Min(10),
+        2 => Constraint::AllowSet(set("v")),
+        3 => Constraint::DenySet(set("d")),
+        4 => Constraint::Prefix("/trips/lisbon/".into()),
+        _ => Constraint::Exact(Value::Str("EUR".into())),
+    }
+}
+
+/// Attributes that every claim of [`claims_mint_request`]`(n, set_items)` permits (each
+/// claim is evaluated: none is skipped), one per claim.
+pub fn claims_attributes(n: usize, set_items: usize) -> BTreeMap<String, Value> {
+    (0..n)
+        .map(|i| {
+            let v = match i % 6 {
+                0 => Value::Int(AMOUNT),
+                1 => Value::Int(AMOUNT),
+                // The last member of the allow-set.
+                2 => Value::Str(format!("v{}", set_items.saturating_sub(1))),
+                3 => Value::Str("travel".into()),
+                4 => Value::Str("/trips/lisbon/hotel/42".into()),
+                _ => Value::Str("EUR".into()),
+            };
+            (claim_name(i), v)
+        })
+        .collect()
+}

@@ -6,6 +6,19 @@
 //! - `tokens`: in-process Validate against the number of stored tokens (loaded straight
 //!   into a RocksDB store with `Durability::Buffered`), with disk bytes per token at
 //!   each size, then the time cleanup takes to purge them all.
+//! - `cleanup`: time to purge N expired tokens, one fresh store per N.
+//! - `claims`: in-process Validate against the number of typed claims on the token
+//!   (1 to 32, the limit), each checked against an action attribute: does the decision
+//!   grow with the grant? Over RocksDB and the memory store.
+//! - `fanout`: in-process Downscope latency against how many tokens the transaction
+//!   already holds, growing it two ways (all children under one parent, or spread over
+//!   32 parents), so a cost that follows the parent's fan-out can be told from one that
+//!   follows the transaction's size. RocksDB (sync and buffered) and the memory store.
+//! - `footprint`: against live tokens (up to 10 million), the load rate, disk bytes per
+//!   token (SST and WAL, before and after compaction), memory (the server process's RSS
+//!   and this process's), and startup: a server process on the loaded data directory
+//!   timed until it listens and answers a first Validate, then in-process reopens with
+//!   cold and warm Validates.
 //! - `plot-load`: draws throughput against concurrency from `writ-load` JSON results.
 //!
 //! Each subcommand writes a JSON result and an SVG chart.
@@ -13,14 +26,15 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::task::JoinSet;
 use writ_bench::report::{self, Latency, Machine};
 use writ_bench::svg::{Chart, Series};
-use writ_bench::{adapter, fixtures};
-use writ_core::{TokenSecret, UnixMillis};
+use writ_bench::{adapter, fixtures, wire};
+use writ_core::{KeyRing, TokenSecret, UnixMillis, Value};
 use writ_server::service::{Service, now};
 use writ_store::{Durability, MemoryStore, RocksStore, StoreOptions, TokenStore};
 
@@ -100,6 +114,86 @@ enum Cmd {
         #[arg(long, default_value = "results/cleanup.svg")]
         svg: PathBuf,
     },
+    /// Validate latency and throughput against the number of typed claims on the token
+    /// (each evaluated against an action attribute), over RocksDB and the memory store.
+    Claims {
+        /// Claims per token (at most writ_core::limits::MAX_CLAIMS = 32).
+        #[arg(long, value_delimiter = ',', default_value = "1,8,16,32")]
+        sizes: Vec<usize>,
+        /// Members of each allow-set and deny-set claim (at most MAX_SET_ITEMS = 64).
+        #[arg(long, default_value_t = 8)]
+        set_items: usize,
+        /// Validates per measurement.
+        #[arg(long, default_value_t = 20_000)]
+        iters: usize,
+        /// Concurrent validating tasks for the throughput figure.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// JSON result.
+        #[arg(long, default_value = "results/claims.json")]
+        out: PathBuf,
+        /// SVG chart.
+        #[arg(long, default_value = "results/claims.svg")]
+        svg: PathBuf,
+    },
+    /// Downscope latency against how many tokens the parent (siblings) and the
+    /// transaction already hold, on RocksDB (sync and buffered) and the memory store.
+    Fanout {
+        /// Upper bounds of the buckets of k (the k-th Downscope of a transaction); the
+        /// last is how many children each transaction gets (at most 1024 = the
+        /// in-process fan-out ceiling; the transaction limit is 4096 tokens).
+        #[arg(long, value_delimiter = ',', default_value = "1,10,100,250,500,1000")]
+        fanouts: Vec<usize>,
+        /// Transactions grown per store and mode.
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Parents of the `spread` mode: the root gets this many children, then
+        /// grandchildren are derived round-robin under them, so the transaction grows as
+        /// in `siblings` mode while each parent's fan-out stays small.
+        #[arg(long, default_value_t = 32)]
+        spread_parents: usize,
+        /// Skip the RocksDB store with Durability::Sync (an fsync per Downscope).
+        #[arg(long)]
+        no_sync: bool,
+        /// JSON result.
+        #[arg(long, default_value = "results/fanout.json")]
+        out: PathBuf,
+        /// SVG chart.
+        #[arg(long, default_value = "results/fanout.svg")]
+        svg: PathBuf,
+    },
+    /// Memory, disk and startup time against live tokens: one fresh RocksDB store per
+    /// size, loaded, then served by a server process (`writ_server::start`, timed to its
+    /// first Validate) and reopened in-process.
+    Footprint {
+        /// Live root tokens, one fresh store each.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        sizes: Vec<usize>,
+        /// Sequential validates of the warm measurement (in-process and over gRPC).
+        #[arg(long, default_value_t = 5000)]
+        probe: usize,
+        /// Distinct tokens validated once each right after the reopen (cold reads).
+        #[arg(long, default_value_t = 200)]
+        cold: usize,
+        /// Where to put the stores (default: a temporary directory); each size gets a
+        /// subdirectory, removed after it is measured.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// JSON result.
+        #[arg(long, default_value = "results/footprint.json")]
+        out: PathBuf,
+        /// SVG chart.
+        #[arg(long, default_value = "results/footprint.svg")]
+        svg: PathBuf,
+    },
+    /// Serves a data directory with the default configuration (on 127.0.0.1, an
+    /// ephemeral port, printed on stdout) until stdin closes: `footprint` runs the
+    /// server in a process of its own with this, to time its startup and read its RSS.
+    #[command(hide = true)]
+    ServeDataDir {
+        /// The data directory (key ring and `db/`).
+        data_dir: PathBuf,
+    },
     /// Throughput against concurrency from writ-load JSON results, one line per label.
     PlotLoad {
         /// Chart title.
@@ -151,6 +245,31 @@ fn main() -> Result<()> {
             out,
             svg,
         } => rt.block_on(cleanup(sizes, batch, &out, &svg)),
+        Cmd::Claims {
+            sizes,
+            set_items,
+            iters,
+            concurrency,
+            out,
+            svg,
+        } => rt.block_on(claims(sizes, set_items, iters, concurrency, &out, &svg)),
+        Cmd::Fanout {
+            fanouts,
+            reps,
+            spread_parents,
+            no_sync,
+            out,
+            svg,
+        } => rt.block_on(fanout(fanouts, reps, spread_parents, !no_sync, &out, &svg)),
+        Cmd::Footprint {
+            sizes,
+            probe,
+            cold,
+            dir,
+            out,
+            svg,
+        } => rt.block_on(footprint(sizes, probe, cold, dir, &out, &svg)),
+        Cmd::ServeDataDir { data_dir } => rt.block_on(serve_data_dir(data_dir)),
         Cmd::PlotLoad { title, svg, files } => plot_load(&title, &svg, &files),
     }
 }
@@ -169,17 +288,29 @@ async fn probe<S: TokenStore>(
     iters: usize,
     concurrency: usize,
 ) -> Result<Probe> {
+    let attributes = Arc::new(fixtures::attributes());
+    probe_with(svc, audience, tokens, &attributes, iters, concurrency).await
+}
+
+/// [`probe`] with the action's attributes given (scope `fixtures::SCOPE`); every
+/// Validate must be active and allowed.
+async fn probe_with<S: TokenStore>(
+    svc: &Arc<Service<S>>,
+    audience: &str,
+    tokens: &Arc<Vec<TokenSecret>>,
+    attributes: &Arc<BTreeMap<String, Value>>,
+    iters: usize,
+    concurrency: usize,
+) -> Result<Probe> {
     // Latency: one at a time.
     let mut h = report::histogram();
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..iters {
         let t = &tokens[pick(&mut seed, tokens.len())];
         let t0 = Instant::now();
-        let ok = adapter::validate(svc, audience, t.expose(), true).await?;
-        report::record(
-            &mut h,
-            u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX),
-        );
+        let ok = adapter::validate_action(svc, audience, t.expose(), fixtures::SCOPE, attributes)
+            .await?;
+        report::record(&mut h, nanos(t0));
         anyhow::ensure!(ok, "a stored token did not validate");
     }
     // Throughput: `concurrency` tasks share the same number of validates.
@@ -187,12 +318,14 @@ async fn probe<S: TokenStore>(
     let mut set = JoinSet::new();
     for c in 0..concurrency {
         let (svc, tokens, audience) = (svc.clone(), tokens.clone(), audience.to_string());
+        let attributes = attributes.clone();
         let n = iters / concurrency;
         set.spawn(async move {
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
             for _ in 0..n {
                 let t = &tokens[pick(&mut seed, tokens.len())];
-                adapter::validate(&svc, &audience, t.expose(), true).await?;
+                adapter::validate_action(&svc, &audience, t.expose(), fixtures::SCOPE, &attributes)
+                    .await?;
             }
             Ok::<_, anyhow::Error>(n)
         });
@@ -205,6 +338,11 @@ async fn probe<S: TokenStore>(
         latency: Latency::of(&h),
         throughput_ops_s: done as f64 / t0.elapsed().as_secs_f64(),
     })
+}
+
+/// Nanoseconds since `t0`.
+fn nanos(t0: Instant) -> u64 {
+    u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn pick(s: &mut u64, n: usize) -> usize {
@@ -600,21 +738,38 @@ struct CleanupOut {
 
 /// Loads `n` root tokens into `store` with 64 inserts in flight.
 async fn load_roots(store: &Arc<RocksStore>, n: usize) -> Result<()> {
-    let keys = fixtures::keyring();
+    load_roots_with(store, n, &fixtures::keyring(), None).await
+}
+
+/// Loads `n` root tokens issued under `keys` into `store` with 64 inserts in flight,
+/// offering each secret to `sample` if given.
+async fn load_roots_with(
+    store: &Arc<RocksStore>,
+    n: usize,
+    keys: &KeyRing,
+    mut sample: Option<&mut Reservoir>,
+) -> Result<()> {
     let policy = fixtures::policy(8);
     let issued_at = now();
+    let t0 = Instant::now();
     let mut set = JoinSet::new();
-    for _ in 0..n {
-        let mut chain = fixtures::record_chain(&keys, &policy, 0, issued_at)?;
-        let Some((_, record)) = chain.pop() else {
+    for i in 1..=n {
+        let mut chain = fixtures::record_chain(keys, &policy, 0, issued_at)?;
+        let Some((secret, record)) = chain.pop() else {
             continue;
         };
+        if let Some(s) = sample.as_deref_mut() {
+            s.offer(secret);
+        }
         let store = store.clone();
         set.spawn(async move { adapter::put(store.as_ref(), record).await });
         while set.len() >= 64 {
             if let Some(r) = set.join_next().await {
                 r??;
             }
+        }
+        if i.is_multiple_of(1_000_000) {
+            eprintln!("  loaded {i} tokens ({:.0} s)", t0.elapsed().as_secs_f64());
         }
     }
     while let Some(r) = set.join_next().await {
@@ -680,6 +835,813 @@ async fn cleanup(sizes: Vec<usize>, batch: usize, out: &Path, svg: &Path) -> Res
     )?;
     eprintln!("wrote {} and {}", out.display(), svg.display());
     Ok(())
+}
+
+#[derive(Serialize)]
+struct ClaimsRow {
+    store: &'static str,
+    claims: usize,
+    /// The minted record encoded as JSON (a proxy for how the record grows: the store
+    /// writes a more compact postcard encoding).
+    record_json_bytes: usize,
+    probe: Probe,
+}
+
+#[derive(Serialize)]
+struct ClaimsOut {
+    tool: &'static str,
+    machine: Machine,
+    note: &'static str,
+    set_items: usize,
+    iters: usize,
+    concurrency: usize,
+    rows: Vec<ClaimsRow>,
+    loadavg_after: String,
+}
+
+async fn claims_on<S: TokenStore>(
+    name: &'static str,
+    store: S,
+    sizes: &[usize],
+    set_items: usize,
+    iters: usize,
+    concurrency: usize,
+    rows: &mut Vec<ClaimsRow>,
+) -> Result<()> {
+    let svc = Arc::new(
+        adapter::service(Arc::new(store), fixtures::keyring(), fixtures::policy(8)).await?,
+    );
+    for &n in sizes {
+        let mut tokens = Vec::new();
+        let mut record_json_bytes = 0;
+        for _ in 0..64 {
+            let (secret, record) =
+                adapter::mint(&svc, fixtures::claims_mint_request(n, set_items)).await?;
+            record_json_bytes = serde_json::to_vec(&record)?.len();
+            tokens.push(secret);
+        }
+        let attributes = Arc::new(fixtures::claims_attributes(n, set_items));
+        let tokens = Arc::new(tokens);
+        let p = probe_with(
+            &svc,
+            &fixtures::hop(0),
+            &tokens,
+            &attributes,
+            iters,
+            concurrency,
+        )
+        .await?;
+        eprintln!(
+            "{name:<6} {n:>2} claims: {}  |  {:.0} validates/s with {concurrency} tasks  |  record {record_json_bytes} B as JSON",
+            p.latency, p.throughput_ops_s
+        );
+        rows.push(ClaimsRow {
+            store: name,
+            claims: n,
+            record_json_bytes,
+            probe: p,
+        });
+    }
+    Ok(())
+}
+
+/// In-process Validate (with an action whose attributes every claim is checked against)
+/// against the number of claims on the token, over RocksDB (buffered) and the memory
+/// store: does the decision's cost grow with the grant?
+async fn claims(
+    sizes: Vec<usize>,
+    set_items: usize,
+    iters: usize,
+    concurrency: usize,
+    out: &Path,
+    svg: &Path,
+) -> Result<()> {
+    use writ_core::limits::{MAX_ATTRIBUTES, MAX_CLAIMS, MAX_SET_ITEMS};
+    anyhow::ensure!(
+        sizes
+            .iter()
+            .all(|n| (1..=MAX_CLAIMS.min(MAX_ATTRIBUTES)).contains(n)),
+        "claims per token must be within 1..={MAX_CLAIMS}"
+    );
+    anyhow::ensure!(
+        (1..=MAX_SET_ITEMS).contains(&set_items),
+        "--set-items must be within 1..={MAX_SET_ITEMS}"
+    );
+    let machine = report::machine();
+    let tmp = tempfile::tempdir()?;
+    let rocks = RocksStore::open(
+        &tmp.path().join("db"),
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..StoreOptions::default()
+        },
+    )?;
+    let mut rows = Vec::new();
+    claims_on(
+        "rocks",
+        rocks,
+        &sizes,
+        set_items,
+        iters,
+        concurrency,
+        &mut rows,
+    )
+    .await?;
+    claims_on(
+        "memory",
+        MemoryStore::new(),
+        &sizes,
+        set_items,
+        iters,
+        concurrency,
+        &mut rows,
+    )
+    .await?;
+    let series = |store: &str, f: fn(&Probe) -> f64| Series {
+        name: store.to_string(),
+        points: rows
+            .iter()
+            .filter(|r| r.store == store)
+            .map(|r| (r.claims as f64, f(&r.probe)))
+            .collect(),
+    };
+    let chart = Chart {
+        title: "In-process Validate vs claims on the token (sequential)".into(),
+        x_label: "claims, each checked (log)".into(),
+        y_label: "latency (µs)".into(),
+        log_x: true,
+        series: vec![
+            Series {
+                name: "RocksDB, mean".into(),
+                ..series("rocks", |p| p.latency.mean_us)
+            },
+            Series {
+                name: "RocksDB, p99".into(),
+                ..series("rocks", |p| p.latency.p99_us)
+            },
+            Series {
+                name: "memory store, mean".into(),
+                ..series("memory", |p| p.latency.mean_us)
+            },
+        ],
+    };
+    write_svg(svg, &chart)?;
+    report::write_json(
+        out,
+        &ClaimsOut {
+            tool: "writ-growth claims",
+            machine,
+            note: "64 root tokens per size minted through the service, each with N claims cycling max, min, allow-set, deny-set (set_items members each), prefix, exact; Validate as agent-0 with scope payments:charge and one permitted attribute per claim (audit.validations = all)",
+            set_items,
+            iters,
+            concurrency,
+            rows,
+            loadavg_after: report::loadavg(),
+        },
+    )?;
+    eprintln!("wrote {} and {}", out.display(), svg.display());
+    Ok(())
+}
+
+#[derive(Serialize)]
+struct FanoutRow {
+    store: &'static str,
+    mode: &'static str,
+    /// The Downscopes k_from..=k_to of each transaction (the k-th finds k tokens in the
+    /// transaction: the root and k - 1 descendants).
+    k_from: usize,
+    k_to: usize,
+    /// Most children the parent already had at one of these Downscopes.
+    max_existing_siblings: usize,
+    downscopes: u64,
+    latency: Latency,
+}
+
+#[derive(Serialize)]
+struct FanoutOut {
+    tool: &'static str,
+    machine: Machine,
+    note: &'static str,
+    reps: usize,
+    spread_parents: usize,
+    rows: Vec<FanoutRow>,
+    loadavg_after: String,
+}
+
+const FANOUT_MODES: [&str; 2] = ["siblings", "spread"];
+
+async fn fanout_on<S: TokenStore>(
+    name: &'static str,
+    store: S,
+    bounds: &[usize],
+    reps: usize,
+    spread_parents: usize,
+    rows: &mut Vec<FanoutRow>,
+) -> Result<()> {
+    let svc = adapter::service(Arc::new(store), fixtures::keyring(), fixtures::policy(8)).await?;
+    let max = bounds.last().copied().unwrap_or(0);
+    let (holder0, holder1) = (fixtures::hop(0), fixtures::hop(1));
+    for mode in FANOUT_MODES {
+        let mut hists: Vec<_> = bounds.iter().map(|_| report::histogram()).collect();
+        let mut max_siblings = vec![0usize; bounds.len()];
+        for _ in 0..reps {
+            let (root, _) = adapter::mint(&svc, fixtures::mint_request(2)).await?;
+            // Spread mode: the root's children, and how many children each has.
+            let mut parents: Vec<(TokenSecret, usize)> = Vec::new();
+            let mut root_children = 0usize;
+            for k in 1..=max {
+                let b = bounds
+                    .iter()
+                    .position(|&u| k <= u)
+                    .unwrap_or(bounds.len() - 1);
+                let under_root = mode == "siblings" || parents.len() < spread_parents;
+                let (siblings, t0, result) = if under_root {
+                    let t0 = Instant::now();
+                    let r = adapter::downscope(
+                        &svc,
+                        &holder0,
+                        root.expose(),
+                        fixtures::child_request(1, 2),
+                    )
+                    .await;
+                    (root_children, t0, r)
+                } else {
+                    let i = (k - spread_parents - 1) % spread_parents;
+                    let t0 = Instant::now();
+                    let r = adapter::downscope(
+                        &svc,
+                        &holder1,
+                        parents[i].0.expose(),
+                        fixtures::child_request(2, 2),
+                    )
+                    .await;
+                    let before = parents[i].1;
+                    parents[i].1 += 1;
+                    (before, t0, r)
+                };
+                let ns = nanos(t0);
+                let (child, _) = result.with_context(|| format!("{mode} Downscope {k}"))?;
+                report::record(&mut hists[b], ns);
+                max_siblings[b] = max_siblings[b].max(siblings);
+                if under_root {
+                    root_children += 1;
+                    if mode == "spread" {
+                        parents.push((child, 0));
+                    }
+                }
+            }
+        }
+        let mut from = 1;
+        for (i, &to) in bounds.iter().enumerate() {
+            let h = &hists[i];
+            if !h.is_empty() {
+                let latency = Latency::of(h);
+                eprintln!(
+                    "{name:<13} {mode:<8} k {from:>4}..={to:<4}: {latency}  (parent had up to {} children)",
+                    max_siblings[i]
+                );
+                rows.push(FanoutRow {
+                    store: name,
+                    mode,
+                    k_from: from,
+                    k_to: to,
+                    max_existing_siblings: max_siblings[i],
+                    downscopes: h.len(),
+                    latency,
+                });
+            }
+            from = to + 1;
+        }
+    }
+    Ok(())
+}
+
+/// In-process Downscope latency against the number of tokens already derived in the
+/// transaction. Two ways to grow a transaction to the same size: `siblings` (every
+/// child under the root, so fan-out = transaction size - 1) and `spread` (children
+/// spread over `spread_parents` parents, so fan-out stays small). If both modes grow
+/// alike, Downscope's cost follows the transaction's size, not the parent's fan-out.
+async fn fanout(
+    bounds: Vec<usize>,
+    reps: usize,
+    spread_parents: usize,
+    sync: bool,
+    out: &Path,
+    svg: &Path,
+) -> Result<()> {
+    use writ_core::limits::MAX_TOKENS_PER_TXN;
+    anyhow::ensure!(
+        !bounds.is_empty() && bounds.windows(2).all(|w| w[0] < w[1]) && bounds[0] >= 1,
+        "--fanouts must be ascending and at least 1"
+    );
+    let max = bounds[bounds.len() - 1];
+    anyhow::ensure!(
+        max <= adapter::MAX_CHILDREN as usize && max < MAX_TOKENS_PER_TXN,
+        "the largest fan-out must be at most {} (the in-process fan-out ceiling)",
+        adapter::MAX_CHILDREN
+    );
+    anyhow::ensure!(spread_parents >= 1, "--spread-parents must be at least 1");
+    let machine = report::machine();
+    let mut rows = Vec::new();
+    let mut durabilities = vec![("rocks-buffered", Durability::Buffered)];
+    if sync {
+        durabilities.insert(0, ("rocks-sync", Durability::Sync));
+    }
+    for (name, durability) in durabilities {
+        let tmp = tempfile::tempdir()?;
+        let rocks = RocksStore::open(
+            &tmp.path().join("db"),
+            StoreOptions {
+                durability,
+                ..StoreOptions::default()
+            },
+        )?;
+        fanout_on(name, rocks, &bounds, reps, spread_parents, &mut rows).await?;
+    }
+    fanout_on(
+        "memory",
+        MemoryStore::new(),
+        &bounds,
+        reps,
+        spread_parents,
+        &mut rows,
+    )
+    .await?;
+    // The chart leaves out the fsync'd store: its flat fsync cost would squash the rest.
+    let mut series = Vec::new();
+    for store in ["rocks-buffered", "memory"] {
+        for mode in FANOUT_MODES {
+            series.push(Series {
+                name: format!("{store}, {mode}, mean"),
+                points: rows
+                    .iter()
+                    .filter(|r| r.store == store && r.mode == mode)
+                    .map(|r| (r.k_to as f64, r.latency.mean_us))
+                    .collect(),
+            });
+        }
+    }
+    let chart = Chart {
+        title: "In-process Downscope vs tokens already in the transaction".into(),
+        x_label: "k-th Downscope of the transaction (bucket upper bound, log)".into(),
+        y_label: "latency (µs)".into(),
+        log_x: true,
+        series,
+    };
+    write_svg(svg, &chart)?;
+    report::write_json(
+        out,
+        &FanoutOut {
+            tool: "writ-growth fanout",
+            machine,
+            note: "per transaction: one root (mint_request(2)), then Downscopes one at a time. siblings: every child derived from the root by agent-0; spread: the first spread_parents children from the root, the rest derived round-robin from those children by agent-1. Latency of the k-th Downscope, bucketed by k",
+            reps,
+            spread_parents,
+            rows,
+            loadavg_after: report::loadavg(),
+        },
+    )?;
+    eprintln!("wrote {} and {}", out.display(), svg.display());
+    Ok(())
+}
+
+/// Resident set size of this process (VmRSS of /proc/self/status), in bytes.
+fn rss_bytes() -> u64 {
+    rss_of("/proc/self/status")
+}
+
+/// VmRSS of a /proc/PID/status file, in bytes (0 if unreadable).
+fn rss_of(status: &str) -> u64 {
+    std::fs::read_to_string(status)
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A RocksDB directory's bytes: SST files, WAL (`*.log`) files, and everything.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct Disk {
+    sst_bytes: u64,
+    wal_bytes: u64,
+    total_bytes: u64,
+}
+
+fn disk(db: &Path) -> Disk {
+    let (mut sst, mut wal) = (0, 0);
+    if let Ok(entries) = std::fs::read_dir(db) {
+        for e in entries.flatten() {
+            let len = e.metadata().map_or(0, |m| m.len());
+            match e.path().extension().and_then(|x| x.to_str()) {
+                Some("sst") => sst += len,
+                Some("log") => wal += len,
+                _ => {}
+            }
+        }
+    }
+    Disk {
+        sst_bytes: sst,
+        wal_bytes: wal,
+        total_bytes: report::dir_bytes(db),
+    }
+}
+
+/// Reopening the store in-process as `writ_server::start` does.
+#[derive(Serialize)]
+struct Reopen {
+    /// `RocksStore::open` with the server's default StoreOptions (WAL replay included).
+    open_seconds: f64,
+    /// Building the service: `Audit::start` (reads the last event id) and `Service::new`.
+    service_seconds: f64,
+    /// The first Validate after the reopen, of a token not read since.
+    first_validate_us: f64,
+    rss_bytes: u64,
+}
+
+#[derive(Serialize)]
+struct FootprintRow {
+    tokens: usize,
+    load_seconds: f64,
+    load_tokens_s: f64,
+    rss_before_load_bytes: u64,
+    rss_after_load_bytes: u64,
+    rss_after_close_bytes: u64,
+    disk_after_load: Disk,
+    disk_bytes_per_token: f64,
+    /// From spawning a process that runs `writ_server::start` (default configuration)
+    /// on the data directory until it listens.
+    server_listen_seconds: f64,
+    /// From spawning it until the first Validate over gRPC (a fresh connection) has
+    /// answered active.
+    server_first_validate_seconds: f64,
+    /// Sequential Validates over gRPC right after, on one connection.
+    server_warm: Latency,
+    /// The server process's RSS after the first Validate.
+    server_rss_started_bytes: u64,
+    /// The server process's RSS after the warm Validates.
+    server_rss_warm_bytes: u64,
+    /// The in-process reopen after the server stopped.
+    reopen: Reopen,
+    /// `cold` distinct tokens, each validated once right after the reopen.
+    cold_distinct: Latency,
+    /// Then: sequential latency and throughput over the sampled tokens.
+    warm: Probe,
+    rss_after_warm_bytes: u64,
+    compact_seconds: f64,
+    disk_after_compaction: Disk,
+    compacted_bytes_per_token: f64,
+    rss_after_compaction_bytes: u64,
+    /// Reopening again, after the compaction (no WAL to replay).
+    reopen_compacted: Reopen,
+}
+
+#[derive(Serialize)]
+struct FootprintOut<'a> {
+    tool: &'static str,
+    machine: &'a Machine,
+    note: &'static str,
+    store_options: StoreOptions,
+    probe: usize,
+    cold: usize,
+    rows: &'a [FootprintRow],
+    loadavg_after: String,
+}
+
+/// Opens the store as the server would and builds the service on it; validates `first`.
+async fn reopen(
+    db: &Path,
+    opts: StoreOptions,
+    keys: &KeyRing,
+    first: &TokenSecret,
+) -> Result<(
+    Reopen,
+    Arc<RocksStore>,
+    Arc<Service<RocksStore>>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let t0 = Instant::now();
+    let path = db.to_owned();
+    let store =
+        Arc::new(tokio::task::spawn_blocking(move || RocksStore::open(&path, opts)).await??);
+    let open_seconds = t0.elapsed().as_secs_f64();
+    let t1 = Instant::now();
+    let (svc, writer) =
+        adapter::service_with_writer(store.clone(), keys.clone(), fixtures::policy(8)).await?;
+    let service_seconds = t1.elapsed().as_secs_f64();
+    let svc = Arc::new(svc);
+    let t2 = Instant::now();
+    let ok = adapter::validate(&svc, &fixtures::hop(0), first.expose(), true).await?;
+    let first_validate_us = nanos(t2) as f64 / 1000.0;
+    anyhow::ensure!(ok, "a stored token did not validate after the reopen");
+    Ok((
+        Reopen {
+            open_seconds,
+            service_seconds,
+            first_validate_us,
+            rss_bytes: rss_bytes(),
+        },
+        store,
+        svc,
+        writer,
+    ))
+}
+
+/// Drops the service, waits for its audit writer, and drops the store (closing it).
+async fn close(
+    store: Arc<RocksStore>,
+    svc: Arc<Service<RocksStore>>,
+    writer: tokio::task::JoinHandle<()>,
+) -> Result<()> {
+    drop(svc);
+    writer.await?;
+    anyhow::ensure!(
+        Arc::strong_count(&store) == 1,
+        "the store is still shared after the service stopped"
+    );
+    drop(store);
+    Ok(())
+}
+
+async fn footprint_one(
+    n: usize,
+    probe_n: usize,
+    cold_n: usize,
+    data_dir: &Path,
+) -> Result<FootprintRow> {
+    use writ_server::secrets;
+    secrets::ensure_private_dir(data_dir)?;
+    // The server's own key ring, so the tokens loaded here validate through `start`.
+    let keys = secrets::load_or_create_key_ring(data_dir)?;
+    let db = data_dir.join(writ_server::DB_DIR);
+    let defaults = writ_server::Config::default();
+    let server_opts = StoreOptions {
+        durability: defaults.storage.durability,
+        block_cache_mib: defaults.storage.block_cache_mib,
+    };
+    let rss_before_load_bytes = rss_bytes();
+    let store = Arc::new(RocksStore::open(
+        &db,
+        StoreOptions {
+            durability: Durability::Buffered,
+            ..server_opts
+        },
+    )?);
+    let mut reservoir = Reservoir {
+        cap: (cold_n + 2).max(1000),
+        seen: 0,
+        seed: 0x0F0F_1234_5678_9ABC,
+        kept: Vec::new(),
+    };
+    let t0 = Instant::now();
+    load_roots_with(&store, n, &keys, Some(&mut reservoir)).await?;
+    let load_seconds = t0.elapsed().as_secs_f64();
+    let rss_after_load_bytes = rss_bytes();
+    let disk_after_load = disk(&db);
+    anyhow::ensure!(
+        Arc::strong_count(&store) == 1,
+        "the store is still shared after loading"
+    );
+    drop(store);
+    let rss_after_close_bytes = rss_bytes();
+    let sample = reservoir.kept;
+    anyhow::ensure!(
+        sample.len() >= cold_n + 2,
+        "load more tokens than --cold + 2"
+    );
+    eprintln!(
+        "{n:>9} tokens: loaded in {load_seconds:.1} s ({:.0} tokens/s), {:.0} B/token on disk (sst {} + wal {}), RSS {} -> {} MiB",
+        n as f64 / load_seconds,
+        disk_after_load.total_bytes as f64 / n as f64,
+        disk_after_load.sst_bytes,
+        disk_after_load.wal_bytes,
+        rss_before_load_bytes >> 20,
+        rss_after_load_bytes >> 20
+    );
+
+    // The server as `writ serve` starts it (default configuration) on this data dir, in
+    // a process of its own: from spawning it until it listens, and until the first
+    // Validate over gRPC (a fresh connection) answers.
+    let t0 = Instant::now();
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("serve-data-dir")
+        .arg(data_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("spawning the server process")?;
+    let status = format!("/proc/{}/status", child.id());
+    let stdout = child.stdout.take().context("the server's stdout")?;
+    let addr = tokio::task::spawn_blocking(move || {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .map(|_| line.trim().to_string())
+    })
+    .await??;
+    anyhow::ensure!(!addr.is_empty(), "the server process did not start");
+    let server_listen_seconds = t0.elapsed().as_secs_f64();
+    let mut client = writ_client::WritClient::connect(&format!("http://{addr}"))
+        .await?
+        .as_caller(&fixtures::hop(0))?;
+    let r = client
+        .validate(wire::validate_pb(sample[0].expose(), true))
+        .await?;
+    let server_first_validate_seconds = t0.elapsed().as_secs_f64();
+    anyhow::ensure!(r.active, "the first Validate over gRPC was not active");
+    let server_rss_started_bytes = rss_of(&status);
+    let mut h = report::histogram();
+    let mut seed = 0x5555_AAAA_1234_0001u64;
+    for _ in 0..probe_n {
+        let t = &sample[pick(&mut seed, sample.len())];
+        let t1 = Instant::now();
+        let r = client.validate(wire::validate_pb(t.expose(), true)).await?;
+        report::record(&mut h, nanos(t1));
+        anyhow::ensure!(r.active, "a stored token did not validate over gRPC");
+    }
+    let server_warm = Latency::of(&h);
+    let server_rss_warm_bytes = rss_of(&status);
+    drop(client);
+    drop(child.stdin.take());
+    let exit = tokio::task::spawn_blocking(move || child.wait()).await??;
+    anyhow::ensure!(exit.success(), "the server process ended with {exit}");
+    eprintln!(
+        "{n:>9} tokens: server process listening after {:.3} s, first Validate answered after {:.3} s, RSS {} MiB (after {probe_n} Validates {} MiB); warm gRPC Validate {server_warm}",
+        server_listen_seconds,
+        server_first_validate_seconds,
+        server_rss_started_bytes >> 20,
+        server_rss_warm_bytes >> 20
+    );
+
+    // In-process reopen, then cold and warm Validates.
+    let (reopened, store, svc, writer) = reopen(&db, server_opts, &keys, &sample[1]).await?;
+    let mut h = report::histogram();
+    for t in &sample[2..2 + cold_n] {
+        let t1 = Instant::now();
+        let ok = adapter::validate(&svc, &fixtures::hop(0), t.expose(), true).await?;
+        report::record(&mut h, nanos(t1));
+        anyhow::ensure!(ok, "a stored token did not validate");
+    }
+    let cold_distinct = Latency::of(&h);
+    let sample = Arc::new(sample);
+    let warm = probe(&svc, &fixtures::hop(0), &sample, probe_n, 8).await?;
+    let rss_after_warm_bytes = rss_bytes();
+    eprintln!(
+        "{n:>9} tokens: reopen {:.3} s + service {:.3} s; first Validate {:.0} µs; {cold_n} cold: {cold_distinct}; warm: {} | {:.0}/s",
+        reopened.open_seconds,
+        reopened.service_seconds,
+        reopened.first_validate_us,
+        warm.latency,
+        warm.throughput_ops_s
+    );
+    let t0 = Instant::now();
+    let s2 = store.clone();
+    tokio::task::spawn_blocking(move || s2.compact_all()).await??;
+    let compact_seconds = t0.elapsed().as_secs_f64();
+    let disk_after_compaction = disk(&db);
+    let rss_after_compaction_bytes = rss_bytes();
+    close(store, svc, writer).await?;
+    let (reopen_compacted, store, svc, writer) =
+        reopen(&db, server_opts, &keys, &sample[sample.len() - 1]).await?;
+    close(store, svc, writer).await?;
+    eprintln!(
+        "{n:>9} tokens: compaction {compact_seconds:.1} s -> {:.0} B/token; reopen after it {:.3} s + {:.3} s, first Validate {:.0} µs; RSS {} MiB",
+        disk_after_compaction.total_bytes as f64 / n as f64,
+        reopen_compacted.open_seconds,
+        reopen_compacted.service_seconds,
+        reopen_compacted.first_validate_us,
+        rss_after_compaction_bytes >> 20
+    );
+    Ok(FootprintRow {
+        tokens: n,
+        load_seconds,
+        load_tokens_s: n as f64 / load_seconds,
+        rss_before_load_bytes,
+        rss_after_load_bytes,
+        rss_after_close_bytes,
+        disk_after_load,
+        disk_bytes_per_token: disk_after_load.total_bytes as f64 / n as f64,
+        server_listen_seconds,
+        server_first_validate_seconds,
+        server_warm,
+        server_rss_started_bytes,
+        server_rss_warm_bytes,
+        reopen: reopened,
+        cold_distinct,
+        warm,
+        rss_after_warm_bytes,
+        compact_seconds,
+        disk_after_compaction,
+        compacted_bytes_per_token: disk_after_compaction.total_bytes as f64 / n as f64,
+        rss_after_compaction_bytes,
+        reopen_compacted,
+    })
+}
+
+/// Memory, disk and startup against live tokens: what a server holding N tokens costs
+/// to keep and to restart. For each size, a fresh data directory: the server's key ring
+/// is created in it, that many root tokens are loaded into its store
+/// (Durability::Buffered, 64 inserts in flight), and the store is closed (without a
+/// flush, as a stopped server leaves it). Then a process of its own (`serve-data-dir`:
+/// `writ_server::start` with the default configuration) is timed from spawn until it
+/// listens and until a first Validate over gRPC answers, and its RSS read; this startup
+/// includes replaying the WAL. After it stops, the store is reopened in-process (open +
+/// `Audit::start`), cold and warm Validates are timed, the store is compacted and
+/// reopened once more. The measuring process's own RSS figures include the loader's
+/// memory and what its allocator kept after freeing.
+async fn footprint(
+    sizes: Vec<usize>,
+    probe_n: usize,
+    cold_n: usize,
+    dir: Option<PathBuf>,
+    out: &Path,
+    svg: &Path,
+) -> Result<()> {
+    let machine = report::machine();
+    let tmp = tempfile::tempdir()?;
+    let base = dir.unwrap_or_else(|| tmp.path().to_owned());
+    let defaults = writ_server::Config::default();
+    let store_options = StoreOptions {
+        durability: defaults.storage.durability,
+        block_cache_mib: defaults.storage.block_cache_mib,
+    };
+    let mut rows = Vec::new();
+    for &n in &sizes {
+        let data_dir = base.join(format!("footprint-{n}"));
+        anyhow::ensure!(
+            !data_dir.exists(),
+            "{} exists already; footprint needs a fresh data directory",
+            data_dir.display()
+        );
+        let row = footprint_one(n, probe_n, cold_n, &data_dir).await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+        rows.push(row?);
+        let doc = FootprintOut {
+            tool: "writ-growth footprint",
+            machine: &machine,
+            note: "the server runs in a process of its own (server_* fields: its startup, first Validate and RSS); the other RSS figures are this measuring process's, which loads, reopens and validates in-process, so they include the loader's memory and memory the allocator kept after freeing; WAL replay after the load (the store is closed without a flush, as a stopped server is) falls to the server process's startup; disk is the db directory (SST + WAL + manifest and logs); the store is loaded with Durability::Buffered and reopened with the server's default StoreOptions",
+            store_options,
+            probe: probe_n,
+            cold: cold_n,
+            rows: &rows,
+            loadavg_after: report::loadavg(),
+        };
+        write_footprint(out, svg, &doc)?;
+    }
+    eprintln!("wrote {} and {}", out.display(), svg.display());
+    Ok(())
+}
+
+/// The server process of `footprint`: serves `data_dir` until stdin closes.
+async fn serve_data_dir(data_dir: PathBuf) -> Result<()> {
+    use std::io::{Read, Write};
+    let config = writ_server::Config {
+        listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
+        data_dir,
+        ..writ_server::Config::default()
+    };
+    let running = writ_server::start(config).await?;
+    let mut out = std::io::stdout();
+    writeln!(out, "{}", running.local_addr)?;
+    out.flush()?;
+    tokio::task::spawn_blocking(|| {
+        let mut sink = Vec::new();
+        std::io::stdin().read_to_end(&mut sink)
+    })
+    .await??;
+    running.shutdown().await?;
+    Ok(())
+}
+
+fn write_footprint(out: &Path, svg: &Path, doc: &FootprintOut<'_>) -> Result<()> {
+    let line = |name: &str, f: fn(&FootprintRow) -> f64| Series {
+        name: name.into(),
+        points: doc.rows.iter().map(|r| (r.tokens as f64, f(r))).collect(),
+    };
+    let chart = Chart {
+        title: "Footprint vs live tokens (RocksDB)".into(),
+        x_label: "live tokens (log)".into(),
+        y_label: "MiB, or startup in ms".into(),
+        log_x: true,
+        series: vec![
+            line("server RSS after warm-up (MiB)", |r| {
+                r.server_rss_warm_bytes as f64 / 1048576.0
+            }),
+            line("disk after compaction (MiB)", |r| {
+                r.disk_after_compaction.total_bytes as f64 / 1048576.0
+            }),
+            line("start → first gRPC Validate (ms)", |r| {
+                r.server_first_validate_seconds * 1000.0
+            }),
+            line("reopen after compaction (ms)", |r| {
+                (r.reopen_compacted.open_seconds + r.reopen_compacted.service_seconds) * 1000.0
+            }),
+        ],
+    };
+    write_svg(svg, &chart)?;
+    report::write_json(out, doc)
 }
 
 fn write_svg(path: &Path, chart: &Chart) -> Result<()> {
