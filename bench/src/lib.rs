@@ -17,6 +17,11 @@
 //! - [`report`]: latency summaries, machine facts and the JSON result files.
 //! - [`svg`]: small hand-written SVG line charts for `bench/results/`.
 
+/// The allocator the `writ` server binary uses, so every figure here (the floor and the
+/// baselines included) runs on it.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod adapter;
 pub mod baseline;
 pub mod fixtures;

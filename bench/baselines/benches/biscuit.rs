@@ -10,6 +10,10 @@
 // A failed setup or a wrong answer should stop a bench loudly.
 #![allow(clippy::unwrap_used)]
 
+/// The allocator Writ's server and the other benches run on.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use biscuit_auth::builder::{AuthorizerBuilder, BlockBuilder};
 use biscuit_auth::{AuthorizerLimits, Biscuit, KeyPair};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};

@@ -28,8 +28,8 @@ use crate::api::{
 use crate::{codec, keys};
 use rocksdb::{
     BlockBasedOptions, BottommostLevelCompaction, Cache, ColumnFamily, ColumnFamilyDescriptor,
-    CompactOptions, DB, DataBlockIndexType, Direction, IteratorMode, Options, PrefixRange,
-    ReadOptions, ReadTier, SliceTransform, WriteBatch, WriteOptions,
+    CompactOptions, DB, DataBlockIndexType, Direction, FlushOptions, IteratorMode, Options,
+    PrefixRange, ReadOptions, ReadTier, SliceTransform, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, VecDeque};
@@ -81,6 +81,9 @@ const INSERT_STRIPES: usize = 64;
 /// others proceed (and group-commit) concurrently.
 const TXN_STRIPES: usize = 256;
 
+/// The most write-ahead log kept before memtables are flushed (see [`RocksStore::open`]).
+const MAX_WAL_BYTES: u64 = 64 * 1024 * 1024;
+
 struct Inner {
     db: DB,
     durability: Durability,
@@ -91,6 +94,20 @@ struct Inner {
     /// Serialises every state mutation (insert, insert_child, revoke, consume_use) of
     /// one transaction: all tokens of a call tree share it.
     txn_locks: Vec<Mutex<()>>,
+}
+
+impl Drop for Inner {
+    /// A clean close flushes the memtables, so the next start replays no log. (A crash
+    /// skips this and replays at most [`MAX_WAL_BYTES`].)
+    fn drop(&mut self) {
+        let cfs: Vec<&ColumnFamily> = keys::ALL_CFS
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .collect();
+        if let Err(e) = self.db.flush_cfs_opt(&cfs, &FlushOptions::default()) {
+            tracing::warn!(error = %e, "flushing the store at close failed; the next start replays its log");
+        }
+    }
 }
 
 impl Inner {
@@ -197,6 +214,11 @@ impl RocksStore {
         db_opts.create_missing_column_families(true);
         // RocksDB's own info logs, not data: keep a bounded number.
         db_opts.set_keep_log_file_num(10);
+        // Bound the write-ahead log, and so the replay at startup: past this, RocksDB
+        // flushes the column families that hold its oldest part. Without it, families that
+        // grow a few bytes per token never fill a memtable and pin the whole log (200k
+        // tokens took 8 s to replay; BENCHMARKS.md, startup).
+        db_opts.set_max_total_wal_size(MAX_WAL_BYTES);
         let mib = usize::try_from(opts.block_cache_mib).unwrap_or(usize::MAX);
         let cache = Cache::new_lru_cache(mib.saturating_mul(1024 * 1024));
         let cfs = [
@@ -1634,6 +1656,35 @@ mod tests {
             sst / u64::from(TOKENS)
         );
         assert!(sst > 0);
+    }
+
+    fn files_ending(dir: &TempDir, suffix: &str) -> Vec<u64> {
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap())
+            .filter(|e| e.file_name().to_string_lossy().ends_with(suffix))
+            .map(|e| e.metadata().unwrap().len())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_clean_close_flushes_so_the_next_open_replays_no_log() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        for n in 0..100u32 {
+            store
+                .put(record(txn(70_000 + u64::from(n)), tid(70_000 + n), None))
+                .await
+                .unwrap();
+        }
+        assert!(
+            files_ending(&dir, ".sst").is_empty(),
+            "all in the memtables"
+        );
+        drop(store);
+        assert!(!files_ending(&dir, ".sst").is_empty(), "flushed at close");
+        let store = open(&dir, Durability::Sync);
+        assert!(store.get(tid(70_042)).await.unwrap().is_some());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

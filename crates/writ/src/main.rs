@@ -290,6 +290,12 @@ struct EventsArgs {
     operator: OperatorCredential,
 }
 
+/// mimalloc instead of glibc's allocator: a request allocates and frees dozens of small
+/// buffers across worker threads, which glibc serves with locks and consolidation
+/// (measured in BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let rt = match tokio::runtime::Builder::new_multi_thread()
