@@ -39,8 +39,8 @@ pub enum StoreError {
         /// The fan-out limit that was reached.
         limit: u32,
     },
-    /// `insert_child`: the transaction already holds `limit` tokens
-    /// (`writ_core::limits::MAX_TOKENS_PER_TXN`).
+    /// `insert_child`: the transaction has already held `limit` tokens, purged ones
+    /// included (`writ_core::limits::MAX_TOKENS_PER_TXN`).
     #[error("the transaction already holds the maximum of {limit} tokens")]
     TxnFull {
         /// The per-transaction limit that was reached.

@@ -853,19 +853,12 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
     let t = txn(990);
     let limit = u32::try_from(MAX_TOKENS_PER_TXN).unwrap();
     store.put(record(t, tid(900_000), None)).await.unwrap();
-    // Fill the transaction quickly (plain inserts skip the per-child checks); the
-    // limit is counted from the transaction's index, however its tokens got there.
-    for n in 1..limit - 1 {
-        store.put(record(t, tid(900_000 + n), None)).await.unwrap();
+    for n in 1..limit {
+        store
+            .put_child(record(t, tid(900_000 + n), Some(tid(900_000))), u32::MAX)
+            .await
+            .unwrap();
     }
-    // The last one that fits goes through insert_child like any other.
-    store
-        .put_child(
-            record(t, tid(900_000 + limit - 1), Some(tid(900_000))),
-            u32::MAX,
-        )
-        .await
-        .unwrap();
     assert_eq!(store.txn_tokens(t).await.unwrap().len(), MAX_TOKENS_PER_TXN);
     let extra = record(t, tid(900_000 + limit), Some(tid(900_000)));
     assert_eq!(

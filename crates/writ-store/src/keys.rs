@@ -97,6 +97,26 @@ pub(crate) fn token_key(id: TokenId) -> [u8; ID_LEN] {
     id.0
 }
 
+/// Value of a [`CF_TXNS`] entry: the root's id, then how many tokens the transaction has
+/// held, purged ones included (big-endian u32), so Downscope checks the transaction's size
+/// limit without scanning it. Entries written before the count existed are just the id.
+pub(crate) fn txn_value(root: TokenId, tokens: u32) -> [u8; ID_LEN + 4] {
+    let mut v = [0u8; ID_LEN + 4];
+    v[..ID_LEN].copy_from_slice(&root.0);
+    v[ID_LEN..].copy_from_slice(&tokens.to_be_bytes());
+    v
+}
+
+/// The root and, if recorded, the token count of a [`CF_TXNS`] value.
+pub(crate) fn of_txn_value(v: &[u8]) -> Option<(TokenId, Option<u32>)> {
+    let root = TokenId(v.get(..ID_LEN)?.try_into().ok()?);
+    match v.len() - ID_LEN {
+        0 => Some((root, None)),
+        4 => Some((root, Some(u32::from_be_bytes(v[ID_LEN..].try_into().ok()?)))),
+        _ => None,
+    }
+}
+
 /// The prefix every [`CF_TXN_TOKENS`] key of one transaction starts with.
 pub(crate) fn txn_prefix(txn: TxnId) -> [u8; TXN_PREFIX_LEN] {
     txn.0

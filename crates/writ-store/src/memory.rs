@@ -26,6 +26,9 @@ struct State {
     expiry: BTreeSet<(UnixMillis, TokenId)>,
     /// Mirrors `txns`: each transaction's root token.
     txns: BTreeMap<TxnId, TokenId>,
+    /// How many tokens each transaction has held, purged ones included (the count the
+    /// RocksDB store keeps in its `txns` values).
+    txn_sizes: BTreeMap<TxnId, usize>,
     /// Mirrors `subject_txns`.
     subject_txns: BTreeSet<(String, TxnId)>,
     /// Mirrors `party_txns` and its inverse `txn_parties`.
@@ -76,12 +79,16 @@ impl State {
         let mut pstate = self.states.get(&parent_id).cloned().unwrap_or_default();
         let lo = (record.txn, TokenId([0; 16]));
         let hi = (record.txn, TokenId([0xff; 16]));
-        let held = self
-            .txn_tokens
-            .range(lo..=hi)
-            .take(MAX_TOKENS_PER_TXN)
-            .count();
+        let held = self.txn_sizes.get(&record.txn).copied().unwrap_or_else(|| {
+            self.txn_tokens
+                .range(lo..=hi)
+                .take(MAX_TOKENS_PER_TXN)
+                .count()
+        });
         admit_child(parent, &mut pstate, &record, max_children, held)?;
+        if let Some(n) = self.txn_sizes.get_mut(&record.txn) {
+            *n = held + 1;
+        }
         self.states.insert(parent_id, pstate);
         self.children.insert((parent_id, record.token_id));
         self.add_party(record.txn, &record.audience.id);
@@ -96,6 +103,7 @@ impl State {
         }
         let txn = record.txn;
         self.txns.insert(txn, record.token_id);
+        self.txn_sizes.insert(txn, 1);
         self.subject_txns.insert((record.subject.clone(), txn));
         self.add_party(txn, &record.current_actor().id.clone());
         self.add_party(txn, &record.audience.id.clone());
@@ -218,6 +226,7 @@ impl State {
     fn unindex_txn(&mut self, root: &TokenRecord) {
         let txn = root.txn;
         self.txns.remove(&txn);
+        self.txn_sizes.remove(&txn);
         self.subject_txns.remove(&(root.subject.clone(), txn));
         let parties: Vec<String> = self
             .txn_parties

@@ -362,7 +362,11 @@ fn index_txn(db: &DB, batch: &mut WriteBatch, record: &TokenRecord) -> Result<()
     let txn = record.txn;
     let mut parties = vec![record.audience.id.as_str()];
     if record.parent.is_none() {
-        batch.put_cf(cf(db, keys::CF_TXNS)?, txn.0, record.token_id.0);
+        batch.put_cf(
+            cf(db, keys::CF_TXNS)?,
+            txn.0,
+            keys::txn_value(record.token_id, 1),
+        );
         batch.put_cf(
             cf(db, keys::CF_SUBJECT_TXNS)?,
             keys::digest_txn_key(&keys::digest(&record.subject), txn),
@@ -504,16 +508,34 @@ fn insert_child_blocking(
         _ => return Err(StoreError::ParentMissing),
     };
     let mut pstate = read_state(inner, parent_id)?.unwrap_or_default();
-    let held = scan_ids(
-        inner,
-        keys::CF_TXN_TOKENS,
-        &keys::txn_prefix(record.txn),
-        keys::token_id_of_txn_key,
-        MAX_TOKENS_PER_TXN,
-    )?
-    .len();
+    // The transaction's size from its entry in `txns` (one read); a scan only for an
+    // entry written before the count was kept, which this write then brings up to date.
+    let txns = cf(&inner.db, keys::CF_TXNS)?;
+    let entry = match inner
+        .db
+        .get_pinned_cf(txns, record.txn.0)
+        .map_err(backend)?
+    {
+        Some(v) => Some(keys::of_txn_value(&v).ok_or_else(|| corrupt("txns value"))?),
+        None => None,
+    };
+    let held = match entry {
+        Some((_, Some(n))) => n as usize,
+        _ => scan_ids(
+            inner,
+            keys::CF_TXN_TOKENS,
+            &keys::txn_prefix(record.txn),
+            keys::token_id_of_txn_key,
+            MAX_TOKENS_PER_TXN,
+        )?
+        .len(),
+    };
     admit_child(&parent, &mut pstate, record, max_children, held)?;
     put_state(inner, &mut batch, parent_id, &pstate)?;
+    if let Some((root, _)) = entry {
+        let held = u32::try_from(held + 1).unwrap_or(u32::MAX);
+        batch.put_cf(txns, record.txn.0, keys::txn_value(root, held));
+    }
     inner
         .db
         .write_opt(batch, &inner.write_opts())
@@ -989,11 +1011,7 @@ fn list_txns_blocking(inner: &Inner, query: &TxnQuery) -> Result<TxnPage, StoreE
         let Some(root) = db.get_pinned_cf(txns, txn.0).map_err(backend)? else {
             return Ok(None); // purged between the index entry and now
         };
-        let root: [u8; 16] = root
-            .as_ref()
-            .try_into()
-            .map_err(|_| corrupt("txns value is not a token id"))?;
-        let root = TokenId(root);
+        let (root, _) = keys::of_txn_value(&root).ok_or_else(|| corrupt("txns value"))?;
         let Some(record) = get_blocking(inner, root)? else {
             return Ok(None);
         };
@@ -1656,6 +1674,45 @@ mod tests {
             sst / u64::from(TOKENS)
         );
         assert!(sst > 0);
+    }
+
+    #[tokio::test]
+    async fn a_transaction_entry_without_a_count_is_counted_once_then_kept() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        let t = txn(71_000);
+        store.put(record(t, tid(71_000), None)).await.unwrap();
+        store
+            .put_child(record(t, tid(71_001), Some(tid(71_000))), 8)
+            .await
+            .unwrap();
+        let db = &store.inner.db;
+        let txns = cf(db, keys::CF_TXNS).unwrap();
+        let value = |db: &DB| db.get_cf(txns, t.0).unwrap().unwrap();
+        assert_eq!(value(db), keys::txn_value(tid(71_000), 2));
+        // As an older build wrote it: the root's id alone.
+        db.put_cf(txns, t.0, tid(71_000).0).unwrap();
+        store
+            .put_child(record(t, tid(71_002), Some(tid(71_000))), 8)
+            .await
+            .unwrap();
+        assert_eq!(
+            value(db),
+            keys::txn_value(tid(71_000), 3),
+            "counted by a scan"
+        );
+        let query = TxnQuery {
+            subject: None,
+            party: None,
+            since: None,
+            until: None,
+            status: None,
+            now: UnixMillis(0),
+            before: None,
+            limit: 10,
+        };
+        let page = store.list_txns(query).await.unwrap();
+        assert_eq!(page.roots.len(), 1, "still listed by its root");
     }
 
     fn files_ending(dir: &TempDir, suffix: &str) -> Vec<u64> {
