@@ -45,6 +45,8 @@ done
 for a in actions none; do
   load "validate-audit_$a-c64" --mix validate --concurrency 64 --audit-validations "$a"
 done
+# The verdict without the token's context (ValidateRequest.decision_only).
+load "validate-decision_only-c64" --mix validate --concurrency 64 --decision-only
 # The server runtime: current-thread, and a one-worker multi-thread runtime.
 for rt in "current --server-runtime current" "multi1 --server-workers 1"; do
   set -- $rt
