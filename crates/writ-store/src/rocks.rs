@@ -237,6 +237,20 @@ impl RocksStore {
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(backend)?;
         check_schema(&db)?;
+        // Blocks of records and states written by a flush go into the block cache as the
+        // flush writes them, so the newest tokens (the ones being validated) stay readable
+        // without a disk read once they leave the memtable. The crate exposes this table
+        // option only through RocksDB's option strings.
+        for name in [keys::CF_TOKENS, keys::CF_STATE] {
+            db.set_options_cf(
+                cf(&db, name)?,
+                &[(
+                    "block_based_table_factory",
+                    "{prepopulate_block_cache=kFlushOnly;}",
+                )],
+            )
+            .map_err(backend)?;
+        }
         tracing::info!(path = %path.display(), durability = ?opts.durability, "token store open");
         Ok(RocksStore {
             inner: Arc::new(Inner {
@@ -1328,6 +1342,20 @@ mod tests {
         assert_eq!((first.tokens, first.more), (4, true));
         let rest = store.purge_expired(UnixMillis(10_000), 100).await.unwrap();
         assert_eq!((rest.tokens, rest.more), (6, false));
+    }
+
+    #[tokio::test]
+    async fn tokens_just_flushed_are_read_from_the_block_cache() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        store.put(record(txn(82), tid(1), None)).await.unwrap();
+        let db = &store.inner.db;
+        for name in [keys::CF_TOKENS, keys::CF_STATE] {
+            db.flush_cf(cf(db, name).unwrap()).unwrap();
+        }
+        assert!(!files_ending(&dir, ".sst").is_empty(), "flushed");
+        let warm = get_with_state_at(&store.inner, tid(1), ReadTier::BlockCache).unwrap();
+        assert!(matches!(warm, Some(Some(_))), "answered without the disk");
     }
 
     #[tokio::test]
