@@ -116,6 +116,12 @@ struct Args {
     /// Validate asks for the verdict only (`decision_only`), without the token's context.
     #[arg(long)]
     decision_only: bool,
+    /// Start the server (Writ, or the floor with `--mix empty`), mint the token pool,
+    /// write one gRPC-framed request of the mix to this file for an external load
+    /// generator (h2load: see BENCHMARKS.md), print the URL and path, and serve until
+    /// interrupted. No load is generated.
+    #[arg(long, value_name = "BODY_FILE")]
+    serve_only: Option<PathBuf>,
     /// Revocations per second in the revoke mix.
     #[arg(long, default_value_t = 50.0)]
     revoke_rate: f64,
@@ -405,6 +411,32 @@ struct Output {
     first_error: Option<String>,
 }
 
+/// `--serve-only`: one request of the mix, framed as gRPC puts it on the wire (a
+/// compression flag, a big-endian length, the message), for a load generator that sends
+/// the same bytes again and again; then serve until Ctrl-C.
+async fn serve_only(args: &Args, url: &str, body: &PathBuf, pool: &[Chain]) -> Result<()> {
+    use prost::Message;
+    let (path, message) = match args.mix {
+        Mix::Empty => ("/bench.v1.Baseline/Ping", Vec::new()),
+        Mix::Validate => {
+            let chain = pool.first().context("no token minted")?;
+            let mut req = wire::validate_pb(&chain.leaf, !args.no_action);
+            req.decision_only = args.decision_only;
+            ("/writ.v1.TokenService/Validate", req.encode_to_vec())
+        }
+        other => bail!("--serve-only serves the empty and validate mixes, not {other:?}"),
+    };
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len())?.to_be_bytes());
+    framed.extend_from_slice(&message);
+    std::fs::write(body, &framed).with_context(|| format!("writing {}", body.display()))?;
+    println!("url {url}{path}");
+    println!("caller {}", fixtures::hop(args.depth));
+    println!("body {} ({} bytes)", body.display(), framed.len());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if let (Some(path), Some(f)) = (&args.rate_from, args.rate_fraction) {
@@ -468,6 +500,9 @@ fn main() -> Result<()> {
         s.stop()?;
     }
     let (elapsed, hists, shared) = result?;
+    if args.serve_only.is_some() {
+        return Ok(());
+    }
     summarize(args, info, machine_before, elapsed, hists, &shared)
 }
 
@@ -552,6 +587,10 @@ async fn run(
         }
     }
     let shared = Arc::new(Shared::default());
+    if let Some(body) = &args.serve_only {
+        serve_only(args, url, body, &pool).await?;
+        return Ok((0.0, Hists::new(), shared));
+    }
     let period = args
         .rate
         .map(|r| Duration::from_secs_f64(args.concurrency as f64 / r.max(0.001)));
