@@ -26,6 +26,8 @@ pub struct Config {
     pub storage: StorageConfig,
     /// Audit trail settings.
     pub audit: AuditConfig,
+    /// The async runtime `writ serve` runs on.
+    pub runtime: RuntimeConfig,
     /// Callers allowed to Mint. When empty, a local minter credential is generated in the
     /// data directory on first start.
     pub minters: Vec<CredentialConfig>,
@@ -110,6 +112,30 @@ impl Default for AuditConfig {
     }
 }
 
+/// The flavour of Tokio runtime the server runs on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeFlavor {
+    /// Worker threads that share the connections (default): the request path uses every
+    /// core the server has to itself.
+    #[default]
+    MultiThread,
+    /// One thread serves every connection. On a small machine shared with the server's
+    /// callers it did best (BENCHMARKS.md, figure 1): no wake-ups across workers.
+    CurrentThread,
+}
+
+/// The async runtime `writ serve` builds (storage work runs on its blocking pool either
+/// way).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Multi-thread (default) or current-thread.
+    pub flavor: RuntimeFlavor,
+    /// Worker threads of the multi-thread runtime; 0 (default): one per core.
+    pub worker_threads: usize,
+}
+
 /// One credentialed caller (a minter or an operator).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -130,6 +156,7 @@ impl Default for Config {
             tokens: TokenConfig::default(),
             storage: StorageConfig::default(),
             audit: AuditConfig::default(),
+            runtime: RuntimeConfig::default(),
             minters: Vec::new(),
             operators: Vec::new(),
         }
@@ -232,6 +259,15 @@ impl Config {
                 self.audit.retention_seconds
             ));
         }
+        let rt = &self.runtime;
+        if rt.worker_threads > 1024
+            || (rt.flavor == RuntimeFlavor::CurrentThread && rt.worker_threads != 0)
+        {
+            return bad(format!(
+                "runtime.worker_threads = {} must be in 0..=1024, and 0 with flavor = \"current_thread\"",
+                rt.worker_threads
+            ));
+        }
         if self.storage.block_cache_mib == 0 || self.storage.block_cache_mib > 1 << 20 {
             return bad(format!(
                 "storage.block_cache_mib = {} must be in 1..=1048576",
@@ -302,6 +338,24 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn the_documented_example_is_valid_and_matches_the_defaults() {
+        let c: Config = toml::from_str(include_str!("../../../deploy/writ.example.toml")).unwrap();
+        c.validate().unwrap();
+        let d = Config::default();
+        assert_eq!(format!("{:?}", c.tokens), format!("{:?}", d.tokens));
+        assert_eq!(format!("{:?}", c.storage), format!("{:?}", d.storage));
+        assert_eq!(format!("{:?}", c.audit), format!("{:?}", d.audit));
+        assert_eq!(format!("{:?}", c.runtime), format!("{:?}", d.runtime));
+        let c: Config = toml::from_str("[runtime]\nflavor = \"current_thread\"\n").unwrap();
+        assert_eq!(c.runtime.flavor, RuntimeFlavor::CurrentThread);
+        c.validate().unwrap();
+        let c: Config =
+            toml::from_str("[runtime]\nflavor = \"current_thread\"\nworker_threads = 2\n").unwrap();
+        assert!(c.validate().is_err());
+        assert!(toml::from_str::<Config>("[runtime]\nflavor = \"both\"\n").is_err());
+    }
 
     #[test]
     fn defaults_are_valid_and_files_override_them() {

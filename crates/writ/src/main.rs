@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use writ_api::pb;
 use writ_client::{ClientError, WritClient};
+use writ_server::config::RuntimeFlavor;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -298,17 +299,41 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` reads its configuration first: it names the runtime to build.
+    let (cli, config) = match cli.command {
+        Command::Serve(a) => match serve_config(&a) {
+            Ok(config) => (
+                Cli {
+                    command: Command::Serve(a),
+                },
+                Some(config),
+            ),
+            Err(e) => {
+                eprintln!("writ: {e:#}");
+                return ExitCode::from(2);
+            }
+        },
+        command => (Cli { command }, None),
+    };
+    let runtime = config
+        .as_ref()
+        .map(|c| c.runtime.clone())
+        .unwrap_or_default();
+    let mut builder = match runtime.flavor {
+        RuntimeFlavor::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+        RuntimeFlavor::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+    };
+    if runtime.worker_threads > 0 {
+        builder.worker_threads(runtime.worker_threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("writ: starting the runtime: {e}");
             return ExitCode::from(2);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, config)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("writ: {e:#}");
@@ -317,9 +342,9 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> {
     match cli.command {
-        Command::Serve(a) => serve(a).await,
+        Command::Serve(_) => serve(config.context("serve without its configuration")?).await,
         Command::Mint(a) => mint(a).await,
         Command::Downscope(a) => downscope(a).await,
         Command::Validate(a) => validate(a).await,
@@ -339,7 +364,19 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-async fn serve(a: ServeArgs) -> Result<ExitCode> {
+/// `serve`'s configuration: the file (or the defaults) with the command line's overrides.
+fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
+    let mut config = writ_server::Config::load(a.config.as_deref())?;
+    if let Some(l) = a.listen {
+        config.listen = l;
+    }
+    if let Some(d) = &a.data_dir {
+        config.data_dir = d.clone();
+    }
+    Ok(config)
+}
+
+async fn serve(config: writ_server::Config) -> Result<ExitCode> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -347,13 +384,7 @@ async fn serve(a: ServeArgs) -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    let mut config = writ_server::Config::load(a.config.as_deref())?;
-    if let Some(l) = a.listen {
-        config.listen = l;
-    }
-    if let Some(d) = a.data_dir {
-        config.data_dir = d;
-    }
+    tracing::info!(runtime = ?config.runtime.flavor, "starting");
     let running = writ_server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -29,6 +29,11 @@ impl Server {
     /// Starts `writ serve` on a fresh port over `data_dir` and waits until it accepts
     /// connections. `run` numbers the log file so restarts keep earlier logs.
     fn start(data_dir: &Path, run: u32) -> Server {
+        Server::start_with(data_dir, run, None)
+    }
+
+    /// As [`Server::start`], with a configuration file.
+    fn start_with(data_dir: &Path, run: u32, config: Option<&Path>) -> Server {
         let port = free_port();
         let log = data_dir
             .parent()
@@ -43,6 +48,12 @@ impl Server {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(
+                config
+                    .map(|c| ["--config".as_ref(), c.as_os_str()])
+                    .into_iter()
+                    .flatten(),
+            )
             .env_remove("WRIT_CONFIG")
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -595,6 +606,34 @@ fn an_acknowledged_mint_and_a_listed_validation_survive_sigkill() {
         v.pointer("/info"),
         minted.pointer("/info"),
         "the record is unchanged after the crash"
+    );
+}
+
+#[test]
+fn the_runtime_is_chosen_by_the_configuration() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("writ.toml");
+    std::fs::write(&config, "[runtime]\nflavor = \"current_thread\"\n").expect("config");
+    let srv = Server::start_with(&tmp.path().join("data"), 0, Some(&config));
+    let minted = cli_mint(&srv, &[]);
+    assert!(!str_field(&minted, "/token").is_empty());
+    let log = srv.log();
+    assert!(log.contains("CurrentThread"), "{log}");
+
+    std::fs::write(
+        &config,
+        "[runtime]\nflavor = \"current_thread\"\nworker_threads = 2\n",
+    )
+    .expect("config");
+    let out = writ(
+        &["serve", "--config", config.to_str().expect("utf-8 path")],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("runtime.worker_threads"),
+        "{}",
+        describe(&out)
     );
 }
 
