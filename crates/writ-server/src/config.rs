@@ -125,8 +125,8 @@ pub enum RuntimeFlavor {
     CurrentThread,
 }
 
-/// The async runtime `writ serve` builds (storage work runs on its blocking pool either
-/// way).
+/// The async runtime `writ serve` builds (store calls that may touch the disk run on its
+/// blocking pool either way).
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {

@@ -41,7 +41,7 @@ pub enum StoreError {
     },
     /// `insert_child`: the transaction has already held `limit` tokens, purged ones
     /// included (`writ_core::limits::MAX_TOKENS_PER_TXN`).
-    #[error("the transaction already holds the maximum of {limit} tokens")]
+    #[error("the transaction has already issued the maximum of {limit} tokens")]
     TxnFull {
         /// The per-transaction limit that was reached.
         limit: usize,

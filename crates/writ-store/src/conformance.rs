@@ -853,7 +853,22 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
     let t = txn(990);
     let limit = u32::try_from(MAX_TOKENS_PER_TXN).unwrap();
     store.put(record(t, tid(900_000), None)).await.unwrap();
-    for n in 1..limit {
+    // Refused children take no place: if they counted, the fill below would stop short.
+    let first = record(t, tid(900_001), Some(tid(900_000)));
+    store.put_child(first.clone(), u32::MAX).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            store.put_child(first.clone(), u32::MAX).await,
+            Err(StoreError::Conflict)
+        );
+        assert_eq!(
+            store
+                .put_child(record(t, tid(899_999), Some(tid(42))), u32::MAX)
+                .await,
+            Err(StoreError::ParentMissing)
+        );
+    }
+    for n in 2..limit {
         store
             .put_child(record(t, tid(900_000 + n), Some(tid(900_000))), u32::MAX)
             .await

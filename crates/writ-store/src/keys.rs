@@ -81,7 +81,10 @@ pub(crate) const ALL_CFS: [&str; 12] = [
 /// Version of this layout. Bump it on any incompatible change to a key or value.
 /// Version 2 added the transaction indexes and the audit trail; a version-1 store is
 /// upgraded in place on open (its transaction indexes rebuilt from the records).
-pub(crate) const SCHEMA_VERSION: u32 = 2;
+/// Version 3 appends a token count to `txns` values; a version-2 store is opened as is
+/// (its entries are counted by a scan on their next Downscope), and an older build
+/// refuses a version-3 store instead of misreading the longer values.
+pub(crate) const SCHEMA_VERSION: u32 = 3;
 /// Key in [`CF_META`] holding the schema version.
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 

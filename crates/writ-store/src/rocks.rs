@@ -290,6 +290,16 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
         Some(v) => match keys::decode_schema_version(&v) {
             Some(keys::SCHEMA_VERSION) => Ok(()),
             Some(1) => upgrade_from_v1(db),
+            Some(2) => {
+                // Only `txns` values changed, and version-2 values are still read.
+                let mut sync = WriteOptions::default();
+                sync.set_sync(true);
+                let version = keys::encode_schema_version(keys::SCHEMA_VERSION);
+                db.put_cf_opt(meta, keys::SCHEMA_VERSION_KEY, version, &sync)
+                    .map_err(backend)?;
+                tracing::info!(version = keys::SCHEMA_VERSION, "token store schema 2 -> 3");
+                Ok(())
+            }
             Some(found) => Err(corrupt(format!(
                 "store has schema version {found}, this build reads version {}",
                 keys::SCHEMA_VERSION
@@ -348,6 +358,11 @@ fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
             continue;
         }
         index_txn(db, &mut batch, &record)?;
+        if record.parent.is_none() {
+            // Without a count: the transaction may already hold children, so its next
+            // Downscope counts them by a scan (and writes the count).
+            batch.put_cf(cf(db, keys::CF_TXNS)?, record.txn.0, record.token_id.0);
+        }
         (pending, n) = (pending + 1, n + 1);
         if pending == CHUNK {
             db.write_opt(std::mem::take(&mut batch), &sync)
@@ -1583,6 +1598,16 @@ mod tests {
         // The root's six entries (txns, subject, two parties both ways) and the child's
         // audience both ways: nothing for the orphan.
         assert_eq!(store.stats().await.unwrap().txn_index_entries, 6 + 2);
+        // The upgrade did not count the transaction (it holds a child already): the next
+        // child finds it by a scan and records the true count, 3.
+        let txns = cf(&store.inner.db, keys::CF_TXNS).unwrap();
+        let value = |s: &RocksStore| s.inner.db.get_cf(txns, t.0).unwrap().unwrap();
+        assert_eq!(value(&store), tid(7).0.to_vec());
+        store
+            .put_child(record(t, tid(11), Some(tid(7))), 4)
+            .await
+            .unwrap();
+        assert_eq!(value(&store), keys::txn_value(tid(7), 3));
         drop(store);
         // Recorded as upgraded: a second open does not redo it.
         let store = open(&dir, Durability::Sync);
@@ -1592,6 +1617,46 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(keys::decode_schema_version(&v), Some(keys::SCHEMA_VERSION));
+    }
+
+    #[tokio::test]
+    async fn a_version_2_store_opens_as_version_3_and_its_counts_are_rebuilt() {
+        let dir = TempDir::new().unwrap();
+        let t = txn(79);
+        {
+            let store = open(&dir, Durability::Sync);
+            store.put(record(t, tid(20), None)).await.unwrap();
+            store
+                .put_child(record(t, tid(21), Some(tid(20))), 4)
+                .await
+                .unwrap();
+            // As version 2 left it: the root's id alone, and version 2.
+            let db = &store.inner.db;
+            db.put_cf(cf(db, keys::CF_TXNS).unwrap(), t.0, tid(20).0)
+                .unwrap();
+            db.put_cf(
+                cf(db, keys::CF_META).unwrap(),
+                keys::SCHEMA_VERSION_KEY,
+                keys::encode_schema_version(2),
+            )
+            .unwrap();
+        }
+        let store = open(&dir, Durability::Sync);
+        let db = &store.inner.db;
+        let v = db
+            .get_cf(cf(db, keys::CF_META).unwrap(), keys::SCHEMA_VERSION_KEY)
+            .unwrap()
+            .unwrap();
+        assert_eq!(keys::decode_schema_version(&v), Some(3));
+        store
+            .put_child(record(t, tid(22), Some(tid(20))), 4)
+            .await
+            .unwrap();
+        let txns = cf(db, keys::CF_TXNS).unwrap();
+        assert_eq!(
+            db.get_cf(txns, t.0).unwrap().unwrap(),
+            keys::txn_value(tid(20), 3)
+        );
     }
 
     #[test]

@@ -373,6 +373,8 @@ fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
     if let Some(d) = &a.data_dir {
         config.data_dir = d.clone();
     }
+    // Before the runtime is built from it.
+    config.validate()?;
     Ok(config)
 }
 
@@ -384,7 +386,10 @@ async fn serve(config: writ_server::Config) -> Result<ExitCode> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    tracing::info!(runtime = ?config.runtime.flavor, "starting");
+    tracing::info!(
+        runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
+        "starting"
+    );
     let running = writ_server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

@@ -618,7 +618,17 @@ fn the_runtime_is_chosen_by_the_configuration() {
     let minted = cli_mint(&srv, &[]);
     assert!(!str_field(&minted, "/token").is_empty());
     let log = srv.log();
-    assert!(log.contains("CurrentThread"), "{log}");
+    assert!(log.contains("runtime=CurrentThread"), "{log}");
+    drop(srv);
+    std::fs::write(
+        &config,
+        "[runtime]\nflavor = \"multi_thread\"\nworker_threads = 3\n",
+    )
+    .expect("config");
+    let srv = Server::start_with(&tmp.path().join("data"), 1, Some(&config));
+    let log = srv.log();
+    assert!(log.contains("runtime=MultiThread"), "{log}");
+    drop(srv);
 
     std::fs::write(
         &config,
