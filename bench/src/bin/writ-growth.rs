@@ -345,6 +345,30 @@ fn nanos(t0: Instant) -> u64 {
     u64::try_from(t0.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// Latency against `x` (log scale): RocksDB mean and p99, memory store mean, from
+/// `points(store, measure)`.
+fn probe_chart(
+    title: &str,
+    x_label: &str,
+    points: impl Fn(&str, fn(&Probe) -> f64) -> Vec<(f64, f64)>,
+) -> Chart {
+    let line = |name: &str, store: &str, f: fn(&Probe) -> f64| Series {
+        name: name.into(),
+        points: points(store, f),
+    };
+    Chart {
+        title: title.into(),
+        x_label: x_label.into(),
+        y_label: "latency (µs)".into(),
+        log_x: true,
+        series: vec![
+            line("RocksDB, mean", "rocks", |p| p.latency.mean_us),
+            line("RocksDB, p99", "rocks", |p| p.latency.p99_us),
+            line("memory store, mean", "memory", |p| p.latency.mean_us),
+        ],
+    }
+}
+
 fn pick(s: &mut u64, n: usize) -> usize {
     *s ^= *s << 13;
     *s ^= *s >> 7;
@@ -427,34 +451,17 @@ async fn depth(
         &mut rows,
     )
     .await?;
-    let series = |store: &str, f: fn(&Probe) -> f64| Series {
-        name: store.to_string(),
-        points: rows
-            .iter()
+    let points = |store: &str, f: fn(&Probe) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
             .filter(|r| r.store == store)
             .map(|r| (f64::from(r.depth), f(&r.probe)))
-            .collect(),
+            .collect()
     };
-    let chart = Chart {
-        title: "In-process Validate vs chain depth (sequential)".into(),
-        x_label: "chain depth (log)".into(),
-        y_label: "latency (µs)".into(),
-        log_x: true,
-        series: vec![
-            Series {
-                name: "RocksDB, mean".into(),
-                ..series("rocks", |p| p.latency.mean_us)
-            },
-            Series {
-                name: "RocksDB, p99".into(),
-                ..series("rocks", |p| p.latency.p99_us)
-            },
-            Series {
-                name: "memory store, mean".into(),
-                ..series("memory", |p| p.latency.mean_us)
-            },
-        ],
-    };
+    let chart = probe_chart(
+        "In-process Validate vs chain depth (sequential)",
+        "chain depth (log)",
+        points,
+    );
     write_svg(svg, &chart)?;
     report::write_json(
         out,
@@ -957,34 +964,17 @@ async fn claims(
         &mut rows,
     )
     .await?;
-    let series = |store: &str, f: fn(&Probe) -> f64| Series {
-        name: store.to_string(),
-        points: rows
-            .iter()
+    let points = |store: &str, f: fn(&Probe) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
             .filter(|r| r.store == store)
             .map(|r| (r.claims as f64, f(&r.probe)))
-            .collect(),
+            .collect()
     };
-    let chart = Chart {
-        title: "In-process Validate vs claims on the token (sequential)".into(),
-        x_label: "claims, each checked (log)".into(),
-        y_label: "latency (µs)".into(),
-        log_x: true,
-        series: vec![
-            Series {
-                name: "RocksDB, mean".into(),
-                ..series("rocks", |p| p.latency.mean_us)
-            },
-            Series {
-                name: "RocksDB, p99".into(),
-                ..series("rocks", |p| p.latency.p99_us)
-            },
-            Series {
-                name: "memory store, mean".into(),
-                ..series("memory", |p| p.latency.mean_us)
-            },
-        ],
-    };
+    let chart = probe_chart(
+        "In-process Validate vs claims on the token (sequential)",
+        "claims, each checked (log)",
+        points,
+    );
     write_svg(svg, &chart)?;
     report::write_json(
         out,

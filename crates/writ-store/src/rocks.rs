@@ -1582,17 +1582,7 @@ mod tests {
             assert_eq!(store.stats().await.unwrap().txn_index_entries, 0);
         }
         let store = open(&dir, Durability::Sync);
-        let query = TxnQuery {
-            subject: None,
-            party: Some("agent:late".into()),
-            since: None,
-            until: None,
-            status: None,
-            now: UnixMillis(0),
-            before: None,
-            limit: 10,
-        };
-        let page = store.list_txns(query).await.unwrap();
+        let page = store.list_txns(txns_of(Some("agent:late"))).await.unwrap();
         assert_eq!(page.roots.len(), 1);
         assert_eq!(page.roots[0].0.token_id, tid(7));
         // The root's six entries (txns, subject, two parties both ways) and the child's
@@ -1794,18 +1784,22 @@ mod tests {
             keys::txn_value(tid(71_000), 3),
             "counted by a scan"
         );
-        let query = TxnQuery {
+        let page = store.list_txns(txns_of(None)).await.unwrap();
+        assert_eq!(page.roots.len(), 1, "still listed by its root");
+    }
+
+    /// Up to 10 transactions, of `party` if given, at any time and status.
+    fn txns_of(party: Option<&str>) -> TxnQuery {
+        TxnQuery {
             subject: None,
-            party: None,
+            party: party.map(Into::into),
             since: None,
             until: None,
             status: None,
             now: UnixMillis(0),
             before: None,
             limit: 10,
-        };
-        let page = store.list_txns(query).await.unwrap();
-        assert_eq!(page.roots.len(), 1, "still listed by its root");
+        }
     }
 
     fn files_ending(dir: &TempDir, suffix: &str) -> Vec<u64> {
