@@ -66,6 +66,8 @@ pub struct RunningServer {
     task: JoinHandle<Result<(), ServerError>>,
     cleanup: JoinHandle<()>,
     audit_writer: JoinHandle<()>,
+    /// Released last, off the async threads: closing the store flushes its memtables.
+    store: Arc<RocksStore>,
 }
 
 /// How long shutdown waits for in-flight requests and open streams (say, a watcher that
@@ -111,6 +113,9 @@ impl RunningServer {
         let _ = self.cleanup.await;
         // The services are gone with the server, so the writer drains its queue and ends.
         let _ = self.audit_writer.await;
+        // Normally the last handle: its drop flushes the store (blocking work).
+        let store = self.store;
+        let _ = tokio::task::spawn_blocking(move || drop(store)).await;
         served
     }
 }
@@ -175,6 +180,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         .await
         .map_err(|e| ServerError::Transport(e.to_string()))??;
     let store = Arc::new(store);
+    let store_handle = store.clone();
     let (audit, audit_writer) = audit::Audit::start(store.clone()).await?;
     let (stop, mut stopped) = watch::channel(false);
     let service = service::Service::new(
@@ -233,6 +239,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         task,
         cleanup,
         audit_writer,
+        store: store_handle,
     })
 }
 
