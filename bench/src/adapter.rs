@@ -120,17 +120,20 @@ pub async fn validate<S: TokenStore>(
     token: &str,
     with_action: bool,
 ) -> Result<bool, ServiceError> {
-    let action = with_action.then(|| Action {
-        scope: fixtures::SCOPE.into(),
-        attributes: fixtures::attributes(),
-    });
+    if with_action {
+        return validate_action(
+            svc,
+            audience,
+            token,
+            fixtures::SCOPE,
+            fixtures::attributes(),
+        )
+        .await;
+    }
     let v = svc
-        .validate(&Caller::Party(audience.into()), token, action)
+        .validate(&Caller::Party(audience.into()), token, None)
         .await?;
-    Ok(match v {
-        Validation::Active { decision, .. } => !matches!(decision, Some(Err(_))),
-        Validation::Inactive(_) => false,
-    })
+    Ok(matches!(v, Validation::Active { .. }))
 }
 
 /// Validate `token` as `audience` with an action of `scope` and `attributes` (for
@@ -141,11 +144,11 @@ pub async fn validate_action<S: TokenStore>(
     audience: &str,
     token: &str,
     scope: &str,
-    attributes: &BTreeMap<String, Value>,
+    attributes: BTreeMap<String, Value>,
 ) -> Result<bool, ServiceError> {
     let action = Action {
         scope: scope.into(),
-        attributes: attributes.clone(),
+        attributes,
     };
     let v = svc
         .validate(&Caller::Party(audience.into()), token, Some(action))

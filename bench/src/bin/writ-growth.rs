@@ -308,8 +308,14 @@ async fn probe_with<S: TokenStore>(
     for _ in 0..iters {
         let t = &tokens[pick(&mut seed, tokens.len())];
         let t0 = Instant::now();
-        let ok = adapter::validate_action(svc, audience, t.expose(), fixtures::SCOPE, attributes)
-            .await?;
+        let ok = adapter::validate_action(
+            svc,
+            audience,
+            t.expose(),
+            fixtures::SCOPE,
+            BTreeMap::clone(attributes),
+        )
+        .await?;
         report::record(&mut h, nanos(t0));
         anyhow::ensure!(ok, "a stored token did not validate");
     }
@@ -324,8 +330,14 @@ async fn probe_with<S: TokenStore>(
             let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (c as u64 + 1);
             for _ in 0..n {
                 let t = &tokens[pick(&mut seed, tokens.len())];
-                adapter::validate_action(&svc, &audience, t.expose(), fixtures::SCOPE, &attributes)
-                    .await?;
+                adapter::validate_action(
+                    &svc,
+                    &audience,
+                    t.expose(),
+                    fixtures::SCOPE,
+                    BTreeMap::clone(&attributes),
+                )
+                .await?;
             }
             Ok::<_, anyhow::Error>(n)
         });
@@ -367,6 +379,15 @@ fn probe_chart(
             line("memory store, mean", "memory", |p| p.latency.mean_us),
         ],
     }
+}
+
+/// A RocksDB store at `path` with the default options and `durability`.
+fn open_store(path: &Path, durability: Durability) -> Result<RocksStore> {
+    let opts = StoreOptions {
+        durability,
+        ..StoreOptions::default()
+    };
+    Ok(RocksStore::open(path, opts)?)
 }
 
 fn pick(s: &mut u64, n: usize) -> usize {
@@ -433,13 +454,7 @@ async fn depth(
 ) -> Result<()> {
     let machine = report::machine();
     let tmp = tempfile::tempdir()?;
-    let rocks = RocksStore::open(
-        &tmp.path().join("db"),
-        StoreOptions {
-            durability: Durability::Buffered,
-            ..StoreOptions::default()
-        },
-    )?;
+    let rocks = open_store(&tmp.path().join("db"), Durability::Buffered)?;
     let mut rows = Vec::new();
     depth_on("rocks", rocks, &depths, iters, concurrency, &mut rows).await?;
     depth_on(
@@ -584,13 +599,7 @@ async fn tokens(
     let machine = report::machine();
     let tmp = tempfile::tempdir()?;
     let path = dir.unwrap_or_else(|| tmp.path().join("db"));
-    let store = Arc::new(RocksStore::open(
-        &path,
-        StoreOptions {
-            durability: Durability::Buffered,
-            ..StoreOptions::default()
-        },
-    )?);
+    let store = Arc::new(open_store(&path, Durability::Buffered)?);
     let keys = fixtures::keyring();
     let policy = fixtures::policy(8);
     let svc = Arc::new(adapter::service(store.clone(), keys.clone(), policy.clone()).await?);
@@ -790,13 +799,7 @@ async fn cleanup(sizes: Vec<usize>, batch: usize, out: &Path, svg: &Path) -> Res
     let mut rows = Vec::new();
     for &n in &sizes {
         let tmp = tempfile::tempdir()?;
-        let store = Arc::new(RocksStore::open(
-            &tmp.path().join("db"),
-            StoreOptions {
-                durability: Durability::Buffered,
-                ..StoreOptions::default()
-            },
-        )?);
+        let store = Arc::new(open_store(&tmp.path().join("db"), Durability::Buffered)?);
         let t0 = Instant::now();
         load_roots(&store, n).await?;
         let load_seconds = t0.elapsed().as_secs_f64();
@@ -936,13 +939,7 @@ async fn claims(
     );
     let machine = report::machine();
     let tmp = tempfile::tempdir()?;
-    let rocks = RocksStore::open(
-        &tmp.path().join("db"),
-        StoreOptions {
-            durability: Durability::Buffered,
-            ..StoreOptions::default()
-        },
-    )?;
+    let rocks = open_store(&tmp.path().join("db"), Durability::Buffered)?;
     let mut rows = Vec::new();
     claims_on(
         "rocks",
@@ -1139,13 +1136,7 @@ async fn fanout(
     }
     for (name, durability) in durabilities {
         let tmp = tempfile::tempdir()?;
-        let rocks = RocksStore::open(
-            &tmp.path().join("db"),
-            StoreOptions {
-                durability,
-                ..StoreOptions::default()
-            },
-        )?;
+        let rocks = open_store(&tmp.path().join("db"), durability)?;
         fanout_on(name, rocks, &bounds, reps, spread_parents, &mut rows).await?;
     }
     fanout_on(

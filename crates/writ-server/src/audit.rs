@@ -196,8 +196,8 @@ async fn write_loop<S: TokenStore>(
     let mut lost = false;
     // Whatever arrived while the previous write was in flight goes in the next one.
     while rx.recv_many(&mut msgs, WRITE_BATCH).await > 0 {
-        let flushing = |msgs: &[Msg]| msgs.iter().any(|m| matches!(m, Msg::Flush(_)));
-        if msgs.len() < WRITE_BATCH && !flushing(&msgs) {
+        let flushing = msgs.iter().any(|m| matches!(m, Msg::Flush(_)));
+        if msgs.len() < WRITE_BATCH && !flushing {
             tokio::time::sleep(LINGER).await;
             while msgs.len() < WRITE_BATCH {
                 match rx.try_recv() {

@@ -290,16 +290,8 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
         Some(v) => match keys::decode_schema_version(&v) {
             Some(keys::SCHEMA_VERSION) => Ok(()),
             Some(1) => upgrade_from_v1(db),
-            Some(2) => {
-                // Only `txns` values changed, and version-2 values are still read.
-                let mut sync = WriteOptions::default();
-                sync.set_sync(true);
-                let version = keys::encode_schema_version(keys::SCHEMA_VERSION);
-                db.put_cf_opt(meta, keys::SCHEMA_VERSION_KEY, version, &sync)
-                    .map_err(backend)?;
-                tracing::info!(version = keys::SCHEMA_VERSION, "token store schema 2 -> 3");
-                Ok(())
-            }
+            // Only `txns` values changed, and version-2 values are still read.
+            Some(2) => record_schema_version(db, "token store schema 2 -> 3"),
             Some(found) => Err(corrupt(format!(
                 "store has schema version {found}, this build reads version {}",
                 keys::SCHEMA_VERSION
@@ -313,22 +305,29 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
                 Some(Ok(_)) => return Err(corrupt("store holds tokens but no schema version")),
                 Some(Err(e)) => return Err(backend(e)),
             }
-            let mut sync = WriteOptions::default();
-            sync.set_sync(true);
-            let version = keys::encode_schema_version(keys::SCHEMA_VERSION);
-            db.put_cf_opt(meta, keys::SCHEMA_VERSION_KEY, version, &sync)
-                .map_err(backend)?;
-            tracing::info!(
-                version = keys::SCHEMA_VERSION,
-                "initialised new token store"
-            );
-            Ok(())
+            record_schema_version(db, "initialised new token store")
         }
     }
 }
 
+/// Records this build's schema version, synced.
+fn record_schema_version(db: &DB, what: &str) -> Result<(), StoreError> {
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    let version = keys::encode_schema_version(keys::SCHEMA_VERSION);
+    db.put_cf_opt(
+        cf(db, keys::CF_META)?,
+        keys::SCHEMA_VERSION_KEY,
+        version,
+        &sync,
+    )
+    .map_err(backend)?;
+    tracing::info!(version = keys::SCHEMA_VERSION, "{what}");
+    Ok(())
+}
+
 /// Version 1 had no transaction indexes: rebuild them from the records in batches
-/// (idempotent puts, so an interrupted upgrade simply runs again), then record version 2
+/// (idempotent puts, so an interrupted upgrade simply runs again), then record this build's version
 /// in a last, synced write. Children whose root is already gone are not indexed: nothing
 /// would ever remove their entries. The audit trail starts empty.
 fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
@@ -1542,6 +1541,22 @@ mod tests {
         assert_eq!(idx, Some(vec![]));
     }
 
+    fn set_schema_version(db: &DB, version: u32) {
+        let meta = cf(db, keys::CF_META).unwrap();
+        db.put_cf(
+            meta,
+            keys::SCHEMA_VERSION_KEY,
+            keys::encode_schema_version(version),
+        )
+        .unwrap();
+    }
+
+    fn schema_version(db: &DB) -> Option<u32> {
+        let meta = cf(db, keys::CF_META).unwrap();
+        let v = db.get_cf(meta, keys::SCHEMA_VERSION_KEY).unwrap()?;
+        keys::decode_schema_version(&v)
+    }
+
     #[tokio::test]
     async fn a_version_1_store_is_upgraded_with_its_transactions_listed() {
         let dir = TempDir::new().unwrap();
@@ -1572,13 +1587,7 @@ mod tests {
                 db.delete_range_cf(cf, &[0u8][..], &[0xffu8; 64][..])
                     .unwrap();
             }
-            let meta = cf(db, keys::CF_META).unwrap();
-            db.put_cf(
-                meta,
-                keys::SCHEMA_VERSION_KEY,
-                keys::encode_schema_version(1),
-            )
-            .unwrap();
+            set_schema_version(db, 1);
             assert_eq!(store.stats().await.unwrap().txn_index_entries, 0);
         }
         let store = open(&dir, Durability::Sync);
@@ -1601,12 +1610,7 @@ mod tests {
         drop(store);
         // Recorded as upgraded: a second open does not redo it.
         let store = open(&dir, Durability::Sync);
-        let db = &store.inner.db;
-        let v = db
-            .get_cf(cf(db, keys::CF_META).unwrap(), keys::SCHEMA_VERSION_KEY)
-            .unwrap()
-            .unwrap();
-        assert_eq!(keys::decode_schema_version(&v), Some(keys::SCHEMA_VERSION));
+        assert_eq!(schema_version(&store.inner.db), Some(keys::SCHEMA_VERSION));
     }
 
     #[tokio::test]
@@ -1624,20 +1628,11 @@ mod tests {
             let db = &store.inner.db;
             db.put_cf(cf(db, keys::CF_TXNS).unwrap(), t.0, tid(20).0)
                 .unwrap();
-            db.put_cf(
-                cf(db, keys::CF_META).unwrap(),
-                keys::SCHEMA_VERSION_KEY,
-                keys::encode_schema_version(2),
-            )
-            .unwrap();
+            set_schema_version(db, 2);
         }
         let store = open(&dir, Durability::Sync);
         let db = &store.inner.db;
-        let v = db
-            .get_cf(cf(db, keys::CF_META).unwrap(), keys::SCHEMA_VERSION_KEY)
-            .unwrap()
-            .unwrap();
-        assert_eq!(keys::decode_schema_version(&v), Some(3));
+        assert_eq!(schema_version(db), Some(3));
         store
             .put_child(record(t, tid(22), Some(tid(20))), 4)
             .await
@@ -1655,13 +1650,7 @@ mod tests {
         {
             let store = open(&dir, Durability::Sync);
             let db = &store.inner.db;
-            let meta = cf(db, keys::CF_META).unwrap();
-            db.put_cf(
-                meta,
-                keys::SCHEMA_VERSION_KEY,
-                keys::encode_schema_version(keys::SCHEMA_VERSION + 1),
-            )
-            .unwrap();
+            set_schema_version(db, keys::SCHEMA_VERSION + 1);
         }
         match RocksStore::open(dir.path(), StoreOptions::default()) {
             Err(StoreError::Corrupt { what }) => {
