@@ -172,12 +172,26 @@ fn string_set(field: &str, s: pb::StringSet) -> Result<(BTreeSet<String>, bool)>
             ),
         );
     }
+    let ci = s.case_insensitive;
     let members = s
         .values
         .into_iter()
-        .map(|v| text(field, &v, MAX_VALUE_LEN).map(|()| v))
+        .map(|v| {
+            text(field, &v, MAX_VALUE_LEN)?;
+            // The set keeps members folded; that form must be canonical too.
+            if ci && text::check(&text::fold(&v)).is_err() {
+                return bad(
+                    field,
+                    format!(
+                        "{} has no canonical case-folded form (it folds to a space or a combining mark); use an exact set",
+                        shown(&v)
+                    ),
+                );
+            }
+            Ok(v)
+        })
         .collect::<Result<_>>()?;
-    Ok((members, s.case_insensitive))
+    Ok((members, ci))
 }
 
 /// A single wire value (exact claim value, or one item of an attribute).
@@ -1064,6 +1078,14 @@ mod tests {
             assert_eq!(err.field, field, "{err}");
             assert!(err.to_string().len() < 300, "{err}");
         }
+        let accent = kind(Kind::Allow(pb::StringSet {
+            values: vec!["¨".into()],
+            case_insensitive: true,
+        }));
+        assert_eq!(
+            mint_request(with_claim(accent)).unwrap_err().field,
+            "claims[\"c\"].allow"
+        );
         let folded = kind(Kind::Deny(pb::StringSet {
             values: vec!["Gambling".into()],
             case_insensitive: true,

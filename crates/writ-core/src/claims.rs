@@ -181,7 +181,7 @@ impl Constraint {
             (AllowFolded(p), AllowSet(c)) => c.iter().all(|v| p.contains(&text::fold(v))),
             (DenySet(p), DenySet(c)) | (DenyFolded(p), DenyFolded(c)) => c.is_superset(p),
             (DenySet(p), DenyFolded(c)) => p.iter().all(|v| c.contains(&text::fold(v))),
-            (Prefix(p), Prefix(c)) => path_under(p, c),
+            (Prefix(p), Prefix(c)) => c == p || path_under(p, c),
             (Exact(p), Exact(c)) => p == c,
             _ => false,
         }
@@ -324,10 +324,11 @@ pub fn path(s: &str) -> Result<(), &'static str> {
 }
 
 /// Does prefix `p` match the canonical path `v` (see [`Constraint::Prefix`])? Also the
-/// narrowing order: a child prefix `c` is within `p` exactly when `p` matches `c`.
+/// narrowing order: a child prefix `c` is within `p` exactly when `c == p` or `p` matches
+/// `c` (everything `c` matches is then below or at what `p` matches).
 fn path_under(p: &str, v: &str) -> bool {
     if p.ends_with('/') {
-        v.starts_with(p)
+        v.len() > p.len() && v.starts_with(p)
     } else {
         v == p || v.strip_prefix(p).is_some_and(|rest| rest.starts_with('/'))
     }
@@ -544,6 +545,8 @@ mod tests {
         }
         let below = Constraint::Prefix("/trips/".into());
         assert!(below.permits(&s("/trips")).is_err());
+        assert!(below.permits(&s("/trips/")).is_err(), "strictly below");
+        assert!(below.is_narrowed_by(&below.clone()));
         assert_eq!(below.permits(&s("/trips/1")), Ok(()));
         assert!(p.is_narrowed_by(&below));
         assert!(!below.is_narrowed_by(&p));

@@ -253,6 +253,15 @@ pub fn mint(
             "max_uses must be at least 1 (0 means unlimited on the wire)",
         );
     }
+    if req.claims.len() > MAX_CLAIMS {
+        return refuse(
+            Dimension::Size,
+            format_args!(
+                "the token would carry {} claims; the limit is {MAX_CLAIMS}",
+                req.claims.len()
+            ),
+        );
+    }
     let grant = Grant {
         scopes: req.scopes,
         claims: req.claims,

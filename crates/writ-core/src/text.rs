@@ -6,7 +6,8 @@
 //! see exactly what the rules saw. So every free-text value Writ accepts (claim values,
 //! action attributes, purpose, context values, reasons) must already be in one canonical
 //! form, checked once where it enters ([`check`]). Nothing is silently rewritten: what a
-//! caller sent is what is stored, compared and shown.
+//! caller sent is what is stored, compared and shown (a case-insensitive set stores its
+//! members folded, as it says on the wire).
 //!
 //! The canonical form:
 //! - Unicode NFC;
@@ -104,8 +105,10 @@ pub fn check(s: &str) -> Result<(), TextError> {
 }
 
 /// The value case-insensitive claims compare: Unicode's compatibility caseless match
-/// (D145: `NFKD(toCasefold(NFKD(toCasefold(NFD(s)))))`), recomposed to NFC so it is
-/// itself canonical and can be stored and shown.
+/// (D145: `NFKD(toCasefold(NFKD(toCasefold(NFD(s)))))`), recomposed to NFC. A case-
+/// insensitive set stores its members in this form, so the wire accepts only members whose
+/// folded form is itself canonical (a lone spacing accent such as `¨` folds to a space and
+/// a combining mark, and is refused there).
 pub fn fold(s: &str) -> String {
     let fold = |s: &str| CaseMapper::new().fold_string(s).into_owned();
     let nfkd = |s: &str| DecomposingNormalizer::new_nfkd().normalize(s).into_owned();
