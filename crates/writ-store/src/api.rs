@@ -129,7 +129,8 @@ pub struct StoreStats {
 pub struct Revoked {
     /// The tokens newly revoked, in walk order.
     pub ids: Vec<TokenId>,
-    /// The audit event written with the revocation; `None` when nothing existed to revoke.
+    /// The audit event written with the revocation; `None` when nothing was newly
+    /// revoked, in which case nothing at all was written.
     pub event: Option<Event>,
 }
 
@@ -291,8 +292,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// atomic write, skipping tokens already revoked: a revocation is never overwritten.
     /// The same write appends the `revoked` audit event, with id `event` (whose time is
     /// the revocation's). Returns the ids newly revoked and the event.
-    /// [`NotFound`](StoreError::NotFound) for an unknown token; an unknown transaction
-    /// revokes (and records) nothing.
+    ///
+    /// When nothing is newly revoked (everything named is revoked already), nothing is
+    /// written, neither state nor event (nor an fsync): the answer is no ids and
+    /// `event: None`. [`NotFound`](StoreError::NotFound) for an unknown token, and for a
+    /// transaction that holds no token (unknown, or purged whole).
     fn revoke(
         &self,
         target: RevokeTarget,

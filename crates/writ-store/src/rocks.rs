@@ -277,6 +277,12 @@ impl RocksStore {
                 .map_err(|e| StoreError::Task(e.to_string()))?
         }
     }
+
+    /// The sequence number of the last write RocksDB applied. A diagnostic: a call that
+    /// writes nothing leaves it unchanged.
+    pub fn sequence_number(&self) -> u64 {
+        self.inner.db.latest_sequence_number()
+    }
 }
 
 /// Writes the schema version into a new store; refuses a store with another version,
@@ -613,6 +619,7 @@ fn scan_ids(
     Ok(ids)
 }
 
+/// Writes nothing (no state, no event) when nothing is newly revoked.
 fn revoke_blocking(
     inner: &Inner,
     target: RevokeTarget,
@@ -656,13 +663,10 @@ fn revoke_blocking(
             );
         }
     }
-    let Some(any) = todo.first().map(|(id, _)| *id) else {
-        return Ok(Revoked {
-            ids: Vec::new(),
-            event: None,
-        });
+    // No token: an unknown transaction (or one purged whole).
+    let Some(&(first, _)) = todo.first() else {
+        return Err(StoreError::NotFound);
     };
-    let any = get_blocking(inner, any)?.ok_or_else(|| corrupt("indexed token has no record"))?;
     let mut batch = WriteBatch::default();
     let mut revoked = Vec::new();
     for (id, cause) in todo {
@@ -679,6 +683,13 @@ fn revoke_blocking(
         put_state(inner, &mut batch, id, &state)?;
         revoked.push(id);
     }
+    if revoked.is_empty() {
+        return Ok(Revoked {
+            ids: revoked,
+            event: None,
+        });
+    }
+    let any = get_blocking(inner, first)?.ok_or_else(|| corrupt("indexed token has no record"))?;
     let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
     put_event(&inner.db, &mut batch, &event)?;
     inner
@@ -1894,6 +1905,61 @@ mod tests {
         let purged = store.purge_expired(UnixMillis(6), 10).await.unwrap();
         assert_eq!((purged.tokens, purged.more), (1, false));
         assert_eq!(store.stats().await.unwrap(), StoreStats::default());
+    }
+
+    fn is_revoked_event(e: &Event) -> bool {
+        matches!(e.kind, writ_core::EventKind::Revoked { .. })
+    }
+
+    #[tokio::test]
+    async fn a_revocation_that_changes_nothing_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let t = txn(63_000);
+        let (root, child) = (tid(63_000), tid(63_001));
+        store.put(record(t, root, None)).await.unwrap();
+        store
+            .put_child(record(t, child, Some(root)), 8)
+            .await
+            .unwrap();
+        let revoke = |target| {
+            store.revoke(
+                target,
+                "op".into(),
+                "r".into(),
+                conformance::event_at(UnixMillis(7)),
+            )
+        };
+        let first = revoke(RevokeTarget::Token(child)).await.unwrap();
+        assert_eq!(first.ids, vec![child]);
+        assert!(first.event.is_some());
+        let written = store.sequence_number();
+        let again = revoke(RevokeTarget::Token(child)).await.unwrap();
+        assert_eq!((again.ids, again.event), (vec![], None));
+        assert_eq!(store.sequence_number(), written, "nothing written");
+
+        let all = revoke(RevokeTarget::Txn(t)).await.unwrap();
+        assert_eq!(all.ids, vec![root]);
+        let written = store.sequence_number();
+        for target in [
+            RevokeTarget::Txn(t),
+            RevokeTarget::Token(root),
+            RevokeTarget::Token(child),
+        ] {
+            let again = revoke(target).await.unwrap();
+            assert_eq!((again.ids, again.event), (vec![], None), "{target:?}");
+        }
+        assert_eq!(
+            revoke(RevokeTarget::Txn(txn(63_001))).await,
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(
+            revoke(RevokeTarget::Token(tid(63_999))).await,
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(store.sequence_number(), written, "nothing written");
+        let events = store.events(t, None, 100).await.unwrap();
+        assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 2);
     }
 
     #[test]
