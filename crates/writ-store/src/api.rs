@@ -227,8 +227,9 @@ pub(crate) fn collect_page(
 /// transaction, so none loses an update and a child derived while an ancestor is being
 /// revoked is either revoked with it or refused.
 ///
-/// Futures must be polled inside a Tokio runtime. Dropping a pending future does not
-/// cancel the operation: an `insert` whose future was dropped may still land.
+/// Futures must be polled inside a Tokio runtime. Dropping a pending future abandons the
+/// operation at most while it has not started (say, while it waits for its
+/// transaction): a write whose future was dropped may still land.
 pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new root record, all its index entries (including the transaction's, for
     /// [`list_txns`](TokenStore::list_txns)) and its `minted` audit event in one atomic

@@ -1,16 +1,24 @@
 //! [`RocksStore`]: the embedded, durable [`TokenStore`], on RocksDB.
 //!
 //! One column family per key space (see `keys`). Every engine call is blocking, so
-//! each runs on Tokio's blocking pool and never stalls an async worker. That is also
-//! where group commit comes from: concurrent writers block in RocksDB's write thread,
-//! which batches them into one WAL write and one fsync.
+//! each runs on Tokio's blocking pool and never stalls an async worker; only point
+//! reads that memtable and block cache can answer (Validate's, and the record read a
+//! mutation starts with) run on the calling thread. The pool is also where group commit
+//! comes from: concurrent writers block in RocksDB's write thread, which batches them
+//! into one WAL write and one fsync.
 //!
 //! State mutations read, check and write under a lock striped by transaction id (every
 //! token of a call tree shares its transaction), each in one `WriteBatch`. So a child
 //! derived while an ancestor is being revoked is either inserted before the revocation
 //! walks the `children` index (and revoked with the subtree) or sees its parent revoked
-//! and is refused. Token-id uniqueness across transactions is kept by a second, per-id
-//! striped lock, always taken after the transaction's.
+//! and is refused. The stripe is an async mutex, awaited *before* the hand-off to the
+//! blocking pool; its owned guard moves into the blocking task and is dropped after the
+//! write. A waiter therefore holds no pool thread: however many mutations of one
+//! transaction queue up, the pool stays free for every other call. A mutation that names
+//! a token first reads its (immutable) record to learn the transaction, then re-checks
+//! under the lock that it still exists. Token-id uniqueness across transactions is kept
+//! by a second, short lock striped by id, taken in the blocking task after the
+//! transaction's.
 //!
 //! [`TokenStore::purge_expired`] deletes expired tokens in `WriteBatch`es of up to 256,
 //! holding the lock stripes of their transactions; the space of the deleted keys comes
@@ -38,6 +46,7 @@ use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Mutex as AsyncMutex;
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
@@ -89,11 +98,14 @@ struct Inner {
     durability: Durability,
     path: PathBuf,
     /// Makes "check the id is free, then write" atomic per token id (ids are unique
-    /// across transactions). Always taken after the transaction's lock.
+    /// across transactions). Held only inside a blocking task, after the transaction's
+    /// lock, for one read and one write.
     insert_locks: Vec<Mutex<()>>,
-    /// Serialises every state mutation (insert, insert_child, revoke, consume_use) of
-    /// one transaction: all tokens of a call tree share it.
-    txn_locks: Vec<Mutex<()>>,
+    /// Serialises every read-check-write (insert, insert_child, revoke, consume_use,
+    /// purge) of one transaction: all tokens of a call tree share it. Async, and taken
+    /// before the blocking hand-off (see [`RocksStore::locked`]), so waiters hold no
+    /// thread of the blocking pool.
+    txn_locks: Vec<Arc<AsyncMutex<()>>>,
 }
 
 impl Drop for Inner {
@@ -118,14 +130,8 @@ impl Inner {
         (h.finish() % self.txn_locks.len() as u64) as usize
     }
 
-    fn lock_txn(&self, txn: TxnId) -> MutexGuard<'_, ()> {
-        self.lock_txn_stripe(self.txn_stripe(txn))
-    }
-
-    fn lock_txn_stripe(&self, stripe: usize) -> MutexGuard<'_, ()> {
-        self.txn_locks[stripe]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn txn_lock(&self, txn: TxnId) -> Arc<AsyncMutex<()>> {
+        self.txn_locks[self.txn_stripe(txn)].clone()
     }
 
     fn lock_id(&self, id: TokenId) -> MutexGuard<'_, ()> {
@@ -258,7 +264,9 @@ impl RocksStore {
                 durability: opts.durability,
                 path: path.to_owned(),
                 insert_locks: (0..INSERT_STRIPES).map(|_| Mutex::new(())).collect(),
-                txn_locks: (0..TXN_STRIPES).map(|_| Mutex::new(())).collect(),
+                txn_locks: (0..TXN_STRIPES)
+                    .map(|_| Arc::new(AsyncMutex::new(())))
+                    .collect(),
             }),
         })
     }
@@ -278,10 +286,63 @@ impl RocksStore {
         }
     }
 
+    /// Runs `f` on the blocking pool holding `txn`'s lock stripe. The stripe is awaited
+    /// here, before the hand-off, so a waiter holds no pool thread; its guard moves into
+    /// the blocking task and is released when `f` returns. A future dropped while it
+    /// waits for the lock does nothing; once it has the lock, `f` runs to the end.
+    fn locked<T, F>(
+        &self,
+        txn: TxnId,
+        f: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            let guard = inner.txn_lock(txn).lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let out = f(&inner);
+                drop(guard);
+                out
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        }
+    }
+
+    /// A token's record: read on the calling thread when memtable and block cache hold
+    /// it, else on the blocking pool. Records never change, so a mutation reads one
+    /// before taking its transaction's lock (and re-checks under the lock that it still
+    /// exists).
+    fn record(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let slow = self.blocking(move |inner| get_blocking(inner, id));
+        async move {
+            let cached = get_record_at(&inner, id, &read_opts_at(ReadTier::BlockCache))?;
+            match cached {
+                Some(answer) => Ok(answer),
+                None => slow.await,
+            }
+        }
+    }
+
     /// The sequence number of the last write RocksDB applied. A diagnostic: a call that
     /// writes nothing leaves it unchanged.
     pub fn sequence_number(&self) -> u64 {
         self.inner.db.latest_sequence_number()
+    }
+}
+
+#[cfg(test)]
+impl RocksStore {
+    /// Takes `txn`'s lock stripe, as a mutation of it would, until the guard is dropped.
+    async fn hold_txn(&self, txn: TxnId) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.txn_lock(txn).lock_owned().await
     }
 }
 
@@ -432,6 +493,7 @@ fn put_event(db: &DB, batch: &mut WriteBatch, event: &Event) -> Result<(), Store
     Ok(())
 }
 
+/// Under the transaction's lock ([`RocksStore::locked`]).
 fn insert_blocking(inner: &Inner, record: &TokenRecord, event: &Event) -> Result<(), StoreError> {
     let db = &inner.db;
     let tokens = cf(db, keys::CF_TOKENS)?;
@@ -440,7 +502,6 @@ fn insert_blocking(inner: &Inner, record: &TokenRecord, event: &Event) -> Result
     put_record(inner, &mut batch, record)?;
     index_txn(db, &mut batch, record)?;
     put_event(db, &mut batch, event)?;
-    let _txn_guard = inner.lock_txn(record.txn);
     let _id_guard = inner.lock_id(record.token_id);
     if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
         return Err(StoreError::Conflict);
@@ -515,6 +576,7 @@ fn state_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, Stor
     Ok(token_exists(inner, id)?.then(TokenState::default))
 }
 
+/// Under the transaction's lock ([`RocksStore::locked`]).
 fn insert_child_blocking(
     inner: &Inner,
     record: &TokenRecord,
@@ -531,8 +593,6 @@ fn insert_child_blocking(
         keys::child_key(parent_id, record.token_id),
         keys::EMPTY_VALUE,
     );
-
-    let _txn_guard = inner.lock_txn(record.txn);
     let _id_guard = inner.lock_id(record.token_id);
     if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
@@ -619,7 +679,8 @@ fn scan_ids(
     Ok(ids)
 }
 
-/// Writes nothing (no state, no event) when nothing is newly revoked.
+/// Under the lock of `target`'s transaction ([`RocksStore::locked`]). Writes nothing
+/// (no state, no event) when nothing is newly revoked.
 fn revoke_blocking(
     inner: &Inner,
     target: RevokeTarget,
@@ -628,22 +689,15 @@ fn revoke_blocking(
     event: EventId,
 ) -> Result<Revoked, StoreError> {
     let at = event.at();
-    let txn = match target {
-        RevokeTarget::Token(id) => get_blocking(inner, id)?.ok_or(StoreError::NotFound)?.txn,
-        RevokeTarget::Txn(txn) => txn,
-    };
-    let _txn_guard = inner.lock_txn(txn);
-    // Read before the lock; cleanup may have purged it since. Never write state for a
-    // token that is gone.
-    if let RevokeTarget::Token(id) = target
-        && !token_exists(inner, id)?
-    {
-        return Err(StoreError::NotFound);
-    }
     // (token, cause) pairs, in walk order.
     let mut todo: Vec<(TokenId, TokenId)> = Vec::new();
     match target {
         RevokeTarget::Token(root) => {
+            // Its record was read before the lock; cleanup may have purged it since.
+            // Never write state for a token that is gone.
+            if !token_exists(inner, root)? {
+                return Err(StoreError::NotFound);
+            }
             let mut seen = BTreeSet::from([root]);
             let mut queue = VecDeque::from([root]);
             while let Some(id) = queue.pop_front() {
@@ -702,27 +756,31 @@ fn revoke_blocking(
     })
 }
 
-fn consume_use_blocking(
+/// A token without a use limit: nothing to count, so no lock; one read decides and only
+/// the event is written.
+fn consume_unlimited_blocking(
     inner: &Inner,
     id: TokenId,
     event: Option<&Event>,
 ) -> Result<UseOutcome, StoreError> {
-    let Some(record) = get_blocking(inner, id)? else {
-        return Ok(UseOutcome::Unknown);
-    };
-    let Some(max) = record.grant.max_uses else {
-        // Nothing to count: one read decides; only the event is written.
-        if read_state(inner, id)?.is_some_and(|s| s.revoked.is_some()) {
-            return Ok(UseOutcome::Revoked);
-        }
-        if let Some(e) = event {
-            append_events_blocking(inner, std::slice::from_ref(e))?;
-        }
-        return Ok(UseOutcome::Consumed { remaining: None });
-    };
-    let _txn_guard = inner.lock_txn(record.txn);
+    if read_state(inner, id)?.is_some_and(|s| s.revoked.is_some()) {
+        return Ok(UseOutcome::Revoked);
+    }
+    if let Some(e) = event {
+        append_events_blocking(inner, std::slice::from_ref(e))?;
+    }
+    Ok(UseOutcome::Consumed { remaining: None })
+}
+
+/// A token with `max` uses, under its transaction's lock ([`RocksStore::locked`]).
+fn consume_limited_blocking(
+    inner: &Inner,
+    id: TokenId,
+    max: u32,
+    event: Option<&Event>,
+) -> Result<UseOutcome, StoreError> {
     if !token_exists(inner, id)? {
-        return Ok(UseOutcome::Unknown); // purged since the read above
+        return Ok(UseOutcome::Unknown); // purged since its record was read
     }
     let mut state = read_state(inner, id)?.unwrap_or_default();
     if state.revoked.is_some() {
@@ -757,22 +815,46 @@ fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, Store
     }
 }
 
-/// A token's record and state, read at `tier`. With `ReadTier::BlockCache` the read never
-/// touches the disk, and `Ok(None)` (rather than an answer) says it would have had to.
+/// Whether a read at `ReadTier::BlockCache` stopped because it needed the disk.
+fn needs_disk(e: &rocksdb::Error) -> bool {
+    e.kind() == rocksdb::ErrorKind::Incomplete
+}
+
+fn read_opts_at(tier: ReadTier) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_read_tier(tier);
+    opts
+}
+
+/// A token's record, read with `opts`. When they set `ReadTier::BlockCache` the read
+/// never touches the disk, and `Ok(None)` (rather than an answer) says it would have had
+/// to.
+fn get_record_at(
+    inner: &Inner,
+    id: TokenId,
+    opts: &ReadOptions,
+) -> Result<Option<Option<TokenRecord>>, StoreError> {
+    let db = &inner.db;
+    match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), opts) {
+        Ok(Some(v)) => Ok(Some(Some(codec::decode(&v)?))),
+        Ok(None) => Ok(Some(None)),
+        Err(e) if needs_disk(&e) => Ok(None),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// A token's record and state, read at `tier`, as [`get_record_at`] reads a record.
 fn get_with_state_at(
     inner: &Inner,
     id: TokenId,
     tier: ReadTier,
 ) -> Result<Option<Option<(TokenRecord, TokenState)>>, StoreError> {
     let db = &inner.db;
-    let mut opts = ReadOptions::default();
-    opts.set_read_tier(tier);
-    let needs_disk = |e: &rocksdb::Error| e.kind() == rocksdb::ErrorKind::Incomplete;
-    let record = match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), &opts) {
-        Ok(Some(v)) => codec::decode(&v)?,
-        Ok(None) => return Ok(Some(None)),
-        Err(e) if needs_disk(&e) => return Ok(None),
-        Err(e) => return Err(backend(e)),
+    let opts = read_opts_at(tier);
+    let record = match get_record_at(inner, id, &opts)? {
+        Some(Some(record)) => record,
+        Some(None) => return Ok(Some(None)),
+        None => return Ok(None),
     };
     let state = match db.get_pinned_cf_opt(cf(db, keys::CF_STATE)?, keys::state_key(id), &opts) {
         Ok(Some(v)) => codec::decode_state(&v)?,
@@ -834,7 +916,7 @@ fn expired_ids(
 
 /// Deletes one batch of expired tokens, holding the lock stripes of all their
 /// transactions (taken in stripe order, so two purges cannot deadlock, and no other
-/// operation holds more than one). Returns how many expiry entries were removed and the
+/// operation holds more than one). Blocking: run it on the blocking pool. Returns how many expiry entries were removed and the
 /// key to resume from.
 fn purge_batch(
     inner: &Inner,
@@ -862,7 +944,7 @@ fn purge_batch(
     }
     let _guards: Vec<_> = stripes
         .into_iter()
-        .map(|s| inner.lock_txn_stripe(s))
+        .map(|s| inner.txn_locks[s].blocking_lock())
         .collect();
     let (tokens, state, txn_tokens, expiry, children) = (
         cf(db, keys::CF_TOKENS)?,
@@ -1201,7 +1283,8 @@ impl TokenStore for RocksStore {
         record: TokenRecord,
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.blocking(move |inner| insert_blocking(inner, &record, &event))
+        let txn = record.txn;
+        self.locked(txn, move |inner| insert_blocking(inner, &record, &event))
     }
 
     fn get(
@@ -1250,7 +1333,10 @@ impl TokenStore for RocksStore {
         max_children: u32,
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.blocking(move |inner| insert_child_blocking(inner, &record, max_children, &event))
+        let txn = record.txn;
+        self.locked(txn, move |inner| {
+            insert_child_blocking(inner, &record, max_children, &event)
+        })
     }
 
     fn revoke(
@@ -1260,7 +1346,19 @@ impl TokenStore for RocksStore {
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
-        self.blocking(move |inner| revoke_blocking(inner, target, &by, &reason, event))
+        let store = self.clone();
+        async move {
+            // A token's transaction from its record, before the lock (see `record`).
+            let txn = match target {
+                RevokeTarget::Token(id) => store.record(id).await?.ok_or(StoreError::NotFound)?.txn,
+                RevokeTarget::Txn(txn) => txn,
+            };
+            store
+                .locked(txn, move |inner| {
+                    revoke_blocking(inner, target, &by, &reason, event)
+                })
+                .await
+        }
     }
 
     fn consume_use(
@@ -1268,7 +1366,29 @@ impl TokenStore for RocksStore {
         id: TokenId,
         event: Option<Event>,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
-        self.blocking(move |inner| consume_use_blocking(inner, id, event.as_ref()))
+        let store = self.clone();
+        async move {
+            // The transaction and the limit from the record, before any lock.
+            let Some(record) = store.record(id).await? else {
+                return Ok(UseOutcome::Unknown);
+            };
+            match record.grant.max_uses {
+                None => {
+                    store
+                        .blocking(move |inner| {
+                            consume_unlimited_blocking(inner, id, event.as_ref())
+                        })
+                        .await
+                }
+                Some(max) => {
+                    store
+                        .locked(record.txn, move |inner| {
+                            consume_limited_blocking(inner, id, max, event.as_ref())
+                        })
+                        .await
+                }
+            }
+        }
     }
 
     fn purge_expired(
@@ -1907,8 +2027,160 @@ mod tests {
         assert_eq!(store.stats().await.unwrap(), StoreStats::default());
     }
 
+    /// A transaction after `from` whose lock stripe is not `hot`'s.
+    fn txn_off_stripe_of(store: &RocksStore, hot: TxnId, from: u64) -> TxnId {
+        let stripe = store.inner.txn_stripe(hot);
+        (from..)
+            .map(txn)
+            .find(|t| store.inner.txn_stripe(*t) != stripe)
+            .unwrap()
+    }
+
     fn is_revoked_event(e: &Event) -> bool {
         matches!(e.kind, writ_core::EventKind::Revoked { .. })
+    }
+
+    /// What a mutation waiting on the held transaction got.
+    #[derive(Debug)]
+    enum Waited {
+        Revoked(usize),
+        Used(UseOutcome),
+        Derived,
+    }
+
+    /// Thousands of mutations queued on one transaction's lock hold no thread of the
+    /// blocking pool, so every other store call still completes while the lock is held.
+    /// (When each waiter blocked a pool thread on the stripe, the few threads parked on it
+    /// and everything else queued behind them for as long as the lock was held.)
+    #[test]
+    fn waiters_on_one_transaction_leave_the_blocking_pool_free() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::time::Duration;
+        const WAITERS: u32 = 2_000;
+        const LIVENESS: Duration = Duration::from_secs(60);
+        async fn live<T>(what: &str, f: impl Future<Output = T>) -> T {
+            tokio::time::timeout(LIVENESS, f).await.unwrap_or_else(|_| {
+                panic!(
+                    "{what} did not complete within {LIVENESS:?} while one transaction's \
+                     lock was held: the blocking pool is starved"
+                )
+            })
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = TempDir::new().unwrap();
+            let store = open(&dir, Durability::Buffered);
+            let hot = txn(60_000);
+            let (root, used, doomed) = (tid(60_000), tid(60_001), tid(60_002));
+            store.put(record(hot, root, None)).await.unwrap();
+            let limited = conformance::with_uses(record(hot, used, Some(root)), Some(WAITERS));
+            store.put_child(limited, u32::MAX).await.unwrap();
+            store
+                .put_child(record(hot, doomed, Some(root)), u32::MAX)
+                .await
+                .unwrap();
+            let (cold, fresh) = (
+                txn_off_stripe_of(&store, hot, 61_000),
+                txn_off_stripe_of(&store, hot, 62_000),
+            );
+            let cold_token = conformance::with_uses(record(cold, tid(61_000), None), Some(5));
+            store.put(cold_token.clone()).await.unwrap();
+
+            let guard = store.hold_txn(hot).await;
+            let started = Arc::new(AtomicU32::new(0));
+            let waiters: Vec<_> = (0..WAITERS)
+                .map(|i| {
+                    let (store, started) = (store.clone(), started.clone());
+                    tokio::spawn(async move {
+                        started.fetch_add(1, Ordering::Relaxed);
+                        match i % 3 {
+                            0 => store
+                                .revoke(
+                                    RevokeTarget::Token(doomed),
+                                    "op".into(),
+                                    "r".into(),
+                                    conformance::event_at(UnixMillis(1)),
+                                )
+                                .await
+                                .map(|r| Waited::Revoked(r.ids.len())),
+                            1 => store.consume_use(used, None).await.map(Waited::Used),
+                            _ => {
+                                let child = record(hot, tid(70_000 + i), Some(root));
+                                store
+                                    .put_child(child, u32::MAX)
+                                    .await
+                                    .map(|()| Waited::Derived)
+                            }
+                        }
+                    })
+                })
+                .collect();
+            while started.load(Ordering::Relaxed) < WAITERS {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+
+            // Every kind of call, on other transactions and on the held one's tokens.
+            live("an insert", store.put(record(fresh, tid(62_000), None)))
+                .await
+                .unwrap();
+            let (r, _) = live("get_with_state", store.get_with_state(used))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.token_id, used);
+            assert!(live("state", store.state(root)).await.unwrap().is_some());
+            let seen = Event::validated(
+                conformance::event_at(UnixMillis(2)),
+                &cold_token,
+                "svc:payments",
+                None,
+                "active",
+                String::new(),
+            );
+            live("append_events", store.append_events(vec![seen]))
+                .await
+                .unwrap();
+            assert_eq!(
+                live("consume_use", store.consume_use(cold_token.token_id, None))
+                    .await
+                    .unwrap(),
+                UseOutcome::Consumed { remaining: Some(4) }
+            );
+            assert!(
+                waiters.iter().all(|w| !w.is_finished()),
+                "the held lock holds every mutation of its transaction"
+            );
+
+            drop(guard);
+            let (mut revoked, mut used_up, mut derived) = (Vec::new(), 0, 0);
+            for w in waiters {
+                match live("a waiter, once the lock was released", w)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                {
+                    Waited::Revoked(n) => revoked.push(n),
+                    Waited::Used(UseOutcome::Consumed { remaining: Some(_) }) => used_up += 1,
+                    Waited::Derived => derived += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // The first revocation revoked the token; the rest found nothing new.
+            revoked.sort_unstable();
+            assert_eq!(revoked.pop(), Some(1));
+            assert!(revoked.iter().all(|&n| n == 0), "{revoked:?}");
+            // No lost update: every use counted, every child stored.
+            assert_eq!(store.state(used).await.unwrap().unwrap().uses, used_up);
+            assert_eq!(store.txn_tokens(hot).await.unwrap().len(), 3 + derived);
+            let events = store.events(hot, None, usize::MAX).await.unwrap();
+            assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 1);
+        });
     }
 
     #[tokio::test]
