@@ -326,8 +326,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// `insert_child` under an expiring parent either lands first (and its link is
     /// deleted with the parent) or finds the parent gone
     /// ([`ParentMissing`](StoreError::ParentMissing)). Deletes are written in batches,
-    /// durable per the store's durability. `more` says whether expired tokens below
-    /// the cutoff remain.
+    /// durable per the store's durability by the time the call returns. `more` says
+    /// whether expired tokens below the cutoff remain.
     fn purge_expired(
         &self,
         cutoff: UnixMillis,

@@ -20,10 +20,11 @@
 //! by a second, short lock striped by id, taken in the blocking task after the
 //! transaction's.
 //!
-//! [`TokenStore::purge_expired`] deletes expired tokens in `WriteBatch`es of up to 256,
-//! holding the lock stripes of their transactions; the space of the deleted keys comes
-//! back through RocksDB's background compaction, or at once through
-//! [`RocksStore::compact_all`].
+//! [`TokenStore::purge_expired`] deletes expired tokens in passes of up to 256: each
+//! pass groups its tokens by lock stripe and deletes each group in its own `WriteBatch`
+//! under that stripe alone (never two at once), then syncs the WAL once. The space of
+//! the deleted keys comes back through RocksDB's background compaction, or at once
+//! through [`RocksStore::compact_all`].
 //!
 //! Durability rests on the write-ahead log, which is never disabled: an acknowledged
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
@@ -40,7 +41,7 @@ use rocksdb::{
     PrefixRange, ReadOptions, ReadTier, SliceTransform, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -875,7 +876,7 @@ fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreE
     )
 }
 
-/// Tokens deleted per `WriteBatch` (and per set of transaction locks held) by a purge.
+/// Tokens per pass of a purge (see [`purge_batch`]).
 const PURGE_BATCH: usize = 256;
 
 /// An `expiry` index key and the token id it names.
@@ -914,10 +915,16 @@ fn expired_ids(
     Ok(ids)
 }
 
-/// Deletes one batch of expired tokens, holding the lock stripes of all their
-/// transactions (taken in stripe order, so two purges cannot deadlock, and no other
-/// operation holds more than one). Blocking: run it on the blocking pool. Returns how many expiry entries were removed and the
-/// key to resume from.
+/// A token a purge deletes: its `expiry` key, id and record.
+type Expired = (Box<[u8]>, TokenId, TokenRecord);
+
+/// Deletes one pass of expired tokens. The tokens are grouped by lock stripe and each
+/// group is deleted in its own `WriteBatch` under that stripe alone, in stripe order: the
+/// purge never holds two stripes at once, so it delays only the transactions of the
+/// group it is writing. The group writes are not synced one by one; one WAL sync ends
+/// the pass (with [`Durability::Sync`]). A purge a power cut loses is redone by the next
+/// pass, and any later synced write syncs it too. Blocking: run it on the blocking pool.
+/// Returns how many expiry entries were removed and the key to resume from.
 fn purge_batch(
     inner: &Inner,
     from: Option<&[u8]>,
@@ -931,21 +938,6 @@ fn purge_batch(
     };
     let resume = after(last);
     let n = entries.len();
-    // Records are immutable, so they can be read before locking; only a purge deletes
-    // them, and deleting twice is harmless.
-    let mut records = Vec::with_capacity(n);
-    let mut stripes = BTreeSet::new();
-    for (key, id) in entries {
-        let record = get_blocking(inner, id)?;
-        if let Some(r) = &record {
-            stripes.insert(inner.txn_stripe(r.txn));
-        }
-        records.push((key, id, record));
-    }
-    let _guards: Vec<_> = stripes
-        .into_iter()
-        .map(|s| inner.txn_locks[s].blocking_lock())
-        .collect();
     let (tokens, state, txn_tokens, expiry, children) = (
         cf(db, keys::CF_TOKENS)?,
         cf(db, keys::CF_STATE)?,
@@ -953,28 +945,48 @@ fn purge_batch(
         cf(db, keys::CF_EXPIRY)?,
         cf(db, keys::CF_CHILDREN)?,
     );
-    let mut batch = WriteBatch::default();
-    for (key, id, record) in records {
-        batch.delete_cf(expiry, key);
-        let Some(record) = record else {
+    let unsynced = WriteOptions::default();
+    // Records are immutable, so they can be read before locking; only a purge deletes
+    // them, and deleting twice is harmless.
+    let mut groups: BTreeMap<usize, Vec<Expired>> = BTreeMap::new();
+    let mut orphans = WriteBatch::default();
+    for (key, id) in entries {
+        match get_blocking(inner, id)? {
+            Some(record) => groups
+                .entry(inner.txn_stripe(record.txn))
+                .or_default()
+                .push((key, id, record)),
             // An expiry entry whose token is already gone (say, purged concurrently):
-            // the entry is all there is left to delete.
-            continue;
-        };
-        batch.delete_cf(tokens, keys::token_key(id));
-        batch.delete_cf(state, keys::state_key(id));
-        batch.delete_cf(txn_tokens, keys::txn_token_key(record.txn, id));
-        if let Some(parent) = record.parent {
-            batch.delete_cf(children, keys::child_key(parent, id));
-        } else {
-            unindex_txn(inner, &mut batch, &record)?;
-        }
-        // Read under the lock: a child derived before we locked is unlinked here.
-        for child in children_of(inner, id)? {
-            batch.delete_cf(children, keys::child_key(id, child));
+            // the entry is all there is left to delete, and it needs no lock.
+            None => orphans.delete_cf(expiry, key),
         }
     }
-    db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
+    if !orphans.is_empty() {
+        db.write_opt(orphans, &unsynced).map_err(backend)?;
+    }
+    for (stripe, group) in groups {
+        let _stripe = inner.txn_locks[stripe].blocking_lock();
+        let mut batch = WriteBatch::default();
+        for (key, id, record) in group {
+            batch.delete_cf(expiry, key);
+            batch.delete_cf(tokens, keys::token_key(id));
+            batch.delete_cf(state, keys::state_key(id));
+            batch.delete_cf(txn_tokens, keys::txn_token_key(record.txn, id));
+            if let Some(parent) = record.parent {
+                batch.delete_cf(children, keys::child_key(parent, id));
+            } else {
+                unindex_txn(inner, &mut batch, &record)?;
+            }
+            // Read under the lock: a child derived before we locked is unlinked here.
+            for child in children_of(inner, id)? {
+                batch.delete_cf(children, keys::child_key(id, child));
+            }
+        }
+        db.write_opt(batch, &unsynced).map_err(backend)?;
+    }
+    if inner.durability == Durability::Sync {
+        db.flush_wal(true).map_err(backend)?;
+    }
     Ok((n, Some(resume)))
 }
 
@@ -1018,8 +1030,8 @@ fn purge_expired_blocking(
     max_tokens: usize,
 ) -> Result<PurgeStats, StoreError> {
     let mut purged = 0;
-    // Each batch resumes past the previous one instead of seeking from the start of the
-    // index and stepping over every tombstone the earlier batches left (which made a
+    // Each pass resumes past the previous one instead of seeking from the start of the
+    // index and stepping over every tombstone the earlier passes left (which made a
     // large purge quadratic).
     let mut from: Option<Vec<u8>> = None;
     while purged < max_tokens {
@@ -2232,6 +2244,116 @@ mod tests {
         assert_eq!(store.sequence_number(), written, "nothing written");
         let events = store.events(t, None, 100).await.unwrap();
         assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_purge_pass_over_many_stripes_deletes_every_token_and_index() {
+        const TXNS: u32 = 100;
+        assert!(2 * TXNS as usize <= PURGE_BATCH, "one pass");
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let mut stripes = BTreeSet::new();
+        for i in 0..TXNS {
+            // A root and a child per transaction, the child linked under the root.
+            let t = txn(64_000 + u64::from(i));
+            stripes.insert(store.inner.txn_stripe(t));
+            let (root, child) = (tid(64_000 + 2 * i), tid(64_001 + 2 * i));
+            let mut c = conformance::expiring(record(t, child, Some(root)), 4_000);
+            c.audience.id = format!("agent:{i}");
+            store
+                .put(conformance::expiring(record(t, root, None), 5_000))
+                .await
+                .unwrap();
+            store.put_child(c, 8).await.unwrap();
+        }
+        assert!(stripes.len() > 50, "{} stripes", stripes.len());
+        let live = txn(65_000);
+        store.put(record(live, tid(65_000), None)).await.unwrap();
+        let purged = store
+            .purge_expired(UnixMillis(10_000), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((purged.tokens, purged.more), (2 * TXNS as usize, false));
+        // What is left is the live token with its two index entries and its
+        // transaction's six listing entries, and the audit trail.
+        assert_eq!(
+            store.stats().await.unwrap(),
+            StoreStats {
+                tokens: 1,
+                index_entries: 2,
+                txn_index_entries: 6,
+                events: u64::from(2 * TXNS + 1),
+            }
+        );
+        for i in 0..TXNS {
+            let t = txn(64_000 + u64::from(i));
+            assert_eq!(store.txn_tokens(t).await.unwrap(), Vec::<TokenId>::new());
+        }
+        let page = store.list_txns(txns_of(None)).await.unwrap();
+        assert_eq!(page.roots.len(), 1);
+        assert_eq!(page.roots[0].0.txn, live);
+        let agent = store.list_txns(txns_of(Some("agent:7"))).await.unwrap();
+        assert!(agent.roots.is_empty());
+    }
+
+    /// A purge waiting for a stripe that is held holds no other stripe, and has already
+    /// purged the groups before it (it writes group by group, in stripe order).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_holds_one_stripe_at_a_time() {
+        use std::time::Duration;
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let mut roots = Vec::new();
+        for i in 0..64u32 {
+            let t = txn(66_000 + u64::from(i));
+            let r = conformance::expiring(record(t, tid(66_000 + i), None), 5_000);
+            store.put(r).await.unwrap();
+            roots.push((store.inner.txn_stripe(t), t, tid(66_000 + i)));
+        }
+        roots.sort();
+        let (held, held_txn, held_root) = roots[roots.len() / 2];
+        let guard = store.hold_txn(held_txn).await;
+        let purge = {
+            let store = store.clone();
+            tokio::spawn(async move { store.purge_expired(UnixMillis(10_000), 1_000).await })
+        };
+        let before: Vec<TokenId> = roots
+            .iter()
+            .filter(|(s, _, _)| *s < held)
+            .map(|(_, _, id)| *id)
+            .collect();
+        assert!(!before.is_empty());
+        tokio::time::timeout(Duration::from_secs(60), async {
+            for id in &before {
+                while store.get(*id).await.unwrap().is_some() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+        .await
+        .expect("the purge deleted nothing while one stripe was held");
+        // Now it waits for the held stripe, holding no other.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!purge.is_finished());
+        for (stripe, lock) in store.inner.txn_locks.iter().enumerate() {
+            if stripe != held {
+                assert!(
+                    lock.try_lock().is_ok(),
+                    "stripe {stripe} held while the purge waits for {held}"
+                );
+            }
+        }
+        assert!(store.get(held_root).await.unwrap().is_some());
+        drop(guard);
+        let purged = purge.await.unwrap().unwrap();
+        assert_eq!((purged.tokens, purged.more), (64, false));
+        assert_eq!(
+            store.stats().await.unwrap(),
+            StoreStats {
+                events: 64,
+                ..StoreStats::default()
+            }
+        );
     }
 
     #[test]
