@@ -549,6 +549,7 @@ impl<S: TokenStore> Service<S> {
 
     /// Revokes a token and its whole subtree, or a whole transaction. By token: whoever
     /// presents it (possession is the authority). By token id or transaction: operators.
+    /// Returns the ids newly revoked: none when everything named was revoked already.
     pub async fn revoke(
         &self,
         caller: &Caller,
@@ -559,8 +560,8 @@ impl<S: TokenStore> Service<S> {
         let now = pending.id();
         let (revoked, by) = match target {
             RevokeTarget::Token(token) => {
-                let record = match self.lookup(&token).await? {
-                    Ok((r, _)) => r,
+                let (record, state) = match self.lookup(&token).await? {
+                    Ok(found) => found,
                     Err(Miss::Malformed) => {
                         return Err(ServiceError::Token(ParentProblem::Malformed));
                     }
@@ -575,6 +576,12 @@ impl<S: TokenStore> Service<S> {
                     Caller::Party(id) if *id == record.audience.id => id.clone(),
                     _ => return Err(ServiceError::Token(ParentProblem::Invalid)),
                 };
+                // Revoked already, and so is its whole subtree (a revocation reaches every
+                // descendant at once, and a revoked token derives nothing): nothing new,
+                // answered without the store.
+                if state.revoked.is_some() {
+                    return Ok(Vec::new());
+                }
                 let ids = self
                     .store
                     .revoke(StoreTarget::Token(record.token_id), by.clone(), reason, now)
@@ -600,10 +607,13 @@ impl<S: TokenStore> Service<S> {
                 let ids = self
                     .store
                     .revoke(StoreTarget::Txn(txn), by.clone(), reason, now)
-                    .await?;
-                if ids.event.is_none() {
-                    return Err(ServiceError::NotFound(format!("txn: no transaction {txn}")));
-                }
+                    .await
+                    .map_err(|e| match e {
+                        StoreError::NotFound => {
+                            ServiceError::NotFound(format!("txn: no transaction {txn}"))
+                        }
+                        other => ServiceError::Store(other),
+                    })?;
                 (ids, by)
             }
         };

@@ -151,7 +151,8 @@ pub struct StoreStats {
 pub struct Revoked {
     /// The tokens newly revoked, in walk order.
     pub ids: Vec<TokenId>,
-    /// The audit event written with the revocation; `None` when nothing existed to revoke.
+    /// The audit event written with the revocation; `None` when nothing was newly
+    /// revoked, in which case nothing at all was written.
     pub event: Option<Event>,
 }
 
@@ -248,8 +249,9 @@ pub(crate) fn collect_page(
 /// transaction, so none loses an update and a child derived while an ancestor is being
 /// revoked is either revoked with it or refused.
 ///
-/// Futures must be polled inside a Tokio runtime. Dropping a pending future does not
-/// cancel the operation: an `insert` whose future was dropped may still land.
+/// Futures must be polled inside a Tokio runtime. Dropping a pending future abandons the
+/// operation at most while it has not started (say, while it waits for its
+/// transaction): a write whose future was dropped may still land.
 pub trait TokenStore: Send + Sync + 'static {
     /// Stores a new root record, all its index entries (including the transaction's, for
     /// [`list_txns`](TokenStore::list_txns)) and its `minted` audit event in one atomic
@@ -314,8 +316,11 @@ pub trait TokenStore: Send + Sync + 'static {
     /// atomic write, skipping tokens already revoked: a revocation is never overwritten.
     /// The same write appends the `revoked` audit event, with id `event` (whose time is
     /// the revocation's). Returns the ids newly revoked and the event.
-    /// [`NotFound`](StoreError::NotFound) for an unknown token; an unknown transaction
-    /// revokes (and records) nothing.
+    ///
+    /// When nothing is newly revoked (everything named is revoked already), nothing is
+    /// written, neither state nor event (nor an fsync): the answer is no ids and
+    /// `event: None`. [`NotFound`](StoreError::NotFound) for an unknown token, and for a
+    /// transaction that holds no token (unknown, or purged whole).
     fn revoke(
         &self,
         target: RevokeTarget,
@@ -344,8 +349,8 @@ pub trait TokenStore: Send + Sync + 'static {
     /// `insert_child` under an expiring parent either lands first (and its link is
     /// deleted with the parent) or finds the parent gone
     /// ([`ParentMissing`](StoreError::ParentMissing)). Deletes are written in batches,
-    /// durable per the store's durability. `more` says whether expired tokens below
-    /// the cutoff remain.
+    /// durable per the store's durability by the time the call returns. `more` says
+    /// whether expired tokens below the cutoff remain.
     fn purge_expired(
         &self,
         cutoff: UnixMillis,

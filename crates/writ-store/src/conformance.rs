@@ -579,9 +579,19 @@ async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
     for n in [44_000, 44_002, 44_006] {
         assert_eq!(store.state(tid(n)).await.unwrap().unwrap().revoked, None);
     }
-    // Nothing new to revoke, and the first revocation stands.
+    // Nothing new to revoke, so nothing is recorded, and the first revocation stands.
     assert_eq!(revoke(44_001, "second").await.unwrap(), vec![]);
     assert_eq!(revoke(44_003, "third").await.unwrap(), vec![]);
+    let again = store
+        .revoke(
+            RevokeTarget::Token(tid(44_005)),
+            "op".to_owned(),
+            "fourth".to_owned(),
+            event_at(UnixMillis(9)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.ids, again.event), (vec![], None));
     let s = store.state(tid(44_005)).await.unwrap().unwrap();
     assert_eq!(revoked_reason(&s), Some(("first", tid(44_001))));
     // Revoking the root reaches only what is left.
@@ -631,10 +641,21 @@ async fn revoking_a_txn_revokes_all_its_tokens<S: TokenStore>(store: &S) {
         store.state(tid(45_100)).await.unwrap().unwrap().revoked,
         None
     );
-    assert_eq!(revoke(RevokeTarget::Txn(t), "again").await.unwrap(), vec![]);
+    // Again: nothing new, nothing recorded.
+    let again = store
+        .revoke(
+            RevokeTarget::Txn(t),
+            "op".to_owned(),
+            "again".to_owned(),
+            event_at(UnixMillis(3)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.ids, again.event), (vec![], None));
+    // A transaction that holds no token does not exist.
     assert_eq!(
-        revoke(RevokeTarget::Txn(txn(759)), "none").await.unwrap(),
-        vec![]
+        revoke(RevokeTarget::Txn(txn(759)), "none").await,
+        Err(StoreError::NotFound)
     );
 }
 
@@ -1063,18 +1084,30 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
         .unwrap();
     assert_eq!(all.ids, vec![tid(3_000)]);
     assert_eq!(all.event.as_ref().unwrap().token, None);
-    // An unknown transaction: nothing revoked, nothing recorded.
-    let none = store
-        .revoke(
-            RevokeTarget::Txn(txn(3_000_001)),
-            "op".into(),
-            "x".into(),
-            EventId(50_000),
-        )
-        .await
-        .unwrap();
-    assert_eq!(none.ids, Vec::<TokenId>::new());
-    assert_eq!(none.event, None);
+    // Revoking either again revokes nothing new and records nothing.
+    for (target, id) in [
+        (RevokeTarget::Token(tid(3_001)), 45_000),
+        (RevokeTarget::Token(tid(3_000)), 46_000),
+        (RevokeTarget::Txn(t), 47_000),
+    ] {
+        let again = store
+            .revoke(target, "op".into(), "again".into(), EventId(id))
+            .await
+            .unwrap();
+        assert_eq!((again.ids, again.event), (vec![], None), "{target:?}");
+    }
+    // An unknown transaction: not found, nothing recorded.
+    assert_eq!(
+        store
+            .revoke(
+                RevokeTarget::Txn(txn(3_000_001)),
+                "op".into(),
+                "x".into(),
+                EventId(50_000),
+            )
+            .await,
+        Err(StoreError::NotFound)
+    );
     assert_eq!(
         store.events(t, None, 100).await.unwrap(),
         vec![minted, derived, revocation, all.event.unwrap()]

@@ -283,15 +283,13 @@ impl State {
             }
             RevokeTarget::Txn(txn) => todo.extend(self.txn_ids(txn).into_iter().map(|id| (id, id))),
         }
+        // No token: an unknown transaction (or one purged whole).
         let Some(any) = todo
             .first()
             .and_then(|(id, _)| self.tokens.get(id))
             .cloned()
         else {
-            return Ok(Revoked {
-                ids: Vec::new(),
-                event: None,
-            });
+            return Err(StoreError::NotFound);
         };
         let mut revoked = Vec::new();
         for (id, cause) in todo {
@@ -305,6 +303,13 @@ impl State {
                 });
                 revoked.push(id);
             }
+        }
+        // Nothing new: nothing is recorded.
+        if revoked.is_empty() {
+            return Ok(Revoked {
+                ids: revoked,
+                event: None,
+            });
         }
         let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
         self.append(event.clone());

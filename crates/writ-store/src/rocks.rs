@@ -1,21 +1,30 @@
 //! [`RocksStore`]: the embedded, durable [`TokenStore`], on RocksDB.
 //!
 //! One column family per key space (see `keys`). Every engine call is blocking, so
-//! each runs on Tokio's blocking pool and never stalls an async worker. That is also
-//! where group commit comes from: concurrent writers block in RocksDB's write thread,
-//! which batches them into one WAL write and one fsync.
+//! each runs on Tokio's blocking pool and never stalls an async worker; only point
+//! reads that memtable and block cache can answer (Validate's, and the record read a
+//! mutation starts with) run on the calling thread. The pool is also where group commit
+//! comes from: concurrent writers block in RocksDB's write thread, which batches them
+//! into one WAL write and one fsync.
 //!
 //! State mutations read, check and write under a lock striped by transaction id (every
 //! token of a call tree shares its transaction), each in one `WriteBatch`. So a child
 //! derived while an ancestor is being revoked is either inserted before the revocation
 //! walks the `children` index (and revoked with the subtree) or sees its parent revoked
-//! and is refused. Token-id uniqueness across transactions is kept by a second, per-id
-//! striped lock, always taken after the transaction's.
+//! and is refused. The stripe is an async mutex, awaited *before* the hand-off to the
+//! blocking pool; its owned guard moves into the blocking task and is dropped after the
+//! write. A waiter therefore holds no pool thread: however many mutations of one
+//! transaction queue up, the pool stays free for every other call. A mutation that names
+//! a token first reads its (immutable) record to learn the transaction, then re-checks
+//! under the lock that it still exists. Token-id uniqueness across transactions is kept
+//! by a second, short lock striped by id, taken in the blocking task after the
+//! transaction's.
 //!
-//! [`TokenStore::purge_expired`] deletes expired tokens in `WriteBatch`es of up to 256,
-//! holding the lock stripes of their transactions; the space of the deleted keys comes
-//! back through RocksDB's background compaction, or at once through
-//! [`RocksStore::compact_all`].
+//! [`TokenStore::purge_expired`] deletes expired tokens in passes of up to 256: each
+//! pass groups its tokens by lock stripe and deletes each group in its own `WriteBatch`
+//! under that stripe alone (never two at once), then syncs the WAL once. The space of
+//! the deleted keys comes back through RocksDB's background compaction, or at once
+//! through [`RocksStore::compact_all`].
 //!
 //! Durability rests on the write-ahead log, which is never disabled: an acknowledged
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
@@ -32,12 +41,13 @@ use rocksdb::{
     PrefixRange, ReadOptions, ReadTier, SliceTransform, WriteBatch, WriteOptions,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use tokio::sync::Mutex as AsyncMutex;
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
@@ -89,11 +99,14 @@ struct Inner {
     durability: Durability,
     path: PathBuf,
     /// Makes "check the id is free, then write" atomic per token id (ids are unique
-    /// across transactions). Always taken after the transaction's lock.
+    /// across transactions). Held only inside a blocking task, after the transaction's
+    /// lock, for one read and one write.
     insert_locks: Vec<Mutex<()>>,
-    /// Serialises every state mutation (insert, insert_child, revoke, consume_use) of
-    /// one transaction: all tokens of a call tree share it.
-    txn_locks: Vec<Mutex<()>>,
+    /// Serialises every read-check-write (insert, insert_child, revoke, consume_use,
+    /// purge) of one transaction: all tokens of a call tree share it. Async, and taken
+    /// before the blocking hand-off (see [`RocksStore::locked`]), so waiters hold no
+    /// thread of the blocking pool.
+    txn_locks: Vec<Arc<AsyncMutex<()>>>,
 }
 
 impl Drop for Inner {
@@ -118,14 +131,8 @@ impl Inner {
         (h.finish() % self.txn_locks.len() as u64) as usize
     }
 
-    fn lock_txn(&self, txn: TxnId) -> MutexGuard<'_, ()> {
-        self.lock_txn_stripe(self.txn_stripe(txn))
-    }
-
-    fn lock_txn_stripe(&self, stripe: usize) -> MutexGuard<'_, ()> {
-        self.txn_locks[stripe]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    fn txn_lock(&self, txn: TxnId) -> Arc<AsyncMutex<()>> {
+        self.txn_locks[self.txn_stripe(txn)].clone()
     }
 
     fn lock_id(&self, id: TokenId) -> MutexGuard<'_, ()> {
@@ -258,7 +265,9 @@ impl RocksStore {
                 durability: opts.durability,
                 path: path.to_owned(),
                 insert_locks: (0..INSERT_STRIPES).map(|_| Mutex::new(())).collect(),
-                txn_locks: (0..TXN_STRIPES).map(|_| Mutex::new(())).collect(),
+                txn_locks: (0..TXN_STRIPES)
+                    .map(|_| Arc::new(AsyncMutex::new(())))
+                    .collect(),
             }),
         })
     }
@@ -276,6 +285,65 @@ impl RocksStore {
                 .await
                 .map_err(|e| StoreError::Task(e.to_string()))?
         }
+    }
+
+    /// Runs `f` on the blocking pool holding `txn`'s lock stripe. The stripe is awaited
+    /// here, before the hand-off, so a waiter holds no pool thread; its guard moves into
+    /// the blocking task and is released when `f` returns. A future dropped while it
+    /// waits for the lock does nothing; once it has the lock, `f` runs to the end.
+    fn locked<T, F>(
+        &self,
+        txn: TxnId,
+        f: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            let guard = inner.txn_lock(txn).lock_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let out = f(&inner);
+                drop(guard);
+                out
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+        }
+    }
+
+    /// A token's record: read on the calling thread when memtable and block cache hold
+    /// it, else on the blocking pool. Records never change, so a mutation reads one
+    /// before taking its transaction's lock (and re-checks under the lock that it still
+    /// exists).
+    fn record(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send + 'static {
+        let inner = self.inner.clone();
+        let slow = self.blocking(move |inner| get_blocking(inner, id));
+        async move {
+            let cached = get_record_at(&inner, id, &read_opts_at(ReadTier::BlockCache))?;
+            match cached {
+                Some(answer) => Ok(answer),
+                None => slow.await,
+            }
+        }
+    }
+
+    /// The sequence number of the last write RocksDB applied. A diagnostic: a call that
+    /// writes nothing leaves it unchanged.
+    pub fn sequence_number(&self) -> u64 {
+        self.inner.db.latest_sequence_number()
+    }
+}
+
+#[cfg(test)]
+impl RocksStore {
+    /// Takes `txn`'s lock stripe, as a mutation of it would, until the guard is dropped.
+    async fn hold_txn(&self, txn: TxnId) -> tokio::sync::OwnedMutexGuard<()> {
+        self.inner.txn_lock(txn).lock_owned().await
     }
 }
 
@@ -426,6 +494,7 @@ fn put_event(db: &DB, batch: &mut WriteBatch, event: &Event) -> Result<(), Store
     Ok(())
 }
 
+/// Under the transaction's lock ([`RocksStore::locked`]).
 fn insert_blocking(inner: &Inner, record: &TokenRecord, event: &Event) -> Result<(), StoreError> {
     let db = &inner.db;
     let tokens = cf(db, keys::CF_TOKENS)?;
@@ -434,7 +503,6 @@ fn insert_blocking(inner: &Inner, record: &TokenRecord, event: &Event) -> Result
     put_record(inner, &mut batch, record)?;
     index_txn(db, &mut batch, record)?;
     put_event(db, &mut batch, event)?;
-    let _txn_guard = inner.lock_txn(record.txn);
     let _id_guard = inner.lock_id(record.token_id);
     if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
         return Err(StoreError::Conflict);
@@ -509,6 +577,7 @@ fn state_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, Stor
     Ok(token_exists(inner, id)?.then(TokenState::default))
 }
 
+/// Under the transaction's lock ([`RocksStore::locked`]).
 fn insert_child_blocking(
     inner: &Inner,
     record: &TokenRecord,
@@ -525,8 +594,6 @@ fn insert_child_blocking(
         keys::child_key(parent_id, record.token_id),
         keys::EMPTY_VALUE,
     );
-
-    let _txn_guard = inner.lock_txn(record.txn);
     let _id_guard = inner.lock_id(record.token_id);
     if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
@@ -613,6 +680,8 @@ fn scan_ids(
     Ok(ids)
 }
 
+/// Under the lock of `target`'s transaction ([`RocksStore::locked`]). Writes nothing
+/// (no state, no event) when nothing is newly revoked.
 fn revoke_blocking(
     inner: &Inner,
     target: RevokeTarget,
@@ -621,22 +690,15 @@ fn revoke_blocking(
     event: EventId,
 ) -> Result<Revoked, StoreError> {
     let at = event.at();
-    let txn = match target {
-        RevokeTarget::Token(id) => get_blocking(inner, id)?.ok_or(StoreError::NotFound)?.txn,
-        RevokeTarget::Txn(txn) => txn,
-    };
-    let _txn_guard = inner.lock_txn(txn);
-    // Read before the lock; cleanup may have purged it since. Never write state for a
-    // token that is gone.
-    if let RevokeTarget::Token(id) = target
-        && !token_exists(inner, id)?
-    {
-        return Err(StoreError::NotFound);
-    }
     // (token, cause) pairs, in walk order.
     let mut todo: Vec<(TokenId, TokenId)> = Vec::new();
     match target {
         RevokeTarget::Token(root) => {
+            // Its record was read before the lock; cleanup may have purged it since.
+            // Never write state for a token that is gone.
+            if !token_exists(inner, root)? {
+                return Err(StoreError::NotFound);
+            }
             let mut seen = BTreeSet::from([root]);
             let mut queue = VecDeque::from([root]);
             while let Some(id) = queue.pop_front() {
@@ -656,13 +718,10 @@ fn revoke_blocking(
             );
         }
     }
-    let Some(any) = todo.first().map(|(id, _)| *id) else {
-        return Ok(Revoked {
-            ids: Vec::new(),
-            event: None,
-        });
+    // No token: an unknown transaction (or one purged whole).
+    let Some(&(first, _)) = todo.first() else {
+        return Err(StoreError::NotFound);
     };
-    let any = get_blocking(inner, any)?.ok_or_else(|| corrupt("indexed token has no record"))?;
     let mut batch = WriteBatch::default();
     let mut revoked = Vec::new();
     for (id, cause) in todo {
@@ -679,6 +738,13 @@ fn revoke_blocking(
         put_state(inner, &mut batch, id, &state)?;
         revoked.push(id);
     }
+    if revoked.is_empty() {
+        return Ok(Revoked {
+            ids: revoked,
+            event: None,
+        });
+    }
+    let any = get_blocking(inner, first)?.ok_or_else(|| corrupt("indexed token has no record"))?;
     let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
     put_event(&inner.db, &mut batch, &event)?;
     inner
@@ -691,27 +757,31 @@ fn revoke_blocking(
     })
 }
 
-fn consume_use_blocking(
+/// A token without a use limit: nothing to count, so no lock; one read decides and only
+/// the event is written.
+fn consume_unlimited_blocking(
     inner: &Inner,
     id: TokenId,
     event: Option<&Event>,
 ) -> Result<UseOutcome, StoreError> {
-    let Some(record) = get_blocking(inner, id)? else {
-        return Ok(UseOutcome::Unknown);
-    };
-    let Some(max) = record.grant.max_uses else {
-        // Nothing to count: one read decides; only the event is written.
-        if read_state(inner, id)?.is_some_and(|s| s.revoked.is_some()) {
-            return Ok(UseOutcome::Revoked);
-        }
-        if let Some(e) = event {
-            append_events_blocking(inner, std::slice::from_ref(e))?;
-        }
-        return Ok(UseOutcome::Consumed { remaining: None });
-    };
-    let _txn_guard = inner.lock_txn(record.txn);
+    if read_state(inner, id)?.is_some_and(|s| s.revoked.is_some()) {
+        return Ok(UseOutcome::Revoked);
+    }
+    if let Some(e) = event {
+        append_events_blocking(inner, std::slice::from_ref(e))?;
+    }
+    Ok(UseOutcome::Consumed { remaining: None })
+}
+
+/// A token with `max` uses, under its transaction's lock ([`RocksStore::locked`]).
+fn consume_limited_blocking(
+    inner: &Inner,
+    id: TokenId,
+    max: u32,
+    event: Option<&Event>,
+) -> Result<UseOutcome, StoreError> {
     if !token_exists(inner, id)? {
-        return Ok(UseOutcome::Unknown); // purged since the read above
+        return Ok(UseOutcome::Unknown); // purged since its record was read
     }
     let mut state = read_state(inner, id)?.unwrap_or_default();
     if state.revoked.is_some() {
@@ -746,22 +816,46 @@ fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, Store
     }
 }
 
-/// A token's record and state, read at `tier`. With `ReadTier::BlockCache` the read never
-/// touches the disk, and `Ok(None)` (rather than an answer) says it would have had to.
+/// Whether a read at `ReadTier::BlockCache` stopped because it needed the disk.
+fn needs_disk(e: &rocksdb::Error) -> bool {
+    e.kind() == rocksdb::ErrorKind::Incomplete
+}
+
+fn read_opts_at(tier: ReadTier) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_read_tier(tier);
+    opts
+}
+
+/// A token's record, read with `opts`. When they set `ReadTier::BlockCache` the read
+/// never touches the disk, and `Ok(None)` (rather than an answer) says it would have had
+/// to.
+fn get_record_at(
+    inner: &Inner,
+    id: TokenId,
+    opts: &ReadOptions,
+) -> Result<Option<Option<TokenRecord>>, StoreError> {
+    let db = &inner.db;
+    match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), opts) {
+        Ok(Some(v)) => Ok(Some(Some(codec::decode(&v)?))),
+        Ok(None) => Ok(Some(None)),
+        Err(e) if needs_disk(&e) => Ok(None),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// A token's record and state, read at `tier`, as [`get_record_at`] reads a record.
 fn get_with_state_at(
     inner: &Inner,
     id: TokenId,
     tier: ReadTier,
 ) -> Result<Option<Option<(TokenRecord, TokenState)>>, StoreError> {
     let db = &inner.db;
-    let mut opts = ReadOptions::default();
-    opts.set_read_tier(tier);
-    let needs_disk = |e: &rocksdb::Error| e.kind() == rocksdb::ErrorKind::Incomplete;
-    let record = match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), &opts) {
-        Ok(Some(v)) => codec::decode(&v)?,
-        Ok(None) => return Ok(Some(None)),
-        Err(e) if needs_disk(&e) => return Ok(None),
-        Err(e) => return Err(backend(e)),
+    let opts = read_opts_at(tier);
+    let record = match get_record_at(inner, id, &opts)? {
+        Some(Some(record)) => record,
+        Some(None) => return Ok(Some(None)),
+        None => return Ok(None),
     };
     let state = match db.get_pinned_cf_opt(cf(db, keys::CF_STATE)?, keys::state_key(id), &opts) {
         Ok(Some(v)) => codec::decode_state(&v)?,
@@ -818,7 +912,7 @@ fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreE
     )
 }
 
-/// Tokens deleted per `WriteBatch` (and per set of transaction locks held) by a purge.
+/// Tokens per pass of a purge (see [`purge_batch`]).
 const PURGE_BATCH: usize = 256;
 
 /// An `expiry` index key and the token id it names.
@@ -857,10 +951,16 @@ fn expired_ids(
     Ok(ids)
 }
 
-/// Deletes one batch of expired tokens, holding the lock stripes of all their
-/// transactions (taken in stripe order, so two purges cannot deadlock, and no other
-/// operation holds more than one). Returns how many expiry entries were removed and the
-/// key to resume from.
+/// A token a purge deletes: its `expiry` key, id and record.
+type Expired = (Box<[u8]>, TokenId, TokenRecord);
+
+/// Deletes one pass of expired tokens. The tokens are grouped by lock stripe and each
+/// group is deleted in its own `WriteBatch` under that stripe alone, in stripe order: the
+/// purge never holds two stripes at once, so it delays only the transactions of the
+/// group it is writing. The group writes are not synced one by one; one WAL sync ends
+/// the pass (with [`Durability::Sync`]). A purge a power cut loses is redone by the next
+/// pass, and any later synced write syncs it too. Blocking: run it on the blocking pool.
+/// Returns how many expiry entries were removed and the key to resume from.
 fn purge_batch(
     inner: &Inner,
     from: Option<&[u8]>,
@@ -874,21 +974,6 @@ fn purge_batch(
     };
     let resume = after(last);
     let n = entries.len();
-    // Records are immutable, so they can be read before locking; only a purge deletes
-    // them, and deleting twice is harmless.
-    let mut records = Vec::with_capacity(n);
-    let mut stripes = BTreeSet::new();
-    for (key, id) in entries {
-        let record = get_blocking(inner, id)?;
-        if let Some(r) = &record {
-            stripes.insert(inner.txn_stripe(r.txn));
-        }
-        records.push((key, id, record));
-    }
-    let _guards: Vec<_> = stripes
-        .into_iter()
-        .map(|s| inner.lock_txn_stripe(s))
-        .collect();
     let (tokens, state, txn_tokens, expiry, children) = (
         cf(db, keys::CF_TOKENS)?,
         cf(db, keys::CF_STATE)?,
@@ -896,28 +981,48 @@ fn purge_batch(
         cf(db, keys::CF_EXPIRY)?,
         cf(db, keys::CF_CHILDREN)?,
     );
-    let mut batch = WriteBatch::default();
-    for (key, id, record) in records {
-        batch.delete_cf(expiry, key);
-        let Some(record) = record else {
+    let unsynced = WriteOptions::default();
+    // Records are immutable, so they can be read before locking; only a purge deletes
+    // them, and deleting twice is harmless.
+    let mut groups: BTreeMap<usize, Vec<Expired>> = BTreeMap::new();
+    let mut orphans = WriteBatch::default();
+    for (key, id) in entries {
+        match get_blocking(inner, id)? {
+            Some(record) => groups
+                .entry(inner.txn_stripe(record.txn))
+                .or_default()
+                .push((key, id, record)),
             // An expiry entry whose token is already gone (say, purged concurrently):
-            // the entry is all there is left to delete.
-            continue;
-        };
-        batch.delete_cf(tokens, keys::token_key(id));
-        batch.delete_cf(state, keys::state_key(id));
-        batch.delete_cf(txn_tokens, keys::txn_token_key(record.txn, id));
-        if let Some(parent) = record.parent {
-            batch.delete_cf(children, keys::child_key(parent, id));
-        } else {
-            unindex_txn(inner, &mut batch, &record)?;
-        }
-        // Read under the lock: a child derived before we locked is unlinked here.
-        for child in children_of(inner, id)? {
-            batch.delete_cf(children, keys::child_key(id, child));
+            // the entry is all there is left to delete, and it needs no lock.
+            None => orphans.delete_cf(expiry, key),
         }
     }
-    db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
+    if !orphans.is_empty() {
+        db.write_opt(orphans, &unsynced).map_err(backend)?;
+    }
+    for (stripe, group) in groups {
+        let _stripe = inner.txn_locks[stripe].blocking_lock();
+        let mut batch = WriteBatch::default();
+        for (key, id, record) in group {
+            batch.delete_cf(expiry, key);
+            batch.delete_cf(tokens, keys::token_key(id));
+            batch.delete_cf(state, keys::state_key(id));
+            batch.delete_cf(txn_tokens, keys::txn_token_key(record.txn, id));
+            if let Some(parent) = record.parent {
+                batch.delete_cf(children, keys::child_key(parent, id));
+            } else {
+                unindex_txn(inner, &mut batch, &record)?;
+            }
+            // Read under the lock: a child derived before we locked is unlinked here.
+            for child in children_of(inner, id)? {
+                batch.delete_cf(children, keys::child_key(id, child));
+            }
+        }
+        db.write_opt(batch, &unsynced).map_err(backend)?;
+    }
+    if inner.durability == Durability::Sync {
+        db.flush_wal(true).map_err(backend)?;
+    }
     Ok((n, Some(resume)))
 }
 
@@ -961,8 +1066,8 @@ fn purge_expired_blocking(
     max_tokens: usize,
 ) -> Result<PurgeStats, StoreError> {
     let mut purged = 0;
-    // Each batch resumes past the previous one instead of seeking from the start of the
-    // index and stepping over every tombstone the earlier batches left (which made a
+    // Each pass resumes past the previous one instead of seeking from the start of the
+    // index and stepping over every tombstone the earlier passes left (which made a
     // large purge quadratic).
     let mut from: Option<Vec<u8>> = None;
     while purged < max_tokens {
@@ -1226,7 +1331,8 @@ impl TokenStore for RocksStore {
         record: TokenRecord,
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.blocking(move |inner| insert_blocking(inner, &record, &event))
+        let txn = record.txn;
+        self.locked(txn, move |inner| insert_blocking(inner, &record, &event))
     }
 
     fn get(
@@ -1275,7 +1381,10 @@ impl TokenStore for RocksStore {
         max_children: u32,
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        self.blocking(move |inner| insert_child_blocking(inner, &record, max_children, &event))
+        let txn = record.txn;
+        self.locked(txn, move |inner| {
+            insert_child_blocking(inner, &record, max_children, &event)
+        })
     }
 
     fn revoke(
@@ -1285,7 +1394,19 @@ impl TokenStore for RocksStore {
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
-        self.blocking(move |inner| revoke_blocking(inner, target, &by, &reason, event))
+        let store = self.clone();
+        async move {
+            // A token's transaction from its record, before the lock (see `record`).
+            let txn = match target {
+                RevokeTarget::Token(id) => store.record(id).await?.ok_or(StoreError::NotFound)?.txn,
+                RevokeTarget::Txn(txn) => txn,
+            };
+            store
+                .locked(txn, move |inner| {
+                    revoke_blocking(inner, target, &by, &reason, event)
+                })
+                .await
+        }
     }
 
     fn consume_use(
@@ -1293,7 +1414,29 @@ impl TokenStore for RocksStore {
         id: TokenId,
         event: Option<Event>,
     ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
-        self.blocking(move |inner| consume_use_blocking(inner, id, event.as_ref()))
+        let store = self.clone();
+        async move {
+            // The transaction and the limit from the record, before any lock.
+            let Some(record) = store.record(id).await? else {
+                return Ok(UseOutcome::Unknown);
+            };
+            match record.grant.max_uses {
+                None => {
+                    store
+                        .blocking(move |inner| {
+                            consume_unlimited_blocking(inner, id, event.as_ref())
+                        })
+                        .await
+                }
+                Some(max) => {
+                    store
+                        .locked(record.txn, move |inner| {
+                            consume_limited_blocking(inner, id, max, event.as_ref())
+                        })
+                        .await
+                }
+            }
+        }
     }
 
     fn purge_expired(
@@ -1953,6 +2096,323 @@ mod tests {
         let purged = store.purge_expired(UnixMillis(6), 10).await.unwrap();
         assert_eq!((purged.tokens, purged.more), (1, false));
         assert_eq!(store.stats().await.unwrap(), StoreStats::default());
+    }
+
+    /// A transaction after `from` whose lock stripe is not `hot`'s.
+    fn txn_off_stripe_of(store: &RocksStore, hot: TxnId, from: u64) -> TxnId {
+        let stripe = store.inner.txn_stripe(hot);
+        (from..)
+            .map(txn)
+            .find(|t| store.inner.txn_stripe(*t) != stripe)
+            .unwrap()
+    }
+
+    fn is_revoked_event(e: &Event) -> bool {
+        matches!(e.kind, writ_core::EventKind::Revoked { .. })
+    }
+
+    /// What a mutation waiting on the held transaction got.
+    #[derive(Debug)]
+    enum Waited {
+        Revoked(usize),
+        Used(UseOutcome),
+        Derived,
+    }
+
+    /// Thousands of mutations queued on one transaction's lock hold no thread of the
+    /// blocking pool, so every other store call still completes while the lock is held.
+    /// (When each waiter blocked a pool thread on the stripe, the few threads parked on it
+    /// and everything else queued behind them for as long as the lock was held.)
+    #[test]
+    fn waiters_on_one_transaction_leave_the_blocking_pool_free() {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        use std::time::Duration;
+        const WAITERS: u32 = 2_000;
+        const LIVENESS: Duration = Duration::from_secs(60);
+        async fn live<T>(what: &str, f: impl Future<Output = T>) -> T {
+            tokio::time::timeout(LIVENESS, f).await.unwrap_or_else(|_| {
+                panic!(
+                    "{what} did not complete within {LIVENESS:?} while one transaction's \
+                     lock was held: the blocking pool is starved"
+                )
+            })
+        }
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .max_blocking_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = TempDir::new().unwrap();
+            let store = open(&dir, Durability::Buffered);
+            let hot = txn(60_000);
+            let (root, used, doomed) = (tid(60_000), tid(60_001), tid(60_002));
+            store.put(record(hot, root, None)).await.unwrap();
+            let limited = conformance::with_uses(record(hot, used, Some(root)), Some(WAITERS));
+            store.put_child(limited, u32::MAX).await.unwrap();
+            store
+                .put_child(record(hot, doomed, Some(root)), u32::MAX)
+                .await
+                .unwrap();
+            let (cold, fresh) = (
+                txn_off_stripe_of(&store, hot, 61_000),
+                txn_off_stripe_of(&store, hot, 62_000),
+            );
+            let cold_token = conformance::with_uses(record(cold, tid(61_000), None), Some(5));
+            store.put(cold_token.clone()).await.unwrap();
+
+            let guard = store.hold_txn(hot).await;
+            let started = Arc::new(AtomicU32::new(0));
+            let waiters: Vec<_> = (0..WAITERS)
+                .map(|i| {
+                    let (store, started) = (store.clone(), started.clone());
+                    tokio::spawn(async move {
+                        started.fetch_add(1, Ordering::Relaxed);
+                        match i % 3 {
+                            0 => store
+                                .revoke(
+                                    RevokeTarget::Token(doomed),
+                                    "op".into(),
+                                    "r".into(),
+                                    conformance::event_at(UnixMillis(1)),
+                                )
+                                .await
+                                .map(|r| Waited::Revoked(r.ids.len())),
+                            1 => store.consume_use(used, None).await.map(Waited::Used),
+                            _ => {
+                                let child = record(hot, tid(70_000 + i), Some(root));
+                                store
+                                    .put_child(child, u32::MAX)
+                                    .await
+                                    .map(|()| Waited::Derived)
+                            }
+                        }
+                    })
+                })
+                .collect();
+            while started.load(Ordering::Relaxed) < WAITERS {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+
+            // Every kind of call, on other transactions and on the held one's tokens.
+            live("an insert", store.put(record(fresh, tid(62_000), None)))
+                .await
+                .unwrap();
+            let (r, _) = live("get_with_state", store.get_with_state(used))
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(r.token_id, used);
+            assert!(live("state", store.state(root)).await.unwrap().is_some());
+            let seen = Event::validated(
+                conformance::event_at(UnixMillis(2)),
+                &cold_token,
+                "svc:payments",
+                None,
+                "active",
+                String::new(),
+            );
+            live("append_events", store.append_events(vec![seen]))
+                .await
+                .unwrap();
+            assert_eq!(
+                live("consume_use", store.consume_use(cold_token.token_id, None))
+                    .await
+                    .unwrap(),
+                UseOutcome::Consumed { remaining: Some(4) }
+            );
+            assert!(
+                waiters.iter().all(|w| !w.is_finished()),
+                "the held lock holds every mutation of its transaction"
+            );
+
+            drop(guard);
+            let (mut revoked, mut used_up, mut derived) = (Vec::new(), 0, 0);
+            for w in waiters {
+                match live("a waiter, once the lock was released", w)
+                    .await
+                    .unwrap()
+                    .unwrap()
+                {
+                    Waited::Revoked(n) => revoked.push(n),
+                    Waited::Used(UseOutcome::Consumed { remaining: Some(_) }) => used_up += 1,
+                    Waited::Derived => derived += 1,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            // The first revocation revoked the token; the rest found nothing new.
+            revoked.sort_unstable();
+            assert_eq!(revoked.pop(), Some(1));
+            assert!(revoked.iter().all(|&n| n == 0), "{revoked:?}");
+            // No lost update: every use counted, every child stored.
+            assert_eq!(store.state(used).await.unwrap().unwrap().uses, used_up);
+            assert_eq!(store.txn_tokens(hot).await.unwrap().len(), 3 + derived);
+            let events = store.events(hot, None, usize::MAX).await.unwrap();
+            assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 1);
+        });
+    }
+
+    #[tokio::test]
+    async fn a_revocation_that_changes_nothing_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let t = txn(63_000);
+        let (root, child) = (tid(63_000), tid(63_001));
+        store.put(record(t, root, None)).await.unwrap();
+        store
+            .put_child(record(t, child, Some(root)), 8)
+            .await
+            .unwrap();
+        let revoke = |target| {
+            store.revoke(
+                target,
+                "op".into(),
+                "r".into(),
+                conformance::event_at(UnixMillis(7)),
+            )
+        };
+        let first = revoke(RevokeTarget::Token(child)).await.unwrap();
+        assert_eq!(first.ids, vec![child]);
+        assert!(first.event.is_some());
+        let written = store.sequence_number();
+        let again = revoke(RevokeTarget::Token(child)).await.unwrap();
+        assert_eq!((again.ids, again.event), (vec![], None));
+        assert_eq!(store.sequence_number(), written, "nothing written");
+
+        let all = revoke(RevokeTarget::Txn(t)).await.unwrap();
+        assert_eq!(all.ids, vec![root]);
+        let written = store.sequence_number();
+        for target in [
+            RevokeTarget::Txn(t),
+            RevokeTarget::Token(root),
+            RevokeTarget::Token(child),
+        ] {
+            let again = revoke(target).await.unwrap();
+            assert_eq!((again.ids, again.event), (vec![], None), "{target:?}");
+        }
+        assert_eq!(
+            revoke(RevokeTarget::Txn(txn(63_001))).await,
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(
+            revoke(RevokeTarget::Token(tid(63_999))).await,
+            Err(StoreError::NotFound)
+        );
+        assert_eq!(store.sequence_number(), written, "nothing written");
+        let events = store.events(t, None, 100).await.unwrap();
+        assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_purge_pass_over_many_stripes_deletes_every_token_and_index() {
+        const TXNS: u32 = 100;
+        assert!(2 * TXNS as usize <= PURGE_BATCH, "one pass");
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let mut stripes = BTreeSet::new();
+        for i in 0..TXNS {
+            // A root and a child per transaction, the child linked under the root.
+            let t = txn(64_000 + u64::from(i));
+            stripes.insert(store.inner.txn_stripe(t));
+            let (root, child) = (tid(64_000 + 2 * i), tid(64_001 + 2 * i));
+            let mut c = conformance::expiring(record(t, child, Some(root)), 4_000);
+            c.audience.id = format!("agent:{i}");
+            store
+                .put(conformance::expiring(record(t, root, None), 5_000))
+                .await
+                .unwrap();
+            store.put_child(c, 8).await.unwrap();
+        }
+        assert!(stripes.len() > 50, "{} stripes", stripes.len());
+        let live = txn(65_000);
+        store.put(record(live, tid(65_000), None)).await.unwrap();
+        let purged = store
+            .purge_expired(UnixMillis(10_000), usize::MAX)
+            .await
+            .unwrap();
+        assert_eq!((purged.tokens, purged.more), (2 * TXNS as usize, false));
+        // What is left is the live token with its two index entries and its
+        // transaction's six listing entries, and the audit trail.
+        assert_eq!(
+            store.stats().await.unwrap(),
+            StoreStats {
+                tokens: 1,
+                index_entries: 2,
+                txn_index_entries: 6,
+                events: u64::from(2 * TXNS + 1),
+            }
+        );
+        for i in 0..TXNS {
+            let t = txn(64_000 + u64::from(i));
+            assert_eq!(store.txn_tokens(t).await.unwrap(), Vec::<TokenId>::new());
+        }
+        let page = store.list_txns(txns_of(None)).await.unwrap();
+        assert_eq!(page.roots.len(), 1);
+        assert_eq!(page.roots[0].0.txn, live);
+        let agent = store.list_txns(txns_of(Some("agent:7"))).await.unwrap();
+        assert!(agent.roots.is_empty());
+    }
+
+    /// A purge waiting for a stripe that is held holds no other stripe, and has already
+    /// purged the groups before it (it writes group by group, in stripe order).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_purge_holds_one_stripe_at_a_time() {
+        use std::time::Duration;
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let mut roots = Vec::new();
+        for i in 0..64u32 {
+            let t = txn(66_000 + u64::from(i));
+            let r = conformance::expiring(record(t, tid(66_000 + i), None), 5_000);
+            store.put(r).await.unwrap();
+            roots.push((store.inner.txn_stripe(t), t, tid(66_000 + i)));
+        }
+        roots.sort();
+        let (held, held_txn, held_root) = roots[roots.len() / 2];
+        let guard = store.hold_txn(held_txn).await;
+        let purge = {
+            let store = store.clone();
+            tokio::spawn(async move { store.purge_expired(UnixMillis(10_000), 1_000).await })
+        };
+        let before: Vec<TokenId> = roots
+            .iter()
+            .filter(|(s, _, _)| *s < held)
+            .map(|(_, _, id)| *id)
+            .collect();
+        assert!(!before.is_empty());
+        tokio::time::timeout(Duration::from_secs(60), async {
+            for id in &before {
+                while store.get(*id).await.unwrap().is_some() {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+        .await
+        .expect("the purge deleted nothing while one stripe was held");
+        // Now it waits for the held stripe, holding no other.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!purge.is_finished());
+        for (stripe, lock) in store.inner.txn_locks.iter().enumerate() {
+            if stripe != held {
+                assert!(
+                    lock.try_lock().is_ok(),
+                    "stripe {stripe} held while the purge waits for {held}"
+                );
+            }
+        }
+        assert!(store.get(held_root).await.unwrap().is_some());
+        drop(guard);
+        let purged = purge.await.unwrap().unwrap();
+        assert_eq!((purged.tokens, purged.more), (64, false));
+        assert_eq!(
+            store.stats().await.unwrap(),
+            StoreStats {
+                events: 64,
+                ..StoreStats::default()
+            }
+        );
     }
 
     #[test]
