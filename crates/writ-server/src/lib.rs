@@ -12,7 +12,7 @@
 //!   listings, the audit trail and its live watch).
 //! - [`cleanup`]: the background task that reclaims expired tokens and old events.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
-//! - [`transport`]: socket settings of accepted connections.
+//! - [`transport`]: socket settings and the cap on accepted connections.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
 //!
 //! [`start`] takes the data directory's lock before it reads or generates any secret and
@@ -81,6 +81,13 @@ pub struct RunningServer {
 /// How long shutdown waits for in-flight requests and open streams (say, a watcher that
 /// stopped reading) before it drops the connections that are left.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the server pings each HTTP/2 connection, and how long it waits for the
+/// answer before it drops the connection: a peer that vanished (or a half-open socket
+/// behind a NAT) does not hold its connection and streams until TCP gives up.
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// See [`HTTP2_KEEPALIVE_INTERVAL`].
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish (for up to [`SHUTDOWN_GRACE`], then
@@ -237,6 +244,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .max_concurrent_streams(256)
             .concurrency_limit_per_connection(256)
             .timeout(std::time::Duration::from_secs(30))
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .add_service(svc)
             .add_service(chain)
             .serve_with_incoming_shutdown(incoming, async move {
