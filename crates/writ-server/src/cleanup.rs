@@ -7,7 +7,7 @@
 //! a step forward of more than a retention would delete live tokens with their
 //! revocations, and audit evidence. So the "now" cleanup purges against follows the wall
 //! clock but never runs ahead of the monotonic clock by more than [`CLOCK_SLACK`] per
-//! run ([`tick`]): a step forward is absorbed gradually, a step back purges only what the
+//! run (`tick`): a step forward is absorbed gradually, a step back purges only what the
 //! wall clock says and never moves the remembered cutoff back, and a step of more than
 //! [`CLOCK_WARNING`] either way is logged.
 
