@@ -3,22 +3,26 @@
 //! off the request path, and the live feed that WatchEvents streams from.
 //!
 //! Minted, downscoped and revoked events are written by the store in the same atomic
-//! write as the token change they describe, so the trail never misses one that landed;
-//! the service only [`publish`](Audit::publish)es them. Validated and refused events go
-//! through [`record`](Audit::record): queued (bounded, so a slow disk slows Validate
+//! write as the token change they describe, so the trail never misses one that landed.
+//! The service runs such a write through [`commit`](Audit::commit), in a task of its own:
+//! a request that goes away mid-write (a client deadline, a reset stream) still gets its
+//! event announced and its id settled once the write lands. Validated and refused events
+//! go through [`record`](Audit::record): queued (bounded, so a slow disk slows Validate
 //! rather than dropping evidence) and written by one task in batches, which group-commits
-//! them. Watchers only ever see events that are stored. A crash can lose the events
-//! still queued (milliseconds' worth); [`flush`](Audit::flush) waits until everything
-//! queued before it is stored, so a ListEvents reads what the server has answered.
+//! them; a `record` cancelled while it waits for room settles its id and queues nothing.
+//! Watchers only ever see events that are stored. A crash can lose the events still
+//! queued (milliseconds' worth); [`flush`](Audit::flush) waits until everything queued
+//! before it is stored, so a ListEvents reads what the server has answered.
 
 use crate::service::now_micros;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use writ_core::{Event, EventId};
-use writ_store::{StoreError, TokenStore};
+use writ_store::{StoreError, TokenStore, UseOutcome};
 
 /// Events queued for the writer before `record` waits.
 const QUEUE: usize = 16 * 1024;
@@ -63,7 +67,7 @@ fn lock(issuer: &Mutex<Issuer>) -> MutexGuard<'_, Issuer> {
 /// An event id issued and not yet settled. While it is pending, readers see no event with
 /// a later id ([`Audit::visible_before`]), so a reader paging by id never skips an event
 /// that commits late. Dropping it settles it: do so once its event is stored (or will
-/// not be); [`Audit::record`] hands it to the writer instead.
+/// not be); [`Audit::record`] and [`Audit::commit`] settle it themselves.
 #[must_use = "an unsettled id hides every later event from readers until dropped"]
 #[derive(Debug)]
 pub struct Pending {
@@ -103,8 +107,16 @@ impl Audit {
     pub async fn start<S: TokenStore>(
         store: Arc<S>,
     ) -> Result<(Arc<Audit>, JoinHandle<()>), StoreError> {
+        Audit::start_with_capacity(store, QUEUE).await
+    }
+
+    /// [`start`](Audit::start) with a queue of `capacity` events (tests fill it).
+    pub(crate) async fn start_with_capacity<S: TokenStore>(
+        store: Arc<S>,
+        capacity: usize,
+    ) -> Result<(Arc<Audit>, JoinHandle<()>), StoreError> {
         let last = store.last_event_id().await?.map_or(0, |id| id.0);
-        let (queue, rx) = mpsc::channel(QUEUE);
+        let (queue, rx) = mpsc::channel(capacity);
         let (live, _) = broadcast::channel(LIVE_BUFFER);
         let issuer = Arc::new(Mutex::new(Issuer {
             last,
@@ -149,13 +161,58 @@ impl Audit {
     }
 
     /// Queues `event` (whose id `pending` issued) for the writer, which settles the id
-    /// once the event is stored. Waits only when the queue is full.
+    /// once the event is stored. Waits only when the queue is full. Cancel-safe: the id
+    /// passes to the writer only together with a place in the queue, so a caller that
+    /// goes away while waiting settles it (and the event is not recorded).
     pub async fn record(&self, mut pending: Pending, event: Event) {
         debug_assert_eq!(pending.id, event.id);
-        pending.armed = false;
-        if self.queue.send(Msg::Event(event)).await.is_err() {
-            tracing::error!("audit writer has stopped; an event was not recorded");
-            lock(&self.issuer).pending.remove(&pending.id.0);
+        match self.queue.reserve().await {
+            Ok(place) => {
+                pending.armed = false;
+                place.send(Msg::Event(event));
+            }
+            // `pending` drops armed: settled.
+            Err(_) => tracing::error!("audit writer has stopped; an event was not recorded"),
+        }
+    }
+
+    /// Runs `write`, a store write that carries `event` (whose id `pending` issued), on
+    /// `store` in a task of its own, so it runs to the end even if the caller goes away;
+    /// once it has written the event, announces it to watchers and settles the id.
+    /// Returns the write's result and, if the event was not written, the id still
+    /// pending (record another event under it, or drop it to settle it).
+    pub async fn commit<S, T, W, F>(
+        &self,
+        pending: Option<Pending>,
+        event: Option<Event>,
+        store: &Arc<S>,
+        write: W,
+    ) -> (Result<T, StoreError>, Option<Pending>)
+    where
+        S: TokenStore,
+        T: Written + Send + 'static,
+        W: FnOnce(Arc<S>) -> F + Send + 'static,
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        let live = self.live.clone();
+        let store = store.clone();
+        let task = tokio::spawn(async move {
+            let result = write(store).await;
+            if !result.as_ref().is_ok_and(Written::written) {
+                return (result, pending);
+            }
+            if let Some(event) = event {
+                // No watcher is not an error.
+                let _ = live.send(Arc::new(event));
+            }
+            drop(pending);
+            (result, None)
+        });
+        match task.await {
+            Ok(done) => done,
+            // The task panicked (its `pending` was dropped, settled) or the runtime is
+            // shutting down: whether the write landed is unknown.
+            Err(e) => (Err(StoreError::Task(e.to_string())), None),
         }
     }
 
@@ -175,6 +232,26 @@ impl Audit {
     /// their batch is written.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.live.subscribe()
+    }
+}
+
+/// Whether a store write's result means its event was written with it.
+pub trait Written {
+    /// True if the event went into the store with this outcome.
+    fn written(&self) -> bool;
+}
+
+/// Insert, insert_child: a success wrote the event.
+impl Written for () {
+    fn written(&self) -> bool {
+        true
+    }
+}
+
+/// consume_use writes the event only with the use it spent.
+impl Written for UseOutcome {
+    fn written(&self) -> bool {
+        matches!(self, UseOutcome::Consumed { .. })
     }
 }
 
@@ -260,7 +337,326 @@ async fn write_loop<S: TokenStore>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use writ_store::MemoryStore;
+    use std::future::poll_fn;
+    use std::pin::pin;
+    use std::task::Poll;
+    use tokio::sync::watch;
+    use writ_core::{
+        ActorKind, ClientType, EventKind, KeyRing, Party, ServerKey, TokenId, TokenRecord,
+        TokenState, TxnId, UnixMillis,
+    };
+    use writ_store::{
+        MemoryStore, PurgeStats, RevokeTarget, Revoked, StoreStats, TxnPage, TxnQuery,
+    };
+
+    /// A [`MemoryStore`] whose `insert` and `append_events` wait until the gate opens.
+    /// Like RocksStore's, a gated write runs detached: dropping its future does not
+    /// cancel it. Every other method is forwarded.
+    #[derive(Debug)]
+    struct Gated {
+        inner: Arc<MemoryStore>,
+        open: watch::Sender<bool>,
+        /// Gated writes called so far.
+        entered: watch::Sender<usize>,
+    }
+
+    impl Gated {
+        fn new() -> Arc<Gated> {
+            Arc::new(Gated {
+                inner: Arc::new(MemoryStore::new()),
+                open: watch::Sender::new(false),
+                entered: watch::Sender::new(0),
+            })
+        }
+
+        fn open(&self) {
+            self.open.send_replace(true);
+        }
+
+        /// Resolves once `n` gated writes have been called.
+        async fn entered(&self, n: usize) {
+            let _ = self.entered.subscribe().wait_for(|c| *c >= n).await;
+        }
+
+        fn gated<T: Send + 'static>(
+            &self,
+            write: impl Future<Output = Result<T, StoreError>> + Send + 'static,
+        ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static {
+            let mut open = self.open.subscribe();
+            self.entered.send_modify(|n| *n += 1);
+            let task = tokio::spawn(async move {
+                let _ = open.wait_for(|o| *o).await;
+                write.await
+            });
+            async move { task.await.map_err(|e| StoreError::Task(e.to_string()))? }
+        }
+    }
+
+    impl TokenStore for Gated {
+        fn insert(
+            &self,
+            record: TokenRecord,
+            event: Event,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            let inner = self.inner.clone();
+            self.gated(async move { inner.insert(record, event).await })
+        }
+        fn get(
+            &self,
+            id: TokenId,
+        ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
+            self.inner.get(id)
+        }
+        fn txn_tokens(
+            &self,
+            txn: TxnId,
+        ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+            self.inner.txn_tokens(txn)
+        }
+        fn state(
+            &self,
+            id: TokenId,
+        ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send {
+            self.inner.state(id)
+        }
+        fn get_with_state(
+            &self,
+            id: TokenId,
+        ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send
+        {
+            self.inner.get_with_state(id)
+        }
+        fn insert_child(
+            &self,
+            record: TokenRecord,
+            max_children: u32,
+            event: Event,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.inner.insert_child(record, max_children, event)
+        }
+        fn revoke(
+            &self,
+            target: RevokeTarget,
+            by: String,
+            reason: String,
+            event: EventId,
+        ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
+            self.inner.revoke(target, by, reason, event)
+        }
+        fn consume_use(
+            &self,
+            id: TokenId,
+            event: Option<Event>,
+        ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
+            self.inner.consume_use(id, event)
+        }
+        fn purge_expired(
+            &self,
+            cutoff: UnixMillis,
+            max_tokens: usize,
+        ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+            self.inner.purge_expired(cutoff, max_tokens)
+        }
+        fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+            self.inner.stats()
+        }
+        fn list_txns(
+            &self,
+            query: TxnQuery,
+        ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send {
+            self.inner.list_txns(query)
+        }
+        fn append_events(
+            &self,
+            events: Vec<Event>,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            let inner = self.inner.clone();
+            self.gated(async move { inner.append_events(events).await })
+        }
+        fn events(
+            &self,
+            txn: TxnId,
+            after: Option<EventId>,
+            limit: usize,
+        ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+            self.inner.events(txn, after, limit)
+        }
+        fn last_event_id(
+            &self,
+        ) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send {
+            self.inner.last_event_id()
+        }
+        fn purge_events(
+            &self,
+            cutoff: UnixMillis,
+            max_events: usize,
+        ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+            self.inner.purge_events(cutoff, max_events)
+        }
+    }
+
+    fn txn() -> TxnId {
+        TxnId::new(UnixMillis(1), [9; 10])
+    }
+
+    /// A validated event of [`txn`] under `id`.
+    fn validated(id: EventId) -> Event {
+        Event {
+            id,
+            txn: txn(),
+            subject: "alice".into(),
+            token: None,
+            actor: "booking".into(),
+            kind: EventKind::Validated {
+                action: None,
+                result: "inactive".into(),
+                detail: "wrong_audience".into(),
+            },
+        }
+    }
+
+    /// Finding 5: a `record` dropped while it waits for room in a full queue must settle
+    /// its id. It used to disarm the id first, leak it, and hide every later event from
+    /// ListEvents until a restart.
+    #[tokio::test]
+    async fn a_record_cancelled_on_a_full_queue_does_not_hide_later_events() {
+        let store = Gated::new();
+        let (audit, writer) = Audit::start_with_capacity(store.clone(), 1).await.unwrap();
+        // The writer takes the first event and waits in `append_events`...
+        let first = audit.issue();
+        let first_id = first.id();
+        audit.record(first, validated(first_id)).await;
+        store.entered(1).await;
+        // ...the second fills the queue (of one)...
+        let second = audit.issue();
+        let e = validated(second.id());
+        audit.record(second, e).await;
+        // ...and the third waits for room: poll it once, then give up on it.
+        let third = audit.issue();
+        let third_id = third.id();
+        {
+            let mut waiting = pin!(audit.record(third, validated(third_id)));
+            let polled = poll_fn(|cx| Poll::Ready(waiting.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "the queue is full, so record waits");
+        }
+        assert_eq!(
+            audit.visible_before(),
+            first_id,
+            "the first is still being written"
+        );
+        store.open();
+        audit.flush().await.unwrap();
+        let visible = audit.visible_before();
+        assert!(
+            visible > third_id,
+            "the cancelled record's id was leaked: {visible:?}"
+        );
+        // Events recorded afterwards become visible.
+        let later = audit.issue();
+        let later_id = later.id();
+        audit.record(later, validated(later_id)).await;
+        audit.flush().await.unwrap();
+        assert!(later_id < audit.visible_before());
+        let stored: Vec<EventId> = store
+            .events(txn(), None, 10)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| e.id)
+            .collect();
+        assert_eq!(
+            stored.len(),
+            3,
+            "first, second and later; not the cancelled one"
+        );
+        assert!(!stored.contains(&third_id) && stored.contains(&later_id));
+        drop(audit);
+        writer.await.unwrap();
+    }
+
+    /// Finding 11: a Mint whose request goes away while the store writes must still
+    /// announce its event to watchers and keep its id pending until the write lands.
+    /// It used to settle the id at once and never publish.
+    #[tokio::test]
+    async fn a_mint_cancelled_mid_write_still_reaches_watchers() {
+        use crate::auth::Caller;
+        use crate::config::ValidationEvents;
+        use crate::service::Service;
+        use writ_core::narrow::{MintRequest, Policy};
+
+        let store = Gated::new();
+        let (audit, writer) = Audit::start(store.clone()).await.unwrap();
+        let mut live = audit.subscribe();
+        let keys = KeyRing::new(vec![ServerKey {
+            id: 1,
+            key: [7; 32],
+        }])
+        .unwrap();
+        let service = Service::new(
+            store.clone(),
+            keys,
+            Policy::default(),
+            "example.org".into(),
+            16,
+            audit.clone(),
+            ValidationEvents::All,
+        );
+        let caller = Caller::Minter("gw".into());
+        let req = MintRequest {
+            subject: "alice".into(),
+            audience: Party {
+                id: "planner".into(),
+                kind: ActorKind::Agent,
+                client_type: ClientType::Confidential,
+            },
+            targets: ["booking".to_string()].into(),
+            scopes: ["trips:book".to_string()].into(),
+            claims: Default::default(),
+            purpose: String::new(),
+            tctx: Default::default(),
+            rctx: Default::default(),
+            ttl_secs: None,
+            max_uses: None,
+        };
+        let mut mint = Box::pin(service.mint(&caller, req));
+        tokio::select! {
+            r = &mut mint => panic!("the mint finished while its insert was held: {r:?}"),
+            () = store.entered(1) => {}
+        }
+        drop(mint);
+        let held = audit.visible_before();
+        assert_ne!(
+            held,
+            EventId(u64::MAX),
+            "the minted event's id stays pending"
+        );
+        assert!(
+            live.try_recv().is_err(),
+            "nothing is announced before it is stored"
+        );
+        store.open();
+        let event = tokio::time::timeout(Duration::from_secs(10), live.recv())
+            .await
+            .expect("the minted event reaches the watcher")
+            .unwrap();
+        assert!(matches!(event.kind, EventKind::Minted { .. }), "{event:?}");
+        assert_eq!(event.id, held);
+        let token = event.token.unwrap();
+        assert!(
+            store.get(token).await.unwrap().is_some(),
+            "the token landed"
+        );
+        for _ in 0..100 {
+            if audit.visible_before() > event.id {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(audit.visible_before() > event.id, "the id is settled");
+        drop(service);
+        drop(audit);
+        writer.await.unwrap();
+    }
 
     #[test]
     fn event_ids_strictly_increase_even_when_the_clock_is_behind() {

@@ -5,12 +5,19 @@
 //! metadata header. That assertion is not authenticated: it is an interim measure until
 //! mTLS with SPIFFE-style identities and client credentials replace the body of
 //! [`Authenticator::identify`]. Nothing else in the server reads caller metadata.
+//!
+//! Each identity header may appear at most once: a request carrying two values of
+//! `x-writ-caller` or `authorization` is refused (`INVALID_ARGUMENT`) rather than resolved
+//! by picking one, so a proxy that appends its own value after a client's cannot be
+//! bypassed. Proxies must still strip these headers from clients.
 
 use crate::secrets::{Credentials, Role};
 use tonic::metadata::MetadataMap;
 
 /// Metadata header carrying an asserted caller identity (interim; see module docs).
 pub const CALLER_HEADER: &str = "x-writ-caller";
+/// Metadata header carrying a minter's or operator's bearer credential.
+const AUTHORIZATION: &str = "authorization";
 
 /// Who is calling.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -63,8 +70,16 @@ impl Authenticator {
 
     /// Decides who is calling. A bearer credential wins; if it is present it must be
     /// valid, and an `x-writ-caller` header beside it must name the same minter. Nobody
-    /// may assert a minter's identity without its credential.
+    /// may assert a minter's identity without its credential. A header sent more than
+    /// once is malformed.
     pub fn identify(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
+        for header in [CALLER_HEADER, AUTHORIZATION] {
+            if md.get_all(header).iter().nth(1).is_some() {
+                return Err(AuthError::Malformed(format!(
+                    "{header}: sent more than once; send exactly one value"
+                )));
+            }
+        }
         let asserted = match md.get(CALLER_HEADER) {
             None => None,
             Some(v) => {
@@ -76,7 +91,7 @@ impl Authenticator {
                 Some(s.to_string())
             }
         };
-        if let Some(v) = md.get("authorization") {
+        if let Some(v) = md.get(AUTHORIZATION) {
             let value = v.to_str().map_err(|_| AuthError::BadCredential)?;
             // RFC 7235: the scheme is case-insensitive.
             let cred = match value.split_once(' ') {
@@ -185,5 +200,33 @@ mod tests {
             a.identify(&md(&[(CALLER_HEADER, "a b")])),
             Err(AuthError::Malformed(_))
         ));
+    }
+
+    /// Finding 3: a second value must not be ignored (the first used to win).
+    #[test]
+    fn a_header_sent_twice_is_refused_naming_it() {
+        let a = auth();
+        let mut callers = md(&[(CALLER_HEADER, "planner")]);
+        callers.append(CALLER_HEADER, "booking".parse().unwrap());
+        match a.identify(&callers) {
+            Err(AuthError::Malformed(m)) => assert!(m.starts_with(CALLER_HEADER), "{m}"),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        // Even two identical values, and even when the first is a valid credential.
+        let bearer = format!("Bearer {C1}");
+        let mut creds = md(&[("authorization", &bearer)]);
+        creds.append("authorization", bearer.parse().unwrap());
+        match a.identify(&creds) {
+            Err(AuthError::Malformed(m)) => assert!(m.starts_with("authorization"), "{m}"),
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+        let mut mixed = md(&[("authorization", &bearer)]);
+        mixed.append("authorization", "Bearer other".parse().unwrap());
+        assert!(matches!(a.identify(&mixed), Err(AuthError::Malformed(_))));
+        let err = crate::error::ServiceError::from(a.identify(&callers).unwrap_err());
+        assert_eq!(
+            tonic::Status::from(err).code(),
+            tonic::Code::InvalidArgument
+        );
     }
 }

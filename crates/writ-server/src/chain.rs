@@ -2,6 +2,11 @@
 //! ancestry (each node with its status and what narrowed relative to its parent), the
 //! transaction listing, and the audit trail, stored and live. Read-only; built from the
 //! store's indexes, never a scan.
+//!
+//! A live watch holds a task and a buffer, so watches are bounded: [`MAX_WATCHERS`] per
+//! server and [`MAX_WATCHERS_PER_OPERATOR`] per operator, and a watcher that stops
+//! reading for [`WATCH_SEND_TIMEOUT`] (or falls [`crate::audit::LIVE_BUFFER`] events
+//! behind) is ended with `RESOURCE_EXHAUSTED`, giving its place back.
 
 use crate::audit::Audit;
 use crate::auth::{Authenticator, Caller};
@@ -9,8 +14,8 @@ use crate::error::ServiceError;
 use crate::service::now;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
@@ -28,6 +33,15 @@ use writ_store::{TokenStore, TreeEntry, TxnQuery};
 pub const MAX_TREE_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most WatchEvents streams open at once, server-wide: each holds a task and a buffer.
 pub const MAX_WATCHERS: usize = 64;
+/// Most WatchEvents streams one operator may hold open, so that one operator (or one
+/// leaked operator credential) cannot take every place.
+pub const MAX_WATCHERS_PER_OPERATOR: usize = 16;
+/// How long a watch waits for its watcher to make room for the next event before it ends
+/// the stream: a client that keeps its connection open but stops reading would otherwise
+/// hold its place forever.
+pub const WATCH_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Events buffered per watch, one place of which is kept for the status that ends it.
+const WATCH_BUFFER: usize = 256;
 
 /// The gRPC face of the chain queries.
 #[derive(Debug)]
@@ -39,26 +53,58 @@ pub struct ChainGrpc<S> {
     /// graceful shutdown waiting forever).
     stop: watch::Receiver<bool>,
     /// Open watch streams.
-    watchers: Arc<AtomicUsize>,
+    watchers: Arc<Mutex<Watchers>>,
 }
 
-/// Holds one of the [`MAX_WATCHERS`] places until the watch ends.
-struct WatchSlot(Arc<AtomicUsize>);
+/// Open watch streams, in all and per operator.
+#[derive(Debug, Default)]
+struct Watchers {
+    total: usize,
+    by_operator: HashMap<String, usize>,
+}
+
+/// Holds one of the [`MAX_WATCHERS`] places (and one of its operator's
+/// [`MAX_WATCHERS_PER_OPERATOR`]) until the watch ends.
+#[derive(Debug)]
+struct WatchSlot {
+    watchers: Arc<Mutex<Watchers>>,
+    operator: String,
+}
 
 impl WatchSlot {
-    fn take(count: &Arc<AtomicUsize>) -> Option<WatchSlot> {
-        count
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < MAX_WATCHERS).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| WatchSlot(count.clone()))
+    fn take(watchers: &Arc<Mutex<Watchers>>, operator: &str) -> Result<WatchSlot, Status> {
+        // Every critical section leaves the counts consistent: a poisoned lock is usable.
+        let mut w = watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        if w.total >= MAX_WATCHERS {
+            return Err(Status::resource_exhausted(format!(
+                "{MAX_WATCHERS} event watches are already open on this server"
+            )));
+        }
+        let mine = w.by_operator.entry(operator.to_owned()).or_default();
+        if *mine >= MAX_WATCHERS_PER_OPERATOR {
+            return Err(Status::resource_exhausted(format!(
+                "operator {operator:?} already has {MAX_WATCHERS_PER_OPERATOR} event watches open"
+            )));
+        }
+        *mine += 1;
+        w.total += 1;
+        Ok(WatchSlot {
+            watchers: watchers.clone(),
+            operator: operator.to_owned(),
+        })
     }
 }
 
 impl Drop for WatchSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        let mut w = self.watchers.lock().unwrap_or_else(PoisonError::into_inner);
+        w.total = w.total.saturating_sub(1);
+        if let Some(n) = w.by_operator.get_mut(&self.operator) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.by_operator.remove(&self.operator);
+            }
+        }
     }
 }
 
@@ -75,7 +121,7 @@ impl<S> ChainGrpc<S> {
             auth,
             audit,
             stop,
-            watchers: Arc::new(AtomicUsize::new(0)),
+            watchers: Arc::default(),
         }
     }
 }
@@ -84,7 +130,8 @@ impl<S> ChainGrpc<S> {
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>> + Send>>;
 
 /// Forwards live events that pass `filter` to `out` until the watcher goes away, falls
-/// behind (ended with RESOURCE_EXHAUSTED) or the server stops.
+/// behind or stops reading for [`WATCH_SEND_TIMEOUT`] (both ended with
+/// RESOURCE_EXHAUSTED), or the server stops (UNAVAILABLE).
 async fn forward(
     _slot: WatchSlot,
     mut live: broadcast::Receiver<Arc<writ_core::Event>>,
@@ -92,42 +139,55 @@ async fn forward(
     out: mpsc::Sender<Result<pb::AuditEvent, Status>>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let shutting_down = || Err(Status::unavailable("the server is shutting down"));
-    loop {
+    // One place is kept for the status that ends the stream, so it is delivered even
+    // to a watcher whose buffer is full.
+    let Ok(last) = out.clone().reserve_owned().await else {
+        return;
+    };
+    let shutting_down = || Status::unavailable("the server is shutting down");
+    let end = loop {
         let event = tokio::select! {
             e = live.recv() => e,
-            _ = stop.wait_for(|s| *s) => {
-                let _ = out.try_send(shutting_down());
-                return;
-            }
-            () = out.closed() => return,
+            _ = stop.wait_for(|s| *s) => break Some(shutting_down()),
+            () = out.closed() => break None,
         };
         let item = match event {
-            Ok(e) if filter.matches(&e) => Ok(convert::event_pb(&e)),
+            Ok(e) if filter.matches(&e) => convert::event_pb(&e),
             Ok(_) => continue,
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                Err(Status::resource_exhausted(format!(
+                break Some(Status::resource_exhausted(format!(
                     "watcher fell {n} events behind and was dropped; \
-                 read the gap with ListEvents and watch again"
-                )))
+                     read the gap with ListEvents and watch again"
+                )));
             }
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(broadcast::error::RecvError::Closed) => break None,
         };
-        let last = item.is_err();
-        // A watcher that stops reading must not hold up shutdown.
+        // A watcher that stops reading must neither hold its place nor hold up shutdown.
         tokio::select! {
-            sent = out.send(item) => if sent.is_err() || last { return },
-            _ = stop.wait_for(|s| *s) => {
-                let _ = out.try_send(shutting_down());
-                return;
-            }
+            sent = tokio::time::timeout(WATCH_SEND_TIMEOUT, out.send(Ok(item))) => match sent {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break None,
+                Err(_) => break Some(Status::resource_exhausted(format!(
+                    "watcher stopped reading for {} s and was dropped; \
+                     read the gap with ListEvents and watch again",
+                    WATCH_SEND_TIMEOUT.as_secs()
+                ))),
+            },
+            _ = stop.wait_for(|s| *s) => break Some(shutting_down()),
         }
+    };
+    if let Some(status) = end {
+        let _ = last.send(Err(status));
     }
 }
 
-fn operator_only(auth: &Authenticator, md: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+/// The operator behind a chain query, or why the caller may not make one.
+fn operator_only(
+    auth: &Authenticator,
+    md: &tonic::metadata::MetadataMap,
+) -> Result<String, Status> {
     match auth.identify(md).map_err(ServiceError::from)? {
-        Caller::Operator(_) => Ok(()),
+        Caller::Operator(id) => Ok(id),
         Caller::Anonymous => Err(ServiceError::Unauthenticated(
             "authorization: chain queries require an operator credential".into(),
         )
@@ -260,14 +320,10 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        operator_only(&self.auth, request.metadata())?;
+        let operator = operator_only(&self.auth, request.metadata())?;
         let filter = convert::watch_events_request(request.into_inner())?;
-        let slot = WatchSlot::take(&self.watchers).ok_or_else(|| {
-            Status::resource_exhausted(format!(
-                "{MAX_WATCHERS} event watches are already open on this server"
-            ))
-        })?;
-        let (tx, rx) = mpsc::channel(256);
+        let slot = WatchSlot::take(&self.watchers, &operator)?;
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(forward(
             slot,
             self.audit.subscribe(),
@@ -416,8 +472,8 @@ mod tests {
         }
         let (tx, mut out) = mpsc::channel(16);
         let (_stop_tx, stop) = watch::channel(false);
-        let count = Arc::new(AtomicUsize::new(0));
-        let slot = WatchSlot::take(&count).unwrap();
+        let watchers = Arc::default();
+        let slot = WatchSlot::take(&watchers, "ops").unwrap();
         tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
         let first = out.recv().await.unwrap();
         let status = first.unwrap_err();
@@ -425,7 +481,7 @@ mod tests {
         assert!(status.message().contains("6 events behind"), "{status:?}");
         // The stream ends there, and the watch gives its place back.
         assert!(out.recv().await.is_none());
-        assert_eq!(count.load(Ordering::Acquire), 0);
+        assert_eq!(open(&watchers), 0);
     }
 
     #[tokio::test]
@@ -433,8 +489,8 @@ mod tests {
         let (live, rx) = broadcast::channel(4);
         let (tx, mut out) = mpsc::channel(16);
         let (stop_tx, stop) = watch::channel(false);
-        let count = Arc::new(AtomicUsize::new(0));
-        let slot = WatchSlot::take(&count).unwrap();
+        let watchers = Arc::default();
+        let slot = WatchSlot::take(&watchers, "ops").unwrap();
         let task = tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
         live.send(event(1)).unwrap();
         assert!(out.recv().await.unwrap().is_ok());
@@ -443,5 +499,102 @@ mod tests {
         let end = out.recv().await.unwrap().unwrap_err();
         assert_eq!(end.code(), tonic::Code::Unavailable);
         assert!(out.recv().await.is_none());
+    }
+
+    fn open(watchers: &Arc<Mutex<Watchers>>) -> usize {
+        let w = watchers.lock().unwrap();
+        assert_eq!(w.total, w.by_operator.values().sum::<usize>());
+        w.total
+    }
+
+    /// Finding 12: a watcher that keeps its connection but stops reading is ended after
+    /// WATCH_SEND_TIMEOUT (it used to hold its place forever), and is told why even
+    /// though its buffer is full.
+    #[tokio::test(start_paused = true)]
+    async fn a_watcher_that_stops_reading_is_ended_and_gives_its_place_back() {
+        let (live, rx) = broadcast::channel(16);
+        // One place for an event, one kept for the final status.
+        let (tx, mut out) = mpsc::channel(2);
+        let (_stop_tx, stop) = watch::channel(false);
+        let watchers = Arc::default();
+        let slot = WatchSlot::take(&watchers, "ops").unwrap();
+        let started = tokio::time::Instant::now();
+        let task = tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        for n in 0..3 {
+            live.send(event(n)).unwrap();
+        }
+        // Nobody reads: the buffer fills and the watch waits, then gives up.
+        tokio::time::timeout(2 * WATCH_SEND_TIMEOUT, task)
+            .await
+            .expect("the watch ended on its own")
+            .unwrap();
+        assert!(
+            started.elapsed() >= WATCH_SEND_TIMEOUT,
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(open(&watchers), 0, "its place is free again");
+        assert!(
+            out.recv().await.unwrap().is_ok(),
+            "what fitted is delivered"
+        );
+        let end = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::ResourceExhausted);
+        assert!(end.message().contains("stopped reading"), "{end:?}");
+        assert!(out.recv().await.is_none());
+    }
+
+    /// A watcher that reads, however slowly, within the timeout keeps its stream.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_within_the_timeout_keeps_its_watch() {
+        let (live, rx) = broadcast::channel(16);
+        let (tx, mut out) = mpsc::channel(2);
+        let (_stop_tx, stop) = watch::channel(false);
+        let watchers = Arc::default();
+        let slot = WatchSlot::take(&watchers, "ops").unwrap();
+        tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        for n in 0..4 {
+            live.send(event(n)).unwrap();
+        }
+        for n in 0..4 {
+            tokio::time::sleep(WATCH_SEND_TIMEOUT - Duration::from_secs(1)).await;
+            let e = out.recv().await.unwrap().unwrap();
+            assert_eq!(e.id, EventId(n).to_string());
+        }
+        assert_eq!(open(&watchers), 1);
+    }
+
+    /// Finding 12: one operator cannot take every server-wide place.
+    #[test]
+    fn watches_are_capped_per_operator_and_per_server() {
+        let watchers = Arc::default();
+        let mut alice: Vec<WatchSlot> = (0..MAX_WATCHERS_PER_OPERATOR)
+            .map(|_| WatchSlot::take(&watchers, "alice").unwrap())
+            .collect();
+        let refused = WatchSlot::take(&watchers, "alice").unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(refused.message().contains("alice"), "{refused:?}");
+        // Others are unaffected, and a place given back can be taken again.
+        let bob = WatchSlot::take(&watchers, "bob").unwrap();
+        alice.pop();
+        alice.push(WatchSlot::take(&watchers, "alice").unwrap());
+        assert_eq!(open(&watchers), MAX_WATCHERS_PER_OPERATOR + 1);
+        drop(bob);
+        // The server-wide cap still holds across operators.
+        let mut others = Vec::new();
+        for i in 0.. {
+            match WatchSlot::take(&watchers, &format!("op{}", i / MAX_WATCHERS_PER_OPERATOR)) {
+                Ok(slot) => others.push(slot),
+                Err(status) => {
+                    assert!(status.message().contains("on this server"), "{status:?}");
+                    break;
+                }
+            }
+        }
+        assert_eq!(open(&watchers), MAX_WATCHERS);
+        drop(alice);
+        drop(others);
+        assert_eq!(open(&watchers), 0);
+        assert!(watchers.lock().unwrap().by_operator.is_empty());
     }
 }

@@ -3,14 +3,20 @@
 //!
 //! Layout:
 //! - [`config`]: defaults, the TOML file, validation.
-//! - [`secrets`]: the server key ring and the local minter credential on disk.
+//! - [`secrets`]: the data directory's lock and ownership checks, the server key ring and
+//!   the local minter and operator credentials on disk.
 //! - [`auth`]: the one seam that decides who is calling.
 //! - [`service`]: Mint, Downscope, Validate and Revoke over any [`writ_store::TokenStore`].
-//! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry).
-//! - [`cleanup`]: the background task that reclaims expired tokens.
+//! - [`audit`]: the audit trail's event clock, batched writer and live feed.
+//! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry,
+//!   listings, the audit trail and its live watch).
+//! - [`cleanup`]: the background task that reclaims expired tokens and old events.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
-//! - [`transport`]: socket settings of accepted connections.
+//! - [`transport`]: socket settings and the cap on accepted connections.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
+//!
+//! [`start`] takes the data directory's lock before it reads or generates any secret and
+//! holds it until the server has stopped and closed its store.
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
@@ -68,11 +74,20 @@ pub struct RunningServer {
     audit_writer: JoinHandle<()>,
     /// Released last, off the async threads: closing the store flushes its memtables.
     store: Arc<RocksStore>,
+    /// Held until the store is closed: one server per data directory.
+    lock: secrets::DataDirLock,
 }
 
 /// How long shutdown waits for in-flight requests and open streams (say, a watcher that
 /// stopped reading) before it drops the connections that are left.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How often the server pings each HTTP/2 connection, and how long it waits for the
+/// answer before it drops the connection: a peer that vanished (or a half-open socket
+/// behind a NAT) does not hold its connection and streams until TCP gives up.
+pub const HTTP2_KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
+/// See [`HTTP2_KEEPALIVE_INTERVAL`].
+pub const HTTP2_KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
 
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish (for up to [`SHUTDOWN_GRACE`], then
@@ -116,6 +131,8 @@ impl RunningServer {
         // Normally the last handle: its drop flushes the store (blocking work).
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        // Only now may another server open this data directory.
+        drop(self.lock);
         served
     }
 }
@@ -134,6 +151,9 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     }
     let data_dir = config.data_dir.clone();
     secrets::ensure_private_dir(&data_dir)?;
+    // Before any secret is read or generated: a second server on this directory stops
+    // here, and two first starts cannot race to create the secrets.
+    let lock = secrets::lock_data_dir(&data_dir)?;
     let keys = secrets::load_or_create_key_ring(&data_dir)?;
     let mut credentials = secrets::Credentials::default();
     if config.minters.is_empty() {
@@ -227,6 +247,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .max_concurrent_streams(256)
             .concurrency_limit_per_connection(256)
             .timeout(std::time::Duration::from_secs(30))
+            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
+            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
             .add_service(svc)
             .add_service(chain)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -243,6 +265,7 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         cleanup,
         audit_writer,
         store: store_handle,
+        lock,
     })
 }
 
@@ -264,5 +287,31 @@ mod tests {
             !dir.path().join("data").exists(),
             "refused before touching the data dir"
         );
+    }
+
+    /// Finding 14: a second server on a data directory in use fails fast, naming it,
+    /// before it touches any secret; the directory is free again once the first stops.
+    #[tokio::test]
+    async fn a_second_server_on_one_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let first = start(config.clone()).await.unwrap();
+        let err = start(config.clone()).await.unwrap_err();
+        assert!(matches!(
+            err,
+            ServerError::Secrets(secrets::SecretsError::Locked { .. })
+        ));
+        let message = err.to_string();
+        assert!(
+            message.contains(&config.data_dir.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("in use"), "{message}");
+        first.shutdown().await.unwrap();
+        start(config).await.unwrap().shutdown().await.unwrap();
     }
 }

@@ -1,12 +1,21 @@
-//! Secrets the server keeps on disk: its MAC key ring and the local minter credential.
-//! Both are created on first start with owner-only permissions, and a file that others
-//! can read is refused rather than used.
+//! Secrets the server keeps on disk: its MAC key ring and the local minter and operator
+//! credentials, and the lock that keeps one server per data directory.
+//!
+//! - The data directory must be owned by the server's effective uid and closed to group
+//!   and others; so must every secret file, which is opened without following symlinks.
+//! - [`lock_data_dir`] takes an exclusive lock on `<data_dir>/.lock` before any secret is
+//!   read or generated, held until the server stops: a second server on the same
+//!   directory fails fast.
+//! - Secrets are generated from the operating system's RNG on first start, written to a
+//!   uniquely named temporary file, synced, and installed with a hard link, which never
+//!   replaces an existing file: if another process installed one first, that one is used.
 
-use rand::RngCore;
+use rand::TryRngCore;
+use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use subtle::ConstantTimeEq;
 use writ_core::{KeyRing, ServerKey};
@@ -24,6 +33,8 @@ pub const LOCAL_OPERATOR_ID: &str = "local-operator";
 const OPERATOR_CREDENTIAL_PREFIX: &str = "woc_";
 const CREDENTIAL_PREFIX: &str = "wmc_";
 const CREDENTIAL_CONTEXT: &str = "writ 2026-11 minter credential v1";
+/// File name of the lock inside the data directory.
+pub const LOCK_FILE: &str = ".lock";
 
 /// A secret file that cannot be created, read or trusted.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +55,19 @@ pub enum SecretsError {
         /// Its mode bits.
         mode: u32,
     },
+    /// The file or directory belongs to another user.
+    #[error(
+        "{path}: owned by uid {owner}, but this server runs as uid {euid}; \
+         a data directory and its secrets must belong to the server's user"
+    )]
+    Owner {
+        /// The file or directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The process's effective uid.
+        euid: u32,
+    },
     /// The file's content is not valid.
     #[error("{path}: {message}")]
     Invalid {
@@ -51,6 +75,15 @@ pub enum SecretsError {
         path: PathBuf,
         /// Why.
         message: String,
+    },
+    /// Another process holds the data directory's lock.
+    #[error(
+        "{dir}: the data directory is in use by another Writ server (it holds {dir}/{LOCK_FILE}); \
+         stop it, or give this one another data_dir"
+    )]
+    Locked {
+        /// The data directory.
+        dir: PathBuf,
     },
 }
 
@@ -61,8 +94,42 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SecretsError + '_ {
     }
 }
 
-/// Creates `dir` owner-only if missing; refuses an existing one that group or others can
-/// enter, since the store's files inside it inherit no stricter protection.
+/// The effective uid of this process.
+fn euid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// May a process running as `euid` trust a file or directory owned by `owner`? Only its
+/// own: not even root's, since a server running as root should not adopt another
+/// user's data directory either.
+fn trusted_owner(owner: u32, euid: u32) -> bool {
+    owner == euid
+}
+
+/// Refuses `meta` (of `path`) unless this process's user owns it and group and others
+/// have no access to it.
+fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), SecretsError> {
+    let euid = euid();
+    if !trusted_owner(meta.uid(), euid) {
+        return Err(SecretsError::Owner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            euid,
+        });
+    }
+    let mode = meta.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(SecretsError::Permissions {
+            path: path.to_owned(),
+            mode: mode & 0o777,
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` owner-only if missing; refuses an existing one that another user owns
+/// or that group or others can enter, since the store's files inside it inherit no
+/// stricter protection.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), SecretsError> {
     if !dir.exists() {
         fs::DirBuilder::new()
@@ -71,49 +138,97 @@ pub fn ensure_private_dir(dir: &Path) -> Result<(), SecretsError> {
             .create(dir)
             .map_err(io(dir))?;
     }
-    let mode = fs::metadata(dir).map_err(io(dir))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(SecretsError::Permissions {
-            path: dir.to_owned(),
-            mode: mode & 0o777,
-        });
-    }
-    Ok(())
+    check_private(dir, &fs::metadata(dir).map_err(io(dir))?)
 }
 
-/// Reads a secret file after checking that only its owner can read it.
+/// The exclusive lock on a data directory; released when dropped (or when the process
+/// dies).
+#[derive(Debug)]
+pub struct DataDirLock {
+    _file: File,
+}
+
+/// Takes the exclusive lock on `data_dir` (which must exist), without waiting:
+/// [`SecretsError::Locked`] if another server (in this or another process) holds it.
+pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, SecretsError> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&path)
+        .map_err(io(&path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(fs::TryLockError::WouldBlock) => Err(SecretsError::Locked {
+            dir: data_dir.to_owned(),
+        }),
+        Err(fs::TryLockError::Error(e)) => Err(io(&path)(e)),
+    }
+}
+
+/// Reads a secret file after checking that only its owner, this process's user, can
+/// read it. A symlink is refused, and the checks apply to the file actually read.
 fn read_private(path: &Path) -> Result<String, SecretsError> {
-    let mode = fs::metadata(path).map_err(io(path))?.permissions().mode();
-    if mode & 0o077 != 0 {
-        return Err(SecretsError::Permissions {
-            path: path.to_owned(),
-            mode: mode & 0o777,
-        });
-    }
-    fs::read_to_string(path).map_err(io(path))
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io(path))?;
+    check_private(path, &file.metadata().map_err(io(path))?)?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).map_err(io(path))?;
+    Ok(text)
 }
 
-/// Writes a new secret file with mode 0600 atomically: a temporary file is written and
-/// synced, renamed into place and the directory synced, so a crash never leaves an empty
-/// or partial secret behind.
-fn create_private(path: &Path, content: &str) -> Result<(), SecretsError> {
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
+/// Fills `buf` from the operating system's RNG (for a secret to be stored at `path`).
+fn os_random(path: &Path, buf: &mut [u8]) -> Result<(), SecretsError> {
+    OsRng
+        .try_fill_bytes(buf)
+        .map_err(|e| io(path)(std::io::Error::other(format!("the OS RNG failed: {e}"))))
+}
+
+/// Creates `path` (mode 0600; it must not exist) holding `content`, synced.
+fn write_new(path: &Path, content: &str) -> std::io::Result<()> {
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&tmp)
-        .map_err(io(&tmp))?;
-    f.write_all(content.as_bytes()).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    fs::rename(&tmp, path).map_err(io(path))?;
+        .open(path)?;
+    f.write_all(content.as_bytes())?;
+    f.sync_all()
+}
+
+/// Installs a new secret file with mode 0600, unless `path` already exists: the content
+/// is written to a temporary file of a name no other process uses, synced, and hard-linked
+/// into place (which, unlike a rename, never replaces an existing file), then the
+/// directory is synced, so a crash never leaves an empty or partial secret behind.
+/// Returns `false`, leaving the existing file alone, if `path` was there first.
+fn install_private(path: &Path, content: &str) -> Result<bool, SecretsError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("secret");
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let linked = write_new(&tmp, content).and_then(|()| fs::hard_link(&tmp, path));
+    let _ = fs::remove_file(&tmp);
+    let installed = match linked {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+        Err(e) => return Err(io(path)(e)),
+    };
     if let Some(dir) = path.parent() {
-        fs::File::open(dir)
+        File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io(dir))?;
     }
-    Ok(())
+    Ok(installed)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -135,7 +250,7 @@ pub fn load_or_create_key_ring(data_dir: &Path) -> Result<KeyRing, SecretsError>
     let path = data_dir.join(KEYS_FILE);
     if !path.exists() {
         let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
+        os_random(&path, &mut key)?;
         let file = KeyFile {
             keys: vec![KeyEntry {
                 id: 1,
@@ -150,8 +265,9 @@ pub fn load_or_create_key_ring(data_dir: &Path) -> Result<KeyRing, SecretsError>
             "# Writ server MAC keys. The first key signs new tokens; every key verifies.\n\
              # To rotate: add a new key with a new id at the top; remove old keys once their tokens expired.\n{body}"
         );
-        create_private(&path, &text)?;
-        tracing::info!(path = %path.display(), "generated a new server key");
+        if install_private(&path, &text)? {
+            tracing::info!(path = %path.display(), "generated a new server key");
+        }
     }
     let invalid = |message: String| SecretsError::Invalid {
         path: path.clone(),
@@ -214,9 +330,10 @@ fn load_or_create_local_credential(
     let path = data_dir.join(file);
     if !path.exists() {
         let mut raw = [0u8; 32];
-        rand::rng().fill_bytes(&mut raw);
-        create_private(&path, &format!("{prefix}{}\n", hex::encode(raw)))?;
-        tracing::info!(path = %path.display(), "generated the local {role} credential");
+        os_random(&path, &mut raw)?;
+        if install_private(&path, &format!("{prefix}{}\n", hex::encode(raw)))? {
+            tracing::info!(path = %path.display(), "generated the local {role} credential");
+        }
     }
     let credential = read_private(&path)?;
     let credential = credential.trim();
@@ -363,6 +480,101 @@ mod tests {
                 "{content:?}"
             );
         }
+    }
+
+    /// Finding 14: installing never replaces a secret that is already there (two
+    /// servers starting at once each keep one key ring), and leaves no temporary file.
+    #[test]
+    fn a_pre_existing_secret_is_never_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(MINTER_CREDENTIAL_FILE);
+        assert!(install_private(&p, "first\n").unwrap());
+        assert!(!install_private(&p, "second\n").unwrap());
+        assert_eq!(fs::read_to_string(&p).unwrap(), "first\n");
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        // A key ring already on disk is loaded as is.
+        let ring = load_or_create_key_ring(dir.path()).unwrap();
+        let keys = dir.path().join(KEYS_FILE);
+        let before = fs::read(&keys).unwrap();
+        assert!(!install_private(&keys, "keys = []\n").unwrap());
+        assert_eq!(fs::read(&keys).unwrap(), before);
+        let (tok, _) = ring.issue([2; 32]);
+        let again = load_or_create_key_ring(dir.path()).unwrap();
+        assert!(again.verify(tok.expose()).is_ok());
+        let names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+    }
+
+    /// Finding 14: one server per data directory; the lock goes with its holder.
+    #[test]
+    fn a_second_lock_on_a_data_dir_is_refused_until_the_first_is_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = lock_data_dir(dir.path()).unwrap();
+        let err = lock_data_dir(dir.path()).unwrap_err();
+        assert!(matches!(err, SecretsError::Locked { .. }), "{err:?}");
+        let message = err.to_string();
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("in use"), "{message}");
+        drop(first);
+        let _again = lock_data_dir(dir.path()).unwrap();
+    }
+
+    /// Finding 15: a directory or secret owned by another user is refused. The refusal
+    /// itself needs a file of another owner, which only root can make: as another user
+    /// the test checks the comparison alone.
+    #[test]
+    fn data_dirs_and_secrets_of_another_user_are_refused() {
+        assert!(trusted_owner(1000, 1000));
+        assert!(!trusted_owner(1001, 1000));
+        assert!(!trusted_owner(0, 1000), "not even root's");
+        assert!(
+            !trusted_owner(1000, 0),
+            "root adopts nobody else's directory"
+        );
+        if euid() != 0 {
+            return;
+        }
+        let other = 54_321;
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path().join("data");
+        ensure_private_dir(&d).unwrap();
+        load_or_create_local_minter(&d).unwrap();
+        let cred = d.join(MINTER_CREDENTIAL_FILE);
+        std::os::unix::fs::chown(&cred, Some(other), None).unwrap();
+        let err = load_or_create_local_minter(&d).unwrap_err();
+        assert!(
+            matches!(err, SecretsError::Owner { owner, .. } if owner == other),
+            "{err:?}"
+        );
+        std::os::unix::fs::chown(&d, Some(other), None).unwrap();
+        let err = ensure_private_dir(&d).unwrap_err();
+        assert!(
+            matches!(err, SecretsError::Owner { owner, euid: 0, .. } if owner == other),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("uid 54321"), "{err}");
+    }
+
+    #[test]
+    fn a_secret_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        fs::write(&elsewhere, format!("wmc_{}\n", "0".repeat(64))).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o600)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(MINTER_CREDENTIAL_FILE)).unwrap();
+        assert!(matches!(
+            load_or_create_local_minter(dir.path()),
+            Err(SecretsError::Io { .. })
+        ));
     }
 
     #[test]

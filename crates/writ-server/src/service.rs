@@ -10,7 +10,7 @@
 //! secret: nothing is written again, no second use or fan-out slot is spent, and no
 //! secret is ever stored. A retry with another request, or after the window, is refused.
 
-use crate::audit::Audit;
+use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
 use crate::config::ValidationEvents;
 use crate::error::{ParentProblem, ServiceError};
@@ -305,16 +305,22 @@ impl<S: TokenStore> Service<S> {
         };
         let record = narrow::mint(req, minter, &self.trust_domain, &self.policy, new)
             .map_err(ServiceError::MintRefused)?;
-        // Pending until the insert returns: readers see nothing later meanwhile.
+        // Pending until the insert lands: readers see nothing later meanwhile. The write,
+        // its announcement and the settling finish even if this request is cancelled.
         let pending = self.audit.issue();
         let event = Event::minted(pending.id(), &record);
-        match self.store.insert(record.clone(), event.clone()).await {
+        let (r, e) = (record.clone(), event.clone());
+        let insert = move |s: Arc<S>| async move { s.insert(r, e).await };
+        let (inserted, _) = self
+            .audit
+            .commit(Some(pending), Some(event), &self.store, insert)
+            .await;
+        match inserted {
             Ok(()) => {}
+            // A concurrent attempt under the same idempotency key stored it first.
             Err(StoreError::Conflict) => return self.raced(retry.as_ref()).await,
             Err(e) => return Err(e.into()),
         }
-        self.audit.publish(event);
-        drop(pending);
         tracing::info!(txn = %record.txn, token_id = %record.token_id, audience = %record.audience.id, "minted");
         Ok((secret, record))
     }
@@ -405,10 +411,14 @@ impl<S: TokenStore> Service<S> {
         let pending = self.audit.issue();
         let event = Event::downscoped(pending.id(), &parent, &child);
         // The store re-checks revocation, fan-out and the use budget under the
-        // transaction's lock, so a concurrent Revoke never leaves a usable child.
-        let stored = self
-            .store
-            .insert_child(child.clone(), self.max_children, event.clone())
+        // transaction's lock, so a concurrent Revoke never leaves a usable child. Landed,
+        // the event is announced and its id settled even if this request is cancelled;
+        // refused, the id comes back and is settled here.
+        let (c, e, max) = (child.clone(), event.clone(), self.max_children);
+        let insert = move |s: Arc<S>| async move { s.insert_child(c, max, e).await };
+        let (stored, pending) = self
+            .audit
+            .commit(Some(pending), Some(event), &self.store, insert)
             .await;
         let refusal = match stored {
             Ok(()) => None,
@@ -436,7 +446,6 @@ impl<S: TokenStore> Service<S> {
                 .await;
             return Err(error);
         }
-        self.audit.publish(event);
         tracing::info!(
             txn = %child.txn, token_id = %child.token_id, parent = %parent.token_id,
             actor = %caller_id, audience = %child.audience.id, depth = child.depth, "downscoped"
@@ -470,18 +479,13 @@ impl<S: TokenStore> Service<S> {
         let pending = (self.validations != ValidationEvents::None).then(|| self.audit.issue());
         let id = pending.as_ref().map_or(EventId(0), |p| p.id());
         let ctx = (caller_id, &record, &scope, id);
-        let (verdict, stored) = self.decide(ctx, &state, action).await?;
-        match (stored, pending) {
-            // Written with the use it spent.
-            (Some(event), pending) => {
-                self.audit.publish(event);
-                drop(pending);
-            }
-            (None, Some(pending)) if self.wants_validation(scope.is_some(), verdict.is_err()) => {
-                let event = validated_event(ctx, &verdict);
-                self.audit.record(pending, event).await;
-            }
-            (None, _) => {}
+        // `pending` comes back unless its event was written with a spent use.
+        let (verdict, pending) = self.decide(ctx, &state, action, pending).await?;
+        if let Some(pending) = pending
+            && self.wants_validation(scope.is_some(), verdict.is_err())
+        {
+            let event = validated_event(ctx, &verdict);
+            self.audit.record(pending, event).await;
         }
         Ok(match verdict {
             Ok(decision) => Validation::Active {
@@ -502,23 +506,24 @@ impl<S: TokenStore> Service<S> {
     }
 
     /// Validate's verdict on a known token: active (with the action's decision, if one
-    /// was asked) or why not; and the `validated` event if the store wrote it with a
-    /// spent use.
+    /// was asked) or why not; and `pending` back unless the store wrote the `validated`
+    /// event with a spent use (then it is announced and settled).
     async fn decide(
         &self,
         ctx: ValidationContext<'_>,
         state: &TokenState,
         action: Option<Action>,
-    ) -> Result<(Verdict, Option<Event>), ServiceError> {
+        pending: Option<Pending>,
+    ) -> Result<(Verdict, Option<Pending>), ServiceError> {
         let (caller_id, record, _, _) = ctx;
         if record.audience.id != caller_id {
-            return Ok((Err(Inactive::WrongAudience), None));
+            return Ok((Err(Inactive::WrongAudience), pending));
         }
         match lifecycle::status(record, state, now()) {
             Status::Active => {}
-            Status::Revoked => return Ok((Err(Inactive::Revoked), None)),
-            Status::Expired => return Ok((Err(Inactive::Expired), None)),
-            Status::Exhausted => return Ok((Err(Inactive::Exhausted), None)),
+            Status::Revoked => return Ok((Err(Inactive::Revoked), pending)),
+            Status::Expired => return Ok((Err(Inactive::Expired), pending)),
+            Status::Exhausted => return Ok((Err(Inactive::Exhausted), pending)),
         }
         // Plain introspection must not stand in for the action check such a token exists for.
         if record.grant.require_action_check && action.is_none() {
@@ -527,24 +532,24 @@ impl<S: TokenStore> Service<S> {
         let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
         // An allowed action on a limited token spends one use, atomically, and the use and
         // its event are one write; losing the race for the last use makes the token
-        // exhausted for this caller too.
+        // exhausted for this caller too. Like Mint's insert, the write and its event's
+        // announcement finish even if the request is cancelled.
         if matches!(decision, Some(Ok(()))) && record.grant.max_uses.is_some() {
             let verdict = Ok(decision);
             let event = self
                 .wants_validation(true, false)
                 .then(|| validated_event(ctx, &verdict));
-            let outcome = self
-                .store
-                .consume_use(record.token_id, event.clone())
-                .await?;
-            return Ok(match outcome {
-                UseOutcome::Consumed { .. } => (verdict, event),
-                UseOutcome::Exhausted => (Err(Inactive::Exhausted), None),
-                UseOutcome::Revoked => (Err(Inactive::Revoked), None),
-                UseOutcome::Unknown => (Err(Inactive::Unknown), None),
+            let (id, e) = (record.token_id, event.clone());
+            let spend = move |s: Arc<S>| async move { s.consume_use(id, e).await };
+            let (outcome, pending) = self.audit.commit(pending, event, &self.store, spend).await;
+            return Ok(match outcome? {
+                UseOutcome::Consumed { .. } => (verdict, pending),
+                UseOutcome::Exhausted => (Err(Inactive::Exhausted), pending),
+                UseOutcome::Revoked => (Err(Inactive::Revoked), pending),
+                UseOutcome::Unknown => (Err(Inactive::Unknown), pending),
             });
         }
-        Ok((Ok(decision), None))
+        Ok((Ok(decision), pending))
     }
 
     /// Revokes a token and its whole subtree, or a whole transaction. By token: whoever
