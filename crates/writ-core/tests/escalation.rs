@@ -2121,8 +2121,14 @@ proptest! {
             }
             Window { .. } => prop_assert!(c.permits(&string).is_err() && c.permits(&int).is_err()),
             Exact(v) => {
-                for x in [&int, &time, &string] {
-                    prop_assert_eq!(c.permits(x).is_ok(), v == x);
+                // The same number as the other numeric type, too: a time is not an integer.
+                let twin = match v {
+                    Value::Int(n) => Value::Time(*n),
+                    Value::Time(n) => Value::Int(*n),
+                    Value::Str(s) => Value::Int(s.len() as i64),
+                };
+                for x in [&int, &time, &string, &twin] {
+                    prop_assert_eq!(c.permits(x).is_ok(), v == x, "{} on {:?}", c, x);
                 }
             }
             _ => prop_assert!(c.permits(&int).is_err() && c.permits(&time).is_err()),
@@ -2466,12 +2472,20 @@ proptest! {
     /// `Grant::size` promises.
     #[test]
     fn size_measures_bound_the_encoding(
-        grant in grant_s(),
+        mut grant in grant_s(),
         tctx in ctx_s(TCTX_KEYS),
         rctx in ctx_s(RCTX_KEYS),
         purpose in str_s(),
         long in 0usize..3000,
+        wide in 0usize..=64,
+        width in 1usize..=128,
     ) {
+        // Every part of a grant long enough that leaving it out of the measure shows:
+        // scopes, targets, claim names and the scopes a claim applies to.
+        let many = |tag: &str| -> BTreeSet<String> { (0..wide).map(|i| format!("{tag}{i:0>width$}")).collect() };
+        grant.scopes.extend(many("s"));
+        grant.targets.extend(many("t"));
+        grant.claims.insert("n".repeat(width), Claim { constraint: Constraint::Max(0), applies_to: Some(many("a")) });
         let encoded = postcard::to_allocvec(&grant).unwrap().len();
         prop_assert!(encoded <= grant.size(), "{} encoded > {} measured", encoded, grant.size());
         let purpose = format!("{purpose}{}", "é".repeat(long));
@@ -2946,6 +2960,11 @@ proptest! {
         prop_assert_eq!(&a, &ring.issue_derived(&s1).collect::<Vec<_>>());
         let ids: BTreeSet<TokenId> = a.iter().map(|(_, v)| v.token_id).collect();
         prop_assert_eq!(ids.len(), a.len(), "two keys derived one token");
+        // The entropy itself is keyed: another key derives other entropy for the scope,
+        // so nobody without the key can compute a derived token's secret part.
+        let entropy: BTreeSet<Vec<u8>> = a.iter().map(|(t, _)| decode(t.expose())[5..37].to_vec()).collect();
+        prop_assert_eq!(entropy.len(), a.len(), "two keys derived the same entropy");
+        prop_assert!(!entropy.contains(&blake3::hash(&s1).as_bytes().to_vec()));
         for (i, (secret, v)) in a.iter().enumerate() {
             prop_assert_eq!(ring.verify(secret.expose()), Ok(*v));
             for (j, k) in keys.iter().enumerate() {

@@ -803,6 +803,34 @@ fn refuses_a_changed_exact_value() {
     for v in [s("USD"), s("EURx"), s("eur"), Value::Int(0), Value::Time(0)] {
         assert_claim_refused("currency", every(Constraint::Exact(v)));
     }
+    // A time is never the integer with the same number, in either direction.
+    let mut req = mint_request(&["booker"]);
+    req.claims = [
+        ("at".to_string(), every(Constraint::Exact(Value::Time(T0)))),
+        ("n".to_string(), every(Constraint::Exact(Value::Int(T0)))),
+    ]
+    .into();
+    let parent = mint(req).unwrap();
+    for (name, other) in [("at", Value::Int(T0)), ("n", Value::Time(T0))] {
+        let req = with_claim(narrower(&parent), name, Constraint::Exact(other.clone()));
+        assert_refused(
+            derive(&parent, "planner", req),
+            Dimension::Claims,
+            &[&format!("{name:?}")],
+        );
+        let attrs: Attributes = [
+            ("at".to_string(), vec![Value::Time(T0)]),
+            ("n".to_string(), vec![Value::Int(T0)]),
+        ]
+        .into();
+        let mut wrong = attrs.clone();
+        wrong.insert(name.into(), vec![other]);
+        assert_eq!(parent.grant.authorize("pay", &attrs), Ok(()));
+        assert_eq!(
+            parent.grant.authorize("pay", &wrong).unwrap_err().denied_by,
+            name
+        );
+    }
 }
 
 #[test]
@@ -1478,6 +1506,15 @@ fn derived_tokens_are_deterministic_per_scope_and_key() {
         assert_eq!(ring.verify(secret.expose()), Ok(*v));
     }
     assert_ne!(a[0], a[1], "one token per key, all different");
+    // The entropy is derived from the key, not from the scope alone.
+    let entropy = |t: &writ_core::TokenSecret| {
+        use base64::Engine;
+        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&t.expose()["writ_".len()..])
+            .unwrap();
+        raw[5..37].to_vec()
+    };
+    assert_ne!(entropy(&a[0].0), entropy(&a[1].0));
     // The signing key's token comes first: only k1 verifies it.
     let only = |k: &ServerKey| KeyRing::new(vec![k.clone()]).unwrap();
     assert!(only(&k1).verify(a[0].0.expose()).is_ok());
@@ -1497,6 +1534,7 @@ fn derived_tokens_are_deterministic_per_scope_and_key() {
     .unwrap();
     let c: Vec<_> = other.issue_derived(b"scope-a").collect();
     assert_ne!(c[0].0, a[0].0);
+    assert_ne!(entropy(&c[0].0), entropy(&a[0].0), "same id, another key");
     // After rotation the old key's token is still derived (second), so a retry finds it.
     let rotated = KeyRing::new(vec![k2, k1.clone()]).unwrap();
     let r: Vec<_> = rotated.issue_derived(b"scope-a").collect();
