@@ -2248,7 +2248,10 @@ mod tests {
             assert!(revoked.iter().all(|&n| n == 0), "{revoked:?}");
             // No lost update: every use counted, every child stored.
             assert_eq!(store.state(used).await.unwrap().unwrap().uses, used_up);
-            assert_eq!(tree_ids(store.txn_tree(hot).await.unwrap()).len(), 3 + derived);
+            assert_eq!(
+                tree_ids(store.txn_tree(hot).await.unwrap()).len(),
+                3 + derived
+            );
             let events = store.events(hot, None, usize::MAX).await.unwrap();
             assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 1);
         });
@@ -2346,7 +2349,10 @@ mod tests {
         );
         for i in 0..TXNS {
             let t = txn(64_000 + u64::from(i));
-            assert_eq!(tree_ids(store.txn_tree(t).await.unwrap()), Vec::<TokenId>::new());
+            assert_eq!(
+                tree_ids(store.txn_tree(t).await.unwrap()),
+                Vec::<TokenId>::new()
+            );
         }
         let page = store.list_txns(txns_of(None)).await.unwrap();
         assert_eq!(page.roots.len(), 1);
