@@ -337,6 +337,17 @@ pub fn downscope(
                 format_args!("audience {:?} already acts in this chain", req.audience.id),
             );
         }
+        // As at Mint: a target already in the chain (or the child's own audience) could
+        // only ever be reached by a loop, so naming one is refused now.
+        let in_chain = |t: &String| {
+            *t == req.audience.id || *t == actor.id || parent.actors.iter().any(|a| a.id == *t)
+        };
+        if let Some(t) = req.targets.iter().find(|t| in_chain(t)) {
+            return refuse(
+                Dimension::Loop,
+                format_args!("target {t:?} already acts in this chain"),
+            );
+        }
     }
     if !pg.targets.contains(&req.audience.id) {
         return refuse(

@@ -727,9 +727,15 @@ fn violations(
     }
     if !policy.allow_actor_loops {
         let acted: BTreeSet<&str> = parent.actors.iter().map(|a| a.id.as_str()).collect();
+        let chain_after: BTreeSet<&str> = acted
+            .iter()
+            .copied()
+            .chain([parent.audience.id.as_str(), req.audience.id.as_str()])
+            .collect();
         if acted.contains(parent.audience.id.as_str())
             || acted.contains(req.audience.id.as_str())
             || req.audience.id == parent.audience.id
+            || req.targets.iter().any(|t| chain_after.contains(t.as_str()))
         {
             v.push(Dimension::Loop);
         }
@@ -1541,9 +1547,16 @@ impl Gen {
             Some(t) => party(&t),
             None => self.audience_from(&pg.targets),
         };
+        // Onward targets: none already in the chain (unless loops are allowed).
+        let targets = pg
+            .targets
+            .iter()
+            .filter(|t| allow_loops || (!acting.contains(t.as_str()) && **t != audience.id))
+            .cloned()
+            .collect();
         let mut req = ChildRequest {
             audience,
-            targets: pg.targets.clone(),
+            targets,
             scopes: pg.scopes.clone(),
             claims: Claims::new(),
             ttl_secs: None,
@@ -2257,9 +2270,15 @@ proptest! {
         // The valid baseline: narrower (a fresh claim) and otherwise a random narrowing.
         let mut caller = parent.audience.id.clone();
         let rctx_keys: BTreeSet<String> = parent.rctx.keys().cloned().collect();
+        let onward: BTreeSet<String> = pg
+            .targets
+            .iter()
+            .filter(|t| !acting.contains(*t) && **t != fresh)
+            .cloned()
+            .collect();
         let mut req = ChildRequest {
             audience: party(&fresh),
-            targets: g.subset(&pg.targets, 0.8),
+            targets: g.subset(&onward, 0.8),
             scopes: g.subset(&pg.scopes, 0.8),
             claims: Claims::new(),
             ttl_secs: if remaining >= 1 && g.chance(0.5) { Some(g.0.random_range(1..=remaining)) } else { None },
@@ -2330,7 +2349,11 @@ proptest! {
                 Some(format!("{OUTSIDER:?}"))
             }
             Dimension::Targets => {
-                let extra: Vec<&str> = PARTIES.iter().copied().filter(|p| !pg.targets.contains(*p)).collect();
+                let extra: Vec<&str> = PARTIES
+                    .iter()
+                    .copied()
+                    .filter(|p| !pg.targets.contains(*p) && !acting.contains(*p))
+                    .collect();
                 let t = if extra.is_empty() || g.chance(0.3) { OUTSIDER } else { *g.pick(&extra) };
                 req.targets.insert(t.to_string());
                 Some(format!("{t:?}"))
@@ -2347,6 +2370,9 @@ proptest! {
                 None
             }
             Dimension::NotNarrower => {
+                // Keeping every target keeps the child's own audience among them, a loop
+                // unless loops are allowed: only then can a child narrow nothing.
+                policy.allow_actor_loops = true;
                 req.targets = pg.targets.clone();
                 req.scopes = pg.scopes.clone();
                 // Restating every claim, unless one names a scope the parent lacks (a

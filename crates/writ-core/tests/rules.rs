@@ -157,10 +157,16 @@ fn looping_root(targets: &[&str]) -> TokenRecord {
 }
 
 /// A request identical in grant to `parent`'s, for `audience`.
+/// Everything the parent holds, for `audience`: its targets less the parties already in
+/// the chain (the parent's actors and holder, and `audience` itself), which no child may
+/// name as reachable without allowing loops.
 fn same_as(parent: &TokenRecord, audience: &str) -> ChildRequest {
+    let in_chain = |t: &String| {
+        t == audience || *t == parent.audience.id || parent.actors.iter().any(|a| a.id == *t)
+    };
     ChildRequest {
         audience: party(audience),
-        targets: parent.grant.targets.clone(),
+        targets: parent.grant.targets.iter().filter(|t| !in_chain(t)).cloned().collect(),
         scopes: parent.grant.scopes.clone(),
         claims: Claims::new(),
         ttl_secs: None,
@@ -184,6 +190,20 @@ fn derive(
     req: ChildRequest,
 ) -> Result<TokenRecord, NarrowingError> {
     narrow::downscope(parent, caller, req, &Policy::default(), new_token(2, NOW))
+}
+
+/// `req` with every one of the parent's targets, the child's own audience included, derived
+/// under a policy that allows loops: the only way a child can keep its parent's targets.
+fn derive_keeping_targets(
+    parent: &TokenRecord,
+    mut req: ChildRequest,
+) -> Result<TokenRecord, NarrowingError> {
+    req.targets = parent.grant.targets.clone();
+    let loops = Policy {
+        allow_actor_loops: true,
+        ..Policy::default()
+    };
+    narrow::downscope(parent, &parent.audience.id, req, &loops, new_token(2, NOW))
 }
 
 /// Derives `req` from the standard root, as its holder.
@@ -308,7 +328,7 @@ fn accepts_narrower_scopes_and_copies_immutables() {
         child.grant.claims, parent.grant.claims,
         "unnamed claims are inherited unchanged"
     );
-    assert_eq!(child.grant.targets, parent.grant.targets);
+    assert_eq!(child.grant.targets, set(&["payer", "search"]), "all but its own audience");
     assert_eq!(
         child.grant.expires_at, parent.grant.expires_at,
         "no ttl inherits the parent's expiry"
@@ -575,7 +595,7 @@ fn require_action_check_is_settable_and_inherited() {
     // Setting it is a narrowing on its own.
     let mut req = same_as(&parent, "booker");
     req.require_action_check = true;
-    let child = derive(&parent, "planner", req).unwrap();
+    let child = derive_keeping_targets(&parent, req).unwrap();
     assert!(child.grant.require_action_check);
     assert_eq!(narrowed(&parent, &child), vec!["action checks required"]);
     // Once set, a child that asks for `false` keeps it.
@@ -601,7 +621,7 @@ fn require_action_check_is_settable_and_inherited() {
     // Restating it on a parent that has it is no narrowing.
     let mut req = same_as(&root, "booker");
     req.require_action_check = true;
-    assert_refused(derive(&root, "planner", req), Dimension::NotNarrower, &[]);
+    assert_refused(derive_keeping_targets(&root, req), Dimension::NotNarrower, &[]);
 }
 
 #[test]
@@ -984,8 +1004,19 @@ fn refuses_a_later_expiry() {
 #[test]
 fn refuses_a_grant_identical_to_the_parent() {
     let parent = root();
+    // Keeping its own audience among its targets is a loop, so without loops a child
+    // always narrows its targets; with them, it may narrow nothing, and is refused.
     assert_refused(
-        derive(&parent, "planner", same_as(&parent, "booker")),
+        derive(&parent, "planner", {
+            let mut req = same_as(&parent, "booker");
+            req.targets = parent.grant.targets.clone();
+            req
+        }),
+        Dimension::Loop,
+        &["booker"],
+    );
+    assert_refused(
+        derive_keeping_targets(&parent, same_as(&parent, "booker")),
         Dimension::NotNarrower,
         &[],
     );
@@ -996,7 +1027,7 @@ fn refuses_a_grant_identical_to_the_parent() {
     req.ttl_secs = Some(ROOT_TTL);
     req.purpose = Some("different purpose".into());
     req.drop_rctx = set(&["ip"]);
-    assert_refused(derive(&parent, "planner", req), Dimension::NotNarrower, &[]);
+    assert_refused(derive_keeping_targets(&parent, req), Dimension::NotNarrower, &[]);
 }
 
 #[test]
@@ -1569,7 +1600,7 @@ fn narrowed_describes_a_real_child() {
         lines,
         vec![
             "scopes dropped: trips:read",
-            "targets dropped: search",
+            "targets dropped: booker search",
             "claim amount: max 500 -> max 200",
             "claim fee: max 50 on {\"pay\"} -> max 50 on {\"pay\",\"trips:book\"}",
             "claim zone added: range 1..=2",

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 use writ_api::convert::{self, status_pb};
 use writ_api::pb::{self, chain_service_server::ChainService};
 use writ_core::lifecycle;
-use writ_core::{TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{TokenId, TokenRecord, TokenState, UnixMillis};
 use writ_store::{TokenStore, TreeEntry, TxnQuery};
 
 /// Most bytes of tokens one GetTransaction answer carries; a page stops before the token

@@ -32,7 +32,7 @@ pub(crate) trait Shorthand: TokenStore {
         r: TokenRecord,
         max_children: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let e = Event::downscoped(event_at(r.issued_at), &r.grant, &r);
+        let e = Event::downscoped(event_at(r.issued_at), &r, &r);
         self.insert_child(r, max_children, e)
     }
 
@@ -1030,14 +1030,14 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
     let minted = Event::minted(EventId(10), &root);
     store.insert(root.clone(), minted.clone()).await.unwrap();
     let child = record(t, tid(3_001), Some(tid(3_000)));
-    let derived = Event::downscoped(EventId(20), &root.grant, &child);
+    let derived = Event::downscoped(EventId(20), &root, &child);
     store
         .insert_child(child.clone(), 1, derived.clone())
         .await
         .unwrap();
     // A refused child writes no event either.
     let refused = record(t, tid(3_002), Some(tid(3_000)));
-    let e = Event::downscoped(EventId(25), &root.grant, &refused);
+    let e = Event::downscoped(EventId(25), &root, &refused);
     assert_eq!(
         store.insert_child(refused, 1, e).await,
         Err(StoreError::FanOutExceeded { limit: 1 })

@@ -1717,7 +1717,11 @@ mod tests {
                 keys::txn_token_key(r.txn, r.token_id),
             )
             .unwrap();
-        assert_eq!(idx, Some(vec![]));
+        assert_eq!(
+            idx,
+            Some(keys::tree_value(r.parent, r.issued_at).to_vec()),
+            "the token's place in its tree"
+        );
     }
 
     fn set_schema_version(db: &DB, version: u32) {
