@@ -340,7 +340,13 @@ async fn actor_loops_and_foreign_holders_are_refused() {
     let c1 = srv
         .downscope(
             "planner",
-            child(&root, build::agent("booking"), &["search"], &["trips:book"], vec![]),
+            child(
+                &root,
+                build::agent("booking"),
+                &["search"],
+                &["trips:book"],
+                vec![],
+            ),
         )
         .await
         .token;

@@ -166,7 +166,13 @@ fn same_as(parent: &TokenRecord, audience: &str) -> ChildRequest {
     };
     ChildRequest {
         audience: party(audience),
-        targets: parent.grant.targets.iter().filter(|t| !in_chain(t)).cloned().collect(),
+        targets: parent
+            .grant
+            .targets
+            .iter()
+            .filter(|t| !in_chain(t))
+            .cloned()
+            .collect(),
         scopes: parent.grant.scopes.clone(),
         claims: Claims::new(),
         ttl_secs: None,
@@ -328,7 +334,11 @@ fn accepts_narrower_scopes_and_copies_immutables() {
         child.grant.claims, parent.grant.claims,
         "unnamed claims are inherited unchanged"
     );
-    assert_eq!(child.grant.targets, set(&["payer", "search"]), "all but its own audience");
+    assert_eq!(
+        child.grant.targets,
+        set(&["payer", "search"]),
+        "all but its own audience"
+    );
     assert_eq!(
         child.grant.expires_at, parent.grant.expires_at,
         "no ttl inherits the parent's expiry"
@@ -621,7 +631,11 @@ fn require_action_check_is_settable_and_inherited() {
     // Restating it on a parent that has it is no narrowing.
     let mut req = same_as(&root, "booker");
     req.require_action_check = true;
-    assert_refused(derive_keeping_targets(&root, req), Dimension::NotNarrower, &[]);
+    assert_refused(
+        derive_keeping_targets(&root, req),
+        Dimension::NotNarrower,
+        &[],
+    );
 }
 
 #[test]
@@ -1027,7 +1041,11 @@ fn refuses_a_grant_identical_to_the_parent() {
     req.ttl_secs = Some(ROOT_TTL);
     req.purpose = Some("different purpose".into());
     req.drop_rctx = set(&["ip"]);
-    assert_refused(derive_keeping_targets(&parent, req), Dimension::NotNarrower, &[]);
+    assert_refused(
+        derive_keeping_targets(&parent, req),
+        Dimension::NotNarrower,
+        &[],
+    );
 }
 
 #[test]
