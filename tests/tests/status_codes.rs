@@ -33,6 +33,9 @@ fn readme_rows() -> Vec<(String, String)> {
 
 type Outcome = Pin<Box<dyn Future<Output = Code>>>;
 
+/// Runs one situation against a fresh server and answers the code it met.
+type Scenario = fn(TestServer) -> Outcome;
+
 /// The code a refused call came back with.
 fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> Code {
     match r {
@@ -87,7 +90,7 @@ async fn validate_with_two_callers(s: &TestServer, token: &str) -> Code {
 }
 
 /// Every situation the README's table names, with a scenario that produces it.
-fn scenarios() -> Vec<(&'static str, fn(TestServer) -> Outcome)> {
+fn scenarios() -> Vec<(&'static str, Scenario)> {
     vec![
         ("a malformed field (the message names it)", |s| {
             Box::pin(async move {
@@ -467,7 +470,7 @@ fn code_named(name: &str) -> Code {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_row_of_the_readmes_status_table_holds() {
     let rows: BTreeMap<String, String> = readme_rows().into_iter().collect();
-    let scenarios: BTreeMap<&str, fn(TestServer) -> Outcome> = scenarios().into_iter().collect();
+    let scenarios: BTreeMap<&str, Scenario> = scenarios().into_iter().collect();
     let documented: Vec<&str> = rows.keys().map(String::as_str).collect();
     let tested: Vec<&str> = scenarios.keys().copied().collect();
     assert_eq!(documented, tested, "README rows and scenarios differ");

@@ -99,7 +99,7 @@ impl Grant {
             .map(|(name, c)| {
                 str_size(name)
                     + constraint_size(&c.constraint)
-                    + c.applies_to.as_ref().map_or(0, |s| set_size(s))
+                    + c.applies_to.as_ref().map_or(0, set_size)
             })
             .sum();
         set_size(&self.scopes)

@@ -949,7 +949,8 @@ impl Gen {
         if self.chance(0.7) {
             self.pick(PATHS).to_string()
         } else {
-            let mut p = join(*self.pick(PATHS), *self.pick(SEGMENTS));
+            let (base, seg) = (*self.pick::<&str>(PATHS), *self.pick::<&str>(SEGMENTS));
+            let mut p = join(base, seg);
             if self.chance(0.3) {
                 p.push('/');
             }
@@ -1115,7 +1116,8 @@ impl Gen {
                 0 => Prefix(p.clone()),
                 1 if !p.ends_with('/') => Prefix(format!("{p}/")),
                 _ => {
-                    let mut j = join(p, *self.pick(SEGMENTS));
+                    let seg = *self.pick::<&str>(SEGMENTS);
+                    let mut j = join(p, seg);
                     if self.chance(0.3) {
                         j.push('/');
                     }
@@ -3021,7 +3023,7 @@ proptest! {
         // so nobody without the key can compute a derived token's secret part.
         let entropy: BTreeSet<Vec<u8>> = a.iter().map(|(t, _)| decode(t.expose())[5..37].to_vec()).collect();
         prop_assert_eq!(entropy.len(), a.len(), "two keys derived the same entropy");
-        prop_assert!(!entropy.contains(&blake3::hash(&s1).as_bytes().to_vec()));
+        prop_assert!(!entropy.contains(blake3::hash(&s1).as_bytes().as_slice()));
         for (i, (secret, v)) in a.iter().enumerate() {
             prop_assert_eq!(ring.verify(secret.expose()), Ok(*v));
             for (j, k) in keys.iter().enumerate() {
