@@ -6,9 +6,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::*;
 use writ_core::narrow::{ChildRequest, MintRequest};
+use writ_core::text::{self, Shown};
 use writ_core::{
-    ActorKind, Claims, ClientType, Constraint, Event, EventId, EventKind, Party, TokenId,
-    TokenRecord, TokenState, TxnId, UnixMillis, Value,
+    ActorKind, Attributes, Claim, Claims, ClientType, Constraint, Event, EventId, EventKind, Party,
+    TokenId, TokenRecord, TokenState, TxnId, UnixMillis, Value,
 };
 
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` naming the field.
@@ -36,32 +37,22 @@ fn bad<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     })
 }
 
-/// How an offending value is echoed in an error: quoted, escaped and cut to 64 chars,
-/// so a huge input cannot blow up the error (and the `grpc-message` trailer).
+/// How an offending value is echoed in an error: quoted, escaped and cut short, so a
+/// huge input cannot blow up the error (and the `grpc-message` trailer).
 fn shown(s: &str) -> String {
-    let cut: String = s.chars().take(64).collect();
-    if cut.len() < s.len() {
-        format!("{cut:?}…")
-    } else {
-        format!("{cut:?}")
-    }
+    Shown(s).to_string()
 }
 
-/// Characters that render as nothing or reorder text: refused so ids and values cannot
-/// spoof what an operator reads in audit output.
-fn is_invisible(c: char) -> bool {
-    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{FEFF}')
-}
-
-/// A bounded, printable string: no control or invisible characters, at most `max` bytes.
+/// A bounded string in the canonical form of [`writ_core::text`] (NFC, nothing invisible
+/// or reordering, no edge spaces), at most `max` bytes. Refused, never rewritten.
 fn text(field: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max {
         return bad(field, format!("is {} bytes; the limit is {max}", s.len()));
     }
-    if s.chars().any(|c| c.is_control() || is_invisible(c)) {
-        return bad(field, "contains control or invisible characters");
-    }
-    Ok(())
+    text::check(s).map_err(|e| FieldError {
+        field: field.into(),
+        message: format!("{} {e}", shown(s)),
+    })
 }
 
 /// A party or subject id: 1..=256 bytes of printable ASCII without spaces (ids travel in
@@ -170,50 +161,128 @@ pub fn targets(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
     v.iter().map(|t| id(field, t)).collect()
 }
 
-fn string_set(field: &str, s: Option<pb::StringSet>) -> Result<BTreeSet<String>> {
-    let values = s.map(|s| s.values).unwrap_or_default();
-    if values.len() > MAX_SET_ITEMS {
+/// A set's members, bounded and canonical, and whether it compares case-insensitively.
+fn string_set(field: &str, s: pb::StringSet) -> Result<(BTreeSet<String>, bool)> {
+    if s.values.len() > MAX_SET_ITEMS {
         return bad(
             field,
-            format!("has {} members; the limit is {MAX_SET_ITEMS}", values.len()),
+            format!(
+                "has {} members; the limit is {MAX_SET_ITEMS}",
+                s.values.len()
+            ),
         );
     }
-    values
+    let ci = s.case_insensitive;
+    let members = s
+        .values
         .into_iter()
-        .map(|v| text(field, &v, MAX_VALUE_LEN).map(|()| v))
-        .collect()
+        .map(|v| {
+            text(field, &v, MAX_VALUE_LEN)?;
+            // The set keeps members folded; that form must be canonical too.
+            if ci && text::check(&text::fold(&v)).is_err() {
+                return bad(
+                    field,
+                    format!(
+                        "{} has no canonical case-folded form (it folds to a space or a combining mark); use an exact set",
+                        shown(&v)
+                    ),
+                );
+            }
+            Ok(v)
+        })
+        .collect::<Result<_>>()?;
+    Ok((members, ci))
 }
 
-/// A wire value (exact claim value or action attribute).
+/// A single wire value (exact claim value, or one item of an attribute).
 pub fn value(field: &str, v: Option<pb::Value>) -> Result<Value> {
     match v.and_then(|v| v.kind) {
         Some(pb::value::Kind::Int(i)) => Ok(Value::Int(i)),
         Some(pb::value::Kind::Str(s)) => text(field, &s, MAX_VALUE_LEN).map(|()| Value::Str(s)),
-        None => bad(field, "a value must be int or str"),
+        Some(pb::value::Kind::Time(t)) => Ok(Value::Time(t)),
+        Some(pb::value::Kind::List(_)) => bad(field, "a list is not a single value"),
+        None => bad(field, "a value must be int, str or time"),
     }
 }
 
-/// One constraint; an unset kind is refused, never skipped.
-pub fn constraint(field: &str, c: pb::Constraint) -> Result<Constraint> {
+/// An action attribute: one value, or a list of 1..=[`MAX_ATTRIBUTE_VALUES`] values.
+fn attribute(field: &str, v: pb::Value) -> Result<Vec<Value>> {
+    match v.kind {
+        Some(pb::value::Kind::List(list)) => {
+            let n = list.values.len();
+            if n == 0 || n > MAX_ATTRIBUTE_VALUES {
+                return bad(
+                    field,
+                    format!("a list must hold 1..={MAX_ATTRIBUTE_VALUES} values; it holds {n}"),
+                );
+            }
+            list.values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| value(&format!("{field}[{i}]"), Some(v)))
+                .collect()
+        }
+        kind => Ok(vec![value(field, Some(pb::Value { kind }))?]),
+    }
+}
+
+/// One claim: its constraint (an unset kind is refused, never skipped) and the scopes it
+/// applies to.
+pub fn claim(field: &str, c: pb::Constraint) -> Result<Claim> {
     use pb::constraint::Kind;
-    Ok(match c.kind {
+    let constraint = match c.kind {
         Some(Kind::Max(v)) => Constraint::Max(v),
         Some(Kind::Min(v)) => Constraint::Min(v),
-        Some(Kind::Allow(s)) => {
-            Constraint::AllowSet(string_set(&format!("{field}.allow"), Some(s))?)
-        }
-        Some(Kind::Deny(s)) => Constraint::DenySet(string_set(&format!("{field}.deny"), Some(s))?),
+        Some(Kind::Allow(s)) => match string_set(&format!("{field}.allow"), s)? {
+            (members, false) => Constraint::AllowSet(members),
+            (members, true) => Constraint::allow_folded(members),
+        },
+        Some(Kind::Deny(s)) => match string_set(&format!("{field}.deny"), s)? {
+            (members, false) => Constraint::DenySet(members),
+            (members, true) => Constraint::deny_folded(members),
+        },
         Some(Kind::Prefix(p)) => {
-            text(&format!("{field}.prefix"), &p, MAX_VALUE_LEN)?;
+            let f = format!("{field}.prefix");
+            text(&f, &p, MAX_VALUE_LEN)?;
+            writ_core::claims::path(&p).map_err(|why| FieldError {
+                field: f,
+                message: format!("{} is not a canonical resource path: {why}", shown(&p)),
+            })?;
             Constraint::Prefix(p)
         }
         Some(Kind::Exact(v)) => Constraint::Exact(value(&format!("{field}.exact"), Some(v))?),
+        Some(Kind::Range(r)) if r.min > r.max => {
+            return bad(format!("{field}.range"), "min must not exceed max");
+        }
+        Some(Kind::Range(r)) => Constraint::Range {
+            min: r.min,
+            max: r.max,
+        },
+        Some(Kind::Window(w)) if w.not_before > w.not_after => {
+            return bad(
+                format!("{field}.window"),
+                "not_before must not exceed not_after",
+            );
+        }
+        Some(Kind::Window(w)) => Constraint::Window {
+            not_before: w.not_before,
+            not_after: w.not_after,
+        },
         None => {
             return bad(
                 field,
-                "a constraint kind (max, min, allow, deny, prefix, exact) is required",
+                "a constraint kind (max, min, allow, deny, prefix, exact, range, window) is required",
             );
         }
+    };
+    let applies_to = if c.applies_to.is_empty() {
+        None
+    } else {
+        Some(scopes(&format!("{field}.applies_to"), c.applies_to)?)
+    };
+    Ok(Claim {
+        constraint,
+        applies_to,
     })
 }
 
@@ -229,7 +298,7 @@ pub fn claims(field: &str, m: HashMap<String, pb::Constraint>) -> Result<Claims>
         .map(|(k, c)| {
             let f = format!("{field}[{}]", shown(&k));
             name(&f, &k)?;
-            Ok((k, constraint(&f, c)?))
+            Ok((k, claim(&f, c)?))
         })
         .collect()
 }
@@ -263,27 +332,84 @@ fn ttl(v: u32) -> Option<u64> {
     (v != 0).then_some(u64::from(v))
 }
 
-/// Validates a Mint request.
-pub fn mint_request(r: pb::MintRequest) -> Result<MintRequest> {
-    Ok(MintRequest {
+/// An optional idempotency key: 1..=[`MAX_IDEMPOTENCY_KEY_LEN`] bytes of printable ASCII
+/// without spaces (a UUID, say); empty means none.
+pub fn idempotency_key(s: String) -> Result<Option<String>> {
+    if s.is_empty() {
+        return Ok(None);
+    }
+    if s.len() > MAX_IDEMPOTENCY_KEY_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return bad(
+            "idempotency_key",
+            format!(
+                "must be 1..={MAX_IDEMPOTENCY_KEY_LEN} bytes of printable ASCII without spaces"
+            ),
+        );
+    }
+    Ok(Some(s))
+}
+
+/// Validates a Mint request; returns it and its idempotency key, if any.
+pub fn mint_request(r: pb::MintRequest) -> Result<(MintRequest, Option<String>)> {
+    let scopes = scopes("scopes", r.scopes)?;
+    let claims = claims("claims", r.claims)?;
+    // A claim on a scope the token does not hold would never apply: a typo that leaves the
+    // intended scope unconstrained.
+    for (name, c) in &claims {
+        if let Some(s) = c.applies_to.iter().flatten().find(|s| !scopes.contains(*s)) {
+            return bad(
+                format!("claims[{}].applies_to", shown(name)),
+                format!("{} is not among the token's scopes", shown(s)),
+            );
+        }
+    }
+    let req = MintRequest {
         subject: id("subject", &r.subject)?,
         audience: party("audience", r.audience)?,
         targets: targets("targets", r.targets)?,
-        scopes: scopes("scopes", r.scopes)?,
-        claims: claims("claims", r.claims)?,
+        scopes,
+        claims,
         purpose: purpose("purpose", r.purpose)?,
         tctx: context("tctx", r.tctx)?,
         rctx: context("rctx", r.rctx)?,
         ttl_secs: ttl(r.ttl_seconds),
         max_uses: (r.max_uses != 0).then_some(r.max_uses),
-    })
+        require_action_check: r.require_action_check,
+    };
+    Ok((req, idempotency_key(r.idempotency_key)?))
 }
 
-/// Validates a Downscope request; returns the presented parent token and the child spec.
-pub fn downscope_request(r: pb::DownscopeRequest) -> Result<(String, ChildRequest)> {
+/// A validated Downscope request: the presented parent token, the child's spec and the
+/// idempotency key, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downscope {
+    /// The parent token as presented.
+    pub parent_token: String,
+    /// What the child should hold.
+    pub child: ChildRequest,
+    /// The caller's idempotency key.
+    pub idempotency_key: Option<String>,
+}
+
+/// Validates a Downscope request.
+pub fn downscope_request(r: pb::DownscopeRequest) -> Result<Downscope> {
     if r.parent_token.is_empty() {
         return bad("parent_token", "is required");
     }
+    if r.drop_rctx.len() > MAX_CONTEXT_ENTRIES {
+        return bad(
+            "drop_rctx",
+            format!(
+                "has {} entries; the limit is {MAX_CONTEXT_ENTRIES}",
+                r.drop_rctx.len()
+            ),
+        );
+    }
+    let drop_rctx = r
+        .drop_rctx
+        .into_iter()
+        .map(|k| name("drop_rctx", &k).map(|()| k))
+        .collect::<Result<_>>()?;
     let child = ChildRequest {
         audience: party("audience", r.audience)?,
         targets: targets("targets", r.targets)?,
@@ -296,8 +422,14 @@ pub fn downscope_request(r: pb::DownscopeRequest) -> Result<(String, ChildReques
         } else {
             Some(purpose("purpose", r.purpose)?)
         },
+        require_action_check: r.require_action_check,
+        drop_rctx,
     };
-    Ok((r.parent_token, child))
+    Ok(Downscope {
+        parent_token: r.parent_token,
+        child,
+        idempotency_key: idempotency_key(r.idempotency_key)?,
+    })
 }
 
 /// What a Revoke request names.
@@ -332,8 +464,8 @@ pub fn revoke_request(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
 pub struct Action {
     /// The scope the action needs.
     pub scope: String,
-    /// Attributes the claims are evaluated against.
-    pub attributes: BTreeMap<String, Value>,
+    /// Attributes the claims are evaluated against (each one or more values).
+    pub attributes: Attributes,
 }
 
 /// Validates the optional action of a Validate request.
@@ -361,7 +493,7 @@ pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
         .map(|(k, v)| {
             let f = format!("action.attributes[{}]", shown(&k));
             name(&f, &k)?;
-            Ok((k, value(&f, Some(v))?))
+            Ok((k, attribute(&f, v)?))
         })
         .collect::<Result<_>>()?;
     Ok(Some(Action { scope, attributes }))
@@ -398,32 +530,60 @@ pub fn value_pb(v: &Value) -> pb::Value {
     let kind = match v {
         Value::Int(i) => pb::value::Kind::Int(*i),
         Value::Str(s) => pb::value::Kind::Str(s.clone()),
+        Value::Time(t) => pb::value::Kind::Time(*t),
     };
     pb::Value { kind: Some(kind) }
 }
 
-/// A core constraint on the wire.
-pub fn constraint_pb(c: &Constraint) -> pb::Constraint {
+/// An attribute on the wire: a single value, or a list of several.
+pub fn attribute_pb(values: &[Value]) -> pb::Value {
+    match values {
+        [one] => value_pb(one),
+        many => pb::Value {
+            kind: Some(pb::value::Kind::List(pb::ValueList {
+                values: many.iter().map(value_pb).collect(),
+            })),
+        },
+    }
+}
+
+/// A core claim on the wire.
+pub fn claim_pb(c: &Claim) -> pb::Constraint {
     use pb::constraint::Kind;
-    let set = |s: &BTreeSet<String>| pb::StringSet {
+    let set = |s: &BTreeSet<String>, case_insensitive| pb::StringSet {
         values: s.iter().cloned().collect(),
+        case_insensitive,
     };
-    let kind = match c {
+    let kind = match &c.constraint {
         Constraint::Max(v) => Kind::Max(*v),
         Constraint::Min(v) => Kind::Min(*v),
-        Constraint::AllowSet(s) => Kind::Allow(set(s)),
-        Constraint::DenySet(s) => Kind::Deny(set(s)),
+        Constraint::AllowSet(s) => Kind::Allow(set(s, false)),
+        Constraint::DenySet(s) => Kind::Deny(set(s, false)),
+        Constraint::AllowFolded(s) => Kind::Allow(set(s, true)),
+        Constraint::DenyFolded(s) => Kind::Deny(set(s, true)),
         Constraint::Prefix(p) => Kind::Prefix(p.clone()),
         Constraint::Exact(v) => Kind::Exact(value_pb(v)),
+        Constraint::Range { min, max } => Kind::Range(pb::Range {
+            min: *min,
+            max: *max,
+        }),
+        Constraint::Window {
+            not_before,
+            not_after,
+        } => Kind::Window(pb::Window {
+            not_before: *not_before,
+            not_after: *not_after,
+        }),
     };
-    pb::Constraint { kind: Some(kind) }
+    pb::Constraint {
+        kind: Some(kind),
+        applies_to: c.applies_to.iter().flatten().cloned().collect(),
+    }
 }
 
 /// Claims on the wire.
 pub fn claims_pb(c: &Claims) -> HashMap<String, pb::Constraint> {
-    c.iter()
-        .map(|(k, v)| (k.clone(), constraint_pb(v)))
-        .collect()
+    c.iter().map(|(k, v)| (k.clone(), claim_pb(v))).collect()
 }
 
 /// The actor chain nested RFC 8693-style: current actor outermost.
@@ -461,6 +621,7 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         agent_traffic: actor.kind == ActorKind::Agent,
         actor_client_type: client_type_pb(actor.client_type).into(),
         max_uses: r.grant.max_uses.unwrap_or(0),
+        require_action_check: r.grant.require_action_check,
     }
 }
 
@@ -572,6 +733,24 @@ pub fn list_transactions_request(r: pb::ListTransactionsRequest) -> Result<TxnLi
         page_size: page_size(r.page_size, 50, MAX_PAGE_SIZE)?,
         before,
     })
+}
+
+/// Validates a GetTransaction request: the transaction, the token to continue after, and
+/// the page size (default and limit [`MAX_PAGE_SIZE`]).
+pub fn get_transaction_request(
+    r: pb::GetTransactionRequest,
+) -> Result<(TxnId, Option<TokenId>, usize)> {
+    let txn = parsed("txn", &r.txn)?;
+    let after = if r.cursor.is_empty() {
+        None
+    } else {
+        Some(parsed("cursor", &r.cursor)?)
+    };
+    Ok((
+        txn,
+        after,
+        page_size(r.page_size, MAX_PAGE_SIZE, MAX_PAGE_SIZE)?,
+    ))
 }
 
 /// Validates a ListEvents request: the transaction, the cursor and the page size.
@@ -795,7 +974,7 @@ mod tests {
             ),
             (
                 pb::MintRequest {
-                    claims: [("amount".into(), pb::Constraint { kind: None })].into(),
+                    claims: [("amount".into(), pb::Constraint::default())].into(),
                     ..mint()
                 },
                 "claims[\"amount\"]",
@@ -806,6 +985,7 @@ mod tests {
                         "bad name".into(),
                         pb::Constraint {
                             kind: Some(pb::constraint::Kind::Max(1)),
+                            ..Default::default()
                         },
                     )]
                     .into(),
@@ -835,6 +1015,201 @@ mod tests {
         assert!(mint_request(mint()).is_ok());
     }
 
+    fn with_claim(c: pb::Constraint) -> pb::MintRequest {
+        pb::MintRequest {
+            scopes: vec!["pay".into()],
+            claims: [("c".into(), c)].into(),
+            ..mint()
+        }
+    }
+
+    fn kind(k: pb::constraint::Kind) -> pb::Constraint {
+        pb::Constraint {
+            kind: Some(k),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn claims_are_refused_at_the_wire_unless_well_formed() {
+        use pb::constraint::Kind;
+        let set = |v: &[&str]| pb::StringSet {
+            values: v.iter().map(|s| s.to_string()).collect(),
+            case_insensitive: false,
+        };
+        let cases: Vec<(pb::Constraint, &str)> = vec![
+            (
+                kind(Kind::Deny(set(&["gam\u{AD}bling"]))),
+                "claims[\"c\"].deny",
+            ),
+            (kind(Kind::Allow(set(&["e\u{301}"]))), "claims[\"c\"].allow"),
+            (
+                kind(Kind::Prefix("/trips/../admin".into())),
+                "claims[\"c\"].prefix",
+            ),
+            (kind(Kind::Prefix("trips".into())), "claims[\"c\"].prefix"),
+            (
+                kind(Kind::Range(pb::Range { min: 5, max: 4 })),
+                "claims[\"c\"].range",
+            ),
+            (
+                kind(Kind::Window(pb::Window {
+                    not_before: 5,
+                    not_after: 4,
+                })),
+                "claims[\"c\"].window",
+            ),
+            (
+                kind(Kind::Exact(pb::Value {
+                    kind: Some(pb::value::Kind::List(pb::ValueList::default())),
+                })),
+                "claims[\"c\"].exact",
+            ),
+            (
+                pb::Constraint {
+                    applies_to: vec!["payments".into()],
+                    ..kind(Kind::Max(5))
+                },
+                "claims[\"c\"].applies_to",
+            ),
+        ];
+        for (c, field) in cases {
+            let err = mint_request(with_claim(c)).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+            assert!(err.to_string().len() < 300, "{err}");
+        }
+        let accent = kind(Kind::Allow(pb::StringSet {
+            values: vec!["¨".into()],
+            case_insensitive: true,
+        }));
+        assert_eq!(
+            mint_request(with_claim(accent)).unwrap_err().field,
+            "claims[\"c\"].allow"
+        );
+        let folded = kind(Kind::Deny(pb::StringSet {
+            values: vec!["Gambling".into()],
+            case_insensitive: true,
+        }));
+        let (req, key) = mint_request(with_claim(folded)).unwrap();
+        assert_eq!(
+            req.claims["c"].constraint,
+            Constraint::DenyFolded(["gambling".to_string()].into())
+        );
+        assert_eq!(key, None);
+    }
+
+    #[test]
+    fn attributes_take_lists_and_canonical_text_only() {
+        let attr = |v: pb::value::Kind| {
+            action(Some(pb::Action {
+                scope: "pay".into(),
+                attributes: [("a".into(), pb::Value { kind: Some(v) })].into(),
+            }))
+        };
+        let str_v = |s: &str| pb::Value {
+            kind: Some(pb::value::Kind::Str(s.into())),
+        };
+        let list = |v: Vec<pb::Value>| pb::value::Kind::List(pb::ValueList { values: v });
+        let got = attr(list(vec![str_v("x"), str_v("y")])).unwrap().unwrap();
+        assert_eq!(
+            got.attributes["a"],
+            vec![Value::Str("x".into()), Value::Str("y".into())]
+        );
+        assert_eq!(
+            attr(pb::value::Kind::Time(7)).unwrap().unwrap().attributes["a"],
+            vec![Value::Time(7)]
+        );
+        for bad in [
+            list(vec![]),
+            list(vec![pb::Value {
+                kind: Some(list(vec![str_v("x")])),
+            }]),
+            list((0..=MAX_ATTRIBUTE_VALUES).map(|_| str_v("x")).collect()),
+            pb::value::Kind::Str("gambling\u{FE0F}".into()),
+            pb::value::Kind::Str("Gambling ".into()),
+        ] {
+            let err = attr(bad).unwrap_err();
+            assert!(err.field.starts_with("action.attributes[\"a\"]"), "{err}");
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_and_drops_are_checked() {
+        assert_eq!(idempotency_key(String::new()), Ok(None));
+        assert_eq!(idempotency_key("k-1".into()), Ok(Some("k-1".into())));
+        for bad in ["a b", "é", &"k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1)] {
+            assert_eq!(
+                idempotency_key(bad.into()).unwrap_err().field,
+                "idempotency_key"
+            );
+        }
+        let d = downscope_request(pb::DownscopeRequest {
+            parent_token: "t".into(),
+            audience: agent("b"),
+            drop_rctx: vec!["bad key".into()],
+            ..Default::default()
+        });
+        assert_eq!(d.unwrap_err().field, "drop_rctx");
+    }
+
+    #[test]
+    fn the_largest_record_fits_its_bound_on_the_wire() {
+        use prost::Message;
+        use writ_core::{Grant, SecretHash};
+        let long = |c: char, n: usize| c.to_string().repeat(n);
+        let p = |i: usize| Party {
+            id: format!("{i:0>width$}", width = MAX_ID_LEN),
+            kind: ActorKind::Agent,
+            client_type: ClientType::Public,
+        };
+        // Grow a grant and a context to just under their limits.
+        let mut grant = Grant {
+            scopes: (0..MAX_SCOPES)
+                .map(|i| format!("{i:0>width$}", width = MAX_SCOPE_LEN))
+                .collect(),
+            claims: Claims::new(),
+            targets: (0..MAX_TARGETS).map(|i| format!("{i:0>64}")).collect(),
+            expires_at: UnixMillis(u64::MAX),
+            max_uses: Some(u32::MAX),
+            require_action_check: true,
+        };
+        let mut n = 0;
+        while grant.size() < MAX_GRANT_BYTES - 600 {
+            grant.claims.insert(
+                format!("{n:0>width$}", width = MAX_CLAIM_NAME_LEN),
+                Claim::on_every_scope(Constraint::Exact(Value::Str(long('x', 400)))),
+            );
+            n += 1;
+        }
+        let ctx: BTreeMap<String, String> = (0..13)
+            .map(|i| (format!("{i:0>64}"), long('y', MAX_VALUE_LEN)))
+            .collect();
+        let record = TokenRecord {
+            token_id: TokenId([1; 16]),
+            secret_hash: SecretHash([2; 32]),
+            txn: TxnId([3; 16]),
+            parent: Some(TokenId([4; 16])),
+            depth: MAX_DEPTH_CEILING,
+            subject: p(0).id,
+            trust_domain: long('t', 255),
+            actors: (0..=MAX_DEPTH_CEILING as usize).map(p).collect(),
+            audience: p(99),
+            grant,
+            purpose: long('p', MAX_VALUE_LEN),
+            tctx: ctx.clone(),
+            rctx: ctx,
+            issued_at: UnixMillis(u64::MAX),
+            idempotency: Some([5; 32]),
+        };
+        assert!(record.grant.size() <= MAX_GRANT_BYTES);
+        assert!(record.context_size() <= MAX_CONTEXT_BYTES);
+        let wire = token_info(&record).encoded_len();
+        assert!(
+            wire <= MAX_RECORD_BYTES,
+            "{wire} bytes on the wire; the bound is {MAX_RECORD_BYTES}"
+        );
+    }
+
     #[test]
     fn act_nests_current_actor_outermost() {
         let p = |id: &str| Party {
@@ -851,13 +1226,33 @@ mod tests {
 
     #[test]
     fn constraints_round_trip() {
+        let every = Claim::on_every_scope;
         let c: Claims = [
-            ("a".to_string(), Constraint::Max(5)),
+            ("a".to_string(), every(Constraint::Max(5))),
             (
                 "b".to_string(),
-                Constraint::DenySet(["x".to_string()].into()),
+                every(Constraint::DenySet(["x".to_string()].into())),
             ),
-            ("c".to_string(), Constraint::Exact(Value::Str("EUR".into()))),
+            (
+                "c".to_string(),
+                every(Constraint::Exact(Value::Str("EUR".into()))),
+            ),
+            (
+                "d".to_string(),
+                every(Constraint::deny_folded(["Gambling".to_string()])),
+            ),
+            ("e".to_string(), every(Constraint::Range { min: 1, max: 9 })),
+            (
+                "f".to_string(),
+                Claim {
+                    constraint: Constraint::Window {
+                        not_before: 10,
+                        not_after: 20,
+                    },
+                    applies_to: Some(["pay".to_string()].into()),
+                },
+            ),
+            ("g".to_string(), every(Constraint::Exact(Value::Time(3)))),
         ]
         .into();
         assert_eq!(claims_from_pb(claims_pb(&c)).unwrap(), c);

@@ -30,11 +30,43 @@ pub enum ClientError {
         message: String,
     },
     /// A header value is not valid metadata.
+    /// A plaintext connection to a host that is not loopback was refused.
+    #[error(
+        "refusing plaintext gRPC to {addr}: not a loopback address (tokens and credentials would cross the network in the clear; Writ has no TLS yet)"
+    )]
+    Plaintext {
+        /// The address given.
+        addr: String,
+    },
     #[error("invalid {0}: not valid gRPC metadata")]
     Metadata(&'static str),
     /// The server refused or failed the request.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
+}
+
+fn uri_of(addr: &str) -> String {
+    if addr.contains("://") {
+        addr.to_string()
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+/// Is `uri`'s host `localhost` or a loopback IP address?
+fn is_loopback(uri: &str) -> bool {
+    let Ok(uri) = uri.parse::<tonic::codegen::http::Uri>() else {
+        return false;
+    };
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback()),
+        None => false,
+    }
 }
 
 /// A connection to a Writ server, acting as one caller. `Debug` never prints the
@@ -60,18 +92,27 @@ impl std::fmt::Debug for WritClient {
 }
 
 impl WritClient {
-    /// Connects to `addr` (`http://host:port`, or `host:port`).
+    /// Connects to `addr` (`http://host:port`, or `host:port`) on a loopback address.
+    /// Writ speaks plaintext gRPC until TLS lands, so a non-loopback host is refused
+    /// ([`ClientError::Plaintext`]): tokens and credentials would cross the network in the
+    /// clear. [`WritClient::connect_insecure`] accepts that risk explicitly.
     pub async fn connect(addr: &str) -> Result<WritClient, ClientError> {
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("http://{addr}")
-        };
+        let uri = uri_of(addr);
+        if !is_loopback(&uri) {
+            return Err(ClientError::Plaintext {
+                addr: addr.to_string(),
+            });
+        }
+        Self::connect_insecure(addr).await
+    }
+
+    /// Connects to `addr` over plaintext gRPC even when it is not a loopback address.
+    pub async fn connect_insecure(addr: &str) -> Result<WritClient, ClientError> {
         let err = |e: &dyn std::fmt::Display| ClientError::Connect {
             addr: addr.to_string(),
             message: e.to_string(),
         };
-        let channel = Endpoint::from_shared(uri)
+        let channel = Endpoint::from_shared(uri_of(addr))
             .map_err(|e| err(&e))?
             .connect()
             .await
@@ -147,12 +188,37 @@ impl WritClient {
         Ok(self.inner.revoke(r).await?.into_inner())
     }
 
-    /// The whole tree of one transaction (operators).
-    pub async fn get_transaction(&mut self, txn: &str) -> Result<pb::Transaction, ClientError> {
-        let r = self.request(pb::GetTransactionRequest {
-            txn: txn.to_string(),
-        });
+    /// One page of a transaction's tree (see `GetTransactionRequest`).
+    pub async fn get_transaction_page(
+        &mut self,
+        req: pb::GetTransactionRequest,
+    ) -> Result<pb::Transaction, ClientError> {
+        let r = self.request(req);
         Ok(self.chain.get_transaction(r).await?.into_inner())
+    }
+
+    /// A whole transaction's tree, following `next_cursor` from page to page: the tokens
+    /// in depth-first order, each parent before its children.
+    pub async fn get_transaction(&mut self, txn: &str) -> Result<pb::Transaction, ClientError> {
+        let mut whole = self
+            .get_transaction_page(pb::GetTransactionRequest {
+                txn: txn.to_string(),
+                ..Default::default()
+            })
+            .await?;
+        while !whole.next_cursor.is_empty() {
+            let page = self
+                .get_transaction_page(pb::GetTransactionRequest {
+                    txn: txn.to_string(),
+                    cursor: std::mem::take(&mut whole.next_cursor),
+                    page_size: 0,
+                })
+                .await?;
+            whole.tokens.extend(page.tokens);
+            whole.next_cursor = page.next_cursor;
+            whole.truncated = page.truncated;
+        }
+        Ok(whole)
     }
 
     /// One token with its ancestry (operators).
@@ -225,7 +291,17 @@ pub mod build {
     }
 
     fn c(kind: pb::constraint::Kind) -> pb::Constraint {
-        pb::Constraint { kind: Some(kind) }
+        pb::Constraint {
+            kind: Some(kind),
+            applies_to: Vec::new(),
+        }
+    }
+
+    fn string_set(set: &[&str]) -> pb::StringSet {
+        pb::StringSet {
+            values: set.iter().map(|s| s.to_string()).collect(),
+            case_insensitive: false,
+        }
     }
 
     /// value ≤ `v`.
@@ -238,15 +314,34 @@ pub mod build {
     }
     /// value ∈ `set`.
     pub fn allow(set: &[&str]) -> pb::Constraint {
-        c(pb::constraint::Kind::Allow(pb::StringSet {
-            values: set.iter().map(|s| s.to_string()).collect(),
-        }))
+        c(pb::constraint::Kind::Allow(string_set(set)))
     }
     /// value ∉ `set`.
     pub fn deny(set: &[&str]) -> pb::Constraint {
-        c(pb::constraint::Kind::Deny(pb::StringSet {
-            values: set.iter().map(|s| s.to_string()).collect(),
+        c(pb::constraint::Kind::Deny(string_set(set)))
+    }
+    /// `min <= value <= max`.
+    pub fn range(min: i64, max: i64) -> pb::Constraint {
+        c(pb::constraint::Kind::Range(pb::Range { min, max }))
+    }
+    /// `not_before <= time <= not_after`, Unix seconds.
+    pub fn window(not_before: i64, not_after: i64) -> pb::Constraint {
+        c(pb::constraint::Kind::Window(pb::Window {
+            not_before,
+            not_after,
         }))
+    }
+    /// The same allow or deny set, compared case-insensitively.
+    pub fn case_insensitive(mut c: pb::Constraint) -> pb::Constraint {
+        if let Some(pb::constraint::Kind::Allow(s) | pb::constraint::Kind::Deny(s)) = &mut c.kind {
+            s.case_insensitive = true;
+        }
+        c
+    }
+    /// The claim, limited to actions of these scopes.
+    pub fn applies_to(mut c: pb::Constraint, scopes: &[&str]) -> pb::Constraint {
+        c.applies_to = scopes.iter().map(|s| s.to_string()).collect();
+        c
     }
     /// value starts with `p`.
     pub fn prefix(p: &str) -> pb::Constraint {
@@ -267,5 +362,51 @@ pub mod build {
         pb::Value {
             kind: Some(pb::value::Kind::Str(v.to_string())),
         }
+    }
+    /// A point in time, Unix seconds.
+    pub fn time(v: i64) -> pb::Value {
+        pb::Value {
+            kind: Some(pb::value::Kind::Time(v)),
+        }
+    }
+    /// Several items of one action attribute; every one must pass.
+    pub fn list(values: Vec<pb::Value>) -> pb::Value {
+        pb::Value {
+            kind: Some(pb::value::Kind::List(pb::ValueList { values })),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn only_loopback_hosts_are_plaintext_by_default() {
+        for ok in [
+            "127.0.0.1:7433",
+            "http://localhost:1",
+            "http://[::1]:7433",
+            "127.9.9.9:1",
+        ] {
+            assert!(is_loopback(&uri_of(ok)), "{ok}");
+        }
+        for remote in [
+            "10.0.0.1:7433",
+            "http://writ.example.com:7433",
+            "[2001:db8::1]:1",
+            "::",
+        ] {
+            assert!(!is_loopback(&uri_of(remote)), "{remote}");
+        }
+    }
+
+    #[tokio::test]
+    async fn connect_refuses_a_remote_plaintext_address() {
+        let e = WritClient::connect("http://192.0.2.1:7433")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, ClientError::Plaintext { .. }), "{e}");
     }
 }

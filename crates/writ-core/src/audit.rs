@@ -2,10 +2,17 @@
 //! (minted, downscoped, validated, refused, revoked), self-contained so it stays readable
 //! after the tokens it names are purged, and ordered by an [`EventId`] that is also its
 //! timestamp. Pure values: the store appends them, the server decides when.
+//!
+//! Every event is bounded ([`MAX_EVENT_BYTES`](crate::limits::MAX_EVENT_BYTES) encoded):
+//! the constructors cut lists to [`MAX_EVENT_LIST_BYTES`] and details to
+//! [`MAX_DETAIL_BYTES`], so a request that costs a caller a hundred bytes can never make
+//! the server store and stream kilobytes.
 
 use crate::ids::{TokenId, TxnId, UnixMillis};
 use crate::lifecycle::narrowed;
-use crate::model::{Grant, TokenRecord};
+use crate::limits::MAX_DETAIL_BYTES;
+use crate::model::TokenRecord;
+use crate::text::truncate;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -133,6 +140,31 @@ impl EventKind {
     }
 }
 
+/// Most bytes of one list (scopes, narrowed lines) an event keeps.
+pub const MAX_EVENT_LIST_BYTES: usize = 4096;
+
+/// The first items of `items` that fit in [`MAX_EVENT_LIST_BYTES`], and a last item
+/// `… (+N more)` saying how many did not.
+fn bounded_list(items: impl ExactSizeIterator<Item = String>) -> Vec<String> {
+    let total = items.len();
+    let mut used = 0;
+    let mut out = Vec::new();
+    for item in items {
+        if used + item.len() > MAX_EVENT_LIST_BYTES {
+            out.push(format!("… (+{} more)", total - out.len()));
+            break;
+        }
+        used += item.len();
+        out.push(item);
+    }
+    out
+}
+
+/// A detail as events keep it: at most [`MAX_DETAIL_BYTES`].
+pub fn bounded_detail(detail: String) -> String {
+    truncate(detail, MAX_DETAIL_BYTES)
+}
+
 impl Event {
     /// The event of a newly minted root token.
     pub fn minted(id: EventId, root: &TokenRecord) -> Event {
@@ -144,14 +176,14 @@ impl Event {
             actor: root.current_actor().id.clone(),
             kind: EventKind::Minted {
                 audience: root.audience.id.clone(),
-                scopes: root.grant.scopes.iter().cloned().collect(),
+                scopes: bounded_list(root.grant.scopes.iter().cloned()),
                 expires_at: root.grant.expires_at,
             },
         }
     }
 
-    /// The event of `child`, derived from a parent holding `parent_grant`.
-    pub fn downscoped(id: EventId, parent_grant: &Grant, child: &TokenRecord) -> Event {
+    /// The event of `child`, derived from `parent`.
+    pub fn downscoped(id: EventId, parent: &TokenRecord, child: &TokenRecord) -> Event {
         Event {
             id,
             txn: child.txn,
@@ -162,8 +194,8 @@ impl Event {
                 // Every child has a parent; the fallback never shows.
                 parent: child.parent.unwrap_or(child.token_id),
                 audience: child.audience.id.clone(),
-                scopes: child.grant.scopes.iter().cloned().collect(),
-                narrowed: narrowed(parent_grant, &child.grant),
+                scopes: bounded_list(child.grant.scopes.iter().cloned()),
+                narrowed: bounded_list(narrowed(parent, child).into_iter()),
             },
         }
     }
@@ -186,7 +218,7 @@ impl Event {
             kind: EventKind::Validated {
                 action,
                 result: result.to_owned(),
-                detail,
+                detail: bounded_detail(detail),
             },
         }
     }
@@ -208,7 +240,7 @@ impl Event {
             token,
             actor: by.to_owned(),
             kind: EventKind::Revoked {
-                reason: reason.to_owned(),
+                reason: bounded_detail(reason.to_owned()),
                 revoked: u32::try_from(count).unwrap_or(u32::MAX),
             },
         }
@@ -230,7 +262,7 @@ impl Event {
             actor: actor.to_owned(),
             kind: EventKind::Refused {
                 dimension: dimension.to_owned(),
-                detail,
+                detail: bounded_detail(detail),
             },
         }
     }

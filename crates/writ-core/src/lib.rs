@@ -10,7 +10,9 @@
 //! - [`ids`]: transaction ids, public token ids, timestamps.
 //! - [`token`]: the opaque bearer-token format (prefix, entropy, keyed-blake3 tag) and
 //!   server key rings; turns a presented string into the hash that storage keys on.
-//! - [`claims`]: typed claim constraints, their partial order and their evaluation.
+//! - [`text`]: the canonical form of free text, and how values are compared and shown.
+//! - [`claims`]: typed claims (constraints and the scopes they apply to), their partial
+//!   order and their evaluation.
 //! - [`model`]: the token record every hop stores, parties and grants.
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
 //! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed.
@@ -25,10 +27,11 @@ pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod narrow;
+pub mod text;
 pub mod token;
 
 pub use audit::{Event, EventId, EventKind};
-pub use claims::{Claims, Constraint, Denial, Value};
+pub use claims::{Attributes, Claim, Claims, Constraint, Denial, Value};
 pub use ids::{TokenId, TxnId, UnixMillis};
 pub use lifecycle::{Revocation, Status, TokenState};
 pub use model::{ActorKind, ClientType, Grant, Party, TokenRecord};

@@ -3,9 +3,9 @@
 //! values and the server decides when to write them.
 
 use crate::ids::{TokenId, UnixMillis};
-use crate::model::{Grant, TokenRecord};
+use crate::model::TokenRecord;
+use crate::text::truncate;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeSet;
 
 /// Why and by whom a token was revoked.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,55 +71,84 @@ pub fn status(record: &TokenRecord, state: &TokenState, now: UnixMillis) -> Stat
     }
 }
 
-/// What a child narrowed relative to its parent, one human-readable line per change, for
-/// chain views and audit. Empty only for a root (no parent) comparison with itself.
-pub fn narrowed(parent: &Grant, child: &Grant) -> Vec<String> {
+/// "`kind` dropped: …" for the parent's items the child does not keep, if any.
+fn dropped<'a>(
+    kind: &str,
+    parent: impl IntoIterator<Item = &'a String>,
+    keeps: impl Fn(&str) -> bool,
+) -> Option<String> {
+    let gone: Vec<&str> = parent
+        .into_iter()
+        .map(String::as_str)
+        .filter(|x| !keeps(x))
+        .collect();
+    (!gone.is_empty()).then(|| format!("{kind} dropped: {}", gone.join(" ")))
+}
+
+/// Longest line [`narrowed`] returns, in bytes.
+pub const MAX_NARROWED_LINE: usize = 256;
+
+/// What a child narrowed relative to its parent, one human-readable line per change
+/// (each at most [`MAX_NARROWED_LINE`] bytes), for chain views and audit. Empty only when
+/// nothing changed.
+pub fn narrowed(parent: &TokenRecord, child: &TokenRecord) -> Vec<String> {
+    let (pg, cg) = (&parent.grant, &child.grant);
     let mut out = Vec::new();
-    let dropped = |kind: &str, p: &BTreeSet<String>, c: &BTreeSet<String>| {
-        let gone: Vec<&str> = p.difference(c).map(String::as_str).collect();
-        (!gone.is_empty()).then(|| format!("{kind} dropped: {}", gone.join(" ")))
-    };
-    out.extend(dropped("scopes", &parent.scopes, &child.scopes));
-    out.extend(dropped("targets", &parent.targets, &child.targets));
-    for (name, c) in &child.claims {
-        match parent.claims.get(name) {
+    out.extend(dropped("scopes", &pg.scopes, |s| cg.scopes.contains(s)));
+    out.extend(dropped("targets", &pg.targets, |t| cg.targets.contains(t)));
+    for (name, c) in &cg.claims {
+        match pg.claims.get(name) {
             None => out.push(format!("claim {name} added: {c}")),
             Some(p) if p != c => out.push(format!("claim {name}: {p} -> {c}")),
             Some(_) => {}
         }
     }
-    if child.expires_at < parent.expires_at {
+    if cg.expires_at < pg.expires_at {
         out.push(format!(
             "expiry {} s earlier",
-            (parent.expires_at.0 - child.expires_at.0).div_ceil(1000)
+            (pg.expires_at.0 - cg.expires_at.0).div_ceil(1000)
         ));
     }
-    if child.max_uses != parent.max_uses {
+    if cg.max_uses != pg.max_uses {
         let show = |u: Option<u32>| u.map_or("unlimited".to_string(), |u| u.to_string());
         out.push(format!(
             "max_uses {} -> {}",
-            show(parent.max_uses),
-            show(child.max_uses)
+            show(pg.max_uses),
+            show(cg.max_uses)
         ));
     }
-    out
+    if cg.require_action_check && !pg.require_action_check {
+        out.push("action checks required".to_string());
+    }
+    out.extend(dropped("rctx", parent.rctx.keys(), |k| {
+        child.rctx.contains_key(k)
+    }));
+    out.into_iter()
+        .map(|line| truncate(line, MAX_NARROWED_LINE))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::claims::Constraint;
+    use crate::claims::{Claim, Constraint};
     use crate::ids::TxnId;
+    use crate::model::Grant;
     use crate::model::{ActorKind, ClientType, Party};
     use crate::token::SecretHash;
 
     fn grant() -> Grant {
         Grant {
             scopes: ["a".to_string(), "b".to_string()].into(),
-            claims: [("amount".to_string(), Constraint::Max(100))].into(),
+            claims: [(
+                "amount".to_string(),
+                Claim::on_every_scope(Constraint::Max(100)),
+            )]
+            .into(),
             targets: ["x".to_string(), "y".to_string()].into(),
             expires_at: UnixMillis(10_000),
             max_uses: Some(3),
+            require_action_check: false,
         }
     }
 
@@ -144,6 +173,7 @@ mod tests {
             tctx: Default::default(),
             rctx: Default::default(),
             issued_at: UnixMillis(0),
+            idempotency: None,
         }
     }
 
@@ -175,32 +205,52 @@ mod tests {
 
     #[test]
     fn narrowed_lists_every_change() {
-        let p = grant();
+        let mut p = record(grant());
+        p.rctx = [
+            ("ip".to_string(), "1".to_string()),
+            ("authn".to_string(), "pw".to_string()),
+        ]
+        .into();
         assert!(narrowed(&p, &p).is_empty());
-        let c = Grant {
+        let mut c = record(Grant {
             scopes: ["a".to_string()].into(),
             claims: [
-                ("amount".to_string(), Constraint::Max(50)),
+                (
+                    "amount".to_string(),
+                    Claim::on_every_scope(Constraint::Max(50)),
+                ),
                 (
                     "cat".to_string(),
-                    Constraint::DenySet(["h".to_string()].into()),
+                    Claim::on_every_scope(Constraint::DenySet(["h".to_string()].into())),
                 ),
             ]
             .into(),
             targets: ["y".to_string()].into(),
             expires_at: UnixMillis(4_000),
             max_uses: Some(1),
-        };
+            require_action_check: true,
+        });
+        c.rctx = [("authn".to_string(), "pw".to_string())].into();
         assert_eq!(
             narrowed(&p, &c),
             vec![
                 "scopes dropped: b",
                 "targets dropped: x",
                 "claim amount: max 100 -> max 50",
-                "claim cat added: deny {h}",
+                "claim cat added: deny {\"h\"}",
                 "expiry 6 s earlier",
                 "max_uses 3 -> 1",
+                "action checks required",
+                "rctx dropped: ip",
             ]
+        );
+        let mut wide = p.clone();
+        wide.grant.scopes = (0..64).map(|i| format!("{i:0>120}")).collect();
+        let lines = narrowed(&wide, &p);
+        assert!(
+            lines[0].len() <= MAX_NARROWED_LINE && lines[0].ends_with('…'),
+            "{}",
+            lines[0]
         );
     }
 }

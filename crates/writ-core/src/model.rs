@@ -1,8 +1,9 @@
 //! The record every hop stores. One record per token; it carries everything Validate
 //! needs, so validating a token at any depth is one read.
 
-use crate::claims::{self, Claims, Denial, Value};
+use crate::claims::{self, Attributes, Claims, Constraint, Denial};
 use crate::ids::{TokenId, TxnId, UnixMillis};
+use crate::limits::SIZE_OVERHEAD;
 use crate::token::SecretHash;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -54,16 +55,58 @@ pub struct Grant {
     /// parent's budget (the store enforces that under concurrency), so a single-use token
     /// yields one use in total, however the chain branches.
     pub max_uses: Option<u32>,
+    /// The token answers only action checks: a Validate without an action finds it
+    /// inactive, so plain introspection can never stand in for a spent use. Once set, every
+    /// descendant keeps it.
+    pub require_action_check: bool,
+}
+
+/// The measured size of a string (see [`SIZE_OVERHEAD`]).
+pub(crate) fn str_size(s: &str) -> usize {
+    s.len() + SIZE_OVERHEAD
+}
+
+fn set_size<'a>(items: impl IntoIterator<Item = &'a String>) -> usize {
+    SIZE_OVERHEAD + items.into_iter().map(|s| str_size(s)).sum::<usize>()
+}
+
+fn constraint_size(c: &Constraint) -> usize {
+    use Constraint::*;
+    SIZE_OVERHEAD
+        + match c {
+            Max(_) | Min(_) | Exact(claims::Value::Int(_) | claims::Value::Time(_)) => {
+                2 * SIZE_OVERHEAD
+            }
+            Range { .. } | Window { .. } => 4 * SIZE_OVERHEAD,
+            AllowSet(s) | DenySet(s) | AllowFolded(s) | DenyFolded(s) => set_size(s),
+            Prefix(p) | Exact(claims::Value::Str(p)) => str_size(p),
+        }
 }
 
 impl Grant {
     /// May this grant perform `scope` with `attributes`?
-    pub fn authorize(
-        &self,
-        scope: &str,
-        attributes: &BTreeMap<String, Value>,
-    ) -> Result<(), Denial> {
+    pub fn authorize(&self, scope: &str, attributes: &Attributes) -> Result<(), Denial> {
         claims::authorize(&self.scopes, &self.claims, scope, attributes)
+    }
+
+    /// The grant's measured size: every string's bytes plus [`SIZE_OVERHEAD`], and
+    /// `SIZE_OVERHEAD` per number and container, which bounds its encoded size on the
+    /// wire and in the store. At most [`MAX_GRANT_BYTES`](crate::limits::MAX_GRANT_BYTES).
+    pub fn size(&self) -> usize {
+        let claims: usize = self
+            .claims
+            .iter()
+            .map(|(name, c)| {
+                str_size(name)
+                    + constraint_size(&c.constraint)
+                    + c.applies_to.as_ref().map_or(0, set_size)
+            })
+            .sum();
+        set_size(&self.scopes)
+            + set_size(&self.targets)
+            + SIZE_OVERHEAD
+            + claims
+            + 4 * SIZE_OVERHEAD
     }
 
     /// Is the grant expired at `now`?
@@ -105,9 +148,34 @@ pub struct TokenRecord {
     pub rctx: BTreeMap<String, String>,
     /// When this token was issued.
     pub issued_at: UnixMillis,
+    /// Digest of the request that created this token under an idempotency key (see
+    /// [`crate::narrow::request_digest`]): a retry under the same key must carry the same
+    /// request and gets this token back. `None` without a key.
+    pub idempotency: Option<[u8; 32]>,
+}
+
+/// The measured size of a token's context (see [`Grant::size`]): at most
+/// [`MAX_CONTEXT_BYTES`](crate::limits::MAX_CONTEXT_BYTES).
+pub fn context_size(
+    purpose: &str,
+    tctx: &BTreeMap<String, String>,
+    rctx: &BTreeMap<String, String>,
+) -> usize {
+    let map = |m: &BTreeMap<String, String>| {
+        SIZE_OVERHEAD
+            + m.iter()
+                .map(|(k, v)| str_size(k) + str_size(v))
+                .sum::<usize>()
+    };
+    str_size(purpose) + map(tctx) + map(rctx)
 }
 
 impl TokenRecord {
+    /// The measured size of this token's purpose, `tctx` and `rctx`.
+    pub fn context_size(&self) -> usize {
+        context_size(&self.purpose, &self.tctx, &self.rctx)
+    }
+
     /// The party that derived this token and presents it.
     pub fn current_actor(&self) -> &Party {
         // Every constructor in `narrow` puts at least the minter here.

@@ -4,15 +4,18 @@
 //! child from a parent and refuses, naming the [`Dimension`], anything that would give
 //! the child more than its parent: a scope the parent lacks, a wider or dropped claim,
 //! an audience outside the parent's targets, wider targets, a later expiry, an
-//! unchanged grant, a chain too deep, an actor loop, or a caller that does not hold the
-//! parent. Immutable fields (txn, subject, trust domain, tctx, rctx) are copied, never
-//! taken from the request.
+//! unchanged grant, a chain too deep, an actor loop, a caller that does not hold the
+//! parent, or a record larger than the limits. Immutable fields (txn, subject, trust
+//! domain, tctx) are copied, never taken from the request; a child may only drop `rctx`
+//! entries it does not need to pass on.
 
 use crate::claims::Claims;
 use crate::ids::{TokenId, TxnId, UnixMillis};
-use crate::limits::MAX_CLAIMS;
-use crate::model::{Grant, Party, TokenRecord};
+use crate::limits::{MAX_CLAIMS, MAX_CONTEXT_BYTES, MAX_GRANT_BYTES};
+use crate::model::{Grant, Party, TokenRecord, context_size};
+use crate::text::Shown;
 use crate::token::VerifiedToken;
+use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
@@ -65,6 +68,10 @@ pub enum Dimension {
     Depth,
     /// A party would appear twice in the chain.
     Loop,
+    /// The token would carry more claims, or a larger grant or context, than the limits.
+    Size,
+    /// A request-context entry to drop is not in the parent's.
+    Context,
 }
 
 impl Dimension {
@@ -82,6 +89,8 @@ impl Dimension {
             Dimension::Uses => "uses",
             Dimension::Depth => "depth",
             Dimension::Loop => "loop",
+            Dimension::Size => "size",
+            Dimension::Context => "context",
         }
     }
 }
@@ -104,7 +113,7 @@ fn refuse<T>(dimension: Dimension, detail: impl fmt::Display) -> Result<T, Narro
 }
 
 /// A validated request to start a transaction.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MintRequest {
     /// The authenticated user the transaction acts for.
     pub subject: String,
@@ -126,10 +135,12 @@ pub struct MintRequest {
     pub ttl_secs: Option<u64>,
     /// Allowed action checks; `None` is unlimited.
     pub max_uses: Option<u32>,
+    /// Answer only action checks (see [`Grant::require_action_check`]).
+    pub require_action_check: bool,
 }
 
 /// A validated request to derive a child for the next hop.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ChildRequest {
     /// The next hop: the only party the child may be presented to.
     pub audience: Party,
@@ -145,6 +156,10 @@ pub struct ChildRequest {
     pub purpose: Option<String>,
     /// Allowed action checks; `None` inherits the parent's limit.
     pub max_uses: Option<u32>,
+    /// Answer only action checks; a parent's `true` is inherited whatever this says.
+    pub require_action_check: bool,
+    /// `rctx` entries not to pass on (data minimisation); each must be in the parent's.
+    pub drop_rctx: BTreeSet<String>,
 }
 
 /// Identity and placement of the new token, chosen by the caller of the rules.
@@ -156,6 +171,45 @@ pub struct NewToken {
     pub txn: TxnId,
     /// Issue time.
     pub now: UnixMillis,
+    /// The [`request_digest`] of a request made under an idempotency key.
+    pub idempotency: Option<[u8; 32]>,
+}
+
+/// The digest that identifies a request for idempotent retries: blake3 over a
+/// deterministic encoding of the validated request and `scope` (who asks, from which
+/// parent). Two requests have the same digest exactly when they ask for the same thing.
+pub fn request_digest<T: Serialize + fmt::Debug>(scope: &[u8], req: &T) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("writ 2026-12 idempotent request digest v1");
+    h.update(&(scope.len() as u64).to_be_bytes());
+    h.update(scope);
+    match postcard::to_allocvec(req) {
+        Ok(bytes) => h.update(&bytes),
+        // Cannot fail for these types (no unsized sequences); `Debug` is deterministic too.
+        Err(_) => h.update(format!("{req:?}").as_bytes()),
+    };
+    *h.finalize().as_bytes()
+}
+
+/// Refuses a grant or context over the limits.
+fn check_size(grant: &Grant, ctx: usize) -> Result<(), NarrowingError> {
+    if grant.size() > MAX_GRANT_BYTES {
+        return refuse(
+            Dimension::Size,
+            format_args!(
+                "the grant would measure {} bytes; the limit is {MAX_GRANT_BYTES}",
+                grant.size()
+            ),
+        );
+    }
+    if ctx > MAX_CONTEXT_BYTES {
+        return refuse(
+            Dimension::Size,
+            format_args!(
+                "the purpose and context would measure {ctx} bytes; the limit is {MAX_CONTEXT_BYTES}"
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Builds a root record. `minter` becomes the first actor and `trust_domain` comes from
@@ -174,11 +228,24 @@ pub fn mint(
             format_args!("ttl_seconds {ttl} is outside 1..={}", policy.max_ttl_secs),
         );
     }
-    if req.audience.id == minter.id && !policy.allow_actor_loops {
-        return refuse(
-            Dimension::Loop,
-            format_args!("audience {:?} is the minter itself", minter.id),
-        );
+    if !policy.allow_actor_loops {
+        if req.audience.id == minter.id {
+            return refuse(
+                Dimension::Loop,
+                format_args!("audience {} is the minter itself", Shown(&minter.id)),
+            );
+        }
+        // The first hop could only reach itself again: refused now, not at the Downscope
+        // that would try.
+        if req.targets.contains(&req.audience.id) {
+            return refuse(
+                Dimension::Loop,
+                format_args!(
+                    "audience {} is also among the token's targets",
+                    Shown(&req.audience.id)
+                ),
+            );
+        }
     }
     if req.max_uses == Some(0) {
         return refuse(
@@ -186,6 +253,24 @@ pub fn mint(
             "max_uses must be at least 1 (0 means unlimited on the wire)",
         );
     }
+    if req.claims.len() > MAX_CLAIMS {
+        return refuse(
+            Dimension::Size,
+            format_args!(
+                "the token would carry {} claims; the limit is {MAX_CLAIMS}",
+                req.claims.len()
+            ),
+        );
+    }
+    let grant = Grant {
+        scopes: req.scopes,
+        claims: req.claims,
+        targets: req.targets,
+        expires_at: new.now.plus_secs(ttl),
+        max_uses: req.max_uses,
+        require_action_check: req.require_action_check,
+    };
+    check_size(&grant, context_size(&req.purpose, &req.tctx, &req.rctx))?;
     Ok(TokenRecord {
         token_id: new.token.token_id,
         secret_hash: new.token.secret_hash,
@@ -196,17 +281,12 @@ pub fn mint(
         trust_domain: trust_domain.to_string(),
         actors: vec![minter],
         audience: req.audience,
-        grant: Grant {
-            scopes: req.scopes,
-            claims: req.claims,
-            targets: req.targets,
-            expires_at: new.now.plus_secs(ttl),
-            max_uses: req.max_uses,
-        },
+        grant,
         purpose: req.purpose,
         tctx: req.tctx,
         rctx: req.rctx,
         issued_at: new.now,
+        idempotency: new.idempotency,
     })
 }
 
@@ -257,6 +337,17 @@ pub fn downscope(
                 format_args!("audience {:?} already acts in this chain", req.audience.id),
             );
         }
+        // As at Mint: a target already in the chain (or the child's own audience) could
+        // only ever be reached by a loop, so naming one is refused now.
+        let in_chain = |t: &String| {
+            *t == req.audience.id || *t == actor.id || parent.actors.iter().any(|a| a.id == *t)
+        };
+        if let Some(t) = req.targets.iter().find(|t| in_chain(t)) {
+            return refuse(
+                Dimension::Loop,
+                format_args!("target {t:?} already acts in this chain"),
+            );
+        }
     }
     if !pg.targets.contains(&req.audience.id) {
         return refuse(
@@ -281,12 +372,28 @@ pub fn downscope(
     }
     let mut claims = pg.claims.clone();
     for (name, c) in req.claims {
+        // A scope the parent does not hold is a typo: the claim would never apply.
+        if let Some(s) = c
+            .applies_to
+            .iter()
+            .flatten()
+            .find(|s| !pg.scopes.contains(*s))
+        {
+            return refuse(
+                Dimension::Claims,
+                format_args!(
+                    "claim {}: applies to scope {}, which the parent does not hold",
+                    Shown(&name),
+                    Shown(s)
+                ),
+            );
+        }
         if let Some(p) = pg.claims.get(&name)
             && !p.is_narrowed_by(&c)
         {
             return refuse(
                 Dimension::Claims,
-                format_args!("claim {name:?}: {c} is not within the parent's {p}"),
+                format_args!("claim {}: {c} is not within the parent's {p}", Shown(&name)),
             );
         }
         claims.insert(name, c);
@@ -294,7 +401,7 @@ pub fn downscope(
     // Each hop may add claims; the merged set stays within the same bound as a request's.
     if claims.len() > MAX_CLAIMS {
         return refuse(
-            Dimension::Claims,
+            Dimension::Size,
             format_args!(
                 "the child would carry {} claims; the limit is {MAX_CLAIMS}",
                 claims.len()
@@ -326,19 +433,31 @@ pub fn downscope(
         (Some(c), _) => Some(c),
         (None, p) => p,
     };
+    let mut rctx = parent.rctx.clone();
+    for key in &req.drop_rctx {
+        if rctx.remove(key).is_none() {
+            return refuse(
+                Dimension::Context,
+                format_args!("drop_rctx: {} is not in the parent's rctx", Shown(key)),
+            );
+        }
+    }
     let grant = Grant {
         scopes: req.scopes,
         claims,
         targets: req.targets,
         expires_at,
         max_uses,
+        require_action_check: pg.require_action_check || req.require_action_check,
     };
     if grant == *pg {
         return refuse(
             Dimension::NotNarrower,
-            "the child grants exactly the parent's scopes, claims, targets and expiry; each hop must narrow at least one",
+            "the child grants exactly the parent's scopes, claims, targets, expiry and uses; each hop must narrow at least one",
         );
     }
+    let purpose = req.purpose.unwrap_or_else(|| parent.purpose.clone());
+    check_size(&grant, context_size(&purpose, &parent.tctx, &rctx))?;
     let mut actors = parent.actors.clone();
     actors.push(actor);
     Ok(TokenRecord {
@@ -352,10 +471,11 @@ pub fn downscope(
         actors,
         audience: req.audience,
         grant,
-        purpose: req.purpose.unwrap_or_else(|| parent.purpose.clone()),
+        purpose,
         tctx: parent.tctx.clone(),
-        rctx: parent.rctx.clone(),
+        rctx,
         issued_at: new.now,
+        idempotency: new.idempotency,
     })
 }
 

@@ -28,6 +28,7 @@ pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + (RAW_LEN * 4).div_ceil(3);
 const MAC_CONTEXT: &[u8] = b"writ token tag v1\0";
 const HASH_CONTEXT: &str = "writ 2026-11 token secret hash v1";
 const ID_CONTEXT: &str = "writ 2026-11 public token id v1";
+const DERIVED_ENTROPY_CONTEXT: &str = "writ 2026-12 idempotent token entropy v1";
 
 /// Why a presented string is not a token this server issued. Deliberately coarse: the
 /// caller learns nothing about which byte was wrong.
@@ -89,7 +90,28 @@ impl KeyRing {
 
     /// Issues a new token from 32 bytes of caller-supplied CSPRNG output.
     pub fn issue(&self, entropy: [u8; 32]) -> (TokenSecret, VerifiedToken) {
-        let key = &self.keys[0];
+        Self::issue_with(&self.keys[0], entropy)
+    }
+
+    /// The tokens a request identified by `scope` (who asks, from where, under which
+    /// idempotency key) gets: one per key of the ring, the signing key's first. The
+    /// entropy is a keyed hash of the scope under a key derived from the server key, so a
+    /// retry re-derives the same secret instead of anyone storing it, and nobody without
+    /// the server key can compute it. The other keys' tokens let a retry find a token
+    /// issued before the signing key rotated.
+    pub fn issue_derived(
+        &self,
+        scope: &[u8],
+    ) -> impl Iterator<Item = (TokenSecret, VerifiedToken)> + '_ {
+        let scope = scope.to_vec();
+        self.keys.iter().map(move |key| {
+            let derive = blake3::derive_key(DERIVED_ENTROPY_CONTEXT, &key.key);
+            let entropy = *blake3::keyed_hash(&derive, &scope).as_bytes();
+            Self::issue_with(key, entropy)
+        })
+    }
+
+    fn issue_with(key: &ServerKey, entropy: [u8; 32]) -> (TokenSecret, VerifiedToken) {
         let mut raw = [0u8; RAW_LEN];
         raw[0] = VERSION;
         raw[1..5].copy_from_slice(&key.id.to_be_bytes());

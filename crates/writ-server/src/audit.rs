@@ -407,11 +407,11 @@ mod tests {
         ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
             self.inner.get(id)
         }
-        fn txn_tokens(
+        fn txn_tree(
             &self,
             txn: TxnId,
-        ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
-            self.inner.txn_tokens(txn)
+        ) -> impl Future<Output = Result<Vec<writ_store::TreeEntry>, StoreError>> + Send {
+            self.inner.txn_tree(txn)
         }
         fn state(
             &self,
@@ -617,8 +617,9 @@ mod tests {
             rctx: Default::default(),
             ttl_secs: None,
             max_uses: None,
+            require_action_check: false,
         };
-        let mut mint = Box::pin(service.mint(&caller, req));
+        let mut mint = Box::pin(service.mint(&caller, req, None));
         tokio::select! {
             r = &mut mint => panic!("the mint finished while its insert was held: {r:?}"),
             () = store.entered(1) => {}

@@ -23,11 +23,14 @@ use tonic::{Request, Response, Status};
 use writ_api::convert::{self, status_pb};
 use writ_api::pb::{self, chain_service_server::ChainService};
 use writ_core::lifecycle;
-use writ_core::{TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
-use writ_store::{TokenStore, TxnQuery};
+use writ_core::{TokenId, TokenRecord, TokenState, UnixMillis};
+use writ_store::{TokenStore, TreeEntry, TxnQuery};
 
-/// Most nodes one GetTransaction answer carries.
-pub const MAX_TREE_NODES: usize = 1000;
+/// Most bytes of tokens one GetTransaction answer carries; a page stops before the token
+/// that would pass it (and always carries at least one). With records bounded by
+/// `MAX_RECORD_BYTES`, a page of even the largest tokens stays far below the service's
+/// encoding limit.
+pub const MAX_TREE_PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Most WatchEvents streams open at once, server-wide: each holds a task and a buffer.
 pub const MAX_WATCHERS: usize = 64;
 /// Most WatchEvents streams one operator may hold open, so that one operator (or one
@@ -209,7 +212,7 @@ fn node(
         uses: state.uses,
         children: state.children,
         narrowed: parent
-            .map(|p| lifecycle::narrowed(&p.grant, &r.grant))
+            .map(|p| lifecycle::narrowed(p, r))
             .unwrap_or_default(),
         revocation: state.revoked.as_ref().map(|v| pb::Revocation {
             at_unix_ms: v.at.0,
@@ -224,6 +227,31 @@ impl<S: TokenStore> ChainGrpc<S> {
     async fn load(&self, id: TokenId) -> Result<Option<(TokenRecord, TokenState)>, ServiceError> {
         Ok(self.store.get_with_state(id).await?)
     }
+}
+
+/// A transaction's tokens in the documented order: depth-first, each parent before its
+/// children, siblings by issue time (then id); a token whose parent is no longer stored
+/// starts a tree of its own, in the same order among the roots.
+fn depth_first(tree: &[TreeEntry]) -> Vec<TokenId> {
+    let present: std::collections::HashSet<TokenId> = tree.iter().map(|e| e.id).collect();
+    let mut children: HashMap<Option<TokenId>, Vec<&TreeEntry>> = HashMap::new();
+    for e in tree {
+        let parent = e.parent.filter(|p| present.contains(p));
+        children.entry(parent).or_default().push(e);
+    }
+    for list in children.values_mut() {
+        list.sort_by_key(|e| (e.issued_at, e.id));
+    }
+    let mut out = Vec::with_capacity(tree.len());
+    let mut stack: Vec<&TreeEntry> = children.get(&None).cloned().unwrap_or_default();
+    stack.reverse();
+    while let Some(e) = stack.pop() {
+        out.push(e.id);
+        if let Some(kids) = children.get(&Some(e.id)) {
+            stack.extend(kids.iter().rev());
+        }
+    }
+    out
 }
 
 #[tonic::async_trait]
@@ -310,54 +338,73 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
+        use prost::Message;
         operator_only(&self.auth, request.metadata())?;
-        let txn: TxnId = convert::parsed("txn", &request.into_inner().txn)?;
-        let ids = self
-            .store
-            .txn_tokens(txn)
-            .await
-            .map_err(ServiceError::from)?;
-        if ids.is_empty() {
+        let (txn, after, page_size) = convert::get_transaction_request(request.into_inner())?;
+        // The tree's shape comes from the transaction index alone; records are read only
+        // for the page answered.
+        let tree = self.store.txn_tree(txn).await.map_err(ServiceError::from)?;
+        if tree.is_empty() {
             return Err(ServiceError::NotFound(format!("txn: no transaction {txn}")).into());
         }
-        let truncated = ids.len() > MAX_TREE_NODES;
-        let mut nodes: HashMap<TokenId, (TokenRecord, TokenState)> = HashMap::new();
-        for id in ids.into_iter().take(MAX_TREE_NODES) {
-            if let Some(n) = self.load(id).await? {
-                nodes.insert(id, n);
-            }
-        }
-        // Depth-first, each parent before its children, siblings by issue time.
-        let mut children: HashMap<Option<TokenId>, Vec<TokenId>> = HashMap::new();
-        for (id, (r, _)) in &nodes {
-            let parent = r.parent.filter(|p| nodes.contains_key(p));
-            children.entry(parent).or_default().push(*id);
-        }
-        for list in children.values_mut() {
-            list.sort_by_key(|id| (nodes[id].0.issued_at, *id));
-        }
+        let order = depth_first(&tree);
+        let start = match after {
+            None => 0,
+            Some(id) => match order.iter().position(|t| *t == id) {
+                Some(i) => i + 1,
+                None => {
+                    return Err(Status::invalid_argument(format!(
+                        "cursor: {id} is no longer a token of {txn} (cleanup reclaimed it); read the transaction again from the start"
+                    )));
+                }
+            },
+        };
         let now = now();
-        let mut out = Vec::with_capacity(nodes.len());
-        let mut stack: Vec<TokenId> = children.get(&None).cloned().unwrap_or_default();
-        stack.reverse();
-        while let Some(id) = stack.pop() {
-            let (r, state) = &nodes[&id];
-            let parent = r.parent.and_then(|p| nodes.get(&p)).map(|(p, _)| p);
-            out.push(node(r, state, parent, now));
-            if let Some(kids) = children.get(&Some(id)) {
-                stack.extend(kids.iter().rev());
+        let mut records: HashMap<TokenId, TokenRecord> = HashMap::new();
+        let mut tokens = Vec::new();
+        let (mut bytes, mut next) = (0, start);
+        for &id in &order[start..] {
+            if tokens.len() == page_size {
+                break;
             }
+            next += 1;
+            let Some((record, state)) = self.load(id).await? else {
+                continue; // reclaimed since the index was read
+            };
+            let parent = match record.parent {
+                Some(p) if !records.contains_key(&p) => self.load(p).await?.map(|(r, _)| r),
+                _ => None,
+            };
+            let parent = parent
+                .as_ref()
+                .or_else(|| record.parent.and_then(|p| records.get(&p)));
+            let n = node(&record, &state, parent, now);
+            let size = n.encoded_len();
+            if !tokens.is_empty() && bytes + size > MAX_TREE_PAGE_BYTES {
+                next -= 1;
+                break;
+            }
+            bytes += size;
+            tokens.push(n);
+            records.insert(id, record);
         }
-        let subject = nodes
+        let truncated = next < order.len();
+        // Every token of a transaction has its subject.
+        let subject = records
             .values()
             .next()
-            .map(|(r, _)| r.subject.clone())
+            .map(|r| r.subject.clone())
             .unwrap_or_default();
         Ok(Response::new(pb::Transaction {
             txn: txn.to_string(),
             subject,
-            tokens: out,
+            tokens,
             truncated,
+            next_cursor: if truncated {
+                order[next - 1].to_string()
+            } else {
+                String::new()
+            },
         }))
     }
 

@@ -50,6 +50,9 @@ pub struct TokenConfig {
     pub allow_actor_loops: bool,
     /// Most children one token may have (fan-out).
     pub max_children: u32,
+    /// How long after issuing a token a retry of its Mint or Downscope under the same
+    /// idempotency key gets it back (re-derived, never stored).
+    pub idempotency_window_seconds: u64,
 }
 
 /// Storage settings.
@@ -172,6 +175,7 @@ impl Default for TokenConfig {
             max_depth: p.max_depth,
             allow_actor_loops: p.allow_actor_loops,
             max_children: 16,
+            idempotency_window_seconds: 300,
         }
     }
 }
@@ -230,6 +234,12 @@ impl Config {
             return bad(format!(
                 "tokens.default_ttl_seconds = {} must be in 1..=max_ttl_seconds ({})",
                 t.default_ttl_seconds, t.max_ttl_seconds
+            ));
+        }
+        if t.idempotency_window_seconds == 0 || t.idempotency_window_seconds > 86_400 {
+            return bad(format!(
+                "tokens.idempotency_window_seconds = {} must be in 1..=86400",
+                t.idempotency_window_seconds
             ));
         }
         if t.max_depth == 0 || t.max_depth > MAX_DEPTH_CEILING {

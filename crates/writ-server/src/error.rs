@@ -1,9 +1,28 @@
 //! The service's one error enum and its mapping to gRPC status codes, in one place.
+//!
+//! One rule decides the code: what can the caller do about it?
+//! - `INVALID_ARGUMENT`: change the request (a malformed field, something too large, a
+//!   child that narrows nothing, an idempotency key reused for another request);
+//! - `UNAUTHENTICATED`: present a valid credential or token;
+//! - `PERMISSION_DENIED`: ask for less, or as someone else (any widening, a loop, not the
+//!   holder, the wrong role);
+//! - `FAILED_PRECONDITION`: nothing, with this token now (expired, revoked, too few uses
+//!   left, at the deepest depth, past the idempotency window);
+//! - `RESOURCE_EXHAUSTED`: a count limit is reached (fan-out, tokens per transaction,
+//!   watches); `NOT_FOUND`: no such token or transaction; `UNAVAILABLE`: retry later.
+//!
+//! Every message is cut to [`MAX_STATUS_MESSAGE`] bytes, so no request can make a large
+//! `grpc-message` trailer.
 
 use crate::auth::AuthError;
 use writ_api::FieldError;
+use writ_core::limits::MAX_DETAIL_BYTES;
 use writ_core::narrow::{Dimension, NarrowingError};
+use writ_core::text::truncate;
 use writ_store::StoreError;
+
+/// Longest `grpc-message` the server sends, in bytes.
+pub const MAX_STATUS_MESSAGE: usize = MAX_DETAIL_BYTES + 256;
 
 /// Everything a Writ RPC can refuse or fail with. (Inactive tokens are not errors:
 /// Validate answers them.)
@@ -45,9 +64,36 @@ pub enum ServiceError {
     /// Downscope refused by the narrowing rules.
     #[error("{0}")]
     Narrowing(#[from] NarrowingError),
+    /// The idempotency key already named a token issued for another request.
+    #[error(
+        "idempotency_key: already used for a different request (or by another caller's parent); use a new key"
+    )]
+    IdempotencyReused,
+    /// The idempotency key's token is older than the retry window.
+    #[error(
+        "idempotency_key: its token was issued more than {0} s ago (tokens.idempotency_window_seconds); use a new key"
+    )]
+    IdempotencyExpired(u64),
     /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+}
+
+/// The code of a refused narrowing (Mint or Downscope), by the rule above.
+fn narrowing_code(d: Dimension) -> tonic::Code {
+    use tonic::Code;
+    match d {
+        Dimension::Holder
+        | Dimension::Scopes
+        | Dimension::Claims
+        | Dimension::Audience
+        | Dimension::Targets
+        | Dimension::Expiry
+        | Dimension::Uses
+        | Dimension::Loop => Code::PermissionDenied,
+        Dimension::ParentExpired | Dimension::Depth => Code::FailedPrecondition,
+        Dimension::NotNarrower | Dimension::Size | Dimension::Context => Code::InvalidArgument,
+    }
 }
 
 /// Why a presented parent token cannot be downscoped.
@@ -75,32 +121,22 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Auth(AuthError::Malformed(_)) => Code::InvalidArgument,
             ServiceError::Auth(AuthError::Forbidden(_)) => Code::PermissionDenied,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
-            ServiceError::ParentToken(ParentProblem::Malformed) => Code::InvalidArgument,
-            ServiceError::ParentToken(ParentProblem::Invalid)
-            | ServiceError::Token(ParentProblem::Invalid) => Code::Unauthenticated,
+            // A token that does not verify or is not stored, malformed or not: present a
+            // valid one. (Only Validate tells these apart, as an inactive reason.)
+            ServiceError::ParentToken(ParentProblem::Malformed | ParentProblem::Invalid)
+            | ServiceError::Token(ParentProblem::Malformed | ParentProblem::Invalid) => {
+                Code::Unauthenticated
+            }
             ServiceError::ParentToken(ParentProblem::Revoked)
             | ServiceError::Token(ParentProblem::Revoked) => Code::FailedPrecondition,
-            ServiceError::Token(ParentProblem::Malformed) => Code::InvalidArgument,
             ServiceError::FanOut(_) | ServiceError::TxnFull(_) => Code::ResourceExhausted,
             ServiceError::UsesLeft => Code::FailedPrecondition,
             ServiceError::NotFound(_) => Code::NotFound,
-            ServiceError::MintRefused(n) if n.dimension == Dimension::Loop => {
-                Code::PermissionDenied
+            ServiceError::MintRefused(n) | ServiceError::Narrowing(n) => {
+                narrowing_code(n.dimension)
             }
-            ServiceError::MintRefused(_) => Code::InvalidArgument,
-            ServiceError::Narrowing(n) => match n.dimension {
-                Dimension::ParentExpired | Dimension::NotNarrower | Dimension::Depth => {
-                    Code::FailedPrecondition
-                }
-                Dimension::Holder
-                | Dimension::Scopes
-                | Dimension::Claims
-                | Dimension::Audience
-                | Dimension::Targets
-                | Dimension::Expiry
-                | Dimension::Uses
-                | Dimension::Loop => Code::PermissionDenied,
-            },
+            ServiceError::IdempotencyReused => Code::InvalidArgument,
+            ServiceError::IdempotencyExpired(_) => Code::FailedPrecondition,
             ServiceError::Store(StoreError::Conflict) => Code::Aborted,
             ServiceError::Store(StoreError::ParentRevoked | StoreError::UsesExhausted) => {
                 Code::FailedPrecondition
@@ -117,6 +153,6 @@ impl From<ServiceError> for tonic::Status {
             tracing::error!(error = %e, "storage failure");
             return tonic::Status::unavailable("storage is unavailable; retry later");
         }
-        tonic::Status::new(code, e.to_string())
+        tonic::Status::new(code, truncate(e.to_string(), MAX_STATUS_MESSAGE))
     }
 }

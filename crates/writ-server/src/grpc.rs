@@ -32,6 +32,7 @@ fn inactive_pb(i: Inactive) -> pb::InactiveReason {
         Inactive::WrongAudience => pb::InactiveReason::WrongAudience,
         Inactive::Malformed => pb::InactiveReason::Malformed,
         Inactive::Exhausted => pb::InactiveReason::Exhausted,
+        Inactive::ActionRequired => pb::InactiveReason::ActionRequired,
     }
 }
 
@@ -45,8 +46,8 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             .auth
             .identify(request.metadata())
             .map_err(ServiceError::from)?;
-        let req = convert::mint_request(request.into_inner())?;
-        let (secret, record) = self.service.mint(&caller, req).await?;
+        let (req, key) = convert::mint_request(request.into_inner())?;
+        let (secret, record) = self.service.mint(&caller, req, key.as_deref()).await?;
         Ok(Response::new(pb::MintResponse {
             token: secret.expose().to_string(),
             info: Some(convert::token_info(&record)),
@@ -61,8 +62,16 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             .auth
             .identify(request.metadata())
             .map_err(ServiceError::from)?;
-        let (parent, child) = convert::downscope_request(request.into_inner())?;
-        let (secret, record) = self.service.downscope(&caller, &parent, child).await?;
+        let d = convert::downscope_request(request.into_inner())?;
+        let (secret, record) = self
+            .service
+            .downscope(
+                &caller,
+                &d.parent_token,
+                d.child,
+                d.idempotency_key.as_deref(),
+            )
+            .await?;
         Ok(Response::new(pb::DownscopeResponse {
             token: secret.expose().to_string(),
             info: Some(convert::token_info(&record)),

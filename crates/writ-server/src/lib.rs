@@ -211,7 +211,10 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
         config.tokens.max_children,
         audit.clone(),
         config.audit.validations,
-    );
+    )
+    .with_idempotency_window(std::time::Duration::from_secs(
+        config.tokens.idempotency_window_seconds,
+    ));
     let auth = auth::Authenticator::new(credentials);
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
         store.clone(),

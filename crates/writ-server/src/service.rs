@@ -2,6 +2,13 @@
 //! takes validated core values and an identified caller, applies the core's rules, talks
 //! to the store and records each step in the audit trail. The tonic layer in
 //! [`crate::grpc`] only converts and maps errors.
+//!
+//! Mint and Downscope are idempotent under a caller's key: the new token's entropy is
+//! derived from the server key and (caller, parent, key) instead of drawn at random, and
+//! its record keeps a digest of the request. A retry (after a lost answer or a deadline)
+//! derives the same token id, finds the stored record and returns it with the re-derived
+//! secret: nothing is written again, no second use or fan-out slot is spent, and no
+//! secret is ever stored. A retry with another request, or after the window, is refused.
 
 use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
@@ -14,7 +21,7 @@ use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
 use writ_core::{
     ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
-    TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis,
+    TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis, VerifiedToken,
 };
 use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
 
@@ -33,6 +40,8 @@ pub enum Inactive {
     Malformed,
     /// Every use it carried is consumed or passed on to children.
     Exhausted,
+    /// The token answers only action checks, and none was asked.
+    ActionRequired,
 }
 
 impl Inactive {
@@ -45,6 +54,7 @@ impl Inactive {
             Inactive::WrongAudience => "wrong_audience",
             Inactive::Malformed => "malformed",
             Inactive::Exhausted => "exhausted",
+            Inactive::ActionRequired => "action_required",
         }
     }
 }
@@ -80,6 +90,40 @@ pub struct Service<S> {
     max_children: u32,
     audit: Arc<Audit>,
     validations: ValidationEvents,
+    /// How long a retry under an idempotency key gets its token back, in milliseconds.
+    idempotency_window_ms: u64,
+}
+
+/// A Mint or Downscope made under an idempotency key: what the key names (who asks, from
+/// which parent, under which key) and the digest of what was asked.
+#[derive(Debug)]
+struct Retry {
+    scope: Vec<u8>,
+    digest: [u8; 32],
+}
+
+impl Retry {
+    fn new<T: serde::Serialize + std::fmt::Debug>(
+        op: &str,
+        caller: &str,
+        parent: Option<TokenId>,
+        key: &str,
+        req: &T,
+    ) -> Retry {
+        // Length-prefixed, so no two (op, caller, parent, key) encode alike.
+        let mut scope = Vec::new();
+        for part in [
+            op.as_bytes(),
+            caller.as_bytes(),
+            &parent.map_or([0; 16], |p| p.0),
+            key.as_bytes(),
+        ] {
+            scope.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            scope.extend_from_slice(part);
+        }
+        let digest = narrow::request_digest(&scope, req);
+        Retry { scope, digest }
+    }
 }
 
 /// Validate's answer on a known token: active with the action's decision (if one was
@@ -149,7 +193,14 @@ impl<S: TokenStore> Service<S> {
             max_children,
             audit,
             validations,
+            idempotency_window_ms: 300_000,
         }
+    }
+
+    /// Sets how long a retry under an idempotency key gets its token back.
+    pub fn with_idempotency_window(mut self, window: std::time::Duration) -> Self {
+        self.idempotency_window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+        self
     }
 
     /// Records a refused Downscope of `parent` by `actor`.
@@ -159,16 +210,72 @@ impl<S: TokenStore> Service<S> {
         self.audit.record(pending, event).await;
     }
 
-    fn issue(&self, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
-        let (secret, token) = self.keys.issue(rand::random());
-        (secret, NewToken { token, txn, now })
+    /// A new token: derived from the retry's scope under the signing key, or random.
+    fn issue(&self, retry: Option<&Retry>, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
+        let derived = retry.and_then(|r| self.keys.issue_derived(&r.scope).next());
+        let (secret, token): (TokenSecret, VerifiedToken) =
+            derived.unwrap_or_else(|| self.keys.issue(rand::random()));
+        let new = NewToken {
+            token,
+            txn,
+            now,
+            idempotency: retry.map(|r| r.digest),
+        };
+        (secret, new)
     }
 
-    /// Starts a transaction for a minter.
+    /// The token an earlier attempt of `retry` stored, if any, with its re-derived secret:
+    /// looked up by the id the scope derives under each key of the ring (so a retry finds
+    /// a token issued before the signing key rotated). Refused if that attempt asked for
+    /// something else, or is older than the window.
+    async fn replayed(
+        &self,
+        retry: &Retry,
+    ) -> Result<Option<(TokenSecret, TokenRecord)>, ServiceError> {
+        for (secret, token) in self.keys.issue_derived(&retry.scope) {
+            let Some(record) = self.store.get(token.token_id).await? else {
+                continue;
+            };
+            if record.idempotency != Some(retry.digest) || record.trust_domain != self.trust_domain
+            {
+                return Err(ServiceError::IdempotencyReused);
+            }
+            if now().0
+                > record
+                    .issued_at
+                    .0
+                    .saturating_add(self.idempotency_window_ms)
+            {
+                return Err(ServiceError::IdempotencyExpired(
+                    self.idempotency_window_ms / 1000,
+                ));
+            }
+            tracing::info!(txn = %record.txn, token_id = %record.token_id, "answered a retry with the token it already issued");
+            return Ok(Some((secret, record)));
+        }
+        Ok(None)
+    }
+
+    /// After the store refused a token id as taken: the concurrent attempt that took it.
+    async fn raced(
+        &self,
+        retry: Option<&Retry>,
+    ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
+        match retry {
+            Some(r) => self
+                .replayed(r)
+                .await?
+                .ok_or(ServiceError::Store(StoreError::Conflict)),
+            None => Err(ServiceError::Store(StoreError::Conflict)),
+        }
+    }
+
+    /// Starts a transaction for a minter; idempotent under `idempotency_key`.
     pub async fn mint(
         &self,
         caller: &Caller,
         req: MintRequest,
+        idempotency_key: Option<&str>,
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
         let minter = match caller {
             Caller::Minter(id) => id.clone(),
@@ -183,8 +290,14 @@ impl<S: TokenStore> Service<S> {
                 ));
             }
         };
+        let retry = idempotency_key.map(|k| Retry::new("mint", &minter, None, k, &req));
+        if let Some(r) = &retry
+            && let Some(found) = self.replayed(r).await?
+        {
+            return Ok(found);
+        }
         let now = now();
-        let (secret, new) = self.issue(TxnId::new(now, rand::random()), now);
+        let (secret, new) = self.issue(retry.as_ref(), TxnId::new(now, rand::random()), now);
         let minter = Party {
             id: minter,
             kind: ActorKind::Workload,
@@ -202,7 +315,12 @@ impl<S: TokenStore> Service<S> {
             .audit
             .commit(Some(pending), Some(event), &self.store, insert)
             .await;
-        inserted?;
+        match inserted {
+            Ok(()) => {}
+            // A concurrent attempt under the same idempotency key stored it first.
+            Err(StoreError::Conflict) => return self.raced(retry.as_ref()).await,
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(txn = %record.txn, token_id = %record.token_id, audience = %record.audience.id, "minted");
         Ok((secret, record))
     }
@@ -230,12 +348,14 @@ impl<S: TokenStore> Service<S> {
         }
     }
 
-    /// Derives a child of `parent_token` for the next hop.
+    /// Derives a child of `parent_token` for the next hop; idempotent under
+    /// `idempotency_key`.
     pub async fn downscope(
         &self,
         caller: &Caller,
         parent_token: &str,
         req: ChildRequest,
+        idempotency_key: Option<&str>,
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
         let caller_id = party_id(
             caller,
@@ -250,6 +370,15 @@ impl<S: TokenStore> Service<S> {
                 return Err(ServiceError::ParentToken(ParentProblem::Invalid));
             }
         };
+        // The caller is part of the key's scope: another caller derives other ids and
+        // meets the holder refusal below.
+        let retry = idempotency_key
+            .map(|k| Retry::new("downscope", caller_id, Some(parent.token_id), k, &req));
+        if let Some(r) = &retry
+            && let Some(found) = self.replayed(r).await?
+        {
+            return Ok(found);
+        }
         // Only the holder learns that its token is revoked; anyone else gets the core's
         // holder refusal below.
         if caller_id == parent.audience.id && state.revoked.is_some() {
@@ -270,7 +399,7 @@ impl<S: TokenStore> Service<S> {
             req.max_uses = Some(max.saturating_sub(state.uses).max(1));
         }
         let now = now();
-        let (secret, new) = self.issue(parent.txn, now);
+        let (secret, new) = self.issue(retry.as_ref(), parent.txn, now);
         let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new) {
             Ok(child) => child,
             Err(e) => {
@@ -280,7 +409,7 @@ impl<S: TokenStore> Service<S> {
             }
         };
         let pending = self.audit.issue();
-        let event = Event::downscoped(pending.id(), &parent.grant, &child);
+        let event = Event::downscoped(pending.id(), &parent, &child);
         // The store re-checks revocation, fan-out and the use budget under the
         // transaction's lock, so a concurrent Revoke never leaves a usable child. Landed,
         // the event is announced and its id settled even if this request is cancelled;
@@ -303,6 +432,11 @@ impl<S: TokenStore> Service<S> {
             Err(StoreError::TxnFull { limit }) => Some(("txn_size", ServiceError::TxnFull(limit))),
             Err(StoreError::ParentMissing) => {
                 return Err(ServiceError::ParentToken(ParentProblem::Invalid));
+            }
+            // A concurrent attempt under the same idempotency key stored it first.
+            Err(StoreError::Conflict) => {
+                drop(pending);
+                return self.raced(retry.as_ref()).await;
             }
             Err(other) => return Err(ServiceError::Store(other)),
         };
@@ -390,6 +524,10 @@ impl<S: TokenStore> Service<S> {
             Status::Revoked => return Ok((Err(Inactive::Revoked), pending)),
             Status::Expired => return Ok((Err(Inactive::Expired), pending)),
             Status::Exhausted => return Ok((Err(Inactive::Exhausted), pending)),
+        }
+        // Plain introspection must not stand in for the action check such a token exists for.
+        if record.grant.require_action_check && action.is_none() {
+            return Ok((Err(Inactive::ActionRequired), None));
         }
         let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
         // An allowed action on a limited token spends one use, atomically, and the use and

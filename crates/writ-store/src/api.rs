@@ -61,6 +61,28 @@ pub enum StoreError {
     Task(String),
 }
 
+/// One token's place in its transaction's tree, from [`TokenStore::txn_tree`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TreeEntry {
+    /// The token.
+    pub id: TokenId,
+    /// The token it was derived from; `None` at the root.
+    pub parent: Option<TokenId>,
+    /// When it was issued (orders siblings).
+    pub issued_at: UnixMillis,
+}
+
+impl TreeEntry {
+    /// Where `record` sits in its tree.
+    pub fn of(record: &TokenRecord) -> TreeEntry {
+        TreeEntry {
+            id: record.token_id,
+            parent: record.parent,
+            issued_at: record.issued_at,
+        }
+    }
+}
+
 /// What [`TokenStore::revoke`] revokes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RevokeTarget {
@@ -247,12 +269,13 @@ pub trait TokenStore: Send + Sync + 'static {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
 
-    /// Ids of every token of one transaction, in key order (byte order of the token id),
-    /// from an index scan, not a full scan.
-    fn txn_tokens(
+    /// Every token of one transaction with its place in the tree (parent, issue time),
+    /// in key order (byte order of the token id), from an index scan: neither a full scan
+    /// nor (for tokens written by this schema) a read of their records.
+    fn txn_tree(
         &self,
         txn: TxnId,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send;
 
     /// The mutable state of a token: the default state if the token exists but has never
     /// changed, `None` if it does not exist.
@@ -394,11 +417,11 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         T::get(self, id)
     }
 
-    fn txn_tokens(
+    fn txn_tree(
         &self,
         txn: TxnId,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
-        T::txn_tokens(self, txn)
+    ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send {
+        T::txn_tree(self, txn)
     }
 
     fn state(

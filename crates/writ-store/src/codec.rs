@@ -4,6 +4,10 @@
 //! Postcard is compact and deterministic, but not self-describing: a field added to the
 //! record changes the encoding. The version byte lets a later build recognise older
 //! values (and refuse unknown ones) instead of misreading them.
+//!
+//! Records: version 2 (claims that apply to some scopes, `require_action_check`, the
+//! idempotency digest) is written; version 1 is still read, through its own types in
+//! [`v1`], so a store upgraded in place keeps validating the tokens it holds.
 
 use crate::api::StoreError;
 use serde::Serialize;
@@ -11,7 +15,7 @@ use serde::de::DeserializeOwned;
 use writ_core::{Event, TokenRecord, TokenState};
 
 /// Format version of record values written by this build.
-const FORMAT_VERSION: u8 = 1;
+const FORMAT_VERSION: u8 = 2;
 /// Format version of state values written by this build.
 const STATE_FORMAT_VERSION: u8 = 1;
 /// Format version of audit events written by this build.
@@ -32,15 +36,26 @@ fn decode_versioned<T: DeserializeOwned>(
     expected: u8,
     what: &str,
 ) -> Result<T, StoreError> {
-    let corrupt = |what: String| StoreError::Corrupt { what };
-    let (&version, body) = bytes
-        .split_first()
-        .ok_or_else(|| corrupt(format!("empty {what} value")))?;
+    let (version, body) = split_version(bytes, what)?;
     if version != expected {
-        return Err(corrupt(format!(
-            "{what} has unknown format version {version}"
-        )));
+        return Err(StoreError::Corrupt {
+            what: format!("{what} has unknown format version {version}"),
+        });
     }
+    decode_body(body, what)
+}
+
+fn split_version<'a>(bytes: &'a [u8], what: &str) -> Result<(u8, &'a [u8]), StoreError> {
+    bytes
+        .split_first()
+        .map(|(v, body)| (*v, body))
+        .ok_or_else(|| StoreError::Corrupt {
+            what: format!("empty {what} value"),
+        })
+}
+
+fn decode_body<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T, StoreError> {
+    let corrupt = |what: String| StoreError::Corrupt { what };
     let (value, rest) = postcard::take_from_bytes::<T>(body)
         .map_err(|e| corrupt(format!("{what} failed to decode: {e}")))?;
     if !rest.is_empty() {
@@ -54,10 +69,84 @@ pub(crate) fn encode(record: &TokenRecord) -> Result<Vec<u8>, StoreError> {
     encode_versioned(record, FORMAT_VERSION, "token record")
 }
 
-/// Decodes a stored record. Unknown versions, malformed bytes and trailing bytes are
-/// all [`StoreError::Corrupt`].
+/// Decodes a stored record of this build's version or of version 1. Unknown versions,
+/// malformed bytes and trailing bytes are all [`StoreError::Corrupt`].
 pub(crate) fn decode(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
-    decode_versioned(bytes, FORMAT_VERSION, "token record")
+    const WHAT: &str = "token record";
+    match split_version(bytes, WHAT)? {
+        (1, body) => decode_body::<v1::TokenRecord>(body, WHAT).map(TokenRecord::from),
+        _ => decode_versioned(bytes, FORMAT_VERSION, WHAT),
+    }
+}
+
+/// The record as version 1 stored it. Its constraints and values decode as today's (new
+/// kinds were only appended); what it lacks takes the value that changes nothing.
+mod v1 {
+    use serde::Deserialize;
+    use std::collections::{BTreeMap, BTreeSet};
+    use writ_core::{Claim, Constraint, Grant, Party, SecretHash, TokenId, TxnId, UnixMillis};
+
+    #[derive(Deserialize)]
+    pub(super) struct TokenRecord {
+        token_id: TokenId,
+        secret_hash: SecretHash,
+        txn: TxnId,
+        parent: Option<TokenId>,
+        depth: u32,
+        subject: String,
+        trust_domain: String,
+        actors: Vec<Party>,
+        audience: Party,
+        grant: GrantV1,
+        purpose: String,
+        tctx: BTreeMap<String, String>,
+        rctx: BTreeMap<String, String>,
+        issued_at: UnixMillis,
+    }
+
+    #[derive(Deserialize)]
+    struct GrantV1 {
+        scopes: BTreeSet<String>,
+        claims: BTreeMap<String, Constraint>,
+        targets: BTreeSet<String>,
+        expires_at: UnixMillis,
+        max_uses: Option<u32>,
+    }
+
+    impl From<TokenRecord> for writ_core::TokenRecord {
+        fn from(r: TokenRecord) -> Self {
+            writ_core::TokenRecord {
+                token_id: r.token_id,
+                secret_hash: r.secret_hash,
+                txn: r.txn,
+                parent: r.parent,
+                depth: r.depth,
+                subject: r.subject,
+                trust_domain: r.trust_domain,
+                actors: r.actors,
+                audience: r.audience,
+                grant: Grant {
+                    scopes: r.grant.scopes,
+                    // Every claim applied to every scope.
+                    claims: r
+                        .grant
+                        .claims
+                        .into_iter()
+                        .map(|(n, c)| (n, Claim::on_every_scope(c)))
+                        .collect(),
+                    targets: r.grant.targets,
+                    expires_at: r.grant.expires_at,
+                    max_uses: r.grant.max_uses,
+                    require_action_check: false,
+                },
+                purpose: r.purpose,
+                tctx: r.tctx,
+                rctx: r.rctx,
+                issued_at: r.issued_at,
+                idempotency: None,
+            }
+        }
+    }
 }
 
 /// Encodes a token's mutable state for storage.
@@ -131,10 +220,78 @@ mod tests {
         );
     }
 
+    /// A version-1 record, as that build's types encoded it: the same fields without the
+    /// claims' scopes, `require_action_check` and `idempotency`.
+    #[derive(serde::Serialize)]
+    struct RecordV1<'a> {
+        token_id: writ_core::TokenId,
+        secret_hash: writ_core::SecretHash,
+        txn: writ_core::TxnId,
+        parent: Option<writ_core::TokenId>,
+        depth: u32,
+        subject: &'a str,
+        trust_domain: &'a str,
+        actors: &'a [writ_core::Party],
+        audience: &'a writ_core::Party,
+        grant: GrantV1<'a>,
+        purpose: &'a str,
+        tctx: &'a std::collections::BTreeMap<String, String>,
+        rctx: &'a std::collections::BTreeMap<String, String>,
+        issued_at: writ_core::UnixMillis,
+    }
+
+    #[derive(serde::Serialize)]
+    struct GrantV1<'a> {
+        scopes: &'a std::collections::BTreeSet<String>,
+        claims: std::collections::BTreeMap<&'a String, &'a writ_core::Constraint>,
+        targets: &'a std::collections::BTreeSet<String>,
+        expires_at: writ_core::UnixMillis,
+        max_uses: Option<u32>,
+    }
+
+    #[test]
+    fn version_1_records_still_decode() {
+        let mut r = record(txn(1), tid(2), Some(tid(3)));
+        r.rctx.insert("ip".into(), "203.0.113.7".into());
+        let v1 = RecordV1 {
+            token_id: r.token_id,
+            secret_hash: r.secret_hash,
+            txn: r.txn,
+            parent: r.parent,
+            depth: r.depth,
+            subject: &r.subject,
+            trust_domain: &r.trust_domain,
+            actors: &r.actors,
+            audience: &r.audience,
+            grant: GrantV1 {
+                scopes: &r.grant.scopes,
+                claims: r
+                    .grant
+                    .claims
+                    .iter()
+                    .map(|(n, c)| (n, &c.constraint))
+                    .collect(),
+                targets: &r.grant.targets,
+                expires_at: r.grant.expires_at,
+                max_uses: r.grant.max_uses,
+            },
+            purpose: &r.purpose,
+            tctx: &r.tctx,
+            rctx: &r.rctx,
+            issued_at: r.issued_at,
+        };
+        let bytes = postcard::to_extend(&v1, vec![1]).unwrap();
+        let decoded = decode(&bytes).unwrap();
+        assert!(r.grant.claims.values().all(|c| c.applies_to.is_none()));
+        assert!(!r.grant.require_action_check && r.idempotency.is_none());
+        assert_eq!(decoded, r);
+        assert!(decode(&bytes[..bytes.len() - 1]).is_err());
+    }
+
     #[test]
     fn unknown_version_is_rejected() {
         let mut bytes = encode(&record(txn(1), tid(2), None)).unwrap();
-        for v in [0, 2, 0xff] {
+        for v in [0, 3, 0xff] {
             bytes[0] = v;
             assert!(
                 matches!(decode(&bytes), Err(StoreError::Corrupt { what }) if what.contains("version"))

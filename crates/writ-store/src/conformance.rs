@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use writ_core::{
-    ActorKind, ClientType, Constraint, Event, EventId, Grant, Party, SecretHash, TokenId,
+    ActorKind, Claim, ClientType, Constraint, Event, EventId, Grant, Party, SecretHash, TokenId,
     TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
@@ -32,7 +32,7 @@ pub(crate) trait Shorthand: TokenStore {
         r: TokenRecord,
         max_children: u32,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let e = Event::downscoped(event_at(r.issued_at), &r.grant, &r);
+        let e = Event::downscoped(event_at(r.issued_at), &r, &r);
         self.insert_child(r, max_children, e)
     }
 
@@ -57,6 +57,11 @@ pub(crate) fn tid(n: u32) -> TokenId {
     let mut b = [0xa5u8; 16];
     b[..4].copy_from_slice(&n.to_be_bytes());
     TokenId(b)
+}
+
+/// The ids of a transaction's tree, in key order.
+pub(crate) fn tree_ids(tree: Vec<crate::api::TreeEntry>) -> Vec<TokenId> {
+    tree.into_iter().map(|e| e.id).collect()
 }
 
 /// A transaction id minted at `n` milliseconds.
@@ -90,17 +95,25 @@ pub(crate) fn record(txn: TxnId, id: TokenId, parent: Option<TokenId>) -> TokenR
         grant: Grant {
             scopes: BTreeSet::from(["trips:read".to_owned(), "payments:write".to_owned()]),
             claims: BTreeMap::from([
-                ("amount".to_owned(), Constraint::Max(500)),
-                ("path".to_owned(), Constraint::Prefix("/trips/".to_owned())),
+                (
+                    "amount".to_owned(),
+                    Claim::on_every_scope(Constraint::Max(500)),
+                ),
+                (
+                    "path".to_owned(),
+                    Claim::on_every_scope(Constraint::Prefix("/trips/".to_owned())),
+                ),
             ]),
             targets: BTreeSet::from(["svc:payments".to_owned()]),
             expires_at: UnixMillis(1_700_000_300_000 + u64::from(id.0[3])),
             max_uses: None,
+            require_action_check: false,
         },
         purpose: "book a trip".to_owned(),
         tctx: BTreeMap::from([("trip".to_owned(), "42".to_owned())]),
         rctx: BTreeMap::from([("ip".to_owned(), "192.0.2.1".to_owned())]),
         issued_at: UnixMillis(1_700_000_000_000),
+        idempotency: None,
     }
 }
 
@@ -157,7 +170,7 @@ async fn round_trip<S: TokenStore>(store: &S) {
 async fn unknown_id_is_none<S: TokenStore>(store: &S) {
     assert_eq!(store.get(tid(999_999)).await.unwrap(), None);
     assert_eq!(
-        store.txn_tokens(txn(999_999)).await.unwrap(),
+        tree_ids(store.txn_tree(txn(999_999)).await.unwrap()),
         Vec::<TokenId>::new()
     );
 }
@@ -171,9 +184,12 @@ async fn duplicate_insert_conflicts<S: TokenStore>(store: &S) {
     assert_eq!(store.put(other).await, Err(StoreError::Conflict));
     assert_eq!(store.put(first.clone()).await, Err(StoreError::Conflict));
     assert_eq!(store.get(tid(20)).await.unwrap(), Some(first));
-    assert_eq!(store.txn_tokens(txn(2)).await.unwrap(), vec![tid(20)]);
     assert_eq!(
-        store.txn_tokens(txn(3)).await.unwrap(),
+        tree_ids(store.txn_tree(txn(2)).await.unwrap()),
+        vec![tid(20)]
+    );
+    assert_eq!(
+        tree_ids(store.txn_tree(txn(3)).await.unwrap()),
         Vec::<TokenId>::new()
     );
 }
@@ -197,12 +213,44 @@ async fn txn_index_is_exact_and_ordered<S: TokenStore>(store: &S) {
         store.put(record(t, tid(n), None)).await.unwrap();
     }
     assert_eq!(
-        store.txn_tokens(a).await.unwrap(),
+        tree_ids(store.txn_tree(a).await.unwrap()),
         vec![tid(301), tid(302), tid(303)]
     );
-    assert_eq!(store.txn_tokens(b).await.unwrap(), vec![tid(304), tid(305)]);
-    assert_eq!(store.txn_tokens(before).await.unwrap(), vec![tid(300)]);
-    assert_eq!(store.txn_tokens(last).await.unwrap(), vec![tid(306)]);
+    assert_eq!(
+        tree_ids(store.txn_tree(b).await.unwrap()),
+        vec![tid(304), tid(305)]
+    );
+    assert_eq!(
+        tree_ids(store.txn_tree(before).await.unwrap()),
+        vec![tid(300)]
+    );
+    assert_eq!(
+        tree_ids(store.txn_tree(last).await.unwrap()),
+        vec![tid(306)]
+    );
+    // The tree's shape comes with the ids: each token's parent and issue time.
+    let t = txn(102);
+    let mut root = record(t, tid(310), None);
+    root.issued_at = UnixMillis(1_000);
+    let mut kid = record(t, tid(311), Some(tid(310)));
+    kid.issued_at = UnixMillis(2_000);
+    store.put(root).await.unwrap();
+    store.put_child(kid, 4).await.unwrap();
+    assert_eq!(
+        store.txn_tree(t).await.unwrap(),
+        vec![
+            crate::api::TreeEntry {
+                id: tid(310),
+                parent: None,
+                issued_at: UnixMillis(1_000),
+            },
+            crate::api::TreeEntry {
+                id: tid(311),
+                parent: Some(tid(310)),
+                issued_at: UnixMillis(2_000),
+            },
+        ]
+    );
 }
 
 async fn concurrent_inserts_all_land<S: TokenStore>(store: Arc<S>) {
@@ -236,10 +284,13 @@ async fn concurrent_inserts_all_land<S: TokenStore>(store: Arc<S>) {
     for (tx, mut ids) in expected {
         ids.sort();
         total += ids.len();
-        assert_eq!(store.txn_tokens(tx).await.unwrap(), ids);
+        assert_eq!(tree_ids(store.txn_tree(tx).await.unwrap()), ids);
     }
     assert_eq!(total, N as usize);
-    assert_eq!(store.txn_tokens(t).await.unwrap().len(), (N / 4) as usize);
+    assert_eq!(
+        tree_ids(store.txn_tree(t).await.unwrap()).len(),
+        (N / 4) as usize
+    );
 }
 
 async fn concurrent_duplicates_admit_exactly_one<S: TokenStore>(store: Arc<S>) {
@@ -262,7 +313,10 @@ async fn concurrent_duplicates_admit_exactly_one<S: TokenStore>(store: Arc<S>) {
         }
     }
     assert_eq!(ok, 1);
-    assert_eq!(store.txn_tokens(txn(600)).await.unwrap(), vec![tid(20_000)]);
+    assert_eq!(
+        tree_ids(store.txn_tree(txn(600)).await.unwrap()),
+        vec![tid(20_000)]
+    );
 }
 
 async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store: &S) {
@@ -326,7 +380,7 @@ async fn child_insert_counts_children_and_enforces_fan_out<S: TokenStore>(store:
     assert_eq!(store.state(tid(40_000)).await.unwrap().unwrap().children, 2);
     assert_eq!(store.state(tid(40_001)).await.unwrap().unwrap().children, 1);
     assert_eq!(
-        store.txn_tokens(t).await.unwrap(),
+        tree_ids(store.txn_tree(t).await.unwrap()),
         vec![tid(40_000), tid(40_001), tid(40_002), tid(40_004)]
     );
     assert_eq!(
@@ -655,7 +709,7 @@ async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(st
             task.await.unwrap();
         }
         let newly: BTreeSet<TokenId> = revoker.await.unwrap().unwrap().into_iter().collect();
-        let all = store.txn_tokens(t).await.unwrap();
+        let all = tree_ids(store.txn_tree(t).await.unwrap());
         assert!(all.len() >= CHAIN as usize);
         for id in all {
             // Every token of the transaction descends from the revoked root.
@@ -776,9 +830,12 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
         assert_eq!(store.get(tid(n)).await.unwrap(), None, "{n}");
         assert_eq!(store.state(tid(n)).await.unwrap(), None, "{n}");
     }
-    assert_eq!(store.txn_tokens(a).await.unwrap(), vec![tid(90_003)]);
     assert_eq!(
-        store.txn_tokens(b).await.unwrap(),
+        tree_ids(store.txn_tree(a).await.unwrap()),
+        vec![tid(90_003)]
+    );
+    assert_eq!(
+        tree_ids(store.txn_tree(b).await.unwrap()),
         vec![tid(90_006), tid(90_009)]
     );
     // The live parent keeps its record and state (its children count is history).
@@ -856,7 +913,10 @@ async fn purge_racing_derive_leaves_no_orphan<S: TokenStore>(store: Arc<S>) {
         let last = store.purge_expired(CUTOFF, usize::MAX).await.unwrap();
         assert!(!last.more);
         assert_eq!(store.get(root).await.unwrap(), None);
-        assert_eq!(store.txn_tokens(t).await.unwrap(), Vec::<TokenId>::new());
+        assert_eq!(
+            tree_ids(store.txn_tree(t).await.unwrap()),
+            Vec::<TokenId>::new()
+        );
         let now = store.stats().await.unwrap();
         assert_eq!(
             StoreStats { events: 0, ..now },
@@ -895,7 +955,10 @@ pub(crate) async fn txn_holds_at_most_max_tokens<S: TokenStore>(store: S) {
             .await
             .unwrap();
     }
-    assert_eq!(store.txn_tokens(t).await.unwrap().len(), MAX_TOKENS_PER_TXN);
+    assert_eq!(
+        tree_ids(store.txn_tree(t).await.unwrap()).len(),
+        MAX_TOKENS_PER_TXN
+    );
     let extra = record(t, tid(900_000 + limit), Some(tid(900_000)));
     assert_eq!(
         store.put_child(extra.clone(), u32::MAX).await,
@@ -967,14 +1030,14 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
     let minted = Event::minted(EventId(10), &root);
     store.insert(root.clone(), minted.clone()).await.unwrap();
     let child = record(t, tid(3_001), Some(tid(3_000)));
-    let derived = Event::downscoped(EventId(20), &root.grant, &child);
+    let derived = Event::downscoped(EventId(20), &root, &child);
     store
         .insert_child(child.clone(), 1, derived.clone())
         .await
         .unwrap();
     // A refused child writes no event either.
     let refused = record(t, tid(3_002), Some(tid(3_000)));
-    let e = Event::downscoped(EventId(25), &root.grant, &refused);
+    let e = Event::downscoped(EventId(25), &root, &refused);
     assert_eq!(
         store.insert_child(refused, 1, e).await,
         Err(StoreError::FanOutExceeded { limit: 1 })

@@ -8,7 +8,7 @@
 //! |---------------|------------------------------------|--------------------------|
 //! | `tokens`      | token id (16)                      | encoded record (`codec`) |
 //! | `state`       | token id (16)                      | encoded state (`codec`)  |
-//! | `txn_tokens`  | txn id (16) ‖ token id (16)        | empty                    |
+//! | `txn_tokens`  | txn id (16) ‖ token id (16)        | parent (flag 1 ‖ id 16) ‖ issued_at ms (8); empty from builds before schema 4 |
 //! | `children`    | parent token id (16) ‖ child token id (16) | empty            |
 //! | `expiry`      | expires_at ms, u64 BE (8) ‖ token id (16) | empty             |
 //! | `txns`        | txn id (16)                        | root token id (16)       |
@@ -84,7 +84,9 @@ pub(crate) const ALL_CFS: [&str; 12] = [
 /// Version 3 appends a token count to `txns` values; a version-2 store is opened as is
 /// (its entries are counted by a scan on their next Downscope), and an older build
 /// refuses a version-3 store instead of misreading the longer values.
-pub(crate) const SCHEMA_VERSION: u32 = 3;
+/// Version 4 writes records in format 2 (see `codec`), which older builds cannot read;
+/// a version-2 or -3 store is opened as is (its format-1 records are still read).
+pub(crate) const SCHEMA_VERSION: u32 = 4;
 /// Key in [`CF_META`] holding the schema version.
 pub(crate) const SCHEMA_VERSION_KEY: &[u8] = b"schema_version";
 
@@ -131,6 +133,39 @@ pub(crate) fn txn_token_key(txn: TxnId, id: TokenId) -> [u8; 2 * ID_LEN] {
     k[..ID_LEN].copy_from_slice(&txn.0);
     k[ID_LEN..].copy_from_slice(&id.0);
     k
+}
+
+/// Length of a [`CF_TXN_TOKENS`] value: where the token sits in its tree.
+const TREE_VALUE_LEN: usize = 1 + ID_LEN + 8;
+
+/// A [`CF_TXN_TOKENS`] value: the token's parent (`1 ‖ id`, or `0 ‖ zeros` at the root) and
+/// issue time, so a transaction's tree is read from the index without its records.
+pub(crate) fn tree_value(parent: Option<TokenId>, issued_at: UnixMillis) -> [u8; TREE_VALUE_LEN] {
+    let mut v = [0u8; TREE_VALUE_LEN];
+    if let Some(p) = parent {
+        v[0] = 1;
+        v[1..=ID_LEN].copy_from_slice(&p.0);
+    }
+    v[1 + ID_LEN..].copy_from_slice(&issued_at.0.to_be_bytes());
+    v
+}
+
+/// What a [`CF_TXN_TOKENS`] value says: `Some(None)` for an empty value (written before
+/// schema 4: read the record instead), `None` for a value of another shape.
+pub(crate) fn of_tree_value(v: &[u8]) -> Option<Option<(Option<TokenId>, UnixMillis)>> {
+    if v.is_empty() {
+        return Some(None);
+    }
+    if v.len() != TREE_VALUE_LEN {
+        return None;
+    }
+    let parent = match v[0] {
+        0 => None,
+        1 => Some(TokenId(v[1..=ID_LEN].try_into().ok()?)),
+        _ => return None,
+    };
+    let at = u64::from_be_bytes(v[1 + ID_LEN..].try_into().ok()?);
+    Some(Some((parent, UnixMillis(at))))
 }
 
 /// The token id of a [`CF_TXN_TOKENS`] key; `None` if the key has the wrong length.
@@ -439,6 +474,26 @@ mod tests {
         );
         assert_eq!(of_event_log_key(&[0; 23]), None);
         assert_eq!(decode_schema_version(&[0, 1]), None);
+    }
+
+    #[test]
+    fn tree_values_round_trip() {
+        let p = TokenId([9; 16]);
+        let at = UnixMillis(1_700_000_000_123);
+        assert_eq!(
+            of_tree_value(&tree_value(Some(p), at)),
+            Some(Some((Some(p), at)))
+        );
+        assert_eq!(of_tree_value(&tree_value(None, at)), Some(Some((None, at))));
+        assert_eq!(
+            of_tree_value(EMPTY_VALUE),
+            Some(None),
+            "older builds' empty values"
+        );
+        assert_eq!(of_tree_value(&[0; 24]), None);
+        let mut bad = tree_value(Some(p), at);
+        bad[0] = 2;
+        assert_eq!(of_tree_value(&bad), None);
     }
 
     #[test]

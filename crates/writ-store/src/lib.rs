@@ -40,8 +40,8 @@ pub mod rocks;
 mod conformance;
 
 pub use api::{
-    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
-    UseOutcome,
+    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage,
+    TxnQuery, UseOutcome,
 };
 pub use memory::MemoryStore;
 pub use rocks::{Durability, RocksStore, StoreOptions};

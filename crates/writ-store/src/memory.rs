@@ -3,8 +3,8 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
-    UseOutcome, admit_child, collect_page, txn_range,
+    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage,
+    TxnQuery, UseOutcome, admit_child, collect_page, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -396,12 +396,19 @@ impl TokenStore for MemoryStore {
         async move { Ok(store.lock().tokens.get(&id).cloned()) }
     }
 
-    fn txn_tokens(
+    fn txn_tree(
         &self,
         txn: TxnId,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send {
         let store = self.clone();
-        async move { Ok(store.lock().txn_ids(txn)) }
+        async move {
+            let state = store.lock();
+            Ok(state
+                .txn_ids(txn)
+                .into_iter()
+                .filter_map(|id| state.tokens.get(&id).map(TreeEntry::of))
+                .collect())
+        }
     }
 
     fn state(

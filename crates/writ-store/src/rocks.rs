@@ -31,8 +31,8 @@
 //! the WAL on the next open.
 
 use crate::api::{
-    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TxnPage, TxnQuery,
-    UseOutcome, admit_child, collect_page, txn_range,
+    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage,
+    TxnQuery, UseOutcome, admit_child, collect_page, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -359,7 +359,7 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
             Some(keys::SCHEMA_VERSION) => Ok(()),
             Some(1) => upgrade_from_v1(db),
             // Only `txns` values changed, and version-2 values are still read.
-            Some(2) => record_schema_version(db, "token store schema 2 -> 3"),
+            Some(v @ (2 | 3)) => record_schema_version(db, &format!("token store schema {v} -> 4")),
             Some(found) => Err(corrupt(format!(
                 "store has schema version {found}, this build reads version {}",
                 keys::SCHEMA_VERSION
@@ -525,7 +525,7 @@ fn put_record(
     batch.put_cf(
         cf(db, keys::CF_TXN_TOKENS)?,
         keys::txn_token_key(record.txn, record.token_id),
-        keys::EMPTY_VALUE,
+        keys::tree_value(record.parent, record.issued_at),
     );
     batch.put_cf(
         cf(db, keys::CF_EXPIRY)?,
@@ -864,6 +864,42 @@ fn get_with_state_at(
         Err(e) => return Err(backend(e)),
     };
     Ok(Some(Some((record, state))))
+}
+
+/// The tree of a transaction from its `txn_tokens` entries; an entry written before schema
+/// 4 (an empty value) costs a read of its record.
+fn txn_tree_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TreeEntry>, StoreError> {
+    let db = &inner.db;
+    let prefix = keys::txn_prefix(txn);
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_prefix_same_as_start(true);
+    read_opts.set_iterate_range(PrefixRange(prefix.as_slice()));
+    let iter = db.iterator_cf_opt(
+        cf(db, keys::CF_TXN_TOKENS)?,
+        read_opts,
+        IteratorMode::From(&prefix, Direction::Forward),
+    );
+    let mut out = Vec::new();
+    for item in iter {
+        let (key, value) = item.map_err(backend)?;
+        let bad = || {
+            corrupt(format!(
+                "txn_tokens entry of {}+{} bytes",
+                key.len(),
+                value.len()
+            ))
+        };
+        let id = keys::token_id_of_txn_key(&key).ok_or_else(bad)?;
+        match keys::of_tree_value(&value).ok_or_else(bad)? {
+            Some((parent, issued_at)) => out.push(TreeEntry {
+                id,
+                parent,
+                issued_at,
+            }),
+            None => out.extend(get_blocking(inner, id)?.as_ref().map(TreeEntry::of)),
+        }
+    }
+    Ok(out)
 }
 
 fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreError> {
@@ -1306,11 +1342,11 @@ impl TokenStore for RocksStore {
         self.blocking(move |inner| get_blocking(inner, id))
     }
 
-    fn txn_tokens(
+    fn txn_tree(
         &self,
         txn: TxnId,
-    ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
-        self.blocking(move |inner| txn_tokens_blocking(inner, txn))
+    ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send {
+        self.blocking(move |inner| txn_tree_blocking(inner, txn))
     }
 
     fn state(
@@ -1455,7 +1491,7 @@ impl TokenStore for RocksStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance::{self, Shorthand, record, tid, txn};
+    use crate::conformance::{self, Shorthand, record, tid, tree_ids, txn};
     use tempfile::TempDir;
 
     fn open(dir: &TempDir, durability: Durability) -> RocksStore {
@@ -1582,7 +1618,7 @@ mod tests {
         assert_eq!(store.get(tid(1)).await.unwrap(), Some(root.clone()));
         assert_eq!(store.get(tid(2)).await.unwrap(), Some(child));
         assert_eq!(
-            store.txn_tokens(txn(7)).await.unwrap(),
+            tree_ids(store.txn_tree(txn(7)).await.unwrap()),
             vec![tid(1), tid(2)]
         );
         assert_eq!(store.put(root).await, Err(StoreError::Conflict));
@@ -1681,7 +1717,11 @@ mod tests {
                 keys::txn_token_key(r.txn, r.token_id),
             )
             .unwrap();
-        assert_eq!(idx, Some(vec![]));
+        assert_eq!(
+            idx,
+            Some(keys::tree_value(r.parent, r.issued_at).to_vec()),
+            "the token's place in its tree"
+        );
     }
 
     fn set_schema_version(db: &DB, version: u32) {
@@ -1757,7 +1797,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_2_store_opens_as_version_3_and_its_counts_are_rebuilt() {
+    async fn a_version_2_store_opens_as_the_current_version_and_its_counts_are_rebuilt() {
         let dir = TempDir::new().unwrap();
         let t = txn(79);
         {
@@ -1775,7 +1815,7 @@ mod tests {
         }
         let store = open(&dir, Durability::Sync);
         let db = &store.inner.db;
-        assert_eq!(schema_version(db), Some(3));
+        assert_eq!(schema_version(db), Some(keys::SCHEMA_VERSION));
         store
             .put_child(record(t, tid(22), Some(tid(20))), 4)
             .await
@@ -1785,6 +1825,29 @@ mod tests {
             db.get_cf(txns, t.0).unwrap().unwrap(),
             keys::txn_value(tid(20), 3)
         );
+    }
+
+    #[tokio::test]
+    async fn tree_entries_from_older_builds_are_read_through_their_records() {
+        let dir = TempDir::new().unwrap();
+        let t = txn(80);
+        let store = open(&dir, Durability::Sync);
+        store.put(record(t, tid(30), None)).await.unwrap();
+        let child = record(t, tid(31), Some(tid(30)));
+        store.put_child(child.clone(), 4).await.unwrap();
+        let fresh = store.txn_tree(t).await.unwrap();
+        // As a schema-3 build wrote them: empty values.
+        let db = &store.inner.db;
+        for id in [tid(30), tid(31)] {
+            db.put_cf(
+                cf(db, keys::CF_TXN_TOKENS).unwrap(),
+                keys::txn_token_key(t, id),
+                keys::EMPTY_VALUE,
+            )
+            .unwrap();
+        }
+        assert_eq!(store.txn_tree(t).await.unwrap(), fresh);
+        assert_eq!(fresh[1], TreeEntry::of(&child));
     }
 
     #[test]
@@ -2189,7 +2252,10 @@ mod tests {
             assert!(revoked.iter().all(|&n| n == 0), "{revoked:?}");
             // No lost update: every use counted, every child stored.
             assert_eq!(store.state(used).await.unwrap().unwrap().uses, used_up);
-            assert_eq!(store.txn_tokens(hot).await.unwrap().len(), 3 + derived);
+            assert_eq!(
+                tree_ids(store.txn_tree(hot).await.unwrap()).len(),
+                3 + derived
+            );
             let events = store.events(hot, None, usize::MAX).await.unwrap();
             assert_eq!(events.iter().filter(|e| is_revoked_event(e)).count(), 1);
         });
@@ -2287,7 +2353,10 @@ mod tests {
         );
         for i in 0..TXNS {
             let t = txn(64_000 + u64::from(i));
-            assert_eq!(store.txn_tokens(t).await.unwrap(), Vec::<TokenId>::new());
+            assert_eq!(
+                tree_ids(store.txn_tree(t).await.unwrap()),
+                Vec::<TokenId>::new()
+            );
         }
         let page = store.list_txns(txns_of(None)).await.unwrap();
         assert_eq!(page.roots.len(), 1);

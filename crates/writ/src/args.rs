@@ -129,14 +129,84 @@ pub fn parse_kv(s: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-/// `KEY=VALUE`, the value an integer when it parses as one.
+/// `KEY=VALUE`: an integer when it parses as one, a time for `@` and a date or Unix
+/// seconds (`@2026-12-03`, `@2026-12-03T10:00:00Z`, `@1796000000`), else a string.
 pub fn parse_attr(s: &str) -> Result<(String, pb::Value), String> {
+    use writ_client::build as b;
     let (k, v) = parse_kv(s)?;
-    let value = match v.parse::<i64>() {
-        Ok(i) => writ_client::build::int(i),
-        Err(_) => writ_client::build::str(&v),
+    let value = if let Some(t) = v.strip_prefix('@') {
+        b::time(parse_time(t)?)
+    } else {
+        match v.parse::<i64>() {
+            Ok(i) => b::int(i),
+            Err(_) => b::str(&v),
+        }
     };
     Ok((k, value))
+}
+
+/// Attributes from repeated `--attr`: a key given more than once becomes a list.
+pub fn attributes(attrs: Vec<(String, pb::Value)>) -> std::collections::HashMap<String, pb::Value> {
+    let mut grouped: std::collections::BTreeMap<String, Vec<pb::Value>> = Default::default();
+    for (k, v) in attrs {
+        grouped.entry(k).or_default().push(v);
+    }
+    grouped
+        .into_iter()
+        .map(|(k, mut v)| {
+            let value = if v.len() == 1 {
+                v.remove(0)
+            } else {
+                writ_client::build::list(v)
+            };
+            (k, value)
+        })
+        .collect()
+}
+
+/// Unix seconds, or a UTC date (`2026-12-03`, the day's first second) or date-time
+/// (`2026-12-03T10:00:00Z`).
+pub fn parse_time(s: &str) -> Result<i64, String> {
+    if let Ok(secs) = s.parse::<i64>() {
+        return Ok(secs);
+    }
+    let bad = || format!("expected Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got {s:?}");
+    let (date, time) = match s.split_once('T') {
+        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
+        None => (s, None),
+    };
+    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let [y, m, day] = d.as_slice() else {
+        return Err(bad());
+    };
+    let (y, m, day) = (num(y)?, num(m)?, num(day)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = match time {
+        None => 0,
+        Some(t) => {
+            let hms: Vec<&str> = t.split(':').collect();
+            let [h, mi, sec] = hms.as_slice() else {
+                return Err(bad());
+            };
+            let (h, mi, sec) = (num(h)?, num(mi)?, num(sec)?);
+            if h > 23 || mi > 59 || sec > 60 {
+                return Err(bad());
+            }
+            h * 3600 + mi * 60 + sec
+        }
+    };
+    Ok(days * 86_400 + secs)
 }
 
 /// What `writ revoke` revokes as an operator.
@@ -155,7 +225,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     } else if s.starts_with("txn_") {
         Ok(Target::Txn(s.to_string()))
     } else if s.starts_with("writ_") {
-        Err("that is a token, not a token id: pass it with --token or WRIT_TOKEN".to_string())
+        Err("that is a token, not a token id: pass it in WRIT_TOKEN or --token-file".to_string())
     } else {
         Err("expected a token id (tid_...) or a transaction (txn_...)".to_string())
     }
@@ -163,6 +233,7 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
 
 /// `NAME:KIND:VALUE`.
 pub fn parse_claim(s: &str) -> Result<(String, pb::Constraint), String> {
+    const KINDS: &str = "max, min, range, window, allow, deny, allow-ci, deny-ci, prefix, exact, exact-int, exact-time";
     use writ_client::build as b;
     let mut parts = s.splitn(3, ':');
     let (Some(name), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
@@ -179,21 +250,60 @@ pub fn parse_claim(s: &str) -> Result<(String, pb::Constraint), String> {
             .filter(|v| !v.is_empty())
             .collect::<Vec<_>>()
     };
+    let span = || {
+        value
+            .split_once("..")
+            .ok_or_else(|| format!("{kind} needs LOW..HIGH, got {value:?}"))
+    };
     let c = match kind {
         "max" => b::max(int()?),
         "min" => b::min(int()?),
+        "range" => {
+            let (lo, hi) = span()?;
+            let n = |x: &str| {
+                x.parse::<i64>()
+                    .map_err(|_| format!("range needs integers, got {x:?}"))
+            };
+            b::range(n(lo)?, n(hi)?)
+        }
+        "window" => {
+            let (lo, hi) = span()?;
+            // A bare date as the end means the whole day.
+            let end = parse_time(hi)?
+                + if hi.contains('T') || hi.parse::<i64>().is_ok() {
+                    0
+                } else {
+                    86_399
+                };
+            b::window(parse_time(lo)?, end)
+        }
         "allow" => b::allow(&set()),
         "deny" => b::deny(&set()),
+        "allow-ci" => b::case_insensitive(b::allow(&set())),
+        "deny-ci" => b::case_insensitive(b::deny(&set())),
         "prefix" => b::prefix(value),
         "exact" => b::exact(b::str(value)),
         "exact-int" => b::exact(b::int(int()?)),
-        other => {
-            return Err(format!(
-                "unknown claim kind {other:?} (max, min, allow, deny, prefix, exact, exact-int)"
-            ));
-        }
+        "exact-time" => b::exact(b::time(parse_time(value)?)),
+        other => return Err(format!("unknown claim kind {other:?} ({KINDS})")),
     };
     Ok((name.to_string(), c))
+}
+
+/// Claims from `--claim`, each limited to the scopes `--claim-scope NAME=SCOPE` names.
+pub fn claims(
+    claims: Vec<(String, pb::Constraint)>,
+    scoped: Vec<(String, String)>,
+) -> Result<std::collections::HashMap<String, pb::Constraint>, String> {
+    let mut claims: std::collections::HashMap<String, pb::Constraint> =
+        claims.into_iter().collect();
+    for (name, scope) in scoped {
+        let c = claims
+            .get_mut(&name)
+            .ok_or_else(|| format!("--claim-scope {name}={scope}: no --claim named {name:?}"))?;
+        c.applies_to.push(scope);
+    }
+    Ok(claims)
 }
 
 #[cfg(test)]
@@ -225,6 +335,40 @@ mod tests {
             parse_attr("c=health").unwrap().1,
             writ_client::build::str("health")
         );
+        use writ_client::build as b;
+        assert_eq!(
+            parse_claim("a:range:100..500").unwrap().1,
+            b::range(100, 500)
+        );
+        assert_eq!(
+            parse_claim("d:window:2025-12-01..2025-12-15").unwrap().1,
+            b::window(1_764_547_200, 1_765_843_199)
+        );
+        assert_eq!(
+            parse_claim("c:deny-ci:Gambling").unwrap().1,
+            b::case_insensitive(b::deny(&["Gambling"]))
+        );
+        assert!(parse_claim("a:range:100").is_err());
+        assert_eq!(
+            parse_attr("d=@2025-12-01T01:00:00Z").unwrap().1,
+            b::time(1_764_550_800)
+        );
+        assert_eq!(parse_attr("d=@5").unwrap().1, b::time(5));
+        assert!(parse_attr("d=@2025-13-01").is_err());
+        let attrs = attributes(vec![
+            ("item".into(), b::str("a")),
+            ("item".into(), b::str("b")),
+            ("n".into(), b::int(1)),
+        ]);
+        assert_eq!(attrs["item"], b::list(vec![b::str("a"), b::str("b")]));
+        assert_eq!(attrs["n"], b::int(1));
+        let scoped = claims(
+            vec![("amount".into(), b::max(5))],
+            vec![("amount".into(), "pay".into())],
+        )
+        .unwrap();
+        assert_eq!(scoped["amount"].applies_to, vec!["pay".to_string()]);
+        assert!(claims(vec![], vec![("x".into(), "pay".into())]).is_err());
     }
 
     #[test]
@@ -253,7 +397,11 @@ mod tests {
             parse_target("txn_abc").unwrap(),
             Target::Txn("txn_abc".into())
         );
-        assert!(parse_target("writ_secret").unwrap_err().contains("--token"));
+        assert!(
+            parse_target("writ_secret")
+                .unwrap_err()
+                .contains("WRIT_TOKEN")
+        );
         assert!(parse_target("abc").is_err());
     }
 }

@@ -70,9 +70,52 @@ struct ClientArgs {
     /// Server address.
     #[arg(long, env = "WRIT_SERVER", default_value = "http://127.0.0.1:7433")]
     server: String,
+    /// Connect over plaintext gRPC to a server that is not on a loopback address
+    /// (tokens and credentials then cross the network in the clear).
+    #[arg(long)]
+    insecure: bool,
     /// Print one JSON object on stdout.
     #[arg(long)]
     json: bool,
+}
+
+impl ClientArgs {
+    async fn connect(&self) -> Result<WritClient> {
+        Ok(if self.insecure {
+            WritClient::connect_insecure(&self.server).await?
+        } else {
+            WritClient::connect(&self.server).await?
+        })
+    }
+}
+
+/// A secret read from an environment variable or a file, never from the command line
+/// (which every user of the machine can read in the process list).
+fn secret(env: &str, file: Option<&std::path::Path>, what: &str) -> Result<String> {
+    if let Ok(v) = std::env::var(env)
+        && !v.trim().is_empty()
+    {
+        return Ok(v.trim().to_string());
+    }
+    let file = file.with_context(|| format!("{what}: set {env}, or name a file holding it"))?;
+    let v = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the {what} from {}", file.display()))?;
+    Ok(v.trim().to_string())
+}
+
+/// Where a command finds the token it presents.
+#[derive(Args, Debug)]
+struct TokenSource {
+    /// File holding the token; the WRIT_TOKEN environment variable, when set, wins. (No
+    /// flag takes the token itself: the process list would show it.)
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl TokenSource {
+    fn load(&self) -> Result<String> {
+        secret("WRIT_TOKEN", self.token_file.as_deref(), "token")
+    }
 }
 
 #[derive(Args, Debug)]
@@ -92,10 +135,23 @@ struct Narrowing {
     /// A scope (repeatable).
     #[arg(long = "scope")]
     scopes: Vec<String>,
-    /// A claim NAME:KIND:VALUE, KIND one of max, min, allow, deny, prefix, exact, exact-int
-    /// (e.g. amount:max:500, category:deny:health,gambling, path:prefix:/trips/).
+    /// A claim NAME:KIND:VALUE, KIND one of max, min, range, window, allow, deny, allow-ci,
+    /// deny-ci, prefix, exact, exact-int, exact-time (e.g. amount:max:500,
+    /// amount:range:100..500, departure:window:2026-12-01..2026-12-15,
+    /// category:deny-ci:health,gambling, path:prefix:/trips).
     #[arg(long = "claim", value_parser = args::parse_claim)]
     claims: Vec<(String, pb::Constraint)>,
+    /// Limit the claim NAME to actions of SCOPE (NAME=SCOPE, repeatable; without it a
+    /// claim constrains every scope).
+    #[arg(long = "claim-scope", value_parser = args::parse_kv)]
+    claim_scopes: Vec<(String, String)>,
+    /// The token answers only action checks (Validate without an action finds it inactive).
+    #[arg(long)]
+    require_action_check: bool,
+    /// Retrying with the same key and the same request returns the same token (1..=128
+    /// printable ASCII, e.g. a UUID).
+    #[arg(long)]
+    idempotency_key: Option<String>,
     /// Lifetime in seconds (mint: default from configuration; downscope: the parent's expiry).
     #[arg(long)]
     ttl: Option<u32>,
@@ -123,10 +179,8 @@ struct MintArgs {
     /// Request context entry KEY=VALUE (repeatable), e.g. req_ip=203.0.113.7.
     #[arg(long, value_parser = args::parse_kv)]
     rctx: Vec<(String, String)>,
-    /// The minter credential itself (prefer the file).
-    #[arg(long, env = "WRIT_MINTER_CREDENTIAL", hide_env_values = true)]
-    credential: Option<String>,
-    /// File holding the minter credential.
+    /// File holding the minter credential; the WRIT_MINTER_CREDENTIAL environment variable,
+    /// when set, wins.
     #[arg(long, default_value = "writ-data/minter.credential")]
     credential_file: PathBuf,
 }
@@ -135,30 +189,35 @@ struct MintArgs {
 struct DownscopeArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// The parent token (prefer the WRIT_TOKEN environment variable).
-    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
-    token: String,
+    /// The parent token: WRIT_TOKEN or --token-file.
+    #[command(flatten)]
+    token: TokenSource,
     /// Who is downscoping: the parent token's audience.
     #[arg(long = "as")]
     caller: String,
     #[command(flatten)]
     narrowing: Narrowing,
+    /// An rctx entry not to pass on to the next hop (repeatable).
+    #[arg(long = "drop-rctx")]
+    drop_rctx: Vec<String>,
 }
 
 #[derive(Args, Debug)]
 struct ValidateArgs {
     #[command(flatten)]
     client: ClientArgs,
-    /// The token to check (prefer the WRIT_TOKEN environment variable).
-    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
-    token: String,
+    /// The token to check: WRIT_TOKEN or --token-file.
+    #[command(flatten)]
+    token: TokenSource,
     /// Who is validating: must be the token's audience.
     #[arg(long = "as")]
     caller: String,
     /// Check an action that needs this scope.
     #[arg(long)]
     scope: Option<String>,
-    /// Action attribute KEY=VALUE (integer if it parses as one), repeatable.
+    /// Action attribute KEY=VALUE: an integer if it parses as one, a time for
+    /// @DATE or @UNIX_SECONDS, else a string. A KEY given twice or more is a list (every
+    /// item must pass).
     #[arg(long = "attr", value_parser = args::parse_attr, requires = "scope")]
     attrs: Vec<(String, pb::Value)>,
 }
@@ -168,51 +227,40 @@ struct RevokeArgs {
     #[command(flatten)]
     client: ClientArgs,
     /// A token id (tid_...) or a whole transaction (txn_...), revoked as an operator.
-    /// Without it, the token from --token / WRIT_TOKEN is revoked by its holder.
+    /// Without it, the token in WRIT_TOKEN / --token-file is revoked by its holder.
     // Parsed in `revoke`, not by clap, which would echo a mistaken token secret.
     target: Option<String>,
     /// Why (required; recorded with the revocation).
     #[arg(long)]
     reason: String,
-    /// The token to revoke when no TARGET is given (prefer the WRIT_TOKEN environment
-    /// variable); revoked by its holder, named with --as.
-    #[arg(long, env = "WRIT_TOKEN", hide_env_values = true)]
-    token: Option<String>,
-    /// Who revokes the token given with --token: its holder (the token's audience).
+    /// The token to revoke when no TARGET is given: WRIT_TOKEN or --token-file; revoked
+    /// by its holder, named with --as.
+    #[command(flatten)]
+    token: TokenSource,
+    /// Who revokes the token: its holder (the token's audience).
     #[arg(long = "as")]
     caller: Option<String>,
-    /// The operator credential itself (prefer the file); used with a TARGET.
-    #[arg(long, env = "WRIT_OPERATOR_CREDENTIAL", hide_env_values = true)]
-    credential: Option<String>,
-    /// File holding the operator credential; used with a TARGET.
-    #[arg(long, default_value = "writ-data/operator.credential")]
-    credential_file: PathBuf,
+    /// The operator credential, used with a TARGET.
+    #[command(flatten)]
+    operator: OperatorCredential,
 }
 
 /// The operator credential, for the operator-only commands.
 #[derive(Args, Debug)]
 struct OperatorCredential {
-    /// The operator credential itself (prefer the file).
-    #[arg(long, env = "WRIT_OPERATOR_CREDENTIAL", hide_env_values = true)]
-    credential: Option<String>,
-    /// File holding the operator credential.
+    /// File holding the operator credential; the WRIT_OPERATOR_CREDENTIAL environment
+    /// variable, when set, wins.
     #[arg(long, default_value = "writ-data/operator.credential")]
     credential_file: PathBuf,
 }
 
 impl OperatorCredential {
-    /// The credential: the flag or environment variable, else the file.
     fn load(self) -> Result<String> {
-        let c = match self.credential {
-            Some(c) => c,
-            None => std::fs::read_to_string(&self.credential_file).with_context(|| {
-                format!(
-                    "reading the operator credential from {}",
-                    self.credential_file.display()
-                )
-            })?,
-        };
-        Ok(c.trim().to_string())
+        secret(
+            "WRIT_OPERATOR_CREDENTIAL",
+            Some(&self.credential_file),
+            "operator credential",
+        )
     }
 }
 
@@ -421,30 +469,30 @@ fn refused(json: bool, e: ClientError) -> Result<ExitCode> {
 }
 
 async fn mint(a: MintArgs) -> Result<ExitCode> {
-    let credential = match a.credential {
-        Some(c) => c,
-        None => std::fs::read_to_string(&a.credential_file).with_context(|| {
-            format!(
-                "reading the minter credential from {}",
-                a.credential_file.display()
-            )
-        })?,
-    };
-    let mut client = WritClient::connect(&a.client.server)
+    let credential = secret(
+        "WRIT_MINTER_CREDENTIAL",
+        Some(&a.credential_file),
+        "minter credential",
+    )?;
+    let mut client = a
+        .client
+        .connect()
         .await?
-        .with_minter_credential(credential.trim())?;
+        .with_minter_credential(&credential)?;
     let n = a.narrowing;
     let req = pb::MintRequest {
         subject: a.subject,
         audience: Some(args::party(&n.audience, n.audience_kind, n.audience_client)),
         targets: n.targets,
         scopes: n.scopes,
-        claims: n.claims.into_iter().collect(),
+        claims: args::claims(n.claims, n.claim_scopes).map_err(anyhow::Error::msg)?,
         purpose: n.purpose.unwrap_or_default(),
         tctx: a.tctx.into_iter().collect(),
         rctx: a.rctx.into_iter().collect(),
         ttl_seconds: n.ttl.unwrap_or(0),
         max_uses: n.max_uses.unwrap_or(0),
+        require_action_check: n.require_action_check,
+        idempotency_key: n.idempotency_key.unwrap_or_default(),
     };
     match client.mint(req).await {
         Ok(r) => output::issued(a.client.json, &r.token, r.info.as_ref()),
@@ -453,19 +501,21 @@ async fn mint(a: MintArgs) -> Result<ExitCode> {
 }
 
 async fn downscope(a: DownscopeArgs) -> Result<ExitCode> {
-    let mut client = WritClient::connect(&a.client.server)
-        .await?
-        .as_caller(&a.caller)?;
+    let parent_token = a.token.load()?;
+    let mut client = a.client.connect().await?.as_caller(&a.caller)?;
     let n = a.narrowing;
     let req = pb::DownscopeRequest {
-        parent_token: a.token,
+        parent_token,
         audience: Some(args::party(&n.audience, n.audience_kind, n.audience_client)),
         targets: n.targets,
         scopes: n.scopes,
-        claims: n.claims.into_iter().collect(),
+        claims: args::claims(n.claims, n.claim_scopes).map_err(anyhow::Error::msg)?,
         ttl_seconds: n.ttl.unwrap_or(0),
         purpose: n.purpose.unwrap_or_default(),
         max_uses: n.max_uses.unwrap_or(0),
+        require_action_check: n.require_action_check,
+        drop_rctx: a.drop_rctx,
+        idempotency_key: n.idempotency_key.unwrap_or_default(),
     };
     match client.downscope(req).await {
         Ok(r) => output::issued(a.client.json, &r.token, r.info.as_ref()),
@@ -474,16 +524,15 @@ async fn downscope(a: DownscopeArgs) -> Result<ExitCode> {
 }
 
 async fn validate(a: ValidateArgs) -> Result<ExitCode> {
-    let mut client = WritClient::connect(&a.client.server)
-        .await?
-        .as_caller(&a.caller)?;
+    let token = a.token.load()?;
+    let mut client = a.client.connect().await?.as_caller(&a.caller)?;
     let action = a.scope.map(|scope| pb::Action {
         scope,
-        attributes: a.attrs.into_iter().collect(),
+        attributes: args::attributes(a.attrs),
     });
     match client
         .validate(pb::ValidateRequest {
-            token: a.token,
+            token,
             decision_only: false,
             action,
         })
@@ -496,15 +545,11 @@ async fn validate(a: ValidateArgs) -> Result<ExitCode> {
 
 async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
     use pb::revoke_request::Target as T;
-    let client = WritClient::connect(&a.client.server).await?;
+    let client = a.client.connect().await?;
     let (mut client, target) = match a.target {
         Some(target) => {
             let target = args::parse_target(&target).map_err(|e| anyhow::anyhow!("TARGET: {e}"))?;
-            let credential = OperatorCredential {
-                credential: a.credential,
-                credential_file: a.credential_file,
-            }
-            .load()?;
+            let credential = a.operator.load()?;
             let target = match target {
                 args::Target::TokenId(id) => T::TokenId(id),
                 args::Target::Txn(txn) => T::Txn(txn),
@@ -512,9 +557,9 @@ async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
             (client.with_operator_credential(&credential)?, target)
         }
         None => {
-            let token = a.token.context(
+            let token = a.token.load().context(
                 "nothing to revoke: give a token id (tid_...) or transaction (txn_...), \
-                 or the token itself with --token or WRIT_TOKEN",
+                 or the token itself in WRIT_TOKEN or --token-file",
             )?;
             let holder = a
                 .caller
@@ -533,10 +578,7 @@ async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
 }
 
 async fn chain(a: ChainArgs) -> Result<ExitCode> {
-    let credential = a.operator.load()?;
-    let mut client = WritClient::connect(&a.client.server)
-        .await?
-        .with_operator_credential(&credential)?;
+    let mut client = operator_client(&a.client, a.operator).await?;
     let format = if a.client.json {
         output::ChainFormat::Json
     } else if a.dot {
@@ -551,10 +593,7 @@ async fn chain(a: ChainArgs) -> Result<ExitCode> {
 }
 
 async fn token(a: TokenArgs) -> Result<ExitCode> {
-    let credential = a.operator.load()?;
-    let mut client = WritClient::connect(&a.client.server)
-        .await?
-        .with_operator_credential(&credential)?;
+    let mut client = operator_client(&a.client, a.operator).await?;
     match client.get_token(&a.token_id).await {
         Ok(r) => output::token(a.client.json, std::io::stdout().is_terminal(), &r),
         Err(e) => refused(a.client.json, e),
@@ -563,7 +602,8 @@ async fn token(a: TokenArgs) -> Result<ExitCode> {
 
 async fn operator_client(client: &ClientArgs, op: OperatorCredential) -> Result<WritClient> {
     let credential = op.load()?;
-    Ok(WritClient::connect(&client.server)
+    Ok(client
+        .connect()
         .await?
         .with_operator_credential(&credential)?)
 }

@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde_json::{Map, Value as Json, json};
 use std::process::ExitCode;
 use writ_api::pb;
+use writ_core::claims::Time;
 
 /// The gRPC code as its canonical upper-case name.
 pub fn code_name(c: tonic::Code) -> String {
@@ -26,33 +27,66 @@ fn value_json(v: &pb::Value) -> Json {
     match &v.kind {
         Some(pb::value::Kind::Int(i)) => json!(i),
         Some(pb::value::Kind::Str(s)) => json!(s),
+        Some(pb::value::Kind::Time(t)) => json!({ "time": t }),
+        Some(pb::value::Kind::List(l)) => l.values.iter().map(value_json).collect(),
         None => Json::Null,
     }
 }
 
 fn constraint_json(c: &pb::Constraint) -> Json {
     use pb::constraint::Kind;
-    match &c.kind {
+    let set =
+        |s: &pb::StringSet| json!({ "values": s.values, "case_insensitive": s.case_insensitive });
+    let mut out = match &c.kind {
         Some(Kind::Max(v)) => json!({ "max": v }),
         Some(Kind::Min(v)) => json!({ "min": v }),
+        Some(Kind::Range(r)) => json!({ "range": { "min": r.min, "max": r.max } }),
+        Some(Kind::Window(w)) => {
+            json!({ "window": { "not_before": w.not_before, "not_after": w.not_after } })
+        }
+        Some(Kind::Allow(s)) if s.case_insensitive => json!({ "allow": set(s) }),
+        Some(Kind::Deny(s)) if s.case_insensitive => json!({ "deny": set(s) }),
         Some(Kind::Allow(s)) => json!({ "allow": s.values }),
         Some(Kind::Deny(s)) => json!({ "deny": s.values }),
         Some(Kind::Prefix(p)) => json!({ "prefix": p }),
         Some(Kind::Exact(v)) => json!({ "exact": value_json(v) }),
         None => Json::Null,
+    };
+    if !c.applies_to.is_empty()
+        && let Some(o) = out.as_object_mut()
+    {
+        o.insert("applies_to".into(), json!(c.applies_to));
     }
+    out
 }
 
 fn constraint_text(c: &pb::Constraint) -> String {
     use pb::constraint::Kind;
-    match &c.kind {
+    let ci = |s: &pb::StringSet| {
+        if s.case_insensitive {
+            " (any case)"
+        } else {
+            ""
+        }
+    };
+    let time = |t: i64| Time(t).to_string();
+    let text = match &c.kind {
         Some(Kind::Max(v)) => format!("<= {v}"),
         Some(Kind::Min(v)) => format!(">= {v}"),
-        Some(Kind::Allow(s)) => format!("in {{{}}}", s.values.join(",")),
-        Some(Kind::Deny(s)) => format!("not in {{{}}}", s.values.join(",")),
-        Some(Kind::Prefix(p)) => format!("starts with {p:?}"),
+        Some(Kind::Range(r)) => format!("in {}..={}", r.min, r.max),
+        Some(Kind::Window(w)) => {
+            format!("between {} and {}", time(w.not_before), time(w.not_after))
+        }
+        Some(Kind::Allow(s)) => format!("in {{{}}}{}", s.values.join(","), ci(s)),
+        Some(Kind::Deny(s)) => format!("not in {{{}}}{}", s.values.join(","), ci(s)),
+        Some(Kind::Prefix(p)) => format!("under {p:?}"),
         Some(Kind::Exact(v)) => format!("== {}", value_json(v)),
         None => "?".into(),
+    };
+    if c.applies_to.is_empty() {
+        text
+    } else {
+        format!("{text} (for {})", c.applies_to.join(" "))
     }
 }
 
@@ -124,6 +158,7 @@ pub fn info_json(i: &pb::TokenInfo) -> Json {
         "agent_traffic": i.agent_traffic,
         "actor_client_type": client_name(i.actor_client_type),
         "max_uses": i.max_uses,
+        "require_action_check": i.require_action_check,
     })
 }
 
@@ -172,6 +207,9 @@ fn info_text(i: &pb::TokenInfo) -> String {
             i.max_uses.to_string()
         },
     ));
+    if i.require_action_check {
+        rows.push(("checks", "action checks only".to_string()));
+    }
     rows.iter()
         .map(|(k, v)| format!("{k:<11} {v}"))
         .collect::<Vec<_>>()
@@ -203,6 +241,7 @@ fn reason_name(r: i32) -> &'static str {
         Ok(pb::InactiveReason::WrongAudience) => "wrong_audience",
         Ok(pb::InactiveReason::Malformed) => "malformed",
         Ok(pb::InactiveReason::Exhausted) => "exhausted",
+        Ok(pb::InactiveReason::ActionRequired) => "action_required",
         _ => "unspecified",
     }
 }
@@ -300,24 +339,7 @@ fn status_text(s: i32, colour: bool) -> String {
 
 /// Unix milliseconds as `YYYY-MM-DDTHH:MM:SSZ` (UTC).
 fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = i64::try_from(days).unwrap_or(0) + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    Time(i64::try_from(ms / 1000).unwrap_or(i64::MAX)).to_string()
 }
 
 fn info_of(n: &pb::TokenNode) -> pb::TokenInfo {

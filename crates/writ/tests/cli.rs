@@ -386,14 +386,12 @@ fn cli_mint_downscope_validate_and_escalation() {
             "mint",
             "--server",
             &url,
-            "--credential",
-            "wmc_wrong",
             "--subject",
             "alice",
             "--audience",
             "planner",
         ],
-        &[],
+        &[("WRIT_MINTER_CREDENTIAL", "wmc_wrong")],
     );
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(

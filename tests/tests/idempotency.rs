@@ -1,0 +1,195 @@
+//! Idempotent hops: a Mint or Downscope retried under the same key (after a lost answer or
+//! a deadline) returns the same token, secret included, and spends nothing a second time.
+
+use tonic::Code;
+use writ_e2e::*;
+
+fn keyed(req: pb::DownscopeRequest, key: &str) -> pb::DownscopeRequest {
+    pb::DownscopeRequest {
+        idempotency_key: key.into(),
+        ..req
+    }
+}
+
+async fn node(s: &TestServer, id: &str) -> pb::TokenNode {
+    ok(s.operator().await.get_token(id).await, "get_token")
+        .token
+        .expect("the token")
+}
+
+#[tokio::test]
+async fn a_retried_downscope_returns_the_same_child_and_spends_no_second_use_or_slot() {
+    let s = TestServer::start_with(|c| c.tokens.max_children = 2).await;
+    let root = s
+        .mint(pb::MintRequest {
+            max_uses: 2,
+            ..trip_mint()
+        })
+        .await;
+    let root_id = token_id(root.info.as_ref());
+    let req = keyed(
+        pb::DownscopeRequest {
+            max_uses: 1,
+            ..child(
+                &root.token,
+                build::agent("booking"),
+                &["payments"],
+                &["trips:book"],
+                vec![],
+            )
+        },
+        "hop-1",
+    );
+    let first = s.downscope("planner", req.clone()).await;
+    for _ in 0..3 {
+        let again = s.downscope("planner", req.clone()).await;
+        assert_eq!(again.token, first.token, "the same secret, re-derived");
+        assert_eq!(again.info, first.info, "the same record");
+    }
+    let parent = node(&s, &root_id).await;
+    assert_eq!(
+        (parent.children, parent.uses),
+        (1, 1),
+        "one slot, one use reserved"
+    );
+    // The child works, and a new key is a new child (the second slot, the second use).
+    assert_active(&s.validate("booking", introspect(&first.token)).await);
+    let second = s.downscope("planner", keyed(req.clone(), "hop-2")).await;
+    assert_ne!(second.token, first.token);
+    let parent = node(&s, &root_id).await;
+    assert_eq!((parent.children, parent.uses), (2, 2));
+    // The trail holds one downscoped event per child, not per call.
+    let txn = root.info.as_ref().expect("info").txn.clone();
+    let events = ok(
+        s.operator()
+            .await
+            .list_events(pb::ListEventsRequest {
+                txn,
+                ..Default::default()
+            })
+            .await,
+        "list_events",
+    )
+    .events;
+    let downscoped = events
+        .iter()
+        .filter(|e| e.kind() == pb::EventKind::Downscoped)
+        .count();
+    assert_eq!(downscoped, 2);
+}
+
+#[tokio::test]
+async fn the_same_key_with_another_request_or_caller_or_parent_is_not_a_retry() {
+    let s = TestServer::start().await;
+    let root = s.mint(trip_mint()).await.token;
+    let req = keyed(
+        child(
+            &root,
+            build::agent("booking"),
+            &["payments"],
+            &["trips:book"],
+            vec![],
+        ),
+        "k",
+    );
+    let first = s.downscope("planner", req.clone()).await;
+    let other = pb::DownscopeRequest {
+        scopes: strings(&["payments:charge"]),
+        ..req.clone()
+    };
+    assert_refused(
+        s.party("planner").await.downscope(other).await,
+        Code::InvalidArgument,
+        &["idempotency_key"],
+    );
+    // Another caller under the same key meets the holder rule, not the stored child.
+    assert_refused(
+        s.party("mallory").await.downscope(req.clone()).await,
+        Code::PermissionDenied,
+        &["holder"],
+    );
+    // The same key under another parent is another child.
+    let root2 = s.mint(trip_mint()).await.token;
+    let under2 = s
+        .downscope(
+            "planner",
+            pb::DownscopeRequest {
+                parent_token: root2,
+                ..req
+            },
+        )
+        .await;
+    assert_ne!(under2.token, first.token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_all_get_the_one_child() {
+    let s = TestServer::start().await;
+    let root = s.mint(trip_mint()).await;
+    let req = keyed(
+        child(
+            &root.token,
+            build::agent("booking"),
+            &["payments"],
+            &["trips:book"],
+            vec![],
+        ),
+        "race",
+    );
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let mut c = s.party("planner").await;
+        let req = req.clone();
+        tasks.push(tokio::spawn(async move { c.downscope(req).await }));
+    }
+    let mut tokens = std::collections::BTreeSet::new();
+    for t in tasks {
+        tokens.insert(ok(t.await.expect("task"), "downscope").token);
+    }
+    assert_eq!(tokens.len(), 1, "every racing retry got the same child");
+    let parent = node(&s, &token_id(root.info.as_ref())).await;
+    assert_eq!(parent.children, 1);
+}
+
+#[tokio::test]
+async fn a_retried_mint_returns_the_same_transaction_even_after_a_restart() {
+    let mut s = TestServer::start().await;
+    let req = pb::MintRequest {
+        idempotency_key: "checkout-42".into(),
+        ..trip_mint()
+    };
+    let first = s.mint(req.clone()).await;
+    s.restart().await;
+    let again = s.mint(req.clone()).await;
+    assert_eq!(again.token, first.token);
+    assert_eq!(again.info, first.info);
+    let changed = pb::MintRequest {
+        subject: "bob".into(),
+        ..req.clone()
+    };
+    assert_refused(
+        s.minter().await.mint(changed).await,
+        Code::InvalidArgument,
+        &["idempotency_key"],
+    );
+    // Without a key, every Mint is a new transaction.
+    let a = s.mint(trip_mint()).await;
+    let b = s.mint(trip_mint()).await;
+    assert_ne!(a.token, b.token);
+}
+
+#[tokio::test]
+async fn a_retry_after_the_window_is_refused() {
+    let s = TestServer::start_with(|c| c.tokens.idempotency_window_seconds = 1).await;
+    let req = pb::MintRequest {
+        idempotency_key: "late".into(),
+        ..trip_mint()
+    };
+    s.mint(req.clone()).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_refused(
+        s.minter().await.mint(req).await,
+        Code::FailedPrecondition,
+        &["idempotency_key", "1 s"],
+    );
+}
