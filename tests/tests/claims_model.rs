@@ -64,13 +64,34 @@ async fn a_claim_on_some_scopes_needs_no_placeholder_attributes_elsewhere() {
         .await,
     );
 
-    // A child may make the claim apply to more scopes (every scope, here)...
-    let wider_reach = child(
+    // Restated without scopes, a claim keeps its parent's: the search still needs no amount.
+    let narrower = child(
         &token,
         build::agent("booking"),
         &[],
         &["trips:search", "payments:charge"],
         vec![("amount", build::max(400))],
+    );
+    let kid = s.downscope("planner", narrower).await;
+    let info = kid.info.expect("info");
+    assert_eq!(
+        info.claims["amount"].applies_to,
+        strings(&["payments:charge"])
+    );
+    assert_allowed(
+        &s.validate("booking", check(&kid.token, "trips:search", vec![]))
+            .await,
+    );
+    // A child may make the claim apply to more scopes...
+    let wider_reach = child(
+        &token,
+        build::agent("booking"),
+        &[],
+        &["trips:search", "payments:charge"],
+        vec![(
+            "amount",
+            build::applies_to(build::max(400), &["trips:search", "payments:charge"]),
+        )],
     );
     let kid = s.downscope("planner", wider_reach).await.token;
     assert_denied(

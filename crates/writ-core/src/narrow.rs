@@ -148,7 +148,8 @@ pub struct ChildRequest {
     pub targets: BTreeSet<String>,
     /// Scopes; must be a subset of the parent's.
     pub scopes: BTreeSet<String>,
-    /// Claims to narrow or add. Parent claims not named here are inherited unchanged.
+    /// Claims to narrow or add. Parent claims not named here are inherited unchanged; a
+    /// named one without `applies_to` keeps the parent's claim's scopes.
     pub claims: Claims,
     /// Lifetime in seconds; `None` means the parent's expiry.
     pub ttl_secs: Option<u64>,
@@ -371,7 +372,7 @@ pub fn downscope(
         );
     }
     let mut claims = pg.claims.clone();
-    for (name, c) in req.claims {
+    for (name, mut c) in req.claims {
         // A scope the parent does not hold is a typo: the claim would never apply.
         if let Some(s) = c
             .applies_to
@@ -387,6 +388,13 @@ pub fn downscope(
                     Shown(s)
                 ),
             );
+        }
+        // A claim restated without scopes keeps the parent's: narrowing a value says
+        // nothing about where it applies.
+        if c.applies_to.is_none()
+            && let Some(p) = pg.claims.get(&name)
+        {
+            c.applies_to.clone_from(&p.applies_to);
         }
         if let Some(p) = pg.claims.get(&name)
             && !p.is_narrowed_by(&c)

@@ -703,9 +703,24 @@ fn authorized(grant: &Grant, scope: &str, attrs: &Attributes) -> bool {
 }
 
 /// The grant a request would produce, merged from the parent as the rules describe.
+/// The request's claims as the child would hold them: one restated without scopes keeps
+/// the parent's claim's scopes (a new one without scopes constrains every scope).
+fn requested_claims(pg: &Grant, req: &ChildRequest) -> Claims {
+    req.claims
+        .iter()
+        .map(|(n, c)| {
+            let mut c = c.clone();
+            if c.applies_to.is_none() {
+                c.applies_to = pg.claims.get(n).and_then(|p| p.applies_to.clone());
+            }
+            (n.clone(), c)
+        })
+        .collect()
+}
+
 fn merged_grant(pg: &Grant, req: &ChildRequest, expires_at: UnixMillis) -> Grant {
     let mut claims = pg.claims.clone();
-    claims.extend(req.claims.clone());
+    claims.extend(requested_claims(pg, req));
     Grant {
         scopes: req.scopes.clone(),
         claims,
@@ -765,9 +780,12 @@ fn violations(
             .as_ref()
             .is_some_and(|s| !s.is_subset(&pg.scopes))
     };
-    if req.claims.iter().any(|(n, c)| {
-        names_foreign_scope(c) || pg.claims.get(n).is_some_and(|p| !claim_within(p, c))
-    }) {
+    let effective = requested_claims(pg, req);
+    if req.claims.values().any(names_foreign_scope)
+        || effective
+            .iter()
+            .any(|(n, c)| pg.claims.get(n).is_some_and(|p| !claim_within(p, c)))
+    {
         v.push(Dimension::Claims);
     }
     match req.max_uses {
@@ -1745,11 +1763,13 @@ fn check_child(
         );
         prop_assert!(p.is_narrowed_by(c), "claim {n}: {p} -> {c}");
     }
+    let requested = requested_claims(pg, req);
     for (n, c) in &cg.claims {
-        match req.claims.get(n) {
+        match requested.get(n) {
             Some(r) => {
                 prop_assert_eq!(r, c, "claim {} is not the one requested", n);
-                if let Some(s) = &c.applies_to {
+                // Scopes the request named (inherited ones are the parent's business).
+                if let Some(s) = req.claims.get(n).and_then(|x| x.applies_to.as_ref()) {
                     prop_assert!(
                         s.is_subset(&pg.scopes),
                         "claim {n} names a scope the parent lacks"
