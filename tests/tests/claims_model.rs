@@ -308,6 +308,33 @@ async fn a_token_that_requires_action_checks_is_inactive_to_plain_introspection(
         &s.validate("planner", decision_only).await,
         pb::InactiveReason::ActionRequired,
     );
+    // Refused introspections are in the trail like any inactive answer.
+    let txn = ok(
+        s.operator()
+            .await
+            .list_transactions(Default::default())
+            .await,
+        "list",
+    )
+    .transactions[0]
+        .txn
+        .clone();
+    let events = ok(
+        s.operator()
+            .await
+            .list_events(pb::ListEventsRequest {
+                txn,
+                ..Default::default()
+            })
+            .await,
+        "list_events",
+    )
+    .events;
+    let refused_introspections = events
+        .iter()
+        .filter(|e| e.result == "inactive" && e.detail == "action_required")
+        .count();
+    assert_eq!(refused_introspections, 2);
     // A child keeps the requirement even when its request does not repeat it.
     let kid = s
         .downscope(

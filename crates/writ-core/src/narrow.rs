@@ -236,15 +236,15 @@ pub fn mint(
                 format_args!("audience {} is the minter itself", Shown(&minter.id)),
             );
         }
-        // The first hop could only reach itself again: refused now, not at the Downscope
-        // that would try.
-        if req.targets.contains(&req.audience.id) {
+        // The first hop (or the minter) could only be reached again by a loop: refused
+        // now, not at the Downscope that would try.
+        if let Some(t) = [&req.audience.id, &minter.id]
+            .into_iter()
+            .find(|p| req.targets.contains(*p))
+        {
             return refuse(
                 Dimension::Loop,
-                format_args!(
-                    "audience {} is also among the token's targets",
-                    Shown(&req.audience.id)
-                ),
+                format_args!("target {} already acts in this chain", Shown(t)),
             );
         }
     }
