@@ -399,9 +399,17 @@ pub fn downscope(
         if let Some(p) = pg.claims.get(&name)
             && !p.is_narrowed_by(&c)
         {
+            let (shown_c, shown_p) = if p.applies_to == c.applies_to {
+                (c.constraint.to_string(), p.constraint.to_string())
+            } else {
+                (c.to_string(), p.to_string())
+            };
             return refuse(
                 Dimension::Claims,
-                format_args!("claim {}: {c} is not within the parent's {p}", Shown(&name)),
+                format_args!(
+                    "claim {}: {shown_c} is not within the parent's {shown_p}",
+                    Shown(&name)
+                ),
             );
         }
         claims.insert(name, c);
