@@ -332,17 +332,21 @@ fn ttl(v: u32) -> Option<u64> {
     (v != 0).then_some(u64::from(v))
 }
 
-/// An optional idempotency key: 1..=[`MAX_IDEMPOTENCY_KEY_LEN`] bytes of printable ASCII
-/// without spaces (a UUID, say); empty means none.
+/// An optional idempotency key: [`MIN_IDEMPOTENCY_KEY_LEN`]..=[`MAX_IDEMPOTENCY_KEY_LEN`]
+/// bytes of printable ASCII without spaces (a random UUID, say); empty means none. The
+/// length is a floor, not a measure of randomness: the key is part of what a keyed token's
+/// secret is derived from, so it should be random.
 pub fn idempotency_key(s: String) -> Result<Option<String>> {
     if s.is_empty() {
         return Ok(None);
     }
-    if s.len() > MAX_IDEMPOTENCY_KEY_LEN || !s.bytes().all(|b| b.is_ascii_graphic()) {
+    if !(MIN_IDEMPOTENCY_KEY_LEN..=MAX_IDEMPOTENCY_KEY_LEN).contains(&s.len())
+        || !s.bytes().all(|b| b.is_ascii_graphic())
+    {
         return bad(
             "idempotency_key",
             format!(
-                "must be 1..={MAX_IDEMPOTENCY_KEY_LEN} bytes of printable ASCII without spaces"
+                "must be {MIN_IDEMPOTENCY_KEY_LEN}..={MAX_IDEMPOTENCY_KEY_LEN} bytes of printable ASCII without spaces (a random UUID, say)"
             ),
         );
     }
@@ -1136,7 +1140,9 @@ mod tests {
     #[test]
     fn idempotency_keys_and_drops_are_checked() {
         assert_eq!(idempotency_key(String::new()), Ok(None));
-        assert_eq!(idempotency_key("k-1".into()), Ok(Some("k-1".into())));
+        let uuid = "0f8b2c4e-9a1d-4c3b-8e7f-5a6b7c8d9e0f";
+        assert_eq!(idempotency_key(uuid.into()), Ok(Some(uuid.into())));
+        assert!(idempotency_key("short-key".into()).is_err());
         for bad in ["a b", "é", &"k".repeat(MAX_IDEMPOTENCY_KEY_LEN + 1)] {
             assert_eq!(
                 idempotency_key(bad.into()).unwrap_err().field,

@@ -64,13 +64,34 @@ async fn a_claim_on_some_scopes_needs_no_placeholder_attributes_elsewhere() {
         .await,
     );
 
-    // A child may make the claim apply to more scopes (every scope, here)...
-    let wider_reach = child(
+    // Restated without scopes, a claim keeps its parent's: the search still needs no amount.
+    let narrower = child(
         &token,
         build::agent("booking"),
         &[],
         &["trips:search", "payments:charge"],
         vec![("amount", build::max(400))],
+    );
+    let kid = s.downscope("planner", narrower).await;
+    let info = kid.info.expect("info");
+    assert_eq!(
+        info.claims["amount"].applies_to,
+        strings(&["payments:charge"])
+    );
+    assert_allowed(
+        &s.validate("booking", check(&kid.token, "trips:search", vec![]))
+            .await,
+    );
+    // A child may make the claim apply to more scopes...
+    let wider_reach = child(
+        &token,
+        build::agent("booking"),
+        &[],
+        &["trips:search", "payments:charge"],
+        vec![(
+            "amount",
+            build::applies_to(build::max(400), &["trips:search", "payments:charge"]),
+        )],
     );
     let kid = s.downscope("planner", wider_reach).await.token;
     assert_denied(
@@ -287,6 +308,33 @@ async fn a_token_that_requires_action_checks_is_inactive_to_plain_introspection(
         &s.validate("planner", decision_only).await,
         pb::InactiveReason::ActionRequired,
     );
+    // Refused introspections are in the trail like any inactive answer.
+    let txn = ok(
+        s.operator()
+            .await
+            .list_transactions(Default::default())
+            .await,
+        "list",
+    )
+    .transactions[0]
+        .txn
+        .clone();
+    let events = ok(
+        s.operator()
+            .await
+            .list_events(pb::ListEventsRequest {
+                txn,
+                ..Default::default()
+            })
+            .await,
+        "list_events",
+    )
+    .events;
+    let refused_introspections = events
+        .iter()
+        .filter(|e| e.result == "inactive" && e.detail == "action_required")
+        .count();
+    assert_eq!(refused_introspections, 2);
     // A child keeps the requirement even when its request does not repeat it.
     let kid = s
         .downscope(

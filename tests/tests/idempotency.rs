@@ -38,7 +38,7 @@ async fn a_retried_downscope_returns_the_same_child_and_spends_no_second_use_or_
                 vec![],
             )
         },
-        "hop-1",
+        "8d2c4f0a-hop-one",
     );
     let first = s.downscope("planner", req.clone()).await;
     for _ in 0..3 {
@@ -54,7 +54,9 @@ async fn a_retried_downscope_returns_the_same_child_and_spends_no_second_use_or_
     );
     // The child works, and a new key is a new child (the second slot, the second use).
     assert_active(&s.validate("booking", introspect(&first.token)).await);
-    let second = s.downscope("planner", keyed(req.clone(), "hop-2")).await;
+    let second = s
+        .downscope("planner", keyed(req.clone(), "8d2c4f0a-hop-two"))
+        .await;
     assert_ne!(second.token, first.token);
     let parent = node(&s, &root_id).await;
     assert_eq!((parent.children, parent.uses), (2, 2));
@@ -90,7 +92,7 @@ async fn the_same_key_with_another_request_or_caller_or_parent_is_not_a_retry() 
             &["trips:book"],
             vec![],
         ),
-        "k",
+        "3b7e1c9d-0a5f-4e2b",
     );
     let first = s.downscope("planner", req.clone()).await;
     let other = pb::DownscopeRequest {
@@ -134,7 +136,7 @@ async fn concurrent_retries_all_get_the_one_child() {
             &["trips:book"],
             vec![],
         ),
-        "race",
+        "race-5e0b8c1f2d3a",
     );
     let mut tasks = Vec::new();
     for _ in 0..16 {
@@ -155,7 +157,7 @@ async fn concurrent_retries_all_get_the_one_child() {
 async fn a_retried_mint_returns_the_same_transaction_even_after_a_restart() {
     let mut s = TestServer::start().await;
     let req = pb::MintRequest {
-        idempotency_key: "checkout-42".into(),
+        idempotency_key: "checkout-42-6a1f9e3b".into(),
         ..trip_mint()
     };
     let first = s.mint(req.clone()).await;
@@ -179,17 +181,26 @@ async fn a_retried_mint_returns_the_same_transaction_even_after_a_restart() {
 }
 
 #[tokio::test]
-async fn a_retry_after_the_window_is_refused() {
+async fn a_key_used_again_after_the_window_is_a_new_request_never_the_old_token() {
     let s = TestServer::start_with(|c| c.tokens.idempotency_window_seconds = 1).await;
     let req = pb::MintRequest {
-        idempotency_key: "late".into(),
+        idempotency_key: "checkout-2026-12-02-7f3a".into(),
         ..trip_mint()
     };
-    s.mint(req.clone()).await;
+    let first = s.mint(req.clone()).await;
+    // Two windows later the key is no longer a retry: a new transaction, whose token is
+    // not the first one's string (which a thief may have kept, or an operator revoked).
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-    assert_refused(
-        s.minter().await.mint(req).await,
-        Code::FailedPrecondition,
-        &["idempotency_key", "1 s"],
+    s.revoke_as_holder("planner", &first.token, "done").await;
+    let again = s.mint(req).await;
+    assert_ne!(again.token, first.token);
+    assert_ne!(
+        again.info.as_ref().expect("info").txn,
+        first.info.as_ref().expect("info").txn
+    );
+    assert_active(&s.validate("planner", introspect(&again.token)).await);
+    assert_inactive(
+        &s.validate("planner", introspect(&first.token)).await,
+        pb::InactiveReason::Revoked,
     );
 }

@@ -841,8 +841,10 @@ async fn revocations_and_consumed_uses_survive_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_tokens_are_reclaimed_after_the_retention_window() {
+    // The shortest retention allowed: two idempotency windows of one second.
     let srv = TestServer::start_with(|c| {
-        c.storage.retention_seconds = 0;
+        c.tokens.idempotency_window_seconds = 1;
+        c.storage.retention_seconds = 2;
         c.storage.cleanup_interval_seconds = 1;
     })
     .await;
@@ -860,7 +862,7 @@ async fn expired_tokens_are_reclaimed_after_the_retention_window() {
     // After a cleanup pass the record, its state and its indexes are gone: the token is
     // unknown, while the live one is untouched.
     let mut reclaimed = false;
-    for _ in 0..50 {
+    for _ in 0..80 {
         let r = srv.validate("planner", introspect(&short.token)).await;
         if r.inactive_reason == InactiveReason::Unknown as i32 {
             reclaimed = true;

@@ -49,7 +49,6 @@ async fn server() -> TestServer {
     TestServer::start_with(|c| {
         c.tokens.max_depth = 2;
         c.tokens.max_children = 1;
-        c.tokens.idempotency_window_seconds = 1;
     })
     .await
 }
@@ -92,19 +91,46 @@ async fn validate_with_two_callers(s: &TestServer, token: &str) -> Code {
 /// Every situation the README's table names, with a scenario that produces it.
 fn scenarios() -> Vec<(&'static str, Scenario)> {
     vec![
-        ("a malformed field (the message names it)", |s| {
-            Box::pin(async move {
-                code(
-                    s.minter()
-                        .await
-                        .mint(pb::MintRequest {
-                            subject: String::new(),
-                            ..trip_mint()
-                        })
-                        .await,
-                )
-            })
-        }),
+        (
+            "a malformed field, or a cursor that names nothing to continue from (the message names it)",
+            |s| {
+                Box::pin(async move {
+                    let malformed = code(
+                        s.minter()
+                            .await
+                            .mint(pb::MintRequest {
+                                subject: String::new(),
+                                ..trip_mint()
+                            })
+                            .await,
+                    );
+                    // A token of another transaction is no place to continue this one from.
+                    let (a, b) = (s.mint(trip_mint()).await, s.mint(trip_mint()).await);
+                    let stray = code(
+                        s.operator()
+                            .await
+                            .get_transaction_page(pb::GetTransactionRequest {
+                                txn: a.info.expect("info").txn,
+                                cursor: token_id(b.info.as_ref()),
+                                page_size: 0,
+                            })
+                            .await,
+                    );
+                    assert_eq!(malformed, stray);
+                    stray
+                })
+            },
+        ),
+        (
+            "a token id collision between concurrent writes (retry)",
+            |_| {
+                Box::pin(async move {
+                    let e =
+                        writ_server::error::ServiceError::Store(writ_store::StoreError::Conflict);
+                    tonic::Status::from(e).code()
+                })
+            },
+        ),
         (
             "a string value not in canonical form (not NFC, or with a control, format or invisible character)",
             {
@@ -168,7 +194,7 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
         ("an idempotency key reused for a different request", |s| {
             Box::pin(async move {
                 let first = pb::MintRequest {
-                    idempotency_key: "k1".into(),
+                    idempotency_key: "status-codes-key-1".into(),
                     ..trip_mint()
                 };
                 s.mint(first.clone()).await;
@@ -385,17 +411,6 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
                 code(s.party("payments").await.downscope(req).await)
             })
         }),
-        ("a retry after `tokens.idempotency_window_seconds`", |s| {
-            Box::pin(async move {
-                let req = pb::MintRequest {
-                    idempotency_key: "late".into(),
-                    ..trip_mint()
-                };
-                s.mint(req.clone()).await;
-                tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
-                code(s.minter().await.mint(req).await)
-            })
-        }),
         (
             "the parent already has `tokens.max_children` children, or the transaction has issued 4096 tokens",
             {
@@ -463,6 +478,7 @@ fn code_named(name: &str) -> Code {
         "RESOURCE_EXHAUSTED" => Code::ResourceExhausted,
         "NOT_FOUND" => Code::NotFound,
         "UNAVAILABLE" => Code::Unavailable,
+        "ABORTED" => Code::Aborted,
         other => panic!("unknown code {other:?} in the README's table"),
     }
 }

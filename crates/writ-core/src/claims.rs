@@ -15,6 +15,7 @@
 //! match whole path segments (see [`Constraint::Prefix`]).
 
 use crate::text::{self, Shown};
+use icu_normalizer::ComposingNormalizer;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -295,32 +296,70 @@ impl fmt::Display for Constraint {
     }
 }
 
-/// Is `s` a canonical resource path? `Err` says why not. Absolute, `/`-separated, with
-/// no empty (`//`), `.` or `..` segment (a trailing `/` is allowed), no backslash, and
-/// no percent-encoded `/`, `\` or `.`, so no later decoding step can turn it into a path
-/// outside the one the rules saw.
+/// Is `s` a canonical resource path? `Err` says why not. Absolute and `/`-separated, with
+/// no empty (`//`), `.` or `..` segment (a trailing `/` is allowed), no backslash and no
+/// `;` (a path parameter some servers strip: `..;`); percent-encoding only as `%XX`, never
+/// of `/`, `\`, `.`, `%` or `;`, and decoding to UTF-8; and no segment that Unicode
+/// compatibility normalisation turns into a dot segment or a separator (`．．`, `‥`, a
+/// fullwidth solidus). So no decoding or normalising step after Writ's check can turn the
+/// path into one outside the prefix the rules saw.
 pub fn path(s: &str) -> Result<(), &'static str> {
-    let Some(rest) = s.strip_prefix('/') else {
+    if !s.starts_with('/') {
         return Err("it does not start with /");
-    };
+    }
     if s.contains('\\') {
         return Err("it contains a backslash");
     }
-    let lower = s.to_ascii_lowercase();
-    if ["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e)) {
-        return Err("it percent-encodes a separator or a dot");
+    if s.contains(';') {
+        return Err("it contains a ;");
     }
+    let decoded = percent_decoded(s)?;
+    let rest = &decoded[1..];
     let segments: Vec<&str> = rest.split('/').collect();
     let last = segments.len() - 1;
     for (i, seg) in segments.iter().enumerate() {
-        match *seg {
-            "" if i == last => {} // a trailing slash, or the root `/`
-            "" => return Err("it has an empty segment"),
-            "." | ".." => return Err("it has a . or .. segment"),
-            _ => {}
+        if seg.is_empty() {
+            if i == last {
+                continue; // a trailing slash, or the root `/`
+            }
+            return Err("it has an empty segment");
+        }
+        let nfkc = ComposingNormalizer::new_nfkc().normalize(seg);
+        if matches!(&*nfkc, "." | "..") {
+            return Err("it has a . or .. segment");
+        }
+        if nfkc.contains(['/', '\\', ';', '%']) {
+            return Err("it has a character that normalises to a separator");
         }
     }
     Ok(())
+}
+
+/// `s` with its `%XX` escapes decoded, refusing malformed escapes, escapes of `/`, `\`,
+/// `.`, `%` or `;`, and bytes that are not UTF-8 once decoded.
+fn percent_decoded(s: &str) -> Result<String, &'static str> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] != b'%' {
+            out.push(b[i]);
+            i += 1;
+            continue;
+        }
+        let hex = b
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok());
+        let Some(v) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) else {
+            return Err("it has a % that is not a %XX escape");
+        };
+        if matches!(v, b'/' | b'\\' | b'.' | b'%' | b';') {
+            return Err("it percent-encodes a separator, a dot, a % or a ;");
+        }
+        out.push(v);
+        i += 3;
+    }
+    String::from_utf8(out).map_err(|_| "its percent-encoding does not decode to UTF-8")
 }
 
 /// Does prefix `p` match the canonical path `v` (see [`Constraint::Prefix`])? Also the
@@ -540,8 +579,20 @@ mod tests {
             "/trips%2Fadmin",
             "/trips\\..\\admin",
             "trips/1",
+            "/trips/..;/admin",
+            "/trips/%252e%252e/admin",
+            "/trips/%u002e%u002e/admin",
+            "/trips/%c0%ae%c0%ae/admin",
+            "/trips/．．/admin",
+            "/trips/‥/admin",
+            "/trips/x／..",
+            "/trips/%zz",
         ] {
             assert!(p.permits(&s(bad)).is_err(), "{bad}");
+        }
+        // Percent-encoded UTF-8 and plain non-ASCII segments are paths like any other.
+        for ok in ["/trips/caf%C3%A9", "/trips/café", "/trips/a%20b"] {
+            assert_eq!(p.permits(&s(ok)), Ok(()), "{ok}");
         }
         let below = Constraint::Prefix("/trips/".into());
         assert!(below.permits(&s("/trips")).is_err());

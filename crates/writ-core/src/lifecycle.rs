@@ -99,6 +99,11 @@ pub fn narrowed(parent: &TokenRecord, child: &TokenRecord) -> Vec<String> {
     for (name, c) in &cg.claims {
         match pg.claims.get(name) {
             None => out.push(format!("claim {name} added: {c}")),
+            // Where it applies is shown only when that changed too.
+            Some(p) if p.applies_to == c.applies_to && p != c => out.push(format!(
+                "claim {name}: {} -> {}",
+                p.constraint, c.constraint
+            )),
             Some(p) if p != c => out.push(format!("claim {name}: {p} -> {c}")),
             Some(_) => {}
         }

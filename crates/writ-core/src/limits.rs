@@ -53,6 +53,8 @@ pub const MAX_EVENT_BYTES: usize = 12 * 1024;
 /// Longest human-readable detail (a refusal's or denial's message) stored in an event or
 /// sent in a `grpc-message`, in bytes.
 pub const MAX_DETAIL_BYTES: usize = 512;
+/// Shortest idempotency key, in bytes: room for 96 random bits in base64 (a UUID is 36).
+pub const MIN_IDEMPOTENCY_KEY_LEN: usize = 16;
 /// Longest idempotency key, in bytes (printable ASCII).
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 

@@ -148,7 +148,8 @@ pub struct ChildRequest {
     pub targets: BTreeSet<String>,
     /// Scopes; must be a subset of the parent's.
     pub scopes: BTreeSet<String>,
-    /// Claims to narrow or add. Parent claims not named here are inherited unchanged.
+    /// Claims to narrow or add. Parent claims not named here are inherited unchanged; a
+    /// named one without `applies_to` keeps the parent's claim's scopes.
     pub claims: Claims,
     /// Lifetime in seconds; `None` means the parent's expiry.
     pub ttl_secs: Option<u64>,
@@ -235,15 +236,15 @@ pub fn mint(
                 format_args!("audience {} is the minter itself", Shown(&minter.id)),
             );
         }
-        // The first hop could only reach itself again: refused now, not at the Downscope
-        // that would try.
-        if req.targets.contains(&req.audience.id) {
+        // The first hop (or the minter) could only be reached again by a loop: refused
+        // now, not at the Downscope that would try.
+        if let Some(t) = [&req.audience.id, &minter.id]
+            .into_iter()
+            .find(|p| req.targets.contains(*p))
+        {
             return refuse(
                 Dimension::Loop,
-                format_args!(
-                    "audience {} is also among the token's targets",
-                    Shown(&req.audience.id)
-                ),
+                format_args!("target {} already acts in this chain", Shown(t)),
             );
         }
     }
@@ -371,7 +372,7 @@ pub fn downscope(
         );
     }
     let mut claims = pg.claims.clone();
-    for (name, c) in req.claims {
+    for (name, mut c) in req.claims {
         // A scope the parent does not hold is a typo: the claim would never apply.
         if let Some(s) = c
             .applies_to
@@ -388,12 +389,27 @@ pub fn downscope(
                 ),
             );
         }
+        // A claim restated without scopes keeps the parent's: narrowing a value says
+        // nothing about where it applies.
+        if c.applies_to.is_none()
+            && let Some(p) = pg.claims.get(&name)
+        {
+            c.applies_to.clone_from(&p.applies_to);
+        }
         if let Some(p) = pg.claims.get(&name)
             && !p.is_narrowed_by(&c)
         {
+            let (shown_c, shown_p) = if p.applies_to == c.applies_to {
+                (c.constraint.to_string(), p.constraint.to_string())
+            } else {
+                (c.to_string(), p.to_string())
+            };
             return refuse(
                 Dimension::Claims,
-                format_args!("claim {}: {c} is not within the parent's {p}", Shown(&name)),
+                format_args!(
+                    "claim {}: {shown_c} is not within the parent's {shown_p}",
+                    Shown(&name)
+                ),
             );
         }
         claims.insert(name, c);

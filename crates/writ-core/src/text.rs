@@ -14,7 +14,8 @@
 //! - no character of the general categories Cc (control), Cf (format: bidi controls,
 //!   soft hyphen, tag characters, …), Cs, Co, Cn (unassigned), Zl or Zp, none with the
 //!   Default_Ignorable_Code_Point property (variation selectors, Hangul fillers, the
-//!   combining grapheme joiner, …), and no space but U+0020;
+//!   combining grapheme joiner, …), no space but U+0020, and not the blank braille pattern
+//!   U+2800 (a symbol drawn as a blank);
 //! - no leading or trailing space, and no combining mark at the start.
 //!
 //! Exact comparisons then compare those bytes. Case-insensitive claim kinds compare
@@ -69,6 +70,8 @@ fn forbidden(c: char) -> Option<&'static str> {
         _ if CodePointSetData::new::<DefaultIgnorableCodePoint>().contains(c) => {
             "the invisible character"
         }
+        // A symbol (So) by category that every font draws as a blank.
+        _ if c == '\u{2800}' => "the blank braille pattern",
         _ => return None,
     };
     Some(what)

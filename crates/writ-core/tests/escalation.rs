@@ -475,14 +475,42 @@ fn canonical_path(p: &str) -> bool {
     let Some(rest) = p.strip_prefix('/') else {
         return false;
     };
-    let lower = p.to_ascii_lowercase();
-    let segments: Vec<&str> = rest.split('/').collect();
-    !p.contains('\\')
-        && !["%2f", "%5c", "%2e"].iter().any(|e| lower.contains(e))
-        && segments
-            .iter()
-            .enumerate()
-            .all(|(i, s)| !matches!(*s, "." | "..") && (!s.is_empty() || i == segments.len() - 1))
+    if p.contains(['\\', ';']) {
+        return false;
+    }
+    // %XX only, never of / \\ . % ;, and UTF-8 once decoded.
+    let mut bytes = Vec::new();
+    let mut it = rest.bytes();
+    while let Some(b) = it.next() {
+        if b != b'%' {
+            bytes.push(b);
+            continue;
+        }
+        let hex: Vec<u8> = it.by_ref().take(2).collect();
+        let Some(v) = std::str::from_utf8(&hex)
+            .ok()
+            .filter(|h| h.len() == 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+        else {
+            return false;
+        };
+        if b"/\\.%;".contains(&v) {
+            return false;
+        }
+        bytes.push(v);
+    }
+    let Ok(decoded) = String::from_utf8(bytes) else {
+        return false;
+    };
+    let segments: Vec<&str> = decoded.split('/').collect();
+    segments.iter().enumerate().all(|(i, s)| {
+        let nfkc: String = icu_normalizer::ComposingNormalizer::new_nfkc()
+            .normalize(s)
+            .into_owned();
+        !matches!(nfkc.as_str(), "." | "..")
+            && !nfkc.contains(['/', '\\', ';', '%'])
+            && (!s.is_empty() || i == segments.len() - 1)
+    })
 }
 
 /// Is `c` what the wire lets in (see `degenerate_s`)? The order is exact only on these.
@@ -557,6 +585,14 @@ fn path_candidates(p: &str) -> Vec<String> {
         join(p, "%2E%2e"),
         format!("{}%2F1", p.trim_end_matches('/')),
         format!("{}\\..\\u", p.trim_end_matches('/')),
+        join(p, "..;/u"),
+        join(p, "%252e%252e/u"),
+        join(p, "%u002e%u002e/u"),
+        join(p, "%c0%ae%c0%ae/u"),
+        join(p, "．．/u"),
+        join(p, "‥/u"),
+        join(p, "a／.."),
+        join(p, "caf%C3%A9"),
         p.to_uppercase(),
         fullwidth(p),
         "/".into(),
@@ -703,9 +739,24 @@ fn authorized(grant: &Grant, scope: &str, attrs: &Attributes) -> bool {
 }
 
 /// The grant a request would produce, merged from the parent as the rules describe.
+/// The request's claims as the child would hold them: one restated without scopes keeps
+/// the parent's claim's scopes (a new one without scopes constrains every scope).
+fn requested_claims(pg: &Grant, req: &ChildRequest) -> Claims {
+    req.claims
+        .iter()
+        .map(|(n, c)| {
+            let mut c = c.clone();
+            if c.applies_to.is_none() {
+                c.applies_to = pg.claims.get(n).and_then(|p| p.applies_to.clone());
+            }
+            (n.clone(), c)
+        })
+        .collect()
+}
+
 fn merged_grant(pg: &Grant, req: &ChildRequest, expires_at: UnixMillis) -> Grant {
     let mut claims = pg.claims.clone();
-    claims.extend(req.claims.clone());
+    claims.extend(requested_claims(pg, req));
     Grant {
         scopes: req.scopes.clone(),
         claims,
@@ -765,9 +816,12 @@ fn violations(
             .as_ref()
             .is_some_and(|s| !s.is_subset(&pg.scopes))
     };
-    if req.claims.iter().any(|(n, c)| {
-        names_foreign_scope(c) || pg.claims.get(n).is_some_and(|p| !claim_within(p, c))
-    }) {
+    let effective = requested_claims(pg, req);
+    if req.claims.values().any(names_foreign_scope)
+        || effective
+            .iter()
+            .any(|(n, c)| pg.claims.get(n).is_some_and(|p| !claim_within(p, c)))
+    {
         v.push(Dimension::Claims);
     }
     match req.max_uses {
@@ -812,7 +866,9 @@ fn mint_violations(req: &MintRequest, minter: &str, policy: &Policy) -> Vec<Dime
         v.push(Dimension::Expiry);
     }
     if !policy.allow_actor_loops
-        && (req.audience.id == minter || req.targets.contains(&req.audience.id))
+        && (req.audience.id == minter
+            || req.targets.contains(&req.audience.id)
+            || req.targets.contains(minter))
     {
         v.push(Dimension::Loop);
     }
@@ -1745,11 +1801,13 @@ fn check_child(
         );
         prop_assert!(p.is_narrowed_by(c), "claim {n}: {p} -> {c}");
     }
+    let requested = requested_claims(pg, req);
     for (n, c) in &cg.claims {
-        match req.claims.get(n) {
+        match requested.get(n) {
             Some(r) => {
                 prop_assert_eq!(r, c, "claim {} is not the one requested", n);
-                if let Some(s) = &c.applies_to {
+                // Scopes the request named (inherited ones are the parent's business).
+                if let Some(s) = req.claims.get(n).and_then(|x| x.applies_to.as_ref()) {
                     prop_assert!(
                         s.is_subset(&pg.scopes),
                         "claim {n} names a scope the parent lacks"
@@ -1914,6 +1972,7 @@ proptest! {
         let mut now = UnixMillis(BASE);
         if !policy.allow_actor_loops {
             root_req.targets.remove(&root_req.audience.id);
+            root_req.targets.remove("gw");
         }
         prop_assert_eq!(mint_violations(&root_req, "gw", &policy), vec![]);
         let root = narrow::mint(root_req.clone(), party("gw"), "td.example", &policy, new_token(0, now)).unwrap();

@@ -556,10 +556,19 @@ fn accepts_a_case_insensitive_deny_set_covering_an_exact_one() {
 
 #[test]
 fn accepts_a_claim_on_more_scopes() {
-    // `fee` constrains `pay` only; constraining more scopes (or every scope) is narrower.
+    // `fee` constrains `pay` only; constraining more scopes (all of them, listed) is
+    // narrower.
     assert_claim_accepted("fee", on(Constraint::Max(50), &["pay", "trips:book"]));
     assert_claim_accepted("fee", on(Constraint::Max(10), &["pay"]));
-    assert_claim_accepted("fee", every(Constraint::Max(50)));
+    assert_claim_accepted(
+        "fee",
+        on(Constraint::Max(50), &["pay", "trips:book", "trips:read"]),
+    );
+    // Restated without scopes, it keeps the parent's: narrowing a value is not moving it.
+    let child =
+        from_root(|p| with_scoped_claim(same_as(p, "booker"), "fee", every(Constraint::Max(10))))
+            .unwrap();
+    assert_eq!(child.grant.claims["fee"], on(Constraint::Max(10), &["pay"]));
     // A claim may name a scope the child itself drops, as long as the parent holds it.
     let child = from_root(|p| {
         with_scoped_claim(

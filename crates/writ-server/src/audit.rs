@@ -176,7 +176,8 @@ impl Audit {
         }
     }
 
-    /// Runs `write`, a store write that carries `event` (whose id `pending` issued), on
+    /// Runs `write`, a store write that carries `event` (whose id `pending` issued; or that
+    /// builds it, see [`Written::stored_event`]), on
     /// `store` in a task of its own, so it runs to the end even if the caller goes away;
     /// once it has written the event, announces it to watchers and settles the id.
     /// Returns the write's result and, if the event was not written, the id still
@@ -201,7 +202,8 @@ impl Audit {
             if !result.as_ref().is_ok_and(Written::written) {
                 return (result, pending);
             }
-            if let Some(event) = event {
+            let stored = result.as_ref().ok().and_then(Written::stored_event);
+            if let Some(event) = event.or(stored) {
                 // No watcher is not an error.
                 let _ = live.send(Arc::new(event));
             }
@@ -239,6 +241,23 @@ impl Audit {
 pub trait Written {
     /// True if the event went into the store with this outcome.
     fn written(&self) -> bool;
+
+    /// The event the store built and wrote itself, if it did (a revocation's, which says
+    /// how many tokens it made inactive).
+    fn stored_event(&self) -> Option<Event> {
+        None
+    }
+}
+
+/// revoke writes its own event, and none when nothing was newly revoked.
+impl Written for writ_store::Revoked {
+    fn written(&self) -> bool {
+        self.event.is_some()
+    }
+
+    fn stored_event(&self) -> Option<Event> {
+        self.event.clone()
+    }
 }
 
 /// Insert, insert_child: a success wrote the event.
@@ -441,7 +460,8 @@ mod tests {
             reason: String,
             event: EventId,
         ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
-            self.inner.revoke(target, by, reason, event)
+            let inner = self.inner.clone();
+            self.gated(async move { inner.revoke(target, by, reason, event).await })
         }
         fn consume_use(
             &self,
@@ -646,6 +666,114 @@ mod tests {
         assert!(
             store.get(token).await.unwrap().is_some(),
             "the token landed"
+        );
+        for _ in 0..100 {
+            if audit.visible_before() > event.id {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert!(audit.visible_before() > event.id, "the id is settled");
+        drop(service);
+        drop(audit);
+        writer.await.unwrap();
+    }
+
+    /// Finding 11 for Revoke: a revocation dropped mid-write still lands, reaches watchers
+    /// and settles its id.
+    #[tokio::test]
+    async fn a_revoke_cancelled_mid_write_still_reaches_watchers() {
+        use crate::auth::Caller;
+        use crate::config::ValidationEvents;
+        use crate::service::Service;
+        use writ_api::convert::RevokeTarget as Target;
+        use writ_core::narrow::{self, MintRequest, NewToken, Policy};
+
+        let store = Gated::new();
+        let (audit, writer) = Audit::start(store.clone()).await.unwrap();
+        let keys = KeyRing::new(vec![ServerKey {
+            id: 1,
+            key: [7; 32],
+        }])
+        .unwrap();
+        let (_, token) = keys.issue([9; 32]);
+        let planner = Party {
+            id: "planner".into(),
+            kind: ActorKind::Agent,
+            client_type: ClientType::Confidential,
+        };
+        let req = MintRequest {
+            subject: "alice".into(),
+            audience: planner.clone(),
+            targets: Default::default(),
+            scopes: ["trips:book".to_string()].into(),
+            claims: Default::default(),
+            purpose: String::new(),
+            tctx: Default::default(),
+            rctx: Default::default(),
+            ttl_secs: None,
+            max_uses: None,
+            require_action_check: false,
+        };
+        let now = crate::service::now();
+        let new = NewToken {
+            token,
+            txn: writ_core::TxnId::new(now, [1; 10]),
+            now,
+            idempotency: None,
+        };
+        let gw = Party {
+            id: "gw".into(),
+            kind: ActorKind::Workload,
+            client_type: ClientType::Confidential,
+        };
+        let root = narrow::mint(req, gw, "example.org", &Policy::default(), new).unwrap();
+        let minted = Event::minted(audit.issue().id(), &root);
+        // Straight into the store behind the gate.
+        store.inner.insert(root.clone(), minted).await.unwrap();
+        let service = Service::new(
+            store.clone(),
+            keys,
+            Policy::default(),
+            "example.org".into(),
+            16,
+            audit.clone(),
+            ValidationEvents::All,
+        );
+        let mut live = audit.subscribe();
+        let operator = Caller::Operator("ops".into());
+        let mut revoke =
+            Box::pin(service.revoke(&operator, Target::TokenId(root.token_id), "leaked".into()));
+        tokio::select! {
+            r = &mut revoke => panic!("the revoke finished while held: {r:?}"),
+            () = store.entered(1) => {}
+        }
+        drop(revoke);
+        let held = audit.visible_before();
+        assert_ne!(
+            held,
+            EventId(u64::MAX),
+            "the revoked event's id stays pending"
+        );
+        store.open();
+        let event = tokio::time::timeout(Duration::from_secs(10), live.recv())
+            .await
+            .expect("the revoked event reaches the watcher")
+            .unwrap();
+        assert!(
+            matches!(event.kind, EventKind::Revoked { revoked: 1, .. }),
+            "{event:?}"
+        );
+        assert_eq!(event.id, held);
+        assert!(
+            store
+                .state(root.token_id)
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+                .is_some(),
+            "the revocation landed"
         );
         for _ in 0..100 {
             if audit.visible_before() > event.id {

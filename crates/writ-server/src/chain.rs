@@ -362,7 +362,9 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         let now = now();
         let mut records: HashMap<TokenId, TokenRecord> = HashMap::new();
         let mut tokens = Vec::new();
-        let (mut bytes, mut next) = (0, start);
+        // `next`: where the following page starts; `last`: the last token answered (the
+        // cursor names it, never one skipped as reclaimed).
+        let (mut bytes, mut next, mut last) = (0, start, after);
         for &id in &order[start..] {
             if tokens.len() == page_size {
                 break;
@@ -387,6 +389,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             bytes += size;
             tokens.push(n);
             records.insert(id, record);
+            last = Some(id);
         }
         let truncated = next < order.len();
         // Every token of a transaction has its subject.
@@ -400,10 +403,9 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             subject,
             tokens,
             truncated,
-            next_cursor: if truncated {
-                order[next - 1].to_string()
-            } else {
-                String::new()
+            next_cursor: match last {
+                Some(id) if truncated => id.to_string(),
+                _ => String::new(),
             },
         }))
     }

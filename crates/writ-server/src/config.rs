@@ -242,6 +242,14 @@ impl Config {
                 t.idempotency_window_seconds
             ));
         }
+        // A keyed token must stay stored while a retry can still look for it (two
+        // windows), or the same key could derive the same token again after cleanup.
+        if self.storage.retention_seconds < t.idempotency_window_seconds.saturating_mul(2) {
+            return bad(format!(
+                "storage.retention_seconds = {} must be at least twice tokens.idempotency_window_seconds ({})",
+                self.storage.retention_seconds, t.idempotency_window_seconds
+            ));
+        }
         if t.max_depth == 0 || t.max_depth > MAX_DEPTH_CEILING {
             return bad(format!(
                 "tokens.max_depth = {} must be in 1..={MAX_DEPTH_CEILING}",
@@ -348,6 +356,20 @@ impl Config {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn keyed_tokens_outlive_two_idempotency_windows() {
+        let mut c = Config::default();
+        c.tokens.idempotency_window_seconds = 1801;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("retention_seconds") && e.contains("twice"),
+            "{e}"
+        );
+        c.storage.retention_seconds = 3602;
+        c.audit.retention_seconds = 3602 + c.tokens.max_ttl_seconds;
+        c.validate().unwrap();
+    }
 
     #[test]
     fn the_documented_example_is_valid_and_matches_the_defaults() {

@@ -7,7 +7,7 @@
 //! - `PERMISSION_DENIED`: ask for less, or as someone else (any widening, a loop, not the
 //!   holder, the wrong role);
 //! - `FAILED_PRECONDITION`: nothing, with this token now (expired, revoked, too few uses
-//!   left, at the deepest depth, past the idempotency window);
+//!   left, at the deepest depth);
 //! - `RESOURCE_EXHAUSTED`: a count limit is reached (fan-out, tokens per transaction,
 //!   watches); `NOT_FOUND`: no such token or transaction; `UNAVAILABLE`: retry later.
 //!
@@ -69,11 +69,7 @@ pub enum ServiceError {
         "idempotency_key: already used for a different request (or by another caller's parent); use a new key"
     )]
     IdempotencyReused,
-    /// The idempotency key's token is older than the retry window.
-    #[error(
-        "idempotency_key: its token was issued more than {0} s ago (tokens.idempotency_window_seconds); use a new key"
-    )]
-    IdempotencyExpired(u64),
+
     /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
@@ -136,7 +132,6 @@ impl From<ServiceError> for tonic::Status {
                 narrowing_code(n.dimension)
             }
             ServiceError::IdempotencyReused => Code::InvalidArgument,
-            ServiceError::IdempotencyExpired(_) => Code::FailedPrecondition,
             ServiceError::Store(StoreError::Conflict) => Code::Aborted,
             ServiceError::Store(StoreError::ParentRevoked | StoreError::UsesExhausted) => {
                 Code::FailedPrecondition

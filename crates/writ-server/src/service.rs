@@ -4,11 +4,15 @@
 //! [`crate::grpc`] only converts and maps errors.
 //!
 //! Mint and Downscope are idempotent under a caller's key: the new token's entropy is
-//! derived from the server key and (caller, parent, key) instead of drawn at random, and
-//! its record keeps a digest of the request. A retry (after a lost answer or a deadline)
-//! derives the same token id, finds the stored record and returns it with the re-derived
-//! secret: nothing is written again, no second use or fan-out slot is spent, and no
-//! secret is ever stored. A retry with another request, or after the window, is refused.
+//! derived from the server key and (caller, parent, key, window epoch) instead of drawn at
+//! random, and its record keeps a digest of the request. A retry (after a lost answer or a
+//! deadline) derives the ids of this epoch and the last, finds the stored record and
+//! returns it with the re-derived secret: nothing is written again, no second use or
+//! fan-out slot is spent, and no secret is ever stored. A retry with another request is
+//! refused. Attempts under one key are serialised, so racing retries find each other even
+//! across an epoch boundary; the epoch makes a key used again after the window derive a
+//! new token, never the string of an old one (the configuration keeps every keyed token
+//! stored for at least two windows, so none is reclaimed while it can still be found).
 
 use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
@@ -90,9 +94,15 @@ pub struct Service<S> {
     max_children: u32,
     audit: Arc<Audit>,
     validations: ValidationEvents,
-    /// How long a retry under an idempotency key gets its token back, in milliseconds.
+    /// How long a retry under an idempotency key gets its token back, in milliseconds
+    /// (at least this long, at most twice).
     idempotency_window_ms: u64,
+    /// Serialise the attempts under one idempotency key (striped by the key's scope).
+    retry_locks: Vec<tokio::sync::Mutex<()>>,
 }
+
+/// Stripes of [`Service::retry_locks`].
+const RETRY_STRIPES: usize = 64;
 
 /// A Mint or Downscope made under an idempotency key: what the key names (who asks, from
 /// which parent, under which key) and the digest of what was asked.
@@ -123,6 +133,15 @@ impl Retry {
         }
         let digest = narrow::request_digest(&scope, req);
         Retry { scope, digest }
+    }
+
+    /// What the token of window epoch `epoch` is derived from.
+    fn scope_at(&self, epoch: u64) -> Vec<u8> {
+        [self.scope.as_slice(), &epoch.to_be_bytes()].concat()
+    }
+
+    fn stripe(&self) -> usize {
+        usize::from(blake3::hash(&self.scope).as_bytes()[0]) % RETRY_STRIPES
     }
 }
 
@@ -194,6 +213,9 @@ impl<S: TokenStore> Service<S> {
             audit,
             validations,
             idempotency_window_ms: 300_000,
+            retry_locks: (0..RETRY_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 
@@ -210,9 +232,16 @@ impl<S: TokenStore> Service<S> {
         self.audit.record(pending, event).await;
     }
 
-    /// A new token: derived from the retry's scope under the signing key, or random.
+    /// The window epoch of `now`.
+    fn epoch(&self, now: UnixMillis) -> u64 {
+        now.0 / self.idempotency_window_ms.max(1)
+    }
+
+    /// A new token: derived from the retry's scope and epoch under the signing key, or
+    /// random.
     fn issue(&self, retry: Option<&Retry>, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
-        let derived = retry.and_then(|r| self.keys.issue_derived(&r.scope).next());
+        let derived =
+            retry.and_then(|r| self.keys.issue_derived(&r.scope_at(self.epoch(now))).next());
         let (secret, token): (TokenSecret, VerifiedToken) =
             derived.unwrap_or_else(|| self.keys.issue(rand::random()));
         let new = NewToken {
@@ -224,34 +253,36 @@ impl<S: TokenStore> Service<S> {
         (secret, new)
     }
 
+    /// Holds the attempts under `retry`'s key one at a time (on this server).
+    async fn serialise(&self, retry: Option<&Retry>) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match retry {
+            Some(r) => Some(self.retry_locks[r.stripe()].lock().await),
+            None => None,
+        }
+    }
+
     /// The token an earlier attempt of `retry` stored, if any, with its re-derived secret:
-    /// looked up by the id the scope derives under each key of the ring (so a retry finds
-    /// a token issued before the signing key rotated). Refused if that attempt asked for
-    /// something else, or is older than the window.
+    /// looked up by the ids its scope derives in this window epoch and the last, under each
+    /// key of the ring (so a retry finds a token issued before the signing key rotated).
+    /// Refused if that attempt asked for something else.
     async fn replayed(
         &self,
         retry: &Retry,
     ) -> Result<Option<(TokenSecret, TokenRecord)>, ServiceError> {
-        for (secret, token) in self.keys.issue_derived(&retry.scope) {
-            let Some(record) = self.store.get(token.token_id).await? else {
-                continue;
-            };
-            if record.idempotency != Some(retry.digest) || record.trust_domain != self.trust_domain
-            {
-                return Err(ServiceError::IdempotencyReused);
+        let epoch = self.epoch(now());
+        for e in [epoch, epoch.saturating_sub(1)] {
+            for (secret, token) in self.keys.issue_derived(&retry.scope_at(e)) {
+                let Some(record) = self.store.get(token.token_id).await? else {
+                    continue;
+                };
+                if record.idempotency != Some(retry.digest)
+                    || record.trust_domain != self.trust_domain
+                {
+                    return Err(ServiceError::IdempotencyReused);
+                }
+                tracing::info!(txn = %record.txn, token_id = %record.token_id, "answered a retry with the token it already issued");
+                return Ok(Some((secret, record)));
             }
-            if now().0
-                > record
-                    .issued_at
-                    .0
-                    .saturating_add(self.idempotency_window_ms)
-            {
-                return Err(ServiceError::IdempotencyExpired(
-                    self.idempotency_window_ms / 1000,
-                ));
-            }
-            tracing::info!(txn = %record.txn, token_id = %record.token_id, "answered a retry with the token it already issued");
-            return Ok(Some((secret, record)));
         }
         Ok(None)
     }
@@ -291,6 +322,7 @@ impl<S: TokenStore> Service<S> {
             }
         };
         let retry = idempotency_key.map(|k| Retry::new("mint", &minter, None, k, &req));
+        let _one_at_a_time = self.serialise(retry.as_ref()).await;
         if let Some(r) = &retry
             && let Some(found) = self.replayed(r).await?
         {
@@ -374,6 +406,7 @@ impl<S: TokenStore> Service<S> {
         // meets the holder refusal below.
         let retry = idempotency_key
             .map(|k| Retry::new("downscope", caller_id, Some(parent.token_id), k, &req));
+        let _one_at_a_time = self.serialise(retry.as_ref()).await;
         if let Some(r) = &retry
             && let Some(found) = self.replayed(r).await?
         {
@@ -527,7 +560,7 @@ impl<S: TokenStore> Service<S> {
         }
         // Plain introspection must not stand in for the action check such a token exists for.
         if record.grant.require_action_check && action.is_none() {
-            return Ok((Err(Inactive::ActionRequired), None));
+            return Ok((Err(Inactive::ActionRequired), pending));
         }
         let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
         // An allowed action on a limited token spends one use, atomically, and the use and
@@ -561,9 +594,7 @@ impl<S: TokenStore> Service<S> {
         target: RevokeTarget,
         reason: String,
     ) -> Result<Vec<TokenId>, ServiceError> {
-        let pending = self.audit.issue();
-        let now = pending.id();
-        let (revoked, by) = match target {
+        let (store_target, by, unknown) = match target {
             RevokeTarget::Token(token) => {
                 let (record, state) = match self.lookup(&token).await? {
                     Ok(found) => found,
@@ -587,46 +618,34 @@ impl<S: TokenStore> Service<S> {
                 if state.revoked.is_some() {
                     return Ok(Vec::new());
                 }
-                let ids = self
-                    .store
-                    .revoke(StoreTarget::Token(record.token_id), by.clone(), reason, now)
-                    .await?;
-                (ids, by)
+                let id = record.token_id;
+                (StoreTarget::Token(id), by, format!("token: no token {id}"))
             }
-            RevokeTarget::TokenId(id) => {
-                let by = operator(caller)?;
-                let ids = self
-                    .store
-                    .revoke(StoreTarget::Token(id), by.clone(), reason, now)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::NotFound => {
-                            ServiceError::NotFound(format!("token_id: no token {id}"))
-                        }
-                        other => ServiceError::Store(other),
-                    })?;
-                (ids, by)
-            }
-            RevokeTarget::Txn(txn) => {
-                let by = operator(caller)?;
-                let ids = self
-                    .store
-                    .revoke(StoreTarget::Txn(txn), by.clone(), reason, now)
-                    .await
-                    .map_err(|e| match e {
-                        StoreError::NotFound => {
-                            ServiceError::NotFound(format!("txn: no transaction {txn}"))
-                        }
-                        other => ServiceError::Store(other),
-                    })?;
-                (ids, by)
-            }
+            RevokeTarget::TokenId(id) => (
+                StoreTarget::Token(id),
+                operator(caller)?,
+                format!("token_id: no token {id}"),
+            ),
+            RevokeTarget::Txn(txn) => (
+                StoreTarget::Txn(txn),
+                operator(caller)?,
+                format!("txn: no transaction {txn}"),
+            ),
         };
+        // The revocation, its announcement and the settling of its event id finish even if
+        // this request is cancelled once it started.
+        let pending = self.audit.issue();
+        let (at, who) = (pending.id(), by.clone());
+        let write = move |s: Arc<S>| async move { s.revoke(store_target, who, reason, at).await };
+        let (revoked, _) = self
+            .audit
+            .commit(Some(pending), None, &self.store, write)
+            .await;
+        let revoked = revoked.map_err(|e| match e {
+            StoreError::NotFound => ServiceError::NotFound(unknown),
+            other => ServiceError::Store(other),
+        })?;
         tracing::info!(by = %by, revoked = revoked.ids.len(), "revoked");
-        if let Some(event) = revoked.event {
-            self.audit.publish(event);
-        }
-        drop(pending);
         Ok(revoked.ids)
     }
 }

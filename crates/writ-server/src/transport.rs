@@ -18,9 +18,14 @@
 //!   also sends HTTP/2 pings (`lib.rs`), which catch a dead peer on a busy socket too.
 //! - At most [`MAX_CONNECTIONS`] connections at once: past that, accepting pauses (new
 //!   peers wait in the listen backlog) until a connection closes.
+//! - At most [`MAX_CONNECTIONS_PER_PEER`] from one IP address (more are closed at once),
+//!   and a connection that sends nothing within [`FIRST_BYTE_TIMEOUT`] is closed: one
+//!   host opening silent sockets cannot take every place.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -35,20 +40,49 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 /// 1024 is far above what a deployment of agents behind a proxy opens, and low enough
 /// that a peer opening connections in a loop exhausts neither memory nor descriptors.
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Most connections from one IP address at once (a proxy in front of Writ is one peer, and
+/// needs fewer: HTTP/2 multiplexes).
+pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
+/// How long a new connection may stay silent before it is closed (a client sends the
+/// HTTP/2 preface at once).
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Accepted connections from `listener`, with Writ's socket settings, at most
-/// [`MAX_CONNECTIONS`] at once.
-pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-    incoming_limited(listener, MAX_CONNECTIONS)
+/// What one listener admits.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections at once.
+    pub max: usize,
+    /// Connections at once from one IP address.
+    pub per_peer: usize,
+    /// Silence allowed before the first byte.
+    pub first_byte: Duration,
 }
 
-/// [`incoming`] with at most `max` connections open at once: the next is accepted only
-/// once one of them has closed.
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max: MAX_CONNECTIONS,
+            per_peer: MAX_CONNECTIONS_PER_PEER,
+            first_byte: FIRST_BYTE_TIMEOUT,
+        }
+    }
+}
+
+/// Accepted connections from `listener`, with Writ's socket settings and [`Limits`].
+pub fn incoming(listener: TcpListener) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    incoming_limited(listener, Limits::default())
+}
+
+/// [`incoming`] with other limits: the next connection is accepted only once one of the
+/// `max` has closed; one past a peer's share is closed at once.
 pub fn incoming_limited(
     listener: TcpListener,
-    max: usize,
+    limits: Limits,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+    let max = limits.max;
     Limited {
+        limits,
+        peers: Arc::new(std::sync::Mutex::new(HashMap::new())),
         accept: TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(60)))
@@ -63,8 +97,13 @@ pub fn incoming_limited(
 
 type Acquire = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
+/// Connections open per peer address.
+type Peers = Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>;
+
 /// Accepts a connection only while it holds a place for it.
 struct Limited {
+    limits: Limits,
+    peers: Peers,
     accept: TcpIncoming,
     places: Arc<Semaphore>,
     max: usize,
@@ -115,15 +154,70 @@ impl Stream for Limited {
                 Poll::Pending => return Poll::Pending,
             }
         }
-        match Pin::new(&mut this.accept).poll_next(cx) {
-            Poll::Ready(Some(Ok(stream))) => Poll::Ready(Some(Ok(Conn {
-                stream,
-                _place: this.place.take(),
-            }))),
-            // A failed accept takes no place.
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match Pin::new(&mut this.accept).poll_next(cx) {
+                Poll::Ready(Some(Ok(stream))) => {
+                    let Some(peer) = PeerShare::take(&this.peers, &stream, this.limits.per_peer)
+                    else {
+                        // Past its share: closed at once (dropped), the place kept.
+                        continue;
+                    };
+                    return Poll::Ready(Some(Ok(Conn {
+                        stream,
+                        silent: Some(Box::pin(tokio::time::sleep(this.limits.first_byte))),
+                        _place: this.place.take(),
+                        _peer: peer,
+                    })));
+                }
+                // A failed accept takes no place.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+/// One connection's share of its peer's [`Limits::per_peer`], given back when dropped.
+#[derive(Debug)]
+struct PeerShare {
+    peers: Peers,
+    ip: Option<IpAddr>,
+}
+
+impl PeerShare {
+    fn take(peers: &Peers, stream: &TcpStream, per_peer: usize) -> Option<PeerShare> {
+        let ip = stream.peer_addr().ok().map(|a| a.ip());
+        if let Some(ip) = ip {
+            let mut open = peers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = open.entry(ip).or_insert(0);
+            if *n >= per_peer {
+                tracing::warn!(peer = %ip, per_peer, "too many connections from one peer; closing the newest");
+                return None;
+            }
+            *n += 1;
+        }
+        Some(PeerShare {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerShare {
+    fn drop(&mut self) {
+        let Some(ip) = self.ip else { return };
+        let mut open = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = open.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&ip);
+            }
         }
     }
 }
@@ -133,7 +227,10 @@ impl Stream for Limited {
 #[derive(Debug)]
 pub struct Conn {
     stream: TcpStream,
+    /// Until the first byte arrives: when it fires, the connection is closed.
+    silent: Option<Pin<Box<tokio::time::Sleep>>>,
     _place: Option<OwnedSemaphorePermit>,
+    _peer: PeerShare,
 }
 
 impl Connected for Conn {
@@ -150,7 +247,19 @@ impl AsyncRead for Conn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.silent = None;
+        } else if let Some(silent) = self.silent.as_mut()
+            && silent.as_mut().poll(cx).is_ready()
+        {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the peer sent nothing after connecting",
+            )));
+        }
+        read
     }
 }
 
@@ -203,7 +312,11 @@ mod tests {
     async fn connections_past_the_cap_wait_until_one_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut accepted = Box::pin(incoming_limited(listener, 1));
+        let limits = Limits {
+            max: 1,
+            ..Limits::default()
+        };
+        let mut accepted = Box::pin(incoming_limited(listener, limits));
         let _first_client = TcpStream::connect(addr).await.unwrap();
         let first = accepted.next().await.unwrap().unwrap();
         // The kernel completes the handshake (listen backlog); Writ does not take it.
@@ -223,5 +336,70 @@ mod tests {
             second.connect_info().remote_addr(),
             Some(second_client.local_addr().unwrap())
         );
+    }
+
+    /// A host's connections past its share are closed at once; the rest are served, and
+    /// its share comes back as they close.
+    #[tokio::test]
+    async fn one_peer_gets_its_share_and_no_more() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            per_peer: 2,
+            ..Limits::default()
+        };
+        let mut accepted = Box::pin(incoming_limited(listener, limits));
+        let mut clients = Vec::new();
+        let mut served = Vec::new();
+        for _ in 0..2 {
+            clients.push(TcpStream::connect(addr).await.unwrap());
+            served.push(accepted.next().await.unwrap().unwrap());
+        }
+        // The third is accepted by the kernel and closed by Writ: its read ends (EOF or
+        // reset), and nothing more is handed to the server.
+        let mut third = TcpStream::connect(addr).await.unwrap();
+        let next = accepted.next();
+        tokio::pin!(next);
+        let mut byte = [0u8; 1];
+        tokio::select! {
+            r = third.read(&mut byte) => assert!(matches!(r, Ok(0) | Err(_)), "{r:?}"),
+            c = &mut next => panic!("a third connection was served: {c:?}"),
+        }
+        drop(served.pop());
+        let _fourth = TcpStream::connect(addr).await.unwrap();
+        let again = tokio::time::timeout(Duration::from_secs(10), &mut next)
+            .await
+            .expect("accepted once one of the two closed");
+        assert!(again.unwrap().is_ok());
+    }
+
+    /// A connection that says nothing is closed after the first-byte timeout; one that
+    /// speaks keeps its place.
+    #[tokio::test]
+    async fn a_silent_connection_is_closed_a_talking_one_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            first_byte: Duration::from_millis(200),
+            ..Limits::default()
+        };
+        let mut accepted = Box::pin(incoming_limited(listener, limits));
+        let _silent_client = TcpStream::connect(addr).await.unwrap();
+        let mut silent = accepted.next().await.unwrap().unwrap();
+        let mut buf = [0u8; 8];
+        let r = tokio::time::timeout(Duration::from_secs(30), silent.read(&mut buf))
+            .await
+            .expect("the silent connection's read ended");
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        let mut talker = TcpStream::connect(addr).await.unwrap();
+        let mut talking = accepted.next().await.unwrap().unwrap();
+        talker.write_all(b"PRI").await.unwrap();
+        assert_eq!(talking.read(&mut buf).await.unwrap(), 3);
+        // Past the timeout, it still reads.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        talker.write_all(b"x").await.unwrap();
+        assert_eq!(talking.read(&mut buf).await.unwrap(), 1);
     }
 }

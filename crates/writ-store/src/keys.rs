@@ -27,9 +27,9 @@
 //!
 //! Transaction ids begin with their mint time, so the three transaction indexes list
 //! newest first by scanning backwards, and a time window is a key range. Subjects and
-//! parties are variable-length strings, so their index keys hold a 128-bit keyed digest
-//! instead (fixed length, so the transaction id that follows is always at the same
-//! offset); a listing re-checks the subject on the root record.
+//! parties are variable-length strings, so their index keys hold a 128-bit digest instead
+//! (blake3 in derive-key mode, not keyed: fixed length, so the transaction id that follows
+//! is always at the same offset); a listing re-checks the subject on the root record.
 //!
 //! The audit trail (`events`, `event_log`) is kept apart from token state: purging a
 //! token never touches it. `event_log` orders every event by id (its time), which is

@@ -44,7 +44,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fmt;
 use std::future::Future;
-use std::hash::{DefaultHasher, Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Mutex as AsyncMutex;
@@ -107,6 +107,8 @@ struct Inner {
     /// before the blocking hand-off (see [`RocksStore::locked`]), so waiters hold no
     /// thread of the blocking pool.
     txn_locks: Vec<Arc<AsyncMutex<()>>>,
+    /// Which stripe a transaction's lock is: keyed at random when the store opens.
+    stripe_hasher: RandomState,
 }
 
 impl Drop for Inner {
@@ -125,10 +127,9 @@ impl Drop for Inner {
 
 impl Inner {
     fn txn_stripe(&self, txn: TxnId) -> usize {
-        // The first bytes of a txn id are its mint time, so hash all of them.
-        let mut h = DefaultHasher::new();
-        txn.hash(&mut h);
-        (h.finish() % self.txn_locks.len() as u64) as usize
+        // The first bytes of a txn id are its mint time, so hash all of them, with keys
+        // drawn at open: nobody can pick transactions that share a stripe with a victim's.
+        (self.stripe_hasher.hash_one(txn) % self.txn_locks.len() as u64) as usize
     }
 
     fn txn_lock(&self, txn: TxnId) -> Arc<AsyncMutex<()>> {
@@ -268,6 +269,7 @@ impl RocksStore {
                 txn_locks: (0..TXN_STRIPES)
                     .map(|_| Arc::new(AsyncMutex::new(())))
                     .collect(),
+                stripe_hasher: RandomState::new(),
             }),
         })
     }

@@ -708,6 +708,71 @@ fn client_commands_fail_cleanly_without_a_server() {
 }
 
 #[test]
+fn secrets_never_come_from_the_command_line_and_remote_plaintext_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&tmp.path().join("data"), 0);
+    let url = srv.url();
+    let root = cli_mint(&srv, &[]);
+    let token = str_field(&root, "/token").to_string();
+    // No flag takes a token or a credential itself: it would show in the process list.
+    for (cmd, flag) in [
+        ("validate", "--token"),
+        ("downscope", "--token"),
+        ("revoke", "--token"),
+        ("mint", "--credential"),
+        ("chain", "--credential"),
+    ] {
+        let out = writ(&[cmd, "--server", &url, flag, "secret-value"], &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{cmd} {flag}: {}",
+            describe(&out)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stderr).contains("secret-value"),
+            "the refusal must not echo the secret: {}",
+            describe(&out)
+        );
+    }
+    // The token from a file works as from WRIT_TOKEN.
+    let file = tmp.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).expect("writing the token file");
+    let file = file.to_str().expect("utf-8 path");
+    let out = writ(
+        &[
+            "validate",
+            "--server",
+            &url,
+            "--as",
+            "planner",
+            "--token-file",
+            file,
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(json_exit(&out, 0)["active"], true);
+    // A server that is not on loopback is refused unless --insecure says otherwise.
+    let out = writ(
+        &[
+            "validate",
+            "--server",
+            "http://192.0.2.1:7433",
+            "--as",
+            "planner",
+        ],
+        &[("WRIT_TOKEN", &token)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plaintext"),
+        "{}",
+        describe(&out)
+    );
+}
+
+#[test]
 fn cli_chain_and_token_show_the_call_chain() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let srv = Server::start(&tmp.path().join("data"), 0);
