@@ -225,6 +225,36 @@ impl TestServer {
         .revoked_token_ids
     }
 
+    /// Every audit event of `txn`, as an operator reads them through ListEvents pages of
+    /// `page` events.
+    pub async fn events_in_pages(&self, txn: &str, page: u32) -> Vec<pb::AuditEvent> {
+        let mut op = self.operator().await;
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let r = ok(
+                op.list_events(pb::ListEventsRequest {
+                    txn: txn.into(),
+                    after: after.clone(),
+                    page_size: page,
+                })
+                .await,
+                "list_events",
+            );
+            let n = r.events.len();
+            out.extend(r.events);
+            if n < page as usize {
+                return out;
+            }
+            after = r.next_cursor;
+        }
+    }
+
+    /// Every audit event of `txn`.
+    pub async fn events(&self, txn: &str) -> Vec<pb::AuditEvent> {
+        self.events_in_pages(txn, 100).await
+    }
+
     /// Validates as `caller`, panicking on an RPC error (inactive is an answer, not an error).
     pub async fn validate(&self, caller: &str, req: pb::ValidateRequest) -> pb::ValidateResponse {
         ok(self.party(caller).await.validate(req).await, "validate")

@@ -8,30 +8,6 @@ use tonic::Code;
 use writ_e2e::pb::{EventKind, TokenStatus};
 use writ_e2e::*;
 
-/// Every event of `txn`, through ListEvents pages of `page` events.
-async fn all_events(srv: &TestServer, txn: &str, page: u32) -> Vec<pb::AuditEvent> {
-    let mut op = srv.operator().await;
-    let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
-        let r = ok(
-            op.list_events(pb::ListEventsRequest {
-                txn: txn.into(),
-                after: after.clone(),
-                page_size: page,
-            })
-            .await,
-            "list_events",
-        );
-        let n = r.events.len();
-        out.extend(r.events);
-        if n < page as usize {
-            return out;
-        }
-        after = r.next_cursor;
-    }
-}
-
 fn kinds(events: &[pb::AuditEvent]) -> Vec<EventKind> {
     events.iter().map(|e| e.kind()).collect()
 }
@@ -108,7 +84,7 @@ async fn every_event_kind_is_recorded_in_order() {
         pb::InactiveReason::Revoked,
     );
 
-    let events = all_events(&srv, &txn, 3).await;
+    let events = srv.events_in_pages(&txn, 3).await;
     assert_eq!(
         kinds(&events),
         vec![
@@ -189,12 +165,12 @@ async fn every_event_kind_is_recorded_in_order() {
 
     // Pages are consistent: page sizes 1, 4 and 100 all see the same trail.
     for page in [1, 4, 100] {
-        assert_eq!(all_events(&srv, &txn, page).await, events, "page {page}");
+        assert_eq!(srv.events_in_pages(&txn, page).await, events, "page {page}");
     }
     // The trail is durable: a restart keeps it.
     let mut srv = srv;
     srv.restart().await;
-    assert_eq!(all_events(&srv, &txn, 100).await, events);
+    assert_eq!(srv.events_in_pages(&txn, 100).await, events);
 }
 
 fn sorted_strings(v: &[String]) -> Vec<String> {
@@ -220,7 +196,7 @@ async fn store_refusals_are_recorded_with_their_limit() {
     srv.downscope("planner", req()).await;
     let second = srv.party("planner").await.downscope(req()).await;
     assert_refused(second, Code::ResourceExhausted, &["fan_out"]);
-    let events = all_events(&srv, &txn, 100).await;
+    let events = srv.events_in_pages(&txn, 100).await;
     assert_eq!(
         kinds(&events),
         vec![EventKind::Minted, EventKind::Downscoped, EventKind::Refused]
@@ -246,7 +222,7 @@ async fn validations_can_be_left_out_of_the_trail() {
         )
         .await,
     );
-    let events = all_events(&srv, &txn, 100).await;
+    let events = srv.events_in_pages(&txn, 100).await;
     assert_eq!(
         kinds(&events),
         vec![EventKind::Minted, EventKind::Validated]
@@ -707,6 +683,6 @@ async fn with_validations_off_only_the_token_changes_are_recorded() {
         .await,
     );
     srv.revoke_as_operator(revoke_txn(&txn, "done")).await;
-    let events = all_events(&srv, &txn, 100).await;
+    let events = srv.events_in_pages(&txn, 100).await;
     assert_eq!(kinds(&events), vec![EventKind::Minted, EventKind::Revoked]);
 }

@@ -68,17 +68,7 @@ async fn a_denial_or_refusal_against_huge_sets_is_cheap_to_store_and_send() {
     );
     assert!(msg.len() <= MAX_STATUS, "{} bytes: {msg}", msg.len());
     // Every event stored for the transaction is bounded, those two included.
-    let events = ok(
-        s.operator()
-            .await
-            .list_events(pb::ListEventsRequest {
-                txn,
-                ..Default::default()
-            })
-            .await,
-        "list_events",
-    )
-    .events;
+    let events = s.events(&txn).await;
     let kinds: Vec<_> = events.iter().map(|e| e.kind()).collect();
     assert!(kinds.contains(&pb::EventKind::Refused), "{kinds:?}");
     for e in &events {

@@ -319,17 +319,7 @@ async fn a_token_that_requires_action_checks_is_inactive_to_plain_introspection(
     .transactions[0]
         .txn
         .clone();
-    let events = ok(
-        s.operator()
-            .await
-            .list_events(pb::ListEventsRequest {
-                txn,
-                ..Default::default()
-            })
-            .await,
-        "list_events",
-    )
-    .events;
+    let events = s.events(&txn).await;
     let refused_introspections = events
         .iter()
         .filter(|e| e.result == "inactive" && e.detail == "action_required")

@@ -10,30 +10,6 @@ const OTHERS: usize = 40;
 /// Connections the revokes are spread over (each well under the server's 256 streams).
 const CONNECTIONS: usize = 16;
 
-/// Every event of `txn`, as an operator reads them.
-async fn all_events(srv: &TestServer, txn: &str) -> Vec<pb::AuditEvent> {
-    let mut op = srv.operator().await;
-    let mut out = Vec::new();
-    let mut after = String::new();
-    loop {
-        let r = ok(
-            op.list_events(pb::ListEventsRequest {
-                txn: txn.into(),
-                after: after.clone(),
-                page_size: 100,
-            })
-            .await,
-            "list_events",
-        );
-        let n = r.events.len();
-        out.extend(r.events);
-        if n < 100 {
-            return out;
-        }
-        after = r.next_cursor;
-    }
-}
-
 #[test]
 fn repeated_revokes_of_a_revoked_token_write_nothing_and_block_nobody() {
     // A small blocking pool, as a busy server's would be once its threads are taken.
@@ -112,7 +88,7 @@ fn repeated_revokes_of_a_revoked_token_write_nothing_and_block_nobody() {
                 .await,
             Vec::<String>::new()
         );
-        let events = all_events(&srv, &hot_txn).await;
+        let events = srv.events(&hot_txn).await;
         let revoked = events
             .iter()
             .filter(|e| e.kind() == EventKind::Revoked)

@@ -62,17 +62,7 @@ async fn a_retried_downscope_returns_the_same_child_and_spends_no_second_use_or_
     assert_eq!((parent.children, parent.uses), (2, 2));
     // The trail holds one downscoped event per child, not per call.
     let txn = root.info.as_ref().expect("info").txn.clone();
-    let events = ok(
-        s.operator()
-            .await
-            .list_events(pb::ListEventsRequest {
-                txn,
-                ..Default::default()
-            })
-            .await,
-        "list_events",
-    )
-    .events;
+    let events = s.events(&txn).await;
     let downscoped = events
         .iter()
         .filter(|e| e.kind() == pb::EventKind::Downscoped)

@@ -594,35 +594,30 @@ mod tests {
         writer.await.unwrap();
     }
 
-    /// Finding 11: a Mint whose request goes away while the store writes must still
-    /// announce its event to watchers and keep its id pending until the write lands.
-    /// It used to settle the id at once and never publish.
-    #[tokio::test]
-    async fn a_mint_cancelled_mid_write_still_reaches_watchers() {
-        use crate::auth::Caller;
-        use crate::config::ValidationEvents;
-        use crate::service::Service;
-        use writ_core::narrow::{MintRequest, Policy};
-
-        let store = Gated::new();
-        let (audit, writer) = Audit::start(store.clone()).await.unwrap();
-        let mut live = audit.subscribe();
-        let keys = KeyRing::new(vec![ServerKey {
-            id: 1,
-            key: [7; 32],
-        }])
-        .unwrap();
-        let service = Service::new(
+    /// A service over `store` and `audit`, signing with a fixed key.
+    fn service_over(store: &Arc<Gated>, audit: &Arc<Audit>) -> crate::service::Service<Gated> {
+        crate::service::Service::new(
             store.clone(),
-            keys,
-            Policy::default(),
+            test_keys(),
+            writ_core::narrow::Policy::default(),
             "example.org".into(),
             16,
             audit.clone(),
-            ValidationEvents::All,
-        );
-        let caller = Caller::Minter("gw".into());
-        let req = MintRequest {
+            crate::config::ValidationEvents::All,
+        )
+    }
+
+    fn test_keys() -> KeyRing {
+        KeyRing::new(vec![ServerKey {
+            id: 1,
+            key: [7; 32],
+        }])
+        .unwrap()
+    }
+
+    /// alice's transaction for `planner`.
+    fn planner_mint() -> writ_core::narrow::MintRequest {
+        writ_core::narrow::MintRequest {
             subject: "alice".into(),
             audience: Party {
                 id: "planner".into(),
@@ -638,19 +633,25 @@ mod tests {
             ttl_secs: None,
             max_uses: None,
             require_action_check: false,
-        };
-        let mut mint = Box::pin(service.mint(&caller, req, None));
+        }
+    }
+
+    /// Drops a store call while `store` holds it, then opens the gate: the call's event
+    /// must still reach `live` under the id that stayed pending, and the id must settle.
+    async fn cancelled_mid_write_still_lands<F: Future>(
+        store: &Gated,
+        audit: &Audit,
+        live: &mut broadcast::Receiver<Arc<Event>>,
+        call: F,
+    ) -> Arc<Event> {
+        let mut call = Box::pin(call);
         tokio::select! {
-            r = &mut mint => panic!("the mint finished while its insert was held: {r:?}"),
+            _ = &mut call => panic!("the call finished while its write was held"),
             () = store.entered(1) => {}
         }
-        drop(mint);
+        drop(call);
         let held = audit.visible_before();
-        assert_ne!(
-            held,
-            EventId(u64::MAX),
-            "the minted event's id stays pending"
-        );
+        assert_ne!(held, EventId(u64::MAX), "the event's id stays pending");
         assert!(
             live.try_recv().is_err(),
             "nothing is announced before it is stored"
@@ -658,15 +659,9 @@ mod tests {
         store.open();
         let event = tokio::time::timeout(Duration::from_secs(10), live.recv())
             .await
-            .expect("the minted event reaches the watcher")
+            .expect("the event reaches the watcher")
             .unwrap();
-        assert!(matches!(event.kind, EventKind::Minted { .. }), "{event:?}");
         assert_eq!(event.id, held);
-        let token = event.token.unwrap();
-        assert!(
-            store.get(token).await.unwrap().is_some(),
-            "the token landed"
-        );
         for _ in 0..100 {
             if audit.visible_before() > event.id {
                 break;
@@ -674,6 +669,27 @@ mod tests {
             tokio::task::yield_now().await;
         }
         assert!(audit.visible_before() > event.id, "the id is settled");
+        event
+    }
+
+    /// Finding 11: a Mint whose request goes away while the store writes must still
+    /// announce its event to watchers and keep its id pending until the write lands.
+    /// It used to settle the id at once and never publish.
+    #[tokio::test]
+    async fn a_mint_cancelled_mid_write_still_reaches_watchers() {
+        let store = Gated::new();
+        let (audit, writer) = Audit::start(store.clone()).await.unwrap();
+        let mut live = audit.subscribe();
+        let service = service_over(&store, &audit);
+        let caller = crate::auth::Caller::Minter("gw".into());
+        let mint = service.mint(&caller, planner_mint(), None);
+        let event = cancelled_mid_write_still_lands(&store, &audit, &mut live, mint).await;
+        assert!(matches!(event.kind, EventKind::Minted { .. }), "{event:?}");
+        let token = event.token.unwrap();
+        assert!(
+            store.get(token).await.unwrap().is_some(),
+            "the token landed"
+        );
         drop(service);
         drop(audit);
         writer.await.unwrap();
@@ -683,38 +699,12 @@ mod tests {
     /// and settles its id.
     #[tokio::test]
     async fn a_revoke_cancelled_mid_write_still_reaches_watchers() {
-        use crate::auth::Caller;
-        use crate::config::ValidationEvents;
-        use crate::service::Service;
         use writ_api::convert::RevokeTarget as Target;
-        use writ_core::narrow::{self, MintRequest, NewToken, Policy};
+        use writ_core::narrow::{self, NewToken};
 
         let store = Gated::new();
         let (audit, writer) = Audit::start(store.clone()).await.unwrap();
-        let keys = KeyRing::new(vec![ServerKey {
-            id: 1,
-            key: [7; 32],
-        }])
-        .unwrap();
-        let (_, token) = keys.issue([9; 32]);
-        let planner = Party {
-            id: "planner".into(),
-            kind: ActorKind::Agent,
-            client_type: ClientType::Confidential,
-        };
-        let req = MintRequest {
-            subject: "alice".into(),
-            audience: planner.clone(),
-            targets: Default::default(),
-            scopes: ["trips:book".to_string()].into(),
-            claims: Default::default(),
-            purpose: String::new(),
-            tctx: Default::default(),
-            rctx: Default::default(),
-            ttl_secs: None,
-            max_uses: None,
-            require_action_check: false,
-        };
+        let (_, token) = test_keys().issue([9; 32]);
         let now = crate::service::now();
         let new = NewToken {
             token,
@@ -727,61 +717,22 @@ mod tests {
             kind: ActorKind::Workload,
             client_type: ClientType::Confidential,
         };
-        let root = narrow::mint(req, gw, "example.org", &Policy::default(), new).unwrap();
+        let policy = writ_core::narrow::Policy::default();
+        let root = narrow::mint(planner_mint(), gw, "example.org", &policy, new).unwrap();
         let minted = Event::minted(audit.issue().id(), &root);
         // Straight into the store behind the gate.
         store.inner.insert(root.clone(), minted).await.unwrap();
-        let service = Service::new(
-            store.clone(),
-            keys,
-            Policy::default(),
-            "example.org".into(),
-            16,
-            audit.clone(),
-            ValidationEvents::All,
-        );
+        let service = service_over(&store, &audit);
         let mut live = audit.subscribe();
-        let operator = Caller::Operator("ops".into());
-        let mut revoke =
-            Box::pin(service.revoke(&operator, Target::TokenId(root.token_id), "leaked".into()));
-        tokio::select! {
-            r = &mut revoke => panic!("the revoke finished while held: {r:?}"),
-            () = store.entered(1) => {}
-        }
-        drop(revoke);
-        let held = audit.visible_before();
-        assert_ne!(
-            held,
-            EventId(u64::MAX),
-            "the revoked event's id stays pending"
-        );
-        store.open();
-        let event = tokio::time::timeout(Duration::from_secs(10), live.recv())
-            .await
-            .expect("the revoked event reaches the watcher")
-            .unwrap();
+        let operator = crate::auth::Caller::Operator("ops".into());
+        let revoke = service.revoke(&operator, Target::TokenId(root.token_id), "leaked".into());
+        let event = cancelled_mid_write_still_lands(&store, &audit, &mut live, revoke).await;
         assert!(
             matches!(event.kind, EventKind::Revoked { revoked: 1, .. }),
             "{event:?}"
         );
-        assert_eq!(event.id, held);
-        assert!(
-            store
-                .state(root.token_id)
-                .await
-                .unwrap()
-                .unwrap()
-                .revoked
-                .is_some(),
-            "the revocation landed"
-        );
-        for _ in 0..100 {
-            if audit.visible_before() > event.id {
-                break;
-            }
-            tokio::task::yield_now().await;
-        }
-        assert!(audit.visible_before() > event.id, "the id is settled");
+        let state = store.state(root.token_id).await.unwrap().unwrap();
+        assert!(state.revoked.is_some(), "the revocation landed");
         drop(service);
         drop(audit);
         writer.await.unwrap();

@@ -650,6 +650,25 @@ fn children_of(inner: &Inner, parent: TokenId) -> Result<Vec<TokenId>, StoreErro
     )
 }
 
+/// The entries of `cf_name` whose keys start with `prefix`, from `from` on (never a scan
+/// beyond the prefix).
+fn prefix_iter<'a>(
+    inner: &'a Inner,
+    cf_name: &str,
+    prefix: &[u8],
+    from: &[u8],
+) -> Result<rocksdb::DBIteratorWithThreadMode<'a, DB>, StoreError> {
+    let db = &inner.db;
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_prefix_same_as_start(true);
+    read_opts.set_iterate_range(PrefixRange(prefix));
+    Ok(db.iterator_cf_opt(
+        cf(db, cf_name)?,
+        read_opts,
+        IteratorMode::From(from, Direction::Forward),
+    ))
+}
+
 /// Up to `limit` token ids stored under `prefix` in an index column family keyed
 /// `prefix ‖ token id`, bounded to the prefix (never a scan beyond it).
 fn scan_ids(
@@ -659,15 +678,7 @@ fn scan_ids(
     id_of: fn(&[u8]) -> Option<TokenId>,
     limit: usize,
 ) -> Result<Vec<TokenId>, StoreError> {
-    let db = &inner.db;
-    let mut read_opts = ReadOptions::default();
-    read_opts.set_prefix_same_as_start(true);
-    read_opts.set_iterate_range(PrefixRange(prefix));
-    let iter = db.iterator_cf_opt(
-        cf(db, cf_name)?,
-        read_opts,
-        IteratorMode::From(prefix, Direction::Forward),
-    );
+    let iter = prefix_iter(inner, cf_name, prefix, prefix)?;
     let mut ids = Vec::new();
     for item in iter.take(limit) {
         let (key, _) = item.map_err(backend)?;
@@ -871,18 +882,9 @@ fn get_with_state_at(
 /// The tree of a transaction from its `txn_tokens` entries; an entry written before schema
 /// 4 (an empty value) costs a read of its record.
 fn txn_tree_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TreeEntry>, StoreError> {
-    let db = &inner.db;
     let prefix = keys::txn_prefix(txn);
-    let mut read_opts = ReadOptions::default();
-    read_opts.set_prefix_same_as_start(true);
-    read_opts.set_iterate_range(PrefixRange(prefix.as_slice()));
-    let iter = db.iterator_cf_opt(
-        cf(db, keys::CF_TXN_TOKENS)?,
-        read_opts,
-        IteratorMode::From(&prefix, Direction::Forward),
-    );
     let mut out = Vec::new();
-    for item in iter {
+    for item in prefix_iter(inner, keys::CF_TXN_TOKENS, &prefix, &prefix)? {
         let (key, value) = item.map_err(backend)?;
         let bad = || {
             corrupt(format!(
@@ -1044,15 +1046,7 @@ fn unindex_txn(
     );
     let (party_txns, txn_parties) = (cf(db, keys::CF_PARTY_TXNS)?, cf(db, keys::CF_TXN_PARTIES)?);
     let prefix = keys::txn_prefix(txn);
-    let mut read_opts = ReadOptions::default();
-    read_opts.set_prefix_same_as_start(true);
-    read_opts.set_iterate_range(PrefixRange(prefix.as_slice()));
-    let iter = db.iterator_cf_opt(
-        txn_parties,
-        read_opts,
-        IteratorMode::From(&prefix, Direction::Forward),
-    );
-    for item in iter {
+    for item in prefix_iter(inner, keys::CF_TXN_PARTIES, &prefix, &prefix)? {
         let (key, _) = item.map_err(backend)?;
         let d = keys::digest_of_txn_party_key(&key)
             .ok_or_else(|| corrupt(format!("txn_parties key of {} bytes", key.len())))?;
@@ -1212,23 +1206,14 @@ fn events_blocking(
     after: Option<EventId>,
     limit: usize,
 ) -> Result<Vec<Event>, StoreError> {
-    let db = &inner.db;
     let start = after.map_or(EventId(0), |a| EventId(a.0.saturating_add(1)));
     if after.is_some_and(|a| a.0 == u64::MAX) {
         return Ok(Vec::new());
     }
     let from = keys::event_key(txn, start);
     let prefix = keys::txn_prefix(txn);
-    let mut read_opts = ReadOptions::default();
-    read_opts.set_prefix_same_as_start(true);
-    read_opts.set_iterate_range(PrefixRange(prefix.as_slice()));
-    let iter = db.iterator_cf_opt(
-        cf(db, keys::CF_EVENTS)?,
-        read_opts,
-        IteratorMode::From(&from, Direction::Forward),
-    );
     let mut out = Vec::new();
-    for item in iter.take(limit) {
+    for item in prefix_iter(inner, keys::CF_EVENTS, &prefix, &from)?.take(limit) {
         let (_, value) = item.map_err(backend)?;
         out.push(codec::decode_event(&value)?);
     }
