@@ -64,6 +64,7 @@ fn writ(c: &mut Criterion) {
                         token,
                         txn,
                         now: now(),
+                        idempotency: None,
                     },
                 )
             },

@@ -4,12 +4,11 @@
 //! `writ_core`, `TokenStore::get`/`get_with_state`). When the store trait or the service
 //! change again, adapt these few functions and nothing else.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use writ_api::convert::Action;
 use writ_core::narrow::{ChildRequest, MintRequest, Policy};
-use writ_core::{Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis, Value};
+use writ_core::{Attributes, Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis};
 use writ_server::audit::Audit;
 use writ_server::auth::Caller;
 use writ_server::config::ValidationEvents;
@@ -92,23 +91,23 @@ pub async fn purge_before<S: TokenStore>(
     }
 }
 
-/// Mint as the local minter.
+/// Mint as the local minter (no idempotency key: every call a new token).
 pub async fn mint<S: TokenStore>(
     svc: &Service<S>,
     req: MintRequest,
 ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-    svc.mint(&Caller::Minter(fixtures::MINTER.into()), req)
+    svc.mint(&Caller::Minter(fixtures::MINTER.into()), req, None)
         .await
 }
 
-/// Downscope `parent_token` as its holder.
+/// Downscope `parent_token` as its holder (no idempotency key: every call a new token).
 pub async fn downscope<S: TokenStore>(
     svc: &Service<S>,
     holder: &str,
     parent_token: &str,
     req: ChildRequest,
 ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-    svc.downscope(&Caller::Party(holder.into()), parent_token, req)
+    svc.downscope(&Caller::Party(holder.into()), parent_token, req, None)
         .await
 }
 
@@ -144,7 +143,7 @@ pub async fn validate_action<S: TokenStore>(
     audience: &str,
     token: &str,
     scope: &str,
-    attributes: BTreeMap<String, Value>,
+    attributes: Attributes,
 ) -> Result<bool, ServiceError> {
     let action = Action {
         scope: scope.into(),

@@ -11,11 +11,11 @@
 //! `category = "travel"`) is the one the JWT and Biscuit baselines check too.
 
 use std::collections::{BTreeMap, BTreeSet};
-use writ_core::claims::Constraint;
+use writ_core::claims::{Claim, Claims, Constraint};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
 use writ_core::{
-    ActorKind, ClientType, KeyRing, Party, ServerKey, TokenRecord, TokenSecret, TxnId, UnixMillis,
-    Value,
+    ActorKind, Attributes, ClientType, KeyRing, Party, ServerKey, TokenRecord, TokenSecret, TxnId,
+    UnixMillis, Value,
 };
 
 /// The trust domain Writ's default configuration uses.
@@ -67,12 +67,17 @@ fn targets(from: u32, depth: u32) -> BTreeSet<String> {
     (from..=depth).map(hop).collect()
 }
 
-fn root_claims() -> BTreeMap<String, Constraint> {
+fn root_claims() -> Claims {
     BTreeMap::from([
-        ("amount".to_string(), Constraint::Max(ROOT_MAX_AMOUNT)),
+        (
+            "amount".to_string(),
+            Claim::on_every_scope(Constraint::Max(ROOT_MAX_AMOUNT)),
+        ),
         (
             "category".to_string(),
-            Constraint::DenySet(BTreeSet::from(["gambling".to_string()])),
+            Claim::on_every_scope(Constraint::DenySet(BTreeSet::from(
+                ["gambling".to_string()],
+            ))),
         ),
     ])
 }
@@ -93,6 +98,7 @@ pub fn mint_request(depth: u32) -> MintRequest {
         ]),
         ttl_secs: Some(TTL_SECS),
         max_uses: None,
+        require_action_check: false,
     }
 }
 
@@ -105,19 +111,21 @@ pub fn child_request(level: u32, depth: u32) -> ChildRequest {
         scopes: BTreeSet::from([SCOPE.to_string()]),
         claims: BTreeMap::from([(
             "amount".to_string(),
-            Constraint::Max(ROOT_MAX_AMOUNT - i64::from(level)),
+            Claim::on_every_scope(Constraint::Max(ROOT_MAX_AMOUNT - i64::from(level))),
         )]),
         ttl_secs: None,
         purpose: None,
         max_uses: None,
+        require_action_check: false,
+        drop_rctx: BTreeSet::new(),
     }
 }
 
 /// The attributes of the action every Validate checks.
-pub fn attributes() -> BTreeMap<String, Value> {
+pub fn attributes() -> Attributes {
     BTreeMap::from([
-        ("amount".to_string(), Value::Int(AMOUNT)),
-        ("category".to_string(), Value::Str("travel".into())),
+        ("amount".to_string(), vec![Value::Int(AMOUNT)]),
+        ("category".to_string(), vec![Value::Str("travel".into())]),
     ])
 }
 
@@ -145,7 +153,12 @@ pub fn record_chain(
         minter(),
         TRUST_DOMAIN,
         policy,
-        NewToken { token, txn, now },
+        NewToken {
+            token,
+            txn,
+            now,
+            idempotency: None,
+        },
     )?;
     let mut chain = vec![(secret, root)];
     for level in 1..=depth {
@@ -156,7 +169,12 @@ pub fn record_chain(
             &parent.audience.id,
             child_request(level, depth),
             policy,
-            NewToken { token, txn, now },
+            NewToken {
+                token,
+                txn,
+                now,
+                idempotency: None,
+            },
         )?;
         chain.push((secret, child));
     }
@@ -164,13 +182,13 @@ pub fn record_chain(
 }
 
 /// A root like [`mint_request`]`(0)` but whose grant carries `n` typed claims
-/// (`c00`, `c01`, ...), cycling through every kind: max, min, allow-set and deny-set (of
-/// `set_items` members each), prefix and exact. `n` must stay within
-/// `writ_core::limits::MAX_CLAIMS` and `set_items` within `MAX_SET_ITEMS`.
+/// (`c00`, `c01`, ...), each on every scope, cycling through six kinds: max, min,
+/// allow-set and deny-set (of `set_items` members each), prefix and exact. `n` must stay
+/// within `writ_core::limits::MAX_CLAIMS` and `set_items` within `MAX_SET_ITEMS`.
 pub fn claims_mint_request(n: usize, set_items: usize) -> MintRequest {
     let mut req = mint_request(0);
     req.claims = (0..n)
-        .map(|i| (claim_name(i), claim(i, set_items)))
+        .map(|i| (claim_name(i), Claim::on_every_scope(claim(i, set_items))))
         .collect();
     req
 }
@@ -193,7 +211,7 @@ fn claim(i: usize, set_items: usize) -> Constraint {
 
 /// Attributes that every claim of [`claims_mint_request`]`(n, set_items)` permits (each
 /// claim is evaluated: none is skipped), one per claim.
-pub fn claims_attributes(n: usize, set_items: usize) -> BTreeMap<String, Value> {
+pub fn claims_attributes(n: usize, set_items: usize) -> Attributes {
     (0..n)
         .map(|i| {
             let v = match i % 6 {
@@ -205,7 +223,7 @@ pub fn claims_attributes(n: usize, set_items: usize) -> BTreeMap<String, Value> 
                 4 => Value::Str("/trips/lisbon/hotel/42".into()),
                 _ => Value::Str("EUR".into()),
             };
-            (claim_name(i), v)
+            (claim_name(i), vec![v])
         })
         .collect()
 }

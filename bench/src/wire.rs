@@ -33,6 +33,8 @@ pub fn mint_pb(depth: u32) -> pb::MintRequest {
         ]),
         ttl_seconds: 900,
         max_uses: 0,
+        require_action_check: false,
+        idempotency_key: String::new(),
     }
 }
 

@@ -60,6 +60,7 @@ fn writ_anchor(c: &mut Criterion) {
                         token,
                         txn,
                         now: now(),
+                        idempotency: None,
                     },
                 )
             },

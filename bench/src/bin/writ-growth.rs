@@ -34,7 +34,7 @@ use tokio::task::JoinSet;
 use writ_bench::report::{self, Latency, Machine};
 use writ_bench::svg::{Chart, Series};
 use writ_bench::{adapter, fixtures, wire};
-use writ_core::{KeyRing, TokenSecret, UnixMillis, Value};
+use writ_core::{Attributes, KeyRing, TokenSecret, UnixMillis};
 use writ_server::service::{Service, now};
 use writ_store::{Durability, MemoryStore, RocksStore, StoreOptions, TokenStore};
 
@@ -298,7 +298,7 @@ async fn probe_with<S: TokenStore>(
     svc: &Arc<Service<S>>,
     audience: &str,
     tokens: &Arc<Vec<TokenSecret>>,
-    attributes: &Arc<BTreeMap<String, Value>>,
+    attributes: &Arc<Attributes>,
     iters: usize,
     concurrency: usize,
 ) -> Result<Probe> {

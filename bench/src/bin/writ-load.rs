@@ -4,8 +4,9 @@
 //!
 //! It starts Writ in-process (its own runtime on its own thread; flavour and workers are
 //! options) on an ephemeral port with a temporary data directory, or targets
-//! `--server ADDR`. The `empty` mix drives the empty-RPC baseline server instead, the
-//! floor issue 4 measures Validate against.
+//! `--server ADDR` (over plaintext gRPC: a host that is not loopback only with
+//! `--insecure-plaintext`). The `empty` mix drives the empty-RPC baseline server
+//! instead, the floor issue 4 measures Validate against.
 //!
 //! Mixes:
 //! - `validate`: Validate (with the standard action check unless `--no-action`) of
@@ -72,9 +73,16 @@ struct Args {
     /// What to send.
     #[arg(long, value_enum, default_value = "validate")]
     mix: Mix,
-    /// Target this server (`http://host:port`) instead of starting one in-process.
+    /// Target this server (`http://host:port`) instead of starting one in-process. A
+    /// host that is not loopback needs --insecure-plaintext.
     #[arg(long)]
     server: Option<String>,
+    /// With --server: connect over plaintext gRPC even when its host is not loopback
+    /// (`WritClient::connect_insecure`). Tokens and the minter and operator credentials
+    /// then cross the network in the clear (Writ has no TLS yet); without this flag
+    /// such a server is refused.
+    #[arg(long, requires = "server")]
+    insecure_plaintext: bool,
     /// With --server: the minter credential file (Mint, and minting the token pool).
     #[arg(long)]
     minter_credential_file: Option<PathBuf>,
@@ -536,7 +544,11 @@ async fn run(
     } else {
         let mut conns = Vec::new();
         for _ in 0..args.connections {
-            conns.push(WritClient::connect(url).await?);
+            conns.push(if args.insecure_plaintext {
+                WritClient::connect_insecure(url).await?
+            } else {
+                WritClient::connect(url).await?
+            });
         }
         let minter_cred = credential("minter.credential", &args.minter_credential_file)?;
         let minters: Vec<WritClient> = conns
