@@ -29,7 +29,6 @@ pub enum ClientError {
         /// Why.
         message: String,
     },
-    /// A header value is not valid metadata.
     /// A plaintext connection to a host that is not loopback was refused.
     #[error(
         "refusing plaintext gRPC to {addr}: not a loopback address (tokens and credentials would cross the network in the clear; Writ has no TLS yet)"
@@ -38,6 +37,7 @@ pub enum ClientError {
         /// The address given.
         addr: String,
     },
+    /// A header value is not valid metadata.
     #[error("invalid {0}: not valid gRPC metadata")]
     Metadata(&'static str),
     /// The server refused or failed the request.
