@@ -354,7 +354,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
                 Some(i) => i + 1,
                 None => {
                     return Err(Status::invalid_argument(format!(
-                        "cursor: {id} is no longer a token of {txn} (cleanup reclaimed it); read the transaction again from the start"
+                        "cursor: {id} is not a token of {txn} (cleanup may have reclaimed it); read the transaction again from the start"
                     )));
                 }
             },
