@@ -37,12 +37,6 @@ fn bad<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
     })
 }
 
-/// How an offending value is echoed in an error: quoted, escaped and cut short, so a
-/// huge input cannot blow up the error (and the `grpc-message` trailer).
-fn shown(s: &str) -> String {
-    Shown(s).to_string()
-}
-
 /// A bounded string in the canonical form of [`writ_core::text`] (NFC, nothing invisible
 /// or reordering, no edge spaces), at most `max` bytes. Refused, never rewritten.
 fn text(field: &str, s: &str, max: usize) -> Result<()> {
@@ -51,7 +45,7 @@ fn text(field: &str, s: &str, max: usize) -> Result<()> {
     }
     text::check(s).map_err(|e| FieldError {
         field: field.into(),
-        message: format!("{} {e}", shown(s)),
+        message: format!("{} {e}", Shown(s)),
     })
 }
 
@@ -70,7 +64,7 @@ pub fn id(field: &str, s: &str) -> Result<String> {
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
         return bad(
             field,
-            format!("{} must be printable ASCII without spaces", shown(s)),
+            format!("{} must be printable ASCII without spaces", Shown(s)),
         );
     }
     Ok(s.to_string())
@@ -92,7 +86,7 @@ fn name(field: &str, s: &str) -> Result<()> {
             field,
             format!(
                 "name {} may only contain letters, digits and _ . : -",
-                shown(s)
+                Shown(s)
             ),
         );
     }
@@ -144,7 +138,7 @@ pub fn scopes(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
             if ok {
                 Ok(s)
             } else {
-                bad(field, format!("{} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)", shown(&s)))
+                bad(field, format!("{} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)", Shown(&s)))
             }
         })
         .collect()
@@ -184,7 +178,7 @@ fn string_set(field: &str, s: pb::StringSet) -> Result<(BTreeSet<String>, bool)>
                     field,
                     format!(
                         "{} has no canonical case-folded form (it folds to a space or a combining mark); use an exact set",
-                        shown(&v)
+                        Shown(&v)
                     ),
                 );
             }
@@ -246,7 +240,7 @@ pub fn claim(field: &str, c: pb::Constraint) -> Result<Claim> {
             text(&f, &p, MAX_VALUE_LEN)?;
             writ_core::claims::path(&p).map_err(|why| FieldError {
                 field: f,
-                message: format!("{} is not a canonical resource path: {why}", shown(&p)),
+                message: format!("{} is not a canonical resource path: {why}", Shown(&p)),
             })?;
             Constraint::Prefix(p)
         }
@@ -296,7 +290,7 @@ pub fn claims(field: &str, m: HashMap<String, pb::Constraint>) -> Result<Claims>
     }
     m.into_iter()
         .map(|(k, c)| {
-            let f = format!("{field}[{}]", shown(&k));
+            let f = format!("{field}[{}]", Shown(&k));
             name(&f, &k)?;
             Ok((k, claim(&f, c)?))
         })
@@ -316,7 +310,7 @@ pub fn context(field: &str, m: HashMap<String, String>) -> Result<BTreeMap<Strin
     }
     m.into_iter()
         .map(|(k, v)| {
-            let f = format!("{field}[{}]", shown(&k));
+            let f = format!("{field}[{}]", Shown(&k));
             name(&f, &k)?;
             text(&f, &v, MAX_VALUE_LEN)?;
             Ok((k, v))
@@ -362,8 +356,8 @@ pub fn mint_request(r: pb::MintRequest) -> Result<(MintRequest, Option<String>)>
     for (name, c) in &claims {
         if let Some(s) = c.applies_to.iter().flatten().find(|s| !scopes.contains(*s)) {
             return bad(
-                format!("claims[{}].applies_to", shown(name)),
-                format!("{} is not among the token's scopes", shown(s)),
+                format!("claims[{}].applies_to", Shown(name)),
+                format!("{} is not among the token's scopes", Shown(s)),
             );
         }
     }
@@ -495,7 +489,7 @@ pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
         .attributes
         .into_iter()
         .map(|(k, v)| {
-            let f = format!("action.attributes[{}]", shown(&k));
+            let f = format!("action.attributes[{}]", Shown(&k));
             name(&f, &k)?;
             Ok((k, attribute(&f, v)?))
         })

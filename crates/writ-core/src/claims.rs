@@ -60,27 +60,14 @@ const MAX_DATE_SECS: i64 = 253_402_300_799;
 
 impl fmt::Display for Time {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if !(0..=MAX_DATE_SECS).contains(&self.0) {
-            return write!(f, "@{}", self.0);
+        // Outside this range the formatter would fail (it shows years 1970..=9999).
+        match u64::try_from(self.0) {
+            Ok(secs) if self.0 <= MAX_DATE_SECS => {
+                let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                write!(f, "{}", humantime::format_rfc3339_seconds(at))
+            }
+            _ => write!(f, "@{}", self.0),
         }
-        let (days, secs) = (self.0.div_euclid(86_400), self.0.rem_euclid(86_400));
-        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-        let z = days + 719_468;
-        let era = z.div_euclid(146_097);
-        let doe = z.rem_euclid(146_097);
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-        let mp = (5 * doy + 2) / 153;
-        let day = doy - (153 * mp + 2) / 5 + 1;
-        let month = if mp < 10 { mp + 3 } else { mp - 9 };
-        let year = yoe + era * 400 + i64::from(month <= 2);
-        write!(
-            f,
-            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-            secs / 3600,
-            secs / 60 % 60,
-            secs % 60
-        )
     }
 }
 
@@ -543,6 +530,15 @@ mod tests {
             w(1_764_547_200, 1_765_843_199).to_string(),
             "window 2025-12-01T00:00:00Z..=2025-12-15T23:59:59Z"
         );
+    }
+
+    #[test]
+    fn times_show_as_dates_and_out_of_range_as_seconds() {
+        assert_eq!(Time(0).to_string(), "1970-01-01T00:00:00Z");
+        assert_eq!(Time(MAX_DATE_SECS).to_string(), "9999-12-31T23:59:59Z");
+        assert_eq!(Time(MAX_DATE_SECS + 1).to_string(), "@253402300800");
+        assert_eq!(Time(-1).to_string(), "@-1");
+        assert_eq!(Time(i64::MIN).to_string(), format!("@{}", i64::MIN));
     }
 
     #[test]

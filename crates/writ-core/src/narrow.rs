@@ -306,7 +306,7 @@ pub fn downscope(
     if caller_id != parent.audience.id {
         return refuse(
             Dimension::Holder,
-            format_args!("caller {caller_id:?} does not hold the parent token"),
+            format_args!("caller {} does not hold the parent token", Shown(caller_id)),
         );
     }
     if pg.is_expired(new.now) {
@@ -329,24 +329,29 @@ pub fn downscope(
         if parent.actors.iter().any(|a| a.id == actor.id) {
             return refuse(
                 Dimension::Loop,
-                format_args!("actor {:?} already acted in this chain", actor.id),
+                format_args!("actor {} already acted in this chain", Shown(&actor.id)),
             );
         }
-        if req.audience.id == actor.id || parent.actors.iter().any(|a| a.id == req.audience.id) {
+        let in_chain = |id: &str| id == actor.id || parent.actors.iter().any(|a| a.id == id);
+        if in_chain(&req.audience.id) {
             return refuse(
                 Dimension::Loop,
-                format_args!("audience {:?} already acts in this chain", req.audience.id),
+                format_args!(
+                    "audience {} already acts in this chain",
+                    Shown(&req.audience.id)
+                ),
             );
         }
         // As at Mint: a target already in the chain (or the child's own audience) could
         // only ever be reached by a loop, so naming one is refused now.
-        let in_chain = |t: &String| {
-            *t == req.audience.id || *t == actor.id || parent.actors.iter().any(|a| a.id == *t)
-        };
-        if let Some(t) = req.targets.iter().find(|t| in_chain(t)) {
+        if let Some(t) = req
+            .targets
+            .iter()
+            .find(|t| **t == req.audience.id || in_chain(t))
+        {
             return refuse(
                 Dimension::Loop,
-                format_args!("target {t:?} already acts in this chain"),
+                format_args!("target {} already acts in this chain", Shown(t)),
             );
         }
     }
@@ -354,21 +359,21 @@ pub fn downscope(
         return refuse(
             Dimension::Audience,
             format_args!(
-                "audience {:?} is not among the parent's targets",
-                req.audience.id
+                "audience {} is not among the parent's targets",
+                Shown(&req.audience.id)
             ),
         );
     }
     if let Some(t) = req.targets.difference(&pg.targets).next() {
         return refuse(
             Dimension::Targets,
-            format_args!("target {t:?} is not among the parent's targets"),
+            format_args!("target {} is not among the parent's targets", Shown(t)),
         );
     }
     if let Some(s) = req.scopes.difference(&pg.scopes).next() {
         return refuse(
             Dimension::Scopes,
-            format_args!("scope {s:?} is not held by the parent"),
+            format_args!("scope {} is not held by the parent", Shown(s)),
         );
     }
     let mut claims = pg.claims.clone();

@@ -12,7 +12,7 @@
 //!   (a Validate with its token's context is 300–900 bytes) are copied into the buffer
 //!   and many streams' answers leave in one write. Measured in BENCHMARKS.md.
 //!
-//! Two more bound what peers can hold:
+//! These bound what peers can hold:
 //! - TCP keepalive (probes after 60 s idle, every 10 s, 3 unanswered drop the peer), so a
 //!   peer that vanished without a FIN does not hold its connection for hours; the server
 //!   also sends HTTP/2 pings (`lib.rs`), which catch a dead peer on a busy socket too.
@@ -47,6 +47,13 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 64;
 /// HTTP/2 preface at once).
 pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Idle time before TCP keepalive probes a connection.
+pub const TCP_KEEPALIVE_TIME: Duration = Duration::from_secs(60);
+/// Time between unanswered keepalive probes.
+pub const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// Unanswered probes after which the kernel drops the connection.
+pub const TCP_KEEPALIVE_RETRIES: u32 = 3;
+
 /// What one listener admits.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -79,17 +86,15 @@ pub fn incoming_limited(
     listener: TcpListener,
     limits: Limits,
 ) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-    let max = limits.max;
     Limited {
+        places: Arc::new(Semaphore::new(limits.max)),
         limits,
         peers: Arc::new(std::sync::Mutex::new(HashMap::new())),
         accept: TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(60)))
-            .with_keepalive_interval(Some(Duration::from_secs(10)))
-            .with_keepalive_retries(Some(3)),
-        places: Arc::new(Semaphore::new(max)),
-        max,
+            .with_keepalive(Some(TCP_KEEPALIVE_TIME))
+            .with_keepalive_interval(Some(TCP_KEEPALIVE_INTERVAL))
+            .with_keepalive_retries(Some(TCP_KEEPALIVE_RETRIES)),
         place: None,
         waiting: None,
     }
@@ -106,7 +111,6 @@ struct Limited {
     peers: Peers,
     accept: TcpIncoming,
     places: Arc<Semaphore>,
-    max: usize,
     /// The place the next accepted connection takes.
     place: Option<OwnedSemaphorePermit>,
     /// Waiting for a place, every one being taken.
@@ -121,7 +125,7 @@ impl Limited {
                 return Poll::Ready(place);
             }
             tracing::warn!(
-                max = self.max,
+                max = self.limits.max,
                 "connection limit reached; new connections wait until one closes"
             );
             self.waiting = Some(Box::pin(self.places.clone().acquire_owned()));
@@ -305,6 +309,15 @@ mod tests {
         );
         assert!(conn.stream.nodelay().unwrap(), "TCP_NODELAY is set");
         assert!(!conn.is_write_vectored());
+        // A peer that vanished without a FIN is dropped by the kernel's probes.
+        let sock = socket2::SockRef::from(&conn.stream);
+        assert!(sock.keepalive().unwrap(), "SO_KEEPALIVE is set");
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE_TIME);
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(sock.tcp_keepalive_retries().unwrap(), TCP_KEEPALIVE_RETRIES);
     }
 
     /// Finding 15: past the cap, the next connection is accepted only once one closes.

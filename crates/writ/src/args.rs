@@ -165,48 +165,25 @@ pub fn attributes(attrs: Vec<(String, pb::Value)>) -> std::collections::HashMap<
 }
 
 /// Unix seconds, or a UTC date (`2026-12-03`, the day's first second) or date-time
-/// (`2026-12-03T10:00:00Z`).
+/// (`2026-12-03T10:00:00Z`), years 1970..=9999.
 pub fn parse_time(s: &str) -> Result<i64, String> {
     if let Ok(secs) = s.parse::<i64>() {
         return Ok(secs);
     }
-    let bad = || format!("expected Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got {s:?}");
-    let (date, time) = match s.split_once('T') {
-        Some((d, t)) => (d, Some(t.strip_suffix('Z').ok_or_else(bad)?)),
-        None => (s, None),
+    let bad = |why: &dyn std::fmt::Display| {
+        format!("expected Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got {s:?}: {why}")
     };
-    let num = |x: &str| x.parse::<i64>().map_err(|_| bad());
-    let d: Vec<&str> = date.split('-').collect();
-    let [y, m, day] = d.as_slice() else {
-        return Err(bad());
-    };
-    let (y, m, day) = (num(y)?, num(m)?, num(day)?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
-        return Err(bad());
+    let at = if s.contains('T') {
+        humantime::parse_rfc3339(s)
+    } else {
+        humantime::parse_rfc3339(&format!("{s}T00:00:00Z"))
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let yy = if m <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = match time {
-        None => 0,
-        Some(t) => {
-            let hms: Vec<&str> = t.split(':').collect();
-            let [h, mi, sec] = hms.as_slice() else {
-                return Err(bad());
-            };
-            let (h, mi, sec) = (num(h)?, num(mi)?, num(sec)?);
-            if h > 23 || mi > 59 || sec > 60 {
-                return Err(bad());
-            }
-            h * 3600 + mi * 60 + sec
-        }
-    };
-    Ok(days * 86_400 + secs)
+    .map_err(|e| bad(&e))?;
+    let secs = at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|e| bad(&e))?
+        .as_secs();
+    i64::try_from(secs).map_err(|e| bad(&e))
 }
 
 /// What `writ revoke` revokes as an operator.

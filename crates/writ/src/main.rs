@@ -148,8 +148,8 @@ struct Narrowing {
     /// The token answers only action checks (Validate without an action finds it inactive).
     #[arg(long)]
     require_action_check: bool,
-    /// Retrying with the same key and the same request returns the same token (1..=128
-    /// printable ASCII, e.g. a UUID).
+    /// Retrying with the same key and the same request returns the same token (16..=128
+    /// printable ASCII without spaces: a random one, e.g. a UUID).
     #[arg(long)]
     idempotency_key: Option<String>,
     /// Lifetime in seconds (mint: default from configuration; downscope: the parent's expiry).
