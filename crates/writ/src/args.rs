@@ -332,6 +332,7 @@ mod tests {
         );
         assert_eq!(parse_attr("d=@5").unwrap().1, b::time(5));
         assert!(parse_attr("d=@2025-13-01").is_err());
+        assert!(parse_attr("d=@2026-02-31").is_err(), "no such day");
         let attrs = attributes(vec![
             ("item".into(), b::str("a")),
             ("item".into(), b::str("b")),
