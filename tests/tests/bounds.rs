@@ -22,10 +22,10 @@ fn set_claim(values: &[String], allow: bool) -> pb::Constraint {
     }
 }
 
-/// The longest message the server sends in a status (see `writ_server::error`).
-const MAX_STATUS: usize = 768;
-/// The largest encoded audit event (`writ_core::limits::MAX_EVENT_BYTES`).
-const MAX_EVENT: usize = 12 * 1024;
+/// The longest message the server sends in a status.
+const MAX_STATUS: usize = writ_server::error::MAX_STATUS_MESSAGE;
+/// The largest encoded audit event.
+const MAX_EVENT: usize = writ_core::limits::MAX_EVENT_BYTES;
 
 #[tokio::test]
 async fn a_denial_or_refusal_against_huge_sets_is_cheap_to_store_and_send() {
