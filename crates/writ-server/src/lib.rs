@@ -139,6 +139,15 @@ impl RunningServer {
 
 /// Opens the data directory and store, binds, and starts serving in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
+    start_with_keepalive(config, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT).await
+}
+
+/// [`start`] with other HTTP/2 keepalive settings (tests shorten them).
+async fn start_with_keepalive(
+    config: Config,
+    keepalive_interval: std::time::Duration,
+    keepalive_timeout: std::time::Duration,
+) -> Result<RunningServer, ServerError> {
     config.validate()?;
     if !config.listen.ip().is_loopback() && !config.allow_insecure_listen {
         return Err(config::ConfigError::Invalid(format!(
@@ -247,8 +256,8 @@ pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
             .max_concurrent_streams(256)
             .concurrency_limit_per_connection(256)
             .timeout(std::time::Duration::from_secs(30))
-            .http2_keepalive_interval(Some(HTTP2_KEEPALIVE_INTERVAL))
-            .http2_keepalive_timeout(Some(HTTP2_KEEPALIVE_TIMEOUT))
+            .http2_keepalive_interval(Some(keepalive_interval))
+            .http2_keepalive_timeout(Some(keepalive_timeout))
             .add_service(svc)
             .add_service(chain)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -287,6 +296,63 @@ mod tests {
             !dir.path().join("data").exists(),
             "refused before touching the data dir"
         );
+    }
+
+    /// A peer that vanished without closing (here: one that never answers) does not hold
+    /// its connection: the server pings an idle connection and drops it when the ping goes
+    /// unanswered. Keepalive shortened to 200 ms; speaks raw HTTP/2 frames to see the ping.
+    #[tokio::test]
+    async fn a_peer_that_never_answers_a_ping_is_dropped() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        const PING: u8 = 6;
+        const SETTINGS: u8 = 4;
+        const ACK: u8 = 1;
+        let dir = tempfile::tempdir().unwrap();
+        let config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir: dir.path().join("data"),
+            ..Config::default()
+        };
+        let short = Duration::from_millis(200);
+        let server = start_with_keepalive(config, short, short).await.unwrap();
+        let mut peer = tokio::net::TcpStream::connect(server.local_addr)
+            .await
+            .unwrap();
+        // The client preface and an empty SETTINGS frame; from then on, only reading.
+        peer.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .await
+            .unwrap();
+        let mut frames: Vec<(u8, u8)> = Vec::new();
+        let closed = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                let mut head = [0u8; 9];
+                if peer.read_exact(&mut head).await.is_err() {
+                    return;
+                }
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut body = vec![0u8; len];
+                if peer.read_exact(&mut body).await.is_err() {
+                    return;
+                }
+                let (kind, flags) = (head[3], head[4]);
+                if kind == SETTINGS && flags & ACK == 0 {
+                    // Acknowledge the server's settings, as every client must; never a ping.
+                    let _ = peer.write_all(&[0, 0, 0, SETTINGS, ACK, 0, 0, 0, 0]).await;
+                }
+                frames.push((kind, flags));
+            }
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the silent peer kept its connection: {frames:?}"
+        );
+        assert!(
+            frames.contains(&(PING, 0)),
+            "closed without a ping: {frames:?}"
+        );
+        server.shutdown().await.unwrap();
     }
 
     /// Finding 14: a second server on a data directory in use fails fast, naming it,
