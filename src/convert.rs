@@ -1200,6 +1200,7 @@ mod tests {
             rctx: ctx,
             issued_at: UnixMillis(u64::MAX),
             idempotency: Some([5; 32]),
+            actor_auth: None,
         };
         assert!(record.grant.size() <= MAX_GRANT_BYTES);
         assert!(record.context_size() <= MAX_CONTEXT_BYTES);

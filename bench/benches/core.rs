@@ -65,6 +65,7 @@ fn writ(c: &mut Criterion) {
                         txn,
                         now: now(),
                         idempotency: None,
+                        auth: writ_core::AuthMethod::Mtls,
                     },
                 )
             },

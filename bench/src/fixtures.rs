@@ -158,6 +158,7 @@ pub fn record_chain(
             txn,
             now,
             idempotency: None,
+            auth: writ_core::AuthMethod::Mtls,
         },
     )?;
     let mut chain = vec![(secret, root)];
@@ -174,6 +175,7 @@ pub fn record_chain(
                 txn,
                 now,
                 idempotency: None,
+                auth: writ_core::AuthMethod::Mtls,
             },
         )?;
         chain.push((secret, child));

@@ -438,11 +438,11 @@ async fn callers_must_identify_themselves() {
             vec![],
         ))
         .await;
-    assert_refused(r, Code::Unauthenticated, &["x-writ-caller"]);
+    assert_refused(r, Code::Unauthenticated, &["identity"]);
     assert_refused(
         anon.validate(introspect(&root)).await,
         Code::Unauthenticated,
-        &["x-writ-caller"],
+        &["identity"],
     );
 
     // A caller id that is not an id.

@@ -349,7 +349,7 @@ async fn only_operators_revoke_by_id_or_transaction() {
         assert_refused(
             srv.anonymous().await.revoke(req).await,
             Code::Unauthenticated,
-            &["operator", "credential"],
+            &["operator", "identity"],
         );
     }
     for req in [
@@ -361,7 +361,7 @@ async fn only_operators_revoke_by_id_or_transaction() {
         assert_refused(
             srv.party("booking").await.revoke(req).await,
             Code::PermissionDenied,
-            &["booking", "not an operator"],
+            &["booking", "role operator"],
         );
     }
     for req in [
@@ -371,7 +371,7 @@ async fn only_operators_revoke_by_id_or_transaction() {
         assert_refused(
             srv.minter().await.revoke(req).await,
             Code::PermissionDenied,
-            &[LOCAL_MINTER, "not an operator"],
+            &[LOCAL_MINTER, "role operator"],
         );
     }
     // A wrong credential is no credential.

@@ -61,6 +61,7 @@ fn writ_anchor(c: &mut Criterion) {
                         txn,
                         now: now(),
                         idempotency: None,
+                        auth: writ_core::AuthMethod::Mtls,
                     },
                 )
             },

@@ -11,7 +11,7 @@
 use crate::ids::{TokenId, TxnId, UnixMillis};
 use crate::lifecycle::narrowed;
 use crate::limits::MAX_DETAIL_BYTES;
-use crate::model::TokenRecord;
+use crate::model::{Actor, AuthMethod, TokenRecord};
 use crate::text::truncate;
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -76,6 +76,9 @@ pub struct Event {
     pub actor: String,
     /// What happened.
     pub kind: EventKind,
+    /// How `actor` proved its identity (`asserted` in development mode); `None` in events
+    /// stored before identities were recorded.
+    pub auth: Option<AuthMethod>,
 }
 
 /// What happened, with what an investigator needs to know about it.
@@ -179,6 +182,7 @@ impl Event {
                 scopes: bounded_list(root.grant.scopes.iter().cloned()),
                 expires_at: root.grant.expires_at,
             },
+            auth: root.actor_auth,
         }
     }
 
@@ -197,6 +201,7 @@ impl Event {
                 scopes: bounded_list(child.grant.scopes.iter().cloned()),
                 narrowed: bounded_list(narrowed(parent, child).into_iter()),
             },
+            auth: child.actor_auth,
         }
     }
 
@@ -204,7 +209,7 @@ impl Event {
     pub fn validated(
         id: EventId,
         record: &TokenRecord,
-        service: &str,
+        service: &Actor,
         action: Option<String>,
         result: &str,
         detail: String,
@@ -214,12 +219,13 @@ impl Event {
             txn: record.txn,
             subject: record.subject.clone(),
             token: Some(record.token_id),
-            actor: service.to_owned(),
+            actor: service.id.clone(),
             kind: EventKind::Validated {
                 action,
                 result: result.to_owned(),
                 detail: bounded_detail(detail),
             },
+            auth: Some(service.auth),
         }
     }
 
@@ -229,7 +235,7 @@ impl Event {
         id: EventId,
         any: &TokenRecord,
         token: Option<TokenId>,
-        by: &str,
+        by: &Actor,
         reason: &str,
         count: usize,
     ) -> Event {
@@ -238,11 +244,12 @@ impl Event {
             txn: any.txn,
             subject: any.subject.clone(),
             token,
-            actor: by.to_owned(),
+            actor: by.id.clone(),
             kind: EventKind::Revoked {
                 reason: bounded_detail(reason.to_owned()),
                 revoked: u32::try_from(count).unwrap_or(u32::MAX),
             },
+            auth: Some(by.auth),
         }
     }
 
@@ -250,7 +257,7 @@ impl Event {
     pub fn refused(
         id: EventId,
         parent: &TokenRecord,
-        actor: &str,
+        actor: &Actor,
         dimension: &str,
         detail: String,
     ) -> Event {
@@ -259,11 +266,12 @@ impl Event {
             txn: parent.txn,
             subject: parent.subject.clone(),
             token: Some(parent.token_id),
-            actor: actor.to_owned(),
+            actor: actor.id.clone(),
             kind: EventKind::Refused {
                 dimension: dimension.to_owned(),
                 detail: bounded_detail(detail),
             },
+            auth: Some(actor.auth),
         }
     }
 }

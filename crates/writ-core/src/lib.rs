@@ -15,6 +15,7 @@
 //!   order and their evaluation.
 //! - [`model`]: the token record every hop stores, parties and grants.
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
+//! - [`policy`]: roles, and the registry of parties and scopes a grant is checked against.
 //! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed.
 //! - [`audit`]: the events of the audit trail and their ordering ids.
 //! - [`limits`]: hard bounds on every size a request can carry.
@@ -27,6 +28,7 @@ pub mod lifecycle;
 pub mod limits;
 pub mod model;
 pub mod narrow;
+pub mod policy;
 pub mod text;
 pub mod token;
 
@@ -34,6 +36,6 @@ pub use audit::{Event, EventId, EventKind};
 pub use claims::{Attributes, Claim, Claims, Constraint, Denial, Value};
 pub use ids::{TokenId, TxnId, UnixMillis};
 pub use lifecycle::{Revocation, Status, TokenState};
-pub use model::{ActorKind, ClientType, Grant, Party, TokenRecord};
+pub use model::{Actor, ActorKind, AuthMethod, ClientType, Grant, Party, TokenRecord};
 pub use narrow::{ChildRequest, Dimension, MintRequest, NarrowingError, Policy};
 pub use token::{KeyRing, SecretHash, ServerKey, TokenError, TokenSecret, VerifiedToken};

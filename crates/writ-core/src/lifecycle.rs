@@ -179,6 +179,7 @@ mod tests {
             rctx: Default::default(),
             issued_at: UnixMillis(0),
             idempotency: None,
+            actor_auth: None,
         }
     }
 

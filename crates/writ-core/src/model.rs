@@ -28,6 +28,44 @@ pub enum ClientType {
     Public,
 }
 
+/// How a party proved who it is when it acted. Validate reports it for the current actor
+/// and every audit event records it, so the evidence never overstates what was proven.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AuthMethod {
+    /// A client certificate (an X.509-SVID) verified in the TLS handshake.
+    Mtls,
+    /// A JWT client assertion signed by a key registered for the party (RFC 7523).
+    ClientAssertion,
+    /// A JWT-SVID verified against the trust domain's JWT bundle.
+    JwtSvid,
+    /// A configured bearer credential (minters and operators).
+    Bearer,
+    /// Asserted in `x-writ-caller` and not proven: development mode only.
+    Asserted,
+}
+
+impl AuthMethod {
+    /// Stable lower-case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::ClientAssertion => "client_assertion",
+            AuthMethod::JwtSvid => "jwt_svid",
+            AuthMethod::Bearer => "bearer",
+            AuthMethod::Asserted => "asserted",
+        }
+    }
+}
+
+/// An authenticated caller as the rules and the audit trail see it: who, and how it proved it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Actor {
+    /// Its identity (a SPIFFE ID, or a configured minter's or operator's id).
+    pub id: String,
+    /// How it proved that identity.
+    pub auth: AuthMethod,
+}
+
 /// A party in a call chain: an actor, or the audience a token is bound to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Party {
@@ -152,6 +190,9 @@ pub struct TokenRecord {
     /// [`crate::narrow::request_digest`]): a retry under the same key must carry the same
     /// request and gets this token back. `None` without a key.
     pub idempotency: Option<[u8; 32]>,
+    /// How the current actor (the minter at the root) authenticated when it obtained this
+    /// token; `None` in records stored before identities were recorded.
+    pub actor_auth: Option<AuthMethod>,
 }
 
 /// The measured size of a token's context (see [`Grant::size`]): at most

@@ -12,7 +12,7 @@
 use crate::claims::Claims;
 use crate::ids::{TokenId, TxnId, UnixMillis};
 use crate::limits::{MAX_CLAIMS, MAX_CONTEXT_BYTES, MAX_GRANT_BYTES};
-use crate::model::{Grant, Party, TokenRecord, context_size};
+use crate::model::{AuthMethod, Grant, Party, TokenRecord, context_size};
 use crate::text::Shown;
 use crate::token::VerifiedToken;
 use serde::Serialize;
@@ -72,6 +72,16 @@ pub enum Dimension {
     Size,
     /// A request-context entry to drop is not in the parent's.
     Context,
+    /// The grant exceeds what the policy lets the audience ever hold (its ceiling, a
+    /// scope's allowed kinds or client types or lifetime, the limits of public clients),
+    /// or the holder may not call that audience.
+    Ceiling,
+    /// A scope the policy does not define (RFC 6749's `invalid_scope`): never treated as
+    /// unconstrained.
+    InvalidScope,
+    /// The audience is not a party the policy admits (unregistered, disabled, or unable
+    /// to hold tokens), or the request describes it otherwise than the registry does.
+    Party,
 }
 
 impl Dimension {
@@ -91,6 +101,9 @@ impl Dimension {
             Dimension::Loop => "loop",
             Dimension::Size => "size",
             Dimension::Context => "context",
+            Dimension::Ceiling => "ceiling",
+            Dimension::InvalidScope => "invalid_scope",
+            Dimension::Party => "party",
         }
     }
 }
@@ -174,6 +187,8 @@ pub struct NewToken {
     pub now: UnixMillis,
     /// The [`request_digest`] of a request made under an idempotency key.
     pub idempotency: Option<[u8; 32]>,
+    /// How the party obtaining the token (the minter, or the deriving holder) authenticated.
+    pub auth: AuthMethod,
 }
 
 /// The digest that identifies a request for idempotent retries: blake3 over a
@@ -288,6 +303,7 @@ pub fn mint(
         rctx: req.rctx,
         issued_at: new.now,
         idempotency: new.idempotency,
+        actor_auth: Some(new.auth),
     })
 }
 
@@ -497,6 +513,7 @@ pub fn downscope(
         rctx,
         issued_at: new.now,
         idempotency: new.idempotency,
+        actor_auth: Some(new.auth),
     })
 }
 

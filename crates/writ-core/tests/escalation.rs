@@ -153,6 +153,7 @@ fn new_token(n: u64, now: UnixMillis) -> NewToken {
         txn: TxnId::new(now, [0xee; 10]),
         now,
         idempotency: None,
+        auth: writ_core::AuthMethod::Mtls,
     }
 }
 
@@ -412,6 +413,7 @@ fn parent_s() -> impl Strategy<Value = (Policy, TokenRecord)> {
                 rctx,
                 issued_at: UnixMillis(BASE - 1000),
                 idempotency: None,
+                actor_auth: None,
             };
             (policy, record)
         })
@@ -2507,6 +2509,8 @@ proptest! {
                 req.drop_rctx.insert(k.clone());
                 Some(format!("{k:?}"))
             }
+            // Decided by the policy (`writ_core::policy`), never by the narrowing rules.
+            Dimension::Ceiling | Dimension::InvalidScope | Dimension::Party => None,
         };
         let expected = violations(&parent, &caller, &req, &policy, now);
         prop_assert_eq!(&expected, &vec![dim], "the test broke more than one dimension: {:?}", req);

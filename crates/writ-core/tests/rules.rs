@@ -69,6 +69,7 @@ fn new_token(n: u8, now: UnixMillis) -> NewToken {
         txn: TxnId::new(now, [n; 10]),
         now,
         idempotency: None,
+        auth: writ_core::AuthMethod::Mtls,
     }
 }
 
@@ -1716,7 +1717,16 @@ fn refusals_and_denials_never_print_a_whole_set() {
     let err = derive(&parent, "planner", req).unwrap_err();
     assert_eq!(err.dimension, Dimension::Claims);
     assert!(err.detail.len() < 1500, "{} bytes", err.detail.len());
-    let e = Event::refused(EventId(1), &parent, "planner", "claims", err.detail);
+    let e = Event::refused(
+        EventId(1),
+        &parent,
+        &writ_core::Actor {
+            id: "planner".into(),
+            auth: writ_core::AuthMethod::Mtls,
+        },
+        "claims",
+        err.detail,
+    );
     let EventKind::Refused { detail, .. } = e.kind else {
         panic!("not a refused event");
     };

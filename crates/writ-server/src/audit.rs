@@ -360,9 +360,10 @@ mod tests {
     use std::pin::pin;
     use std::task::Poll;
     use tokio::sync::watch;
+    use writ_core::policy::Role;
     use writ_core::{
-        ActorKind, ClientType, EventKind, KeyRing, Party, ServerKey, TokenId, TokenRecord,
-        TokenState, TxnId, UnixMillis,
+        ActorKind, AuthMethod, ClientType, EventKind, KeyRing, Party, ServerKey, TokenId,
+        TokenRecord, TokenState, TxnId, UnixMillis,
     };
     use writ_store::{
         MemoryStore, PurgeStats, RevokeTarget, Revoked, StoreStats, TxnPage, TxnQuery,
@@ -456,7 +457,7 @@ mod tests {
         fn revoke(
             &self,
             target: RevokeTarget,
-            by: String,
+            by: writ_core::Actor,
             reason: String,
             event: EventId,
         ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
@@ -532,6 +533,7 @@ mod tests {
                 result: "inactive".into(),
                 detail: "wrong_audience".into(),
             },
+            auth: None,
         }
     }
 
@@ -681,7 +683,7 @@ mod tests {
         let (audit, writer) = Audit::start(store.clone()).await.unwrap();
         let mut live = audit.subscribe();
         let service = service_over(&store, &audit);
-        let caller = crate::auth::Caller::Minter("gw".into());
+        let caller = crate::auth::Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]);
         let mint = service.mint(&caller, planner_mint(), None);
         let event = cancelled_mid_write_still_lands(&store, &audit, &mut live, mint).await;
         assert!(matches!(event.kind, EventKind::Minted { .. }), "{event:?}");
@@ -711,6 +713,7 @@ mod tests {
             txn: writ_core::TxnId::new(now, [1; 10]),
             now,
             idempotency: None,
+            auth: AuthMethod::Bearer,
         };
         let gw = Party {
             id: "gw".into(),
@@ -724,7 +727,7 @@ mod tests {
         store.inner.insert(root.clone(), minted).await.unwrap();
         let service = service_over(&store, &audit);
         let mut live = audit.subscribe();
-        let operator = crate::auth::Caller::Operator("ops".into());
+        let operator = crate::auth::Caller::known("ops", AuthMethod::Bearer, &[Role::Operator]);
         let revoke = service.revoke(&operator, Target::TokenId(root.token_id), "leaked".into());
         let event = cancelled_mid_write_still_lands(&store, &audit, &mut live, revoke).await;
         assert!(

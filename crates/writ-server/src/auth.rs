@@ -11,33 +11,74 @@
 //! by picking one, so a proxy that appends its own value after a client's cannot be
 //! bypassed. Proxies must still strip these headers from clients.
 
-use crate::secrets::{Credentials, Role};
+use crate::error::ServiceError;
+use crate::secrets::{Credentials, Role as CredentialRole};
 use tonic::metadata::MetadataMap;
+use writ_core::policy::{Role, Roles};
+use writ_core::{Actor, AuthMethod};
 
 /// Metadata header carrying an asserted caller identity (interim; see module docs).
 pub const CALLER_HEADER: &str = "x-writ-caller";
 /// Metadata header carrying a minter's or operator's bearer credential.
 const AUTHORIZATION: &str = "authorization";
 
-/// Who is calling.
+/// Who is calling: an authenticated identity with the roles it holds, or nobody.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Caller {
-    /// A configured minter, authenticated by its credential.
-    Minter(String),
-    /// A configured operator, authenticated by its credential.
-    Operator(String),
-    /// A party identified by `id` (an agent, service or API).
-    Party(String),
     /// No identity presented.
     Anonymous,
+    /// An identity, proven (or, in development mode, asserted) as `actor.auth` says.
+    Known(Identity),
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Who it is and how it proved it.
+    pub actor: Actor,
+    /// What it may do.
+    pub roles: Roles,
 }
 
 impl Caller {
+    /// A caller with `id`, proven by `auth`, holding `roles`.
+    pub fn known(id: impl Into<String>, auth: AuthMethod, roles: &[Role]) -> Caller {
+        Caller::Known(Identity {
+            actor: Actor {
+                id: id.into(),
+                auth,
+            },
+            roles: Roles::of(roles),
+        })
+    }
+
     /// The caller's identity, if any.
     pub fn id(&self) -> Option<&str> {
         match self {
-            Caller::Minter(id) | Caller::Operator(id) | Caller::Party(id) => Some(id),
+            Caller::Known(i) => Some(&i.actor.id),
             Caller::Anonymous => None,
+        }
+    }
+
+    /// The caller, if it holds one of `roles`: `UNAUTHENTICATED` for nobody (`needed` says
+    /// what to present), `PERMISSION_DENIED` for a caller without the role.
+    pub fn require(&self, roles: &[Role], needed: &str) -> Result<&Identity, ServiceError> {
+        match self {
+            Caller::Known(i) if i.roles.any(roles) => Ok(i),
+            Caller::Known(i) => {
+                let wanted: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                Err(ServiceError::PermissionDenied(format!(
+                    "{:?} (roles: {}) needs the role {}",
+                    i.actor.id,
+                    if i.roles == Roles::NONE {
+                        "none".to_owned()
+                    } else {
+                        i.roles.to_string()
+                    },
+                    wanted.join(" or ")
+                )))
+            }
+            Caller::Anonymous => Err(ServiceError::Unauthenticated(needed.to_owned())),
         }
     }
 }
@@ -107,10 +148,11 @@ impl Authenticator {
                     "{CALLER_HEADER}: does not match the credential's identity"
                 )));
             }
-            return Ok(match role {
-                Role::Minter => Caller::Minter(id.to_string()),
-                Role::Operator => Caller::Operator(id.to_string()),
-            });
+            let role = match role {
+                CredentialRole::Minter => Role::Minter,
+                CredentialRole::Operator => Role::Operator,
+            };
+            return Ok(Caller::known(id, AuthMethod::Bearer, &[role]));
         }
         match asserted {
             Some(id) if self.credentials.is_credentialed_id(&id) => {
@@ -118,7 +160,11 @@ impl Authenticator {
                     "{CALLER_HEADER}: {id:?} is a minter or operator and must present its credential"
                 )))
             }
-            Some(id) => Ok(Caller::Party(id)),
+            Some(id) => Ok(Caller::known(
+                id,
+                AuthMethod::Asserted,
+                &[Role::Agent, Role::ResourceServer],
+            )),
             None => Ok(Caller::Anonymous),
         }
     }
@@ -135,8 +181,12 @@ mod tests {
 
     fn auth() -> Authenticator {
         let mut m = Credentials::default();
-        m.add("gw".into(), Role::Minter, credential_digest(C1));
-        m.add("ops".into(), Role::Operator, credential_digest(OPS));
+        m.add("gw".into(), CredentialRole::Minter, credential_digest(C1));
+        m.add(
+            "ops".into(),
+            CredentialRole::Operator,
+            credential_digest(OPS),
+        );
         Authenticator::new(m)
     }
 
@@ -155,11 +205,11 @@ mod tests {
         let lower = format!("bearer {C1}");
         assert_eq!(
             a.identify(&md(&[("authorization", &bearer)])),
-            Ok(Caller::Minter("gw".into()))
+            Ok(Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]))
         );
         assert_eq!(
             a.identify(&md(&[("authorization", &lower)])),
-            Ok(Caller::Minter("gw".into()))
+            Ok(Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]))
         );
         let wrong = format!("Bearer {C1}x");
         assert_eq!(
@@ -176,7 +226,11 @@ mod tests {
         );
         assert_eq!(
             a.identify(&md(&[(CALLER_HEADER, "planner")])),
-            Ok(Caller::Party("planner".into()))
+            Ok(Caller::known(
+                "planner",
+                AuthMethod::Asserted,
+                &[Role::Agent, Role::ResourceServer]
+            ))
         );
         assert!(matches!(
             a.identify(&md(&[("authorization", &bearer), (CALLER_HEADER, "other")])),
@@ -189,7 +243,7 @@ mod tests {
         let ops = format!("Bearer {OPS}");
         assert_eq!(
             a.identify(&md(&[("authorization", &ops)])),
-            Ok(Caller::Operator("ops".into()))
+            Ok(Caller::known("ops", AuthMethod::Bearer, &[Role::Operator]))
         );
         assert!(matches!(
             a.identify(&md(&[(CALLER_HEADER, "ops")])),

@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status};
 use writ_api::convert::{self, status_pb};
 use writ_api::pb::{self, chain_service_server::ChainService};
 use writ_core::lifecycle;
+use writ_core::policy::Role;
 use writ_core::{TokenId, TokenRecord, TokenState, UnixMillis};
 use writ_store::{TokenStore, TreeEntry, TxnQuery};
 
@@ -186,17 +187,12 @@ fn operator_only(
     auth: &Authenticator,
     md: &tonic::metadata::MetadataMap,
 ) -> Result<String, Status> {
-    match auth.identify(md).map_err(ServiceError::from)? {
-        Caller::Operator(id) => Ok(id),
-        Caller::Anonymous => Err(ServiceError::Unauthenticated(
-            "authorization: chain queries require an operator credential".into(),
-        )
-        .into()),
-        Caller::Minter(id) | Caller::Party(id) => Err(ServiceError::PermissionDenied(format!(
-            "{id:?} is not an operator; chain queries are for operators"
-        ))
-        .into()),
-    }
+    let caller: Caller = auth.identify(md).map_err(ServiceError::from)?;
+    let operator = caller.require(
+        &[Role::Operator],
+        "chain queries require an operator's identity",
+    )?;
+    Ok(operator.actor.id.clone())
 }
 
 /// One node: the record, its live state, and what it narrowed relative to `parent`.
@@ -463,6 +459,7 @@ mod tests {
                 reason: "r".into(),
                 revoked: 0,
             },
+            auth: None,
         })
     }
 

@@ -86,9 +86,13 @@ fn narrowing_code(d: Dimension) -> tonic::Code {
         | Dimension::Targets
         | Dimension::Expiry
         | Dimension::Uses
-        | Dimension::Loop => Code::PermissionDenied,
+        | Dimension::Loop
+        | Dimension::Ceiling
+        | Dimension::Party => Code::PermissionDenied,
         Dimension::ParentExpired | Dimension::Depth => Code::FailedPrecondition,
-        Dimension::NotNarrower | Dimension::Size | Dimension::Context => Code::InvalidArgument,
+        Dimension::NotNarrower | Dimension::Size | Dimension::Context | Dimension::InvalidScope => {
+            Code::InvalidArgument
+        }
     }
 }
 

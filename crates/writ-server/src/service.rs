@@ -23,8 +23,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use writ_api::convert::{Action, RevokeTarget};
 use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
+use writ_core::policy::Role;
 use writ_core::{
-    ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
+    Actor, ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
     TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis, VerifiedToken,
 };
 use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
@@ -150,7 +151,7 @@ impl Retry {
 type Verdict = Result<Option<Result<(), Denial>>, Inactive>;
 
 /// Who validates which token, about which action, under which event id.
-type ValidationContext<'a> = (&'a str, &'a TokenRecord, &'a Option<String>, EventId);
+type ValidationContext<'a> = (&'a Actor, &'a TokenRecord, &'a Option<String>, EventId);
 
 /// The `validated` event of a verdict.
 fn validated_event(
@@ -166,17 +167,12 @@ fn validated_event(
     Event::validated(id, record, service, scope.clone(), result, detail)
 }
 
-/// The identity of a party caller. Minters mint; they neither hold nor validate tokens.
-fn party_id<'a>(caller: &'a Caller, needed: &str) -> Result<&'a str, ServiceError> {
-    match caller {
-        Caller::Party(id) => Ok(id),
-        Caller::Minter(id) | Caller::Operator(id) => Err(ServiceError::PermissionDenied(format!(
-            "{id:?} holds a minter or operator credential; send the caller's own identity in x-writ-caller"
-        ))),
-        Caller::Anonymous => Err(ServiceError::Unauthenticated(format!(
-            "x-writ-caller: {needed}"
-        ))),
-    }
+/// The party behind a caller that holds or checks tokens. Minters mint and operators
+/// operate; neither holds nor validates tokens unless the registry also gives it the role.
+fn holder<'a>(caller: &'a Caller, needed: &str) -> Result<&'a Actor, ServiceError> {
+    caller
+        .require(&[Role::Agent, Role::ResourceServer], needed)
+        .map(|i| &i.actor)
 }
 
 /// The wall clock in microseconds, read in exactly one place.
@@ -226,7 +222,7 @@ impl<S: TokenStore> Service<S> {
     }
 
     /// Records a refused Downscope of `parent` by `actor`.
-    async fn refused(&self, parent: &TokenRecord, actor: &str, dimension: &str, detail: String) {
+    async fn refused(&self, parent: &TokenRecord, actor: &Actor, dimension: &str, detail: String) {
         let pending = self.audit.issue();
         let event = Event::refused(pending.id(), parent, actor, dimension, detail);
         self.audit.record(pending, event).await;
@@ -239,7 +235,13 @@ impl<S: TokenStore> Service<S> {
 
     /// A new token: derived from the retry's scope and epoch under the signing key, or
     /// random.
-    fn issue(&self, retry: Option<&Retry>, txn: TxnId, now: UnixMillis) -> (TokenSecret, NewToken) {
+    fn issue(
+        &self,
+        retry: Option<&Retry>,
+        txn: TxnId,
+        now: UnixMillis,
+        by: &Actor,
+    ) -> (TokenSecret, NewToken) {
         let derived =
             retry.and_then(|r| self.keys.issue_derived(&r.scope_at(self.epoch(now))).next());
         let (secret, token): (TokenSecret, VerifiedToken) =
@@ -249,6 +251,7 @@ impl<S: TokenStore> Service<S> {
             txn,
             now,
             idempotency: retry.map(|r| r.digest),
+            auth: by.auth,
         };
         (secret, new)
     }
@@ -308,20 +311,13 @@ impl<S: TokenStore> Service<S> {
         req: MintRequest,
         idempotency_key: Option<&str>,
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-        let minter = match caller {
-            Caller::Minter(id) => id.clone(),
-            Caller::Party(id) | Caller::Operator(id) => {
-                return Err(ServiceError::PermissionDenied(format!(
-                    "caller {id:?} is not a configured minter"
-                )));
-            }
-            Caller::Anonymous => {
-                return Err(ServiceError::Unauthenticated(
-                    "authorization: Mint requires a minter credential (`authorization: Bearer <credential>`)".into(),
-                ));
-            }
-        };
-        let retry = idempotency_key.map(|k| Retry::new("mint", &minter, None, k, &req));
+        let minter = &caller
+            .require(
+                &[Role::Minter],
+                "Mint requires a minter's identity (a client certificate, a client assertion or `authorization: Bearer <credential>`)",
+            )?
+            .actor;
+        let retry = idempotency_key.map(|k| Retry::new("mint", &minter.id, None, k, &req));
         let _one_at_a_time = self.serialise(retry.as_ref()).await;
         if let Some(r) = &retry
             && let Some(found) = self.replayed(r).await?
@@ -329,9 +325,10 @@ impl<S: TokenStore> Service<S> {
             return Ok(found);
         }
         let now = now();
-        let (secret, new) = self.issue(retry.as_ref(), TxnId::new(now, rand::random()), now);
+        let (secret, new) =
+            self.issue(retry.as_ref(), TxnId::new(now, rand::random()), now, minter);
         let minter = Party {
-            id: minter,
+            id: minter.id.clone(),
             kind: ActorKind::Workload,
             client_type: ClientType::Confidential,
         };
@@ -389,10 +386,11 @@ impl<S: TokenStore> Service<S> {
         req: ChildRequest,
         idempotency_key: Option<&str>,
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-        let caller_id = party_id(
+        let actor = holder(
             caller,
             "Downscope requires the caller's identity (the parent's audience)",
         )?;
+        let caller_id = actor.id.as_str();
         let (parent, state) = match self.lookup(parent_token).await? {
             Ok(found) => found,
             Err(Miss::Malformed) => {
@@ -417,7 +415,7 @@ impl<S: TokenStore> Service<S> {
         if caller_id == parent.audience.id && state.revoked.is_some() {
             self.refused(
                 &parent,
-                caller_id,
+                actor,
                 "revoked",
                 "the parent token is revoked".into(),
             )
@@ -432,11 +430,11 @@ impl<S: TokenStore> Service<S> {
             req.max_uses = Some(max.saturating_sub(state.uses).max(1));
         }
         let now = now();
-        let (secret, new) = self.issue(retry.as_ref(), parent.txn, now);
+        let (secret, new) = self.issue(retry.as_ref(), parent.txn, now, actor);
         let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new) {
             Ok(child) => child,
             Err(e) => {
-                self.refused(&parent, caller_id, e.dimension.as_str(), e.detail.clone())
+                self.refused(&parent, actor, e.dimension.as_str(), e.detail.clone())
                     .await;
                 return Err(e.into());
             }
@@ -475,7 +473,7 @@ impl<S: TokenStore> Service<S> {
         };
         drop(pending);
         if let Some((dimension, error)) = refusal {
-            self.refused(&parent, caller_id, dimension, error.to_string())
+            self.refused(&parent, actor, dimension, error.to_string())
                 .await;
             return Err(error);
         }
@@ -493,7 +491,7 @@ impl<S: TokenStore> Service<S> {
         token: &str,
         action: Option<Action>,
     ) -> Result<Validation, ServiceError> {
-        let caller_id = party_id(
+        let actor = holder(
             caller,
             "Validate requires the identity of the validating service",
         )?;
@@ -511,7 +509,7 @@ impl<S: TokenStore> Service<S> {
         // in which case no event is ever built from the placeholder id.
         let pending = (self.validations != ValidationEvents::None).then(|| self.audit.issue());
         let id = pending.as_ref().map_or(EventId(0), |p| p.id());
-        let ctx = (caller_id, &record, &scope, id);
+        let ctx = (actor, &record, &scope, id);
         // `pending` comes back unless its event was written with a spent use.
         let (verdict, pending) = self.decide(ctx, &state, action, pending).await?;
         if let Some(pending) = pending
@@ -548,8 +546,8 @@ impl<S: TokenStore> Service<S> {
         action: Option<Action>,
         pending: Option<Pending>,
     ) -> Result<(Verdict, Option<Pending>), ServiceError> {
-        let (caller_id, record, _, _) = ctx;
-        if record.audience.id != caller_id {
+        let (actor, record, _, _) = ctx;
+        if record.audience.id != actor.id {
             return Ok((Err(Inactive::WrongAudience), pending));
         }
         match lifecycle::status(record, state, now()) {
@@ -608,8 +606,13 @@ impl<S: TokenStore> Service<S> {
                 // Only the holder (the token's audience) or an operator; anyone else learns
                 // nothing, exactly as for a token that does not exist.
                 let by = match caller {
-                    Caller::Operator(id) => id.clone(),
-                    Caller::Party(id) if *id == record.audience.id => id.clone(),
+                    Caller::Known(i) if i.roles.contains(Role::Operator) => i.actor.clone(),
+                    Caller::Known(i)
+                        if i.actor.id == record.audience.id
+                            && i.roles.any(&[Role::Agent, Role::ResourceServer]) =>
+                    {
+                        i.actor.clone()
+                    }
                     _ => return Err(ServiceError::Token(ParentProblem::Invalid)),
                 };
                 // Revoked already, and so is its whole subtree (a revocation reaches every
@@ -645,20 +648,17 @@ impl<S: TokenStore> Service<S> {
             StoreError::NotFound => ServiceError::NotFound(unknown),
             other => ServiceError::Store(other),
         })?;
-        tracing::info!(by = %by, revoked = revoked.ids.len(), "revoked");
+        tracing::info!(by = %by.id, revoked = revoked.ids.len(), "revoked");
         Ok(revoked.ids)
     }
 }
 
 /// The operator behind a caller, or why it is not one.
-fn operator(caller: &Caller) -> Result<String, ServiceError> {
-    match caller {
-        Caller::Operator(id) => Ok(id.clone()),
-        Caller::Anonymous => Err(ServiceError::Unauthenticated(
-            "authorization: revoking by token_id or txn requires an operator credential".into(),
-        )),
-        Caller::Minter(id) | Caller::Party(id) => Err(ServiceError::PermissionDenied(format!(
-            "{id:?} is not an operator; only operators revoke by token_id or txn"
-        ))),
-    }
+fn operator(caller: &Caller) -> Result<Actor, ServiceError> {
+    caller
+        .require(
+            &[Role::Operator],
+            "revoking by token_id or txn requires an operator's identity",
+        )
+        .map(|i| i.actor.clone())
 }

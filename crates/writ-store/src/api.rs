@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{Event, EventId, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{Actor, Event, EventId, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
 /// map errors to responses once.
@@ -324,7 +324,7 @@ pub trait TokenStore: Send + Sync + 'static {
     fn revoke(
         &self,
         target: RevokeTarget,
-        by: String,
+        by: Actor,
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send;
@@ -450,7 +450,7 @@ impl<T: TokenStore> TokenStore for Arc<T> {
     fn revoke(
         &self,
         target: RevokeTarget,
-        by: String,
+        by: Actor,
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {

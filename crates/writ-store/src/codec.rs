@@ -5,9 +5,16 @@
 //! record changes the encoding. The version byte lets a later build recognise older
 //! values (and refuse unknown ones) instead of misreading them.
 //!
-//! Records: version 2 (claims that apply to some scopes, `require_action_check`, the
-//! idempotency digest) is written; version 1 is still read, through its own types in
-//! [`v1`], so a store upgraded in place keeps validating the tokens it holds.
+//! Records: version 3 (how the current actor authenticated) is written; version 2 (claims
+//! that apply to some scopes, `require_action_check`, the idempotency digest) and version 1
+//! are still read, version 1 through its own types in [`v1`], so a store upgraded in place
+//! keeps validating the tokens it holds. Audit events: version 2 (how the actor
+//! authenticated) is written, version 1 still read.
+//!
+//! Version 3 records and version 2 events only *append* an `Option` field, and postcard
+//! encodes a struct as its fields in order and `None` as the single byte 0 (its stable
+//! wire format): so an older body followed by one 0 byte is exactly the newer encoding of
+//! the same value with that field `None` ("not recorded"), which is how they are read.
 
 use crate::api::StoreError;
 use serde::Serialize;
@@ -15,11 +22,11 @@ use serde::de::DeserializeOwned;
 use writ_core::{Event, TokenRecord, TokenState};
 
 /// Format version of record values written by this build.
-const FORMAT_VERSION: u8 = 2;
+const FORMAT_VERSION: u8 = 3;
 /// Format version of state values written by this build.
 const STATE_FORMAT_VERSION: u8 = 1;
 /// Format version of audit events written by this build.
-const EVENT_FORMAT_VERSION: u8 = 1;
+const EVENT_FORMAT_VERSION: u8 = 2;
 
 fn encode_versioned<T: Serialize>(
     value: &T,
@@ -75,6 +82,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
     const WHAT: &str = "token record";
     match split_version(bytes, WHAT)? {
         (1, body) => decode_body::<v1::TokenRecord>(body, WHAT).map(TokenRecord::from),
+        (2, body) => decode_body(&with_none_appended(body), WHAT),
         _ => decode_versioned(bytes, FORMAT_VERSION, WHAT),
     }
 }
@@ -144,6 +152,7 @@ mod v1 {
                 rctx: r.rctx,
                 issued_at: r.issued_at,
                 idempotency: None,
+                actor_auth: None,
             }
         }
     }
@@ -164,9 +173,23 @@ pub(crate) fn encode_event(event: &Event) -> Result<Vec<u8>, StoreError> {
     encode_versioned(event, EVENT_FORMAT_VERSION, "audit event")
 }
 
-/// Decodes a stored audit event, with the same refusals as [`decode`].
+/// Decodes a stored audit event of this build's version or of version 1, with the same
+/// refusals as [`decode`].
 pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
-    decode_versioned(bytes, EVENT_FORMAT_VERSION, "audit event")
+    const WHAT: &str = "audit event";
+    match split_version(bytes, WHAT)? {
+        (1, body) => decode_body(&with_none_appended(body), WHAT),
+        _ => decode_versioned(bytes, EVENT_FORMAT_VERSION, WHAT),
+    }
+}
+
+/// An older body as the newer encoding of the same value with its appended `Option`
+/// field `None` (see the module docs).
+fn with_none_appended(body: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(body.len() + 1);
+    v.extend_from_slice(body);
+    v.push(0);
+    v
 }
 
 #[cfg(test)]
@@ -288,10 +311,39 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
+    /// A version-2 record is a version-3 one without its last field (`actor_auth`): read
+    /// as "not recorded", and a recorded method round-trips.
+    #[test]
+    fn version_2_records_and_version_1_events_still_decode() {
+        let mut r = record(txn(1), tid(2), Some(tid(3)));
+        r.actor_auth = None;
+        let v3 = encode(&r).unwrap();
+        assert_eq!(v3.last(), Some(&0));
+        let mut v2 = v3[..v3.len() - 1].to_vec();
+        v2[0] = 2;
+        assert_eq!(decode(&v2).unwrap(), r);
+        assert!(decode(&v2[..v2.len() - 1]).is_err());
+        r.actor_auth = Some(writ_core::AuthMethod::ClientAssertion);
+        assert_eq!(decode(&encode(&r).unwrap()).unwrap(), r);
+
+        let mut e = writ_core::Event::minted(writ_core::EventId(7), &record(txn(1), tid(2), None));
+        e.auth = None;
+        let v2 = encode_event(&e).unwrap();
+        assert_eq!((v2[0], v2.last()), (2, Some(&0)));
+        let mut v1 = v2[..v2.len() - 1].to_vec();
+        v1[0] = 1;
+        assert_eq!(decode_event(&v1).unwrap(), e);
+        e.auth = Some(writ_core::AuthMethod::Asserted);
+        assert_eq!(decode_event(&encode_event(&e).unwrap()).unwrap(), e);
+        let mut bad = v1.clone();
+        bad[0] = 3;
+        assert!(decode_event(&bad).is_err());
+    }
+
     #[test]
     fn unknown_version_is_rejected() {
         let mut bytes = encode(&record(txn(1), tid(2), None)).unwrap();
-        for v in [0, 3, 0xff] {
+        for v in [0, 4, 0xff] {
             bytes[0] = v;
             assert!(
                 matches!(decode(&bytes), Err(StoreError::Corrupt { what }) if what.contains("version"))

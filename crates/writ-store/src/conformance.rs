@@ -7,9 +7,17 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use writ_core::{
-    ActorKind, Claim, ClientType, Constraint, Event, EventId, Grant, Party, SecretHash, TokenId,
-    TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ActorKind, AuthMethod, Claim, ClientType, Constraint, Event, EventId, Grant, Party,
+    SecretHash, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
+
+/// A revoking actor named `id` (an operator, authenticated with its credential).
+pub(crate) fn by(id: &str) -> Actor {
+    Actor {
+        id: id.to_owned(),
+        auth: AuthMethod::Bearer,
+    }
+}
 
 static NEXT_EVENT: AtomicU64 = AtomicU64::new(0);
 
@@ -40,7 +48,7 @@ pub(crate) trait Shorthand: TokenStore {
     fn revoke_at(
         &self,
         target: RevokeTarget,
-        by: String,
+        by: Actor,
         reason: String,
         at: UnixMillis,
     ) -> impl Future<Output = Result<Vec<TokenId>, StoreError>> + Send {
@@ -114,6 +122,7 @@ pub(crate) fn record(txn: TxnId, id: TokenId, parent: Option<TokenId>) -> TokenR
         rctx: BTreeMap::from([("ip".to_owned(), "192.0.2.1".to_owned())]),
         issued_at: UnixMillis(1_700_000_000_000),
         idempotency: None,
+        actor_auth: None,
     }
 }
 
@@ -395,7 +404,7 @@ async fn revoked_parent_refuses_children<S: TokenStore>(store: &S) {
     let revoked = store
         .revoke_at(
             RevokeTarget::Token(tid(41_000)),
-            "op".to_owned(),
+            by("op"),
             "leak".to_owned(),
             UnixMillis(5),
         )
@@ -485,7 +494,7 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
     let revoked = store
         .revoke_at(
             RevokeTarget::Token(tid(42_003)),
-            "op".to_owned(),
+            by("op"),
             "r".to_owned(),
             UnixMillis(1),
         )
@@ -499,7 +508,7 @@ async fn uses_are_reserved_and_exhausted<S: TokenStore>(store: &S) {
     store
         .revoke_at(
             RevokeTarget::Token(u),
-            "op".to_owned(),
+            by("op"),
             "r".to_owned(),
             UnixMillis(1),
         )
@@ -561,7 +570,7 @@ async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
     let revoke = |id: u32, reason: &str| {
         store.revoke_at(
             RevokeTarget::Token(tid(id)),
-            "op".to_owned(),
+            by("op"),
             reason.to_owned(),
             UnixMillis(9),
         )
@@ -585,7 +594,7 @@ async fn revoking_a_node_revokes_exactly_its_subtree<S: TokenStore>(store: &S) {
     let again = store
         .revoke(
             RevokeTarget::Token(tid(44_005)),
-            "op".to_owned(),
+            by("op"),
             "fourth".to_owned(),
             event_at(UnixMillis(9)),
         )
@@ -619,9 +628,8 @@ async fn revoking_a_txn_revokes_all_its_tokens<S: TokenStore>(store: &S) {
         .put(record(txn(751), tid(45_100), None))
         .await
         .unwrap();
-    let revoke = |target, reason: &str| {
-        store.revoke_at(target, "op".to_owned(), reason.to_owned(), UnixMillis(3))
-    };
+    let revoke =
+        |target, reason: &str| store.revoke_at(target, by("op"), reason.to_owned(), UnixMillis(3));
     assert_eq!(
         revoke(RevokeTarget::Token(tid(45_002)), "one")
             .await
@@ -645,7 +653,7 @@ async fn revoking_a_txn_revokes_all_its_tokens<S: TokenStore>(store: &S) {
     let again = store
         .revoke(
             RevokeTarget::Txn(t),
-            "op".to_owned(),
+            by("op"),
             "again".to_owned(),
             event_at(UnixMillis(3)),
         )
@@ -697,7 +705,7 @@ async fn derive_racing_revoke_never_leaves_a_usable_descendant<S: TokenStore>(st
                 store
                     .revoke_at(
                         RevokeTarget::Token(tid(base)),
-                        "op".to_owned(),
+                        by("op"),
                         "race".to_owned(),
                         UnixMillis(1),
                     )
@@ -788,7 +796,7 @@ async fn purge_removes_exactly_the_expired_tokens_and_all_their_entries<S: Token
     store
         .revoke_at(
             RevokeTarget::Token(tid(90_005)),
-            "op".to_owned(),
+            by("op"),
             "r".to_owned(),
             UnixMillis(1),
         )
@@ -996,7 +1004,7 @@ async fn record_and_state_read_together<S: TokenStore>(store: &S) {
     store
         .revoke_at(
             RevokeTarget::Token(root.token_id),
-            "op".into(),
+            by("op"),
             "why".into(),
             UnixMillis(5),
         )
@@ -1051,7 +1059,7 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
     let revoked = store
         .revoke(
             RevokeTarget::Token(tid(3_001)),
-            "op".into(),
+            by("op"),
             "leak".into(),
             EventId(30_000),
         )
@@ -1076,7 +1084,7 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
     let all = store
         .revoke(
             RevokeTarget::Txn(t),
-            "op".into(),
+            by("op"),
             "all".into(),
             EventId(40_000),
         )
@@ -1091,7 +1099,7 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
         (RevokeTarget::Txn(t), 47_000),
     ] {
         let again = store
-            .revoke(target, "op".into(), "again".into(), EventId(id))
+            .revoke(target, by("op"), "again".into(), EventId(id))
             .await
             .unwrap();
         assert_eq!((again.ids, again.event), (vec![], None), "{target:?}");
@@ -1101,7 +1109,7 @@ async fn events_are_written_with_their_token_changes<S: TokenStore>(store: &S) {
         store
             .revoke(
                 RevokeTarget::Txn(txn(3_000_001)),
-                "op".into(),
+                by("op"),
                 "x".into(),
                 EventId(50_000),
             )
@@ -1130,7 +1138,7 @@ async fn a_spent_use_is_written_with_its_event<S: TokenStore>(store: &S) {
         Event::validated(
             EventId(id),
             &r,
-            "svc:payments",
+            &by("svc:payments"),
             Some("pay".into()),
             "allowed",
             String::new(),
@@ -1169,7 +1177,7 @@ async fn appended_events_page_in_id_order<S: TokenStore>(store: &S) {
         Event::validated(
             EventId(id),
             &r,
-            "svc:payments",
+            &by("svc:payments"),
             None,
             "active",
             String::new(),
@@ -1232,7 +1240,7 @@ async fn listing_filters_and_pages_newest_first<S: TokenStore>(store: &S) {
     store
         .revoke_at(
             RevokeTarget::Txn(txns[4]),
-            "op".into(),
+            by("op"),
             "r".into(),
             UnixMillis(9),
         )

@@ -11,7 +11,9 @@ use std::fmt;
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{
+    Actor, Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+};
 
 #[derive(Default)]
 struct State {
@@ -258,7 +260,7 @@ impl State {
     fn revoke(
         &mut self,
         target: RevokeTarget,
-        by: &str,
+        by: &Actor,
         reason: &str,
         event: EventId,
     ) -> Result<Revoked, StoreError> {
@@ -297,7 +299,7 @@ impl State {
             if state.revoked.is_none() {
                 state.revoked = Some(Revocation {
                     at,
-                    by: by.to_owned(),
+                    by: by.id.clone(),
                     reason: reason.to_owned(),
                     cause,
                 });
@@ -454,7 +456,7 @@ impl TokenStore for MemoryStore {
     fn revoke(
         &self,
         target: RevokeTarget,
-        by: String,
+        by: Actor,
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {

@@ -49,7 +49,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Mutex as AsyncMutex;
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{
+    Actor, Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+};
 
 /// When an insert is acknowledged relative to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -698,7 +700,7 @@ fn scan_ids(
 fn revoke_blocking(
     inner: &Inner,
     target: RevokeTarget,
-    by: &str,
+    by: &Actor,
     reason: &str,
     event: EventId,
 ) -> Result<Revoked, StoreError> {
@@ -744,7 +746,7 @@ fn revoke_blocking(
         }
         state.revoked = Some(Revocation {
             at,
-            by: by.to_owned(),
+            by: by.id.clone(),
             reason: reason.to_owned(),
             cause,
         });
@@ -1377,7 +1379,7 @@ impl TokenStore for RocksStore {
     fn revoke(
         &self,
         target: RevokeTarget,
-        by: String,
+        by: Actor,
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
@@ -1635,7 +1637,7 @@ mod tests {
         let mut revoked = store
             .revoke_at(
                 RevokeTarget::Token(tid(1)),
-                "op".to_owned(),
+                crate::conformance::by("op"),
                 "r".to_owned(),
                 UnixMillis(1),
             )
@@ -2164,7 +2166,7 @@ mod tests {
                             0 => store
                                 .revoke(
                                     RevokeTarget::Token(doomed),
-                                    "op".into(),
+                                    crate::conformance::by("op"),
                                     "r".into(),
                                     conformance::event_at(UnixMillis(1)),
                                 )
@@ -2200,7 +2202,7 @@ mod tests {
             let seen = Event::validated(
                 conformance::event_at(UnixMillis(2)),
                 &cold_token,
-                "svc:payments",
+                &crate::conformance::by("svc:payments"),
                 None,
                 "active",
                 String::new(),
@@ -2262,7 +2264,7 @@ mod tests {
         let revoke = |target| {
             store.revoke(
                 target,
-                "op".into(),
+                crate::conformance::by("op"),
                 "r".into(),
                 conformance::event_at(UnixMillis(7)),
             )
