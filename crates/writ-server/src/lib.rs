@@ -13,6 +13,9 @@
 //! - [`cleanup`]: the background task that reclaims expired tokens and old events.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
 //! - [`transport`]: socket settings and the cap on accepted connections.
+//! - [`tls`]: TLS over accepted connections, optional client X.509-SVIDs (SPIFFE IDs),
+//!   hot-reloaded certificate, key and client CA bundle.
+//! - [`pki`]: the local development CA, server certificate and `writ certs issue`.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
 //!
 //! [`start`] takes the data directory's lock before it reads or generates any secret and
@@ -27,8 +30,10 @@ pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod pki;
 pub mod secrets;
 pub mod service;
+pub mod tls;
 pub mod transport;
 
 use std::net::SocketAddr;

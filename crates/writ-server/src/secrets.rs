@@ -108,7 +108,7 @@ fn trusted_owner(owner: u32, euid: u32) -> bool {
 
 /// Refuses `meta` (of `path`) unless this process's user owns it and group and others
 /// have no access to it.
-fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), SecretsError> {
+pub(crate) fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), SecretsError> {
     let euid = euid();
     if !trusted_owner(meta.uid(), euid) {
         return Err(SecretsError::Owner {
@@ -171,7 +171,7 @@ pub fn lock_data_dir(data_dir: &Path) -> Result<DataDirLock, SecretsError> {
 
 /// Reads a secret file after checking that only its owner, this process's user, can
 /// read it. A symlink is refused, and the checks apply to the file actually read.
-fn read_private(path: &Path) -> Result<String, SecretsError> {
+pub(crate) fn read_private(path: &Path) -> Result<String, SecretsError> {
     let mut file = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)
@@ -206,7 +206,7 @@ fn write_new(path: &Path, content: &str) -> std::io::Result<()> {
 /// into place (which, unlike a rename, never replaces an existing file), then the
 /// directory is synced, so a crash never leaves an empty or partial secret behind.
 /// Returns `false`, leaving the existing file alone, if `path` was there first.
-fn install_private(path: &Path, content: &str) -> Result<bool, SecretsError> {
+pub(crate) fn install_private(path: &Path, content: &str) -> Result<bool, SecretsError> {
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
