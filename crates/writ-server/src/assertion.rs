@@ -215,6 +215,24 @@ pub fn parse_registered_key(
     Ok(RegisteredKey { kid, alg, key })
 }
 
+/// Checks one party's registered keys as a whole: at most [`MAX_KEYS_PER_PARTY`], and no
+/// `kid` twice (a header `kid` must select exactly one key). For the policy loader.
+pub fn check_party_keys(keys: &[RegisteredKey]) -> Result<(), AssertionError> {
+    if keys.len() > MAX_KEYS_PER_PARTY {
+        return Err(key_error(format!(
+            "{} keys; a party registers at most {MAX_KEYS_PER_PARTY}",
+            keys.len()
+        )));
+    }
+    let mut kids = HashSet::new();
+    for kid in keys.iter().filter_map(RegisteredKey::kid) {
+        if !kids.insert(kid) {
+            return Err(key_error(format!("kid {} is registered twice", shown(kid))));
+        }
+    }
+    Ok(())
+}
+
 fn check_kid(kid: &str) -> Result<(), String> {
     if kid.is_empty() || kid.len() > MAX_KID_BYTES {
         return Err(format!("a kid is 1 to {MAX_KID_BYTES} bytes"));
@@ -665,9 +683,12 @@ impl AssertionVerifier {
     }
 
     /// Verifies one assertion (the [`ASSERTION_HEADER`] value) at `now_unix_secs`.
-    /// `keys_of` gives a party's registered keys (from the policy); a `sub` without any
-    /// is checked as a JWT-SVID if a bundle is configured. On success the assertion's
-    /// (`sub`, `jti`) is recorded, and the same pair is refused until it expires.
+    ///
+    /// `keys_of` gives a party's registered keys (from the policy). For a `sub` with keys,
+    /// a header `kid` must name one of them; without a `kid`, each key of the header's
+    /// `alg` is tried (at most [`MAX_KEYS_PER_PARTY`]). A `sub` without keys is checked
+    /// as a JWT-SVID if a bundle is configured. On success the (`sub`, `jti`) pair is
+    /// recorded and refused until the assertion expires.
     pub fn verify(
         &self,
         jwt: &str,
@@ -1427,5 +1448,948 @@ impl ReplayCache for MemoryReplayCache {
             }
         }
         Err(Replay::Full)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const NOW: u64 = 1_800_000_000;
+    const STARTED: u64 = NOW - 600;
+    const AUD: &str = "spiffe://writ.local/writ";
+    const PARTY: &str = "spiffe://writ.local/agent/a";
+    const OTHER: &str = "spiffe://writ.local/agent/b";
+    const WORKLOAD: &str = "spiffe://writ.local/ns/prod/sa/w";
+
+    /// A 2048-bit RSA public key (openssl), only to be refused or loaded, never used.
+    const RSA_PEM: &str = "-----BEGIN PUBLIC KEY-----
+MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAqbF/h3ovbQtKRIct6LWO
+Jz32zSEVB1bap38QVjFKRPaJfszPgP0zc+Y8Fpfez4O1PxLILlxHtoNUV65R1kay
++1jVKPAX8oJDPAGV4KFoRRb4WxmTrJW5dzQ5FslShRaLq/U33CFe07jLBHDvV+6B
+d/bSJs6qENabtxiayqTg93ce9Ysu5Kuo08H/H9bWsLfTVhNcAioFERIt+8zFLsmD
+Avj9sTtOE/rQ528pyAT30xw06n484KJ4X8mSOAjHah3aFwFvDbH5VM/F6LXT7BTt
+He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
+7QIDAQAB
+-----END PUBLIC KEY-----";
+    const RSA_N: &str = "qbF_h3ovbQtKRIct6LWOJz32zSEVB1bap38QVjFKRPaJfszPgP0zc-Y8Fpfez4O1PxLILlxHtoNUV65R1kay-1jVKPAX8oJDPAGV4KFoRRb4WxmTrJW5dzQ5FslShRaLq_U33CFe07jLBHDvV-6Bd_bSJs6qENabtxiayqTg93ce9Ysu5Kuo08H_H9bWsLfTVhNcAioFERIt-8zFLsmDAvj9sTtOE_rQ528pyAT30xw06n484KJ4X8mSOAjHah3aFwFvDbH5VM_F6LXT7BTtHe1M0ViL0ozmq_Jzbh15pvU6yxv-3D25752l_crbqBKxd0icOMGeNw7xXJFOGrNj7Q";
+
+    /// A key pair that signs test assertions.
+    struct Signer {
+        alg: Algorithm,
+        private_pem: String,
+        public_pem: String,
+        raw_public: Vec<u8>,
+    }
+
+    impl Signer {
+        fn ed25519() -> Self {
+            Self::generate(&rcgen::PKCS_ED25519, Algorithm::EdDSA)
+        }
+
+        fn p256() -> Self {
+            Self::generate(&rcgen::PKCS_ECDSA_P256_SHA256, Algorithm::ES256)
+        }
+
+        fn generate(kind: &'static rcgen::SignatureAlgorithm, alg: Algorithm) -> Self {
+            let pair = rcgen::KeyPair::generate_for(kind).unwrap();
+            Signer {
+                alg,
+                private_pem: pair.serialize_pem(),
+                public_pem: pair.public_key_pem(),
+                raw_public: pair.public_key_raw().to_vec(),
+            }
+        }
+
+        fn registered(&self, kid: Option<&str>) -> RegisteredKey {
+            parse_registered_key(&self.public_pem, kid.map(str::to_owned)).unwrap()
+        }
+
+        /// The public key as a JWK (`use` and `kid` added by the caller).
+        fn jwk(&self) -> Value {
+            let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+            match self.alg {
+                Algorithm::EdDSA => {
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(&self.raw_public)})
+                }
+                _ => json!({
+                    "kty": "EC", "crv": "P-256",
+                    "x": b64(&self.raw_public[1..33]), "y": b64(&self.raw_public[33..]),
+                }),
+            }
+        }
+
+        fn sign(&self, kid: Option<&str>, claims: &Value) -> String {
+            let mut header = Header::new(self.alg);
+            header.kid = kid.map(str::to_owned);
+            let key = match self.alg {
+                Algorithm::EdDSA => EncodingKey::from_ed_pem(self.private_pem.as_bytes()),
+                _ => EncodingKey::from_ec_pem(self.private_pem.as_bytes()),
+            }
+            .unwrap();
+            jsonwebtoken::encode(&header, claims, &key).unwrap()
+        }
+    }
+
+    fn claims(sub: &str, jti: &str) -> Value {
+        json!({"iss": sub, "sub": sub, "aud": AUD, "iat": NOW, "exp": NOW + 60, "jti": jti})
+    }
+
+    fn verifier() -> AssertionVerifier {
+        AssertionVerifier::new(AssertionConfig::new(AUD, "writ.local"), STARTED).unwrap()
+    }
+
+    type Registry = HashMap<String, Arc<[RegisteredKey]>>;
+
+    fn registry(entries: Vec<(&str, Vec<RegisteredKey>)>) -> Registry {
+        entries
+            .into_iter()
+            .map(|(party, keys)| (party.to_owned(), Arc::from(keys)))
+            .collect()
+    }
+
+    fn verify_at(
+        v: &AssertionVerifier,
+        reg: &Registry,
+        jwt: &str,
+        now: u64,
+    ) -> Result<VerifiedAssertion, AssertionError> {
+        v.verify(jwt, &|sub| reg.get(sub).cloned(), now)
+    }
+
+    fn verify(
+        v: &AssertionVerifier,
+        reg: &Registry,
+        jwt: &str,
+    ) -> Result<VerifiedAssertion, AssertionError> {
+        verify_at(v, reg, jwt, NOW)
+    }
+
+    /// The refusal's message, after checking it is a `Rejected` (UNAUTHENTICATED).
+    fn rejection(result: Result<VerifiedAssertion, AssertionError>) -> String {
+        match result {
+            Err(e @ AssertionError::Rejected(_)) => {
+                let message = e.to_string();
+                assert!(message.starts_with(PREFIX), "{message}");
+                message
+            }
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn b64(text: &str) -> String {
+        URL_SAFE_NO_PAD.encode(text)
+    }
+
+    #[test]
+    fn a_valid_ed25519_assertion_proves_its_party() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let verified = verify(&verifier(), &reg, &ed.sign(None, &claims(PARTY, "j1"))).unwrap();
+        assert_eq!(
+            verified,
+            VerifiedAssertion {
+                subject: PARTY.into(),
+                kind: AssertionKind::ClientAssertion,
+                expires_at: NOW + 60,
+                kid: None,
+            }
+        );
+    }
+
+    #[test]
+    fn a_valid_es256_assertion_with_a_jwk_registered_key() {
+        let ec = Signer::p256();
+        let mut jwk = ec.jwk();
+        jwk["kid"] = json!("ec-1");
+        jwk["alg"] = json!("ES256");
+        jwk["use"] = json!("sig");
+        let key = parse_registered_key(&jwk.to_string(), None).unwrap();
+        assert_eq!((key.kid(), key.alg()), (Some("ec-1"), Algorithm::ES256));
+        let reg = registry(vec![(PARTY, vec![key])]);
+        let verified = verify(
+            &verifier(),
+            &reg,
+            &ec.sign(Some("ec-1"), &claims(PARTY, "j1")),
+        );
+        assert_eq!(verified.unwrap().kid.as_deref(), Some("ec-1"));
+        // The same key as PEM verifies too.
+        let reg = registry(vec![(PARTY, vec![ec.registered(None)])]);
+        verify(&verifier(), &reg, &ec.sign(None, &claims(PARTY, "j2"))).unwrap();
+    }
+
+    #[test]
+    fn time_claims_are_checked() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let v = verifier();
+        let with = |jti: &str, changes: Value| {
+            let mut c = claims(PARTY, jti);
+            for (k, val) in changes.as_object().unwrap() {
+                c[k] = val.clone();
+            }
+            ed.sign(None, &c)
+        };
+        // Expired beyond the leeway; within it, still good.
+        let m = rejection(verify(&v, &reg, &with("a", json!({"exp": NOW - 31}))));
+        assert!(m.contains("`exp` is 31 s in the past"), "{m}");
+        verify(&v, &reg, &with("b", json!({"exp": NOW - 30}))).unwrap();
+        // Too long-lived.
+        let m = rejection(verify(&v, &reg, &with("c", json!({"exp": NOW + 600}))));
+        assert!(m.contains("`exp` is 600 s ahead; at most 300 s"), "{m}");
+        verify(&v, &reg, &with("d", json!({"exp": NOW + 330}))).unwrap();
+        // Not valid yet.
+        let m = rejection(verify(&v, &reg, &with("e", json!({"nbf": NOW + 31}))));
+        assert!(m.contains("`nbf` is 31 s ahead"), "{m}");
+        verify(&v, &reg, &with("f", json!({"nbf": NOW + 30}))).unwrap();
+        // Issued in the future.
+        let m = rejection(verify(&v, &reg, &with("g", json!({"iat": NOW + 31}))));
+        assert!(m.contains("`iat` is 31 s in the future"), "{m}");
+        // Not a NumericDate.
+        let m = rejection(verify(&v, &reg, &with("h", json!({"exp": "soon"}))));
+        assert!(m.contains("`exp` must be a NumericDate"), "{m}");
+        let m = rejection(verify(&v, &reg, &with("i", json!({"exp": -5}))));
+        assert!(m.contains("`exp` must be a NumericDate"), "{m}");
+    }
+
+    #[test]
+    fn exp_iat_and_jti_are_required() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let v = verifier();
+        for claim in ["exp", "iat", "jti", "aud", "iss", "sub"] {
+            let mut c = claims(PARTY, &format!("jti-{claim}"));
+            c.as_object_mut().unwrap().remove(claim);
+            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
+            assert!(
+                m.contains(&format!("`{claim}` is required")),
+                "{claim}: {m}"
+            );
+        }
+        for bad_jti in [json!(""), json!("x".repeat(257)), json!(7)] {
+            let mut c = claims(PARTY, "unused");
+            c["jti"] = bad_jti;
+            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
+            assert!(m.contains("`jti` must be"), "{m}");
+        }
+    }
+
+    #[test]
+    fn an_assertion_issued_before_the_server_started_is_refused() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let v = AssertionVerifier::new(AssertionConfig::new(AUD, "writ.local"), NOW).unwrap();
+        let mut c = claims(PARTY, "j1");
+        c["iat"] = json!(NOW - 1);
+        let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
+        assert!(m.contains("`iat` is before this server started"), "{m}");
+        c["iat"] = json!(NOW);
+        verify(&v, &reg, &ed.sign(None, &c)).unwrap();
+    }
+
+    #[test]
+    fn aud_must_name_this_writ() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let v = verifier();
+        let mut c = claims(PARTY, "j1");
+        for wrong in [
+            json!("spiffe://writ.local/other"),
+            json!(["spiffe://writ.local/other", "x"]),
+            json!([]),
+            json!(AUD.to_uppercase()),
+        ] {
+            c["aud"] = wrong;
+            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
+            assert!(
+                m.contains("`aud` does not name this Writ (expected \"spiffe://writ.local/writ\")"),
+                "{m}"
+            );
+        }
+        c["aud"] = json!(["spiffe://writ.local/other", 5]);
+        let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
+        assert!(m.contains("an array of strings"), "{m}");
+        c["aud"] = json!(["spiffe://writ.local/other", AUD]);
+        verify(&v, &reg, &ed.sign(None, &c)).unwrap();
+    }
+
+    #[test]
+    fn iss_must_equal_sub() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let mut c = claims(PARTY, "j1");
+        c["iss"] = json!(OTHER);
+        let m = rejection(verify(&verifier(), &reg, &ed.sign(None, &c)));
+        assert!(m.contains("`iss` must equal `sub`"), "{m}");
+    }
+
+    #[test]
+    fn a_replayed_jti_is_refused_and_another_subject_may_reuse_it() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![
+            (PARTY, vec![ed.registered(None)]),
+            (OTHER, vec![ed.registered(None)]),
+        ]);
+        let v = verifier();
+        let jwt = ed.sign(None, &claims(PARTY, "same"));
+        verify(&v, &reg, &jwt).unwrap();
+        let replay = verify_at(&v, &reg, &jwt, NOW + 5).unwrap_err();
+        assert!(matches!(replay, AssertionError::Replayed), "{replay:?}");
+        assert!(replay.to_string().contains("`jti` was already used"));
+        // A fresh assertion with the same jti is still a replay of (sub, jti).
+        let again = ed.sign(
+            None,
+            &json!({"iss": PARTY, "sub": PARTY, "aud": AUD,
+            "iat": NOW + 1, "exp": NOW + 50, "jti": "same"}),
+        );
+        assert!(matches!(
+            verify(&v, &reg, &again),
+            Err(AssertionError::Replayed)
+        ));
+        verify(&v, &reg, &ed.sign(None, &claims(OTHER, "same"))).unwrap();
+    }
+
+    #[test]
+    fn a_signature_by_another_key_is_refused() {
+        let (ed, stranger) = (Signer::ed25519(), Signer::ed25519());
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let m = rejection(verify(
+            &verifier(),
+            &reg,
+            &stranger.sign(None, &claims(PARTY, "j")),
+        ));
+        assert!(m.contains("does not verify with any registered key"), "{m}");
+        // A tampered payload, the signature kept, fails as well.
+        let jwt = ed.sign(None, &claims(PARTY, "j"));
+        let parts: Vec<&str> = jwt.split('.').collect();
+        let mut c = claims(PARTY, "j");
+        c["sub"] = json!(PARTY);
+        c["exp"] = json!(NOW + 61);
+        let forged = format!("{}.{}.{}", parts[0], b64(&c.to_string()), parts[2]);
+        let m = rejection(verify(&verifier(), &reg, &forged));
+        assert!(m.contains("does not verify"), "{m}");
+    }
+
+    #[test]
+    fn alg_none_and_alg_confusion_are_refused() {
+        let ed = Signer::ed25519();
+        let ec = Signer::p256();
+        let reg = registry(vec![(PARTY, vec![ed.registered(Some("k1"))])]);
+        let v = verifier();
+        let payload = b64(&claims(PARTY, "j").to_string());
+
+        let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
+        let m = rejection(verify(&v, &reg, &none));
+        assert!(m.contains("`alg` \"none\" is refused"), "{m}");
+
+        // HS256 keyed with the public key's text: the classic confusion.
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some("k1".into());
+        let hs = jsonwebtoken::encode(
+            &header,
+            &claims(PARTY, "j"),
+            &EncodingKey::from_secret(ed.public_pem.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        let m = rejection(verify(&v, &reg, &hs));
+        assert!(
+            m.contains("`alg` HS256 (a shared-secret MAC) is refused"),
+            "{m}"
+        );
+
+        // ES256 against an Ed25519 key: by kid, and without one.
+        let m = rejection(verify(&v, &reg, &ec.sign(Some("k1"), &claims(PARTY, "j"))));
+        assert!(
+            m.contains("`alg` ES256 does not match the registered key"),
+            "{m}"
+        );
+        let m = rejection(verify(&v, &reg, &ec.sign(None, &claims(PARTY, "j"))));
+        assert!(
+            m.contains("no registered key of `sub` is for `alg` ES256"),
+            "{m}"
+        );
+
+        // An algorithm nobody registers keys for.
+        let rs = format!("{}.{payload}.AAAA", b64(r#"{"alg":"RS256"}"#));
+        let m = rejection(verify(&v, &reg, &rs));
+        assert!(
+            m.contains("`alg` RS256 is not accepted for client assertions"),
+            "{m}"
+        );
+        let odd = format!("{}.{payload}.AAAA", b64(r#"{"alg":"ES256K"}"#));
+        let m = rejection(verify(&v, &reg, &odd));
+        assert!(m.contains("`alg` \"ES256K\" is not supported"), "{m}");
+
+        // A key embedded in the header is not trusted: the stranger's own `jwk`.
+        let stranger = Signer::ed25519();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.jwk = Some(serde_json::from_value(stranger.jwk()).unwrap());
+        let key = EncodingKey::from_ed_pem(stranger.private_pem.as_bytes()).unwrap();
+        let embedded = jsonwebtoken::encode(&header, &claims(PARTY, "j"), &key).unwrap();
+        let m = rejection(verify(&v, &reg, &embedded));
+        assert!(m.contains("does not verify"), "{m}");
+    }
+
+    #[test]
+    fn an_unknown_party_without_a_bundle_is_refused() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)]), (OTHER, vec![])]);
+        for sub in [OTHER, "spiffe://writ.local/nobody"] {
+            let m = rejection(verify(&verifier(), &reg, &ed.sign(None, &claims(sub, "j"))));
+            assert!(m.ends_with("no registered key for `sub`"), "{m}");
+        }
+    }
+
+    #[test]
+    fn the_kid_selects_the_key() {
+        let (a, b) = (Signer::ed25519(), Signer::p256());
+        let reg = registry(vec![(
+            PARTY,
+            vec![a.registered(Some("a")), b.registered(Some("b"))],
+        )]);
+        let v = verifier();
+        let got = verify(&v, &reg, &b.sign(Some("b"), &claims(PARTY, "1"))).unwrap();
+        assert_eq!(got.kid.as_deref(), Some("b"));
+        let got = verify(&v, &reg, &a.sign(Some("a"), &claims(PARTY, "2"))).unwrap();
+        assert_eq!(got.kid.as_deref(), Some("a"));
+        // Without a kid, each key of the header's alg is tried.
+        let got = verify(&v, &reg, &b.sign(None, &claims(PARTY, "3"))).unwrap();
+        assert_eq!(got.kid.as_deref(), Some("b"));
+        // A kid naming no key, or another key, is refused.
+        let m = rejection(verify(&v, &reg, &a.sign(Some("zz"), &claims(PARTY, "4"))));
+        assert!(
+            m.contains("`kid` \"zz\" names no registered key of `sub`"),
+            "{m}"
+        );
+        let second = Signer::ed25519();
+        let reg = registry(vec![(
+            PARTY,
+            vec![a.registered(Some("a")), second.registered(Some("c"))],
+        )]);
+        let m = rejection(verify(
+            &v,
+            &reg,
+            &second.sign(Some("a"), &claims(PARTY, "5")),
+        ));
+        assert!(
+            m.contains("does not verify with registered key \"a\""),
+            "{m}"
+        );
+        let got = verify(&v, &reg, &second.sign(None, &claims(PARTY, "6"))).unwrap();
+        assert_eq!(
+            got.kid.as_deref(),
+            Some("c"),
+            "the second Ed25519 key was tried"
+        );
+    }
+
+    #[test]
+    fn a_forged_assertion_does_not_enter_the_replay_cache() {
+        let (ed, stranger) = (Signer::ed25519(), Signer::ed25519());
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let v = verifier();
+        rejection(verify(&v, &reg, &stranger.sign(None, &claims(PARTY, "X"))));
+        // A verified one whose other claims fail does not either.
+        let mut wrong_aud = claims(PARTY, "X");
+        wrong_aud["aud"] = json!("elsewhere");
+        rejection(verify(&v, &reg, &ed.sign(None, &wrong_aud)));
+        verify(&v, &reg, &ed.sign(None, &claims(PARTY, "X"))).unwrap();
+    }
+
+    #[test]
+    fn structural_problems_are_malformed() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let v = verifier();
+        let good = ed.sign(None, &claims(PARTY, "j"));
+        let (header, rest) = good.split_once('.').unwrap();
+        let huge = format!("{good}{}", "A".repeat(MAX_ASSERTION_BYTES));
+        let cases = [
+            (String::new(), "not a compact JWS"),
+            ("abc".into(), "not a compact JWS"),
+            (format!("{good}.x"), "not a compact JWS"),
+            (format!("Bearer {good}"), "only base64url"),
+            (huge, "bytes; at most 8192"),
+            (format!("{header}.%%%.x"), "only base64url"),
+            (
+                format!("{}.{rest}", b64("[1,2,3,4,5]")),
+                "header is not a JSON object",
+            ),
+            (
+                format!("{}.{rest}", b64(r#"{"alg":"EdDSA","alg":"none"}"#)),
+                "duplicate field",
+            ),
+            (
+                format!("{header}.{}.AA", b64("not json")),
+                "payload is not a JSON object",
+            ),
+            (format!("{header}.{}.AA", "A"), "payload is not base64url"),
+        ];
+        for (jwt, expected) in cases {
+            match verify(&v, &reg, &jwt) {
+                Err(e @ AssertionError::Malformed(_)) => {
+                    let m = e.to_string();
+                    assert!(m.starts_with(PREFIX) && m.contains(expected), "{m}");
+                }
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        // `crit` extensions are not understood, so refused.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.crit = Some(vec!["exp".into()]);
+        let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
+        let crit = jsonwebtoken::encode(&header, &claims(PARTY, "c"), &key).unwrap();
+        let m = rejection(verify(&v, &reg, &crit));
+        assert!(m.contains("`crit`"), "{m}");
+    }
+
+    #[test]
+    fn messages_never_echo_the_assertion() {
+        let (ed, stranger) = (Signer::ed25519(), Signer::ed25519());
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let jwt = stranger.sign(None, &claims(PARTY, "j"));
+        let signature = jwt.rsplit('.').next().unwrap();
+        let m = verify(&verifier(), &reg, &jwt).unwrap_err().to_string();
+        assert!(!m.contains(signature) && !m.contains(&jwt[..20]), "{m}");
+    }
+
+    #[test]
+    fn registered_keys_refuse_what_is_not_an_ed25519_or_p256_public_key() {
+        let refused = |text: &str, expected: &str| {
+            let e = parse_registered_key(text, None).unwrap_err();
+            assert!(matches!(e, AssertionError::Key(_)), "{e:?}");
+            assert!(e.to_string().contains(expected), "{expected}: {e}");
+        };
+        refused(
+            RSA_PEM,
+            "an RSA key; only Ed25519 (EdDSA) and P-256 (ES256)",
+        );
+        let ed = Signer::ed25519();
+        refused(&ed.private_pem, "a private key (PEM \"PRIVATE KEY\")");
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
+        refused(
+            &p384.public_key_pem(),
+            "an EC key on curve 1.3.132.0.34, not P-256",
+        );
+        let cert = rcgen::CertificateParams::new(vec!["x".into()])
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap())
+            .unwrap();
+        refused(&cert.pem(), "a certificate");
+        refused(
+            &format!("{}\n{}", ed.public_pem, ed.public_pem),
+            "more than one PEM block",
+        );
+        refused("secret", "expected a PEM public key");
+        refused(
+            &json!({"kty": "oct", "k": "c2VjcmV0"}).to_string(),
+            "a symmetric (HMAC) secret",
+        );
+        refused(
+            &json!({"kty": "RSA", "n": RSA_N, "e": "AQAB"}).to_string(),
+            "an RSA key",
+        );
+        let mut private = ed.jwk();
+        private["d"] = json!(URL_SAFE_NO_PAD.encode([7u8; 32]));
+        refused(&private.to_string(), "a private key (the JWK has `d`)");
+        refused(
+            &json!({"kty": "OKP", "crv": "Ed25519", "x": "AAAA"}).to_string(),
+            "not 32 bytes",
+        );
+        refused(&json!({"keys": [ed.jwk()]}).to_string(), "a JWK set");
+        let mut wrong_alg = ed.jwk();
+        wrong_alg["alg"] = json!("ES256");
+        refused(&wrong_alg.to_string(), "does not fit its key");
+        // Not a point on P-256.
+        let bad_point = json!({"kty": "EC", "crv": "P-256",
+            "x": URL_SAFE_NO_PAD.encode([1u8; 32]), "y": URL_SAFE_NO_PAD.encode([2u8; 32])});
+        refused(
+            &bad_point.to_string(),
+            "not a valid P-256 (ES256) public key",
+        );
+        // A kid that disagrees with the JWK's own.
+        let mut with_kid = ed.jwk();
+        with_kid["kid"] = json!("own");
+        let e = parse_registered_key(&with_kid.to_string(), Some("other".into())).unwrap_err();
+        assert!(
+            e.to_string().contains("differs from the JWK's own `kid`"),
+            "{e}"
+        );
+        assert_eq!(
+            parse_registered_key(&with_kid.to_string(), None)
+                .unwrap()
+                .kid(),
+            Some("own")
+        );
+    }
+
+    #[test]
+    fn a_party_registers_at_most_eight_keys_with_distinct_kids() {
+        let ed = Signer::ed25519();
+        let keys: Vec<RegisteredKey> = (0..8)
+            .map(|i| ed.registered(Some(&i.to_string())))
+            .collect();
+        check_party_keys(&keys).unwrap();
+        let e = check_party_keys(&[keys.clone(), vec![ed.registered(None)]].concat()).unwrap_err();
+        assert!(e.to_string().contains("at most 8"), "{e}");
+        let e =
+            check_party_keys(&[ed.registered(Some("a")), ed.registered(Some("a"))]).unwrap_err();
+        assert!(
+            e.to_string().contains("kid \"a\" is registered twice"),
+            "{e}"
+        );
+        check_party_keys(&[ed.registered(None), ed.registered(None)]).unwrap();
+    }
+
+    #[test]
+    fn the_replay_cache_refuses_rather_than_evicts_and_frees_expired_entries() {
+        let cache = MemoryReplayCache::new(3, 2);
+        cache.check_and_record("a", "1", NOW + 10, NOW).unwrap();
+        cache.check_and_record("a", "2", NOW + 20, NOW).unwrap();
+        assert_eq!(
+            cache.check_and_record("a", "3", NOW + 10, NOW),
+            Err(Replay::SubjectFull)
+        );
+        cache.check_and_record("b", "1", NOW + 10, NOW).unwrap();
+        assert_eq!(
+            cache.check_and_record("c", "1", NOW + 10, NOW),
+            Err(Replay::Full)
+        );
+        // Nothing was evicted: every live entry is still a replay.
+        for (s, j) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            assert_eq!(
+                cache.check_and_record(s, j, NOW + 10, NOW),
+                Err(Replay::Seen),
+                "{s} {j}"
+            );
+        }
+        assert_eq!(cache.len(), 3);
+        // The last second of an entry's life still counts; after it, the slot is free
+        // (purged from shards that were not touched, too).
+        assert_eq!(
+            cache.check_and_record("c", "1", NOW + 30, NOW + 10),
+            Err(Replay::Full)
+        );
+        cache
+            .check_and_record("c", "1", NOW + 30, NOW + 11)
+            .unwrap();
+        cache
+            .check_and_record("c", "2", NOW + 30, NOW + 11)
+            .unwrap();
+        assert_eq!(cache.len(), 3, "a/1 and b/1 purged; a/2, c/1, c/2 live");
+        cache
+            .check_and_record("a", "1", NOW + 30, NOW + 11)
+            .unwrap_err();
+        cache
+            .check_and_record("a", "3", NOW + 30, NOW + 21)
+            .unwrap();
+        // Distinct pairs are distinct entries, even when the concatenations agree.
+        let cache = MemoryReplayCache::new(10, 10);
+        cache.check_and_record("ab", "c", NOW, NOW).unwrap();
+        cache.check_and_record("a", "bc", NOW, NOW).unwrap();
+    }
+
+    #[test]
+    fn a_full_replay_cache_refuses_with_its_own_error() {
+        let ed = Signer::ed25519();
+        let reg = registry(vec![
+            (PARTY, vec![ed.registered(None)]),
+            (OTHER, vec![ed.registered(None)]),
+        ]);
+        let mut config = AssertionConfig::new(AUD, "writ.local");
+        config.max_replay_entries = 2;
+        config.max_replay_entries_per_subject = 1;
+        let v = AssertionVerifier::new(config, STARTED).unwrap();
+        verify(&v, &reg, &ed.sign(None, &claims(PARTY, "1"))).unwrap();
+        let e = verify(&v, &reg, &ed.sign(None, &claims(PARTY, "2"))).unwrap_err();
+        assert!(
+            matches!(e, AssertionError::ReplayCacheFull { per_subject: true }),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string()
+                .contains("too many live assertions for this `sub`"),
+            "{e}"
+        );
+        verify(&v, &reg, &ed.sign(None, &claims(OTHER, "1"))).unwrap();
+        let third = "spiffe://writ.local/agent/c";
+        let reg = registry(vec![(third, vec![ed.registered(None)])]);
+        let e = verify(&v, &reg, &ed.sign(None, &claims(third, "1"))).unwrap_err();
+        assert!(
+            matches!(e, AssertionError::ReplayCacheFull { per_subject: false }),
+            "{e:?}"
+        );
+        // Once the first ones expire (exp + leeway), there is room again.
+        verify_at(&v, &reg, &ed.sign(None, &claims(third, "2")), NOW + 91).unwrap_err();
+        let mut late = claims(third, "2");
+        late["exp"] = json!(NOW + 200);
+        verify_at(&v, &reg, &ed.sign(None, &late), NOW + 91).unwrap();
+    }
+
+    // JWT-SVIDs.
+
+    fn bundle_file(dir: &Path, keys: &[Value]) -> PathBuf {
+        let path = dir.join("bundle.json");
+        write_bundle(&path, keys);
+        path
+    }
+
+    fn write_bundle(path: &Path, keys: &[Value]) {
+        let doc = json!({"keys": keys, "spiffe_refresh_hint": 300, "spiffe_sequence": 1});
+        std::fs::write(path, doc.to_string()).unwrap();
+    }
+
+    fn svid_key(signer: &Signer, kid: &str) -> Value {
+        let mut jwk = signer.jwk();
+        jwk["use"] = json!("jwt-svid");
+        jwk["kid"] = json!(kid);
+        jwk
+    }
+
+    fn svid_claims(sub: &str, jti: &str) -> Value {
+        json!({"sub": sub, "aud": [AUD], "iat": NOW, "exp": NOW + 120, "jti": jti})
+    }
+
+    fn svid_verifier(bundle: PathBuf) -> AssertionVerifier {
+        let mut config = AssertionConfig::new(AUD, "writ.local");
+        config.jwt_svid_bundle = Some(bundle);
+        AssertionVerifier::new(config, STARTED).unwrap()
+    }
+
+    #[test]
+    fn a_jwt_svid_verifies_against_the_bundle() {
+        let dir = tempfile::tempdir().unwrap();
+        let (ec, ed) = (Signer::p256(), Signer::ed25519());
+        // An X.509 authority key (another `use`) is ignored; so is an RSA key too small.
+        let x509 = json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA",
+            "x5c": ["AAAA"]});
+        let small_rsa = json!({"use": "jwt-svid", "kid": "small", "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"});
+        let rsa = json!({"use": "jwt-svid", "kid": "rsa", "kty": "RSA", "n": RSA_N, "e": "AQAB"});
+        let path = bundle_file(
+            dir.path(),
+            &[
+                x509,
+                svid_key(&ec, "ec"),
+                svid_key(&ed, "ed"),
+                small_rsa,
+                rsa,
+            ],
+        );
+        let v = svid_verifier(path);
+        let keys: Vec<String> = {
+            let mut k: Vec<String> = v.bundle.load().keys.keys().cloned().collect();
+            k.sort();
+            k
+        };
+        assert_eq!(keys, ["ec", "ed", "rsa"]);
+        let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
+        let got = verify(&v, &reg, &ec.sign(Some("ec"), &svid_claims(WORKLOAD, "1"))).unwrap();
+        assert_eq!(
+            got,
+            VerifiedAssertion {
+                subject: WORKLOAD.into(),
+                kind: AssertionKind::JwtSvid,
+                expires_at: NOW + 120,
+                kid: Some("ec".into()),
+            }
+        );
+        verify(&v, &reg, &ed.sign(Some("ed"), &svid_claims(WORKLOAD, "2"))).unwrap();
+        // Replays are refused here too.
+        let jwt = ed.sign(Some("ed"), &svid_claims(WORKLOAD, "3"));
+        verify(&v, &reg, &jwt).unwrap();
+        assert!(matches!(
+            verify(&v, &reg, &jwt),
+            Err(AssertionError::Replayed)
+        ));
+        // A key of the bundle with the wrong alg, or signed by another key.
+        let m = rejection(verify(
+            &v,
+            &reg,
+            &ed.sign(Some("ec"), &svid_claims(WORKLOAD, "4")),
+        ));
+        assert!(
+            m.contains("`alg` EdDSA does not match the JWT-SVID bundle key \"ec\" (ES256)"),
+            "{m}"
+        );
+        let m = rejection(verify(
+            &v,
+            &reg,
+            &Signer::p256().sign(Some("ec"), &svid_claims(WORKLOAD, "5")),
+        ));
+        assert!(
+            m.contains("does not verify with JWT-SVID bundle key \"ec\""),
+            "{m}"
+        );
+        // A registered party is not looked up in the bundle.
+        let m = rejection(verify(
+            &v,
+            &reg,
+            &ec.sign(Some("ec"), &svid_claims(PARTY, "6")),
+        ));
+        assert!(m.contains("names no registered key of `sub`"), "{m}");
+        // `typ`, when present, is JWT or JOSE.
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some("ed".into());
+        header.typ = Some("at+jwt".into());
+        let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
+        let at = jsonwebtoken::encode(&header, &svid_claims(WORKLOAD, "7"), &key).unwrap();
+        let m = rejection(verify(&v, &reg, &at));
+        assert!(m.contains("`typ` is \"JWT\" or \"JOSE\""), "{m}");
+    }
+
+    #[test]
+    fn a_jwt_svid_must_be_of_this_trust_domain_and_name_a_bundle_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let ec = Signer::p256();
+        let v = svid_verifier(bundle_file(dir.path(), &[svid_key(&ec, "ec")]));
+        let reg = Registry::new();
+        for (sub, expected) in [
+            (
+                "spiffe://evil.example/ns/prod/sa/w",
+                "is in trust domain \"evil.example\"",
+            ),
+            (
+                "spiffe://writ.local.evil/w",
+                "is in trust domain \"writ.local.evil\"",
+            ),
+            ("spiffe://writ.local", "has no path"),
+            ("spiffe://writ.local/", "has no path"),
+            ("spiffe://writ.local/a//b", "invalid path"),
+            ("spiffe://writ.local/a/../b", "invalid path"),
+            ("spiffe://writ.local/a?b", "invalid path"),
+            ("https://writ.local/w", "is not a SPIFFE ID"),
+        ] {
+            let m = rejection(verify(
+                &v,
+                &reg,
+                &ec.sign(Some("ec"), &svid_claims(sub, "1")),
+            ));
+            assert!(m.contains(expected), "{sub}: {m}");
+        }
+        let m = rejection(verify(
+            &v,
+            &reg,
+            &ec.sign(Some("nope"), &svid_claims(WORKLOAD, "1")),
+        ));
+        assert!(
+            m.contains("`kid` \"nope\" is not in the JWT-SVID bundle"),
+            "{m}"
+        );
+        let m = rejection(verify(
+            &v,
+            &reg,
+            &ec.sign(None, &svid_claims(WORKLOAD, "1")),
+        ));
+        assert!(m.contains("a JWT-SVID needs a `kid` header"), "{m}");
+        // The claims are checked as for client assertions (jti included).
+        let mut c = svid_claims(WORKLOAD, "1");
+        c.as_object_mut().unwrap().remove("jti");
+        let m = rejection(verify(&v, &reg, &ec.sign(Some("ec"), &c)));
+        assert!(m.contains("`jti` is required"), "{m}");
+        c["jti"] = json!("1");
+        c["aud"] = json!("spiffe://writ.local/other");
+        let m = rejection(verify(&v, &reg, &ec.sign(Some("ec"), &c)));
+        assert!(m.contains("`aud` does not name this Writ"), "{m}");
+        verify(&v, &reg, &ec.sign(Some("ec"), &svid_claims(WORKLOAD, "1"))).unwrap();
+    }
+
+    #[test]
+    fn the_bundle_reloads_new_keys_and_keeps_the_old_on_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (Signer::p256(), Signer::ed25519());
+        let path = bundle_file(dir.path(), &[svid_key(&old, "old")]);
+        let v = svid_verifier(path.clone());
+        let reg = Registry::new();
+        let new_svid = new.sign(Some("new"), &svid_claims(WORKLOAD, "n1"));
+        rejection(verify(&v, &reg, &new_svid));
+        assert!(!v.reload_bundle().unwrap(), "unchanged");
+
+        write_bundle(&path, &[svid_key(&old, "old"), svid_key(&new, "new")]);
+        assert!(v.reload_bundle().unwrap());
+        verify(&v, &reg, &new_svid).unwrap();
+
+        for broken in ["{\"keys\": [tr", "{}", "[]", ""] {
+            std::fs::write(&path, broken).unwrap();
+            let e = v.reload_bundle().unwrap_err();
+            assert!(matches!(e, AssertionError::Config(_)), "{e:?}");
+            assert!(e.to_string().contains("JWT-SVID bundle"), "{e}");
+        }
+        let dup = json!({"keys": [svid_key(&old, "old"), svid_key(&new, "old")]});
+        std::fs::write(&path, dup.to_string()).unwrap();
+        let e = v.reload_bundle().unwrap_err();
+        assert!(e.to_string().contains("`kid` \"old\" appears twice"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+        v.reload_bundle().unwrap_err();
+        // Both keys still work.
+        verify(
+            &v,
+            &reg,
+            &old.sign(Some("old"), &svid_claims(WORKLOAD, "o1")),
+        )
+        .unwrap();
+        verify(
+            &v,
+            &reg,
+            &new.sign(Some("new"), &svid_claims(WORKLOAD, "n2")),
+        )
+        .unwrap();
+
+        // Removing every key revokes them.
+        write_bundle(&path, &[]);
+        assert!(v.reload_bundle().unwrap());
+        rejection(verify(
+            &v,
+            &reg,
+            &old.sign(Some("old"), &svid_claims(WORKLOAD, "o2")),
+        ));
+
+        // A broken bundle at startup is an error.
+        std::fs::write(&path, "nope").unwrap();
+        let mut config = AssertionConfig::new(AUD, "writ.local");
+        config.jwt_svid_bundle = Some(path);
+        let e = AssertionVerifier::new(config, STARTED).unwrap_err();
+        assert!(e.to_string().contains("not JSON"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn the_reloader_picks_up_a_changed_bundle_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (Signer::p256(), Signer::ed25519());
+        let path = bundle_file(dir.path(), &[svid_key(&old, "old")]);
+        let v = Arc::new(svid_verifier(path.clone()));
+        let (stop, stopped) = watch::channel(false);
+        let task = v.spawn_bundle_reloader(Duration::from_millis(100), stopped);
+        write_bundle(&path, &[svid_key(&new, "new")]);
+        let reg = Registry::new();
+        let mut n = 0;
+        let verified = loop {
+            n += 1;
+            let jwt = new.sign(Some("new"), &svid_claims(WORKLOAD, &n.to_string()));
+            match verify(&v, &reg, &jwt) {
+                Ok(verified) => break verified,
+                Err(_) if n < 600 => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(e) => panic!("the reloader never loaded the new bundle: {e}"),
+            }
+        };
+        assert_eq!(verified.kid.as_deref(), Some("new"));
+        stop.send(true).unwrap();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn the_configuration_is_checked() {
+        let mut config = AssertionConfig::new("", "writ.local");
+        assert!(AssertionVerifier::new(config.clone(), 0).is_err());
+        config.audience = AUD.into();
+        config.max_replay_entries = 0;
+        assert!(AssertionVerifier::new(config.clone(), 0).is_err());
+        config.max_replay_entries = 1;
+        config.trust_domain = "Writ Local".into();
+        config.jwt_svid_bundle = Some("/nonexistent".into());
+        let e = AssertionVerifier::new(config, 0).unwrap_err();
+        assert!(e.to_string().contains("not a SPIFFE trust domain"), "{e}");
     }
 }
