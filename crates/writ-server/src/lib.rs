@@ -6,6 +6,8 @@
 //! - [`secrets`]: the data directory's lock and ownership checks, the server key ring and
 //!   the local minter and operator credentials on disk.
 //! - [`auth`]: the one seam that decides who is calling.
+//! - [`assertion`]: proven identities from signed JWTs (client assertions, JWT-SVIDs) and
+//!   their replay cache.
 //! - [`service`]: Mint, Downscope, Validate and Revoke over any [`writ_store::TokenStore`].
 //! - [`audit`]: the audit trail's event clock, batched writer and live feed.
 //! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry,
@@ -23,6 +25,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod assertion;
 pub mod audit;
 pub mod auth;
 pub mod chain;
