@@ -620,6 +620,20 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         actor_client_type: client_type_pb(actor.client_type).into(),
         max_uses: r.grant.max_uses.unwrap_or(0),
         require_action_check: r.grant.require_action_check,
+        actor_auth: auth_method_pb(r.actor_auth).into(),
+    }
+}
+
+/// Core → wire for how an actor authenticated (`None`: not recorded).
+pub fn auth_method_pb(m: Option<writ_core::AuthMethod>) -> pb::AuthMethod {
+    use writ_core::AuthMethod as A;
+    match m {
+        None => pb::AuthMethod::Unspecified,
+        Some(A::Mtls) => pb::AuthMethod::Mtls,
+        Some(A::ClientAssertion) => pb::AuthMethod::ClientAssertion,
+        Some(A::JwtSvid) => pb::AuthMethod::JwtSvid,
+        Some(A::Bearer) => pb::AuthMethod::Bearer,
+        Some(A::Asserted) => pb::AuthMethod::Asserted,
     }
 }
 
@@ -821,6 +835,7 @@ pub fn event_pb(e: &Event) -> pb::AuditEvent {
         subject: e.subject.clone(),
         token_id: e.token.map(|t| t.to_string()).unwrap_or_default(),
         actor: e.actor.clone(),
+        actor_auth: auth_method_pb(e.auth).into(),
         ..Default::default()
     };
     let kind = match &e.kind {

@@ -44,9 +44,29 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts a server with the default configuration.
+    /// Starts a server with the default configuration (TLS with its development CA) in
+    /// development mode, so [`TestServer::party`] may assert identities: the suites about
+    /// narrowing, lifecycle and the audit trail name parties by short ids.
     pub async fn start() -> TestServer {
         TestServer::start_with(|_| {}).await
+    }
+
+    /// Starts a server that accepts only proven identities (development mode off): parties
+    /// connect with certificates from [`TestServer::svid`].
+    pub async fn start_proven() -> TestServer {
+        TestServer::start_proven_with(|_| {}).await
+    }
+
+    /// [`TestServer::start_proven`] after `configure`.
+    pub async fn start_proven_with(configure: impl FnOnce(&mut Config)) -> TestServer {
+        TestServer::launch(
+            |c| {
+                c.auth.asserted_identities = false;
+                configure(c)
+            },
+            |_| {},
+        )
+        .await
     }
 
     /// Starts a server after `configure` adjusted the configuration (listen address and
@@ -83,6 +103,7 @@ impl TestServer {
         let data_dir = tmp.path().join("data");
         prepare(&data_dir);
         let mut config = Config::default();
+        config.auth.asserted_identities = true;
         configure(&mut config);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.data_dir = data_dir.clone();
@@ -99,9 +120,84 @@ impl TestServer {
         }
     }
 
-    /// `http://127.0.0.1:PORT`.
+    /// `https://127.0.0.1:PORT` (`http://` when the test turned TLS off).
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.config.tls.enabled {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The server's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The CA certificate the harness's clients trust: the development CA's
+    /// (`<data_dir>/tls/ca.pem`), or, when the test named its own TLS files, its client
+    /// CA bundle (such tests sign the server's certificate with the same CA).
+    pub fn ca_pem(&self) -> String {
+        let path = match &self.config.tls.client_ca {
+            Some(bundle) => bundle.clone(),
+            None => self.data_dir.join("tls").join("ca.pem"),
+        };
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+    }
+
+    /// The SPIFFE ID `spiffe://<trust domain>/<path>`.
+    pub fn spiffe(&self, path: &str) -> String {
+        format!(
+            "spiffe://{}/{}",
+            self.config.trust_domain,
+            path.trim_start_matches('/')
+        )
+    }
+
+    /// A client certificate and key (PEM) for `spiffe://<td>/<path>`, signed by the
+    /// development CA (as `writ certs issue` makes them).
+    pub fn svid(&self, path: &str) -> (String, String) {
+        let out = self.tmp.path().join("certs");
+        let stem = path.trim_start_matches('/').replace('/', "_");
+        let issued = writ_server::pki::issue_client(
+            &self.data_dir,
+            &self.config.trust_domain,
+            path,
+            std::time::Duration::from_secs(3600),
+            &out,
+            &stem,
+            true,
+        )
+        .unwrap_or_else(|e| panic!("issuing a certificate for {path}: {e}"));
+        let read = |p: &Path| {
+            std::fs::read_to_string(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
+        };
+        (read(&issued.cert), read(&issued.key))
+    }
+
+    /// A client connected with `identity` (certificate and key PEM), or with none.
+    pub async fn connect_with(
+        &self,
+        identity: Option<(String, String)>,
+    ) -> Result<WritClient, writ_client::ClientError> {
+        WritClient::connect_tls(
+            &self.url(),
+            writ_client::Tls {
+                ca_pem: self.ca_pem(),
+                identity,
+                domain: None,
+            },
+        )
+        .await
+    }
+
+    /// A client proving `spiffe://<td>/<path>` with a certificate from the development CA.
+    pub async fn svid_client(&self, path: &str) -> WritClient {
+        let identity = self.svid(path);
+        self.connect_with(Some(identity))
+            .await
+            .unwrap_or_else(|e| panic!("connecting as {path}: {e}"))
     }
 
     /// The data directory (`<tmp>/data`).
@@ -133,9 +229,12 @@ impl TestServer {
     }
 
     async fn connect(&self) -> WritClient {
-        WritClient::connect(&self.url())
-            .await
-            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url()))
+        let client = if self.config.tls.enabled {
+            self.connect_with(None).await
+        } else {
+            WritClient::connect(&self.url()).await
+        };
+        client.unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url()))
     }
 
     /// A client with no identity at all.

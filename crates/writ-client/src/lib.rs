@@ -2,9 +2,12 @@
 //! Revoke, and the operators' chain queries and audit trail, over gRPC.
 //!
 //! It links only the wire API (`writ-api`) and tonic, never the store, so an agent
-//! that embeds it does not pull in RocksDB. The caller's identity travels in request
-//! metadata, set once per client with [`WritClient::as_caller`] or
-//! [`WritClient::with_minter_credential`].
+//! that embeds it does not pull in RocksDB. A client proves who it is with the client
+//! certificate of its TLS connection ([`WritClient::connect_tls`] with a [`Tls`]
+//! identity), a JWT client assertion ([`WritClient::with_client_assertion`]), or a minter's
+//! or operator's credential ([`WritClient::with_minter_credential`]);
+//! [`WritClient::as_caller`] asserts an identity, which only a server in development mode
+//! accepts.
 #![forbid(unsafe_code)]
 
 use tonic::metadata::MetadataValue;
@@ -15,8 +18,32 @@ use writ_api::pb::{
 
 pub use writ_api::pb as proto;
 
-/// Metadata header carrying the caller's identity (interim, until mTLS).
+/// Metadata header carrying an asserted identity (development mode only).
 pub const CALLER_HEADER: &str = "x-writ-caller";
+/// Metadata header carrying a JWT client assertion.
+pub const ASSERTION_HEADER: &str = "writ-client-assertion";
+
+/// How to reach a Writ server over TLS: the CA certificate(s) to trust (PEM; a local
+/// server's is `<data_dir>/tls/ca.pem`), and optionally the client certificate and key
+/// that prove this client's SPIFFE ID.
+#[derive(Clone)]
+pub struct Tls {
+    /// PEM CA certificates the server's certificate must chain to.
+    pub ca_pem: String,
+    /// PEM client certificate (an X.509-SVID) and its PEM private key.
+    pub identity: Option<(String, String)>,
+    /// The name to check the server's certificate against; default: the address's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("identity", &self.identity.as_ref().map(|_| "<certificate>"))
+            .field("domain", &self.domain)
+            .finish_non_exhaustive()
+    }
+}
 
 /// A client-side failure.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +58,7 @@ pub enum ClientError {
     },
     /// A plaintext connection to a host that is not loopback was refused.
     #[error(
-        "refusing plaintext gRPC to {addr}: not a loopback address (tokens and credentials would cross the network in the clear; Writ has no TLS yet)"
+        "refusing plaintext gRPC to {addr}: not a loopback address (tokens and credentials would cross the network in the clear; connect with TLS)"
     )]
     Plaintext {
         /// The address given.
@@ -77,6 +104,7 @@ pub struct WritClient {
     chain: ChainServiceClient<Channel>,
     caller: Option<MetadataValue<tonic::metadata::Ascii>>,
     credential: Option<MetadataValue<tonic::metadata::Ascii>>,
+    assertion: Option<MetadataValue<tonic::metadata::Ascii>>,
 }
 
 impl std::fmt::Debug for WritClient {
@@ -92,10 +120,10 @@ impl std::fmt::Debug for WritClient {
 }
 
 impl WritClient {
-    /// Connects to `addr` (`http://host:port`, or `host:port`) on a loopback address.
-    /// Writ speaks plaintext gRPC until TLS lands, so a non-loopback host is refused
-    /// ([`ClientError::Plaintext`]): tokens and credentials would cross the network in the
-    /// clear. [`WritClient::connect_insecure`] accepts that risk explicitly.
+    /// Connects over plaintext gRPC to `addr` (`http://host:port`, or `host:port`) on a
+    /// loopback address (a server with `tls.enabled = false`). A non-loopback host is
+    /// refused ([`ClientError::Plaintext`]): tokens and credentials would cross the
+    /// network in the clear. [`WritClient::connect_insecure`] accepts that risk explicitly.
     pub async fn connect(addr: &str) -> Result<WritClient, ClientError> {
         let uri = uri_of(addr);
         if !is_loopback(&uri) {
@@ -117,15 +145,62 @@ impl WritClient {
             .connect()
             .await
             .map_err(|e| err(&e))?;
-        Ok(WritClient {
+        Ok(WritClient::over(channel))
+    }
+
+    /// Connects over TLS to `addr` (`https://host:port`, or `host:port`), trusting
+    /// `tls.ca_pem` and presenting `tls.identity` if set.
+    pub async fn connect_tls(addr: &str, tls: Tls) -> Result<WritClient, ClientError> {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let err = |e: &dyn std::fmt::Display| ClientError::Connect {
+            addr: addr.to_string(),
+            message: e.to_string(),
+        };
+        let uri = if addr.contains("://") {
+            addr.replacen("http://", "https://", 1)
+        } else {
+            format!("https://{addr}")
+        };
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+        if let Some((cert, key)) = &tls.identity {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(domain) = &tls.domain {
+            config = config.domain_name(domain.clone());
+        }
+        let channel = Endpoint::from_shared(uri)
+            .map_err(|e| err(&e))?
+            .tls_config(config)
+            .map_err(|e| err(&e))?
+            .connect()
+            .await
+            .map_err(|e| err(&e))?;
+        Ok(WritClient::over(channel))
+    }
+
+    fn over(channel: Channel) -> WritClient {
+        WritClient {
             inner: TokenServiceClient::new(channel.clone()),
             chain: ChainServiceClient::new(channel),
             caller: None,
             credential: None,
-        })
+            assertion: None,
+        }
     }
 
-    /// Acts as the party `id` (sets `x-writ-caller`).
+    /// Proves the caller's identity with a JWT client assertion (sets
+    /// `writ-client-assertion`). An assertion is single-use: set a fresh one per call.
+    pub fn with_client_assertion(mut self, jwt: &str) -> Result<WritClient, ClientError> {
+        let mut v: MetadataValue<tonic::metadata::Ascii> = jwt
+            .parse()
+            .map_err(|_| ClientError::Metadata(ASSERTION_HEADER))?;
+        v.set_sensitive(true);
+        self.assertion = Some(v);
+        Ok(self)
+    }
+
+    /// Asserts the identity `id` (sets `x-writ-caller`): accepted only by a server in
+    /// development mode.
     pub fn as_caller(mut self, id: &str) -> Result<WritClient, ClientError> {
         self.caller = Some(
             id.parse()
@@ -159,6 +234,9 @@ impl WritClient {
         }
         if let Some(c) = &self.credential {
             r.metadata_mut().insert("authorization", c.clone());
+        }
+        if let Some(c) = &self.assertion {
+            r.metadata_mut().insert(ASSERTION_HEADER, c.clone());
         }
         r
     }

@@ -1,26 +1,37 @@
-//! The caller-identity seam: the one place that decides who is calling.
+//! The caller-identity seam: the one place that decides who is calling. Nothing else in
+//! the server reads caller metadata or the connection's certificate.
 //!
-//! Today minters and operators prove themselves with a configured credential
-//! (`authorization: Bearer <credential>`), and any other caller *asserts* its identity in the `x-writ-caller`
-//! metadata header. That assertion is not authenticated: it is an interim measure until
-//! mTLS with SPIFFE-style identities and client credentials replace the body of
-//! [`Authenticator::identify`]. Nothing else in the server reads caller metadata.
+//! A caller proves its identity in exactly one of these ways:
+//! - **mTLS**: the SPIFFE ID of the X.509-SVID it presented in the TLS handshake
+//!   (verified there by [`crate::tls`]: chain, validity, key usage, trust domain).
+//! - **A JWT client assertion** (`writ-client-assertion`): signed by a key registered
+//!   for the party (RFC 7523), or a JWT-SVID verified against the trust domain's JWT
+//!   bundle ([`crate::assertion`]), for callers behind a TLS-terminating proxy.
+//! - **A bearer credential** (`authorization: Bearer <credential>`) configured for a
+//!   minter or operator.
+//! - **Asserted** in `x-writ-caller`: development mode only (`auth.asserted_identities`,
+//!   loopback listeners only). Anywhere else the header is refused, never ignored.
 //!
-//! Each identity header may appear at most once: a request carrying two values of
-//! `x-writ-caller` or `authorization` is refused (`INVALID_ARGUMENT`) rather than resolved
-//! by picking one, so a proxy that appends its own value after a client's cannot be
-//! bypassed. Proxies must still strip these headers from clients.
+//! Presenting two proofs at once is refused rather than resolved by picking one, and so
+//! is any identity header sent twice: a proxy that adds its own value beside a client's
+//! cannot be bypassed. What an identity may do (its roles) comes from the registry, never
+//! from the request.
 
+use crate::assertion::{ASSERTION_HEADER, AssertionError, AssertionKind, AssertionVerifier};
 use crate::error::ServiceError;
 use crate::secrets::{Credentials, Role as CredentialRole};
+use crate::tls::PeerInfo;
+use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use writ_core::policy::{Role, Roles};
 use writ_core::{Actor, AuthMethod};
 
-/// Metadata header carrying an asserted caller identity (interim; see module docs).
+/// Metadata header carrying an asserted caller identity (development mode only).
 pub const CALLER_HEADER: &str = "x-writ-caller";
 /// Metadata header carrying a minter's or operator's bearer credential.
 const AUTHORIZATION: &str = "authorization";
+/// Every header that carries an identity: each may appear at most once.
+const IDENTITY_HEADERS: [&str; 3] = [CALLER_HEADER, AUTHORIZATION, ASSERTION_HEADER];
 
 /// Who is calling: an authenticated identity with the roles it holds, or nobody.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -89,6 +100,13 @@ pub enum AuthError {
     /// A credential was presented and is wrong.
     #[error("authorization: the credential is not valid")]
     BadCredential,
+    /// A proof of identity was presented and does not hold (a client assertion that does
+    /// not verify, an asserted identity outside development mode).
+    #[error("{0}")]
+    Unproven(String),
+    /// Too many live client assertions to remember: try again later.
+    #[error("{0}")]
+    Exhausted(String),
     /// A header is malformed.
     #[error("{0}")]
     Malformed(String),
@@ -97,77 +115,166 @@ pub enum AuthError {
     Forbidden(String),
 }
 
-/// Identifies callers from request metadata.
+/// Identifies callers from the request: its connection's client certificate and its
+/// metadata.
 #[derive(Clone, Debug)]
 pub struct Authenticator {
     credentials: Credentials,
+    /// Development mode: `x-writ-caller` is accepted (unproven).
+    asserted: bool,
+    /// Verifies client assertions; `None` where none are configured (unit tests).
+    assertions: Option<Arc<AssertionVerifier>>,
 }
 
 impl Authenticator {
-    /// An authenticator that knows these credentialed identities.
+    /// An authenticator that knows these credentialed identities and accepts no asserted
+    /// identity and no client assertion.
     pub fn new(credentials: Credentials) -> Self {
-        Authenticator { credentials }
+        Authenticator {
+            credentials,
+            asserted: false,
+            assertions: None,
+        }
     }
 
-    /// Decides who is calling. A bearer credential wins; if it is present it must be
-    /// valid, and an `x-writ-caller` header beside it must name the same minter. Nobody
-    /// may assert a minter's identity without its credential. A header sent more than
-    /// once is malformed.
-    pub fn identify(&self, md: &MetadataMap) -> Result<Caller, AuthError> {
-        for header in [CALLER_HEADER, AUTHORIZATION] {
+    /// Also verifies client assertions with `verifier`.
+    pub fn with_assertions(mut self, verifier: Arc<AssertionVerifier>) -> Self {
+        self.assertions = Some(verifier);
+        self
+    }
+
+    /// Development mode: accept identities asserted in `x-writ-caller`.
+    pub fn with_asserted_identities(mut self, on: bool) -> Self {
+        self.asserted = on;
+        self
+    }
+
+    /// Decides who is calling `request`.
+    pub fn identify<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
+        let peer = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.spiffe_id.as_ref())
+            .map(|id| id.to_string());
+        self.identify_parts(request.metadata(), peer)
+    }
+
+    /// [`identify`](Self::identify) from the metadata and the SPIFFE ID of the
+    /// connection's verified client certificate, if any.
+    pub fn identify_parts(
+        &self,
+        md: &MetadataMap,
+        peer: Option<String>,
+    ) -> Result<Caller, AuthError> {
+        for header in IDENTITY_HEADERS {
             if md.get_all(header).iter().nth(1).is_some() {
                 return Err(AuthError::Malformed(format!(
                     "{header}: sent more than once; send exactly one value"
                 )));
             }
         }
-        let asserted = match md.get(CALLER_HEADER) {
-            None => None,
+        let presented: Vec<&str> = [
+            peer.as_ref().map(|_| "a client certificate"),
+            md.get(AUTHORIZATION).map(|_| AUTHORIZATION),
+            md.get(ASSERTION_HEADER).map(|_| ASSERTION_HEADER),
+            md.get(CALLER_HEADER).map(|_| CALLER_HEADER),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        if md.get(CALLER_HEADER).is_some() && !self.asserted {
+            return Err(AuthError::Unproven(format!(
+                "{CALLER_HEADER}: asserted identities are refused (development mode is off); \
+                 prove the identity with a client certificate or a client assertion ({ASSERTION_HEADER})"
+            )));
+        }
+        if presented.len() > 1 {
+            return Err(AuthError::Malformed(format!(
+                "present one proof of identity, not {}",
+                presented.join(" and ")
+            )));
+        }
+        if let Some(v) = md.get(AUTHORIZATION) {
+            return self.bearer(v);
+        }
+        if let Some(v) = md.get(ASSERTION_HEADER) {
+            return self.assertion(v);
+        }
+        if let Some(id) = peer {
+            return Ok(party(id, AuthMethod::Mtls));
+        }
+        match md.get(CALLER_HEADER) {
+            None => Ok(Caller::Anonymous),
             Some(v) => {
-                let s = v.to_str().map_err(|_| {
+                let id = v.to_str().map_err(|_| {
                     AuthError::Malformed(format!("{CALLER_HEADER}: must be printable ASCII"))
                 })?;
-                writ_api::convert::id(CALLER_HEADER, s)
+                writ_api::convert::id(CALLER_HEADER, id)
                     .map_err(|e| AuthError::Malformed(e.to_string()))?;
-                Some(s.to_string())
+                if self.credentials.is_credentialed_id(id) {
+                    return Err(AuthError::Forbidden(format!(
+                        "{CALLER_HEADER}: {id:?} is a minter or operator and must present its credential"
+                    )));
+                }
+                Ok(party(id.to_owned(), AuthMethod::Asserted))
             }
-        };
-        if let Some(v) = md.get(AUTHORIZATION) {
-            let value = v.to_str().map_err(|_| AuthError::BadCredential)?;
-            // RFC 7235: the scheme is case-insensitive.
-            let cred = match value.split_once(' ') {
-                Some((scheme, cred)) if scheme.eq_ignore_ascii_case("bearer") => cred.trim(),
-                _ => return Err(AuthError::BadCredential),
-            };
-            let (id, role) = self
-                .credentials
-                .identify(cred)
-                .ok_or(AuthError::BadCredential)?;
-            if asserted.as_deref().is_some_and(|a| a != id) {
-                return Err(AuthError::Forbidden(format!(
-                    "{CALLER_HEADER}: does not match the credential's identity"
-                )));
-            }
-            let role = match role {
-                CredentialRole::Minter => Role::Minter,
-                CredentialRole::Operator => Role::Operator,
-            };
-            return Ok(Caller::known(id, AuthMethod::Bearer, &[role]));
-        }
-        match asserted {
-            Some(id) if self.credentials.is_credentialed_id(&id) => {
-                Err(AuthError::Forbidden(format!(
-                    "{CALLER_HEADER}: {id:?} is a minter or operator and must present its credential"
-                )))
-            }
-            Some(id) => Ok(Caller::known(
-                id,
-                AuthMethod::Asserted,
-                &[Role::Agent, Role::ResourceServer],
-            )),
-            None => Ok(Caller::Anonymous),
         }
     }
+
+    /// A minter's or operator's bearer credential.
+    fn bearer(
+        &self,
+        v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> Result<Caller, AuthError> {
+        let value = v.to_str().map_err(|_| AuthError::BadCredential)?;
+        // RFC 7235: the scheme is case-insensitive.
+        let cred = match value.split_once(' ') {
+            Some((scheme, cred)) if scheme.eq_ignore_ascii_case("bearer") => cred.trim(),
+            _ => return Err(AuthError::BadCredential),
+        };
+        let (id, role) = self
+            .credentials
+            .identify(cred)
+            .ok_or(AuthError::BadCredential)?;
+        let role = match role {
+            CredentialRole::Minter => Role::Minter,
+            CredentialRole::Operator => Role::Operator,
+        };
+        Ok(Caller::known(id, AuthMethod::Bearer, &[role]))
+    }
+
+    /// A JWT client assertion or JWT-SVID.
+    fn assertion(
+        &self,
+        v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+    ) -> Result<Caller, AuthError> {
+        let Some(verifier) = &self.assertions else {
+            return Err(AuthError::Unproven(format!(
+                "{ASSERTION_HEADER}: client assertions are not configured"
+            )));
+        };
+        let jwt = v.to_str().map_err(|_| {
+            AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
+        })?;
+        let now = crate::service::now_micros() / 1_000_000;
+        let keys_of = |_: &str| None;
+        let verified = verifier.verify(jwt, &keys_of, now).map_err(|e| match e {
+            AssertionError::Malformed(m) => AuthError::Malformed(m),
+            AssertionError::ReplayCacheFull { .. } => AuthError::Exhausted(e.to_string()),
+            other => AuthError::Unproven(other.to_string()),
+        })?;
+        let method = match verified.kind {
+            AssertionKind::ClientAssertion => AuthMethod::ClientAssertion,
+            AssertionKind::JwtSvid => AuthMethod::JwtSvid,
+        };
+        Ok(party(verified.subject, method))
+    }
+}
+
+/// A party proven by `auth`: until the registry says otherwise, it may hold, derive and
+/// check tokens.
+fn party(id: String, auth: AuthMethod) -> Caller {
+    Caller::known(id, auth, &[Role::Agent, Role::ResourceServer])
 }
 
 #[cfg(test)]
@@ -187,7 +294,11 @@ mod tests {
             CredentialRole::Operator,
             credential_digest(OPS),
         );
-        Authenticator::new(m)
+        Authenticator::new(m).with_asserted_identities(true)
+    }
+
+    fn who(a: &Authenticator, m: &MetadataMap) -> Result<Caller, AuthError> {
+        a.identify_parts(m, None)
     }
 
     fn md(pairs: &[(&'static str, &str)]) -> MetadataMap {
@@ -204,54 +315,57 @@ mod tests {
         let bearer = format!("Bearer {C1}");
         let lower = format!("bearer {C1}");
         assert_eq!(
-            a.identify(&md(&[("authorization", &bearer)])),
+            who(&a, &md(&[("authorization", &bearer)])),
             Ok(Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]))
         );
         assert_eq!(
-            a.identify(&md(&[("authorization", &lower)])),
+            who(&a, &md(&[("authorization", &lower)])),
             Ok(Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]))
         );
         let wrong = format!("Bearer {C1}x");
         assert_eq!(
-            a.identify(&md(&[("authorization", &wrong)])),
+            who(&a, &md(&[("authorization", &wrong)])),
             Err(AuthError::BadCredential)
         );
         assert_eq!(
-            a.identify(&md(&[("authorization", "Bearer ")])),
+            who(&a, &md(&[("authorization", "Bearer ")])),
             Err(AuthError::BadCredential)
         );
         assert_eq!(
-            a.identify(&md(&[("authorization", C1)])),
+            who(&a, &md(&[("authorization", C1)])),
             Err(AuthError::BadCredential)
         );
         assert_eq!(
-            a.identify(&md(&[(CALLER_HEADER, "planner")])),
+            who(&a, &md(&[(CALLER_HEADER, "planner")])),
             Ok(Caller::known(
                 "planner",
                 AuthMethod::Asserted,
                 &[Role::Agent, Role::ResourceServer]
             ))
         );
+        // Two proofs: refused, whichever they name.
+        for other in ["other", "gw"] {
+            assert!(matches!(
+                who(&a, &md(&[("authorization", &bearer), (CALLER_HEADER, other)])),
+                Err(AuthError::Malformed(m)) if m.contains("one proof")
+            ));
+        }
         assert!(matches!(
-            a.identify(&md(&[("authorization", &bearer), (CALLER_HEADER, "other")])),
-            Err(AuthError::Forbidden(_))
-        ));
-        assert!(matches!(
-            a.identify(&md(&[(CALLER_HEADER, "gw")])),
+            who(&a, &md(&[(CALLER_HEADER, "gw")])),
             Err(AuthError::Forbidden(_))
         ));
         let ops = format!("Bearer {OPS}");
         assert_eq!(
-            a.identify(&md(&[("authorization", &ops)])),
+            who(&a, &md(&[("authorization", &ops)])),
             Ok(Caller::known("ops", AuthMethod::Bearer, &[Role::Operator]))
         );
         assert!(matches!(
-            a.identify(&md(&[(CALLER_HEADER, "ops")])),
+            who(&a, &md(&[(CALLER_HEADER, "ops")])),
             Err(AuthError::Forbidden(_))
         ));
-        assert_eq!(a.identify(&md(&[])), Ok(Caller::Anonymous));
+        assert_eq!(who(&a, &md(&[])), Ok(Caller::Anonymous));
         assert!(matches!(
-            a.identify(&md(&[(CALLER_HEADER, "a b")])),
+            who(&a, &md(&[(CALLER_HEADER, "a b")])),
             Err(AuthError::Malformed(_))
         ));
     }
@@ -262,7 +376,7 @@ mod tests {
         let a = auth();
         let mut callers = md(&[(CALLER_HEADER, "planner")]);
         callers.append(CALLER_HEADER, "booking".parse().unwrap());
-        match a.identify(&callers) {
+        match who(&a, &callers) {
             Err(AuthError::Malformed(m)) => assert!(m.starts_with(CALLER_HEADER), "{m}"),
             other => panic!("expected Malformed, got {other:?}"),
         }
@@ -270,17 +384,65 @@ mod tests {
         let bearer = format!("Bearer {C1}");
         let mut creds = md(&[("authorization", &bearer)]);
         creds.append("authorization", bearer.parse().unwrap());
-        match a.identify(&creds) {
+        match who(&a, &creds) {
             Err(AuthError::Malformed(m)) => assert!(m.starts_with("authorization"), "{m}"),
             other => panic!("expected Malformed, got {other:?}"),
         }
         let mut mixed = md(&[("authorization", &bearer)]);
         mixed.append("authorization", "Bearer other".parse().unwrap());
-        assert!(matches!(a.identify(&mixed), Err(AuthError::Malformed(_))));
-        let err = crate::error::ServiceError::from(a.identify(&callers).unwrap_err());
+        assert!(matches!(who(&a, &mixed), Err(AuthError::Malformed(_))));
+        let err = crate::error::ServiceError::from(who(&a, &callers).unwrap_err());
+        // The client assertion header too.
+        let mut jwts = md(&[(ASSERTION_HEADER, "a.b.c")]);
+        jwts.append(ASSERTION_HEADER, "d.e.f".parse().unwrap());
+        assert!(
+            matches!(who(&a, &jwts), Err(AuthError::Malformed(m)) if m.starts_with(ASSERTION_HEADER))
+        );
         assert_eq!(
             tonic::Status::from(err).code(),
             tonic::Code::InvalidArgument
         );
+    }
+
+    /// Outside development mode an asserted identity is refused, never ignored; a client
+    /// certificate is an identity proven by mTLS and cannot be combined with another proof.
+    #[test]
+    fn asserted_identities_only_in_development_mode_and_one_proof_at_a_time() {
+        let mut m = Credentials::default();
+        m.add("gw".into(), CredentialRole::Minter, credential_digest(C1));
+        let a = Authenticator::new(m);
+        let spiffe = "spiffe://writ.local/agent/planner".to_owned();
+        match a.identify_parts(&md(&[(CALLER_HEADER, "planner")]), None) {
+            Err(e @ AuthError::Unproven(_)) => {
+                assert!(e.to_string().starts_with(CALLER_HEADER), "{e}");
+                let status = tonic::Status::from(crate::error::ServiceError::from(e));
+                assert_eq!(status.code(), tonic::Code::Unauthenticated);
+            }
+            other => panic!("expected Unproven, got {other:?}"),
+        }
+        // Even beside a valid client certificate.
+        assert!(matches!(
+            a.identify_parts(&md(&[(CALLER_HEADER, "planner")]), Some(spiffe.clone())),
+            Err(AuthError::Unproven(_))
+        ));
+        assert_eq!(
+            a.identify_parts(&md(&[]), Some(spiffe.clone())),
+            Ok(Caller::known(
+                spiffe.clone(),
+                AuthMethod::Mtls,
+                &[Role::Agent, Role::ResourceServer]
+            ))
+        );
+        let bearer = format!("Bearer {C1}");
+        assert!(matches!(
+            a.identify_parts(&md(&[("authorization", &bearer)]), Some(spiffe.clone())),
+            Err(AuthError::Malformed(m)) if m.contains("client certificate and authorization")
+        ));
+        // No verifier configured: a client assertion proves nothing.
+        assert!(matches!(
+            a.identify_parts(&md(&[(ASSERTION_HEADER, "a.b.c")]), None),
+            Err(AuthError::Unproven(_))
+        ));
+        assert_eq!(a.identify_parts(&md(&[]), None), Ok(Caller::Anonymous));
     }
 }

@@ -183,11 +183,8 @@ async fn forward(
 }
 
 /// The operator behind a chain query, or why the caller may not make one.
-fn operator_only(
-    auth: &Authenticator,
-    md: &tonic::metadata::MetadataMap,
-) -> Result<String, Status> {
-    let caller: Caller = auth.identify(md).map_err(ServiceError::from)?;
+fn operator_only<T>(auth: &Authenticator, request: &Request<T>) -> Result<String, Status> {
+    let caller: Caller = auth.identify(request).map_err(ServiceError::from)?;
     let operator = caller.require(
         &[Role::Operator],
         "chain queries require an operator's identity",
@@ -258,7 +255,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        operator_only(&self.auth, request.metadata())?;
+        operator_only(&self.auth, &request)?;
         let l = convert::list_transactions_request(request.into_inner())?;
         let now = now();
         let page = self
@@ -289,7 +286,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        operator_only(&self.auth, request.metadata())?;
+        operator_only(&self.auth, &request)?;
         let (txn, after, limit) = convert::list_events_request(request.into_inner())?;
         // Everything this server has answered is in the trail before it is read, and
         // nothing is shown past an event still being written (so a reader paging by id
@@ -316,7 +313,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let operator = operator_only(&self.auth, request.metadata())?;
+        let operator = operator_only(&self.auth, &request)?;
         let filter = convert::watch_events_request(request.into_inner())?;
         let slot = WatchSlot::take(&self.watchers, &operator)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
@@ -335,7 +332,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
         use prost::Message;
-        operator_only(&self.auth, request.metadata())?;
+        operator_only(&self.auth, &request)?;
         let (txn, after, page_size) = convert::get_transaction_request(request.into_inner())?;
         // The tree's shape comes from the transaction index alone; records are read only
         // for the page answered.
@@ -410,7 +407,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::GetTokenResponse>, Status> {
-        operator_only(&self.auth, request.metadata())?;
+        operator_only(&self.auth, &request)?;
         let id: TokenId = convert::parsed("token_id", &request.into_inner().token_id)?;
         let Some((record, state)) = self.load(id).await? else {
             return Err(ServiceError::NotFound(format!("token_id: no token {id}")).into());

@@ -14,7 +14,8 @@ use writ_store::Durability;
 pub struct Config {
     /// Address to listen on. Default: loopback only.
     pub listen: SocketAddr,
-    /// Accept a non-loopback `listen` address although traffic is plaintext. Off.
+    /// Accept a non-loopback `listen` address although `tls.enabled = false` (plaintext:
+    /// behind a TLS-terminating proxy, with client assertions). Off.
     pub allow_insecure_listen: bool,
     /// Where the store, the server keys and the local minter credential live.
     pub data_dir: PathBuf,
@@ -34,6 +35,67 @@ pub struct Config {
     /// Callers allowed to revoke by token id or transaction. When empty, a local operator
     /// credential is generated in the data directory on first start.
     pub operators: Vec<CredentialConfig>,
+    /// TLS: the server's certificate and the trust bundle for client certificates.
+    pub tls: TlsConfig,
+    /// How callers prove who they are besides client certificates.
+    pub auth: AuthConfig,
+}
+
+/// TLS settings. With no files named, `writ serve` creates a local development CA and a
+/// server certificate under `<data_dir>/tls/` on first start (`ca.pem` is the CA clients
+/// trust and `writ certs issue` signs with).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Serve TLS (default). Off: plaintext, on loopback only unless `allow_insecure_listen`.
+    pub enabled: bool,
+    /// The server's certificate chain (PEM). Set all three files or none.
+    pub cert: Option<PathBuf>,
+    /// The server's private key (PEM).
+    pub key: Option<PathBuf>,
+    /// The trust bundle (PEM CA certificates) client certificates must chain to, e.g. the
+    /// SPIRE bundle of the trust domain.
+    pub client_ca: Option<PathBuf>,
+    /// How often the three files are checked for changes (rotation without restart).
+    pub reload_interval_seconds: u64,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout_seconds: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            enabled: true,
+            cert: None,
+            key: None,
+            client_ca: None,
+            reload_interval_seconds: 5,
+            handshake_timeout_seconds: 10,
+        }
+    }
+}
+
+/// Identity settings beyond client certificates and bearer credentials.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Development mode: accept identities *asserted* in `x-writ-caller`, unproven. Only on
+    /// a loopback listener; logged at start, and every audit event recorded says the actor
+    /// was asserted. Off.
+    pub asserted_identities: bool,
+    /// The `aud` a JWT client assertion must name. Default: `spiffe://<trust_domain>/writ`.
+    pub assertion_audience: Option<String>,
+    /// A SPIFFE JWT bundle (JWKS) to verify JWT-SVIDs against; re-read when it changes.
+    pub jwt_svid_bundle: Option<PathBuf>,
+}
+
+impl AuthConfig {
+    /// The `aud` client assertions must carry.
+    pub fn audience(&self, trust_domain: &str) -> String {
+        self.assertion_audience
+            .clone()
+            .unwrap_or_else(|| format!("spiffe://{trust_domain}/writ"))
+    }
 }
 
 /// Token lifetime and chain limits.
@@ -162,6 +224,8 @@ impl Default for Config {
             runtime: RuntimeConfig::default(),
             minters: Vec::new(),
             operators: Vec::new(),
+            tls: TlsConfig::default(),
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -298,8 +362,45 @@ impl Config {
                 t.max_children
             ));
         }
-        if writ_api::convert::id("trust_domain", &self.trust_domain).is_err() {
-            return bad("trust_domain must be a non-empty id without whitespace".into());
+        if let Err(e) = crate::tls::validate_trust_domain(&self.trust_domain) {
+            return bad(format!("trust_domain = {:?}: {e}", self.trust_domain));
+        }
+        let tls = &self.tls;
+        match (&tls.cert, &tls.key, &tls.client_ca) {
+            (None, None, None) | (Some(_), Some(_), Some(_)) => {}
+            _ => {
+                return bad(
+                    "tls.cert, tls.key and tls.client_ca: set all three, or none for the development CA"
+                        .into(),
+                );
+            }
+        }
+        if tls.reload_interval_seconds == 0 || tls.reload_interval_seconds > 3600 {
+            return bad(format!(
+                "tls.reload_interval_seconds = {} must be in 1..=3600",
+                tls.reload_interval_seconds
+            ));
+        }
+        if tls.handshake_timeout_seconds == 0 || tls.handshake_timeout_seconds > 60 {
+            return bad(format!(
+                "tls.handshake_timeout_seconds = {} must be in 1..=60",
+                tls.handshake_timeout_seconds
+            ));
+        }
+        if self.auth.asserted_identities && !self.listen.ip().is_loopback() {
+            return bad(format!(
+                "auth.asserted_identities (development mode) is only allowed on a loopback \
+                 listener, and listen = {}: asserted identities are unproven",
+                self.listen
+            ));
+        }
+        if !tls.enabled && !self.listen.ip().is_loopback() && !self.allow_insecure_listen {
+            return bad(format!(
+                "listen = {}: with tls.enabled = false Writ speaks plaintext gRPC (credentials \
+                 and tokens in the clear); listen on loopback behind a TLS-terminating proxy, or \
+                 set allow_insecure_listen = true to accept the risk",
+                self.listen
+            ));
         }
         let all: Vec<&CredentialConfig> = self.minters.iter().chain(&self.operators).collect();
         for m in &all {

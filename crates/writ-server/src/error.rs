@@ -115,9 +115,9 @@ impl From<ServiceError> for tonic::Status {
         use tonic::Code;
         let code = match &e {
             ServiceError::Invalid(_) => Code::InvalidArgument,
-            ServiceError::Auth(AuthError::BadCredential) | ServiceError::Unauthenticated(_) => {
-                Code::Unauthenticated
-            }
+            ServiceError::Auth(AuthError::BadCredential | AuthError::Unproven(_))
+            | ServiceError::Unauthenticated(_) => Code::Unauthenticated,
+            ServiceError::Auth(AuthError::Exhausted(_)) => Code::ResourceExhausted,
             ServiceError::Auth(AuthError::Malformed(_)) => Code::InvalidArgument,
             ServiceError::Auth(AuthError::Forbidden(_)) => Code::PermissionDenied,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,

@@ -42,10 +42,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::MintRequest>,
     ) -> Result<Response<pb::MintResponse>, Status> {
-        let caller = self
-            .auth
-            .identify(request.metadata())
-            .map_err(ServiceError::from)?;
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
         let (req, key) = convert::mint_request(request.into_inner())?;
         let (secret, record) = self.service.mint(&caller, req, key.as_deref()).await?;
         Ok(Response::new(pb::MintResponse {
@@ -58,10 +55,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::DownscopeRequest>,
     ) -> Result<Response<pb::DownscopeResponse>, Status> {
-        let caller = self
-            .auth
-            .identify(request.metadata())
-            .map_err(ServiceError::from)?;
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
         let d = convert::downscope_request(request.into_inner())?;
         let (secret, record) = self
             .service
@@ -82,10 +76,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let caller = self
-            .auth
-            .identify(request.metadata())
-            .map_err(ServiceError::from)?;
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
         let req = request.into_inner();
         let action = convert::action(req.action)?;
         let answer = match self.service.validate(&caller, &req.token, action).await? {
@@ -117,10 +108,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let caller = self
-            .auth
-            .identify(request.metadata())
-            .map_err(ServiceError::from)?;
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
         let (target, reason) = convert::revoke_request(request.into_inner())?;
         let ids = self.service.revoke(&caller, target, reason).await?;
         Ok(Response::new(pb::RevokeResponse {

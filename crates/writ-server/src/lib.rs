@@ -63,6 +63,15 @@ pub enum ServerError {
     /// A secret file could not be created, read or trusted.
     #[error(transparent)]
     Secrets(#[from] secrets::SecretsError),
+    /// The development CA or server certificate could not be made or read.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The TLS material could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The client-assertion verifier could not be set up (e.g. the JWT bundle).
+    #[error(transparent)]
+    Assertion(#[from] assertion::AssertionError),
     /// The store could not be opened.
     #[error("opening the store: {0}")]
     Store(#[from] writ_store::StoreError),
@@ -79,6 +88,8 @@ pub struct RunningServer {
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
     cleanup: JoinHandle<()>,
+    /// Re-read TLS material and the JWT bundle when they change.
+    reloaders: Vec<JoinHandle<()>>,
     audit_writer: JoinHandle<()>,
     /// Released last, off the async threads: closing the store flushes its memtables.
     store: Arc<RocksStore>,
@@ -134,6 +145,9 @@ impl RunningServer {
         };
         let _ = self.stop.send(true);
         let _ = self.cleanup.await;
+        for r in self.reloaders {
+            let _ = r.await;
+        }
         // The services are gone with the server, so the writer drains its queue and ends.
         let _ = self.audit_writer.await;
         // Normally the last handle: its drop flushes the store (blocking work).
@@ -157,15 +171,6 @@ async fn start_with_keepalive(
     keepalive_timeout: std::time::Duration,
 ) -> Result<RunningServer, ServerError> {
     config.validate()?;
-    if !config.listen.ip().is_loopback() && !config.allow_insecure_listen {
-        return Err(config::ConfigError::Invalid(format!(
-            "listen = {}: Writ speaks plaintext gRPC (bearer tokens and credentials in the clear) \
-             until TLS lands; listen on loopback behind a TLS-terminating proxy, or set \
-             allow_insecure_listen = true to accept the risk",
-            config.listen
-        ))
-        .into());
-    }
     let data_dir = config.data_dir.clone();
     secrets::ensure_private_dir(&data_dir)?;
     // Before any secret is read or generated: a second server on this directory stops
@@ -201,6 +206,44 @@ async fn start_with_keepalive(
             .map_err(|e| config::ConfigError::Invalid(format!("{:?}: {e}", m.id)))?;
         credentials.add(m.id.clone(), role, digest);
     }
+    let tls = if config.tls.enabled {
+        let files = match (&config.tls.cert, &config.tls.key, &config.tls.client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            },
+            _ => {
+                let dev = pki::load_or_create_dev_tls(&data_dir, &config.trust_domain)?;
+                tracing::info!(
+                    ca = %dev.ca_cert.display(),
+                    "TLS with the local development CA: clients trust this CA certificate; \
+                     `writ certs issue NAME` signs client certificates with it"
+                );
+                dev.server_files()
+            }
+        };
+        Some(tls::TlsSource::load(files, &config.trust_domain)?)
+    } else {
+        tracing::warn!("tls.enabled = false: plaintext gRPC; no client certificates");
+        None
+    };
+    let started = service::now_micros() / 1_000_000;
+    let mut assertion_config = assertion::AssertionConfig::new(
+        config.auth.audience(&config.trust_domain),
+        config.trust_domain.clone(),
+    );
+    assertion_config.jwt_svid_bundle = config.auth.jwt_svid_bundle.clone();
+    let assertions = Arc::new(assertion::AssertionVerifier::new(
+        assertion_config,
+        started,
+    )?);
+    if config.auth.asserted_identities {
+        tracing::warn!(
+            "DEVELOPMENT MODE: identities asserted in x-writ-caller are accepted UNPROVEN; \
+             every audit event they cause is marked `asserted`. Never run this in production."
+        );
+    }
     // Bind before opening the store: a busy port fails fast and leaves nothing running.
     let listener = TcpListener::bind(config.listen)
         .await
@@ -232,7 +275,9 @@ async fn start_with_keepalive(
     .with_idempotency_window(std::time::Duration::from_secs(
         config.tokens.idempotency_window_seconds,
     ));
-    let auth = auth::Authenticator::new(credentials);
+    let auth = auth::Authenticator::new(credentials)
+        .with_assertions(assertions.clone())
+        .with_asserted_identities(config.auth.asserted_identities);
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
         store.clone(),
         auth.clone(),
@@ -258,25 +303,53 @@ async fn start_with_keepalive(
         stop.subscribe(),
     ));
     let incoming = transport::incoming(listener);
-    let task = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .http2_max_header_list_size(16 * 1024)
-            .max_concurrent_streams(256)
-            .concurrency_limit_per_connection(256)
-            .timeout(std::time::Duration::from_secs(30))
-            .http2_keepalive_interval(Some(keepalive_interval))
-            .http2_keepalive_timeout(Some(keepalive_timeout))
-            .add_service(svc)
-            .add_service(chain)
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stopped.wait_for(|s| *s).await;
+    let router = tonic::transport::Server::builder()
+        .http2_max_header_list_size(16 * 1024)
+        .max_concurrent_streams(256)
+        .concurrency_limit_per_connection(256)
+        .timeout(std::time::Duration::from_secs(30))
+        .http2_keepalive_interval(Some(keepalive_interval))
+        .http2_keepalive_timeout(Some(keepalive_timeout))
+        .add_service(svc)
+        .add_service(chain);
+    let shutdown = async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    };
+    let mut reloaders = vec![assertions.spawn_bundle_reloader(
+        std::time::Duration::from_secs(config.tls.reload_interval_seconds),
+        stop.subscribe(),
+    )];
+    let task = match tls {
+        Some(source) => {
+            reloaders.push(source.spawn_reloader(
+                std::time::Duration::from_secs(config.tls.reload_interval_seconds),
+                stop.subscribe(),
+            ));
+            let handshake = std::time::Duration::from_secs(config.tls.handshake_timeout_seconds);
+            let incoming = tls::incoming(incoming, source, handshake);
+            tokio::spawn(async move {
+                router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .map_err(|e| ServerError::Transport(e.to_string()))
             })
-            .await
-            .map_err(|e| ServerError::Transport(e.to_string()))
-    });
-    tracing::info!(addr = %local_addr, data_dir = %data_dir.display(), "writ listening");
+        }
+        None => tokio::spawn(async move {
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+                .map_err(|e| ServerError::Transport(e.to_string()))
+        }),
+    };
+    tracing::info!(
+        addr = %local_addr,
+        data_dir = %data_dir.display(),
+        tls = config.tls.enabled,
+        "writ listening"
+    );
     Ok(RunningServer {
         local_addr,
+        reloaders,
         stop,
         task,
         cleanup,
@@ -293,13 +366,19 @@ mod tests {
     #[tokio::test]
     async fn refuses_plaintext_beyond_loopback() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+        let mut config = Config {
             listen: "0.0.0.0:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
-        let err = start(config).await.unwrap_err();
+        config.tls.enabled = false;
+        let err = start(config.clone()).await.unwrap_err();
         assert!(err.to_string().contains("allow_insecure_listen"), "{err}");
+        // Development mode is refused beyond loopback, TLS or not.
+        config.tls.enabled = true;
+        config.auth.asserted_identities = true;
+        let err = start(config).await.unwrap_err();
+        assert!(err.to_string().contains("asserted_identities"), "{err}");
         assert!(
             !dir.path().join("data").exists(),
             "refused before touching the data dir"
@@ -317,11 +396,13 @@ mod tests {
         const SETTINGS: u8 = 4;
         const ACK: u8 = 1;
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        // Raw HTTP/2 frames: plaintext (the ping is HTTP/2's, under TLS or not).
+        config.tls.enabled = false;
         let short = Duration::from_millis(200);
         let server = start_with_keepalive(config, short, short).await.unwrap();
         let mut peer = tokio::net::TcpStream::connect(server.local_addr)
