@@ -10,6 +10,8 @@ use writ_api::convert::Action;
 use writ_core::narrow::{ChildRequest, MintRequest, Policy};
 use writ_core::{Attributes, Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis};
 use writ_server::audit::Audit;
+use writ_core::AuthMethod;
+use writ_core::policy::Role;
 use writ_server::auth::Caller;
 use writ_server::config::ValidationEvents;
 use writ_server::error::ServiceError;
@@ -91,12 +93,17 @@ pub async fn purge_before<S: TokenStore>(
     }
 }
 
+/// A party holding and checking tokens, identified as a benchmark client is (asserted).
+fn party(id: &str) -> Caller {
+    Caller::known(id, AuthMethod::Asserted, &[Role::Agent, Role::ResourceServer])
+}
+
 /// Mint as the local minter (no idempotency key: every call a new token).
 pub async fn mint<S: TokenStore>(
     svc: &Service<S>,
     req: MintRequest,
 ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-    svc.mint(&Caller::Minter(fixtures::MINTER.into()), req, None)
+    svc.mint(&Caller::known(fixtures::MINTER, AuthMethod::Bearer, &[Role::Minter]), req, None)
         .await
 }
 
@@ -107,7 +114,7 @@ pub async fn downscope<S: TokenStore>(
     parent_token: &str,
     req: ChildRequest,
 ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-    svc.downscope(&Caller::Party(holder.into()), parent_token, req, None)
+    svc.downscope(&party(holder), parent_token, req, None)
         .await
 }
 
@@ -130,7 +137,7 @@ pub async fn validate<S: TokenStore>(
         .await;
     }
     let v = svc
-        .validate(&Caller::Party(audience.into()), token, None)
+        .validate(&party(audience), token, None)
         .await?;
     Ok(matches!(v, Validation::Active { .. }))
 }
@@ -150,7 +157,7 @@ pub async fn validate_action<S: TokenStore>(
         attributes,
     };
     let v = svc
-        .validate(&Caller::Party(audience.into()), token, Some(action))
+        .validate(&party(audience), token, Some(action))
         .await?;
     Ok(matches!(
         v,

@@ -93,6 +93,10 @@ pub fn spawn_writ(spec: RuntimeSpec, configure: impl FnOnce(&mut Config)) -> Res
     let tmp = tempfile::tempdir().context("creating a temporary data directory")?;
     let data_dir = tmp.path().join("data");
     let mut config = Config::default();
+    // Plaintext with asserted identities on loopback, as the empty-RPC floor is measured
+    // (the TLS and mTLS costs are issue 15's to measure).
+    config.tls.enabled = false;
+    config.auth.asserted_identities = true;
     configure(&mut config);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = data_dir.clone();

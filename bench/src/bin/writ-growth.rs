@@ -1578,11 +1578,14 @@ async fn footprint(
 /// The server process of `footprint`: serves `data_dir` until stdin closes.
 async fn serve_data_dir(data_dir: PathBuf) -> Result<()> {
     use std::io::{Read, Write};
-    let config = writ_server::Config {
+    let mut config = writ_server::Config {
         listen: std::net::SocketAddr::from(([127, 0, 0, 1], 0)),
         data_dir,
         ..writ_server::Config::default()
     };
+    // Plaintext with asserted identities on loopback, like the other benchmarks.
+    config.tls.enabled = false;
+    config.auth.asserted_identities = true;
     let running = writ_server::start(config).await?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", running.local_addr)?;
