@@ -192,6 +192,23 @@ impl TestServer {
         .await
     }
 
+    /// A raw channel to the server (TLS trusting [`TestServer::ca_pem`], no client
+    /// identity), for requests the client library never makes.
+    pub async fn channel(&self) -> tonic::transport::Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(self.url()).expect("the server URL");
+        let endpoint = if self.config.tls.enabled {
+            endpoint
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(self.ca_pem())),
+                )
+                .expect("TLS configuration")
+        } else {
+            endpoint
+        };
+        endpoint.connect().await.expect("connecting")
+    }
+
     /// A client proving `spiffe://<td>/<path>` with a certificate from the development CA.
     pub async fn svid_client(&self, path: &str) -> WritClient {
         let identity = self.svid(path);

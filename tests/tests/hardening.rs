@@ -21,9 +21,7 @@ fn with_header<T>(msg: T, header: &'static str, values: &[&str]) -> tonic::Reque
 async fn a_duplicated_identity_header_is_refused_naming_it() {
     let srv = TestServer::start().await;
     let root = srv.mint(trip_mint()).await;
-    let mut raw = TokenServiceClient::connect(srv.url())
-        .await
-        .expect("connecting");
+    let mut raw = TokenServiceClient::new(srv.channel().await);
 
     // Two asserted callers, the holder's first.
     let req = with_header(
@@ -70,7 +68,6 @@ async fn a_duplicated_identity_header_is_refused_naming_it() {
 /// server-wide MAX_WATCHERS still holds across operators.
 #[tokio::test]
 async fn watches_are_capped_per_operator_and_per_server() {
-    use writ_client::WritClient;
     use writ_server::chain::{MAX_WATCHERS, MAX_WATCHERS_PER_OPERATOR};
     use writ_server::config::CredentialConfig;
 
@@ -87,7 +84,7 @@ async fn watches_are_capped_per_operator_and_per_server() {
     let srv = TestServer::start_with(|c| c.operators = configured).await;
     let mut clients = Vec::new();
     for c in &creds {
-        let client = WritClient::connect(&srv.url()).await.expect("connecting");
+        let client = srv.anonymous().await;
         clients.push(client.with_operator_credential(c).expect("metadata"));
     }
     let mut open: Vec<Vec<_>> = Vec::new();

@@ -74,9 +74,7 @@ async fn chain(s: &TestServer) -> (String, String) {
 
 /// Validate with two `x-writ-caller` values (the client library never sends that).
 async fn validate_with_two_callers(s: &TestServer, token: &str) -> Code {
-    let mut raw = pb::token_service_client::TokenServiceClient::connect(s.url())
-        .await
-        .expect("connecting");
+    let mut raw = pb::token_service_client::TokenServiceClient::new(s.channel().await);
     let mut req = tonic::Request::new(introspect(token));
     for who in ["planner", "mallory"] {
         req.metadata_mut()

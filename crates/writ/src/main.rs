@@ -9,7 +9,7 @@ mod output;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use writ_api::pb;
 use writ_client::{ClientError, WritClient};
@@ -50,6 +50,8 @@ enum Command {
     Events(EventsArgs),
     /// Print the blake3 digest of a minter credential read from stdin, for `[[minters]]`.
     CredentialHash,
+    /// Client certificates from the local development CA (`writ certs issue NAME…`).
+    Certs(CertsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -65,12 +67,24 @@ struct ServeArgs {
     data_dir: Option<PathBuf>,
 }
 
+/// The development CA of the default data directory (`writ serve` creates it).
+const DEFAULT_CA: &str = "writ-data/tls/ca.pem";
+/// Where `writ certs issue` writes by default, and `--as` looks.
+const DEFAULT_CERTS: &str = "writ-data/certs";
+/// Largest CA bundle, certificate or key file read (the server's limit too).
+const MAX_PEM_BYTES: u64 = writ_server::tls::MAX_PEM_BYTES;
+
 #[derive(Args, Debug)]
 struct ClientArgs {
-    /// Server address.
-    #[arg(long, env = "WRIT_SERVER", default_value = "http://127.0.0.1:7433")]
+    /// Server address: `https://HOST:PORT` (TLS), or `http://HOST:PORT` for a server with
+    /// `tls.enabled = false` (plaintext: loopback only unless --insecure).
+    #[arg(long, env = "WRIT_SERVER", default_value = "https://127.0.0.1:7433")]
     server: String,
-    /// Connect over plaintext gRPC to a server that is not on a loopback address
+    /// The CA certificate(s) (PEM) the server's certificate must chain to. A local server's
+    /// is its development CA, `<data_dir>/tls/ca.pem`, which `writ serve` creates.
+    #[arg(long, env = "WRIT_CA", default_value = DEFAULT_CA, value_name = "FILE")]
+    ca: PathBuf,
+    /// Connect over plaintext to an `http://` server that is not on a loopback address
     /// (tokens and credentials then cross the network in the clear).
     #[arg(long)]
     insecure: bool,
@@ -79,13 +93,266 @@ struct ClientArgs {
     json: bool,
 }
 
+/// How a client command proves who is calling.
+enum Proof {
+    /// Nothing of its own (a minter's or operator's credential is added after connecting).
+    None,
+    /// A client certificate and its private key, both PEM.
+    Certificate { cert: String, key: String },
+    /// An identity asserted in `x-writ-caller`: development mode only.
+    Asserted(String),
+}
+
 impl ClientArgs {
-    async fn connect(&self) -> Result<WritClient> {
-        Ok(if self.insecure {
-            WritClient::connect_insecure(&self.server).await?
+    /// Connects to `--server`, over TLS unless it is an `http://` address, presenting
+    /// `proof`.
+    async fn connect(&self, proof: Proof) -> Result<WritClient> {
+        let server = self.server.trim();
+        let plaintext = match server.split_once("://") {
+            None | Some(("https", _)) => false,
+            Some(("http", _)) => true,
+            Some((scheme, _)) => anyhow::bail!(
+                "--server {server}: unknown scheme {scheme:?}: use https://HOST:PORT, or \
+                 http://HOST:PORT for a server with tls.enabled = false"
+            ),
+        };
+        let (identity, asserted) = match proof {
+            Proof::None => (None, None),
+            Proof::Certificate { cert, key } => (Some((cert, key)), None),
+            Proof::Asserted(id) => (None, Some(id)),
+        };
+        let client = if plaintext {
+            if identity.is_some() {
+                anyhow::bail!(
+                    "--server {server} is plaintext (http://), and a client certificate needs \
+                     TLS: use https://"
+                );
+            }
+            if self.insecure {
+                WritClient::connect_insecure(server).await?
+            } else {
+                WritClient::connect(server).await?
+            }
         } else {
-            WritClient::connect(&self.server).await?
+            if self.insecure {
+                anyhow::bail!(
+                    "--insecure is for plaintext (http://) servers beyond loopback; over TLS the \
+                     server's certificate is always checked against --ca"
+                );
+            }
+            let ca_pem = read_ca(&self.ca)?;
+            let tls = writ_client::Tls {
+                ca_pem,
+                identity,
+                domain: None,
+            };
+            WritClient::connect_tls(server, tls).await.map_err(|e| {
+                anyhow::anyhow!(
+                    "{e} (is `writ serve` listening there, with a certificate that chains to \
+                     {}?)",
+                    self.ca.display()
+                )
+            })?
+        };
+        Ok(match asserted {
+            Some(id) => client.as_caller(&id)?,
+            None => client,
         })
+    }
+}
+
+/// A file of at most [`MAX_PEM_BYTES`].
+fn read_small(path: &Path) -> std::io::Result<String> {
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX_PEM_BYTES + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX_PEM_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {MAX_PEM_BYTES} bytes"),
+        ));
+    }
+    Ok(text)
+}
+
+/// The CA bundle `--ca` names.
+fn read_ca(path: &Path) -> Result<String> {
+    let pem = match read_small(path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => anyhow::bail!(
+            "no CA certificate at {}: a local server's is `<data_dir>/tls/ca.pem` ({DEFAULT_CA} \
+             for the default data directory), which `writ serve` creates on first start; start \
+             the server, or name the CA with --ca FILE (or WRIT_CA)",
+            path.display()
+        ),
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("reading the CA certificate {}", path.display()));
+        }
+    };
+    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+        anyhow::bail!("{}: no PEM certificate in it (--ca)", path.display());
+    }
+    Ok(pem)
+}
+
+/// Who is calling, for the commands a token's holder runs: downscope, validate, and
+/// revoke without a TARGET.
+#[derive(Args, Debug)]
+struct IdentityArgs {
+    /// Present NAME's client certificate (`<certs-dir>/NAME.pem` and `NAME-key.pem`, as
+    /// `writ certs issue NAME` wrote them): the caller is its SPIFFE ID.
+    #[arg(long = "as", value_name = "NAME", conflicts_with_all = ["cert", "assert_as"])]
+    as_name: Option<String>,
+    /// Present this client certificate (a PEM X.509-SVID) instead, with --key.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "key",
+        conflicts_with = "assert_as"
+    )]
+    cert: Option<PathBuf>,
+    /// The private key of --cert (the path of a PEM file, never the key itself).
+    // Hyphen values are taken, so that a pasted key (`-----BEGIN…`) reaches `read_key`,
+    // which refuses it without repeating it, rather than clap, which would echo it.
+    #[arg(
+        long,
+        value_name = "FILE",
+        requires = "cert",
+        allow_hyphen_values = true
+    )]
+    key: Option<PathBuf>,
+    /// Where --as finds certificates.
+    #[arg(long, env = "WRIT_CERTS", default_value = DEFAULT_CERTS, value_name = "DIR")]
+    certs_dir: PathBuf,
+    /// DEVELOPMENT ONLY: assert the identity ID in `x-writ-caller`, unproven. Only a server
+    /// running with `auth.asserted_identities = true` (loopback only) accepts it.
+    #[arg(long, value_name = "ID")]
+    assert_as: Option<String>,
+}
+
+impl IdentityArgs {
+    /// Whether any way to name the caller was given.
+    fn given(&self) -> bool {
+        self.as_name.is_some() || self.cert.is_some() || self.assert_as.is_some()
+    }
+
+    /// The proof of identity to present; an error if none was given.
+    fn proof(&self) -> Result<Proof> {
+        if let Some(id) = &self.assert_as {
+            return Ok(Proof::Asserted(id.clone()));
+        }
+        let (cert, key) = match (&self.as_name, &self.cert, &self.key) {
+            (Some(name), _, _) => {
+                if let Some(problem) = name_problem(name) {
+                    anyhow::bail!(
+                        "--as {name:?}: {problem}; --as takes the NAME a certificate was issued \
+                         for (`writ certs issue NAME`)"
+                    );
+                }
+                let (cert, key) = cert_files(&self.certs_dir, name);
+                if !cert.exists() {
+                    anyhow::bail!(
+                        "no certificate for {name:?}: {} does not exist; issue one with `{}` \
+                         (or present one with --cert FILE --key FILE)",
+                        cert.display(),
+                        issue_command(name, &self.certs_dir)
+                    );
+                }
+                if !key.exists() {
+                    anyhow::bail!(
+                        "no private key for {name:?}: {} does not exist; issue a new certificate \
+                         with `{} --replace`",
+                        key.display(),
+                        issue_command(name, &self.certs_dir)
+                    );
+                }
+                (cert, key)
+            }
+            (None, Some(cert), Some(key)) => (cert.clone(), key.clone()),
+            _ => anyhow::bail!(
+                "who is calling? --as NAME presents NAME's certificate (from `writ certs issue \
+                 NAME`), --cert FILE --key FILE another one, --assert-as ID asserts an identity \
+                 (development mode only)"
+            ),
+        };
+        let cert_pem = read_small(&cert)
+            .with_context(|| format!("reading the client certificate {}", cert.display()))?;
+        if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
+            anyhow::bail!("{}: no PEM certificate in it", cert.display());
+        }
+        Ok(Proof::Certificate {
+            cert: cert_pem,
+            key: read_key(&key)?,
+        })
+    }
+}
+
+/// `<dir>/NAME.pem` and `<dir>/NAME-key.pem`.
+fn cert_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}-key.pem")),
+    )
+}
+
+/// The `writ certs issue` command that writes NAME's certificate into `dir`.
+fn issue_command(name: &str, dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_CERTS) {
+        return format!("writ certs issue {name}");
+    }
+    match (dir.parent(), dir.file_name()) {
+        (Some(data), Some(last)) if last == "certs" && !data.as_os_str().is_empty() => {
+            format!("writ certs issue {name} --data-dir {}", data.display())
+        }
+        _ => format!("writ certs issue {name} --out {}", dir.display()),
+    }
+}
+
+/// A private key file, refused when group or others may read it (as `ssh` does): a key
+/// anyone can read proves nothing.
+fn read_key(path: &Path) -> Result<String> {
+    use std::os::unix::fs::PermissionsExt;
+    // A mistaken key *content* is never echoed back: it would be a secret.
+    let shown = path.to_string_lossy();
+    if shown.contains("PRIVATE KEY") || shown.contains('\n') {
+        anyhow::bail!("--key takes the path of a key file, never the key itself");
+    }
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading the private key {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "{}: a private key that group or others can read (mode {mode:04o}); `chmod 600` it",
+            path.display()
+        );
+    }
+    let pem =
+        read_small(path).with_context(|| format!("reading the private key {}", path.display()))?;
+    if !pem.contains("PRIVATE KEY-----") {
+        anyhow::bail!("{}: no PEM private key in it", path.display());
+    }
+    Ok(pem)
+}
+
+/// Why NAME cannot name a certificate: it is one SPIFFE path segment and a file name.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.starts_with("spiffe://") {
+        Some("a SPIFFE ID, not a name")
+    } else if name.len() > 128 {
+        Some("longer than 128 bytes")
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'))
+    {
+        Some("only letters, digits, `.`, `-` and `_` (one SPIFFE path segment)")
+    } else if name.starts_with('.') {
+        Some("must not start with `.`")
+    } else {
+        None
     }
 }
 
@@ -193,8 +460,8 @@ struct DownscopeArgs {
     #[command(flatten)]
     token: TokenSource,
     /// Who is downscoping: the parent token's audience.
-    #[arg(long = "as")]
-    caller: String,
+    #[command(flatten)]
+    caller: IdentityArgs,
     #[command(flatten)]
     narrowing: Narrowing,
     /// An rctx entry not to pass on to the next hop (repeatable).
@@ -210,8 +477,8 @@ struct ValidateArgs {
     #[command(flatten)]
     token: TokenSource,
     /// Who is validating: must be the token's audience.
-    #[arg(long = "as")]
-    caller: String,
+    #[command(flatten)]
+    caller: IdentityArgs,
     /// Check an action that needs this scope.
     #[arg(long)]
     scope: Option<String>,
@@ -234,12 +501,12 @@ struct RevokeArgs {
     #[arg(long)]
     reason: String,
     /// The token to revoke when no TARGET is given: WRIT_TOKEN or --token-file; revoked
-    /// by its holder, named with --as.
+    /// by its holder, who proves it with --as (or --cert/--key).
     #[command(flatten)]
     token: TokenSource,
     /// Who revokes the token: its holder (the token's audience).
-    #[arg(long = "as")]
-    caller: Option<String>,
+    #[command(flatten)]
+    caller: IdentityArgs,
     /// The operator credential, used with a TARGET.
     #[command(flatten)]
     operator: OperatorCredential,
@@ -339,6 +606,72 @@ struct EventsArgs {
     operator: OperatorCredential,
 }
 
+#[derive(Args, Debug)]
+struct CertsArgs {
+    #[command(subcommand)]
+    command: CertsCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum CertsCommand {
+    /// Issue client certificates (X.509-SVIDs) signed by the local development CA: for each
+    /// NAME, `spiffe://<trust-domain>/<kind>/NAME` in `<out>/NAME.pem` and
+    /// `<out>/NAME-key.pem` (0600). The server must have started once on the data
+    /// directory (it creates the CA).
+    Issue(IssueArgs),
+}
+
+/// The kind of party a certificate is for: the first segment of its SPIFFE ID's path.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CertKind {
+    Agent,
+    Workload,
+    User,
+}
+
+impl CertKind {
+    fn segment(self) -> &'static str {
+        match self {
+            CertKind::Agent => "agent",
+            CertKind::Workload => "workload",
+            CertKind::User => "user",
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct IssueArgs {
+    /// Whom each certificate is for: the last segment of its SPIFFE ID and its file names
+    /// (letters, digits, `.`, `-`, `_`); `--as NAME` presents it.
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
+    /// The kind of party: agent, workload (an API, a service) or user.
+    #[arg(long, default_value = "agent")]
+    kind: CertKind,
+    /// The server's configuration file, for its `trust_domain` and `data_dir`.
+    #[arg(long, env = "WRIT_CONFIG")]
+    config: Option<PathBuf>,
+    /// The trust domain (default: the configuration's, else writ.local).
+    #[arg(long)]
+    trust_domain: Option<String>,
+    /// The server's data directory, whose `tls/` holds the CA (default: the
+    /// configuration's, else writ-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Where to write the files (default: `<data-dir>/certs`, where --as looks).
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    /// Validity in days.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..=365))]
+    days: u32,
+    /// Replace existing files for a NAME (a new key and certificate).
+    #[arg(long)]
+    replace: bool,
+    /// Print one JSON object on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
 /// mimalloc instead of glibc's allocator: a request allocates and frees dozens of small
 /// buffers across worker threads, which glibc serves with locks and consolidation
 /// (measured in BENCHMARKS.md).
@@ -401,6 +734,9 @@ async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> 
         Command::Token(a) => token(a).await,
         Command::Txns(a) => txns(a).await,
         Command::Events(a) => events(a).await,
+        Command::Certs(CertsArgs {
+            command: CertsCommand::Issue(a),
+        }) => certs_issue(a),
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -410,6 +746,82 @@ async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `writ certs issue`: every NAME is checked (and, without --replace, its files found
+/// absent) before anything is written.
+fn certs_issue(a: IssueArgs) -> Result<ExitCode> {
+    use writ_server::pki::{PkiError, issue_client};
+    let config = writ_server::Config::load(a.config.as_deref())?;
+    let trust_domain = a.trust_domain.unwrap_or(config.trust_domain);
+    let data_dir = a.data_dir.unwrap_or(config.data_dir);
+    let out = a.out.unwrap_or_else(|| data_dir.join("certs"));
+    let mut seen = std::collections::BTreeSet::new();
+    for name in &a.names {
+        if let Some(problem) = name_problem(name) {
+            anyhow::bail!("NAME {name:?}: {problem}");
+        }
+        if !seen.insert(name.as_str()) {
+            anyhow::bail!("NAME {name:?} given twice");
+        }
+        writ_server::tls::SpiffeId::from_parts(
+            &trust_domain,
+            &format!("{}/{name}", a.kind.segment()),
+        )?;
+        if !a.replace {
+            let (cert, key) = cert_files(&out, name);
+            for p in [cert, key] {
+                if p.exists() {
+                    anyhow::bail!(
+                        "{} already exists: pass --replace to issue a new certificate and key \
+                         in its place",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+    let validity = std::time::Duration::from_secs(u64::from(a.days) * 86_400);
+    let expires =
+        i64::try_from(args::now_ms() / 1000).unwrap_or(i64::MAX) + i64::from(a.days) * 86_400;
+    let mut issued = Vec::new();
+    for name in &a.names {
+        let path = format!("{}/{name}", a.kind.segment());
+        match issue_client(
+            &data_dir,
+            &trust_domain,
+            &path,
+            validity,
+            &out,
+            name,
+            a.replace,
+        ) {
+            Ok(files) => issued.push(output::IssuedCert {
+                name: name.clone(),
+                spiffe_id: files.spiffe_id.to_string(),
+                cert: files.cert,
+                key: files.key,
+                expires_at: expires,
+            }),
+            Err(e) => {
+                // What was written stays written: say so before the error.
+                if !issued.is_empty() {
+                    output::certs_issued(a.json, &issued);
+                }
+                let hint = match &e {
+                    PkiError::NoCa { .. } => format!(
+                        " (is {} the server's data directory? --data-dir names another)",
+                        data_dir.display()
+                    ),
+                    PkiError::Exists { .. } => " (--replace)".to_string(),
+                    _ => String::new(),
+                };
+                anyhow::bail!("issuing a certificate for {name:?}: {e}{hint}");
+            }
+        }
+    }
+    output::certs_issued(a.json, &issued);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `serve`'s configuration: the file (or the defaults) with the command line's overrides.
@@ -450,9 +862,24 @@ async fn serve(config: writ_server::Config) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Prints a refusal the way scripts and people both read it, and picks the exit code.
+/// Prints a refusal the way scripts and people both read it, and picks the exit code. A
+/// status the client made up from a failed connection is no refusal: an error (exit 2).
 fn refused(json: bool, e: ClientError) -> Result<ExitCode> {
     match e {
+        ClientError::Status(s) if std::error::Error::source(&s).is_some() => {
+            let mut chain = Vec::new();
+            let mut src = std::error::Error::source(&s);
+            while let Some(e) = src {
+                chain.push(e.to_string());
+                src = e.source();
+            }
+            anyhow::bail!(
+                "the connection failed: {} (a TLS server closes a connection that speaks \
+                 plaintext, or presents a client certificate its CA did not issue; its log says \
+                 which)",
+                chain.join(": ")
+            )
+        }
         ClientError::Status(s) => {
             if json {
                 println!("{}", output::status_json(&s));
@@ -476,7 +903,7 @@ async fn mint(a: MintArgs) -> Result<ExitCode> {
     )?;
     let mut client = a
         .client
-        .connect()
+        .connect(Proof::None)
         .await?
         .with_minter_credential(&credential)?;
     let n = a.narrowing;
@@ -502,7 +929,7 @@ async fn mint(a: MintArgs) -> Result<ExitCode> {
 
 async fn downscope(a: DownscopeArgs) -> Result<ExitCode> {
     let parent_token = a.token.load()?;
-    let mut client = a.client.connect().await?.as_caller(&a.caller)?;
+    let mut client = a.client.connect(a.caller.proof()?).await?;
     let n = a.narrowing;
     let req = pb::DownscopeRequest {
         parent_token,
@@ -525,7 +952,7 @@ async fn downscope(a: DownscopeArgs) -> Result<ExitCode> {
 
 async fn validate(a: ValidateArgs) -> Result<ExitCode> {
     let token = a.token.load()?;
-    let mut client = a.client.connect().await?.as_caller(&a.caller)?;
+    let mut client = a.client.connect(a.caller.proof()?).await?;
     let action = a.scope.map(|scope| pb::Action {
         scope,
         attributes: args::attributes(a.attrs),
@@ -545,15 +972,21 @@ async fn validate(a: ValidateArgs) -> Result<ExitCode> {
 
 async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
     use pb::revoke_request::Target as T;
-    let client = a.client.connect().await?;
     let (mut client, target) = match a.target {
         Some(target) => {
             let target = args::parse_target(&target).map_err(|e| anyhow::anyhow!("TARGET: {e}"))?;
+            if a.caller.given() {
+                anyhow::bail!(
+                    "a TARGET is revoked with the operator credential, not as a holder: drop \
+                     --as, --cert or --assert-as (or the TARGET, to revoke the token you hold)"
+                );
+            }
             let credential = a.operator.load()?;
             let target = match target {
                 args::Target::TokenId(id) => T::TokenId(id),
                 args::Target::Txn(txn) => T::Txn(txn),
             };
+            let client = a.client.connect(Proof::None).await?;
             (client.with_operator_credential(&credential)?, target)
         }
         None => {
@@ -561,10 +994,14 @@ async fn revoke(a: RevokeArgs) -> Result<ExitCode> {
                 "nothing to revoke: give a token id (tid_...) or transaction (txn_...), \
                  or the token itself in WRIT_TOKEN or --token-file",
             )?;
-            let holder = a
-                .caller
-                .context("revoking a token as its holder needs --as HOLDER")?;
-            (client.as_caller(&holder)?, T::Token(token))
+            if !a.caller.given() {
+                anyhow::bail!(
+                    "revoking a token as its holder needs the holder's identity: --as HOLDER \
+                     (or --cert FILE --key FILE)"
+                );
+            }
+            let client = a.client.connect(a.caller.proof()?).await?;
+            (client, T::Token(token))
         }
     };
     let req = pb::RevokeRequest {
@@ -603,7 +1040,7 @@ async fn token(a: TokenArgs) -> Result<ExitCode> {
 async fn operator_client(client: &ClientArgs, op: OperatorCredential) -> Result<WritClient> {
     let credential = op.load()?;
     Ok(client
-        .connect()
+        .connect(Proof::None)
         .await?
         .with_operator_credential(&credential)?)
 }
@@ -697,5 +1134,49 @@ async fn events(a: EventsArgs) -> Result<ExitCode> {
             Ok(None) => return Ok(ExitCode::SUCCESS),
             Err(status) => return refused(json, ClientError::Status(status)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_one_spiffe_path_segment_and_a_file_name() {
+        for ok in ["planner", "payments-api", "a.b_c", "X9"] {
+            assert_eq!(name_problem(ok), None, "{ok}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            ".hidden",
+            "spiffe://writ.local/agent/x",
+            "a b",
+            "é",
+        ] {
+            assert!(name_problem(bad).is_some(), "{bad:?}");
+        }
+        assert!(name_problem(&"a".repeat(129)).is_some());
+    }
+
+    #[test]
+    fn the_missing_certificate_names_the_command_that_writes_it() {
+        assert_eq!(
+            issue_command("planner", Path::new(DEFAULT_CERTS)),
+            "writ certs issue planner"
+        );
+        assert_eq!(
+            issue_command("planner", Path::new("/srv/writ/certs")),
+            "writ certs issue planner --data-dir /srv/writ"
+        );
+        assert_eq!(
+            issue_command("planner", Path::new("/etc/svids")),
+            "writ certs issue planner --out /etc/svids"
+        );
+        assert_eq!(
+            issue_command("planner", Path::new("certs")),
+            "writ certs issue planner --out certs"
+        );
     }
 }

@@ -107,6 +107,18 @@ fn client_name(c: i32) -> &'static str {
     }
 }
 
+/// How a party proved its identity, as `--json` and the text name it.
+fn auth_name(m: i32) -> &'static str {
+    match pb::AuthMethod::try_from(m) {
+        Ok(pb::AuthMethod::Mtls) => "mtls",
+        Ok(pb::AuthMethod::ClientAssertion) => "client_assertion",
+        Ok(pb::AuthMethod::JwtSvid) => "jwt_svid",
+        Ok(pb::AuthMethod::Bearer) => "bearer",
+        Ok(pb::AuthMethod::Asserted) => "asserted",
+        _ => "unspecified",
+    }
+}
+
 fn actors(info: &pb::TokenInfo) -> Vec<&pb::Act> {
     let mut out = Vec::new();
     let mut cur = info.act.as_ref();
@@ -159,6 +171,7 @@ pub fn info_json(i: &pb::TokenInfo) -> Json {
         "actor_client_type": client_name(i.actor_client_type),
         "max_uses": i.max_uses,
         "require_action_check": i.require_action_check,
+        "actor_auth": auth_name(i.actor_auth),
     })
 }
 
@@ -169,10 +182,24 @@ fn info_text(i: &pb::TokenInfo) -> String {
         ("depth", i.depth.to_string()),
         ("subject", i.subject.clone()),
     ];
-    let chain: Vec<String> = actors(i)
+    // The current actor (the outermost, last here) with how it proved its identity.
+    let acts = actors(i);
+    let chain: Vec<String> = acts
         .iter()
         .rev()
-        .map(|a| format!("{} ({})", a.id, kind_name(a.kind)))
+        .enumerate()
+        .map(|(k, a)| {
+            if k + 1 == acts.len() && i.actor_auth() != pb::AuthMethod::Unspecified {
+                format!(
+                    "{} ({}, {})",
+                    a.id,
+                    kind_name(a.kind),
+                    auth_name(i.actor_auth)
+                )
+            } else {
+                format!("{} ({})", a.id, kind_name(a.kind))
+            }
+        })
         .collect();
     rows.push(("actors", chain.join(" -> ")));
     if let Some(a) = &i.audience {
@@ -589,6 +616,7 @@ pub fn event_json(e: &pb::AuditEvent) -> Json {
     m.insert("txn".into(), json!(e.txn));
     m.insert("subject".into(), json!(e.subject));
     m.insert("actor".into(), json!(e.actor));
+    m.insert("actor_auth".into(), json!(auth_name(e.actor_auth)));
     m.insert("token_id".into(), json!(e.token_id));
     let mut put = |k: &str, v: &str| {
         if !v.is_empty() {
@@ -636,10 +664,18 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
     } else {
         format!("{kind:<10}")
     };
+    // An unproven (development mode) identity stands out in the trail.
+    let asserted;
+    let actor = if e.actor_auth() == pb::AuthMethod::Asserted {
+        asserted = format!("{} (asserted)", e.actor);
+        &asserted
+    } else {
+        &e.actor
+    };
     let what = match e.kind() {
         pb::EventKind::Minted => format!(
             "{} -> {}  {}  scopes: {}",
-            e.actor,
+            actor,
             e.audience,
             e.token_id,
             e.scopes.join(" ")
@@ -647,7 +683,7 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
         pb::EventKind::Downscoped => {
             let mut s = format!(
                 "{} -> {}  {} (from {})",
-                e.actor, e.audience, e.token_id, e.parent_token_id
+                actor, e.audience, e.token_id, e.parent_token_id
             );
             if !e.narrowed.is_empty() {
                 s.push_str(&format!("  narrowed: {}", e.narrowed.join("; ")));
@@ -660,14 +696,14 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
             } else {
                 &e.action
             };
-            let mut s = format!("{}  {}  {action}: {}", e.actor, e.token_id, e.result);
+            let mut s = format!("{}  {}  {action}: {}", actor, e.token_id, e.result);
             if !e.detail.is_empty() {
                 s.push_str(&format!(" ({})", e.detail));
             }
             s
         }
         pb::EventKind::Refused => {
-            format!("{}  {}  {}: {}", e.actor, e.token_id, e.dimension, e.detail)
+            format!("{}  {}  {}: {}", actor, e.token_id, e.dimension, e.detail)
         }
         pb::EventKind::Revoked => {
             let target = if e.token_id.is_empty() {
@@ -675,10 +711,7 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
             } else {
                 &e.token_id
             };
-            format!(
-                "{}  {target}  {} token(s): {}",
-                e.actor, e.revoked, e.reason
-            )
+            format!("{}  {target}  {} token(s): {}", actor, e.revoked, e.reason)
         }
         pb::EventKind::Unspecified => String::new(),
     };
@@ -773,4 +806,59 @@ pub fn txns(json_out: bool, colour: bool, r: &pb::ListTransactionsResponse) -> R
         eprintln!("writ: more: continue with --cursor {}", r.next_cursor);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A client certificate `writ certs issue` wrote.
+#[derive(Clone, Debug)]
+pub struct IssuedCert {
+    /// The NAME it was issued for (what `--as` takes).
+    pub name: String,
+    /// Its SPIFFE ID.
+    pub spiffe_id: String,
+    /// The certificate file.
+    pub cert: std::path::PathBuf,
+    /// The private key file (0600).
+    pub key: std::path::PathBuf,
+    /// Expiry, Unix seconds.
+    pub expires_at: i64,
+}
+
+/// What `writ certs issue` wrote: one line per certificate (SPIFFE ID, certificate, key),
+/// then the expiry; or one JSON object.
+pub fn certs_issued(json_out: bool, issued: &[IssuedCert]) {
+    if json_out {
+        let list: Vec<Json> = issued
+            .iter()
+            .map(|c| {
+                json!({
+                    "name": c.name,
+                    "spiffe_id": c.spiffe_id,
+                    "cert": c.cert.display().to_string(),
+                    "key": c.key.display().to_string(),
+                    "expires_at": Time(c.expires_at).to_string(),
+                    "expires_at_unix": c.expires_at,
+                })
+            })
+            .collect();
+        println!("{}", json!({ "issued": list }));
+        return;
+    }
+    let rows: Vec<[String; 3]> = issued
+        .iter()
+        .map(|c| {
+            [
+                c.spiffe_id.clone(),
+                c.cert.display().to_string(),
+                c.key.display().to_string(),
+            ]
+        })
+        .collect();
+    let width = |i: usize| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (w0, w1) = (width(0), width(1));
+    for r in &rows {
+        println!("{:<w0$}  {:<w1$}  {}", r[0], r[1], r[2]);
+    }
+    if let Some(c) = issued.first() {
+        println!("expires {}", Time(c.expires_at));
+    }
 }

@@ -1,5 +1,6 @@
 //! Process-level tests of the `writ` binary: `writ serve` as a child process, the client
-//! commands against it, crash durability (SIGKILL) and clean shutdown (SIGTERM).
+//! commands against it over TLS with client certificates from `writ certs issue`, crash
+//! durability (SIGKILL) and clean shutdown (SIGTERM).
 
 use serde_json::Value as Json;
 use std::fs::File;
@@ -9,6 +10,13 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+
+/// The parties of the tests, as the certificates `writ certs issue` makes name them.
+const PLANNER: &str = "spiffe://writ.local/agent/planner";
+const BOOKING: &str = "spiffe://writ.local/agent/booking";
+const HOTEL: &str = "spiffe://writ.local/agent/hotel";
+const MALLORY: &str = "spiffe://writ.local/agent/mallory";
+const PAYMENTS: &str = "spiffe://writ.local/workload/payments";
 
 /// A free loopback port: bind port 0, read the port, release it.
 fn free_port() -> u16 {
@@ -23,6 +31,8 @@ struct Server {
     port: u16,
     data_dir: PathBuf,
     log: PathBuf,
+    /// Serves TLS (the default); `false` for a configuration with `tls.enabled = false`.
+    tls: bool,
 }
 
 impl Server {
@@ -34,6 +44,11 @@ impl Server {
 
     /// As [`Server::start`], with a configuration file.
     fn start_with(data_dir: &Path, run: u32, config: Option<&Path>) -> Server {
+        Server::launch(data_dir, run, config, true)
+    }
+
+    /// As [`Server::start_with`]; `tls` says whether the configuration leaves TLS on.
+    fn launch(data_dir: &Path, run: u32, config: Option<&Path>, tls: bool) -> Server {
         let port = free_port();
         let log = data_dir
             .parent()
@@ -66,6 +81,7 @@ impl Server {
             port,
             data_dir: data_dir.to_path_buf(),
             log,
+            tls,
         };
         s.wait_ready();
         s
@@ -101,7 +117,48 @@ impl Server {
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
+    }
+
+    /// The development CA `writ serve` created: what clients trust.
+    fn ca(&self) -> PathBuf {
+        self.data_dir.join("tls").join("ca.pem")
+    }
+
+    /// Where `writ certs issue` writes by default, and `--as` looks.
+    fn certs_dir(&self) -> PathBuf {
+        self.data_dir.join("certs")
+    }
+
+    /// Runs a client command against this server: its CA in `WRIT_CA` and its certificates
+    /// in `WRIT_CERTS` (the command line may still override both).
+    fn writ(&self, args: &[&str], envs: &[(&str, &str)]) -> Output {
+        let ca = self.ca();
+        let certs = self.certs_dir();
+        let mut all = vec![
+            ("WRIT_CA", ca.to_str().expect("utf-8 path")),
+            ("WRIT_CERTS", certs.to_str().expect("utf-8 path")),
+        ];
+        all.extend_from_slice(envs);
+        writ(args, &all)
+    }
+
+    /// `writ certs issue NAMES --kind KIND` for this server's data directory; returns the
+    /// JSON it printed.
+    fn issue(&self, kind: &str, names: &[&str]) -> Json {
+        let data = self.data_dir.to_str().expect("utf-8 path");
+        let mut args = vec![
+            "certs",
+            "issue",
+            "--kind",
+            kind,
+            "--data-dir",
+            data,
+            "--json",
+        ];
+        args.extend_from_slice(names);
+        json_exit(&writ(&args, &[]), 0)
     }
 
     fn credential_file(&self) -> PathBuf {
@@ -155,6 +212,8 @@ fn writ(args: &[&str], envs: &[(&str, &str)]) -> Output {
     cmd.args(args);
     for v in [
         "WRIT_SERVER",
+        "WRIT_CA",
+        "WRIT_CERTS",
         "WRIT_TOKEN",
         "WRIT_MINTER_CREDENTIAL",
         "WRIT_OPERATOR_CREDENTIAL",
@@ -189,7 +248,8 @@ fn str_field<'a>(v: &'a Json, pointer: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no string at {pointer} in {v}"))
 }
 
-/// Mints alice's token for the planner through the CLI; returns the mint JSON.
+/// Mints alice's token for the planner (which may reach booking) through the CLI; returns
+/// the mint JSON.
 fn cli_mint(srv: &Server, extra: &[&str]) -> Json {
     let url = srv.url();
     let cred = srv.credential_file();
@@ -203,16 +263,16 @@ fn cli_mint(srv: &Server, extra: &[&str]) -> Json {
         "--subject",
         "alice",
         "--audience",
-        "planner",
+        PLANNER,
         "--target",
-        "booking",
+        BOOKING,
         "--scope",
         "trips:book",
         "--claim",
         "amount:max:500",
     ];
     args.extend_from_slice(extra);
-    json_exit(&writ(&args, &[]), 0)
+    json_exit(&srv.writ(&args, &[]), 0)
 }
 
 #[test]
@@ -220,12 +280,13 @@ fn cli_mint_downscope_validate_and_escalation() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let srv = Server::start(&tmp.path().join("data"), 0);
     let url = srv.url();
+    srv.issue("agent", &["planner", "booking"]);
 
     let minted = cli_mint(&srv, &[]);
     let root = str_field(&minted, "/token").to_string();
     assert!(root.starts_with("writ_"), "{minted}");
     assert_eq!(str_field(&minted, "/info/subject"), "alice");
-    assert_eq!(str_field(&minted, "/info/audience/id"), "planner");
+    assert_eq!(str_field(&minted, "/info/audience/id"), PLANNER);
     assert_eq!(
         minted.pointer("/info/depth").and_then(Json::as_u64),
         Some(0)
@@ -237,9 +298,11 @@ fn cli_mint_downscope_validate_and_escalation() {
         Some(500)
     );
     assert_eq!(str_field(&minted, "/info/act/id"), "local-minter");
+    assert_eq!(str_field(&minted, "/info/actor_auth"), "bearer");
 
-    // The planner derives booking's token; the parent comes from WRIT_TOKEN.
-    let out = writ(
+    // The planner, proving its identity with its certificate (--as planner), derives
+    // booking's token; the parent comes from WRIT_TOKEN.
+    let out = srv.writ(
         &[
             "downscope",
             "--server",
@@ -248,7 +311,7 @@ fn cli_mint_downscope_validate_and_escalation() {
             "--as",
             "planner",
             "--audience",
-            "booking",
+            BOOKING,
             "--scope",
             "trips:book",
             "--claim",
@@ -271,7 +334,8 @@ fn cli_mint_downscope_validate_and_escalation() {
         str_field(&derived, "/info/parent_token_id"),
         str_field(&minted, "/info/token_id")
     );
-    assert_eq!(str_field(&derived, "/info/act/id"), "planner");
+    assert_eq!(str_field(&derived, "/info/act/id"), PLANNER);
+    assert_eq!(str_field(&derived, "/info/actor_auth"), "mtls");
     assert_eq!(str_field(&derived, "/info/act/act/id"), "local-minter");
     assert_eq!(
         derived
@@ -282,7 +346,7 @@ fn cli_mint_downscope_validate_and_escalation() {
 
     // Booking validates an action within the grant: exit 0, allowed.
     let validate = |caller: &str, amount: &str, token: &str| {
-        writ(
+        srv.writ(
             &[
                 "validate",
                 "--server",
@@ -309,7 +373,7 @@ fn cli_mint_downscope_validate_and_escalation() {
         Some(true),
         "{v}"
     );
-    assert_eq!(str_field(&v, "/info/audience/id"), "booking");
+    assert_eq!(str_field(&v, "/info/audience/id"), BOOKING);
 
     // Over the child's limit: exit 1, denied by the claim.
     let v = json_exit(&validate("booking", "amount=101", &child), 1);
@@ -320,7 +384,7 @@ fn cli_mint_downscope_validate_and_escalation() {
     );
     assert_eq!(str_field(&v, "/decision/denied_by"), "amount");
 
-    // The wrong audience: exit 1, inactive, nothing else said.
+    // The wrong audience (the planner's certificate): exit 1, inactive, nothing else said.
     let v = json_exit(&validate("planner", "amount=50", &child), 1);
     assert_eq!(
         v.pointer("/active").and_then(Json::as_bool),
@@ -331,7 +395,7 @@ fn cli_mint_downscope_validate_and_escalation() {
     assert!(v.get("info").is_none(), "{v}");
 
     // Escalation: a wider amount than the parent's is refused with exit 1.
-    let out = writ(
+    let out = srv.writ(
         &[
             "downscope",
             "--server",
@@ -339,7 +403,7 @@ fn cli_mint_downscope_validate_and_escalation() {
             "--as",
             "planner",
             "--audience",
-            "booking",
+            BOOKING,
             "--scope",
             "trips:book",
             "--claim",
@@ -359,7 +423,7 @@ fn cli_mint_downscope_validate_and_escalation() {
     );
 
     // The same refusal with --json prints the error object on stdout.
-    let out = writ(
+    let out = srv.writ(
         &[
             "downscope",
             "--server",
@@ -368,7 +432,7 @@ fn cli_mint_downscope_validate_and_escalation() {
             "--as",
             "planner",
             "--audience",
-            "booking",
+            BOOKING,
             "--scope",
             "trips:book",
             "--claim",
@@ -381,7 +445,7 @@ fn cli_mint_downscope_validate_and_escalation() {
     assert!(str_field(&e, "/error/message").contains("claims"), "{e}");
 
     // Minting with a wrong credential: exit 1, UNAUTHENTICATED.
-    let out = writ(
+    let out = srv.writ(
         &[
             "mint",
             "--server",
@@ -389,7 +453,7 @@ fn cli_mint_downscope_validate_and_escalation() {
             "--subject",
             "alice",
             "--audience",
-            "planner",
+            PLANNER,
         ],
         &[("WRIT_MINTER_CREDENTIAL", "wmc_wrong")],
     );
@@ -412,6 +476,7 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
     let url = srv.url();
     let operator_file = srv.data_dir.join("operator.credential");
     let operator_file = operator_file.to_str().expect("utf-8 path");
+    srv.issue("agent", &["planner", "booking"]);
 
     let minted = cli_mint(&srv, &["--max-uses", "2"]);
     let token = str_field(&minted, "/token").to_string();
@@ -424,7 +489,7 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
     );
 
     // The operator revokes the token by id.
-    let out = writ(
+    let out = srv.writ(
         &[
             "revoke",
             &id,
@@ -442,7 +507,7 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
     assert_eq!(v, serde_json::json!({ "revoked_token_ids": [id] }));
 
     // Validation now fails with exit 1, naming the reason.
-    let out = writ(
+    let out = srv.writ(
         &["validate", "--server", &url, "--as", "planner", "--json"],
         &[("WRIT_TOKEN", &token)],
     );
@@ -455,7 +520,7 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
     );
 
     // Again, in text: nothing new.
-    let out = writ(
+    let out = srv.writ(
         &["revoke", &id, "--reason", "again", "--server", &url],
         &[("WRIT_OPERATOR_CREDENTIAL", &srv_operator(operator_file))],
     );
@@ -467,7 +532,7 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
     let other_token = str_field(&other, "/token").to_string();
     let other_id = str_field(&other, "/info/token_id").to_string();
     let minter_file = srv.credential_file();
-    let out = writ(
+    let out = srv.writ(
         &[
             "revoke",
             &other_id,
@@ -487,8 +552,9 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
         describe(&out)
     );
 
-    // Anyone else presenting it is refused without learning anything.
-    let out = writ(
+    // Anyone else presenting it (booking, with its own certificate) is refused without
+    // learning anything.
+    let out = srv.writ(
         &[
             "revoke", "--as", "booking", "--reason", "stolen", "--server", &url,
         ],
@@ -501,8 +567,8 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
         describe(&out)
     );
 
-    // Its holder revokes it with WRIT_TOKEN, no credential at all.
-    let out = writ(
+    // Its holder revokes it with WRIT_TOKEN and its certificate, no credential at all.
+    let out = srv.writ(
         &[
             "revoke", "--as", "planner", "--reason", "done", "--server", &url,
         ],
@@ -514,8 +580,22 @@ fn cli_revoke_by_id_and_by_holder_and_max_uses() {
         format!("revoked 1 token(s)\n{other_id}\n")
     );
 
+    // A TARGET is revoked as an operator, never as a holder too: usage error, exit 2.
+    let out = srv.writ(
+        &[
+            "revoke", &other_id, "--as", "planner", "--reason", "x", "--server", &url,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("operator credential"),
+        "{}",
+        describe(&out)
+    );
+
     // A token is not a TARGET: usage error, exit 2, and the secret is not echoed.
-    let out = writ(
+    let out = srv.writ(
         &["revoke", &other_token, "--reason", "x", "--server", &url],
         &[],
     );
@@ -539,7 +619,7 @@ fn srv_operator(file: &str) -> String {
 fn event_kinds(srv: &Server, txn: &str) -> Vec<String> {
     let operator_file = srv.data_dir.join("operator.credential");
     let url = srv.url();
-    let out = writ(
+    let out = srv.writ(
         &[
             "events",
             txn,
@@ -566,11 +646,12 @@ fn an_acknowledged_mint_and_a_listed_validation_survive_sigkill() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let mut srv = Server::start(&data, 0);
+    srv.issue("agent", &["planner"]);
     let minted = cli_mint(&srv, &["--ttl", "600"]);
     let token = str_field(&minted, "/token").to_string();
     let txn = str_field(&minted, "/info/txn").to_string();
     let url = srv.url();
-    let v = writ(
+    let v = srv.writ(
         &["validate", "--server", &url, "--as", "planner"],
         &[("WRIT_TOKEN", &token)],
     );
@@ -583,7 +664,9 @@ fn an_acknowledged_mint_and_a_listed_validation_survive_sigkill() {
     let srv = Server::start(&data, 1);
     assert_eq!(event_kinds(&srv, &txn), ["minted", "validated"]);
 
-    let out = writ(
+    // The restarted server kept its CA: the certificate issued before the crash still
+    // proves the planner.
+    let out = srv.writ(
         &[
             "validate",
             "--server",
@@ -650,6 +733,7 @@ fn sigterm_shuts_down_cleanly() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("data");
     let mut srv = Server::start(&data, 0);
+    srv.issue("agent", &["planner"]);
     let token = str_field(&cli_mint(&srv, &[]), "/token").to_string();
 
     let status = srv.terminate();
@@ -670,9 +754,9 @@ fn sigterm_shuts_down_cleanly() {
         .count();
     assert!(tables > 0, "no table file after a clean stop");
 
-    // The data directory is reusable after a clean stop.
+    // The data directory is reusable after a clean stop, its CA and certificates too.
     let srv = Server::start(&data, 1);
-    let out = writ(
+    let out = srv.writ(
         &[
             "validate",
             "--server",
@@ -691,20 +775,87 @@ fn sigterm_shuts_down_cleanly() {
     );
 }
 
+/// Runs `writ` in `dir` (where the default `writ-data/...` paths resolve).
+fn writ_in(dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(WRIT);
+    cmd.args(args).current_dir(dir);
+    for v in ["WRIT_SERVER", "WRIT_CA", "WRIT_CERTS", "WRIT_CONFIG"] {
+        cmd.env_remove(v);
+    }
+    cmd.envs(envs.iter().copied());
+    cmd.stdin(Stdio::null()).output().expect("running writ")
+}
+
 #[test]
-fn client_commands_fail_cleanly_without_a_server() {
+fn client_commands_fail_cleanly_without_a_server_a_ca_or_a_certificate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let stderr = |o: &Output| String::from_utf8_lossy(&o.stderr).to_string();
     // A port nothing listens on: a connection error is exit 2, not a refusal.
     let url = format!("http://127.0.0.1:{}", free_port());
     let out = writ(
-        &["validate", "--server", &url, "--as", "planner"],
+        &["validate", "--server", &url, "--assert-as", "planner"],
         &[("WRIT_TOKEN", "writ_x")],
     );
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("writ:"), "{}", describe(&out));
+
+    // Over TLS (the default) without the CA: exit 2, saying where it normally is and what
+    // creates it.
+    let out = writ_in(
+        tmp.path(),
+        &["mint", "--subject", "alice", "--audience", PLANNER],
+        &[("WRIT_MINTER_CREDENTIAL", "wmc_x")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let e = stderr(&out);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("writ:"),
+        e.contains("writ-data/tls/ca.pem") && e.contains("`writ serve` creates"),
+        "{e}"
+    );
+
+    // `--as NAME` without NAME's certificate: exit 2, naming the command that makes it.
+    let out = writ_in(
+        tmp.path(),
+        &["validate", "--as", "ghost"],
+        &[("WRIT_TOKEN", "writ_x")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let e = stderr(&out);
+    assert!(
+        e.contains("writ-data/certs/ghost.pem") && e.contains("`writ certs issue ghost`"),
+        "{e}"
+    );
+    // With another certificate directory, the command names the data directory it is in.
+    let certs = tmp.path().join("elsewhere").join("certs");
+    let certs = certs.to_str().expect("utf-8 path");
+    let out = writ_in(
+        tmp.path(),
+        &["downscope", "--as", "ghost", "--audience", BOOKING],
+        &[("WRIT_TOKEN", "writ_x"), ("WRIT_CERTS", certs)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let e = stderr(&out);
+    let data = tmp.path().join("elsewhere");
+    assert!(
+        e.contains(&format!(
+            "`writ certs issue ghost --data-dir {}`",
+            data.display()
+        )),
+        "{e}"
+    );
+    // No identity at all where one is needed: exit 2, listing the ways to give one.
+    let out = writ_in(tmp.path(), &["validate"], &[("WRIT_TOKEN", "writ_x")]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(stderr(&out).contains("--as NAME"), "{}", describe(&out));
+    // `writ certs issue` needs the CA that `writ serve` creates.
+    let out = writ_in(tmp.path(), &["certs", "issue", "planner"], &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("start the server once"),
         "{}",
         describe(&out)
     );
+    assert!(!tmp.path().join("writ-data").exists(), "nothing written");
 }
 
 #[test]
@@ -712,17 +863,20 @@ fn secrets_never_come_from_the_command_line_and_remote_plaintext_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let srv = Server::start(&tmp.path().join("data"), 0);
     let url = srv.url();
+    srv.issue("agent", &["planner"]);
     let root = cli_mint(&srv, &[]);
     let token = str_field(&root, "/token").to_string();
-    // No flag takes a token or a credential itself: it would show in the process list.
+    // No flag takes a token, a credential or a key itself: it would show in the process
+    // list.
     for (cmd, flag) in [
         ("validate", "--token"),
         ("downscope", "--token"),
         ("revoke", "--token"),
         ("mint", "--credential"),
         ("chain", "--credential"),
+        ("validate", "--key-pem"),
     ] {
-        let out = writ(&[cmd, "--server", &url, flag, "secret-value"], &[]);
+        let out = srv.writ(&[cmd, "--server", &url, flag, "secret-value"], &[]);
         assert_eq!(
             out.status.code(),
             Some(2),
@@ -735,11 +889,63 @@ fn secrets_never_come_from_the_command_line_and_remote_plaintext_is_refused() {
             describe(&out)
         );
     }
+    // --key takes a path: a key pasted in its place is refused, and not echoed.
+    let cert = srv.certs_dir().join("planner.pem");
+    let cert = cert.to_str().expect("utf-8 path");
+    let out = srv.writ(
+        &[
+            "validate",
+            "--server",
+            &url,
+            "--cert",
+            cert,
+            "--key",
+            "-----BEGIN PRIVATE KEY-----\nsecret-value\n-----END PRIVATE KEY-----",
+        ],
+        &[("WRIT_TOKEN", &token)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("secret-value") && stderr.contains("path"),
+        "{}",
+        describe(&out)
+    );
+    // A key file others can read is refused; the same key, owner-only, works.
+    let key = srv.certs_dir().join("planner-key.pem");
+    let copy = tmp.path().join("planner-key.pem");
+    std::fs::copy(&key, &copy).expect("copying the key");
+    let open = |mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        srv.writ(
+            &[
+                "validate",
+                "--server",
+                &url,
+                "--cert",
+                cert,
+                "--key",
+                copy.to_str().expect("utf-8 path"),
+                "--json",
+            ],
+            &[("WRIT_TOKEN", &token)],
+        )
+    };
+    let out = open(0o644);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("chmod 600"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(json_exit(&open(0o600), 0)["active"], true);
+
     // The token from a file works as from WRIT_TOKEN.
     let file = tmp.path().join("token");
     std::fs::write(&file, format!("{token}\n")).expect("writing the token file");
     let file = file.to_str().expect("utf-8 path");
-    let out = writ(
+    let out = srv.writ(
         &[
             "validate",
             "--server",
@@ -753,13 +959,14 @@ fn secrets_never_come_from_the_command_line_and_remote_plaintext_is_refused() {
         &[],
     );
     assert_eq!(json_exit(&out, 0)["active"], true);
-    // A server that is not on loopback is refused unless --insecure says otherwise.
-    let out = writ(
+    // Plaintext (http://) to a server that is not on loopback is refused unless --insecure
+    // says otherwise.
+    let out = srv.writ(
         &[
             "validate",
             "--server",
             "http://192.0.2.1:7433",
-            "--as",
+            "--assert-as",
             "planner",
         ],
         &[("WRIT_TOKEN", &token)],
@@ -770,6 +977,26 @@ fn secrets_never_come_from_the_command_line_and_remote_plaintext_is_refused() {
         "{}",
         describe(&out)
     );
+    // A client certificate is never offered over plaintext, loopback or not.
+    for server in ["http://192.0.2.1:7433", "http://127.0.0.1:7433"] {
+        let out = srv.writ(
+            &["validate", "--server", server, "--as", "planner"],
+            &[("WRIT_TOKEN", &token)],
+        );
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("needs TLS"),
+            "{}",
+            describe(&out)
+        );
+    }
+    // Plaintext to this TLS server fails as a connection error (exit 2), not a refusal.
+    let plain = url.replacen("https://", "http://", 1);
+    let out = srv.writ(
+        &["validate", "--server", &plain, "--assert-as", "planner"],
+        &[("WRIT_TOKEN", &token)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
 }
 
 #[test]
@@ -779,15 +1006,17 @@ fn cli_chain_and_token_show_the_call_chain() {
     let url = srv.url();
     let operator_file = srv.data_dir.join("operator.credential");
     let operator_file = operator_file.to_str().expect("utf-8 path");
+    srv.issue("agent", &["planner", "booking", "hotel"]);
+    srv.issue("workload", &["payments"]);
 
     // alice's token for the planner, which may reach booking, payments and hotel.
     let minted = cli_mint(
         &srv,
         &[
             "--target",
-            "payments",
+            PAYMENTS,
             "--target",
-            "hotel",
+            HOTEL,
             "--scope",
             "payments:charge",
         ],
@@ -796,6 +1025,7 @@ fn cli_chain_and_token_show_the_call_chain() {
     let root_id = str_field(&minted, "/info/token_id").to_string();
     let txn = str_field(&minted, "/info/txn").to_string();
 
+    // `caller` is the name of the certificate presented, `audience` a SPIFFE ID.
     let downscope = |parent: &str, caller: &str, audience: &str, extra: &[&str]| {
         let mut args = vec![
             "downscope",
@@ -808,7 +1038,7 @@ fn cli_chain_and_token_show_the_call_chain() {
             audience,
         ];
         args.extend_from_slice(extra);
-        let v = json_exit(&writ(&args, &[("WRIT_TOKEN", parent)]), 0);
+        let v = json_exit(&srv.writ(&args, &[("WRIT_TOKEN", parent)]), 0);
         (
             str_field(&v, "/token").to_string(),
             str_field(&v, "/info/token_id").to_string(),
@@ -818,26 +1048,26 @@ fn cli_chain_and_token_show_the_call_chain() {
     let (booking, booking_id) = downscope(
         &root,
         "planner",
-        "booking",
+        BOOKING,
         &[
             "--target",
-            "hotel",
+            HOTEL,
             "--scope",
             "trips:book",
             "--claim",
             "amount:max:100",
         ],
     );
-    let (_, hotel_id) = downscope(&booking, "booking", "hotel", &["--scope", "trips:book"]);
+    let (_, hotel_id) = downscope(&booking, "booking", HOTEL, &["--scope", "trips:book"]);
     let (_, payments_id) = downscope(
         &root,
         "planner",
-        "payments",
-        &["--scope", "payments:charge"],
+        PAYMENTS,
+        &["--audience-kind", "workload", "--scope", "payments:charge"],
     );
 
     // The operator revokes the booking branch (booking and the hotel).
-    let out = writ(
+    let out = srv.writ(
         &[
             "revoke",
             &booking_id,
@@ -862,7 +1092,7 @@ fn cli_chain_and_token_show_the_call_chain() {
             operator_file,
         ];
         args.extend_from_slice(extra);
-        writ(&args, &[])
+        srv.writ(&args, &[])
     };
 
     // The tree: a header, then one line per token with tree(1)'s guides.
@@ -873,18 +1103,19 @@ fn cli_chain_and_token_show_the_call_chain() {
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines.len(), 1 + 4, "{text}");
     assert!(lines[0].starts_with(&txn), "{text}");
+    let hop = |from: &str, to: &str| format!("{from} -> {to}");
     let expect = [
-        ("", &root_id, "local-minter -> planner", "active"),
-        ("├── ", &booking_id, "planner -> booking", "revoked"),
-        ("│   └── ", &hotel_id, "booking -> hotel", "revoked"),
-        ("└── ", &payments_id, "planner -> payments", "active"),
+        ("", &root_id, hop("local-minter", PLANNER), "active"),
+        ("├── ", &booking_id, hop(PLANNER, BOOKING), "revoked"),
+        ("│   └── ", &hotel_id, hop(BOOKING, HOTEL), "revoked"),
+        ("└── ", &payments_id, hop(PLANNER, PAYMENTS), "active"),
     ];
     for (line, (guide, id, hop, status)) in lines[1..].iter().zip(expect) {
         assert!(
             line.starts_with(&format!("{guide}{id}  ")),
             "expected {guide:?}{id} at the start of {line:?}\n{text}"
         );
-        assert!(line.contains(hop), "{line}");
+        assert!(line.contains(&hop), "{line}");
         assert!(line.contains(&format!("  {status}  ")), "{line}");
     }
     assert!(!lines[1].contains(" revoked "), "{text}");
@@ -952,7 +1183,7 @@ fn cli_chain_and_token_show_the_call_chain() {
     assert!(dot.contains("color=red"), "{dot}");
 
     // One token with its ancestry, root first.
-    let out = writ(
+    let out = srv.writ(
         &[
             "token",
             &hotel_id,
@@ -974,7 +1205,7 @@ fn cli_chain_and_token_show_the_call_chain() {
         .map(|a| str_field(a, "/token_id"))
         .collect();
     assert_eq!(ancestors, [root_id.as_str(), booking_id.as_str()], "{v}");
-    let out = writ(
+    let out = srv.writ(
         &[
             "token",
             &payments_id,
@@ -990,7 +1221,7 @@ fn cli_chain_and_token_show_the_call_chain() {
     assert_eq!(str_field(&v, "/ancestors/0/token_id"), root_id, "{v}");
 
     // Unknown ids and non-operators are refused with exit 1 and the server's reason.
-    let out = writ(
+    let out = srv.writ(
         &[
             "token",
             "tid_00000000000000000000000000000000",
@@ -1008,7 +1239,7 @@ fn cli_chain_and_token_show_the_call_chain() {
         describe(&out)
     );
     let minter_file = srv.credential_file();
-    let out = writ(
+    let out = srv.writ(
         &[
             "chain",
             &txn,
@@ -1030,14 +1261,17 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
     let url = srv.url();
     let operator_file = srv.data_dir.join("operator.credential");
     let operator_file = operator_file.to_str().expect("utf-8 path");
+    srv.issue("agent", &["planner", "booking"]);
     let op = |args: &[&str]| {
         let mut all = args.to_vec();
         all.extend_from_slice(&["--server", &url, "--credential-file", operator_file]);
-        writ(&all, &[])
+        srv.writ(&all, &[])
     };
 
     // Follow every transaction's minted events, as JSON lines, before anything happens.
     let mut follower = Command::new(WRIT)
+        .env("WRIT_CA", srv.ca())
+        .env_remove("WRIT_SERVER")
         .args([
             "events",
             "--follow",
@@ -1085,7 +1319,7 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
     let _ = follower.wait();
 
     // Downscope, validate, an escalation, a revocation: each one event.
-    let down = writ(
+    let down = srv.writ(
         &[
             "downscope",
             "--server",
@@ -1094,7 +1328,7 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
             "--as",
             "planner",
             "--audience",
-            "booking",
+            BOOKING,
             "--scope",
             "trips:book",
             "--claim",
@@ -1103,7 +1337,7 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
         &[("WRIT_TOKEN", root.as_str())],
     );
     let child_token = str_field(&json_exit(&down, 0), "/token").to_string();
-    let v = writ(
+    let v = srv.writ(
         &[
             "validate",
             "--server",
@@ -1118,7 +1352,7 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
         &[("WRIT_TOKEN", child_token.as_str())],
     );
     assert_eq!(v.status.code(), Some(0), "{}", describe(&v));
-    let wider = writ(
+    let wider = srv.writ(
         &[
             "downscope",
             "--server",
@@ -1126,7 +1360,7 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
             "--as",
             "booking",
             "--audience",
-            "hotel",
+            HOTEL,
             "--scope",
             "trips:book",
             "--claim",
@@ -1152,7 +1386,10 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
         ["minted", "downscoped", "validated", "refused", "revoked"],
         "{text}"
     );
-    assert!(text.contains("local-minter -> planner"), "{text}");
+    assert!(
+        text.contains(&format!("local-minter -> {PLANNER}")),
+        "{text}"
+    );
     assert!(text.contains("trips:book: allowed"), "{text}");
     assert!(text.contains("audience:"), "{text}");
     assert!(text.contains("whole transaction"), "{text}");
@@ -1163,6 +1400,22 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
         .map(|l| serde_json::from_str(l).expect("a JSON line"))
         .collect();
     assert_eq!(lines.len(), 5);
+    // Who acted, and how each proved it: the minter by its credential, the agents by
+    // their certificates.
+    let actors: Vec<(&str, &str)> = lines
+        .iter()
+        .map(|l| (str_field(l, "/actor"), str_field(l, "/actor_auth")))
+        .collect();
+    assert_eq!(
+        actors,
+        [
+            ("local-minter", "bearer"),
+            (PLANNER, "mtls"),
+            (BOOKING, "mtls"),
+            (BOOKING, "mtls"),
+            ("local-operator", "bearer"),
+        ]
+    );
     assert_eq!(str_field(&lines[3], "/dimension"), "audience");
     assert_eq!(str_field(&lines[4], "/reason"), "done");
 
@@ -1191,4 +1444,427 @@ fn cli_events_and_txns_show_the_trail_and_the_listing() {
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let out = op(&["txns", "--since", "yesterday"]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+#[test]
+fn certs_issue_writes_owner_only_keys_and_prints_the_spiffe_ids() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&tmp.path().join("data"), 0);
+    let data = srv.data_dir.to_str().expect("utf-8 path");
+    let mode = |p: &Path| {
+        std::fs::metadata(p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .permissions()
+            .mode()
+            & 0o777
+    };
+
+    // Text: one line per certificate, its SPIFFE ID first, then the files.
+    let out = writ(
+        &[
+            "certs",
+            "issue",
+            "planner",
+            "booking",
+            "--kind",
+            "agent",
+            "--data-dir",
+            data,
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for (line, (id, name)) in lines
+        .iter()
+        .zip([(PLANNER, "planner"), (BOOKING, "booking")])
+    {
+        let cert = srv.certs_dir().join(format!("{name}.pem"));
+        let key = srv.certs_dir().join(format!("{name}-key.pem"));
+        assert!(line.starts_with(&format!("{id}  ")), "{text}");
+        assert!(line.contains(&cert.display().to_string()), "{text}");
+        assert!(line.ends_with(&key.display().to_string()), "{text}");
+        assert_eq!(mode(&key), 0o600, "{}", key.display());
+        assert_eq!(mode(&cert), 0o644, "{}", cert.display());
+        let pem = std::fs::read_to_string(&key).expect("the key");
+        assert!(pem.contains("PRIVATE KEY"), "a PEM key");
+        assert!(!text.contains(pem.lines().nth(1).expect("a body line")));
+    }
+    assert!(lines[2].starts_with("expires "), "{text}");
+    assert_eq!(mode(&srv.certs_dir()), 0o700);
+
+    // JSON, a workload, another directory.
+    let out_dir = tmp.path().join("apis");
+    let issued = json_exit(
+        &writ(
+            &[
+                "certs",
+                "issue",
+                "payments",
+                "--kind",
+                "workload",
+                "--data-dir",
+                data,
+                "--out",
+                out_dir.to_str().expect("utf-8 path"),
+                "--days",
+                "2",
+                "--json",
+            ],
+            &[],
+        ),
+        0,
+    );
+    assert_eq!(str_field(&issued, "/issued/0/spiffe_id"), PAYMENTS);
+    assert_eq!(str_field(&issued, "/issued/0/name"), "payments");
+    let key = PathBuf::from(str_field(&issued, "/issued/0/key"));
+    assert_eq!(key, out_dir.join("payments-key.pem"));
+    assert_eq!(mode(&key), 0o600);
+
+    // Existing files are kept unless --replace; then the key is new and still 0600.
+    let key = srv.certs_dir().join("planner-key.pem");
+    let before = std::fs::read(&key).expect("the key");
+    let again = |extra: &[&str]| {
+        let mut args = vec!["certs", "issue", "planner", "--data-dir", data];
+        args.extend_from_slice(extra);
+        writ(&args, &[])
+    };
+    let out = again(&[]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--replace"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(std::fs::read(&key).expect("the key"), before, "left alone");
+    let out = again(&["--replace"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_ne!(std::fs::read(&key).expect("the key"), before, "replaced");
+    assert_eq!(mode(&key), 0o600);
+
+    // A NAME is one SPIFFE path segment and a file name; one bad NAME issues nothing.
+    for bad in [
+        "a/b",
+        ".hidden",
+        "spiffe://writ.local/agent/x",
+        "tab\tname",
+        "",
+    ] {
+        let out = writ(&["certs", "issue", "fine", bad, "--data-dir", data], &[]);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", describe(&out));
+    }
+    assert!(!srv.certs_dir().join("fine.pem").exists());
+    // The CA belongs to one trust domain.
+    let out = writ(
+        &[
+            "certs",
+            "issue",
+            "x",
+            "--data-dir",
+            data,
+            "--trust-domain",
+            "other.test",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+
+    // The issued certificates work: one named by files (--cert/--key), one by --as with
+    // the directory on the command line.
+    srv.issue("agent", &["hotel"]);
+    let minted = cli_mint(&srv, &[]);
+    let token = str_field(&minted, "/token");
+    let url = srv.url();
+    let certs = srv.certs_dir();
+    let ca = srv.ca();
+    let planner_cert = certs.join("planner.pem");
+    let out = writ(
+        &[
+            "validate",
+            "--server",
+            &url,
+            "--ca",
+            ca.to_str().expect("utf-8 path"),
+            "--cert",
+            planner_cert.to_str().expect("utf-8 path"),
+            "--key",
+            key.to_str().expect("utf-8 path"),
+            "--json",
+        ],
+        &[("WRIT_TOKEN", token)],
+    );
+    assert_eq!(json_exit(&out, 0)["active"], true);
+    let out = writ(
+        &[
+            "validate",
+            "--server",
+            &url,
+            "--ca",
+            ca.to_str().expect("utf-8 path"),
+            "--certs-dir",
+            certs.to_str().expect("utf-8 path"),
+            "--as",
+            "hotel",
+            "--json",
+        ],
+        &[("WRIT_TOKEN", token)],
+    );
+    let v = json_exit(&out, 1);
+    assert_eq!(str_field(&v, "/inactive_reason"), "wrong_audience", "{v}");
+}
+
+#[test]
+fn a_stolen_token_is_refused_to_every_other_certificate() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let srv = Server::start(&tmp.path().join("data"), 0);
+    let url = srv.url();
+    srv.issue("agent", &["planner", "booking", "mallory"]);
+    srv.issue("workload", &["payments"]);
+
+    // alice's chain: the planner derives booking's token, which may reach payments.
+    let minted = cli_mint(&srv, &["--target", PAYMENTS, "--scope", "payments:charge"]);
+    let root = str_field(&minted, "/token").to_string();
+    let txn = str_field(&minted, "/info/txn").to_string();
+    let out = srv.writ(
+        &[
+            "downscope",
+            "--server",
+            &url,
+            "--json",
+            "--as",
+            "planner",
+            "--audience",
+            BOOKING,
+            "--target",
+            PAYMENTS,
+            "--scope",
+            "payments:charge",
+        ],
+        &[("WRIT_TOKEN", &root)],
+    );
+    let booking = json_exit(&out, 0);
+    let stolen = str_field(&booking, "/token").to_string();
+    let stolen_id = str_field(&booking, "/info/token_id").to_string();
+
+    // Mallory copied booking's token. Presented with mallory's certificate (or the
+    // planner's, who handed it on) it is worth nothing.
+    for thief in ["mallory", "planner"] {
+        // Validate: inactive, wrong audience, nothing of its context.
+        let out = srv.writ(
+            &["validate", "--server", &url, "--as", thief, "--json"],
+            &[("WRIT_TOKEN", &stolen)],
+        );
+        let v = json_exit(&out, 1);
+        assert_eq!(str_field(&v, "/inactive_reason"), "wrong_audience", "{v}");
+        assert!(v.get("info").is_none(), "{v}");
+        // Downscope: refused, the caller does not hold it.
+        let out = srv.writ(
+            &[
+                "downscope",
+                "--server",
+                &url,
+                "--as",
+                thief,
+                "--audience",
+                PAYMENTS,
+                "--audience-kind",
+                "workload",
+                "--scope",
+                "payments:charge",
+            ],
+            &[("WRIT_TOKEN", &stolen)],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("PERMISSION_DENIED") && e.contains("does not hold"),
+            "{e}"
+        );
+        assert!(out.stdout.is_empty(), "no token: {}", describe(&out));
+        // Revoke (a denial of service): refused as if it were no token at all.
+        let out = srv.writ(
+            &[
+                "revoke", "--server", &url, "--as", thief, "--reason", "mine now",
+            ],
+            &[("WRIT_TOKEN", &stolen)],
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            e.contains("UNAUTHENTICATED") && e.contains("not a valid token"),
+            "{e}"
+        );
+    }
+    // Claiming to be booking without its certificate: refused, development mode is off.
+    let out = srv.writ(
+        &["validate", "--server", &url, "--assert-as", BOOKING],
+        &[("WRIT_TOKEN", &stolen)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        e.contains("UNAUTHENTICATED") && e.contains("x-writ-caller"),
+        "{e}"
+    );
+    // Two ways of naming the caller at once are a usage error.
+    let out = srv.writ(
+        &[
+            "validate",
+            "--server",
+            &url,
+            "--as",
+            "mallory",
+            "--assert-as",
+            BOOKING,
+        ],
+        &[("WRIT_TOKEN", &stolen)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+
+    // Booking's token is untouched: booking still uses it, and the trail names the thief.
+    let out = srv.writ(
+        &[
+            "downscope",
+            "--server",
+            &url,
+            "--json",
+            "--as",
+            "booking",
+            "--audience",
+            PAYMENTS,
+            "--audience-kind",
+            "workload",
+            "--scope",
+            "payments:charge",
+        ],
+        &[("WRIT_TOKEN", &stolen)],
+    );
+    json_exit(&out, 0);
+    let out = srv.writ(
+        &[
+            "events",
+            &txn,
+            "--json",
+            "--server",
+            &url,
+            "--credential-file",
+            srv.data_dir
+                .join("operator.credential")
+                .to_str()
+                .expect("utf-8 path"),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let events: Vec<Json> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let refused: Vec<&Json> = events
+        .iter()
+        .filter(|e| str_field(e, "/kind") == "refused")
+        .collect();
+    assert!(
+        refused.iter().any(|e| str_field(e, "/actor") == MALLORY
+            && str_field(e, "/actor_auth") == "mtls"
+            && str_field(e, "/token_id") == stolen_id),
+        "{events:?}"
+    );
+    assert!(
+        !events.iter().any(|e| str_field(e, "/kind") == "revoked"),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn development_mode_accepts_asserted_identities_over_tls_and_plaintext() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("writ.toml");
+    let data = tmp.path().join("data");
+
+    // Development mode over TLS: --assert-as names the caller, unproven.
+    std::fs::write(&config, "[auth]\nasserted_identities = true\n").expect("config");
+    let srv = Server::start_with(&data, 0, Some(&config));
+    assert!(srv.log().contains("DEVELOPMENT MODE"), "{}", srv.log());
+    let url = srv.url();
+    let minted = json_exit(
+        &srv.writ(
+            &[
+                "mint",
+                "--server",
+                &url,
+                "--json",
+                "--credential-file",
+                srv.credential_file().to_str().expect("utf-8 path"),
+                "--subject",
+                "alice",
+                "--audience",
+                "planner",
+            ],
+            &[],
+        ),
+        0,
+    );
+    let token = str_field(&minted, "/token").to_string();
+    let v = json_exit(
+        &srv.writ(
+            &[
+                "validate",
+                "--server",
+                &url,
+                "--assert-as",
+                "planner",
+                "--json",
+            ],
+            &[("WRIT_TOKEN", &token)],
+        ),
+        0,
+    );
+    assert_eq!(v["active"], true, "{v}");
+    // The trail marks the unproven identity.
+    let out = srv.writ(
+        &[
+            "events",
+            str_field(&minted, "/info/txn"),
+            "--server",
+            &url,
+            "--credential-file",
+            srv.data_dir
+                .join("operator.credential")
+                .to_str()
+                .expect("utf-8 path"),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(text.contains("planner (asserted)"), "{text}");
+    drop(srv);
+
+    // And over plaintext (tls.enabled = false, an http:// address).
+    std::fs::write(
+        &config,
+        "[auth]\nasserted_identities = true\n[tls]\nenabled = false\n",
+    )
+    .expect("config");
+    let srv = Server::launch(&data, 1, Some(&config), false);
+    let url = srv.url();
+    assert!(url.starts_with("http://"), "{url}");
+    let v = json_exit(
+        &writ(
+            &[
+                "validate",
+                "--server",
+                &url,
+                "--assert-as",
+                "planner",
+                "--json",
+            ],
+            &[("WRIT_TOKEN", &token)],
+        ),
+        0,
+    );
+    assert_eq!(v["active"], true, "{v}");
 }
