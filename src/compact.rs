@@ -4,9 +4,13 @@
 //!
 //! Parsing only shapes the text into a wire [`pb::Constraint`]; whether the result is a
 //! valid claim (canonical text, bounds, a canonical path) is decided where every claim is
-//! decided, in [`crate::convert::claim`].
+//! decided, in [`crate::convert::claim`]. [`render`] writes a core claim back in this
+//! syntax, whole (for reports of the operator's own policy, not for messages: those show
+//! claims bounded).
 
 use crate::pb;
+use writ_core::claims::Time;
+use writ_core::{Claim, Constraint, Value};
 
 /// The kinds [`parse_claim`] accepts.
 pub const KINDS: &str =
@@ -115,6 +119,44 @@ pub fn parse_time(s: &str) -> Result<i64, String> {
     i64::try_from(secs).map_err(|e| bad(&e))
 }
 
+/// A claim's constraint in the compact syntax, `NAME:KIND:VALUE`, with every member of a
+/// set (case-insensitive sets show their members folded, as they are compared) and times
+/// as RFC 3339 dates. [`parse_claim`] reads it back to the same claim, unless a set member
+/// contains a `,`. The scopes the claim applies to are not part of the syntax.
+pub fn render(name: &str, claim: &Claim) -> String {
+    let time = |t: i64| {
+        let shown = Time(t).to_string();
+        // Out of the date range, `Time` shows `@seconds`; plain seconds parse back.
+        shown
+            .strip_prefix('@')
+            .map_or_else(|| shown.clone(), str::to_owned)
+    };
+    let join = |s: &std::collections::BTreeSet<String>| {
+        s.iter().map(String::as_str).collect::<Vec<_>>().join(",")
+    };
+    let (kind, value) = match &claim.constraint {
+        Constraint::Max(v) => ("max", v.to_string()),
+        Constraint::Min(v) => ("min", v.to_string()),
+        Constraint::Range { min, max } => ("range", format!("{min}..{max}")),
+        Constraint::Window {
+            not_before,
+            not_after,
+        } => (
+            "window",
+            format!("{}..{}", time(*not_before), time(*not_after)),
+        ),
+        Constraint::AllowSet(s) => ("allow", join(s)),
+        Constraint::DenySet(s) => ("deny", join(s)),
+        Constraint::AllowFolded(s) => ("allow-ci", join(s)),
+        Constraint::DenyFolded(s) => ("deny-ci", join(s)),
+        Constraint::Prefix(p) => ("prefix", p.clone()),
+        Constraint::Exact(Value::Str(v)) => ("exact", v.clone()),
+        Constraint::Exact(Value::Int(v)) => ("exact-int", v.to_string()),
+        Constraint::Exact(Value::Time(t)) => ("exact-time", time(*t)),
+    };
+    format!("{name}:{kind}:{value}")
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -208,5 +250,32 @@ mod tests {
         assert!(parse_time("2025-13-01").is_err());
         assert!(parse_time("2026-02-31").is_err(), "no such day");
         assert!(parse_time("yesterday").is_err());
+    }
+
+    #[test]
+    fn rendered_claims_parse_back_to_themselves() {
+        for text in [
+            "a:max:500",
+            "a:min:-3",
+            "a:range:1..9",
+            "d:window:2025-12-01T00:00:00Z..2025-12-15T23:59:59Z",
+            "d:window:-5..253402300800",
+            "m:allow:ryanair,tap",
+            "m:deny:health",
+            "c:allow-ci:food,travel",
+            "c:deny-ci:gambling",
+            "p:prefix:/trips/",
+            "cur:exact:EUR",
+            "n:exact-int:7",
+            "t:exact-time:2025-12-01T00:00:00Z",
+        ] {
+            let (name, pb) = parse_claim(text).unwrap();
+            let claim = crate::convert::claim("c", pb).unwrap();
+            assert_eq!(render(&name, &claim), text);
+        }
+        // Case-insensitive members are shown as they are compared.
+        let (name, pb) = parse_claim("c:deny-ci:Gambling").unwrap();
+        let claim = crate::convert::claim("c", pb).unwrap();
+        assert_eq!(render(&name, &claim), "c:deny-ci:gambling");
     }
 }
