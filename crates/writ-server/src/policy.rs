@@ -1317,6 +1317,21 @@ enabled = false
     }
 
     #[test]
+    fn the_example_policy_is_valid_and_shows_the_defaults() {
+        let text = include_str!("../../../deploy/policy.example.toml");
+        let p = parse(text).unwrap();
+        let r = p.registry();
+        assert_eq!(r.public_clients, PublicClientLimits::default());
+        assert_eq!((r.parties.len(), r.scopes.len()), (3, 2));
+        assert_eq!(
+            p.keys_of(BOOKING).unwrap()[0].kid(),
+            Some("booking-2026-12")
+        );
+        let report = render_report(&p);
+        assert!(!report.contains("notes"), "{report}");
+    }
+
+    #[test]
     fn defaults_are_strict_and_minimal_files_work() {
         let p = parse("trust_domain = \"writ.local\"\n").unwrap();
         let r = p.registry();
