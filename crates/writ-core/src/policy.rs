@@ -150,14 +150,14 @@ pub struct Ceiling {
 
 impl Ceiling {
     /// Is a token holding `grant` within this ceiling? Its scopes must be among the
-    /// ceiling's, and each ceiling claim that applies to at least one of its scopes must be
-    /// narrowed by the grant's claim of the same name, as [`Claim::is_narrowed_by`](crate::Claim::is_narrowed_by) orders
-    /// them, with the claims' scopes compared over the grant's scopes only: the grant's
-    /// claim must apply to each of the grant's scopes the ceiling's claim applies to. A
-    /// ceiling claim on none of the grant's scopes constrains nothing the grant permits,
-    /// and the wire refuses a claim on a scope the token does not hold, so it is not
-    /// required. Dropping any other ceiling claim is above the ceiling. `Err` is the
-    /// detail, naming the first offending scope or claim (never a whole set).
+    /// ceiling's, and every ceiling claim that applies to one of its scopes must be
+    /// narrowed by the grant's claim of the same name, as a parent's claim by a child's
+    /// ([`Claim::is_narrowed_by`](crate::Claim::is_narrowed_by)), with the claims' scopes
+    /// compared over the grant's scopes: the grant's claim must apply to each of them the
+    /// ceiling's claim applies to. A ceiling claim on none of the grant's scopes constrains
+    /// nothing the grant permits, so it is not required (and the wire refuses a claim on a
+    /// scope the token does not hold); dropping any other is above the ceiling. `Err` is
+    /// the detail, naming the first offending scope or claim (never a whole set).
     pub fn check(&self, grant: &Grant) -> Result<(), String> {
         if let Some(s) = grant.scopes.difference(&self.scopes).next() {
             return Err(format!("scope {} is above its ceiling", Shown(s)));
