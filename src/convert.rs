@@ -39,7 +39,7 @@ fn bad<T>(field: impl Into<String>, message: impl Into<String>) -> Result<T> {
 
 /// A bounded string in the canonical form of [`writ_core::text`] (NFC, nothing invisible
 /// or reordering, no edge spaces), at most `max` bytes. Refused, never rewritten.
-fn text(field: &str, s: &str, max: usize) -> Result<()> {
+pub fn text(field: &str, s: &str, max: usize) -> Result<()> {
     if s.len() > max {
         return bad(field, format!("is {} bytes; the limit is {max}", s.len()));
     }
@@ -122,7 +122,27 @@ pub fn party(field: &str, p: Option<pb::Party>) -> Result<Party> {
     })
 }
 
-/// Scopes: RFC 6749 scope-tokens (printable ASCII except space, `"` and `\`), bounded.
+/// One scope: an RFC 6749 scope-token (printable ASCII except space, `"` and `\`) of
+/// 1..=[`MAX_SCOPE_LEN`] bytes.
+pub fn scope(field: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= MAX_SCOPE_LEN
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        bad(
+            field,
+            format!(
+                "{} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)",
+                Shown(s)
+            ),
+        )
+    }
+}
+
+/// Scopes: RFC 6749 scope-tokens ([`scope`]), at most [`MAX_SCOPES`].
 pub fn scopes(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
     if v.len() > MAX_SCOPES {
         return bad(
@@ -131,16 +151,7 @@ pub fn scopes(field: &str, v: Vec<String>) -> Result<BTreeSet<String>> {
         );
     }
     v.into_iter()
-        .map(|s| {
-            let ok = !s.is_empty()
-                && s.len() <= MAX_SCOPE_LEN
-                && s.bytes().all(|b| b == 0x21 || (0x23..=0x5b).contains(&b) || (0x5d..=0x7e).contains(&b));
-            if ok {
-                Ok(s)
-            } else {
-                bad(field, format!("{} is not a valid scope (1..={MAX_SCOPE_LEN} printable ASCII, no space, quote or backslash)", Shown(&s)))
-            }
-        })
+        .map(|s| scope(field, &s).map(|()| s))
         .collect()
 }
 

@@ -4,9 +4,11 @@
 //! Every incoming request is validated while it is converted: ids, scopes, claims and
 //! contexts are checked against [`writ_core::limits`] and every required field is
 //! present, so handlers only ever see valid core values. Errors name the field.
+//! [`compact`] is the claim syntax the command line and the policy file share.
 //! Both the server and the client link this crate; it never depends on the store.
 #![forbid(unsafe_code)]
 
+pub mod compact;
 pub mod convert;
 
 /// Generated protobuf types and gRPC stubs for package `writ.v1`.

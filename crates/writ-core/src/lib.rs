@@ -15,7 +15,8 @@
 //!   order and their evaluation.
 //! - [`model`]: the token record every hop stores, parties and grants.
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
-//! - [`policy`]: roles, and the registry of parties and scopes a grant is checked against.
+//! - [`policy`]: roles, and the registry of parties and scopes (with each party's ceiling)
+//!   that every new token's audience is checked against.
 //! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed.
 //! - [`audit`]: the events of the audit trail and their ordering ids.
 //! - [`limits`]: hard bounds on every size a request can carry.
@@ -38,4 +39,7 @@ pub use ids::{TokenId, TxnId, UnixMillis};
 pub use lifecycle::{Revocation, Status, TokenState};
 pub use model::{Actor, ActorKind, AuthMethod, ClientType, Grant, Party, TokenRecord};
 pub use narrow::{ChildRequest, Dimension, MintRequest, NarrowingError, Policy};
+pub use policy::{
+    Ceiling, PartyDef, PublicClientLimits, Registry, ResolvedParty, Role, Roles, ScopeDef,
+};
 pub use token::{KeyRing, SecretHash, ServerKey, TokenError, TokenSecret, VerifiedToken};

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// What kind of party acts.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ActorKind {
     /// A person.
     User,
@@ -19,13 +19,34 @@ pub enum ActorKind {
     Workload,
 }
 
+impl ActorKind {
+    /// Stable lower-case name, as the policy file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActorKind::User => "user",
+            ActorKind::Agent => "agent",
+            ActorKind::Workload => "workload",
+        }
+    }
+}
+
 /// OAuth client type: can the party keep a credential secret?
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum ClientType {
     /// Holds its own credential (a server-side agent or service).
     Confidential,
     /// Cannot keep a secret (runs on a user's device, in a browser).
     Public,
+}
+
+impl ClientType {
+    /// Stable lower-case name, as the policy file spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientType::Confidential => "confidential",
+            ClientType::Public => "public",
+        }
+    }
 }
 
 /// How a party proved who it is when it acted. Validate reports it for the current actor

@@ -8,6 +8,8 @@
 //! - [`auth`]: the one seam that decides who is calling.
 //! - [`assertion`]: proven identities from signed JWTs (client assertions, JWT-SVIDs) and
 //!   their replay cache.
+//! - [`policy`]: the policy file (parties, scopes, ceilings, registered keys): validated,
+//!   hot-reloaded on SIGHUP and on change, and checked offline by `writ policy check`.
 //! - [`service`]: Mint, Downscope, Validate and Revoke over any [`writ_store::TokenStore`].
 //! - [`audit`]: the audit trail's event clock, batched writer and live feed.
 //! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry,
@@ -34,6 +36,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod pki;
+pub mod policy;
 pub mod secrets;
 pub mod service;
 pub mod tls;

@@ -1,5 +1,8 @@
 //! Parsing of the client commands' compact arguments (claims, attributes, KEY=VALUE).
 
+/// `--claim NAME:KIND:VALUE` and the dates of `--attr NAME=@DATE`: the compact syntax the
+/// policy file shares.
+pub use writ_api::compact::{parse_claim, parse_time};
 use writ_api::pb;
 
 /// `--audience-kind`.
@@ -164,28 +167,6 @@ pub fn attributes(attrs: Vec<(String, pb::Value)>) -> std::collections::HashMap<
         .collect()
 }
 
-/// Unix seconds, or a UTC date (`2026-12-03`, the day's first second) or date-time
-/// (`2026-12-03T10:00:00Z`), years 1970..=9999.
-pub fn parse_time(s: &str) -> Result<i64, String> {
-    if let Ok(secs) = s.parse::<i64>() {
-        return Ok(secs);
-    }
-    let bad = |why: &dyn std::fmt::Display| {
-        format!("expected Unix seconds, YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ, got {s:?}: {why}")
-    };
-    let at = if s.contains('T') {
-        humantime::parse_rfc3339(s)
-    } else {
-        humantime::parse_rfc3339(&format!("{s}T00:00:00Z"))
-    }
-    .map_err(|e| bad(&e))?;
-    let secs = at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|e| bad(&e))?
-        .as_secs();
-    i64::try_from(secs).map_err(|e| bad(&e))
-}
-
 /// What `writ revoke` revokes as an operator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Target {
@@ -206,65 +187,6 @@ pub fn parse_target(s: &str) -> Result<Target, String> {
     } else {
         Err("expected a token id (tid_...) or a transaction (txn_...)".to_string())
     }
-}
-
-/// `NAME:KIND:VALUE`.
-pub fn parse_claim(s: &str) -> Result<(String, pb::Constraint), String> {
-    const KINDS: &str = "max, min, range, window, allow, deny, allow-ci, deny-ci, prefix, exact, exact-int, exact-time";
-    use writ_client::build as b;
-    let mut parts = s.splitn(3, ':');
-    let (Some(name), Some(kind), Some(value)) = (parts.next(), parts.next(), parts.next()) else {
-        return Err(format!("expected NAME:KIND:VALUE, got {s:?}"));
-    };
-    let int = || {
-        value
-            .parse::<i64>()
-            .map_err(|_| format!("{kind} needs an integer, got {value:?}"))
-    };
-    let set = || {
-        value
-            .split(',')
-            .filter(|v| !v.is_empty())
-            .collect::<Vec<_>>()
-    };
-    let span = || {
-        value
-            .split_once("..")
-            .ok_or_else(|| format!("{kind} needs LOW..HIGH, got {value:?}"))
-    };
-    let c = match kind {
-        "max" => b::max(int()?),
-        "min" => b::min(int()?),
-        "range" => {
-            let (lo, hi) = span()?;
-            let n = |x: &str| {
-                x.parse::<i64>()
-                    .map_err(|_| format!("range needs integers, got {x:?}"))
-            };
-            b::range(n(lo)?, n(hi)?)
-        }
-        "window" => {
-            let (lo, hi) = span()?;
-            // A bare date as the end means the whole day.
-            let end = parse_time(hi)?
-                + if hi.contains('T') || hi.parse::<i64>().is_ok() {
-                    0
-                } else {
-                    86_399
-                };
-            b::window(parse_time(lo)?, end)
-        }
-        "allow" => b::allow(&set()),
-        "deny" => b::deny(&set()),
-        "allow-ci" => b::case_insensitive(b::allow(&set())),
-        "deny-ci" => b::case_insensitive(b::deny(&set())),
-        "prefix" => b::prefix(value),
-        "exact" => b::exact(b::str(value)),
-        "exact-int" => b::exact(b::int(int()?)),
-        "exact-time" => b::exact(b::time(parse_time(value)?)),
-        other => return Err(format!("unknown claim kind {other:?} ({KINDS})")),
-    };
-    Ok((name.to_string(), c))
 }
 
 /// Claims from `--claim`, each limited to the scopes `--claim-scope NAME=SCOPE` names.
@@ -289,43 +211,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn claims_parse() {
-        let (n, c) = parse_claim("amount:max:500").unwrap();
-        assert_eq!(n, "amount");
-        assert_eq!(c, writ_client::build::max(500));
-        assert_eq!(
-            parse_claim("cat:deny:a,b").unwrap().1,
-            writ_client::build::deny(&["a", "b"])
-        );
-        assert_eq!(
-            parse_claim("p:prefix:/a:b/").unwrap().1,
-            writ_client::build::prefix("/a:b/")
-        );
-        assert!(parse_claim("amount:max:lots").is_err());
-        assert!(parse_claim("amount:bigger:5").is_err());
-        assert!(parse_claim("amount").is_err());
-        assert_eq!(
-            parse_attr("amount=5").unwrap().1,
-            writ_client::build::int(5)
-        );
-        assert_eq!(
-            parse_attr("c=health").unwrap().1,
-            writ_client::build::str("health")
-        );
+    fn attributes_and_scoped_claims_parse() {
         use writ_client::build as b;
-        assert_eq!(
-            parse_claim("a:range:100..500").unwrap().1,
-            b::range(100, 500)
-        );
-        assert_eq!(
-            parse_claim("d:window:2025-12-01..2025-12-15").unwrap().1,
-            b::window(1_764_547_200, 1_765_843_199)
-        );
-        assert_eq!(
-            parse_claim("c:deny-ci:Gambling").unwrap().1,
-            b::case_insensitive(b::deny(&["Gambling"]))
-        );
-        assert!(parse_claim("a:range:100").is_err());
+        assert_eq!(parse_attr("amount=5").unwrap().1, b::int(5));
+        assert_eq!(parse_attr("c=health").unwrap().1, b::str("health"));
         assert_eq!(
             parse_attr("d=@2025-12-01T01:00:00Z").unwrap().1,
             b::time(1_764_550_800)
@@ -340,6 +229,12 @@ mod tests {
         ]);
         assert_eq!(attrs["item"], b::list(vec![b::str("a"), b::str("b")]));
         assert_eq!(attrs["n"], b::int(1));
+        // The shared syntax builds what the client's builders do.
+        assert_eq!(parse_claim("amount:max:500").unwrap().1, b::max(500));
+        assert_eq!(
+            parse_claim("c:deny-ci:Gambling").unwrap().1,
+            b::case_insensitive(b::deny(&["Gambling"]))
+        );
         let scoped = claims(
             vec![("amount".into(), b::max(5))],
             vec![("amount".into(), "pay".into())],
