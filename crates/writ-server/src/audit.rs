@@ -607,6 +607,11 @@ mod tests {
             audit.clone(),
             crate::config::ValidationEvents::All,
         )
+        // Parties named by short ids, as in development mode.
+        .with_policy(
+            crate::policy::PolicyHandle::development("example.org"),
+            true,
+        )
     }
 
     fn test_keys() -> KeyRing {

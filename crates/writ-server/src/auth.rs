@@ -19,6 +19,7 @@
 
 use crate::assertion::{ASSERTION_HEADER, AssertionError, AssertionKind, AssertionVerifier};
 use crate::error::ServiceError;
+use crate::policy::PolicyHandle;
 use crate::secrets::{Credentials, Role as CredentialRole};
 use crate::tls::PeerInfo;
 use std::sync::Arc;
@@ -124,6 +125,8 @@ pub struct Authenticator {
     asserted: bool,
     /// Verifies client assertions; `None` where none are configured (unit tests).
     assertions: Option<Arc<AssertionVerifier>>,
+    /// The registry: roles, enabled, and client-assertion keys of each party.
+    policy: Option<PolicyHandle>,
 }
 
 impl Authenticator {
@@ -134,7 +137,15 @@ impl Authenticator {
             credentials,
             asserted: false,
             assertions: None,
+            policy: None,
         }
+    }
+
+    /// Takes each party's roles, and its client-assertion keys, from `policy`. Without
+    /// one, every proven identity may hold, derive and check tokens (unit tests).
+    pub fn with_policy(mut self, policy: PolicyHandle) -> Self {
+        self.policy = Some(policy);
+        self
     }
 
     /// Also verifies client assertions with `verifier`.
@@ -201,7 +212,7 @@ impl Authenticator {
             return self.assertion(v);
         }
         if let Some(id) = peer {
-            return Ok(party(id, AuthMethod::Mtls));
+            return self.party(id, AuthMethod::Mtls);
         }
         match md.get(CALLER_HEADER) {
             None => Ok(Caller::Anonymous),
@@ -216,7 +227,7 @@ impl Authenticator {
                         "{CALLER_HEADER}: {id:?} is a minter or operator and must present its credential"
                     )));
                 }
-                Ok(party(id.to_owned(), AuthMethod::Asserted))
+                self.party(id.to_owned(), AuthMethod::Asserted)
             }
         }
     }
@@ -257,7 +268,8 @@ impl Authenticator {
             AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
         })?;
         let now = crate::service::now_micros() / 1_000_000;
-        let keys_of = |_: &str| None;
+        let policy = self.policy.as_ref().map(PolicyHandle::current);
+        let keys_of = |id: &str| policy.as_ref().and_then(|p| p.keys_of(id));
         let verified = verifier.verify(jwt, &keys_of, now).map_err(|e| match e {
             AssertionError::Malformed(m) => AuthError::Malformed(m),
             AssertionError::ReplayCacheFull { .. } => AuthError::Exhausted(e.to_string()),
@@ -267,14 +279,38 @@ impl Authenticator {
             AssertionKind::ClientAssertion => AuthMethod::ClientAssertion,
             AssertionKind::JwtSvid => AuthMethod::JwtSvid,
         };
-        Ok(party(verified.subject, method))
+        self.party(verified.subject, method)
     }
-}
 
-/// A party proven by `auth`: until the registry says otherwise, it may hold, derive and
-/// check tokens.
-fn party(id: String, auth: AuthMethod) -> Caller {
-    Caller::known(id, auth, &[Role::Agent, Role::ResourceServer])
+    /// The party `id`, proven by `auth`, with the roles the registry gives it: refused
+    /// when disabled, or when the registry does not know it (unless the trust domain is
+    /// open). An asserted identity the registry cannot resolve (development mode, a name
+    /// that is no SPIFFE ID) may hold, derive and check tokens.
+    fn party(&self, id: String, auth: AuthMethod) -> Result<Caller, AuthError> {
+        const HOLDER: [Role; 2] = [Role::Agent, Role::ResourceServer];
+        let Some(policy) = &self.policy else {
+            return Ok(Caller::known(id, auth, &HOLDER));
+        };
+        let policy = policy.current();
+        let roles = match policy.registry().resolve(&id) {
+            Some(p) if !p.enabled => {
+                return Err(AuthError::Forbidden(format!(
+                    "{id:?} is disabled by the policy"
+                )));
+            }
+            Some(p) => p.effective_roles(),
+            None if auth == AuthMethod::Asserted => Roles::of(&HOLDER),
+            None => {
+                return Err(AuthError::Forbidden(format!(
+                    "{id:?} is not a registered party (the trust domain is closed)"
+                )));
+            }
+        };
+        Ok(Caller::Known(Identity {
+            actor: Actor { id, auth },
+            roles,
+        }))
+    }
 }
 
 #[cfg(test)]

@@ -39,6 +39,11 @@ pub struct Config {
     pub tls: TlsConfig,
     /// How callers prove who they are besides client certificates.
     pub auth: AuthConfig,
+    /// The policy file: the registry of parties and scopes (see
+    /// `deploy/policy.example.toml`). Re-read on SIGHUP and when it changes; a bad file
+    /// keeps the policy in force. None: the development policy (any identity of the trust
+    /// domain is a party, any scope is known).
+    pub policy: Option<PathBuf>,
 }
 
 /// TLS settings. With no files named, `writ serve` creates a local development CA and a
@@ -226,6 +231,7 @@ impl Default for Config {
             operators: Vec::new(),
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
+            policy: None,
         }
     }
 }

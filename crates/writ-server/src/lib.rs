@@ -72,6 +72,9 @@ pub enum ServerError {
     /// The TLS material could not be loaded.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
+    /// The policy file could not be read or is not valid.
+    #[error(transparent)]
+    Policy(#[from] policy::PolicyError),
     /// The client-assertion verifier could not be set up (e.g. the JWT bundle).
     #[error(transparent)]
     Assertion(#[from] assertion::AssertionError),
@@ -99,6 +102,9 @@ pub struct RunningServer {
     /// Held until the store is closed: one server per data directory.
     lock: secrets::DataDirLock,
 }
+
+/// How often the policy file is checked for changes (besides SIGHUP).
+pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long shutdown waits for in-flight requests and open streams (say, a watcher that
 /// stopped reading) before it drops the connections that are left.
@@ -231,6 +237,14 @@ async fn start_with_keepalive(
         tracing::warn!("tls.enabled = false: plaintext gRPC; no client certificates");
         None
     };
+    let policy = policy::PolicyHandle::load(config.policy.as_deref(), &config.trust_domain)?;
+    match &config.policy {
+        Some(path) => tracing::info!(policy = %path.display(), "policy loaded"),
+        None => tracing::warn!(
+            "no policy file: the DEVELOPMENT policy is in force (any identity of the trust \
+             domain is a party that may hold any scope); name one with `policy` or --policy"
+        ),
+    }
     let started = service::now_micros() / 1_000_000;
     let mut assertion_config = assertion::AssertionConfig::new(
         config.auth.audience(&config.trust_domain),
@@ -277,8 +291,10 @@ async fn start_with_keepalive(
     )
     .with_idempotency_window(std::time::Duration::from_secs(
         config.tokens.idempotency_window_seconds,
-    ));
+    ))
+    .with_policy(policy.clone(), config.auth.asserted_identities);
     let auth = auth::Authenticator::new(credentials)
+        .with_policy(policy.clone())
         .with_assertions(assertions.clone())
         .with_asserted_identities(config.auth.asserted_identities);
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
@@ -318,10 +334,13 @@ async fn start_with_keepalive(
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    let mut reloaders = vec![assertions.spawn_bundle_reloader(
-        std::time::Duration::from_secs(config.tls.reload_interval_seconds),
-        stop.subscribe(),
-    )];
+    let mut reloaders = vec![
+        assertions.spawn_bundle_reloader(
+            std::time::Duration::from_secs(config.tls.reload_interval_seconds),
+            stop.subscribe(),
+        ),
+        policy.spawn_watcher(POLICY_POLL, stop.subscribe()),
+    ];
     let task = match tls {
         Some(source) => {
             reloaders.push(source.spawn_reloader(

@@ -775,7 +775,16 @@ impl PolicyHandle {
             None => Policy::development(trust_domain),
             Some(p) => Policy::read(p, Some(trust_domain))?,
         };
-        Ok(PolicyHandle {
+        Ok(PolicyHandle::with(path, trust_domain, policy))
+    }
+
+    /// The built-in development policy of `trust_domain`, with no file to reload.
+    pub fn development(trust_domain: &str) -> PolicyHandle {
+        PolicyHandle::with(None, trust_domain, Policy::development(trust_domain))
+    }
+
+    fn with(path: Option<&Path>, trust_domain: &str, policy: Policy) -> PolicyHandle {
+        PolicyHandle {
             inner: Arc::new(Inner {
                 path: path.map(Path::to_owned),
                 trust_domain: trust_domain.to_owned(),
@@ -787,7 +796,7 @@ impl PolicyHandle {
                     last_refused: None,
                 }),
             }),
-        })
+        }
     }
 
     /// The policy in force. Hold it for the whole of a request, so one request sees one

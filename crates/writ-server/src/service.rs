@@ -18,12 +18,14 @@ use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
 use crate::config::ValidationEvents;
 use crate::error::{ParentProblem, ServiceError};
+use crate::policy::PolicyHandle;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use writ_api::convert::{Action, RevokeTarget};
 use writ_core::lifecycle::{self, Status};
+use writ_core::narrow::NarrowingError;
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
-use writ_core::policy::Role;
+use writ_core::policy::{PartyDef, Registry, ResolvedParty, Role, Roles};
 use writ_core::{
     Actor, ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
     TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis, VerifiedToken,
@@ -100,6 +102,11 @@ pub struct Service<S> {
     idempotency_window_ms: u64,
     /// Serialise the attempts under one idempotency key (striped by the key's scope).
     retry_locks: Vec<tokio::sync::Mutex<()>>,
+    /// The registry of parties and scopes every new token's audience is checked against.
+    registry: PolicyHandle,
+    /// Development mode: a party the registry cannot resolve (an asserted name that is no
+    /// SPIFFE ID) is taken as the request describes it.
+    asserted: bool,
 }
 
 /// Stripes of [`Service::retry_locks`].
@@ -204,7 +211,6 @@ impl<S: TokenStore> Service<S> {
             store,
             keys,
             policy,
-            trust_domain,
             max_children,
             audit,
             validations,
@@ -212,7 +218,64 @@ impl<S: TokenStore> Service<S> {
             retry_locks: (0..RETRY_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            registry: PolicyHandle::development(&trust_domain),
+            trust_domain,
+            asserted: false,
         }
+    }
+
+    /// Checks every new token's audience against `registry`; `asserted`: development mode
+    /// (see [`Service::resolve`]).
+    pub fn with_policy(mut self, registry: PolicyHandle, asserted: bool) -> Self {
+        self.registry = registry;
+        self.asserted = asserted;
+        self
+    }
+
+    /// The party the registry says `described` is, refused (`party`) when the request
+    /// describes it otherwise (`check`) or the registry does not know it. In development
+    /// mode a name the registry cannot resolve is taken as described (it is asserted).
+    fn resolve<'r>(
+        &self,
+        registry: &'r Registry,
+        described: &Party,
+        check: bool,
+    ) -> Result<ResolvedParty<'r>, NarrowingError> {
+        match registry.resolve(&described.id) {
+            Some(p) => {
+                if check {
+                    p.check_description(described)?;
+                }
+                Ok(p)
+            }
+            None if self.asserted => Ok(ResolvedParty {
+                def: std::borrow::Cow::Owned(PartyDef {
+                    id: described.id.clone(),
+                    display_name: None,
+                    kind: described.kind,
+                    client_type: described.client_type,
+                    roles: Roles::of(&[Role::Agent, Role::ResourceServer]),
+                    ceiling: None,
+                    targets: None,
+                    max_ttl_secs: None,
+                    enabled: true,
+                }),
+                registered: false,
+            }),
+            None => registry.audience(&described.id),
+        }
+    }
+
+    /// May `record` (derived by `holder`, `None` at Mint) be issued to its audience, as
+    /// the registry sees them?
+    fn admit(&self, record: &TokenRecord, holder: Option<&Party>) -> Result<(), NarrowingError> {
+        let policy = self.registry.current();
+        let registry = policy.registry();
+        let audience = self.resolve(registry, &record.audience, true)?;
+        let holder = holder
+            .map(|h| self.resolve(registry, h, false))
+            .transpose()?;
+        registry.admit(&audience, holder.as_ref(), &record.grant, record.issued_at)
     }
 
     /// Sets how long a retry under an idempotency key gets its token back.
@@ -333,6 +396,7 @@ impl<S: TokenStore> Service<S> {
             client_type: ClientType::Confidential,
         };
         let record = narrow::mint(req, minter, &self.trust_domain, &self.policy, new)
+            .and_then(|record| self.admit(&record, None).map(|()| record))
             .map_err(ServiceError::MintRefused)?;
         // Pending until the insert lands: readers see nothing later meanwhile. The write,
         // its announcement and the settling finish even if this request is cancelled.
@@ -431,7 +495,9 @@ impl<S: TokenStore> Service<S> {
         }
         let now = now();
         let (secret, new) = self.issue(retry.as_ref(), parent.txn, now, actor);
-        let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new) {
+        let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new)
+            .and_then(|child| self.admit(&child, Some(&parent.audience)).map(|()| child))
+        {
             Ok(child) => child,
             Err(e) => {
                 self.refused(&parent, actor, e.dimension.as_str(), e.detail.clone())

@@ -52,6 +52,28 @@ enum Command {
     CredentialHash,
     /// Client certificates from the local development CA (`writ certs issue NAME…`).
     Certs(CertsArgs),
+    /// The policy file: `writ policy check FILE` validates it offline and prints what
+    /// each party may hold.
+    Policy(PolicyArgs),
+}
+
+#[derive(Args, Debug)]
+struct PolicyArgs {
+    #[command(subcommand)]
+    command: PolicyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PolicyCommand {
+    /// Validate a policy file (as the server would before it takes effect) and print what
+    /// each party may hold. Exit 1 if it is not valid.
+    Check {
+        /// The policy file.
+        file: PathBuf,
+        /// The server's trust domain, which the file must name (default: the file's own).
+        #[arg(long)]
+        trust_domain: Option<String>,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -65,6 +87,9 @@ struct ServeArgs {
     /// Data directory; overrides the configuration.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Policy file (the registry of parties and scopes); overrides the configuration.
+    #[arg(long, env = "WRIT_POLICY")]
+    policy: Option<PathBuf>,
 }
 
 /// The development CA of the default data directory (`writ serve` creates it).
@@ -737,6 +762,18 @@ async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> 
         Command::Certs(CertsArgs {
             command: CertsCommand::Issue(a),
         }) => certs_issue(a),
+        Command::Policy(PolicyArgs {
+            command: PolicyCommand::Check { file, trust_domain },
+        }) => match writ_server::policy::check_report(&file, trust_domain.as_deref()) {
+            Ok(report) => {
+                print!("{report}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("writ: {e}");
+                Ok(ExitCode::FAILURE)
+            }
+        },
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -832,6 +869,9 @@ fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
     }
     if let Some(d) = &a.data_dir {
         config.data_dir = d.clone();
+    }
+    if let Some(p) = &a.policy {
+        config.policy = Some(p.clone());
     }
     // Before the runtime is built from it.
     config.validate()?;

@@ -1868,3 +1868,33 @@ fn development_mode_accepts_asserted_identities_over_tls_and_plaintext() {
     );
     assert_eq!(v["active"], true, "{v}");
 }
+
+/// `writ policy check` validates a policy file offline: the example prints what each
+/// party may hold; a bad file fails naming the field, and the server refuses to start on it.
+#[test]
+fn policy_check_reports_a_good_file_and_refuses_a_bad_one() {
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/policy.example.toml"
+    );
+    let o = writ(&["policy", "check", example], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let report = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        report.contains("spiffe://writ.local/agent/booking"),
+        "{report}"
+    );
+    assert!(report.contains("payments:charge"), "{report}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "trust_domain = \"writ.local\"\n[parties.\"spiffe://writ.local/agent/x\"]\nkind = \"robot\"\nclient_type = \"confidential\"\nroles = [\"agent\"]\nscopes = []\n",
+    )
+    .expect("writing the policy");
+    let o = writ(&["policy", "check", bad.to_str().expect("utf-8")], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("kind") || err.contains("robot"), "{err}");
+}
