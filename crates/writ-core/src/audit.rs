@@ -70,7 +70,8 @@ pub struct Event {
     pub subject: String,
     /// The token the event is about: the new token (minted, downscoped), the presented
     /// one (validated), the parent (refused), or the one revoked (`None`: the whole
-    /// transaction).
+    /// transaction, or several subtrees of it at once, as a disabled party's revocation
+    /// may be).
     pub token: Option<TokenId>,
     /// Who did it: the minter, the deriving holder, the validating service, the revoker.
     pub actor: String,
@@ -229,8 +230,9 @@ impl Event {
         }
     }
 
-    /// The event of a revocation by `by` of `token` (`None`: the whole transaction) in
-    /// the transaction of `any` (any of its tokens), which made `count` tokens inactive.
+    /// The event of a revocation by `by` of `token` and its subtree (`None`: the whole
+    /// transaction, or several subtrees) in the transaction of `any` (any of its tokens),
+    /// which made `count` tokens inactive.
     pub fn revoked(
         id: EventId,
         any: &TokenRecord,

@@ -17,7 +17,8 @@
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
 //! - [`policy`]: roles, and the registry of parties and scopes (with each party's ceiling)
 //!   that every new token's audience is checked against.
-//! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed.
+//! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed;
+//!   a party's disablement.
 //! - [`audit`]: the events of the audit trail and their ordering ids.
 //! - [`limits`]: hard bounds on every size a request can carry.
 #![forbid(unsafe_code)]
@@ -36,7 +37,7 @@ pub mod token;
 pub use audit::{Event, EventId, EventKind};
 pub use claims::{Attributes, Claim, Claims, Constraint, Denial, Value};
 pub use ids::{TokenId, TxnId, UnixMillis};
-pub use lifecycle::{Revocation, Status, TokenState};
+pub use lifecycle::{PartyDisable, Revocation, Status, TokenState};
 pub use model::{Actor, ActorKind, AuthMethod, ClientType, Grant, Party, TokenRecord};
 pub use narrow::{ChildRequest, Dimension, MintRequest, NarrowingError, Policy};
 pub use policy::{

@@ -1,7 +1,9 @@
 //! What happens to a token after it is issued: its mutable state (revocation, uses,
-//! children) and the status derived from it. Still pure: the store persists these
-//! values and the server decides when to write them.
+//! children) and the status derived from it, and the disablement of a party (the kill
+//! switch for a compromised agent). Still pure: the store persists these values and the
+//! server decides when to write them.
 
+use crate::audit::bounded_detail;
 use crate::ids::{TokenId, UnixMillis};
 use crate::model::TokenRecord;
 use crate::text::truncate;
@@ -18,6 +20,33 @@ pub struct Revocation {
     pub reason: String,
     /// The token the operator revoked: this one, or the ancestor whose revocation reached it.
     pub cause: TokenId,
+}
+
+/// Why, when and by whom an operator disabled a party: while it is recorded, the party
+/// holds no new token, and disabling it revoked every token it held or had derived. Enabling
+/// the party again removes the record and restores nothing that was revoked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartyDisable {
+    /// When.
+    pub at: UnixMillis,
+    /// Who disabled it (an operator's identity).
+    pub by: String,
+    /// Why, as the operator said: at most
+    /// [`MAX_DETAIL_BYTES`](crate::limits::MAX_DETAIL_BYTES) (see [`PartyDisable::new`]).
+    pub reason: String,
+}
+
+impl PartyDisable {
+    /// A disablement by `by` at `at`, its reason cut to
+    /// [`MAX_DETAIL_BYTES`](crate::limits::MAX_DETAIL_BYTES) as an audit
+    /// event's detail is, so a stored disablement is bounded whatever the request carried.
+    pub fn new(at: UnixMillis, by: String, reason: String) -> PartyDisable {
+        PartyDisable {
+            at,
+            by,
+            reason: bounded_detail(reason),
+        }
+    }
 }
 
 /// The mutable part of a stored token. Only the store changes it, under its per-transaction
@@ -138,6 +167,7 @@ mod tests {
     use super::*;
     use crate::claims::{Claim, Constraint};
     use crate::ids::TxnId;
+    use crate::limits::MAX_DETAIL_BYTES;
     use crate::model::Grant;
     use crate::model::{ActorKind, ClientType, Party};
     use crate::token::SecretHash;
@@ -207,6 +237,14 @@ mod tests {
             ..TokenState::default()
         };
         assert_eq!(status(&unlimited, &busy, UnixMillis(0)), Status::Active);
+    }
+
+    #[test]
+    fn a_disablement_keeps_a_bounded_reason() {
+        let short = PartyDisable::new(UnixMillis(5), "op".into(), "leaked key".into());
+        assert_eq!(short.reason, "leaked key");
+        let long = PartyDisable::new(UnixMillis(5), "op".into(), "é".repeat(MAX_DETAIL_BYTES));
+        assert!(long.reason.len() <= MAX_DETAIL_BYTES && long.reason.ends_with('…'));
     }
 
     #[test]

@@ -6,11 +6,16 @@
 //! async-in-trait rather than boxed, so the trait is not object-safe: use it as a
 //! generic bound.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
+use writ_core::audit::bounded_detail;
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
-use writ_core::{Actor, Event, EventId, TokenId, TokenRecord, TokenState, TxnId, UnixMillis};
+use writ_core::{
+    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
+    UnixMillis,
+};
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
 /// map errors to responses once.
@@ -156,6 +161,166 @@ pub struct Revoked {
     pub event: Option<Event>,
 }
 
+/// Most token ids a [`PartyRevoked`] lists: a party may have held very many tokens, and
+/// the answer stays bounded (the counts are always whole).
+pub const MAX_PARTY_REVOKED_IDS: usize = 1000;
+
+/// What [`TokenStore::revoke_party`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PartyRevoked {
+    /// Tokens newly revoked, at most [`MAX_PARTY_REVOKED_IDS`] of them, in no particular
+    /// order; [`revoked`](Self::revoked) counts them all.
+    pub ids: Vec<TokenId>,
+    /// How many tokens were newly revoked.
+    pub revoked: u64,
+    /// Transactions in which something was newly revoked: one `revoked` event each.
+    pub txns: u64,
+    /// Transactions examined: the party's entries in the `party_txns` index.
+    pub scanned: u64,
+}
+
+impl PartyRevoked {
+    /// Counts one examined transaction and what was newly revoked in it.
+    pub(crate) fn add(&mut self, ids: Vec<TokenId>) {
+        self.scanned += 1;
+        if ids.is_empty() {
+            return;
+        }
+        self.txns += 1;
+        self.revoked += ids.len() as u64;
+        let room = MAX_PARTY_REVOKED_IDS.saturating_sub(self.ids.len());
+        self.ids.extend(ids.into_iter().take(room));
+    }
+}
+
+/// Where a store call that writes an unknown number of audit events (one per transaction,
+/// [`TokenStore::revoke_party`]) gets their ids, and how it reports each one back.
+///
+/// An event and the change it describes are one atomic write, and an issued id must stay
+/// visible as pending until its event is stored (readers paging by id show nothing past a
+/// pending id), so the ids cannot be handed over in advance: the store asks for one just
+/// before each write and settles it right after. The server implements this over its event
+/// clock (issue a pending id; on `stored`, announce the event and settle the id; on
+/// `abandoned`, settle it).
+///
+/// The store calls it from its own threads while it holds a transaction's lock: every
+/// method must be quick and must not call the store.
+pub trait EventIssuer: Send + Sync + 'static {
+    /// A new event id, later than every id issued before it; its time is the change's.
+    fn issue(&self) -> EventId;
+    /// `event` (under an id from [`issue`](Self::issue)) is stored, with its change.
+    fn stored(&self, event: Event);
+    /// Nothing is stored under `id`: its transaction's write failed.
+    fn abandoned(&self, id: EventId);
+}
+
+/// Does `party` hold `record` (its audience) or present it (its current actor, who derived
+/// it)? The tokens [`TokenStore::revoke_party`] revokes, with their subtrees.
+pub(crate) fn involves(record: &TokenRecord, party: &str) -> bool {
+    record.audience.id == party || record.current_actor().id == party
+}
+
+/// One token of a transaction as [`party_revocations`] sees it.
+pub(crate) struct PartyNode {
+    /// The token.
+    pub(crate) id: TokenId,
+    /// The token it was derived from.
+    pub(crate) parent: Option<TokenId>,
+    /// Its current state.
+    pub(crate) state: TokenState,
+    /// Whether the party holds or presents it ([`involves`]).
+    pub(crate) involved: bool,
+}
+
+/// What disabling a party revokes in one transaction, given every token of it: each token
+/// not yet revoked that the party is involved in, and every not yet revoked descendant of
+/// one, as `(token, its state, cause)`. The cause is the topmost involved token above (or
+/// at) the token, as if that token had been revoked with [`RevokeTarget::Token`]. Walks the
+/// tree from its roots through the parent links, so it needs no order of `nodes`. The one
+/// rule every backend applies, under the transaction's serialisation.
+pub(crate) fn party_revocations(nodes: Vec<PartyNode>) -> Vec<(TokenId, TokenState, TokenId)> {
+    let ids: std::collections::BTreeSet<TokenId> = nodes.iter().map(|n| n.id).collect();
+    let mut children: BTreeMap<TokenId, Vec<usize>> = BTreeMap::new();
+    let mut queue = VecDeque::new();
+    for (i, n) in nodes.iter().enumerate() {
+        match n.parent.filter(|p| ids.contains(p)) {
+            Some(p) => children.entry(p).or_default().push(i),
+            // A root, or (never, as a child does not outlive its parent) an orphan.
+            None => queue.push_back((i, None)),
+        }
+    }
+    let mut nodes: Vec<Option<PartyNode>> = nodes.into_iter().map(Some).collect();
+    let mut out = Vec::new();
+    while let Some((i, inherited)) = queue.pop_front() {
+        let Some(node) = nodes.get_mut(i).and_then(Option::take) else {
+            continue;
+        };
+        // A revoked token's descendants were revoked with it; nothing new below it.
+        let cause = match node.state.revoked {
+            Some(_) => None,
+            None => inherited.or(node.involved.then_some(node.id)),
+        };
+        for &child in children.get(&node.id).map_or(&[][..], Vec::as_slice) {
+            queue.push_back((child, cause));
+        }
+        if let Some(cause) = cause {
+            out.push((node.id, node.state, cause));
+        }
+    }
+    out
+}
+
+/// The reason a disabled party's revocations and their events carry: `party <id>
+/// disabled: <reason>`, bounded as every event detail is.
+pub(crate) fn party_reason(party: &str, reason: &str) -> String {
+    bounded_detail(format!("party {party} disabled: {reason}"))
+}
+
+/// Writes one transaction's part of a party's revocation: when `todo` (from
+/// [`party_revocations`]) is not empty, issues an event id, marks every token revoked at
+/// its time with `by` and `reason`, builds the `revoked` event (about the one token whose
+/// subtree this is, or none when there are several) and hands both to `write`, which must
+/// store them in one atomic write. Reports the event to `events` as stored or abandoned.
+/// Returns the ids newly revoked; nothing is issued or written for an empty `todo`.
+pub(crate) fn commit_party_txn(
+    todo: Vec<(TokenId, TokenState, TokenId)>,
+    any: &TokenRecord,
+    by: &Actor,
+    reason: &str,
+    events: &dyn EventIssuer,
+    write: impl FnOnce(&[(TokenId, TokenState)], &Event) -> Result<(), StoreError>,
+) -> Result<Vec<TokenId>, StoreError> {
+    let Some(&(_, _, first)) = todo.first() else {
+        return Ok(Vec::new());
+    };
+    let single = todo.iter().all(|&(_, _, cause)| cause == first);
+    let id = events.issue();
+    let at = id.at();
+    let event = Event::revoked(id, any, single.then_some(first), by, reason, todo.len());
+    let states: Vec<(TokenId, TokenState)> = todo
+        .into_iter()
+        .map(|(token, mut state, cause)| {
+            state.revoked = Some(Revocation {
+                at,
+                by: by.id.clone(),
+                reason: reason.to_owned(),
+                cause,
+            });
+            (token, state)
+        })
+        .collect();
+    match write(&states, &event) {
+        Ok(()) => {
+            events.stored(event);
+            Ok(states.into_iter().map(|(token, _)| token).collect())
+        }
+        Err(e) => {
+            events.abandoned(id);
+            Err(e)
+        }
+    }
+}
+
 /// Most index entries one [`TokenStore::list_txns`] call examines, so a selective status
 /// filter costs bounded work per call; the caller continues from the returned cursor.
 pub const MAX_TXN_SCAN: usize = 10_000;
@@ -242,12 +407,18 @@ pub(crate) fn collect_page(
     Ok(TxnPage { roots, next: None })
 }
 
+/// What the provided party methods of [`TokenStore`] answer: this store cannot disable
+/// parties.
+fn unsupported() -> StoreError {
+    StoreError::Backend("this store does not support disabling parties".to_owned())
+}
+
 /// Storage for token records.
 ///
-/// Every mutation of a token's state (`insert_child`, `revoke`, `consume_use`, and
-/// `insert`) runs its read-check-write serialised with every other mutation of the same
-/// transaction, so none loses an update and a child derived while an ancestor is being
-/// revoked is either revoked with it or refused.
+/// Every mutation of a token's state (`insert_child`, `revoke`, `revoke_party`,
+/// `consume_use`, and `insert`) runs its read-check-write serialised with every other
+/// mutation of the same transaction, so none loses an update and a child derived while an
+/// ancestor is being revoked is either revoked with it or refused.
 ///
 /// Futures must be polled inside a Tokio runtime. Dropping a pending future abandons the
 /// operation at most while it has not started (say, while it waits for its
@@ -328,6 +499,79 @@ pub trait TokenStore: Send + Sync + 'static {
         reason: String,
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send;
+
+    /// The kill switch's revocation: revokes every token `party` holds or presents (each
+    /// not yet revoked whose audience or current actor is `party`) with every descendant,
+    /// in every transaction. The party's own disablement is
+    /// [`set_party_disabled`](TokenStore::set_party_disabled); this changes only tokens.
+    ///
+    /// Walks the `party_txns` index for `party` (every transaction in which it acted or
+    /// was an audience) a page at a time, never loading it whole, and handles each
+    /// transaction under its serialisation, as [`revoke`](TokenStore::revoke) does: one
+    /// atomic write per transaction with something new to revoke, holding every token
+    /// revoked there and one `revoked` audit event (actor `by`; reason `party <party>
+    /// disabled: <reason>`, bounded; `token` the one token whose subtree was revoked, or
+    /// `None` when the party held several apart in the transaction). Every token revoked
+    /// gets that reason, `by`, the event's time, and as its `cause` the topmost token of the
+    /// party above it or itself. Descendants are revoked whoever holds them: a token where
+    /// the party is only an earlier actor descends from one the party held. Already-revoked
+    /// tokens are skipped, and a transaction with nothing new writes nothing and issues no
+    /// event id: a second call revokes nothing and writes nothing. Expired tokens still
+    /// stored are revoked too: they are inactive only by the clock, which may step back.
+    ///
+    /// Event ids: how many events there will be is known only as the walk goes, so
+    /// `events` issues each one just before its transaction's write and is told right
+    /// after whether it was stored (see [`EventIssuer`]).
+    ///
+    /// What the walk sees: a token's record and its index entries are one atomic write,
+    /// so every token stored before this call starts is found. A token stored while the
+    /// walk runs may be missed: the caller must first stop admitting new tokens for the
+    /// party (and let inserts already admitted finish). A child that another party derives
+    /// under one of the party's tokens meanwhile is revoked with it or refused, as for
+    /// `revoke`. Several transactions may be in hand at once, each under its own lock
+    /// (never two locks held by one write).
+    ///
+    /// On an error the transactions already handled stay revoked and the rest are not:
+    /// call again. A future dropped mid-walk stops it between transactions (a transaction
+    /// being written lands whole, with its event).
+    ///
+    /// Every backend must implement this and the two party methods below. The provided
+    /// versions refuse (a [`Backend`](StoreError::Backend) error), so a store without them
+    /// fails loudly instead of ignoring a kill switch; they exist only so that test doubles
+    /// written before them still compile.
+    fn revoke_party(
+        &self,
+        party: String,
+        by: Actor,
+        reason: String,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send {
+        let _ = (party, by, reason, events);
+        std::future::ready(Err(unsupported()))
+    }
+
+    /// Records (`Some`) or clears (`None`) a party's disablement, kept until cleared,
+    /// across restarts. Recording replaces an earlier record of the party; clearing one
+    /// that is not there does nothing. Durable before it resolves, whatever the store's
+    /// durability. Touches no token: disabling revokes nothing by itself
+    /// ([`revoke_party`](TokenStore::revoke_party) does), and enabling restores nothing.
+    /// The reason is cut to `writ_core::limits::MAX_DETAIL_BYTES` if it is longer.
+    fn set_party_disabled(
+        &self,
+        party: String,
+        disabled: Option<PartyDisable>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let _ = (party, disabled);
+        std::future::ready(Err(unsupported()))
+    }
+
+    /// Every disabled party with its record, in byte order of the ids. Read whole: the
+    /// server loads it once at start and keeps the set in memory.
+    fn disabled_parties(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send {
+        std::future::ready(Err(unsupported()))
+    }
 
     /// Atomically consumes one use of a token, if it is known, not revoked and not
     /// exhausted. Expiry is not checked here. On `Consumed`, `event` (the validation that
@@ -455,6 +699,30 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         event: EventId,
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
         T::revoke(self, target, by, reason, event)
+    }
+
+    fn revoke_party(
+        &self,
+        party: String,
+        by: Actor,
+        reason: String,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send {
+        T::revoke_party(self, party, by, reason, events)
+    }
+
+    fn set_party_disabled(
+        &self,
+        party: String,
+        disabled: Option<PartyDisable>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        T::set_party_disabled(self, party, disabled)
+    }
+
+    fn disabled_parties(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send {
+        T::disabled_parties(self)
     }
 
     fn consume_use(

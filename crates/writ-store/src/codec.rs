@@ -1,5 +1,6 @@
-//! The stored forms of a [`TokenRecord`] and of a [`TokenState`]: one format-version
-//! byte followed by the postcard encoding of the value.
+//! The stored forms of a [`TokenRecord`], a [`TokenState`], an audit [`Event`] and a
+//! [`PartyDisable`]: one format-version byte followed by the postcard encoding of the
+//! value.
 //!
 //! Postcard is compact and deterministic, but not self-describing: a field added to the
 //! record changes the encoding. The version byte lets a later build recognise older
@@ -9,7 +10,7 @@
 //! that apply to some scopes, `require_action_check`, the idempotency digest) and version 1
 //! are still read, version 1 through its own types in [`v1`], so a store upgraded in place
 //! keeps validating the tokens it holds. Audit events: version 2 (how the actor
-//! authenticated) is written, version 1 still read.
+//! authenticated) is written, version 1 still read. Party disablements: version 1.
 //!
 //! Version 3 records and version 2 events only *append* an `Option` field, and postcard
 //! encodes a struct as its fields in order and `None` as the single byte 0 (its stable
@@ -19,7 +20,7 @@
 use crate::api::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use writ_core::{Event, TokenRecord, TokenState};
+use writ_core::{Event, PartyDisable, TokenRecord, TokenState};
 
 /// Format version of record values written by this build.
 const FORMAT_VERSION: u8 = 3;
@@ -27,6 +28,8 @@ const FORMAT_VERSION: u8 = 3;
 const STATE_FORMAT_VERSION: u8 = 1;
 /// Format version of audit events written by this build.
 const EVENT_FORMAT_VERSION: u8 = 2;
+/// Format version of party disablements written by this build.
+const PARTY_FORMAT_VERSION: u8 = 1;
 
 fn encode_versioned<T: Serialize>(
     value: &T,
@@ -183,6 +186,16 @@ pub(crate) fn decode_event(bytes: &[u8]) -> Result<Event, StoreError> {
     }
 }
 
+/// Encodes a party's disablement for storage.
+pub(crate) fn encode_party(disable: &PartyDisable) -> Result<Vec<u8>, StoreError> {
+    encode_versioned(disable, PARTY_FORMAT_VERSION, "party disablement")
+}
+
+/// Decodes a stored disablement, with the same refusals as [`decode`].
+pub(crate) fn decode_party(bytes: &[u8]) -> Result<PartyDisable, StoreError> {
+    decode_versioned(bytes, PARTY_FORMAT_VERSION, "party disablement")
+}
+
 /// An older body as the newer encoding of the same value with its appended `Option`
 /// field `None` (see the module docs).
 fn with_none_appended(body: &[u8]) -> Vec<u8> {
@@ -241,6 +254,27 @@ mod tests {
         assert!(
             matches!(decode_state(&bad), Err(StoreError::Corrupt { what }) if what.contains("version"))
         );
+    }
+
+    #[test]
+    fn party_disablements_round_trip_and_refuse_bad_bytes() {
+        let d = PartyDisable::new(writ_core::UnixMillis(7), "op".into(), "leaked".into());
+        let bytes = encode_party(&d).unwrap();
+        assert_eq!(bytes[0], PARTY_FORMAT_VERSION);
+        assert_eq!(decode_party(&bytes).unwrap(), d);
+        for len in 0..bytes.len() {
+            assert!(matches!(
+                decode_party(&bytes[..len]),
+                Err(StoreError::Corrupt { .. })
+            ));
+        }
+        let mut bad = bytes.clone();
+        bad[0] = 2;
+        assert!(
+            matches!(decode_party(&bad), Err(StoreError::Corrupt { what }) if what.contains("version"))
+        );
+        let padded = [bytes.as_slice(), &[0]].concat();
+        assert!(decode_party(&padded).is_err());
     }
 
     /// A version-1 record, as that build's types encoded it: the same fields without the

@@ -1,14 +1,17 @@
 //! The behaviour every [`TokenStore`] must show, written once and run against every
 //! backend, plus hand-built records for tests.
 
-use crate::api::{RevokeTarget, StoreError, StoreStats, TokenStore, UseOutcome};
+use crate::api::{
+    EventIssuer, MAX_PARTY_REVOKED_IDS, PartyRevoked, RevokeTarget, StoreError, StoreStats,
+    TokenStore, UseOutcome,
+};
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use writ_core::{
-    Actor, ActorKind, AuthMethod, Claim, ClientType, Constraint, Event, EventId, Grant, Party,
-    SecretHash, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ActorKind, AuthMethod, Claim, ClientType, Constraint, Event, EventId, EventKind, Grant,
+    Party, PartyDisable, SecretHash, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// A revoking actor named `id` (an operator, authenticated with its credential).
@@ -58,6 +61,51 @@ pub(crate) trait Shorthand: TokenStore {
 }
 
 impl<S: TokenStore> Shorthand for S {}
+
+/// An [`EventIssuer`] that issues fresh ids at one instant and remembers what it was told.
+#[derive(Debug)]
+pub(crate) struct Issued {
+    at: UnixMillis,
+    pub(crate) issued: Mutex<Vec<EventId>>,
+    pub(crate) stored: Mutex<Vec<Event>>,
+    pub(crate) abandoned: Mutex<Vec<EventId>>,
+}
+
+impl Issued {
+    /// Issues ids at `at`.
+    pub(crate) fn at(at: UnixMillis) -> Arc<Issued> {
+        Arc::new(Issued {
+            at,
+            issued: Mutex::default(),
+            stored: Mutex::default(),
+            abandoned: Mutex::default(),
+        })
+    }
+
+    pub(crate) fn issued(&self) -> Vec<EventId> {
+        self.issued.lock().unwrap().clone()
+    }
+
+    pub(crate) fn stored(&self) -> Vec<Event> {
+        self.stored.lock().unwrap().clone()
+    }
+}
+
+impl EventIssuer for Issued {
+    fn issue(&self) -> EventId {
+        let id = event_at(self.at);
+        self.issued.lock().unwrap().push(id);
+        id
+    }
+
+    fn stored(&self, event: Event) {
+        self.stored.lock().unwrap().push(event);
+    }
+
+    fn abandoned(&self, id: EventId) {
+        self.abandoned.lock().unwrap().push(id);
+    }
+}
 
 /// A token id whose bytes sort by `n` (big-endian in the first four bytes) with a
 /// marker byte at the end, so tests can reason about key order.
@@ -143,6 +191,10 @@ pub(crate) async fn run<S: TokenStore>(store: S) {
     revoking_a_node_revokes_exactly_its_subtree(&*store).await;
     revoking_a_txn_revokes_all_its_tokens(&*store).await;
     derive_racing_revoke_never_leaves_a_usable_descendant(store.clone()).await;
+    disabling_a_party_revokes_what_it_holds_and_presents(&*store).await;
+    a_party_revocation_walks_every_page_and_bounds_its_answer(&*store).await;
+    derive_racing_party_revocation_never_leaves_a_usable_descendant(store.clone()).await;
+    disablements_are_recorded_replaced_and_cleared(&*store).await;
     // Last: these count every key of the store and expect no other writer.
     purge_removes_exactly_the_expired_tokens_and_all_their_entries(&*store).await;
     purge_racing_derive_leaves_no_orphan(store).await;
@@ -1372,4 +1424,445 @@ async fn events_outlive_tokens_and_go_with_their_own_retention<S: TokenStore>(st
         None,
         "the log is empty"
     );
+}
+
+/// The party the kill-switch checks disable.
+const ROGUE: &str = "agent:rogue";
+
+/// The operator who disables it, proven by mTLS.
+fn operator() -> Actor {
+    Actor {
+        id: "op:alice".to_owned(),
+        auth: AuthMethod::Mtls,
+    }
+}
+
+/// `record` with its audience and its chain of actors (first to current) named.
+fn hop(txn: TxnId, id: u32, parent: Option<u32>, actors: &[&str], audience: &str) -> TokenRecord {
+    let mut r = record(txn, tid(id), parent.map(tid));
+    r.depth = u32::try_from(actors.len()).unwrap() - 1;
+    r.actors = actors.iter().map(|a| party_of(a)).collect();
+    r.audience = party_of(audience);
+    r
+}
+
+/// Stores `records` in order: roots with `insert`, the rest with `insert_child`.
+async fn put_all<S: TokenStore>(store: &S, records: Vec<TokenRecord>) {
+    for r in records {
+        if r.parent.is_some() {
+            store.put_child(r, u32::MAX).await.unwrap();
+        } else {
+            store.put(r).await.unwrap();
+        }
+    }
+}
+
+/// The revoked events of a transaction.
+async fn revoked_events<S: TokenStore>(store: &S, t: TxnId) -> Vec<Event> {
+    let all = store.events(t, None, usize::MAX).await.unwrap();
+    all.into_iter()
+        .filter(|e| matches!(e.kind, EventKind::Revoked { .. }))
+        .collect()
+}
+
+async fn disabling_a_party_revokes_what_it_holds_and_presents<S: TokenStore>(store: &S) {
+    let (a, b, c, d, e) = (txn(800), txn(801), txn(802), txn(803), txn(804));
+    let (gw, planner, pay) = ("svc:gateway", "agent:planner", "svc:payments");
+    put_all(
+        store,
+        vec![
+            // A: the rogue holds 80_001 (audience), derived 80_002 (current actor) and is
+            // only an earlier actor of 80_003; 80_004 and 80_005 are a sibling branch.
+            hop(a, 80_000, None, &[gw], planner),
+            hop(a, 80_001, Some(80_000), &[gw, planner], ROGUE),
+            hop(a, 80_002, Some(80_001), &[gw, planner, ROGUE], pay),
+            hop(
+                a,
+                80_003,
+                Some(80_002),
+                &[gw, planner, ROGUE, pay],
+                "svc:ledger",
+            ),
+            hop(a, 80_004, Some(80_000), &[gw, planner], "agent:other"),
+            hop(a, 80_005, Some(80_004), &[gw, planner, "agent:other"], pay),
+            // B: the rogue minted the root (its current actor): the whole tree goes.
+            hop(b, 80_100, None, &[ROGUE], pay),
+            hop(b, 80_101, Some(80_100), &[ROGUE, pay], "agent:other"),
+            // C: two tokens held apart, a third already revoked, an unrelated sibling.
+            hop(c, 80_200, None, &[gw], planner),
+            hop(c, 80_201, Some(80_200), &[gw, planner], ROGUE),
+            hop(c, 80_202, Some(80_200), &[gw, planner], ROGUE),
+            hop(c, 80_203, Some(80_200), &[gw, planner], "agent:other"),
+            hop(c, 80_204, Some(80_200), &[gw, planner], ROGUE),
+            // D: the rogue is nowhere.
+            hop(d, 80_300, None, &[gw], planner),
+            hop(d, 80_301, Some(80_300), &[gw, planner], pay),
+            // E: the rogue's, revoked whole already.
+            hop(e, 80_400, None, &[gw], ROGUE),
+            // Expired long ago (in 1970, past the cutoffs the purge checks use) but still
+            // stored: revoked too.
+            expiring(hop(e, 80_401, None, &[ROGUE], pay), 3_000_000),
+        ],
+    )
+    .await;
+    let earlier = |target| store.revoke_at(target, by("op"), "earlier".into(), UnixMillis(3));
+    earlier(RevokeTarget::Token(tid(80_204))).await.unwrap();
+    earlier(RevokeTarget::Token(tid(80_400))).await.unwrap();
+    let events_before = store.stats().await.unwrap().events;
+
+    let issued = Issued::at(UnixMillis(7_000));
+    let done = store
+        .revoke_party(
+            ROGUE.into(),
+            operator(),
+            "compromised".into(),
+            issued.clone(),
+        )
+        .await
+        .unwrap();
+    let mut ids = done.ids.clone();
+    ids.sort();
+    let expected: Vec<TokenId> = [
+        80_001, 80_002, 80_003, 80_100, 80_101, 80_201, 80_202, 80_401,
+    ]
+    .map(tid)
+    .to_vec();
+    assert_eq!(ids, expected);
+    assert_eq!(
+        (done.revoked, done.txns, done.scanned),
+        (8, 4, 4),
+        "A, B, C and E touched; D not listed"
+    );
+    // Each token revoked by the operator, at its event's time, for the party's reason,
+    // caused by the topmost token of the party above it.
+    let reason = "party agent:rogue disabled: compromised";
+    for (token, cause) in [
+        (80_001, 80_001),
+        (80_002, 80_001),
+        (80_003, 80_001),
+        (80_100, 80_100),
+        (80_101, 80_100),
+        (80_201, 80_201),
+        (80_202, 80_202),
+        (80_401, 80_401),
+    ] {
+        let r = store
+            .state(tid(token))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+            .unwrap();
+        assert_eq!(
+            (r.by.as_str(), r.reason.as_str(), r.cause, r.at),
+            ("op:alice", reason, tid(cause), UnixMillis(7_000)),
+            "{token}"
+        );
+    }
+    // Unrelated tokens, siblings and the earlier revocations are untouched.
+    for n in [80_000, 80_004, 80_005, 80_200, 80_203, 80_300, 80_301] {
+        assert_eq!(
+            store.state(tid(n)).await.unwrap().unwrap().revoked,
+            None,
+            "{n}"
+        );
+    }
+    for n in [80_204, 80_400] {
+        let s = store.state(tid(n)).await.unwrap().unwrap();
+        assert_eq!(revoked_reason(&s), Some(("earlier", tid(n))));
+    }
+    // One revoked event per touched transaction, by the operator as it authenticated,
+    // written with the change and reported to the issuer.
+    let event_of = |t| async move {
+        let mut events = revoked_events(store, t).await;
+        events.retain(|e| e.actor == "op:alice");
+        assert_eq!(events.len(), 1, "{t}");
+        events.remove(0)
+    };
+    let mut written = Vec::new();
+    for (t, token, count) in [
+        (a, Some(tid(80_001)), 3),
+        (b, Some(tid(80_100)), 2),
+        (c, None, 2),
+        (e, Some(tid(80_401)), 1),
+    ] {
+        let ev = event_of(t).await;
+        assert_eq!(
+            (ev.txn, ev.token, ev.auth, &ev.subject),
+            (t, token, Some(AuthMethod::Mtls), &"user:alice".to_owned())
+        );
+        assert_eq!(
+            ev.kind,
+            EventKind::Revoked {
+                reason: reason.into(),
+                revoked: count
+            }
+        );
+        assert_eq!(ev.id.at(), UnixMillis(7_000));
+        written.push(ev);
+    }
+    assert!(revoked_events(store, d).await.is_empty());
+    let mut stored = issued.stored();
+    stored.sort_by_key(|e| e.id);
+    written.sort_by_key(|e| e.id);
+    assert_eq!(stored, written, "every stored event reported, once");
+    assert_eq!(issued.issued().len(), 4, "an id only for a write");
+    assert!(issued.abandoned.lock().unwrap().is_empty());
+    assert_eq!(store.stats().await.unwrap().events, events_before + 4);
+
+    // Again: nothing new, no id, no event.
+    let again = Issued::at(UnixMillis(8_000));
+    let done = store
+        .revoke_party(ROGUE.into(), operator(), "again".into(), again.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        done,
+        PartyRevoked {
+            scanned: 4,
+            ..PartyRevoked::default()
+        }
+    );
+    assert!(again.issued().is_empty());
+    assert_eq!(store.stats().await.unwrap().events, events_before + 4);
+    // A party nobody has heard of: nothing at all.
+    let nobody = store
+        .revoke_party("agent:nobody".into(), operator(), "x".into(), again.clone())
+        .await
+        .unwrap();
+    assert_eq!(nobody, PartyRevoked::default());
+
+    // Enabling the party again restores nothing that was revoked.
+    let disabled = PartyDisable::new(UnixMillis(7_000), "op:alice".into(), "compromised".into());
+    store
+        .set_party_disabled(ROGUE.into(), Some(disabled))
+        .await
+        .unwrap();
+    store.set_party_disabled(ROGUE.into(), None).await.unwrap();
+    for id in &expected {
+        let s = store.state(*id).await.unwrap().unwrap();
+        assert_eq!(revoked_reason(&s).map(|(r, _)| r), Some(reason));
+    }
+    // And a revoked token of the party derives nothing.
+    assert_eq!(
+        store
+            .put_child(
+                hop(a, 80_006, Some(80_002), &[gw, planner, ROGUE, pay], "x"),
+                8
+            )
+            .await,
+        Err(StoreError::ParentRevoked)
+    );
+}
+
+/// More transactions than one page of the walk, and more tokens than the answer lists.
+async fn a_party_revocation_walks_every_page_and_bounds_its_answer<S: TokenStore>(store: &S) {
+    const PARTY: &str = "agent:busy";
+    const TXNS: u32 = 300;
+    const CHILDREN: u32 = MAX_PARTY_REVOKED_IDS as u32;
+    let mut records = Vec::new();
+    for i in 0..TXNS {
+        records.push(hop(
+            txn(81_000 + u64::from(i)),
+            810_000 + i,
+            None,
+            &["svc:gw"],
+            PARTY,
+        ));
+    }
+    // One transaction where the party holds a thousand tokens apart.
+    let big = txn(82_000);
+    records.push(hop(big, 820_000, None, &["svc:gw"], "agent:planner"));
+    for i in 1..=CHILDREN {
+        records.push(hop(
+            big,
+            820_000 + i,
+            Some(820_000),
+            &["svc:gw", "agent:planner"],
+            PARTY,
+        ));
+    }
+    put_all(store, records).await;
+    let issued = Issued::at(UnixMillis(9_000));
+    let done = store
+        .revoke_party(PARTY.into(), operator(), "r".into(), issued.clone())
+        .await
+        .unwrap();
+    let total = u64::from(TXNS + CHILDREN);
+    assert_eq!(
+        (done.revoked, done.txns, done.scanned),
+        (total, u64::from(TXNS) + 1, u64::from(TXNS) + 1)
+    );
+    assert_eq!(
+        done.ids.len(),
+        MAX_PARTY_REVOKED_IDS,
+        "listed up to the bound"
+    );
+    assert_eq!(
+        done.ids.iter().collect::<BTreeSet<_>>().len(),
+        done.ids.len()
+    );
+    assert_eq!(issued.issued().len(), TXNS as usize + 1);
+    for i in [0, 255, 256, TXNS - 1] {
+        let s = store.state(tid(810_000 + i)).await.unwrap().unwrap();
+        assert!(s.revoked.is_some(), "transaction {i}");
+    }
+    let ev = revoked_events(store, big).await;
+    assert_eq!(ev.len(), 1);
+    assert_eq!(ev[0].token, None, "a thousand subtrees");
+    assert_eq!(
+        ev[0].kind,
+        EventKind::Revoked {
+            reason: "party agent:busy disabled: r".into(),
+            revoked: CHILDREN
+        }
+    );
+    assert_eq!(
+        store.state(tid(820_000)).await.unwrap().unwrap().revoked,
+        None
+    );
+}
+
+/// Other parties deriving under the disabled party's tokens while it is revoked: each child
+/// lands first and is revoked with the subtree, or finds its parent revoked.
+async fn derive_racing_party_revocation_never_leaves_a_usable_descendant<S: TokenStore>(
+    store: Arc<S>,
+) {
+    const PARTY: &str = "agent:racing";
+    const TASKS: u32 = 32;
+    for round in 0..3u32 {
+        let t = txn(83_000 + u64::from(round));
+        let base = 830_000 + round * 1_000;
+        put_all(
+            &*store,
+            vec![
+                hop(t, base, None, &["svc:gw"], "agent:planner"),
+                hop(t, base + 1, Some(base), &["svc:gw", "agent:planner"], PARTY),
+                hop(
+                    t,
+                    base + 2,
+                    Some(base + 1),
+                    &["svc:gw", "agent:planner", PARTY],
+                    "agent:helper",
+                ),
+            ],
+        )
+        .await;
+        let spawn_deriver = |i: u32| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                // The helper derives a child, which derives a grandchild.
+                let (child, grandchild) = (base + 100 + i, base + 500 + i);
+                let chain = ["svc:gw", "agent:planner", PARTY, "agent:helper"];
+                let steps = [
+                    hop(t, child, Some(base + 2), &chain, "svc:z"),
+                    hop(
+                        t,
+                        grandchild,
+                        Some(child),
+                        &[&chain[..], &["svc:z"]].concat(),
+                        "svc:y",
+                    ),
+                ];
+                for r in steps {
+                    match store.put_child(r, u32::MAX).await {
+                        Ok(()) => {}
+                        Err(StoreError::ParentRevoked) => return,
+                        Err(e) => panic!("unexpected {e:?}"),
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+        };
+        let mut tasks: Vec<_> = (0..TASKS / 2).map(spawn_deriver).collect();
+        let revoker = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let issued = Issued::at(UnixMillis(10_000));
+                store
+                    .revoke_party(PARTY.into(), operator(), "race".into(), issued)
+                    .await
+            })
+        };
+        tasks.extend((TASKS / 2..TASKS).map(spawn_deriver));
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let done = revoker.await.unwrap().unwrap();
+        let newly: BTreeSet<TokenId> = done.ids.into_iter().collect();
+        for id in tree_ids(store.txn_tree(t).await.unwrap()) {
+            let s = store.state(id).await.unwrap().unwrap();
+            if id == tid(base) {
+                assert_eq!(s.revoked, None, "the root is not the party's");
+                continue;
+            }
+            let r = s
+                .revoked
+                .unwrap_or_else(|| panic!("round {round}: {id} survived"));
+            assert_eq!(r.cause, tid(base + 1));
+            assert!(newly.contains(&id), "{id} missing from the revoked ids");
+        }
+    }
+}
+
+async fn disablements_are_recorded_replaced_and_cleared<S: TokenStore>(store: &S) {
+    let before = store.disabled_parties().await.unwrap();
+    assert!(before.iter().all(|(p, _)| !p.starts_with("agent:d")));
+    let first = PartyDisable::new(UnixMillis(1), "op:alice".into(), "leaked key".into());
+    let second = PartyDisable::new(UnixMillis(2), "op:bob".into(), "still leaking".into());
+    let long = PartyDisable {
+        at: UnixMillis(3),
+        by: "op:bob".into(),
+        reason: "x".repeat(10_000),
+    };
+    store
+        .set_party_disabled("agent:d2".into(), Some(long))
+        .await
+        .unwrap();
+    store
+        .set_party_disabled("agent:d1".into(), Some(first))
+        .await
+        .unwrap();
+    store
+        .set_party_disabled("agent:d1".into(), Some(second.clone()))
+        .await
+        .unwrap();
+    let listed = || {
+        let listing = store.disabled_parties();
+        async move {
+            let mut all = listing.await.unwrap();
+            all.retain(|(p, _)| p.starts_with("agent:d"));
+            all
+        }
+    };
+    let all = listed().await;
+    assert_eq!(all.len(), 2);
+    assert_eq!(
+        all[0],
+        ("agent:d1".to_owned(), second),
+        "replaced, in id order"
+    );
+    assert_eq!(all[1].0, "agent:d2");
+    assert!(
+        all[1].1.reason.len() <= writ_core::limits::MAX_DETAIL_BYTES,
+        "a reason stored bounded however it was built"
+    );
+    store
+        .set_party_disabled("agent:d1".into(), None)
+        .await
+        .unwrap();
+    store
+        .set_party_disabled("agent:d9".into(), None)
+        .await
+        .unwrap();
+    let all = listed().await;
+    assert_eq!(
+        all.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+        ["agent:d2"]
+    );
+    store
+        .set_party_disabled("agent:d2".into(), None)
+        .await
+        .unwrap();
+    assert_eq!(listed().await, vec![]);
 }

@@ -17,6 +17,7 @@
 //! | `txn_parties` | txn id (16) ‖ digest(party) (16)   | empty                    |
 //! | `events`      | txn id (16) ‖ event id, u64 BE (8) | encoded event (`codec`)  |
 //! | `event_log`   | event id, u64 BE (8) ‖ txn id (16) | empty                    |
+//! | `parties`     | party id (its UTF-8 bytes)         | encoded disablement (`codec`) |
 //! | `meta`        | `schema_version`                   | u32 BE                   |
 //!
 //! Every key of a token is derivable from its record, so purging an expired token
@@ -34,6 +35,13 @@
 //! The audit trail (`events`, `event_log`) is kept apart from token state: purging a
 //! token never touches it. `event_log` orders every event by id (its time), which is
 //! what the audit retention walks.
+//!
+//! `parties` holds the parties an operator disabled, one row each, and nothing else: the
+//! server reads it whole at start. Its keys are the ids themselves (not digests), so the
+//! list reads back without any other index. It was added without a schema bump: opening
+//! an older store creates it empty, and an older build refuses a store that has it
+//! (RocksDB will not open a database with a column family left unopened), which is what a
+//! kill switch wants: no build that ignores disablements serves the data.
 
 use writ_core::{EventId, TokenId, TxnId, UnixMillis};
 
@@ -59,11 +67,13 @@ pub(crate) const CF_TXN_PARTIES: &str = "txn_parties";
 pub(crate) const CF_EVENTS: &str = "events";
 /// Every event by id (time), for retention.
 pub(crate) const CF_EVENT_LOG: &str = "event_log";
+/// Disabled parties by id.
+pub(crate) const CF_PARTIES: &str = "parties";
 /// Store-wide metadata.
 pub(crate) const CF_META: &str = "meta";
 
 /// Every column family, in the order they are opened and compacted.
-pub(crate) const ALL_CFS: [&str; 12] = [
+pub(crate) const ALL_CFS: [&str; 13] = [
     CF_TOKENS,
     CF_STATE,
     CF_TXN_TOKENS,
@@ -75,6 +85,7 @@ pub(crate) const ALL_CFS: [&str; 12] = [
     CF_TXN_PARTIES,
     CF_EVENTS,
     CF_EVENT_LOG,
+    CF_PARTIES,
     CF_META,
 ];
 
@@ -297,6 +308,16 @@ pub(crate) fn of_event_log_key(key: &[u8]) -> Option<(EventId, TxnId)> {
     Some((EventId(id), TxnId(txn)))
 }
 
+/// Key of a party's row in [`CF_PARTIES`]: its id.
+pub(crate) fn party_key(party: &str) -> &[u8] {
+    party.as_bytes()
+}
+
+/// The party id of a [`CF_PARTIES`] key; `None` if it is not UTF-8.
+pub(crate) fn party_of_key(key: &[u8]) -> Option<String> {
+    String::from_utf8(key.to_vec()).ok()
+}
+
 /// The stored form of a schema version.
 pub(crate) fn encode_schema_version(version: u32) -> [u8; 4] {
     version.to_be_bytes()
@@ -494,6 +515,14 @@ mod tests {
         let mut bad = tree_value(Some(p), at);
         bad[0] = 2;
         assert_eq!(of_tree_value(&bad), None);
+    }
+
+    #[test]
+    fn party_keys_round_trip() {
+        for party in ["agent:rogue", "spiffe://example.com/ns/a/sa/é", ""] {
+            assert_eq!(party_of_key(party_key(party)).as_deref(), Some(party));
+        }
+        assert_eq!(party_of_key(&[0xff, 0xfe]), None);
     }
 
     #[test]

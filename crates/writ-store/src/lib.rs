@@ -3,10 +3,10 @@
 //!
 //! The service logic only ever talks to the [`TokenStore`] trait. It is deliberately
 //! small (insert, point read, per-transaction index scan, the state mutations:
-//! deriving a child, revoking a subtree or transaction, consuming a use, and the
-//! housekeeping: purging expired tokens through the expiry index, and a key-count
-//! diagnostic) and its futures are `Send`
-//! and own their work, so a networked, distributed backend (a Redis Cluster store is
+//! deriving a child, revoking a subtree, a transaction or everything a disabled party
+//! holds, consuming a use; the parties an operator disabled; and the housekeeping:
+//! purging expired tokens through the expiry index, and a key-count diagnostic) and its
+//! futures are `Send` and own their work, so a networked, distributed backend (a Redis Cluster store is
 //! planned) can implement it without the core or the server changing. No RocksDB type
 //! appears in this crate's public API.
 //!
@@ -14,16 +14,19 @@
 //! - [`api`]: the [`TokenStore`] contract and the crate's one error type, [`StoreError`].
 //! - `keys`: the byte layout of every key and the column-family names (the only place
 //!   that knows them).
-//! - `codec`: the versioned encodings of a stored [`TokenRecord`](writ_core::TokenRecord)
-//!   and [`TokenState`](writ_core::TokenState).
+//! - `codec`: the versioned encodings of a stored [`TokenRecord`](writ_core::TokenRecord),
+//!   [`TokenState`](writ_core::TokenState), audit event and
+//!   [`PartyDisable`](writ_core::PartyDisable).
 //!
 //! Column families (key layouts in `keys`): `tokens` (immutable records), `state`
 //! (each token's mutable [`TokenState`](writ_core::TokenState); no row means the default
 //! state), `txn_tokens` (index: the tokens of a transaction), `children` (index: the
 //! children of a token, written by `insert_child` and walked by `revoke`), `expiry`
-//! (index: tokens by expiry time, walked by `purge_expired`) and `meta` (schema
-//! version). Purging deletes a token with every entry of every key space that belongs
-//! to it; RocksDB compaction then reclaims the disk space.
+//! (index: tokens by expiry time, walked by `purge_expired`), `parties` (disabled
+//! parties, read whole at start) and `meta` (schema version); the transaction-listing
+//! indexes and the audit trail are in `keys`. Purging deletes a token with every entry
+//! of every key space that belongs to it; RocksDB compaction then reclaims the disk
+//! space.
 //! - [`rocks`]: [`RocksStore`], the embedded, durable RocksDB backend.
 //! - [`memory`]: [`MemoryStore`], an in-process backend with the same semantics, for
 //!   fast tests of the layers above.
@@ -40,8 +43,8 @@ pub mod rocks;
 mod conformance;
 
 pub use api::{
-    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage,
-    TxnQuery, UseOutcome,
+    EventIssuer, MAX_PARTY_REVOKED_IDS, PartyRevoked, PurgeStats, RevokeTarget, Revoked,
+    StoreError, StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
 };
 pub use memory::MemoryStore;
 pub use rocks::{Durability, RocksStore, StoreOptions};

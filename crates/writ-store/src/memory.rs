@@ -3,17 +3,23 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage,
-    TxnQuery, UseOutcome, admit_child, collect_page, txn_range,
+    EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
+    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
+    commit_party_txn, involves, party_reason, party_revocations, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
+    UnixMillis,
 };
+
+/// Transactions per page of a party's walk, as in the durable store.
+const PARTY_PAGE: usize = 256;
 
 #[derive(Default)]
 struct State {
@@ -39,6 +45,8 @@ struct State {
     /// Mirrors `events` and `event_log`.
     events: BTreeMap<(TxnId, EventId), Event>,
     event_log: BTreeSet<(EventId, TxnId)>,
+    /// Mirrors `parties`: disabled parties.
+    parties: BTreeMap<String, PartyDisable>,
 }
 
 impl State {
@@ -321,6 +329,61 @@ impl State {
         })
     }
 
+    /// Up to `limit` transactions listed under `party`, after `after` (all when `None`),
+    /// in order.
+    fn party_page(&self, party: &str, after: Option<TxnId>, limit: usize) -> Vec<TxnId> {
+        let lo = match after {
+            Some(txn) => Bound::Excluded((party.to_owned(), txn)),
+            None => Bound::Included((party.to_owned(), TxnId([0; 16]))),
+        };
+        let hi = Bound::Included((party.to_owned(), TxnId([0xff; 16])));
+        self.party_txns
+            .range((lo, hi))
+            .take(limit)
+            .map(|&(_, txn)| txn)
+            .collect()
+    }
+
+    /// One transaction's part of a party's revocation.
+    fn revoke_party_txn(
+        &mut self,
+        txn: TxnId,
+        party: &str,
+        by: &Actor,
+        reason: &str,
+        events: &dyn EventIssuer,
+    ) -> Result<Vec<TokenId>, StoreError> {
+        let mut nodes = Vec::new();
+        let mut any = None;
+        for id in self.txn_ids(txn) {
+            let Some(record) = self.tokens.get(&id) else {
+                continue;
+            };
+            let state = self.states.get(&id).cloned().unwrap_or_default();
+            let live = state.revoked.is_none();
+            if live && any.is_none() {
+                any = Some(record.clone());
+            }
+            nodes.push(PartyNode {
+                id,
+                parent: record.parent,
+                involved: live && involves(record, party),
+                state,
+            });
+        }
+        let Some(any) = any else {
+            return Ok(Vec::new());
+        };
+        let todo = party_revocations(nodes);
+        commit_party_txn(todo, &any, by, reason, events, |states, event| {
+            for (id, state) in states {
+                self.states.insert(*id, state.clone());
+            }
+            self.append(event.clone());
+            Ok(())
+        })
+    }
+
     fn consume_use(&mut self, id: TokenId, event: Option<Event>) -> UseOutcome {
         let outcome = self.consume(id);
         if let (UseOutcome::Consumed { .. }, Some(e)) = (outcome, event) {
@@ -462,6 +525,68 @@ impl TokenStore for MemoryStore {
     ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
         let store = self.clone();
         async move { store.lock().revoke(target, &by, &reason, event) }
+    }
+
+    /// Walks the index a page at a time and takes the lock for each transaction on its
+    /// own, as the durable store does, so other calls interleave.
+    fn revoke_party(
+        &self,
+        party: String,
+        by: Actor,
+        reason: String,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let reason = party_reason(&party, &reason);
+            let mut done = PartyRevoked::default();
+            let mut after = None;
+            loop {
+                let page = store.lock().party_page(&party, after, PARTY_PAGE);
+                for &txn in &page {
+                    let ids = store
+                        .lock()
+                        .revoke_party_txn(txn, &party, &by, &reason, &*events)?;
+                    done.add(ids);
+                }
+                if page.len() < PARTY_PAGE {
+                    return Ok(done);
+                }
+                after = page.last().copied();
+            }
+        }
+    }
+
+    fn set_party_disabled(
+        &self,
+        party: String,
+        disabled: Option<PartyDisable>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let mut state = store.lock();
+            match disabled {
+                Some(d) => state
+                    .parties
+                    .insert(party, PartyDisable::new(d.at, d.by, d.reason)),
+                None => state.parties.remove(&party),
+            };
+            Ok(())
+        }
+    }
+
+    fn disabled_parties(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let state = store.lock();
+            Ok(state
+                .parties
+                .iter()
+                .map(|(p, d)| (p.clone(), d.clone()))
+                .collect())
+        }
     }
 
     fn consume_use(

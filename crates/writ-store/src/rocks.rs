@@ -20,6 +20,12 @@
 //! by a second, short lock striped by id, taken in the blocking task after the
 //! transaction's.
 //!
+//! [`TokenStore::revoke_party`] (the kill switch) walks the party's `party_txns` entries a
+//! page at a time and revokes in each transaction under that transaction's lock, like
+//! `revoke`, in one `WriteBatch` with its event. Up to 8 transactions are in hand at once,
+//! each in a task holding only its own stripe, so their synced writes share fsyncs and one
+//! busy transaction holds up only itself.
+//!
 //! [`TokenStore::purge_expired`] deletes expired tokens in passes of up to 256: each
 //! pass groups its tokens by lock stripe and deletes each group in its own `WriteBatch`
 //! under that stripe alone (never two at once), then syncs the WAL once. The space of
@@ -31,8 +37,9 @@
 //! the WAL on the next open.
 
 use crate::api::{
-    PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage,
-    TxnQuery, UseOutcome, admit_child, collect_page, txn_range,
+    EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
+    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
+    commit_party_txn, involves, party_reason, party_revocations, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -48,9 +55,11 @@ use std::hash::{BuildHasher, RandomState};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::sync::Mutex as AsyncMutex;
+use tokio::task::{JoinError, JoinSet};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
+    UnixMillis,
 };
 
 /// When an insert is acknowledged relative to the disk.
@@ -243,6 +252,8 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(keys::CF_TXN_PARTIES, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_EVENTS, txn_tokens_cf_options()),
             ColumnFamilyDescriptor::new(keys::CF_EVENT_LOG, Options::default()),
+            // Created empty in a store from before it existed (no schema change).
+            ColumnFamilyDescriptor::new(keys::CF_PARTIES, Options::default()),
             ColumnFamilyDescriptor::new(keys::CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(backend)?;
@@ -770,6 +781,143 @@ fn revoke_blocking(
         ids: revoked,
         event: Some(event),
     })
+}
+
+/// Transactions per page of a party's walk through `party_txns` (see
+/// [`TokenStore::revoke_party`]): the walk holds one page of ids at a time.
+const PARTY_PAGE: usize = 256;
+/// Transactions of a party's walk in hand at once, each under its own lock: their synced
+/// writes share fsyncs through RocksDB's group commit instead of queueing one by one.
+const PARTY_IN_FLIGHT: usize = 8;
+
+/// Up to `limit` transactions listed under a party's `digest` in `party_txns`, after
+/// `after` (all when `None`), in key order.
+fn party_txns_page(
+    inner: &Inner,
+    digest: &[u8; keys::DIGEST_LEN],
+    after_txn: Option<TxnId>,
+    limit: usize,
+) -> Result<Vec<TxnId>, StoreError> {
+    let from = match after_txn {
+        Some(txn) => after(&keys::digest_txn_key(digest, txn)),
+        None => digest.to_vec(),
+    };
+    let mut txns = Vec::new();
+    for item in prefix_iter(inner, keys::CF_PARTY_TXNS, digest, &from)?.take(limit) {
+        let (key, _) = item.map_err(backend)?;
+        let txn = keys::txn_of_suffix(&key)
+            .ok_or_else(|| corrupt(format!("party_txns key of {} bytes", key.len())))?;
+        txns.push(txn);
+    }
+    Ok(txns)
+}
+
+/// What one `revoke_party` call shares with each of its transactions' tasks.
+struct PartyJob {
+    party: String,
+    by: Actor,
+    /// The reason as stored: [`party_reason`].
+    reason: String,
+    events: Arc<dyn EventIssuer>,
+}
+
+/// One transaction's part of a party's revocation, under its lock
+/// ([`RocksStore::locked`]). The tree's shape comes from `txn_tokens`; a record is read
+/// only for a token not yet revoked (a revoked one changes nothing, so a second walk reads
+/// states alone).
+fn revoke_party_blocking(
+    inner: &Inner,
+    txn: TxnId,
+    job: &PartyJob,
+) -> Result<Vec<TokenId>, StoreError> {
+    let mut nodes = Vec::new();
+    let mut any = None;
+    for entry in txn_tree_blocking(inner, txn)? {
+        let state = read_state(inner, entry.id)?.unwrap_or_default();
+        let involved = match state.revoked {
+            Some(_) => false,
+            // Under the lock a purge cannot have deleted it since the index was read.
+            None => match get_blocking(inner, entry.id)? {
+                Some(record) => {
+                    let involved = involves(&record, &job.party);
+                    any.get_or_insert(record);
+                    involved
+                }
+                None => false,
+            },
+        };
+        nodes.push(PartyNode {
+            id: entry.id,
+            parent: entry.parent,
+            state,
+            involved,
+        });
+    }
+    let Some(any) = any else {
+        return Ok(Vec::new()); // everything revoked already, or the transaction is gone
+    };
+    let todo = party_revocations(nodes);
+    commit_party_txn(
+        todo,
+        &any,
+        &job.by,
+        &job.reason,
+        &*job.events,
+        |states, event| {
+            let mut batch = WriteBatch::default();
+            for (id, state) in states {
+                put_state(inner, &mut batch, *id, state)?;
+            }
+            put_event(&inner.db, &mut batch, event)?;
+            inner
+                .db
+                .write_opt(batch, &inner.write_opts())
+                .map_err(backend)
+        },
+    )
+}
+
+/// The answer of one transaction's task of a party's walk.
+fn joined(
+    done: Result<Result<Vec<TokenId>, StoreError>, JoinError>,
+) -> Result<Vec<TokenId>, StoreError> {
+    done.map_err(|e| StoreError::Task(e.to_string()))?
+}
+
+/// Records or clears a party's disablement, synced whatever the store's durability.
+fn set_party_disabled_blocking(
+    inner: &Inner,
+    party: &str,
+    disabled: Option<PartyDisable>,
+) -> Result<(), StoreError> {
+    let db = &inner.db;
+    let parties = cf(db, keys::CF_PARTIES)?;
+    let mut sync = WriteOptions::default();
+    sync.set_sync(true);
+    match disabled {
+        Some(d) => {
+            let d = PartyDisable::new(d.at, d.by, d.reason);
+            db.put_cf_opt(
+                parties,
+                keys::party_key(party),
+                codec::encode_party(&d)?,
+                &sync,
+            )
+        }
+        None => db.delete_cf_opt(parties, keys::party_key(party), &sync),
+    }
+    .map_err(backend)
+}
+
+fn disabled_parties_blocking(inner: &Inner) -> Result<Vec<(String, PartyDisable)>, StoreError> {
+    let db = &inner.db;
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf(db, keys::CF_PARTIES)?, IteratorMode::Start) {
+        let (key, value) = item.map_err(backend)?;
+        let party = keys::party_of_key(&key).ok_or_else(|| corrupt("party id is not UTF-8"))?;
+        out.push((party, codec::decode_party(&value)?));
+    }
+    Ok(out)
 }
 
 /// A token without a use limit: nothing to count, so no lock; one read decides and only
@@ -1396,6 +1544,70 @@ impl TokenStore for RocksStore {
                 })
                 .await
         }
+    }
+
+    /// Pages through the party's `party_txns` entries, with up to `PARTY_IN_FLIGHT`
+    /// transactions in hand at once, each in a task of its own under its lock.
+    fn revoke_party(
+        &self,
+        party: String,
+        by: Actor,
+        reason: String,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let digest = keys::digest(&party);
+            let job = Arc::new(PartyJob {
+                reason: party_reason(&party, &reason),
+                party,
+                by,
+                events,
+            });
+            let mut done = PartyRevoked::default();
+            let mut after_txn = None;
+            loop {
+                let page = store
+                    .blocking(move |inner| party_txns_page(inner, &digest, after_txn, PARTY_PAGE))
+                    .await?;
+                let full = page.len() == PARTY_PAGE;
+                after_txn = page.last().copied();
+                // Dropped on an early return: tasks still waiting for their lock end there,
+                // one already writing lands whole.
+                let mut in_hand = JoinSet::new();
+                for txn in page {
+                    if in_hand.len() >= PARTY_IN_FLIGHT
+                        && let Some(finished) = in_hand.join_next().await
+                    {
+                        done.add(joined(finished)?);
+                    }
+                    let job = job.clone();
+                    in_hand.spawn(
+                        store.locked(txn, move |inner| revoke_party_blocking(inner, txn, &job)),
+                    );
+                }
+                while let Some(finished) = in_hand.join_next().await {
+                    done.add(joined(finished)?);
+                }
+                if !full {
+                    return Ok(done);
+                }
+            }
+        }
+    }
+
+    fn set_party_disabled(
+        &self,
+        party: String,
+        disabled: Option<PartyDisable>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        self.blocking(move |inner| set_party_disabled_blocking(inner, &party, disabled))
+    }
+
+    fn disabled_parties(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send {
+        self.blocking(disabled_parties_blocking)
     }
 
     fn consume_use(
@@ -2411,6 +2623,172 @@ mod tests {
                 events: 64,
                 ..StoreStats::default()
             }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_disablement_survives_reopening_until_cleared() {
+        let dir = TempDir::new().unwrap();
+        let d = PartyDisable::new(UnixMillis(5), "op:alice".into(), "compromised".into());
+        {
+            let store = open(&dir, Durability::Buffered);
+            store
+                .set_party_disabled("agent:rogue".into(), Some(d.clone()))
+                .await
+                .unwrap();
+            store
+                .set_party_disabled("agent:other".into(), Some(d.clone()))
+                .await
+                .unwrap();
+            store
+                .set_party_disabled("agent:other".into(), None)
+                .await
+                .unwrap();
+        }
+        let store = open(&dir, Durability::Buffered);
+        assert_eq!(
+            store.disabled_parties().await.unwrap(),
+            vec![("agent:rogue".to_owned(), d)]
+        );
+        store
+            .set_party_disabled("agent:rogue".into(), None)
+            .await
+            .unwrap();
+        drop(store);
+        let store = open(&dir, Durability::Buffered);
+        assert_eq!(store.disabled_parties().await.unwrap(), vec![]);
+        // A disablement that does not decode is corrupt, not forgotten.
+        let db = &store.inner.db;
+        db.put_cf(cf(db, keys::CF_PARTIES).unwrap(), b"agent:x", [9u8, 1])
+            .unwrap();
+        assert!(matches!(
+            store.disabled_parties().await,
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    /// A store from before `parties` existed opens (the family is created, empty); a
+    /// build that does not know it refuses a store that has it.
+    #[tokio::test]
+    async fn the_parties_family_is_added_to_older_stores_and_refused_by_older_builds() {
+        let dir = TempDir::new().unwrap();
+        let root = record(txn(84), tid(84), None);
+        {
+            let store = open(&dir, Durability::Sync);
+            store.put(root.clone()).await.unwrap();
+        }
+        let older: Vec<&str> = keys::ALL_CFS
+            .into_iter()
+            .filter(|name| *name != keys::CF_PARTIES)
+            .collect();
+        {
+            let mut db = DB::open_cf(&Options::default(), dir.path(), keys::ALL_CFS).unwrap();
+            db.drop_cf(keys::CF_PARTIES).unwrap();
+        }
+        // As an older build left it: its families, and the same schema version.
+        drop(DB::open_cf(&Options::default(), dir.path(), &older).unwrap());
+        {
+            let store = open(&dir, Durability::Sync);
+            assert_eq!(schema_version(&store.inner.db), Some(keys::SCHEMA_VERSION));
+            assert_eq!(store.get(tid(84)).await.unwrap(), Some(root));
+            assert_eq!(store.disabled_parties().await.unwrap(), vec![]);
+            let d = PartyDisable::new(UnixMillis(1), "op".into(), "r".into());
+            store
+                .set_party_disabled("agent:rogue".into(), Some(d))
+                .await
+                .unwrap();
+        }
+        // An older build would serve the rogue party again: it cannot open the store.
+        let refused = DB::open_cf(&Options::default(), dir.path(), &older);
+        assert!(refused.is_err(), "a family left unopened is refused");
+        assert_eq!(
+            open(&dir, Durability::Sync)
+                .disabled_parties()
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_party_revocation_with_nothing_new_writes_nothing() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let t = txn(85_000);
+        let mut held = record(t, tid(85_001), Some(tid(85_000)));
+        held.audience.id = "agent:rogue".into();
+        store.put(record(t, tid(85_000), None)).await.unwrap();
+        store.put_child(held, 8).await.unwrap();
+        let revoke = || {
+            store.revoke_party(
+                "agent:rogue".into(),
+                conformance::by("op"),
+                "r".into(),
+                conformance::Issued::at(UnixMillis(5)),
+            )
+        };
+        assert_eq!(revoke().await.unwrap().ids, vec![tid(85_001)]);
+        let written = store.sequence_number();
+        let again = revoke().await.unwrap();
+        assert_eq!((again.revoked, again.txns, again.scanned), (0, 0, 1));
+        assert_eq!(store.sequence_number(), written, "nothing written");
+    }
+
+    /// The walk takes each transaction's lock on its own: one held transaction holds up
+    /// only itself, and the others are revoked meanwhile.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_party_revocation_waits_for_a_held_transaction_only() {
+        use std::time::Duration;
+        const TXNS: u64 = 20;
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        let hot = txn(86_000);
+        let mut txns = vec![hot];
+        txns.extend((0..TXNS).map(|i| txn_off_stripe_of(&store, hot, 86_001 + i * 10)));
+        for (i, t) in txns.iter().enumerate() {
+            let mut r = record(*t, tid(86_000 + u32::try_from(i).unwrap()), None);
+            r.audience.id = "agent:rogue".into();
+            store.put(r).await.unwrap();
+        }
+        let guard = store.hold_txn(hot).await;
+        let issued = conformance::Issued::at(UnixMillis(5));
+        let walk = {
+            let (store, issued) = (store.clone(), issued.clone());
+            tokio::spawn(async move {
+                store
+                    .revoke_party(
+                        "agent:rogue".into(),
+                        conformance::by("op"),
+                        "r".into(),
+                        issued,
+                    )
+                    .await
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while issued.stored().len() < txns.len() - 1 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("the other transactions were revoked while one was held");
+        assert!(!walk.is_finished());
+        assert_eq!(
+            store.state(tid(86_000)).await.unwrap().unwrap().revoked,
+            None
+        );
+        drop(guard);
+        let done = walk.await.unwrap().unwrap();
+        assert_eq!((done.revoked, done.txns), (TXNS + 1, TXNS + 1));
+        assert!(
+            store
+                .state(tid(86_000))
+                .await
+                .unwrap()
+                .unwrap()
+                .revoked
+                .is_some()
         );
     }
 
