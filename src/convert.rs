@@ -468,6 +468,16 @@ pub fn revoke_request(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
     Ok((target, r.reason))
 }
 
+/// Wire → core for the kill switch: the party's id and the (required) reason.
+pub fn disable_party_request(r: pb::DisablePartyRequest) -> Result<(String, String)> {
+    let party = id("party", &r.party)?;
+    if r.reason.trim().is_empty() {
+        return bad("reason", "is required");
+    }
+    text("reason", &r.reason, MAX_VALUE_LEN)?;
+    Ok((party, r.reason))
+}
+
 /// An action to check: the required scope and its attributes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Action {

@@ -443,3 +443,140 @@ async fn certificates_rotate_without_a_restart() {
         "an open connection",
     );
 }
+
+/// The kill switch: disabling a party revokes at once every live token it holds (as
+/// audience) or presents (as current actor), with their descendants, in every
+/// transaction; it can neither call Writ nor hold a new token; both are audited; enabling
+/// it again restores nothing that was revoked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_party_revokes_everything_it_holds_and_refuses_it_new_tokens() {
+    let mut srv = TestServer::start_proven().await;
+    let (planner, booking, payments) = (
+        srv.spiffe("agent/planner"),
+        srv.spiffe("agent/booking"),
+        srv.spiffe("workload/payments"),
+    );
+    let mut as_planner = srv.svid_client("agent/planner").await;
+    let mut as_booking = srv.svid_client("agent/booking").await;
+    // Two transactions: booking holds a token in each and derived one for payments in the
+    // first; an unrelated transaction of the planner alone.
+    let mut held = Vec::new();
+    let mut presented = Vec::new();
+    let mut txns = Vec::new();
+    for _ in 0..2 {
+        let root = srv.mint(mint_to(&planner, &[&booking, &payments])).await;
+        let to_booking = ok(
+            as_planner
+                .downscope(child(
+                    &root.token,
+                    build::agent(&booking),
+                    &[&payments],
+                    &["payments:charge"],
+                    vec![],
+                ))
+                .await,
+            "to booking",
+        );
+        held.push(to_booking.token.clone());
+        txns.push(to_booking.info.clone().unwrap().txn);
+        presented.push(
+            ok(
+                as_booking
+                    .downscope(child(
+                        &to_booking.token,
+                        build::workload(&payments),
+                        &[],
+                        &["payments:charge"],
+                        vec![],
+                    ))
+                    .await,
+                "booking to payments",
+            )
+            .token,
+        );
+    }
+    let unrelated = srv.mint(mint_to(&planner, &[])).await.token;
+
+    let r = ok(
+        srv.operator()
+            .await
+            .disable_party(&booking, "key leaked")
+            .await,
+        "disable",
+    );
+    assert_eq!((r.revoked, r.txns), (4, 2), "{r:?}");
+
+    // Every token booking held or presented is inactive for its audience.
+    let mut as_payments = srv.svid_client("workload/payments").await;
+    for t in &presented {
+        assert_inactive(
+            &ok(as_payments.validate(introspect(t)).await, "validate"),
+            pb::InactiveReason::Revoked,
+        );
+    }
+    // Booking itself can no longer call Writ.
+    assert_refused(
+        as_booking.validate(introspect(&held[0])).await,
+        Code::PermissionDenied,
+        &["disabled"],
+    );
+    // Nobody can give booking a new token.
+    let root = srv.mint(mint_to(&planner, &[&booking])).await.token;
+    assert_refused(
+        as_planner
+            .downscope(child(
+                &root,
+                build::agent(&booking),
+                &[],
+                &["trips:book"],
+                vec![],
+            ))
+            .await,
+        Code::PermissionDenied,
+        &["party", "disabled"],
+    );
+    assert_refused(
+        srv.minter().await.mint(mint_to(&booking, &[])).await,
+        Code::PermissionDenied,
+        &["disabled"],
+    );
+    // The unrelated transaction is untouched.
+    assert_active(&ok(
+        as_planner.validate(introspect(&unrelated)).await,
+        "unrelated",
+    ));
+    // Audited: one revocation per transaction, by the operator, proven by its credential.
+    for txn in &txns {
+        let events = srv.events(txn).await;
+        let revoked: Vec<_> = events
+            .iter()
+            .filter(|e| e.kind == pb::EventKind::Revoked as i32)
+            .collect();
+        assert_eq!(revoked.len(), 1, "{events:?}");
+        assert_eq!(revoked[0].revoked, 2);
+        assert!(revoked[0].reason.contains("key leaked"), "{:?}", revoked[0]);
+        assert_eq!(revoked[0].actor_auth, pb::AuthMethod::Bearer as i32);
+    }
+
+    // Survives a restart; enabling restores nothing.
+    srv.restart().await;
+    let mut as_booking = srv.svid_client("agent/booking").await;
+    assert_refused(
+        as_booking.validate(introspect(&held[0])).await,
+        Code::PermissionDenied,
+        &["disabled"],
+    );
+    let r = ok(srv.operator().await.enable_party(&booking).await, "enable");
+    assert!(r.was_disabled);
+    assert_inactive(
+        &ok(as_booking.validate(introspect(&held[1])).await, "validate"),
+        pb::InactiveReason::Revoked,
+    );
+    // A non-operator cannot flip the switch.
+    let mut as_planner = srv.svid_client("agent/planner").await;
+    assert_refused(
+        as_planner.disable_party(&booking, "mine").await,
+        Code::PermissionDenied,
+        &["operator"],
+    );
+}

@@ -266,6 +266,31 @@ impl WritClient {
         Ok(self.inner.revoke(r).await?.into_inner())
     }
 
+    /// The kill switch (operators): disables `party`, revoking every live token it holds
+    /// or presents with their descendants; it can hold no new token until enabled.
+    pub async fn disable_party(
+        &mut self,
+        party: &str,
+        reason: &str,
+    ) -> Result<pb::DisablePartyResponse, ClientError> {
+        let r = self.request(pb::DisablePartyRequest {
+            party: party.into(),
+            reason: reason.into(),
+        });
+        Ok(self.chain.disable_party(r).await?.into_inner())
+    }
+
+    /// Lets a disabled party act again (operators). Restores nothing that was revoked.
+    pub async fn enable_party(
+        &mut self,
+        party: &str,
+    ) -> Result<pb::EnablePartyResponse, ClientError> {
+        let r = self.request(pb::EnablePartyRequest {
+            party: party.into(),
+        });
+        Ok(self.chain.enable_party(r).await?.into_inner())
+    }
+
     /// One page of a transaction's tree (see `GetTransactionRequest`).
     pub async fn get_transaction_page(
         &mut self,

@@ -19,6 +19,7 @@
 
 use crate::assertion::{ASSERTION_HEADER, AssertionError, AssertionKind, AssertionVerifier};
 use crate::error::ServiceError;
+use crate::parties::Disabled;
 use crate::policy::PolicyHandle;
 use crate::secrets::{Credentials, Role as CredentialRole};
 use crate::tls::PeerInfo;
@@ -127,6 +128,8 @@ pub struct Authenticator {
     assertions: Option<Arc<AssertionVerifier>>,
     /// The registry: roles, enabled, and client-assertion keys of each party.
     policy: Option<PolicyHandle>,
+    /// Parties an operator disabled (the kill switch).
+    disabled: Option<Arc<Disabled>>,
 }
 
 impl Authenticator {
@@ -138,7 +141,14 @@ impl Authenticator {
             asserted: false,
             assertions: None,
             policy: None,
+            disabled: None,
         }
+    }
+
+    /// Refuses the parties in `disabled`.
+    pub fn with_disabled(mut self, disabled: Arc<Disabled>) -> Self {
+        self.disabled = Some(disabled);
+        self
     }
 
     /// Takes each party's roles, and its client-assertion keys, from `policy`. Without
@@ -288,6 +298,12 @@ impl Authenticator {
     /// that is no SPIFFE ID) may hold, derive and check tokens.
     fn party(&self, id: String, auth: AuthMethod) -> Result<Caller, AuthError> {
         const HOLDER: [Role; 2] = [Role::Agent, Role::ResourceServer];
+        if let Some(why) = self.disabled.as_ref().and_then(|d| d.get(&id)) {
+            return Err(AuthError::Forbidden(format!(
+                "{id:?} is disabled by an operator: {}",
+                why.reason
+            )));
+        }
         let Some(policy) = &self.policy else {
             return Ok(Caller::known(id, auth, &HOLDER));
         };

@@ -11,7 +11,7 @@
 use crate::audit::Audit;
 use crate::auth::{Authenticator, Caller};
 use crate::error::ServiceError;
-use crate::service::now;
+use crate::service::{Service, now};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -47,6 +47,8 @@ const WATCH_BUFFER: usize = 256;
 /// The gRPC face of the chain queries.
 #[derive(Debug)]
 pub struct ChainGrpc<S> {
+    /// The service logic the kill switch runs through.
+    service: Arc<Service<S>>,
     store: Arc<S>,
     auth: Authenticator,
     audit: Arc<Audit>,
@@ -112,12 +114,14 @@ impl Drop for WatchSlot {
 impl<S> ChainGrpc<S> {
     /// Queries over `store` and `audit`, for operators identified by `auth`.
     pub fn new(
+        service: Arc<Service<S>>,
         store: Arc<S>,
         auth: Authenticator,
         audit: Arc<Audit>,
         stop: watch::Receiver<bool>,
     ) -> Self {
         ChainGrpc {
+            service,
             store,
             auth,
             audit,
@@ -307,6 +311,30 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             events: events.iter().map(convert::event_pb).collect(),
             next_cursor,
         }))
+    }
+
+    async fn disable_party(
+        &self,
+        request: Request<pb::DisablePartyRequest>,
+    ) -> Result<Response<pb::DisablePartyResponse>, Status> {
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let (party, reason) = convert::disable_party_request(request.into_inner())?;
+        let revoked = self.service.disable_party(&caller, party, reason).await?;
+        Ok(Response::new(pb::DisablePartyResponse {
+            revoked: revoked.revoked,
+            txns: revoked.txns,
+            revoked_token_ids: revoked.ids.iter().map(ToString::to_string).collect(),
+        }))
+    }
+
+    async fn enable_party(
+        &self,
+        request: Request<pb::EnablePartyRequest>,
+    ) -> Result<Response<pb::EnablePartyResponse>, Status> {
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let party = convert::id("party", &request.into_inner().party)?;
+        let was_disabled = self.service.enable_party(&caller, party).await?;
+        Ok(Response::new(pb::EnablePartyResponse { was_disabled }))
     }
 
     async fn watch_events(

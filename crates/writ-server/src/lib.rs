@@ -35,6 +35,7 @@ pub mod cleanup;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod parties;
 pub mod pki;
 pub mod policy;
 pub mod secrets;
@@ -279,6 +280,7 @@ async fn start_with_keepalive(
     let store = Arc::new(store);
     let store_handle = store.clone();
     let (audit, audit_writer) = audit::Audit::start(store.clone()).await?;
+    let disabled = parties::Disabled::new(writ_store::TokenStore::disabled_parties(&*store).await?);
     let (stop, mut stopped) = watch::channel(false);
     let service = service::Service::new(
         store.clone(),
@@ -292,12 +294,16 @@ async fn start_with_keepalive(
     .with_idempotency_window(std::time::Duration::from_secs(
         config.tokens.idempotency_window_seconds,
     ))
-    .with_policy(policy.clone(), config.auth.asserted_identities);
+    .with_policy(policy.clone(), config.auth.asserted_identities)
+    .with_disabled(disabled.clone());
+    let service = Arc::new(service);
     let auth = auth::Authenticator::new(credentials)
         .with_policy(policy.clone())
+        .with_disabled(disabled)
         .with_assertions(assertions.clone())
         .with_asserted_identities(config.auth.asserted_identities);
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
+        service.clone(),
         store.clone(),
         auth.clone(),
         audit,
@@ -306,7 +312,7 @@ async fn start_with_keepalive(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     // A tree of up to 1000 nodes of a few KiB each.
     .max_encoding_message_size(32 * 1024 * 1024);
-    let grpc = grpc::GrpcService::new(Arc::new(service), auth);
+    let grpc = grpc::GrpcService::new(service, auth);
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         // Responses carry whole records; four times the request bound leaves headroom.

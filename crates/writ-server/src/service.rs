@@ -18,10 +18,12 @@ use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
 use crate::config::ValidationEvents;
 use crate::error::{ParentProblem, ServiceError};
+use crate::parties::{Disabled, WalkEvents};
 use crate::policy::PolicyHandle;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use writ_api::convert::{Action, RevokeTarget};
+use writ_core::PartyDisable;
 use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::NarrowingError;
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
@@ -30,7 +32,7 @@ use writ_core::{
     Actor, ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
     TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis, VerifiedToken,
 };
-use writ_store::{RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
+use writ_store::{PartyRevoked, RevokeTarget as StoreTarget, StoreError, TokenStore, UseOutcome};
 
 /// Why Validate answers "inactive". Machine-readable, and deliberately all it says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,6 +109,8 @@ pub struct Service<S> {
     /// Development mode: a party the registry cannot resolve (an asserted name that is no
     /// SPIFFE ID) is taken as the request describes it.
     asserted: bool,
+    /// Parties disabled by an operator (the kill switch), and the admission gate.
+    disabled: Arc<Disabled>,
 }
 
 /// Stripes of [`Service::retry_locks`].
@@ -221,7 +225,14 @@ impl<S: TokenStore> Service<S> {
             registry: PolicyHandle::development(&trust_domain),
             trust_domain,
             asserted: false,
+            disabled: Arc::default(),
         }
+    }
+
+    /// Refuses new tokens to the parties in `disabled` (shared with the auth seam).
+    pub fn with_disabled(mut self, disabled: Arc<Disabled>) -> Self {
+        self.disabled = disabled;
+        self
     }
 
     /// Checks every new token's audience against `registry`; `asserted`: development mode
@@ -271,6 +282,16 @@ impl<S: TokenStore> Service<S> {
     fn admit(&self, record: &TokenRecord, holder: Option<&Party>) -> Result<(), NarrowingError> {
         let policy = self.registry.current();
         let registry = policy.registry();
+        if let Some(why) = self.disabled.get(&record.audience.id) {
+            return Err(NarrowingError {
+                dimension: writ_core::Dimension::Party,
+                detail: format!(
+                    "audience {} is disabled: {}",
+                    writ_core::text::Shown(&record.audience.id),
+                    why.reason
+                ),
+            });
+        }
         let audience = self.resolve(registry, &record.audience, true)?;
         let holder = holder
             .map(|h| self.resolve(registry, h, false))
@@ -387,6 +408,9 @@ impl<S: TokenStore> Service<S> {
         {
             return Ok(found);
         }
+        // From the audience check until the write ends: a party disabled meanwhile is
+        // either refused here or revoked with this token.
+        let pass = self.disabled.admission().await;
         let now = now();
         let (secret, new) =
             self.issue(retry.as_ref(), TxnId::new(now, rand::random()), now, minter);
@@ -403,7 +427,10 @@ impl<S: TokenStore> Service<S> {
         let pending = self.audit.issue();
         let event = Event::minted(pending.id(), &record);
         let (r, e) = (record.clone(), event.clone());
-        let insert = move |s: Arc<S>| async move { s.insert(r, e).await };
+        let insert = move |s: Arc<S>| async move {
+            let _pass = pass;
+            s.insert(r, e).await
+        };
         let (inserted, _) = self
             .audit
             .commit(Some(pending), Some(event), &self.store, insert)
@@ -493,6 +520,7 @@ impl<S: TokenStore> Service<S> {
             // A child that names no limit gets what the parent has left to pass on.
             req.max_uses = Some(max.saturating_sub(state.uses).max(1));
         }
+        let pass = self.disabled.admission().await;
         let now = now();
         let (secret, new) = self.issue(retry.as_ref(), parent.txn, now, actor);
         let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new)
@@ -512,7 +540,10 @@ impl<S: TokenStore> Service<S> {
         // the event is announced and its id settled even if this request is cancelled;
         // refused, the id comes back and is settled here.
         let (c, e, max) = (child.clone(), event.clone(), self.max_children);
-        let insert = move |s: Arc<S>| async move { s.insert_child(c, max, e).await };
+        let insert = move |s: Arc<S>| async move {
+            let _pass = pass;
+            s.insert_child(c, max, e).await
+        };
         let (stored, pending) = self
             .audit
             .commit(Some(pending), Some(event), &self.store, insert)
@@ -716,6 +747,49 @@ impl<S: TokenStore> Service<S> {
         })?;
         tracing::info!(by = %by.id, revoked = revoked.ids.len(), "revoked");
         Ok(revoked.ids)
+    }
+}
+
+impl<S: TokenStore> Service<S> {
+    /// The kill switch (operators): disables `party` durably, refuses it every new token
+    /// from now on, waits for admissions in flight, then revokes every token it holds or
+    /// presents, with their descendants (one `revoked` event per transaction).
+    pub async fn disable_party(
+        &self,
+        caller: &Caller,
+        party: String,
+        reason: String,
+    ) -> Result<PartyRevoked, ServiceError> {
+        let by = operator(caller)?;
+        let why = PartyDisable::new(now(), by.id.clone(), reason.clone());
+        self.store
+            .set_party_disabled(party.clone(), Some(why.clone()))
+            .await?;
+        self.disabled.disable(party.clone(), why).await;
+        let (store, events) = (self.store.clone(), WalkEvents::new(self.audit.clone()));
+        let who = by.id.clone();
+        let target = party.clone();
+        // A task of its own: a cancelled request does not stop the walk half way.
+        let walk =
+            tokio::spawn(async move { store.revoke_party(target, by, reason, events).await });
+        let revoked = walk
+            .await
+            .map_err(|e| ServiceError::Store(StoreError::Task(e.to_string())))??;
+        tracing::warn!(
+            party = %party, by = %who, revoked = revoked.revoked, txns = revoked.txns,
+            "party disabled"
+        );
+        Ok(revoked)
+    }
+
+    /// Lets a disabled party act again (operators); whether it was disabled. Restores
+    /// nothing that was revoked.
+    pub async fn enable_party(&self, caller: &Caller, party: String) -> Result<bool, ServiceError> {
+        let by = operator(caller)?;
+        self.store.set_party_disabled(party.clone(), None).await?;
+        let was = self.disabled.enable(&party);
+        tracing::warn!(party = %party, by = %by.id, was_disabled = was, "party enabled");
+        Ok(was)
     }
 }
 

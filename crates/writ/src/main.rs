@@ -55,6 +55,41 @@ enum Command {
     /// The policy file: `writ policy check FILE` validates it offline and prints what
     /// each party may hold.
     Policy(PolicyArgs),
+    /// The kill switch (operator): `writ party disable ID --reason R` revokes every live
+    /// token the party holds or presents and refuses it new ones; `writ party enable ID`.
+    Party(PartyArgs),
+}
+
+#[derive(Args, Debug)]
+struct PartyArgs {
+    #[command(subcommand)]
+    command: PartyCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum PartyCommand {
+    /// Disable a party at once: revoke every live token it holds (audience) or presents
+    /// (current actor), with their descendants, and refuse it every new token.
+    Disable {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The party's id (its SPIFFE ID).
+        party: String,
+        /// Why (recorded with every revocation).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        operator: OperatorCredential,
+    },
+    /// Let a disabled party act again. Restores nothing that was revoked.
+    Enable {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The party's id.
+        party: String,
+        #[command(flatten)]
+        operator: OperatorCredential,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -774,6 +809,7 @@ async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> 
                 Ok(ExitCode::FAILURE)
             }
         },
+        Command::Party(PartyArgs { command }) => party(command).await,
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -1074,6 +1110,62 @@ async fn token(a: TokenArgs) -> Result<ExitCode> {
     match client.get_token(&a.token_id).await {
         Ok(r) => output::token(a.client.json, std::io::stdout().is_terminal(), &r),
         Err(e) => refused(a.client.json, e),
+    }
+}
+
+async fn party(command: PartyCommand) -> Result<ExitCode> {
+    match command {
+        PartyCommand::Disable {
+            client,
+            party,
+            reason,
+            operator,
+        } => {
+            let mut c = operator_client(&client, operator).await?;
+            match c.disable_party(&party, &reason).await {
+                Ok(r) => {
+                    if client.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({
+                                "party": party, "revoked": r.revoked, "txns": r.txns,
+                                "revoked_token_ids": r.revoked_token_ids,
+                            })
+                        );
+                    } else {
+                        println!(
+                            "disabled {party}: revoked {} tokens in {} transactions",
+                            r.revoked, r.txns
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => refused(client.json, e),
+            }
+        }
+        PartyCommand::Enable {
+            client,
+            party,
+            operator,
+        } => {
+            let mut c = operator_client(&client, operator).await?;
+            match c.enable_party(&party).await {
+                Ok(r) => {
+                    if client.json {
+                        println!(
+                            "{}",
+                            serde_json::json!({"party": party, "was_disabled": r.was_disabled})
+                        );
+                    } else if r.was_disabled {
+                        println!("enabled {party} (nothing revoked is restored)");
+                    } else {
+                        println!("{party} was not disabled");
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => refused(client.json, e),
+            }
+        }
     }
 }
 
