@@ -655,6 +655,7 @@ pub fn auth_method_pb(m: Option<writ_core::AuthMethod>) -> pb::AuthMethod {
         Some(A::JwtSvid) => pb::AuthMethod::JwtSvid,
         Some(A::Bearer) => pb::AuthMethod::Bearer,
         Some(A::Asserted) => pb::AuthMethod::Asserted,
+        Some(A::Internal) => pb::AuthMethod::Internal,
     }
 }
 

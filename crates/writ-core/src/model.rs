@@ -63,6 +63,9 @@ pub enum AuthMethod {
     Bearer,
     /// Asserted in `x-writ-caller` and not proven: development mode only.
     Asserted,
+    /// The server itself, finishing work an operator started (a party's disablement
+    /// resumed after a restart).
+    Internal,
 }
 
 impl AuthMethod {
@@ -74,6 +77,7 @@ impl AuthMethod {
             AuthMethod::JwtSvid => "jwt_svid",
             AuthMethod::Bearer => "bearer",
             AuthMethod::Asserted => "asserted",
+            AuthMethod::Internal => "internal",
         }
     }
 }

@@ -257,6 +257,11 @@ impl Authenticator {
             .credentials
             .identify(cred)
             .ok_or(AuthError::BadCredential)?;
+        if self.disabled.as_ref().is_some_and(|d| d.get(id).is_some()) {
+            return Err(AuthError::Forbidden(format!(
+                "{id:?} is disabled by an operator"
+            )));
+        }
         let role = match role {
             CredentialRole::Minter => Role::Minter,
             CredentialRole::Operator => Role::Operator,
@@ -298,10 +303,9 @@ impl Authenticator {
     /// that is no SPIFFE ID) may hold, derive and check tokens.
     fn party(&self, id: String, auth: AuthMethod) -> Result<Caller, AuthError> {
         const HOLDER: [Role; 2] = [Role::Agent, Role::ResourceServer];
-        if let Some(why) = self.disabled.as_ref().and_then(|d| d.get(&id)) {
+        if self.disabled.as_ref().is_some_and(|d| d.get(&id).is_some()) {
             return Err(AuthError::Forbidden(format!(
-                "{id:?} is disabled by an operator: {}",
-                why.reason
+                "{id:?} is disabled by an operator"
             )));
         }
         let Some(policy) = &self.policy else {
@@ -314,6 +318,14 @@ impl Authenticator {
                     "{id:?} is disabled by the policy"
                 )));
             }
+            // An asserted name proves nothing: never a registered minter's, operator's or
+            // approver's powers, only what any development party may do.
+            Some(p) if auth == AuthMethod::Asserted => Roles::of(
+                &HOLDER
+                    .into_iter()
+                    .filter(|r| p.effective_roles().contains(*r))
+                    .collect::<Vec<_>>(),
+            ),
             Some(p) => p.effective_roles(),
             None if auth == AuthMethod::Asserted => Roles::of(&HOLDER),
             None => {

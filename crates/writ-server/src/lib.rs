@@ -97,6 +97,9 @@ pub struct RunningServer {
     cleanup: JoinHandle<()>,
     /// Re-read TLS material and the JWT bundle when they change.
     reloaders: Vec<JoinHandle<()>>,
+    /// Finishes the walks of disabled parties at start (aborted at shutdown; the next
+    /// start resumes it).
+    resume: JoinHandle<()>,
     audit_writer: JoinHandle<()>,
     /// Released last, off the async threads: closing the store flushes its memtables.
     store: Arc<RocksStore>,
@@ -154,6 +157,8 @@ impl RunningServer {
             Err(e) => Err(ServerError::Transport(e.to_string())),
         };
         let _ = self.stop.send(true);
+        self.resume.abort();
+        let _ = self.resume.await;
         let _ = self.cleanup.await;
         for r in self.reloaders {
             let _ = r.await;
@@ -297,6 +302,10 @@ async fn start_with_keepalive(
     .with_policy(policy.clone(), config.auth.asserted_identities)
     .with_disabled(disabled.clone());
     let service = Arc::new(service);
+    let resume = {
+        let service = service.clone();
+        tokio::spawn(async move { service.resume_disabled().await })
+    };
     let auth = auth::Authenticator::new(credentials)
         .with_policy(policy.clone())
         .with_disabled(disabled)
@@ -378,6 +387,7 @@ async fn start_with_keepalive(
     Ok(RunningServer {
         local_addr,
         reloaders,
+        resume,
         stop,
         task,
         cleanup,

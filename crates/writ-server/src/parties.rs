@@ -20,6 +20,8 @@ pub struct Disabled {
     /// Held shared by each Mint and Downscope from its check of the audience until its
     /// write is done; held exclusively (briefly) by [`Disabled::disable`].
     gate: Arc<tokio::sync::RwLock<()>>,
+    /// One disable or enable at a time, so the stored and the in-memory sets agree.
+    switch: tokio::sync::Mutex<()>,
 }
 
 impl Disabled {
@@ -28,7 +30,23 @@ impl Disabled {
         Arc::new(Disabled {
             parties: RwLock::new(parties.into_iter().collect()),
             gate: Arc::default(),
+            switch: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// Held across one disable or enable (its stored and in-memory halves).
+    pub async fn switch(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.switch.lock().await
+    }
+
+    /// Every disabled party.
+    pub fn all(&self) -> Vec<(String, PartyDisable)> {
+        self.parties
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(p, d)| (p.clone(), d.clone()))
+            .collect()
     }
 
     /// Why `party` is disabled, if it is.

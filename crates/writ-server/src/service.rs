@@ -259,7 +259,9 @@ impl<S: TokenStore> Service<S> {
                 }
                 Ok(p)
             }
-            None if self.asserted => Ok(ResolvedParty {
+            // Only names that are no SPIFFE ID: a SPIFFE ID the registry does not know is
+            // refused in development mode too.
+            None if self.asserted && !described.id.starts_with("spiffe://") => Ok(ResolvedParty {
                 def: std::borrow::Cow::Owned(PartyDef {
                     id: described.id.clone(),
                     display_name: None,
@@ -282,15 +284,21 @@ impl<S: TokenStore> Service<S> {
     fn admit(&self, record: &TokenRecord, holder: Option<&Party>) -> Result<(), NarrowingError> {
         let policy = self.registry.current();
         let registry = policy.registry();
-        if let Some(why) = self.disabled.get(&record.audience.id) {
-            return Err(NarrowingError {
-                dimension: writ_core::Dimension::Party,
-                detail: format!(
-                    "audience {} is disabled: {}",
-                    writ_core::text::Shown(&record.audience.id),
-                    why.reason
-                ),
-            });
+        // The audience, and the party obtaining the token (a minter or the deriving
+        // holder, identified before it may have been disabled).
+        for (role, id) in [
+            ("audience", &record.audience.id),
+            ("actor", &record.current_actor().id),
+        ] {
+            if self.disabled.get(id).is_some() {
+                return Err(NarrowingError {
+                    dimension: writ_core::Dimension::Party,
+                    detail: format!(
+                        "{role} {} is disabled by an operator",
+                        writ_core::text::Shown(id)
+                    ),
+                });
+            }
         }
         let audience = self.resolve(registry, &record.audience, true)?;
         let holder = holder
@@ -762,16 +770,21 @@ impl<S: TokenStore> Service<S> {
     ) -> Result<PartyRevoked, ServiceError> {
         let by = operator(caller)?;
         let why = PartyDisable::new(now(), by.id.clone(), reason.clone());
-        self.store
-            .set_party_disabled(party.clone(), Some(why.clone()))
-            .await?;
-        self.disabled.disable(party.clone(), why).await;
-        let (store, events) = (self.store.clone(), WalkEvents::new(self.audit.clone()));
+        let (store, disabled) = (self.store.clone(), self.disabled.clone());
+        let events = WalkEvents::new(self.audit.clone());
         let who = by.id.clone();
         let target = party.clone();
-        // A task of its own: a cancelled request does not stop the walk half way.
-        let walk =
-            tokio::spawn(async move { store.revoke_party(target, by, reason, events).await });
+        // The whole sequence in a task of its own: a cancelled request neither leaves the
+        // flag stored but not in force, nor stops the walk half way (a crash mid-walk is
+        // resumed at start, see `resume_disabled`).
+        let walk = tokio::spawn(async move {
+            let _one_at_a_time = disabled.switch().await;
+            store
+                .set_party_disabled(target.clone(), Some(why.clone()))
+                .await?;
+            disabled.disable(target.clone(), why).await;
+            store.revoke_party(target, by, reason, events).await
+        });
         let revoked = walk
             .await
             .map_err(|e| ServiceError::Store(StoreError::Task(e.to_string())))??;
@@ -782,12 +795,44 @@ impl<S: TokenStore> Service<S> {
         Ok(revoked)
     }
 
+    /// At start: finishes the walk of every disabled party (a crash may have stopped one
+    /// half way, or lost its unsynced writes); a walk with nothing left writes nothing.
+    /// Recorded as the server's own doing.
+    pub async fn resume_disabled(&self) {
+        for (party, why) in self.disabled.all() {
+            let by = Actor {
+                id: why.by.clone(),
+                auth: writ_core::AuthMethod::Internal,
+            };
+            let events = WalkEvents::new(self.audit.clone());
+            match self
+                .store
+                .revoke_party(party.clone(), by, why.reason, events)
+                .await
+            {
+                Ok(r) if r.revoked > 0 => {
+                    tracing::warn!(party = %party, revoked = r.revoked, "finished disabling a party")
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::error!(party = %party, error = %e, "resuming a party's disablement")
+                }
+            }
+        }
+    }
+
     /// Lets a disabled party act again (operators); whether it was disabled. Restores
     /// nothing that was revoked.
     pub async fn enable_party(&self, caller: &Caller, party: String) -> Result<bool, ServiceError> {
         let by = operator(caller)?;
-        self.store.set_party_disabled(party.clone(), None).await?;
-        let was = self.disabled.enable(&party);
+        let (store, disabled, target) = (self.store.clone(), self.disabled.clone(), party.clone());
+        let was = tokio::spawn(async move {
+            let _one_at_a_time = disabled.switch().await;
+            store.set_party_disabled(target.clone(), None).await?;
+            Ok::<_, StoreError>(disabled.enable(&target))
+        })
+        .await
+        .map_err(|e| ServiceError::Store(StoreError::Task(e.to_string())))??;
         tracing::warn!(party = %party, by = %by.id, was_disabled = was, "party enabled");
         Ok(was)
     }
