@@ -45,6 +45,7 @@ pub enum KindArg {
     Validated,
     Refused,
     Revoked,
+    Aggregated,
 }
 
 impl KindArg {
@@ -55,6 +56,7 @@ impl KindArg {
             KindArg::Validated => pb::EventKind::Validated,
             KindArg::Refused => pb::EventKind::Refused,
             KindArg::Revoked => pb::EventKind::Revoked,
+            KindArg::Aggregated => pb::EventKind::Aggregated,
         }
     }
 }
