@@ -13,6 +13,7 @@
 //! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry,
 //!   listings, the audit trail and its live watch).
 //! - [`cleanup`]: the background task that reclaims expired tokens and old events.
+//! - [`ratelimit`]: per-caller token buckets by role (`RESOURCE_EXHAUSTED` with retry info).
 //! - [`flood`]: refused and validated events beyond a per-caller budget, counted and stored
 //!   as one aggregate per window.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
@@ -37,6 +38,7 @@ pub mod error;
 pub mod flood;
 pub mod grpc;
 pub mod pki;
+pub mod ratelimit;
 pub mod secrets;
 pub mod service;
 pub mod tls;
