@@ -25,7 +25,8 @@
 //! Defaults (requests per second, burst): resource servers 10 000/20 000 (they validate
 //! on every request they serve), minters 500/1 000 (one Mint per user request at a
 //! gateway), agents 200/400 (Downscopes are fsynced writes), operators and approvers
-//! 20/50, anonymous 20/40 per peer address. Parties proven by certificate or assertion
+//! 50/500 (a steady tens a second, and a burst for an incident response that revokes or
+//! reads many chains at once), anonymous 20/40 per peer address. Parties proven by certificate or assertion
 //! hold both `agent` and `resource_server` until the registry says otherwise, so they get
 //! the resource server's limit.
 
@@ -115,9 +116,9 @@ pub struct RateLimitConfig {
     pub agent: RoleLimit,
     /// Resource servers (Validate). Default 10 000/s, burst 20 000.
     pub resource_server: RoleLimit,
-    /// Operators (chain queries, audit trail, revocations). Default 20/s, burst 50.
+    /// Operators (chain queries, audit trail, revocations). Default 50/s, burst 500.
     pub operator: RoleLimit,
-    /// Approvers (consent decisions). Default 20/s, burst 50.
+    /// Approvers (consent decisions). Default 50/s, burst 500.
     pub approver: RoleLimit,
     /// Callers without an identity, or whose proof of identity failed, per peer address
     /// (IPv6: per /64). Default 20/s, burst 40.
@@ -135,8 +136,8 @@ impl Default for RateLimitConfig {
             minter: RoleLimit::new(500, 1_000),
             agent: RoleLimit::new(200, 400),
             resource_server: RoleLimit::new(10_000, 20_000),
-            operator: RoleLimit::new(20, 50),
-            approver: RoleLimit::new(20, 50),
+            operator: RoleLimit::new(50, 500),
+            approver: RoleLimit::new(50, 500),
             anonymous: RoleLimit::new(20, 40),
             events: FloodConfig::default(),
         }
@@ -797,7 +798,9 @@ mod tests {
         assert_eq!(parsed.resource_server, RoleLimit::new(10_000, 20_000));
         assert_eq!(parsed.agent, RoleLimit::new(200, 400));
         assert_eq!(parsed.minter, RoleLimit::new(500, 1_000));
-        assert_eq!(parsed.operator, RoleLimit::new(20, 50));
+        assert_eq!(parsed.operator, RoleLimit::new(50, 500));
+        assert_eq!(parsed.approver, RoleLimit::new(50, 500));
+        assert_eq!(parsed.anonymous, RoleLimit::new(20, 40));
         let custom: RateLimitConfig = toml::from_str(
             "max_tracked_callers = 50\n[agent]\nrequests_per_second = 5\nburst = 9\n[events]\nwindow_seconds = 60\n",
         )
