@@ -201,7 +201,7 @@ impl fmt::Display for Limited {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} requests a second, burst {} ({} limit); retry in {} ms",
+            "{} requests/s with a burst of {} (the {} limit); retry in {} ms",
             self.limit.requests_per_second,
             self.limit.burst,
             self.class,
@@ -227,7 +227,7 @@ fn seconds_up(d: Duration) -> u64 {
 /// seconds (rounded up).
 pub fn status(limited: &Limited, caller: &str) -> tonic::Status {
     let message = truncate(
-        format!("rate limit: {caller:?} may make {limited}"),
+        format!("rate limit: {caller:?} is limited to {limited}"),
         MAX_STATUS_MESSAGE,
     );
     let mut metadata = MetadataMap::new();
@@ -742,9 +742,9 @@ mod tests {
         assert_eq!(s.code(), tonic::Code::ResourceExhausted);
         for part in [
             "\"spiffe://example.org/planner\"",
-            "10 requests a second",
-            "burst 5",
-            "agent",
+            "is limited to 10 requests/s",
+            "a burst of 5",
+            "the agent limit",
             "2500 ms",
         ] {
             assert!(s.message().contains(part), "{part:?} in {:?}", s.message());
