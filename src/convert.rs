@@ -812,12 +812,18 @@ pub struct WatchFilter {
 }
 
 impl WatchFilter {
-    /// Does `e` pass the filter?
+    /// Does `e` pass the filter? An aggregate of refused (validated) events passes a
+    /// filter on refused (validated) events too: a watcher of refusals must not go blind
+    /// when a flood of them is counted instead of stored one by one.
     pub fn matches(&self, e: &Event) -> bool {
+        let kind_matches = || {
+            self.kinds.contains(e.kind.name())
+                || matches!(&e.kind, EventKind::Aggregated { kind, .. } if self.kinds.contains(kind.as_str()))
+        };
         self.txn.is_none_or(|t| t == e.txn)
             && self.subject.as_ref().is_none_or(|s| *s == e.subject)
             && self.actor.as_ref().is_none_or(|a| *a == e.actor)
-            && (self.kinds.is_empty() || self.kinds.contains(e.kind.name()))
+            && (self.kinds.is_empty() || kind_matches())
     }
 }
 
@@ -836,6 +842,7 @@ pub fn watch_events_request(r: pb::WatchEventsRequest) -> Result<WatchFilter> {
             Ok(pb::EventKind::Validated) => "validated",
             Ok(pb::EventKind::Refused) => "refused",
             Ok(pb::EventKind::Revoked) => "revoked",
+            Ok(pb::EventKind::Aggregated) => "aggregated",
             _ => return bad(format!("kinds[{i}]"), format!("unknown event kind {k}")),
         };
         kinds.insert(name);
@@ -902,6 +909,23 @@ pub fn event_pb(e: &Event) -> pb::AuditEvent {
             out.reason = reason.clone();
             out.revoked = *revoked;
             pb::EventKind::Revoked
+        }
+        EventKind::Aggregated {
+            kind,
+            count,
+            window_start,
+            window_end,
+        } => {
+            out.aggregated_kind = match kind.as_str() {
+                "refused" => pb::EventKind::Refused,
+                "validated" => pb::EventKind::Validated,
+                _ => pb::EventKind::Unspecified,
+            }
+            .into();
+            out.count = *count;
+            out.window_start_unix_ms = window_start.0;
+            out.window_end_unix_ms = window_end.0;
+            pb::EventKind::Aggregated
         }
     };
     out.kind = kind.into();
@@ -1294,5 +1318,69 @@ mod tests {
         ]
         .into();
         assert_eq!(claims_from_pb(claims_pb(&c)).unwrap(), c);
+    }
+
+    /// Issue 10: an aggregate's wire form says what was counted, how many, when, by whom;
+    /// and a watcher of refusals sees aggregated refusals.
+    #[test]
+    fn aggregated_events_on_the_wire_and_in_watch_filters() {
+        use writ_core::audit::{Counted, OTHER_CALLERS};
+        let txn = TxnId::new(UnixMillis(1_000), [4; 10]);
+        let x = writ_core::Actor {
+            id: "spiffe://example.org/flooder".into(),
+            auth: writ_core::AuthMethod::Mtls,
+        };
+        let e = Event::aggregated(
+            EventId(5_000_000),
+            txn,
+            Some(&x),
+            Counted::Refused,
+            42,
+            UnixMillis(1_000),
+            UnixMillis(11_000),
+        );
+        let w = event_pb(&e);
+        assert_eq!(w.kind(), pb::EventKind::Aggregated);
+        assert_eq!(w.aggregated_kind(), pb::EventKind::Refused);
+        assert_eq!(
+            (w.count, w.window_start_unix_ms, w.window_end_unix_ms),
+            (42, 1_000, 11_000)
+        );
+        assert_eq!(w.txn, txn.to_string());
+        assert_eq!(w.actor, x.id);
+        assert_eq!(w.actor_auth(), pb::AuthMethod::Mtls);
+        assert!(w.subject.is_empty() && w.token_id.is_empty() && w.detail.is_empty());
+        let other = Event::aggregated(
+            EventId(5_000_001),
+            txn,
+            None,
+            Counted::Validated,
+            3,
+            UnixMillis(1_000),
+            UnixMillis(11_000),
+        );
+        let w = event_pb(&other);
+        assert_eq!(w.aggregated_kind(), pb::EventKind::Validated);
+        assert_eq!(w.actor, OTHER_CALLERS);
+
+        let filter = |kinds: &[pb::EventKind]| {
+            watch_events_request(pb::WatchEventsRequest {
+                kinds: kinds.iter().map(|k| *k as i32).collect(),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        assert!(filter(&[]).matches(&e));
+        assert!(filter(&[pb::EventKind::Aggregated]).matches(&e));
+        assert!(filter(&[pb::EventKind::Refused]).matches(&e));
+        assert!(!filter(&[pb::EventKind::Validated]).matches(&e));
+        assert!(filter(&[pb::EventKind::Validated]).matches(&other));
+        assert!(!filter(&[pb::EventKind::Minted]).matches(&other));
+        let by_actor = watch_events_request(pb::WatchEventsRequest {
+            actor: x.id.clone(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(by_actor.matches(&e) && !by_actor.matches(&other));
     }
 }

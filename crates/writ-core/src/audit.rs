@@ -3,6 +3,11 @@
 //! after the tokens it names are purged, and ordered by an [`EventId`] that is also its
 //! timestamp. Pure values: the store appends them, the server decides when.
 //!
+//! Under a flood, the events that change nothing (refused, validated) are stored one by
+//! one only up to a per-caller budget per window; beyond it they are counted, and each
+//! window's count is stored as one [`EventKind::Aggregated`] event ("N refusals by X in
+//! this window"), so a flood costs the trail one event per caller and window.
+//!
 //! Every event is bounded ([`MAX_EVENT_BYTES`](crate::limits::MAX_EVENT_BYTES) encoded):
 //! the constructors cut lists to [`MAX_EVENT_LIST_BYTES`] and details to
 //! [`MAX_DETAIL_BYTES`], so a request that costs a caller a hundred bytes can never make
@@ -10,7 +15,7 @@
 
 use crate::ids::{TokenId, TxnId, UnixMillis};
 use crate::lifecycle::narrowed;
-use crate::limits::MAX_DETAIL_BYTES;
+use crate::limits::{MAX_DETAIL_BYTES, MAX_ID_LEN};
 use crate::model::{Actor, AuthMethod, TokenRecord};
 use crate::text::truncate;
 use serde::{Deserialize, Serialize};
@@ -129,7 +134,48 @@ pub enum EventKind {
         /// How many tokens this revocation made inactive (already-revoked ones excluded).
         revoked: u32,
     },
+    /// Refused or validated events by one caller that were counted rather than stored one
+    /// by one, because the caller exceeded its budget of such events in a window ("N
+    /// refusals by X in this window"). Stored under the transaction of the first event
+    /// counted (a sample: the count spans every transaction the caller touched in the
+    /// window). Appended last: postcard encodes the variant's index, so events stored
+    /// before it existed still read.
+    Aggregated {
+        /// What was counted: `refused` or `validated` (see [`Counted`]).
+        kind: String,
+        /// How many such events were counted and not stored.
+        count: u32,
+        /// The window's start (inclusive).
+        window_start: UnixMillis,
+        /// The window's end (exclusive).
+        window_end: UnixMillis,
+    },
 }
+
+/// The events that may be counted instead of stored under a flood: those that change
+/// nothing. Minted, downscoped and revoked events, and a validation that spent a use, are
+/// always stored one by one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Counted {
+    /// Refused Downscopes.
+    Refused,
+    /// Validations that spent nothing.
+    Validated,
+}
+
+impl Counted {
+    /// Stable lower-case name: the [`EventKind::name`] of the events counted.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Counted::Refused => "refused",
+            Counted::Validated => "validated",
+        }
+    }
+}
+
+/// The actor of an [`EventKind::Aggregated`] event that counts the callers beyond the
+/// most the server tracks one by one (not a valid party id).
+pub const OTHER_CALLERS: &str = "*";
 
 impl EventKind {
     /// Stable lower-case name.
@@ -140,6 +186,7 @@ impl EventKind {
             EventKind::Validated { .. } => "validated",
             EventKind::Refused { .. } => "refused",
             EventKind::Revoked { .. } => "revoked",
+            EventKind::Aggregated { .. } => "aggregated",
         }
     }
 }
@@ -276,6 +323,40 @@ impl Event {
             auth: Some(actor.auth),
         }
     }
+
+    /// The event of `count` `counted` events by `caller` (`None`: the callers beyond the
+    /// most tracked one by one, shown as [`OTHER_CALLERS`]) in `[window_start,
+    /// window_end)`, stored under `sample_txn`, the transaction of the first one counted.
+    /// Its subject is empty and it names no token: the count spans every transaction the
+    /// caller touched in the window. Bounded like every event: the actor is cut to
+    /// [`MAX_ID_LEN`] bytes.
+    pub fn aggregated(
+        id: EventId,
+        sample_txn: TxnId,
+        caller: Option<&Actor>,
+        counted: Counted,
+        count: u32,
+        window_start: UnixMillis,
+        window_end: UnixMillis,
+    ) -> Event {
+        Event {
+            id,
+            txn: sample_txn,
+            subject: String::new(),
+            token: None,
+            actor: caller.map_or_else(
+                || OTHER_CALLERS.to_owned(),
+                |c| truncate(c.id.clone(), MAX_ID_LEN),
+            ),
+            kind: EventKind::Aggregated {
+                kind: counted.as_str().to_owned(),
+                count,
+                window_start,
+                window_end: window_end.max(window_start),
+            },
+            auth: caller.map(|c| c.auth),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -300,5 +381,182 @@ mod tests {
             assert!(bad.parse::<EventId>().is_err(), "{bad}");
         }
         assert!("evt_00000000000000AB".parse::<EventId>().is_err());
+    }
+
+    /// A record of alice's transaction for `planner`, minted by `gw`.
+    fn record() -> TokenRecord {
+        use crate::model::{ActorKind, ClientType, Party};
+        use crate::narrow::{MintRequest, NewToken, Policy};
+        use crate::token::{KeyRing, ServerKey};
+        let ring = KeyRing::new(vec![ServerKey {
+            id: 1,
+            key: [7; 32],
+        }])
+        .expect("one key");
+        let (_, token) = ring.issue([3; 32]);
+        let now = UnixMillis(1_700_000_000_000);
+        let party = |id: &str| Party {
+            id: id.into(),
+            kind: ActorKind::Agent,
+            client_type: ClientType::Confidential,
+        };
+        let req = MintRequest {
+            subject: "alice".into(),
+            audience: party("planner"),
+            targets: ["booking".to_string()].into(),
+            scopes: ["trips:book".to_string()].into(),
+            claims: Default::default(),
+            purpose: String::new(),
+            tctx: Default::default(),
+            rctx: Default::default(),
+            ttl_secs: None,
+            max_uses: None,
+            require_action_check: false,
+        };
+        let new = NewToken {
+            token,
+            txn: TxnId::new(now, [1; 10]),
+            now,
+            idempotency: None,
+            auth: AuthMethod::Bearer,
+        };
+        crate::narrow::mint(req, party("gw"), "example.org", &Policy::default(), new)
+            .expect("a valid mint")
+    }
+
+    fn encoded_len(e: &Event) -> usize {
+        postcard::to_allocvec(e).expect("encodes").len()
+    }
+
+    /// Issue 10: whatever a caller makes the server say (a refusal's or a denial's
+    /// message, a revoker's reason), the stored event keeps at most MAX_DETAIL_BYTES of it.
+    #[test]
+    fn huge_refusal_denial_and_revocation_reasons_are_cut() {
+        let r = record();
+        let planner = Actor {
+            id: "planner".into(),
+            auth: AuthMethod::Mtls,
+        };
+        // Multi-byte characters, so the cut must also land on a character boundary.
+        let huge = "é".repeat(100_000);
+        let refused = Event::refused(EventId(1), &r, &planner, "claims", huge.clone());
+        let validated = Event::validated(
+            EventId(2),
+            &r,
+            &planner,
+            Some("trips:book".into()),
+            "denied",
+            huge.clone(),
+        );
+        let revoked = Event::revoked(EventId(3), &r, None, &planner, &huge, 1);
+        for (e, text) in [
+            (
+                &refused,
+                match &refused.kind {
+                    EventKind::Refused { detail, .. } => detail,
+                    other => panic!("{other:?}"),
+                },
+            ),
+            (
+                &validated,
+                match &validated.kind {
+                    EventKind::Validated { detail, .. } => detail,
+                    other => panic!("{other:?}"),
+                },
+            ),
+            (
+                &revoked,
+                match &revoked.kind {
+                    EventKind::Revoked { reason, .. } => reason,
+                    other => panic!("{other:?}"),
+                },
+            ),
+        ] {
+            assert!(text.len() <= MAX_DETAIL_BYTES, "{} bytes", text.len());
+            assert!(text.len() > MAX_DETAIL_BYTES / 2, "cut, not emptied");
+            assert!(text.ends_with('…'), "the cut is marked");
+            assert!(encoded_len(e) <= crate::limits::MAX_EVENT_BYTES);
+        }
+    }
+
+    #[test]
+    fn aggregated_events_are_bounded_and_read_on_their_own() {
+        let txn = TxnId::new(UnixMillis(1_000), [2; 10]);
+        let x = Actor {
+            id: format!("spiffe://example.org/{}", "a".repeat(10_000)),
+            auth: AuthMethod::Mtls,
+        };
+        let e = Event::aggregated(
+            EventId(9),
+            txn,
+            Some(&x),
+            Counted::Refused,
+            1234,
+            UnixMillis(60_000),
+            UnixMillis(70_000),
+        );
+        assert_eq!(e.kind.name(), "aggregated");
+        assert_eq!(e.txn, txn);
+        assert_eq!((e.subject.as_str(), e.token), ("", None));
+        assert!(e.actor.len() <= MAX_ID_LEN);
+        assert_eq!(e.auth, Some(AuthMethod::Mtls));
+        assert_eq!(
+            e.kind,
+            EventKind::Aggregated {
+                kind: "refused".into(),
+                count: 1234,
+                window_start: UnixMillis(60_000),
+                window_end: UnixMillis(70_000),
+            }
+        );
+        assert!(encoded_len(&e) <= crate::limits::MAX_EVENT_BYTES);
+        let back: Event =
+            postcard::from_bytes(&postcard::to_allocvec(&e).expect("encodes")).expect("decodes");
+        assert_eq!(back, e);
+        // The catch-all of the callers beyond the tracked ones.
+        let other = Event::aggregated(
+            EventId(10),
+            txn,
+            None,
+            Counted::Validated,
+            7,
+            UnixMillis(5),
+            UnixMillis(1),
+        );
+        assert_eq!(other.actor, OTHER_CALLERS);
+        assert_eq!(other.auth, None);
+        assert!(matches!(
+            other.kind,
+            EventKind::Aggregated { ref kind, window_start, window_end, .. }
+                if kind == "validated" && window_end >= window_start
+        ));
+    }
+
+    /// The new variant is appended: events stored before it keep their encoding (postcard
+    /// writes the variant's index first), so a store written by an older build still reads.
+    #[test]
+    fn appending_aggregated_keeps_older_variants_encoding() {
+        let r = record();
+        let ops = Actor {
+            id: "ops".into(),
+            auth: AuthMethod::Bearer,
+        };
+        let revoked = Event::revoked(EventId(1), &r, None, &ops, "leaked", 1);
+        let bytes = postcard::to_allocvec(&revoked).expect("encodes");
+        // id (varint), txn (16), subject, token (None), actor, then the kind's index.
+        let at = 1 + 16 + 1 + "alice".len() + 1 + 1 + "ops".len();
+        assert_eq!(bytes[at], 4, "revoked is still variant 4");
+        let agg = Event::aggregated(
+            EventId(1),
+            r.txn,
+            Some(&ops),
+            Counted::Validated,
+            1,
+            UnixMillis(0),
+            UnixMillis(1),
+        );
+        let bytes = postcard::to_allocvec(&agg).expect("encodes");
+        let at = 1 + 16 + 1 + 1 + 1 + "ops".len();
+        assert_eq!(bytes[at], 5, "aggregated is appended as variant 5");
     }
 }

@@ -15,6 +15,10 @@
 //! - [`chain`]: the operators' chain queries (a transaction's tree, a token's ancestry,
 //!   listings, the audit trail and its live watch).
 //! - [`cleanup`]: the background task that reclaims expired tokens and old events.
+//! - [`parties`]: the kill switch: disabled parties and the admission gate.
+//! - [`ratelimit`]: per-caller token buckets by role (`RESOURCE_EXHAUSTED` with retry info).
+//! - [`flood`]: refused and validated events beyond a per-caller budget, counted and stored
+//!   as one aggregate per window.
 //! - [`grpc`]: the tonic service; converts and maps errors, nothing more.
 //! - [`transport`]: socket settings and the cap on accepted connections.
 //! - [`tls`]: TLS over accepted connections, optional client X.509-SVIDs (SPIFFE IDs),
@@ -34,10 +38,12 @@ pub mod chain;
 pub mod cleanup;
 pub mod config;
 pub mod error;
+pub mod flood;
 pub mod grpc;
 pub mod parties;
 pub mod pki;
 pub mod policy;
+pub mod ratelimit;
 pub mod secrets;
 pub mod service;
 pub mod tls;

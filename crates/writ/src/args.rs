@@ -48,6 +48,7 @@ pub enum KindArg {
     Validated,
     Refused,
     Revoked,
+    Aggregated,
 }
 
 impl KindArg {
@@ -58,6 +59,7 @@ impl KindArg {
             KindArg::Validated => pb::EventKind::Validated,
             KindArg::Refused => pb::EventKind::Refused,
             KindArg::Revoked => pb::EventKind::Revoked,
+            KindArg::Aggregated => pb::EventKind::Aggregated,
         }
     }
 }

@@ -602,6 +602,7 @@ fn event_kind_name(k: i32) -> &'static str {
         Ok(pb::EventKind::Validated) => "validated",
         Ok(pb::EventKind::Refused) => "refused",
         Ok(pb::EventKind::Revoked) => "revoked",
+        Ok(pb::EventKind::Aggregated) => "aggregated",
         _ => "unspecified",
     }
 }
@@ -642,9 +643,38 @@ pub fn event_json(e: &pb::AuditEvent) -> Json {
         pb::EventKind::Revoked => {
             m.insert("revoked".into(), json!(e.revoked));
         }
+        pb::EventKind::Aggregated => {
+            m.insert(
+                "aggregated_kind".into(),
+                json!(event_kind_name(e.aggregated_kind)),
+            );
+            m.insert("count".into(), json!(e.count));
+            m.insert("window_start_unix_ms".into(), json!(e.window_start_unix_ms));
+            m.insert("window_end_unix_ms".into(), json!(e.window_end_unix_ms));
+        }
         _ => {}
     }
     Json::Object(m)
+}
+
+/// "N refusals by X in this window": events counted instead of stored one by one.
+fn aggregated_line(e: &pb::AuditEvent) -> String {
+    let what = match e.aggregated_kind() {
+        pb::EventKind::Refused => "refusals",
+        pb::EventKind::Validated => "validations",
+        _ => "events",
+    };
+    let by = if e.actor == "*" {
+        "callers beyond the most tracked"
+    } else {
+        &e.actor
+    };
+    format!(
+        "{} {what} by {by} in this window ({} to {}), counted, not stored one by one",
+        e.count,
+        utc(e.window_start_unix_ms),
+        utc(e.window_end_unix_ms)
+    )
 }
 
 /// One audit event as a line: time, kind, actor, then what happened.
@@ -656,7 +686,7 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
     let kind = if colour {
         let code = match e.kind() {
             pb::EventKind::Minted | pb::EventKind::Downscoped => "32",
-            pb::EventKind::Refused => "33",
+            pb::EventKind::Refused | pb::EventKind::Aggregated => "33",
             pb::EventKind::Revoked => "31",
             _ => "0",
         };
@@ -713,6 +743,7 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
             };
             format!("{}  {target}  {} token(s): {}", actor, e.revoked, e.reason)
         }
+        pb::EventKind::Aggregated => aggregated_line(e),
         pb::EventKind::Unspecified => String::new(),
     };
     let txn = if show_txn {
