@@ -1586,6 +1586,8 @@ async fn serve_data_dir(data_dir: PathBuf) -> Result<()> {
     // Plaintext with asserted identities on loopback, like the other benchmarks.
     config.tls.enabled = false;
     config.auth.asserted_identities = true;
+    // One benchmark client exceeds any per-caller limit by design.
+    config.limits.enabled = false;
     let running = writ_server::start(config).await?;
     let mut out = std::io::stdout();
     writeln!(out, "{}", running.local_addr)?;

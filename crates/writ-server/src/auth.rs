@@ -109,6 +109,14 @@ pub enum AuthError {
     /// Too many live client assertions to remember: try again later.
     #[error("{0}")]
     Exhausted(String),
+    /// The caller is over its rate limit.
+    #[error("rate limit: {caller:?} is limited to {limited}")]
+    Limited {
+        /// Who (an identity, or an anonymous peer).
+        caller: String,
+        /// The limit and when to retry.
+        limited: crate::ratelimit::Limited,
+    },
     /// A header is malformed.
     #[error("{0}")]
     Malformed(String),
@@ -130,6 +138,8 @@ pub struct Authenticator {
     policy: Option<PolicyHandle>,
     /// Parties an operator disabled (the kill switch).
     disabled: Option<Arc<Disabled>>,
+    /// Per-caller rate limits, charged once a caller is identified (or not).
+    limits: Option<Arc<crate::ratelimit::RateLimiter>>,
 }
 
 impl Authenticator {
@@ -142,7 +152,15 @@ impl Authenticator {
             assertions: None,
             policy: None,
             disabled: None,
+            limits: None,
         }
+    }
+
+    /// Charges every identified request to its caller's bucket, and every other one to
+    /// its peer address's.
+    pub fn with_limits(mut self, limits: Arc<crate::ratelimit::RateLimiter>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     /// Refuses the parties in `disabled`.
@@ -177,7 +195,31 @@ impl Authenticator {
             .get::<PeerInfo>()
             .and_then(|p| p.spiffe_id.as_ref())
             .map(|id| id.to_string());
-        self.identify_parts(request.metadata(), peer)
+        let caller = self.identify_parts(request.metadata(), peer);
+        if let Some(limits) = &self.limits {
+            match &caller {
+                Ok(Caller::Known(i)) => {
+                    limits
+                        .check(&i.actor.id, i.roles)
+                        .map_err(|limited| AuthError::Limited {
+                            caller: i.actor.id.clone(),
+                            limited,
+                        })?
+                }
+                // Nobody, or a proof that failed: the peer address pays.
+                _ => {
+                    let ip = crate::ratelimit::peer_ip(request);
+                    limits
+                        .check_anonymous(ip)
+                        .map_err(|limited| AuthError::Limited {
+                            caller: ip
+                                .map_or_else(|| "anonymous".into(), |ip| format!("anonymous {ip}")),
+                            limited,
+                        })?
+                }
+            }
+        }
+        caller
     }
 
     /// [`identify`](Self::identify) from the metadata and the SPIFFE ID of the

@@ -44,6 +44,9 @@ pub struct Config {
     /// keeps the policy in force. None: the development policy (any identity of the trust
     /// domain is a party, any scope is known).
     pub policy: Option<PathBuf>,
+    /// Per-caller rate limits by role, and the audit trail's flood budget (`[limits]`,
+    /// `[limits.events]`).
+    pub limits: crate::ratelimit::RateLimitConfig,
 }
 
 /// TLS settings. With no files named, `writ serve` creates a local development CA and a
@@ -232,6 +235,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             auth: AuthConfig::default(),
             policy: None,
+            limits: Default::default(),
         }
     }
 }
@@ -371,6 +375,7 @@ impl Config {
         if let Err(e) = crate::tls::validate_trust_domain(&self.trust_domain) {
             return bad(format!("trust_domain = {:?}: {e}", self.trust_domain));
         }
+        self.limits.validate().map_err(ConfigError::Invalid)?;
         let tls = &self.tls;
         match (&tls.cert, &tls.key, &tls.client_ca) {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}

@@ -113,7 +113,12 @@ pub enum ParentProblem {
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         use tonic::Code;
+        if let ServiceError::Auth(AuthError::Limited { caller, limited }) = &e {
+            // RESOURCE_EXHAUSTED with google.rpc.RetryInfo and `retry-after`.
+            return crate::ratelimit::status(limited, caller);
+        }
         let code = match &e {
+            ServiceError::Auth(AuthError::Limited { .. }) => Code::ResourceExhausted,
             ServiceError::Invalid(_) => Code::InvalidArgument,
             ServiceError::Auth(AuthError::BadCredential | AuthError::Unproven(_))
             | ServiceError::Unauthenticated(_) => Code::Unauthenticated,

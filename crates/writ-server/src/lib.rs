@@ -106,6 +106,9 @@ pub struct RunningServer {
     /// Finishes the walks of disabled parties at start (aborted at shutdown; the next
     /// start resumes it).
     resume: JoinHandle<()>,
+    /// Stores the flood guard's aggregates; stopped after the server, before the writer.
+    drain_stop: watch::Sender<bool>,
+    drain: JoinHandle<()>,
     audit_writer: JoinHandle<()>,
     /// Released last, off the async threads: closing the store flushes its memtables.
     store: Arc<RocksStore>,
@@ -169,6 +172,8 @@ impl RunningServer {
         for r in self.reloaders {
             let _ = r.await;
         }
+        let _ = self.drain_stop.send(true);
+        let _ = self.drain.await;
         // The services are gone with the server, so the writer drains its queue and ends.
         let _ = self.audit_writer.await;
         // Normally the last handle: its drop flushes the store (blocking work).
@@ -257,6 +262,8 @@ async fn start_with_keepalive(
              domain is a party that may hold any scope); name one with `policy` or --policy"
         ),
     }
+    let limits = Arc::new(ratelimit::RateLimiter::new(&config.limits));
+    let flood = Arc::new(flood::FloodGuard::from_config(&config.limits.events));
     let started = service::now_micros() / 1_000_000;
     let mut assertion_config = assertion::AssertionConfig::new(
         config.auth.audience(&config.trust_domain),
@@ -291,6 +298,7 @@ async fn start_with_keepalive(
     let store = Arc::new(store);
     let store_handle = store.clone();
     let (audit, audit_writer) = audit::Audit::start(store.clone()).await?;
+    let audit_for_drain = audit.clone();
     let disabled = parties::Disabled::new(writ_store::TokenStore::disabled_parties(&*store).await?);
     let (stop, mut stopped) = watch::channel(false);
     let service = service::Service::new(
@@ -306,7 +314,8 @@ async fn start_with_keepalive(
         config.tokens.idempotency_window_seconds,
     ))
     .with_policy(policy.clone(), config.auth.asserted_identities)
-    .with_disabled(disabled.clone());
+    .with_disabled(disabled.clone())
+    .with_flood(flood.clone());
     let service = Arc::new(service);
     let resume = {
         let service = service.clone();
@@ -315,6 +324,7 @@ async fn start_with_keepalive(
     let auth = auth::Authenticator::new(credentials)
         .with_policy(policy.clone())
         .with_disabled(disabled)
+        .with_limits(limits.clone())
         .with_assertions(assertions.clone())
         .with_asserted_identities(config.auth.asserted_identities);
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
@@ -361,7 +371,12 @@ async fn start_with_keepalive(
             stop.subscribe(),
         ),
         policy.spawn_watcher(POLICY_POLL, stop.subscribe()),
+        limits.spawn_housekeeping(stop.subscribe()),
     ];
+    // Stopped only after the server has (its last requests may still count events), and
+    // before the audit writer, which waits for every handle on the trail.
+    let (drain_stop, drain_stopped) = watch::channel(false);
+    let drain = flood.spawn_drain(audit_for_drain, drain_stopped);
     let task = match tls {
         Some(source) => {
             reloaders.push(source.spawn_reloader(
@@ -394,6 +409,8 @@ async fn start_with_keepalive(
         local_addr,
         reloaders,
         resume,
+        drain_stop,
+        drain,
         stop,
         task,
         cleanup,

@@ -18,6 +18,7 @@ use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
 use crate::config::ValidationEvents;
 use crate::error::{ParentProblem, ServiceError};
+use crate::flood::{Admit, FloodGuard, FloodKind};
 use crate::parties::{Disabled, WalkEvents};
 use crate::policy::PolicyHandle;
 use std::sync::Arc;
@@ -111,6 +112,8 @@ pub struct Service<S> {
     asserted: bool,
     /// Parties disabled by an operator (the kill switch), and the admission gate.
     disabled: Arc<Disabled>,
+    /// Beyond a caller's budget, refused and validated events are counted, not stored.
+    flood: Arc<FloodGuard>,
 }
 
 /// Stripes of [`Service::retry_locks`].
@@ -226,7 +229,14 @@ impl<S: TokenStore> Service<S> {
             trust_domain,
             asserted: false,
             disabled: Arc::default(),
+            flood: Arc::new(FloodGuard::from_config(&Default::default())),
         }
+    }
+
+    /// Bounds the audit trail under a flood with `flood`.
+    pub fn with_flood(mut self, flood: Arc<FloodGuard>) -> Self {
+        self.flood = flood;
+        self
     }
 
     /// Refuses new tokens to the parties in `disabled` (shared with the auth seam).
@@ -315,6 +325,13 @@ impl<S: TokenStore> Service<S> {
 
     /// Records a refused Downscope of `parent` by `actor`.
     async fn refused(&self, parent: &TokenRecord, actor: &Actor, dimension: &str, detail: String) {
+        if self
+            .flood
+            .admit(actor, FloodKind::Refused, parent.txn, now())
+            == Admit::Counted
+        {
+            return;
+        }
         let pending = self.audit.issue();
         let event = Event::refused(pending.id(), parent, actor, dimension, detail);
         self.audit.record(pending, event).await;
@@ -619,6 +636,10 @@ impl<S: TokenStore> Service<S> {
         let (verdict, pending) = self.decide(ctx, &state, action, pending).await?;
         if let Some(pending) = pending
             && self.wants_validation(scope.is_some(), verdict.is_err())
+            && self
+                .flood
+                .admit(actor, FloodKind::Validated, record.txn, now())
+                == Admit::Record
         {
             let event = validated_event(ctx, &verdict);
             self.audit.record(pending, event).await;
