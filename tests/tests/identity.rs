@@ -580,3 +580,35 @@ async fn disabling_a_party_revokes_everything_it_holds_and_refuses_it_new_tokens
         &["operator"],
     );
 }
+
+/// A connection outlives its handshake: once its client certificate has expired, the
+/// identity it proved is refused on it, and a fresh certificate is needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_that_expires_during_a_connection_stops_proving_anything() {
+    let srv = TestServer::start_proven().await;
+    let planner = srv.spiffe("agent/planner");
+    let root = srv.mint(mint_to(&planner, &[])).await.token;
+    let now = SystemTime::now();
+    let short = dev_ca(&srv)
+        .issue_svid(
+            &SpiffeId::parse(&planner).unwrap(),
+            now - hours(1),
+            now + Duration::from_secs(3),
+        )
+        .unwrap();
+    let mut c = srv
+        .connect_with(Some((short.cert_pem, short.key_pem)))
+        .await
+        .unwrap();
+    ok(
+        c.validate(introspect(&root)).await,
+        "while the certificate is valid",
+    );
+    // Past its expiry (whole seconds), on the same connection.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_refused(
+        c.validate(introspect(&root)).await,
+        Code::Unauthenticated,
+        &["expired"],
+    );
+}

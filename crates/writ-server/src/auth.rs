@@ -190,9 +190,18 @@ impl Authenticator {
 
     /// Decides who is calling `request`.
     pub fn identify<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
-        let peer = request
-            .extensions()
-            .get::<PeerInfo>()
+        let info = request.extensions().get::<PeerInfo>();
+        // The handshake checked the certificate's validity once; the connection may last
+        // longer than the certificate.
+        let now = i64::try_from(crate::service::now_micros() / 1_000_000).unwrap_or(i64::MAX);
+        if info.and_then(|p| p.not_after).is_some_and(|t| t < now) {
+            return Err(AuthError::Unproven(
+                "the connection's client certificate has expired since the handshake; \
+                 reconnect with a current one"
+                    .into(),
+            ));
+        }
+        let peer = info
             .and_then(|p| p.spiffe_id.as_ref())
             .map(|id| id.to_string());
         let caller = self.identify_parts(request.metadata(), peer);

@@ -692,6 +692,9 @@ pub struct PeerInfo {
     /// The SPIFFE ID of the client certificate, verified in the handshake; `None` when the
     /// client presented none.
     pub spiffe_id: Option<SpiffeId>,
+    /// When that certificate expires (Unix seconds): a connection outlives its
+    /// handshake, so the identity seam refuses requests on it once this has passed.
+    pub not_after: Option<i64>,
 }
 
 /// A TLS connection over an accepted [`Conn`], which it holds (and with it the
@@ -852,10 +855,20 @@ async fn handshake(
             return None;
         }
     };
+    let mut not_after = None;
     let spiffe_id = match stream.get_ref().1.peer_certificates() {
         None | Some([]) => None,
         Some([leaf, ..]) => match svid_id(leaf, &trust_domain) {
-            Ok(id) => Some(id),
+            Ok(id) => {
+                not_after = x509_parser::parse_x509_certificate(leaf)
+                    .ok()
+                    .map(|(_, c)| c.validity().not_after.timestamp());
+                if not_after.is_none() {
+                    tracing::error!(%peer, "a verified client certificate has no expiry; closing");
+                    return None;
+                }
+                Some(id)
+            }
             Err(e) => {
                 // The verifier accepted this certificate: unreachable, but fail closed.
                 tracing::error!(%peer, error = %e, "a verified client certificate has no SPIFFE ID; closing");
@@ -868,6 +881,7 @@ async fn handshake(
         peer: PeerInfo {
             remote_addr,
             spiffe_id,
+            not_after,
         },
     })
 }
