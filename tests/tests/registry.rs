@@ -348,3 +348,107 @@ async fn client_assertions_are_verified_with_registered_keys() {
         &["iss"],
     );
 }
+
+/// Disabling a party in the policy file is the kill switch too: after the reload, every
+/// token it holds or presents is revoked, and it can hold no new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_disabled_in_the_policy_loses_what_it_holds() {
+    let (srv, _dir, path) = server(&policy("")).await;
+    let root = srv.mint(root(&["trips:read"], 100)).await.token;
+    let mut planner = srv.svid_client("agent/planner").await;
+    let to_booking = ok(
+        planner
+            .downscope(child(
+                &root,
+                build::agent(BOOKING),
+                &[KIOSK],
+                &["trips:read"],
+                vec![],
+            ))
+            .await,
+        "to booking",
+    );
+    let mut kiosk_req = child(
+        &to_booking.token,
+        build::agent(KIOSK),
+        &[],
+        &["trips:read"],
+        vec![],
+    );
+    kiosk_req.audience = Some(pb::Party {
+        id: KIOSK.into(),
+        kind: pb::ActorKind::Agent.into(),
+        client_type: pb::ClientType::Public.into(),
+    });
+    kiosk_req.max_uses = 3;
+    kiosk_req.require_action_check = true;
+    kiosk_req.ttl_seconds = 60;
+    let mut booking = srv.svid_client("agent/booking").await;
+    let to_kiosk = ok(booking.downscope(kiosk_req).await, "booking to the kiosk");
+    let mut kiosk = srv.svid_client("agent/kiosk").await;
+    assert_allowed(&ok(
+        kiosk
+            .validate(check(
+                &to_kiosk.token,
+                "trips:read",
+                vec![("amount", build::int(1))],
+            ))
+            .await,
+        "before",
+    ));
+
+    let disabled = policy("").replace(
+        "claim_scopes = [\"amount=payments:charge\"]\n\n[parties.\"spiffe://writ.local/agent/kiosk\"]",
+        "claim_scopes = [\"amount=payments:charge\"]\nenabled = false\n\n[parties.\"spiffe://writ.local/agent/kiosk\"]",
+    );
+    assert!(
+        disabled.contains("enabled = false"),
+        "the test disables booking"
+    );
+    write_policy(&path, &disabled);
+    let kiosk_token_id = to_kiosk.info.unwrap().token_id;
+    let mut operator = srv.operator().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let node = ok(operator.get_token(&kiosk_token_id).await, "get_token")
+            .token
+            .unwrap();
+        if node.status == pb::TokenStatus::Revoked as i32 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never revoked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_inactive(
+        &ok(
+            kiosk
+                .validate(check(
+                    &to_kiosk.token,
+                    "trips:read",
+                    vec![("amount", build::int(1))],
+                ))
+                .await,
+            "validate",
+        ),
+        pb::InactiveReason::Revoked,
+    );
+    // Booking can neither call Writ nor be given a new token.
+    assert_refused(
+        booking.validate(introspect(&to_booking.token)).await,
+        Code::PermissionDenied,
+        &["disabled"],
+    );
+    assert_refused(
+        planner
+            .downscope(child(
+                &root,
+                build::agent(BOOKING),
+                &[],
+                &["trips:read"],
+                vec![],
+            ))
+            .await,
+        Code::PermissionDenied,
+        &["party", "disabled"],
+    );
+}

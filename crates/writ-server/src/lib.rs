@@ -321,6 +321,26 @@ async fn start_with_keepalive(
         let service = service.clone();
         tokio::spawn(async move { service.resume_disabled().await })
     };
+    // Parties the policy file disables lose what they hold, at start and on every reload
+    // that disables them.
+    let policy_kill = {
+        let (service, policy, mut stopped) = (service.clone(), policy.clone(), stop.subscribe());
+        tokio::spawn(async move {
+            let mut last = policy.current();
+            service.disable_from_policy(None).await;
+            loop {
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(POLICY_POLL) => {}
+                }
+                let now = policy.current();
+                if !Arc::ptr_eq(&now, &last) {
+                    service.disable_from_policy(Some(last.registry())).await;
+                    last = now;
+                }
+            }
+        })
+    };
     let auth = auth::Authenticator::new(credentials)
         .with_policy(policy.clone())
         .with_disabled(disabled)
@@ -371,6 +391,7 @@ async fn start_with_keepalive(
             stop.subscribe(),
         ),
         policy.spawn_watcher(POLICY_POLL, stop.subscribe()),
+        policy_kill,
         limits.spawn_housekeeping(stop.subscribe()),
     ];
     // Stopped only after the server has (its last requests may still count events), and

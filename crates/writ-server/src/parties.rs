@@ -74,6 +74,12 @@ impl Disabled {
         drop(self.gate.write().await);
     }
 
+    /// Waits until no admission in flight may still be writing (after the policy disabled
+    /// a party: admissions that read the policy before are done).
+    pub async fn drain(&self) {
+        drop(self.gate.write().await);
+    }
+
     /// Lets `party` act again; whether it was disabled.
     pub fn enable(&self, party: &str) -> bool {
         self.parties

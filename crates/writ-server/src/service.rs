@@ -842,6 +842,46 @@ impl<S: TokenStore> Service<S> {
         }
     }
 
+    /// Revokes everything held or presented by the parties the policy in force disables
+    /// (`enabled = false`) and `previous` did not (every one, with no `previous`: at
+    /// start), as the kill switch does. Admissions that read the earlier policy are
+    /// waited for first.
+    pub async fn disable_from_policy(&self, previous: Option<&Registry>) {
+        let policy = self.registry.current();
+        let newly: Vec<String> = policy
+            .registry()
+            .parties
+            .values()
+            .filter(|p| !p.enabled)
+            .filter(|p| previous.is_none_or(|r| r.parties.get(&p.id).is_none_or(|q| q.enabled)))
+            .map(|p| p.id.clone())
+            .collect();
+        if newly.is_empty() {
+            return;
+        }
+        self.disabled.drain().await;
+        for party in newly {
+            let by = Actor {
+                id: "policy".into(),
+                auth: writ_core::AuthMethod::Internal,
+            };
+            let events = WalkEvents::new(self.audit.clone());
+            let reason = "disabled in the policy file".to_owned();
+            match self
+                .store
+                .revoke_party(party.clone(), by, reason, events)
+                .await
+            {
+                Ok(r) => {
+                    tracing::warn!(party = %party, revoked = r.revoked, "party disabled by the policy")
+                }
+                Err(e) => {
+                    tracing::error!(party = %party, error = %e, "revoking a party the policy disabled")
+                }
+            }
+        }
+    }
+
     /// Lets a disabled party act again (operators); whether it was disabled. Restores
     /// nothing that was revoked.
     pub async fn enable_party(&self, caller: &Caller, party: String) -> Result<bool, ServiceError> {
