@@ -7,11 +7,11 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use writ_api::convert::Action;
+use writ_core::AuthMethod;
 use writ_core::narrow::{ChildRequest, MintRequest, Policy};
+use writ_core::policy::Role;
 use writ_core::{Attributes, Event, EventId, KeyRing, TokenRecord, TokenSecret, UnixMillis};
 use writ_server::audit::Audit;
-use writ_core::AuthMethod;
-use writ_core::policy::Role;
 use writ_server::auth::Caller;
 use writ_server::config::ValidationEvents;
 use writ_server::error::ServiceError;
@@ -41,7 +41,13 @@ pub async fn service<S: TokenStore>(
         MAX_CHILDREN,
         audit,
         ValidationEvents::All,
-    ))
+    )
+    .with_policy(dev_policy(), true))
+}
+
+/// The development policy with asserted names, as the benchmark parties are named.
+fn dev_policy() -> writ_server::policy::PolicyHandle {
+    writ_server::policy::PolicyHandle::development(fixtures::TRUST_DOMAIN)
 }
 
 /// [`service`], also returning the audit trail writer's task: it ends (and lets go of
@@ -61,7 +67,8 @@ pub async fn service_with_writer<S: TokenStore>(
         MAX_CHILDREN,
         audit,
         ValidationEvents::All,
-    );
+    )
+    .with_policy(dev_policy(), true);
     Ok((svc, writer))
 }
 
@@ -95,7 +102,11 @@ pub async fn purge_before<S: TokenStore>(
 
 /// A party holding and checking tokens, identified as a benchmark client is (asserted).
 fn party(id: &str) -> Caller {
-    Caller::known(id, AuthMethod::Asserted, &[Role::Agent, Role::ResourceServer])
+    Caller::known(
+        id,
+        AuthMethod::Asserted,
+        &[Role::Agent, Role::ResourceServer],
+    )
 }
 
 /// Mint as the local minter (no idempotency key: every call a new token).
@@ -103,8 +114,12 @@ pub async fn mint<S: TokenStore>(
     svc: &Service<S>,
     req: MintRequest,
 ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-    svc.mint(&Caller::known(fixtures::MINTER, AuthMethod::Bearer, &[Role::Minter]), req, None)
-        .await
+    svc.mint(
+        &Caller::known(fixtures::MINTER, AuthMethod::Bearer, &[Role::Minter]),
+        req,
+        None,
+    )
+    .await
 }
 
 /// Downscope `parent_token` as its holder (no idempotency key: every call a new token).
@@ -114,8 +129,7 @@ pub async fn downscope<S: TokenStore>(
     parent_token: &str,
     req: ChildRequest,
 ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
-    svc.downscope(&party(holder), parent_token, req, None)
-        .await
+    svc.downscope(&party(holder), parent_token, req, None).await
 }
 
 /// Validate `token` as `audience`, checking the standard action when `with_action`.
@@ -136,9 +150,7 @@ pub async fn validate<S: TokenStore>(
         )
         .await;
     }
-    let v = svc
-        .validate(&party(audience), token, None)
-        .await?;
+    let v = svc.validate(&party(audience), token, None).await?;
     Ok(matches!(v, Validation::Active { .. }))
 }
 
@@ -156,9 +168,7 @@ pub async fn validate_action<S: TokenStore>(
         scope: scope.into(),
         attributes,
     };
-    let v = svc
-        .validate(&party(audience), token, Some(action))
-        .await?;
+    let v = svc.validate(&party(audience), token, Some(action)).await?;
     Ok(matches!(
         v,
         Validation::Active {
