@@ -245,22 +245,21 @@ impl Authenticator {
                 )));
             }
         }
-        let presented: Vec<&str> = [
+        let proofs = [
             peer.as_ref().map(|_| "a client certificate"),
             md.get(AUTHORIZATION).map(|_| AUTHORIZATION),
             md.get(ASSERTION_HEADER).map(|_| ASSERTION_HEADER),
             md.get(CALLER_HEADER).map(|_| CALLER_HEADER),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
+        ];
         if md.get(CALLER_HEADER).is_some() && !self.asserted {
             return Err(AuthError::Unproven(format!(
                 "{CALLER_HEADER}: asserted identities are refused (development mode is off); \
                  prove the identity with a client certificate or a client assertion ({ASSERTION_HEADER})"
             )));
         }
-        if presented.len() > 1 {
+        // Counted on every request; the message is built only for a refusal.
+        if proofs.iter().flatten().nth(1).is_some() {
+            let presented: Vec<&str> = proofs.into_iter().flatten().collect();
             return Err(AuthError::Malformed(format!(
                 "present one proof of identity, not {}",
                 presented.join(" and ")
@@ -308,7 +307,7 @@ impl Authenticator {
             .credentials
             .identify(cred)
             .ok_or(AuthError::BadCredential)?;
-        if self.disabled.as_ref().is_some_and(|d| d.get(id).is_some()) {
+        if self.disabled.as_ref().is_some_and(|d| d.contains(id)) {
             return Err(AuthError::Forbidden(format!(
                 "{id:?} is disabled by an operator"
             )));
@@ -354,7 +353,7 @@ impl Authenticator {
     /// that is no SPIFFE ID) may hold, derive and check tokens.
     fn party(&self, id: String, auth: AuthMethod) -> Result<Caller, AuthError> {
         const HOLDER: [Role; 2] = [Role::Agent, Role::ResourceServer];
-        if self.disabled.as_ref().is_some_and(|d| d.get(&id).is_some()) {
+        if self.disabled.as_ref().is_some_and(|d| d.contains(&id)) {
             return Err(AuthError::Forbidden(format!(
                 "{id:?} is disabled by an operator"
             )));
@@ -559,5 +558,45 @@ mod tests {
             Err(AuthError::Unproven(_))
         ));
         assert_eq!(a.identify_parts(&md(&[]), None), Ok(Caller::Anonymous));
+    }
+
+    /// An asserted name proves nothing: even in development mode it never carries a
+    /// registered party's operator (or minter) role, which the same identity proven by
+    /// mTLS does. A disabled credentialed caller is refused at the door.
+    #[test]
+    fn asserted_names_never_carry_powers_and_disabled_credentials_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.toml");
+        let alice = "spiffe://writ.local/ops/alice";
+        std::fs::write(
+            &file,
+            format!(
+                "trust_domain = \"writ.local\"\n[parties.\"{alice}\"]\nkind = \"user\"\n\
+                 client_type = \"confidential\"\nroles = [\"operator\", \"agent\"]\nscopes = []\n"
+            ),
+        )
+        .unwrap();
+        let policy = PolicyHandle::load(Some(&file), "writ.local").unwrap();
+        let why = writ_core::PartyDisable::new(writ_core::UnixMillis(1), "ops".into(), "x".into());
+        let a = auth()
+            .with_policy(policy)
+            .with_disabled(Disabled::new(vec![("gw".into(), why)]));
+        assert_eq!(
+            a.identify_parts(&md(&[(CALLER_HEADER, alice)]), None),
+            Ok(Caller::known(alice, AuthMethod::Asserted, &[Role::Agent]))
+        );
+        assert_eq!(
+            a.identify_parts(&md(&[]), Some(alice.to_owned())),
+            Ok(Caller::known(
+                alice,
+                AuthMethod::Mtls,
+                &[Role::Agent, Role::Operator]
+            ))
+        );
+        let bearer = format!("Bearer {C1}");
+        assert!(matches!(
+            a.identify_parts(&md(&[("authorization", &bearer)]), None),
+            Err(AuthError::Forbidden(m)) if m.contains("disabled")
+        ));
     }
 }

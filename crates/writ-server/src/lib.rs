@@ -185,6 +185,32 @@ impl RunningServer {
     }
 }
 
+/// The server's TLS material, re-read when it changes: the configured files, or the
+/// development CA's under `<data_dir>/tls/` (created on first start). `None`: plaintext.
+fn tls_source(config: &Config) -> Result<Option<Arc<tls::TlsSource>>, ServerError> {
+    if !config.tls.enabled {
+        tracing::warn!("tls.enabled = false: plaintext gRPC; no client certificates");
+        return Ok(None);
+    }
+    let files = match (&config.tls.cert, &config.tls.key, &config.tls.client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: client_ca.clone(),
+        },
+        _ => {
+            let dev = pki::load_or_create_dev_tls(&config.data_dir, &config.trust_domain)?;
+            tracing::info!(
+                ca = %dev.ca_cert.display(),
+                "TLS with the local development CA: clients trust this CA certificate; \
+                 `writ certs issue NAME` signs client certificates with it"
+            );
+            dev.server_files()
+        }
+    };
+    Ok(Some(tls::TlsSource::load(files, &config.trust_domain)?))
+}
+
 /// Opens the data directory and store, binds, and starts serving in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     start_with_keepalive(config, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT).await
@@ -232,28 +258,7 @@ async fn start_with_keepalive(
             .map_err(|e| config::ConfigError::Invalid(format!("{:?}: {e}", m.id)))?;
         credentials.add(m.id.clone(), role, digest);
     }
-    let tls = if config.tls.enabled {
-        let files = match (&config.tls.cert, &config.tls.key, &config.tls.client_ca) {
-            (Some(cert), Some(key), Some(client_ca)) => tls::TlsFiles {
-                cert: cert.clone(),
-                key: key.clone(),
-                client_ca: client_ca.clone(),
-            },
-            _ => {
-                let dev = pki::load_or_create_dev_tls(&data_dir, &config.trust_domain)?;
-                tracing::info!(
-                    ca = %dev.ca_cert.display(),
-                    "TLS with the local development CA: clients trust this CA certificate; \
-                     `writ certs issue NAME` signs client certificates with it"
-                );
-                dev.server_files()
-            }
-        };
-        Some(tls::TlsSource::load(files, &config.trust_domain)?)
-    } else {
-        tracing::warn!("tls.enabled = false: plaintext gRPC; no client certificates");
-        None
-    };
+    let tls = tls_source(&config)?;
     let policy = policy::PolicyHandle::load(config.policy.as_deref(), &config.trust_domain)?;
     match &config.policy {
         Some(path) => tracing::info!(policy = %path.display(), "policy loaded"),

@@ -300,7 +300,7 @@ impl<S: TokenStore> Service<S> {
             ("audience", &record.audience.id),
             ("actor", &record.current_actor().id),
         ] {
-            if self.disabled.get(id).is_some() {
+            if self.disabled.contains(id) {
                 return Err(NarrowingError {
                     dimension: writ_core::Dimension::Party,
                     detail: format!(
@@ -752,12 +752,12 @@ impl<S: TokenStore> Service<S> {
             }
             RevokeTarget::TokenId(id) => (
                 StoreTarget::Token(id),
-                operator(caller)?,
+                operator(caller, "revoking by token_id or txn")?,
                 format!("token_id: no token {id}"),
             ),
             RevokeTarget::Txn(txn) => (
                 StoreTarget::Txn(txn),
-                operator(caller)?,
+                operator(caller, "revoking by token_id or txn")?,
                 format!("txn: no transaction {txn}"),
             ),
         };
@@ -789,7 +789,7 @@ impl<S: TokenStore> Service<S> {
         party: String,
         reason: String,
     ) -> Result<PartyRevoked, ServiceError> {
-        let by = operator(caller)?;
+        let by = operator(caller, "disabling a party")?;
         let why = PartyDisable::new(now(), by.id.clone(), reason.clone());
         let (store, disabled) = (self.store.clone(), self.disabled.clone());
         let events = WalkEvents::new(self.audit.clone());
@@ -821,23 +821,29 @@ impl<S: TokenStore> Service<S> {
     /// Recorded as the server's own doing.
     pub async fn resume_disabled(&self) {
         for (party, why) in self.disabled.all() {
-            let by = Actor {
-                id: why.by.clone(),
-                auth: writ_core::AuthMethod::Internal,
-            };
-            let events = WalkEvents::new(self.audit.clone());
-            match self
-                .store
-                .revoke_party(party.clone(), by, why.reason, events)
-                .await
-            {
-                Ok(r) if r.revoked > 0 => {
-                    tracing::warn!(party = %party, revoked = r.revoked, "finished disabling a party")
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::error!(party = %party, error = %e, "resuming a party's disablement")
-                }
+            self.walk_for_server(party, why.by, why.reason).await;
+        }
+    }
+
+    /// Revokes what `party` holds or presents on the server's own initiative (recorded as
+    /// `internal`, on behalf of `by`), logging the outcome.
+    async fn walk_for_server(&self, party: String, by: String, reason: String) {
+        let by = Actor {
+            id: by,
+            auth: writ_core::AuthMethod::Internal,
+        };
+        let events = WalkEvents::new(self.audit.clone());
+        match self
+            .store
+            .revoke_party(party.clone(), by, reason, events)
+            .await
+        {
+            Ok(r) if r.revoked > 0 => {
+                tracing::warn!(party = %party, revoked = r.revoked, "revoked what a disabled party held")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(party = %party, error = %e, "revoking what a disabled party held")
             }
         }
     }
@@ -861,31 +867,15 @@ impl<S: TokenStore> Service<S> {
         }
         self.disabled.drain().await;
         for party in newly {
-            let by = Actor {
-                id: "policy".into(),
-                auth: writ_core::AuthMethod::Internal,
-            };
-            let events = WalkEvents::new(self.audit.clone());
-            let reason = "disabled in the policy file".to_owned();
-            match self
-                .store
-                .revoke_party(party.clone(), by, reason, events)
-                .await
-            {
-                Ok(r) => {
-                    tracing::warn!(party = %party, revoked = r.revoked, "party disabled by the policy")
-                }
-                Err(e) => {
-                    tracing::error!(party = %party, error = %e, "revoking a party the policy disabled")
-                }
-            }
+            self.walk_for_server(party, "policy".into(), "disabled in the policy file".into())
+                .await;
         }
     }
 
     /// Lets a disabled party act again (operators); whether it was disabled. Restores
     /// nothing that was revoked.
     pub async fn enable_party(&self, caller: &Caller, party: String) -> Result<bool, ServiceError> {
-        let by = operator(caller)?;
+        let by = operator(caller, "enabling a party")?;
         let (store, disabled, target) = (self.store.clone(), self.disabled.clone(), party.clone());
         let was = tokio::spawn(async move {
             let _one_at_a_time = disabled.switch().await;
@@ -899,12 +889,107 @@ impl<S: TokenStore> Service<S> {
     }
 }
 
-/// The operator behind a caller, or why it is not one.
-fn operator(caller: &Caller) -> Result<Actor, ServiceError> {
+/// The operator behind a caller, or why it is not one (`what` it wanted to do).
+fn operator(caller: &Caller, what: &str) -> Result<Actor, ServiceError> {
     caller
         .require(
             &[Role::Operator],
-            "revoking by token_id or txn requires an operator's identity",
+            &format!("{what} requires an operator's identity"),
         )
         .map(|i| i.actor.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use writ_core::{AuthMethod, Dimension, ServerKey};
+    use writ_store::MemoryStore;
+
+    async fn service(
+        asserted: bool,
+        disabled: Vec<(String, PartyDisable)>,
+    ) -> Service<MemoryStore> {
+        let store = Arc::new(MemoryStore::new());
+        let (audit, _writer) = Audit::start(store.clone()).await.unwrap();
+        let keys = KeyRing::new(vec![ServerKey {
+            id: 1,
+            key: [7; 32],
+        }])
+        .unwrap();
+        Service::new(
+            store,
+            keys,
+            Policy::default(),
+            "example.org".into(),
+            16,
+            audit,
+            ValidationEvents::All,
+        )
+        .with_policy(PolicyHandle::development("example.org"), asserted)
+        .with_disabled(Disabled::new(disabled))
+    }
+
+    fn mint_to(audience: &str) -> MintRequest {
+        MintRequest {
+            subject: "alice".into(),
+            audience: Party {
+                id: audience.into(),
+                kind: ActorKind::Agent,
+                client_type: ClientType::Confidential,
+            },
+            targets: Default::default(),
+            scopes: ["trips:book".to_string()].into(),
+            claims: Default::default(),
+            purpose: String::new(),
+            tctx: Default::default(),
+            rctx: Default::default(),
+            ttl_secs: None,
+            max_uses: None,
+            require_action_check: false,
+        }
+    }
+
+    fn refused(r: Result<(TokenSecret, TokenRecord), ServiceError>) -> NarrowingError {
+        match r {
+            Err(ServiceError::MintRefused(e)) => e,
+            other => panic!("expected a refused mint, got {other:?}"),
+        }
+    }
+
+    /// Development mode takes an unresolvable name as the request describes it only when
+    /// it is no SPIFFE ID; a SPIFFE ID the registry does not know is refused there too,
+    /// and outside development mode a short name is no party at all.
+    #[tokio::test]
+    async fn only_names_that_are_no_spiffe_id_are_taken_as_described() {
+        let minter = Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]);
+        let dev = service(true, vec![]).await;
+        dev.mint(&minter, mint_to("planner"), None).await.unwrap();
+        let e = refused(
+            dev.mint(&minter, mint_to("spiffe://other.example/agent/x"), None)
+                .await,
+        );
+        assert_eq!(e.dimension, Dimension::Party, "{e}");
+        let proven = service(false, vec![]).await;
+        let e = refused(proven.mint(&minter, mint_to("planner"), None).await);
+        assert_eq!(e.dimension, Dimension::Party, "{e}");
+        proven
+            .mint(&minter, mint_to("spiffe://example.org/agent/planner"), None)
+            .await
+            .unwrap();
+    }
+
+    /// A minter identified just before it was disabled obtains no token: the admission
+    /// check refuses the disabled actor, not only a disabled audience.
+    #[tokio::test]
+    async fn a_disabled_minter_obtains_no_token_even_once_identified() {
+        let why = PartyDisable::new(UnixMillis(1), "ops".into(), "leak".into());
+        let s = service(false, vec![("gw".into(), why)]).await;
+        let minter = Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]);
+        let e = refused(
+            s.mint(&minter, mint_to("spiffe://example.org/agent/planner"), None)
+                .await,
+        );
+        assert_eq!(e.dimension, Dimension::Party, "{e}");
+        assert!(e.detail.contains("actor"), "{e}");
+    }
 }
