@@ -612,3 +612,49 @@ async fn a_certificate_that_expires_during_a_connection_stops_proving_anything()
         &["expired"],
     );
 }
+
+/// A crash between storing a party's disablement and finishing its walk loses nothing:
+/// the next start finishes the walk (here the disablement is stored with no walk at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_disablement_whose_walk_never_ran_is_finished_at_start() {
+    let mut srv = TestServer::start_proven().await;
+    let booking = srv.spiffe("agent/booking");
+    let held = srv.mint(mint_to(&booking, &[])).await;
+    let id = held.info.unwrap().token_id;
+    srv.stop().await;
+    {
+        use writ_store::TokenStore;
+        let store = writ_store::RocksStore::open(
+            &srv.data_dir().join(writ_server::DB_DIR),
+            writ_store::StoreOptions::default(),
+        )
+        .unwrap();
+        let why = writ_core::PartyDisable::new(
+            writ_core::UnixMillis(1),
+            "local-operator".into(),
+            "crashed".into(),
+        );
+        store
+            .set_party_disabled(booking.clone(), Some(why))
+            .await
+            .unwrap();
+    }
+    srv.restart().await;
+    let mut operator = srv.operator().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let node = ok(operator.get_token(&id).await, "get_token")
+            .token
+            .unwrap();
+        if node.status == pb::TokenStatus::Revoked as i32 {
+            let by = node.revocation.unwrap();
+            assert!(by.reason.contains("crashed"), "{by:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the walk was never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
