@@ -461,21 +461,22 @@ pub fn revoke_request(r: pb::RevokeRequest) -> Result<(RevokeTarget, String)> {
         Some(Target::Txn(txn)) => RevokeTarget::Txn(parsed("txn", &txn)?),
         _ => return bad("target", "one of token, token_id or txn is required"),
     };
-    if r.reason.trim().is_empty() {
+    Ok((target, reason(r.reason)?))
+}
+
+/// A revocation's reason: required, canonical text of at most [`MAX_VALUE_LEN`] bytes.
+fn reason(r: String) -> Result<String> {
+    if r.trim().is_empty() {
         return bad("reason", "is required");
     }
-    text("reason", &r.reason, MAX_VALUE_LEN)?;
-    Ok((target, r.reason))
+    text("reason", &r, MAX_VALUE_LEN)?;
+    Ok(r)
 }
 
 /// Wire → core for the kill switch: the party's id and the (required) reason.
 pub fn disable_party_request(r: pb::DisablePartyRequest) -> Result<(String, String)> {
     let party = id("party", &r.party)?;
-    if r.reason.trim().is_empty() {
-        return bad("reason", "is required");
-    }
-    text("reason", &r.reason, MAX_VALUE_LEN)?;
-    Ok((party, r.reason))
+    Ok((party, reason(r.reason)?))
 }
 
 /// An action to check: the required scope and its attributes.

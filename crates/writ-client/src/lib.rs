@@ -72,6 +72,23 @@ pub enum ClientError {
     Status(#[from] tonic::Status),
 }
 
+/// A failed connection to `addr`, with every cause (tonic's own message is only
+/// "transport error"; the cause says, for instance, that the server's certificate has an
+/// unknown issuer).
+fn connect_error(addr: &str, e: &(dyn std::error::Error + 'static)) -> ClientError {
+    let mut message = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        message.push_str(": ");
+        message.push_str(&c.to_string());
+        cause = c.source();
+    }
+    ClientError::Connect {
+        addr: addr.to_string(),
+        message,
+    }
+}
+
 fn uri_of(addr: &str) -> String {
     if addr.contains("://") {
         addr.to_string()
@@ -136,26 +153,14 @@ impl WritClient {
 
     /// Connects to `addr` over plaintext gRPC even when it is not a loopback address.
     pub async fn connect_insecure(addr: &str) -> Result<WritClient, ClientError> {
-        let err = |e: &dyn std::fmt::Display| ClientError::Connect {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        };
-        let channel = Endpoint::from_shared(uri_of(addr))
-            .map_err(|e| err(&e))?
-            .connect()
-            .await
-            .map_err(|e| err(&e))?;
-        Ok(WritClient::over(channel))
+        let endpoint = Endpoint::from_shared(uri_of(addr)).map_err(|e| connect_error(addr, &e))?;
+        Self::open(addr, endpoint).await
     }
 
     /// Connects over TLS to `addr` (`https://host:port`, or `host:port`), trusting
     /// `tls.ca_pem` and presenting `tls.identity` if set.
     pub async fn connect_tls(addr: &str, tls: Tls) -> Result<WritClient, ClientError> {
         use tonic::transport::{Certificate, ClientTlsConfig, Identity};
-        let err = |e: &dyn std::fmt::Display| ClientError::Connect {
-            addr: addr.to_string(),
-            message: e.to_string(),
-        };
         let uri = if addr.contains("://") {
             addr.replacen("http://", "https://", 1)
         } else {
@@ -168,13 +173,17 @@ impl WritClient {
         if let Some(domain) = &tls.domain {
             config = config.domain_name(domain.clone());
         }
-        let channel = Endpoint::from_shared(uri)
-            .map_err(|e| err(&e))?
-            .tls_config(config)
-            .map_err(|e| err(&e))?
+        let endpoint = Endpoint::from_shared(uri)
+            .and_then(|e| e.tls_config(config))
+            .map_err(|e| connect_error(addr, &e))?;
+        Self::open(addr, endpoint).await
+    }
+
+    async fn open(addr: &str, endpoint: Endpoint) -> Result<WritClient, ClientError> {
+        let channel = endpoint
             .connect()
             .await
-            .map_err(|e| err(&e))?;
+            .map_err(|e| connect_error(addr, &e))?;
         Ok(WritClient::over(channel))
     }
 

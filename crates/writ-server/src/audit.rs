@@ -625,21 +625,8 @@ mod tests {
     /// alice's transaction for `planner`.
     fn planner_mint() -> writ_core::narrow::MintRequest {
         writ_core::narrow::MintRequest {
-            subject: "alice".into(),
-            audience: Party {
-                id: "planner".into(),
-                kind: ActorKind::Agent,
-                client_type: ClientType::Confidential,
-            },
             targets: ["booking".to_string()].into(),
-            scopes: ["trips:book".to_string()].into(),
-            claims: Default::default(),
-            purpose: String::new(),
-            tctx: Default::default(),
-            rctx: Default::default(),
-            ttl_secs: None,
-            max_uses: None,
-            require_action_check: false,
+            ..crate::service::tests::mint_to("planner")
         }
     }
 

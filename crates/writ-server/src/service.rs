@@ -900,7 +900,7 @@ fn operator(caller: &Caller, what: &str) -> Result<Actor, ServiceError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use writ_core::{AuthMethod, Dimension, ServerKey};
     use writ_store::MemoryStore;
@@ -929,7 +929,8 @@ mod tests {
         .with_disabled(Disabled::new(disabled))
     }
 
-    fn mint_to(audience: &str) -> MintRequest {
+    /// alice's transaction for `audience`, with one scope and nothing else.
+    pub(crate) fn mint_to(audience: &str) -> MintRequest {
         MintRequest {
             subject: "alice".into(),
             audience: Party {
