@@ -276,9 +276,34 @@ pub(crate) fn party_reason(party: &str, reason: &str) -> String {
     bounded_detail(format!("party {party} disabled: {reason}"))
 }
 
+/// The revocation rule of [`TokenStore::revoke`] and [`TokenStore::revoke_party`]: each
+/// token of `todo` (`(token, its state, cause)`) not revoked yet gets a revocation at `at`
+/// by `by` for `reason` with its cause; one already revoked is left out, as a revocation is
+/// never overwritten. Returns the tokens newly revoked with their new states, in `todo`'s
+/// order.
+pub(crate) fn mark_revoked(
+    todo: impl IntoIterator<Item = (TokenId, TokenState, TokenId)>,
+    at: UnixMillis,
+    by: &Actor,
+    reason: &str,
+) -> Vec<(TokenId, TokenState)> {
+    todo.into_iter()
+        .filter(|(_, state, _)| state.revoked.is_none())
+        .map(|(token, mut state, cause)| {
+            state.revoked = Some(Revocation {
+                at,
+                by: by.id.clone(),
+                reason: reason.to_owned(),
+                cause,
+            });
+            (token, state)
+        })
+        .collect()
+}
+
 /// Writes one transaction's part of a party's revocation: when `todo` (from
 /// [`party_revocations`]) is not empty, issues an event id, marks every token revoked at
-/// its time with `by` and `reason`, builds the `revoked` event (about the one token whose
+/// its time with `by` and `reason` ([`mark_revoked`]), builds the `revoked` event (about the one token whose
 /// subtree this is, or none when there are several) and hands both to `write`, which must
 /// store them in one atomic write. Reports the event to `events` as stored or abandoned.
 /// Returns the ids newly revoked; nothing is issued or written for an empty `todo`.
@@ -295,20 +320,8 @@ pub(crate) fn commit_party_txn(
     };
     let single = todo.iter().all(|&(_, _, cause)| cause == first);
     let id = events.issue();
-    let at = id.at();
-    let event = Event::revoked(id, any, single.then_some(first), by, reason, todo.len());
-    let states: Vec<(TokenId, TokenState)> = todo
-        .into_iter()
-        .map(|(token, mut state, cause)| {
-            state.revoked = Some(Revocation {
-                at,
-                by: by.id.clone(),
-                reason: reason.to_owned(),
-                cause,
-            });
-            (token, state)
-        })
-        .collect();
+    let states = mark_revoked(todo, id.at(), by, reason);
+    let event = Event::revoked(id, any, single.then_some(first), by, reason, states.len());
     match write(&states, &event) {
         Ok(()) => {
             events.stored(event);

@@ -5,7 +5,7 @@
 use crate::api::{
     EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
     StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, involves, party_reason, party_revocations, txn_range,
+    commit_party_txn, involves, mark_revoked, party_reason, party_revocations, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -14,8 +14,7 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
-    UnixMillis,
+    Actor, Event, EventId, PartyDisable, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// Transactions per page of a party's walk, as in the durable store.
@@ -301,32 +300,36 @@ impl State {
         else {
             return Err(StoreError::NotFound);
         };
-        let mut revoked = Vec::new();
-        for (id, cause) in todo {
-            let state = self.states.entry(id).or_default();
-            if state.revoked.is_none() {
-                state.revoked = Some(Revocation {
-                    at,
-                    by: by.id.clone(),
-                    reason: reason.to_owned(),
-                    cause,
-                });
-                revoked.push(id);
-            }
-        }
+        let todo = todo
+            .into_iter()
+            .map(|(id, cause)| (id, self.state_of(id), cause));
+        let states = mark_revoked(todo, at, by, reason);
         // Nothing new: nothing is recorded.
-        if revoked.is_empty() {
+        if states.is_empty() {
             return Ok(Revoked {
-                ids: revoked,
+                ids: Vec::new(),
                 event: None,
             });
         }
-        let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
-        self.append(event.clone());
+        let event = Event::revoked(event, &any, target.token(), by, reason, states.len());
+        self.put_revocation(&states, &event);
         Ok(Revoked {
-            ids: revoked,
+            ids: states.into_iter().map(|(id, _)| id).collect(),
             event: Some(event),
         })
+    }
+
+    /// A token's state: the default state when it has no entry.
+    fn state_of(&self, id: TokenId) -> TokenState {
+        self.states.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Stores revoked tokens' new states with the revocation's event.
+    fn put_revocation(&mut self, states: &[(TokenId, TokenState)], event: &Event) {
+        for (id, state) in states {
+            self.states.insert(*id, state.clone());
+        }
+        self.append(event.clone());
     }
 
     /// Up to `limit` transactions listed under `party`, after `after` (all when `None`),
@@ -376,10 +379,7 @@ impl State {
         };
         let todo = party_revocations(nodes);
         commit_party_txn(todo, &any, by, reason, events, |states, event| {
-            for (id, state) in states {
-                self.states.insert(*id, state.clone());
-            }
-            self.append(event.clone());
+            self.put_revocation(states, event);
             Ok(())
         })
     }
