@@ -216,21 +216,65 @@ pub trait EventIssuer: Send + Sync + 'static {
 
 /// Does `party` hold `record` (its audience) or present it (its current actor, who derived
 /// it)? The tokens [`TokenStore::revoke_party`] revokes, with their subtrees.
-pub(crate) fn involves(record: &TokenRecord, party: &str) -> bool {
+fn involves(record: &TokenRecord, party: &str) -> bool {
     record.audience.id == party || record.current_actor().id == party
 }
 
 /// One token of a transaction as [`party_revocations`] sees it.
-pub(crate) struct PartyNode {
+struct PartyNode {
     /// The token.
-    pub(crate) id: TokenId,
+    id: TokenId,
     /// The token it was derived from.
-    pub(crate) parent: Option<TokenId>,
+    parent: Option<TokenId>,
     /// Its current state.
-    pub(crate) state: TokenState,
+    state: TokenState,
     /// Whether the party holds or presents it ([`involves`]).
-    pub(crate) involved: bool,
+    involved: bool,
 }
+
+/// What disabling `party` revokes in one transaction, read under its serialisation, the
+/// same way by every backend: the transaction's `tree`, each token's state through
+/// `state_of` and, only for a token not yet revoked, its record through `record_of` (a
+/// revoked token changes nothing, so a second walk reads states alone). A token whose
+/// record is gone is not the party's. Returns [`party_revocations`] of it and a record of
+/// the transaction for the event, or `None` when every token is revoked already (or the
+/// transaction is gone): nothing to do.
+pub(crate) fn party_txn_revocations<R: std::borrow::Borrow<TokenRecord>>(
+    tree: Vec<TreeEntry>,
+    party: &str,
+    mut state_of: impl FnMut(TokenId) -> Result<TokenState, StoreError>,
+    mut record_of: impl FnMut(TokenId) -> Result<Option<R>, StoreError>,
+) -> Result<Option<PartyTodo>, StoreError> {
+    let mut nodes = Vec::with_capacity(tree.len());
+    let mut any: Option<TokenRecord> = None;
+    for entry in tree {
+        let state = state_of(entry.id)?;
+        let involved = match state.revoked {
+            Some(_) => false,
+            None => match record_of(entry.id)? {
+                Some(record) => {
+                    let record = record.borrow();
+                    if any.is_none() {
+                        any = Some(record.clone());
+                    }
+                    involves(record, party)
+                }
+                None => false,
+            },
+        };
+        nodes.push(PartyNode {
+            id: entry.id,
+            parent: entry.parent,
+            state,
+            involved,
+        });
+    }
+    Ok(any.map(|any| (party_revocations(nodes), any)))
+}
+
+/// One transaction's part of a party's revocation, from [`party_txn_revocations`]: each
+/// `(token, its state, cause)` to revoke, and a record of the transaction for the event.
+pub(crate) type PartyTodo = (Vec<(TokenId, TokenState, TokenId)>, TokenRecord);
 
 /// What disabling a party revokes in one transaction, given every token of it: each token
 /// not yet revoked that the party is involved in, and every not yet revoked descendant of
@@ -238,7 +282,7 @@ pub(crate) struct PartyNode {
 /// at) the token, as if that token had been revoked with [`RevokeTarget::Token`]. Walks the
 /// tree from its roots through the parent links, so it needs no order of `nodes`. The one
 /// rule every backend applies, under the transaction's serialisation.
-pub(crate) fn party_revocations(nodes: Vec<PartyNode>) -> Vec<(TokenId, TokenState, TokenId)> {
+fn party_revocations(nodes: Vec<PartyNode>) -> Vec<(TokenId, TokenState, TokenId)> {
     let ids: std::collections::BTreeSet<TokenId> = nodes.iter().map(|n| n.id).collect();
     let mut children: BTreeMap<TokenId, Vec<usize>> = BTreeMap::new();
     let mut queue = VecDeque::new();

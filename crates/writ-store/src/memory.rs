@@ -3,9 +3,9 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
-    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, involves, mark_revoked, party_reason, party_revocations, txn_range,
+    EventIssuer, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,
+    TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
+    commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -53,6 +53,14 @@ impl State {
         let lo = (txn, TokenId([0; 16]));
         let hi = (txn, TokenId([0xff; 16]));
         self.txn_tokens.range(lo..=hi).map(|&(_, id)| id).collect()
+    }
+
+    /// Every token of `txn` with its place in the tree, in key order.
+    fn txn_tree(&self, txn: TxnId) -> Vec<TreeEntry> {
+        self.txn_ids(txn)
+            .into_iter()
+            .filter_map(|id| self.tokens.get(&id).map(TreeEntry::of))
+            .collect()
     }
 
     fn child_ids(&self, parent: TokenId) -> Vec<TokenId> {
@@ -356,28 +364,15 @@ impl State {
         reason: &str,
         events: &dyn EventIssuer,
     ) -> Result<Vec<TokenId>, StoreError> {
-        let mut nodes = Vec::new();
-        let mut any = None;
-        for id in self.txn_ids(txn) {
-            let Some(record) = self.tokens.get(&id) else {
-                continue;
-            };
-            let state = self.states.get(&id).cloned().unwrap_or_default();
-            let live = state.revoked.is_none();
-            if live && any.is_none() {
-                any = Some(record.clone());
-            }
-            nodes.push(PartyNode {
-                id,
-                parent: record.parent,
-                involved: live && involves(record, party),
-                state,
-            });
-        }
-        let Some(any) = any else {
+        let found = party_txn_revocations(
+            self.txn_tree(txn),
+            party,
+            |id| Ok(self.state_of(id)),
+            |id| Ok(self.tokens.get(&id)),
+        )?;
+        let Some((todo, any)) = found else {
             return Ok(Vec::new());
         };
-        let todo = party_revocations(nodes);
         commit_party_txn(todo, &any, by, reason, events, |states, event| {
             self.put_revocation(states, event);
             Ok(())
@@ -466,14 +461,7 @@ impl TokenStore for MemoryStore {
         txn: TxnId,
     ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send {
         let store = self.clone();
-        async move {
-            let state = store.lock();
-            Ok(state
-                .txn_ids(txn)
-                .into_iter()
-                .filter_map(|id| state.tokens.get(&id).map(TreeEntry::of))
-                .collect())
-        }
+        async move { Ok(store.lock().txn_tree(txn)) }
     }
 
     fn state(

@@ -37,9 +37,9 @@
 //! the WAL on the next open.
 
 use crate::api::{
-    EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
-    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, involves, mark_revoked, party_reason, party_revocations, txn_range,
+    EventIssuer, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,
+    TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
+    commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -831,33 +831,16 @@ fn revoke_party_blocking(
     txn: TxnId,
     job: &PartyJob,
 ) -> Result<Vec<TokenId>, StoreError> {
-    let mut nodes = Vec::new();
-    let mut any = None;
-    for entry in txn_tree_blocking(inner, txn)? {
-        let state = read_state(inner, entry.id)?.unwrap_or_default();
-        let involved = match state.revoked {
-            Some(_) => false,
-            // Under the lock a purge cannot have deleted it since the index was read.
-            None => match get_blocking(inner, entry.id)? {
-                Some(record) => {
-                    let involved = involves(&record, &job.party);
-                    any.get_or_insert(record);
-                    involved
-                }
-                None => false,
-            },
-        };
-        nodes.push(PartyNode {
-            id: entry.id,
-            parent: entry.parent,
-            state,
-            involved,
-        });
-    }
-    let Some(any) = any else {
+    let found = party_txn_revocations(
+        txn_tree_blocking(inner, txn)?,
+        &job.party,
+        |id| Ok(read_state(inner, id)?.unwrap_or_default()),
+        // Under the lock a purge cannot have deleted it since the index was read.
+        |id| get_blocking(inner, id),
+    )?;
+    let Some((todo, any)) = found else {
         return Ok(Vec::new()); // everything revoked already, or the transaction is gone
     };
-    let todo = party_revocations(nodes);
     commit_party_txn(
         todo,
         &any,
