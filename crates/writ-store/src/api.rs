@@ -193,6 +193,11 @@ impl PartyRevoked {
     }
 }
 
+/// Transactions per page of a party's walk through the `party_txns` index (see
+/// [`TokenStore::revoke_party`]), in every backend: the walk holds one page of ids at a
+/// time.
+pub(crate) const PARTY_PAGE: usize = 256;
+
 /// Where a store call that writes an unknown number of audit events (one per transaction,
 /// [`TokenStore::revoke_party`]) gets their ids, and how it reports each one back.
 ///

@@ -3,8 +3,8 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    EventIssuer, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,
-    TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
+    EventIssuer, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
+    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
     commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,9 +16,6 @@ use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
     Actor, Event, EventId, PartyDisable, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
-
-/// Transactions per page of a party's walk, as in the durable store.
-const PARTY_PAGE: usize = 256;
 
 #[derive(Default)]
 struct State {

@@ -37,8 +37,8 @@
 //! the WAL on the next open.
 
 use crate::api::{
-    EventIssuer, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,
-    TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
+    EventIssuer, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
+    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
     commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
 };
 use crate::{codec, keys};
@@ -784,9 +784,6 @@ fn write_revocation(
         .map_err(backend)
 }
 
-/// Transactions per page of a party's walk through `party_txns` (see
-/// [`TokenStore::revoke_party`]): the walk holds one page of ids at a time.
-const PARTY_PAGE: usize = 256;
 /// Transactions of a party's walk in hand at once, each under its own lock: their synced
 /// writes share fsyncs through RocksDB's group commit instead of queueing one by one.
 const PARTY_IN_FLIGHT: usize = 8;
