@@ -878,3 +878,167 @@ pub(crate) fn admit_child(
     parent_state.children += 1;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{Issued, by, record, tid, txn};
+    use std::collections::BTreeSet;
+
+    const ROGUE: &str = "agent:rogue";
+
+    /// `(id, parent, held by the rogue, revoked)` of one transaction: R (the root) has the
+    /// children A (the rogue's, with a descendant B and a grandchild C the rogue holds
+    /// again), D (not the rogue's) and E (the rogue's, revoked already, with its child F).
+    fn shape() -> Vec<(u32, Option<u32>, bool, bool)> {
+        vec![
+            (1, None, false, false),    // R
+            (2, Some(1), true, false),  // A
+            (3, Some(2), false, false), // B
+            (4, Some(3), true, false),  // C
+            (5, Some(1), false, false), // D
+            (6, Some(1), true, true),   // E
+            (7, Some(6), false, true),  // F
+        ]
+    }
+
+    /// What [`party_txn_revocations`] finds in `shape` given in `order`, and the tokens
+    /// whose records it read.
+    fn plan(order: &[usize]) -> (BTreeSet<(TokenId, TokenId)>, BTreeSet<TokenId>) {
+        let shape = shape();
+        let t = txn(1);
+        let tree = order
+            .iter()
+            .map(|&i| {
+                let (id, parent, _, _) = shape[i];
+                TreeEntry {
+                    id: tid(id),
+                    parent: parent.map(tid),
+                    issued_at: UnixMillis(0),
+                }
+            })
+            .collect();
+        let find = |id: TokenId| shape.iter().find(|n| tid(n.0) == id).copied().unwrap();
+        let mut read = BTreeSet::new();
+        let (todo, any) = party_txn_revocations(
+            tree,
+            ROGUE,
+            |id| {
+                let mut state = TokenState::default();
+                if find(id).3 {
+                    state.revoked = Some(Revocation {
+                        at: UnixMillis(1),
+                        by: "op".into(),
+                        reason: "earlier".into(),
+                        cause: tid(6),
+                    });
+                }
+                Ok(state)
+            },
+            |id| {
+                read.insert(id);
+                let (n, parent, rogue, _) = find(id);
+                let mut r = record(t, tid(n), parent.map(tid));
+                if rogue {
+                    r.audience.id = ROGUE.into();
+                }
+                Ok(Some(r))
+            },
+        )
+        .unwrap()
+        .expect("live tokens");
+        assert_eq!(any.txn, t);
+        assert!(todo.iter().all(|(_, s, _)| s.revoked.is_none()));
+        let todo = todo.into_iter().map(|(id, _, cause)| (id, cause)).collect();
+        (todo, read)
+    }
+
+    /// The walk follows the parent links, so a child listed before its parent (as key
+    /// order may list it) changes nothing; a revoked token's record is never read.
+    #[test]
+    fn a_party_transaction_is_planned_the_same_in_any_order() {
+        let expected: BTreeSet<(TokenId, TokenId)> = [(2, 2), (3, 2), (4, 2)]
+            .map(|(t, c)| (tid(t), tid(c)))
+            .into();
+        let live: BTreeSet<TokenId> = [1, 2, 3, 4, 5].map(tid).into();
+        let n = shape().len();
+        let forward: Vec<usize> = (0..n).collect();
+        let backward: Vec<usize> = (0..n).rev().collect();
+        let mixed = [3, 6, 0, 2, 5, 1, 4];
+        for order in [&forward[..], &backward[..], &mixed[..]] {
+            assert_eq!(plan(order), (expected.clone(), live.clone()), "{order:?}");
+        }
+    }
+
+    #[test]
+    fn a_party_transaction_with_nothing_live_is_nothing_to_do() {
+        let tree = vec![TreeEntry::of(&record(txn(1), tid(1), None))];
+        let revoked = TokenState {
+            revoked: Some(Revocation {
+                at: UnixMillis(1),
+                by: "op".into(),
+                reason: "r".into(),
+                cause: tid(1),
+            }),
+            ..TokenState::default()
+        };
+        let found = party_txn_revocations::<TokenRecord>(
+            tree,
+            ROGUE,
+            |_| Ok(revoked.clone()),
+            |_| panic!("a revoked token's record is not read"),
+        )
+        .unwrap();
+        assert!(found.is_none());
+    }
+
+    /// An event id is issued only for a write, reported stored once it landed, and
+    /// abandoned (never stored) when the write failed.
+    #[test]
+    fn a_party_transaction_settles_its_event_id_either_way() {
+        let any = record(txn(1), tid(1), None);
+        let op = by("op");
+        let issued = Issued::at(UnixMillis(70));
+        let nothing = commit_party_txn(Vec::new(), &any, &op, "r", &*issued, |_, _| {
+            panic!("nothing to write")
+        });
+        assert_eq!(nothing, Ok(Vec::new()));
+        assert!(issued.issued().is_empty());
+
+        let todo = || {
+            vec![
+                (tid(2), TokenState::default(), tid(2)),
+                (tid(3), TokenState::default(), tid(3)),
+            ]
+        };
+        let failed = commit_party_txn(todo(), &any, &op, "r", &*issued, |_, _| {
+            Err(StoreError::Backend("disk full".into()))
+        });
+        assert_eq!(failed, Err(StoreError::Backend("disk full".into())));
+        assert_eq!(*issued.abandoned.lock().unwrap(), issued.issued());
+        assert!(issued.stored().is_empty());
+
+        let mut written = None;
+        let ids = commit_party_txn(todo(), &any, &op, "r", &*issued, |states, event| {
+            written = Some((states.to_vec(), event.clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ids, vec![tid(2), tid(3)]);
+        let (states, event) = written.unwrap();
+        assert_eq!(issued.stored(), vec![event.clone()]);
+        assert_eq!(issued.abandoned.lock().unwrap().len(), 1);
+        assert_eq!(event.token, None, "two subtrees");
+        assert_eq!(
+            event.kind,
+            writ_core::EventKind::Revoked {
+                reason: "r".into(),
+                revoked: 2
+            }
+        );
+        for (id, state) in states {
+            let r = state.revoked.unwrap();
+            assert_eq!((r.at, r.by.as_str(), r.cause), (UnixMillis(70), "op", id));
+        }
+    }
+}
