@@ -193,6 +193,11 @@ impl PartyRevoked {
     }
 }
 
+/// Transactions per page of a party's walk through the `party_txns` index (see
+/// [`TokenStore::revoke_party`]), in every backend: the walk holds one page of ids at a
+/// time.
+pub(crate) const PARTY_PAGE: usize = 256;
+
 /// Where a store call that writes an unknown number of audit events (one per transaction,
 /// [`TokenStore::revoke_party`]) gets their ids, and how it reports each one back.
 ///
@@ -216,21 +221,65 @@ pub trait EventIssuer: Send + Sync + 'static {
 
 /// Does `party` hold `record` (its audience) or present it (its current actor, who derived
 /// it)? The tokens [`TokenStore::revoke_party`] revokes, with their subtrees.
-pub(crate) fn involves(record: &TokenRecord, party: &str) -> bool {
+fn involves(record: &TokenRecord, party: &str) -> bool {
     record.audience.id == party || record.current_actor().id == party
 }
 
 /// One token of a transaction as [`party_revocations`] sees it.
-pub(crate) struct PartyNode {
+struct PartyNode {
     /// The token.
-    pub(crate) id: TokenId,
+    id: TokenId,
     /// The token it was derived from.
-    pub(crate) parent: Option<TokenId>,
+    parent: Option<TokenId>,
     /// Its current state.
-    pub(crate) state: TokenState,
+    state: TokenState,
     /// Whether the party holds or presents it ([`involves`]).
-    pub(crate) involved: bool,
+    involved: bool,
 }
+
+/// What disabling `party` revokes in one transaction, read under its serialisation, the
+/// same way by every backend: the transaction's `tree`, each token's state through
+/// `state_of` and, only for a token not yet revoked, its record through `record_of` (a
+/// revoked token changes nothing, so a second walk reads states alone). A token whose
+/// record is gone is not the party's. Returns [`party_revocations`] of it and a record of
+/// the transaction for the event, or `None` when every token is revoked already (or the
+/// transaction is gone): nothing to do.
+pub(crate) fn party_txn_revocations<R: std::borrow::Borrow<TokenRecord>>(
+    tree: Vec<TreeEntry>,
+    party: &str,
+    mut state_of: impl FnMut(TokenId) -> Result<TokenState, StoreError>,
+    mut record_of: impl FnMut(TokenId) -> Result<Option<R>, StoreError>,
+) -> Result<Option<PartyTodo>, StoreError> {
+    let mut nodes = Vec::with_capacity(tree.len());
+    let mut any: Option<TokenRecord> = None;
+    for entry in tree {
+        let state = state_of(entry.id)?;
+        let involved = match state.revoked {
+            Some(_) => false,
+            None => match record_of(entry.id)? {
+                Some(record) => {
+                    let record = record.borrow();
+                    if any.is_none() {
+                        any = Some(record.clone());
+                    }
+                    involves(record, party)
+                }
+                None => false,
+            },
+        };
+        nodes.push(PartyNode {
+            id: entry.id,
+            parent: entry.parent,
+            state,
+            involved,
+        });
+    }
+    Ok(any.map(|any| (party_revocations(nodes), any)))
+}
+
+/// One transaction's part of a party's revocation, from [`party_txn_revocations`]: each
+/// `(token, its state, cause)` to revoke, and a record of the transaction for the event.
+pub(crate) type PartyTodo = (Vec<(TokenId, TokenState, TokenId)>, TokenRecord);
 
 /// What disabling a party revokes in one transaction, given every token of it: each token
 /// not yet revoked that the party is involved in, and every not yet revoked descendant of
@@ -238,7 +287,7 @@ pub(crate) struct PartyNode {
 /// at) the token, as if that token had been revoked with [`RevokeTarget::Token`]. Walks the
 /// tree from its roots through the parent links, so it needs no order of `nodes`. The one
 /// rule every backend applies, under the transaction's serialisation.
-pub(crate) fn party_revocations(nodes: Vec<PartyNode>) -> Vec<(TokenId, TokenState, TokenId)> {
+fn party_revocations(nodes: Vec<PartyNode>) -> Vec<(TokenId, TokenState, TokenId)> {
     let ids: std::collections::BTreeSet<TokenId> = nodes.iter().map(|n| n.id).collect();
     let mut children: BTreeMap<TokenId, Vec<usize>> = BTreeMap::new();
     let mut queue = VecDeque::new();
@@ -276,9 +325,34 @@ pub(crate) fn party_reason(party: &str, reason: &str) -> String {
     bounded_detail(format!("party {party} disabled: {reason}"))
 }
 
+/// The revocation rule of [`TokenStore::revoke`] and [`TokenStore::revoke_party`]: each
+/// token of `todo` (`(token, its state, cause)`) not revoked yet gets a revocation at `at`
+/// by `by` for `reason` with its cause; one already revoked is left out, as a revocation is
+/// never overwritten. Returns the tokens newly revoked with their new states, in `todo`'s
+/// order.
+pub(crate) fn mark_revoked(
+    todo: impl IntoIterator<Item = (TokenId, TokenState, TokenId)>,
+    at: UnixMillis,
+    by: &Actor,
+    reason: &str,
+) -> Vec<(TokenId, TokenState)> {
+    todo.into_iter()
+        .filter(|(_, state, _)| state.revoked.is_none())
+        .map(|(token, mut state, cause)| {
+            state.revoked = Some(Revocation {
+                at,
+                by: by.id.clone(),
+                reason: reason.to_owned(),
+                cause,
+            });
+            (token, state)
+        })
+        .collect()
+}
+
 /// Writes one transaction's part of a party's revocation: when `todo` (from
 /// [`party_revocations`]) is not empty, issues an event id, marks every token revoked at
-/// its time with `by` and `reason`, builds the `revoked` event (about the one token whose
+/// its time with `by` and `reason` ([`mark_revoked`]), builds the `revoked` event (about the one token whose
 /// subtree this is, or none when there are several) and hands both to `write`, which must
 /// store them in one atomic write. Reports the event to `events` as stored or abandoned.
 /// Returns the ids newly revoked; nothing is issued or written for an empty `todo`.
@@ -295,20 +369,8 @@ pub(crate) fn commit_party_txn(
     };
     let single = todo.iter().all(|&(_, _, cause)| cause == first);
     let id = events.issue();
-    let at = id.at();
-    let event = Event::revoked(id, any, single.then_some(first), by, reason, todo.len());
-    let states: Vec<(TokenId, TokenState)> = todo
-        .into_iter()
-        .map(|(token, mut state, cause)| {
-            state.revoked = Some(Revocation {
-                at,
-                by: by.id.clone(),
-                reason: reason.to_owned(),
-                cause,
-            });
-            (token, state)
-        })
-        .collect();
+    let states = mark_revoked(todo, id.at(), by, reason);
+    let event = Event::revoked(id, any, single.then_some(first), by, reason, states.len());
     match write(&states, &event) {
         Ok(()) => {
             events.stored(event);
@@ -815,4 +877,168 @@ pub(crate) fn admit_child(
     }
     parent_state.children += 1;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::{Issued, by, record, tid, txn};
+    use std::collections::BTreeSet;
+
+    const ROGUE: &str = "agent:rogue";
+
+    /// `(id, parent, held by the rogue, revoked)` of one transaction: R (the root) has the
+    /// children A (the rogue's, with a descendant B and a grandchild C the rogue holds
+    /// again), D (not the rogue's) and E (the rogue's, revoked already, with its child F).
+    fn shape() -> Vec<(u32, Option<u32>, bool, bool)> {
+        vec![
+            (1, None, false, false),    // R
+            (2, Some(1), true, false),  // A
+            (3, Some(2), false, false), // B
+            (4, Some(3), true, false),  // C
+            (5, Some(1), false, false), // D
+            (6, Some(1), true, true),   // E
+            (7, Some(6), false, true),  // F
+        ]
+    }
+
+    /// What [`party_txn_revocations`] finds in `shape` given in `order`, and the tokens
+    /// whose records it read.
+    fn plan(order: &[usize]) -> (BTreeSet<(TokenId, TokenId)>, BTreeSet<TokenId>) {
+        let shape = shape();
+        let t = txn(1);
+        let tree = order
+            .iter()
+            .map(|&i| {
+                let (id, parent, _, _) = shape[i];
+                TreeEntry {
+                    id: tid(id),
+                    parent: parent.map(tid),
+                    issued_at: UnixMillis(0),
+                }
+            })
+            .collect();
+        let find = |id: TokenId| shape.iter().find(|n| tid(n.0) == id).copied().unwrap();
+        let mut read = BTreeSet::new();
+        let (todo, any) = party_txn_revocations(
+            tree,
+            ROGUE,
+            |id| {
+                let mut state = TokenState::default();
+                if find(id).3 {
+                    state.revoked = Some(Revocation {
+                        at: UnixMillis(1),
+                        by: "op".into(),
+                        reason: "earlier".into(),
+                        cause: tid(6),
+                    });
+                }
+                Ok(state)
+            },
+            |id| {
+                read.insert(id);
+                let (n, parent, rogue, _) = find(id);
+                let mut r = record(t, tid(n), parent.map(tid));
+                if rogue {
+                    r.audience.id = ROGUE.into();
+                }
+                Ok(Some(r))
+            },
+        )
+        .unwrap()
+        .expect("live tokens");
+        assert_eq!(any.txn, t);
+        assert!(todo.iter().all(|(_, s, _)| s.revoked.is_none()));
+        let todo = todo.into_iter().map(|(id, _, cause)| (id, cause)).collect();
+        (todo, read)
+    }
+
+    /// The walk follows the parent links, so a child listed before its parent (as key
+    /// order may list it) changes nothing; a revoked token's record is never read.
+    #[test]
+    fn a_party_transaction_is_planned_the_same_in_any_order() {
+        let expected: BTreeSet<(TokenId, TokenId)> = [(2, 2), (3, 2), (4, 2)]
+            .map(|(t, c)| (tid(t), tid(c)))
+            .into();
+        let live: BTreeSet<TokenId> = [1, 2, 3, 4, 5].map(tid).into();
+        let n = shape().len();
+        let forward: Vec<usize> = (0..n).collect();
+        let backward: Vec<usize> = (0..n).rev().collect();
+        let mixed = [3, 6, 0, 2, 5, 1, 4];
+        for order in [&forward[..], &backward[..], &mixed[..]] {
+            assert_eq!(plan(order), (expected.clone(), live.clone()), "{order:?}");
+        }
+    }
+
+    #[test]
+    fn a_party_transaction_with_nothing_live_is_nothing_to_do() {
+        let tree = vec![TreeEntry::of(&record(txn(1), tid(1), None))];
+        let revoked = TokenState {
+            revoked: Some(Revocation {
+                at: UnixMillis(1),
+                by: "op".into(),
+                reason: "r".into(),
+                cause: tid(1),
+            }),
+            ..TokenState::default()
+        };
+        let found = party_txn_revocations::<TokenRecord>(
+            tree,
+            ROGUE,
+            |_| Ok(revoked.clone()),
+            |_| panic!("a revoked token's record is not read"),
+        )
+        .unwrap();
+        assert!(found.is_none());
+    }
+
+    /// An event id is issued only for a write, reported stored once it landed, and
+    /// abandoned (never stored) when the write failed.
+    #[test]
+    fn a_party_transaction_settles_its_event_id_either_way() {
+        let any = record(txn(1), tid(1), None);
+        let op = by("op");
+        let issued = Issued::at(UnixMillis(70));
+        let nothing = commit_party_txn(Vec::new(), &any, &op, "r", &*issued, |_, _| {
+            panic!("nothing to write")
+        });
+        assert_eq!(nothing, Ok(Vec::new()));
+        assert!(issued.issued().is_empty());
+
+        let todo = || {
+            vec![
+                (tid(2), TokenState::default(), tid(2)),
+                (tid(3), TokenState::default(), tid(3)),
+            ]
+        };
+        let failed = commit_party_txn(todo(), &any, &op, "r", &*issued, |_, _| {
+            Err(StoreError::Backend("disk full".into()))
+        });
+        assert_eq!(failed, Err(StoreError::Backend("disk full".into())));
+        assert_eq!(*issued.abandoned.lock().unwrap(), issued.issued());
+        assert!(issued.stored().is_empty());
+
+        let mut written = None;
+        let ids = commit_party_txn(todo(), &any, &op, "r", &*issued, |states, event| {
+            written = Some((states.to_vec(), event.clone()));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(ids, vec![tid(2), tid(3)]);
+        let (states, event) = written.unwrap();
+        assert_eq!(issued.stored(), vec![event.clone()]);
+        assert_eq!(issued.abandoned.lock().unwrap().len(), 1);
+        assert_eq!(event.token, None, "two subtrees");
+        assert_eq!(
+            event.kind,
+            writ_core::EventKind::Revoked {
+                reason: "r".into(),
+                revoked: 2
+            }
+        );
+        for (id, state) in states {
+            let r = state.revoked.unwrap();
+            assert_eq!((r.at, r.by.as_str(), r.cause), (UnixMillis(70), "op", id));
+        }
+    }
 }

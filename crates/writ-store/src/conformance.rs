@@ -2,8 +2,8 @@
 //! backend, plus hand-built records for tests.
 
 use crate::api::{
-    EventIssuer, MAX_PARTY_REVOKED_IDS, PartyRevoked, RevokeTarget, StoreError, StoreStats,
-    TokenStore, UseOutcome,
+    EventIssuer, MAX_PARTY_REVOKED_IDS, PARTY_PAGE, PartyRevoked, RevokeTarget, StoreError,
+    StoreStats, TokenStore, UseOutcome,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -1658,7 +1658,8 @@ async fn disabling_a_party_revokes_what_it_holds_and_presents<S: TokenStore>(sto
 /// More transactions than one page of the walk, and more tokens than the answer lists.
 async fn a_party_revocation_walks_every_page_and_bounds_its_answer<S: TokenStore>(store: &S) {
     const PARTY: &str = "agent:busy";
-    const TXNS: u32 = 300;
+    // A page and then some (300).
+    const TXNS: u32 = PARTY_PAGE as u32 + 44;
     const CHILDREN: u32 = MAX_PARTY_REVOKED_IDS as u32;
     let mut records = Vec::new();
     for i in 0..TXNS {
@@ -1703,7 +1704,7 @@ async fn a_party_revocation_walks_every_page_and_bounds_its_answer<S: TokenStore
         done.ids.len()
     );
     assert_eq!(issued.issued().len(), TXNS as usize + 1);
-    for i in [0, 255, 256, TXNS - 1] {
+    for i in [0, PARTY_PAGE as u32 - 1, PARTY_PAGE as u32, TXNS - 1] {
         let s = store.state(tid(810_000 + i)).await.unwrap().unwrap();
         assert!(s.revoked.is_some(), "transaction {i}");
     }

@@ -3,9 +3,9 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
+    EventIssuer, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
     StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, involves, party_reason, party_revocations, txn_range,
+    commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -14,12 +14,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
-    UnixMillis,
+    Actor, Event, EventId, PartyDisable, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
-
-/// Transactions per page of a party's walk, as in the durable store.
-const PARTY_PAGE: usize = 256;
 
 #[derive(Default)]
 struct State {
@@ -54,6 +50,14 @@ impl State {
         let lo = (txn, TokenId([0; 16]));
         let hi = (txn, TokenId([0xff; 16]));
         self.txn_tokens.range(lo..=hi).map(|&(_, id)| id).collect()
+    }
+
+    /// Every token of `txn` with its place in the tree, in key order.
+    fn txn_tree(&self, txn: TxnId) -> Vec<TreeEntry> {
+        self.txn_ids(txn)
+            .into_iter()
+            .filter_map(|id| self.tokens.get(&id).map(TreeEntry::of))
+            .collect()
     }
 
     fn child_ids(&self, parent: TokenId) -> Vec<TokenId> {
@@ -301,32 +305,36 @@ impl State {
         else {
             return Err(StoreError::NotFound);
         };
-        let mut revoked = Vec::new();
-        for (id, cause) in todo {
-            let state = self.states.entry(id).or_default();
-            if state.revoked.is_none() {
-                state.revoked = Some(Revocation {
-                    at,
-                    by: by.id.clone(),
-                    reason: reason.to_owned(),
-                    cause,
-                });
-                revoked.push(id);
-            }
-        }
+        let todo = todo
+            .into_iter()
+            .map(|(id, cause)| (id, self.state_of(id), cause));
+        let states = mark_revoked(todo, at, by, reason);
         // Nothing new: nothing is recorded.
-        if revoked.is_empty() {
+        if states.is_empty() {
             return Ok(Revoked {
-                ids: revoked,
+                ids: Vec::new(),
                 event: None,
             });
         }
-        let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
-        self.append(event.clone());
+        let event = Event::revoked(event, &any, target.token(), by, reason, states.len());
+        self.put_revocation(&states, &event);
         Ok(Revoked {
-            ids: revoked,
+            ids: states.into_iter().map(|(id, _)| id).collect(),
             event: Some(event),
         })
+    }
+
+    /// A token's state: the default state when it has no entry.
+    fn state_of(&self, id: TokenId) -> TokenState {
+        self.states.get(&id).cloned().unwrap_or_default()
+    }
+
+    /// Stores revoked tokens' new states with the revocation's event.
+    fn put_revocation(&mut self, states: &[(TokenId, TokenState)], event: &Event) {
+        for (id, state) in states {
+            self.states.insert(*id, state.clone());
+        }
+        self.append(event.clone());
     }
 
     /// Up to `limit` transactions listed under `party`, after `after` (all when `None`),
@@ -353,33 +361,17 @@ impl State {
         reason: &str,
         events: &dyn EventIssuer,
     ) -> Result<Vec<TokenId>, StoreError> {
-        let mut nodes = Vec::new();
-        let mut any = None;
-        for id in self.txn_ids(txn) {
-            let Some(record) = self.tokens.get(&id) else {
-                continue;
-            };
-            let state = self.states.get(&id).cloned().unwrap_or_default();
-            let live = state.revoked.is_none();
-            if live && any.is_none() {
-                any = Some(record.clone());
-            }
-            nodes.push(PartyNode {
-                id,
-                parent: record.parent,
-                involved: live && involves(record, party),
-                state,
-            });
-        }
-        let Some(any) = any else {
+        let found = party_txn_revocations(
+            self.txn_tree(txn),
+            party,
+            |id| Ok(self.state_of(id)),
+            |id| Ok(self.tokens.get(&id)),
+        )?;
+        let Some((todo, any)) = found else {
             return Ok(Vec::new());
         };
-        let todo = party_revocations(nodes);
         commit_party_txn(todo, &any, by, reason, events, |states, event| {
-            for (id, state) in states {
-                self.states.insert(*id, state.clone());
-            }
-            self.append(event.clone());
+            self.put_revocation(states, event);
             Ok(())
         })
     }
@@ -466,14 +458,7 @@ impl TokenStore for MemoryStore {
         txn: TxnId,
     ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send {
         let store = self.clone();
-        async move {
-            let state = store.lock();
-            Ok(state
-                .txn_ids(txn)
-                .into_iter()
-                .filter_map(|id| state.tokens.get(&id).map(TreeEntry::of))
-                .collect())
-        }
+        async move { Ok(store.lock().txn_tree(txn)) }
     }
 
     fn state(

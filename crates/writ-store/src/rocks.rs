@@ -37,9 +37,9 @@
 //! the WAL on the next open.
 
 use crate::api::{
-    EventIssuer, PartyNode, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
+    EventIssuer, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
     StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, involves, party_reason, party_revocations, txn_range,
+    commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -58,8 +58,7 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::{JoinError, JoinSet};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
-    UnixMillis,
+    Actor, Event, EventId, PartyDisable, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// When an insert is acknowledged relative to the disk.
@@ -748,44 +747,43 @@ fn revoke_blocking(
     let Some(&(first, _)) = todo.first() else {
         return Err(StoreError::NotFound);
     };
-    let mut batch = WriteBatch::default();
-    let mut revoked = Vec::new();
+    let mut read = Vec::with_capacity(todo.len());
     for (id, cause) in todo {
-        let mut state = read_state(inner, id)?.unwrap_or_default();
-        if state.revoked.is_some() {
-            continue;
-        }
-        state.revoked = Some(Revocation {
-            at,
-            by: by.id.clone(),
-            reason: reason.to_owned(),
-            cause,
-        });
-        put_state(inner, &mut batch, id, &state)?;
-        revoked.push(id);
+        read.push((id, read_state(inner, id)?.unwrap_or_default(), cause));
     }
-    if revoked.is_empty() {
+    let states = mark_revoked(read, at, by, reason);
+    if states.is_empty() {
         return Ok(Revoked {
-            ids: revoked,
+            ids: Vec::new(),
             event: None,
         });
     }
     let any = get_blocking(inner, first)?.ok_or_else(|| corrupt("indexed token has no record"))?;
-    let event = Event::revoked(event, &any, target.token(), by, reason, revoked.len());
-    put_event(&inner.db, &mut batch, &event)?;
-    inner
-        .db
-        .write_opt(batch, &inner.write_opts())
-        .map_err(backend)?;
+    let event = Event::revoked(event, &any, target.token(), by, reason, states.len());
+    write_revocation(inner, &states, &event)?;
     Ok(Revoked {
-        ids: revoked,
+        ids: states.into_iter().map(|(id, _)| id).collect(),
         event: Some(event),
     })
 }
 
-/// Transactions per page of a party's walk through `party_txns` (see
-/// [`TokenStore::revoke_party`]): the walk holds one page of ids at a time.
-const PARTY_PAGE: usize = 256;
+/// Writes revoked tokens' new states with the revocation's event, in one atomic write.
+fn write_revocation(
+    inner: &Inner,
+    states: &[(TokenId, TokenState)],
+    event: &Event,
+) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    for (id, state) in states {
+        put_state(inner, &mut batch, *id, state)?;
+    }
+    put_event(&inner.db, &mut batch, event)?;
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)
+}
+
 /// Transactions of a party's walk in hand at once, each under its own lock: their synced
 /// writes share fsyncs through RocksDB's group commit instead of queueing one by one.
 const PARTY_IN_FLIGHT: usize = 8;
@@ -830,50 +828,23 @@ fn revoke_party_blocking(
     txn: TxnId,
     job: &PartyJob,
 ) -> Result<Vec<TokenId>, StoreError> {
-    let mut nodes = Vec::new();
-    let mut any = None;
-    for entry in txn_tree_blocking(inner, txn)? {
-        let state = read_state(inner, entry.id)?.unwrap_or_default();
-        let involved = match state.revoked {
-            Some(_) => false,
-            // Under the lock a purge cannot have deleted it since the index was read.
-            None => match get_blocking(inner, entry.id)? {
-                Some(record) => {
-                    let involved = involves(&record, &job.party);
-                    any.get_or_insert(record);
-                    involved
-                }
-                None => false,
-            },
-        };
-        nodes.push(PartyNode {
-            id: entry.id,
-            parent: entry.parent,
-            state,
-            involved,
-        });
-    }
-    let Some(any) = any else {
+    let found = party_txn_revocations(
+        txn_tree_blocking(inner, txn)?,
+        &job.party,
+        |id| Ok(read_state(inner, id)?.unwrap_or_default()),
+        // Under the lock a purge cannot have deleted it since the index was read.
+        |id| get_blocking(inner, id),
+    )?;
+    let Some((todo, any)) = found else {
         return Ok(Vec::new()); // everything revoked already, or the transaction is gone
     };
-    let todo = party_revocations(nodes);
     commit_party_txn(
         todo,
         &any,
         &job.by,
         &job.reason,
         &*job.events,
-        |states, event| {
-            let mut batch = WriteBatch::default();
-            for (id, state) in states {
-                put_state(inner, &mut batch, *id, state)?;
-            }
-            put_event(&inner.db, &mut batch, event)?;
-            inner
-                .db
-                .write_opt(batch, &inner.write_opts())
-                .map_err(backend)
-        },
+        |states, event| write_revocation(inner, states, event),
     )
 }
 
