@@ -464,6 +464,28 @@ mod tests {
             let inner = self.inner.clone();
             self.gated(async move { inner.revoke(target, by, reason, event).await })
         }
+        fn revoke_party(
+            &self,
+            party: String,
+            by: writ_core::Actor,
+            reason: String,
+            events: Arc<dyn writ_store::EventIssuer>,
+        ) -> impl Future<Output = Result<writ_store::PartyRevoked, StoreError>> + Send {
+            self.inner.revoke_party(party, by, reason, events)
+        }
+        fn set_party_disabled(
+            &self,
+            party: String,
+            disabled: Option<writ_core::PartyDisable>,
+        ) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.inner.set_party_disabled(party, disabled)
+        }
+        fn disabled_parties(
+            &self,
+        ) -> impl Future<Output = Result<Vec<(String, writ_core::PartyDisable)>, StoreError>> + Send
+        {
+            self.inner.disabled_parties()
+        }
         fn consume_use(
             &self,
             id: TokenId,

@@ -469,12 +469,6 @@ pub(crate) fn collect_page(
     Ok(TxnPage { roots, next: None })
 }
 
-/// What the provided party methods of [`TokenStore`] answer: this store cannot disable
-/// parties.
-fn unsupported() -> StoreError {
-    StoreError::Backend("this store does not support disabling parties".to_owned())
-}
-
 /// Storage for token records.
 ///
 /// Every mutation of a token's state (`insert_child`, `revoke`, `revoke_party`,
@@ -597,20 +591,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// call again. A future dropped mid-walk stops it between transactions (a transaction
     /// being written lands whole, with its event).
     ///
-    /// Every backend must implement this and the two party methods below. The provided
-    /// versions refuse (a [`Backend`](StoreError::Backend) error), so a store without them
-    /// fails loudly instead of ignoring a kill switch; they exist only so that test doubles
-    /// written before them still compile.
     fn revoke_party(
         &self,
         party: String,
         by: Actor,
         reason: String,
         events: Arc<dyn EventIssuer>,
-    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send {
-        let _ = (party, by, reason, events);
-        std::future::ready(Err(unsupported()))
-    }
+    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send;
 
     /// Records (`Some`) or clears (`None`) a party's disablement, kept until cleared,
     /// across restarts. Recording replaces an earlier record of the party; clearing one
@@ -622,18 +609,13 @@ pub trait TokenStore: Send + Sync + 'static {
         &self,
         party: String,
         disabled: Option<PartyDisable>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let _ = (party, disabled);
-        std::future::ready(Err(unsupported()))
-    }
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Every disabled party with its record, in byte order of the ids. Read whole: the
     /// server loads it once at start and keeps the set in memory.
     fn disabled_parties(
         &self,
-    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send {
-        std::future::ready(Err(unsupported()))
-    }
+    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send;
 
     /// Atomically consumes one use of a token, if it is known, not revoked and not
     /// exhausted. Expiry is not checked here. On `Consumed`, `event` (the validation that
