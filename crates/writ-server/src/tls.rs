@@ -50,7 +50,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::Stream;
@@ -735,29 +735,9 @@ impl AsyncRead for TlsConn {
     }
 }
 
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    // As `Conn` (see transport.rs): no vectored writes, so h2 copies small frames into its
-    // buffer and many answers leave in one write, here one TLS record.
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-}
+// As `Conn`: no vectored writes, so h2 copies small frames into its buffer and many
+// answers leave in one write, here one TLS record.
+crate::transport::buffered_writes!(TlsConn, stream);
 
 /// TLS connections over `conns`. Each handshake runs in its own task with the
 /// configuration current when the connection was accepted, and must finish within
@@ -907,7 +887,7 @@ mod tests {
     use rustls::ClientConfig;
     use rustls::pki_types::ServerName;
     use std::time::SystemTime;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
     use tokio_stream::StreamExt;
