@@ -1188,13 +1188,22 @@ mod tests {
             server_side.peer.remote_addr,
             Some(client_conn.get_ref().0.local_addr().unwrap())
         );
+        // The identity seam stops trusting the connection once its certificate expires.
+        let presented = der(&cert.cert_pem);
+        let (_, presented) = x509_parser::parse_x509_certificate(&presented).unwrap();
+        assert_eq!(
+            server_side.peer.not_after,
+            Some(presented.validity().not_after.timestamp())
+        );
         assert!(!server_side.vectored, "writes stay buffered, as on Conn");
         assert_eq!(server_side.alpn.as_deref(), Some(&b"h2"[..]));
         assert_eq!(leaf(&client_conn), der(&s.server.cert_pem));
 
         let (_anonymous, greeting) = connect(addr, client(&s.ca, None)).await.unwrap();
         assert_eq!(greeting, "-");
-        assert!(seen.recv().await.unwrap().peer.spiffe_id.is_none());
+        let anonymous = seen.recv().await.unwrap().peer;
+        assert!(anonymous.spiffe_id.is_none());
+        assert_eq!(anonymous.not_after, None);
     }
 
     #[tokio::test]
