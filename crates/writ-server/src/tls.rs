@@ -286,6 +286,11 @@ fn shorten(s: &str) -> String {
 /// Checks that `der` is an X.509-SVID of `trust_domain` (the chain, validity and EKU are
 /// rustls-webpki's part) and returns its SPIFFE ID.
 pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<SpiffeId, TlsError> {
+    svid(der, trust_domain).map(|(id, _)| id)
+}
+
+/// [`svid_id`], and the certificate's expiry (`notAfter`, Unix seconds), from one parse.
+fn svid(der: &[u8], trust_domain: &str) -> Result<(SpiffeId, i64), TlsError> {
     let not = |m: String| TlsError::NotAnSvid(m);
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| not(format!("unparseable certificate: {e}")))?;
@@ -340,7 +345,7 @@ pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<SpiffeId, TlsError> {
             expected: trust_domain.to_owned(),
         });
     }
-    Ok(id)
+    Ok((id, cert.validity().not_after.timestamp()))
 }
 
 /// The files of a TLS listener.
@@ -835,20 +840,10 @@ async fn handshake(
             return None;
         }
     };
-    let mut not_after = None;
-    let spiffe_id = match stream.get_ref().1.peer_certificates() {
-        None | Some([]) => None,
-        Some([leaf, ..]) => match svid_id(leaf, &trust_domain) {
-            Ok(id) => {
-                not_after = x509_parser::parse_x509_certificate(leaf)
-                    .ok()
-                    .map(|(_, c)| c.validity().not_after.timestamp());
-                if not_after.is_none() {
-                    tracing::error!(%peer, "a verified client certificate has no expiry; closing");
-                    return None;
-                }
-                Some(id)
-            }
+    let (spiffe_id, not_after) = match stream.get_ref().1.peer_certificates() {
+        None | Some([]) => (None, None),
+        Some([leaf, ..]) => match svid(leaf, &trust_domain) {
+            Ok((id, not_after)) => (Some(id), Some(not_after)),
             Err(e) => {
                 // The verifier accepted this certificate: unreachable, but fail closed.
                 tracing::error!(%peer, error = %e, "a verified client certificate has no SPIFFE ID; closing");
