@@ -1346,6 +1346,27 @@ mod tests {
             .unwrap();
     }
 
+    /// Session resumption is off: a client that offers to resume still runs a full
+    /// handshake, so its certificate is checked against the configuration in force.
+    #[tokio::test]
+    async fn every_connection_runs_a_full_handshake() {
+        let s = setup();
+        let source = TlsSource::load(s.files.clone(), TD).unwrap();
+        let (addr, _seen) = serve(source, PATIENT).await;
+        let cert = svid(&s.ca, "spiffe://writ.test/agents/again");
+        // One client config, with rustls' default session cache: it would resume if the
+        // server let it.
+        let config = with_svid(&s.ca, &cert);
+        for _ in 0..3 {
+            let (c, greeting) = connect(addr, config.clone()).await.unwrap();
+            assert_eq!(greeting, "spiffe://writ.test/agents/again");
+            assert_eq!(
+                c.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Full)
+            );
+        }
+    }
+
     /// Handshakes run concurrently: a client that connects and says nothing does not hold
     /// up the next one (whose handshake completes while the silent one is still open).
     #[tokio::test]
