@@ -1430,6 +1430,17 @@ mod tests {
             "{err}"
         );
         std::fs::write(&s.files.key, &s.server.key_pem).unwrap();
+        // A bundle past the size cap is refused, not read whole.
+        let huge = vec![b'#'; usize::try_from(MAX_PEM_BYTES).unwrap() + 1];
+        std::fs::write(&s.files.client_ca, huge).unwrap();
+        let err = TlsSource::load(s.files.clone(), TD)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tls.client_ca ") && err.contains("larger than"),
+            "{err}"
+        );
+        std::fs::write(&s.files.client_ca, s.ca.cert_pem()).unwrap();
         assert!(TlsSource::load(s.files.clone(), "Not.Valid").is_err());
         TlsSource::load(s.files, TD).unwrap();
     }
