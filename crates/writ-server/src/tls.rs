@@ -757,7 +757,6 @@ pub fn incoming(
     Handshakes {
         conns: Some(Box::pin(conns)),
         tasks: JoinSet::new(),
-        trust_domain: source.trust_domain.as_str().into(),
         source,
         timeout: handshake_timeout,
     }
@@ -771,7 +770,6 @@ struct Handshakes {
     /// Handshakes under way; dropped (aborted) with the stream.
     tasks: JoinSet<Option<TlsConn>>,
     source: Arc<TlsSource>,
-    trust_domain: Arc<str>,
     timeout: Duration,
 }
 
@@ -786,8 +784,9 @@ impl Stream for Handshakes {
                 match conns.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(conn))) => {
                         let config = this.source.current();
-                        let td = this.trust_domain.clone();
-                        this.tasks.spawn(handshake(conn, config, td, this.timeout));
+                        let source = this.source.clone();
+                        this.tasks
+                            .spawn(handshake(conn, config, source, this.timeout));
                         progressed = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -817,10 +816,12 @@ impl Stream for Handshakes {
     }
 }
 
+/// Runs `conn`'s handshake with `config`, `source`'s configuration when `conn` was
+/// accepted, and names its peer.
 async fn handshake(
     conn: Conn,
     config: Arc<ServerConfig>,
-    trust_domain: Arc<str>,
+    source: Arc<TlsSource>,
     timeout: Duration,
 ) -> Option<TlsConn> {
     let remote_addr = conn.connect_info().remote_addr();
@@ -842,7 +843,7 @@ async fn handshake(
     };
     let (spiffe_id, not_after) = match stream.get_ref().1.peer_certificates() {
         None | Some([]) => (None, None),
-        Some([leaf, ..]) => match svid(leaf, &trust_domain) {
+        Some([leaf, ..]) => match svid(leaf, source.trust_domain()) {
             Ok((id, not_after)) => (Some(id), Some(not_after)),
             Err(e) => {
                 // The verifier accepted this certificate: unreachable, but fail closed.
