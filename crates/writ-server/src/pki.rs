@@ -886,29 +886,14 @@ mod tests {
     fn client_certificates_are_issued_once_unless_replaced() {
         let data = tempfile::tempdir().unwrap();
         let out = data.path().join("certs").join("planner");
-        let err = issue_client(
-            data.path(),
-            TD,
-            "agents/planner",
-            DAY,
-            &out,
-            "planner",
-            false,
-        )
-        .unwrap_err();
+        let issue = |path: &str, stem: &str, replace: bool| {
+            issue_client(data.path(), TD, path, DAY, &out, stem, replace)
+        };
+        let err = issue("agents/planner", "planner", false).unwrap_err();
         assert!(matches!(err, PkiError::NoCa { .. }), "{err}");
         load_or_create_dev_tls(data.path(), TD).unwrap();
 
-        let issued = issue_client(
-            data.path(),
-            TD,
-            "agents/planner",
-            DAY,
-            &out,
-            "planner",
-            false,
-        )
-        .unwrap();
+        let issued = issue("agents/planner", "planner", false).unwrap();
         assert_eq!(
             issued.spiffe_id.as_str(),
             "spiffe://writ.test/agents/planner"
@@ -927,33 +912,15 @@ mod tests {
         let days = (not_after(&cert) - unix_now()) as f64 / 86_400.0;
         assert!(days > 0.9 && days <= 1.0, "{days}");
 
-        let err = issue_client(
-            data.path(),
-            TD,
-            "agents/planner",
-            DAY,
-            &out,
-            "planner",
-            false,
-        )
-        .unwrap_err();
+        let err = issue("agents/planner", "planner", false).unwrap_err();
         assert!(matches!(err, PkiError::Exists { .. }), "{err}");
         assert_eq!(fs::read(&issued.cert).unwrap(), cert, "left alone");
-        let again = issue_client(
-            data.path(),
-            TD,
-            "/agents/planner",
-            DAY,
-            &out,
-            "planner",
-            true,
-        )
-        .unwrap();
+        let again = issue("/agents/planner", "planner", true).unwrap();
         assert_ne!(fs::read(&again.cert).unwrap(), cert, "replaced");
         assert_eq!(mode(&again.key), 0o600);
 
         for (path, stem) in [("a/../b", "x"), ("a", "../x"), ("a", "")] {
-            assert!(issue_client(data.path(), TD, path, DAY, &out, stem, false).is_err());
+            assert!(issue(path, stem, false).is_err());
         }
     }
 
