@@ -15,7 +15,7 @@
 //! certificate, with random serial numbers.
 
 use crate::secrets::{self, SecretsError};
-use crate::tls::{SpiffeId, TlsError, TlsFiles, validate_trust_domain};
+use crate::tls::{SpiffeId, TlsError, TlsFiles, uri_names, validate_trust_domain};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -32,7 +32,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use x509_parser::extensions::GeneralName;
 
 /// Directory of the development CA and server certificate inside the data directory.
 pub const TLS_DIR: &str = "tls";
@@ -356,15 +355,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn uri_sans<'a>(cert: &x509_parser::certificate::X509Certificate<'a>) -> Vec<&'a str> {
     match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::URI(u) => Some(*u),
-                _ => None,
-            })
-            .collect(),
+        Ok(Some(san)) => uri_names(&san.value.general_names),
         _ => Vec::new(),
     }
 }
@@ -734,6 +725,7 @@ pub fn issue_client(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use x509_parser::extensions::GeneralName;
 
     const TD: &str = "writ.test";
 

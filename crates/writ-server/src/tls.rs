@@ -319,16 +319,7 @@ fn svid(der: &[u8], trust_domain: &str) -> Result<(SpiffeId, i64), TlsError> {
         .subject_alternative_name()
         .map_err(|e| not(format!("subjectAltName: {e}")))?
         .ok_or_else(|| not("no subjectAltName, so no URI SAN".into()))?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    let uri = match uris.as_slice() {
+    let uri = match uri_names(&san.value.general_names).as_slice() {
         [one] => *one,
         [] => return Err(not("no URI SAN".into())),
         many => {
@@ -346,6 +337,17 @@ fn svid(der: &[u8], trust_domain: &str) -> Result<(SpiffeId, i64), TlsError> {
         });
     }
     Ok((id, cert.validity().not_after.timestamp()))
+}
+
+/// The URIs among a subjectAltName's names.
+pub(crate) fn uri_names<'a>(names: &[GeneralName<'a>]) -> Vec<&'a str> {
+    names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The files of a TLS listener.
