@@ -15,7 +15,7 @@
 //! certificate, with random serial numbers.
 
 use crate::secrets::{self, SecretsError};
-use crate::tls::{SpiffeId, TlsError, TlsFiles, validate_trust_domain};
+use crate::tls::{SpiffeId, TlsError, TlsFiles, uri_names, validate_trust_domain};
 use rcgen::string::Ia5String;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -32,7 +32,6 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-use x509_parser::extensions::GeneralName;
 
 /// Directory of the development CA and server certificate inside the data directory.
 pub const TLS_DIR: &str = "tls";
@@ -356,15 +355,7 @@ fn pem(label: &str, der: &[u8]) -> String {
 
 fn uri_sans<'a>(cert: &x509_parser::certificate::X509Certificate<'a>) -> Vec<&'a str> {
     match cert.subject_alternative_name() {
-        Ok(Some(san)) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                GeneralName::URI(u) => Some(*u),
-                _ => None,
-            })
-            .collect(),
+        Ok(Some(san)) => uri_names(&san.value.general_names),
         _ => Vec::new(),
     }
 }
@@ -734,6 +725,7 @@ pub fn issue_client(
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+    use x509_parser::extensions::GeneralName;
 
     const TD: &str = "writ.test";
 
@@ -886,29 +878,14 @@ mod tests {
     fn client_certificates_are_issued_once_unless_replaced() {
         let data = tempfile::tempdir().unwrap();
         let out = data.path().join("certs").join("planner");
-        let err = issue_client(
-            data.path(),
-            TD,
-            "agents/planner",
-            DAY,
-            &out,
-            "planner",
-            false,
-        )
-        .unwrap_err();
+        let issue = |path: &str, stem: &str, replace: bool| {
+            issue_client(data.path(), TD, path, DAY, &out, stem, replace)
+        };
+        let err = issue("agents/planner", "planner", false).unwrap_err();
         assert!(matches!(err, PkiError::NoCa { .. }), "{err}");
         load_or_create_dev_tls(data.path(), TD).unwrap();
 
-        let issued = issue_client(
-            data.path(),
-            TD,
-            "agents/planner",
-            DAY,
-            &out,
-            "planner",
-            false,
-        )
-        .unwrap();
+        let issued = issue("agents/planner", "planner", false).unwrap();
         assert_eq!(
             issued.spiffe_id.as_str(),
             "spiffe://writ.test/agents/planner"
@@ -927,33 +904,15 @@ mod tests {
         let days = (not_after(&cert) - unix_now()) as f64 / 86_400.0;
         assert!(days > 0.9 && days <= 1.0, "{days}");
 
-        let err = issue_client(
-            data.path(),
-            TD,
-            "agents/planner",
-            DAY,
-            &out,
-            "planner",
-            false,
-        )
-        .unwrap_err();
+        let err = issue("agents/planner", "planner", false).unwrap_err();
         assert!(matches!(err, PkiError::Exists { .. }), "{err}");
         assert_eq!(fs::read(&issued.cert).unwrap(), cert, "left alone");
-        let again = issue_client(
-            data.path(),
-            TD,
-            "/agents/planner",
-            DAY,
-            &out,
-            "planner",
-            true,
-        )
-        .unwrap();
+        let again = issue("/agents/planner", "planner", true).unwrap();
         assert_ne!(fs::read(&again.cert).unwrap(), cert, "replaced");
         assert_eq!(mode(&again.key), 0o600);
 
         for (path, stem) in [("a/../b", "x"), ("a", "../x"), ("a", "")] {
-            assert!(issue_client(data.path(), TD, path, DAY, &out, stem, false).is_err());
+            assert!(issue(path, stem, false).is_err());
         }
     }
 

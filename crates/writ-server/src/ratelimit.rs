@@ -181,10 +181,10 @@ impl RateLimitConfig {
 
 /// The name of the limit for callers without an identity (or without a role).
 pub const ANONYMOUS: &str = "anonymous";
-/// Five roles and anonymous.
-const CLASSES: usize = 6;
-/// The index of the anonymous class.
-const ANONYMOUS_CLASS: usize = 5;
+/// The index of the anonymous class: after every role's, which a role indexes.
+const ANONYMOUS_CLASS: usize = Role::ALL.len();
+/// Every role and anonymous.
+const CLASSES: usize = ANONYMOUS_CLASS + 1;
 
 /// A request refused by its caller's limit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -705,12 +705,22 @@ mod tests {
         assert!(l.check("ops", roles(&[Role::Operator])).is_ok());
         assert_eq!(l.tracked("operator"), 1);
         // Housekeeping forgets refilled buckets and counts (then resets) the overflow.
-        assert!(l.classes[1].overflowed.load(Ordering::Relaxed) > 0);
+        assert!(
+            l.classes[Role::Agent as usize]
+                .overflowed
+                .load(Ordering::Relaxed)
+                > 0
+        );
         clock.advance(Duration::from_secs(1));
         l.housekeep();
         assert_eq!(l.tracked("agent"), 0);
         assert_eq!(l.tracked("operator"), 0);
-        assert_eq!(l.classes[1].overflowed.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            l.classes[Role::Agent as usize]
+                .overflowed
+                .load(Ordering::Relaxed),
+            0
+        );
         assert_eq!(passes(&l, "e", agent), 5, "e has a bucket of its own now");
         assert_eq!(l.tracked("agent"), 1);
         // A bucket still draining is kept: forgetting it would hand out a fresh burst.

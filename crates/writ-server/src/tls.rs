@@ -50,7 +50,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_stream::Stream;
@@ -286,6 +286,11 @@ fn shorten(s: &str) -> String {
 /// Checks that `der` is an X.509-SVID of `trust_domain` (the chain, validity and EKU are
 /// rustls-webpki's part) and returns its SPIFFE ID.
 pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<SpiffeId, TlsError> {
+    svid(der, trust_domain).map(|(id, _)| id)
+}
+
+/// [`svid_id`], and the certificate's expiry (`notAfter`, Unix seconds), from one parse.
+fn svid(der: &[u8], trust_domain: &str) -> Result<(SpiffeId, i64), TlsError> {
     let not = |m: String| TlsError::NotAnSvid(m);
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| not(format!("unparseable certificate: {e}")))?;
@@ -314,16 +319,7 @@ pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<SpiffeId, TlsError> {
         .subject_alternative_name()
         .map_err(|e| not(format!("subjectAltName: {e}")))?
         .ok_or_else(|| not("no subjectAltName, so no URI SAN".into()))?;
-    let uris: Vec<&str> = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|n| match n {
-            GeneralName::URI(u) => Some(*u),
-            _ => None,
-        })
-        .collect();
-    let uri = match uris.as_slice() {
+    let uri = match uri_names(&san.value.general_names).as_slice() {
         [one] => *one,
         [] => return Err(not("no URI SAN".into())),
         many => {
@@ -340,7 +336,18 @@ pub fn svid_id(der: &[u8], trust_domain: &str) -> Result<SpiffeId, TlsError> {
             expected: trust_domain.to_owned(),
         });
     }
-    Ok(id)
+    Ok((id, cert.validity().not_after.timestamp()))
+}
+
+/// The URIs among a subjectAltName's names.
+pub(crate) fn uri_names<'a>(names: &[GeneralName<'a>]) -> Vec<&'a str> {
+    names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The files of a TLS listener.
@@ -735,29 +742,9 @@ impl AsyncRead for TlsConn {
     }
 }
 
-impl AsyncWrite for TlsConn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    // As `Conn` (see transport.rs): no vectored writes, so h2 copies small frames into its
-    // buffer and many answers leave in one write, here one TLS record.
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
-}
+// As `Conn`: no vectored writes, so h2 copies small frames into its buffer and many
+// answers leave in one write, here one TLS record.
+crate::transport::buffered_writes!(TlsConn, stream);
 
 /// TLS connections over `conns`. Each handshake runs in its own task with the
 /// configuration current when the connection was accepted, and must finish within
@@ -772,7 +759,6 @@ pub fn incoming(
     Handshakes {
         conns: Some(Box::pin(conns)),
         tasks: JoinSet::new(),
-        trust_domain: source.trust_domain.as_str().into(),
         source,
         timeout: handshake_timeout,
     }
@@ -786,7 +772,6 @@ struct Handshakes {
     /// Handshakes under way; dropped (aborted) with the stream.
     tasks: JoinSet<Option<TlsConn>>,
     source: Arc<TlsSource>,
-    trust_domain: Arc<str>,
     timeout: Duration,
 }
 
@@ -801,8 +786,9 @@ impl Stream for Handshakes {
                 match conns.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(conn))) => {
                         let config = this.source.current();
-                        let td = this.trust_domain.clone();
-                        this.tasks.spawn(handshake(conn, config, td, this.timeout));
+                        let source = this.source.clone();
+                        this.tasks
+                            .spawn(handshake(conn, config, source, this.timeout));
                         progressed = true;
                     }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
@@ -832,10 +818,12 @@ impl Stream for Handshakes {
     }
 }
 
+/// Runs `conn`'s handshake with `config`, `source`'s configuration when `conn` was
+/// accepted, and names its peer.
 async fn handshake(
     conn: Conn,
     config: Arc<ServerConfig>,
-    trust_domain: Arc<str>,
+    source: Arc<TlsSource>,
     timeout: Duration,
 ) -> Option<TlsConn> {
     let remote_addr = conn.connect_info().remote_addr();
@@ -855,20 +843,10 @@ async fn handshake(
             return None;
         }
     };
-    let mut not_after = None;
-    let spiffe_id = match stream.get_ref().1.peer_certificates() {
-        None | Some([]) => None,
-        Some([leaf, ..]) => match svid_id(leaf, &trust_domain) {
-            Ok(id) => {
-                not_after = x509_parser::parse_x509_certificate(leaf)
-                    .ok()
-                    .map(|(_, c)| c.validity().not_after.timestamp());
-                if not_after.is_none() {
-                    tracing::error!(%peer, "a verified client certificate has no expiry; closing");
-                    return None;
-                }
-                Some(id)
-            }
+    let (spiffe_id, not_after) = match stream.get_ref().1.peer_certificates() {
+        None | Some([]) => (None, None),
+        Some([leaf, ..]) => match svid(leaf, source.trust_domain()) {
+            Ok((id, not_after)) => (Some(id), Some(not_after)),
             Err(e) => {
                 // The verifier accepted this certificate: unreachable, but fail closed.
                 tracing::error!(%peer, error = %e, "a verified client certificate has no SPIFFE ID; closing");
@@ -907,7 +885,7 @@ mod tests {
     use rustls::ClientConfig;
     use rustls::pki_types::ServerName;
     use std::time::SystemTime;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
     use tokio::net::{TcpListener, TcpStream};
     use tokio::sync::mpsc;
     use tokio_stream::StreamExt;
@@ -1208,13 +1186,22 @@ mod tests {
             server_side.peer.remote_addr,
             Some(client_conn.get_ref().0.local_addr().unwrap())
         );
+        // The identity seam stops trusting the connection once its certificate expires.
+        let presented = der(&cert.cert_pem);
+        let (_, presented) = x509_parser::parse_x509_certificate(&presented).unwrap();
+        assert_eq!(
+            server_side.peer.not_after,
+            Some(presented.validity().not_after.timestamp())
+        );
         assert!(!server_side.vectored, "writes stay buffered, as on Conn");
         assert_eq!(server_side.alpn.as_deref(), Some(&b"h2"[..]));
         assert_eq!(leaf(&client_conn), der(&s.server.cert_pem));
 
         let (_anonymous, greeting) = connect(addr, client(&s.ca, None)).await.unwrap();
         assert_eq!(greeting, "-");
-        assert!(seen.recv().await.unwrap().peer.spiffe_id.is_none());
+        let anonymous = seen.recv().await.unwrap().peer;
+        assert!(anonymous.spiffe_id.is_none());
+        assert_eq!(anonymous.not_after, None);
     }
 
     #[tokio::test]
@@ -1362,6 +1349,27 @@ mod tests {
             .unwrap();
     }
 
+    /// Session resumption is off: a client that offers to resume still runs a full
+    /// handshake, so its certificate is checked against the configuration in force.
+    #[tokio::test]
+    async fn every_connection_runs_a_full_handshake() {
+        let s = setup();
+        let source = TlsSource::load(s.files.clone(), TD).unwrap();
+        let (addr, _seen) = serve(source, PATIENT).await;
+        let cert = svid(&s.ca, "spiffe://writ.test/agents/again");
+        // One client config, with rustls' default session cache: it would resume if the
+        // server let it.
+        let config = with_svid(&s.ca, &cert);
+        for _ in 0..3 {
+            let (c, greeting) = connect(addr, config.clone()).await.unwrap();
+            assert_eq!(greeting, "spiffe://writ.test/agents/again");
+            assert_eq!(
+                c.get_ref().1.handshake_kind(),
+                Some(rustls::HandshakeKind::Full)
+            );
+        }
+    }
+
     /// Handshakes run concurrently: a client that connects and says nothing does not hold
     /// up the next one (whose handshake completes while the silent one is still open).
     #[tokio::test]
@@ -1425,6 +1433,17 @@ mod tests {
             "{err}"
         );
         std::fs::write(&s.files.key, &s.server.key_pem).unwrap();
+        // A bundle past the size cap is refused, not read whole.
+        let huge = vec![b'#'; usize::try_from(MAX_PEM_BYTES).unwrap() + 1];
+        std::fs::write(&s.files.client_ca, huge).unwrap();
+        let err = TlsSource::load(s.files.clone(), TD)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("tls.client_ca ") && err.contains("larger than"),
+            "{err}"
+        );
+        std::fs::write(&s.files.client_ca, s.ca.cert_pem()).unwrap();
         assert!(TlsSource::load(s.files.clone(), "Not.Valid").is_err());
         TlsSource::load(s.files, TD).unwrap();
     }

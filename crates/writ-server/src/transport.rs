@@ -30,7 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
@@ -267,33 +267,54 @@ impl AsyncRead for Conn {
     }
 }
 
-impl AsyncWrite for Conn {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
-    }
+/// `impl AsyncWrite for $conn`, writing through its field `$stream`, with buffered, not
+/// vectored, writes (see the module docs): every connection type Writ serves (`Conn`, and
+/// `TlsConn` over it) asks its writer the same way.
+macro_rules! buffered_writes {
+    ($conn:ty, $stream:ident) => {
+        impl ::tokio::io::AsyncWrite for $conn {
+            fn poll_write(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                buf: &[u8],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
+                ::tokio::io::AsyncWrite::poll_write(
+                    ::std::pin::Pin::new(&mut self.$stream),
+                    cx,
+                    buf,
+                )
+            }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
+            fn poll_flush(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::tokio::io::AsyncWrite::poll_flush(::std::pin::Pin::new(&mut self.$stream), cx)
+            }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
+            fn poll_shutdown(
+                mut self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<::std::io::Result<()>> {
+                ::tokio::io::AsyncWrite::poll_shutdown(::std::pin::Pin::new(&mut self.$stream), cx)
+            }
 
-    // `poll_write_vectored` keeps its default (writes the first non-empty slice), which is
-    // what a writer that sees `is_write_vectored() == false` expects.
-    fn is_write_vectored(&self) -> bool {
-        false
-    }
+            // `poll_write_vectored` keeps its default (writes the first non-empty slice),
+            // which is what a writer that sees `is_write_vectored() == false` expects.
+            fn is_write_vectored(&self) -> bool {
+                false
+            }
+        }
+    };
 }
+pub(crate) use buffered_writes;
+
+buffered_writes!(Conn, stream);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWrite;
     use tokio_stream::StreamExt;
 
     #[tokio::test]
