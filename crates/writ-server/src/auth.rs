@@ -193,7 +193,7 @@ impl Authenticator {
         let info = request.extensions().get::<PeerInfo>();
         // The handshake checked the certificate's validity once; the connection may last
         // longer than the certificate.
-        let now = i64::try_from(crate::service::now_micros() / 1_000_000).unwrap_or(i64::MAX);
+        let now = i64::try_from(crate::service::now_secs()).unwrap_or(i64::MAX);
         if info.and_then(|p| p.not_after).is_some_and(|t| t < now) {
             return Err(AuthError::Unproven(
                 "the connection's client certificate has expired since the handshake; \
@@ -332,7 +332,7 @@ impl Authenticator {
         let jwt = v.to_str().map_err(|_| {
             AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
         })?;
-        let now = crate::service::now_micros() / 1_000_000;
+        let now = crate::service::now_secs();
         let policy = self.policy.as_ref().map(PolicyHandle::current);
         let keys_of = |id: &str| policy.as_ref().and_then(|p| p.keys_of(id));
         let verified = verifier.verify(jwt, &keys_of, now).map_err(|e| match e {

@@ -269,7 +269,7 @@ async fn start_with_keepalive(
     }
     let limits = Arc::new(ratelimit::RateLimiter::new(&config.limits));
     let flood = Arc::new(flood::FloodGuard::from_config(&config.limits.events));
-    let started = service::now_micros() / 1_000_000;
+    let started = service::now_secs();
     let mut assertion_config = assertion::AssertionConfig::new(
         config.auth.audience(&config.trust_domain),
         config.trust_domain.clone(),

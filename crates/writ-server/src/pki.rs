@@ -529,7 +529,7 @@ pub(crate) fn wall_clock() -> SystemTime {
 }
 
 fn unix_now() -> i64 {
-    i64::try_from(crate::service::now_micros() / 1_000_000).unwrap_or(i64::MAX)
+    i64::try_from(crate::service::now_secs()).unwrap_or(i64::MAX)
 }
 
 /// Why the server certificate must be (re-)issued, or `None` if it is good. A key file

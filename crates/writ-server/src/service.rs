@@ -198,6 +198,11 @@ pub fn now_micros() -> u64 {
     u64::try_from(us).unwrap_or(u64::MAX)
 }
 
+/// The wall clock in whole seconds (what certificates and JWTs date by).
+pub fn now_secs() -> u64 {
+    now_micros() / 1_000_000
+}
+
 /// The wall clock.
 pub fn now() -> UnixMillis {
     UnixMillis(now_micros() / 1000)
