@@ -55,6 +55,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use writ_core::text::Shown;
 
 /// The gRPC metadata header that carries one assertion (a compact JWS).
 pub const ASSERTION_HEADER: &str = "writ-client-assertion";
@@ -130,15 +131,6 @@ fn key_error(message: impl Into<String>) -> AssertionError {
     AssertionError::Key(message.into())
 }
 
-/// Untrusted text for a message: Debug-quoted (escaped) and cut to 64 characters.
-fn shown(text: &str) -> String {
-    let mut cut: String = text.chars().take(64).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    format!("{cut:?}")
-}
-
 // ---------------------------------------------------------------------------------------
 // Registered keys.
 
@@ -197,8 +189,8 @@ pub fn parse_registered_key(
         (Some(given), Some(own)) if given != own => {
             return Err(key_error(format!(
                 "kid {} differs from the JWK's own `kid` {}",
-                shown(&given),
-                shown(&own)
+                Shown(&given),
+                Shown(&own)
             )));
         }
         (given, own) => given.or(own),
@@ -227,7 +219,7 @@ pub fn check_party_keys(keys: &[RegisteredKey]) -> Result<(), AssertionError> {
     let mut kids = HashSet::new();
     for kid in keys.iter().filter_map(RegisteredKey::kid) {
         if !kids.insert(kid) {
-            return Err(key_error(format!("kid {} is registered twice", shown(kid))));
+            return Err(key_error(format!("kid {} is registered twice", Shown(kid))));
         }
     }
     Ok(())
@@ -296,7 +288,7 @@ fn registered_pem(text: &str) -> Result<(Algorithm, DecodingKey), AssertionError
         label => {
             return Err(key_error(format!(
                 "PEM {} is not a public key; expected `-----BEGIN PUBLIC KEY-----`",
-                shown(label)
+                Shown(label)
             )));
         }
     }
@@ -454,8 +446,8 @@ fn decode_jwk(jwk: &Map<String, Value>) -> Result<JwkKey, String> {
         }
         (kty, crv) => Err(format!(
             "a JWK of type {}{}, which is not supported",
-            shown(kty),
-            crv.map(|c| format!(" on curve {}", shown(c)))
+            Shown(kty),
+            crv.map(|c| format!(" on curve {}", Shown(c)))
                 .unwrap_or_default()
         )),
     }
@@ -487,7 +479,7 @@ fn registered_jwk(text: &str) -> Result<(Algorithm, DecodingKey, Option<String>)
     {
         return Err(key_error(format!(
             "the JWK's `alg` {} does not fit its key ({})",
-            shown(declared),
+            Shown(declared),
             alg_str(alg)
         )));
     }
@@ -496,7 +488,7 @@ fn registered_jwk(text: &str) -> Result<(Algorithm, DecodingKey, Option<String>)
     {
         return Err(key_error(format!(
             "the JWK's `use` is {}, not \"sig\"",
-            shown(usage)
+            Shown(usage)
         )));
     }
     let kid = jwk_str(&jwk, "kid").map_err(key_error)?.map(str::to_owned);
@@ -659,7 +651,7 @@ impl AssertionVerifier {
             return bad(format!(
                 "trust domain {} is not a SPIFFE trust domain name (lowercase letters, \
                  digits, '.', '-', '_')",
-                shown(&config.trust_domain)
+                Shown(&config.trust_domain)
             ));
         }
         // Fail at startup, not on the first call, if the build has no JWT crypto.
@@ -792,7 +784,7 @@ impl AssertionVerifier {
             Some(other) => {
                 return Err(rejected(format!(
                     "a JWT-SVID's `typ` is \"JWT\" or \"JOSE\", not {}",
-                    shown(other)
+                    Shown(other)
                 )));
             }
         }
@@ -802,14 +794,14 @@ impl AssertionVerifier {
         let key = bundle.keys.get(kid).ok_or_else(|| {
             rejected(format!(
                 "{NO_KEY}, and `kid` {} is not in the JWT-SVID bundle",
-                shown(kid)
+                Shown(kid)
             ))
         })?;
         if !key.algs.contains(&alg) {
             return Err(rejected(format!(
                 "`alg` {} does not match the JWT-SVID bundle key {} ({})",
                 alg_str(alg),
-                shown(kid),
+                Shown(kid),
                 key.algs
                     .iter()
                     .map(|a| alg_str(*a))
@@ -820,7 +812,7 @@ impl AssertionVerifier {
         if !signature_verifies(parts, &key.key, alg) {
             return Err(rejected(format!(
                 "the signature does not verify with JWT-SVID bundle key {}",
-                shown(kid)
+                Shown(kid)
             )));
         }
         Ok(())
@@ -1011,14 +1003,14 @@ fn parse_bundle(bytes: &[u8]) -> Result<HashMap<String, BundleKey>, String> {
             continue;
         };
         if !kids.insert(kid.to_owned()) {
-            return Err(format!("`kid` {} appears twice", shown(kid)));
+            return Err(format!("`kid` {} appears twice", Shown(kid)));
         }
         match bundle_key(jwk) {
             Ok(key) => {
                 out.insert(kid.to_owned(), key);
             }
             Err(reason) => {
-                tracing::warn!(kid = %shown(kid), %reason, "ignoring a JWT-SVID bundle key");
+                tracing::warn!(kid = %Shown(kid), %reason, "ignoring a JWT-SVID bundle key");
             }
         }
     }
@@ -1038,7 +1030,7 @@ fn bundle_key(jwk: &Map<String, Value>) -> Result<BundleKey, String> {
     if let Some(declared) = jwk_str(jwk, "alg")? {
         algs.retain(|a| alg_str(*a) == declared);
         if algs.is_empty() {
-            return Err(format!("`alg` {} does not fit the key", shown(declared)));
+            return Err(format!("`alg` {} does not fit the key", Shown(declared)));
         }
     }
     let key = key.into_key();
@@ -1066,7 +1058,7 @@ fn check_spiffe_id(id: &str, trust_domain: &str) -> Result<(), String> {
     if domain != trust_domain {
         return Err(format!(
             "is in trust domain {}, not {trust_domain:?}",
-            shown(domain)
+            Shown(domain)
         ));
     }
     if path.is_empty() {
@@ -1176,7 +1168,7 @@ fn header_alg(header: &RawHeader) -> Result<Algorithm, AssertionError> {
         ))),
         _ => alg
             .parse::<Algorithm>()
-            .map_err(|_| rejected(format!("`alg` {} is not supported", shown(alg)))),
+            .map_err(|_| rejected(format!("`alg` {} is not supported", Shown(alg)))),
     }
 }
 
@@ -1231,14 +1223,14 @@ fn client_key<'k>(
             .ok_or_else(|| {
                 rejected(format!(
                     "`kid` {} names no registered key of `sub`",
-                    shown(kid)
+                    Shown(kid)
                 ))
             })?;
         if key.alg != alg {
             return Err(rejected(format!(
                 "`alg` {} does not match the registered key {} ({})",
                 alg_str(alg),
-                shown(kid),
+                Shown(kid),
                 alg_str(key.alg)
             )));
         }
@@ -1247,7 +1239,7 @@ fn client_key<'k>(
         } else {
             Err(rejected(format!(
                 "the signature does not verify with registered key {}",
-                shown(kid)
+                Shown(kid)
             )))
         };
     }
