@@ -647,7 +647,9 @@ impl AssertionVerifier {
         if config.max_replay_entries == 0 || config.max_replay_entries_per_subject == 0 {
             return bad("the replay cache's bounds must be at least 1".into());
         }
-        if config.jwt_svid_bundle.is_some() && !valid_trust_domain(&config.trust_domain) {
+        if config.jwt_svid_bundle.is_some()
+            && crate::tls::validate_trust_domain(&config.trust_domain).is_err()
+        {
             return bad(format!(
                 "trust domain {} is not a SPIFFE trust domain name (lowercase letters, \
                  digits, '.', '-', '_')",
@@ -1038,15 +1040,6 @@ fn bundle_key(jwk: &Map<String, Value>) -> Result<BundleKey, String> {
         return Err("not a valid public key".into());
     }
     Ok(BundleKey { key, algs })
-}
-
-/// Whether `td` is a SPIFFE trust domain name.
-fn valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
-        && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
 }
 
 /// Checks that `id` is `spiffe://<trust_domain>/<path>` with a valid, non-empty path.
