@@ -1007,7 +1007,7 @@ fn parse_bundle(bytes: &[u8]) -> Result<HashMap<String, BundleKey>, String> {
         if !kids.insert(kid.to_owned()) {
             return Err(format!("`kid` {} appears twice", Shown(kid)));
         }
-        match bundle_key(jwk) {
+        match bundle_key(kid, jwk) {
             Ok(key) => {
                 out.insert(kid.to_owned(), key);
             }
@@ -1019,14 +1019,8 @@ fn parse_bundle(bytes: &[u8]) -> Result<HashMap<String, BundleKey>, String> {
     Ok(out)
 }
 
-fn bundle_key(jwk: &Map<String, Value>) -> Result<BundleKey, String> {
-    if jwk
-        .get("kid")
-        .and_then(Value::as_str)
-        .is_some_and(|k| check_kid(k).is_err())
-    {
-        return Err(format!("a kid is 1 to {MAX_KID_BYTES} bytes"));
-    }
+fn bundle_key(kid: &str, jwk: &Map<String, Value>) -> Result<BundleKey, String> {
+    check_kid(kid)?;
     let key = decode_jwk(jwk)?;
     let mut algs = key.algs().to_vec();
     if let Some(declared) = jwk_str(jwk, "alg")? {
