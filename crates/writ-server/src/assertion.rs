@@ -1547,6 +1547,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
     }
 
     /// The refusal's message, after checking it is a `Rejected` (UNAUTHENTICATED).
+    #[track_caller]
     fn rejection(result: Result<VerifiedAssertion, AssertionError>) -> String {
         match result {
             Err(e @ AssertionError::Rejected(_)) => {
@@ -1556,6 +1557,13 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    /// Checks that `result` is a `Rejected` whose message contains `expected`.
+    #[track_caller]
+    fn rejected_with(result: Result<VerifiedAssertion, AssertionError>, expected: &str) {
+        let m = rejection(result);
+        assert!(m.contains(expected), "{m}\n  does not say: {expected}");
     }
 
     fn b64(text: &str) -> String {
@@ -1612,25 +1620,37 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             ed.sign(None, &c)
         };
         // Expired beyond the leeway; within it, still good.
-        let m = rejection(verify(&v, &reg, &with("a", json!({"exp": NOW - 31}))));
-        assert!(m.contains("`exp` is 31 s in the past"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("a", json!({"exp": NOW - 31}))),
+            "`exp` is 31 s in the past",
+        );
         verify(&v, &reg, &with("b", json!({"exp": NOW - 30}))).unwrap();
         // Too long-lived.
-        let m = rejection(verify(&v, &reg, &with("c", json!({"exp": NOW + 600}))));
-        assert!(m.contains("`exp` is 600 s ahead; at most 300 s"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("c", json!({"exp": NOW + 600}))),
+            "`exp` is 600 s ahead; at most 300 s",
+        );
         verify(&v, &reg, &with("d", json!({"exp": NOW + 330}))).unwrap();
         // Not valid yet.
-        let m = rejection(verify(&v, &reg, &with("e", json!({"nbf": NOW + 31}))));
-        assert!(m.contains("`nbf` is 31 s ahead"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("e", json!({"nbf": NOW + 31}))),
+            "`nbf` is 31 s ahead",
+        );
         verify(&v, &reg, &with("f", json!({"nbf": NOW + 30}))).unwrap();
         // Issued in the future.
-        let m = rejection(verify(&v, &reg, &with("g", json!({"iat": NOW + 31}))));
-        assert!(m.contains("`iat` is 31 s in the future"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("g", json!({"iat": NOW + 31}))),
+            "`iat` is 31 s in the future",
+        );
         // Not a NumericDate.
-        let m = rejection(verify(&v, &reg, &with("h", json!({"exp": "soon"}))));
-        assert!(m.contains("`exp` must be a NumericDate"), "{m}");
-        let m = rejection(verify(&v, &reg, &with("i", json!({"exp": -5}))));
-        assert!(m.contains("`exp` must be a NumericDate"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("h", json!({"exp": "soon"}))),
+            "`exp` must be a NumericDate",
+        );
+        rejected_with(
+            verify(&v, &reg, &with("i", json!({"exp": -5}))),
+            "`exp` must be a NumericDate",
+        );
     }
 
     #[test]
@@ -1650,8 +1670,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         for bad_jti in [json!(""), json!("x".repeat(257)), json!(7)] {
             let mut c = claims(PARTY, "unused");
             c["jti"] = bad_jti;
-            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-            assert!(m.contains("`jti` must be"), "{m}");
+            rejected_with(verify(&v, &reg, &ed.sign(None, &c)), "`jti` must be");
         }
     }
 
@@ -1662,8 +1681,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let v = AssertionVerifier::new(AssertionConfig::new(AUD, "writ.local"), NOW).unwrap();
         let mut c = claims(PARTY, "j1");
         c["iat"] = json!(NOW - 1);
-        let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-        assert!(m.contains("`iat` is before this server started"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ed.sign(None, &c)),
+            "`iat` is before this server started",
+        );
         c["iat"] = json!(NOW);
         verify(&v, &reg, &ed.sign(None, &c)).unwrap();
     }
@@ -1681,15 +1702,13 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             json!(AUD.to_uppercase()),
         ] {
             c["aud"] = wrong;
-            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-            assert!(
-                m.contains("`aud` does not name this Writ (expected \"spiffe://writ.local/writ\")"),
-                "{m}"
+            rejected_with(
+                verify(&v, &reg, &ed.sign(None, &c)),
+                "`aud` does not name this Writ (expected \"spiffe://writ.local/writ\")",
             );
         }
         c["aud"] = json!(["spiffe://writ.local/other", 5]);
-        let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-        assert!(m.contains("an array of strings"), "{m}");
+        rejected_with(verify(&v, &reg, &ed.sign(None, &c)), "an array of strings");
         c["aud"] = json!(["spiffe://writ.local/other", AUD]);
         verify(&v, &reg, &ed.sign(None, &c)).unwrap();
     }
@@ -1700,8 +1719,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
         let mut c = claims(PARTY, "j1");
         c["iss"] = json!(OTHER);
-        let m = rejection(verify(&verifier(), &reg, &ed.sign(None, &c)));
-        assert!(m.contains("`iss` must equal `sub`"), "{m}");
+        rejected_with(
+            verify(&verifier(), &reg, &ed.sign(None, &c)),
+            "`iss` must equal `sub`",
+        );
     }
 
     #[test]
@@ -1734,12 +1755,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
     fn a_signature_by_another_key_is_refused() {
         let (ed, stranger) = (Signer::ed25519(), Signer::ed25519());
         let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
-        let m = rejection(verify(
-            &verifier(),
-            &reg,
-            &stranger.sign(None, &claims(PARTY, "j")),
-        ));
-        assert!(m.contains("does not verify with any registered key"), "{m}");
+        rejected_with(
+            verify(&verifier(), &reg, &stranger.sign(None, &claims(PARTY, "j"))),
+            "does not verify with any registered key",
+        );
         // A tampered payload, the signature kept, fails as well.
         let jwt = ed.sign(None, &claims(PARTY, "j"));
         let parts: Vec<&str> = jwt.split('.').collect();
@@ -1747,8 +1766,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         c["sub"] = json!(PARTY);
         c["exp"] = json!(NOW + 61);
         let forged = format!("{}.{}.{}", parts[0], b64(&c.to_string()), parts[2]);
-        let m = rejection(verify(&verifier(), &reg, &forged));
-        assert!(m.contains("does not verify"), "{m}");
+        rejected_with(verify(&verifier(), &reg, &forged), "does not verify");
     }
 
     #[test]
@@ -1760,8 +1778,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let payload = b64(&claims(PARTY, "j").to_string());
 
         let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
-        let m = rejection(verify(&v, &reg, &none));
-        assert!(m.contains("`alg` \"none\" is refused"), "{m}");
+        rejected_with(verify(&v, &reg, &none), "`alg` \"none\" is refused");
 
         // HS256 keyed with the public key's text: the classic confusion.
         let mut header = Header::new(Algorithm::HS256);
@@ -1772,34 +1789,29 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             &EncodingKey::from_secret(ed.public_pem.as_bytes()).unwrap(),
         )
         .unwrap();
-        let m = rejection(verify(&v, &reg, &hs));
-        assert!(
-            m.contains("`alg` HS256 (a shared-secret MAC) is refused"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &hs),
+            "`alg` HS256 (a shared-secret MAC) is refused",
         );
 
         // ES256 against an Ed25519 key: by kid, and without one.
-        let m = rejection(verify(&v, &reg, &ec.sign(Some("k1"), &claims(PARTY, "j"))));
-        assert!(
-            m.contains("`alg` ES256 does not match the registered key"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("k1"), &claims(PARTY, "j"))),
+            "`alg` ES256 does not match the registered key",
         );
-        let m = rejection(verify(&v, &reg, &ec.sign(None, &claims(PARTY, "j"))));
-        assert!(
-            m.contains("no registered key of `sub` is for `alg` ES256"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &ec.sign(None, &claims(PARTY, "j"))),
+            "no registered key of `sub` is for `alg` ES256",
         );
 
         // An algorithm nobody registers keys for.
         let rs = format!("{}.{payload}.AAAA", b64(r#"{"alg":"RS256"}"#));
-        let m = rejection(verify(&v, &reg, &rs));
-        assert!(
-            m.contains("`alg` RS256 is not accepted for client assertions"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &rs),
+            "`alg` RS256 is not accepted for client assertions",
         );
         let odd = format!("{}.{payload}.AAAA", b64(r#"{"alg":"ES256K"}"#));
-        let m = rejection(verify(&v, &reg, &odd));
-        assert!(m.contains("`alg` \"ES256K\" is not supported"), "{m}");
+        rejected_with(verify(&v, &reg, &odd), "`alg` \"ES256K\" is not supported");
 
         // A key embedded in the header is not trusted: the stranger's own `jwk`.
         let stranger = Signer::ed25519();
@@ -1807,8 +1819,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         header.jwk = Some(serde_json::from_value(stranger.jwk()).unwrap());
         let key = EncodingKey::from_ed_pem(stranger.private_pem.as_bytes()).unwrap();
         let embedded = jsonwebtoken::encode(&header, &claims(PARTY, "j"), &key).unwrap();
-        let m = rejection(verify(&v, &reg, &embedded));
-        assert!(m.contains("does not verify"), "{m}");
+        rejected_with(verify(&v, &reg, &embedded), "does not verify");
     }
 
     #[test]
@@ -1837,24 +1848,18 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let got = verify(&v, &reg, &b.sign(None, &claims(PARTY, "3"))).unwrap();
         assert_eq!(got.kid.as_deref(), Some("b"));
         // A kid naming no key, or another key, is refused.
-        let m = rejection(verify(&v, &reg, &a.sign(Some("zz"), &claims(PARTY, "4"))));
-        assert!(
-            m.contains("`kid` \"zz\" names no registered key of `sub`"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &a.sign(Some("zz"), &claims(PARTY, "4"))),
+            "`kid` \"zz\" names no registered key of `sub`",
         );
         let second = Signer::ed25519();
         let reg = registry(vec![(
             PARTY,
             vec![a.registered(Some("a")), second.registered(Some("c"))],
         )]);
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &second.sign(Some("a"), &claims(PARTY, "5")),
-        ));
-        assert!(
-            m.contains("does not verify with registered key \"a\""),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &second.sign(Some("a"), &claims(PARTY, "5"))),
+            "does not verify with registered key \"a\"",
         );
         let got = verify(&v, &reg, &second.sign(None, &claims(PARTY, "6"))).unwrap();
         assert_eq!(
@@ -1920,8 +1925,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         header.crit = Some(vec!["exp".into()]);
         let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
         let crit = jsonwebtoken::encode(&header, &claims(PARTY, "c"), &key).unwrap();
-        let m = rejection(verify(&v, &reg, &crit));
-        assert!(m.contains("`crit`"), "{m}");
+        rejected_with(verify(&v, &reg, &crit), "`crit`");
     }
 
     #[test]
@@ -2184,39 +2188,30 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             Err(AssertionError::Replayed)
         ));
         // A key of the bundle with the wrong alg, or signed by another key.
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ed.sign(Some("ec"), &svid_claims(WORKLOAD, "4")),
-        ));
-        assert!(
-            m.contains("`alg` EdDSA does not match the JWT-SVID bundle key \"ec\" (ES256)"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &ed.sign(Some("ec"), &svid_claims(WORKLOAD, "4"))),
+            "`alg` EdDSA does not match the JWT-SVID bundle key \"ec\" (ES256)",
         );
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &Signer::p256().sign(Some("ec"), &svid_claims(WORKLOAD, "5")),
-        ));
-        assert!(
-            m.contains("does not verify with JWT-SVID bundle key \"ec\""),
-            "{m}"
+        rejected_with(
+            verify(
+                &v,
+                &reg,
+                &Signer::p256().sign(Some("ec"), &svid_claims(WORKLOAD, "5")),
+            ),
+            "does not verify with JWT-SVID bundle key \"ec\"",
         );
         // A registered party is not looked up in the bundle.
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ec.sign(Some("ec"), &svid_claims(PARTY, "6")),
-        ));
-        assert!(m.contains("names no registered key of `sub`"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("ec"), &svid_claims(PARTY, "6"))),
+            "names no registered key of `sub`",
+        );
         // `typ`, when present, is JWT or JOSE.
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some("ed".into());
         header.typ = Some("at+jwt".into());
         let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
         let at = jsonwebtoken::encode(&header, &svid_claims(WORKLOAD, "7"), &key).unwrap();
-        let m = rejection(verify(&v, &reg, &at));
-        assert!(m.contains("`typ` is \"JWT\" or \"JOSE\""), "{m}");
+        rejected_with(verify(&v, &reg, &at), "`typ` is \"JWT\" or \"JOSE\"");
     }
 
     #[test]
@@ -2248,30 +2243,31 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             ));
             assert!(m.contains(expected), "{sub}: {m}");
         }
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ec.sign(Some("nope"), &svid_claims(WORKLOAD, "1")),
-        ));
-        assert!(
-            m.contains("`kid` \"nope\" is not in the JWT-SVID bundle"),
-            "{m}"
+        rejected_with(
+            verify(
+                &v,
+                &reg,
+                &ec.sign(Some("nope"), &svid_claims(WORKLOAD, "1")),
+            ),
+            "`kid` \"nope\" is not in the JWT-SVID bundle",
         );
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ec.sign(None, &svid_claims(WORKLOAD, "1")),
-        ));
-        assert!(m.contains("a JWT-SVID needs a `kid` header"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(None, &svid_claims(WORKLOAD, "1"))),
+            "a JWT-SVID needs a `kid` header",
+        );
         // The claims are checked as for client assertions (jti included).
         let mut c = svid_claims(WORKLOAD, "1");
         c.as_object_mut().unwrap().remove("jti");
-        let m = rejection(verify(&v, &reg, &ec.sign(Some("ec"), &c)));
-        assert!(m.contains("`jti` is required"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("ec"), &c)),
+            "`jti` is required",
+        );
         c["jti"] = json!("1");
         c["aud"] = json!("spiffe://writ.local/other");
-        let m = rejection(verify(&v, &reg, &ec.sign(Some("ec"), &c)));
-        assert!(m.contains("`aud` does not name this Writ"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("ec"), &c)),
+            "`aud` does not name this Writ",
+        );
         verify(&v, &reg, &ec.sign(Some("ec"), &svid_claims(WORKLOAD, "1"))).unwrap();
     }
 
