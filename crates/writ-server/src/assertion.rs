@@ -1867,6 +1867,17 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             Some("c"),
             "the second Ed25519 key was tried"
         );
+        // Without a kid, at most MAX_KEYS_PER_PARTY keys are tried, even if more are
+        // registered (the policy loader refuses that, but the verifier does not rely on it).
+        let mut keys: Vec<RegisteredKey> = (0..MAX_KEYS_PER_PARTY)
+            .map(|_| Signer::ed25519().registered(None))
+            .collect();
+        keys.push(second.registered(None));
+        let reg = registry(vec![(PARTY, keys)]);
+        rejected_with(
+            verify(&v, &reg, &second.sign(None, &claims(PARTY, "7"))),
+            "does not verify with any registered key of `sub`",
+        );
     }
 
     #[test]
@@ -1926,6 +1937,18 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
         let crit = jsonwebtoken::encode(&header, &claims(PARTY, "c"), &key).unwrap();
         rejected_with(verify(&v, &reg, &crit), "`crit`");
+        // Nor are unencoded payloads (RFC 7797): `b64`, when present, is true.
+        let payload = b64(&claims(PARTY, "b").to_string());
+        for header in [
+            r#"{"alg":"EdDSA","b64":false}"#,
+            r#"{"alg":"EdDSA","b64":"no"}"#,
+        ] {
+            let jwt = format!("{}.{payload}.AAAA", b64(header));
+            rejected_with(
+                verify(&v, &reg, &jwt),
+                "unencoded payloads (`b64`) are not supported",
+            );
+        }
     }
 
     #[test]
@@ -2145,12 +2168,16 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
     fn a_jwt_svid_verifies_against_the_bundle() {
         let dir = tempfile::tempdir().unwrap();
         let (ec, ed) = (Signer::p256(), Signer::ed25519());
-        // An X.509 authority key (another `use`) is ignored; so is an RSA key too small.
+        // An X.509 authority key (another `use`) is ignored; so are an RSA key too small
+        // and JWT-SVID keys without a usable `kid` (none, or longer than 256 bytes).
         let x509 = json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA",
             "x5c": ["AAAA"]});
         let small_rsa = json!({"use": "jwt-svid", "kid": "small", "kty": "RSA",
             "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"});
         let rsa = json!({"use": "jwt-svid", "kid": "rsa", "kty": "RSA", "n": RSA_N, "e": "AQAB"});
+        let mut no_kid = svid_key(&Signer::ed25519(), "unused");
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let long_kid = svid_key(&Signer::ed25519(), &"k".repeat(MAX_KID_BYTES + 1));
         let path = bundle_file(
             dir.path(),
             &[
@@ -2159,6 +2186,8 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
                 svid_key(&ed, "ed"),
                 small_rsa,
                 rsa,
+                no_kid,
+                long_kid,
             ],
         );
         let v = svid_verifier(path);
@@ -2292,6 +2321,15 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             assert!(matches!(e, AssertionError::Config(_)), "{e:?}");
             assert!(e.to_string().contains("JWT-SVID bundle"), "{e}");
         }
+        // Over MAX_BUNDLE_BYTES, a bundle is refused even though it is otherwise valid.
+        let padded = format!(
+            "{}{}",
+            json!({"keys": [svid_key(&old, "old")]}),
+            " ".repeat(MAX_BUNDLE_BYTES as usize)
+        );
+        std::fs::write(&path, padded).unwrap();
+        let e = v.reload_bundle().unwrap_err();
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
         let dup = json!({"keys": [svid_key(&old, "old"), svid_key(&new, "old")]});
         std::fs::write(&path, dup.to_string()).unwrap();
         let e = v.reload_bundle().unwrap_err();
@@ -2352,6 +2390,25 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         assert_eq!(verified.kid.as_deref(), Some("new"));
         stop.send(true).unwrap();
         task.await.unwrap();
+        // It also stops when the sender is dropped.
+        let (stop, stopped) = watch::channel(false);
+        let task = v.spawn_bundle_reloader(Duration::from_millis(100), stopped);
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the reloader stops once its sender is dropped")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_bundle_the_reloader_ends_at_once() {
+        let v = Arc::new(verifier());
+        let (_stop, stopped) = watch::channel(false);
+        let task = v.spawn_bundle_reloader(Duration::from_millis(100), stopped);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the reloader ends at once when no bundle is configured")
+            .unwrap();
     }
 
     #[test]
