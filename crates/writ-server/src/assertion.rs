@@ -55,6 +55,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use writ_core::text::Shown;
 
 /// The gRPC metadata header that carries one assertion (a compact JWS).
 pub const ASSERTION_HEADER: &str = "writ-client-assertion";
@@ -130,15 +131,6 @@ fn key_error(message: impl Into<String>) -> AssertionError {
     AssertionError::Key(message.into())
 }
 
-/// Untrusted text for a message: Debug-quoted (escaped) and cut to 64 characters.
-fn shown(text: &str) -> String {
-    let mut cut: String = text.chars().take(64).collect();
-    if cut.len() < text.len() {
-        cut.push('…');
-    }
-    format!("{cut:?}")
-}
-
 // ---------------------------------------------------------------------------------------
 // Registered keys.
 
@@ -197,8 +189,8 @@ pub fn parse_registered_key(
         (Some(given), Some(own)) if given != own => {
             return Err(key_error(format!(
                 "kid {} differs from the JWK's own `kid` {}",
-                shown(&given),
-                shown(&own)
+                Shown(&given),
+                Shown(&own)
             )));
         }
         (given, own) => given.or(own),
@@ -227,7 +219,7 @@ pub fn check_party_keys(keys: &[RegisteredKey]) -> Result<(), AssertionError> {
     let mut kids = HashSet::new();
     for kid in keys.iter().filter_map(RegisteredKey::kid) {
         if !kids.insert(kid) {
-            return Err(key_error(format!("kid {} is registered twice", shown(kid))));
+            return Err(key_error(format!("kid {} is registered twice", Shown(kid))));
         }
     }
     Ok(())
@@ -296,7 +288,7 @@ fn registered_pem(text: &str) -> Result<(Algorithm, DecodingKey), AssertionError
         label => {
             return Err(key_error(format!(
                 "PEM {} is not a public key; expected `-----BEGIN PUBLIC KEY-----`",
-                shown(label)
+                Shown(label)
             )));
         }
     }
@@ -454,8 +446,8 @@ fn decode_jwk(jwk: &Map<String, Value>) -> Result<JwkKey, String> {
         }
         (kty, crv) => Err(format!(
             "a JWK of type {}{}, which is not supported",
-            shown(kty),
-            crv.map(|c| format!(" on curve {}", shown(c)))
+            Shown(kty),
+            crv.map(|c| format!(" on curve {}", Shown(c)))
                 .unwrap_or_default()
         )),
     }
@@ -487,7 +479,7 @@ fn registered_jwk(text: &str) -> Result<(Algorithm, DecodingKey, Option<String>)
     {
         return Err(key_error(format!(
             "the JWK's `alg` {} does not fit its key ({})",
-            shown(declared),
+            Shown(declared),
             alg_str(alg)
         )));
     }
@@ -496,7 +488,7 @@ fn registered_jwk(text: &str) -> Result<(Algorithm, DecodingKey, Option<String>)
     {
         return Err(key_error(format!(
             "the JWK's `use` is {}, not \"sig\"",
-            shown(usage)
+            Shown(usage)
         )));
     }
     let kid = jwk_str(&jwk, "kid").map_err(key_error)?.map(str::to_owned);
@@ -655,11 +647,13 @@ impl AssertionVerifier {
         if config.max_replay_entries == 0 || config.max_replay_entries_per_subject == 0 {
             return bad("the replay cache's bounds must be at least 1".into());
         }
-        if config.jwt_svid_bundle.is_some() && !valid_trust_domain(&config.trust_domain) {
+        if config.jwt_svid_bundle.is_some()
+            && crate::tls::validate_trust_domain(&config.trust_domain).is_err()
+        {
             return bad(format!(
                 "trust domain {} is not a SPIFFE trust domain name (lowercase letters, \
                  digits, '.', '-', '_')",
-                shown(&config.trust_domain)
+                Shown(&config.trust_domain)
             ));
         }
         // Fail at startup, not on the first call, if the build has no JWT crypto.
@@ -792,7 +786,7 @@ impl AssertionVerifier {
             Some(other) => {
                 return Err(rejected(format!(
                     "a JWT-SVID's `typ` is \"JWT\" or \"JOSE\", not {}",
-                    shown(other)
+                    Shown(other)
                 )));
             }
         }
@@ -802,14 +796,14 @@ impl AssertionVerifier {
         let key = bundle.keys.get(kid).ok_or_else(|| {
             rejected(format!(
                 "{NO_KEY}, and `kid` {} is not in the JWT-SVID bundle",
-                shown(kid)
+                Shown(kid)
             ))
         })?;
         if !key.algs.contains(&alg) {
             return Err(rejected(format!(
                 "`alg` {} does not match the JWT-SVID bundle key {} ({})",
                 alg_str(alg),
-                shown(kid),
+                Shown(kid),
                 key.algs
                     .iter()
                     .map(|a| alg_str(*a))
@@ -820,7 +814,7 @@ impl AssertionVerifier {
         if !signature_verifies(parts, &key.key, alg) {
             return Err(rejected(format!(
                 "the signature does not verify with JWT-SVID bundle key {}",
-                shown(kid)
+                Shown(kid)
             )));
         }
         Ok(())
@@ -1011,34 +1005,28 @@ fn parse_bundle(bytes: &[u8]) -> Result<HashMap<String, BundleKey>, String> {
             continue;
         };
         if !kids.insert(kid.to_owned()) {
-            return Err(format!("`kid` {} appears twice", shown(kid)));
+            return Err(format!("`kid` {} appears twice", Shown(kid)));
         }
-        match bundle_key(jwk) {
+        match bundle_key(kid, jwk) {
             Ok(key) => {
                 out.insert(kid.to_owned(), key);
             }
             Err(reason) => {
-                tracing::warn!(kid = %shown(kid), %reason, "ignoring a JWT-SVID bundle key");
+                tracing::warn!(kid = %Shown(kid), %reason, "ignoring a JWT-SVID bundle key");
             }
         }
     }
     Ok(out)
 }
 
-fn bundle_key(jwk: &Map<String, Value>) -> Result<BundleKey, String> {
-    if jwk
-        .get("kid")
-        .and_then(Value::as_str)
-        .is_some_and(|k| check_kid(k).is_err())
-    {
-        return Err(format!("a kid is 1 to {MAX_KID_BYTES} bytes"));
-    }
+fn bundle_key(kid: &str, jwk: &Map<String, Value>) -> Result<BundleKey, String> {
+    check_kid(kid)?;
     let key = decode_jwk(jwk)?;
     let mut algs = key.algs().to_vec();
     if let Some(declared) = jwk_str(jwk, "alg")? {
         algs.retain(|a| alg_str(*a) == declared);
         if algs.is_empty() {
-            return Err(format!("`alg` {} does not fit the key", shown(declared)));
+            return Err(format!("`alg` {} does not fit the key", Shown(declared)));
         }
     }
     let key = key.into_key();
@@ -1046,15 +1034,6 @@ fn bundle_key(jwk: &Map<String, Value>) -> Result<BundleKey, String> {
         return Err("not a valid public key".into());
     }
     Ok(BundleKey { key, algs })
-}
-
-/// Whether `td` is a SPIFFE trust domain name.
-fn valid_trust_domain(td: &str) -> bool {
-    !td.is_empty()
-        && td.len() <= 255
-        && td
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
 }
 
 /// Checks that `id` is `spiffe://<trust_domain>/<path>` with a valid, non-empty path.
@@ -1066,7 +1045,7 @@ fn check_spiffe_id(id: &str, trust_domain: &str) -> Result<(), String> {
     if domain != trust_domain {
         return Err(format!(
             "is in trust domain {}, not {trust_domain:?}",
-            shown(domain)
+            Shown(domain)
         ));
     }
     if path.is_empty() {
@@ -1176,7 +1155,7 @@ fn header_alg(header: &RawHeader) -> Result<Algorithm, AssertionError> {
         ))),
         _ => alg
             .parse::<Algorithm>()
-            .map_err(|_| rejected(format!("`alg` {} is not supported", shown(alg)))),
+            .map_err(|_| rejected(format!("`alg` {} is not supported", Shown(alg)))),
     }
 }
 
@@ -1231,14 +1210,14 @@ fn client_key<'k>(
             .ok_or_else(|| {
                 rejected(format!(
                     "`kid` {} names no registered key of `sub`",
-                    shown(kid)
+                    Shown(kid)
                 ))
             })?;
         if key.alg != alg {
             return Err(rejected(format!(
                 "`alg` {} does not match the registered key {} ({})",
                 alg_str(alg),
-                shown(kid),
+                Shown(kid),
                 alg_str(key.alg)
             )));
         }
@@ -1247,7 +1226,7 @@ fn client_key<'k>(
         } else {
             Err(rejected(format!(
                 "the signature does not verify with registered key {}",
-                shown(kid)
+                Shown(kid)
             )))
         };
     }
@@ -1568,6 +1547,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
     }
 
     /// The refusal's message, after checking it is a `Rejected` (UNAUTHENTICATED).
+    #[track_caller]
     fn rejection(result: Result<VerifiedAssertion, AssertionError>) -> String {
         match result {
             Err(e @ AssertionError::Rejected(_)) => {
@@ -1577,6 +1557,13 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             }
             other => panic!("expected a rejection, got {other:?}"),
         }
+    }
+
+    /// Checks that `result` is a `Rejected` whose message contains `expected`.
+    #[track_caller]
+    fn rejected_with(result: Result<VerifiedAssertion, AssertionError>, expected: &str) {
+        let m = rejection(result);
+        assert!(m.contains(expected), "{m}\n  does not say: {expected}");
     }
 
     fn b64(text: &str) -> String {
@@ -1633,25 +1620,37 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             ed.sign(None, &c)
         };
         // Expired beyond the leeway; within it, still good.
-        let m = rejection(verify(&v, &reg, &with("a", json!({"exp": NOW - 31}))));
-        assert!(m.contains("`exp` is 31 s in the past"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("a", json!({"exp": NOW - 31}))),
+            "`exp` is 31 s in the past",
+        );
         verify(&v, &reg, &with("b", json!({"exp": NOW - 30}))).unwrap();
         // Too long-lived.
-        let m = rejection(verify(&v, &reg, &with("c", json!({"exp": NOW + 600}))));
-        assert!(m.contains("`exp` is 600 s ahead; at most 300 s"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("c", json!({"exp": NOW + 600}))),
+            "`exp` is 600 s ahead; at most 300 s",
+        );
         verify(&v, &reg, &with("d", json!({"exp": NOW + 330}))).unwrap();
         // Not valid yet.
-        let m = rejection(verify(&v, &reg, &with("e", json!({"nbf": NOW + 31}))));
-        assert!(m.contains("`nbf` is 31 s ahead"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("e", json!({"nbf": NOW + 31}))),
+            "`nbf` is 31 s ahead",
+        );
         verify(&v, &reg, &with("f", json!({"nbf": NOW + 30}))).unwrap();
         // Issued in the future.
-        let m = rejection(verify(&v, &reg, &with("g", json!({"iat": NOW + 31}))));
-        assert!(m.contains("`iat` is 31 s in the future"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("g", json!({"iat": NOW + 31}))),
+            "`iat` is 31 s in the future",
+        );
         // Not a NumericDate.
-        let m = rejection(verify(&v, &reg, &with("h", json!({"exp": "soon"}))));
-        assert!(m.contains("`exp` must be a NumericDate"), "{m}");
-        let m = rejection(verify(&v, &reg, &with("i", json!({"exp": -5}))));
-        assert!(m.contains("`exp` must be a NumericDate"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &with("h", json!({"exp": "soon"}))),
+            "`exp` must be a NumericDate",
+        );
+        rejected_with(
+            verify(&v, &reg, &with("i", json!({"exp": -5}))),
+            "`exp` must be a NumericDate",
+        );
     }
 
     #[test]
@@ -1671,8 +1670,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         for bad_jti in [json!(""), json!("x".repeat(257)), json!(7)] {
             let mut c = claims(PARTY, "unused");
             c["jti"] = bad_jti;
-            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-            assert!(m.contains("`jti` must be"), "{m}");
+            rejected_with(verify(&v, &reg, &ed.sign(None, &c)), "`jti` must be");
         }
     }
 
@@ -1683,8 +1681,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let v = AssertionVerifier::new(AssertionConfig::new(AUD, "writ.local"), NOW).unwrap();
         let mut c = claims(PARTY, "j1");
         c["iat"] = json!(NOW - 1);
-        let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-        assert!(m.contains("`iat` is before this server started"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ed.sign(None, &c)),
+            "`iat` is before this server started",
+        );
         c["iat"] = json!(NOW);
         verify(&v, &reg, &ed.sign(None, &c)).unwrap();
     }
@@ -1702,15 +1702,13 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             json!(AUD.to_uppercase()),
         ] {
             c["aud"] = wrong;
-            let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-            assert!(
-                m.contains("`aud` does not name this Writ (expected \"spiffe://writ.local/writ\")"),
-                "{m}"
+            rejected_with(
+                verify(&v, &reg, &ed.sign(None, &c)),
+                "`aud` does not name this Writ (expected \"spiffe://writ.local/writ\")",
             );
         }
         c["aud"] = json!(["spiffe://writ.local/other", 5]);
-        let m = rejection(verify(&v, &reg, &ed.sign(None, &c)));
-        assert!(m.contains("an array of strings"), "{m}");
+        rejected_with(verify(&v, &reg, &ed.sign(None, &c)), "an array of strings");
         c["aud"] = json!(["spiffe://writ.local/other", AUD]);
         verify(&v, &reg, &ed.sign(None, &c)).unwrap();
     }
@@ -1721,8 +1719,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
         let mut c = claims(PARTY, "j1");
         c["iss"] = json!(OTHER);
-        let m = rejection(verify(&verifier(), &reg, &ed.sign(None, &c)));
-        assert!(m.contains("`iss` must equal `sub`"), "{m}");
+        rejected_with(
+            verify(&verifier(), &reg, &ed.sign(None, &c)),
+            "`iss` must equal `sub`",
+        );
     }
 
     #[test]
@@ -1755,12 +1755,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
     fn a_signature_by_another_key_is_refused() {
         let (ed, stranger) = (Signer::ed25519(), Signer::ed25519());
         let reg = registry(vec![(PARTY, vec![ed.registered(None)])]);
-        let m = rejection(verify(
-            &verifier(),
-            &reg,
-            &stranger.sign(None, &claims(PARTY, "j")),
-        ));
-        assert!(m.contains("does not verify with any registered key"), "{m}");
+        rejected_with(
+            verify(&verifier(), &reg, &stranger.sign(None, &claims(PARTY, "j"))),
+            "does not verify with any registered key",
+        );
         // A tampered payload, the signature kept, fails as well.
         let jwt = ed.sign(None, &claims(PARTY, "j"));
         let parts: Vec<&str> = jwt.split('.').collect();
@@ -1768,8 +1766,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         c["sub"] = json!(PARTY);
         c["exp"] = json!(NOW + 61);
         let forged = format!("{}.{}.{}", parts[0], b64(&c.to_string()), parts[2]);
-        let m = rejection(verify(&verifier(), &reg, &forged));
-        assert!(m.contains("does not verify"), "{m}");
+        rejected_with(verify(&verifier(), &reg, &forged), "does not verify");
     }
 
     #[test]
@@ -1781,8 +1778,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let payload = b64(&claims(PARTY, "j").to_string());
 
         let none = format!("{}.{payload}.", b64(r#"{"alg":"none","typ":"JWT"}"#));
-        let m = rejection(verify(&v, &reg, &none));
-        assert!(m.contains("`alg` \"none\" is refused"), "{m}");
+        rejected_with(verify(&v, &reg, &none), "`alg` \"none\" is refused");
 
         // HS256 keyed with the public key's text: the classic confusion.
         let mut header = Header::new(Algorithm::HS256);
@@ -1793,34 +1789,29 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             &EncodingKey::from_secret(ed.public_pem.as_bytes()).unwrap(),
         )
         .unwrap();
-        let m = rejection(verify(&v, &reg, &hs));
-        assert!(
-            m.contains("`alg` HS256 (a shared-secret MAC) is refused"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &hs),
+            "`alg` HS256 (a shared-secret MAC) is refused",
         );
 
         // ES256 against an Ed25519 key: by kid, and without one.
-        let m = rejection(verify(&v, &reg, &ec.sign(Some("k1"), &claims(PARTY, "j"))));
-        assert!(
-            m.contains("`alg` ES256 does not match the registered key"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("k1"), &claims(PARTY, "j"))),
+            "`alg` ES256 does not match the registered key",
         );
-        let m = rejection(verify(&v, &reg, &ec.sign(None, &claims(PARTY, "j"))));
-        assert!(
-            m.contains("no registered key of `sub` is for `alg` ES256"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &ec.sign(None, &claims(PARTY, "j"))),
+            "no registered key of `sub` is for `alg` ES256",
         );
 
         // An algorithm nobody registers keys for.
         let rs = format!("{}.{payload}.AAAA", b64(r#"{"alg":"RS256"}"#));
-        let m = rejection(verify(&v, &reg, &rs));
-        assert!(
-            m.contains("`alg` RS256 is not accepted for client assertions"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &rs),
+            "`alg` RS256 is not accepted for client assertions",
         );
         let odd = format!("{}.{payload}.AAAA", b64(r#"{"alg":"ES256K"}"#));
-        let m = rejection(verify(&v, &reg, &odd));
-        assert!(m.contains("`alg` \"ES256K\" is not supported"), "{m}");
+        rejected_with(verify(&v, &reg, &odd), "`alg` \"ES256K\" is not supported");
 
         // A key embedded in the header is not trusted: the stranger's own `jwk`.
         let stranger = Signer::ed25519();
@@ -1828,8 +1819,7 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         header.jwk = Some(serde_json::from_value(stranger.jwk()).unwrap());
         let key = EncodingKey::from_ed_pem(stranger.private_pem.as_bytes()).unwrap();
         let embedded = jsonwebtoken::encode(&header, &claims(PARTY, "j"), &key).unwrap();
-        let m = rejection(verify(&v, &reg, &embedded));
-        assert!(m.contains("does not verify"), "{m}");
+        rejected_with(verify(&v, &reg, &embedded), "does not verify");
     }
 
     #[test]
@@ -1858,30 +1848,35 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         let got = verify(&v, &reg, &b.sign(None, &claims(PARTY, "3"))).unwrap();
         assert_eq!(got.kid.as_deref(), Some("b"));
         // A kid naming no key, or another key, is refused.
-        let m = rejection(verify(&v, &reg, &a.sign(Some("zz"), &claims(PARTY, "4"))));
-        assert!(
-            m.contains("`kid` \"zz\" names no registered key of `sub`"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &a.sign(Some("zz"), &claims(PARTY, "4"))),
+            "`kid` \"zz\" names no registered key of `sub`",
         );
         let second = Signer::ed25519();
         let reg = registry(vec![(
             PARTY,
             vec![a.registered(Some("a")), second.registered(Some("c"))],
         )]);
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &second.sign(Some("a"), &claims(PARTY, "5")),
-        ));
-        assert!(
-            m.contains("does not verify with registered key \"a\""),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &second.sign(Some("a"), &claims(PARTY, "5"))),
+            "does not verify with registered key \"a\"",
         );
         let got = verify(&v, &reg, &second.sign(None, &claims(PARTY, "6"))).unwrap();
         assert_eq!(
             got.kid.as_deref(),
             Some("c"),
             "the second Ed25519 key was tried"
+        );
+        // Without a kid, at most MAX_KEYS_PER_PARTY keys are tried, even if more are
+        // registered (the policy loader refuses that, but the verifier does not rely on it).
+        let mut keys: Vec<RegisteredKey> = (0..MAX_KEYS_PER_PARTY)
+            .map(|_| Signer::ed25519().registered(None))
+            .collect();
+        keys.push(second.registered(None));
+        let reg = registry(vec![(PARTY, keys)]);
+        rejected_with(
+            verify(&v, &reg, &second.sign(None, &claims(PARTY, "7"))),
+            "does not verify with any registered key of `sub`",
         );
     }
 
@@ -1941,8 +1936,19 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         header.crit = Some(vec!["exp".into()]);
         let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
         let crit = jsonwebtoken::encode(&header, &claims(PARTY, "c"), &key).unwrap();
-        let m = rejection(verify(&v, &reg, &crit));
-        assert!(m.contains("`crit`"), "{m}");
+        rejected_with(verify(&v, &reg, &crit), "`crit`");
+        // Nor are unencoded payloads (RFC 7797): `b64`, when present, is true.
+        let payload = b64(&claims(PARTY, "b").to_string());
+        for header in [
+            r#"{"alg":"EdDSA","b64":false}"#,
+            r#"{"alg":"EdDSA","b64":"no"}"#,
+        ] {
+            let jwt = format!("{}.{payload}.AAAA", b64(header));
+            rejected_with(
+                verify(&v, &reg, &jwt),
+                "unencoded payloads (`b64`) are not supported",
+            );
+        }
     }
 
     #[test]
@@ -2162,12 +2168,16 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
     fn a_jwt_svid_verifies_against_the_bundle() {
         let dir = tempfile::tempdir().unwrap();
         let (ec, ed) = (Signer::p256(), Signer::ed25519());
-        // An X.509 authority key (another `use`) is ignored; so is an RSA key too small.
+        // An X.509 authority key (another `use`) is ignored; so are an RSA key too small
+        // and JWT-SVID keys without a usable `kid` (none, or longer than 256 bytes).
         let x509 = json!({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA",
             "x5c": ["AAAA"]});
         let small_rsa = json!({"use": "jwt-svid", "kid": "small", "kty": "RSA",
             "n": URL_SAFE_NO_PAD.encode([0xffu8; 128]), "e": "AQAB"});
         let rsa = json!({"use": "jwt-svid", "kid": "rsa", "kty": "RSA", "n": RSA_N, "e": "AQAB"});
+        let mut no_kid = svid_key(&Signer::ed25519(), "unused");
+        no_kid.as_object_mut().unwrap().remove("kid");
+        let long_kid = svid_key(&Signer::ed25519(), &"k".repeat(MAX_KID_BYTES + 1));
         let path = bundle_file(
             dir.path(),
             &[
@@ -2176,6 +2186,8 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
                 svid_key(&ed, "ed"),
                 small_rsa,
                 rsa,
+                no_kid,
+                long_kid,
             ],
         );
         let v = svid_verifier(path);
@@ -2205,39 +2217,30 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             Err(AssertionError::Replayed)
         ));
         // A key of the bundle with the wrong alg, or signed by another key.
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ed.sign(Some("ec"), &svid_claims(WORKLOAD, "4")),
-        ));
-        assert!(
-            m.contains("`alg` EdDSA does not match the JWT-SVID bundle key \"ec\" (ES256)"),
-            "{m}"
+        rejected_with(
+            verify(&v, &reg, &ed.sign(Some("ec"), &svid_claims(WORKLOAD, "4"))),
+            "`alg` EdDSA does not match the JWT-SVID bundle key \"ec\" (ES256)",
         );
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &Signer::p256().sign(Some("ec"), &svid_claims(WORKLOAD, "5")),
-        ));
-        assert!(
-            m.contains("does not verify with JWT-SVID bundle key \"ec\""),
-            "{m}"
+        rejected_with(
+            verify(
+                &v,
+                &reg,
+                &Signer::p256().sign(Some("ec"), &svid_claims(WORKLOAD, "5")),
+            ),
+            "does not verify with JWT-SVID bundle key \"ec\"",
         );
         // A registered party is not looked up in the bundle.
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ec.sign(Some("ec"), &svid_claims(PARTY, "6")),
-        ));
-        assert!(m.contains("names no registered key of `sub`"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("ec"), &svid_claims(PARTY, "6"))),
+            "names no registered key of `sub`",
+        );
         // `typ`, when present, is JWT or JOSE.
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some("ed".into());
         header.typ = Some("at+jwt".into());
         let key = EncodingKey::from_ed_pem(ed.private_pem.as_bytes()).unwrap();
         let at = jsonwebtoken::encode(&header, &svid_claims(WORKLOAD, "7"), &key).unwrap();
-        let m = rejection(verify(&v, &reg, &at));
-        assert!(m.contains("`typ` is \"JWT\" or \"JOSE\""), "{m}");
+        rejected_with(verify(&v, &reg, &at), "`typ` is \"JWT\" or \"JOSE\"");
     }
 
     #[test]
@@ -2269,30 +2272,31 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             ));
             assert!(m.contains(expected), "{sub}: {m}");
         }
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ec.sign(Some("nope"), &svid_claims(WORKLOAD, "1")),
-        ));
-        assert!(
-            m.contains("`kid` \"nope\" is not in the JWT-SVID bundle"),
-            "{m}"
+        rejected_with(
+            verify(
+                &v,
+                &reg,
+                &ec.sign(Some("nope"), &svid_claims(WORKLOAD, "1")),
+            ),
+            "`kid` \"nope\" is not in the JWT-SVID bundle",
         );
-        let m = rejection(verify(
-            &v,
-            &reg,
-            &ec.sign(None, &svid_claims(WORKLOAD, "1")),
-        ));
-        assert!(m.contains("a JWT-SVID needs a `kid` header"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(None, &svid_claims(WORKLOAD, "1"))),
+            "a JWT-SVID needs a `kid` header",
+        );
         // The claims are checked as for client assertions (jti included).
         let mut c = svid_claims(WORKLOAD, "1");
         c.as_object_mut().unwrap().remove("jti");
-        let m = rejection(verify(&v, &reg, &ec.sign(Some("ec"), &c)));
-        assert!(m.contains("`jti` is required"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("ec"), &c)),
+            "`jti` is required",
+        );
         c["jti"] = json!("1");
         c["aud"] = json!("spiffe://writ.local/other");
-        let m = rejection(verify(&v, &reg, &ec.sign(Some("ec"), &c)));
-        assert!(m.contains("`aud` does not name this Writ"), "{m}");
+        rejected_with(
+            verify(&v, &reg, &ec.sign(Some("ec"), &c)),
+            "`aud` does not name this Writ",
+        );
         verify(&v, &reg, &ec.sign(Some("ec"), &svid_claims(WORKLOAD, "1"))).unwrap();
     }
 
@@ -2317,6 +2321,15 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
             assert!(matches!(e, AssertionError::Config(_)), "{e:?}");
             assert!(e.to_string().contains("JWT-SVID bundle"), "{e}");
         }
+        // Over MAX_BUNDLE_BYTES, a bundle is refused even though it is otherwise valid.
+        let padded = format!(
+            "{}{}",
+            json!({"keys": [svid_key(&old, "old")]}),
+            " ".repeat(MAX_BUNDLE_BYTES as usize)
+        );
+        std::fs::write(&path, padded).unwrap();
+        let e = v.reload_bundle().unwrap_err();
+        assert!(e.to_string().contains("larger than 1048576 bytes"), "{e}");
         let dup = json!({"keys": [svid_key(&old, "old"), svid_key(&new, "old")]});
         std::fs::write(&path, dup.to_string()).unwrap();
         let e = v.reload_bundle().unwrap_err();
@@ -2377,6 +2390,25 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
         assert_eq!(verified.kid.as_deref(), Some("new"));
         stop.send(true).unwrap();
         task.await.unwrap();
+        // It also stops when the sender is dropped.
+        let (stop, stopped) = watch::channel(false);
+        let task = v.spawn_bundle_reloader(Duration::from_millis(100), stopped);
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the reloader stops once its sender is dropped")
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_a_bundle_the_reloader_ends_at_once() {
+        let v = Arc::new(verifier());
+        let (_stop, stopped) = watch::channel(false);
+        let task = v.spawn_bundle_reloader(Duration::from_millis(100), stopped);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("the reloader ends at once when no bundle is configured")
+            .unwrap();
     }
 
     #[test]

@@ -1592,6 +1592,32 @@ enabled = false
             members.join(",")
         );
         assert!(refusal(&text).contains(".claims[\"m\"].allow: has 65 members"));
+        // A party's targets, and a scope's description: at the limit, and one over.
+        let targets = |n: usize| {
+            let t: Vec<String> = (0..n)
+                .map(|i| format!("\"spiffe://writ.local/t/{i}\""))
+                .collect();
+            format!(
+                "trust_domain = \"writ.local\"\nopen_trust_domain = true\n[parties.\"spiffe://writ.local/a\"]\nkind = \"agent\"\nclient_type = \"public\"\nroles = [\"agent\"]\nscopes = []\ntargets = [{}]\n",
+                t.join(",")
+            )
+        };
+        parse(&targets(MAX_PARTY_TARGETS)).unwrap();
+        assert!(
+            refusal(&targets(MAX_PARTY_TARGETS + 1))
+                .contains(".targets: has 1025 entries; the limit is 1024")
+        );
+        let description = |n: usize| {
+            format!(
+                "trust_domain = \"writ.local\"\n[scopes.s]\ndescription = \"{}\"\n",
+                "d".repeat(n)
+            )
+        };
+        parse(&description(MAX_DESCRIPTION_BYTES)).unwrap();
+        assert!(
+            refusal(&description(MAX_DESCRIPTION_BYTES + 1))
+                .contains("scopes.\"s\".description: is 1025 bytes; the limit is 1024")
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("policy.toml");
