@@ -360,6 +360,19 @@ async fn jwt_svid_assertions_prove_a_caller_once() {
         Code::Unauthenticated,
         &["signature"],
     );
+    // A subject longer than any party id (256 bytes) proves no party, even when signed.
+    let now = jwt::now();
+    let long = format!("spiffe://writ.local/agent/{}", "a".repeat(300));
+    let too_long =
+        serde_json::json!({"sub": long, "aud": aud, "iat": now, "exp": now + 60, "jti": "seven"});
+    assert_refused(
+        asserting(signer.sign("k1", &too_long))
+            .await
+            .validate(introspect(&root))
+            .await,
+        Code::Unauthenticated,
+        &["sub"],
+    );
 }
 
 /// The server's certificate and trust bundle are files re-read when they change: after a

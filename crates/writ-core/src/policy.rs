@@ -98,6 +98,11 @@ impl Roles {
         roles.iter().any(|r| self.contains(*r))
     }
 
+    /// The roles held in both sets.
+    pub fn and(self, other: Roles) -> Roles {
+        Roles(self.0 & other.0)
+    }
+
     /// The roles held, in order.
     pub fn iter(self) -> impl Iterator<Item = Role> {
         Role::ALL.into_iter().filter(move |r| self.contains(*r))
@@ -120,7 +125,7 @@ impl fmt::Display for Roles {
 }
 
 /// The roles a party holds tokens with: the only ones a token's audience may have.
-const HOLDER_ROLES: [Role; 2] = [Role::Agent, Role::ResourceServer];
+pub const HOLDER_ROLES: [Role; 2] = [Role::Agent, Role::ResourceServer];
 
 /// One scope the registry defines.
 #[derive(Clone, Debug, PartialEq, Eq)]

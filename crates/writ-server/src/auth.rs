@@ -20,12 +20,12 @@
 use crate::assertion::{ASSERTION_HEADER, AssertionError, AssertionKind, AssertionVerifier};
 use crate::error::ServiceError;
 use crate::parties::Disabled;
-use crate::policy::PolicyHandle;
+use crate::policy::{Policy, PolicyHandle};
 use crate::secrets::{Credentials, Role as CredentialRole};
 use crate::tls::PeerInfo;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
-use writ_core::policy::{Role, Roles};
+use writ_core::policy::{HOLDER_ROLES, Role, Roles};
 use writ_core::{Actor, AuthMethod};
 
 /// Metadata header carrying an asserted caller identity (development mode only).
@@ -268,11 +268,13 @@ impl Authenticator {
         if let Some(v) = md.get(AUTHORIZATION) {
             return self.bearer(v);
         }
+        // One policy for the whole request: keys and roles never come from two.
+        let policy = self.policy.as_ref().map(PolicyHandle::current);
         if let Some(v) = md.get(ASSERTION_HEADER) {
-            return self.assertion(v);
+            return self.assertion(v, policy.as_deref());
         }
         if let Some(id) = peer {
-            return self.party(id, AuthMethod::Mtls);
+            return self.party(id, AuthMethod::Mtls, policy.as_deref());
         }
         match md.get(CALLER_HEADER) {
             None => Ok(Caller::Anonymous),
@@ -287,7 +289,7 @@ impl Authenticator {
                         "{CALLER_HEADER}: {id:?} is a minter or operator and must present its credential"
                     )));
                 }
-                self.party(id.to_owned(), AuthMethod::Asserted)
+                self.party(id.to_owned(), AuthMethod::Asserted, policy.as_deref())
             }
         }
     }
@@ -323,6 +325,7 @@ impl Authenticator {
     fn assertion(
         &self,
         v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        policy: Option<&Policy>,
     ) -> Result<Caller, AuthError> {
         let Some(verifier) = &self.assertions else {
             return Err(AuthError::Unproven(format!(
@@ -333,8 +336,7 @@ impl Authenticator {
             AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
         })?;
         let now = crate::service::now_secs();
-        let policy = self.policy.as_ref().map(PolicyHandle::current);
-        let keys_of = |id: &str| policy.as_ref().and_then(|p| p.keys_of(id));
+        let keys_of = |id: &str| policy.and_then(|p| p.keys_of(id));
         let verified = verifier.verify(jwt, &keys_of, now).map_err(|e| match e {
             AssertionError::Malformed(m) => AuthError::Malformed(m),
             AssertionError::ReplayCacheFull { .. } => AuthError::Exhausted(e.to_string()),
@@ -344,24 +346,31 @@ impl Authenticator {
             AssertionKind::ClientAssertion => AuthMethod::ClientAssertion,
             AssertionKind::JwtSvid => AuthMethod::JwtSvid,
         };
-        self.party(verified.subject, method)
+        // A party id is a SPIFFE ID of at most `MAX_ID_LEN` bytes, however it is proven.
+        let subject = crate::tls::SpiffeId::parse(&verified.subject)
+            .map_err(|e| AuthError::Unproven(format!("{ASSERTION_HEADER}: `sub`: {e}")))?;
+        self.party(subject.to_string(), method, policy)
     }
 
     /// The party `id`, proven by `auth`, with the roles the registry gives it: refused
     /// when disabled, or when the registry does not know it (unless the trust domain is
     /// open). An asserted identity the registry cannot resolve (development mode, a name
     /// that is no SPIFFE ID) may hold, derive and check tokens.
-    fn party(&self, id: String, auth: AuthMethod) -> Result<Caller, AuthError> {
-        const HOLDER: [Role; 2] = [Role::Agent, Role::ResourceServer];
+    fn party(
+        &self,
+        id: String,
+        auth: AuthMethod,
+        policy: Option<&Policy>,
+    ) -> Result<Caller, AuthError> {
+        let holder = Roles::of(&HOLDER_ROLES);
         if self.disabled.as_ref().is_some_and(|d| d.contains(&id)) {
             return Err(AuthError::Forbidden(format!(
                 "{id:?} is disabled by an operator"
             )));
         }
-        let Some(policy) = &self.policy else {
-            return Ok(Caller::known(id, auth, &HOLDER));
+        let Some(policy) = policy else {
+            return Ok(Caller::known(id, auth, &HOLDER_ROLES));
         };
-        let policy = policy.current();
         let roles = match policy.registry().resolve(&id) {
             Some(p) if !p.enabled => {
                 return Err(AuthError::Forbidden(format!(
@@ -370,14 +379,9 @@ impl Authenticator {
             }
             // An asserted name proves nothing: never a registered minter's, operator's or
             // approver's powers, only what any development party may do.
-            Some(p) if auth == AuthMethod::Asserted => Roles::of(
-                &HOLDER
-                    .into_iter()
-                    .filter(|r| p.effective_roles().contains(*r))
-                    .collect::<Vec<_>>(),
-            ),
+            Some(p) if auth == AuthMethod::Asserted => p.effective_roles().and(holder),
             Some(p) => p.effective_roles(),
-            None if auth == AuthMethod::Asserted => Roles::of(&HOLDER),
+            None if auth == AuthMethod::Asserted => holder,
             None => {
                 return Err(AuthError::Forbidden(format!(
                     "{id:?} is not a registered party (the trust domain is closed)"

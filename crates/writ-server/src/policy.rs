@@ -463,7 +463,7 @@ fn validate(file: PolicyFile, server_trust_domain: Option<&str>) -> Checked<Vali
             convert::text(&format!("{prefix}.name"), name, MAX_VALUE_LEN)?;
         }
         let roles = Roles::of(&p.roles.iter().map(|r| Role::from(*r)).collect::<Vec<_>>());
-        let holds_tokens = roles.any(&[Role::Agent, Role::ResourceServer]);
+        let holds_tokens = roles.any(&writ_core::policy::HOLDER_ROLES);
         let ceiling = if holds_tokens {
             let Some(listed) = p.scopes else {
                 return invalid(

@@ -28,7 +28,7 @@ use writ_core::PartyDisable;
 use writ_core::lifecycle::{self, Status};
 use writ_core::narrow::NarrowingError;
 use writ_core::narrow::{self, ChildRequest, MintRequest, NewToken, Policy};
-use writ_core::policy::{PartyDef, Registry, ResolvedParty, Role, Roles};
+use writ_core::policy::{HOLDER_ROLES, PartyDef, Registry, ResolvedParty, Role, Roles};
 use writ_core::{
     Actor, ActorKind, ClientType, Denial, Event, EventId, KeyRing, Party, TokenError, TokenId,
     TokenRecord, TokenSecret, TokenState, TxnId, UnixMillis, VerifiedToken,
@@ -184,9 +184,7 @@ fn validated_event(
 /// The party behind a caller that holds or checks tokens. Minters mint and operators
 /// operate; neither holds nor validates tokens unless the registry also gives it the role.
 fn holder<'a>(caller: &'a Caller, needed: &str) -> Result<&'a Actor, ServiceError> {
-    caller
-        .require(&[Role::Agent, Role::ResourceServer], needed)
-        .map(|i| &i.actor)
+    caller.require(&HOLDER_ROLES, needed).map(|i| &i.actor)
 }
 
 /// The wall clock in microseconds, read in exactly one place.
@@ -282,7 +280,7 @@ impl<S: TokenStore> Service<S> {
                     display_name: None,
                     kind: described.kind,
                     client_type: described.client_type,
-                    roles: Roles::of(&[Role::Agent, Role::ResourceServer]),
+                    roles: Roles::of(&HOLDER_ROLES),
                     ceiling: None,
                     targets: None,
                     max_ttl_secs: None,
@@ -739,8 +737,7 @@ impl<S: TokenStore> Service<S> {
                 let by = match caller {
                     Caller::Known(i) if i.roles.contains(Role::Operator) => i.actor.clone(),
                     Caller::Known(i)
-                        if i.actor.id == record.audience.id
-                            && i.roles.any(&[Role::Agent, Role::ResourceServer]) =>
+                        if i.actor.id == record.audience.id && i.roles.any(&HOLDER_ROLES) =>
                     {
                         i.actor.clone()
                     }
