@@ -4,12 +4,14 @@
 //! Every incoming request is validated while it is converted: ids, scopes, claims and
 //! contexts are checked against [`writ_core::limits`] and every required field is
 //! present, so handlers only ever see valid core values. Errors name the field.
+//! [`oauth`] is the same for OAuth JSON (introspection answers, Txn-Token JWT claims).
 //! [`compact`] is the claim syntax the command line and the policy file share.
 //! Both the server and the client link this crate; it never depends on the store.
 #![forbid(unsafe_code)]
 
 pub mod compact;
 pub mod convert;
+pub mod oauth;
 
 /// Generated protobuf types and gRPC stubs for package `writ.v1`.
 #[allow(missing_docs, missing_debug_implementations, clippy::all)]

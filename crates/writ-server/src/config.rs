@@ -47,6 +47,11 @@ pub struct Config {
     /// Per-caller rate limits by role, and the audit trail's flood budget (`[limits]`,
     /// `[limits.events]`).
     pub limits: crate::ratelimit::RateLimitConfig,
+    /// The keys that sign Writ's JWTs (`[signing]`).
+    pub signing: crate::signing::SigningConfig,
+    /// Authorization servers whose tokens are accepted as external subject tokens of a
+    /// token exchange (`[[subject_tokens.issuers]]`).
+    pub subject_tokens: crate::subject::SubjectTokensConfig,
 }
 
 /// TLS settings. With no files named, `writ serve` creates a local development CA and a
@@ -236,6 +241,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policy: None,
             limits: Default::default(),
+            signing: Default::default(),
+            subject_tokens: Default::default(),
         }
     }
 }

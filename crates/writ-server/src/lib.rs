@@ -25,6 +25,8 @@
 //!   hot-reloaded certificate, key and client CA bundle.
 //! - [`pki`]: the local development CA, server certificate and `writ certs issue`.
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
+//! - [`signing`]: the keys that sign Writ's JWTs, and their JWKS.
+//! - [`subject`]: external subject tokens (the user's JWT from its authorization server).
 //!
 //! [`start`] takes the data directory's lock before it reads or generates any secret and
 //! holds it until the server has stopped and closed its store.
@@ -46,6 +48,8 @@ pub mod policy;
 pub mod ratelimit;
 pub mod secrets;
 pub mod service;
+pub mod signing;
+pub mod subject;
 pub mod tls;
 pub mod transport;
 
@@ -82,6 +86,12 @@ pub enum ServerError {
     /// The policy file could not be read or is not valid.
     #[error(transparent)]
     Policy(#[from] policy::PolicyError),
+    /// The JWT signing keys could not be loaded or created.
+    #[error(transparent)]
+    Signing(#[from] signing::SigningError),
+    /// The subject-token issuers could not be set up.
+    #[error(transparent)]
+    Subject(#[from] subject::SubjectError),
     /// The client-assertion verifier could not be set up (e.g. the JWT bundle).
     #[error(transparent)]
     Assertion(#[from] assertion::AssertionError),
@@ -110,6 +120,10 @@ pub struct RunningServer {
     drain_stop: watch::Sender<bool>,
     drain: JoinHandle<()>,
     audit_writer: JoinHandle<()>,
+    /// The keys that sign Writ's JWTs.
+    pub signer: Arc<signing::Signer>,
+    /// Verifies external subject tokens.
+    pub subjects: Arc<subject::SubjectVerifier>,
     /// Released last, off the async threads: closing the store flushes its memtables.
     store: Arc<RocksStore>,
     /// Held until the store is closed: one server per data directory.
@@ -259,6 +273,8 @@ async fn start_with_keepalive(
         credentials.add(m.id.clone(), role, digest);
     }
     let tls = tls_source(&config)?;
+    let signer = signing::Signer::load_or_create(&data_dir, &config.signing, service::now_secs())?;
+    let subjects = subject::SubjectVerifier::new(&config.subject_tokens)?;
     let policy = policy::PolicyHandle::load(config.policy.as_deref(), &config.trust_domain)?;
     match &config.policy {
         Some(path) => tracing::info!(policy = %path.display(), "policy loaded"),
@@ -441,6 +457,8 @@ async fn start_with_keepalive(
         task,
         cleanup,
         audit_writer,
+        signer,
+        subjects,
         store: store_handle,
         lock,
     })
