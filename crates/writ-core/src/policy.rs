@@ -224,6 +224,10 @@ pub struct PartyDef {
     pub max_ttl_secs: Option<u64>,
     /// A disabled party holds no role: it may not act, and no token is issued to it.
     pub enabled: bool,
+    /// It may receive Txn-Token JWTs (the phantom-token pattern: an internal service that
+    /// verifies them offline against the JWKS). Never an agent or a public client: an
+    /// agent gets opaque tokens only, which Writ can revoke at once.
+    pub txn_token_jwt: bool,
 }
 
 /// Stricter limits on tokens whose audience is a public client (one that cannot keep a
@@ -417,6 +421,8 @@ impl Registry {
                 targets: None,
                 max_ttl_secs: None,
                 enabled: true,
+                // Development: any workload (never an agent) may receive JWTs.
+                txn_token_jwt: kind == ActorKind::Workload,
             }),
             registered: false,
         })
@@ -631,6 +637,7 @@ mod tests {
             targets: None,
             max_ttl_secs: None,
             enabled: true,
+            txn_token_jwt: false,
         }
     }
 

@@ -224,6 +224,7 @@ fn registry(defined: &[&str], ceiling: Ceiling, max_ttl_secs: Option<u64>) -> Re
         targets: None,
         max_ttl_secs,
         enabled: true,
+        txn_token_jwt: false,
     };
     Registry {
         trust_domain: "writ.local".to_owned(),

@@ -47,6 +47,10 @@ pub struct Config {
     /// Per-caller rate limits by role, and the audit trail's flood budget (`[limits]`,
     /// `[limits.events]`).
     pub limits: crate::ratelimit::RateLimitConfig,
+    /// Writ's OAuth issuer identifier: the `https://` URL clients reach its HTTP listener
+    /// at (RFC 8414 metadata is served under it, JWTs carry it as `iss`). Default:
+    /// `https://localhost:7434`.
+    pub issuer: Option<String>,
     /// The keys that sign Writ's JWTs (`[signing]`).
     pub signing: crate::signing::SigningConfig,
     /// Authorization servers whose tokens are accepted as external subject tokens of a
@@ -241,6 +245,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             policy: None,
             limits: Default::default(),
+            issuer: None,
             signing: Default::default(),
             subject_tokens: Default::default(),
         }
@@ -301,10 +306,31 @@ impl Config {
         })
     }
 
+    /// Writ's OAuth issuer identifier (see [`Config::issuer`](Self#structfield.issuer)).
+    pub fn issuer(&self) -> String {
+        self.issuer
+            .clone()
+            .unwrap_or_else(|| "https://localhost:7434".to_owned())
+    }
+
     /// Checks ranges the type system cannot.
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.tokens;
         let bad = |m: String| Err(ConfigError::Invalid(m));
+        if let Some(issuer) = &self.issuer {
+            // RFC 8414 §2: https, no query, no fragment.
+            let rest = issuer.strip_prefix("https://").unwrap_or("");
+            if rest.is_empty()
+                || issuer.len() > 256
+                || rest.contains(['?', '#'])
+                || !issuer.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return bad(format!(
+                    "issuer = {issuer:?} must be an https:// URL without query or fragment, at most 256 bytes"
+                ));
+            }
+        }
         if t.max_ttl_seconds == 0 || t.max_ttl_seconds > 86_400 {
             return bad(format!(
                 "tokens.max_ttl_seconds = {} must be in 1..=86400",

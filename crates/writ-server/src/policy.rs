@@ -228,6 +228,9 @@ struct PartyFile {
     enabled: bool,
     #[serde(default)]
     keys: Vec<KeyFile>,
+    /// May receive Txn-Token JWTs (workloads and users that are confidential clients only).
+    #[serde(default)]
+    txn_token_jwt: bool,
 }
 
 fn enabled_by_default() -> bool {
@@ -463,6 +466,15 @@ fn validate(file: PolicyFile, server_trust_domain: Option<&str>) -> Checked<Vali
             convert::text(&format!("{prefix}.name"), name, MAX_VALUE_LEN)?;
         }
         let roles = Roles::of(&p.roles.iter().map(|r| Role::from(*r)).collect::<Vec<_>>());
+        if p.txn_token_jwt
+            && (matches!(p.kind, KindName::Agent)
+                || matches!(p.client_type, ClientTypeName::Public))
+        {
+            return invalid(
+                format!("{prefix}.txn_token_jwt"),
+                "only a confidential workload or user may receive Txn-Token JWTs; an agent or a public client gets opaque tokens, which are revoked at once",
+            );
+        }
         let holds_tokens = roles.any(&writ_core::policy::HOLDER_ROLES);
         let ceiling = if holds_tokens {
             let Some(listed) = p.scopes else {
@@ -550,6 +562,7 @@ fn validate(file: PolicyFile, server_trust_domain: Option<&str>) -> Checked<Vali
                 targets,
                 max_ttl_secs,
                 enabled: p.enabled,
+                txn_token_jwt: p.txn_token_jwt,
             },
         );
     }
@@ -1355,6 +1368,39 @@ enabled = false
         let a = p.registry().resolve("spiffe://writ.local/a").unwrap();
         assert!(a.enabled, "enabled unless it says otherwise");
         assert_eq!(a.ceiling, Some(Ceiling::default()));
+    }
+
+    /// Txn-Token JWTs (which Writ cannot recall once issued) go only to confidential,
+    /// non-agent parties the policy names.
+    #[test]
+    fn only_confidential_non_agents_may_receive_jwts() {
+        let party = |kind: &str, client: &str| {
+            format!(
+                "trust_domain = \"writ.local\"\n[parties.\"spiffe://writ.local/p\"]\nkind = \"{kind}\"\nclient_type = \"{client}\"\nroles = [\"resource_server\"]\nscopes = []\ntxn_token_jwt = true\n"
+            )
+        };
+        let p = parse(&party("workload", "confidential")).unwrap();
+        assert!(
+            p.registry()
+                .resolve("spiffe://writ.local/p")
+                .unwrap()
+                .txn_token_jwt
+        );
+        for (kind, client) in [("agent", "confidential"), ("workload", "public")] {
+            let e = parse(&party(kind, client)).unwrap_err().to_string();
+            assert!(e.contains("txn_token_jwt"), "{kind} {client}: {e}");
+        }
+        let dev = Registry::development("writ.local");
+        assert!(
+            dev.resolve("spiffe://writ.local/api")
+                .unwrap()
+                .txn_token_jwt
+        );
+        assert!(
+            !dev.resolve("spiffe://writ.local/agent/a")
+                .unwrap()
+                .txn_token_jwt
+        );
     }
 
     /// Each bad file is refused with a message naming the field.

@@ -285,6 +285,7 @@ impl<S: TokenStore> Service<S> {
                     targets: None,
                     max_ttl_secs: None,
                     enabled: true,
+                    txn_token_jwt: false,
                 }),
                 registered: false,
             }),
