@@ -314,7 +314,6 @@ impl Config {
     }
 
     /// Checks ranges the type system cannot.
-
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.tokens;
         let bad = |m: String| Err(ConfigError::Invalid(m));
