@@ -273,7 +273,12 @@ async fn start_with_keepalive(
         credentials.add(m.id.clone(), role, digest);
     }
     let tls = tls_source(&config)?;
-    let signer = signing::Signer::load_or_create(&data_dir, &config.signing, service::now_secs())?;
+    let signer = signing::Signer::load_or_create(
+        &data_dir,
+        &config.signing,
+        config.issuer(),
+        service::now_secs(),
+    )?;
     let subjects = subject::SubjectVerifier::new(&config.subject_tokens)?;
     let policy = policy::PolicyHandle::load(config.policy.as_deref(), &config.trust_domain)?;
     match &config.policy {

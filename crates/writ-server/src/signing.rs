@@ -17,12 +17,16 @@ pub struct SigningConfig {
     /// Which key signs: `EdDSA` (Ed25519, default) or `ES256` (P-256). Both are kept and
     /// published, so a verifier may support either.
     pub algorithm: SigningAlgorithm,
+    /// Lifetime of a Txn-Token JWT, in seconds (never beyond the opaque token it stands
+    /// for). Default 60; at most 300.
+    pub jwt_ttl_seconds: u64,
 }
 
 impl Default for SigningConfig {
     fn default() -> Self {
         SigningConfig {
             algorithm: SigningAlgorithm::EdDSA,
+            jwt_ttl_seconds: 60,
         }
     }
 }
@@ -49,6 +53,8 @@ pub enum SigningError {
 
 /// The server's JWT signing keys. `Debug` never shows key material.
 pub struct Signer {
+    issuer: String,
+    jwt_ttl_secs: u64,
     kid: String,
     key: jsonwebtoken::EncodingKey,
     public_raw: Vec<u8>,
@@ -61,10 +67,12 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// Loads the signing keys from `data_dir` (creating them on first start).
+    /// Loads the signing keys from `data_dir` (creating them on first start); JWTs name
+    /// `issuer` (Writ's OAuth issuer identifier) as `iss`.
     pub fn load_or_create(
         _data_dir: &Path,
-        _config: &SigningConfig,
+        config: &SigningConfig,
+        issuer: String,
         _now_secs: u64,
     ) -> Result<Arc<Signer>, SigningError> {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519)
@@ -74,6 +82,8 @@ impl Signer {
         let public_raw = pair.public_key_raw().to_vec();
         let kid = hex::encode(&blake3::hash(&public_raw).as_bytes()[..8]);
         Ok(Arc::new(Signer {
+            issuer,
+            jwt_ttl_secs: config.jwt_ttl_seconds,
             kid,
             key,
             public_raw,
@@ -88,6 +98,32 @@ impl Signer {
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key)
             .map_err(|e| SigningError::Sign(e.to_string()))
+    }
+
+    /// Writ's issuer identifier, as JWTs carry it.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// A Txn-Token JWT standing for `record`, requested by the workload `req_wl`, issued
+    /// at `now_secs`: its text and its `exp` (Unix seconds). It lives the configured JWT
+    /// lifetime, never beyond the record's expiry. The caller decides whether the token is
+    /// active and whether its receiver may hold a JWT.
+    pub fn txn_token(
+        &self,
+        record: &writ_core::TokenRecord,
+        req_wl: &str,
+        now_secs: u64,
+    ) -> Result<(String, u64), SigningError> {
+        let exp = (now_secs + self.jwt_ttl_secs).min(record.grant.expires_at.0 / 1000);
+        let jti = hex::encode(rand::random::<[u8; 16]>());
+        let claims =
+            writ_api::oauth::txn_token_claims(record, req_wl, &self.issuer, now_secs, exp, &jti);
+        let jwt = self.sign(
+            writ_api::oauth::TXN_TOKEN_JWT_TYP,
+            &serde_json::Value::Object(claims),
+        )?;
+        Ok((jwt, exp))
     }
 
     /// The JWKS document (`{"keys": [...]}`): every public key a verifier may meet.
