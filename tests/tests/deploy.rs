@@ -943,9 +943,11 @@ fn the_image_builds_what_the_readme_says_and_runs_as_non_root() {
         readme_deploy_commands().contains(&build),
         "the README's \"Build and deploy\" section shows the Dockerfile's release build `{build}`"
     );
+    let readme = read("README.md");
+    let top = &readme[..readme.find("\n## ").expect("the README has sections")];
     assert!(
-        !read("README.md")[..read("README.md").find("\n## ").expect("a section")].contains(&build),
-        "the build command stays out of the README's top"
+        !top.contains(&build),
+        "the build command stays out of the README's two set-up commands at the top"
     );
 
     // The builder: Rust of at least the workspace's rust-version, clang for bindgen.
