@@ -73,6 +73,10 @@ pub enum ServiceError {
     /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// Signing a JWT or rotating the signing keys failed, or a rotation was refused for
+    /// now.
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// The code of a refused narrowing (Mint or Downscope), by the rule above.
@@ -151,7 +155,16 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Store(StoreError::ParentMissing) => Code::Unauthenticated,
             ServiceError::Store(StoreError::NotFound) => Code::NotFound,
             ServiceError::Store(_) => Code::Unavailable,
+            ServiceError::Signing(crate::signing::SigningError::Refused(_)) => {
+                Code::FailedPrecondition
+            }
+            ServiceError::Signing(_) => Code::Internal,
         };
+        if code == Code::Internal {
+            // Never key material in it, but file paths and causes stay in the server's log.
+            tracing::error!(error = %e, "JWT signing failure");
+            return tonic::Status::internal("JWT signing failed; see the server's log");
+        }
         if code == Code::Unavailable {
             // The engine's message stays in the server's log, not in the caller's hands.
             tracing::error!(error = %e, "storage failure");
