@@ -1031,6 +1031,17 @@ mod tests {
             jwks_kids(&s),
             before.iter().map(|(_, _, k)| k.clone()).collect::<Vec<_>>()
         );
+        // Public members only, never a private one (`d`).
+        for k in s.jwks()["keys"].as_array().unwrap() {
+            let mut members: Vec<&str> =
+                k.as_object().unwrap().keys().map(String::as_str).collect();
+            members.sort_unstable();
+            let expected: &[&str] = match k["alg"].as_str() {
+                Some("EdDSA") => &["alg", "crv", "kid", "kty", "use", "x"],
+                _ => &["alg", "crv", "kid", "kty", "use", "x", "y"],
+            };
+            assert_eq!(members, expected, "{k}");
+        }
         let jwt = s.sign("JWT", &json!({"a": 1})).unwrap();
         drop(s);
         let again = load(dir.path(), &c, T0 + 5);
@@ -1349,6 +1360,18 @@ mod tests {
         }
         .validate()
         .unwrap();
+        // The server's configuration checks them too.
+        let mut c = crate::config::Config::default();
+        c.signing.overlap_seconds = 60;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("signing.overlap_seconds"), "{e}");
+        let c: crate::config::Config =
+            toml::from_str("[signing]\nalgorithm = \"ES256\"\noverlap_seconds = 600\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.signing.algorithm, SigningAlgorithm::ES256);
+        assert!(
+            toml::from_str::<crate::config::Config>("[signing]\nalgorithm = \"RS256\"\n").is_err()
+        );
     }
 
     #[test]
