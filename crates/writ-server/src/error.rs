@@ -9,7 +9,9 @@
 //! - `FAILED_PRECONDITION`: nothing, with this token now (expired, revoked, too few uses
 //!   left, at the deepest depth);
 //! - `RESOURCE_EXHAUSTED`: a count limit is reached (fan-out, tokens per transaction,
-//!   watches); `NOT_FOUND`: no such token or transaction; `UNAVAILABLE`: retry later.
+//!   watches); `NOT_FOUND`: no such token or transaction; `UNAVAILABLE`: retry later;
+//!   `INTERNAL`: a JWT could not be signed or the signing keys not rotated (the server's
+//!   log says why; the caller is told nothing more).
 //!
 //! Every message is cut to [`MAX_STATUS_MESSAGE`] bytes, so no request can make a large
 //! `grpc-message` trailer.
