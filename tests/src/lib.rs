@@ -451,6 +451,7 @@ pub fn introspect(token: &str) -> pb::ValidateRequest {
         token: token.into(),
         decision_only: false,
         action: None,
+        ..Default::default()
     }
 }
 
@@ -466,6 +467,7 @@ pub fn check(token: &str, scope: &str, attributes: Vec<(&str, pb::Value)>) -> pb
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         }),
+        ..Default::default()
     }
 }
 

@@ -408,6 +408,7 @@ impl Config {
             return bad(format!("trust_domain = {:?}: {e}", self.trust_domain));
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.signing.validate().map_err(ConfigError::Invalid)?;
         let tls = &self.tls;
         match (&tls.cert, &tls.key, &tls.client_ca) {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}
