@@ -56,6 +56,8 @@ pub struct Config {
     /// Authorization servers whose tokens are accepted as external subject tokens of a
     /// token exchange (`[[subject_tokens.issuers]]`).
     pub subject_tokens: crate::subject::SubjectTokensConfig,
+    /// The ops listener (metrics, health probes), logs and traces (`[observability]`).
+    pub observability: crate::ops::ObservabilityConfig,
 }
 
 /// TLS settings. With no files named, `writ serve` creates a local development CA and a
@@ -248,6 +250,7 @@ impl Default for Config {
             issuer: None,
             signing: Default::default(),
             subject_tokens: Default::default(),
+            observability: Default::default(),
         }
     }
 }
@@ -408,6 +411,9 @@ impl Config {
             return bad(format!("trust_domain = {:?}: {e}", self.trust_domain));
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.observability
+            .validate(self.listen)
+            .map_err(ConfigError::Invalid)?;
         let tls = &self.tls;
         match (&tls.cert, &tls.key, &tls.client_ca) {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}
