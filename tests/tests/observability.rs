@@ -174,6 +174,12 @@ async fn a_scenario_is_counted_probed_reflected_and_logged_without_secrets() {
         pb::InactiveReason::Revoked,
     );
     let secrets = [root.clone(), child_token.clone()];
+    // The kill switch: one party disabled by an operator.
+    srv.operator()
+        .await
+        .disable_party("hotel", "compromised")
+        .await
+        .expect("disabling a party");
 
     // ---- health and readiness ----
     let healthz = srv.ops_get("/healthz").await;
@@ -262,7 +268,8 @@ async fn a_scenario_is_counted_probed_reflected_and_logged_without_secrets() {
         ("writ_action_decisions_total{decision=\"allowed\"}", 1.0),
         ("writ_chain_depth_count", 1.0),
         ("writ_chain_depth_bucket{le=\"1.0\"}", 1.0),
-        ("writ_parties_disabled{source=\"operator\"}", 0.0),
+        ("writ_parties_disabled{source=\"operator\"}", 1.0),
+        ("writ_parties_disabled{source=\"policy\"}", 0.0),
         ("writ_build_info{version=\"0.1.0\"}", 1.0),
         (
             "writ_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"200\"}",

@@ -317,6 +317,101 @@ mod tests {
         assert_eq!(request_id(&headers(&[b"one", b"two"])).len(), 32);
     }
 
+    /// Spans a tracer provider exported (synchronously, as each ends).
+    #[derive(Clone, Debug, Default)]
+    struct Collected(std::sync::Arc<std::sync::Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+    impl opentelemetry_sdk::trace::SpanExporter for Collected {
+        fn export(
+            &self,
+            batch: Vec<opentelemetry_sdk::trace::SpanData>,
+        ) -> impl std::future::Future<Output = opentelemetry_sdk::error::OTelSdkResult> + Send
+        {
+            self.0.lock().unwrap().extend(batch);
+            std::future::ready(Ok(()))
+        }
+    }
+
+    /// A request span continues the caller's W3C trace (same trace id, the caller's span
+    /// as parent) and carries the request id and, once recorded, the transaction; a
+    /// request without `traceparent` starts a trace of its own.
+    #[test]
+    fn a_request_span_continues_the_callers_trace() {
+        let spans = Collected::default();
+        let provider = SdkTracerProvider::builder()
+            .with_simple_exporter(spans.clone())
+            .build();
+        let subscriber = Registry::default()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        let txn = writ_core::TxnId::new(writ_core::UnixMillis(1_800_000_000_000), [7; 10]);
+        tracing::subscriber::with_default(subscriber, || {
+            let mut h = HeaderMap::new();
+            h.insert(
+                "traceparent",
+                HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            );
+            let span = request_span("grpc", "writ.v1.TokenService/Mint", "req-1", &h);
+            span.in_scope(|| record_txn(&txn));
+            drop(span);
+            drop(request_span(
+                "grpc",
+                "writ.v1.TokenService/Validate",
+                "req-2",
+                &HeaderMap::new(),
+            ));
+        });
+        let got = spans.0.lock().unwrap().clone();
+        assert_eq!(got.len(), 2, "{got:?}");
+        let continued = &got[0];
+        assert_eq!(continued.name, "writ.v1.TokenService/Mint");
+        assert_eq!(
+            continued.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(continued.parent_span_id.to_string(), "00f067aa0ba902b7");
+        let attr = |k: &str| {
+            continued
+                .attributes
+                .iter()
+                .find(|kv| kv.key.as_str() == k)
+                .map(|kv| kv.value.to_string())
+        };
+        assert_eq!(attr("request_id").as_deref(), Some("req-1"));
+        assert_eq!(attr("txn"), Some(txn.to_string()));
+        let fresh = &got[1];
+        assert_ne!(
+            fresh.span_context.trace_id().to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(fresh.parent_span_id, opentelemetry::trace::SpanId::INVALID);
+    }
+
+    /// With an endpoint, spans go to an OTLP exporter, and shutting it down flushes and
+    /// returns even when the collector cannot be reached (the export fails, is reported,
+    /// and the process still exits).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_exporter_flushes_at_shutdown_even_without_a_collector() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let provider = provider(&format!("http://{addr}"), "writ-test").unwrap();
+        let subscriber = Registry::default()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            drop(request_span(
+                "grpc",
+                "writ.v1.TokenService/Mint",
+                "req-1",
+                &HeaderMap::new(),
+            ));
+        });
+        let telemetry = Telemetry {
+            provider: Some(provider),
+        };
+        assert!(telemetry.exporting());
+        telemetry.shutdown().await;
+    }
+
     #[test]
     fn auto_is_json_unless_on_a_terminal() {
         assert!(LogFormat::Auto.is_json(false));
