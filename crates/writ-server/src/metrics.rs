@@ -446,9 +446,17 @@ impl Metrics {
     }
 }
 
-/// The gRPC methods this server serves, by request path: `(service, method)`. Anything
-/// else is counted as `unknown`, so a client cannot grow the label set.
-static METHODS: LazyLock<HashMap<String, (String, String)>> = LazyLock::new(|| {
+/// A gRPC method this server serves: its service, its name, and both as `service/method`
+/// (the request span's name).
+struct Method {
+    service: String,
+    method: String,
+    name: String,
+}
+
+/// The gRPC methods this server serves, by request path. Anything else is counted as
+/// `unknown`, so a client cannot grow the label set.
+static METHODS: LazyLock<HashMap<String, Method>> = LazyLock::new(|| {
     use prost::Message;
     let sets = [
         writ_api::FILE_DESCRIPTOR_SET,
@@ -467,7 +475,11 @@ static METHODS: LazyLock<HashMap<String, (String, String)>> = LazyLock::new(|| {
                 for m in &service.method {
                     methods.insert(
                         format!("/{full}/{}", m.name()),
-                        (full.clone(), m.name().to_owned()),
+                        Method {
+                            service: full.clone(),
+                            method: m.name().to_owned(),
+                            name: format!("{full}/{}", m.name()),
+                        },
                     );
                 }
             }
@@ -476,11 +488,13 @@ static METHODS: LazyLock<HashMap<String, (String, String)>> = LazyLock::new(|| {
     methods
 });
 
-/// `(service, method)` of a gRPC request path, or `unknown` twice.
-fn grpc_method(path: &str) -> (&'static str, &'static str) {
+/// `(service, method, service/method)` of a gRPC request path, or `unknown`.
+fn grpc_method(path: &str) -> (&'static str, &'static str, &'static str) {
     METHODS
         .get(path)
-        .map_or(("unknown", "unknown"), |(s, m)| (s.as_str(), m.as_str()))
+        .map_or(("unknown", "unknown", "unknown"), |m| {
+            (m.service.as_str(), m.method.as_str(), m.name.as_str())
+        })
 }
 
 /// The canonical name of a gRPC status code.
@@ -664,9 +678,8 @@ where
         let id = telemetry::request_id(req.headers());
         let (label, span) = match self.kind {
             Kind::Grpc => {
-                let (service, method) = grpc_method(req.uri().path());
-                let name = format!("{service}/{method}");
-                let span = telemetry::request_span("grpc", &name, &id, req.headers());
+                let (service, method, name) = grpc_method(req.uri().path());
+                let span = telemetry::request_span("grpc", name, &id, req.headers());
                 (Label::Grpc(service, method), span)
             }
             Kind::Http => {

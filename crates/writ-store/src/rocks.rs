@@ -1746,6 +1746,34 @@ mod tests {
         assert_eq!((rest.tokens, rest.more), (6, false));
     }
 
+    /// The metrics' estimates: tokens in memtables count, a flush moves bytes from
+    /// memtables to table files.
+    #[tokio::test]
+    async fn size_estimates_follow_what_is_stored() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        assert_eq!(store.size_estimates().unwrap().tokens, 0);
+        for i in 0..3 {
+            store
+                .put(record(txn(70 + i), tid(i as u32), None))
+                .await
+                .unwrap();
+        }
+        let before = store.size_estimates().unwrap();
+        assert_eq!(before.tokens, 3, "{before:?}");
+        assert!(before.memtable_bytes > 0, "{before:?}");
+        let db = &store.inner.db;
+        for name in keys::ALL_CFS {
+            db.flush_cf(cf(db, name).unwrap()).unwrap();
+        }
+        let after = store.size_estimates().unwrap();
+        assert_eq!(after.tokens, 3, "{after:?}");
+        assert!(
+            after.sst_bytes > before.sst_bytes,
+            "{before:?} then {after:?}"
+        );
+    }
+
     #[tokio::test]
     async fn tokens_just_flushed_are_read_from_the_block_cache() {
         let dir = TempDir::new().unwrap();
