@@ -65,5 +65,6 @@ pub fn validate_pb(token: &str, with_action: bool) -> pb::ValidateRequest {
                 ("category".to_string(), build::str("travel")),
             ]),
         }),
+        ..Default::default()
     }
 }

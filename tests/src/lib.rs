@@ -537,6 +537,7 @@ pub fn introspect(token: &str) -> pb::ValidateRequest {
         token: token.into(),
         decision_only: false,
         action: None,
+        ..Default::default()
     }
 }
 
@@ -552,6 +553,7 @@ pub fn check(token: &str, scope: &str, attributes: Vec<(&str, pb::Value)>) -> pb
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
         }),
+        ..Default::default()
     }
 }
 

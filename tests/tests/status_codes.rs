@@ -342,6 +342,19 @@ fn scenarios() -> Vec<(&'static str, Scenario)> {
                 }
             },
         ),
+        (
+            "Validate asking for a Txn-Token JWT by a party the policy does not let receive one (`txn_token_jwt`; never an agent)",
+            |s| {
+                Box::pin(async move {
+                    let root = s.mint(trip_mint()).await.token;
+                    let req = pb::ValidateRequest {
+                        txn_token_jwt: true,
+                        ..introspect(&root)
+                    };
+                    code(s.party("planner").await.validate(req).await)
+                })
+            },
+        ),
         ("the parent token is expired or revoked", |s| {
             Box::pin(async move {
                 let root = s.mint(trip_mint()).await.token;

@@ -300,6 +300,21 @@ impl WritClient {
         Ok(self.chain.enable_party(r).await?.into_inner())
     }
 
+    /// The JWT signing keys and the JWKS that publishes them (operators).
+    pub async fn list_signing_keys(&mut self) -> Result<pb::ListSigningKeysResponse, ClientError> {
+        let r = self.request(pb::ListSigningKeysRequest {});
+        Ok(self.chain.list_signing_keys(r).await?.into_inner())
+    }
+
+    /// Rotates the JWT signing keys now (operators); answers the keys after the rotation,
+    /// which is on disk by then.
+    pub async fn rotate_signing_keys(
+        &mut self,
+    ) -> Result<pb::RotateSigningKeysResponse, ClientError> {
+        let r = self.request(pb::RotateSigningKeysRequest {});
+        Ok(self.chain.rotate_signing_keys(r).await?.into_inner())
+    }
+
     /// One page of a transaction's tree (see `GetTransactionRequest`).
     pub async fn get_transaction_page(
         &mut self,
@@ -369,7 +384,23 @@ impl WritClient {
         Ok(self.chain.watch_events(r).await?.into_inner())
     }
 
-    /// Introspects a token presented to this caller, optionally checking one action.
+    /// Introspects `token` (presented to this caller) and asks for a Txn-Token JWT
+    /// standing for it: the answer's `txn_token_jwt` holds it when the token is active.
+    /// `PERMISSION_DENIED` for a caller the policy does not let receive JWTs.
+    pub async fn validate_with_jwt(
+        &mut self,
+        token: &str,
+    ) -> Result<pb::ValidateResponse, ClientError> {
+        self.validate(pb::ValidateRequest {
+            token: token.to_owned(),
+            txn_token_jwt: true,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Introspects a token presented to this caller, optionally checking one action (and,
+    /// with `txn_token_jwt`, answering a Txn-Token JWT).
     pub async fn validate(
         &mut self,
         req: pb::ValidateRequest,

@@ -12,6 +12,7 @@ use crate::audit::Audit;
 use crate::auth::{Authenticator, Caller};
 use crate::error::ServiceError;
 use crate::service::{Service, now};
+use crate::signing::{KeyInfo, KeyState, Signer};
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -57,6 +58,8 @@ pub struct ChainGrpc<S> {
     stop: watch::Receiver<bool>,
     /// Open watch streams.
     watchers: Arc<Mutex<Watchers>>,
+    /// The JWT signing keys operators list and rotate.
+    signer: Arc<Signer>,
 }
 
 /// Open watch streams, in all and per operator.
@@ -112,13 +115,15 @@ impl Drop for WatchSlot {
 }
 
 impl<S> ChainGrpc<S> {
-    /// Queries over `store` and `audit`, for operators identified by `auth`.
+    /// Queries over `store` and `audit`, for operators identified by `auth`, who also
+    /// list and rotate `signer`'s keys.
     pub fn new(
         service: Arc<Service<S>>,
         store: Arc<S>,
         auth: Authenticator,
         audit: Arc<Audit>,
         stop: watch::Receiver<bool>,
+        signer: Arc<Signer>,
     ) -> Self {
         ChainGrpc {
             service,
@@ -127,6 +132,7 @@ impl<S> ChainGrpc<S> {
             audit,
             stop,
             watchers: Arc::default(),
+            signer,
         }
     }
 }
@@ -194,6 +200,27 @@ fn operator_only<T>(auth: &Authenticator, request: &Request<T>) -> Result<String
         "chain queries require an operator's identity",
     )?;
     Ok(operator.actor.id.clone())
+}
+
+/// One signing key as operators see it (times in Unix milliseconds, 0 for none).
+fn signing_key_pb(k: &KeyInfo) -> pb::SigningKey {
+    let ms = |s: Option<u64>| s.map_or(0, |s| s.saturating_mul(1000));
+    pb::SigningKey {
+        kid: k.kid.clone(),
+        alg: k.alg.as_str().to_owned(),
+        state: match k.state {
+            KeyState::Next => pb::SigningKeyState::Next,
+            KeyState::Current => pb::SigningKeyState::Current,
+            KeyState::Retired => pb::SigningKeyState::Retired,
+        }
+        .into(),
+        signing: k.signing,
+        created_at_unix_ms: ms(Some(k.created_at)),
+        activated_at_unix_ms: ms(k.activated_at),
+        retired_at_unix_ms: ms(k.retired_at),
+        rotates_at_unix_ms: ms(k.rotates_at),
+        removed_at_unix_ms: ms(k.removed_at),
+    }
 }
 
 /// One node: the record, its live state, and what it narrowed relative to `parent`.
@@ -335,6 +362,30 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         let party = convert::id("party", &request.into_inner().party)?;
         let was_disabled = self.service.enable_party(&caller, party).await?;
         Ok(Response::new(pb::EnablePartyResponse { was_disabled }))
+    }
+
+    async fn list_signing_keys(
+        &self,
+        request: Request<pb::ListSigningKeysRequest>,
+    ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
+        operator_only(&self.auth, &request)?;
+        Ok(Response::new(pb::ListSigningKeysResponse {
+            keys: self.signer.keys_at().iter().map(signing_key_pb).collect(),
+            jwks_json: self.signer.jwks().to_string(),
+            algorithm: self.signer.algorithm().as_str().to_owned(),
+        }))
+    }
+
+    async fn rotate_signing_keys(
+        &self,
+        request: Request<pb::RotateSigningKeysRequest>,
+    ) -> Result<Response<pb::RotateSigningKeysResponse>, Status> {
+        let operator = operator_only(&self.auth, &request)?;
+        tracing::info!(by = %operator, "signing key rotation requested");
+        let keys = self.signer.rotate().await.map_err(ServiceError::from)?;
+        Ok(Response::new(pb::RotateSigningKeysResponse {
+            keys: keys.iter().map(signing_key_pb).collect(),
+        }))
     }
 
     async fn watch_events(

@@ -411,6 +411,7 @@ impl Config {
             return bad(format!("trust_domain = {:?}: {e}", self.trust_domain));
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
+        self.signing.validate().map_err(ConfigError::Invalid)?;
         self.observability
             .validate(self.listen)
             .map_err(ConfigError::Invalid)?;

@@ -9,7 +9,9 @@
 //! - `FAILED_PRECONDITION`: nothing, with this token now (expired, revoked, too few uses
 //!   left, at the deepest depth);
 //! - `RESOURCE_EXHAUSTED`: a count limit is reached (fan-out, tokens per transaction,
-//!   watches); `NOT_FOUND`: no such token or transaction; `UNAVAILABLE`: retry later.
+//!   watches); `NOT_FOUND`: no such token or transaction; `UNAVAILABLE`: retry later;
+//!   `INTERNAL`: a JWT could not be signed or the signing keys not rotated (the server's
+//!   log says why; the caller is told nothing more).
 //!
 //! Every message is cut to [`MAX_STATUS_MESSAGE`] bytes, so no request can make a large
 //! `grpc-message` trailer.
@@ -73,6 +75,10 @@ pub enum ServiceError {
     /// The store failed.
     #[error("storage: {0}")]
     Store(#[from] StoreError),
+    /// Signing a JWT or rotating the signing keys failed, or a rotation was refused for
+    /// now.
+    #[error(transparent)]
+    Signing(#[from] crate::signing::SigningError),
 }
 
 /// The code of a refused narrowing (Mint or Downscope), by the rule above.
@@ -151,7 +157,16 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Store(StoreError::ParentMissing) => Code::Unauthenticated,
             ServiceError::Store(StoreError::NotFound) => Code::NotFound,
             ServiceError::Store(_) => Code::Unavailable,
+            ServiceError::Signing(crate::signing::SigningError::Refused(_)) => {
+                Code::FailedPrecondition
+            }
+            ServiceError::Signing(_) => Code::Internal,
         };
+        if code == Code::Internal {
+            // Never key material in it, but file paths and causes stay in the server's log.
+            tracing::error!(error = %e, "JWT signing failure");
+            return tonic::Status::internal("JWT signing failed; see the server's log");
+        }
         if code == Code::Unavailable {
             // The engine's message stays in the server's log, not in the caller's hands.
             tracing::error!(error = %e, "storage failure");

@@ -3,7 +3,8 @@
 
 use crate::auth::Authenticator;
 use crate::error::ServiceError;
-use crate::service::{Inactive, Service, Validation};
+use crate::service::{Inactive, Service, Validation, now_secs};
+use crate::signing::Signer;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use writ_api::convert;
@@ -15,12 +16,18 @@ use writ_store::TokenStore;
 pub struct GrpcService<S> {
     service: Arc<Service<S>>,
     auth: Authenticator,
+    /// Signs the Txn-Token JWTs Validate answers on request.
+    signer: Arc<Signer>,
 }
 
 impl<S> GrpcService<S> {
-    /// Wraps a service.
-    pub fn new(service: Arc<Service<S>>, auth: Authenticator) -> Self {
-        GrpcService { service, auth }
+    /// Wraps a service; `signer` signs the Txn-Token JWTs Validate returns.
+    pub fn new(service: Arc<Service<S>>, auth: Authenticator, signer: Arc<Signer>) -> Self {
+        GrpcService {
+            service,
+            auth,
+            signer,
+        }
     }
 }
 
@@ -79,12 +86,38 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
         let req = request.into_inner();
         let action = convert::action(req.action)?;
+        // Asked before anything is looked up or spent: a JWT cannot be recalled, so only
+        // the parties the policy names receive one. (Nobody at all: Validate refuses.)
+        let jwt_for = match (req.txn_token_jwt, caller.id()) {
+            (true, Some(id)) if !self.service.may_receive_jwt(id) => {
+                return Err(ServiceError::PermissionDenied(format!(
+                    "txn_token_jwt: {} may not receive Txn-Token JWTs (the policy's \
+                     txn_token_jwt is off for it; agents and public clients never may)",
+                    writ_core::text::Shown(id)
+                ))
+                .into());
+            }
+            (true, Some(id)) => Some(id.to_owned()),
+            _ => None,
+        };
         let answer = match self.service.validate(&caller, &req.token, action).await? {
             Validation::Inactive(why) => pb::ValidateResponse {
                 inactive_reason: inactive_pb(why).into(),
                 ..Default::default()
             },
             Validation::Active { record, decision } => pb::ValidateResponse {
+                // Only for an active token whose action check (if any) allowed: never for
+                // a revoked, expired or exhausted one.
+                txn_token_jwt: match (&jwt_for, &decision) {
+                    (Some(id), None | Some(Ok(()))) => {
+                        let (jwt, _) = self
+                            .signer
+                            .txn_token(&record, id, now_secs())
+                            .map_err(ServiceError::from)?;
+                        jwt
+                    }
+                    _ => String::new(),
+                },
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified.into(),
                 info: (!req.decision_only).then(|| convert::token_info(&record)),

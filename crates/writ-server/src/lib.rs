@@ -372,7 +372,12 @@ async fn start_with_keepalive(
         credentials.add(m.id.clone(), role, digest);
     }
     let tls = tls_source(&config)?;
-    let signer = signing::Signer::load_or_create(&data_dir, &config.signing, service::now_secs())?;
+    let signer = signing::Signer::load_or_create(
+        &data_dir,
+        &config.signing,
+        config.issuer(),
+        service::now_secs(),
+    )?;
     let subjects = subject::SubjectVerifier::new(&config.subject_tokens)?;
     let policy = policy::PolicyHandle::load(config.policy.as_deref(), &config.trust_domain)?;
     match &config.policy {
@@ -496,11 +501,12 @@ async fn start_with_keepalive(
         auth.clone(),
         audit,
         stop.subscribe(),
+        signer.clone(),
     ))
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     // A tree of up to 1000 nodes of a few KiB each.
     .max_encoding_message_size(32 * 1024 * 1024);
-    let grpc = grpc::GrpcService::new(service, auth);
+    let grpc = grpc::GrpcService::new(service, auth, signer.clone());
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         // Responses carry whole records; four times the request bound leaves headroom.
@@ -543,6 +549,8 @@ async fn start_with_keepalive(
         policy.spawn_watcher(POLICY_POLL, stop.subscribe()),
         policy_kill,
         limits.spawn_housekeeping(stop.subscribe()),
+        // Automatic rotation of the JWT signing keys, and removal of retired ones.
+        signer.spawn_rotation(stop.subscribe()),
     ];
     // Stopped only after the server has (its last requests may still count events), and
     // before the audit writer, which waits for every handle on the trail.

@@ -231,6 +231,59 @@ pub(crate) fn install_private(path: &Path, content: &str) -> Result<bool, Secret
     Ok(installed)
 }
 
+/// Replaces the secret file `path` (mode 0600) with `content`, atomically and durably:
+/// written to a temporary file of a name no other process uses, synced, renamed over
+/// `path`, then the directory synced. A crash at any point leaves either the old file or
+/// the new one, whole; at worst a stray temporary file (`.<name>.*.tmp`, which
+/// [`remove_stale_temporaries`] clears). For files the server rewrites while it holds
+/// the data directory's lock (the JWT signing keys on rotation); first creation goes
+/// through [`install_private`], which never replaces.
+pub(crate) fn replace_private(path: &Path, content: &str) -> Result<(), SecretsError> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("secret");
+    let tmp = path.with_file_name(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let renamed = write_new(&tmp, content).and_then(|()| fs::rename(&tmp, path));
+    if let Err(e) = renamed {
+        let _ = fs::remove_file(&tmp);
+        return Err(io(path)(e));
+    }
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(dir))?;
+    }
+    Ok(())
+}
+
+/// Deletes the temporary files a crash may have left behind while `path` was being
+/// installed or replaced (`.<name>.*.tmp` beside it). Only for files under the data
+/// directory's lock, so no other writer's temporary file is removed.
+pub(crate) fn remove_stale_temporaries(path: &Path) -> Result<usize, SecretsError> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Ok(0);
+    };
+    let prefix = format!(".{name}.");
+    let mut removed = 0;
+    for entry in fs::read_dir(dir).map_err(io(dir))? {
+        let entry = entry.map_err(io(dir))?;
+        let stale = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
+        if stale {
+            fs::remove_file(entry.path()).map_err(io(&entry.path()))?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyFile {

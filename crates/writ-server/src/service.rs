@@ -332,6 +332,23 @@ impl<S: TokenStore> Service<S> {
         registry.admit(&audience, holder.as_ref(), &record.grant, record.issued_at)
     }
 
+    /// The party `id` names in the registry now (its kind and client type as the registry
+    /// records them), for faces whose requests name a party by id only (the OAuth token
+    /// endpoint's `audience`). `None`: no such party.
+    pub fn party(&self, id: &str) -> Option<Party> {
+        let policy = self.registry.current();
+        policy.registry().resolve(id).map(|p| p.party())
+    }
+
+    /// May `id` receive Txn-Token JWTs (the registry's `txn_token_jwt`, and enabled)?
+    pub fn may_receive_jwt(&self, id: &str) -> bool {
+        let policy = self.registry.current();
+        policy
+            .registry()
+            .resolve(id)
+            .is_some_and(|p| p.enabled && p.txn_token_jwt && !self.disabled.contains(id))
+    }
+
     /// Sets how long a retry under an idempotency key gets its token back.
     pub fn with_idempotency_window(mut self, window: std::time::Duration) -> Self {
         self.idempotency_window_ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);

@@ -60,6 +60,35 @@ enum Command {
     /// The kill switch (operator): `writ party disable ID --reason R` revokes every live
     /// token the party holds or presents and refuses it new ones; `writ party enable ID`.
     Party(PartyArgs),
+    /// The JWT signing keys (operator): `writ keys list` shows them, `writ keys rotate`
+    /// rotates them.
+    Keys(KeysArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeysArgs {
+    #[command(subcommand)]
+    command: KeysCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// List the signing keys (each algorithm's current, next and retired keys, never
+    /// their material); with --json, the JWKS too.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        operator: OperatorCredential,
+    },
+    /// Rotate now: the next key (already published) starts signing, the current one
+    /// retires (published for signing.overlap_seconds more), a new next key is published.
+    Rotate {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        operator: OperatorCredential,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -575,6 +604,10 @@ struct ValidateArgs {
     /// item must pass).
     #[arg(long = "attr", value_parser = args::parse_attr, requires = "scope")]
     attrs: Vec<(String, pb::Value)>,
+    /// Also ask for a Txn-Token JWT standing for the token (printed when the token is
+    /// active and no action was denied; only for parties the policy lets receive one).
+    #[arg(long)]
+    jwt: bool,
 }
 
 #[derive(Args, Debug)]
@@ -838,6 +871,7 @@ async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> 
             }
         },
         Command::Party(PartyArgs { command }) => party(command).await,
+        Command::Keys(KeysArgs { command }) => keys(command).await,
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -1089,6 +1123,7 @@ async fn validate(a: ValidateArgs) -> Result<ExitCode> {
             token,
             decision_only: false,
             action,
+            txn_token_jwt: a.jwt,
         })
         .await
     {
@@ -1214,6 +1249,25 @@ async fn party(command: PartyCommand) -> Result<ExitCode> {
                     }
                     Ok(ExitCode::SUCCESS)
                 }
+                Err(e) => refused(client.json, e),
+            }
+        }
+    }
+}
+
+async fn keys(command: KeysCommand) -> Result<ExitCode> {
+    match command {
+        KeysCommand::List { client, operator } => {
+            let mut c = operator_client(&client, operator).await?;
+            match c.list_signing_keys().await {
+                Ok(r) => output::signing_keys(client.json, &r.keys, Some(&r.jwks_json)),
+                Err(e) => refused(client.json, e),
+            }
+        }
+        KeysCommand::Rotate { client, operator } => {
+            let mut c = operator_client(&client, operator).await?;
+            match c.rotate_signing_keys().await {
+                Ok(r) => output::signing_keys(client.json, &r.keys, None),
                 Err(e) => refused(client.json, e),
             }
         }

@@ -289,6 +289,9 @@ pub fn validation(json_out: bool, r: &pb::ValidateResponse) -> Result<ExitCode> 
                         json!({ "allowed": d.allowed, "denied_by": d.denied_by, "reason": d.reason }),
                     );
                 }
+                if !r.txn_token_jwt.is_empty() {
+                    m.insert("txn_token_jwt".into(), json!(r.txn_token_jwt));
+                }
             } else {
                 m.insert(
                     "inactive_reason".into(),
@@ -308,6 +311,9 @@ pub fn validation(json_out: bool, r: &pb::ValidateResponse) -> Result<ExitCode> 
             } else {
                 println!("{:<11} denied by {}: {}", "action", d.denied_by, d.reason);
             }
+        }
+        if !r.txn_token_jwt.is_empty() {
+            println!("{:<11} {}", "jwt", r.txn_token_jwt);
         }
     } else {
         println!("{:<11} false", "active");
@@ -892,4 +898,88 @@ pub fn certs_issued(json_out: bool, issued: &[IssuedCert]) {
     if let Some(c) = issued.first() {
         println!("expires {}", Time(c.expires_at));
     }
+}
+
+fn signing_state_name(s: i32) -> &'static str {
+    match pb::SigningKeyState::try_from(s) {
+        Ok(pb::SigningKeyState::Next) => "next",
+        Ok(pb::SigningKeyState::Current) => "current",
+        Ok(pb::SigningKeyState::Retired) => "retired",
+        _ => "unspecified",
+    }
+}
+
+/// One signing key as JSON (times as RFC 3339 and Unix milliseconds; absent when unset).
+fn signing_key_json(k: &pb::SigningKey) -> Json {
+    let mut m = Map::new();
+    m.insert("kid".into(), json!(k.kid));
+    m.insert("alg".into(), json!(k.alg));
+    m.insert("state".into(), json!(signing_state_name(k.state)));
+    m.insert("signing".into(), json!(k.signing));
+    for (name, ms) in [
+        ("created_at", k.created_at_unix_ms),
+        ("activated_at", k.activated_at_unix_ms),
+        ("retired_at", k.retired_at_unix_ms),
+        ("rotates_at", k.rotates_at_unix_ms),
+        ("removed_at", k.removed_at_unix_ms),
+    ] {
+        if ms != 0 {
+            m.insert(name.into(), json!(utc(ms)));
+            m.insert(format!("{name}_unix_ms"), json!(ms));
+        }
+    }
+    Json::Object(m)
+}
+
+/// `writ keys list` and `writ keys rotate`: one line per key (kid, algorithm, state, a
+/// `*` on the key that signs, when it was created, and when it rotates or is removed),
+/// or one JSON object (with the JWKS, when listed).
+pub fn signing_keys(
+    json_out: bool,
+    keys: &[pb::SigningKey],
+    jwks_json: Option<&str>,
+) -> Result<ExitCode> {
+    if json_out {
+        let mut v = json!({ "keys": keys.iter().map(signing_key_json).collect::<Vec<_>>() });
+        if let (Json::Object(m), Some(jwks)) = (&mut v, jwks_json) {
+            m.insert("jwks".into(), serde_json::from_str(jwks)?);
+        }
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let rows: Vec<[String; 5]> = keys
+        .iter()
+        .map(|k| {
+            let until = if k.removed_at_unix_ms != 0 {
+                format!("removed {}", utc(k.removed_at_unix_ms))
+            } else if k.rotates_at_unix_ms != 0 {
+                format!("rotates {}", utc(k.rotates_at_unix_ms))
+            } else {
+                String::new()
+            };
+            [
+                k.kid.clone(),
+                k.alg.clone(),
+                format!(
+                    "{}{}",
+                    signing_state_name(k.state),
+                    if k.signing { "*" } else { "" }
+                ),
+                utc(k.created_at_unix_ms),
+                until,
+            ]
+        })
+        .collect();
+    let header = ["KID", "ALG", "STATE", "CREATED", "UNTIL"].map(String::from);
+    let all: Vec<&[String; 5]> = std::iter::once(&header).chain(&rows).collect();
+    let width = |i: usize| all.iter().map(|r| r[i].chars().count()).max().unwrap_or(0);
+    let (w0, w1, w2, w3) = (width(0), width(1), width(2), width(3));
+    for r in all {
+        println!(
+            "{:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}",
+            r[0], r[1], r[2], r[3], r[4]
+        );
+    }
+    println!("* signs new JWTs");
+    Ok(ExitCode::SUCCESS)
 }

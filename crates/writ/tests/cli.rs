@@ -2049,3 +2049,149 @@ fn serve_settings_come_from_flags_over_environment_over_the_file() {
     assert!(is_json(&log), "{log}");
     assert!(log.contains(&flag_listen), "{log}");
 }
+
+/// `writ keys list|rotate` as the operator, and `writ validate --jwt`; an acknowledged
+/// rotation survives SIGKILL.
+#[test]
+fn cli_keys_rotate_survives_sigkill_and_validate_prints_a_jwt() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let mut srv = Server::start(&data, 0);
+    srv.issue("workload", &["payments"]);
+    srv.issue("agent", &["planner"]);
+    let operator = data.join("operator.credential");
+    let operator = operator.to_str().expect("utf-8 path");
+    let url = srv.url();
+    let keys = |srv: &Server, command: &str| {
+        let out = srv.writ(
+            &[
+                "keys",
+                command,
+                "--json",
+                "--server",
+                &srv.url(),
+                "--credential-file",
+                operator,
+            ],
+            &[],
+        );
+        json_exit(&out, 0)
+    };
+    // (kid, state) of every key.
+    let states = |v: &Json| -> Vec<(String, String)> {
+        v["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .map(|k| (str_field(k, "/kid").into(), str_field(k, "/state").into()))
+            .collect()
+    };
+    let before = keys(&srv, "list");
+    assert_eq!(states(&before).len(), 4, "{before}");
+    assert_eq!(before["jwks"]["keys"].as_array().map(Vec::len), Some(4));
+    let signing = |v: &Json| -> String {
+        let k = v["keys"]
+            .as_array()
+            .expect("keys")
+            .iter()
+            .find(|k| k["signing"] == true)
+            .expect("a signing key");
+        str_field(k, "/kid").to_string()
+    };
+    let old = signing(&before);
+
+    // The development policy lets a workload receive a JWT, never an agent.
+    let cred = srv.credential_file();
+    let mint = |audience: &str, kind: &str| {
+        let out = srv.writ(
+            &[
+                "mint",
+                "--server",
+                &url,
+                "--json",
+                "--credential-file",
+                cred.to_str().expect("utf-8 path"),
+                "--subject",
+                "alice",
+                "--audience",
+                audience,
+                "--audience-kind",
+                kind,
+                "--scope",
+                "trips:book",
+            ],
+            &[],
+        );
+        str_field(&json_exit(&out, 0), "/token").to_string()
+    };
+    let token = mint(PAYMENTS, "workload");
+    let out = srv.writ(
+        &[
+            "validate", "--server", &url, "--as", "payments", "--jwt", "--json",
+        ],
+        &[("WRIT_TOKEN", &token)],
+    );
+    let v = json_exit(&out, 0);
+    let jwt = str_field(&v, "/txn_token_jwt");
+    assert_eq!(jwt.split('.').count(), 3, "{v}");
+    let out = srv.writ(
+        &["validate", "--server", &url, "--as", "payments", "--jwt"],
+        &[("WRIT_TOKEN", &token)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(&format!("jwt         {}", &jwt[..20])),
+        "{}",
+        describe(&out)
+    );
+    let agent_token = mint(PLANNER, "agent");
+    let out = srv.writ(
+        &["validate", "--server", &url, "--as", "planner", "--jwt"],
+        &[("WRIT_TOKEN", &agent_token)],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("PERMISSION_DENIED") && err.contains("txn_token_jwt"),
+        "{}",
+        describe(&out)
+    );
+
+    let rotated = keys(&srv, "rotate");
+    assert_ne!(signing(&rotated), old);
+    assert!(
+        states(&rotated).contains(&(old.clone(), "retired".into())),
+        "{rotated}"
+    );
+    let text = srv.writ(
+        &[
+            "keys",
+            "list",
+            "--server",
+            &url,
+            "--credential-file",
+            operator,
+        ],
+        &[],
+    );
+    assert_eq!(text.status.code(), Some(0), "{}", describe(&text));
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.starts_with("KID"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&old) && l.contains("retired") && l.contains("removed 20")),
+        "{text}"
+    );
+
+    // Acknowledged, so on disk: a crash right after keeps it.
+    srv.kill_hard();
+    let srv = Server::start(&data, 1);
+    let after = keys(&srv, "list");
+    assert_eq!(states(&after), states(&rotated));
+    // Rotations are logged by kid, never with key material.
+    let logs = ["serve-0.log", "serve-1.log"]
+        .map(|f| std::fs::read_to_string(tmp.path().join(f)).expect("a server log"));
+    assert!(logs[0].contains("JWT signing keys rotated") && logs[0].contains(&old));
+    assert!(logs.iter().all(|l| !l.contains("PRIVATE KEY")));
+    drop(srv);
+}
