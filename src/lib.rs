@@ -20,3 +20,8 @@ pub mod pb {
 }
 
 pub use convert::FieldError;
+
+/// The encoded `FileDescriptorSet` of `writ.v1` (with the files it imports), written by
+/// the root `build.rs`: what server reflection serves, so `grpcurl` needs no proto files.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/writ_descriptor.bin"));

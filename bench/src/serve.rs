@@ -101,6 +101,8 @@ pub fn spawn_writ(spec: RuntimeSpec, configure: impl FnOnce(&mut Config)) -> Res
     config.limits.enabled = false;
     configure(&mut config);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    // Several servers may run at once: no fixed ops port.
+    config.observability.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = data_dir.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<SocketAddr, String>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

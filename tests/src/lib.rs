@@ -41,6 +41,7 @@ pub struct TestServer {
     config: Config,
     running: Option<RunningServer>,
     addr: SocketAddr,
+    ops_addr: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -106,18 +107,54 @@ impl TestServer {
         config.auth.asserted_identities = true;
         configure(&mut config);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.observability.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.data_dir = data_dir.clone();
         let running = writ_server::start(config.clone())
             .await
             .expect("starting the Writ server");
         let addr = running.local_addr;
+        let ops_addr = running.ops_addr;
         TestServer {
             tmp,
             data_dir,
             config,
             running: Some(running),
             addr,
+            ops_addr,
         }
+    }
+
+    /// The ops listener's address (metrics, probes, plaintext gRPC health).
+    pub fn ops_addr(&self) -> SocketAddr {
+        self.ops_addr
+            .expect("the ops listener is enabled (observability.enabled)")
+    }
+
+    /// `GET path` on the ops listener over plain HTTP/1.1.
+    pub async fn ops_get(&self, path: &str) -> HttpAnswer {
+        http_get(self.ops_addr(), path).await
+    }
+
+    /// A plaintext gRPC channel to the ops listener (h2c), as a Kubernetes gRPC probe
+    /// connects.
+    pub async fn ops_channel(&self) -> tonic::transport::Channel {
+        tonic::transport::Endpoint::from_shared(format!("http://{}", self.ops_addr()))
+            .expect("the ops URL")
+            .connect()
+            .await
+            .expect("connecting to the ops listener")
+    }
+
+    /// Starts shutting the server down in the background; the handle resolves once it has
+    /// stopped.
+    pub fn begin_shutdown(&mut self) -> tokio::task::JoinHandle<()> {
+        let running = self.running.take().expect("the server is running");
+        tokio::spawn(async move {
+            running
+                .shutdown()
+                .await
+                .expect("the server shut down cleanly")
+        })
     }
 
     /// `https://127.0.0.1:PORT` (`http://` when the test turned TLS off).
@@ -306,6 +343,7 @@ impl TestServer {
             .await
             .expect("restarting the Writ server");
         self.addr = running.local_addr;
+        self.ops_addr = running.ops_addr;
         self.running = Some(running);
     }
 
@@ -374,6 +412,54 @@ impl TestServer {
     /// Validates as `caller`, panicking on an RPC error (inactive is an answer, not an error).
     pub async fn validate(&self, caller: &str, req: pb::ValidateRequest) -> pb::ValidateResponse {
         ok(self.party(caller).await.validate(req).await, "validate")
+    }
+}
+
+/// An HTTP answer: status, headers and body.
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The headers.
+    pub headers: hyper::HeaderMap,
+    /// The body, as text.
+    pub body: String,
+}
+
+/// `GET path` on `addr` over plain HTTP/1.1 (hyper's client), on a connection of its own.
+pub async fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<
+        _,
+        http_body_util::Empty<hyper::body::Bytes>,
+    >(hyper_util::rt::TokioIo::new(stream))
+    .await
+    .expect("an HTTP/1.1 handshake");
+    let driver = tokio::spawn(conn);
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::new())
+        .expect("a request");
+    let answer = sender
+        .send_request(req)
+        .await
+        .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+    let status = answer.status().as_u16();
+    let headers = answer.headers().clone();
+    let body = answer
+        .into_body()
+        .collect()
+        .await
+        .unwrap_or_else(|e| panic!("reading the body of GET {path}: {e}"))
+        .to_bytes();
+    driver.abort();
+    HttpAnswer {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
     }
 }
 

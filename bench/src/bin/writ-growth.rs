@@ -1583,6 +1583,8 @@ async fn serve_data_dir(data_dir: PathBuf) -> Result<()> {
         data_dir,
         ..writ_server::Config::default()
     };
+    // Several servers may run at once: no fixed ops port.
+    config.observability.listen = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     // Plaintext with asserted identities on loopback, like the other benchmarks.
     config.tls.enabled = false;
     config.auth.asserted_identities = true;

@@ -229,6 +229,11 @@ impl Audit {
         rx.await.map_err(|_| AuditLost)?
     }
 
+    /// Events queued for the writer and not yet taken (metrics).
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
     /// A feed of every event stored from now on, in roughly (not strictly) id order:
     /// events stored with their token change are announced at once, queued ones when
     /// their batch is written.

@@ -156,10 +156,16 @@ pub struct Schedule {
 
 /// Purges expired tokens and old audit events every `interval` until `stop` turns true,
 /// against a "now" guarded against wall-clock steps (see the module docs).
-pub async fn run<S: TokenStore>(
+pub async fn run<S: TokenStore>(store: Arc<S>, schedule: Schedule, stop: watch::Receiver<bool>) {
+    run_with_metrics(store, schedule, stop, None).await
+}
+
+/// [`run`], counting what each run purged into `metrics`.
+pub async fn run_with_metrics<S: TokenStore>(
     store: Arc<S>,
     schedule: Schedule,
     mut stop: watch::Receiver<bool>,
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let mut checkpoint = None;
     loop {
@@ -188,6 +194,9 @@ pub async fn run<S: TokenStore>(
         let events = purge_events_at(store.as_ref(), t.now, schedule.audit_retention).await;
         if events > 0 {
             tracing::info!(events, "reclaimed audit events past retention");
+        }
+        if let Some(m) = &metrics {
+            m.cleaned(purged, events, now().0 as f64 / 1000.0);
         }
     }
 }

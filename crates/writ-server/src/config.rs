@@ -56,6 +56,8 @@ pub struct Config {
     /// Authorization servers whose tokens are accepted as external subject tokens of a
     /// token exchange (`[[subject_tokens.issuers]]`).
     pub subject_tokens: crate::subject::SubjectTokensConfig,
+    /// The ops listener (metrics, health probes), logs and traces (`[observability]`).
+    pub observability: crate::ops::ObservabilityConfig,
 }
 
 /// TLS settings. With no files named, `writ serve` creates a local development CA and a
@@ -248,6 +250,7 @@ impl Default for Config {
             issuer: None,
             signing: Default::default(),
             subject_tokens: Default::default(),
+            observability: Default::default(),
         }
     }
 }
@@ -409,6 +412,9 @@ impl Config {
         }
         self.limits.validate().map_err(ConfigError::Invalid)?;
         self.signing.validate().map_err(ConfigError::Invalid)?;
+        self.observability
+            .validate(self.listen)
+            .map_err(ConfigError::Invalid)?;
         let tls = &self.tls;
         match (&tls.cert, &tls.key, &tls.client_ca) {
             (None, None, None) | (Some(_), Some(_), Some(_)) => {}
@@ -525,6 +531,10 @@ mod tests {
         assert_eq!(format!("{:?}", c.storage), format!("{:?}", d.storage));
         assert_eq!(format!("{:?}", c.audit), format!("{:?}", d.audit));
         assert_eq!(format!("{:?}", c.runtime), format!("{:?}", d.runtime));
+        assert_eq!(
+            format!("{:?}", c.observability),
+            format!("{:?}", d.observability)
+        );
         let c: Config = toml::from_str("[runtime]\nflavor = \"current_thread\"\n").unwrap();
         assert_eq!(c.runtime.flavor, RuntimeFlavor::CurrentThread);
         c.validate().unwrap();

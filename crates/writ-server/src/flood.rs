@@ -245,6 +245,8 @@ pub struct FloodGuard {
     stripe_cap: usize,
     stripes: Box<[Mutex<Stripe>]>,
     hasher: RandomState,
+    /// Counts the events counted instead of stored.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 fn lock(stripe: &Mutex<Stripe>) -> MutexGuard<'_, Stripe> {
@@ -277,6 +279,7 @@ impl FloodGuard {
             stripe_cap: max_tracked_callers.div_ceil(STRIPES).max(1),
             stripes: (0..STRIPES).map(|_| Mutex::default()).collect(),
             hasher: RandomState::new(),
+            metrics: None,
         }
     }
 
@@ -291,6 +294,12 @@ impl FloodGuard {
         guard
     }
 
+    /// Counts every event it only counts into `metrics` too.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> FloodGuard {
+        self.metrics = Some(metrics);
+        self
+    }
+
     /// The window.
     pub fn window(&self) -> Duration {
         Duration::from_millis(self.window_ms)
@@ -303,6 +312,17 @@ impl FloodGuard {
     /// Whether to store an event of `kind` by `caller` in `txn`, happening at `now`, or
     /// only count it.
     pub fn admit(&self, caller: &Actor, kind: FloodKind, txn: TxnId, now: UnixMillis) -> Admit {
+        let admit = self.decide(caller, kind, txn, now);
+        if admit == Admit::Counted
+            && let Some(m) = &self.metrics
+        {
+            m.aggregated(kind.as_str());
+        }
+        admit
+    }
+
+    /// See [`admit`](Self::admit).
+    fn decide(&self, caller: &Actor, kind: FloodKind, txn: TxnId, now: UnixMillis) -> Admit {
         if !self.enabled {
             return Admit::Record;
         }

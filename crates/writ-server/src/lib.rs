@@ -27,6 +27,11 @@
 //! - [`error`]: the service's error enum and its one mapping to gRPC codes.
 //! - [`signing`]: the keys that sign Writ's JWTs, and their JWKS.
 //! - [`subject`]: external subject tokens (the user's JWT from its authorization server).
+//! - [`ops`]: the ops listener (`/metrics`, `/healthz`, `/readyz`, plaintext gRPC health)
+//!   and the readiness both ports report.
+//! - [`metrics`]: the server's Prometheus registry and the request layer that counts,
+//!   times and spans every gRPC and HTTP request.
+//! - [`telemetry`]: the process's log subscriber (text or JSON), request ids, OTLP traces.
 //!
 //! [`start`] takes the data directory's lock before it reads or generates any secret and
 //! holds it until the server has stopped and closed its store.
@@ -42,6 +47,8 @@ pub mod config;
 pub mod error;
 pub mod flood;
 pub mod grpc;
+pub mod metrics;
+pub mod ops;
 pub mod parties;
 pub mod pki;
 pub mod policy;
@@ -50,6 +57,7 @@ pub mod secrets;
 pub mod service;
 pub mod signing;
 pub mod subject;
+pub mod telemetry;
 pub mod tls;
 pub mod transport;
 
@@ -108,6 +116,14 @@ pub enum ServerError {
 pub struct RunningServer {
     /// The address actually bound (useful with port 0).
     pub local_addr: SocketAddr,
+    /// The ops listener's address (`[observability]`), if it is enabled.
+    pub ops_addr: Option<SocketAddr>,
+    /// The server's metrics (the HTTP listener counts into them too).
+    pub metrics: Arc<metrics::Metrics>,
+    /// Readiness, as `/readyz` and gRPC health report it.
+    readiness: Arc<ops::Readiness>,
+    /// The ops listener; stopped after the server.
+    ops: Option<ops::OpsServer>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
     cleanup: JoinHandle<()>,
@@ -148,6 +164,9 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish (for up to [`SHUTDOWN_GRACE`], then
     /// drops what is left), stops cleanup, stores queued audit events and closes the store.
     pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        // First of all, so load balancers stop sending new requests while the last ones
+        // finish.
+        self.readiness.not_serving().await;
         let _ = self.stop.send(true);
         let joined = match tokio::time::timeout(SHUTDOWN_GRACE, &mut self.task).await {
             Ok(joined) => joined,
@@ -179,12 +198,17 @@ impl RunningServer {
             Err(e) if e.is_cancelled() => Ok(()),
             Err(e) => Err(ServerError::Transport(e.to_string())),
         };
+        self.readiness.not_serving().await;
         let _ = self.stop.send(true);
         self.resume.abort();
         let _ = self.resume.await;
         let _ = self.cleanup.await;
         for r in self.reloaders {
             let _ = r.await;
+        }
+        // Probes see "not ready" until the server is gone; then the listener stops.
+        if let Some(ops) = self.ops {
+            ops.shutdown().await;
         }
         let _ = self.drain_stop.send(true);
         let _ = self.drain.await;
@@ -223,6 +247,81 @@ fn tls_source(config: &Config) -> Result<Option<Arc<tls::TlsSource>>, ServerErro
         }
     };
     Ok(Some(tls::TlsSource::load(files, &config.trust_domain)?))
+}
+
+/// Server reflection, v1 and v1alpha (so every grpcurl works): `writ.v1`, the health
+/// service and reflection itself.
+struct Reflection<A, B> {
+    v1: A,
+    v1alpha: B,
+}
+
+impl Reflection<(), ()> {
+    fn build() -> Result<
+        Reflection<
+            tonic_reflection::server::v1::ServerReflectionServer<
+                impl tonic_reflection::server::v1::ServerReflection,
+            >,
+            tonic_reflection::server::v1alpha::ServerReflectionServer<
+                impl tonic_reflection::server::v1alpha::ServerReflection,
+            >,
+        >,
+        ServerError,
+    > {
+        let builder = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(writ_api::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let bad = |e: tonic_reflection::server::Error| {
+            ServerError::Transport(format!("server reflection: {e}"))
+        };
+        Ok(Reflection {
+            v1: builder().build_v1().map_err(bad)?,
+            v1alpha: builder().build_v1alpha().map_err(bad)?,
+        })
+    }
+}
+
+/// What a scrape reads from the rest of the server. Weak handles: the metrics never keep
+/// the store open (or the audit writer running) past shutdown.
+fn observe(
+    store: &Arc<RocksStore>,
+    audit: &Arc<audit::Audit>,
+    disabled: &Arc<parties::Disabled>,
+    policy: &policy::PolicyHandle,
+) -> metrics::Observe {
+    let (store, audit) = (Arc::downgrade(store), Arc::downgrade(audit));
+    let (disabled, policy) = (disabled.clone(), policy.clone());
+    Box::new(move || {
+        let (store, audit) = (store.clone(), audit.clone());
+        let by_operator = disabled.count() as u64;
+        let by_policy = policy
+            .current()
+            .registry()
+            .parties
+            .values()
+            .filter(|p| !p.enabled)
+            .count() as u64;
+        Box::pin(async move {
+            let sizes = match store.upgrade() {
+                Some(store) => tokio::task::spawn_blocking(move || store.size_estimates())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+                    .unwrap_or_default(),
+                None => writ_store::SizeEstimates::default(),
+            };
+            metrics::Observed {
+                tokens_stored: sizes.tokens,
+                store_sst_bytes: sizes.sst_bytes,
+                store_memtable_bytes: sizes.memtable_bytes,
+                audit_queue: audit.upgrade().map_or(0, |a| a.queue_depth() as u64),
+                disabled_by_operator: by_operator,
+                disabled_by_policy: by_policy,
+            }
+        })
+    })
 }
 
 /// Opens the data directory and store, binds, and starts serving in the background.
@@ -288,8 +387,12 @@ async fn start_with_keepalive(
              domain is a party that may hold any scope); name one with `policy` or --policy"
         ),
     }
-    let limits = Arc::new(ratelimit::RateLimiter::new(&config.limits));
-    let flood = Arc::new(flood::FloodGuard::from_config(&config.limits.events));
+    let metrics = Arc::new(metrics::Metrics::new());
+    let limits =
+        Arc::new(ratelimit::RateLimiter::new(&config.limits).with_metrics(metrics.clone()));
+    let flood = Arc::new(
+        flood::FloodGuard::from_config(&config.limits.events).with_metrics(metrics.clone()),
+    );
     let started = service::now_secs();
     let mut assertion_config = assertion::AssertionConfig::new(
         config.auth.audience(&config.trust_domain),
@@ -313,6 +416,23 @@ async fn start_with_keepalive(
     let local_addr = listener
         .local_addr()
         .map_err(|e| ServerError::Transport(e.to_string()))?;
+    // The ops listener answers liveness while the store opens (readiness only after);
+    // dropped, as on any error below, it stops.
+    let readiness = ops::Readiness::new().await;
+    let ops = match &config.observability {
+        o if o.enabled => {
+            let listener = TcpListener::bind(o.listen).await.map_err(|e| {
+                ServerError::Transport(format!("binding observability.listen {}: {e}", o.listen))
+            })?;
+            let router = ops::router(metrics.clone(), readiness.clone());
+            Some(
+                ops::OpsServer::serve(listener, router)
+                    .map_err(|e| ServerError::Transport(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
+    let ops_addr = ops.as_ref().map(|o| o.addr);
     let db_path = data_dir.join(DB_DIR);
     let opts = StoreOptions {
         durability: config.storage.durability,
@@ -341,8 +461,10 @@ async fn start_with_keepalive(
     ))
     .with_policy(policy.clone(), config.auth.asserted_identities)
     .with_disabled(disabled.clone())
-    .with_flood(flood.clone());
+    .with_flood(flood.clone())
+    .with_metrics(metrics.clone());
     let service = Arc::new(service);
+    metrics.observe_with(observe(&store, &audit, &disabled, &policy));
     let resume = {
         let service = service.clone();
         tokio::spawn(async move { service.resume_disabled().await })
@@ -390,7 +512,7 @@ async fn start_with_keepalive(
         // Responses carry whole records; four times the request bound leaves headroom.
         .max_encoding_message_size(4 * MAX_MESSAGE_BYTES);
 
-    let cleanup = tokio::spawn(cleanup::run(
+    let cleanup = tokio::spawn(cleanup::run_with_metrics(
         store,
         cleanup::Schedule {
             interval: std::time::Duration::from_secs(config.storage.cleanup_interval_seconds),
@@ -398,8 +520,10 @@ async fn start_with_keepalive(
             audit_retention: std::time::Duration::from_secs(config.audit.retention_seconds),
         },
         stop.subscribe(),
+        Some(metrics.clone()),
     ));
     let incoming = transport::incoming(listener);
+    let reflection = Reflection::build()?;
     let router = tonic::transport::Server::builder()
         .http2_max_header_list_size(16 * 1024)
         .max_concurrent_streams(256)
@@ -407,8 +531,13 @@ async fn start_with_keepalive(
         .timeout(std::time::Duration::from_secs(30))
         .http2_keepalive_interval(Some(keepalive_interval))
         .http2_keepalive_timeout(Some(keepalive_timeout))
+        .layer(metrics::grpc_layer(metrics.clone()))
         .add_service(svc)
-        .add_service(chain);
+        .add_service(chain)
+        // No identity needed for these, but under the same connection caps.
+        .add_service(readiness.health_service())
+        .add_service(reflection.v1)
+        .add_service(reflection.v1alpha);
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
@@ -449,14 +578,20 @@ async fn start_with_keepalive(
                 .map_err(|e| ServerError::Transport(e.to_string()))
         }),
     };
+    readiness.serving().await;
     tracing::info!(
         addr = %local_addr,
+        ops = %ops_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),
         data_dir = %data_dir.display(),
         tls = config.tls.enabled,
         "writ listening"
     );
     Ok(RunningServer {
         local_addr,
+        ops_addr,
+        metrics,
+        readiness,
+        ops,
         reloaders,
         resume,
         drain_stop,
@@ -484,6 +619,7 @@ mod tests {
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        config.observability.listen = "127.0.0.1:0".parse().unwrap();
         config.tls.enabled = false;
         let err = start(config.clone()).await.unwrap_err();
         assert!(err.to_string().contains("allow_insecure_listen"), "{err}");
@@ -514,6 +650,7 @@ mod tests {
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        config.observability.listen = "127.0.0.1:0".parse().unwrap();
         // Raw HTTP/2 frames: plaintext (the ping is HTTP/2's, under TLS or not).
         config.tls.enabled = false;
         let short = Duration::from_millis(200);
@@ -562,11 +699,12 @@ mod tests {
     #[tokio::test]
     async fn a_second_server_on_one_data_dir_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let config = Config {
+        let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
             ..Config::default()
         };
+        config.observability.listen = "127.0.0.1:0".parse().unwrap();
         let first = start(config.clone()).await.unwrap();
         let err = start(config.clone()).await.unwrap_err();
         assert!(matches!(

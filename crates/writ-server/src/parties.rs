@@ -49,6 +49,14 @@ impl Disabled {
             .collect()
     }
 
+    /// How many parties are disabled (metrics).
+    pub fn count(&self) -> usize {
+        self.parties
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
     /// Is `party` disabled? (Every request asks: no copy of the record.)
     pub fn contains(&self, party: &str) -> bool {
         self.parties

@@ -389,6 +389,8 @@ pub struct RateLimiter<C: Clock = DefaultClock> {
     /// Keys buckets by a hash keyed at random per server, so nobody can aim identities at
     /// one shard or one bucket.
     hasher: RandomState,
+    /// Counts limited requests by class.
+    metrics: Option<Arc<crate::metrics::Metrics>>,
 }
 
 impl<C: Clock> fmt::Debug for RateLimiter<C> {
@@ -430,7 +432,14 @@ impl<C: Clock + Clone> RateLimiter<C> {
             enabled: config.enabled,
             classes,
             hasher: RandomState::new(),
+            metrics: None,
         }
+    }
+
+    /// Counts every limited request into `metrics` too.
+    pub fn with_metrics(mut self, metrics: Arc<crate::metrics::Metrics>) -> RateLimiter<C> {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Takes one request from the bucket of the caller `caller_id` holding `roles`: the
@@ -485,6 +494,9 @@ impl<C: Clock + Clone> RateLimiter<C> {
     fn take(&self, class: usize, key: u64) -> Result<(), Limited> {
         let c = &self.classes[class];
         c.buckets.check_key(&key).map_err(|not_until: NotUntil<_>| {
+            if let Some(m) = &self.metrics {
+                m.rate_limited(c.name);
+            }
             let now = c.buckets.clock().now();
             Limited {
                 retry_after: not_until.wait_time_from(now),

@@ -19,8 +19,10 @@ use crate::auth::Caller;
 use crate::config::ValidationEvents;
 use crate::error::{ParentProblem, ServiceError};
 use crate::flood::{Admit, FloodGuard, FloodKind};
+use crate::metrics::{Metrics, Operation};
 use crate::parties::{Disabled, WalkEvents};
 use crate::policy::PolicyHandle;
+use crate::telemetry::record_txn;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 use writ_api::convert::{Action, RevokeTarget};
@@ -114,6 +116,8 @@ pub struct Service<S> {
     disabled: Arc<Disabled>,
     /// Beyond a caller's budget, refused and validated events are counted, not stored.
     flood: Arc<FloodGuard>,
+    /// Counts tokens issued, refusals, validations and revocations.
+    metrics: Arc<Metrics>,
 }
 
 /// Stripes of [`Service::retry_locks`].
@@ -233,7 +237,14 @@ impl<S: TokenStore> Service<S> {
             asserted: false,
             disabled: Arc::default(),
             flood: Arc::new(FloodGuard::from_config(&Default::default())),
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts into `metrics` (the server's registry).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.metrics = metrics;
+        self
     }
 
     /// Bounds the audit trail under a flood with `flood`.
@@ -345,7 +356,14 @@ impl<S: TokenStore> Service<S> {
     }
 
     /// Records a refused Downscope of `parent` by `actor`.
-    async fn refused(&self, parent: &TokenRecord, actor: &Actor, dimension: &str, detail: String) {
+    async fn refused(
+        &self,
+        parent: &TokenRecord,
+        actor: &Actor,
+        dimension: &'static str,
+        detail: String,
+    ) {
+        self.metrics.refused(Operation::downscope, dimension);
         if self
             .flood
             .admit(actor, FloodKind::Refused, parent.txn, now())
@@ -465,9 +483,13 @@ impl<S: TokenStore> Service<S> {
             kind: ActorKind::Workload,
             client_type: ClientType::Confidential,
         };
+        record_txn(&new.txn);
         let record = narrow::mint(req, minter, &self.trust_domain, &self.policy, new)
             .and_then(|record| self.admit(&record, None).map(|()| record))
-            .map_err(ServiceError::MintRefused)?;
+            .map_err(|e| {
+                self.metrics.refused(Operation::mint, e.dimension.as_str());
+                ServiceError::MintRefused(e)
+            })?;
         // Pending until the insert lands: readers see nothing later meanwhile. The write,
         // its announcement and the settling finish even if this request is cancelled.
         let pending = self.audit.issue();
@@ -487,6 +509,7 @@ impl<S: TokenStore> Service<S> {
             Err(StoreError::Conflict) => return self.raced(retry.as_ref()).await,
             Err(e) => return Err(e.into()),
         }
+        self.metrics.minted();
         tracing::info!(txn = %record.txn, token_id = %record.token_id, audience = %record.audience.id, "minted");
         Ok((secret, record))
     }
@@ -537,6 +560,7 @@ impl<S: TokenStore> Service<S> {
                 return Err(ServiceError::ParentToken(ParentProblem::Invalid));
             }
         };
+        record_txn(&parent.txn);
         // The caller is part of the key's scope: another caller derives other ids and
         // meets the holder refusal below.
         let retry = idempotency_key
@@ -620,6 +644,7 @@ impl<S: TokenStore> Service<S> {
                 .await;
             return Err(error);
         }
+        self.metrics.downscoped(child.depth);
         tracing::info!(
             txn = %child.txn, token_id = %child.token_id, parent = %parent.token_id,
             actor = %caller_id, audience = %child.audience.id, depth = child.depth, "downscoped"
@@ -642,10 +667,15 @@ impl<S: TokenStore> Service<S> {
             Ok(found) => found,
             // Nothing to attribute to a transaction: not recorded.
             Err(Miss::Malformed | Miss::Forged) => {
+                self.metrics.validated(Inactive::Malformed.as_str());
                 return Ok(Validation::Inactive(Inactive::Malformed));
             }
-            Err(Miss::Unknown) => return Ok(Validation::Inactive(Inactive::Unknown)),
+            Err(Miss::Unknown) => {
+                self.metrics.validated(Inactive::Unknown.as_str());
+                return Ok(Validation::Inactive(Inactive::Unknown));
+            }
         };
+        record_txn(&record.txn);
         let scope = action.as_ref().map(|a| a.scope.clone());
         // Issued as the answer is decided, so the trail orders it among concurrent events;
         // not at all (no trip through the issuer's lock) when validations go unrecorded,
@@ -664,6 +694,15 @@ impl<S: TokenStore> Service<S> {
         {
             let event = validated_event(ctx, &verdict);
             self.audit.record(pending, event).await;
+        }
+        match &verdict {
+            Ok(decision) => {
+                self.metrics.validated("active");
+                if let Some(d) = decision {
+                    self.metrics.decided(d.is_ok());
+                }
+            }
+            Err(why) => self.metrics.validated(why.as_str()),
         }
         Ok(match verdict {
             Ok(decision) => Validation::Active {
@@ -750,6 +789,7 @@ impl<S: TokenStore> Service<S> {
                         return Err(ServiceError::Token(ParentProblem::Invalid));
                     }
                 };
+                record_txn(&record.txn);
                 // Only the holder (the token's audience) or an operator; anyone else learns
                 // nothing, exactly as for a token that does not exist.
                 let by = match caller {
@@ -776,7 +816,10 @@ impl<S: TokenStore> Service<S> {
                 format!("token_id: no token {id}"),
             ),
             RevokeTarget::Txn(txn) => (
-                StoreTarget::Txn(txn),
+                {
+                    record_txn(&txn);
+                    StoreTarget::Txn(txn)
+                },
                 operator(caller, "revoking by token_id or txn")?,
                 format!("txn: no transaction {txn}"),
             ),
@@ -794,6 +837,7 @@ impl<S: TokenStore> Service<S> {
             StoreError::NotFound => ServiceError::NotFound(unknown),
             other => ServiceError::Store(other),
         })?;
+        self.metrics.revoked(revoked.ids.len());
         tracing::info!(by = %by.id, revoked = revoked.ids.len(), "revoked");
         Ok(revoked.ids)
     }
@@ -829,6 +873,8 @@ impl<S: TokenStore> Service<S> {
         let revoked = walk
             .await
             .map_err(|e| ServiceError::Store(StoreError::Task(e.to_string())))??;
+        self.metrics
+            .revoked(usize::try_from(revoked.revoked).unwrap_or(usize::MAX));
         tracing::warn!(
             party = %party, by = %who, revoked = revoked.revoked, txns = revoked.txns,
             "party disabled"
@@ -859,6 +905,8 @@ impl<S: TokenStore> Service<S> {
             .await
         {
             Ok(r) if r.revoked > 0 => {
+                self.metrics
+                    .revoked(usize::try_from(r.revoked).unwrap_or(usize::MAX));
                 tracing::warn!(party = %party, revoked = r.revoked, "revoked what a disabled party held")
             }
             Ok(_) => {}

@@ -47,4 +47,4 @@ pub use api::{
     StoreError, StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
 };
 pub use memory::MemoryStore;
-pub use rocks::{Durability, RocksStore, StoreOptions};
+pub use rocks::{Durability, RocksStore, SizeEstimates, StoreOptions};

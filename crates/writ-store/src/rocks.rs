@@ -351,6 +351,43 @@ impl RocksStore {
     pub fn sequence_number(&self) -> u64 {
         self.inner.db.latest_sequence_number()
     }
+
+    /// RocksDB's own estimates of what the store holds (metrics): property reads, no
+    /// scan, but blocking (run it off the async threads).
+    pub fn size_estimates(&self) -> Result<SizeEstimates, StoreError> {
+        let db = &self.inner.db;
+        let read = |name: &str, property: &str| -> Result<u64, StoreError> {
+            Ok(db
+                .property_int_value_cf(cf(db, name)?, property)
+                .map_err(backend)?
+                .unwrap_or(0))
+        };
+        let mut out = SizeEstimates {
+            tokens: read(keys::CF_TOKENS, "rocksdb.estimate-num-keys")?,
+            ..SizeEstimates::default()
+        };
+        for name in keys::ALL_CFS {
+            out.sst_bytes = out
+                .sst_bytes
+                .saturating_add(read(name, "rocksdb.total-sst-files-size")?);
+            out.memtable_bytes = out
+                .memtable_bytes
+                .saturating_add(read(name, "rocksdb.cur-size-all-mem-tables")?);
+        }
+        Ok(out)
+    }
+}
+
+/// What [`RocksStore::size_estimates`] reads: estimates, not counts
+/// ([`TokenStore::stats`] counts, by scanning).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SizeEstimates {
+    /// Token records (`rocksdb.estimate-num-keys` of `tokens`).
+    pub tokens: u64,
+    /// Bytes of table files on disk, every column family.
+    pub sst_bytes: u64,
+    /// Bytes of memtables, every column family.
+    pub memtable_bytes: u64,
 }
 
 #[cfg(test)]
@@ -1707,6 +1744,34 @@ mod tests {
         assert_eq!((first.tokens, first.more), (4, true));
         let rest = store.purge_expired(UnixMillis(10_000), 100).await.unwrap();
         assert_eq!((rest.tokens, rest.more), (6, false));
+    }
+
+    /// The metrics' estimates: tokens in memtables count, a flush moves bytes from
+    /// memtables to table files.
+    #[tokio::test]
+    async fn size_estimates_follow_what_is_stored() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Buffered);
+        assert_eq!(store.size_estimates().unwrap().tokens, 0);
+        for i in 0..3 {
+            store
+                .put(record(txn(70 + i), tid(i as u32), None))
+                .await
+                .unwrap();
+        }
+        let before = store.size_estimates().unwrap();
+        assert_eq!(before.tokens, 3, "{before:?}");
+        assert!(before.memtable_bytes > 0, "{before:?}");
+        let db = &store.inner.db;
+        for name in keys::ALL_CFS {
+            db.flush_cf(cf(db, name).unwrap()).unwrap();
+        }
+        let after = store.size_estimates().unwrap();
+        assert_eq!(after.tokens, 3, "{after:?}");
+        assert!(
+            after.sst_bytes > before.sst_bytes,
+            "{before:?} then {after:?}"
+        );
     }
 
     #[tokio::test]

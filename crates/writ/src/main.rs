@@ -28,7 +28,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the Writ service (embedded defaults: 127.0.0.1:7433, ./writ-data).
+    /// Run the Writ service (embedded defaults: 127.0.0.1:7433, ./writ-data, the ops
+    /// listener on 127.0.0.1:7435).
+    #[command(after_help = SERVE_PRECEDENCE)]
     Serve(ServeArgs),
     /// Start a transaction: mint a root token (needs the minter credential).
     Mint(MintArgs),
@@ -140,20 +142,46 @@ enum PolicyCommand {
     },
 }
 
+/// How `writ serve` combines its settings (also in the README's configuration section).
+const SERVE_PRECEDENCE: &str = "\
+Configuration precedence, lowest first:
+  1. built-in defaults (every setting has one);
+  2. the configuration file: --config FILE, or WRIT_CONFIG;
+  3. environment variables: WRIT_LISTEN, WRIT_DATA_DIR, WRIT_POLICY, WRIT_OPS_LISTEN,
+     WRIT_LOG_FORMAT, WRIT_LOG_LEVEL, WRIT_OTLP_ENDPOINT (one per flag below);
+  4. command-line flags.
+RUST_LOG, when set, replaces the log level of every layer above.";
+
 #[derive(Args, Debug)]
 struct ServeArgs {
     /// TOML configuration file (optional; every setting has a default).
     #[arg(long, env = "WRIT_CONFIG")]
     config: Option<PathBuf>,
-    /// Address to listen on; overrides the configuration.
-    #[arg(long)]
+    /// Address to listen on; overrides the configuration's `listen`.
+    #[arg(long, env = "WRIT_LISTEN")]
     listen: Option<std::net::SocketAddr>,
-    /// Data directory; overrides the configuration.
-    #[arg(long)]
+    /// Data directory; overrides the configuration's `data_dir`.
+    #[arg(long, env = "WRIT_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Policy file (the registry of parties and scopes); overrides the configuration.
     #[arg(long, env = "WRIT_POLICY")]
     policy: Option<PathBuf>,
+    /// The ops listener's address (metrics, /healthz, /readyz, plaintext gRPC health);
+    /// overrides `observability.listen`.
+    #[arg(long, env = "WRIT_OPS_LISTEN")]
+    ops_listen: Option<std::net::SocketAddr>,
+    /// Log lines as `auto` (text on a terminal, JSON otherwise), `json` or `text`;
+    /// overrides `observability.log_format`.
+    #[arg(long, env = "WRIT_LOG_FORMAT", value_parser = ["auto", "json", "text"])]
+    log_format: Option<String>,
+    /// Log filter (e.g. `info`, `info,writ_server=debug`); overrides
+    /// `observability.log_level` (RUST_LOG overrides both).
+    #[arg(long, env = "WRIT_LOG_LEVEL")]
+    log_level: Option<String>,
+    /// Export traces over OTLP/gRPC to this collector (`http://HOST:PORT`); overrides
+    /// `observability.otlp_endpoint`.
+    #[arg(long, env = "WRIT_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
 }
 
 /// The development CA of the default data directory (`writ serve` creates it).
@@ -943,23 +971,46 @@ fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
     if let Some(p) = &a.policy {
         config.policy = Some(p.clone());
     }
+    let o = &mut config.observability;
+    if let Some(l) = a.ops_listen {
+        o.listen = l;
+    }
+    if let Some(f) = &a.log_format {
+        o.log_format = match f.as_str() {
+            "json" => writ_server::telemetry::LogFormat::Json,
+            "text" => writ_server::telemetry::LogFormat::Text,
+            _ => writ_server::telemetry::LogFormat::Auto,
+        };
+    }
+    if let Some(l) = &a.log_level {
+        o.log_level = l.clone();
+    }
+    if let Some(e) = &a.otlp_endpoint {
+        o.otlp_endpoint = Some(e.clone());
+    }
     // Before the runtime is built from it.
     config.validate()?;
     Ok(config)
 }
 
 async fn serve(config: writ_server::Config) -> Result<ExitCode> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let telemetry = writ_server::telemetry::init(&config.observability)?;
     tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
         runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
+        traces = telemetry.exporting(),
         "starting"
     );
+    let served = serve_until_signal(config).await;
+    if let Err(e) = &served {
+        tracing::error!(error = %format!("{e:#}"), "stopped with an error");
+    }
+    // The last spans, the shutdown's included, leave before the process does.
+    telemetry.shutdown().await;
+    served
+}
+
+async fn serve_until_signal(config: writ_server::Config) -> Result<ExitCode> {
     let running = writ_server::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;

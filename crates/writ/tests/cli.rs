@@ -18,6 +18,18 @@ const HOTEL: &str = "spiffe://writ.local/agent/hotel";
 const MALLORY: &str = "spiffe://writ.local/agent/mallory";
 const PAYMENTS: &str = "spiffe://writ.local/workload/payments";
 
+/// Every environment variable `writ serve` reads a setting from.
+const SERVE_ENV: [&str; 8] = [
+    "WRIT_CONFIG",
+    "WRIT_LISTEN",
+    "WRIT_DATA_DIR",
+    "WRIT_POLICY",
+    "WRIT_OPS_LISTEN",
+    "WRIT_LOG_FORMAT",
+    "WRIT_LOG_LEVEL",
+    "WRIT_OTLP_ENDPOINT",
+];
+
 /// A free loopback port: bind port 0, read the port, release it.
 fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("binding an ephemeral port");
@@ -48,28 +60,48 @@ impl Server {
     }
 
     /// As [`Server::start_with`]; `tls` says whether the configuration leaves TLS on.
+    /// Logs as text, with the ops listener on an ephemeral port.
     fn launch(data_dir: &Path, run: u32, config: Option<&Path>, tls: bool) -> Server {
         let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "--listen".as_ref(),
+            listen.as_ref(),
+            "--data-dir".as_ref(),
+            data_dir.as_os_str(),
+        ];
+        if let Some(c) = config {
+            args.extend(["--config".as_ref(), c.as_os_str()]);
+        }
+        let envs = [
+            ("WRIT_OPS_LISTEN", "127.0.0.1:0"),
+            ("WRIT_LOG_FORMAT", "text"),
+        ];
+        Server::spawn(data_dir, run, port, &args, &envs, tls)
+    }
+
+    /// `writ serve ARGS` with the environment `envs` (and no other `WRIT_*` setting),
+    /// expected to listen on `port`.
+    fn spawn(
+        data_dir: &Path,
+        run: u32,
+        port: u16,
+        args: &[&std::ffi::OsStr],
+        envs: &[(&str, &str)],
+        tls: bool,
+    ) -> Server {
         let log = data_dir
             .parent()
             .expect("data dir has a parent")
             .join(format!("serve-{run}.log"));
         let log_file = File::create(&log).expect("creating the server log");
-        let child = Command::new(WRIT)
-            .args([
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-            ])
-            .arg(data_dir)
-            .args(
-                config
-                    .map(|c| ["--config".as_ref(), c.as_os_str()])
-                    .into_iter()
-                    .flatten(),
-            )
-            .env_remove("WRIT_CONFIG")
+        let mut cmd = Command::new(WRIT);
+        cmd.arg("serve").args(args);
+        for v in SERVE_ENV {
+            cmd.env_remove(v);
+        }
+        let child = cmd
+            .envs(envs.iter().copied())
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -93,6 +125,19 @@ impl Server {
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The log once it says the server is listening (the port accepts before the store is
+    /// open): bounded wait, 100 × 50 ms.
+    fn log_when_listening(&self) -> String {
+        for _ in 0..100 {
+            let log = self.log();
+            if log.contains("writ listening") {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no \"writ listening\" within 5 s; log:\n{}", self.log());
     }
 
     /// Bounded wait (100 × 50 ms) for a TCP connect to succeed.
@@ -1897,6 +1942,112 @@ fn policy_check_reports_a_good_file_and_refuses_a_bad_one() {
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(err.contains("kind") || err.contains("robot"), "{err}");
+}
+
+#[test]
+fn version_and_the_precedence_of_settings_are_documented() {
+    let out = writ(&["--version"], &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("writ {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let out = writ(&["serve", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "precedence",
+        "WRIT_CONFIG",
+        "[env: WRIT_LISTEN=]",
+        "[env: WRIT_OPS_LISTEN=]",
+        "[env: WRIT_LOG_FORMAT=]",
+        "command-line flags",
+    ] {
+        assert!(help.contains(needle), "no {needle:?} in:\n{help}");
+    }
+}
+
+/// Defaults < the configuration file (--config or WRIT_CONFIG) < the environment < flags:
+/// the same setting from each layer, and the server listens (and logs) as the highest
+/// layer says.
+#[test]
+fn serve_settings_come_from_flags_over_environment_over_the_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let (file_port, env_port, flag_port) = (free_port(), free_port(), free_port());
+    let config = tmp.path().join("writ.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:{file_port}\"\n[observability]\nlisten = \"127.0.0.1:0\"\nlog_format = \"json\"\n"
+        ),
+    )
+    .expect("config");
+    let config = config.to_str().expect("utf-8 path");
+    let data_arg = data.as_os_str();
+    let is_json = |log: &str| {
+        let first = log.lines().next().unwrap_or_default();
+        serde_json::from_str::<Json>(first).is_ok()
+    };
+
+    // The file over the defaults (7433, text on no terminal would be JSON anyway: the
+    // file says json, and the next layers say otherwise).
+    let srv = Server::spawn(
+        &data,
+        0,
+        file_port,
+        &[
+            "--config".as_ref(),
+            config.as_ref(),
+            "--data-dir".as_ref(),
+            data_arg,
+        ],
+        &[],
+        true,
+    );
+    let log = srv.log_when_listening();
+    assert!(is_json(&log), "{log}");
+    drop(srv);
+
+    // The environment over the file (named by WRIT_CONFIG this time).
+    let env_listen = format!("127.0.0.1:{env_port}");
+    let envs = [
+        ("WRIT_CONFIG", config),
+        ("WRIT_LISTEN", env_listen.as_str()),
+        ("WRIT_LOG_FORMAT", "text"),
+    ];
+    let srv = Server::spawn(
+        &data,
+        1,
+        env_port,
+        &["--data-dir".as_ref(), data_arg],
+        &envs,
+        true,
+    );
+    let log = srv.log_when_listening();
+    assert!(!is_json(&log), "{log}");
+    assert!(log.contains(&env_listen), "{log}");
+    drop(srv);
+
+    // Flags over the environment.
+    let flag_listen = format!("127.0.0.1:{flag_port}");
+    let srv = Server::spawn(
+        &data,
+        2,
+        flag_port,
+        &[
+            "--data-dir".as_ref(),
+            data_arg,
+            "--listen".as_ref(),
+            flag_listen.as_ref(),
+            "--log-format".as_ref(),
+            "json".as_ref(),
+        ],
+        &envs,
+        true,
+    );
+    let log = srv.log_when_listening();
+    assert!(is_json(&log), "{log}");
+    assert!(log.contains(&flag_listen), "{log}");
 }
 
 /// `writ keys list|rotate` as the operator, and `writ validate --jwt`; an acknowledged
