@@ -419,6 +419,8 @@ async fn start_with_keepalive(
         policy.spawn_watcher(POLICY_POLL, stop.subscribe()),
         policy_kill,
         limits.spawn_housekeeping(stop.subscribe()),
+        // The subject-token issuers' key sets (JWKS files and URLs).
+        subjects.spawn_refresher(stop.subscribe()),
     ];
     // Stopped only after the server has (its last requests may still count events), and
     // before the audit writer, which waits for every handle on the trail.
