@@ -925,6 +925,7 @@ enum Reply {
 struct Served {
     reply: Arc<Mutex<Reply>>,
     hits: Arc<AtomicUsize>,
+    addr: std::net::SocketAddr,
 }
 
 impl Served {
@@ -939,6 +940,10 @@ impl Served {
 
     fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    fn uri(&self) -> String {
+        format!("http://{}/jwks", self.addr)
     }
 }
 
@@ -969,19 +974,19 @@ async fn url_verifier(
     keys: &[&Key],
     tweak: impl FnOnce(&mut IssuerConfig),
 ) -> (Arc<SubjectVerifier>, Served) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let served = Served {
         reply: Arc::new(Mutex::new(Reply::Status(500))),
         hits: Arc::new(AtomicUsize::new(0)),
+        addr: listener.local_addr().unwrap(),
     };
     served.serve_keys(keys);
     let app = axum::Router::new()
         .route("/jwks", axum::routing::get(answer))
         .with_state(served.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     let mut issuer = IssuerConfig::new(ISS, vec![AUD.into()]);
-    issuer.jwks_uri = Some(format!("http://{addr}/jwks"));
+    issuer.jwks_uri = Some(served.uri());
     tweak(&mut issuer);
     (verifier_of(vec![issuer]), served)
 }
@@ -1203,4 +1208,128 @@ async fn the_refresher_fetches_urls_rereads_files_and_stops() {
     .await
     .expect("without issuers the refresher ends at once")
     .unwrap();
+}
+
+// ---------------------------------------------------------------------------------------
+// Within the server.
+
+fn server_config(dir: &Path, issuer: IssuerConfig) -> crate::config::Config {
+    let mut config = crate::config::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: dir.join("data"),
+        ..crate::config::Config::default()
+    };
+    config.tls.enabled = false;
+    config.subject_tokens.issuers = vec![issuer];
+    config
+}
+
+#[tokio::test]
+async fn a_server_refuses_to_start_with_an_unreadable_jwks_file_and_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("idp-jwks.json");
+    let err = crate::start(server_config(dir.path(), issuer_with_file(&missing)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, crate::ServerError::Subject(SubjectError::Config(_))),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains(&missing.display().to_string()),
+        "{message}"
+    );
+    assert!(message.contains("cannot open"), "{message}");
+}
+
+#[tokio::test]
+async fn a_running_server_fetches_the_jwks_and_verifies_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Key::p256("a");
+    let (_, served) = url_verifier(&[&a], |_| {}).await;
+    let mut issuer = IssuerConfig::new(ISS, vec![AUD.into()]);
+    issuer.jwks_uri = Some(served.uri());
+    let server = crate::start(server_config(dir.path(), issuer))
+        .await
+        .unwrap();
+    assert!(server.subjects.is_configured());
+    let mut waited = 0;
+    while served.hits() == 0 {
+        assert!(
+            waited < 600,
+            "the server's refresher never fetched the JWKS"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        waited += 1;
+    }
+    let now = crate::service::now_secs();
+    let c = json!({"iss": ISS, "aud": AUD, "sub": "alice", "exp": now + 300, "scope": "s"});
+    let got = server
+        .subjects
+        .verify(&a.sign(&c), ACCESS_TOKEN_TYPE, now)
+        .await
+        .unwrap();
+    assert_eq!(got.subject, "alice");
+    assert_eq!(served.hits(), 1);
+    server.shutdown().await.unwrap();
+}
+
+/// The example configuration documents every key of an issuer: uncommented, its block
+/// parses, shows the defaults and makes a verifier.
+#[test]
+fn the_example_configuration_documents_the_issuer_keys() {
+    let example = include_str!("../../../../deploy/writ.example.toml");
+    let start = example
+        .find("# [[subject_tokens.issuers]]")
+        .expect("the example has a [[subject_tokens.issuers]] block");
+    let block: String = example[start..]
+        .lines()
+        .map(|line| line.strip_prefix("# ").unwrap_or(line))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config: crate::config::Config = toml::from_str(&format!("{}{block}", &example[..start]))
+        .expect("the uncommented block parses");
+    let issuer = &config.subject_tokens.issuers[0];
+    let defaults = IssuerConfig::new("", Vec::new());
+    assert_eq!(
+        (
+            issuer.jwks_refresh_seconds,
+            issuer.jwks_min_refresh_seconds,
+            issuer.jwks_max_stale_seconds,
+            issuer.jwks_timeout_seconds,
+            issuer.leeway_seconds,
+            &issuer.scope_claim,
+            &issuer.id_token_scopes,
+        ),
+        (
+            defaults.jwks_refresh_seconds,
+            defaults.jwks_min_refresh_seconds,
+            defaults.jwks_max_stale_seconds,
+            defaults.jwks_timeout_seconds,
+            defaults.leeway_seconds,
+            &defaults.scope_claim,
+            &defaults.id_token_scopes,
+        )
+    );
+    // Every key of IssuerConfig is named in the block (commented or not).
+    for key in [
+        "issuer",
+        "audiences",
+        "jwks_file",
+        "jwks_uri",
+        "jwks_refresh_seconds",
+        "jwks_min_refresh_seconds",
+        "jwks_max_stale_seconds",
+        "jwks_timeout_seconds",
+        "leeway_seconds",
+        "scope_claim",
+        "id_token_scopes",
+    ] {
+        assert!(
+            block.contains(&format!("{key} = ")),
+            "{key} is not documented"
+        );
+    }
+    SubjectVerifier::new(&config.subject_tokens).unwrap();
 }
