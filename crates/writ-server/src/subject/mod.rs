@@ -4,9 +4,9 @@
 //!
 //! Writ trusts only the issuers the operator lists (`[[subject_tokens.issuers]]`), each
 //! with its exact `iss`, the `aud` values it accepts and its key set: a JWKS file
-//! (re-read when it changes) or a JWKS URL (fetched, cached and refreshed under bounds, see
-//! [`keys`]). [`SubjectVerifier::verify`] works in this order: the token type (refresh
-//! tokens never), cheap structural checks (size, base64url, JSON objects without
+//! (re-read when it changes) or a JWKS URL (fetched, cached and refreshed under bounds:
+//! the `keys` submodule). [`SubjectVerifier::verify`] works in this order: the token type
+//! (refresh tokens never), cheap structural checks (size, base64url, JSON objects without
 //! duplicate members, `alg`, `crit`, no key carried by the token itself, `typ`), the
 //! issuer named by `iss`, key selection and the signature, and only then the claims
 //! (`aud`, `exp`, `nbf`, `iat`, `sub`, the scope). So nothing but an authentic token's
@@ -388,8 +388,8 @@ impl SubjectVerifier {
 
     /// Keeps every issuer's key set fresh until `stop` turns true or its sender is
     /// dropped: a `jwks_uri` is fetched at once, then every `jwks_refresh_seconds` (after
-    /// a failure, every `jwks_min_refresh_seconds`); a `jwks_file` is re-read every
-    /// [`FILE_POLL_SECS`](keys::FILE_POLL_SECS) seconds and loaded when it changed.
+    /// a failure, every `jwks_min_refresh_seconds`); a `jwks_file` is re-read every 5
+    /// seconds and loaded when it changed.
     /// Failures are logged and keep the last good set. Ends at once with no issuer.
     pub fn spawn_refresher(self: &Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let this = Arc::clone(self);
