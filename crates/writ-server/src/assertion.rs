@@ -225,7 +225,7 @@ pub fn check_party_keys(keys: &[RegisteredKey]) -> Result<(), AssertionError> {
     Ok(())
 }
 
-fn check_kid(kid: &str) -> Result<(), String> {
+pub(crate) fn check_kid(kid: &str) -> Result<(), String> {
     if kid.is_empty() || kid.len() > MAX_KID_BYTES {
         return Err(format!("a kid is 1 to {MAX_KID_BYTES} bytes"));
     }
@@ -235,7 +235,7 @@ fn check_kid(kid: &str) -> Result<(), String> {
 /// Whether `key` makes a verifier for `alg`: building one parses the key, so an invalid
 /// point fails here, at load, instead of on every call. (RSA keys parse only when used;
 /// their size is checked separately.)
-fn probe(key: &DecodingKey, alg: Algorithm) -> bool {
+pub(crate) fn probe(key: &DecodingKey, alg: Algorithm) -> bool {
     // A one-byte signature: the verifier is built (the key parsed), then the signature
     // is refused, which `verify` reports as `Ok(false)`; a bad key is an `Err`.
     jsonwebtoken::crypto::verify("AA", b"probe", key, alg).is_ok()
@@ -336,7 +336,7 @@ fn check_p256_point(point: &[u8]) -> Result<(), AssertionError> {
 }
 
 /// A public key decoded from a JWK, by type.
-enum JwkKey {
+pub(crate) enum JwkKey {
     Ed25519(DecodingKey),
     P256(DecodingKey),
     P384(DecodingKey),
@@ -344,7 +344,7 @@ enum JwkKey {
 }
 
 impl JwkKey {
-    fn algs(&self) -> &'static [Algorithm] {
+    pub(crate) fn algs(&self) -> &'static [Algorithm] {
         match self {
             JwkKey::Ed25519(_) => &[Algorithm::EdDSA],
             JwkKey::P256(_) => &[Algorithm::ES256],
@@ -360,14 +360,17 @@ impl JwkKey {
         }
     }
 
-    fn into_key(self) -> DecodingKey {
+    pub(crate) fn into_key(self) -> DecodingKey {
         match self {
             JwkKey::Ed25519(k) | JwkKey::P256(k) | JwkKey::P384(k) | JwkKey::Rsa(k) => k,
         }
     }
 }
 
-fn jwk_str<'a>(jwk: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, String> {
+pub(crate) fn jwk_str<'a>(
+    jwk: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a str>, String> {
     match jwk.get(name) {
         None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -383,7 +386,7 @@ fn jwk_bytes(jwk: &Map<String, Value>, name: &str) -> Result<Vec<u8>, String> {
 }
 
 /// Decodes a public JWK of a type this module knows; refuses secrets and private keys.
-fn decode_jwk(jwk: &Map<String, Value>) -> Result<JwkKey, String> {
+pub(crate) fn decode_jwk(jwk: &Map<String, Value>) -> Result<JwkKey, String> {
     let kty = jwk_str(jwk, "kty")?.ok_or("the JWK has no `kty`")?;
     if kty == "oct" || jwk.contains_key("k") {
         return Err(
@@ -495,7 +498,7 @@ fn registered_jwk(text: &str) -> Result<(Algorithm, DecodingKey, Option<String>)
     Ok((alg, key.into_key(), kid))
 }
 
-fn alg_str(alg: Algorithm) -> &'static str {
+pub(crate) fn alg_str(alg: Algorithm) -> &'static str {
     match alg {
         Algorithm::HS256 => "HS256",
         Algorithm::HS384 => "HS384",
@@ -962,7 +965,7 @@ impl AssertionVerifier {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // Nothing here panics while holding a lock; if something did, its data is still
     // consistent enough to go on with (entries only added or removed whole).
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -972,7 +975,7 @@ fn bundle_error(path: &Path, message: String) -> AssertionError {
     AssertionError::Config(format!("JWT-SVID bundle {}: {message}", path.display()))
 }
 
-fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
     let mut bytes = Vec::new();
     file.take(MAX_BUNDLE_BYTES + 1)
@@ -1069,20 +1072,22 @@ fn check_spiffe_id(id: &str, trust_domain: &str) -> Result<(), String> {
 // Parsing and signatures.
 
 /// The three parts of a compact JWS, still encoded.
-struct Parts<'a> {
+pub(crate) struct Parts<'a> {
     /// `header.payload`: what the signature covers.
-    signing_input: &'a str,
-    header: &'a str,
-    payload: &'a str,
-    signature: &'a str,
+    pub(crate) signing_input: &'a str,
+    pub(crate) header: &'a str,
+    pub(crate) payload: &'a str,
+    pub(crate) signature: &'a str,
 }
 
 fn split(jwt: &str) -> Result<Parts<'_>, AssertionError> {
-    if jwt.len() > MAX_ASSERTION_BYTES {
-        return Err(malformed(format!(
-            "{} bytes; at most {MAX_ASSERTION_BYTES}",
-            jwt.len()
-        )));
+    split_bounded(jwt, MAX_ASSERTION_BYTES)
+}
+
+/// [`split`] with another size bound (`max` bytes): external subject tokens are larger.
+pub(crate) fn split_bounded(jwt: &str, max: usize) -> Result<Parts<'_>, AssertionError> {
+    if jwt.len() > max {
+        return Err(malformed(format!("{} bytes; at most {max}", jwt.len())));
     }
     let base64url = |b: u8| b.is_ascii_alphanumeric() || b == b'-' || b == b'_';
     if !jwt.bytes().all(|b| base64url(b) || b == b'.') {
@@ -1132,7 +1137,10 @@ struct RawClaims {
 /// Decodes a base64url JSON object. A member given twice is refused (serde's derived
 /// `Deserialize` does that for the members read), so signer and verifier cannot read
 /// different values from one token.
-fn decode_part<T: for<'de> Deserialize<'de>>(part: &str, name: &str) -> Result<T, AssertionError> {
+pub(crate) fn decode_part<T: for<'de> Deserialize<'de>>(
+    part: &str,
+    name: &str,
+) -> Result<T, AssertionError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| malformed(format!("the {name} is not base64url")))?;
@@ -1181,7 +1189,7 @@ fn time_claim(value: &Option<Value>, name: &str) -> Result<Option<u64>, Assertio
     }
 }
 
-fn signature_verifies(parts: &Parts<'_>, key: &DecodingKey, alg: Algorithm) -> bool {
+pub(crate) fn signature_verifies(parts: &Parts<'_>, key: &DecodingKey, alg: Algorithm) -> bool {
     // `Ok(false)`: a wrong signature; `Err`: not even decodable (or a key/alg mismatch,
     // which the callers exclude). Both refuse.
     matches!(

@@ -551,6 +551,8 @@ async fn start_with_keepalive(
         limits.spawn_housekeeping(stop.subscribe()),
         // Automatic rotation of the JWT signing keys, and removal of retired ones.
         signer.spawn_rotation(stop.subscribe()),
+        // The subject-token issuers' key sets (JWKS files and URLs).
+        subjects.spawn_refresher(stop.subscribe()),
     ];
     // Stopped only after the server has (its last requests may still count events), and
     // before the audit writer, which waits for every handle on the trail.
