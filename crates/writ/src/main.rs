@@ -119,6 +119,9 @@ struct ServeArgs {
     /// Address to listen on; overrides the configuration.
     #[arg(long)]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the OAuth HTTP listener; overrides the configuration's `http.listen`.
+    #[arg(long)]
+    http_listen: Option<std::net::SocketAddr>,
     /// Data directory; overrides the configuration.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -902,6 +905,9 @@ fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
     let mut config = writ_server::Config::load(a.config.as_deref())?;
     if let Some(l) = a.listen {
         config.listen = l;
+    }
+    if let Some(l) = a.http_listen {
+        config.http.listen = l;
     }
     if let Some(d) = &a.data_dir {
         config.data_dir = d.clone();

@@ -60,6 +60,9 @@ impl Server {
                 "serve",
                 "--listen",
                 &format!("127.0.0.1:{port}"),
+                // The OAuth HTTP listener on an ephemeral port: servers run side by side.
+                "--http-listen",
+                "127.0.0.1:0",
                 "--data-dir",
             ])
             .arg(data_dir)
