@@ -599,6 +599,7 @@ mod tests {
         assert_eq!(format!("{:?}", c.storage), format!("{:?}", d.storage));
         assert_eq!(format!("{:?}", c.audit), format!("{:?}", d.audit));
         assert_eq!(format!("{:?}", c.runtime), format!("{:?}", d.runtime));
+        assert_eq!(format!("{:?}", c.http), format!("{:?}", d.http));
         let c: Config = toml::from_str("[runtime]\nflavor = \"current_thread\"\n").unwrap();
         assert_eq!(c.runtime.flavor, RuntimeFlavor::CurrentThread);
         c.validate().unwrap();
