@@ -538,9 +538,15 @@ async fn a_caller_over_its_rate_limit_is_told_when_to_retry() {
     .await;
     let anonymous = s.srv.http_client(None, HttpVersion::Any);
     let pairs = [("token", "writ_x")];
-    s.post(&anonymous, "/introspect", &pairs)
-        .await
-        .assert_error(401, "invalid_client", &["authentication"]);
+    // A request refused for its form costs its sender all the same.
+    post_form(
+        &anonymous,
+        &s.srv.http_url("/introspect"),
+        &pairs,
+        &[("content-type", "text/plain")],
+    )
+    .await
+    .assert_error(400, "invalid_request", &["Content-Type"]);
     let a = s.post(&anonymous, "/introspect", &pairs).await;
     a.assert_error(429, "temporarily_unavailable", &["rate limit"]);
     assert!(

@@ -14,7 +14,6 @@ use super::HttpState;
 use super::error::{OAuthError, json_response, with_no_store};
 use super::form::Form;
 use crate::auth::Caller;
-use crate::error::ServiceError;
 use crate::service::{self, Validation};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -35,11 +34,7 @@ pub async fn handle<S: TokenStore>(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let answer = async {
-        let form = Form::read(&parts.headers, body, state.body_limit).await?;
-        let caller = state
-            .auth
-            .identify_http(&parts, form.client_auth())
-            .map_err(ServiceError::from)?;
+        let (form, caller) = super::read_and_identify(&state, &parts, body).await?;
         introspect(&state, &caller, &form, wants_jwt(&parts.headers)).await
     };
     answer.await.unwrap_or_else(OAuthError::into_response)

@@ -22,7 +22,7 @@ pub mod introspect;
 pub mod metadata;
 pub mod token;
 
-use crate::auth::Authenticator;
+use crate::auth::{AuthError, Authenticator, Caller, FormClientAuth};
 use crate::service::Service;
 use crate::signing::Signer;
 use crate::subject::SubjectVerifier;
@@ -77,6 +77,29 @@ pub struct HttpState<S> {
     pub default_ttl_secs: u64,
     /// Largest request body, in bytes.
     pub body_limit: usize,
+}
+
+/// Reads a request's form and identifies its caller through the auth seam (with the
+/// form's client authentication). A request whose form is refused is charged to its
+/// caller's rate limit all the same (identified without the form).
+pub(crate) async fn read_and_identify<S: TokenStore>(
+    state: &HttpState<S>,
+    parts: &axum::http::request::Parts,
+    body: axum::body::Body,
+) -> Result<(form::Form, Caller), OAuthError> {
+    let form = match form::Form::read(&parts.headers, body, state.body_limit).await {
+        Ok(form) => form,
+        Err(refused) => {
+            return Err(
+                match state.auth.identify_http(parts, FormClientAuth::default()) {
+                    Err(limited @ AuthError::Limited { .. }) => limited.into(),
+                    _ => refused,
+                },
+            );
+        }
+    };
+    let caller = state.auth.identify_http(parts, form.client_auth())?;
+    Ok((form, caller))
 }
 
 /// The routes, over `state`. Unknown paths answer 404 and known paths with another method
@@ -184,7 +207,12 @@ async fn serve_conns<C>(
         .max_header_list_size(MAX_HEADER_LIST_BYTES);
     let graceful = GracefulShutdown::new();
     let mut connections = JoinSet::new();
+    let mut failed_accept = false;
     loop {
+        // Not in a tight loop: the cause (say, no descriptor left) takes time to go.
+        if std::mem::take(&mut failed_accept) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         tokio::select! {
             _ = stop.wait_for(|s| *s) => break,
             next = conns.next() => match next {
@@ -192,6 +220,7 @@ async fn serve_conns<C>(
                 // A failed accept (say, out of descriptors) is not the listener's end.
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "accepting an HTTP connection failed");
+                    failed_accept = true;
                 }
                 Some(Ok(conn)) => {
                     let service = WithPeer {

@@ -85,11 +85,7 @@ pub async fn handle<S: TokenStore>(
 ) -> Response {
     let (parts, body) = request.into_parts();
     let answer = async {
-        let form = Form::read(&parts.headers, body, state.body_limit).await?;
-        let caller = state
-            .auth
-            .identify_http(&parts, form.client_auth())
-            .map_err(ServiceError::from)?;
+        let (form, caller) = super::read_and_identify(&state, &parts, body).await?;
         exchange(&state, &caller, &form).await
     };
     answer.await.unwrap_or_else(OAuthError::into_response)
