@@ -44,6 +44,7 @@ use super::form::Form;
 use crate::auth::Caller;
 use crate::error::ServiceError;
 use crate::service;
+use crate::subject::ExternalSubject;
 use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -58,7 +59,7 @@ use writ_core::limits::{MAX_CONTEXT_BYTES, MAX_CONTEXT_ENTRIES};
 use writ_core::policy::Role;
 use writ_core::text::Shown;
 use writ_core::token::TOKEN_PREFIX;
-use writ_core::{Party, TokenRecord, TokenSecret};
+use writ_core::{MintRequest, Party, TokenRecord, TokenSecret};
 use writ_store::TokenStore;
 
 /// RFC 8693's grant type.
@@ -332,12 +333,29 @@ async fn mint<S: TokenStore>(
         "only a Writ subject token's request context can be narrowed",
     )?;
     let tctx = context(form, "request_details")?;
-    let mut rctx = context(form, "request_context")?;
+    let rctx = context(form, "request_context")?;
     let now = service::now_secs();
     let subject = state
         .subjects
         .verify(subject_token, subject_type, now)
         .await?;
+    let request = external_mint(asked, subject, tctx, rctx, state.default_ttl_secs, now)?;
+    Ok(state.service.mint(caller, request, None).await?)
+}
+
+/// The Mint a verified external subject token asks for at `now` (Unix seconds): for the
+/// token's user, with the requested scopes if the token grants them all (else
+/// `invalid_scope`) or all of the token's, `tctx` from `request_details`, `rctx` from
+/// `request_context` plus what the token says of the request (which the caller may not
+/// overwrite), living `ttl_seconds` or `default_ttl_secs`, never beyond the token's `exp`.
+fn external_mint(
+    asked: Asked,
+    subject: ExternalSubject,
+    tctx: HashMap<String, String>,
+    mut rctx: HashMap<String, String>,
+    default_ttl_secs: u64,
+    now: u64,
+) -> Result<MintRequest, OAuthError> {
     let remaining = subject.expires_at.saturating_sub(now);
     if remaining == 0 {
         return Err(OAuthError::invalid_grant("subject_token: expired"));
@@ -354,15 +372,18 @@ async fn mint<S: TokenStore>(
             }
             requested
         }
-        None => subject.scopes.iter().cloned().collect(),
+        None => {
+            let all: Vec<String> = subject.scopes.iter().cloned().collect();
+            convert::scopes("subject_token: scope", all.clone())
+                .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+            all
+        }
     };
     if scopes.is_empty() {
         return Err(OAuthError::invalid_grant(
             "subject_token: the token grants no scope",
         ));
     }
-    // What the verified token says of the request is authoritative: a caller may add to
-    // it, never overwrite it.
     for (k, v) in subject.context {
         if rctx.contains_key(&k) {
             return Err(OAuthError::invalid_request(format!(
@@ -374,7 +395,7 @@ async fn mint<S: TokenStore>(
     }
     let ttl = asked
         .ttl_seconds
-        .map_or(state.default_ttl_secs, u64::from)
+        .map_or(default_ttl_secs, u64::from)
         .min(remaining);
     let request = pb::MintRequest {
         subject: subject.subject,
@@ -391,7 +412,7 @@ async fn mint<S: TokenStore>(
         idempotency_key: String::new(),
     };
     let (request, _) = convert::mint_request(request).map_err(ServiceError::from)?;
-    Ok(state.service.mint(caller, request, None).await?)
+    Ok(request)
 }
 
 /// `name` as a context map: a JSON object of string values, each key once, at most
@@ -560,6 +581,164 @@ mod tests {
         let body = format!("c={}", form_urlencoded_encode(&huge));
         let e = context(&form(&body), "c").unwrap_err();
         assert!(e.description.contains("bytes"), "{e:?}");
+    }
+
+    fn asked(scopes: Option<&[&str]>, ttl: Option<u32>) -> Asked {
+        Asked {
+            next_hop: Party {
+                id: PLANNER.into(),
+                kind: writ_core::ActorKind::Agent,
+                client_type: writ_core::ClientType::Confidential,
+            },
+            scopes: scopes.map(|s| s.iter().map(|s| s.to_string()).collect()),
+            targets: vec!["spiffe://writ.local/workload/payments".into()],
+            purpose: "book a trip".into(),
+            ttl_seconds: ttl,
+            max_uses: None,
+            jwt: false,
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn alice(scopes: &[&str], expires_in: u64) -> ExternalSubject {
+        ExternalSubject {
+            issuer: "https://idp.example".into(),
+            subject: "alice".into(),
+            scopes: scopes.iter().map(|s| s.to_string()).collect(),
+            expires_at: NOW + expires_in,
+            context: [("authn".to_string(), "mfa".to_string())].into(),
+        }
+    }
+
+    fn map(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    /// The Mint an external subject token asks for: the token's user, never more scope
+    /// than the token's, never longer than its life.
+    #[test]
+    fn an_external_subject_mints_within_its_token() {
+        let both = ["trips:book", "payments:charge"];
+        // No scope asked: all of the token's; the default lifetime when it fits.
+        let m = external_mint(
+            asked(None, None),
+            alice(&both, 3600),
+            map(&[("trip", "lisbon")]),
+            map(&[("req_ip", "203.0.113.7")]),
+            300,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(m.subject, "alice");
+        assert_eq!(m.audience.id, PLANNER);
+        assert_eq!(m.scopes.len(), 2);
+        assert_eq!(m.ttl_secs, Some(300));
+        assert_eq!(m.tctx["trip"], "lisbon");
+        assert_eq!(m.rctx["req_ip"], "203.0.113.7");
+        assert_eq!(m.rctx["authn"], "mfa", "what the token says of the request");
+        assert_eq!(m.purpose, "book a trip");
+        assert_eq!(m.targets.len(), 1);
+        // A subset asked: that subset.
+        let m = external_mint(
+            asked(Some(&["trips:book"]), None),
+            alice(&both, 3600),
+            map(&[]),
+            map(&[]),
+            300,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(m.scopes, ["trips:book".to_string()].into());
+        // More than the token grants: invalid_scope, naming the scope.
+        let e = external_mint(
+            asked(Some(&["trips:book", "admin:all"]), None),
+            alice(&both, 3600),
+            map(&[]),
+            map(&[]),
+            300,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.error, "invalid_scope");
+        assert!(e.description.contains("admin:all"), "{e:?}");
+        // Never beyond the token's exp, asked for or by default.
+        for ttl in [None, Some(600)] {
+            let m = external_mint(
+                asked(None, ttl),
+                alice(&both, 42),
+                map(&[]),
+                map(&[]),
+                300,
+                NOW,
+            )
+            .unwrap();
+            assert_eq!(m.ttl_secs, Some(42));
+        }
+        let m = external_mint(
+            asked(None, Some(60)),
+            alice(&both, 3600),
+            map(&[]),
+            map(&[]),
+            300,
+            NOW,
+        )
+        .unwrap();
+        assert_eq!(m.ttl_secs, Some(60));
+        // Expired (or expiring this second): invalid_grant.
+        let e = external_mint(
+            asked(None, None),
+            alice(&both, 0),
+            map(&[]),
+            map(&[]),
+            300,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.error, "invalid_grant");
+        // A token granting nothing, or a user id Writ cannot carry: invalid_grant.
+        let e = external_mint(
+            asked(None, None),
+            alice(&[], 3600),
+            map(&[]),
+            map(&[]),
+            300,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.error, "invalid_grant");
+        let mut odd = alice(&both, 3600);
+        odd.subject = "alice smith".into();
+        let e = external_mint(asked(None, None), odd, map(&[]), map(&[]), 300, NOW).unwrap_err();
+        assert_eq!(e.error, "invalid_grant");
+        assert!(e.description.contains("sub"), "{e:?}");
+        // The caller may add to the request context, never overwrite the token's.
+        let e = external_mint(
+            asked(None, None),
+            alice(&both, 3600),
+            map(&[]),
+            map(&[("authn", "none")]),
+            300,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.error, "invalid_request");
+        assert!(e.description.starts_with("request_context["), "{e:?}");
+        // The token's scopes are validated as any request's: one Writ cannot carry makes
+        // the token unusable here.
+        let e = external_mint(
+            asked(None, None),
+            alice(&["bad scope\\"], 3600),
+            map(&[]),
+            map(&[]),
+            300,
+            NOW,
+        )
+        .unwrap_err();
+        assert_eq!(e.error, "invalid_grant");
     }
 
     fn form_urlencoded_encode(s: &str) -> String {
