@@ -268,7 +268,7 @@ impl Authenticator {
     /// its form, `form` (one more way to present a client assertion, never a second proof).
     pub fn identify_http(
         &self,
-        parts: &http::request::Parts,
+        parts: &::http::request::Parts,
         form: FormClientAuth<'_>,
     ) -> Result<Caller, AuthError> {
         let info = parts.extensions.get::<PeerInfo>();
@@ -281,7 +281,7 @@ impl Authenticator {
     /// to the caller identified or to the peer address `ip`.
     fn identify_request(
         &self,
-        headers: &http::HeaderMap,
+        headers: &::http::HeaderMap,
         info: Option<&PeerInfo>,
         ip: Option<std::net::IpAddr>,
         form: FormClientAuth<'_>,
@@ -339,7 +339,7 @@ impl Authenticator {
     /// client assertion, and the caller it proves.
     fn identify_headers(
         &self,
-        headers: &http::HeaderMap,
+        headers: &::http::HeaderMap,
         peer: Option<String>,
         form: FormClientAuth<'_>,
     ) -> Result<Caller, AuthError> {
