@@ -42,6 +42,7 @@ pub struct TestServer {
     running: Option<RunningServer>,
     addr: SocketAddr,
     ops_addr: Option<SocketAddr>,
+    http_addr: Option<SocketAddr>,
 }
 
 impl TestServer {
@@ -108,12 +109,14 @@ impl TestServer {
         configure(&mut config);
         config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.observability.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         config.data_dir = data_dir.clone();
         let running = writ_server::start(config.clone())
             .await
             .expect("starting the Writ server");
         let addr = running.local_addr;
         let ops_addr = running.ops_addr;
+        let http_addr = running.http_addr;
         TestServer {
             tmp,
             data_dir,
@@ -121,6 +124,7 @@ impl TestServer {
             running: Some(running),
             addr,
             ops_addr,
+            http_addr,
         }
     }
 
@@ -131,7 +135,7 @@ impl TestServer {
     }
 
     /// `GET path` on the ops listener over plain HTTP/1.1.
-    pub async fn ops_get(&self, path: &str) -> HttpAnswer {
+    pub async fn ops_get(&self, path: &str) -> PlainAnswer {
         http_get(self.ops_addr(), path).await
     }
 
@@ -170,6 +174,42 @@ impl TestServer {
     /// The server's address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The configuration the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The OAuth HTTP listener's address (panics when the test turned it off).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr.expect("the OAuth HTTP listener is enabled")
+    }
+
+    /// `https://127.0.0.1:PORT<path>` on the OAuth HTTP listener (`http://` without TLS).
+    pub fn http_url(&self, path: &str) -> String {
+        let scheme = if self.config.tls.enabled {
+            "https"
+        } else {
+            "http"
+        };
+        format!("{scheme}://{}{path}", self.http_addr())
+    }
+
+    /// An HTTP client for the OAuth listener, trusting [`TestServer::ca_pem`], presenting
+    /// `identity` (certificate and key PEM) or no client certificate, speaking `version`.
+    pub fn http_client(
+        &self,
+        identity: Option<(String, String)>,
+        version: HttpVersion,
+    ) -> reqwest::Client {
+        http_client(&self.ca_pem(), identity, version)
+    }
+
+    /// [`TestServer::http_client`] proving `spiffe://<td>/<path>` with a certificate from
+    /// the development CA, over whatever the server agrees to (HTTP/2 by ALPN).
+    pub fn http_svid_client(&self, path: &str) -> reqwest::Client {
+        self.http_client(Some(self.svid(path)), HttpVersion::Any)
     }
 
     /// The CA certificate the harness's clients trust: the development CA's
@@ -344,6 +384,7 @@ impl TestServer {
             .expect("restarting the Writ server");
         self.addr = running.local_addr;
         self.ops_addr = running.ops_addr;
+        self.http_addr = running.http_addr;
         self.running = Some(running);
     }
 
@@ -417,7 +458,7 @@ impl TestServer {
 
 /// An HTTP answer: status, headers and body.
 #[derive(Debug)]
-pub struct HttpAnswer {
+pub struct PlainAnswer {
     /// The status code.
     pub status: u16,
     /// The headers.
@@ -427,7 +468,7 @@ pub struct HttpAnswer {
 }
 
 /// `GET path` on `addr` over plain HTTP/1.1 (hyper's client), on a connection of its own.
-pub async fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
+pub async fn http_get(addr: SocketAddr, path: &str) -> PlainAnswer {
     use http_body_util::BodyExt;
     let stream = tokio::net::TcpStream::connect(addr)
         .await
@@ -456,11 +497,168 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> HttpAnswer {
         .unwrap_or_else(|e| panic!("reading the body of GET {path}: {e}"))
         .to_bytes();
     driver.abort();
-    HttpAnswer {
+    PlainAnswer {
         status,
         headers,
         body: String::from_utf8(body.to_vec()).expect("a UTF-8 body"),
     }
+}
+
+// ---- the OAuth HTTP face ----
+
+/// Which HTTP version an [`http_client`] speaks over TLS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpVersion {
+    /// Offers `h2` and `http/1.1` (ALPN) and speaks what the server picks.
+    Any,
+    /// Offers and speaks only HTTP/1.1.
+    Http1,
+    /// Offers and speaks only HTTP/2.
+    Http2,
+}
+
+/// An HTTPS client (rustls on ring) trusting `ca_pem`, presenting `identity`.
+pub fn http_client(
+    ca_pem: &str,
+    identity: Option<(String, String)>,
+    version: HttpVersion,
+) -> reqwest::Client {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots
+            .add(cert.expect("the CA bundle is PEM"))
+            .expect("the CA certificate is a usable root");
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots);
+    let mut tls = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("the client certificate is PEM"),
+                PrivateKeyDer::from_pem_slice(key.as_bytes()).expect("the client key is PEM"),
+            )
+            .expect("a usable client certificate"),
+    };
+    tls.alpn_protocols = match version {
+        HttpVersion::Any => vec![b"h2".to_vec(), b"http/1.1".to_vec()],
+        HttpVersion::Http1 => vec![b"http/1.1".to_vec()],
+        HttpVersion::Http2 => vec![b"h2".to_vec()],
+    };
+    let builder = reqwest::Client::builder()
+        .use_preconfigured_tls(tls)
+        .timeout(Duration::from_secs(30));
+    let builder = match version {
+        HttpVersion::Http1 => builder.http1_only(),
+        HttpVersion::Http2 => builder.http2_prior_knowledge(),
+        HttpVersion::Any => builder,
+    };
+    builder.build().expect("building the HTTP client")
+}
+
+/// `pairs` as an `application/x-www-form-urlencoded` body (a name may repeat).
+pub fn form_body(pairs: &[(&str, &str)]) -> String {
+    let mut s = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs {
+        s.append_pair(k, v);
+    }
+    s.finish()
+}
+
+/// An answer of the OAuth face: status, headers and JSON body (`Null` when not JSON).
+#[derive(Debug)]
+pub struct HttpAnswer {
+    /// The status.
+    pub status: u16,
+    /// The headers.
+    pub headers: reqwest::header::HeaderMap,
+    /// The body as JSON (`Value::Null` if it is not JSON).
+    pub json: serde_json::Value,
+    /// The body as text.
+    pub text: String,
+    /// The HTTP version it came over.
+    pub version: reqwest::Version,
+}
+
+impl HttpAnswer {
+    /// Reads a response whole.
+    pub async fn read(r: reqwest::Response) -> HttpAnswer {
+        let status = r.status().as_u16();
+        let headers = r.headers().clone();
+        let version = r.version();
+        let text = r.text().await.expect("reading the answer");
+        let json = serde_json::from_str(&text).unwrap_or(serde_json::Value::Null);
+        HttpAnswer {
+            status,
+            headers,
+            json,
+            text,
+            version,
+        }
+    }
+
+    /// A header's value as text ("" when absent).
+    pub fn header(&self, name: &str) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+    }
+
+    /// Asserts an OAuth error answer with `status` and `error` whose description names
+    /// every needle; returns the description.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, error: &str, needles: &[&str]) -> String {
+        assert_eq!(
+            (self.status, self.json["error"].as_str()),
+            (status, Some(error)),
+            "unexpected answer: {self:?}"
+        );
+        let description = self.json["error_description"]
+            .as_str()
+            .unwrap_or_else(|| panic!("an error says why: {self:?}"));
+        for n in needles {
+            assert!(
+                description.contains(n),
+                "description {description:?} does not name {n:?}"
+            );
+        }
+        assert_eq!(self.header("cache-control"), "no-store", "{self:?}");
+        assert_eq!(self.header("pragma"), "no-cache", "{self:?}");
+        description.to_owned()
+    }
+}
+
+/// POSTs the form `pairs` to `url` with `client` (extra `headers` added) and reads the
+/// answer.
+pub async fn post_form(
+    client: &reqwest::Client,
+    url: &str,
+    pairs: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> HttpAnswer {
+    let mut request = client
+        .post(url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form_body(pairs));
+    for (k, v) in headers {
+        request = request.header(*k, *v);
+    }
+    HttpAnswer::read(
+        request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {url}: {e:?}")),
+    )
+    .await
 }
 
 // ---- request builders ----

@@ -173,32 +173,14 @@ fn resolve_port(port: &Value, ports: &BTreeMap<String, i64>, what: &str) -> i64 
 // ---------------------------------------------------------------------------------------
 // The configuration files
 
-/// Top-level sections other branches of issue 11 add to `Config` (the HTTP listener and
-/// the ops listener). Until they are merged, a file naming them cannot parse as a whole,
-/// so it is parsed without them, and only a complaint about exactly these keys is
-/// forgiven. Once they exist the whole file parses and the fallback is never taken;
-/// the lead removes it at merge.
-const PENDING_SECTIONS: [&str; 2] = ["http", "observability"];
+/// The sections with listeners of their own besides `listen` (the OAuth HTTP listener
+/// and the ops listener).
+const LISTENER_SECTIONS: [&str; 2] = ["http", "observability"];
 
 /// `text` as the server reads its configuration file, validated.
 fn server_config(text: &str, what: &str) -> Config {
-    let config = match toml::from_str::<Config>(text) {
-        Ok(c) => c,
-        Err(e)
-            if PENDING_SECTIONS
-                .iter()
-                .any(|k| e.message().contains(&format!("unknown field `{k}`"))) =>
-        {
-            let mut table: toml::Table = toml::from_str(text).expect("parsed once already");
-            for k in PENDING_SECTIONS {
-                table.remove(k);
-            }
-            toml::Value::Table(table)
-                .try_into::<Config>()
-                .unwrap_or_else(|e| panic!("{what}: not a server configuration: {e}"))
-        }
-        Err(e) => panic!("{what}: not a server configuration: {e}"),
-    };
+    let config: Config =
+        toml::from_str(text).unwrap_or_else(|e| panic!("{what}: not a server configuration: {e}"));
     config
         .validate()
         .unwrap_or_else(|e| panic!("{what}: refused by the server: {e}"));
@@ -695,7 +677,7 @@ async fn the_shipped_configuration_and_policy_serve_a_chain() {
     // harness's), with the development CA instead of the Secret's files and the
     // repository's policy file.
     let mut table: toml::Table = toml::from_str(&text).expect("TOML");
-    for section in PENDING_SECTIONS {
+    for section in LISTENER_SECTIONS {
         if let Some(t) = table.get_mut(section).and_then(toml::Value::as_table_mut) {
             t.insert("listen".into(), "127.0.0.1:0".into());
         }

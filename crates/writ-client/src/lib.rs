@@ -8,6 +8,11 @@
 //! or operator's credential ([`WritClient::with_minter_credential`]);
 //! [`WritClient::as_caller`] asserts an identity, which only a server in development mode
 //! accepts.
+//!
+//! Between hops a transaction token travels in exactly one `Txn-Token` HTTP header
+//! ([`TXN_TOKEN_HEADER`]) or `txn-token` gRPC metadata entry ([`TXN_TOKEN_METADATA`]),
+//! never in `Authorization`: [`attach_txn_token`] sets it on an outgoing request and
+//! [`txn_token`] reads it from an incoming one.
 #![forbid(unsafe_code)]
 
 use tonic::metadata::MetadataValue;
@@ -22,6 +27,40 @@ pub use writ_api::pb as proto;
 pub const CALLER_HEADER: &str = "x-writ-caller";
 /// Metadata header carrying a JWT client assertion.
 pub const ASSERTION_HEADER: &str = "writ-client-assertion";
+
+/// The HTTP header (`Txn-Token`) and the gRPC metadata key (`txn-token`) that carry a
+/// transaction token to the next hop: exactly one, never in `Authorization`.
+pub use writ_api::oauth::{TXN_TOKEN_HEADER, TXN_TOKEN_METADATA};
+
+/// Sets `token` as the one `txn-token` metadata entry of `request` (replacing any), for
+/// the next hop. The value is marked sensitive: kept out of HPACK's dynamic table and out
+/// of debug output.
+pub fn attach_txn_token<T>(
+    request: &mut tonic::Request<T>,
+    token: &str,
+) -> Result<(), ClientError> {
+    let mut v: MetadataValue<tonic::metadata::Ascii> = token
+        .parse()
+        .map_err(|_| ClientError::Metadata(TXN_TOKEN_METADATA))?;
+    v.set_sensitive(true);
+    request.metadata_mut().insert(TXN_TOKEN_METADATA, v);
+    Ok(())
+}
+
+/// The transaction token `request` carries in `txn-token`: `None` when it carries none,
+/// an error when it carries more than one (a proxy's beside the caller's: neither can be
+/// trusted to be the one meant) or one that is not printable ASCII.
+pub fn txn_token<T>(request: &tonic::Request<T>) -> Result<Option<&str>, ClientError> {
+    let mut values = request.metadata().get_all(TXN_TOKEN_METADATA).iter();
+    match (values.next(), values.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => v
+            .to_str()
+            .map(Some)
+            .map_err(|_| ClientError::Metadata(TXN_TOKEN_METADATA)),
+        (Some(_), Some(_)) => Err(ClientError::TxnTokenRepeated),
+    }
+}
 
 /// How to reach a Writ server over TLS: the CA certificate(s) to trust (PEM; a local
 /// server's is `<data_dir>/tls/ca.pem`), and optionally the client certificate and key
@@ -67,6 +106,9 @@ pub enum ClientError {
     /// A header value is not valid metadata.
     #[error("invalid {0}: not valid gRPC metadata")]
     Metadata(&'static str),
+    /// A request carries more than one transaction token.
+    #[error("txn-token: sent more than once; a request carries exactly one transaction token")]
+    TxnTokenRepeated,
     /// The server refused or failed the request.
     #[error("{}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
@@ -543,6 +585,31 @@ mod tests {
         ] {
             assert!(!is_loopback(&uri_of(remote)), "{remote}");
         }
+    }
+
+    #[test]
+    fn a_txn_token_rides_in_exactly_one_sensitive_metadata_entry() {
+        assert_eq!(TXN_TOKEN_HEADER, "Txn-Token");
+        assert_eq!(TXN_TOKEN_METADATA, "txn-token");
+        let mut r = tonic::Request::new(());
+        assert_eq!(txn_token(&r).unwrap(), None);
+        attach_txn_token(&mut r, "writ_first").unwrap();
+        attach_txn_token(&mut r, "writ_second").unwrap();
+        assert_eq!(
+            txn_token(&r).unwrap(),
+            Some("writ_second"),
+            "replaced, not added"
+        );
+        let v = r.metadata().get(TXN_TOKEN_METADATA).unwrap();
+        assert!(v.is_sensitive());
+        assert!(!format!("{v:?}").contains("writ_second"), "{v:?}");
+        assert!(matches!(
+            attach_txn_token(&mut r, "bad\nvalue"),
+            Err(ClientError::Metadata(TXN_TOKEN_METADATA))
+        ));
+        r.metadata_mut()
+            .append(TXN_TOKEN_METADATA, "writ_third".parse().unwrap());
+        assert!(matches!(txn_token(&r), Err(ClientError::TxnTokenRepeated)));
     }
 
     #[tokio::test]

@@ -6,7 +6,8 @@
 //!   (verified there by [`crate::tls`]: chain, validity, key usage, trust domain).
 //! - **A JWT client assertion** (`writ-client-assertion`): signed by a key registered
 //!   for the party (RFC 7523), or a JWT-SVID verified against the trust domain's JWT
-//!   bundle ([`crate::assertion`]), for callers behind a TLS-terminating proxy.
+//!   bundle ([`crate::assertion`]), for callers behind a TLS-terminating proxy. At the
+//!   OAuth HTTP face the form's RFC 7523 `client_assertion` is the same proof.
 //! - **A bearer credential** (`authorization: Bearer <credential>`) configured for a
 //!   minter or operator.
 //! - **Asserted** in `x-writ-caller`: development mode only (`auth.asserted_identities`,
@@ -34,6 +35,67 @@ pub const CALLER_HEADER: &str = "x-writ-caller";
 const AUTHORIZATION: &str = "authorization";
 /// Every header that carries an identity: each may appear at most once.
 const IDENTITY_HEADERS: [&str; 3] = [CALLER_HEADER, AUTHORIZATION, ASSERTION_HEADER];
+
+/// The form parameter of an RFC 7523 client assertion (the OAuth HTTP face).
+pub const CLIENT_ASSERTION: &str = "client_assertion";
+/// The form parameter naming the assertion's type.
+pub const CLIENT_ASSERTION_TYPE: &str = "client_assertion_type";
+/// The only `client_assertion_type` accepted (RFC 7523 §2.2).
+pub const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// The client authentication an OAuth request carries in its form: an RFC 7523 client
+/// assertion (the same proof as the `writ-client-assertion` header, so never beside it or
+/// another proof) and `client_id`, which proves nothing and must name the identity proven.
+/// gRPC requests carry none.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FormClientAuth<'a> {
+    /// `client_assertion_type`.
+    pub assertion_type: Option<&'a str>,
+    /// `client_assertion`.
+    pub assertion: Option<&'a str>,
+    /// `client_id`.
+    pub client_id: Option<&'a str>,
+}
+
+impl<'a> FormClientAuth<'a> {
+    /// The assertion, if one is presented with the RFC 7523 type.
+    fn assertion(&self) -> Result<Option<&'a str>, AuthError> {
+        match (self.assertion_type, self.assertion) {
+            (None, None) => Ok(None),
+            (Some(JWT_BEARER), Some(jwt)) => Ok(Some(jwt)),
+            (Some(other), Some(_)) => Err(AuthError::Unproven(format!(
+                "{CLIENT_ASSERTION_TYPE}: {} is not supported; only {JWT_BEARER}",
+                writ_core::text::Shown(other)
+            ))),
+            (None, Some(_)) => Err(AuthError::Malformed(format!(
+                "{CLIENT_ASSERTION_TYPE}: required with {CLIENT_ASSERTION} ({JWT_BEARER})"
+            ))),
+            (Some(_), None) => Err(AuthError::Malformed(format!(
+                "{CLIENT_ASSERTION}: required with {CLIENT_ASSERTION_TYPE}"
+            ))),
+        }
+    }
+
+    /// `caller`, if `client_id` is absent or names it.
+    fn check_client_id(&self, caller: Caller) -> Result<Caller, AuthError> {
+        let Some(client_id) = self.client_id else {
+            return Ok(caller);
+        };
+        match &caller {
+            Caller::Known(i) if i.actor.id == client_id => Ok(caller),
+            Caller::Known(i) => Err(AuthError::Unproven(format!(
+                "client_id: {} is not the authenticated identity {}",
+                writ_core::text::Shown(client_id),
+                writ_core::text::Shown(&i.actor.id)
+            ))),
+            Caller::Anonymous => Err(AuthError::Unproven(format!(
+                "client_id: {} proves nothing; authenticate with a client certificate \
+                 (tls_client_auth) or a client assertion (private_key_jwt)",
+                writ_core::text::Shown(client_id)
+            ))),
+        }
+    }
+}
 
 /// Who is calling: an authenticated identity with the roles it holds, or nobody.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -191,6 +253,39 @@ impl Authenticator {
     /// Decides who is calling `request`.
     pub fn identify<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
         let info = request.extensions().get::<PeerInfo>();
+        let ip = crate::ratelimit::peer_ip(request);
+        self.identify_request(
+            request.metadata().as_ref(),
+            info,
+            ip,
+            FormClientAuth::default(),
+        )
+    }
+
+    /// Decides who is calling an HTTP request (the OAuth face): the same proofs as
+    /// [`identify`](Self::identify), read from the same headers and the connection's
+    /// [`PeerInfo`] in the request's extensions, plus the RFC 7523 client authentication of
+    /// its form, `form` (one more way to present a client assertion, never a second proof).
+    pub fn identify_http(
+        &self,
+        parts: &::http::request::Parts,
+        form: FormClientAuth<'_>,
+    ) -> Result<Caller, AuthError> {
+        let info = parts.extensions.get::<PeerInfo>();
+        let ip = info.and_then(|p| p.remote_addr).map(|a| a.ip());
+        self.identify_request(&parts.headers, info, ip, form)
+    }
+
+    /// The one path of every request: the connection's certificate still valid, the one
+    /// proof presented, `client_id` naming the identity, then the rate limit charged once,
+    /// to the caller identified or to the peer address `ip`.
+    fn identify_request(
+        &self,
+        headers: &::http::HeaderMap,
+        info: Option<&PeerInfo>,
+        ip: Option<std::net::IpAddr>,
+        form: FormClientAuth<'_>,
+    ) -> Result<Caller, AuthError> {
         // The handshake checked the certificate's validity once; the connection may last
         // longer than the certificate.
         let now = i64::try_from(crate::service::now_secs()).unwrap_or(i64::MAX);
@@ -204,7 +299,9 @@ impl Authenticator {
         let peer = info
             .and_then(|p| p.spiffe_id.as_ref())
             .map(|id| id.to_string());
-        let caller = self.identify_parts(request.metadata(), peer);
+        let caller = self
+            .identify_headers(headers, peer, form)
+            .and_then(|caller| form.check_client_id(caller));
         if let Some(limits) = &self.limits {
             match &caller {
                 Ok(Caller::Known(i)) => {
@@ -216,16 +313,13 @@ impl Authenticator {
                         })?
                 }
                 // Nobody, or a proof that failed: the peer address pays.
-                _ => {
-                    let ip = crate::ratelimit::peer_ip(request);
-                    limits
-                        .check_anonymous(ip)
-                        .map_err(|limited| AuthError::Limited {
-                            caller: ip
-                                .map_or_else(|| "anonymous".into(), |ip| format!("anonymous {ip}")),
-                            limited,
-                        })?
-                }
+                _ => limits
+                    .check_anonymous(ip)
+                    .map_err(|limited| AuthError::Limited {
+                        caller: ip
+                            .map_or_else(|| "anonymous".into(), |ip| format!("anonymous {ip}")),
+                        limited,
+                    })?,
             }
         }
         caller
@@ -238,20 +332,33 @@ impl Authenticator {
         md: &MetadataMap,
         peer: Option<String>,
     ) -> Result<Caller, AuthError> {
+        self.identify_headers(md.as_ref(), peer, FormClientAuth::default())
+    }
+
+    /// The one proof among the headers, the connection's SPIFFE ID `peer` and the form's
+    /// client assertion, and the caller it proves.
+    fn identify_headers(
+        &self,
+        headers: &::http::HeaderMap,
+        peer: Option<String>,
+        form: FormClientAuth<'_>,
+    ) -> Result<Caller, AuthError> {
         for header in IDENTITY_HEADERS {
-            if md.get_all(header).iter().nth(1).is_some() {
+            if headers.get_all(header).iter().nth(1).is_some() {
                 return Err(AuthError::Malformed(format!(
                     "{header}: sent more than once; send exactly one value"
                 )));
             }
         }
+        let form_assertion = form.assertion()?;
         let proofs = [
             peer.as_ref().map(|_| "a client certificate"),
-            md.get(AUTHORIZATION).map(|_| AUTHORIZATION),
-            md.get(ASSERTION_HEADER).map(|_| ASSERTION_HEADER),
-            md.get(CALLER_HEADER).map(|_| CALLER_HEADER),
+            headers.get(AUTHORIZATION).map(|_| AUTHORIZATION),
+            headers.get(ASSERTION_HEADER).map(|_| ASSERTION_HEADER),
+            form_assertion.map(|_| CLIENT_ASSERTION),
+            headers.get(CALLER_HEADER).map(|_| CALLER_HEADER),
         ];
-        if md.get(CALLER_HEADER).is_some() && !self.asserted {
+        if headers.get(CALLER_HEADER).is_some() && !self.asserted {
             return Err(AuthError::Unproven(format!(
                 "{CALLER_HEADER}: asserted identities are refused (development mode is off); \
                  prove the identity with a client certificate or a client assertion ({ASSERTION_HEADER})"
@@ -265,18 +372,24 @@ impl Authenticator {
                 presented.join(" and ")
             )));
         }
-        if let Some(v) = md.get(AUTHORIZATION) {
-            return self.bearer(v);
+        if let Some(v) = headers.get(AUTHORIZATION) {
+            return self.bearer(v.to_str().map_err(|_| AuthError::BadCredential)?);
         }
         // One policy for the whole request: keys and roles never come from two.
         let policy = self.policy.as_ref().map(PolicyHandle::current);
-        if let Some(v) = md.get(ASSERTION_HEADER) {
-            return self.assertion(v, policy.as_deref());
+        if let Some(v) = headers.get(ASSERTION_HEADER) {
+            let jwt = v.to_str().map_err(|_| {
+                AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
+            })?;
+            return self.assertion(ASSERTION_HEADER, jwt, policy.as_deref());
+        }
+        if let Some(jwt) = form_assertion {
+            return self.assertion(CLIENT_ASSERTION, jwt, policy.as_deref());
         }
         if let Some(id) = peer {
             return self.party(id, AuthMethod::Mtls, policy.as_deref());
         }
-        match md.get(CALLER_HEADER) {
+        match headers.get(CALLER_HEADER) {
             None => Ok(Caller::Anonymous),
             Some(v) => {
                 let id = v.to_str().map_err(|_| {
@@ -294,12 +407,8 @@ impl Authenticator {
         }
     }
 
-    /// A minter's or operator's bearer credential.
-    fn bearer(
-        &self,
-        v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
-    ) -> Result<Caller, AuthError> {
-        let value = v.to_str().map_err(|_| AuthError::BadCredential)?;
+    /// A minter's or operator's bearer credential (the `authorization` value).
+    fn bearer(&self, value: &str) -> Result<Caller, AuthError> {
         // RFC 7235: the scheme is case-insensitive.
         let cred = match value.split_once(' ') {
             Some((scheme, cred)) if scheme.eq_ignore_ascii_case("bearer") => cred.trim(),
@@ -321,26 +430,30 @@ impl Authenticator {
         Ok(Caller::known(id, AuthMethod::Bearer, &[role]))
     }
 
-    /// A JWT client assertion or JWT-SVID.
+    /// A JWT client assertion or JWT-SVID, presented in `field` (the header, or the form's
+    /// `client_assertion`).
     fn assertion(
         &self,
-        v: &tonic::metadata::MetadataValue<tonic::metadata::Ascii>,
+        field: &str,
+        jwt: &str,
         policy: Option<&Policy>,
     ) -> Result<Caller, AuthError> {
         let Some(verifier) = &self.assertions else {
             return Err(AuthError::Unproven(format!(
-                "{ASSERTION_HEADER}: client assertions are not configured"
+                "{field}: client assertions are not configured"
             )));
         };
-        let jwt = v.to_str().map_err(|_| {
-            AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
-        })?;
         let now = crate::service::now_secs();
         let keys_of = |id: &str| policy.and_then(|p| p.keys_of(id));
+        // The verifier's messages name the header; name where this one was presented.
+        let named = |m: String| match m.strip_prefix(ASSERTION_HEADER) {
+            Some(rest) if field != ASSERTION_HEADER => format!("{field}{rest}"),
+            _ => m,
+        };
         let verified = verifier.verify(jwt, &keys_of, now).map_err(|e| match e {
-            AssertionError::Malformed(m) => AuthError::Malformed(m),
-            AssertionError::ReplayCacheFull { .. } => AuthError::Exhausted(e.to_string()),
-            other => AuthError::Unproven(other.to_string()),
+            AssertionError::Malformed(m) => AuthError::Malformed(named(m)),
+            AssertionError::ReplayCacheFull { .. } => AuthError::Exhausted(named(e.to_string())),
+            other => AuthError::Unproven(named(other.to_string())),
         })?;
         let method = match verified.kind {
             AssertionKind::ClientAssertion => AuthMethod::ClientAssertion,
@@ -348,7 +461,7 @@ impl Authenticator {
         };
         // A party id is a SPIFFE ID of at most `MAX_ID_LEN` bytes, however it is proven.
         let subject = crate::tls::SpiffeId::parse(&verified.subject)
-            .map_err(|e| AuthError::Unproven(format!("{ASSERTION_HEADER}: `sub`: {e}")))?;
+            .map_err(|e| AuthError::Unproven(format!("{field}: `sub`: {e}")))?;
         self.party(subject.to_string(), method, policy)
     }
 
@@ -562,6 +675,135 @@ mod tests {
             Err(AuthError::Unproven(_))
         ));
         assert_eq!(a.identify_parts(&md(&[]), None), Ok(Caller::Anonymous));
+    }
+
+    /// An HTTP request: its headers, and the connection's verified SPIFFE ID as the
+    /// listener puts it in the extensions.
+    fn http_parts(headers: &[(&str, &str)], spiffe: Option<&str>) -> ::http::request::Parts {
+        let mut builder = ::http::Request::builder().method("POST").uri("/token");
+        for (k, v) in headers {
+            builder = builder.header(*k, *v);
+        }
+        let (mut parts, ()) = builder.body(()).unwrap().into_parts();
+        parts.extensions.insert(PeerInfo {
+            remote_addr: Some("127.0.0.1:5000".parse().unwrap()),
+            spiffe_id: spiffe.map(|s| crate::tls::SpiffeId::parse(s).unwrap()),
+            not_after: None,
+        });
+        parts
+    }
+
+    /// The HTTP entry point shares the seam: the same proofs from the same headers and
+    /// the connection's certificate; the form's RFC 7523 assertion is one more way to
+    /// present a client assertion, never a second proof; `client_id` must name whoever
+    /// was proven.
+    #[test]
+    fn http_requests_prove_one_identity_through_the_same_seam() {
+        let a = auth();
+        let spiffe = "spiffe://writ.local/agent/planner";
+        let bearer = format!("Bearer {C1}");
+        let none = FormClientAuth::default();
+        assert_eq!(
+            a.identify_http(&http_parts(&[("authorization", &bearer)], None), none),
+            Ok(Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]))
+        );
+        assert_eq!(
+            a.identify_http(&http_parts(&[], Some(spiffe)), none),
+            Ok(Caller::known(
+                spiffe,
+                AuthMethod::Mtls,
+                &[Role::Agent, Role::ResourceServer]
+            ))
+        );
+        assert_eq!(
+            a.identify_http(&http_parts(&[], None), none),
+            Ok(Caller::Anonymous)
+        );
+        let form = FormClientAuth {
+            assertion_type: Some(JWT_BEARER),
+            assertion: Some("a.b.c"),
+            client_id: None,
+        };
+        // No verifier configured here: the form's assertion is a client assertion.
+        assert!(matches!(
+            a.identify_http(&http_parts(&[], None), form),
+            Err(AuthError::Unproven(m)) if m.starts_with(CLIENT_ASSERTION)
+        ));
+        // Beside the header, a certificate or a credential: two proofs.
+        for (headers, spiffe) in [
+            (vec![(ASSERTION_HEADER, "d.e.f")], None),
+            (vec![], Some(spiffe)),
+            (vec![("authorization", bearer.as_str())], None),
+        ] {
+            assert!(
+                matches!(
+                    a.identify_http(&http_parts(&headers, spiffe), form),
+                    Err(AuthError::Malformed(m)) if m.contains("one proof") && m.contains(CLIENT_ASSERTION)
+                ),
+                "{headers:?} {spiffe:?}"
+            );
+        }
+        // The assertion's type is RFC 7523's, and each needs the other.
+        let typed = |t: Option<&'static str>, jwt: Option<&'static str>| FormClientAuth {
+            assertion_type: t,
+            assertion: jwt,
+            client_id: None,
+        };
+        assert!(matches!(
+            a.identify_http(&http_parts(&[], None), typed(Some("urn:x:saml"), Some("a.b.c"))),
+            Err(AuthError::Unproven(m)) if m.starts_with(CLIENT_ASSERTION_TYPE)
+        ));
+        assert!(matches!(
+            a.identify_http(&http_parts(&[], None), typed(None, Some("a.b.c"))),
+            Err(AuthError::Malformed(m)) if m.starts_with(CLIENT_ASSERTION_TYPE)
+        ));
+        assert!(matches!(
+            a.identify_http(&http_parts(&[], None), typed(Some(JWT_BEARER), None)),
+            Err(AuthError::Malformed(m)) if m.starts_with(CLIENT_ASSERTION)
+        ));
+        // client_id names the proven identity, or the request is refused.
+        let claiming = |id: &'static str| FormClientAuth {
+            client_id: Some(id),
+            ..FormClientAuth::default()
+        };
+        assert!(
+            a.identify_http(&http_parts(&[], Some(spiffe)), claiming(spiffe))
+                .is_ok()
+        );
+        assert!(matches!(
+            a.identify_http(&http_parts(&[("authorization", &bearer)], None), claiming(spiffe)),
+            Err(AuthError::Unproven(m)) if m.starts_with("client_id")
+        ));
+        assert!(matches!(
+            a.identify_http(&http_parts(&[], None), claiming("gw")),
+            Err(AuthError::Unproven(m)) if m.contains("proves nothing")
+        ));
+        // A header sent twice, as for gRPC.
+        assert!(matches!(
+            a.identify_http(
+                &http_parts(&[("authorization", &bearer), ("authorization", &bearer)], None),
+                none
+            ),
+            Err(AuthError::Malformed(m)) if m.starts_with("authorization")
+        ));
+    }
+
+    /// Rate limits are charged once per HTTP request too: to the caller, or to the peer
+    /// address of a request that proves nobody.
+    #[test]
+    fn http_requests_are_rate_limited_like_grpc_ones() {
+        let config: crate::ratelimit::RateLimitConfig =
+            toml::from_str("anonymous = { requests_per_second = 1, burst = 1 }\n").unwrap();
+        let a = auth().with_limits(Arc::new(crate::ratelimit::RateLimiter::new(&config)));
+        let parts = http_parts(&[], None);
+        assert_eq!(
+            a.identify_http(&parts, FormClientAuth::default()),
+            Ok(Caller::Anonymous)
+        );
+        assert!(matches!(
+            a.identify_http(&parts, FormClientAuth::default()),
+            Err(AuthError::Limited { caller, .. }) if caller == "anonymous 127.0.0.1"
+        ));
     }
 
     /// An asserted name proves nothing: even in development mode it never carries a

@@ -58,6 +58,35 @@ pub struct Config {
     pub subject_tokens: crate::subject::SubjectTokensConfig,
     /// The ops listener (metrics, health probes), logs and traces (`[observability]`).
     pub observability: crate::ops::ObservabilityConfig,
+    /// The OAuth HTTP listener (`[http]`): token exchange, introspection, metadata.
+    pub http: HttpConfig,
+}
+
+/// `[http]`: the OAuth face's own listener (RFC 8693 token exchange, RFC 7662
+/// introspection, RFC 8414 metadata and the JWKS), with the TLS, client certificates and
+/// connection caps of the gRPC listener.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve it (default).
+    pub enabled: bool,
+    /// Address to listen on. Default: loopback, port 7434 (the default `issuer`'s).
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes (1024..=1048576; default 64 KiB).
+    pub body_limit_bytes: usize,
+    /// How long one request may take before it is answered 503 (1..=300; default 30).
+    pub request_timeout_seconds: u64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 7434)),
+            body_limit_bytes: 64 * 1024,
+            request_timeout_seconds: 30,
+        }
+    }
 }
 
 /// TLS settings. With no files named, `writ serve` creates a local development CA and a
@@ -251,6 +280,7 @@ impl Default for Config {
             signing: Default::default(),
             subject_tokens: Default::default(),
             observability: Default::default(),
+            http: HttpConfig::default(),
         }
     }
 }
@@ -452,6 +482,7 @@ impl Config {
                 self.listen
             ));
         }
+        self.validate_http()?;
         let all: Vec<&CredentialConfig> = self.minters.iter().chain(&self.operators).collect();
         for m in &all {
             if all
@@ -488,6 +519,50 @@ impl Config {
                     m.id
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// `[http]`: its ranges, and the loopback rules of the gRPC listener (plaintext,
+    /// development mode) for its own address.
+    fn validate_http(&self) -> Result<(), ConfigError> {
+        let h = &self.http;
+        let bad = |m: String| Err(ConfigError::Invalid(m));
+        if !h.enabled {
+            return Ok(());
+        }
+        if !(1024..=1024 * 1024).contains(&h.body_limit_bytes) {
+            return bad(format!(
+                "http.body_limit_bytes = {} must be in 1024..=1048576",
+                h.body_limit_bytes
+            ));
+        }
+        if h.request_timeout_seconds == 0 || h.request_timeout_seconds > 300 {
+            return bad(format!(
+                "http.request_timeout_seconds = {} must be in 1..=300",
+                h.request_timeout_seconds
+            ));
+        }
+        if h.listen == self.listen && h.listen.port() != 0 {
+            return bad(format!(
+                "http.listen = {} is also the gRPC listen address; give each its own port",
+                h.listen
+            ));
+        }
+        if self.auth.asserted_identities && !h.listen.ip().is_loopback() {
+            return bad(format!(
+                "auth.asserted_identities (development mode) is only allowed on loopback \
+                 listeners, and http.listen = {}: asserted identities are unproven",
+                h.listen
+            ));
+        }
+        if !self.tls.enabled && !h.listen.ip().is_loopback() && !self.allow_insecure_listen {
+            return bad(format!(
+                "http.listen = {}: with tls.enabled = false Writ speaks plaintext HTTP \
+                 (credentials and tokens in the clear); listen on loopback behind a \
+                 TLS-terminating proxy, or set allow_insecure_listen = true to accept the risk",
+                h.listen
+            ));
         }
         Ok(())
     }
@@ -535,6 +610,7 @@ mod tests {
             format!("{:?}", c.observability),
             format!("{:?}", d.observability)
         );
+        assert_eq!(format!("{:?}", c.http), format!("{:?}", d.http));
         let c: Config = toml::from_str("[runtime]\nflavor = \"current_thread\"\n").unwrap();
         assert_eq!(c.runtime.flavor, RuntimeFlavor::CurrentThread);
         c.validate().unwrap();
@@ -566,6 +642,40 @@ mod tests {
         ))
         .unwrap();
         assert!(c.validate().is_err(), "generated identities are reserved");
+    }
+
+    #[test]
+    fn the_http_listener_follows_the_loopback_rules_and_is_bounded() {
+        let c: Config = toml::from_str("[http]\nlisten = \"127.0.0.1:9000\"\n").unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.http.body_limit_bytes, 64 * 1024);
+        let mut c = Config::default();
+        c.http.listen = "0.0.0.0:7434".parse().unwrap();
+        c.validate().unwrap();
+        c.tls.enabled = false;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.listen") && e.contains("plaintext"), "{e}");
+        c.allow_insecure_listen = true;
+        c.validate().unwrap();
+        c.auth.asserted_identities = true;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("http.listen") && e.contains("asserted"), "{e}");
+        c.http.enabled = false;
+        c.validate().unwrap();
+        let mut c = Config::default();
+        c.http.listen = c.listen;
+        assert!(c.validate().unwrap_err().to_string().contains("own port"));
+        for (key, value) in [
+            ("body_limit_bytes", "1023"),
+            ("body_limit_bytes", "1048577"),
+            ("request_timeout_seconds", "0"),
+            ("request_timeout_seconds", "301"),
+        ] {
+            let c: Config = toml::from_str(&format!("[http]\n{key} = {value}\n")).unwrap();
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(&format!("http.{key}")), "{e}");
+        }
+        assert!(toml::from_str::<Config>("[http]\nport = 1\n").is_err());
     }
 
     #[test]

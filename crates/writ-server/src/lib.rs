@@ -32,6 +32,8 @@
 //! - [`metrics`]: the server's Prometheus registry and the request layer that counts,
 //!   times and spans every gRPC and HTTP request.
 //! - [`telemetry`]: the process's log subscriber (text or JSON), request ids, OTLP traces.
+//! - [`http`]: the OAuth face on its own listener: RFC 8693 token exchange, RFC 7662
+//!   introspection, RFC 8414 metadata and the JWKS, on the same service and auth seam.
 //!
 //! [`start`] takes the data directory's lock before it reads or generates any secret and
 //! holds it until the server has stopped and closed its store.
@@ -47,6 +49,7 @@ pub mod config;
 pub mod error;
 pub mod flood;
 pub mod grpc;
+pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod parties;
@@ -124,6 +127,10 @@ pub struct RunningServer {
     readiness: Arc<ops::Readiness>,
     /// The ops listener; stopped after the server.
     ops: Option<ops::OpsServer>,
+    /// The OAuth HTTP listener's address actually bound; `None` with `http.enabled = false`.
+    pub http_addr: Option<SocketAddr>,
+    /// Serves the OAuth HTTP listener until the stop signal (with its own shutdown grace).
+    http: Option<JoinHandle<()>>,
     stop: watch::Sender<bool>,
     task: JoinHandle<Result<(), ServerError>>,
     cleanup: JoinHandle<()>,
@@ -200,6 +207,10 @@ impl RunningServer {
         };
         self.readiness.not_serving().await;
         let _ = self.stop.send(true);
+        // Its own grace period ran alongside gRPC's.
+        if let Some(http) = self.http {
+            let _ = http.await;
+        }
         self.resume.abort();
         let _ = self.resume.await;
         let _ = self.cleanup.await;
@@ -433,6 +444,17 @@ async fn start_with_keepalive(
         _ => None,
     };
     let ops_addr = ops.as_ref().map(|o| o.addr);
+    let http_listener = match config.http.enabled {
+        true => Some(TcpListener::bind(config.http.listen).await.map_err(|e| {
+            ServerError::Transport(format!("binding http.listen {}: {e}", config.http.listen))
+        })?),
+        false => None,
+    };
+    let http_addr = http_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(|e| ServerError::Transport(e.to_string()))?;
     let db_path = data_dir.join(DB_DIR);
     let opts = StoreOptions {
         durability: config.storage.durability,
@@ -506,7 +528,20 @@ async fn start_with_keepalive(
     .max_decoding_message_size(MAX_MESSAGE_BYTES)
     // A tree of up to 1000 nodes of a few KiB each.
     .max_encoding_message_size(32 * 1024 * 1024);
+    let http_router = http::router(Arc::new(http::HttpState {
+        service: service.clone(),
+        auth: auth.clone(),
+        signer: signer.clone(),
+        subjects: subjects.clone(),
+        issuer: config.issuer(),
+        trust_domain: config.trust_domain.clone(),
+        default_ttl_secs: config.tokens.default_ttl_seconds,
+        body_limit: config.http.body_limit_bytes,
+    }))
+    // Counted, timed and spanned (request id, txn, traceparent) like every gRPC request.
+    .layer(metrics::http_layer(metrics.clone()));
     let grpc = grpc::GrpcService::new(service, auth, signer.clone());
+
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         // Responses carry whole records; four times the request bound leaves headroom.
@@ -558,13 +593,22 @@ async fn start_with_keepalive(
     // before the audit writer, which waits for every handle on the trail.
     let (drain_stop, drain_stopped) = watch::channel(false);
     let drain = flood.spawn_drain(audit_for_drain, drain_stopped);
+    let handshake = std::time::Duration::from_secs(config.tls.handshake_timeout_seconds);
+    let http = http_listener.map(|listener| {
+        tokio::spawn(http::serve(
+            listener,
+            tls.clone().map(|source| (source, handshake)),
+            http_router,
+            std::time::Duration::from_secs(config.http.request_timeout_seconds),
+            stop.subscribe(),
+        ))
+    });
     let task = match tls {
         Some(source) => {
             reloaders.push(source.spawn_reloader(
                 std::time::Duration::from_secs(config.tls.reload_interval_seconds),
                 stop.subscribe(),
             ));
-            let handshake = std::time::Duration::from_secs(config.tls.handshake_timeout_seconds);
             let incoming = tls::incoming(incoming, source, handshake);
             tokio::spawn(async move {
                 router
@@ -588,12 +632,17 @@ async fn start_with_keepalive(
         tls = config.tls.enabled,
         "writ listening"
     );
+    if let Some(addr) = http_addr {
+        tracing::info!(addr = %addr, issuer = %config.issuer(), "OAuth HTTP listening");
+    }
     Ok(RunningServer {
         local_addr,
         ops_addr,
         metrics,
         readiness,
         ops,
+        http_addr,
+        http,
         reloaders,
         resume,
         drain_stop,
@@ -613,12 +662,21 @@ async fn start_with_keepalive(
 mod tests {
     use super::*;
 
+    /// The OAuth listener on an ephemeral loopback port (tests run side by side).
+    fn loopback_http() -> config::HttpConfig {
+        config::HttpConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            ..Default::default()
+        }
+    }
+
     #[tokio::test]
     async fn refuses_plaintext_beyond_loopback() {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config {
             listen: "0.0.0.0:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
+            http: loopback_http(),
             ..Config::default()
         };
         config.observability.listen = "127.0.0.1:0".parse().unwrap();
@@ -650,6 +708,7 @@ mod tests {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
+            http: loopback_http(),
             ..Config::default()
         };
         config.observability.listen = "127.0.0.1:0".parse().unwrap();
@@ -704,6 +763,7 @@ mod tests {
         let mut config = Config {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir: dir.path().join("data"),
+            http: loopback_http(),
             ..Config::default()
         };
         config.observability.listen = "127.0.0.1:0".parse().unwrap();

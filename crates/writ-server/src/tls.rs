@@ -415,7 +415,8 @@ pub struct TlsSource {
     files: TlsFiles,
     trust_domain: String,
     provider: Arc<CryptoProvider>,
-    config: ArcSwap<ServerConfig>,
+    /// The configurations in force, one per [`Alpn`], swapped together.
+    config: ArcSwap<Configs>,
     /// Digest of the files the config in force was built from; held through a reload, so
     /// reloads never interleave.
     digest: Mutex<[u8; 32]>,
@@ -443,13 +444,22 @@ impl TlsSource {
             files,
             trust_domain: trust_domain.to_owned(),
             provider,
-            config: ArcSwap::from(config),
+            config: ArcSwap::from_pointee(Configs::new(config)),
         }))
     }
 
-    /// The configuration for the next handshake.
+    /// The configuration for the next handshake of the gRPC listener ([`Alpn::H2`]).
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.config.load_full()
+        self.current_for(Alpn::H2)
+    }
+
+    /// The configuration for the next handshake of a listener offering `alpn`.
+    pub fn current_for(&self, alpn: Alpn) -> Arc<ServerConfig> {
+        let configs = self.config.load();
+        match alpn {
+            Alpn::H2 => configs.h2.clone(),
+            Alpn::H2Http11 => configs.h2_http11.clone(),
+        }
     }
 
     /// The files this source reads.
@@ -476,7 +486,7 @@ impl TlsSource {
             return Ok(false);
         }
         let config = build_config(&self.files, &self.trust_domain, &self.provider, &contents)?;
-        self.config.store(config);
+        self.config.store(Arc::new(Configs::new(config)));
         *in_force = digest;
         tracing::info!(
             cert = %self.files.cert.display(),
@@ -534,6 +544,34 @@ impl TlsSource {
                 }
             }
         })
+    }
+}
+
+/// The application protocols a listener offers in the TLS handshake (ALPN).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Alpn {
+    /// `h2` only: gRPC.
+    H2,
+    /// `h2` and `http/1.1`: the OAuth HTTP face, whose clients often speak only HTTP/1.1.
+    H2Http11,
+}
+
+/// One configuration per [`Alpn`], built from the same material.
+#[derive(Debug)]
+struct Configs {
+    h2: Arc<ServerConfig>,
+    h2_http11: Arc<ServerConfig>,
+}
+
+impl Configs {
+    /// `h2` as built, and a copy that also offers `http/1.1`.
+    fn new(h2: Arc<ServerConfig>) -> Configs {
+        let mut both = (*h2).clone();
+        both.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Configs {
+            h2,
+            h2_http11: Arc::new(both),
+        }
     }
 }
 
@@ -756,11 +794,23 @@ pub fn incoming(
     source: Arc<TlsSource>,
     handshake_timeout: Duration,
 ) -> impl Stream<Item = io::Result<TlsConn>> + Send + 'static {
+    incoming_with_alpn(conns, source, handshake_timeout, Alpn::H2)
+}
+
+/// [`incoming`] for a listener that offers `alpn` (the same material, certificates and
+/// client verification; only the offered protocols differ).
+pub fn incoming_with_alpn(
+    conns: impl Stream<Item = io::Result<Conn>> + Send + 'static,
+    source: Arc<TlsSource>,
+    handshake_timeout: Duration,
+    alpn: Alpn,
+) -> impl Stream<Item = io::Result<TlsConn>> + Send + 'static {
     Handshakes {
         conns: Some(Box::pin(conns)),
         tasks: JoinSet::new(),
         source,
         timeout: handshake_timeout,
+        alpn,
     }
 }
 
@@ -773,6 +823,7 @@ struct Handshakes {
     tasks: JoinSet<Option<TlsConn>>,
     source: Arc<TlsSource>,
     timeout: Duration,
+    alpn: Alpn,
 }
 
 impl Stream for Handshakes {
@@ -785,7 +836,7 @@ impl Stream for Handshakes {
             if let Some(conns) = this.conns.as_mut() {
                 match conns.as_mut().poll_next(cx) {
                     Poll::Ready(Some(Ok(conn))) => {
-                        let config = this.source.current();
+                        let config = this.source.current_for(this.alpn);
                         let source = this.source.clone();
                         this.tasks
                             .spawn(handshake(conn, config, source, this.timeout));
@@ -960,6 +1011,15 @@ mod tests {
         source: Arc<TlsSource>,
         handshake_timeout: Duration,
     ) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
+        serve_offering(source, handshake_timeout, Alpn::H2).await
+    }
+
+    /// [`serve`] offering `alpn`.
+    async fn serve_offering(
+        source: Arc<TlsSource>,
+        handshake_timeout: Duration,
+        alpn: Alpn,
+    ) -> (SocketAddr, mpsc::UnboundedReceiver<Seen>) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let limits = Limits {
@@ -967,7 +1027,7 @@ mod tests {
             ..Limits::default()
         };
         let conns = transport::incoming_limited(listener, limits);
-        let mut accepted = Box::pin(incoming(conns, source, handshake_timeout));
+        let mut accepted = Box::pin(incoming_with_alpn(conns, source, handshake_timeout, alpn));
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             while let Some(conn) = accepted.next().await {
@@ -1202,6 +1262,53 @@ mod tests {
         let anonymous = seen.recv().await.unwrap().peer;
         assert!(anonymous.spiffe_id.is_none());
         assert_eq!(anonymous.not_after, None);
+    }
+
+    /// A client offering `protocols`.
+    fn offering(ca: &Ca, protocols: &[&[u8]]) -> Arc<ClientConfig> {
+        let mut config = (*client(ca, None)).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+
+    /// gRPC's listener offers only `h2`; the HTTP face's also `http/1.1`, from the same
+    /// material, and a reload swaps both.
+    #[tokio::test]
+    async fn the_http_face_offers_http1_beside_h2_and_grpc_does_not() {
+        let s = setup();
+        let source = TlsSource::load(s.files.clone(), TD).unwrap();
+        let (http, mut seen) = serve_offering(source.clone(), PATIENT, Alpn::H2Http11).await;
+        connect(http, offering(&s.ca, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.recv().await.unwrap().alpn.as_deref(),
+            Some(&b"http/1.1"[..])
+        );
+        connect(http, offering(&s.ca, &[b"h2", b"http/1.1"]))
+            .await
+            .unwrap();
+        assert_eq!(seen.recv().await.unwrap().alpn.as_deref(), Some(&b"h2"[..]));
+        let (grpc, _) = serve(source.clone(), PATIENT).await;
+        assert!(
+            connect(grpc, offering(&s.ca, &[b"http/1.1"]))
+                .await
+                .is_err(),
+            "gRPC's listener must not agree to HTTP/1.1"
+        );
+        let before = (source.current(), source.current_for(Alpn::H2Http11));
+        let renewed = server_cert(&s.ca);
+        std::fs::write(&s.files.cert, &renewed.cert_pem).unwrap();
+        std::fs::write(&s.files.key, &renewed.key_pem).unwrap();
+        assert!(source.reload().unwrap());
+        assert!(!Arc::ptr_eq(&before.0, &source.current()));
+        assert!(!Arc::ptr_eq(&before.1, &source.current_for(Alpn::H2Http11)));
+        let (mut c, _) = connect(http, offering(&s.ca, &[b"http/1.1"]))
+            .await
+            .unwrap();
+        let presented = c.get_ref().1.peer_certificates().unwrap()[0].clone();
+        assert_eq!(presented, der(&renewed.cert_pem));
+        c.shutdown().await.unwrap();
     }
 
     #[tokio::test]

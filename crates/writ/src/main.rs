@@ -160,6 +160,9 @@ struct ServeArgs {
     /// Address to listen on; overrides the configuration's `listen`.
     #[arg(long, env = "WRIT_LISTEN")]
     listen: Option<std::net::SocketAddr>,
+    /// Address of the OAuth HTTP listener; overrides the configuration's `http.listen`.
+    #[arg(long, env = "WRIT_HTTP_LISTEN")]
+    http_listen: Option<std::net::SocketAddr>,
     /// Data directory; overrides the configuration's `data_dir`.
     #[arg(long, env = "WRIT_DATA_DIR")]
     data_dir: Option<PathBuf>,
@@ -964,6 +967,9 @@ fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
     let mut config = writ_server::Config::load(a.config.as_deref())?;
     if let Some(l) = a.listen {
         config.listen = l;
+    }
+    if let Some(l) = a.http_listen {
+        config.http.listen = l;
     }
     if let Some(d) = &a.data_dir {
         config.data_dir = d.clone();

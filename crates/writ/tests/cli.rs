@@ -19,8 +19,9 @@ const MALLORY: &str = "spiffe://writ.local/agent/mallory";
 const PAYMENTS: &str = "spiffe://writ.local/workload/payments";
 
 /// Every environment variable `writ serve` reads a setting from.
-const SERVE_ENV: [&str; 8] = [
+const SERVE_ENV: [&str; 9] = [
     "WRIT_CONFIG",
+    "WRIT_HTTP_LISTEN",
     "WRIT_LISTEN",
     "WRIT_DATA_DIR",
     "WRIT_POLICY",
@@ -73,7 +74,9 @@ impl Server {
         if let Some(c) = config {
             args.extend(["--config".as_ref(), c.as_os_str()]);
         }
+        // The OAuth and ops listeners on ephemeral ports: servers run side by side.
         let envs = [
+            ("WRIT_HTTP_LISTEN", "127.0.0.1:0"),
             ("WRIT_OPS_LISTEN", "127.0.0.1:0"),
             ("WRIT_LOG_FORMAT", "text"),
         ];
