@@ -601,6 +601,46 @@ async fn txn_token_jwts_go_only_to_parties_the_policy_allows() {
     let exp = claims["exp"].as_u64().unwrap();
     let iat = claims["iat"].as_u64().unwrap();
     assert!(iat <= now() && exp > now() && exp - iat <= 300, "{claims}");
+
+    // Introspection gives the same JWT on request (the phantom-token pattern), to the
+    // workload holding an opaque token, and never to an agent.
+    let a = s
+        .post(
+            &planner,
+            "/token",
+            &exchange(&root.token, &s.payments, "payments:charge", &[]),
+        )
+        .await;
+    let opaque = assert_issued(&a, "payments:charge");
+    let payments = s.srv.http_svid_client("workload/payments");
+    let i = s
+        .post(
+            &payments,
+            "/introspect",
+            &[("token", opaque.as_str()), ("txn_token_jwt", "true")],
+        )
+        .await;
+    assert_eq!(i.json["active"], true, "{i:?}");
+    let jwt = i.json["txn_token"]
+        .as_str()
+        .expect("a txn_token")
+        .to_owned();
+    let (header, claims) = verify_with_jwks(&s, &jwt, Some("writ.local")).await;
+    assert_eq!(header.typ.as_deref(), Some("txntoken+jwt"));
+    assert_eq!(claims["req_wl"], s.payments);
+    assert_eq!(claims["scope"], "payments:charge");
+    assert_eq!(claims["txn"], root.info.as_ref().unwrap().txn);
+    assert!(
+        claims["exp"].as_u64().unwrap() <= i.json["exp"].as_u64().unwrap(),
+        "never past the opaque token: {claims}"
+    );
+    s.post(
+        &planner,
+        "/introspect",
+        &[("token", root.token.as_str()), ("txn_token_jwt", "true")],
+    )
+    .await
+    .assert_error(400, "invalid_request", &["txn_token_jwt", "planner"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

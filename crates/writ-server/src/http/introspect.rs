@@ -8,7 +8,10 @@
 //! `Accept: application/jwt` (or `application/token-introspection+jwt`) the answer is an
 //! RFC 9701 signed JWT (`typ: token-introspection+jwt`; `iss`, `aud` = the caller, `iat`,
 //! `token_introspection` = the JSON answer). `token_type_hint` is accepted and ignored:
-//! Writ issues one kind of token.
+//! Writ issues one kind of token. `txn_token_jwt=true` (for a caller the policy marks
+//! `txn_token_jwt`, asked before the token is looked at) adds `txn_token`: a Txn-Token JWT
+//! standing for the active token, for the caller's own internal calls (the phantom-token
+//! pattern), exactly as gRPC Validate's option.
 
 use super::HttpState;
 use super::error::{OAuthError, json_response, with_no_store};
@@ -53,10 +56,25 @@ async fn introspect<S: TokenStore>(
         ));
     };
     let token = form.require("token", "the token to introspect")?;
+    let want_txn_token = form.flag(super::token::TXN_TOKEN_JWT)?;
+    if want_txn_token && !state.service.may_receive_jwt(&identity.actor.id) {
+        return Err(OAuthError::invalid_request(format!(
+            "{}: {} may not receive Txn-Token JWTs (the policy's txn_token_jwt)",
+            super::token::TXN_TOKEN_JWT,
+            writ_core::text::Shown(&identity.actor.id)
+        )));
+    }
     let answer = match state.service.validate(caller, token, None).await? {
         Validation::Active { record, .. } => {
             let mut m = writ_api::oauth::introspection(&record);
             m.insert("iss".into(), state.issuer.clone().into());
+            if want_txn_token {
+                let (jwt, _) = state
+                    .signer
+                    .txn_token(&record, &identity.actor.id, service::now_secs())
+                    .map_err(|e| OAuthError::server_error(&e))?;
+                m.insert("txn_token".into(), jwt.into());
+            }
             Value::Object(m)
         }
         // Whatever the reason: nothing else, so no caller learns why.
