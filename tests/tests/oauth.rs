@@ -455,13 +455,13 @@ async fn every_error_of_the_token_endpoint_is_rfc_6749_shaped() {
         "trips:book",
     );
 
-    // invalid_grant: a Writ-format string that does not verify (never tried as a JWT), a
+    // invalid_request: a Writ-format string that does not verify (never tried as a JWT), a
     // token that is not the caller's, a revoked one.
     let forged = flip_middle(&root);
     for subject in ["writ_garbage", forged.as_str()] {
         s.post(&planner, "/token", &with(&good, "subject_token", subject))
             .await
-            .assert_error(400, "invalid_grant", &["subject_token"]);
+            .assert_error(400, "invalid_request", &["subject_token"]);
     }
     let booking = s.srv.http_svid_client("agent/booking");
     s.post(
@@ -470,7 +470,7 @@ async fn every_error_of_the_token_endpoint_is_rfc_6749_shaped() {
         &exchange(&root, &s.payments, "trips:book", &[]),
     )
     .await
-    .assert_error(400, "invalid_grant", &["holder"]);
+    .assert_error(400, "invalid_request", &["holder"]);
 
     // unauthorized_client: a minter cannot hold a Writ token; an agent cannot mint from
     // an external subject token.
@@ -498,7 +498,7 @@ async fn every_error_of_the_token_endpoint_is_rfc_6749_shaped() {
     let a = post_form(&minter, &url, &external, &[("authorization", &bearer)]).await;
     assert_eq!(a.status, 400, "{a:?}");
     assert!(
-        ["invalid_request", "invalid_grant"].contains(&a.json["error"].as_str().unwrap()),
+        ["invalid_request", "invalid_request"].contains(&a.json["error"].as_str().unwrap()),
         "{a:?}"
     );
     assert!(a.json.get("access_token").is_none());
@@ -514,7 +514,7 @@ async fn every_error_of_the_token_endpoint_is_rfc_6749_shaped() {
 
     // The holder still exchanges the same token once the errors are done.
     assert_issued(&s.post(&planner, "/token", &good).await, "trips:book");
-    // Revoked: invalid_grant.
+    // Revoked: invalid_request.
     s.srv
         .revoke_as_operator(revoke_token_id(
             &{
@@ -526,7 +526,7 @@ async fn every_error_of_the_token_endpoint_is_rfc_6749_shaped() {
         .await;
     s.post(&planner, "/token", &good)
         .await
-        .assert_error(400, "invalid_grant", &["revoked"]);
+        .assert_error(400, "invalid_request", &["revoked"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -560,7 +560,8 @@ async fn txn_token_jwts_go_only_to_parties_the_policy_allows() {
     let s = scene().await;
     let root = s.root().await;
     let planner = s.srv.http_svid_client("agent/planner");
-    // An agent never receives a JWT (development policy: workloads only).
+    // An agent never receives a JWT (development policy: workloads only), whether it
+    // would be the next hop or is the caller the JWT is answered to.
     s.post(
         &planner,
         "/token",
@@ -572,15 +573,48 @@ async fn txn_token_jwts_go_only_to_parties_the_policy_allows() {
         ),
     )
     .await
-    .assert_error(400, "invalid_request", &["txn_token_jwt", "booking"]);
-    // The payments workload does.
+    .assert_error(400, "invalid_request", &["txn_token_jwt", "planner"]);
+    s.post(
+        &planner,
+        "/token",
+        &exchange(
+            &root.token,
+            &s.payments,
+            "payments:charge",
+            &[("txn_token_jwt", "true")],
+        ),
+    )
+    .await
+    .assert_error(
+        400,
+        "invalid_request",
+        &["txn_token_jwt", "the caller", "planner"],
+    );
+    // A workload holding a token asks for the next internal hop's JWT: given.
+    let ledger = s.srv.spiffe("workload/ledger");
+    let held = |max_uses: u32| {
+        s.srv.mint(pb::MintRequest {
+            purpose: "settle".into(),
+            tctx: [("trip".to_string(), "lisbon-2026".to_string())].into(),
+            max_uses,
+            ..mint_request(
+                "alice",
+                build::workload(&s.payments),
+                &[&ledger],
+                &["payments:charge"],
+                vec![],
+            )
+        })
+    };
+    let payments_root = held(0).await;
+    let payments = s.srv.http_svid_client("workload/payments");
     let a = s
         .post(
-            &planner,
+            &payments,
             "/token",
             &exchange(
-                &root.token,
-                &s.payments,
+                &payments_root.token,
+                &ledger,
                 "payments:charge",
                 &[("txn_token_jwt", "true")],
             ),
@@ -594,13 +628,37 @@ async fn txn_token_jwts_go_only_to_parties_the_policy_allows() {
     assert_eq!(claims["iss"], s.srv.config().issuer());
     assert_eq!(claims["aud"], "writ.local");
     assert_eq!(claims["sub"], "alice");
-    assert_eq!(claims["txn"], root.info.as_ref().unwrap().txn);
+    assert_eq!(claims["txn"], payments_root.info.as_ref().unwrap().txn);
     assert_eq!(claims["scope"], "payments:charge");
-    assert_eq!(claims["req_wl"], s.planner);
+    assert_eq!(claims["req_wl"], s.payments);
     assert_eq!(claims["tctx"]["trip"], "lisbon-2026");
     let exp = claims["exp"].as_u64().unwrap();
     let iat = claims["iat"].as_u64().unwrap();
     assert!(iat <= now() && exp > now() && exp - iat <= 300, "{claims}");
+
+    // A use-limited token is never stood for by a JWT (a JWT cannot spend a use): refused
+    // before the child is stored, so the parent's single use is still there to pass on.
+    let limited = held(1).await;
+    s.post(
+        &payments,
+        "/token",
+        &exchange(
+            &limited.token,
+            &ledger,
+            "payments:charge",
+            &[("txn_token_jwt", "true")],
+        ),
+    )
+    .await
+    .assert_error(400, "invalid_request", &["txn_token_jwt", "max_uses"]);
+    let a = s
+        .post(
+            &payments,
+            "/token",
+            &exchange(&limited.token, &ledger, "payments:charge", &[]),
+        )
+        .await;
+    assert_issued(&a, "payments:charge");
 
     // Introspection gives the same JWT on request (the phantom-token pattern), to the
     // workload holding an opaque token, and never to an agent.

@@ -3,7 +3,8 @@
 //! against the published JWKS with an independent implementation (ring's Ed25519 and
 //! ECDSA P-256, and this file's own JWS parsing; the server signs with jsonwebtoken),
 //! with every claim checked. Agents and parties without `txn_token_jwt` are refused; a
-//! revoked or expired token, or a denied action, gets none. Key rotation keeps a JWT
+//! revoked or expired token, a denied action, or a use-limited or action-check-only
+//! token, gets none. Key rotation keeps a JWT
 //! signed before it verifiable from the JWKS until the overlap ends, and then not.
 // Test code: unwrap is the assertion, and claims are dated from the wall clock.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
@@ -475,6 +476,37 @@ async fn revoked_expired_and_denied_tokens_get_no_jwt() {
     let (jwt, r) = jwt_for(&srv, &short.token).await;
     assert_inactive(&r, pb::InactiveReason::Expired);
     assert!(jwt.is_empty());
+
+    // Use-limited or action-check-only: the answer stands, without a JWT (a JWT cannot
+    // spend a use, so replaying it would exceed the token's uses).
+    for (max_uses, require_action_check) in [(3, false), (0, true)] {
+        let limited = srv
+            .mint(pb::MintRequest {
+                max_uses,
+                require_action_check,
+                ..mint_request(
+                    "alice",
+                    build::workload(PAYMENTS),
+                    &[],
+                    &["payments:charge"],
+                    vec![],
+                )
+            })
+            .await;
+        let r = ok(
+            api.validate(pb::ValidateRequest {
+                txn_token_jwt: true,
+                ..check(&limited.token, "payments:charge", vec![])
+            })
+            .await,
+            "limited",
+        );
+        assert_allowed(&r);
+        assert!(
+            r.txn_token_jwt.is_empty(),
+            "max_uses {max_uses}, require_action_check {require_action_check}: no JWT"
+        );
+    }
 }
 
 fn key_file(srv: &TestServer) -> PathBuf {

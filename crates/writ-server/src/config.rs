@@ -352,14 +352,17 @@ impl Config {
         let bad = |m: String| Err(ConfigError::Invalid(m));
         if let Some(issuer) = &self.issuer {
             // RFC 8414 §2: https, no query, no fragment.
+            // Only scheme and authority: the endpoints and RFC 8414 metadata are served at
+            // the root of the HTTP listener, so an issuer with a path would name URLs that
+            // do not exist.
             let rest = issuer.strip_prefix("https://").unwrap_or("");
             if rest.is_empty()
                 || issuer.len() > 256
-                || rest.contains(['?', '#'])
+                || rest.contains(['?', '#', '/', '@'])
                 || !issuer.bytes().all(|b| b.is_ascii_graphic())
             {
                 return bad(format!(
-                    "issuer = {issuer:?} must be an https:// URL without query or fragment, at most 256 bytes"
+                    "issuer = {issuer:?} must be https://HOST[:PORT] (no path, query, fragment or user info), at most 256 bytes"
                 ));
             }
         }
@@ -618,6 +621,35 @@ mod tests {
             toml::from_str("[runtime]\nflavor = \"current_thread\"\nworker_threads = 2\n").unwrap();
         assert!(c.validate().is_err());
         assert!(toml::from_str::<Config>("[runtime]\nflavor = \"both\"\n").is_err());
+    }
+
+    /// The issuer names where the metadata and endpoints are: scheme and authority only.
+    #[test]
+    fn the_issuer_is_an_https_origin() {
+        for good in ["https://writ.example", "https://writ.example:8443"] {
+            let c = Config {
+                issuer: Some(good.into()),
+                ..Config::default()
+            };
+            assert!(c.validate().is_ok(), "{good}");
+            assert_eq!(c.issuer(), good);
+        }
+        for bad in [
+            "http://writ.example",
+            "https://",
+            "https://writ.example/",
+            "https://writ.example/oauth",
+            "https://writ.example?x=1",
+            "https://user@writ.example",
+        ] {
+            let c = Config {
+                issuer: Some(bad.into()),
+                ..Config::default()
+            };
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains("issuer"), "{bad}: {e}");
+        }
+        assert_eq!(Config::default().issuer(), "https://localhost:7434");
     }
 
     #[test]

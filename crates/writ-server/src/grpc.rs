@@ -108,8 +108,12 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             Validation::Active { record, decision } => pb::ValidateResponse {
                 // Only for an active token whose action check (if any) allowed: never for
                 // a revoked, expired or exhausted one.
+                // Nor for a use-limited or action-check-only token (`jwt_refusal`): the
+                // answer stands, without a JWT.
                 txn_token_jwt: match (&jwt_for, &decision) {
-                    (Some(id), None | Some(Ok(()))) => {
+                    (Some(id), None | Some(Ok(())))
+                        if crate::signing::jwt_refusal(&record.grant).is_none() =>
+                    {
                         let (jwt, _) = self
                             .signer
                             .txn_token(&record, id, now_secs())

@@ -537,6 +537,7 @@ async fn start_with_keepalive(
         trust_domain: config.trust_domain.clone(),
         default_ttl_secs: config.tokens.default_ttl_seconds,
         body_limit: config.http.body_limit_bytes,
+        reading: tokio::sync::Semaphore::new(http::MAX_BODIES_IN_FLIGHT),
     }))
     // Counted, timed and spanned (request id, txn, traceparent) like every gRPC request.
     .layer(metrics::http_layer(metrics.clone()));

@@ -269,6 +269,9 @@ impl OpsServer {
                     Some(Ok(conn)) => conn,
                     Some(Err(e)) => {
                         tracing::debug!(error = %e, "ops listener: accepting a connection");
+                        // Not in a tight loop: the cause (say, no descriptor left) takes
+                        // time to go.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                     None => break,

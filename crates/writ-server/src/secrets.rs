@@ -207,15 +207,7 @@ fn write_new(path: &Path, content: &str) -> std::io::Result<()> {
 /// directory is synced, so a crash never leaves an empty or partial secret behind.
 /// Returns `false`, leaving the existing file alone, if `path` was there first.
 pub(crate) fn install_private(path: &Path, content: &str) -> Result<bool, SecretsError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("secret");
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let tmp = temporary_beside(path);
     let linked = write_new(&tmp, content).and_then(|()| fs::hard_link(&tmp, path));
     let _ = fs::remove_file(&tmp);
     let installed = match linked {
@@ -231,6 +223,19 @@ pub(crate) fn install_private(path: &Path, content: &str) -> Result<bool, Secret
     Ok(installed)
 }
 
+/// A temporary file name beside `path` no other process uses: `.<name>.<pid>.<random>.tmp`.
+fn temporary_beside(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("secret");
+    path.with_file_name(format!(
+        ".{name}.{}.{:016x}.tmp",
+        std::process::id(),
+        rand::random::<u64>()
+    ))
+}
+
 /// Replaces the secret file `path` (mode 0600) with `content`, atomically and durably:
 /// written to a temporary file of a name no other process uses, synced, renamed over
 /// `path`, then the directory synced. A crash at any point leaves either the old file or
@@ -239,15 +244,7 @@ pub(crate) fn install_private(path: &Path, content: &str) -> Result<bool, Secret
 /// the data directory's lock (the JWT signing keys on rotation); first creation goes
 /// through [`install_private`], which never replaces.
 pub(crate) fn replace_private(path: &Path, content: &str) -> Result<(), SecretsError> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("secret");
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.{:016x}.tmp",
-        std::process::id(),
-        rand::random::<u64>()
-    ));
+    let tmp = temporary_beside(path);
     let renamed = write_new(&tmp, content).and_then(|()| fs::rename(&tmp, path));
     if let Err(e) = renamed {
         let _ = fs::remove_file(&tmp);

@@ -459,6 +459,20 @@ impl<S: TokenStore> Service<S> {
         req: MintRequest,
         idempotency_key: Option<&str>,
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
+        self.mint_checked(caller, req, idempotency_key, &|_| Ok(()))
+            .await
+    }
+
+    /// [`mint`](Self::mint), refused with `accept`'s error if the token it would issue,
+    /// once every rule has passed, is not what the face asking can use (the token
+    /// endpoint's JWT answer): checked before anything is stored.
+    pub async fn mint_checked(
+        &self,
+        caller: &Caller,
+        req: MintRequest,
+        idempotency_key: Option<&str>,
+        accept: &(dyn Fn(&TokenRecord) -> Result<(), ServiceError> + Sync),
+    ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
         let minter = &caller
             .require(
                 &[Role::Minter],
@@ -490,6 +504,7 @@ impl<S: TokenStore> Service<S> {
                 self.metrics.refused(Operation::mint, e.dimension.as_str());
                 ServiceError::MintRefused(e)
             })?;
+        accept(&record)?;
         // Pending until the insert lands: readers see nothing later meanwhile. The write,
         // its announcement and the settling finish even if this request is cancelled.
         let pending = self.audit.issue();
@@ -545,6 +560,21 @@ impl<S: TokenStore> Service<S> {
         parent_token: &str,
         req: ChildRequest,
         idempotency_key: Option<&str>,
+    ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
+        self.downscope_checked(caller, parent_token, req, idempotency_key, &|_| Ok(()))
+            .await
+    }
+
+    /// [`downscope`](Self::downscope), refused with `accept`'s error if the child it would
+    /// issue, once every rule has passed, is not what the face asking can use: checked
+    /// before anything is stored (so no child is stranded).
+    pub async fn downscope_checked(
+        &self,
+        caller: &Caller,
+        parent_token: &str,
+        req: ChildRequest,
+        idempotency_key: Option<&str>,
+        accept: &(dyn Fn(&TokenRecord) -> Result<(), ServiceError> + Sync),
     ) -> Result<(TokenSecret, TokenRecord), ServiceError> {
         let actor = holder(
             caller,
@@ -603,6 +633,7 @@ impl<S: TokenStore> Service<S> {
                 return Err(e.into());
             }
         };
+        accept(&child)?;
         let pending = self.audit.issue();
         let event = Event::downscoped(pending.id(), &parent, &child);
         // The store re-checks revocation, fan-out and the use budget under the

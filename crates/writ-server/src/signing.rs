@@ -225,6 +225,24 @@ pub enum SigningError {
     Refused(String),
 }
 
+/// Why a token with `grant` may never be stood for by a Txn-Token JWT, if it may not: a
+/// JWT is verified offline, so it cannot spend a use or be held to action checks, and
+/// replaying it would exceed what the opaque token allows. The one rule every face
+/// (Validate, introspection, the token endpoint) applies, through [`Signer::txn_token`].
+pub fn jwt_refusal(grant: &writ_core::Grant) -> Option<&'static str> {
+    if grant.max_uses.is_some() {
+        Some(
+            "txn_token_jwt: the token is use-limited (max_uses), and a JWT cannot spend a use; check it with Validate",
+        )
+    } else if grant.require_action_check {
+        Some(
+            "txn_token_jwt: the token answers only action checks (require_action_check), which a JWT cannot make; check it with Validate",
+        )
+    } else {
+        None
+    }
+}
+
 /// A private key's PEM, which `Debug` never shows.
 #[derive(Clone)]
 struct Pem(String);
@@ -875,6 +893,9 @@ impl Signer {
         req_wl: &str,
         now_secs: u64,
     ) -> Result<(String, u64), SigningError> {
+        if let Some(why) = jwt_refusal(&record.grant) {
+            return Err(SigningError::Refused(why.to_owned()));
+        }
         let exp = now_secs
             .saturating_add(self.config.jwt_ttl_seconds)
             .min(record.grant.expires_at.0 / 1000);

@@ -8,8 +8,9 @@
 //! - `invalid_client` (401, with `WWW-Authenticate`): authenticate (no proof, or one that
 //!   does not hold);
 //! - `unauthorized_client` (400): ask as another caller (the role is missing);
-//! - `invalid_grant` (400): present another subject token (invalid, expired, revoked,
-//!   exhausted, not the caller's, too deep);
+//!   RFC 8693 §2.2.2 puts every problem of the subject token here too: invalid, expired,
+//!   revoked, exhausted, not the caller's, too deep, or unacceptable to the policy
+//!   (`invalid_request` is RFC 6749's code for other grants and is never answered);
 //! - `invalid_scope` (400): ask for fewer scopes or narrower claims; `invalid_target`
 //!   (400): name another next hop. Both say the refused dimension in
 //!   `error_description`;
@@ -37,8 +38,6 @@ use writ_store::StoreError;
 pub const INVALID_REQUEST: &str = "invalid_request";
 /// `invalid_client`.
 pub const INVALID_CLIENT: &str = "invalid_client";
-/// `invalid_grant`.
-pub const INVALID_GRANT: &str = "invalid_grant";
 /// `unauthorized_client`.
 pub const UNAUTHORIZED_CLIENT: &str = "unauthorized_client";
 /// `unsupported_grant_type`.
@@ -89,11 +88,6 @@ impl OAuthError {
     /// `invalid_client` (401).
     pub fn invalid_client(description: impl Into<String>) -> Self {
         OAuthError::new(StatusCode::UNAUTHORIZED, INVALID_CLIENT, description)
-    }
-
-    /// `invalid_grant` (400).
-    pub fn invalid_grant(description: impl Into<String>) -> Self {
-        OAuthError::new(StatusCode::BAD_REQUEST, INVALID_GRANT, description)
     }
 
     /// `invalid_scope` (400).
@@ -221,7 +215,7 @@ pub fn narrowing_code(d: Dimension) -> &'static str {
         }
         // The subject token itself cannot be used for this: not the caller's, expired, at
         // the deepest depth.
-        Dimension::Holder | Dimension::ParentExpired | Dimension::Depth => INVALID_GRANT,
+        Dimension::Holder | Dimension::ParentExpired | Dimension::Depth => INVALID_REQUEST,
         // A parameter's value: ttl_seconds, max_uses, drop_request_context, sizes, a new
         // token that narrows nothing.
         Dimension::Expiry
@@ -266,30 +260,34 @@ impl From<ServiceError> for OAuthError {
             ServiceError::Unauthenticated(_) => OAuthError::invalid_client(description),
             ServiceError::PermissionDenied(_) => OAuthError::unauthorized_client(description),
             ServiceError::ParentToken(p) | ServiceError::Token(p) => {
-                OAuthError::invalid_grant(format!("subject_token: {}", problem(p)))
+                OAuthError::invalid_request(format!("subject_token: {}", problem(p)))
             }
             // Nothing more can be derived from this subject token.
             ServiceError::FanOut(_) | ServiceError::TxnFull(_) | ServiceError::UsesLeft => {
-                OAuthError::invalid_grant(format!("subject_token: {description}"))
+                OAuthError::invalid_request(format!("subject_token: {description}"))
             }
-            ServiceError::NotFound(_) => OAuthError::invalid_grant(description),
+            ServiceError::NotFound(_) => OAuthError::invalid_request(description),
             ServiceError::MintRefused(n) | ServiceError::Narrowing(n) => OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 narrowing_code(n.dimension),
                 n.to_string(),
             ),
             ServiceError::Store(StoreError::ParentRevoked) => {
-                OAuthError::invalid_grant("subject_token: the token is revoked")
+                OAuthError::invalid_request("subject_token: the token is revoked")
             }
             ServiceError::Store(StoreError::ParentMissing | StoreError::NotFound) => {
-                OAuthError::invalid_grant("subject_token: not a valid token")
+                OAuthError::invalid_request("subject_token: not a valid token")
             }
             ServiceError::Store(
                 StoreError::UsesExhausted
                 | StoreError::FanOutExceeded { .. }
                 | StoreError::TxnFull { .. },
-            ) => OAuthError::invalid_grant(format!("subject_token: {description}")),
+            ) => OAuthError::invalid_request(format!("subject_token: {description}")),
             // A concurrent write under the same key: retrying is all it takes.
+            // A JWT refused for what the token is (use-limited, action checks only).
+            ServiceError::Signing(crate::signing::SigningError::Refused(why)) => {
+                OAuthError::invalid_request(why)
+            }
             ServiceError::Signing(_) => {
                 tracing::error!(error = %description, "signing failure");
                 OAuthError::unavailable("signing is unavailable; retry later", 1)
@@ -319,7 +317,7 @@ impl From<SubjectError> for OAuthError {
         match e {
             SubjectError::Unsupported(_) => OAuthError::invalid_request(e.to_string()),
             SubjectError::Invalid(_) | SubjectError::NoScope => {
-                OAuthError::invalid_grant(e.to_string())
+                OAuthError::invalid_request(e.to_string())
             }
             // The details (the JWKS URL, the fetch error) stay in the server's log.
             SubjectError::Unavailable(_) | SubjectError::Config(_) => {
@@ -369,7 +367,7 @@ mod tests {
                 Dimension::Audience | Dimension::Targets | Dimension::Party | Dimension::Loop => {
                     INVALID_TARGET
                 }
-                Dimension::Holder | Dimension::ParentExpired | Dimension::Depth => INVALID_GRANT,
+                Dimension::Holder | Dimension::ParentExpired | Dimension::Depth => INVALID_REQUEST,
                 Dimension::Expiry
                 | Dimension::Uses
                 | Dimension::Context
@@ -429,14 +427,14 @@ mod tests {
     }
 
     #[test]
-    fn unusable_subject_tokens_are_invalid_grant_and_faults_ask_to_wait() {
+    fn unusable_subject_tokens_are_invalid_request_and_faults_ask_to_wait() {
         for p in [
             ParentProblem::Malformed,
             ParentProblem::Invalid,
             ParentProblem::Revoked,
         ] {
             let o = OAuthError::from(ServiceError::ParentToken(p));
-            assert_eq!(o.error, INVALID_GRANT);
+            assert_eq!(o.error, INVALID_REQUEST);
             assert!(o.description.starts_with("subject_token: "), "{o:?}");
         }
         for e in [
@@ -446,7 +444,7 @@ mod tests {
             ServiceError::Store(StoreError::ParentRevoked),
             ServiceError::Store(StoreError::UsesExhausted),
         ] {
-            assert_eq!(OAuthError::from(e).error, INVALID_GRANT);
+            assert_eq!(OAuthError::from(e).error, INVALID_REQUEST);
         }
         let o = OAuthError::from(ServiceError::Store(StoreError::Task("disk on fire".into())));
         assert_eq!(
@@ -482,9 +480,12 @@ mod tests {
         assert!(o.description.starts_with("subject_token_type"), "{o:?}");
         assert_eq!(
             OAuthError::from(SubjectError::Invalid("expired".into())).error,
-            INVALID_GRANT
+            INVALID_REQUEST
         );
-        assert_eq!(OAuthError::from(SubjectError::NoScope).error, INVALID_GRANT);
+        assert_eq!(
+            OAuthError::from(SubjectError::NoScope).error,
+            INVALID_REQUEST
+        );
         let o = OAuthError::from(SubjectError::Unavailable("jwks".into()));
         assert_eq!(o.status, StatusCode::SERVICE_UNAVAILABLE);
     }

@@ -68,7 +68,8 @@ async fn introspect<S: TokenStore>(
         Validation::Active { record, .. } => {
             let mut m = writ_api::oauth::introspection(&record);
             m.insert("iss".into(), state.issuer.clone().into());
-            if want_txn_token {
+            // Never for a use-limited or action-check-only token (`jwt_refusal`).
+            if want_txn_token && crate::signing::jwt_refusal(&record.grant).is_none() {
                 let (jwt, _) = state
                     .signer
                     .txn_token(&record, &identity.actor.id, service::now_secs())

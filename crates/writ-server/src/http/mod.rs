@@ -55,8 +55,14 @@ use writ_store::TokenStore;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest header block accepted (HTTP/2), as for gRPC.
 pub const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
-/// Most concurrent streams on one HTTP/2 connection, as for gRPC.
-pub const MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Most concurrent streams on one HTTP/2 connection. Lower than gRPC's 256: every OAuth
+/// request buffers a form body before it is authenticated.
+pub const MAX_CONCURRENT_STREAMS: u32 = 32;
+/// Most request bodies being read at once, over every connection: with the default body
+/// limit, at most 16 MiB buffered before authentication. Beyond it, 503 with `Retry-After`.
+pub const MAX_BODIES_IN_FLIGHT: usize = 256;
+/// How long a client may take to send a request's body (a slow sender holds its buffer).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the endpoints share.
 #[derive(Debug)]
@@ -77,6 +83,8 @@ pub struct HttpState<S> {
     pub default_ttl_secs: u64,
     /// Largest request body, in bytes.
     pub body_limit: usize,
+    /// Bodies being read ([`MAX_BODIES_IN_FLIGHT`]).
+    pub reading: tokio::sync::Semaphore,
 }
 
 /// Reads a request's form and identifies its caller through the auth seam (with the
@@ -87,7 +95,26 @@ pub(crate) async fn read_and_identify<S: TokenStore>(
     parts: &axum::http::request::Parts,
     body: axum::body::Body,
 ) -> Result<(form::Form, Caller), OAuthError> {
-    let form = match form::Form::read(&parts.headers, body, state.body_limit).await {
+    let read = async {
+        let Ok(_slot) = state.reading.try_acquire() else {
+            return Err(OAuthError::unavailable(
+                "too many requests are being read; retry shortly",
+                1,
+            ));
+        };
+        tokio::time::timeout(
+            BODY_READ_TIMEOUT,
+            form::Form::read(&parts.headers, body, state.body_limit),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(OAuthError::invalid_request(format!(
+                "the request body took longer than {} s to arrive",
+                BODY_READ_TIMEOUT.as_secs()
+            )))
+        })
+    };
+    let form = match read.await {
         Ok(form) => form,
         Err(refused) => {
             return Err(

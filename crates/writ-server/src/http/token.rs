@@ -5,7 +5,7 @@
 //! **What the subject token is decides the path, never which parameters were sent**: a
 //! string in Writ's token format (`writ_…`) is a Writ token and the exchange is a
 //! Downscope by the caller, which must hold it (one that does not verify is
-//! `invalid_grant`, never tried as a JWT); anything else is an external subject token
+//! `invalid_request`, never tried as a JWT); anything else is an external subject token
 //! (the user's access or ID token), verified by the
 //! [`SubjectVerifier`](crate::subject::SubjectVerifier), and the exchange is a Mint by
 //! the caller, which needs the minter role.
@@ -167,12 +167,19 @@ async fn exchange<S: TokenStore>(
         }
     }
     let asked = asked(state, form)?;
-    if asked.jwt && !state.service.may_receive_jwt(&asked.next_hop.id) {
-        return Err(OAuthError::invalid_request(format!(
-            "{TXN_TOKEN_JWT}: {} may not receive Txn-Token JWTs (the policy's txn_token_jwt); \
-             ask for the opaque token",
-            Shown(&asked.next_hop.id)
-        )));
+    // The JWT is answered to the caller, for the next hop: both must be parties the policy
+    // lets hold one (never an agent: an agent holds only what Writ can revoke at once).
+    for (who, id) in [
+        ("the caller", identity.actor.id.as_str()),
+        ("the audience", asked.next_hop.id.as_str()),
+    ] {
+        if asked.jwt && !state.service.may_receive_jwt(id) {
+            return Err(OAuthError::invalid_request(format!(
+                "{TXN_TOKEN_JWT}: {who} {} may not receive Txn-Token JWTs (the policy's \
+                 txn_token_jwt); ask for the opaque token",
+                Shown(id)
+            )));
+        }
     }
     let jwt = asked.jwt;
     let (secret, record) = if writ {
@@ -277,6 +284,7 @@ async fn downscope<S: TokenStore>(
     asked: Asked,
     subject_token: &str,
 ) -> Result<(TokenSecret, TokenRecord), OAuthError> {
+    let jwt = asked.jwt;
     form.refuse(
         "request_details",
         "the transaction context (tctx) is immutable along the chain; omit it when the \
@@ -309,7 +317,7 @@ async fn downscope<S: TokenStore>(
     let d = convert::downscope_request(request).map_err(ServiceError::from)?;
     Ok(state
         .service
-        .downscope(caller, &d.parent_token, d.child, None)
+        .downscope_checked(caller, &d.parent_token, d.child, None, &jwt_check(jwt))
         .await?)
 }
 
@@ -322,6 +330,7 @@ async fn mint<S: TokenStore>(
     subject_token: &str,
     subject_type: &str,
 ) -> Result<(TokenSecret, TokenRecord), OAuthError> {
+    let jwt = asked.jwt;
     // Before the subject token is looked at: a caller that may not mint learns nothing
     // about it. (The service checks the role again.)
     caller.require(
@@ -340,28 +349,35 @@ async fn mint<S: TokenStore>(
         .verify(subject_token, subject_type, now)
         .await?;
     let request = external_mint(asked, subject, tctx, rctx, state.default_ttl_secs, now)?;
-    Ok(state.service.mint(caller, request, None).await?)
+    Ok(state
+        .service
+        .mint_checked(caller, request, None, &jwt_check(jwt))
+        .await?)
 }
+
+/// The context entries taken from an external subject token (`ExternalSubject::context`),
+/// recorded in `tctx`; a caller may not set them itself.
+pub const SUBJECT_CONTEXT: [&str; 4] = ["subject_issuer", "authn", "acr", "auth_time"];
 
 /// The Mint a verified external subject token asks for at `now` (Unix seconds): for the
 /// token's user, with the requested scopes if the token grants them all (else
 /// `invalid_scope`) or all of the token's, `tctx` from `request_details`, `rctx` from
-/// `request_context` plus what the token says of the request (which the caller may not
-/// overwrite), living `ttl_seconds` or `default_ttl_secs`, never beyond the token's `exp`.
+/// `request_context`, and what the token says (issuer, authentication) added to `tctx`
+/// under names the caller may not use ([`SUBJECT_CONTEXT`]), living `ttl_seconds` or `default_ttl_secs`, never beyond the token's `exp`.
 fn external_mint(
     asked: Asked,
     subject: ExternalSubject,
-    tctx: HashMap<String, String>,
-    mut rctx: HashMap<String, String>,
+    mut tctx: HashMap<String, String>,
+    rctx: HashMap<String, String>,
     default_ttl_secs: u64,
     now: u64,
 ) -> Result<MintRequest, OAuthError> {
     let remaining = subject.expires_at.saturating_sub(now);
     if remaining == 0 {
-        return Err(OAuthError::invalid_grant("subject_token: expired"));
+        return Err(OAuthError::invalid_request("subject_token: expired"));
     }
     convert::id("subject_token: sub", &subject.subject)
-        .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+        .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
     let scopes: Vec<String> = match asked.scopes {
         Some(requested) => {
             if let Some(s) = requested.iter().find(|s| !subject.scopes.contains(*s)) {
@@ -375,23 +391,30 @@ fn external_mint(
         None => {
             let all: Vec<String> = subject.scopes.iter().cloned().collect();
             convert::scopes("subject_token: scope", all.clone())
-                .map_err(|e| OAuthError::invalid_grant(e.to_string()))?;
+                .map_err(|e| OAuthError::invalid_request(e.to_string()))?;
             all
         }
     };
     if scopes.is_empty() {
-        return Err(OAuthError::invalid_grant(
+        return Err(OAuthError::invalid_request(
             "subject_token: the token grants no scope",
         ));
     }
-    for (k, v) in subject.context {
-        if rctx.contains_key(&k) {
-            return Err(OAuthError::invalid_request(format!(
-                "request_context[{}]: set from the subject token; leave it out",
-                Shown(&k)
-            )));
+    // What the subject token says (its issuer, how the user authenticated) goes into
+    // `tctx`, which no later hop can change or drop; the caller may not supply these
+    // names in either context, so nothing the caller wrote reads as the issuer's word.
+    for name in SUBJECT_CONTEXT {
+        for (param, map) in [("request_details", &tctx), ("request_context", &rctx)] {
+            if map.contains_key(name) {
+                return Err(OAuthError::invalid_request(format!(
+                    "{param}[{}]: set only from the subject token; leave it out",
+                    Shown(name)
+                )));
+            }
         }
-        rctx.insert(k, v);
+    }
+    for (k, v) in subject.context {
+        tctx.insert(k, v);
     }
     let ttl = asked
         .ttl_seconds
@@ -472,6 +495,17 @@ impl<'de> Visitor<'de> for StrictObject {
             out.push((k, v));
         }
         Ok(out)
+    }
+}
+
+/// With a JWT answer, a token no JWT may stand for (use-limited, action checks only) is
+/// refused before it is stored, so nothing is issued that nobody holds.
+fn jwt_check(jwt: bool) -> impl Fn(&TokenRecord) -> Result<(), ServiceError> + Sync {
+    move |record| match crate::signing::jwt_refusal(&record.grant) {
+        Some(why) if jwt => Err(ServiceError::Signing(
+            crate::signing::SigningError::Refused(why.to_owned()),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -639,7 +673,11 @@ mod tests {
         assert_eq!(m.ttl_secs, Some(300));
         assert_eq!(m.tctx["trip"], "lisbon");
         assert_eq!(m.rctx["req_ip"], "203.0.113.7");
-        assert_eq!(m.rctx["authn"], "mfa", "what the token says of the request");
+        assert_eq!(
+            m.tctx["authn"], "mfa",
+            "what the token says, where no hop drops it"
+        );
+        assert!(!m.rctx.contains_key("authn"));
         assert_eq!(m.purpose, "book a trip");
         assert_eq!(m.targets.len(), 1);
         // A subset asked: that subset.
@@ -688,7 +726,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(m.ttl_secs, Some(60));
-        // Expired (or expiring this second): invalid_grant.
+        // Expired (or expiring this second): invalid_request.
         let e = external_mint(
             asked(None, None),
             alice(&both, 0),
@@ -698,8 +736,8 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert_eq!(e.error, "invalid_grant");
-        // A token granting nothing, or a user id Writ cannot carry: invalid_grant.
+        assert_eq!(e.error, "invalid_request");
+        // A token granting nothing, or a user id Writ cannot carry: invalid_request.
         let e = external_mint(
             asked(None, None),
             alice(&[], 3600),
@@ -709,24 +747,39 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert_eq!(e.error, "invalid_grant");
+        assert_eq!(e.error, "invalid_request");
         let mut odd = alice(&both, 3600);
         odd.subject = "alice smith".into();
         let e = external_mint(asked(None, None), odd, map(&[]), map(&[]), 300, NOW).unwrap_err();
-        assert_eq!(e.error, "invalid_grant");
-        assert!(e.description.contains("sub"), "{e:?}");
-        // The caller may add to the request context, never overwrite the token's.
-        let e = external_mint(
-            asked(None, None),
-            alice(&both, 3600),
-            map(&[]),
-            map(&[("authn", "none")]),
-            300,
-            NOW,
-        )
-        .unwrap_err();
         assert_eq!(e.error, "invalid_request");
-        assert!(e.description.starts_with("request_context["), "{e:?}");
+        assert!(e.description.contains("sub"), "{e:?}");
+        // The caller never writes what reads as the issuer's word, in either context,
+        // even where the token says nothing of it.
+        for (details, context, param) in [
+            (
+                map(&[]),
+                map(&[("authn", "mfa")]),
+                "request_context['authn']",
+            ),
+            (
+                map(&[("subject_issuer", "x")]),
+                map(&[]),
+                "request_details['subject_issuer']",
+            ),
+            (map(&[("acr", "gold")]), map(&[]), "request_details['acr']"),
+        ] {
+            let e = external_mint(
+                asked(None, None),
+                alice(&both, 3600),
+                details,
+                context,
+                300,
+                NOW,
+            )
+            .unwrap_err();
+            assert_eq!(e.error, "invalid_request");
+            assert!(e.description.starts_with(param), "{e:?}");
+        }
         // The token's scopes are validated as any request's: one Writ cannot carry makes
         // the token unusable here.
         let e = external_mint(
@@ -738,7 +791,7 @@ mod tests {
             NOW,
         )
         .unwrap_err();
-        assert_eq!(e.error, "invalid_grant");
+        assert_eq!(e.error, "invalid_request");
     }
 
     fn form_urlencoded_encode(s: &str) -> String {

@@ -166,14 +166,15 @@ pub struct ExternalSubject {
     pub scopes: BTreeSet<String>,
     /// Its `exp` (Unix seconds): the root token never outlives it.
     pub expires_at: u64,
-    /// Request context worth recording (`rctx`): `subject_issuer`, and when the token
+    /// What the token attests, recorded in the root's `tctx` (no hop changes or drops it):
+    /// `subject_issuer`, and when the token
     /// says so `authn` (its `amr` values, else its `acr`), `acr` and `auth_time`. Keys
     /// and values are within `writ_api::convert::context`'s bounds.
     pub context: BTreeMap<String, String>,
 }
 
 /// Why a subject token was refused. Every variant but `Unavailable` is the caller's
-/// problem (`invalid_request`/`invalid_grant` at the token endpoint).
+/// problem (`invalid_request` at the token endpoint, as RFC 8693 §2.2.2 says).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubjectError {
     /// The token type is not accepted (a refresh token, SAML, ...) or no issuer is
@@ -555,6 +556,18 @@ impl Issuer {
         kind: TokenKind,
     ) -> Result<BTreeSet<String>, SubjectError> {
         if kind == TokenKind::Id {
+            // What the token is decides, not the type the caller named: a token that
+            // carries a scope or a `client_id` is an access token, whose own scope is read
+            // (as an ID token it would get `id_token_scopes`, possibly wider).
+            if let Some(m) = ["scope", "scp", "client_id"]
+                .into_iter()
+                .find(|m| claims.contains_key(*m))
+            {
+                return Err(SubjectError::Invalid(format!(
+                    "the token carries `{m}`: it is an access token, not an ID token; present \
+                     it as urn:ietf:params:oauth:token-type:access_token"
+                )));
+            }
             // An ID token says who the user is, not what any client may do.
             if self.id_token_scopes.is_empty() {
                 return Err(SubjectError::NoScope);
