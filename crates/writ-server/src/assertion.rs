@@ -931,37 +931,28 @@ impl AssertionVerifier {
     pub fn spawn_bundle_reloader(
         self: &Arc<Self>,
         interval: Duration,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        let this = Arc::clone(self);
-        let interval = interval.max(MIN_RELOAD_INTERVAL);
-        tokio::spawn(async move {
-            let Some(path) = this.config.jwt_svid_bundle.clone() else {
-                return;
-            };
-            let start = tokio::time::Instant::now() + interval;
-            let mut ticks = tokio::time::interval_at(start, interval);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = stop.wait_for(|stopped| *stopped) => return,
-                    _ = ticks.tick() => {}
-                }
-                let worker = Arc::clone(&this);
-                match tokio::task::spawn_blocking(move || worker.reload_bundle()).await {
-                    Ok(Ok(true)) => tracing::info!(
-                        path = %path.display(),
-                        keys = this.bundle.load().keys.len(),
-                        "reloaded the JWT-SVID bundle"
-                    ),
-                    Ok(Ok(false)) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "keeping the previous JWT-SVID bundle");
-                    }
-                    Err(e) => tracing::warn!(error = %e, "the JWT-SVID bundle reload failed"),
-                }
-            }
-        })
+        let Some(path) = self.config.jwt_svid_bundle.clone() else {
+            return tokio::spawn(async {});
+        };
+        let (worker, this) = (Arc::clone(self), Arc::clone(self));
+        crate::periodic::every_blocking(
+            interval.max(MIN_RELOAD_INTERVAL),
+            crate::periodic::First::AfterInterval,
+            stop,
+            "JWT-SVID bundle reload",
+            move || worker.reload_bundle(),
+            move |reloaded| match reloaded {
+                Ok(true) => tracing::info!(
+                    path = %path.display(),
+                    keys = this.bundle.load().keys.len(),
+                    "reloaded the JWT-SVID bundle"
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "keeping the previous JWT-SVID bundle"),
+            },
+        )
     }
 }
 

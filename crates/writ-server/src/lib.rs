@@ -53,6 +53,7 @@ pub mod http;
 pub mod metrics;
 pub mod ops;
 pub mod parties;
+pub(crate) mod periodic;
 pub mod pki;
 pub mod policy;
 pub mod ratelimit;

@@ -786,33 +786,20 @@ impl Signer {
 
     /// Starts the periodic check ([`Signer::tick`] every [`Signer::check_interval`]); it
     /// ends when `stop` turns true.
-    pub fn spawn_rotation(self: &Arc<Self>, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    pub fn spawn_rotation(self: &Arc<Self>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
         let signer = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(signer.check_interval());
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                if *stop.borrow_and_update() {
-                    return;
+        crate::periodic::every_blocking(
+            self.check_interval(),
+            crate::periodic::First::Now,
+            stop,
+            "JWT signing key rotation",
+            move || signer.tick(crate::service::now_secs()),
+            |ticked| {
+                if let Err(e) = ticked {
+                    tracing::error!(error = %e, "JWT signing key rotation");
                 }
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    changed = stop.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        continue;
-                    }
-                }
-                let s = signer.clone();
-                match tokio::task::spawn_blocking(move || s.tick(crate::service::now_secs())).await
-                {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!(error = %e, "JWT signing key rotation"),
-                    Err(e) => tracing::error!(error = %e, "JWT signing key rotation task"),
-                }
-            }
-        })
+            },
+        )
     }
 
     /// Every key, in JWKS order, as an operator sees it.

@@ -502,48 +502,34 @@ impl TlsSource {
     pub fn spawn_reloader(
         self: &Arc<Self>,
         interval: Duration,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
         let source = self.clone();
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(interval.max(MIN_RELOAD_INTERVAL));
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            // The first tick is immediate, and the files were just loaded.
-            ticks.tick().await;
-            let mut last_error: Option<String> = None;
-            loop {
-                if *stop.borrow_and_update() {
-                    return;
-                }
-                tokio::select! {
-                    _ = ticks.tick() => {}
-                    changed = stop.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        continue;
+        let mut last_error: Option<String> = None;
+        crate::periodic::every_blocking(
+            interval.max(MIN_RELOAD_INTERVAL),
+            // The files were just loaded.
+            crate::periodic::First::AfterInterval,
+            stop,
+            "TLS reload",
+            move || source.reload(),
+            move |reloaded| match reloaded {
+                Ok(_) => last_error = None,
+                Err(e) => {
+                    let message = e.to_string();
+                    if last_error.as_deref() == Some(message.as_str()) {
+                        tracing::debug!(error = %message, "TLS files still unusable");
+                    } else {
+                        tracing::warn!(
+                            error = %message,
+                            "TLS files changed but cannot be used (a rotation in progress?); \
+                             keeping the certificate in force and retrying"
+                        );
                     }
+                    last_error = Some(message);
                 }
-                let s = source.clone();
-                match tokio::task::spawn_blocking(move || s.reload()).await {
-                    Ok(Ok(_)) => last_error = None,
-                    Ok(Err(e)) => {
-                        let message = e.to_string();
-                        if last_error.as_deref() == Some(message.as_str()) {
-                            tracing::debug!(error = %message, "TLS files still unusable");
-                        } else {
-                            tracing::warn!(
-                                error = %message,
-                                "TLS files changed but cannot be used (a rotation in progress?); \
-                                 keeping the certificate in force and retrying"
-                            );
-                        }
-                        last_error = Some(message);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "TLS reload task failed"),
-                }
-            }
-        })
+            },
+        )
     }
 }
 
