@@ -1131,3 +1131,40 @@ async fn plaintext_on_loopback_carries_the_peer_and_a_disabled_listener_is_not_b
     assert_eq!(running.http_addr, None);
     running.shutdown().await.unwrap();
 }
+
+/// A client that sends a form's headers and then stalls its body holds a buffer before it
+/// is authenticated: it is cut off after the body read timeout (10 s) with
+/// `invalid_request`, well before the request timeout (30 s, answered 503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_body_is_cut_off_before_the_request_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let s = scene_with(|c| c.tls.enabled = false).await;
+    let mut conn = tokio::net::TcpStream::connect(s.srv.http_addr())
+        .await
+        .unwrap();
+    conn.write_all(
+        b"POST /token HTTP/1.1\r\nHost: writ\r\n\
+          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\n\
+          grant_type=",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    // Read until the body of the answer has arrived (or the connection closes).
+    let read = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            answer.extend_from_slice(&buf[..n]);
+            if n == 0 || String::from_utf8_lossy(&answer).contains("}") {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer within a minute");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("invalid_request"), "{text}");
+    assert!(text.contains("request body took longer"), "{text}");
+}
