@@ -498,6 +498,14 @@ fn registered_jwk(text: &str) -> Result<(Algorithm, DecodingKey, Option<String>)
     Ok((alg, key.into_key(), kid))
 }
 
+/// The algorithms a key accepts, for a refusal's message (`EdDSA, ES256`).
+pub(crate) fn alg_names(algs: &[Algorithm]) -> String {
+    algs.iter()
+        .map(|a| alg_str(*a))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 pub(crate) fn alg_str(alg: Algorithm) -> &'static str {
     match alg {
         Algorithm::HS256 => "HS256",
@@ -807,11 +815,7 @@ impl AssertionVerifier {
                 "`alg` {} does not match the JWT-SVID bundle key {} ({})",
                 alg_str(alg),
                 Shown(kid),
-                key.algs
-                    .iter()
-                    .map(|a| alg_str(*a))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                alg_names(&key.algs)
             )));
         }
         if !signature_verifies(parts, &key.key, alg) {

@@ -26,7 +26,7 @@ use serde_json::{Map, Value};
 use writ_core::text::Shown;
 
 use super::{IssuerConfig, SubjectError};
-use crate::assertion::{self, Parts, alg_str, lock};
+use crate::assertion::{self, Parts, alg_names, alg_str, lock};
 
 /// Largest JWKS response accepted from a `jwks_uri`, in bytes. (A file is read up to
 /// [`assertion::MAX_BUNDLE_BYTES`].)
@@ -381,11 +381,7 @@ impl KeySet {
                 "`alg` {} does not match the key {} of issuer {issuer} ({})",
                 alg_str(alg),
                 Shown(kid),
-                key.algs
-                    .iter()
-                    .map(|a| alg_str(*a))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                alg_names(&key.algs)
             ));
         }
         if assertion::signature_verifies(parts, &key.key, alg) {
