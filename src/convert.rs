@@ -643,6 +643,13 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         max_uses: r.grant.max_uses.unwrap_or(0),
         require_action_check: r.grant.require_action_check,
         actor_auth: auth_method_pb(r.actor_auth).into(),
+        // Needs the registry: the server fills it in (see `writ_server`'s Validate).
+        latent_scopes: Vec::new(),
+        consent_request_id: r
+            .consent
+            .as_ref()
+            .map(|m| m.request.to_string())
+            .unwrap_or_default(),
     }
 }
 
@@ -657,6 +664,8 @@ pub fn auth_method_pb(m: Option<writ_core::AuthMethod>) -> pb::AuthMethod {
         Some(A::Bearer) => pb::AuthMethod::Bearer,
         Some(A::Asserted) => pb::AuthMethod::Asserted,
         Some(A::Internal) => pb::AuthMethod::Internal,
+        Some(A::ConsentLink) => pb::AuthMethod::ConsentLink,
+        Some(A::OidcSignIn) => pb::AuthMethod::OidcSignIn,
     }
 }
 
@@ -844,6 +853,11 @@ pub fn watch_events_request(r: pb::WatchEventsRequest) -> Result<WatchFilter> {
             Ok(pb::EventKind::Refused) => "refused",
             Ok(pb::EventKind::Revoked) => "revoked",
             Ok(pb::EventKind::Aggregated) => "aggregated",
+            Ok(pb::EventKind::ConsentRequested) => "consent_requested",
+            Ok(pb::EventKind::ConsentApproved) => "consent_approved",
+            Ok(pb::EventKind::ConsentDenied) => "consent_denied",
+            Ok(pb::EventKind::ConsentRedeemed) => "consent_redeemed",
+            Ok(pb::EventKind::ConsentExpired) => "consent_expired",
             _ => return bad(format!("kinds[{i}]"), format!("unknown event kind {k}")),
         };
         kinds.insert(name);
@@ -927,6 +941,49 @@ pub fn event_pb(e: &Event) -> pb::AuditEvent {
             out.window_start_unix_ms = window_start.0;
             out.window_end_unix_ms = window_end.0;
             pb::EventKind::Aggregated
+        }
+        EventKind::ConsentRequested {
+            request,
+            scope,
+            attributes,
+            resource,
+            reason,
+            expires_at,
+        } => {
+            out.consent_request_id = request.to_string();
+            out.action = scope.clone();
+            out.attributes = attributes.clone();
+            out.audience = resource.clone();
+            out.reason = reason.clone();
+            out.expires_at_unix_ms = expires_at.0;
+            pb::EventKind::ConsentRequested
+        }
+        EventKind::ConsentApproved { request, channel } => {
+            out.consent_request_id = request.to_string();
+            out.channel = channel.clone();
+            pb::EventKind::ConsentApproved
+        }
+        EventKind::ConsentDenied { request, channel } => {
+            out.consent_request_id = request.to_string();
+            out.channel = channel.clone();
+            pb::EventKind::ConsentDenied
+        }
+        EventKind::ConsentRedeemed {
+            request,
+            parent,
+            audience,
+            scopes,
+        } => {
+            out.consent_request_id = request.to_string();
+            out.parent_token_id = parent.to_string();
+            out.audience = audience.clone();
+            out.scopes = scopes.clone();
+            pb::EventKind::ConsentRedeemed
+        }
+        EventKind::ConsentExpired { request, was } => {
+            out.consent_request_id = request.to_string();
+            out.detail = was.clone();
+            pb::EventKind::ConsentExpired
         }
     };
     out.kind = kind.into();
@@ -1263,6 +1320,7 @@ mod tests {
             issued_at: UnixMillis(u64::MAX),
             idempotency: Some([5; 32]),
             actor_auth: None,
+            consent: None,
         };
         assert!(record.grant.size() <= MAX_GRANT_BYTES);
         assert!(record.context_size() <= MAX_CONTEXT_BYTES);

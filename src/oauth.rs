@@ -559,6 +559,7 @@ mod tests {
             issued_at: UnixMillis(1_800_000_000_500),
             idempotency: None,
             actor_auth: Some(AuthMethod::Mtls),
+            consent: None,
         }
     }
 

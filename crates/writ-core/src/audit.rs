@@ -13,6 +13,8 @@
 //! [`MAX_DETAIL_BYTES`], so a request that costs a caller a hundred bytes can never make
 //! the server store and stream kilobytes.
 
+pub use crate::consent::ConsentId;
+use crate::consent::{ConsentRequest, ConsentState};
 use crate::ids::{TokenId, TxnId, UnixMillis};
 use crate::lifecycle::narrowed;
 use crate::limits::{MAX_DETAIL_BYTES, MAX_ID_LEN};
@@ -150,6 +152,56 @@ pub enum EventKind {
         /// The window's end (exclusive).
         window_end: UnixMillis,
     },
+    /// A token's holder asked the user's consent to one high-privilege action (the
+    /// event's token is the requester's). Consent events are appended after `Aggregated`
+    /// for the same reason.
+    ConsentRequested {
+        /// The request.
+        request: ConsentId,
+        /// The action's scope.
+        scope: String,
+        /// The action's attributes, `name = value`.
+        attributes: Vec<String>,
+        /// The party that will check the redeemed token.
+        resource: String,
+        /// Why, in the requester's words.
+        reason: String,
+        /// Until when it can be decided and redeemed.
+        expires_at: UnixMillis,
+    },
+    /// The user approved (the actor conveyed it: an app, an operator, or the page).
+    ConsentApproved {
+        /// The request.
+        request: ConsentId,
+        /// How the decision reached Writ (`page_link`, `page_signed_in`, `back_channel`,
+        /// `operator`).
+        channel: String,
+    },
+    /// The user denied.
+    ConsentDenied {
+        /// The request.
+        request: ConsentId,
+        /// How the decision reached Writ.
+        channel: String,
+    },
+    /// The requester redeemed an approval for a single-use token (the event's token).
+    ConsentRedeemed {
+        /// The request.
+        request: ConsentId,
+        /// The requester's token, the new token's parent.
+        parent: TokenId,
+        /// The new token's audience (the resource).
+        audience: String,
+        /// The new token's scope.
+        scopes: Vec<String>,
+    },
+    /// A request expired before it was decided, or approved and never redeemed.
+    ConsentExpired {
+        /// The request.
+        request: ConsentId,
+        /// `pending` or `approved`: where it stood.
+        was: String,
+    },
 }
 
 /// The events that may be counted instead of stored under a flood: those that change
@@ -187,6 +239,11 @@ impl EventKind {
             EventKind::Refused { .. } => "refused",
             EventKind::Revoked { .. } => "revoked",
             EventKind::Aggregated { .. } => "aggregated",
+            EventKind::ConsentRequested { .. } => "consent_requested",
+            EventKind::ConsentApproved { .. } => "consent_approved",
+            EventKind::ConsentDenied { .. } => "consent_denied",
+            EventKind::ConsentRedeemed { .. } => "consent_redeemed",
+            EventKind::ConsentExpired { .. } => "consent_expired",
         }
     }
 }
@@ -356,6 +413,84 @@ impl Event {
             },
             auth: caller.map(|c| c.auth),
         }
+    }
+}
+
+impl Event {
+    fn of_consent(
+        id: EventId,
+        r: &ConsentRequest,
+        token: TokenId,
+        actor: &Actor,
+        kind: EventKind,
+    ) -> Event {
+        Event {
+            id,
+            txn: r.txn,
+            subject: r.subject.clone(),
+            token: Some(token),
+            actor: actor.id.clone(),
+            kind,
+            auth: Some(actor.auth),
+        }
+    }
+
+    /// The event of a new consent request.
+    pub fn consent_requested(id: EventId, r: &ConsentRequest) -> Event {
+        let kind = EventKind::ConsentRequested {
+            request: r.id,
+            scope: r.action.scope.clone(),
+            attributes: bounded_list(r.action.attribute_lines().into_iter()),
+            resource: r.resource.id.clone(),
+            reason: bounded_detail(r.reason.clone()),
+            expires_at: r.expires_at,
+        };
+        Event::of_consent(id, r, r.token, &r.requester, kind)
+    }
+
+    /// The event of a decision on `r` conveyed by `by` (`approved` or not, through
+    /// `channel`).
+    pub fn consent_decided(
+        id: EventId,
+        r: &ConsentRequest,
+        by: &Actor,
+        approved: bool,
+        channel: &str,
+    ) -> Event {
+        let (request, channel) = (r.id, channel.to_owned());
+        let kind = if approved {
+            EventKind::ConsentApproved { request, channel }
+        } else {
+            EventKind::ConsentDenied { request, channel }
+        };
+        Event::of_consent(id, r, r.token, by, kind)
+    }
+
+    /// The event of `r` redeemed for `child`.
+    pub fn consent_redeemed(id: EventId, r: &ConsentRequest, child: &TokenRecord) -> Event {
+        let kind = EventKind::ConsentRedeemed {
+            request: r.id,
+            parent: r.token,
+            audience: child.audience.id.clone(),
+            scopes: bounded_list(child.grant.scopes.iter().cloned()),
+        };
+        let mut e = Event::of_consent(id, r, child.token_id, &r.requester, kind);
+        e.auth = child.actor_auth;
+        e
+    }
+
+    /// The event of `r` expiring, recorded by the server (`by`): built before
+    /// [`ConsentRequest::expire`] changes its state, which says where it stood.
+    pub fn consent_expired(id: EventId, r: &ConsentRequest, by: &Actor) -> Event {
+        let was = match r.state {
+            ConsentState::Pending => "pending",
+            _ => "approved",
+        };
+        let kind = EventKind::ConsentExpired {
+            request: r.id,
+            was: was.to_owned(),
+        };
+        Event::of_consent(id, r, r.token, by, kind)
     }
 }
 

@@ -17,6 +17,8 @@
 //! - [`narrow`]: minting and downscoping: the narrowing rules themselves.
 //! - [`policy`]: roles, and the registry of parties and scopes (with each party's ceiling)
 //!   that every new token's audience is checked against.
+//! - [`consent`]: consent step-up: latent high-privilege scopes, consent requests and
+//!   their states, the single-use token an approval is redeemed for.
 //! - [`lifecycle`]: what changes after issue: revocation, uses, status, what narrowed;
 //!   a party's disablement.
 //! - [`audit`]: the events of the audit trail and their ordering ids.
@@ -25,6 +27,7 @@
 
 pub mod audit;
 pub mod claims;
+pub mod consent;
 pub mod ids;
 pub mod lifecycle;
 pub mod limits;
@@ -36,6 +39,10 @@ pub mod token;
 
 pub use audit::{Event, EventId, EventKind};
 pub use claims::{Attributes, Claim, Claims, Constraint, Denial, Value};
+pub use consent::{
+    Channel, ConsentAction, ConsentError, ConsentId, ConsentMark, ConsentRequest, ConsentState,
+    ConsentStatus, Decision, PartyView,
+};
 pub use ids::{TokenId, TxnId, UnixMillis};
 pub use lifecycle::{PartyDisable, Revocation, Status, TokenState};
 pub use model::{Actor, ActorKind, AuthMethod, ClientType, Grant, Party, TokenRecord};

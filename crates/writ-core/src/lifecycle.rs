@@ -210,6 +210,7 @@ mod tests {
             issued_at: UnixMillis(0),
             idempotency: None,
             actor_auth: None,
+            consent: None,
         }
     }
 

@@ -62,3 +62,6 @@ pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 128;
 /// than any encoding Writ uses spends on a tag and a length, so a measured size bounds
 /// the encoded one.
 pub const SIZE_OVERHEAD: usize = 8;
+
+/// Most attributes a consent request's action may carry.
+pub const MAX_CONSENT_ATTRIBUTES: usize = 16;

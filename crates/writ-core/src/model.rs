@@ -2,6 +2,7 @@
 //! needs, so validating a token at any depth is one read.
 
 use crate::claims::{self, Attributes, Claims, Constraint, Denial};
+use crate::consent::ConsentMark;
 use crate::ids::{TokenId, TxnId, UnixMillis};
 use crate::limits::SIZE_OVERHEAD;
 use crate::token::SecretHash;
@@ -64,8 +65,13 @@ pub enum AuthMethod {
     /// Asserted in `x-writ-caller` and not proven: development mode only.
     Asserted,
     /// The server itself, finishing work an operator started (a party's disablement
-    /// resumed after a restart).
+    /// resumed after a restart, a consent request expiring).
     Internal,
+    /// The holder of a consent page's link (unproven: whoever the user gave the link to).
+    ConsentLink,
+    /// A user signed in at the trust domain's OpenID Provider on the consent page (the ID
+    /// token's `sub`).
+    OidcSignIn,
 }
 
 impl AuthMethod {
@@ -78,12 +84,14 @@ impl AuthMethod {
             AuthMethod::Bearer => "bearer",
             AuthMethod::Asserted => "asserted",
             AuthMethod::Internal => "internal",
+            AuthMethod::ConsentLink => "consent_link",
+            AuthMethod::OidcSignIn => "oidc_sign_in",
         }
     }
 }
 
 /// An authenticated caller as the rules and the audit trail see it: who, and how it proved it.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Actor {
     /// Its identity (a SPIFFE ID, or a configured minter's or operator's id).
     pub id: String,
@@ -218,6 +226,9 @@ pub struct TokenRecord {
     /// How the current actor (the minter at the root) authenticated when it obtained this
     /// token; `None` in records stored before identities were recorded.
     pub actor_auth: Option<AuthMethod>,
+    /// Redeemed from an approved consent request: the one high-privilege scope it may
+    /// exercise. Never inherited; `None` in records stored before consent existed.
+    pub consent: Option<ConsentMark>,
 }
 
 /// The measured size of a token's context (see [`Grant::size`]): at most

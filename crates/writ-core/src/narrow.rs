@@ -304,6 +304,8 @@ pub fn mint(
         issued_at: new.now,
         idempotency: new.idempotency,
         actor_auth: Some(new.auth),
+        // Only a redemption marks a token; a child never inherits the mark.
+        consent: None,
     })
 }
 
@@ -514,6 +516,8 @@ pub fn downscope(
         issued_at: new.now,
         idempotency: new.idempotency,
         actor_auth: Some(new.auth),
+        // Only a redemption marks a token; a child never inherits the mark.
+        consent: None,
     })
 }
 

@@ -428,6 +428,19 @@ impl Registry {
         })
     }
 
+    /// Is `scope` high-privilege, so that exercising it needs the user's consent (see
+    /// [`crate::consent`])? An undefined scope (open scopes) is not.
+    pub fn requires_consent(&self, scope: &str) -> bool {
+        self.scopes.get(scope).is_some_and(|d| d.high_privilege)
+    }
+
+    /// The policy's description of `scope` (empty when it has none).
+    pub fn scope_description(&self, scope: &str) -> &str {
+        self.scopes
+            .get(scope)
+            .map_or("", |d| d.description.as_str())
+    }
+
     /// [`resolve`](Self::resolve) for a token's audience: an identity that is no party is
     /// refused (`party`).
     pub fn audience(&self, id: &str) -> Result<ResolvedParty<'_>, NarrowingError> {

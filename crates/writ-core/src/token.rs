@@ -28,6 +28,8 @@ pub const TOKEN_LEN: usize = TOKEN_PREFIX.len() + (RAW_LEN * 4).div_ceil(3);
 const MAC_CONTEXT: &[u8] = b"writ token tag v1\0";
 const HASH_CONTEXT: &str = "writ 2026-11 token secret hash v1";
 const ID_CONTEXT: &str = "writ 2026-11 public token id v1";
+/// Bytes of a capability link: key id, payload, tag.
+const LINK_LEN: usize = 4 + 16 + 32;
 const DERIVED_ENTROPY_CONTEXT: &str = "writ 2026-12 idempotent token entropy v1";
 
 /// Why a presented string is not a token this server issued. Deliberately coarse: the
@@ -124,6 +126,60 @@ impl KeyRing {
         (TokenSecret(s), VerifiedToken::from_raw(&raw))
     }
 
+    /// The capability links for `payload` (say, a consent request's id) under `context`,
+    /// one per key of the ring, the signing key's first: base64url of the key id, the
+    /// payload and a 256-bit keyed tag under a key derived from the server key for
+    /// `context`. Nobody without the server key can make one, the server re-derives it
+    /// instead of storing it, and [`open_link`](Self::open_link) checks it before any
+    /// storage read.
+    pub fn links(&self, context: &str, payload: &[u8; 16]) -> impl Iterator<Item = String> + '_ {
+        let context = context.to_owned();
+        let payload = *payload;
+        self.keys.iter().map(move |key| {
+            let mut raw = [0u8; LINK_LEN];
+            raw[..4].copy_from_slice(&key.id.to_be_bytes());
+            raw[4..20].copy_from_slice(&payload);
+            let tag = Self::link_tag(key, &context, &raw[..20]);
+            raw[20..].copy_from_slice(&tag);
+            URL_SAFE_NO_PAD.encode(raw)
+        })
+    }
+
+    /// The payload a link made by [`links`](Self::links) under `context` carries, if it
+    /// is one (well-formed, of a key in the ring, its tag verified in constant time).
+    pub fn open_link(&self, context: &str, presented: &str) -> Option<[u8; 16]> {
+        if presented.len() != (LINK_LEN * 4).div_ceil(3) {
+            return None;
+        }
+        let mut raw = [0u8; LINK_LEN];
+        match URL_SAFE_NO_PAD.decode_slice(presented, &mut raw) {
+            Ok(LINK_LEN) => {}
+            _ => return None,
+        }
+        let kid = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let key = self.keys.iter().find(|k| k.id == kid)?;
+        let expected = Self::link_tag(key, context, &raw[..20]);
+        if !bool::from(expected.ct_eq(&raw[20..])) {
+            return None;
+        }
+        let mut payload = [0u8; 16];
+        payload.copy_from_slice(&raw[4..20]);
+        Some(payload)
+    }
+
+    /// A keyed MAC of `input` under a key derived from the signing key for `context`:
+    /// for short-lived values the server hands out and checks itself (a form's CSRF
+    /// token). Compare with [`ct_eq_32`].
+    pub fn mac(&self, context: &str, input: &[u8]) -> [u8; 32] {
+        let derived = blake3::derive_key(context, &self.keys[0].key);
+        *blake3::keyed_hash(&derived, input).as_bytes()
+    }
+
+    fn link_tag(key: &ServerKey, context: &str, body: &[u8]) -> [u8; 32] {
+        let derived = blake3::derive_key(context, &key.key);
+        *blake3::keyed_hash(&derived, body).as_bytes()
+    }
+
     /// Checks a presented token's format and tag. Never touches storage; the result says
     /// which record to look up and what hash it must carry.
     pub fn verify(&self, presented: &str) -> Result<VerifiedToken, TokenError> {
@@ -217,6 +273,11 @@ impl VerifiedToken {
     }
 }
 
+/// Constant-time equality of two 32-byte values (MACs, hashes).
+pub fn ct_eq_32(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -296,5 +357,45 @@ mod tests {
             key: [0; 32],
         };
         assert!(KeyRing::new(vec![k.clone(), k]).is_none());
+    }
+
+    #[test]
+    fn links_verify_under_their_context_and_key_only() {
+        let ring = KeyRing::new(vec![
+            ServerKey {
+                id: 2,
+                key: [2; 32],
+            },
+            ServerKey {
+                id: 1,
+                key: [1; 32],
+            },
+        ])
+        .unwrap();
+        let links: Vec<String> = ring.links("ctx a", &[9; 16]).collect();
+        assert_eq!(links.len(), 2);
+        assert_ne!(links[0], links[1]);
+        for l in &links {
+            assert_eq!(l.len(), 70);
+            assert_eq!(ring.open_link("ctx a", l), Some([9; 16]));
+            assert_eq!(ring.open_link("ctx b", l), None);
+        }
+        let old = KeyRing::new(vec![ServerKey {
+            id: 1,
+            key: [1; 32],
+        }])
+        .unwrap();
+        assert_eq!(old.open_link("ctx a", &links[1]), Some([9; 16]));
+        assert_eq!(old.open_link("ctx a", &links[0]), None);
+        let mut forged = links[0].clone().into_bytes();
+        forged[69] = if forged[69] == b'A' { b'B' } else { b'A' };
+        assert_eq!(
+            ring.open_link("ctx a", std::str::from_utf8(&forged).unwrap()),
+            None
+        );
+        assert_eq!(ring.open_link("ctx a", ""), None);
+        assert_eq!(ring.open_link("ctx a", &"A".repeat(70)), None);
+        assert!(ct_eq_32(&ring.mac("m", b"x"), &ring.mac("m", b"x")));
+        assert!(!ct_eq_32(&ring.mac("m", b"x"), &ring.mac("n", b"x")));
     }
 }

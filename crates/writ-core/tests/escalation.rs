@@ -395,28 +395,42 @@ fn parent_s() -> impl Strategy<Value = (Policy, TokenRecord)> {
         ctx_s(TCTX_KEYS),
         ctx_s(RCTX_KEYS),
         select(&["alice", "bob"][..]),
+        any::<bool>(),
     )
-        .prop_map(|(policy, order, n, grant, depth, tctx, rctx, subject)| {
-            let record = TokenRecord {
-                token_id: TokenId([1; 16]),
-                secret_hash: SecretHash([2; 32]),
-                txn: TxnId::new(UnixMillis(BASE), [3; 10]),
-                parent: (depth > 0).then_some(TokenId([4; 16])),
-                depth,
-                subject: subject.to_string(),
-                trust_domain: "td.example".into(),
-                actors: order[..n].iter().map(|id| party(id)).collect(),
-                audience: party(order[n]),
-                grant,
-                purpose: "book a trip".into(),
-                tctx,
-                rctx,
-                issued_at: UnixMillis(BASE - 1000),
-                idempotency: None,
-                actor_auth: None,
-            };
-            (policy, record)
-        })
+        .prop_map(
+            |(policy, order, n, grant, depth, tctx, rctx, subject, consented)| {
+                // Sometimes a token redeemed from a consent (to one of its scopes).
+                let consent = grant
+                    .scopes
+                    .iter()
+                    .next()
+                    .filter(|_| consented)
+                    .map(|scope| writ_core::ConsentMark {
+                        request: writ_core::ConsentId([5; 16]),
+                        scope: scope.clone(),
+                    });
+                let record = TokenRecord {
+                    token_id: TokenId([1; 16]),
+                    secret_hash: SecretHash([2; 32]),
+                    txn: TxnId::new(UnixMillis(BASE), [3; 10]),
+                    parent: (depth > 0).then_some(TokenId([4; 16])),
+                    depth,
+                    subject: subject.to_string(),
+                    trust_domain: "td.example".into(),
+                    actors: order[..n].iter().map(|id| party(id)).collect(),
+                    audience: party(order[n]),
+                    grant,
+                    purpose: "book a trip".into(),
+                    tctx,
+                    rctx,
+                    issued_at: UnixMillis(BASE - 1000),
+                    idempotency: None,
+                    actor_auth: None,
+                    consent,
+                };
+                (policy, record)
+            },
+        )
 }
 
 fn mint_req_s() -> impl Strategy<Value = MintRequest> {
@@ -1783,6 +1797,8 @@ fn check_child(
     now: UnixMillis,
 ) -> Result<(), TestCaseError> {
     let (pg, cg) = (&parent.grant, &child.grant);
+    // A consent covers one action of the token it was redeemed for, never a descendant.
+    prop_assert!(child.consent.is_none(), "consent mark inherited");
     prop_assert!(cg.expires_at <= pg.expires_at, "child outlives parent");
     prop_assert!(cg.expires_at > now, "child born expired");
     prop_assert!(cg.scopes.is_subset(&pg.scopes), "scopes widened");

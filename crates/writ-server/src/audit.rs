@@ -541,6 +541,68 @@ mod tests {
         ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
             self.inner.purge_events(cutoff, max_events)
         }
+        fn insert_consent(
+            &self,
+            request: writ_core::ConsentRequest,
+            event: Event,
+        ) -> impl Future<Output = Result<writ_store::ConsentInsert, StoreError>> + Send {
+            self.inner.insert_consent(request, event)
+        }
+        fn consent(
+            &self,
+            id: writ_core::ConsentId,
+        ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send
+        {
+            self.inner.consent(id)
+        }
+        fn consent_by_key(
+            &self,
+            key: [u8; 32],
+        ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send
+        {
+            self.inner.consent_by_key(key)
+        }
+        fn decide_consent(
+            &self,
+            id: writ_core::ConsentId,
+            decision: writ_core::Decision,
+            event: Event,
+        ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
+            self.inner.decide_consent(id, decision, event)
+        }
+        fn redeem_consent(
+            &self,
+            id: writ_core::ConsentId,
+            by: String,
+            child: TokenRecord,
+            max_children: u32,
+            event: Event,
+        ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
+            self.inner
+                .redeem_consent(id, by, child, max_children, event)
+        }
+        fn expire_consents(
+            &self,
+            now: UnixMillis,
+            max: usize,
+            by: writ_core::Actor,
+            events: Arc<dyn writ_store::EventIssuer>,
+        ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send {
+            self.inner.expire_consents(now, max, by, events)
+        }
+        fn purge_consents(
+            &self,
+            cutoff: UnixMillis,
+            max: usize,
+        ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+            self.inner.purge_consents(cutoff, max)
+        }
+        fn list_consents(
+            &self,
+            query: writ_store::ConsentQuery,
+        ) -> impl Future<Output = Result<writ_store::ConsentPage, StoreError>> + Send {
+            self.inner.list_consents(query)
+        }
     }
 
     fn txn() -> TxnId {

@@ -388,6 +388,21 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         }))
     }
 
+    // SKELETON until the service part of issue 12 lands.
+    async fn list_consents(
+        &self,
+        _request: Request<pb::ListConsentsRequest>,
+    ) -> Result<Response<pb::ListConsentsResponse>, Status> {
+        Err(Status::unimplemented("ListConsents"))
+    }
+
+    async fn get_consent(
+        &self,
+        _request: Request<pb::GetConsentRequest>,
+    ) -> Result<Response<pb::ConsentRequestInfo>, Status> {
+        Err(Status::unimplemented("GetConsent"))
+    }
+
     async fn watch_events(
         &self,
         request: Request<pb::WatchEventsRequest>,

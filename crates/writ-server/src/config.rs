@@ -60,6 +60,37 @@ pub struct Config {
     pub observability: crate::ops::ObservabilityConfig,
     /// The OAuth HTTP listener (`[http]`): token exchange, introspection, metadata.
     pub http: HttpConfig,
+    /// Consent step-up for high-privilege scopes (`[consent]`): how long requests and
+    /// redeemed tokens live, and optional sign-in on the consent page.
+    pub consent: ConsentConfig,
+}
+
+/// `[consent]`: a scope the policy marks `high_privilege` is latent until the user
+/// approves the concrete action (on the consent page served by the HTTP listener at
+/// `issuer`, or through an approver app).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConsentConfig {
+    /// How long a request waits for the user's decision and, approved, for its
+    /// redemption, in seconds (1..=3600; default 600). Never past the requester's token.
+    pub request_ttl_seconds: u64,
+    /// Lifetime of the single-use token an approval is redeemed for, in seconds
+    /// (1..=300; default 60).
+    pub redeemed_ttl_seconds: u64,
+    /// Require the user to sign in at the trust domain's OpenID Provider (authorization
+    /// code with PKCE) before the page shows a request; the ID token's `sub` must be the
+    /// request's subject (`[consent.sign_in]`). None: the link alone admits.
+    pub sign_in: Option<crate::http::consent::SignInConfig>,
+}
+
+impl Default for ConsentConfig {
+    fn default() -> Self {
+        ConsentConfig {
+            request_ttl_seconds: 600,
+            redeemed_ttl_seconds: 60,
+            sign_in: None,
+        }
+    }
 }
 
 /// `[http]`: the OAuth face's own listener (RFC 8693 token exchange, RFC 7662
@@ -281,6 +312,7 @@ impl Default for Config {
             subject_tokens: Default::default(),
             observability: Default::default(),
             http: HttpConfig::default(),
+            consent: ConsentConfig::default(),
         }
     }
 }
@@ -365,6 +397,19 @@ impl Config {
                     "issuer = {issuer:?} must be https://HOST[:PORT] (no path, query, fragment or user info), at most 256 bytes"
                 ));
             }
+        }
+        let c = &self.consent;
+        if !(1..=3600).contains(&c.request_ttl_seconds) {
+            return bad(format!(
+                "consent.request_ttl_seconds = {} must be in 1..=3600",
+                c.request_ttl_seconds
+            ));
+        }
+        if !(1..=300).contains(&c.redeemed_ttl_seconds) {
+            return bad(format!(
+                "consent.redeemed_ttl_seconds = {} must be in 1..=300",
+                c.redeemed_ttl_seconds
+            ));
         }
         if t.max_ttl_seconds == 0 || t.max_ttl_seconds > 86_400 {
             return bad(format!(

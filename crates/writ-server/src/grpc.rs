@@ -134,6 +134,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
                         allowed: false,
                         denied_by: denial.denied_by,
                         reason: denial.reason,
+                        ..Default::default()
                     },
                 }),
             },
@@ -151,5 +152,27 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         Ok(Response::new(pb::RevokeResponse {
             revoked_token_ids: ids.iter().map(ToString::to_string).collect(),
         }))
+    }
+
+    // SKELETON until the service part of issue 12 lands.
+    async fn request_consent(
+        &self,
+        _request: Request<pb::RequestConsentRequest>,
+    ) -> Result<Response<pb::RequestConsentResponse>, Status> {
+        Err(Status::unimplemented("RequestConsent"))
+    }
+
+    async fn decide_consent(
+        &self,
+        _request: Request<pb::DecideConsentRequest>,
+    ) -> Result<Response<pb::DecideConsentResponse>, Status> {
+        Err(Status::unimplemented("DecideConsent"))
+    }
+
+    async fn redeem_consent(
+        &self,
+        _request: Request<pb::RedeemConsentRequest>,
+    ) -> Result<Response<pb::RedeemConsentResponse>, Status> {
+        Err(Status::unimplemented("RedeemConsent"))
     }
 }

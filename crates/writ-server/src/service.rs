@@ -14,6 +14,8 @@
 //! new token, never the string of an old one (the configuration keeps every keyed token
 //! stored for at least two windows, so none is reclaimed while it can still be found).
 
+pub mod consent;
+
 use crate::audit::{Audit, Pending};
 use crate::auth::Caller;
 use crate::config::ValidationEvents;

@@ -1415,6 +1415,7 @@ mod tests {
             issued_at: UnixMillis(T0 * 1000),
             idempotency: None,
             actor_auth: None,
+            consent: None,
         };
         let (jwt, exp) = s.txn_token(&record, "api", T0).unwrap();
         assert_eq!(exp, T0 + 30, "capped by the record");

@@ -13,8 +13,8 @@ use writ_core::audit::bounded_detail;
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId,
-    UnixMillis,
+    Actor, ConsentError, ConsentId, ConsentRequest, ConsentStatus, Decision, Event, EventId,
+    PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
@@ -64,6 +64,17 @@ pub enum StoreError {
     /// the runtime is shutting down). Whether a pending write landed is unknown.
     #[error("storage task did not complete: {0}")]
     Task(String),
+    /// A consent request's rule refused the operation ([`ConsentError`]); nothing was
+    /// written.
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+    /// `insert_consent`: the transaction already has `limit` open (pending or approved,
+    /// unexpired) consent requests.
+    #[error("the transaction already has the maximum of {limit} open consent requests")]
+    TooManyConsents {
+        /// The limit that was reached.
+        limit: usize,
+    },
 }
 
 /// One token's place in its transaction's tree, from [`TokenStore::txn_tree`].
@@ -469,6 +480,67 @@ pub(crate) fn collect_page(
     Ok(TxnPage { roots, next: None })
 }
 
+/// Most open (pending or approved, unexpired) consent requests one transaction may have:
+/// a holder cannot make the store keep unbounded requests for one transaction.
+pub const MAX_OPEN_CONSENTS_PER_TXN: usize = 32;
+
+/// What [`TokenStore::insert_consent`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ConsentInsert {
+    /// The request was stored with its event.
+    Inserted,
+    /// An identical request (same [`ConsentRequest::key`]) is open: nothing was written,
+    /// and this is that request.
+    Existing(Box<ConsentRequest>),
+}
+
+/// Which consent requests [`TokenStore::list_consents`] returns: newest first (by id),
+/// each filter optional.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentQuery {
+    /// Only requests with this status at `now`.
+    pub status: Option<ConsentStatus>,
+    /// Only requests for this user.
+    pub subject: Option<String>,
+    /// Only requests of this transaction.
+    pub txn: Option<TxnId>,
+    /// The instant statuses are computed at.
+    pub now: UnixMillis,
+    /// Continue after this request (a previous page's `next`): only older ones.
+    pub before: Option<ConsentId>,
+    /// Most requests to return (at least 1).
+    pub limit: usize,
+}
+
+/// One page of [`TokenStore::list_consents`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsentPage {
+    /// Matching requests, newest first.
+    pub requests: Vec<ConsentRequest>,
+    /// Where to continue (pass as `before`); `None` when the scan reached the end. Like
+    /// [`TxnPage::next`], bounded by [`MAX_TXN_SCAN`] requests examined per call.
+    pub next: Option<ConsentId>,
+}
+
+/// Does `r` match the filters of `query`? One rule for every backend.
+#[allow(dead_code)] // used by the backends' consent storage (store part of issue 12)
+pub(crate) fn consent_matches(query: &ConsentQuery, r: &ConsentRequest) -> bool {
+    query.subject.as_ref().is_none_or(|s| *s == r.subject)
+        && query.txn.is_none_or(|t| t == r.txn)
+        && query.status.is_none_or(|want| r.status(query.now) == want)
+}
+
+/// Is `r` open at `now`: may it still be decided or redeemed? An open request with the
+/// same key is answered instead of a new one, and open requests count against
+/// [`MAX_OPEN_CONSENTS_PER_TXN`].
+#[allow(dead_code)] // used by the backends' consent storage (store part of issue 12)
+pub(crate) fn consent_open(r: &ConsentRequest, now: UnixMillis) -> bool {
+    matches!(
+        r.status(now),
+        ConsentStatus::Pending | ConsentStatus::Approved
+    )
+}
+
 /// Storage for token records.
 ///
 /// Every mutation of a token's state (`insert_child`, `revoke`, `revoke_party`,
@@ -686,6 +758,93 @@ pub trait TokenStore: Send + Sync + 'static {
         cutoff: UnixMillis,
         max_events: usize,
     ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send;
+
+    /// Stores a new consent request with its `consent_requested` event, serialised with
+    /// every other mutation of its transaction. If an open request
+    /// ([`consent_open`] at `request.created_at`) has the same [`ConsentRequest::key`],
+    /// writes nothing and answers [`ConsentInsert::Existing`] with it. Refuses, writing
+    /// nothing: [`TooManyConsents`](StoreError::TooManyConsents) when the transaction
+    /// already has [`MAX_OPEN_CONSENTS_PER_TXN`] open requests,
+    /// [`Conflict`](StoreError::Conflict) when the id exists. Durable per the store's
+    /// durability.
+    fn insert_consent(
+        &self,
+        request: ConsentRequest,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send;
+
+    /// One consent request by id.
+    fn consent(
+        &self,
+        id: ConsentId,
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send;
+
+    /// The most recent request stored under `key` ([`ConsentRequest::key`]), whatever
+    /// its status (the caller judges it): what Validate names in a `CONSENT_REQUIRED`
+    /// answer.
+    fn consent_by_key(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send;
+
+    /// Records a decision ([`ConsentRequest::decide`], the one rule) and its event
+    /// (`consent_approved` or `consent_denied`) in one atomic write under the
+    /// transaction's serialisation. [`NotFound`](StoreError::NotFound) for an unknown id,
+    /// [`Consent`](StoreError::Consent) when the rule refuses (decided, expired, another
+    /// subject). Returns the request as stored. Durable before it resolves, whatever the
+    /// store's durability.
+    fn decide_consent(
+        &self,
+        id: ConsentId,
+        decision: Decision,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send;
+
+    /// Redeems an approved request for `child` (a child of `child.parent`, which must be
+    /// the request's token) in one atomic write under the transaction's serialisation:
+    /// [`ConsentRequest::redeem`] by `by` at `child.issued_at` (the one rule: requester,
+    /// token, approved, unexpired, once), then everything
+    /// [`insert_child`](TokenStore::insert_child) checks and writes ([`admit_child`]),
+    /// the request as redeemed, and `event` (`consent_redeemed`). Refuses, writing
+    /// nothing, with `insert_child`'s errors, [`NotFound`](StoreError::NotFound) for an
+    /// unknown id, and [`Consent`](StoreError::Consent). Durable before it resolves.
+    fn redeem_consent(
+        &self,
+        id: ConsentId,
+        by: String,
+        child: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send;
+
+    /// Marks up to `max` requests that are open but past their expiry at `now` as
+    /// expired ([`ConsentRequest::expire`]), each with a `consent_expired` event (actor
+    /// `by`) whose id `events` issues just before its write (see [`EventIssuer`]), in
+    /// expiry order through an index of open requests (never a scan of every request).
+    /// Returns how many it expired and whether more remain.
+    fn expire_consents(
+        &self,
+        now: UnixMillis,
+        max: usize,
+        by: Actor,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send;
+
+    /// Deletes up to `max` requests created before `cutoff` (oldest first, by id) that
+    /// are no longer open, with every index entry of theirs. `PurgeStats::tokens` counts
+    /// requests here.
+    fn purge_consents(
+        &self,
+        cutoff: UnixMillis,
+        max: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send;
+
+    /// Consent requests matching `query`, newest first, examining at most
+    /// [`MAX_TXN_SCAN`] requests per call.
+    fn list_consents(
+        &self,
+        query: ConsentQuery,
+    ) -> impl Future<Output = Result<ConsentPage, StoreError>> + Send;
 }
 
 /// A shared store is a store, so servers can hold `Arc<S>` and still pass it on as `S`.
@@ -822,6 +981,73 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         max_events: usize,
     ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
         T::purge_events(self, cutoff, max_events)
+    }
+
+    fn insert_consent(
+        &self,
+        request: ConsentRequest,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
+        T::insert_consent(self, request, event)
+    }
+
+    fn consent(
+        &self,
+        id: ConsentId,
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        T::consent(self, id)
+    }
+
+    fn consent_by_key(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        T::consent_by_key(self, key)
+    }
+
+    fn decide_consent(
+        &self,
+        id: ConsentId,
+        decision: Decision,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        T::decide_consent(self, id, decision, event)
+    }
+
+    fn redeem_consent(
+        &self,
+        id: ConsentId,
+        by: String,
+        child: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        T::redeem_consent(self, id, by, child, max_children, event)
+    }
+
+    fn expire_consents(
+        &self,
+        now: UnixMillis,
+        max: usize,
+        by: Actor,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send {
+        T::expire_consents(self, now, max, by, events)
+    }
+
+    fn purge_consents(
+        &self,
+        cutoff: UnixMillis,
+        max: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        T::purge_consents(self, cutoff, max)
+    }
+
+    fn list_consents(
+        &self,
+        query: ConsentQuery,
+    ) -> impl Future<Output = Result<ConsentPage, StoreError>> + Send {
+        T::list_consents(self, query)
     }
 }
 

@@ -6,13 +6,14 @@
 //! record changes the encoding. The version byte lets a later build recognise older
 //! values (and refuse unknown ones) instead of misreading them.
 //!
-//! Records: version 3 (how the current actor authenticated) is written; version 2 (claims
-//! that apply to some scopes, `require_action_check`, the idempotency digest) and version 1
-//! are still read, version 1 through its own types in [`v1`], so a store upgraded in place
+//! Records: version 4 (the consent mark of a token redeemed from a consent request) is
+//! written; version 3 (how the current actor authenticated), version 2 (claims that apply
+//! to some scopes, `require_action_check`, the idempotency digest) and version 1 are still
+//! read, version 1 through its own types in [`v1`], so a store upgraded in place
 //! keeps validating the tokens it holds. Audit events: version 2 (how the actor
 //! authenticated) is written, version 1 still read. Party disablements: version 1.
 //!
-//! Version 3 records and version 2 events only *append* an `Option` field, and postcard
+//! Version 3 and 4 records and version 2 events only *append* an `Option` field, and postcard
 //! encodes a struct as its fields in order and `None` as the single byte 0 (its stable
 //! wire format): so an older body followed by one 0 byte is exactly the newer encoding of
 //! the same value with that field `None` ("not recorded"), which is how they are read.
@@ -23,7 +24,7 @@ use serde::de::DeserializeOwned;
 use writ_core::{Event, PartyDisable, TokenRecord, TokenState};
 
 /// Format version of record values written by this build.
-const FORMAT_VERSION: u8 = 3;
+const FORMAT_VERSION: u8 = 4;
 /// Format version of state values written by this build.
 const STATE_FORMAT_VERSION: u8 = 1;
 /// Format version of audit events written by this build.
@@ -85,7 +86,8 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<TokenRecord, StoreError> {
     const WHAT: &str = "token record";
     match split_version(bytes, WHAT)? {
         (1, body) => decode_body::<v1::TokenRecord>(body, WHAT).map(TokenRecord::from),
-        (2, body) => decode_body(&with_none_appended(body), WHAT),
+        (2, body) => decode_body(&with_none_appended(&with_none_appended(body)), WHAT),
+        (3, body) => decode_body(&with_none_appended(body), WHAT),
         _ => decode_versioned(bytes, FORMAT_VERSION, WHAT),
     }
 }
@@ -156,6 +158,7 @@ mod v1 {
                 issued_at: r.issued_at,
                 idempotency: None,
                 actor_auth: None,
+                consent: None,
             }
         }
     }
@@ -345,19 +348,29 @@ mod tests {
         assert!(decode(&bytes[..bytes.len() - 1]).is_err());
     }
 
-    /// A version-2 record is a version-3 one without its last field (`actor_auth`): read
-    /// as "not recorded", and a recorded method round-trips.
+    /// A version-3 record is a version-4 one without its last field (`consent`), and a
+    /// version-2 one lacks `actor_auth` too: read as "not recorded", and recorded values
+    /// round-trip.
     #[test]
-    fn version_2_records_and_version_1_events_still_decode() {
+    fn version_2_and_3_records_and_version_1_events_still_decode() {
         let mut r = record(txn(1), tid(2), Some(tid(3)));
         r.actor_auth = None;
-        let v3 = encode(&r).unwrap();
-        assert_eq!(v3.last(), Some(&0));
-        let mut v2 = v3[..v3.len() - 1].to_vec();
+        let v4 = encode(&r).unwrap();
+        assert_eq!(v4[0], 4);
+        assert_eq!(&v4[v4.len() - 2..], &[0, 0]);
+        let mut v3 = v4[..v4.len() - 1].to_vec();
+        v3[0] = 3;
+        assert_eq!(decode(&v3).unwrap(), r);
+        let mut v2 = v4[..v4.len() - 2].to_vec();
         v2[0] = 2;
         assert_eq!(decode(&v2).unwrap(), r);
         assert!(decode(&v2[..v2.len() - 1]).is_err());
         r.actor_auth = Some(writ_core::AuthMethod::ClientAssertion);
+        assert_eq!(decode(&encode(&r).unwrap()).unwrap(), r);
+        r.consent = Some(writ_core::ConsentMark {
+            request: writ_core::ConsentId([5; 16]),
+            scope: "payments.charge".into(),
+        });
         assert_eq!(decode(&encode(&r).unwrap()).unwrap(), r);
 
         let mut e = writ_core::Event::minted(writ_core::EventId(7), &record(txn(1), tid(2), None));

@@ -171,6 +171,7 @@ pub(crate) fn record(txn: TxnId, id: TokenId, parent: Option<TokenId>) -> TokenR
         issued_at: UnixMillis(1_700_000_000_000),
         idempotency: None,
         actor_auth: None,
+        consent: None,
     }
 }
 

@@ -43,8 +43,9 @@ pub mod rocks;
 mod conformance;
 
 pub use api::{
-    EventIssuer, MAX_PARTY_REVOKED_IDS, PartyRevoked, PurgeStats, RevokeTarget, Revoked,
-    StoreError, StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
+    ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, MAX_OPEN_CONSENTS_PER_TXN,
+    MAX_PARTY_REVOKED_IDS, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,
+    TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
 };
 pub use memory::MemoryStore;
 pub use rocks::{Durability, RocksStore, SizeEstimates, StoreOptions};

@@ -643,6 +643,106 @@ impl TokenStore for MemoryStore {
         let store = self.clone();
         async move { Ok(store.lock().purge_events(cutoff, max_events)) }
     }
+
+    // Placeholders until the consent storage lands (issue 12, store part).
+    fn insert_consent(
+        &self,
+        _request: writ_core::ConsentRequest,
+        _event: Event,
+    ) -> impl Future<Output = Result<crate::ConsentInsert, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn consent(
+        &self,
+        _id: writ_core::ConsentId,
+    ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn consent_by_key(
+        &self,
+        _key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn decide_consent(
+        &self,
+        _id: writ_core::ConsentId,
+        _decision: writ_core::Decision,
+        _event: Event,
+    ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn redeem_consent(
+        &self,
+        _id: writ_core::ConsentId,
+        _by: String,
+        _child: TokenRecord,
+        _max_children: u32,
+        _event: Event,
+    ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn expire_consents(
+        &self,
+        _now: UnixMillis,
+        _max: usize,
+        _by: writ_core::Actor,
+        _events: std::sync::Arc<dyn crate::EventIssuer>,
+    ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn purge_consents(
+        &self,
+        _cutoff: UnixMillis,
+        _max: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
+
+    fn list_consents(
+        &self,
+        _query: crate::ConsentQuery,
+    ) -> impl Future<Output = Result<crate::ConsentPage, StoreError>> + Send {
+        async {
+            Err(StoreError::Backend(
+                "consent storage not implemented".into(),
+            ))
+        }
+    }
 }
 
 #[cfg(test)]

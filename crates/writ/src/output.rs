@@ -115,6 +115,9 @@ fn auth_name(m: i32) -> &'static str {
         Ok(pb::AuthMethod::JwtSvid) => "jwt_svid",
         Ok(pb::AuthMethod::Bearer) => "bearer",
         Ok(pb::AuthMethod::Asserted) => "asserted",
+        Ok(pb::AuthMethod::Internal) => "internal",
+        Ok(pb::AuthMethod::ConsentLink) => "consent_link",
+        Ok(pb::AuthMethod::OidcSignIn) => "oidc_sign_in",
         _ => "unspecified",
     }
 }
@@ -609,6 +612,11 @@ fn event_kind_name(k: i32) -> &'static str {
         Ok(pb::EventKind::Refused) => "refused",
         Ok(pb::EventKind::Revoked) => "revoked",
         Ok(pb::EventKind::Aggregated) => "aggregated",
+        Ok(pb::EventKind::ConsentRequested) => "consent_requested",
+        Ok(pb::EventKind::ConsentApproved) => "consent_approved",
+        Ok(pb::EventKind::ConsentDenied) => "consent_denied",
+        Ok(pb::EventKind::ConsentRedeemed) => "consent_redeemed",
+        Ok(pb::EventKind::ConsentExpired) => "consent_expired",
         _ => "unspecified",
     }
 }
@@ -637,6 +645,8 @@ pub fn event_json(e: &pb::AuditEvent) -> Json {
     put("detail", &e.detail);
     put("dimension", &e.dimension);
     put("reason", &e.reason);
+    put("consent_request_id", &e.consent_request_id);
+    put("channel", &e.channel);
     match e.kind() {
         pb::EventKind::Minted => {
             m.insert("scopes".into(), json!(e.scopes));
@@ -657,6 +667,13 @@ pub fn event_json(e: &pb::AuditEvent) -> Json {
             m.insert("count".into(), json!(e.count));
             m.insert("window_start_unix_ms".into(), json!(e.window_start_unix_ms));
             m.insert("window_end_unix_ms".into(), json!(e.window_end_unix_ms));
+        }
+        pb::EventKind::ConsentRequested => {
+            m.insert("attributes".into(), json!(e.attributes));
+            m.insert("expires_at_unix_ms".into(), json!(e.expires_at_unix_ms));
+        }
+        pb::EventKind::ConsentRedeemed => {
+            m.insert("scopes".into(), json!(e.scopes));
         }
         _ => {}
     }
@@ -693,7 +710,10 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
         let code = match e.kind() {
             pb::EventKind::Minted | pb::EventKind::Downscoped => "32",
             pb::EventKind::Refused | pb::EventKind::Aggregated => "33",
-            pb::EventKind::Revoked => "31",
+            pb::EventKind::Revoked | pb::EventKind::ConsentDenied => "31",
+            pb::EventKind::ConsentRequested
+            | pb::EventKind::ConsentApproved
+            | pb::EventKind::ConsentRedeemed => "36",
             _ => "0",
         };
         format!("\x1b[{code}m{kind:<10}\x1b[0m")
@@ -750,6 +770,41 @@ pub fn event(json_out: bool, colour: bool, show_txn: bool, e: &pb::AuditEvent) -
             format!("{}  {target}  {} token(s): {}", actor, e.revoked, e.reason)
         }
         pb::EventKind::Aggregated => aggregated_line(e),
+        pb::EventKind::ConsentRequested => {
+            let with = if e.attributes.is_empty() {
+                String::new()
+            } else {
+                format!(" with {}", e.attributes.join(", "))
+            };
+            format!(
+                "{}  {}  asks the user: {}{with} at {} ({}); {}",
+                actor, e.token_id, e.action, e.audience, e.reason, e.consent_request_id
+            )
+        }
+        pb::EventKind::ConsentApproved | pb::EventKind::ConsentDenied => {
+            let what = if e.kind() == pb::EventKind::ConsentApproved {
+                "approved"
+            } else {
+                "denied"
+            };
+            format!(
+                "{}  {what} {} via {}",
+                actor, e.consent_request_id, e.channel
+            )
+        }
+        pb::EventKind::ConsentRedeemed => format!(
+            "{} -> {}  {} (from {}) redeemed {}  scopes: {}",
+            actor,
+            e.audience,
+            e.token_id,
+            e.parent_token_id,
+            e.consent_request_id,
+            e.scopes.join(" ")
+        ),
+        pb::EventKind::ConsentExpired => format!(
+            "{} expired ({} when it expired)",
+            e.consent_request_id, e.detail
+        ),
         pb::EventKind::Unspecified => String::new(),
     };
     let txn = if show_txn {

@@ -16,6 +16,7 @@
 //! that takes longer than `http.request_timeout_seconds` is answered 503; a stopping
 //! server lets open requests finish for up to [`SHUTDOWN_GRACE`](crate::SHUTDOWN_GRACE).
 
+pub mod consent;
 pub mod error;
 pub mod form;
 pub mod introspect;
