@@ -730,12 +730,19 @@ async fn the_shipped_configuration_and_policy_serve_a_chain() {
             vec![("amount_eur", build::int(amount))],
         )
     };
-    let allowed = api.validate(charge(120)).await.expect("validating");
-    assert!(allowed.active && allowed.decision.expect("a decision").allowed);
-    let denied = api.validate(charge(900)).await.expect("validating");
+    // payments:charge is high-privilege in the shipped policy: within the ceiling, the
+    // charge waits for the user's consent; above it, the ceiling's claim refuses first.
+    let latent = api.validate(charge(120)).await.expect("validating");
+    let decision = latent.decision.expect("a decision");
     assert!(
-        !denied.decision.expect("a decision").allowed,
-        "the ceiling holds"
+        latent.active && !decision.allowed && decision.consent_required,
+        "{decision:?}"
+    );
+    let denied = api.validate(charge(900)).await.expect("validating");
+    let decision = denied.decision.expect("a decision");
+    assert!(
+        !decision.allowed && !decision.consent_required && decision.denied_by == "amount_eur",
+        "the ceiling holds: {decision:?}"
     );
 }
 

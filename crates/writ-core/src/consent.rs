@@ -541,6 +541,7 @@ pub const CONSENT_REQUIRED: &str = "CONSENT_REQUIRED";
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn party(id: &str, kind: ActorKind) -> PartyView {

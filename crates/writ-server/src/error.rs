@@ -18,6 +18,7 @@
 
 use crate::auth::AuthError;
 use writ_api::FieldError;
+use writ_core::ConsentError;
 use writ_core::limits::MAX_DETAIL_BYTES;
 use writ_core::narrow::{Dimension, NarrowingError};
 use writ_core::text::truncate;
@@ -66,6 +67,18 @@ pub enum ServiceError {
     /// Downscope refused by the narrowing rules.
     #[error("{0}")]
     Narrowing(#[from] NarrowingError),
+    /// A consent request's rule refused the operation.
+    #[error(transparent)]
+    Consent(#[from] ConsentError),
+    /// The transaction already has the most open consent requests it may have.
+    #[error(
+        "the transaction already has {0} open consent requests, the most it may have; wait for one to be decided, redeemed or expire"
+    )]
+    TooManyConsents(usize),
+    /// Nothing the caller can do with this request now (the message says why, naming
+    /// the field).
+    #[error("{0}")]
+    FailedPrecondition(String),
     /// The idempotency key already named a token issued for another request.
     #[error(
         "idempotency_key: already used for a different request (or by another caller's parent); use a new key"
@@ -99,6 +112,24 @@ fn narrowing_code(d: Dimension) -> tonic::Code {
         Dimension::NotNarrower | Dimension::Size | Dimension::Context | Dimension::InvalidScope => {
             Code::InvalidArgument
         }
+    }
+}
+
+/// The code of a refused consent operation, by the rule above: wait or give up
+/// (pending, expired, redeemed, decided), ask as someone else or not at all (denied, the
+/// wrong subject, party or token), or change the request (attributes).
+fn consent_code(e: &ConsentError) -> tonic::Code {
+    use tonic::Code;
+    match e {
+        ConsentError::Pending(_)
+        | ConsentError::Expired(_)
+        | ConsentError::Redeemed(_)
+        | ConsentError::Decided(_) => Code::FailedPrecondition,
+        ConsentError::Denied(_)
+        | ConsentError::WrongSubject(_)
+        | ConsentError::WrongParty(_)
+        | ConsentError::WrongToken(_) => Code::PermissionDenied,
+        ConsentError::Attributes(_) => Code::InvalidArgument,
     }
 }
 
@@ -147,6 +178,9 @@ impl From<ServiceError> for tonic::Status {
                 narrowing_code(n.dimension)
             }
             ServiceError::IdempotencyReused => Code::InvalidArgument,
+            ServiceError::Consent(c) => consent_code(c),
+            ServiceError::TooManyConsents(_) => Code::ResourceExhausted,
+            ServiceError::FailedPrecondition(_) => Code::FailedPrecondition,
             ServiceError::Store(StoreError::Conflict) => Code::Aborted,
             ServiceError::Store(StoreError::ParentRevoked | StoreError::UsesExhausted) => {
                 Code::FailedPrecondition
@@ -156,6 +190,8 @@ impl From<ServiceError> for tonic::Status {
             }
             ServiceError::Store(StoreError::ParentMissing) => Code::Unauthenticated,
             ServiceError::Store(StoreError::NotFound) => Code::NotFound,
+            ServiceError::Store(StoreError::Consent(c)) => consent_code(c),
+            ServiceError::Store(StoreError::TooManyConsents { .. }) => Code::ResourceExhausted,
             ServiceError::Store(_) => Code::Unavailable,
             ServiceError::Signing(crate::signing::SigningError::Refused(_)) => {
                 Code::FailedPrecondition

@@ -105,7 +105,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
                 inactive_reason: inactive_pb(why).into(),
                 ..Default::default()
             },
-            Validation::Active { record, decision } => pb::ValidateResponse {
+            Validation::Active {
+                record,
+                decision,
+                consent,
+            } => pb::ValidateResponse {
                 // Only for an active token whose action check (if any) allowed: never for
                 // a revoked, expired or exhausted one.
                 // Nor for a use-limited or action-check-only token (`jwt_refusal`): the
@@ -134,7 +138,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
                         allowed: false,
                         denied_by: denial.denied_by,
                         reason: denial.reason,
-                        ..Default::default()
+                        consent_required: consent.is_some(),
+                        consent_request_id: consent
+                            .and_then(|c| c.request)
+                            .map(|id| id.to_string())
+                            .unwrap_or_default(),
                     },
                 }),
             },

@@ -1344,7 +1344,8 @@ enabled = false
         let p = parse(text).unwrap();
         let r = p.registry();
         assert_eq!(r.public_clients, PublicClientLimits::default());
-        assert_eq!((r.parties.len(), r.scopes.len()), (3, 2));
+        assert_eq!((r.parties.len(), r.scopes.len()), (4, 2));
+        assert!(r.requires_consent("payments:charge") && !r.requires_consent("trips:read"));
         assert_eq!(
             p.keys_of(BOOKING).unwrap()[0].kid(),
             Some("booking-2026-12")

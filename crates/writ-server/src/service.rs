@@ -89,9 +89,19 @@ pub enum Validation {
         record: Box<TokenRecord>,
         /// The action verdict, if one was asked.
         decision: Option<Result<(), Denial>>,
+        /// The action was denied only because its scope is high-privilege and the token
+        /// carries no consent to it (`CONSENT_REQUIRED`).
+        consent: Option<ConsentRequired>,
     },
     /// The token is not active.
     Inactive(Inactive),
+}
+
+/// A `CONSENT_REQUIRED` answer: the grant allows the action, but its scope is latent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConsentRequired {
+    /// The open (pending or approved) request for exactly this action, if there is one.
+    pub request: Option<writ_core::ConsentId>,
 }
 
 /// The service state shared by every request.
@@ -120,6 +130,8 @@ pub struct Service<S> {
     flood: Arc<FloodGuard>,
     /// Counts tokens issued, refusals, validations and revocations.
     metrics: Arc<Metrics>,
+    /// `[consent]` and the issuer consent URLs are under.
+    consent: consent::ConsentSettings,
 }
 
 /// Stripes of [`Service::retry_locks`].
@@ -240,6 +252,7 @@ impl<S: TokenStore> Service<S> {
             disabled: Arc::default(),
             flood: Arc::new(FloodGuard::from_config(&Default::default())),
             metrics: Arc::default(),
+            consent: consent::ConsentSettings::default(),
         }
     }
 
@@ -717,7 +730,7 @@ impl<S: TokenStore> Service<S> {
         let id = pending.as_ref().map_or(EventId(0), |p| p.id());
         let ctx = (actor, &record, &scope, id);
         // `pending` comes back unless its event was written with a spent use.
-        let (verdict, pending) = self.decide(ctx, &state, action, pending).await?;
+        let (verdict, pending, latent) = self.decide(ctx, &state, action.as_ref(), pending).await?;
         if let Some(pending) = pending
             && self.wants_validation(scope.is_some(), verdict.is_err())
             && self
@@ -737,10 +750,21 @@ impl<S: TokenStore> Service<S> {
             }
             Err(why) => self.metrics.validated(why.as_str()),
         }
+        // The rare CONSENT_REQUIRED answer names the request to use, if one is open: a
+        // read only on this path, after the event is recorded.
+        let consent = match (latent, &action) {
+            (true, Some(a)) => Some(ConsentRequired {
+                request: self
+                    .open_consent_for(&record, &a.scope, &a.attributes)
+                    .await?,
+            }),
+            _ => None,
+        };
         Ok(match verdict {
             Ok(decision) => Validation::Active {
                 record: Box::new(record),
                 decision,
+                consent,
             },
             Err(why) => Validation::Inactive(why),
         })
@@ -756,30 +780,37 @@ impl<S: TokenStore> Service<S> {
     }
 
     /// Validate's verdict on a known token: active (with the action's decision, if one
-    /// was asked) or why not; and `pending` back unless the store wrote the `validated`
-    /// event with a spent use (then it is announced and settled).
+    /// was asked) or why not; `pending` back unless the store wrote the `validated`
+    /// event with a spent use (then it is announced and settled); and whether the action
+    /// was denied only for want of the user's consent (`CONSENT_REQUIRED`: the grant
+    /// allows it, but its scope is latent). A scope or claim denial comes first.
     async fn decide(
         &self,
         ctx: ValidationContext<'_>,
         state: &TokenState,
-        action: Option<Action>,
+        action: Option<&Action>,
         pending: Option<Pending>,
-    ) -> Result<(Verdict, Option<Pending>), ServiceError> {
+    ) -> Result<(Verdict, Option<Pending>, bool), ServiceError> {
         let (actor, record, _, _) = ctx;
         if record.audience.id != actor.id {
-            return Ok((Err(Inactive::WrongAudience), pending));
+            return Ok((Err(Inactive::WrongAudience), pending, false));
         }
         match lifecycle::status(record, state, now()) {
             Status::Active => {}
-            Status::Revoked => return Ok((Err(Inactive::Revoked), pending)),
-            Status::Expired => return Ok((Err(Inactive::Expired), pending)),
-            Status::Exhausted => return Ok((Err(Inactive::Exhausted), pending)),
+            Status::Revoked => return Ok((Err(Inactive::Revoked), pending, false)),
+            Status::Expired => return Ok((Err(Inactive::Expired), pending, false)),
+            Status::Exhausted => return Ok((Err(Inactive::Exhausted), pending, false)),
         }
         // Plain introspection must not stand in for the action check such a token exists for.
         if record.grant.require_action_check && action.is_none() {
-            return Ok((Err(Inactive::ActionRequired), pending));
+            return Ok((Err(Inactive::ActionRequired), pending, false));
         }
-        let decision = action.map(|a| record.grant.authorize(&a.scope, &a.attributes));
+        let mut latent = false;
+        let decision = action.map(|a| {
+            record.grant.authorize(&a.scope, &a.attributes)?;
+            self.exercisable(record, &a.scope)
+                .inspect_err(|_| latent = true)
+        });
         // An allowed action on a limited token spends one use, atomically, and the use and
         // its event are one write; losing the race for the last use makes the token
         // exhausted for this caller too. Like Mint's insert, the write and its event's
@@ -793,13 +824,13 @@ impl<S: TokenStore> Service<S> {
             let spend = move |s: Arc<S>| async move { s.consume_use(id, e).await };
             let (outcome, pending) = self.audit.commit(pending, event, &self.store, spend).await;
             return Ok(match outcome? {
-                UseOutcome::Consumed { .. } => (verdict, pending),
-                UseOutcome::Exhausted => (Err(Inactive::Exhausted), pending),
-                UseOutcome::Revoked => (Err(Inactive::Revoked), pending),
-                UseOutcome::Unknown => (Err(Inactive::Unknown), pending),
+                UseOutcome::Consumed { .. } => (verdict, pending, false),
+                UseOutcome::Exhausted => (Err(Inactive::Exhausted), pending, false),
+                UseOutcome::Revoked => (Err(Inactive::Revoked), pending, false),
+                UseOutcome::Unknown => (Err(Inactive::Unknown), pending, false),
             });
         }
-        Ok((Ok(decision), pending))
+        Ok((Ok(decision), pending, latent))
     }
 
     /// Revokes a token and its whole subtree, or a whole transaction. By token: whoever

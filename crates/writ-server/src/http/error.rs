@@ -267,6 +267,10 @@ impl From<ServiceError> for OAuthError {
                 OAuthError::invalid_request(format!("subject_token: {description}"))
             }
             ServiceError::NotFound(_) => OAuthError::invalid_request(description),
+            // Consent operations have no OAuth face; the consent page maps its own.
+            ServiceError::Consent(_)
+            | ServiceError::TooManyConsents(_)
+            | ServiceError::FailedPrecondition(_) => OAuthError::invalid_request(description),
             ServiceError::MintRefused(n) | ServiceError::Narrowing(n) => OAuthError::new(
                 StatusCode::BAD_REQUEST,
                 narrowing_code(n.dimension),
