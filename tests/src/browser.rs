@@ -75,7 +75,9 @@ scopes = ["{CHARGE}"]
 ///
 /// The listener's port is known only once the server runs, so it starts once, then
 /// restarts on the same data directory with `http.listen` and `issuer` naming that port.
-pub async fn consent_server(configure: impl FnOnce(&mut Config)) -> (TestServer, tempfile::TempDir) {
+pub async fn consent_server(
+    configure: impl FnOnce(&mut Config),
+) -> (TestServer, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let policy = dir.path().join("policy.toml");
     std::fs::write(&policy, consent_policy()).expect("writing the policy");
@@ -148,7 +150,10 @@ pub async fn ask(srv: &TestServer, amount: i64, reason: &str) -> Asked {
             audience: Some(build::agent(PLANNER)),
             targets: strings(&[BOOKING, PAYMENTS]),
             scopes: strings(&["trips:read", CHARGE]),
-            claims: claims(vec![("amount", build::applies_to(build::max(1000), &[CHARGE]))]),
+            claims: claims(vec![(
+                "amount",
+                build::applies_to(build::max(1000), &[CHARGE]),
+            )]),
             purpose: "Lisbon trip".into(),
             ..Default::default()
         })
@@ -161,7 +166,10 @@ pub async fn ask(srv: &TestServer, amount: i64, reason: &str) -> Asked {
                 audience: Some(build::agent(BOOKING)),
                 targets: strings(&[PAYMENTS]),
                 scopes: strings(&[CHARGE]),
-                claims: claims(vec![("amount", build::applies_to(build::max(500), &[CHARGE]))]),
+                claims: claims(vec![(
+                    "amount",
+                    build::applies_to(build::max(500), &[CHARGE]),
+                )]),
                 ..Default::default()
             },
         )
@@ -314,13 +322,19 @@ impl Browser {
         // chromedriver takes a moment to listen: bounded retries.
         let mut ready = false;
         for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
                 ready = true;
                 break;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(ready, "chromedriver did not listen on port {port} within 10 s");
+        assert!(
+            ready,
+            "chromedriver did not listen on port {port} within 10 s"
+        );
         let profile = tempfile::tempdir().expect("a browser profile directory");
         let mut caps = thirtyfour::Capabilities::new();
         let options = serde_json::json!({

@@ -16,7 +16,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 use writ_server::http::consent::SignInConfig;
 
 /// The client id Writ is registered under at the stand-in.
@@ -174,7 +173,11 @@ async fn authorize(State(op): State<Arc<Op>>, uri: axum::http::Uri) -> Response 
     back.query_pairs_mut()
         .append_pair("code", &code)
         .append_pair("state", &get("state"));
-    (StatusCode::SEE_OTHER, [(header::LOCATION, back.to_string())]).into_response()
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, back.to_string())],
+    )
+        .into_response()
 }
 
 /// The code, once, for an ID token: redirect URI and PKCE verifier must match.
@@ -197,9 +200,7 @@ async fn token(State(op): State<Arc<Op>>, body: String) -> Response {
     if challenge != grant.challenge || get("redirect_uri") != grant.redirect_uri {
         return refuse(StatusCode::BAD_REQUEST, "invalid_grant");
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let now = writ_server::service::now_secs();
     let claims = json!({
         "iss": op.issuer, "aud": CLIENT_ID, "sub": grant.user, "nonce": grant.nonce,
         "iat": now, "exp": now + 300, "auth_time": now, "amr": ["pwd"],

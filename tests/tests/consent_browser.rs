@@ -11,8 +11,8 @@
 // Test code: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
 
-use thirtyfour::prelude::{By, ElementQueryable, Key};
 use std::time::Duration;
+use thirtyfour::prelude::{By, ElementQueryable, Key};
 use tonic::Code;
 use writ_e2e::browser::*;
 use writ_e2e::*;
@@ -68,11 +68,16 @@ fn redeem(asked: &Asked) -> pb::RedeemConsentRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_person_approves_in_a_browser_and_the_agent_may_do_exactly_that_once() {
-    let Some(browser) = Browser::start("consent_browser (approve)", 820, 1280).await else {
+    let Some(browser) = Browser::start("consent_browser (approve)", 820, 1180).await else {
         return;
     };
     let (srv, _dir) = consent_server(|_| {}).await;
-    let asked = ask(&srv, 450, "Book the Lisbon flight on 12 March (TAP, seat 14C)").await;
+    let asked = ask(
+        &srv,
+        450,
+        "Book the Lisbon flight on 12 March (TAP, seat 14C)",
+    )
+    .await;
 
     // The latent scope: the booking agent's own token may not charge yet.
     let before = validate(&srv, &asked.token, charge(450)).await;
@@ -89,7 +94,15 @@ async fn a_person_approves_in_a_browser_and_the_agent_may_do_exactly_that_once()
         )
     );
     let body = text_of(&browser, "main").await;
-    for needle in ["Booking agent", "AI agent", "Trip planner", "Payments API", "Lisbon trip", "seat 14C", "UTC"] {
+    for needle in [
+        "Booking agent",
+        "AI agent",
+        "Trip planner",
+        "Payments API",
+        "Lisbon trip",
+        "seat 14C",
+        "UTC",
+    ] {
         assert!(body.contains(needle), "{needle:?} not shown:\n{body}");
     }
 

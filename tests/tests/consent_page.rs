@@ -50,7 +50,11 @@ impl Page {
     fn expect(&self, status: u16, needles: &[&str]) -> &Page {
         assert_eq!(self.status, status, "{}", self.body);
         for n in needles {
-            assert!(self.body.contains(n), "{n:?} is not in the page:\n{}", self.body);
+            assert!(
+                self.body.contains(n),
+                "{n:?} is not in the page:\n{}",
+                self.body
+            );
         }
         self.assert_consent_headers();
         self
@@ -58,8 +62,15 @@ impl Page {
 
     fn assert_consent_headers(&self) {
         let csp = self.header("content-security-policy");
-        assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"), "{csp}");
-        for part in ["form-action 'self'", "frame-ancestors 'none'", "base-uri 'none'"] {
+        assert!(
+            csp.starts_with("default-src 'none'; style-src 'sha256-"),
+            "{csp}"
+        );
+        for part in [
+            "form-action 'self'",
+            "frame-ancestors 'none'",
+            "base-uri 'none'",
+        ] {
             assert!(csp.contains(part), "{csp}");
         }
         assert_eq!(self.header("referrer-policy"), "no-referrer");
@@ -84,7 +95,12 @@ async fn get(client: &reqwest::Client, url: &str) -> Page {
     Page::read(client.get(url).send().await.unwrap()).await
 }
 
-async fn post(client: &reqwest::Client, url: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    form: &[(&str, &str)],
+    origin: Option<&str>,
+) -> Page {
     let mut r = client
         .post(url)
         .header("content-type", "application/x-www-form-urlencoded")
@@ -104,7 +120,11 @@ async fn the_page_shows_the_request_and_one_approval_decides_it() {
     let (srv, _dir) = consent_server(|_| {}).await;
     let asked = ask(&srv, 450, "Book the Lisbon flight <b>now</b> & pay").await;
     let issuer = srv.config().issuer();
-    assert!(asked.url.starts_with(&format!("{issuer}/consent/")), "{}", asked.url);
+    assert!(
+        asked.url.starts_with(&format!("{issuer}/consent/")),
+        "{}",
+        asked.url
+    );
     assert_eq!(link(&asked).len(), 70);
     let url = page_url(&srv, &asked);
     let client = page_client(&srv);
@@ -214,9 +234,10 @@ async fn the_page_shows_the_request_and_one_approval_decides_it() {
     );
 
     // The link stops working and says so; another decision is refused.
-    get(&client, &url)
-        .await
-        .expect(410, &["This request was already approved", "no longer works"]);
+    get(&client, &url).await.expect(
+        410,
+        &["This request was already approved", "no longer works"],
+    );
     let again = post(
         &client,
         &url,
@@ -247,7 +268,10 @@ async fn forged_unknown_and_malformed_links_are_404_without_echo() {
         let page = get(&client, &srv.http_url(&path)).await;
         page.expect(404, &["This consent link is not valid"]);
         assert!(!page.body.contains(&forged));
-        assert!(page.header("set-cookie").is_empty(), "no cookie for a bad link");
+        assert!(
+            page.header("set-cookie").is_empty(),
+            "no cookie for a bad link"
+        );
     }
     // A POST to a forged link with a well-formed CSRF token from a real page.
     let asked = ask(&srv, 100, "Lunch").await;
@@ -261,11 +285,7 @@ async fn forged_unknown_and_malformed_links_are_404_without_echo() {
     .await
     .expect(403, &["csrf"]);
     // Other methods: 405 naming the allowed ones.
-    let r = client
-        .put(page_url(&srv, &asked))
-        .send()
-        .await
-        .unwrap();
+    let r = client.put(page_url(&srv, &asked)).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 405);
     assert_eq!(r.headers()["allow"], "GET, HEAD, POST");
     assert_eq!(status_of(&srv, &asked).await, pb::ConsentStatus::Pending);
@@ -278,18 +298,28 @@ async fn deny_is_final_and_the_page_says_so() {
     let url = page_url(&srv, &asked);
     let client = page_client(&srv);
     let csrf = get(&client, &url).await.csrf();
-    post(&client, &url, &[("csrf", &csrf), ("decision", "deny")], None)
-        .await
-        .expect(200, &["Denied", "may not perform this action"]);
+    post(
+        &client,
+        &url,
+        &[("csrf", &csrf), ("decision", "deny")],
+        None,
+    )
+    .await
+    .expect(200, &["Denied", "may not perform this action"]);
     let info = consent_info(&srv, &asked.id).await;
     assert_eq!(info.status(), pb::ConsentStatus::Denied);
     assert_eq!(info.channel, "page_link");
     get(&client, &url)
         .await
         .expect(410, &["This request was denied"]);
-    post(&client, &url, &[("csrf", &csrf), ("decision", "approve")], None)
-        .await
-        .expect(410, &["denied"]);
+    post(
+        &client,
+        &url,
+        &[("csrf", &csrf), ("decision", "approve")],
+        None,
+    )
+    .await
+    .expect(410, &["denied"]);
     assert_eq!(status_of(&srv, &asked).await, pb::ConsentStatus::Denied);
 }
 
@@ -301,12 +331,18 @@ async fn an_expired_request_says_so_and_cannot_be_decided() {
     let client = page_client(&srv);
     let csrf = get(&client, &url).await.csrf();
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
-    get(&client, &url)
-        .await
-        .expect(410, &["This request has expired", "The agent has to ask again"]);
-    post(&client, &url, &[("csrf", &csrf), ("decision", "approve")], None)
-        .await
-        .expect(410, &["expired"]);
+    get(&client, &url).await.expect(
+        410,
+        &["This request has expired", "The agent has to ask again"],
+    );
+    post(
+        &client,
+        &url,
+        &[("csrf", &csrf), ("decision", "approve")],
+        None,
+    )
+    .await
+    .expect(410, &["expired"]);
     assert_eq!(status_of(&srv, &asked).await, pb::ConsentStatus::Expired);
 }
 
@@ -317,9 +353,16 @@ async fn sign_in(client: &reqwest::Client, op: &OpenIdProvider, url: &str, link:
     assert_eq!(first.status, 303, "{}", first.body);
     first.assert_consent_headers();
     let to_op = first.header("location");
-    assert!(to_op.starts_with(&format!("{}/authorize?", op.issuer())), "{to_op}");
+    assert!(
+        to_op.starts_with(&format!("{}/authorize?", op.issuer())),
+        "{to_op}"
+    );
     assert!(!to_op.contains(link), "the link never goes to the provider");
-    assert!(first.header("set-cookie").contains("__Host-writ-signin-state="));
+    assert!(
+        first
+            .header("set-cookie")
+            .contains("__Host-writ-signin-state=")
+    );
     let back = client.get(&to_op).send().await.unwrap();
     assert_eq!(back.status().as_u16(), 303);
     let callback = back.headers()["location"].to_str().unwrap().to_owned();
@@ -347,26 +390,42 @@ async fn with_sign_in_only_the_subject_decides() {
     // mallory signs in: the page names her and offers no buttons; a POST is refused.
     let mallory = page_client(&srv);
     let page = sign_in(&mallory, &op, &url, link(&asked)).await;
-    page.expect(403, &["Signed in as <strong>mallory</strong>", "not for you"]);
+    page.expect(
+        403,
+        &["Signed in as <strong>mallory</strong>", "not for you"],
+    );
     assert!(!page.body.contains("<form"));
-    post(&mallory, &url, &[("csrf", "x"), ("decision", "approve")], None)
-        .await
-        .expect(403, &[]);
+    post(
+        &mallory,
+        &url,
+        &[("csrf", "x"), ("decision", "approve")],
+        None,
+    )
+    .await
+    .expect(403, &[]);
     assert_eq!(status_of(&srv, &asked).await, pb::ConsentStatus::Pending);
 
     // Without signing in, a POST is refused even with a valid page token from elsewhere.
     let anonymous = page_client(&srv);
     let first = get(&anonymous, &url).await;
     assert_eq!(first.status, 303);
-    post(&anonymous, &url, &[("csrf", "x"), ("decision", "approve")], None)
-        .await
-        .expect(403, &[]);
+    post(
+        &anonymous,
+        &url,
+        &[("csrf", "x"), ("decision", "approve")],
+        None,
+    )
+    .await
+    .expect(403, &[]);
 
     // alice signs in and approves.
     op.sign_in_as(ALICE);
     let alice = page_client(&srv);
     let page = sign_in(&alice, &op, &url, link(&asked)).await;
-    page.expect(200, &["Signed in as <strong>alice</strong>", "value=\"approve\""]);
+    page.expect(
+        200,
+        &["Signed in as <strong>alice</strong>", "value=\"approve\""],
+    );
     post(
         &alice,
         &url,

@@ -146,7 +146,10 @@ mod tests {
         let h = headers(&[("cookie", &format!("a=1; {CSRF_COOKIE}={text}; b=2"))]);
         assert_eq!(csrf_cookie(&h), Some(bytes));
         // Split over two headers (HTTP/2 crumbs) is still one cookie.
-        let h = headers(&[("cookie", "a=1"), ("cookie", &format!("{CSRF_COOKIE}={text}"))]);
+        let h = headers(&[
+            ("cookie", "a=1"),
+            ("cookie", &format!("{CSRF_COOKIE}={text}")),
+        ]);
         assert_eq!(csrf_cookie(&h), Some(bytes));
         // Twice: neither is believed.
         let (_, other) = new_cookie();

@@ -94,7 +94,7 @@ pub async fn show<S: TokenStore>(
     request: Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    if let Err(limited) = charge(&state, &parts) {
+    if let Some(limited) = charge(&state, &parts) {
         return limited;
     }
     let link = link_of(&parts);
@@ -126,7 +126,10 @@ pub async fn show<S: TokenStore>(
         Some(c) => (c, None),
         None => {
             let (bytes, text) = csrf::new_cookie();
-            (bytes, Some(csrf::set_cookie(CSRF_COOKIE, &text, "Strict", None)))
+            (
+                bytes,
+                Some(csrf::set_cookie(CSRF_COOKIE, &text, "Strict", None)),
+            )
         }
     };
     let mac = state
@@ -150,7 +153,7 @@ pub async fn decide<S: TokenStore>(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    if let Err(limited) = charge(&state, &parts) {
+    if let Some(limited) = charge(&state, &parts) {
         return limited;
     }
     let link = link_of(&parts);
@@ -161,7 +164,7 @@ pub async fn decide<S: TokenStore>(
     }
     let form = match read_form(&state, &parts, body).await {
         Ok(form) => form,
-        Err(page) => return page,
+        Err(page) => return *page,
     };
     let approve = match form.get("decision") {
         Some("approve") => true,
@@ -216,7 +219,7 @@ pub async fn callback<S: TokenStore>(
     request: Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    if let Err(limited) = charge(&state, &parts) {
+    if let Some(limited) = charge(&state, &parts) {
         return limited;
     }
     let Some(sign_in) = &state.consent.sign_in else {
@@ -265,9 +268,7 @@ pub fn method_not_allowed(allow: &'static str) -> Response {
 pub fn not_found() -> Response {
     MessagePage::new(
         "This consent link is not valid",
-        vec![
-            "It may be mistyped or copied incompletely. Nothing can be decided here.".into(),
-        ],
+        vec!["It may be mistyped or copied incompletely. Nothing can be decided here.".into()],
     )
     .respond(StatusCode::NOT_FOUND)
 }
@@ -282,8 +283,8 @@ fn link_of(parts: &Parts) -> &str {
 }
 
 /// Charges the request to its caller's rate limit (an anonymous browser: its peer
-/// address's); over it, a 429 page with `Retry-After`.
-fn charge<S: TokenStore>(state: &HttpState<S>, parts: &Parts) -> Result<(), Response> {
+/// address's); over it, the 429 page (with `Retry-After`) to answer.
+fn charge<S: TokenStore>(state: &HttpState<S>, parts: &Parts) -> Option<Response> {
     match state.auth.identify_http(parts, FormClientAuth::default()) {
         Err(AuthError::Limited { limited, .. }) => {
             let secs = limited.retry_after.as_secs().max(1);
@@ -295,10 +296,10 @@ fn charge<S: TokenStore>(state: &HttpState<S>, parts: &Parts) -> Result<(), Resp
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-            Err(response)
+            Some(response)
         }
         // Who the browser is does not matter here: the link (and the sign-in) decide.
-        _ => Ok(()),
+        _ => None,
     }
 }
 
@@ -307,7 +308,7 @@ async fn read_form<S: TokenStore>(
     state: &HttpState<S>,
     parts: &Parts,
     body: axum::body::Body,
-) -> Result<Form, Response> {
+) -> Result<Form, Box<Response>> {
     let Ok(_slot) = state.reading.try_acquire() else {
         let mut response = MessagePage::new(
             "Writ is busy",
@@ -317,7 +318,7 @@ async fn read_form<S: TokenStore>(
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(1));
-        return Err(response);
+        return Err(Box::new(response));
     };
     let read = tokio::time::timeout(
         super::BODY_READ_TIMEOUT,
@@ -332,11 +333,13 @@ async fn read_form<S: TokenStore>(
             super::BODY_READ_TIMEOUT.as_secs()
         ),
     };
-    Err(MessagePage::new(
-        "This decision could not be read",
-        vec![why, "Nothing was decided.".into()],
-    )
-    .respond(StatusCode::BAD_REQUEST))
+    Err(Box::new(
+        MessagePage::new(
+            "This decision could not be read",
+            vec![why, "Nothing was decided.".into()],
+        )
+        .respond(StatusCode::BAD_REQUEST),
+    ))
 }
 
 /// The page after a decision.

@@ -345,7 +345,9 @@ mod tests {
     #[test]
     fn a_signed_in_user_who_is_not_the_subject_gets_no_buttons() {
         let r = request("x");
-        let page = RequestPage::new(&r, None, Some("mallory")).render().unwrap();
+        let page = RequestPage::new(&r, None, Some("mallory"))
+            .render()
+            .unwrap();
         assert!(page.contains("Signed in as <strong>mallory</strong>"));
         assert!(page.contains("not for you"));
         assert!(!page.contains("<form"));
@@ -373,7 +375,10 @@ mod tests {
             assert_eq!(h[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
             assert_eq!(h[header::X_FRAME_OPTIONS], "DENY");
             let csp = h[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
-            assert!(csp.starts_with("default-src 'none'; style-src 'sha256-"), "{csp}");
+            assert!(
+                csp.starts_with("default-src 'none'; style-src 'sha256-"),
+                "{csp}"
+            );
             for part in [
                 "form-action 'self'",
                 "frame-ancestors 'none'",
@@ -391,7 +396,7 @@ mod tests {
         let page = MessagePage::new("t", vec![]).render().unwrap();
         let start = page.find("<style>").unwrap() + "<style>".len();
         let end = page.find("</style>").unwrap();
-        let digest = ring::digest::digest(&ring::digest::SHA256, page[start..end].as_bytes());
+        let digest = ring::digest::digest(&ring::digest::SHA256, &page.as_bytes()[start..end]);
         let hash = base64::engine::general_purpose::STANDARD.encode(digest.as_ref());
         assert!(CSP.contains(&format!("'sha256-{hash}'")), "{}", *CSP);
     }

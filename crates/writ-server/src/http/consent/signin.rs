@@ -64,7 +64,9 @@ pub enum SignInError {
     #[error("too many sign-ins are in progress; try again in a minute")]
     Busy,
     /// The callback's `state` is unknown, used or expired.
-    #[error("this sign-in is unknown, already finished or took too long; open the consent link again")]
+    #[error(
+        "this sign-in is unknown, already finished or took too long; open the consent link again"
+    )]
     UnknownState,
     /// The callback did not come back to the browser that started the sign-in.
     #[error("this sign-in was started in another browser; open the consent link again here")]
@@ -133,11 +135,11 @@ impl SignIn {
             || !config.client_id.bytes().all(|b| b.is_ascii_graphic())
         {
             return Err(bad(
-                "client_id must be 1 to 256 printable ASCII characters".into(),
+                "client_id must be 1 to 256 printable ASCII characters".into()
             ));
         }
-        let (authorization, _) = endpoint("authorization_endpoint", &config.authorization_endpoint)
-            .map_err(bad)?;
+        let (authorization, _) =
+            endpoint("authorization_endpoint", &config.authorization_endpoint).map_err(bad)?;
         let (token_endpoint, loopback) =
             endpoint("token_endpoint", &config.token_endpoint).map_err(bad)?;
         let client_secret = match &config.client_secret_file {
@@ -249,20 +251,25 @@ impl SignIn {
         }
         let bound = cookie(headers, STATE_COOKIE)
             .and_then(decode32)
-            .is_some_and(|c| writ_core::token::ct_eq_32(blake3::hash(&c).as_bytes(), &started.browser));
+            .is_some_and(|c| {
+                writ_core::token::ct_eq_32(blake3::hash(&c).as_bytes(), &started.browser)
+            });
         if !bound {
             return Err(SignInError::OtherBrowser);
         }
         if let Some(error) = query.get("error") {
-            return Err(SignInError::Provider(
-                writ_core::text::truncate(Shown(error).to_string(), MAX_PROVIDER_ERROR),
-            ));
+            return Err(SignInError::Provider(writ_core::text::truncate(
+                Shown(error).to_string(),
+                MAX_PROVIDER_ERROR,
+            )));
         }
         let code = query
             .get("code")
             .ok_or_else(|| SignInError::Malformed("code: required".into()))?;
         let id_token = self.exchange(code, &started.verifier).await?;
-        let subject = self.check_id_token(&id_token, &started.nonce, now_secs).await?;
+        let subject = self
+            .check_id_token(&id_token, &started.nonce, now_secs)
+            .await?;
         Ok((
             started.link,
             SignedIn {
@@ -319,7 +326,10 @@ impl SignIn {
             let error = json.get("error").and_then(Value::as_str).unwrap_or("?");
             return Err(fail(format!(
                 "it answered HTTP {status}: {}",
-                Shown(&writ_core::text::truncate(error.to_owned(), MAX_PROVIDER_ERROR))
+                Shown(&writ_core::text::truncate(
+                    error.to_owned(),
+                    MAX_PROVIDER_ERROR
+                ))
             )));
         }
         json.get("id_token")
@@ -356,15 +366,18 @@ impl SignIn {
         mac: impl Fn(&[u8]) -> [u8; 32],
         now_secs: u64,
     ) -> Option<SignedIn> {
-        let raw = URL_SAFE_NO_PAD.decode(cookie(headers, SIGNED_IN_COOKIE)?).ok()?;
+        let raw = URL_SAFE_NO_PAD
+            .decode(cookie(headers, SIGNED_IN_COOKIE)?)
+            .ok()?;
         let (body, tag) = raw.split_at_checked(raw.len().checked_sub(32)?)?;
         let tag: [u8; 32] = tag.try_into().ok()?;
         if !writ_core::token::ct_eq_32(&mac(body), &tag) {
             return None;
         }
         let cookie = SignedInCookie::decode(body)?;
-        let for_link = writ_core::token::ct_eq_32(&cookie.link_hash, blake3::hash(link.as_bytes()).as_bytes());
-        (for_link && cookie.until > now_secs && cookie.issuer == self.issuer).then(|| SignedIn {
+        let for_link =
+            writ_core::token::ct_eq_32(&cookie.link_hash, blake3::hash(link.as_bytes()).as_bytes());
+        (for_link && cookie.until > now_secs && cookie.issuer == self.issuer).then_some(SignedIn {
             issuer: cookie.issuer,
             subject: cookie.subject,
         })
@@ -466,7 +479,10 @@ fn check_claims(
         _ => return Err("`aud` is missing or not a string or an array of strings".into()),
     };
     if !audiences.contains(&client_id) {
-        return Err(format!("`aud` does not name this client ({})", Shown(client_id)));
+        return Err(format!(
+            "`aud` does not name this client ({})",
+            Shown(client_id)
+        ));
     }
     match claims.get("azp") {
         None if audiences.len() > 1 => {
@@ -486,7 +502,7 @@ fn check_claims(
         return Err("`iat` is in the future: check the provider's clock".into());
     }
     let sent = claims.get("nonce").and_then(Value::as_str);
-    if !sent.is_some_and(|n| n == nonce) {
+    if sent != Some(nonce) {
         return Err("`nonce` is not the one this sign-in sent".into());
     }
     let sub = claims
@@ -638,14 +654,23 @@ mod tests {
         assert_eq!(e, SignInError::OtherBrowser);
         assert_eq!(s.pending(), 0);
         let e = s
-            .finish(&form(&format!("state={state}&code=c")), &headers(pair(&r.set_cookie)), 0)
+            .finish(
+                &form(&format!("state={state}&code=c")),
+                &headers(pair(&r.set_cookie)),
+                0,
+            )
             .await
             .unwrap_err();
         assert_eq!(e, SignInError::UnknownState);
         // The provider's error is reported (escaped), the right browser's state spent.
         let r = s.start("link", "alice").unwrap();
         let url = reqwest::Url::parse(&r.location).unwrap();
-        let state = url.query_pairs().find(|(k, _)| k == "state").unwrap().1.into_owned();
+        let state = url
+            .query_pairs()
+            .find(|(k, _)| k == "state")
+            .unwrap()
+            .1
+            .into_owned();
         let e = s
             .finish(
                 &form(&format!("state={state}&error=access_denied")),
@@ -758,16 +783,28 @@ mod tests {
     fn the_configuration_is_checked() {
         let mut c = config();
         c.token_endpoint = "http://op.example/token".into();
-        assert!(SignIn::new(&c, "https://w").unwrap_err().contains("token_endpoint"));
+        assert!(
+            SignIn::new(&c, "https://w")
+                .unwrap_err()
+                .contains("token_endpoint")
+        );
         let mut c = config();
         c.authorization_endpoint = "https://u:p@op.example/a".into();
-        assert!(SignIn::new(&c, "https://w").unwrap_err().contains("authorization_endpoint"));
+        assert!(
+            SignIn::new(&c, "https://w")
+                .unwrap_err()
+                .contains("authorization_endpoint")
+        );
         let mut c = config();
         c.jwks_uri = None;
         assert!(SignIn::new(&c, "https://w").unwrap_err().contains("jwks"));
         let mut c = config();
         c.client_id = String::new();
-        assert!(SignIn::new(&c, "https://w").unwrap_err().contains("client_id"));
+        assert!(
+            SignIn::new(&c, "https://w")
+                .unwrap_err()
+                .contains("client_id")
+        );
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("secret");
         std::fs::write(&path, "s3cret\n").unwrap();
@@ -776,6 +813,10 @@ mod tests {
         let s = SignIn::new(&c, "https://w").unwrap();
         assert_eq!(s.client_secret.as_deref(), Some("s3cret"));
         std::fs::write(&path, "").unwrap();
-        assert!(SignIn::new(&c, "https://w").unwrap_err().contains("client_secret_file"));
+        assert!(
+            SignIn::new(&c, "https://w")
+                .unwrap_err()
+                .contains("client_secret_file")
+        );
     }
 }
