@@ -5,6 +5,9 @@
 //! agent would. Helpers here build the requests the tests send and check the answers,
 //! panicking with the full refusal when something is not what a test expects.
 
+pub mod browser;
+pub mod oidc;
+
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::net::SocketAddr;

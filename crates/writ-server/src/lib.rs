@@ -545,6 +545,8 @@ async fn start_with_keepalive(
         default_ttl_secs: config.tokens.default_ttl_seconds,
         body_limit: config.http.body_limit_bytes,
         reading: tokio::sync::Semaphore::new(http::MAX_BODIES_IN_FLIGHT),
+        consent: http::consent::Pages::new(&config.issuer(), config.consent.sign_in.as_ref())
+            .map_err(config::ConfigError::Invalid)?,
     }))
     // Counted, timed and spanned (request id, txn, traceparent) like every gRPC request.
     .layer(metrics::http_layer(metrics.clone()));

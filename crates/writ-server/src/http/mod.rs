@@ -1,6 +1,7 @@
 //! Writ's OAuth face over HTTP, on its own listener (`[http]`): RFC 8693 token exchange
 //! (`POST /token`, [`token`]), RFC 7662 introspection (`POST /introspect`,
-//! [`introspect`]), RFC 8414 metadata and the JWKS ([`metadata`]).
+//! [`introspect`]), RFC 8414 metadata and the JWKS ([`metadata`]), and the consent page
+//! where a person approves or denies an agent's high-privilege action ([`consent`]).
 //!
 //! It adds no rule of its own: every endpoint calls the same
 //! [`Service`](crate::service::Service) methods as gRPC (Mint, Downscope, Validate),
@@ -86,6 +87,8 @@ pub struct HttpState<S> {
     pub body_limit: usize,
     /// Bodies being read ([`MAX_BODIES_IN_FLIGHT`]).
     pub reading: tokio::sync::Semaphore,
+    /// The consent page's sign-in at the OpenID Provider, if configured.
+    pub consent: consent::Pages,
 }
 
 /// Reads a request's form and identifies its caller through the auth seam (with the
@@ -138,12 +141,27 @@ pub fn router<S: TokenStore>(state: Arc<HttpState<S>>) -> Router {
         .route(metadata::INTROSPECT_PATH, post(introspect::handle::<S>))
         .route(metadata::METADATA_PATH, get(metadata::metadata::<S>))
         .route(metadata::JWKS_PATH, get(metadata::jwks::<S>))
+        .route(
+            consent::PAGE_ROUTE,
+            get(consent::show::<S>)
+                .post(consent::decide::<S>)
+                .fallback(|| async { consent::method_not_allowed("GET, HEAD, POST") }),
+        )
+        .route(
+            consent::CALLBACK_PATH,
+            get(consent::callback::<S>)
+                .fallback(|| async { consent::method_not_allowed("GET, HEAD") }),
+        )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
 }
 
 async fn not_found(request: Request) -> Response {
+    // Never echoed: a consent path may hold a link.
+    if request.uri().path().starts_with("/consent/") {
+        return consent::not_found();
+    }
     let path = writ_core::text::Shown(request.uri().path()).to_string();
     json_response(
         StatusCode::NOT_FOUND,

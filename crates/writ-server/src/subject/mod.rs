@@ -356,6 +356,31 @@ impl SubjectVerifier {
         now_secs: u64,
     ) -> Result<ExternalSubject, SubjectError> {
         let kind = TokenKind::of(token_type)?;
+        let (issuer, claims) = self.signed_claims(token, kind, now_secs).await?;
+        issuer.check_claims(&claims, kind, now_secs)
+    }
+
+    /// Verifies an OpenID Connect ID token's structure and signature exactly as
+    /// [`verify`](Self::verify) does, and answers its issuer and claims without judging
+    /// them: the caller checks `aud`, `exp`, `nonce` and `sub` (the consent page's sign-in,
+    /// whose rules are OpenID Connect's, not a subject token's).
+    pub async fn verify_id_token_signature(
+        &self,
+        token: &str,
+        now_secs: u64,
+    ) -> Result<(String, Map<String, Value>), SubjectError> {
+        let (issuer, claims) = self.signed_claims(token, TokenKind::Id, now_secs).await?;
+        Ok((issuer.config.issuer.clone(), claims))
+    }
+
+    /// The checks before the claims: size, structure, header, `typ`, the issuer `iss`
+    /// names and the signature with its key set.
+    async fn signed_claims(
+        &self,
+        token: &str,
+        kind: TokenKind,
+        now_secs: u64,
+    ) -> Result<(&Issuer, Map<String, Value>), SubjectError> {
         if self.issuers.is_empty() {
             return Err(SubjectError::Unsupported(
                 "this server accepts no external subject tokens (no issuer is configured)".into(),
@@ -384,7 +409,7 @@ impl SubjectVerifier {
             .keys
             .verify_signature(&parts, kid, alg, now_secs)
             .await?;
-        issuer.check_claims(&claims, kind, now_secs)
+        Ok((issuer, claims))
     }
 
     /// Keeps every issuer's key set fresh until `stop` turns true or its sender is
