@@ -13,8 +13,8 @@ use writ_core::audit::bounded_detail;
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, ConsentError, ConsentId, ConsentRequest, ConsentStatus, Decision, Event, EventId,
-    PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ConsentError, ConsentId, ConsentRequest, ConsentState, ConsentStatus, Decision, Event,
+    EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
@@ -160,6 +160,10 @@ pub struct StoreStats {
     pub txn_index_entries: u64,
     /// Stored audit events (kept apart from tokens, with their own retention).
     pub events: u64,
+    /// Stored consent requests (kept until `purge_consents`, apart from tokens).
+    pub consents: u64,
+    /// Entries of the consent indexes (`consent_keys`, `consent_open`, `consent_txns`).
+    pub consent_index_entries: u64,
 }
 
 /// What [`TokenStore::revoke`] did.
@@ -523,7 +527,6 @@ pub struct ConsentPage {
 }
 
 /// Does `r` match the filters of `query`? One rule for every backend.
-#[allow(dead_code)] // used by the backends' consent storage (store part of issue 12)
 pub(crate) fn consent_matches(query: &ConsentQuery, r: &ConsentRequest) -> bool {
     query.subject.as_ref().is_none_or(|s| *s == r.subject)
         && query.txn.is_none_or(|t| t == r.txn)
@@ -533,12 +536,51 @@ pub(crate) fn consent_matches(query: &ConsentQuery, r: &ConsentRequest) -> bool 
 /// Is `r` open at `now`: may it still be decided or redeemed? An open request with the
 /// same key is answered instead of a new one, and open requests count against
 /// [`MAX_OPEN_CONSENTS_PER_TXN`].
-#[allow(dead_code)] // used by the backends' consent storage (store part of issue 12)
 pub(crate) fn consent_open(r: &ConsentRequest, now: UnixMillis) -> bool {
     matches!(
         r.status(now),
         ConsentStatus::Pending | ConsentStatus::Approved
     )
+}
+
+/// Can `r` still change: pending (to be decided or marked expired) or approved and not
+/// redeemed (to be redeemed or marked expired), whatever the time? Such a request stays
+/// in the open index until it is closed, and is never purged.
+pub(crate) fn consent_changeable(r: &ConsentRequest) -> bool {
+    matches!(
+        r.state,
+        ConsentState::Pending | ConsentState::Decided(Decision { approved: true, .. })
+    )
+}
+
+/// Builds a page of [`TokenStore::list_consents`] from `candidates` (newest first, already
+/// before the cursor; `None` for an index entry whose request is gone), keeping those that
+/// [`consent_matches`]. Stops at `query.limit` matches or [`MAX_TXN_SCAN`] candidates,
+/// with the last one examined as the cursor, as [`collect_page`] does.
+pub(crate) fn collect_consent_page(
+    query: &ConsentQuery,
+    candidates: impl Iterator<Item = Result<(ConsentId, Option<ConsentRequest>), StoreError>>,
+) -> Result<ConsentPage, StoreError> {
+    let limit = query.limit.max(1);
+    let mut requests = Vec::new();
+    for (scanned, candidate) in candidates.enumerate() {
+        let (id, request) = candidate?;
+        if let Some(r) = request
+            && consent_matches(query, &r)
+        {
+            requests.push(r);
+        }
+        if requests.len() >= limit || scanned + 1 >= MAX_TXN_SCAN {
+            return Ok(ConsentPage {
+                requests,
+                next: Some(id),
+            });
+        }
+    }
+    Ok(ConsentPage {
+        requests,
+        next: None,
+    })
 }
 
 /// Storage for token records.
