@@ -803,7 +803,7 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Stores a new consent request with its `consent_requested` event, serialised with
     /// every other mutation of its transaction. If an open request
-    /// ([`consent_open`] at `request.created_at`) has the same [`ConsentRequest::key`],
+    /// (`consent_open` at `request.created_at`) has the same [`ConsentRequest::key`],
     /// writes nothing and answers [`ConsentInsert::Existing`] with it. Refuses, writing
     /// nothing: [`TooManyConsents`](StoreError::TooManyConsents) when the transaction
     /// already has [`MAX_OPEN_CONSENTS_PER_TXN`] open requests,
@@ -846,10 +846,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// the request's token) in one atomic write under the transaction's serialisation:
     /// [`ConsentRequest::redeem`] by `by` at `child.issued_at` (the one rule: requester,
     /// token, approved, unexpired, once), then everything
-    /// [`insert_child`](TokenStore::insert_child) checks and writes ([`admit_child`]),
+    /// [`insert_child`](TokenStore::insert_child) checks and writes (`admit_child`),
     /// the request as redeemed, and `event` (`consent_redeemed`). Refuses, writing
     /// nothing, with `insert_child`'s errors, [`NotFound`](StoreError::NotFound) for an
-    /// unknown id, and [`Consent`](StoreError::Consent). Durable before it resolves.
+    /// unknown id, and [`Consent`](StoreError::Consent) (the rule's refusals first;
+    /// `WrongToken` also for a child without a parent). A refusal by `insert_child`'s
+    /// checks (say, the parent revoked) leaves the request approved. Durable before it
+    /// resolves.
     fn redeem_consent(
         &self,
         id: ConsentId,
@@ -859,11 +862,14 @@ pub trait TokenStore: Send + Sync + 'static {
         event: Event,
     ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send;
 
-    /// Marks up to `max` requests that are open but past their expiry at `now` as
-    /// expired ([`ConsentRequest::expire`]), each with a `consent_expired` event (actor
-    /// `by`) whose id `events` issues just before its write (see [`EventIssuer`]), in
-    /// expiry order through an index of open requests (never a scan of every request).
-    /// Returns how many it expired and whether more remain.
+    /// Marks requests that may still change (pending, or approved and not redeemed) but
+    /// are past their expiry at `now` as expired ([`ConsentRequest::expire`]), each under
+    /// its transaction's serialisation with a `consent_expired` event (actor `by`) in the
+    /// same atomic write, whose id `events` issues just before that write (see
+    /// [`EventIssuer`]), in expiry order through an index of such requests (never a scan
+    /// of every request), examining at most `max` entries of that index. Returns how
+    /// many it expired and whether more remain. A request is marked once: a second call
+    /// writes nothing for it. Durable per the store's durability.
     fn expire_consents(
         &self,
         now: UnixMillis,
@@ -873,8 +879,14 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send;
 
     /// Deletes up to `max` requests created before `cutoff` (oldest first, by id) that
-    /// are no longer open, with every index entry of theirs. `PurgeStats::tokens` counts
-    /// requests here.
+    /// can no longer change (denied, redeemed, or marked expired: one past its expiry
+    /// that [`expire_consents`](TokenStore::expire_consents) has not marked yet is kept,
+    /// so its expiry reaches the trail), with every index entry of theirs; the newest
+    /// request under an action key keeps the key's entry. Examines at most
+    /// [`MAX_TXN_SCAN`] requests per call. `PurgeStats::tokens` counts requests here;
+    /// `more` says whether a deletable one remains (when the scan budget ends the call
+    /// first, whether this call deleted anything, so a caller looping on `more` never
+    /// spins on requests it cannot delete). Never touches tokens or events.
     fn purge_consents(
         &self,
         cutoff: UnixMillis,

@@ -34,7 +34,7 @@
 //!
 //! Consent requests (`consents` and its three indexes, see `keys`) change under their
 //! transaction's lock too, each change in one `WriteBatch` with its audit event. Redeeming
-//! one writes the child token exactly as `insert_child` does ([`stage_child`]), the
+//! one writes the child token exactly as `insert_child` does (`stage_child`), the
 //! request as redeemed and the event, in one synced batch. The expiry sweep walks the
 //! `consent_open` index in expiry order and marks each request under its transaction's
 //! lock, one write (with its event) each; the consent purge walks `consents` oldest first
