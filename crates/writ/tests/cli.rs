@@ -2266,15 +2266,19 @@ roles = ["approver"]
                 BOOKING,
                 "--target",
                 PAYMENTS,
+                "--scope",
+                "payments:charge",
             ],
             &[("WRIT_TOKEN", &root)],
         ),
         0,
     );
     let booking = str_field(&booking, "/token").to_string();
+    let shown = booking_validated(&srv, &booking);
     assert_eq!(
-        booking_latent(&srv, &booking),
-        serde_json::json!(["payments:charge"])
+        shown.pointer("/info/latent_scopes"),
+        Some(&serde_json::json!(["payments:charge"])),
+        "{shown}"
     );
 
     let request = |amount: &str| {
@@ -2456,8 +2460,8 @@ fn cli_mint_scoped(srv: &Server) -> Json {
     )
 }
 
-/// The latent scopes `writ validate --json` shows for the booking agent's token.
-fn booking_latent(srv: &Server, token: &str) -> Json {
+/// What `writ validate --json` shows the booking agent of its token.
+fn booking_validated(srv: &Server, token: &str) -> Json {
     let url = srv.url();
     let v = json_exit(
         &srv.writ(
@@ -2466,7 +2470,5 @@ fn booking_latent(srv: &Server, token: &str) -> Json {
         ),
         0,
     );
-    v.pointer("/info/latent_scopes")
-        .cloned()
-        .unwrap_or_default()
+    v
 }
