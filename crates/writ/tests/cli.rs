@@ -2463,12 +2463,11 @@ fn cli_mint_scoped(srv: &Server) -> Json {
 /// What `writ validate --json` shows the booking agent of its token.
 fn booking_validated(srv: &Server, token: &str) -> Json {
     let url = srv.url();
-    let v = json_exit(
+    json_exit(
         &srv.writ(
             &["validate", "--server", &url, "--json", "--as", "booking"],
             &[("WRIT_TOKEN", token)],
         ),
         0,
-    );
-    v
+    )
 }
