@@ -68,7 +68,6 @@ name = "Wallet app"
 kind = "workload"
 client_type = "confidential"
 roles = ["approver"]
-scopes = []
 "#
     )
 }

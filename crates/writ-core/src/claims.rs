@@ -146,7 +146,8 @@ impl Constraint {
     }
 
     /// True when `child` permits no value that `self` does not: `child ⊑ self`.
-    /// Constraints of unrelated kinds are never comparable.
+    /// Constraints of unrelated kinds are never comparable, except that an exact value is
+    /// within any constraint that permits it.
     pub fn is_narrowed_by(&self, child: &Constraint) -> bool {
         use Constraint::*;
         match (self, child) {
@@ -171,6 +172,10 @@ impl Constraint {
             (DenySet(p), DenyFolded(c)) => p.iter().all(|v| c.contains(&text::fold(v))),
             (Prefix(p), Prefix(c)) => c == p || path_under(p, c),
             (Exact(p), Exact(c)) => p == c,
+            // An exact value permits that value only: within any constraint that permits
+            // it (how a consent's redeemed token pins each attribute under the parent's
+            // bounds).
+            (_, Exact(v)) => self.permits(v).is_ok(),
             _ => false,
         }
     }
@@ -496,6 +501,14 @@ mod tests {
             !Max(5).is_narrowed_by(&Min(5)),
             "unrelated kinds never compare"
         );
+        // An exact value narrows any constraint that permits it, and no other.
+        assert!(Max(500).is_narrowed_by(&Exact(Value::Int(450))));
+        assert!(!Max(500).is_narrowed_by(&Exact(Value::Int(501))));
+        assert!(!Max(500).is_narrowed_by(&Exact(Value::Str("450".into()))));
+        assert!(DenySet(set(&["h"])).is_narrowed_by(&Exact(Value::Str("x".into()))));
+        assert!(!DenySet(set(&["h"])).is_narrowed_by(&Exact(Value::Str("h".into()))));
+        assert!(Prefix("/t/".into()).is_narrowed_by(&Exact(Value::Str("/t/1".into()))));
+        assert!(!Exact(Value::Int(1)).is_narrowed_by(&Max(1)));
     }
 
     #[test]

@@ -135,15 +135,17 @@ impl ConsentAction {
             .collect()
     }
 
-    /// An exact-match claim per attribute, applying to the action's scope.
+    /// An exact-match claim per attribute. Each applies to every scope of the token it is
+    /// put on, which holds only the action's scope ([`ConsentRequest::child_request`]);
+    /// restated under a parent's claim of the same name it keeps that claim's scopes, so
+    /// it narrows a parent claim on every scope as well as one on this scope.
     pub fn claims(&self) -> Claims {
-        let on: BTreeSet<String> = [self.scope.clone()].into();
         self.attributes
             .iter()
             .map(|(name, v)| {
                 let claim = Claim {
                     constraint: Constraint::Exact(v.clone()),
-                    applies_to: Some(on.clone()),
+                    applies_to: None,
                 };
                 (name.clone(), claim)
             })
@@ -717,10 +719,7 @@ mod tests {
             c.claims["amount"].constraint,
             Constraint::Exact(Value::Int(45000))
         );
-        assert_eq!(
-            c.claims["amount"].applies_to,
-            Some(["payments.charge".to_owned()].into())
-        );
+        assert_eq!(c.claims["amount"].applies_to, None);
     }
 
     #[test]

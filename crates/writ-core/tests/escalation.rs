@@ -474,7 +474,8 @@ fn same_kind(a: &Constraint, b: &Constraint) -> bool {
 
 /// The kind pairs the rules compare at all (parent, child): the same kind, a range under
 /// a bound, an exact allow-set under a case-insensitive one, a case-insensitive deny-set
-/// under an exact one. Restated from the documented table, not from the code.
+/// under an exact one, an exact value under anything. Restated from the documented table,
+/// not from the code.
 fn comparable(p: &Constraint, c: &Constraint) -> bool {
     use Constraint::*;
     same_kind(p, c)
@@ -483,6 +484,8 @@ fn comparable(p: &Constraint, c: &Constraint) -> bool {
             (Max(_) | Min(_), Range { .. })
                 | (AllowFolded(_), AllowSet(_))
                 | (DenySet(_), DenyFolded(_))
+                // An exact value compares with every kind: within it iff it is permitted.
+                | (_, Exact(_))
         )
 }
 

@@ -2234,7 +2234,6 @@ scopes = ["payments:charge"]
 kind = "workload"
 client_type = "confidential"
 roles = ["approver"]
-scopes = []
 "#
         ),
     )
