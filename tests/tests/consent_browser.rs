@@ -86,13 +86,12 @@ async fn a_person_approves_in_a_browser_and_the_agent_may_do_exactly_that_once()
     browser.driver.goto(&asked.url).await.unwrap();
     wait_for_title(&browser, "Approve this action?").await;
     let summary = text_of(&browser, "#summary").await;
-    assert_eq!(
-        summary,
-        format!(
-            "{CHARGE_DESCRIPTION} ({CHARGE}) with amount = 450, currency = \"EUR\", at Payments API, \
-             requested by Booking agent on behalf of Trip planner, local-minter, for {ALICE}"
-        )
+    let expected = format!(
+        "{CHARGE_DESCRIPTION} ({CHARGE}) with amount = 450, currency = \"EUR\", at Payments API, \
+         requested by Booking agent on behalf of Trip planner"
     );
+    assert!(summary.starts_with(&expected), "{summary}");
+    assert!(summary.ends_with(&format!(", for {ALICE}")), "{summary}");
     let body = text_of(&browser, "main").await;
     for needle in [
         "Booking agent",
