@@ -8,8 +8,9 @@ use writ_core::limits::*;
 use writ_core::narrow::{ChildRequest, MintRequest};
 use writ_core::text::{self, Shown};
 use writ_core::{
-    ActorKind, Attributes, Claim, Claims, ClientType, Constraint, Event, EventId, EventKind, Party,
-    TokenId, TokenRecord, TokenState, TxnId, UnixMillis, Value,
+    ActorKind, Attributes, Claim, Claims, ClientType, ConsentAction, ConsentId, ConsentRequest,
+    ConsentState, ConsentStatus, Constraint, Event, EventId, EventKind, Party, PartyView, TokenId,
+    TokenRecord, TokenState, TxnId, UnixMillis, Value,
 };
 
 /// A request field that failed validation. Becomes `INVALID_ARGUMENT` naming the field.
@@ -519,6 +520,125 @@ pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
     Ok(Some(Action { scope, attributes }))
 }
 
+/// A validated RequestConsent request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentAsk {
+    /// The holder's token as presented.
+    pub token: String,
+    /// The action: the scope and one value per attribute.
+    pub action: ConsentAction,
+    /// The party that will check the redeemed token.
+    pub resource: String,
+    /// Why, for the user.
+    pub reason: String,
+}
+
+/// Validates a RequestConsent request: the token, the action (one value per attribute),
+/// the resource's id and the reason (required, at most [`MAX_DETAIL_BYTES`]).
+pub fn request_consent_request(r: pb::RequestConsentRequest) -> Result<ConsentAsk> {
+    if r.token.is_empty() {
+        return bad("token", "is required");
+    }
+    let Some(a) = action(r.action)? else {
+        return bad("action", "is required");
+    };
+    let action = ConsentAction::from_attributes(a.scope, a.attributes).map_err(|e| FieldError {
+        field: "action.attributes".into(),
+        message: match e {
+            writ_core::ConsentError::Attributes(m) => m,
+            other => other.to_string(),
+        },
+    })?;
+    let resource = id("resource", &r.resource)?;
+    if r.reason.trim().is_empty() {
+        return bad("reason", "is required: say why, for the user");
+    }
+    text("reason", &r.reason, MAX_DETAIL_BYTES)?;
+    Ok(ConsentAsk {
+        token: r.token,
+        action,
+        resource,
+        reason: r.reason,
+    })
+}
+
+/// Validates a DecideConsent request: the request id, approve or deny, and the user the
+/// caller authenticated.
+pub fn decide_consent_request(r: pb::DecideConsentRequest) -> Result<(ConsentId, bool, String)> {
+    let id = consent_id("id", &r.id)?;
+    Ok((id, r.approve, self::id("subject", &r.subject)?))
+}
+
+/// Validates a RedeemConsent request: the request id, the token it was made with and the
+/// lifetime asked for (none: the configured one).
+pub fn redeem_consent_request(
+    r: pb::RedeemConsentRequest,
+) -> Result<(ConsentId, String, Option<u64>)> {
+    let id = consent_id("id", &r.id)?;
+    if r.token.is_empty() {
+        return bad("token", "is required");
+    }
+    Ok((id, r.token, ttl(r.ttl_seconds)))
+}
+
+/// A consent request id (`cns_…`), required.
+fn consent_id(field: &str, s: &str) -> Result<ConsentId> {
+    if s.is_empty() {
+        return bad(field, "is required");
+    }
+    parsed(field, s)
+}
+
+/// Validates a GetConsent request.
+pub fn get_consent_request(r: pb::GetConsentRequest) -> Result<ConsentId> {
+    consent_id("id", &r.id)
+}
+
+/// A validated ListConsents request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentListing {
+    /// Only requests with this status.
+    pub status: Option<ConsentStatus>,
+    /// Only requests for this user.
+    pub subject: Option<String>,
+    /// Only requests of this transaction.
+    pub txn: Option<TxnId>,
+    /// Only requests older than this one (the cursor).
+    pub before: Option<ConsentId>,
+    /// Most requests to return.
+    pub page_size: usize,
+}
+
+/// Validates a ListConsents request.
+pub fn list_consents_request(r: pb::ListConsentsRequest) -> Result<ConsentListing> {
+    let status = match pb::ConsentStatus::try_from(r.status) {
+        Ok(pb::ConsentStatus::Unspecified) => None,
+        Ok(pb::ConsentStatus::Pending) => Some(ConsentStatus::Pending),
+        Ok(pb::ConsentStatus::Approved) => Some(ConsentStatus::Approved),
+        Ok(pb::ConsentStatus::Denied) => Some(ConsentStatus::Denied),
+        Ok(pb::ConsentStatus::Redeemed) => Some(ConsentStatus::Redeemed),
+        Ok(pb::ConsentStatus::Expired) => Some(ConsentStatus::Expired),
+        Err(_) => return bad("status", format!("unknown status {}", r.status)),
+    };
+    let txn = if r.txn.is_empty() {
+        None
+    } else {
+        Some(parsed("txn", &r.txn)?)
+    };
+    let before = if r.after.is_empty() {
+        None
+    } else {
+        Some(parsed("after", &r.after)?)
+    };
+    Ok(ConsentListing {
+        status,
+        subject: optional_id("subject", &r.subject)?,
+        txn,
+        before,
+        page_size: page_size(r.page_size, 100, MAX_PAGE_SIZE)?,
+    })
+}
+
 // ---- core → wire ----
 
 fn kind_pb(k: ActorKind) -> pb::ActorKind {
@@ -618,8 +738,10 @@ pub fn act_pb(actors: &[Party]) -> Option<pb::Act> {
     })
 }
 
-/// Everything a record says, for Validate and the mint/downscope responses. Never the secret.
-pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
+/// Everything a record says, for Validate and the mint/downscope responses, with the
+/// scopes it holds but may not exercise without the user's consent (`latent`: the
+/// registry decides, so the server passes them). Never the secret.
+pub fn token_info(r: &TokenRecord, latent: Vec<String>) -> pb::TokenInfo {
     let actor = r.current_actor();
     pb::TokenInfo {
         token_id: r.token_id.to_string(),
@@ -643,8 +765,7 @@ pub fn token_info(r: &TokenRecord) -> pb::TokenInfo {
         max_uses: r.grant.max_uses.unwrap_or(0),
         require_action_check: r.grant.require_action_check,
         actor_auth: auth_method_pb(r.actor_auth).into(),
-        // Needs the registry: the server fills it in (see `writ_server`'s Validate).
-        latent_scopes: Vec::new(),
+        latent_scopes: latent,
         consent_request_id: r
             .consent
             .as_ref()
@@ -990,6 +1111,68 @@ pub fn event_pb(e: &Event) -> pb::AuditEvent {
     out
 }
 
+/// Core → wire for a consent status.
+pub fn consent_status_pb(s: ConsentStatus) -> pb::ConsentStatus {
+    match s {
+        ConsentStatus::Pending => pb::ConsentStatus::Pending,
+        ConsentStatus::Approved => pb::ConsentStatus::Approved,
+        ConsentStatus::Denied => pb::ConsentStatus::Denied,
+        ConsentStatus::Redeemed => pb::ConsentStatus::Redeemed,
+        ConsentStatus::Expired => pb::ConsentStatus::Expired,
+    }
+}
+
+fn consent_party_pb(p: &PartyView) -> pb::ConsentParty {
+    pb::ConsentParty {
+        id: p.id.clone(),
+        display_name: p.display_name.clone().unwrap_or_default(),
+        kind: kind_pb(p.kind).into(),
+        client_type: client_type_pb(p.client_type).into(),
+    }
+}
+
+/// Core → wire for a consent request as it stands at `now`. Never its link.
+pub fn consent_info(r: &ConsentRequest, now: UnixMillis) -> pb::ConsentRequestInfo {
+    let mut info = pb::ConsentRequestInfo {
+        id: r.id.to_string(),
+        txn: r.txn.to_string(),
+        token_id: r.token.to_string(),
+        requester: r.requester.id.clone(),
+        requester_auth: auth_method_pb(Some(r.requester.auth)).into(),
+        subject: r.subject.clone(),
+        action: Some(pb::Action {
+            scope: r.action.scope.clone(),
+            attributes: r
+                .action
+                .attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), value_pb(v)))
+                .collect(),
+        }),
+        scope_description: r.scope_description.clone(),
+        resource: Some(consent_party_pb(&r.resource_view)),
+        chain: r.chain.iter().map(consent_party_pb).collect(),
+        purpose: r.purpose.clone(),
+        reason: r.reason.clone(),
+        description: r.describe(),
+        created_at_unix_ms: r.created_at.0,
+        expires_at_unix_ms: r.expires_at.0,
+        status: consent_status_pb(r.status(now)).into(),
+        ..Default::default()
+    };
+    if let Some(d) = r.decision() {
+        info.decided_by = d.by.clone();
+        info.decided_by_auth = auth_method_pb(d.auth).into();
+        info.channel = d.channel.as_str().to_owned();
+        info.decided_at_unix_ms = d.at.0;
+    }
+    if let ConsentState::Redeemed { at, token, .. } = &r.state {
+        info.redeemed_at_unix_ms = at.0;
+        info.redeemed_token_id = token.to_string();
+    }
+    info
+}
+
 /// Core → wire for a transaction listed by its root token.
 pub fn txn_summary(
     root: &TokenRecord,
@@ -1324,7 +1507,7 @@ mod tests {
         };
         assert!(record.grant.size() <= MAX_GRANT_BYTES);
         assert!(record.context_size() <= MAX_CONTEXT_BYTES);
-        let wire = token_info(&record).encoded_len();
+        let wire = token_info(&record, Vec::new()).encoded_len();
         assert!(
             wire <= MAX_RECORD_BYTES,
             "{wire} bytes on the wire; the bound is {MAX_RECORD_BYTES}"
@@ -1441,5 +1624,199 @@ mod tests {
         })
         .unwrap();
         assert!(by_actor.matches(&e) && !by_actor.matches(&other));
+    }
+
+    fn consent_ask() -> pb::RequestConsentRequest {
+        pb::RequestConsentRequest {
+            token: "writ_x".into(),
+            action: Some(pb::Action {
+                scope: "payments.charge".into(),
+                attributes: [
+                    ("amount".to_owned(), value_pb(&Value::Int(450))),
+                    ("currency".to_owned(), value_pb(&Value::Str("EUR".into()))),
+                ]
+                .into(),
+            }),
+            resource: "spiffe://td/svc/payments".into(),
+            reason: "book the Lisbon flight".into(),
+        }
+    }
+
+    /// Every refusal names its field; a list of values is not an approvable action.
+    #[test]
+    fn consent_requests_are_validated_field_by_field() {
+        let ok = request_consent_request(consent_ask()).unwrap();
+        assert_eq!(ok.action.scope, "payments.charge");
+        assert_eq!(ok.action.attributes["amount"], Value::Int(450));
+        let field = |r: pb::RequestConsentRequest| request_consent_request(r).unwrap_err().field;
+        assert_eq!(
+            field(pb::RequestConsentRequest {
+                token: String::new(),
+                ..consent_ask()
+            }),
+            "token"
+        );
+        assert_eq!(
+            field(pb::RequestConsentRequest {
+                action: None,
+                ..consent_ask()
+            }),
+            "action"
+        );
+        assert_eq!(
+            field(pb::RequestConsentRequest {
+                resource: String::new(),
+                ..consent_ask()
+            }),
+            "resource"
+        );
+        assert_eq!(
+            field(pb::RequestConsentRequest {
+                reason: " ".into(),
+                ..consent_ask()
+            }),
+            "reason"
+        );
+        assert_eq!(
+            field(pb::RequestConsentRequest {
+                reason: "x".repeat(MAX_DETAIL_BYTES + 1),
+                ..consent_ask()
+            }),
+            "reason"
+        );
+        let mut list = consent_ask();
+        list.action.as_mut().unwrap().attributes.insert(
+            "amount".into(),
+            attribute_pb(&[Value::Int(1), Value::Int(2)]),
+        );
+        let e = request_consent_request(list).unwrap_err();
+        assert_eq!(e.field, "action.attributes");
+        assert!(e.message.contains("exactly one value"), "{e}");
+        let e = decide_consent_request(pb::DecideConsentRequest {
+            id: "cns_nope".into(),
+            approve: true,
+            subject: "alice".into(),
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "id");
+        let e = decide_consent_request(pb::DecideConsentRequest {
+            id: ConsentId([1; 16]).to_string(),
+            approve: true,
+            subject: String::new(),
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "subject");
+        let (_, _, ttl) = redeem_consent_request(pb::RedeemConsentRequest {
+            id: ConsentId([1; 16]).to_string(),
+            token: "writ_x".into(),
+            ttl_seconds: 0,
+        })
+        .unwrap();
+        assert_eq!(ttl, None);
+        let e = list_consents_request(pb::ListConsentsRequest {
+            status: 99,
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(e.field, "status");
+        let l = list_consents_request(pb::ListConsentsRequest {
+            status: pb::ConsentStatus::Approved.into(),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            (l.status, l.page_size),
+            (Some(ConsentStatus::Approved), 100)
+        );
+    }
+
+    /// The wire view of a request: its status at the instant asked, the decision and the
+    /// redemption once there are; never its link.
+    #[test]
+    fn consent_info_shows_the_request_as_it_stands() {
+        use writ_core::{Actor, AuthMethod, Channel, ConsentState, Decision};
+        let action = ConsentAction {
+            scope: "payments.charge".into(),
+            attributes: [("amount".to_owned(), Value::Int(450))].into(),
+        };
+        let view = |id: &str, kind| PartyView {
+            id: id.into(),
+            display_name: Some(format!("{id}!")),
+            kind,
+            client_type: ClientType::Confidential,
+        };
+        let mut r = ConsentRequest {
+            id: ConsentId::new(UnixMillis(1_000), [3; 8]),
+            txn: TxnId([1; 16]),
+            token: TokenId([2; 16]),
+            requester: Actor {
+                id: "booking".into(),
+                auth: AuthMethod::Mtls,
+            },
+            subject: "alice".into(),
+            key: [0; 32],
+            action,
+            scope_description: "charge your card".into(),
+            resource: Party {
+                id: "payments".into(),
+                kind: ActorKind::Workload,
+                client_type: ClientType::Confidential,
+            },
+            chain: vec![
+                view("planner", ActorKind::Agent),
+                view("booking", ActorKind::Agent),
+            ],
+            resource_view: view("payments", ActorKind::Workload),
+            purpose: "trip".into(),
+            reason: "flight".into(),
+            created_at: UnixMillis(1_000),
+            expires_at: UnixMillis(61_000),
+            link_hash: [9; 32],
+            state: ConsentState::Pending,
+        };
+        let info = consent_info(&r, UnixMillis(2_000));
+        assert_eq!(info.status, pb::ConsentStatus::Pending as i32);
+        assert_eq!(info.chain.len(), 2);
+        assert_eq!(info.chain[1].display_name, "booking!");
+        assert_eq!(
+            info.action.as_ref().unwrap().attributes["amount"],
+            value_pb(&Value::Int(450))
+        );
+        assert_eq!(info.requester_auth, pb::AuthMethod::Mtls as i32);
+        assert!(
+            info.description
+                .starts_with("charge your card (payments.charge)"),
+            "{}",
+            info.description
+        );
+        assert_eq!(
+            consent_info(&r, UnixMillis(61_000)).status,
+            pb::ConsentStatus::Expired as i32
+        );
+        let decision = Decision {
+            approved: true,
+            at: UnixMillis(3_000),
+            by: "alice".into(),
+            auth: None,
+            channel: Channel::PageLink,
+            subject: "alice".into(),
+        };
+        r.state = ConsentState::Redeemed {
+            decision,
+            at: UnixMillis(4_000),
+            token: TokenId([5; 16]),
+        };
+        let info = consent_info(&r, UnixMillis(5_000));
+        assert_eq!(info.status, pb::ConsentStatus::Redeemed as i32);
+        assert_eq!(
+            (info.channel.as_str(), info.decided_by.as_str()),
+            ("page_link", "alice")
+        );
+        assert_eq!(info.decided_by_auth, pb::AuthMethod::Unspecified as i32);
+        assert_eq!(info.redeemed_token_id, TokenId([5; 16]).to_string());
+        assert!(
+            !format!("{info:?}").contains("0909"),
+            "never the link's hash"
+        );
     }
 }

@@ -84,11 +84,13 @@ fn secs(ms: writ_core::UnixMillis) -> u64 {
     ms.0 / 1000
 }
 
-fn scope(record: &TokenRecord) -> String {
+/// The token's scopes, space-separated, leaving out those in `omit`.
+fn scope(record: &TokenRecord, omit: &[String]) -> String {
     record
         .grant
         .scopes
         .iter()
+        .filter(|s| !omit.contains(s))
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(" ")
@@ -349,8 +351,11 @@ pub fn agent_traffic(record: &TokenRecord) -> bool {
 /// `max_uses` (the budget the token was issued with; absent: unlimited),
 /// `require_action_check` (plain introspection must not stand in for an action check),
 /// `audience_kind` and `audience_client_type`, and `actor_auth` (how the current actor
-/// authenticated; absent in old records).
-pub fn introspection(record: &TokenRecord) -> Map<String, Value> {
+/// authenticated; absent in old records), `consent_request_id` (redeemed from that
+/// consent request). `latent_scope` (space-separated, absent when none): the scopes among
+/// `scope` that the policy marks high-privilege and the token may not exercise without the
+/// user's consent (`latent`, which the server computes from its registry).
+pub fn introspection(record: &TokenRecord, latent: &[String]) -> Map<String, Value> {
     let mut writ = Map::new();
     writ.insert("token_id".into(), record.token_id.to_string().into());
     if let Some(parent) = record.parent {
@@ -377,10 +382,17 @@ pub fn introspection(record: &TokenRecord) -> Map<String, Value> {
     if let Some(auth) = record.actor_auth {
         writ.insert("actor_auth".into(), auth.as_str().into());
     }
+    if let Some(mark) = &record.consent {
+        writ.insert("consent_request_id".into(), mark.request.to_string().into());
+    }
 
     let mut m = Map::new();
     m.insert("active".into(), Value::Bool(true));
-    m.insert("scope".into(), scope(record).into());
+    // What the token holds (RFC 7662), latent scopes included.
+    m.insert("scope".into(), scope(record, &[]).into());
+    if !latent.is_empty() {
+        m.insert("latent_scope".into(), latent.join(" ").into());
+    }
     m.insert("client_id".into(), record.current_actor().id.clone().into());
     m.insert("token_type".into(), INTROSPECTED_TOKEN_TYPE.into());
     m.insert("sub".into(), record.subject.clone().into());
@@ -407,9 +419,11 @@ pub fn introspection(record: &TokenRecord) -> Map<String, Value> {
 /// The draft's claims: `iss`, `iat`, `exp`, `aud` (the trust domain, not a service),
 /// `txn`, `sub`, `scope`, `req_wl` (one string), `tctx` and `rctx` (JSON objects), `jti`;
 /// plus `act` (nested, outermost the current actor) and `authorization_details` (the
-/// claims, possibly `[]`; see the module documentation).
+/// claims, possibly `[]`; see the module documentation). `scope` leaves out the `latent`
+/// scopes: a JWT is checked offline, where no consent can be asked for.
 pub fn txn_token_claims(
     record: &TokenRecord,
+    latent: &[String],
     req_wl: &str,
     issuer: &str,
     iat: u64,
@@ -424,7 +438,7 @@ pub fn txn_token_claims(
     m.insert("aud".into(), record.trust_domain.clone().into());
     m.insert("txn".into(), record.txn.to_string().into());
     m.insert("sub".into(), record.subject.clone().into());
-    m.insert("scope".into(), scope(record).into());
+    m.insert("scope".into(), scope(record, latent).into());
     m.insert("req_wl".into(), req_wl.into());
     m.insert("tctx".into(), context(&record.tctx));
     m.insert("rctx".into(), context(&record.rctx));
@@ -580,7 +594,7 @@ mod tests {
 
     #[test]
     fn introspection_golden() {
-        let got = Value::Object(introspection(&record()));
+        let got = Value::Object(introspection(&record(), &[]));
         let expected = json!({
             "active": true,
             "scope": "pay read",
@@ -627,7 +641,7 @@ mod tests {
         r.grant.max_uses = None;
         r.grant.claims.clear();
         r.actor_auth = None;
-        let m = introspection(&r);
+        let m = introspection(&r, &[]);
         assert_eq!(m["agent_traffic"], json!(false));
         assert_eq!(m["client_id"], json!("gateway"));
         assert_eq!(m["authorization_details"], json!([]));
@@ -642,6 +656,7 @@ mod tests {
         let r = record();
         let got = Value::Object(txn_token_claims(
             &r,
+            &[],
             "spiffe://bank.example/payments",
             "https://writ.bank.example",
             1_800_000_100,
@@ -668,8 +683,40 @@ mod tests {
         });
         assert_eq!(got, expected);
         // The JWT never outlives the record (expires_at 1_800_000_900.999 s).
-        let late = txn_token_claims(&r, "w", "https://i", 1_800_000_890, u64::MAX, "j");
+        let late = txn_token_claims(&r, &[], "w", "https://i", 1_800_000_890, u64::MAX, "j");
         assert_eq!(late["exp"], json!(1_800_000_900u64));
+    }
+
+    /// Introspection shows what the token holds and names its latent scopes apart; a
+    /// Txn-Token JWT leaves them out (no consent can be asked for offline).
+    #[test]
+    fn latent_scopes_are_named_in_introspection_and_left_out_of_jwts() {
+        let r = record();
+        let latent = vec!["pay".to_owned()];
+        let m = introspection(&r, &latent);
+        assert_eq!(m["scope"], json!("pay read"));
+        assert_eq!(m["latent_scope"], json!("pay"));
+        assert!(!introspection(&r, &[]).contains_key("latent_scope"));
+        let jwt = txn_token_claims(
+            &r,
+            &latent,
+            "w",
+            "https://i",
+            1_800_000_100,
+            1_800_000_160,
+            "j",
+        );
+        assert_eq!(jwt["scope"], json!("read"));
+        let mut consented = record();
+        consented.consent = Some(writ_core::ConsentMark {
+            request: writ_core::ConsentId([0xab; 16]),
+            scope: "pay".into(),
+        });
+        let m = introspection(&consented, &[]);
+        assert_eq!(
+            m["writ"]["consent_request_id"],
+            json!("cns_abababababababababababababababab")
+        );
     }
 
     #[test]

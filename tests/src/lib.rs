@@ -19,6 +19,8 @@ use tonic::Code;
 use writ_client::{ClientError, WritClient};
 use writ_server::RunningServer;
 
+pub mod consent;
+
 pub use writ_client::build;
 pub use writ_client::proto as pb;
 pub use writ_server::Config;

@@ -450,6 +450,63 @@ impl WritClient {
         let r = self.request(req);
         Ok(self.inner.validate(r).await?.into_inner())
     }
+
+    /// Asks the user's consent to one high-privilege action (the token's holder): answers
+    /// the request and the consent URL to give to the user (and only to the user).
+    pub async fn request_consent(
+        &mut self,
+        req: pb::RequestConsentRequest,
+    ) -> Result<pb::RequestConsentResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.inner.request_consent(r).await?.into_inner())
+    }
+
+    /// Records the user's decision on consent request `id` for `subject` (an approver app
+    /// that authenticated the user, or an operator).
+    pub async fn decide_consent(
+        &mut self,
+        id: &str,
+        approve: bool,
+        subject: &str,
+    ) -> Result<pb::DecideConsentResponse, ClientError> {
+        let r = self.request(pb::DecideConsentRequest {
+            id: id.into(),
+            approve,
+            subject: subject.into(),
+        });
+        Ok(self.inner.decide_consent(r).await?.into_inner())
+    }
+
+    /// Redeems approved consent request `id` for its single-use token (the requester,
+    /// presenting the token it asked with; `ttl_seconds` 0: the configured lifetime).
+    pub async fn redeem_consent(
+        &mut self,
+        id: &str,
+        token: &str,
+        ttl_seconds: u32,
+    ) -> Result<pb::RedeemConsentResponse, ClientError> {
+        let r = self.request(pb::RedeemConsentRequest {
+            id: id.into(),
+            token: token.into(),
+            ttl_seconds,
+        });
+        Ok(self.inner.redeem_consent(r).await?.into_inner())
+    }
+
+    /// Consent requests, newest first, filtered and paginated (operators).
+    pub async fn list_consents(
+        &mut self,
+        req: pb::ListConsentsRequest,
+    ) -> Result<pb::ListConsentsResponse, ClientError> {
+        let r = self.request(req);
+        Ok(self.chain.list_consents(r).await?.into_inner())
+    }
+
+    /// One consent request (operators).
+    pub async fn get_consent(&mut self, id: &str) -> Result<pb::ConsentRequestInfo, ClientError> {
+        let r = self.request(pb::GetConsentRequest { id: id.into() });
+        Ok(self.chain.get_consent(r).await?.into_inner())
+    }
 }
 
 /// Convenience constructors for the wire types agents build most.

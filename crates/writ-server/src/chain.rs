@@ -26,7 +26,7 @@ use writ_api::pb::{self, chain_service_server::ChainService};
 use writ_core::lifecycle;
 use writ_core::policy::Role;
 use writ_core::{TokenId, TokenRecord, TokenState, UnixMillis};
-use writ_store::{TokenStore, TreeEntry, TxnQuery};
+use writ_store::{ConsentQuery, TokenStore, TreeEntry, TxnQuery};
 
 /// Most bytes of tokens one GetTransaction answer carries; a page stops before the token
 /// that would pass it (and always carries at least one). With records bounded by
@@ -223,15 +223,17 @@ fn signing_key_pb(k: &KeyInfo) -> pb::SigningKey {
     }
 }
 
-/// One node: the record, its live state, and what it narrowed relative to `parent`.
+/// One node: the record (with the scopes `latent` in it), its live state, and what it
+/// narrowed relative to `parent`.
 fn node(
     r: &TokenRecord,
     state: &TokenState,
     parent: Option<&TokenRecord>,
     now: UnixMillis,
+    latent: Vec<String>,
 ) -> pb::TokenNode {
     pb::TokenNode {
-        info: Some(convert::token_info(r)),
+        info: Some(convert::token_info(r, latent)),
         status: status_pb(lifecycle::status(r, state, now)).into(),
         uses: state.uses,
         children: state.children,
@@ -388,19 +390,48 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         }))
     }
 
-    // SKELETON until the service part of issue 12 lands.
     async fn list_consents(
         &self,
-        _request: Request<pb::ListConsentsRequest>,
+        request: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
-        Err(Status::unimplemented("ListConsents"))
+        operator_only(&self.auth, &request)?;
+        let l = convert::list_consents_request(request.into_inner())?;
+        let now = now();
+        let page = self
+            .store
+            .list_consents(ConsentQuery {
+                status: l.status,
+                subject: l.subject,
+                txn: l.txn,
+                now,
+                before: l.before,
+                limit: l.page_size,
+            })
+            .await
+            .map_err(ServiceError::from)?;
+        Ok(Response::new(pb::ListConsentsResponse {
+            requests: page
+                .requests
+                .iter()
+                .map(|r| convert::consent_info(r, now))
+                .collect(),
+            next_cursor: page.next.map(|c| c.to_string()).unwrap_or_default(),
+        }))
     }
 
     async fn get_consent(
         &self,
-        _request: Request<pb::GetConsentRequest>,
+        request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::ConsentRequestInfo>, Status> {
-        Err(Status::unimplemented("GetConsent"))
+        operator_only(&self.auth, &request)?;
+        let id = convert::get_consent_request(request.into_inner())?;
+        let found = self
+            .store
+            .consent(id)
+            .await
+            .map_err(ServiceError::from)?
+            .ok_or_else(|| ServiceError::NotFound(format!("id: no consent request {id}")))?;
+        Ok(Response::new(convert::consent_info(&found, now())))
     }
 
     async fn watch_events(
@@ -467,7 +498,13 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             let parent = parent
                 .as_ref()
                 .or_else(|| record.parent.and_then(|p| records.get(&p)));
-            let n = node(&record, &state, parent, now);
+            let n = node(
+                &record,
+                &state,
+                parent,
+                now,
+                self.service.latent_scopes(&record),
+            );
             let size = n.encoded_len();
             if !tokens.is_empty() && bytes + size > MAX_TREE_PAGE_BYTES {
                 next -= 1;
@@ -522,7 +559,10 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         let mut nodes: Vec<pb::TokenNode> = chain
             .iter()
             .enumerate()
-            .map(|(i, (r, s))| node(r, s, i.checked_sub(1).map(|j| &chain[j].0), now))
+            .map(|(i, (r, s))| {
+                let parent = i.checked_sub(1).map(|j| &chain[j].0);
+                node(r, s, parent, now, self.service.latent_scopes(r))
+            })
             .collect();
         let token = nodes.pop();
         Ok(Response::new(pb::GetTokenResponse {

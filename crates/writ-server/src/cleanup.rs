@@ -1,5 +1,7 @@
 //! Expiry cleanup: a background task that reclaims tokens a retention window after they
-//! expired, and audit events after the audit trail's own (longer) retention. It walks the
+//! expired, and audit events after the audit trail's own (longer) retention. It also
+//! records consent requests that expired undecided or unredeemed (one `consent_expired`
+//! event each, by the server) and deletes closed requests after the tokens' retention. It walks the
 //! store's expiry-ordered index and time-ordered event log, so it never scans live data,
 //! and deletes in bounded batches so it never holds a transaction lock for long.
 //!
@@ -11,18 +13,27 @@
 //! wall clock says and never moves the remembered cutoff back, and a step of more than
 //! [`CLOCK_WARNING`] either way is logged.
 
+use crate::audit::Audit;
+use crate::parties::WalkEvents;
 use crate::service::now;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
-use writ_core::UnixMillis;
+use writ_core::{Actor, AuthMethod, UnixMillis};
 use writ_store::{PurgeStats, StoreError, TokenStore};
 
 /// Most items one purge call deletes. Large, so that one call purges a big span while
 /// resuming past its own batches (the store writes and locks in small batches inside
 /// it) and compacts what it purged, and the next call does not re-walk tombstones.
 const BATCH: usize = 100_000;
+
+/// Most consent requests one `expire_consents` call marks expired (each is a write with
+/// its event under its transaction's lock).
+const EXPIRE_BATCH: usize = 1_000;
+
+/// The actor of `consent_expired` events: the server itself.
+pub const CLEANUP_ACTOR: &str = "writ";
 
 /// How much further than the monotonic clock the wall clock may carry cleanup's "now" in
 /// one run. Covers clock slewing and rounding; a larger step forward is caught up at this
@@ -131,6 +142,52 @@ async fn purge_events_at<S: TokenStore>(store: &S, now: UnixMillis, retention: D
     .await
 }
 
+/// Marks every consent request open but past its expiry at `now` expired, each with a
+/// `consent_expired` event by the server (ids issued by `audit`); returns how many. A
+/// failure is logged and ends the pass.
+pub async fn expire_consents_at<S: TokenStore>(
+    store: &S,
+    audit: &Arc<Audit>,
+    now: UnixMillis,
+) -> usize {
+    let by = Actor {
+        id: CLEANUP_ACTOR.into(),
+        auth: AuthMethod::Internal,
+    };
+    let mut total = 0;
+    loop {
+        let events = WalkEvents::new(audit.clone());
+        match store
+            .expire_consents(now, EXPIRE_BATCH, by.clone(), events)
+            .await
+        {
+            Ok((n, more)) => {
+                total += n;
+                if !more {
+                    return total;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "consent expiry failed; retrying at the next interval");
+                return total;
+            }
+        }
+    }
+}
+
+/// Deletes closed consent requests created more than `retention` before `now`; returns
+/// how many went.
+async fn purge_consents_at<S: TokenStore>(
+    store: &S,
+    now: UnixMillis,
+    retention: Duration,
+) -> usize {
+    drain("consent", now, retention, |cutoff, n| {
+        store.purge_consents(cutoff, n)
+    })
+    .await
+}
+
 /// Purges tokens expired more than `retention` ago (by the wall clock, unguarded: for
 /// one-off use; [`run`] guards against clock steps); returns how many went.
 pub async fn purge_once<S: TokenStore>(store: &S, retention: Duration) -> usize {
@@ -154,10 +211,16 @@ pub struct Schedule {
     pub audit_retention: Duration,
 }
 
-/// Purges expired tokens and old audit events every `interval` until `stop` turns true,
-/// against a "now" guarded against wall-clock steps (see the module docs).
-pub async fn run<S: TokenStore>(store: Arc<S>, schedule: Schedule, stop: watch::Receiver<bool>) {
-    run_with_metrics(store, schedule, stop, None).await
+/// Purges expired tokens, old audit events and closed consent requests every `interval`
+/// until `stop` turns true, against a "now" guarded against wall-clock steps (see the
+/// module docs); with `audit`, first records the consent requests that expired.
+pub async fn run<S: TokenStore>(
+    store: Arc<S>,
+    schedule: Schedule,
+    stop: watch::Receiver<bool>,
+    audit: Option<Arc<Audit>>,
+) {
+    run_with_metrics(store, schedule, stop, audit, None).await
 }
 
 /// [`run`], counting what each run purged into `metrics`.
@@ -165,6 +228,7 @@ pub async fn run_with_metrics<S: TokenStore>(
     store: Arc<S>,
     schedule: Schedule,
     mut stop: watch::Receiver<bool>,
+    audit: Option<Arc<Audit>>,
     metrics: Option<Arc<crate::metrics::Metrics>>,
 ) {
     let mut checkpoint = None;
@@ -187,9 +251,19 @@ pub async fn run_with_metrics<S: TokenStore>(
                  monotonic clock and does not purge ahead of it"
             );
         }
+        if let Some(audit) = &audit {
+            let expired = expire_consents_at(store.as_ref(), audit, t.now).await;
+            if expired > 0 {
+                tracing::info!(expired, "consent requests expired");
+            }
+        }
         let purged = purge_tokens_at(store.as_ref(), t.now, schedule.token_retention).await;
         if purged > 0 {
             tracing::info!(purged, "reclaimed expired tokens");
+        }
+        let consents = purge_consents_at(store.as_ref(), t.now, schedule.token_retention).await;
+        if consents > 0 {
+            tracing::info!(consents, "reclaimed closed consent requests");
         }
         let events = purge_events_at(store.as_ref(), t.now, schedule.audit_retention).await;
         if events > 0 {

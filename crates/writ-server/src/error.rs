@@ -211,3 +211,56 @@ impl From<ServiceError> for tonic::Status {
         tonic::Status::new(code, truncate(e.to_string(), MAX_STATUS_MESSAGE))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use writ_core::ConsentId;
+
+    /// Each consent refusal gets the code of what the caller can do about it, and a
+    /// message naming the request.
+    #[test]
+    fn consent_refusals_map_to_what_the_caller_can_do() {
+        use tonic::Code;
+        let id = ConsentId([1; 16]);
+        for (e, code) in [
+            (ConsentError::Pending(id), Code::FailedPrecondition),
+            (ConsentError::Expired(id), Code::FailedPrecondition),
+            (ConsentError::Redeemed(id), Code::FailedPrecondition),
+            (ConsentError::Decided(id), Code::FailedPrecondition),
+            (ConsentError::Denied(id), Code::PermissionDenied),
+            (ConsentError::WrongSubject(id), Code::PermissionDenied),
+            (ConsentError::WrongParty(id), Code::PermissionDenied),
+            (ConsentError::WrongToken(id), Code::PermissionDenied),
+        ] {
+            let status = tonic::Status::from(ServiceError::Consent(e.clone()));
+            assert_eq!(status.code(), code, "{e}");
+            assert!(status.message().contains(&id.to_string()), "{status:?}");
+            // The same refusal reported by the store maps alike.
+            let status = tonic::Status::from(ServiceError::Store(StoreError::Consent(e)));
+            assert_eq!(status.code(), code);
+        }
+        let attrs = ConsentError::Attributes("attribute \"a\" must have exactly one value".into());
+        let status = tonic::Status::from(ServiceError::Consent(attrs));
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("action.attributes"),
+            "{status:?}"
+        );
+        assert_eq!(
+            tonic::Status::from(ServiceError::TooManyConsents(32)).code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            tonic::Status::from(ServiceError::Store(StoreError::TooManyConsents {
+                limit: 32
+            }))
+            .code(),
+            Code::ResourceExhausted
+        );
+        assert_eq!(
+            tonic::Status::from(ServiceError::FailedPrecondition("x".into())).code(),
+            Code::FailedPrecondition
+        );
+    }
+}

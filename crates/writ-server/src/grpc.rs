@@ -3,7 +3,7 @@
 
 use crate::auth::Authenticator;
 use crate::error::ServiceError;
-use crate::service::{Inactive, Service, Validation, now_secs};
+use crate::service::{Inactive, Service, Validation, now, now_secs};
 use crate::signing::Signer;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
@@ -31,6 +31,14 @@ impl<S> GrpcService<S> {
     }
 }
 
+impl<S: TokenStore> GrpcService<S> {
+    /// A record as every answer shows it, with its latent scopes under the registry in
+    /// force.
+    fn info(&self, record: &writ_core::TokenRecord) -> pb::TokenInfo {
+        convert::token_info(record, self.service.latent_scopes(record))
+    }
+}
+
 fn inactive_pb(i: Inactive) -> pb::InactiveReason {
     match i {
         Inactive::Expired => pb::InactiveReason::Expired,
@@ -54,7 +62,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         let (secret, record) = self.service.mint(&caller, req, key.as_deref()).await?;
         Ok(Response::new(pb::MintResponse {
             token: secret.expose().to_string(),
-            info: Some(convert::token_info(&record)),
+            info: Some(self.info(&record)),
         }))
     }
 
@@ -75,7 +83,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             .await?;
         Ok(Response::new(pb::DownscopeResponse {
             token: secret.expose().to_string(),
-            info: Some(convert::token_info(&record)),
+            info: Some(self.info(&record)),
         }))
     }
 
@@ -128,7 +136,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
                 },
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified.into(),
-                info: (!req.decision_only).then(|| convert::token_info(&record)),
+                info: (!req.decision_only).then(|| self.info(&record)),
                 decision: decision.map(|d| match d {
                     Ok(()) => pb::ActionDecision {
                         allowed: true,
@@ -162,25 +170,51 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         }))
     }
 
-    // SKELETON until the service part of issue 12 lands.
     async fn request_consent(
         &self,
-        _request: Request<pb::RequestConsentRequest>,
+        request: Request<pb::RequestConsentRequest>,
     ) -> Result<Response<pb::RequestConsentResponse>, Status> {
-        Err(Status::unimplemented("RequestConsent"))
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let ask = convert::request_consent_request(request.into_inner())?;
+        let requested = self
+            .service
+            .request_consent(&caller, &ask.token, ask.action, ask.resource, ask.reason)
+            .await?;
+        Ok(Response::new(pb::RequestConsentResponse {
+            request: Some(convert::consent_info(&requested.request, now())),
+            consent_url: self.service.consent_url(&requested.link),
+            existing: requested.existing,
+        }))
     }
 
     async fn decide_consent(
         &self,
-        _request: Request<pb::DecideConsentRequest>,
+        request: Request<pb::DecideConsentRequest>,
     ) -> Result<Response<pb::DecideConsentResponse>, Status> {
-        Err(Status::unimplemented("DecideConsent"))
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let (id, approve, subject) = convert::decide_consent_request(request.into_inner())?;
+        let decided = self
+            .service
+            .decide_consent(&caller, id, approve, subject)
+            .await?;
+        Ok(Response::new(pb::DecideConsentResponse {
+            request: Some(convert::consent_info(&decided, now())),
+        }))
     }
 
     async fn redeem_consent(
         &self,
-        _request: Request<pb::RedeemConsentRequest>,
+        request: Request<pb::RedeemConsentRequest>,
     ) -> Result<Response<pb::RedeemConsentResponse>, Status> {
-        Err(Status::unimplemented("RedeemConsent"))
+        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let (id, token, ttl) = convert::redeem_consent_request(request.into_inner())?;
+        let (secret, record) = self
+            .service
+            .redeem_consent(&caller, id, &token, ttl)
+            .await?;
+        Ok(Response::new(pb::RedeemConsentResponse {
+            token: secret.expose().to_string(),
+            info: Some(self.info(&record)),
+        }))
     }
 }

@@ -468,6 +468,7 @@ async fn start_with_keepalive(
     let store_handle = store.clone();
     let (audit, audit_writer) = audit::Audit::start(store.clone()).await?;
     let audit_for_drain = audit.clone();
+    let audit_for_cleanup = audit.clone();
     let disabled = parties::Disabled::new(writ_store::TokenStore::disabled_parties(&*store).await?);
     let (stop, mut stopped) = watch::channel(false);
     let service = service::Service::new(
@@ -485,8 +486,13 @@ async fn start_with_keepalive(
     .with_policy(policy.clone(), config.auth.asserted_identities)
     .with_disabled(disabled.clone())
     .with_flood(flood.clone())
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics.clone())
+    .with_consent(service::consent::ConsentSettings {
+        config: config.consent.clone(),
+        issuer: config.issuer(),
+    });
     let service = Arc::new(service);
+    signer.use_policy(policy.clone());
     metrics.observe_with(observe(&store, &audit, &disabled, &policy));
     let resume = {
         let service = service.clone();
@@ -559,6 +565,7 @@ async fn start_with_keepalive(
             audit_retention: std::time::Duration::from_secs(config.audit.retention_seconds),
         },
         stop.subscribe(),
+        Some(audit_for_cleanup),
         Some(metrics.clone()),
     ));
     let incoming = transport::incoming(listener);

@@ -628,6 +628,8 @@ pub struct Signer {
     keys: ArcSwap<KeySet>,
     /// One rotation or removal at a time (each reads, persists, then swaps the set).
     writer: Mutex<()>,
+    /// The registry whose high-privilege scopes JWTs leave out (set once at start).
+    policy: std::sync::OnceLock<crate::policy::PolicyHandle>,
 }
 
 impl std::fmt::Debug for Signer {
@@ -681,6 +683,7 @@ impl Signer {
             path,
             keys: ArcSwap::from_pointee(set),
             writer: Mutex::new(()),
+            policy: std::sync::OnceLock::new(),
         };
         signer.prune_at(now_secs)?;
         let keys = signer.keys.load();
@@ -692,6 +695,12 @@ impl Signer {
             "JWT signing keys loaded"
         );
         Ok(Arc::new(signer))
+    }
+
+    /// Leaves the scopes `policy` marks high-privilege (latent in a token without a
+    /// consent to them) out of every JWT's `scope`. Set once; later calls change nothing.
+    pub fn use_policy(&self, policy: crate::policy::PolicyHandle) {
+        let _ = self.policy.set(policy);
     }
 
     /// Persists `set`, then makes it the one in force.
@@ -887,8 +896,20 @@ impl Signer {
             .saturating_add(self.config.jwt_ttl_seconds)
             .min(record.grant.expires_at.0 / 1000);
         let jti = b64(&rand::random::<[u8; 16]>());
-        let claims =
-            writ_api::oauth::txn_token_claims(record, req_wl, &self.issuer, now_secs, exp, &jti);
+        // Latent scopes are left out: a JWT is checked offline, where no consent can be
+        // asked for.
+        let latent = self.policy.get().map_or_else(Vec::new, |p| {
+            crate::service::consent::latent_scopes(p.current().registry(), record)
+        });
+        let claims = writ_api::oauth::txn_token_claims(
+            record,
+            &latent,
+            req_wl,
+            &self.issuer,
+            now_secs,
+            exp,
+            &jti,
+        );
         let jwt = self.sign(
             writ_api::oauth::TXN_TOKEN_JWT_TYP,
             &serde_json::Value::Object(claims),

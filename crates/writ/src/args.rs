@@ -49,6 +49,11 @@ pub enum KindArg {
     Refused,
     Revoked,
     Aggregated,
+    ConsentRequested,
+    ConsentApproved,
+    ConsentDenied,
+    ConsentRedeemed,
+    ConsentExpired,
 }
 
 impl KindArg {
@@ -60,6 +65,33 @@ impl KindArg {
             KindArg::Refused => pb::EventKind::Refused,
             KindArg::Revoked => pb::EventKind::Revoked,
             KindArg::Aggregated => pb::EventKind::Aggregated,
+            KindArg::ConsentRequested => pb::EventKind::ConsentRequested,
+            KindArg::ConsentApproved => pb::EventKind::ConsentApproved,
+            KindArg::ConsentDenied => pb::EventKind::ConsentDenied,
+            KindArg::ConsentRedeemed => pb::EventKind::ConsentRedeemed,
+            KindArg::ConsentExpired => pb::EventKind::ConsentExpired,
+        }
+    }
+}
+
+/// `writ consent list --status`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum ConsentStatusArg {
+    Pending,
+    Approved,
+    Denied,
+    Redeemed,
+    Expired,
+}
+
+impl ConsentStatusArg {
+    pub fn pb(self) -> pb::ConsentStatus {
+        match self {
+            ConsentStatusArg::Pending => pb::ConsentStatus::Pending,
+            ConsentStatusArg::Approved => pb::ConsentStatus::Approved,
+            ConsentStatusArg::Denied => pb::ConsentStatus::Denied,
+            ConsentStatusArg::Redeemed => pb::ConsentStatus::Redeemed,
+            ConsentStatusArg::Expired => pb::ConsentStatus::Expired,
         }
     }
 }

@@ -63,6 +63,112 @@ enum Command {
     /// The JWT signing keys (operator): `writ keys list` shows them, `writ keys rotate`
     /// rotates them.
     Keys(KeysArgs),
+    /// Consent step-up: `writ consent list|show` (operator), `approve|deny ID --subject S`
+    /// (operator, or an approver app with --as), and the agent side by hand: `request`,
+    /// `redeem`.
+    Consent(ConsentArgs),
+}
+
+#[derive(Args, Debug)]
+struct ConsentArgs {
+    #[command(subcommand)]
+    command: ConsentCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum ConsentCommand {
+    /// List consent requests, newest first.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only requests with this status.
+        #[arg(long)]
+        status: Option<args::ConsentStatusArg>,
+        /// Only requests for this user.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only requests of this transaction (txn_...).
+        #[arg(long)]
+        txn: Option<String>,
+        /// Continue after a previous listing (its last id, cns_...).
+        #[arg(long)]
+        after: Option<String>,
+        /// Most requests to show (1..=1000).
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+        #[command(flatten)]
+        operator: OperatorCredential,
+    },
+    /// Show one consent request.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The request (cns_...).
+        id: String,
+        #[command(flatten)]
+        operator: OperatorCredential,
+    },
+    /// Approve a request for the user SUBJECT (who must be the request's subject).
+    Approve(DecideArgs),
+    /// Deny a request for the user SUBJECT.
+    Deny(DecideArgs),
+    /// Ask the user's consent to one high-privilege action, as the token's holder: prints
+    /// the request id and the consent URL (give it to the user only).
+    Request {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The token you hold: WRIT_TOKEN or --token-file.
+        #[command(flatten)]
+        token: TokenSource,
+        /// Who asks: the token's audience.
+        #[command(flatten)]
+        caller: IdentityArgs,
+        /// The party that will check the redeemed token (its SPIFFE ID).
+        #[arg(long)]
+        resource: String,
+        /// The high-privilege scope the action needs.
+        #[arg(long)]
+        scope: String,
+        /// Action attribute KEY=VALUE, one value each (as `writ validate --attr`).
+        #[arg(long = "attr", value_parser = args::parse_attr)]
+        attrs: Vec<(String, pb::Value)>,
+        /// Why, for the user (required).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Redeem an approved request for its single-use token, as the requester presenting
+    /// the token it asked with (WRIT_TOKEN or --token-file).
+    Redeem {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The request (cns_...).
+        id: String,
+        #[command(flatten)]
+        token: TokenSource,
+        /// Who redeems: the requester.
+        #[command(flatten)]
+        caller: IdentityArgs,
+        /// Lifetime in seconds (default and most: consent.redeemed_ttl_seconds).
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DecideArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// The request (cns_...).
+    id: String,
+    /// The user the decision is for: must be the request's subject.
+    #[arg(long)]
+    subject: String,
+    /// An approver app deciding for the user it authenticated (--as NAME, --cert/--key);
+    /// without it, the operator credential decides.
+    #[command(flatten)]
+    caller: IdentityArgs,
+    #[command(flatten)]
+    operator: OperatorCredential,
 }
 
 #[derive(Args, Debug)]
@@ -875,6 +981,7 @@ async fn run(cli: Cli, config: Option<writ_server::Config>) -> Result<ExitCode> 
         },
         Command::Party(PartyArgs { command }) => party(command).await,
         Command::Keys(KeysArgs { command }) => keys(command).await,
+        Command::Consent(ConsentArgs { command }) => consent(command).await,
         Command::CredentialHash => {
             let mut s = String::new();
             std::io::stdin()
@@ -1277,6 +1384,101 @@ async fn keys(command: KeysCommand) -> Result<ExitCode> {
                 Err(e) => refused(client.json, e),
             }
         }
+    }
+}
+
+async fn consent(command: ConsentCommand) -> Result<ExitCode> {
+    match command {
+        ConsentCommand::List {
+            client,
+            status,
+            subject,
+            txn,
+            after,
+            page_size,
+            operator,
+        } => {
+            let mut c = operator_client(&client, operator).await?;
+            let req = pb::ListConsentsRequest {
+                status: status
+                    .map_or(pb::ConsentStatus::Unspecified, |s| s.pb())
+                    .into(),
+                subject: subject.unwrap_or_default(),
+                txn: txn.unwrap_or_default(),
+                after: after.unwrap_or_default(),
+                page_size,
+            };
+            match c.list_consents(req).await {
+                Ok(r) => output::consents(client.json, &r),
+                Err(e) => refused(client.json, e),
+            }
+        }
+        ConsentCommand::Show {
+            client,
+            id,
+            operator,
+        } => {
+            let mut c = operator_client(&client, operator).await?;
+            match c.get_consent(&id).await {
+                Ok(r) => output::consent(client.json, &r),
+                Err(e) => refused(client.json, e),
+            }
+        }
+        ConsentCommand::Approve(a) => decide(a, true).await,
+        ConsentCommand::Deny(a) => decide(a, false).await,
+        ConsentCommand::Request {
+            client,
+            token,
+            caller,
+            resource,
+            scope,
+            attrs,
+            reason,
+        } => {
+            let token = token.load()?;
+            let mut c = client.connect(caller.proof()?).await?;
+            let req = pb::RequestConsentRequest {
+                token,
+                action: Some(pb::Action {
+                    scope,
+                    attributes: args::attributes(attrs),
+                }),
+                resource,
+                reason,
+            };
+            match c.request_consent(req).await {
+                Ok(r) => output::consent_requested(client.json, &r),
+                Err(e) => refused(client.json, e),
+            }
+        }
+        ConsentCommand::Redeem {
+            client,
+            id,
+            token,
+            caller,
+            ttl,
+        } => {
+            let token = token.load()?;
+            let mut c = client.connect(caller.proof()?).await?;
+            match c.redeem_consent(&id, &token, ttl.unwrap_or(0)).await {
+                Ok(r) => output::issued(client.json, &r.token, r.info.as_ref()),
+                Err(e) => refused(client.json, e),
+            }
+        }
+    }
+}
+
+/// `writ consent approve|deny`: as an approver app when an identity is given, else with
+/// the operator credential.
+async fn decide(a: DecideArgs, approve: bool) -> Result<ExitCode> {
+    let mut c = if a.caller.given() {
+        a.client.connect(a.caller.proof()?).await?
+    } else {
+        operator_client(&a.client, a.operator).await?
+    };
+    match c.decide_consent(&a.id, approve, &a.subject).await {
+        Ok(r) => output::consent(a.client.json, &r.request.unwrap_or_default()),
+        Err(e) => refused(a.client.json, e),
     }
 }
 

@@ -175,6 +175,8 @@ pub fn info_json(i: &pb::TokenInfo) -> Json {
         "max_uses": i.max_uses,
         "require_action_check": i.require_action_check,
         "actor_auth": auth_name(i.actor_auth),
+        "latent_scopes": i.latent_scopes,
+        "consent_request_id": if i.consent_request_id.is_empty() { Json::Null } else { json!(i.consent_request_id) },
     })
 }
 
@@ -218,6 +220,18 @@ fn info_text(i: &pb::TokenInfo) -> String {
     }
     rows.push(("targets", i.targets.join(" ")));
     rows.push(("scopes", i.scopes.join(" ")));
+    if !i.latent_scopes.is_empty() {
+        rows.push((
+            "latent",
+            format!(
+                "{} (the user must consent first)",
+                i.latent_scopes.join(" ")
+            ),
+        ));
+    }
+    if !i.consent_request_id.is_empty() {
+        rows.push(("consent", i.consent_request_id.clone()));
+    }
     let mut claims: Vec<String> = i
         .claims
         .iter()
@@ -289,7 +303,11 @@ pub fn validation(json_out: bool, r: &pb::ValidateResponse) -> Result<ExitCode> 
                 if let Some(d) = &r.decision {
                     m.insert(
                         "decision".into(),
-                        json!({ "allowed": d.allowed, "denied_by": d.denied_by, "reason": d.reason }),
+                        json!({
+                            "allowed": d.allowed, "denied_by": d.denied_by, "reason": d.reason,
+                            "consent_required": d.consent_required,
+                            "consent_request_id": d.consent_request_id,
+                        }),
                     );
                 }
                 if !r.txn_token_jwt.is_empty() {
@@ -313,6 +331,14 @@ pub fn validation(json_out: bool, r: &pb::ValidateResponse) -> Result<ExitCode> 
                 println!("{:<11} allowed", "action");
             } else {
                 println!("{:<11} denied by {}: {}", "action", d.denied_by, d.reason);
+                if d.consent_required {
+                    let open = if d.consent_request_id.is_empty() {
+                        "none open yet: the token's holder asks with `writ consent request`"
+                    } else {
+                        &d.consent_request_id
+                    };
+                    println!("{:<11} {open}", "consent");
+                }
             }
         }
         if !r.txn_token_jwt.is_empty() {
@@ -1036,5 +1062,221 @@ pub fn signing_keys(
         );
     }
     println!("* signs new JWTs");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn consent_status_name(s: i32) -> &'static str {
+    match pb::ConsentStatus::try_from(s) {
+        Ok(pb::ConsentStatus::Pending) => "pending",
+        Ok(pb::ConsentStatus::Approved) => "approved",
+        Ok(pb::ConsentStatus::Denied) => "denied",
+        Ok(pb::ConsentStatus::Redeemed) => "redeemed",
+        Ok(pb::ConsentStatus::Expired) => "expired",
+        _ => "unspecified",
+    }
+}
+
+fn consent_party_json(p: &pb::ConsentParty) -> Json {
+    json!({
+        "id": p.id,
+        "display_name": if p.display_name.is_empty() { Json::Null } else { json!(p.display_name) },
+        "kind": kind_name(p.kind),
+        "client_type": client_name(p.client_type),
+    })
+}
+
+fn consent_party_text(p: &pb::ConsentParty) -> String {
+    let name = if p.display_name.is_empty() {
+        p.id.clone()
+    } else {
+        format!("{} ({})", p.display_name, p.id)
+    };
+    format!(
+        "{name} [{}, {}]",
+        kind_name(p.kind),
+        client_name(p.client_type)
+    )
+}
+
+/// Everything a consent request says, as JSON. (Never its link: only `RequestConsent`'s
+/// answer carries the URL.)
+pub fn consent_json(c: &pb::ConsentRequestInfo) -> Json {
+    let action = c.action.as_ref();
+    let attributes: Map<String, Json> = action
+        .map(|a| {
+            a.attributes
+                .iter()
+                .map(|(k, v)| (k.clone(), value_json(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut m = Map::new();
+    m.insert("id".into(), json!(c.id));
+    m.insert("status".into(), json!(consent_status_name(c.status)));
+    m.insert("txn".into(), json!(c.txn));
+    m.insert("token_id".into(), json!(c.token_id));
+    m.insert("requester".into(), json!(c.requester));
+    m.insert("requester_auth".into(), json!(auth_name(c.requester_auth)));
+    m.insert("subject".into(), json!(c.subject));
+    m.insert(
+        "action".into(),
+        json!({ "scope": action.map(|a| a.scope.clone()).unwrap_or_default(), "attributes": attributes }),
+    );
+    m.insert("scope_description".into(), json!(c.scope_description));
+    m.insert(
+        "resource".into(),
+        c.resource.as_ref().map_or(Json::Null, consent_party_json),
+    );
+    m.insert(
+        "chain".into(),
+        c.chain.iter().map(consent_party_json).collect(),
+    );
+    m.insert("purpose".into(), json!(c.purpose));
+    m.insert("reason".into(), json!(c.reason));
+    m.insert("description".into(), json!(c.description));
+    m.insert("created_at_unix_ms".into(), json!(c.created_at_unix_ms));
+    m.insert("expires_at_unix_ms".into(), json!(c.expires_at_unix_ms));
+    if !c.channel.is_empty() {
+        m.insert(
+            "decision".into(),
+            json!({
+                "by": c.decided_by,
+                "auth": auth_name(c.decided_by_auth),
+                "channel": c.channel,
+                "at_unix_ms": c.decided_at_unix_ms,
+            }),
+        );
+    }
+    if !c.redeemed_token_id.is_empty() {
+        m.insert(
+            "redeemed".into(),
+            json!({ "token_id": c.redeemed_token_id, "at_unix_ms": c.redeemed_at_unix_ms }),
+        );
+    }
+    Json::Object(m)
+}
+
+fn consent_text(c: &pb::ConsentRequestInfo) -> String {
+    let mut rows: Vec<(&str, String)> = vec![
+        ("id", c.id.clone()),
+        ("status", consent_status_name(c.status).to_owned()),
+        ("what", c.description.clone()),
+        ("subject", c.subject.clone()),
+    ];
+    if let Some(a) = &c.action {
+        rows.push(("scope", a.scope.clone()));
+        let mut attrs: Vec<String> = a
+            .attributes
+            .iter()
+            .map(|(k, v)| format!("{k} = {}", value_json(v)))
+            .collect();
+        attrs.sort();
+        rows.push(("attributes", attrs.join(", ")));
+    }
+    if let Some(r) = &c.resource {
+        rows.push(("resource", consent_party_text(r)));
+    }
+    let chain: Vec<String> = c.chain.iter().map(consent_party_text).collect();
+    rows.push(("chain", chain.join(" -> ")));
+    rows.push((
+        "requester",
+        format!("{} ({})", c.requester, auth_name(c.requester_auth)),
+    ));
+    if !c.purpose.is_empty() {
+        rows.push(("purpose", c.purpose.clone()));
+    }
+    rows.push(("reason", c.reason.clone()));
+    rows.push(("txn", c.txn.clone()));
+    rows.push(("token_id", c.token_id.clone()));
+    rows.push(("created_at", utc(c.created_at_unix_ms)));
+    rows.push(("expires_at", utc(c.expires_at_unix_ms)));
+    if !c.channel.is_empty() {
+        rows.push((
+            "decided",
+            format!(
+                "by {} ({}) via {} at {}",
+                c.decided_by,
+                auth_name(c.decided_by_auth),
+                c.channel,
+                utc(c.decided_at_unix_ms)
+            ),
+        ));
+    }
+    if !c.redeemed_token_id.is_empty() {
+        rows.push((
+            "redeemed",
+            format!(
+                "for {} at {}",
+                c.redeemed_token_id,
+                utc(c.redeemed_at_unix_ms)
+            ),
+        ));
+    }
+    rows.iter()
+        .map(|(k, v)| format!("{k:<11} {v}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// One consent request (`writ consent show|approve|deny`).
+pub fn consent(json_out: bool, c: &pb::ConsentRequestInfo) -> Result<ExitCode> {
+    if json_out {
+        println!("{}", consent_json(c));
+    } else {
+        println!("{}", consent_text(c));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A RequestConsent answer: the request and the URL to give to the user (only to the
+/// user: it is a capability).
+pub fn consent_requested(json_out: bool, r: &pb::RequestConsentResponse) -> Result<ExitCode> {
+    let info = r.request.clone().unwrap_or_default();
+    if json_out {
+        println!(
+            "{}",
+            json!({
+                "id": info.id,
+                "consent_url": r.consent_url,
+                "existing": r.existing,
+                "request": consent_json(&info),
+            })
+        );
+    } else {
+        println!("{:<11} {}", "consent_url", r.consent_url);
+        if r.existing {
+            println!(
+                "{:<11} an identical request was open: this is that one",
+                "existing"
+            );
+        }
+        println!("{}", consent_text(&info));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A ListConsents answer: one line per request, newest first, or one JSON object.
+pub fn consents(json_out: bool, r: &pb::ListConsentsResponse) -> Result<ExitCode> {
+    if json_out {
+        let list: Vec<Json> = r.requests.iter().map(consent_json).collect();
+        println!(
+            "{}",
+            json!({ "requests": list, "next_cursor": r.next_cursor })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for c in &r.requests {
+        println!(
+            "{}  {}  {:<8}  {}  {}",
+            utc(c.created_at_unix_ms),
+            c.id,
+            consent_status_name(c.status),
+            c.subject,
+            c.description
+        );
+    }
+    if !r.next_cursor.is_empty() {
+        eprintln!("writ: more: continue with --after {}", r.next_cursor);
+    }
     Ok(ExitCode::SUCCESS)
 }

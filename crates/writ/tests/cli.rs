@@ -2198,3 +2198,276 @@ fn cli_keys_rotate_survives_sigkill_and_validate_prints_a_jwt() {
     assert!(logs.iter().all(|l| !l.contains("PRIVATE KEY")));
     drop(srv);
 }
+
+/// `writ consent request|list|show|approve|deny|redeem`: the agent asks, an approver app
+/// (or the operator) decides for the user, the agent redeems, the API checks the action.
+#[test]
+fn cli_consent_request_decide_and_redeem() {
+    const WALLET: &str = "spiffe://writ.local/workload/wallet";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let policy = tmp.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+trust_domain = "writ.local"
+[scopes."payments:charge"]
+description = "Charge the user's card"
+high_privilege = true
+[parties."{PLANNER}"]
+kind = "agent"
+client_type = "confidential"
+roles = ["agent"]
+scopes = ["payments:charge"]
+[parties."{BOOKING}"]
+name = "Booking agent"
+kind = "agent"
+client_type = "confidential"
+roles = ["agent"]
+scopes = ["payments:charge"]
+[parties."{PAYMENTS}"]
+kind = "workload"
+client_type = "confidential"
+roles = ["resource_server"]
+scopes = ["payments:charge"]
+[parties."{WALLET}"]
+kind = "workload"
+client_type = "confidential"
+roles = ["approver"]
+scopes = []
+"#
+        ),
+    )
+    .expect("writing the policy");
+    let config = tmp.path().join("writ.toml");
+    std::fs::write(
+        &config,
+        format!("policy = {:?}\n", policy.display().to_string()),
+    )
+    .expect("writing the configuration");
+    let srv = Server::start_with(&tmp.path().join("data"), 0, Some(&config));
+    let url = srv.url();
+    let operator_file = srv.data_dir.join("operator.credential");
+    let operator_file = operator_file.to_str().expect("utf-8 path");
+    srv.issue("agent", &["planner", "booking"]);
+    srv.issue("workload", &["payments", "wallet"]);
+    let minted = cli_mint_scoped(&srv);
+    let root = str_field(&minted, "/token").to_string();
+    let txn = str_field(&minted, "/info/txn").to_string();
+    let booking = json_exit(
+        &srv.writ(
+            &[
+                "downscope",
+                "--server",
+                &url,
+                "--json",
+                "--as",
+                "planner",
+                "--audience",
+                BOOKING,
+                "--target",
+                PAYMENTS,
+            ],
+            &[("WRIT_TOKEN", &root)],
+        ),
+        0,
+    );
+    let booking = str_field(&booking, "/token").to_string();
+    assert_eq!(
+        booking_latent(&srv, &booking),
+        serde_json::json!(["payments:charge"])
+    );
+
+    let request = |amount: &str| {
+        let attr = format!("amount={amount}");
+        json_exit(
+            &srv.writ(
+                &[
+                    "consent",
+                    "request",
+                    "--server",
+                    &url,
+                    "--json",
+                    "--as",
+                    "booking",
+                    "--resource",
+                    PAYMENTS,
+                    "--scope",
+                    "payments:charge",
+                    "--attr",
+                    &attr,
+                    "--reason",
+                    "the Lisbon flight",
+                ],
+                &[("WRIT_TOKEN", &booking)],
+            ),
+            0,
+        )
+    };
+    let asked = request("450");
+    let id = str_field(&asked, "/id").to_string();
+    assert!(
+        str_field(&asked, "/consent_url").starts_with("https://localhost:7434/consent/"),
+        "{asked}"
+    );
+    assert_eq!(str_field(&asked, "/request/status"), "pending");
+
+    let op = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--server", url.as_str(), "--credential-file", operator_file]);
+        srv.writ(&all, &[])
+    };
+    let listed = json_exit(&op(&["consent", "list", "--json", "--txn", &txn]), 0);
+    assert_eq!(str_field(&listed, "/requests/0/id"), id);
+    let shown = op(&["consent", "show", &id]);
+    assert_eq!(shown.status.code(), Some(0), "{}", describe(&shown));
+    let text = String::from_utf8_lossy(&shown.stdout);
+    assert!(text.contains("pending"), "{text}");
+    assert!(
+        text.contains("Charge the user's card (payments:charge) with amount = 450"),
+        "{text}"
+    );
+
+    // The approver app decides for alice, and only for alice.
+    let wrong = srv.writ(
+        &[
+            "consent",
+            "approve",
+            &id,
+            "--server",
+            &url,
+            "--as",
+            "wallet",
+            "--subject",
+            "mallory",
+        ],
+        &[],
+    );
+    assert_eq!(wrong.status.code(), Some(1), "{}", describe(&wrong));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("PERMISSION_DENIED"),
+        "{}",
+        describe(&wrong)
+    );
+    let approved = json_exit(
+        &srv.writ(
+            &[
+                "consent",
+                "approve",
+                &id,
+                "--server",
+                &url,
+                "--json",
+                "--as",
+                "wallet",
+                "--subject",
+                "alice",
+            ],
+            &[],
+        ),
+        0,
+    );
+    assert_eq!(str_field(&approved, "/status"), "approved");
+    assert_eq!(str_field(&approved, "/decision/channel"), "back_channel");
+    assert_eq!(str_field(&approved, "/decision/by"), WALLET);
+
+    let redeemed = json_exit(
+        &srv.writ(
+            &[
+                "consent", "redeem", &id, "--server", &url, "--json", "--as", "booking",
+            ],
+            &[("WRIT_TOKEN", &booking)],
+        ),
+        0,
+    );
+    assert_eq!(str_field(&redeemed, "/info/consent_request_id"), id);
+    assert_eq!(str_field(&redeemed, "/info/audience/id"), PAYMENTS);
+    let single = str_field(&redeemed, "/token").to_string();
+    let check = |amount: &str| {
+        let attr = format!("amount={amount}");
+        srv.writ(
+            &[
+                "validate",
+                "--server",
+                &url,
+                "--as",
+                "payments",
+                "--scope",
+                "payments:charge",
+                "--attr",
+                &attr,
+            ],
+            &[("WRIT_TOKEN", &single)],
+        )
+    };
+    let other = check("451");
+    assert_eq!(other.status.code(), Some(1), "{}", describe(&other));
+    let allowed = check("450");
+    assert_eq!(allowed.status.code(), Some(0), "{}", describe(&allowed));
+
+    // The operator denies another request for alice.
+    let second = request("300");
+    let second_id = str_field(&second, "/id");
+    let denied = json_exit(
+        &op(&["consent", "deny", second_id, "--subject", "alice", "--json"]),
+        0,
+    );
+    assert_eq!(str_field(&denied, "/status"), "denied");
+    assert_eq!(str_field(&denied, "/decision/channel"), "operator");
+    let kinds = event_kinds(&srv, &txn);
+    for k in [
+        "consent_requested",
+        "consent_approved",
+        "consent_redeemed",
+        "consent_denied",
+    ] {
+        assert!(kinds.iter().any(|e| e == k), "{k}: {kinds:?}");
+    }
+}
+
+/// alice's token for the planner holding the latent `payments:charge`, via the CLI.
+fn cli_mint_scoped(srv: &Server) -> Json {
+    let url = srv.url();
+    let cred = srv.credential_file();
+    json_exit(
+        &srv.writ(
+            &[
+                "mint",
+                "--server",
+                &url,
+                "--json",
+                "--credential-file",
+                cred.to_str().expect("utf-8 path"),
+                "--subject",
+                "alice",
+                "--audience",
+                PLANNER,
+                "--target",
+                BOOKING,
+                "--target",
+                PAYMENTS,
+                "--scope",
+                "payments:charge",
+                "--claim",
+                "amount:max:1000",
+            ],
+            &[],
+        ),
+        0,
+    )
+}
+
+/// The latent scopes `writ validate --json` shows for the booking agent's token.
+fn booking_latent(srv: &Server, token: &str) -> Json {
+    let url = srv.url();
+    let v = json_exit(
+        &srv.writ(
+            &["validate", "--server", &url, "--json", "--as", "booking"],
+            &[("WRIT_TOKEN", token)],
+        ),
+        0,
+    );
+    v.pointer("/info/latent_scopes")
+        .cloned()
+        .unwrap_or_default()
+}

@@ -66,7 +66,8 @@ async fn introspect<S: TokenStore>(
     }
     let answer = match state.service.validate(caller, token, None).await? {
         Validation::Active { record, .. } => {
-            let mut m = writ_api::oauth::introspection(&record);
+            let latent = state.service.latent_scopes(&record);
+            let mut m = writ_api::oauth::introspection(&record, &latent);
             m.insert("iss".into(), state.issuer.clone().into());
             // Never for a use-limited or action-check-only token (`jwt_refusal`).
             if want_txn_token && crate::signing::jwt_refusal(&record.grant).is_none() {

@@ -66,7 +66,7 @@ impl Default for ConsentSettings {
     fn default() -> Self {
         ConsentSettings {
             config: ConsentConfig::default(),
-            issuer: "https://localhost:7434".into(),
+            issuer: crate::Config::default().issuer(),
         }
     }
 }
@@ -559,5 +559,90 @@ impl<S: TokenStore> Service<S> {
             actor = %actor.id, audience = %child.audience.id, "consent redeemed"
         );
         Ok((secret, child))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::Policy;
+    use writ_core::{ConsentMark, Grant, SecretHash, TokenId, TxnId};
+
+    fn record(scopes: &[&str], consent: Option<&str>) -> TokenRecord {
+        let party = Party {
+            id: "spiffe://writ.local/api/payments".into(),
+            kind: ActorKind::Workload,
+            client_type: ClientType::Confidential,
+        };
+        TokenRecord {
+            token_id: TokenId([1; 16]),
+            secret_hash: SecretHash([0; 32]),
+            txn: TxnId([2; 16]),
+            parent: None,
+            depth: 0,
+            subject: "alice".into(),
+            trust_domain: "writ.local".into(),
+            actors: vec![party.clone()],
+            audience: party,
+            grant: Grant {
+                scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+                claims: Default::default(),
+                targets: Default::default(),
+                expires_at: UnixMillis(u64::MAX),
+                max_uses: None,
+                require_action_check: false,
+            },
+            purpose: String::new(),
+            tctx: Default::default(),
+            rctx: Default::default(),
+            issued_at: UnixMillis(0),
+            idempotency: None,
+            actor_auth: None,
+            consent: consent.map(|s| ConsentMark {
+                request: ConsentId([3; 16]),
+                scope: s.into(),
+            }),
+        }
+    }
+
+    /// A high-privilege scope is latent unless the token's consent mark names it; other
+    /// scopes never are.
+    #[test]
+    fn latent_scopes_are_the_high_privilege_ones_without_consent() {
+        let policy = Policy::parse(
+            br#"
+trust_domain = "writ.local"
+[scopes."read"]
+[scopes."charge"]
+high_privilege = true
+[scopes."refund"]
+high_privilege = true
+"#,
+            std::path::Path::new("policy.toml"),
+            Some("writ.local"),
+        )
+        .unwrap();
+        let registry = policy.registry();
+        let all = ["read", "charge", "refund"];
+        assert_eq!(
+            latent_scopes(registry, &record(&all, None)),
+            vec!["charge".to_owned(), "refund".to_owned()]
+        );
+        assert_eq!(
+            latent_scopes(registry, &record(&all, Some("charge"))),
+            vec!["refund".to_owned()]
+        );
+        assert!(latent_scopes(registry, &record(&["read"], None)).is_empty());
+        // The development policy marks nothing high-privilege.
+        let dev = Policy::development("writ.local");
+        assert!(latent_scopes(dev.registry(), &record(&all, None)).is_empty());
+    }
+
+    #[test]
+    fn a_link_is_found_only_by_its_hash() {
+        let links = || ["a".to_owned(), "b".to_owned()].into_iter();
+        let hash = *blake3::hash(b"b").as_bytes();
+        assert_eq!(link_matching(links(), &hash), Some("b".to_owned()));
+        assert_eq!(link_matching(links(), &[0; 32]), None);
     }
 }
