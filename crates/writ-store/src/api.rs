@@ -13,8 +13,8 @@ use writ_core::audit::bounded_detail;
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, ConsentError, ConsentId, ConsentRequest, ConsentStatus, Decision, Event, EventId,
-    PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ConsentError, ConsentId, ConsentRequest, ConsentState, ConsentStatus, Decision, Event,
+    EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
@@ -160,6 +160,10 @@ pub struct StoreStats {
     pub txn_index_entries: u64,
     /// Stored audit events (kept apart from tokens, with their own retention).
     pub events: u64,
+    /// Stored consent requests (kept until `purge_consents`, apart from tokens).
+    pub consents: u64,
+    /// Entries of the consent indexes (`consent_keys`, `consent_open`, `consent_txns`).
+    pub consent_index_entries: u64,
 }
 
 /// What [`TokenStore::revoke`] did.
@@ -523,7 +527,6 @@ pub struct ConsentPage {
 }
 
 /// Does `r` match the filters of `query`? One rule for every backend.
-#[allow(dead_code)] // used by the backends' consent storage (store part of issue 12)
 pub(crate) fn consent_matches(query: &ConsentQuery, r: &ConsentRequest) -> bool {
     query.subject.as_ref().is_none_or(|s| *s == r.subject)
         && query.txn.is_none_or(|t| t == r.txn)
@@ -533,12 +536,51 @@ pub(crate) fn consent_matches(query: &ConsentQuery, r: &ConsentRequest) -> bool 
 /// Is `r` open at `now`: may it still be decided or redeemed? An open request with the
 /// same key is answered instead of a new one, and open requests count against
 /// [`MAX_OPEN_CONSENTS_PER_TXN`].
-#[allow(dead_code)] // used by the backends' consent storage (store part of issue 12)
 pub(crate) fn consent_open(r: &ConsentRequest, now: UnixMillis) -> bool {
     matches!(
         r.status(now),
         ConsentStatus::Pending | ConsentStatus::Approved
     )
+}
+
+/// Can `r` still change: pending (to be decided or marked expired) or approved and not
+/// redeemed (to be redeemed or marked expired), whatever the time? Such a request stays
+/// in the open index until it is closed, and is never purged.
+pub(crate) fn consent_changeable(r: &ConsentRequest) -> bool {
+    matches!(
+        r.state,
+        ConsentState::Pending | ConsentState::Decided(Decision { approved: true, .. })
+    )
+}
+
+/// Builds a page of [`TokenStore::list_consents`] from `candidates` (newest first, already
+/// before the cursor; `None` for an index entry whose request is gone), keeping those that
+/// [`consent_matches`]. Stops at `query.limit` matches or [`MAX_TXN_SCAN`] candidates,
+/// with the last one examined as the cursor, as [`collect_page`] does.
+pub(crate) fn collect_consent_page(
+    query: &ConsentQuery,
+    candidates: impl Iterator<Item = Result<(ConsentId, Option<ConsentRequest>), StoreError>>,
+) -> Result<ConsentPage, StoreError> {
+    let limit = query.limit.max(1);
+    let mut requests = Vec::new();
+    for (scanned, candidate) in candidates.enumerate() {
+        let (id, request) = candidate?;
+        if let Some(r) = request
+            && consent_matches(query, &r)
+        {
+            requests.push(r);
+        }
+        if requests.len() >= limit || scanned + 1 >= MAX_TXN_SCAN {
+            return Ok(ConsentPage {
+                requests,
+                next: Some(id),
+            });
+        }
+    }
+    Ok(ConsentPage {
+        requests,
+        next: None,
+    })
 }
 
 /// Storage for token records.
@@ -761,7 +803,7 @@ pub trait TokenStore: Send + Sync + 'static {
 
     /// Stores a new consent request with its `consent_requested` event, serialised with
     /// every other mutation of its transaction. If an open request
-    /// ([`consent_open`] at `request.created_at`) has the same [`ConsentRequest::key`],
+    /// (`consent_open` at `request.created_at`) has the same [`ConsentRequest::key`],
     /// writes nothing and answers [`ConsentInsert::Existing`] with it. Refuses, writing
     /// nothing: [`TooManyConsents`](StoreError::TooManyConsents) when the transaction
     /// already has [`MAX_OPEN_CONSENTS_PER_TXN`] open requests,
@@ -804,10 +846,13 @@ pub trait TokenStore: Send + Sync + 'static {
     /// the request's token) in one atomic write under the transaction's serialisation:
     /// [`ConsentRequest::redeem`] by `by` at `child.issued_at` (the one rule: requester,
     /// token, approved, unexpired, once), then everything
-    /// [`insert_child`](TokenStore::insert_child) checks and writes ([`admit_child`]),
+    /// [`insert_child`](TokenStore::insert_child) checks and writes (`admit_child`),
     /// the request as redeemed, and `event` (`consent_redeemed`). Refuses, writing
     /// nothing, with `insert_child`'s errors, [`NotFound`](StoreError::NotFound) for an
-    /// unknown id, and [`Consent`](StoreError::Consent). Durable before it resolves.
+    /// unknown id, and [`Consent`](StoreError::Consent) (the rule's refusals first;
+    /// `WrongToken` also for a child without a parent). A refusal by `insert_child`'s
+    /// checks (say, the parent revoked) leaves the request approved. Durable before it
+    /// resolves.
     fn redeem_consent(
         &self,
         id: ConsentId,
@@ -817,11 +862,14 @@ pub trait TokenStore: Send + Sync + 'static {
         event: Event,
     ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send;
 
-    /// Marks up to `max` requests that are open but past their expiry at `now` as
-    /// expired ([`ConsentRequest::expire`]), each with a `consent_expired` event (actor
-    /// `by`) whose id `events` issues just before its write (see [`EventIssuer`]), in
-    /// expiry order through an index of open requests (never a scan of every request).
-    /// Returns how many it expired and whether more remain.
+    /// Marks requests that may still change (pending, or approved and not redeemed) but
+    /// are past their expiry at `now` as expired ([`ConsentRequest::expire`]), each under
+    /// its transaction's serialisation with a `consent_expired` event (actor `by`) in the
+    /// same atomic write, whose id `events` issues just before that write (see
+    /// [`EventIssuer`]), in expiry order through an index of such requests (never a scan
+    /// of every request), examining at most `max` entries of that index. Returns how
+    /// many it expired and whether more remain. A request is marked once: a second call
+    /// writes nothing for it. Durable per the store's durability.
     fn expire_consents(
         &self,
         now: UnixMillis,
@@ -831,8 +879,14 @@ pub trait TokenStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send;
 
     /// Deletes up to `max` requests created before `cutoff` (oldest first, by id) that
-    /// are no longer open, with every index entry of theirs. `PurgeStats::tokens` counts
-    /// requests here.
+    /// can no longer change (denied, redeemed, or marked expired: one past its expiry
+    /// that [`expire_consents`](TokenStore::expire_consents) has not marked yet is kept,
+    /// so its expiry reaches the trail), with every index entry of theirs; the newest
+    /// request under an action key keeps the key's entry. Examines at most
+    /// [`MAX_TXN_SCAN`] requests per call. `PurgeStats::tokens` counts requests here;
+    /// `more` says whether a deletable one remains (when the scan budget ends the call
+    /// first, whether this call deleted anything, so a caller looping on `more` never
+    /// spins on requests it cannot delete). Never touches tokens or events.
     fn purge_consents(
         &self,
         cutoff: UnixMillis,

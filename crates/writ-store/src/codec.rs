@@ -1,6 +1,6 @@
-//! The stored forms of a [`TokenRecord`], a [`TokenState`], an audit [`Event`] and a
-//! [`PartyDisable`]: one format-version byte followed by the postcard encoding of the
-//! value.
+//! The stored forms of a [`TokenRecord`], a [`TokenState`], an audit [`Event`], a
+//! [`PartyDisable`] and a [`ConsentRequest`]: one format-version byte followed by the
+//! postcard encoding of the value.
 //!
 //! Postcard is compact and deterministic, but not self-describing: a field added to the
 //! record changes the encoding. The version byte lets a later build recognise older
@@ -12,6 +12,8 @@
 //! read, version 1 through its own types in [`v1`], so a store upgraded in place
 //! keeps validating the tokens it holds. Audit events: version 2 (how the actor
 //! authenticated) is written, version 1 still read. Party disablements: version 1.
+//! Consent requests: version 1, at most `MAX_RECORD_BYTES` encoded (the server bounds
+//! every part of a request; the store refuses one over the bound rather than keep it).
 //!
 //! Version 3 and 4 records and version 2 events only *append* an `Option` field, and postcard
 //! encodes a struct as its fields in order and `None` as the single byte 0 (its stable
@@ -21,7 +23,8 @@
 use crate::api::StoreError;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use writ_core::{Event, PartyDisable, TokenRecord, TokenState};
+use writ_core::limits::MAX_RECORD_BYTES;
+use writ_core::{ConsentRequest, Event, PartyDisable, TokenRecord, TokenState};
 
 /// Format version of record values written by this build.
 const FORMAT_VERSION: u8 = 4;
@@ -31,6 +34,8 @@ const STATE_FORMAT_VERSION: u8 = 1;
 const EVENT_FORMAT_VERSION: u8 = 2;
 /// Format version of party disablements written by this build.
 const PARTY_FORMAT_VERSION: u8 = 1;
+/// Format version of consent requests written by this build.
+const CONSENT_FORMAT_VERSION: u8 = 1;
 
 fn encode_versioned<T: Serialize>(
     value: &T,
@@ -197,6 +202,26 @@ pub(crate) fn encode_party(disable: &PartyDisable) -> Result<Vec<u8>, StoreError
 /// Decodes a stored disablement, with the same refusals as [`decode`].
 pub(crate) fn decode_party(bytes: &[u8]) -> Result<PartyDisable, StoreError> {
     decode_versioned(bytes, PARTY_FORMAT_VERSION, "party disablement")
+}
+
+/// Encodes a consent request for storage; refuses ([`StoreError::Corrupt`]) one whose
+/// encoding exceeds `MAX_RECORD_BYTES`.
+pub(crate) fn encode_consent(request: &ConsentRequest) -> Result<Vec<u8>, StoreError> {
+    let bytes = encode_versioned(request, CONSENT_FORMAT_VERSION, "consent request")?;
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(StoreError::Corrupt {
+            what: format!(
+                "consent request of {} bytes exceeds the limit of {MAX_RECORD_BYTES}",
+                bytes.len()
+            ),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a stored consent request, with the same refusals as [`decode`].
+pub(crate) fn decode_consent(bytes: &[u8]) -> Result<ConsentRequest, StoreError> {
+    decode_versioned(bytes, CONSENT_FORMAT_VERSION, "consent request")
 }
 
 /// An older body as the newer encoding of the same value with its appended `Option`
@@ -388,9 +413,65 @@ mod tests {
     }
 
     #[test]
+    fn consent_requests_round_trip_and_refuse_bad_bytes() {
+        let mut r = crate::conformance::consent_request(txn(1), tid(2), 1, 1_000);
+        let bytes = encode_consent(&r).unwrap();
+        assert_eq!(bytes[0], CONSENT_FORMAT_VERSION);
+        assert_eq!(decode_consent(&bytes).unwrap(), r);
+        for len in 0..bytes.len() {
+            assert!(
+                matches!(
+                    decode_consent(&bytes[..len]),
+                    Err(StoreError::Corrupt { .. })
+                ),
+                "accepted a value truncated to {len} bytes"
+            );
+        }
+        let padded = [bytes.as_slice(), &[0]].concat();
+        assert!(matches!(
+            decode_consent(&padded),
+            Err(StoreError::Corrupt { .. })
+        ));
+        let mut bad = bytes.clone();
+        bad[0] = 2;
+        assert!(
+            matches!(decode_consent(&bad), Err(StoreError::Corrupt { what }) if what.contains("version"))
+        );
+        // Every state round-trips.
+        let decision = writ_core::Decision {
+            approved: true,
+            at: writ_core::UnixMillis(1_500),
+            by: "app:wallet".into(),
+            auth: Some(writ_core::AuthMethod::Mtls),
+            channel: writ_core::Channel::BackChannel,
+            subject: r.subject.clone(),
+        };
+        for state in [
+            writ_core::ConsentState::Decided(decision.clone()),
+            writ_core::ConsentState::Redeemed {
+                decision,
+                at: writ_core::UnixMillis(1_600),
+                token: tid(3),
+            },
+            writ_core::ConsentState::Expired {
+                at: writ_core::UnixMillis(2_000),
+            },
+        ] {
+            r.state = state;
+            assert_eq!(decode_consent(&encode_consent(&r).unwrap()).unwrap(), r);
+        }
+        // One the server could never build is not stored.
+        r.reason = "x".repeat(writ_core::limits::MAX_RECORD_BYTES);
+        assert!(matches!(
+            encode_consent(&r),
+            Err(StoreError::Corrupt { what }) if what.contains("exceeds")
+        ));
+    }
+
+    #[test]
     fn unknown_version_is_rejected() {
         let mut bytes = encode(&record(txn(1), tid(2), None)).unwrap();
-        for v in [0, 4, 0xff] {
+        for v in [0, 5, 0xff] {
             bytes[0] = v;
             assert!(
                 matches!(decode(&bytes), Err(StoreError::Corrupt { what }) if what.contains("version"))

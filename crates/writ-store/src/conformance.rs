@@ -2,16 +2,20 @@
 //! backend, plus hand-built records for tests.
 
 use crate::api::{
-    EventIssuer, MAX_PARTY_REVOKED_IDS, PARTY_PAGE, PartyRevoked, RevokeTarget, StoreError,
+    ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, MAX_OPEN_CONSENTS_PER_TXN,
+    MAX_PARTY_REVOKED_IDS, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, StoreError,
     StoreStats, TokenStore, UseOutcome,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use writ_core::consent::action_key;
 use writ_core::{
-    Actor, ActorKind, AuthMethod, Claim, ClientType, Constraint, Event, EventId, EventKind, Grant,
-    Party, PartyDisable, SecretHash, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ActorKind, AuthMethod, Channel, Claim, ClientType, ConsentAction, ConsentError,
+    ConsentId, ConsentRequest, ConsentState, ConsentStatus, Constraint, Decision, Event, EventId,
+    EventKind, Grant, Party, PartyDisable, PartyView, SecretHash, TokenId, TokenRecord, TokenState,
+    TxnId, UnixMillis, Value,
 };
 
 /// A revoking actor named `id` (an operator, authenticated with its credential).
@@ -196,6 +200,7 @@ pub(crate) async fn run<S: TokenStore>(store: S) {
     a_party_revocation_walks_every_page_and_bounds_its_answer(&*store).await;
     derive_racing_party_revocation_never_leaves_a_usable_descendant(store.clone()).await;
     disablements_are_recorded_replaced_and_cleared(&*store).await;
+    consents(store.clone()).await;
     // Last: these count every key of the store and expect no other writer.
     purge_removes_exactly_the_expired_tokens_and_all_their_entries(&*store).await;
     purge_racing_derive_leaves_no_orphan(store).await;
@@ -1867,4 +1872,1008 @@ async fn disablements_are_recorded_replaced_and_cleared<S: TokenStore>(store: &S
         .await
         .unwrap();
     assert_eq!(listed().await, vec![]);
+}
+
+// ---- Consent requests ----
+
+/// When the consent checks' requests are made (transactions of their own keep them apart;
+/// the expiry and purge checks use early times of their own, far below this).
+const CONSENT_T: u64 = 1_700_000_000_000;
+/// How long a consent request lives in these checks.
+const CONSENT_TTL: u64 = 300_000;
+/// The party the redeemed tokens are for.
+const RESOURCE: &str = "svc:ledger";
+
+/// A pending request made at `at` with `token` (a token of `txn` held by `svc:payments`,
+/// as [`record`] builds it) to pay `n`: requests with different `n` are different actions.
+/// The id's random part is the transaction's time and `n`, so ids made at one instant
+/// differ too.
+pub(crate) fn consent_request(txn: TxnId, token: TokenId, n: u64, at: u64) -> ConsentRequest {
+    let mut entropy = [0u8; 8];
+    entropy[..4].copy_from_slice(&txn.0[4..8]);
+    entropy[4..].copy_from_slice(&(n as u32).to_be_bytes());
+    let action = ConsentAction {
+        scope: "payments:write".into(),
+        attributes: BTreeMap::from([("amount".to_owned(), Value::Int(n as i64))]),
+    };
+    let view = |id: &str, kind| PartyView {
+        id: id.to_owned(),
+        display_name: None,
+        kind,
+        client_type: ClientType::Confidential,
+    };
+    ConsentRequest {
+        id: ConsentId::new(UnixMillis(at), entropy),
+        txn,
+        token,
+        requester: Actor {
+            id: "svc:payments".into(),
+            auth: AuthMethod::Mtls,
+        },
+        subject: "user:alice".into(),
+        key: action_key(token, &action, RESOURCE),
+        action,
+        scope_description: "move money".into(),
+        resource: party(RESOURCE, ActorKind::Workload),
+        chain: vec![
+            view("svc:gateway", ActorKind::Workload),
+            view("agent:planner", ActorKind::Agent),
+            view("svc:payments", ActorKind::Workload),
+        ],
+        resource_view: view(RESOURCE, ActorKind::Workload),
+        purpose: "book a trip".into(),
+        reason: "pay the hotel".into(),
+        created_at: UnixMillis(at),
+        expires_at: UnixMillis(at + CONSENT_TTL),
+        link_hash: [n as u8; 32],
+        state: ConsentState::Pending,
+    }
+}
+
+/// The single-use child `r` is redeemed for, issued at `at`.
+fn consent_child(r: &ConsentRequest, id: TokenId, at: u64) -> TokenRecord {
+    let mut c = record(r.txn, id, Some(r.token));
+    c.audience = party(RESOURCE, ActorKind::Workload);
+    c.grant.max_uses = Some(1);
+    c.issued_at = UnixMillis(at);
+    c.consent = Some(r.mark());
+    c
+}
+
+/// The user's decision, by the wallet app through the back-channel.
+fn decision(approved: bool, at: u64, subject: &str) -> Decision {
+    Decision {
+        approved,
+        at: UnixMillis(at),
+        by: "app:wallet".into(),
+        auth: Some(AuthMethod::Mtls),
+        channel: Channel::BackChannel,
+        subject: subject.into(),
+    }
+}
+
+fn wallet() -> Actor {
+    Actor {
+        id: "app:wallet".into(),
+        auth: AuthMethod::Mtls,
+    }
+}
+
+/// Shorthands for the consent writes, with their events made up.
+pub(crate) trait ConsentShorthand: TokenStore {
+    /// `insert_consent` with its `consent_requested` event.
+    fn ask(
+        &self,
+        r: ConsentRequest,
+    ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
+        let e = Event::consent_requested(event_at(r.created_at), &r);
+        self.insert_consent(r, e)
+    }
+
+    /// `decide_consent` of `r` with its event.
+    fn decide(
+        &self,
+        r: &ConsentRequest,
+        d: Decision,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let e = Event::consent_decided(event_at(d.at), r, &wallet(), d.approved, "back_channel");
+        self.decide_consent(r.id, d, e)
+    }
+
+    /// `redeem_consent` of `r` by `by` for `child`, allowing 8 children.
+    fn redeem(
+        &self,
+        r: &ConsentRequest,
+        by: &str,
+        child: TokenRecord,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        self.redeem_with(r, by, child, 8)
+    }
+
+    /// `redeem_consent` with a fan-out limit.
+    fn redeem_with(
+        &self,
+        r: &ConsentRequest,
+        by: &str,
+        child: TokenRecord,
+        max_children: u32,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let e = Event::consent_redeemed(event_at(child.issued_at), r, &child);
+        self.redeem_consent(r.id, by.to_owned(), child, max_children, e)
+    }
+}
+
+impl<S: TokenStore> ConsentShorthand for S {}
+
+/// The consent events of a transaction, in order.
+async fn consent_events<S: TokenStore>(store: &S, t: TxnId) -> Vec<EventKind> {
+    store
+        .events(t, None, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| {
+            matches!(
+                k,
+                EventKind::ConsentRequested { .. }
+                    | EventKind::ConsentApproved { .. }
+                    | EventKind::ConsentDenied { .. }
+                    | EventKind::ConsentRedeemed { .. }
+                    | EventKind::ConsentExpired { .. }
+            )
+        })
+        .collect()
+}
+
+/// Stores a root token for consent requests: held by `svc:payments`.
+async fn consent_token<S: TokenStore>(store: &S, t: TxnId, id: TokenId) {
+    store.put(record(t, id, None)).await.unwrap();
+}
+
+fn status_at(r: &ConsentRequest, at: u64) -> ConsentStatus {
+    r.status(UnixMillis(at))
+}
+
+/// Every consent check; part of [`run`].
+pub(crate) async fn consents<S: TokenStore>(store: Arc<S>) {
+    consent_requests_are_stored_once_per_open_action(&*store).await;
+    a_transaction_has_a_bounded_number_of_open_requests(&*store).await;
+    decisions_count_once_for_the_subject_while_pending(&*store).await;
+    redeeming_writes_the_child_and_the_request_together(&*store).await;
+    redeeming_respects_the_parent_and_its_limits(&*store).await;
+    concurrent_redeems_of_one_request_admit_one(store.clone()).await;
+    consent_listing_filters_and_pages(&*store).await;
+    expiry_marks_open_requests_once(&*store).await;
+    // Last: counts keys.
+    the_consent_purge_deletes_only_old_closed_requests(&*store).await;
+}
+
+async fn consent_requests_are_stored_once_per_open_action<S: TokenStore>(store: &S) {
+    let t = txn(40_000);
+    let token = tid(400_000);
+    consent_token(store, t, token).await;
+    let r = consent_request(t, token, 1, CONSENT_T);
+    assert_eq!(store.ask(r.clone()).await, Ok(ConsentInsert::Inserted));
+    assert_eq!(store.consent(r.id).await.unwrap(), Some(r.clone()));
+    assert_eq!(store.consent_by_key(r.key).await.unwrap(), Some(r.clone()));
+    let unknown = ConsentId::new(UnixMillis(CONSENT_T), [0xee; 8]);
+    assert_eq!(store.consent(unknown).await.unwrap(), None);
+    assert_eq!(store.consent_by_key([0xee; 32]).await.unwrap(), None);
+    assert!(matches!(
+        consent_events(store, t).await[..],
+        [EventKind::ConsentRequested { request, .. }] if request == r.id
+    ));
+
+    // The same action again while the first is open: that one, and nothing written.
+    let mut again = consent_request(t, token, 1, CONSENT_T + 10);
+    again.id = ConsentId::new(UnixMillis(CONSENT_T + 10), [0xaa; 8]);
+    again.reason = "pay the hotel, please".into();
+    assert_eq!(again.key, r.key, "the reason is not part of the action");
+    assert_eq!(
+        store.ask(again.clone()).await,
+        Ok(ConsentInsert::Existing(Box::new(r.clone())))
+    );
+    assert_eq!(store.consent(again.id).await.unwrap(), None);
+    assert_eq!(consent_events(store, t).await.len(), 1, "no second event");
+    // The same id again: refused.
+    let mut twin = consent_request(t, token, 2, CONSENT_T);
+    twin.id = r.id;
+    assert_eq!(store.ask(twin).await, Err(StoreError::Conflict));
+    assert_eq!(store.consent(r.id).await.unwrap(), Some(r.clone()));
+
+    // Once it is closed (denied, redeemed, or past its expiry), the same action is asked
+    // anew, and the key names the newest request.
+    let denied = store
+        .decide(&r, decision(false, CONSENT_T + 20, "user:alice"))
+        .await
+        .unwrap();
+    assert_eq!(status_at(&denied, CONSENT_T + 20), ConsentStatus::Denied);
+    let mut after_denial = consent_request(t, token, 1, CONSENT_T + 30);
+    after_denial.id = ConsentId::new(UnixMillis(CONSENT_T + 30), [0xab; 8]);
+    assert_eq!(
+        store.ask(after_denial.clone()).await,
+        Ok(ConsentInsert::Inserted)
+    );
+    assert_eq!(
+        store.consent_by_key(r.key).await.unwrap(),
+        Some(after_denial.clone())
+    );
+    store
+        .decide(&after_denial, decision(true, CONSENT_T + 40, "user:alice"))
+        .await
+        .unwrap();
+    let child = consent_child(&after_denial, tid(400_001), CONSENT_T + 50);
+    store
+        .redeem(&after_denial, "svc:payments", child)
+        .await
+        .unwrap();
+    let mut after_redemption = consent_request(t, token, 1, CONSENT_T + 60);
+    after_redemption.id = ConsentId::new(UnixMillis(CONSENT_T + 60), [0xac; 8]);
+    assert_eq!(
+        store.ask(after_redemption.clone()).await,
+        Ok(ConsentInsert::Inserted)
+    );
+    let expiry = after_redemption.expires_at.0;
+    let mut after_expiry = consent_request(t, token, 1, expiry);
+    after_expiry.id = ConsentId::new(UnixMillis(expiry), [0xad; 8]);
+    assert_eq!(
+        store.ask(after_expiry.clone()).await,
+        Ok(ConsentInsert::Inserted),
+        "a pending request past its expiry is not open"
+    );
+    assert_eq!(
+        store.consent_by_key(r.key).await.unwrap(),
+        Some(after_expiry)
+    );
+    assert_eq!(
+        store.consent(after_redemption.id).await.unwrap(),
+        Some(after_redemption),
+        "the older request is kept"
+    );
+    let kinds: Vec<&str> = consent_events(store, t)
+        .await
+        .iter()
+        .map(EventKind::name)
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "consent_requested",
+            "consent_denied",
+            "consent_requested",
+            "consent_approved",
+            "consent_redeemed",
+            "consent_requested",
+            "consent_requested"
+        ]
+    );
+}
+
+async fn a_transaction_has_a_bounded_number_of_open_requests<S: TokenStore>(store: &S) {
+    let t = txn(40_100);
+    let token = tid(401_000);
+    consent_token(store, t, token).await;
+    let mut open = Vec::new();
+    for n in 0..MAX_OPEN_CONSENTS_PER_TXN as u64 {
+        let r = consent_request(t, token, n, CONSENT_T + n);
+        assert_eq!(store.ask(r.clone()).await, Ok(ConsentInsert::Inserted));
+        open.push(r);
+    }
+    let at = CONSENT_T + 100;
+    let one_more = consent_request(t, token, 100, at);
+    let events = consent_events(store, t).await.len();
+    assert_eq!(
+        store.ask(one_more.clone()).await,
+        Err(StoreError::TooManyConsents {
+            limit: MAX_OPEN_CONSENTS_PER_TXN
+        })
+    );
+    assert_eq!(store.consent(one_more.id).await.unwrap(), None);
+    assert_eq!(consent_events(store, t).await.len(), events);
+    // An identical request is still answered with the open one.
+    let mut same = consent_request(t, token, 3, at);
+    same.id = ConsentId::new(UnixMillis(at), [0xbb; 8]);
+    assert_eq!(
+        store.ask(same).await,
+        Ok(ConsentInsert::Existing(Box::new(open[3].clone())))
+    );
+    // Another transaction is not held up.
+    let other = txn(40_101);
+    consent_token(store, other, tid(401_100)).await;
+    let elsewhere = consent_request(other, tid(401_100), 100, at);
+    assert_eq!(store.ask(elsewhere).await, Ok(ConsentInsert::Inserted));
+    // A denial closes one: room for one more, and no more than that.
+    store
+        .decide(&open[0], decision(false, at, "user:alice"))
+        .await
+        .unwrap();
+    assert_eq!(store.ask(one_more).await, Ok(ConsentInsert::Inserted));
+    let refused = consent_request(t, token, 101, at + 1);
+    assert!(matches!(
+        store.ask(refused).await,
+        Err(StoreError::TooManyConsents { .. })
+    ));
+    // Past their expiry none is open any more (approved ones neither).
+    store
+        .decide(&open[1], decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    let later = open[MAX_OPEN_CONSENTS_PER_TXN - 1].expires_at.0 + 100;
+    let late = consent_request(t, token, 102, later);
+    assert_eq!(store.ask(late).await, Ok(ConsentInsert::Inserted));
+}
+
+async fn decisions_count_once_for_the_subject_while_pending<S: TokenStore>(store: &S) {
+    let t = txn(40_200);
+    let token = tid(402_000);
+    consent_token(store, t, token).await;
+    let (a, b, c) = (
+        consent_request(t, token, 1, CONSENT_T),
+        consent_request(t, token, 2, CONSENT_T),
+        consent_request(t, token, 3, CONSENT_T),
+    );
+    for r in [&a, &b, &c] {
+        store.ask(r.clone()).await.unwrap();
+    }
+    let at = CONSENT_T + 1_000;
+    let approved = store
+        .decide(&a, decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    assert_eq!(status_at(&approved, at), ConsentStatus::Approved);
+    assert_eq!(approved.decision(), Some(&decision(true, at, "user:alice")));
+    assert_eq!(store.consent(a.id).await.unwrap(), Some(approved.clone()));
+    let denied = store
+        .decide(&b, decision(false, at, "user:alice"))
+        .await
+        .unwrap();
+    assert_eq!(status_at(&denied, at), ConsentStatus::Denied);
+    assert_eq!(store.consent(b.id).await.unwrap(), Some(denied.clone()));
+
+    // Refusals write nothing.
+    let events = consent_events(store, t).await;
+    let refusals = [
+        (
+            &c,
+            decision(true, at, "user:mallory"),
+            ConsentError::WrongSubject(c.id),
+        ),
+        (
+            &a,
+            decision(false, at + 1, "user:alice"),
+            ConsentError::Decided(a.id),
+        ),
+        (
+            &b,
+            decision(true, at + 1, "user:alice"),
+            ConsentError::Decided(b.id),
+        ),
+        (
+            &c,
+            decision(true, c.expires_at.0, "user:alice"),
+            ConsentError::Expired(c.id),
+        ),
+    ];
+    for (r, d, e) in refusals {
+        assert_eq!(store.decide(r, d).await, Err(StoreError::Consent(e)));
+    }
+    assert_eq!(store.consent(a.id).await.unwrap(), Some(approved));
+    assert_eq!(store.consent(b.id).await.unwrap(), Some(denied));
+    assert_eq!(store.consent(c.id).await.unwrap(), Some(c.clone()));
+    assert_eq!(consent_events(store, t).await, events);
+    let kinds: Vec<&str> = events.iter().map(EventKind::name).collect();
+    assert_eq!(
+        kinds,
+        [
+            "consent_requested",
+            "consent_requested",
+            "consent_requested",
+            "consent_approved",
+            "consent_denied"
+        ]
+    );
+    let mut ghost = c.clone();
+    ghost.id = ConsentId::new(UnixMillis(CONSENT_T), [0xcc; 8]);
+    assert_eq!(
+        store.decide(&ghost, decision(true, at, "user:alice")).await,
+        Err(StoreError::NotFound)
+    );
+}
+
+async fn redeeming_writes_the_child_and_the_request_together<S: TokenStore>(store: &S) {
+    let t = txn(40_300);
+    let (token, other_token) = (tid(403_000), tid(403_001));
+    consent_token(store, t, token).await;
+    store
+        .put_child(record(t, other_token, Some(token)), 8)
+        .await
+        .unwrap();
+    let r = consent_request(t, token, 1, CONSENT_T);
+    let pending = consent_request(t, token, 2, CONSENT_T);
+    store.ask(r.clone()).await.unwrap();
+    store.ask(pending.clone()).await.unwrap();
+    let at = CONSENT_T + 1_000;
+    store
+        .decide(&r, decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    let before = store.state(token).await.unwrap().unwrap();
+    let events = consent_events(store, t).await.len();
+
+    // Refusals by the rule write nothing: no child, no state, no event.
+    let attempts = [
+        (
+            &r,
+            "agent:other",
+            consent_child(&r, tid(403_010), at + 1),
+            ConsentError::WrongParty(r.id),
+        ),
+        (
+            &r,
+            "svc:payments",
+            {
+                let mut c = consent_child(&r, tid(403_011), at + 1);
+                c.parent = Some(other_token);
+                c
+            },
+            ConsentError::WrongToken(r.id),
+        ),
+        (
+            &r,
+            "svc:payments",
+            consent_child(&r, tid(403_012), r.expires_at.0),
+            ConsentError::Expired(r.id),
+        ),
+        (
+            &pending,
+            "svc:payments",
+            consent_child(&pending, tid(403_013), at + 1),
+            ConsentError::Pending(pending.id),
+        ),
+    ];
+    for (req, by, child, e) in attempts {
+        let id = child.token_id;
+        assert_eq!(
+            store.redeem(req, by, child).await,
+            Err(StoreError::Consent(e))
+        );
+        assert_eq!(store.get(id).await.unwrap(), None);
+    }
+    let mut ghost = r.clone();
+    ghost.id = ConsentId::new(UnixMillis(CONSENT_T), [0xdd; 8]);
+    assert_eq!(
+        store
+            .redeem(
+                &ghost,
+                "svc:payments",
+                consent_child(&r, tid(403_014), at + 1)
+            )
+            .await,
+        Err(StoreError::NotFound)
+    );
+    assert_eq!(store.state(token).await.unwrap().unwrap(), before);
+    assert_eq!(consent_events(store, t).await.len(), events);
+
+    // The redemption: the child with its indexes, the parent's count, the request and
+    // the event, together.
+    let child = consent_child(&r, tid(403_020), at + 2);
+    let redeemed = store
+        .redeem(&r, "svc:payments", child.clone())
+        .await
+        .unwrap();
+    assert_eq!(status_at(&redeemed, at + 3), ConsentStatus::Redeemed);
+    assert!(matches!(
+        redeemed.state,
+        ConsentState::Redeemed { token, at: when, .. } if token == child.token_id && when == UnixMillis(at + 2)
+    ));
+    assert_eq!(store.consent(r.id).await.unwrap(), Some(redeemed.clone()));
+    assert_eq!(
+        store.get(child.token_id).await.unwrap(),
+        Some(child.clone())
+    );
+    assert_eq!(
+        store.state(token).await.unwrap().unwrap().children,
+        before.children + 1
+    );
+    assert!(tree_ids(store.txn_tree(t).await.unwrap()).contains(&child.token_id));
+    assert_eq!(
+        store.consume_use(child.token_id, None).await.unwrap(),
+        UseOutcome::Consumed { remaining: Some(0) }
+    );
+    let events_now = consent_events(store, t).await;
+    assert!(matches!(
+        events_now.last(),
+        Some(EventKind::ConsentRedeemed { request, parent, .. }) if *request == r.id && *parent == token
+    ));
+    let redeemed_event = store
+        .events(t, None, usize::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| matches!(e.kind, EventKind::ConsentRedeemed { .. }))
+        .unwrap();
+    assert_eq!(redeemed_event.token, Some(child.token_id));
+
+    // Once only.
+    let second = consent_child(&r, tid(403_021), at + 3);
+    assert_eq!(
+        store.redeem(&r, "svc:payments", second.clone()).await,
+        Err(StoreError::Consent(ConsentError::Redeemed(r.id)))
+    );
+    assert_eq!(store.get(second.token_id).await.unwrap(), None);
+    assert_eq!(store.consent(r.id).await.unwrap(), Some(redeemed));
+    assert_eq!(consent_events(store, t).await.len(), events + 1);
+    // Revoking the requester's token reaches the child: it is linked under it.
+    let revoked = store
+        .revoke_at(
+            RevokeTarget::Token(token),
+            by("op"),
+            "r".into(),
+            UnixMillis(5),
+        )
+        .await
+        .unwrap();
+    assert!(revoked.contains(&child.token_id));
+}
+
+async fn redeeming_respects_the_parent_and_its_limits<S: TokenStore>(store: &S) {
+    let at = CONSENT_T + 1_000;
+    let approved = |t: TxnId, token: TokenId, n: u64| {
+        let r = consent_request(t, token, n, CONSENT_T);
+        async move {
+            store.ask(r.clone()).await.unwrap();
+            store
+                .decide(&r, decision(true, at, "user:alice"))
+                .await
+                .unwrap()
+        }
+    };
+    // A revoked parent: refused, and the approval stands.
+    let t = txn(40_400);
+    let token = tid(404_000);
+    consent_token(store, t, token).await;
+    let r = approved(t, token, 1).await;
+    store
+        .revoke_at(
+            RevokeTarget::Token(token),
+            by("op"),
+            "r".into(),
+            UnixMillis(5),
+        )
+        .await
+        .unwrap();
+    let child = consent_child(&r, tid(404_001), at + 1);
+    assert_eq!(
+        store.redeem(&r, "svc:payments", child).await,
+        Err(StoreError::ParentRevoked)
+    );
+    let kept = store.consent(r.id).await.unwrap().unwrap();
+    assert_eq!(status_at(&kept, at + 1), ConsentStatus::Approved);
+    assert_eq!(store.get(tid(404_001)).await.unwrap(), None);
+
+    // Fan-out: the parent has its children already.
+    let t = txn(40_401);
+    let token = tid(404_100);
+    consent_token(store, t, token).await;
+    store
+        .put_child(record(t, tid(404_101), Some(token)), 1)
+        .await
+        .unwrap();
+    let r = approved(t, token, 1).await;
+    let child = consent_child(&r, tid(404_102), at + 1);
+    assert_eq!(
+        store
+            .redeem_with(&r, "svc:payments", child.clone(), 1)
+            .await,
+        Err(StoreError::FanOutExceeded { limit: 1 })
+    );
+    assert_eq!(
+        status_at(&store.consent(r.id).await.unwrap().unwrap(), at + 1),
+        ConsentStatus::Approved
+    );
+    // An id that exists already.
+    let mut taken = child.clone();
+    taken.token_id = tid(404_101);
+    assert_eq!(
+        store.redeem(&r, "svc:payments", taken).await,
+        Err(StoreError::Conflict)
+    );
+    assert!(
+        store
+            .redeem_with(&r, "svc:payments", child, 2)
+            .await
+            .is_ok()
+    );
+
+    // Uses: a parent with one use, spent, cannot reserve the child's.
+    let t = txn(40_402);
+    let token = tid(404_200);
+    store
+        .put(with_uses(record(t, token, None), Some(1)))
+        .await
+        .unwrap();
+    store.consume_use(token, None).await.unwrap();
+    let r = approved(t, token, 1).await;
+    let child = consent_child(&r, tid(404_201), at + 1);
+    assert_eq!(
+        store.redeem(&r, "svc:payments", child).await,
+        Err(StoreError::UsesExhausted)
+    );
+    assert_eq!(store.state(token).await.unwrap().unwrap().uses, 1);
+    assert_eq!(
+        status_at(&store.consent(r.id).await.unwrap().unwrap(), at + 1),
+        ConsentStatus::Approved
+    );
+}
+
+async fn concurrent_redeems_of_one_request_admit_one<S: TokenStore>(store: Arc<S>) {
+    const N: u32 = 32;
+    let t = txn(40_500);
+    let token = tid(405_000);
+    consent_token(&*store, t, token).await;
+    let r = consent_request(t, token, 1, CONSENT_T);
+    store.ask(r.clone()).await.unwrap();
+    let at = CONSENT_T + 1_000;
+    store
+        .decide(&r, decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    let tasks: Vec<_> = (0..N)
+        .map(|i| {
+            let (store, r) = (store.clone(), r.clone());
+            tokio::spawn(async move {
+                let child = consent_child(&r, tid(405_001 + i), at + 1);
+                store.redeem(&r, "svc:payments", child).await
+            })
+        })
+        .collect();
+    let mut redeemed = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) => redeemed.push(r),
+            Err(e) => assert_eq!(e, StoreError::Consent(ConsentError::Redeemed(r.id))),
+        }
+    }
+    assert_eq!(redeemed.len(), 1);
+    let ConsentState::Redeemed { token: child, .. } = redeemed[0].state else {
+        panic!("not redeemed: {:?}", redeemed[0].state);
+    };
+    assert_eq!(
+        tree_ids(store.txn_tree(t).await.unwrap()),
+        vec![token, child]
+    );
+    assert_eq!(store.state(token).await.unwrap().unwrap().children, 1);
+    let redemptions = consent_events(&*store, t)
+        .await
+        .into_iter()
+        .filter(|k| matches!(k, EventKind::ConsentRedeemed { .. }))
+        .count();
+    assert_eq!(redemptions, 1);
+}
+
+async fn consent_listing_filters_and_pages<S: TokenStore>(store: &S) {
+    let t = txn(40_600);
+    let token = tid(406_000);
+    consent_token(store, t, token).await;
+    let mut made = Vec::new();
+    for n in 0..5u64 {
+        let mut r = consent_request(t, token, n, CONSENT_T + n);
+        if n % 2 == 1 {
+            r.subject = "user:bob-listed".into();
+        }
+        store.ask(r.clone()).await.unwrap();
+        made.push(r);
+    }
+    // Another transaction's request, for bob too.
+    let other = txn(40_601);
+    consent_token(store, other, tid(406_100)).await;
+    let mut elsewhere = consent_request(other, tid(406_100), 9, CONSENT_T + 9);
+    elsewhere.subject = "user:bob-listed".into();
+    store.ask(elsewhere.clone()).await.unwrap();
+    let at = CONSENT_T + 100;
+    let approved = store
+        .decide(&made[2], decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    let query = |txn, subject: Option<&str>, status, before, limit| ConsentQuery {
+        status,
+        subject: subject.map(Into::into),
+        txn,
+        now: UnixMillis(at),
+        before,
+        limit,
+    };
+    let ids = |p: &ConsentPage| p.requests.iter().map(|r| r.id).collect::<Vec<_>>();
+
+    // A transaction's requests, newest first, two at a time.
+    let first = store
+        .list_consents(query(Some(t), None, None, None, 2))
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec![made[4].id, made[3].id]);
+    assert_eq!(first.next, Some(made[3].id));
+    let second = store
+        .list_consents(query(Some(t), None, None, first.next, 2))
+        .await
+        .unwrap();
+    assert_eq!(ids(&second), vec![made[2].id, made[1].id]);
+    assert_eq!(second.requests[0], approved);
+    let third = store
+        .list_consents(query(Some(t), None, None, second.next, 2))
+        .await
+        .unwrap();
+    assert_eq!((ids(&third), third.next), (vec![made[0].id], None));
+
+    // By status at `now`.
+    let page = store
+        .list_consents(query(
+            Some(t),
+            None,
+            Some(ConsentStatus::Approved),
+            None,
+            10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((ids(&page), page.next), (vec![made[2].id], None));
+    let late = ConsentQuery {
+        now: made[4].expires_at,
+        ..query(Some(t), None, Some(ConsentStatus::Expired), None, 10)
+    };
+    assert_eq!(store.list_consents(late).await.unwrap().requests.len(), 5);
+
+    // By subject, across transactions, one at a time.
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = store
+            .list_consents(query(None, Some("user:bob-listed"), None, before, 1))
+            .await
+            .unwrap();
+        seen.extend(ids(&page));
+        match page.next {
+            Some(next) => before = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![elsewhere.id, made[3].id, made[1].id]);
+    // Both filters.
+    let both = store
+        .list_consents(query(Some(t), Some("user:bob-listed"), None, None, 10))
+        .await
+        .unwrap();
+    assert_eq!(ids(&both), vec![made[3].id, made[1].id]);
+    // A cursor below everything: an empty page, the end.
+    let none = store
+        .list_consents(query(
+            Some(t),
+            None,
+            None,
+            Some(ConsentId::new(UnixMillis(0), [0; 8])),
+            10,
+        ))
+        .await
+        .unwrap();
+    assert_eq!((none.requests.len(), none.next), (0, None));
+}
+
+async fn expiry_marks_open_requests_once<S: TokenStore>(store: &S) {
+    // Early times of their own: nothing else in the store expires by `now`.
+    let t = txn(40_700);
+    let token = tid(407_000);
+    consent_token(store, t, token).await;
+    let base = 2_000_000;
+    let mk = |n: u64| consent_request(t, token, n, base + n);
+    let (pending, approved, denied, redeemed, later) = (mk(1), mk(2), mk(3), mk(4), {
+        let mut r = mk(5);
+        r.expires_at = UnixMillis(base + 10 * CONSENT_TTL);
+        r
+    });
+    for r in [&pending, &approved, &denied, &redeemed, &later] {
+        store.ask(r.clone()).await.unwrap();
+    }
+    let at = base + 1_000;
+    store
+        .decide(&approved, decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    store
+        .decide(&denied, decision(false, at, "user:alice"))
+        .await
+        .unwrap();
+    store
+        .decide(&redeemed, decision(true, at, "user:alice"))
+        .await
+        .unwrap();
+    store
+        .redeem(
+            &redeemed,
+            "svc:payments",
+            consent_child(&redeemed, tid(407_001), at + 1),
+        )
+        .await
+        .unwrap();
+    let now = UnixMillis(base + 2 * CONSENT_TTL);
+    let issued = Issued::at(now);
+    let sweep = |max| store.expire_consents(now, max, by("writ"), issued.clone());
+    assert_eq!(sweep(0).await, Ok((0, true)), "nothing done, more to do");
+    assert_eq!(sweep(1).await, Ok((1, true)));
+    assert_eq!(sweep(100).await, Ok((1, false)));
+    assert_eq!(sweep(100).await, Ok((0, false)), "not twice");
+    assert_eq!(issued.stored().len(), 2);
+    assert!(issued.abandoned.lock().unwrap().is_empty());
+    for (r, was) in [(&pending, "pending"), (&approved, "approved")] {
+        let now_r = store.consent(r.id).await.unwrap().unwrap();
+        assert_eq!(now_r.state, ConsentState::Expired { at: r.expires_at });
+        let event = issued
+            .stored()
+            .into_iter()
+            .find(|e| matches!(&e.kind, EventKind::ConsentExpired { request, .. } if *request == r.id))
+            .unwrap();
+        assert_eq!(
+            event.kind,
+            EventKind::ConsentExpired {
+                request: r.id,
+                was: was.into()
+            }
+        );
+        assert_eq!(event.actor, "writ");
+    }
+    // The trail holds each expiry once, with the events the store was given.
+    let expired: Vec<EventKind> = consent_events(store, t)
+        .await
+        .into_iter()
+        .filter(|k| matches!(k, EventKind::ConsentExpired { .. }))
+        .collect();
+    assert_eq!(expired.len(), 2);
+    assert_eq!(
+        status_at(&store.consent(denied.id).await.unwrap().unwrap(), now.0),
+        ConsentStatus::Denied
+    );
+    assert_eq!(
+        status_at(&store.consent(redeemed.id).await.unwrap().unwrap(), now.0),
+        ConsentStatus::Redeemed
+    );
+    assert_eq!(store.consent(later.id).await.unwrap(), Some(later.clone()));
+    // An expired request is decided no more, and its action may be asked anew.
+    assert_eq!(
+        store
+            .decide(&pending, decision(true, now.0, "user:alice"))
+            .await,
+        Err(StoreError::Consent(ConsentError::Expired(pending.id)))
+    );
+    let mut anew = mk(1);
+    anew.id = ConsentId::new(now, [0xef; 8]);
+    anew.created_at = now;
+    anew.expires_at = UnixMillis(now.0 + CONSENT_TTL);
+    assert_eq!(store.ask(anew.clone()).await, Ok(ConsentInsert::Inserted));
+    // The last open ones expire in their turn.
+    let end = UnixMillis(base + 20 * CONSENT_TTL);
+    let issued = Issued::at(end);
+    assert_eq!(
+        store
+            .expire_consents(end, 100, by("writ"), issued.clone())
+            .await,
+        Ok((2, false))
+    );
+    assert_eq!(issued.stored().len(), 2);
+}
+
+async fn the_consent_purge_deletes_only_old_closed_requests<S: TokenStore>(store: &S) {
+    // Created before the cutoff (1_000_000), below every other check's requests.
+    let t = txn(40_800);
+    let token = tid(408_000);
+    consent_token(store, t, token).await;
+    let base = store.stats().await.unwrap();
+    let mk = |n: u64, at: u64| consent_request(t, token, n, at);
+    let denied = mk(1, 100_000);
+    let redeemed = mk(2, 200_000);
+    let mut pending = mk(3, 300_000);
+    pending.expires_at = UnixMillis(CONSENT_T);
+    let expired = mk(4, 400_000);
+    let at_cutoff = mk(5, CUTOFF.0);
+    for r in [&denied, &redeemed, &pending, &expired, &at_cutoff] {
+        store.ask(r.clone()).await.unwrap();
+    }
+    store
+        .decide(&denied, decision(false, 100_001, "user:alice"))
+        .await
+        .unwrap();
+    store
+        .decide(&redeemed, decision(true, 200_001, "user:alice"))
+        .await
+        .unwrap();
+    store
+        .redeem(
+            &redeemed,
+            "svc:payments",
+            consent_child(&redeemed, tid(408_001), 200_002),
+        )
+        .await
+        .unwrap();
+    store
+        .decide(&at_cutoff, decision(false, CUTOFF.0 + 1, "user:alice"))
+        .await
+        .unwrap();
+    let issued = Issued::at(UnixMillis(900_000));
+    assert_eq!(
+        store
+            .expire_consents(UnixMillis(900_000), 100, by("writ"), issued)
+            .await,
+        Ok((1, false))
+    );
+    // Past its expiry but not marked yet: it will still change (its expiry is recorded).
+    let unmarked = mk(6, 450_000);
+    store.ask(unmarked.clone()).await.unwrap();
+    // A newer request under the denied one's key (made after the cutoff).
+    let mut newer = mk(1, 1_200_000);
+    newer.id = ConsentId::new(UnixMillis(1_200_000), [0xfe; 8]);
+    store.ask(newer.clone()).await.unwrap();
+
+    let full = store.stats().await.unwrap();
+    assert_eq!(full.consents, base.consents + 7);
+    // Six keys (the newer request took over the first), seven transaction entries, and
+    // the three requests that may still change in the open index.
+    assert_eq!(
+        full.consent_index_entries,
+        base.consent_index_entries + 6 + 7 + 3
+    );
+
+    assert_eq!(
+        store.purge_consents(CUTOFF, 1).await,
+        Ok(PurgeStats {
+            tokens: 1,
+            more: true
+        })
+    );
+    assert_eq!(store.consent(denied.id).await.unwrap(), None);
+    assert_eq!(
+        store.consent_by_key(denied.key).await.unwrap(),
+        Some(newer.clone()),
+        "a newer request keeps its key"
+    );
+    assert_eq!(
+        store.purge_consents(CUTOFF, 100).await,
+        Ok(PurgeStats {
+            tokens: 2,
+            more: false
+        })
+    );
+    for gone in [&denied, &redeemed, &expired] {
+        assert_eq!(store.consent(gone.id).await.unwrap(), None);
+    }
+    assert_eq!(store.consent_by_key(redeemed.key).await.unwrap(), None);
+    assert_eq!(store.consent_by_key(expired.key).await.unwrap(), None);
+    for kept in [&pending, &at_cutoff, &unmarked, &newer] {
+        assert!(store.consent(kept.id).await.unwrap().is_some());
+    }
+    let after = store.stats().await.unwrap();
+    assert_eq!(after.consents, base.consents + 4);
+    assert_eq!(
+        after.consent_index_entries,
+        base.consent_index_entries + 4 + 4 + 3
+    );
+    let listed = store
+        .list_consents(ConsentQuery {
+            status: None,
+            subject: None,
+            txn: Some(t),
+            now: UnixMillis(0),
+            before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.requests.len(), 4);
+    assert_eq!(
+        store.purge_consents(CUTOFF, 100).await,
+        Ok(PurgeStats {
+            tokens: 0,
+            more: false
+        })
+    );
+    // Its token and events are not the purge's business.
+    assert!(store.get(tid(408_001)).await.unwrap().is_some());
+    assert_eq!(after.events, full.events);
 }

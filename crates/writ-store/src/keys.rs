@@ -18,6 +18,10 @@
 //! | `events`      | txn id (16) ‖ event id, u64 BE (8) | encoded event (`codec`)  |
 //! | `event_log`   | event id, u64 BE (8) ‖ txn id (16) | empty                    |
 //! | `parties`     | party id (its UTF-8 bytes)         | encoded disablement (`codec`) |
+//! | `consents`    | consent id (16)                    | encoded request (`codec`) |
+//! | `consent_keys`| action key (32)                    | consent id (16): the newest request under the key |
+//! | `consent_open`| expires_at ms, u64 BE (8) ‖ consent id (16) | empty            |
+//! | `consent_txns`| txn id (16) ‖ consent id (16)      | expires_at ms (8) while open; empty once closed |
 //! | `meta`        | `schema_version`                   | u32 BE                   |
 //!
 //! Every key of a token is derivable from its record, so purging an expired token
@@ -42,8 +46,19 @@
 //! an older store creates it empty, and an older build refuses a store that has it
 //! (RocksDB will not open a database with a column family left unopened), which is what a
 //! kill switch wants: no build that ignores disablements serves the data.
+//!
+//! The consent families were added the same way (created empty in an older store). A
+//! consent request's id begins with its creation time, so `consents` is walked oldest
+//! first by the consent purge and newest first by a listing. `consent_open` holds the
+//! requests that may still change (pending, or approved and not redeemed), by expiry:
+//! what the expiry sweep walks; an entry goes when its request is denied, redeemed or
+//! marked expired. `consent_txns` lists a transaction's requests; its value says whether
+//! (and until when) one is open, so counting a transaction's open requests reads no
+//! request. `consent_keys` answers "the newest request for this action": overwritten by
+//! a newer request under the same key, deleted by the purge only while it still names
+//! the purged request.
 
-use writ_core::{EventId, TokenId, TxnId, UnixMillis};
+use writ_core::{ConsentId, EventId, TokenId, TxnId, UnixMillis};
 
 /// Records by public token id.
 pub(crate) const CF_TOKENS: &str = "tokens";
@@ -69,11 +84,28 @@ pub(crate) const CF_EVENTS: &str = "events";
 pub(crate) const CF_EVENT_LOG: &str = "event_log";
 /// Disabled parties by id.
 pub(crate) const CF_PARTIES: &str = "parties";
+/// Consent requests by id.
+pub(crate) const CF_CONSENTS: &str = "consents";
+/// The newest consent request under each action key.
+pub(crate) const CF_CONSENT_KEYS: &str = "consent_keys";
+/// Index: consent requests that may still change, by expiry.
+pub(crate) const CF_CONSENT_OPEN: &str = "consent_open";
+/// Index: the consent requests of each transaction.
+pub(crate) const CF_CONSENT_TXNS: &str = "consent_txns";
 /// Store-wide metadata.
 pub(crate) const CF_META: &str = "meta";
 
+/// The consent families, added after `parties` without a schema bump.
+#[cfg(test)]
+pub(crate) const CONSENT_CFS: [&str; 4] = [
+    CF_CONSENTS,
+    CF_CONSENT_KEYS,
+    CF_CONSENT_OPEN,
+    CF_CONSENT_TXNS,
+];
+
 /// Every column family, in the order they are opened and compacted.
-pub(crate) const ALL_CFS: [&str; 13] = [
+pub(crate) const ALL_CFS: [&str; 17] = [
     CF_TOKENS,
     CF_STATE,
     CF_TXN_TOKENS,
@@ -86,6 +118,10 @@ pub(crate) const ALL_CFS: [&str; 13] = [
     CF_EVENTS,
     CF_EVENT_LOG,
     CF_PARTIES,
+    CF_CONSENTS,
+    CF_CONSENT_KEYS,
+    CF_CONSENT_OPEN,
+    CF_CONSENT_TXNS,
     CF_META,
 ];
 
@@ -318,6 +354,70 @@ pub(crate) fn party_of_key(key: &[u8]) -> Option<String> {
     String::from_utf8(key.to_vec()).ok()
 }
 
+/// Key of a request in [`CF_CONSENTS`]; also the value of a [`CF_CONSENT_KEYS`] entry.
+pub(crate) fn consent_key(id: ConsentId) -> [u8; ID_LEN] {
+    id.0
+}
+
+/// The consent id of a [`CF_CONSENTS`] key or [`CF_CONSENT_KEYS`] value; `None` if it has
+/// the wrong length.
+pub(crate) fn consent_id_of(bytes: &[u8]) -> Option<ConsentId> {
+    Some(ConsentId(bytes.try_into().ok()?))
+}
+
+/// Key of a [`CF_CONSENT_KEYS`] entry: the request's action key.
+pub(crate) fn consent_action_key(key: &[u8; 32]) -> &[u8] {
+    key
+}
+
+/// Key of a [`CF_CONSENT_OPEN`] entry.
+pub(crate) fn consent_open_key(expires_at: UnixMillis, id: ConsentId) -> [u8; 8 + ID_LEN] {
+    let mut k = [0u8; 8 + ID_LEN];
+    k[..8].copy_from_slice(&expires_at.0.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
+    k
+}
+
+/// The consent id of a [`CF_CONSENT_OPEN`] key; `None` if the key has the wrong length.
+pub(crate) fn consent_id_of_open_key(key: &[u8]) -> Option<ConsentId> {
+    if key.len() != 8 + ID_LEN {
+        return None;
+    }
+    consent_id_of(&key[8..])
+}
+
+/// Key of a [`CF_CONSENT_TXNS`] entry.
+pub(crate) fn consent_txn_key(txn: TxnId, id: ConsentId) -> [u8; 2 * ID_LEN] {
+    let mut k = [0u8; 2 * ID_LEN];
+    k[..ID_LEN].copy_from_slice(&txn.0);
+    k[ID_LEN..].copy_from_slice(&id.0);
+    k
+}
+
+/// The consent id of a [`CF_CONSENT_TXNS`] key; `None` if the key has the wrong length.
+pub(crate) fn consent_id_of_txn_key(key: &[u8]) -> Option<ConsentId> {
+    if key.len() != 2 * ID_LEN {
+        return None;
+    }
+    consent_id_of(&key[ID_LEN..])
+}
+
+/// A [`CF_CONSENT_TXNS`] value: the request's expiry while it is open, nothing once it is
+/// closed (denied, redeemed or marked expired).
+pub(crate) fn consent_txn_value(open_until: Option<UnixMillis>) -> Vec<u8> {
+    open_until.map_or_else(Vec::new, |at| at.0.to_be_bytes().to_vec())
+}
+
+/// What a [`CF_CONSENT_TXNS`] value says: `Some(Some(expiry))` while open, `Some(None)`
+/// once closed, `None` for a value of another shape.
+pub(crate) fn of_consent_txn_value(v: &[u8]) -> Option<Option<UnixMillis>> {
+    match v.len() {
+        0 => Some(None),
+        8 => Some(Some(UnixMillis(u64::from_be_bytes(v.try_into().ok()?)))),
+        _ => None,
+    }
+}
+
 /// The stored form of a schema version.
 pub(crate) fn encode_schema_version(version: u32) -> [u8; 4] {
     version.to_be_bytes()
@@ -526,6 +626,40 @@ mod tests {
     }
 
     #[test]
+    fn consent_keys_order_and_round_trip() {
+        let early = ConsentId::new(UnixMillis(1_000), [0xff; 8]);
+        let late = ConsentId::new(UnixMillis(1_001), [0; 8]);
+        // Ids order by creation time, and so do their keys.
+        assert!(consent_key(early) < consent_key(late));
+        assert_eq!(consent_id_of(&consent_key(late)), Some(late));
+        assert_eq!(consent_id_of(&[0; 15]), None);
+        assert_eq!(consent_id_of(&[0; 17]), None);
+        assert_eq!(consent_action_key(&[7; 32]), &[7; 32]);
+        // Open requests order by expiry, then id.
+        let k = consent_open_key(UnixMillis(5), late);
+        assert!(consent_open_key(UnixMillis(5), early) < k);
+        assert!(k < consent_open_key(UnixMillis(6), early));
+        assert!(k.as_slice() < 6u64.to_be_bytes().as_slice());
+        assert_eq!(consent_id_of_open_key(&k), Some(late));
+        assert_eq!(consent_id_of_open_key(&k[..23]), None);
+        // A transaction's requests group under it, oldest first.
+        let (a, b) = (txn(1), txn(2));
+        let ka = consent_txn_key(a, late);
+        assert!(consent_txn_key(a, early) < ka);
+        assert!(ka < consent_txn_key(b, early));
+        assert!(ka.starts_with(&txn_prefix(a)));
+        assert_eq!(consent_id_of_txn_key(&ka), Some(late));
+        assert_eq!(consent_id_of_txn_key(&ka[..31]), None);
+        let open = consent_txn_value(Some(UnixMillis(1_700_000_000_000)));
+        assert_eq!(
+            of_consent_txn_value(&open),
+            Some(Some(UnixMillis(1_700_000_000_000)))
+        );
+        assert_eq!(of_consent_txn_value(&consent_txn_value(None)), Some(None));
+        assert_eq!(of_consent_txn_value(&[0; 4]), None);
+    }
+
+    #[test]
     fn column_families_are_distinct() {
         let mut names = ALL_CFS;
         names.sort_unstable();
@@ -534,5 +668,6 @@ mod tests {
         dedup.dedup();
         assert_eq!(dedup.len(), n);
         assert!(!names.contains(&"default"));
+        assert!(CONSENT_CFS.iter().all(|c| ALL_CFS.contains(c)));
     }
 }

@@ -3,9 +3,11 @@
 //! Nothing survives the process.
 
 use crate::api::{
-    EventIssuer, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
-    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
+    ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, MAX_OPEN_CONSENTS_PER_TXN, PARTY_PAGE,
+    PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry,
+    TxnPage, TxnQuery, UseOutcome, admit_child, collect_consent_page, collect_page,
+    commit_party_txn, consent_changeable, consent_open, mark_revoked, party_reason,
+    party_txn_revocations, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -14,7 +16,8 @@ use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, PartyDisable, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ConsentError, ConsentId, ConsentRequest, Decision, Event, EventId, PartyDisable,
+    TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 #[derive(Default)]
@@ -43,6 +46,19 @@ struct State {
     event_log: BTreeSet<(EventId, TxnId)>,
     /// Mirrors `parties`: disabled parties.
     parties: BTreeMap<String, PartyDisable>,
+    /// Mirrors `consents`: consent requests by id.
+    consents: BTreeMap<ConsentId, ConsentRequest>,
+    /// Mirrors `consent_keys`: the newest request under each action key.
+    consent_keys: BTreeMap<[u8; 32], ConsentId>,
+    /// Mirrors `consent_open`: (expires_at, id) of each request that may still change.
+    consent_open: BTreeSet<(UnixMillis, ConsentId)>,
+    /// Mirrors `consent_txns`: (txn, id) of every request.
+    consent_txns: BTreeSet<(TxnId, ConsentId)>,
+}
+
+/// The bounds of one transaction's entries in `consent_txns`.
+fn consent_txn_range(txn: TxnId) -> std::ops::RangeInclusive<(TxnId, ConsentId)> {
+    (txn, ConsentId([0; 16]))..=(txn, ConsentId([0xff; 16]))
 }
 
 impl State {
@@ -261,11 +277,15 @@ impl State {
             + self.subject_txns.len()
             + self.party_txns.len()
             + self.txn_parties.len();
+        let consent_index =
+            self.consent_keys.len() + self.consent_open.len() + self.consent_txns.len();
         StoreStats {
             tokens: self.tokens.len() as u64,
             index_entries: index as u64,
             txn_index_entries: txn_index as u64,
             events: self.events.len() as u64,
+            consents: self.consents.len() as u64,
+            consent_index_entries: consent_index as u64,
         }
     }
 
@@ -374,6 +394,178 @@ impl State {
             self.put_revocation(states, event);
             Ok(())
         })
+    }
+
+    fn insert_consent(
+        &mut self,
+        request: ConsentRequest,
+        event: Event,
+    ) -> Result<ConsentInsert, StoreError> {
+        // Refused over the same bound as the durable store's encoding.
+        crate::codec::encode_consent(&request)?;
+        if self.consents.contains_key(&request.id) {
+            return Err(StoreError::Conflict);
+        }
+        let now = request.created_at;
+        if let Some(existing) = self
+            .consent_keys
+            .get(&request.key)
+            .and_then(|id| self.consents.get(id))
+            && consent_open(existing, now)
+        {
+            return Ok(ConsentInsert::Existing(Box::new(existing.clone())));
+        }
+        let open = self
+            .consent_txns
+            .range(consent_txn_range(request.txn))
+            .filter(|(_, id)| self.consents.get(id).is_some_and(|r| consent_open(r, now)))
+            .take(MAX_OPEN_CONSENTS_PER_TXN)
+            .count();
+        if open >= MAX_OPEN_CONSENTS_PER_TXN {
+            return Err(StoreError::TooManyConsents {
+                limit: MAX_OPEN_CONSENTS_PER_TXN,
+            });
+        }
+        self.consent_keys.insert(request.key, request.id);
+        self.consent_txns.insert((request.txn, request.id));
+        self.put_consent(request);
+        self.append(event);
+        Ok(ConsentInsert::Inserted)
+    }
+
+    /// Stores a request's new state; one that can no longer change leaves the open index.
+    fn put_consent(&mut self, request: ConsentRequest) {
+        let entry = (request.expires_at, request.id);
+        if consent_changeable(&request) {
+            self.consent_open.insert(entry);
+        } else {
+            self.consent_open.remove(&entry);
+        }
+        self.consents.insert(request.id, request);
+    }
+
+    fn decide_consent(
+        &mut self,
+        id: ConsentId,
+        decision: Decision,
+        event: Event,
+    ) -> Result<ConsentRequest, StoreError> {
+        let mut request = self
+            .consents
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
+        request.decide(decision)?;
+        self.put_consent(request.clone());
+        self.append(event);
+        Ok(request)
+    }
+
+    fn redeem_consent(
+        &mut self,
+        id: ConsentId,
+        by: &str,
+        child: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> Result<ConsentRequest, StoreError> {
+        let mut request = self
+            .consents
+            .get(&id)
+            .cloned()
+            .ok_or(StoreError::NotFound)?;
+        let token = child.parent.ok_or(ConsentError::WrongToken(id))?;
+        request.redeem(by, token, child.token_id, child.issued_at)?;
+        // Checks everything before it changes anything: on an error nothing is written.
+        self.insert_child(child, max_children, event)?;
+        self.put_consent(request.clone());
+        Ok(request)
+    }
+
+    fn expire_consents(
+        &mut self,
+        now: UnixMillis,
+        max: usize,
+        by: &Actor,
+        events: &dyn EventIssuer,
+    ) -> (usize, bool) {
+        let due: Vec<(UnixMillis, ConsentId)> = self
+            .consent_open
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(max)
+            .copied()
+            .collect();
+        let mut expired = 0;
+        for entry in due {
+            self.consent_open.remove(&entry);
+            let Some(before) = self.consents.get(&entry.1).cloned() else {
+                continue;
+            };
+            let mut request = before.clone();
+            if request.expire(now) {
+                let event = Event::consent_expired(events.issue(), &before, by);
+                self.put_consent(request);
+                self.append(event.clone());
+                events.stored(event);
+                expired += 1;
+            }
+        }
+        let more = self.consent_open.first().is_some_and(|(at, _)| *at <= now);
+        (expired, more)
+    }
+
+    fn purge_consents(&mut self, cutoff: UnixMillis, max: usize) -> PurgeStats {
+        let mut due = self
+            .consents
+            .values()
+            .take_while(|r| r.id.created_at() < cutoff)
+            .filter(|r| !consent_changeable(r))
+            .map(|r| r.id);
+        let ids: Vec<ConsentId> = due.by_ref().take(max).collect();
+        let more = due.next().is_some();
+        for id in &ids {
+            let Some(r) = self.consents.remove(id) else {
+                continue;
+            };
+            self.consent_txns.remove(&(r.txn, r.id));
+            self.consent_open.remove(&(r.expires_at, r.id));
+            if self.consent_keys.get(&r.key) == Some(&r.id) {
+                self.consent_keys.remove(&r.key);
+            }
+        }
+        PurgeStats {
+            tokens: ids.len(),
+            more,
+        }
+    }
+
+    fn list_consents(&self, query: &ConsentQuery) -> Result<ConsentPage, StoreError> {
+        let hi = query.before.map_or(Bound::Unbounded, Bound::Excluded);
+        let request = |id: &ConsentId| Ok((*id, self.consents.get(id).cloned()));
+        match query.txn {
+            Some(txn) => {
+                let lo = Bound::Included((txn, ConsentId([0; 16])));
+                let hi = match hi {
+                    Bound::Excluded(id) => Bound::Excluded((txn, id)),
+                    _ => Bound::Included((txn, ConsentId([0xff; 16]))),
+                };
+                collect_consent_page(
+                    query,
+                    self.consent_txns
+                        .range((lo, hi))
+                        .rev()
+                        .map(|(_, id)| request(id)),
+                )
+            }
+            None => collect_consent_page(
+                query,
+                self.consents
+                    .range((Bound::Unbounded, hi))
+                    .rev()
+                    .map(|(id, _)| request(id)),
+            ),
+        }
     }
 
     fn consume_use(&mut self, id: TokenId, event: Option<Event>) -> UseOutcome {
@@ -644,104 +836,90 @@ impl TokenStore for MemoryStore {
         async move { Ok(store.lock().purge_events(cutoff, max_events)) }
     }
 
-    // Placeholders until the consent storage lands (issue 12, store part).
     fn insert_consent(
         &self,
-        _request: writ_core::ConsentRequest,
-        _event: Event,
-    ) -> impl Future<Output = Result<crate::ConsentInsert, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        request: ConsentRequest,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
+        let store = self.clone();
+        async move { store.lock().insert_consent(request, event) }
     }
 
     fn consent(
         &self,
-        _id: writ_core::ConsentId,
-    ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        id: ConsentId,
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        let store = self.clone();
+        async move { Ok(store.lock().consents.get(&id).cloned()) }
     }
 
     fn consent_by_key(
         &self,
-        _key: [u8; 32],
-    ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let state = store.lock();
+            Ok(state
+                .consent_keys
+                .get(&key)
+                .and_then(|id| state.consents.get(id))
+                .cloned())
         }
     }
 
     fn decide_consent(
         &self,
-        _id: writ_core::ConsentId,
-        _decision: writ_core::Decision,
-        _event: Event,
-    ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        id: ConsentId,
+        decision: Decision,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let store = self.clone();
+        async move { store.lock().decide_consent(id, decision, event) }
     }
 
     fn redeem_consent(
         &self,
-        _id: writ_core::ConsentId,
-        _by: String,
-        _child: TokenRecord,
-        _max_children: u32,
-        _event: Event,
-    ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
+        id: ConsentId,
+        by: String,
+        child: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            store
+                .lock()
+                .redeem_consent(id, &by, child, max_children, event)
         }
     }
 
     fn expire_consents(
         &self,
-        _now: UnixMillis,
-        _max: usize,
-        _by: writ_core::Actor,
-        _events: std::sync::Arc<dyn crate::EventIssuer>,
+        now: UnixMillis,
+        max: usize,
+        by: Actor,
+        events: Arc<dyn EventIssuer>,
     ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        let store = self.clone();
+        async move { Ok(store.lock().expire_consents(now, max, &by, &*events)) }
     }
 
     fn purge_consents(
         &self,
-        _cutoff: UnixMillis,
-        _max: usize,
+        cutoff: UnixMillis,
+        max: usize,
     ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        let store = self.clone();
+        async move { Ok(store.lock().purge_consents(cutoff, max)) }
     }
 
     fn list_consents(
         &self,
-        _query: crate::ConsentQuery,
-    ) -> impl Future<Output = Result<crate::ConsentPage, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        query: ConsentQuery,
+    ) -> impl Future<Output = Result<ConsentPage, StoreError>> + Send {
+        let store = self.clone();
+        async move { store.lock().list_consents(&query) }
     }
 }
 

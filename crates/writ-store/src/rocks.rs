@@ -32,14 +32,24 @@
 //! the deleted keys comes back through RocksDB's background compaction, or at once
 //! through [`RocksStore::compact_all`].
 //!
+//! Consent requests (`consents` and its three indexes, see `keys`) change under their
+//! transaction's lock too, each change in one `WriteBatch` with its audit event. Redeeming
+//! one writes the child token exactly as `insert_child` does (`stage_child`), the
+//! request as redeemed and the event, in one synced batch. The expiry sweep walks the
+//! `consent_open` index in expiry order and marks each request under its transaction's
+//! lock, one write (with its event) each; the consent purge walks `consents` oldest first
+//! and, like the token purge, deletes group by lock stripe.
+//!
 //! Durability rests on the write-ahead log, which is never disabled: an acknowledged
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
 //! the WAL on the next open.
 
 use crate::api::{
-    EventIssuer, PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError,
-    StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_page,
-    commit_party_txn, mark_revoked, party_reason, party_txn_revocations, txn_range,
+    ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, MAX_OPEN_CONSENTS_PER_TXN, MAX_TXN_SCAN,
+    PARTY_PAGE, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,
+    TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome, admit_child, collect_consent_page,
+    collect_page, commit_party_txn, consent_changeable, consent_open, mark_revoked, party_reason,
+    party_txn_revocations, txn_range,
 };
 use crate::{codec, keys};
 use rocksdb::{
@@ -58,7 +68,8 @@ use tokio::sync::Mutex as AsyncMutex;
 use tokio::task::{JoinError, JoinSet};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, Event, EventId, PartyDisable, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ConsentError, ConsentId, ConsentRequest, Decision, Event, EventId, PartyDisable,
+    TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// When an insert is acknowledged relative to the disk.
@@ -149,6 +160,14 @@ impl Inner {
     fn lock_id(&self, id: TokenId) -> MutexGuard<'_, ()> {
         // Token ids are hash output, so their first byte spreads them evenly over stripes.
         let stripe = usize::from(id.0[0]) % self.insert_locks.len();
+        self.insert_locks[stripe]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_consent_id(&self, id: ConsentId) -> MutexGuard<'_, ()> {
+        // A consent id's first bytes are its creation time; its last are random.
+        let stripe = usize::from(id.0[15]) % self.insert_locks.len();
         self.insert_locks[stripe]
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -253,6 +272,12 @@ impl RocksStore {
             ColumnFamilyDescriptor::new(keys::CF_EVENT_LOG, Options::default()),
             // Created empty in a store from before it existed (no schema change).
             ColumnFamilyDescriptor::new(keys::CF_PARTIES, Options::default()),
+            // The consent families too (no prefix extractor: listings scan them backwards
+            // between explicit bounds).
+            ColumnFamilyDescriptor::new(keys::CF_CONSENTS, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_CONSENT_KEYS, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_CONSENT_OPEN, Options::default()),
+            ColumnFamilyDescriptor::new(keys::CF_CONSENT_TXNS, Options::default()),
             ColumnFamilyDescriptor::new(keys::CF_META, Options::default()),
         ];
         let db = DB::open_cf_descriptors(&db_opts, path, cfs).map_err(backend)?;
@@ -635,17 +660,36 @@ fn insert_child_blocking(
     max_children: u32,
     event: &Event,
 ) -> Result<(), StoreError> {
-    let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
     let mut batch = WriteBatch::default();
-    put_record(inner, &mut batch, record)?;
-    index_txn(&inner.db, &mut batch, record)?;
     put_event(&inner.db, &mut batch, event)?;
+    let _id_guard = stage_child(inner, &mut batch, record, max_children)?;
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)
+}
+
+/// Adds a child token to `batch` as [`TokenStore::insert_child`] stores it, after its
+/// checks (the id is free, the parent exists in the transaction, [`admit_child`]): the
+/// record and its indexes, the parent→child link, the parent's new state and the
+/// transaction's count. The one way a child is written (`insert_child` and
+/// `redeem_consent`). Under the transaction's lock; returns the id's guard, to be held
+/// until `batch` is written.
+fn stage_child<'a>(
+    inner: &'a Inner,
+    batch: &mut WriteBatch,
+    record: &TokenRecord,
+    max_children: u32,
+) -> Result<MutexGuard<'a, ()>, StoreError> {
+    let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
+    put_record(inner, batch, record)?;
+    index_txn(&inner.db, batch, record)?;
     batch.put_cf(
         cf(&inner.db, keys::CF_CHILDREN)?,
         keys::child_key(parent_id, record.token_id),
         keys::EMPTY_VALUE,
     );
-    let _id_guard = inner.lock_id(record.token_id);
+    let id_guard = inner.lock_id(record.token_id);
     if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
     }
@@ -677,15 +721,12 @@ fn insert_child_blocking(
         .len(),
     };
     admit_child(&parent, &mut pstate, record, max_children, held)?;
-    put_state(inner, &mut batch, parent_id, &pstate)?;
+    put_state(inner, batch, parent_id, &pstate)?;
     if let Some((root, _)) = entry {
         let held = u32::try_from(held + 1).unwrap_or(u32::MAX);
         batch.put_cf(txns, record.txn.0, keys::txn_value(root, held));
     }
-    inner
-        .db
-        .write_opt(batch, &inner.write_opts())
-        .map_err(backend)
+    Ok(id_guard)
 }
 
 /// Ids of the children of `parent`, from the `children` index.
@@ -1290,11 +1331,21 @@ fn stats_blocking(inner: &Inner) -> Result<StoreStats, StoreError> {
     ] {
         txn_index_entries += count_keys(inner, name)?;
     }
+    let mut consent_index_entries = 0;
+    for name in [
+        keys::CF_CONSENT_KEYS,
+        keys::CF_CONSENT_OPEN,
+        keys::CF_CONSENT_TXNS,
+    ] {
+        consent_index_entries += count_keys(inner, name)?;
+    }
     Ok(StoreStats {
         tokens: count_keys(inner, keys::CF_TOKENS)?,
         index_entries,
         txn_index_entries,
         events: count_keys(inner, keys::CF_EVENTS)?,
+        consents: count_keys(inner, keys::CF_CONSENTS)?,
+        consent_index_entries,
     })
 }
 
@@ -1451,6 +1502,447 @@ fn purge_events_blocking(
         tokens: purged,
         more,
     })
+}
+
+/// Write options that sync the WAL whatever the store's durability: for decisions and
+/// redemptions, which the user or the agent acts on at once.
+fn synced() -> WriteOptions {
+    let mut opts = WriteOptions::default();
+    opts.set_sync(true);
+    opts
+}
+
+fn read_consent(inner: &Inner, id: ConsentId) -> Result<Option<ConsentRequest>, StoreError> {
+    let db = &inner.db;
+    match db
+        .get_pinned_cf(cf(db, keys::CF_CONSENTS)?, keys::consent_key(id))
+        .map_err(backend)?
+    {
+        Some(value) => codec::decode_consent(&value).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn consent_by_key_blocking(
+    inner: &Inner,
+    key: &[u8; 32],
+) -> Result<Option<ConsentRequest>, StoreError> {
+    let db = &inner.db;
+    let Some(id) = db
+        .get_pinned_cf(
+            cf(db, keys::CF_CONSENT_KEYS)?,
+            keys::consent_action_key(key),
+        )
+        .map_err(backend)?
+    else {
+        return Ok(None);
+    };
+    let id = keys::consent_id_of(&id).ok_or_else(|| corrupt("consent_keys value"))?;
+    read_consent(inner, id)
+}
+
+/// A request as it now stands, added to `batch`: its record, its `consent_txns` entry
+/// (open until its expiry, or closed) and its `consent_open` entry (kept while it can
+/// still change, deleted once it cannot).
+fn put_consent(
+    inner: &Inner,
+    batch: &mut WriteBatch,
+    request: &ConsentRequest,
+) -> Result<(), StoreError> {
+    let db = &inner.db;
+    batch.put_cf(
+        cf(db, keys::CF_CONSENTS)?,
+        keys::consent_key(request.id),
+        codec::encode_consent(request)?,
+    );
+    let changeable = consent_changeable(request);
+    batch.put_cf(
+        cf(db, keys::CF_CONSENT_TXNS)?,
+        keys::consent_txn_key(request.txn, request.id),
+        keys::consent_txn_value(changeable.then_some(request.expires_at)),
+    );
+    let open = cf(db, keys::CF_CONSENT_OPEN)?;
+    let key = keys::consent_open_key(request.expires_at, request.id);
+    if changeable {
+        batch.put_cf(open, key, keys::EMPTY_VALUE);
+    } else {
+        batch.delete_cf(open, key);
+    }
+    Ok(())
+}
+
+/// Read options bounding a scan to one transaction's `consent_txns` entries, below
+/// `before` when given.
+fn consent_txn_bounds(txn: TxnId, before: Option<ConsentId>) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_iterate_lower_bound(keys::txn_prefix(txn).to_vec());
+    opts.set_iterate_upper_bound(match before {
+        Some(b) => keys::consent_txn_key(txn, b).to_vec(),
+        // Just past every key of the transaction.
+        None => [&keys::txn_prefix(txn)[..], &[0xff; 17]].concat(),
+    });
+    opts
+}
+
+/// How many of `txn`'s requests are open at `now`, counting up to `limit`: from the
+/// `consent_txns` values alone.
+fn open_consents_of(
+    inner: &Inner,
+    txn: TxnId,
+    now: UnixMillis,
+    limit: usize,
+) -> Result<usize, StoreError> {
+    let db = &inner.db;
+    let iter = db.iterator_cf_opt(
+        cf(db, keys::CF_CONSENT_TXNS)?,
+        consent_txn_bounds(txn, None),
+        IteratorMode::Start,
+    );
+    let mut open = 0;
+    for item in iter {
+        let (key, value) = item.map_err(backend)?;
+        let until = keys::of_consent_txn_value(&value)
+            .ok_or_else(|| corrupt(format!("consent_txns value of {} bytes", value.len())))?;
+        if key.len() == 2 * keys::TXN_PREFIX_LEN && until.is_some_and(|at| now < at) {
+            open += 1;
+            if open >= limit {
+                break;
+            }
+        }
+    }
+    Ok(open)
+}
+
+/// Under the transaction's lock ([`RocksStore::locked`]).
+fn insert_consent_blocking(
+    inner: &Inner,
+    request: &ConsentRequest,
+    event: &Event,
+) -> Result<ConsentInsert, StoreError> {
+    let db = &inner.db;
+    let mut batch = WriteBatch::default();
+    put_consent(inner, &mut batch, request)?;
+    batch.put_cf(
+        cf(db, keys::CF_CONSENT_KEYS)?,
+        keys::consent_action_key(&request.key),
+        keys::consent_key(request.id),
+    );
+    put_event(db, &mut batch, event)?;
+    let _id_guard = inner.lock_consent_id(request.id);
+    if read_consent(inner, request.id)?.is_some() {
+        return Err(StoreError::Conflict);
+    }
+    let now = request.created_at;
+    if let Some(existing) = consent_by_key_blocking(inner, &request.key)?
+        && consent_open(&existing, now)
+    {
+        return Ok(ConsentInsert::Existing(Box::new(existing)));
+    }
+    if open_consents_of(inner, request.txn, now, MAX_OPEN_CONSENTS_PER_TXN)?
+        >= MAX_OPEN_CONSENTS_PER_TXN
+    {
+        return Err(StoreError::TooManyConsents {
+            limit: MAX_OPEN_CONSENTS_PER_TXN,
+        });
+    }
+    db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
+    Ok(ConsentInsert::Inserted)
+}
+
+/// Under the transaction's lock ([`RocksStore::locked`]).
+fn decide_consent_blocking(
+    inner: &Inner,
+    id: ConsentId,
+    decision: Decision,
+    event: &Event,
+) -> Result<ConsentRequest, StoreError> {
+    // Read again under the lock: the purge may have taken it, another decision decided it.
+    let mut request = read_consent(inner, id)?.ok_or(StoreError::NotFound)?;
+    request.decide(decision)?;
+    let mut batch = WriteBatch::default();
+    put_consent(inner, &mut batch, &request)?;
+    put_event(&inner.db, &mut batch, event)?;
+    inner.db.write_opt(batch, &synced()).map_err(backend)?;
+    Ok(request)
+}
+
+/// Under the transaction's lock ([`RocksStore::locked`]): the consent rule, then the
+/// child's ([`stage_child`]), then one synced write of the child, the request and the event.
+fn redeem_consent_blocking(
+    inner: &Inner,
+    id: ConsentId,
+    by: &str,
+    child: &TokenRecord,
+    max_children: u32,
+    event: &Event,
+) -> Result<ConsentRequest, StoreError> {
+    let mut request = read_consent(inner, id)?.ok_or(StoreError::NotFound)?;
+    let token = child.parent.ok_or(ConsentError::WrongToken(id))?;
+    request.redeem(by, token, child.token_id, child.issued_at)?;
+    let mut batch = WriteBatch::default();
+    put_consent(inner, &mut batch, &request)?;
+    put_event(&inner.db, &mut batch, event)?;
+    let _id_guard = stage_child(inner, &mut batch, child, max_children)?;
+    inner.db.write_opt(batch, &synced()).map_err(backend)?;
+    Ok(request)
+}
+
+/// Requests per page of the expiry sweep and of the consent purge.
+const CONSENT_PAGE: usize = 256;
+
+/// A `consent_open` entry due at the sweep: its key, its request's id, and the request's
+/// transaction (`None` when the request is gone).
+type DueConsent = (Box<[u8]>, ConsentId, Option<TxnId>);
+
+/// Up to `limit` entries of `consent_open` with `expires_at <= now`, in expiry order,
+/// starting at `from` when given.
+fn consents_due(
+    inner: &Inner,
+    from: Option<&[u8]>,
+    now: UnixMillis,
+    limit: usize,
+) -> Result<Vec<DueConsent>, StoreError> {
+    let db = &inner.db;
+    let mut read_opts = ReadOptions::default();
+    // Every key with expires_at <= now sorts before now + 1 alone.
+    read_opts.set_iterate_upper_bound(now.0.saturating_add(1).to_be_bytes().to_vec());
+    if let Some(from) = from {
+        read_opts.set_iterate_lower_bound(from.to_vec());
+    }
+    let iter = db.iterator_cf_opt(
+        cf(db, keys::CF_CONSENT_OPEN)?,
+        read_opts,
+        IteratorMode::Start,
+    );
+    let mut out = Vec::new();
+    for item in iter.take(limit) {
+        let (key, _) = item.map_err(backend)?;
+        let id = keys::consent_id_of_open_key(&key)
+            .ok_or_else(|| corrupt(format!("consent_open key of {} bytes", key.len())))?;
+        let txn = read_consent(inner, id)?.map(|r| r.txn);
+        out.push((key, id, txn));
+    }
+    Ok(out)
+}
+
+/// Marks one request expired with its event, under its transaction's lock
+/// ([`RocksStore::locked`]). The event id is issued just before the write and reported
+/// stored or abandoned right after. `false` when there was nothing to mark (decided,
+/// redeemed or marked since the sweep read the index): a stale entry is dropped.
+fn expire_consent_blocking(
+    inner: &Inner,
+    open_key: &[u8],
+    id: ConsentId,
+    now: UnixMillis,
+    by: &Actor,
+    events: &dyn EventIssuer,
+) -> Result<bool, StoreError> {
+    let db = &inner.db;
+    let Some(before) = read_consent(inner, id)? else {
+        db.delete_cf_opt(
+            cf(db, keys::CF_CONSENT_OPEN)?,
+            open_key,
+            &inner.write_opts(),
+        )
+        .map_err(backend)?;
+        return Ok(false);
+    };
+    let mut request = before.clone();
+    if !request.expire(now) {
+        if !consent_changeable(&request) {
+            db.delete_cf_opt(
+                cf(db, keys::CF_CONSENT_OPEN)?,
+                open_key,
+                &inner.write_opts(),
+            )
+            .map_err(backend)?;
+        }
+        return Ok(false);
+    }
+    let mut batch = WriteBatch::default();
+    put_consent(inner, &mut batch, &request)?;
+    let event_id = events.issue();
+    let event = Event::consent_expired(event_id, &before, by);
+    let written = put_event(db, &mut batch, &event)
+        .and_then(|()| db.write_opt(batch, &inner.write_opts()).map_err(backend));
+    match written {
+        Ok(()) => {
+            events.stored(event);
+            Ok(true)
+        }
+        Err(e) => {
+            events.abandoned(event_id);
+            Err(e)
+        }
+    }
+}
+
+/// What one pass of the consent purge found: the requests to delete, where to resume,
+/// how many it examined, and whether it reached the cutoff.
+struct PurgeScan {
+    found: Vec<ConsentRequest>,
+    resume: Option<Vec<u8>>,
+    examined: usize,
+    at_end: bool,
+}
+
+/// Up to `want` requests created before `bound` (a `consents` key) that can no longer
+/// change, oldest first from `from`, examining at most `budget` requests.
+fn consents_to_purge(
+    inner: &Inner,
+    from: Option<&[u8]>,
+    bound: &[u8],
+    want: usize,
+    budget: usize,
+) -> Result<PurgeScan, StoreError> {
+    let db = &inner.db;
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_iterate_upper_bound(bound.to_vec());
+    if let Some(from) = from {
+        read_opts.set_iterate_lower_bound(from.to_vec());
+    }
+    let mut scan = PurgeScan {
+        found: Vec::new(),
+        resume: from.map(<[u8]>::to_vec),
+        examined: 0,
+        at_end: true,
+    };
+    if want == 0 || budget == 0 {
+        scan.at_end = false;
+        return Ok(scan);
+    }
+    for item in db.iterator_cf_opt(cf(db, keys::CF_CONSENTS)?, read_opts, IteratorMode::Start) {
+        let (key, value) = item.map_err(backend)?;
+        scan.examined += 1;
+        scan.resume = Some(after(&key));
+        let request = codec::decode_consent(&value)?;
+        if !consent_changeable(&request) {
+            scan.found.push(request);
+        }
+        if scan.found.len() >= want || scan.examined >= budget {
+            scan.at_end = false;
+            break;
+        }
+    }
+    Ok(scan)
+}
+
+/// Deletes closed requests with every index entry of theirs, grouped by lock stripe as
+/// [`purge_batch`] does; a `consent_keys` entry goes only while it names the request
+/// (read under the lock: a newer request under the key keeps its entry).
+fn delete_consents(inner: &Inner, requests: Vec<ConsentRequest>) -> Result<(), StoreError> {
+    let db = &inner.db;
+    let (consents, by_key, open, by_txn) = (
+        cf(db, keys::CF_CONSENTS)?,
+        cf(db, keys::CF_CONSENT_KEYS)?,
+        cf(db, keys::CF_CONSENT_OPEN)?,
+        cf(db, keys::CF_CONSENT_TXNS)?,
+    );
+    let mut groups: BTreeMap<usize, Vec<ConsentRequest>> = BTreeMap::new();
+    for r in requests {
+        groups.entry(inner.txn_stripe(r.txn)).or_default().push(r);
+    }
+    for (stripe, group) in groups {
+        let _stripe = inner.txn_locks[stripe].blocking_lock();
+        let mut batch = WriteBatch::default();
+        for r in group {
+            batch.delete_cf(consents, keys::consent_key(r.id));
+            batch.delete_cf(by_txn, keys::consent_txn_key(r.txn, r.id));
+            batch.delete_cf(open, keys::consent_open_key(r.expires_at, r.id));
+            let current = db
+                .get_pinned_cf(by_key, keys::consent_action_key(&r.key))
+                .map_err(backend)?;
+            if current.is_some_and(|v| keys::consent_id_of(&v) == Some(r.id)) {
+                batch.delete_cf(by_key, keys::consent_action_key(&r.key));
+            }
+        }
+        db.write_opt(batch, &WriteOptions::default())
+            .map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// Deletes up to `max` closed requests created before `cutoff`, oldest first, examining at
+/// most [`MAX_TXN_SCAN`] requests per call (requests that can still change are skipped,
+/// and are few: each is open minutes). `more` says whether a deletable request was seen
+/// past `max`; when the scan budget ends the call, whether it deleted anything (so a
+/// caller looping on `more` never spins on requests it cannot delete).
+fn purge_consents_blocking(
+    inner: &Inner,
+    cutoff: UnixMillis,
+    max: usize,
+) -> Result<PurgeStats, StoreError> {
+    let bound = keys::consent_key(ConsentId::new(cutoff, [0; 8]));
+    let (mut purged, mut budget) = (0, MAX_TXN_SCAN);
+    let mut from: Option<Vec<u8>> = None;
+    let more = loop {
+        let want = CONSENT_PAGE.min(max - purged);
+        if want == 0 {
+            // Is there more? One more deletable request within the budget says so.
+            let probe = consents_to_purge(inner, from.as_deref(), &bound, 1, budget)?;
+            break !probe.found.is_empty() || (probe.examined >= budget && purged > 0);
+        }
+        let scan = consents_to_purge(inner, from.as_deref(), &bound, want, budget)?;
+        budget -= scan.examined;
+        let n = scan.found.len();
+        if n > 0 {
+            delete_consents(inner, scan.found)?;
+        }
+        purged += n;
+        from = scan.resume;
+        if scan.at_end {
+            break false;
+        }
+        if budget == 0 {
+            break purged > 0;
+        }
+    };
+    if purged > 0 && inner.durability == Durability::Sync {
+        inner.db.flush_wal(true).map_err(backend)?;
+    }
+    if purged >= COMPACT_AFTER {
+        compact_below(inner, keys::CF_CONSENTS, &bound)?;
+    }
+    Ok(PurgeStats {
+        tokens: purged,
+        more,
+    })
+}
+
+/// Requests for a query: `consent_txns` backwards for a transaction, else `consents`
+/// backwards, below the cursor.
+fn list_consents_blocking(inner: &Inner, query: &ConsentQuery) -> Result<ConsentPage, StoreError> {
+    let db = &inner.db;
+    match query.txn {
+        Some(txn) => {
+            let iter = db.iterator_cf_opt(
+                cf(db, keys::CF_CONSENT_TXNS)?,
+                consent_txn_bounds(txn, query.before),
+                IteratorMode::End,
+            );
+            let candidates = iter.map(|item| {
+                let (key, _) = item.map_err(backend)?;
+                let id = keys::consent_id_of_txn_key(&key)
+                    .ok_or_else(|| corrupt(format!("consent_txns key of {} bytes", key.len())))?;
+                Ok((id, read_consent(inner, id)?))
+            });
+            collect_consent_page(query, candidates)
+        }
+        None => {
+            let mut read_opts = ReadOptions::default();
+            if let Some(before) = query.before {
+                read_opts.set_iterate_upper_bound(keys::consent_key(before).to_vec());
+            }
+            let iter = db.iterator_cf_opt(cf(db, keys::CF_CONSENTS)?, read_opts, IteratorMode::End);
+            let candidates = iter.map(|item| {
+                let (key, value) = item.map_err(backend)?;
+                let id = keys::consent_id_of(&key)
+                    .ok_or_else(|| corrupt(format!("consents key of {} bytes", key.len())))?;
+                Ok((id, Some(codec::decode_consent(&value)?)))
+            });
+            collect_consent_page(query, candidates)
+        }
+    }
 }
 
 impl RocksStore {
@@ -1696,104 +2188,130 @@ impl TokenStore for RocksStore {
         self.blocking(move |inner| purge_events_blocking(inner, cutoff, max_events))
     }
 
-    // Placeholders until the consent storage lands (issue 12, store part).
     fn insert_consent(
         &self,
-        _request: writ_core::ConsentRequest,
-        _event: Event,
-    ) -> impl Future<Output = Result<crate::ConsentInsert, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        request: ConsentRequest,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
+        let txn = request.txn;
+        self.locked(txn, move |inner| {
+            insert_consent_blocking(inner, &request, &event)
+        })
     }
 
     fn consent(
         &self,
-        _id: writ_core::ConsentId,
-    ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        id: ConsentId,
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        self.blocking(move |inner| read_consent(inner, id))
     }
 
     fn consent_by_key(
         &self,
-        _key: [u8; 32],
-    ) -> impl Future<Output = Result<Option<writ_core::ConsentRequest>, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        self.blocking(move |inner| consent_by_key_blocking(inner, &key))
     }
 
     fn decide_consent(
         &self,
-        _id: writ_core::ConsentId,
-        _decision: writ_core::Decision,
-        _event: Event,
-    ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
+        id: ConsentId,
+        decision: Decision,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            // The transaction (which never changes) before the lock; re-read under it.
+            let request = store.blocking(move |inner| read_consent(inner, id)).await?;
+            let txn = request.ok_or(StoreError::NotFound)?.txn;
+            store
+                .locked(txn, move |inner| {
+                    decide_consent_blocking(inner, id, decision, &event)
+                })
+                .await
         }
     }
 
     fn redeem_consent(
         &self,
-        _id: writ_core::ConsentId,
-        _by: String,
-        _child: TokenRecord,
-        _max_children: u32,
-        _event: Event,
-    ) -> impl Future<Output = Result<writ_core::ConsentRequest, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
+        id: ConsentId,
+        by: String,
+        child: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let store = self.clone();
+        async move {
+            let request = store.blocking(move |inner| read_consent(inner, id)).await?;
+            let txn = request.ok_or(StoreError::NotFound)?.txn;
+            store
+                .locked(txn, move |inner| {
+                    redeem_consent_blocking(inner, id, &by, &child, max_children, &event)
+                })
+                .await
         }
     }
 
+    /// Pages through `consent_open` in expiry order, marking each request under its own
+    /// transaction's lock.
     fn expire_consents(
         &self,
-        _now: UnixMillis,
-        _max: usize,
-        _by: writ_core::Actor,
-        _events: std::sync::Arc<dyn crate::EventIssuer>,
+        now: UnixMillis,
+        max: usize,
+        by: Actor,
+        events: Arc<dyn EventIssuer>,
     ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
+        let store = self.clone();
+        async move {
+            let by = Arc::new(by);
+            let (mut expired, mut examined) = (0, 0);
+            let mut from: Option<Vec<u8>> = None;
+            while examined < max {
+                let limit = CONSENT_PAGE.min(max - examined);
+                let start = from.clone();
+                let page = store
+                    .blocking(move |inner| consents_due(inner, start.as_deref(), now, limit))
+                    .await?;
+                let Some((last, _, _)) = page.last() else {
+                    break;
+                };
+                from = Some(after(last));
+                examined += page.len();
+                for (key, id, txn) in page {
+                    let (by, events) = (by.clone(), events.clone());
+                    let expire = move |inner: &Inner| {
+                        expire_consent_blocking(inner, &key, id, now, &by, &*events)
+                    };
+                    let done = match txn {
+                        Some(txn) => store.locked(txn, expire).await?,
+                        // The request is gone: the entry is all there is, no lock needed.
+                        None => store.blocking(expire).await?,
+                    };
+                    expired += usize::from(done);
+                }
+            }
+            let more = store
+                .blocking(
+                    move |inner| Ok(!consents_due(inner, from.as_deref(), now, 1)?.is_empty()),
+                )
+                .await?;
+            Ok((expired, more))
         }
     }
 
     fn purge_consents(
         &self,
-        _cutoff: UnixMillis,
-        _max: usize,
+        cutoff: UnixMillis,
+        max: usize,
     ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        self.blocking(move |inner| purge_consents_blocking(inner, cutoff, max))
     }
 
     fn list_consents(
         &self,
-        _query: crate::ConsentQuery,
-    ) -> impl Future<Output = Result<crate::ConsentPage, StoreError>> + Send {
-        async {
-            Err(StoreError::Backend(
-                "consent storage not implemented".into(),
-            ))
-        }
+        query: ConsentQuery,
+    ) -> impl Future<Output = Result<ConsentPage, StoreError>> + Send {
+        self.blocking(move |inner| list_consents_blocking(inner, &query))
     }
 }
 
@@ -2686,6 +3204,7 @@ mod tests {
                 index_entries: 2,
                 txn_index_entries: 6,
                 events: u64::from(2 * TXNS + 1),
+                ..StoreStats::default()
             }
         );
         for i in 0..TXNS {
@@ -2845,6 +3364,152 @@ mod tests {
                 .len(),
             1
         );
+    }
+
+    /// Requests, their states and every index survive closing and reopening; refusals and
+    /// an identical request write nothing.
+    #[tokio::test]
+    async fn consents_survive_close_and_reopen() {
+        use crate::api::{ConsentInsert, ConsentQuery};
+        use crate::conformance::{ConsentShorthand, consent_request};
+        let dir = TempDir::new().unwrap();
+        let t = txn(87_000);
+        let token = tid(87_000);
+        let (pending, approved, redeemed) = (
+            consent_request(t, token, 1, 5_000),
+            consent_request(t, token, 2, 5_001),
+            consent_request(t, token, 3, 5_002),
+        );
+        let decision = |approved: bool| writ_core::Decision {
+            approved,
+            at: UnixMillis(6_000),
+            by: "app:wallet".into(),
+            auth: None,
+            channel: writ_core::Channel::PageLink,
+            subject: "user:alice".into(),
+        };
+        let child = {
+            let mut c = record(t, tid(87_001), Some(token));
+            c.issued_at = UnixMillis(6_001);
+            c.grant.max_uses = Some(1);
+            c
+        };
+        let before = {
+            let store = open(&dir, Durability::Buffered);
+            store.put(record(t, token, None)).await.unwrap();
+            for r in [&pending, &approved, &redeemed] {
+                store.ask(r.clone()).await.unwrap();
+            }
+            store.decide(&approved, decision(true)).await.unwrap();
+            store.decide(&redeemed, decision(true)).await.unwrap();
+            store
+                .redeem(&redeemed, "svc:payments", child.clone())
+                .await
+                .unwrap();
+            // Nothing is written for an identical open request, nor for a refusal.
+            let written = store.sequence_number();
+            let mut same = consent_request(t, token, 1, 5_500);
+            same.id = writ_core::ConsentId::new(UnixMillis(5_500), [9; 8]);
+            assert!(matches!(
+                store.ask(same).await,
+                Ok(ConsentInsert::Existing(_))
+            ));
+            assert!(store.decide(&approved, decision(false)).await.is_err());
+            let again = record(t, tid(87_002), Some(token));
+            assert!(
+                store
+                    .redeem(&redeemed, "svc:payments", again)
+                    .await
+                    .is_err()
+            );
+            assert_eq!(store.sequence_number(), written, "nothing written");
+            store.stats().await.unwrap()
+        };
+        let store = open(&dir, Durability::Buffered);
+        assert_eq!(store.stats().await.unwrap(), before);
+        assert_eq!(before.consents, 3);
+        // Three keys, three transaction entries, two open (pending and approved).
+        assert_eq!(before.consent_index_entries, 3 + 3 + 2);
+        for (r, status) in [
+            (&pending, writ_core::ConsentStatus::Pending),
+            (&approved, writ_core::ConsentStatus::Approved),
+            (&redeemed, writ_core::ConsentStatus::Redeemed),
+        ] {
+            let stored = store.consent(r.id).await.unwrap().unwrap();
+            assert_eq!(stored.status(UnixMillis(6_100)), status);
+            assert_eq!(store.consent_by_key(r.key).await.unwrap(), Some(stored));
+        }
+        assert_eq!(store.get(child.token_id).await.unwrap(), Some(child));
+        let listed = store
+            .list_consents(ConsentQuery {
+                status: None,
+                subject: None,
+                txn: Some(t),
+                now: UnixMillis(6_100),
+                before: None,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        let ids: Vec<_> = listed.requests.iter().map(|r| r.id).collect();
+        assert_eq!(ids, vec![redeemed.id, approved.id, pending.id]);
+        // The open index survived: the sweep finds both open requests.
+        let issued = conformance::Issued::at(UnixMillis(400_000));
+        assert_eq!(
+            store
+                .expire_consents(UnixMillis(400_000), 10, conformance::by("writ"), issued)
+                .await,
+            Ok((2, false))
+        );
+    }
+
+    /// A store from before the consent families existed opens (they are created, empty).
+    #[tokio::test]
+    async fn the_consent_families_are_added_to_older_stores() {
+        use crate::conformance::{ConsentShorthand, consent_request};
+        let dir = TempDir::new().unwrap();
+        let root = record(txn(88), tid(88), None);
+        {
+            let store = open(&dir, Durability::Sync);
+            store.put(root.clone()).await.unwrap();
+        }
+        let older: Vec<&str> = keys::ALL_CFS
+            .into_iter()
+            .filter(|name| !keys::CONSENT_CFS.contains(name))
+            .collect();
+        {
+            let mut db = DB::open_cf(&Options::default(), dir.path(), keys::ALL_CFS).unwrap();
+            for name in keys::CONSENT_CFS {
+                db.drop_cf(name).unwrap();
+            }
+        }
+        // As an older build left it: its families, and the same schema version.
+        drop(DB::open_cf(&Options::default(), dir.path(), &older).unwrap());
+        let store = open(&dir, Durability::Sync);
+        assert_eq!(schema_version(&store.inner.db), Some(keys::SCHEMA_VERSION));
+        assert_eq!(store.get(tid(88)).await.unwrap(), Some(root));
+        let r = consent_request(txn(88), tid(88), 1, 1_000);
+        assert_eq!(store.consent(r.id).await.unwrap(), None);
+        store.ask(r.clone()).await.unwrap();
+        assert_eq!(store.consent_by_key(r.key).await.unwrap(), Some(r));
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_consent_request_reads_as_corrupt() {
+        let dir = TempDir::new().unwrap();
+        let store = open(&dir, Durability::Sync);
+        let id = writ_core::ConsentId::new(UnixMillis(1), [1; 8]);
+        let db = &store.inner.db;
+        db.put_cf(
+            cf(db, keys::CF_CONSENTS).unwrap(),
+            keys::consent_key(id),
+            [9u8, 1],
+        )
+        .unwrap();
+        assert!(matches!(
+            store.consent(id).await,
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[tokio::test]
