@@ -880,18 +880,27 @@ fn refuses_a_changed_exact_value() {
 #[test]
 fn refuses_a_claim_of_another_kind() {
     // Even a semantically narrower claim of another kind is refused: only the listed
-    // cross-kind pairs ever compare.
-    let r = from_root(|p| with_claim(narrower(p), "amount", Constraint::Exact(Value::Int(10))));
-    assert_refused(r, Dimension::Claims, &["\"amount\"", "exact 10"]);
+    // cross-kind pairs ever compare, and an exact value the parent's claim permits.
+    let r = from_root(|p| with_claim(narrower(p), "amount", Constraint::Exact(Value::Int(501))));
+    assert_refused(r, Dimension::Claims, &["\"amount\"", "exact 501"]);
     for (name, c) in [
         ("category", Constraint::DenySet(set(&["health"]))),
         ("amount", Constraint::Min(0)),
         ("nights", Constraint::Max(5)),
-        ("path", Constraint::Exact(s("/trips/1"))),
+        ("path", Constraint::Exact(s("/hotels/1"))),
+        ("amount", Constraint::Exact(s("10"))),
         ("blocked", Constraint::AllowSet(set(&["travel"]))),
     ] {
         assert_claim_refused(name, every(c));
     }
+}
+
+#[test]
+fn accepts_an_exact_value_the_parent_permits() {
+    // How a redeemed consent pins the one action the user approved.
+    assert_claim_accepted("amount", every(Constraint::Exact(Value::Int(10))));
+    assert_claim_accepted("path", every(Constraint::Exact(s("/trips/1"))));
+    assert_claim_accepted("stay", every(Constraint::Exact(Value::Time(T0))));
 }
 
 #[test]
@@ -927,7 +936,8 @@ fn refuses_a_wider_window_or_another_kind_for_a_window() {
     assert_claim_refused("stay", w(T0 - 1, T0 + DAY));
     assert_claim_refused("stay", w(T0, T0 + 14 * DAY + 1));
     assert_claim_refused("stay", w(i64::MIN, i64::MAX));
-    assert_claim_refused("stay", every(Constraint::Exact(Value::Time(T0))));
+    assert_claim_refused("stay", every(Constraint::Exact(Value::Time(T0 - 1))));
+    assert_claim_refused("stay", every(Constraint::Exact(Value::Int(T0))));
     assert_claim_refused("stay", every(Constraint::Range { min: T0, max: T0 }));
 }
 

@@ -15,15 +15,18 @@
 //! - `keys`: the byte layout of every key and the column-family names (the only place
 //!   that knows them).
 //! - `codec`: the versioned encodings of a stored [`TokenRecord`](writ_core::TokenRecord),
-//!   [`TokenState`](writ_core::TokenState), audit event and
-//!   [`PartyDisable`](writ_core::PartyDisable).
+//!   [`TokenState`](writ_core::TokenState), audit event,
+//!   [`PartyDisable`](writ_core::PartyDisable) and
+//!   [`ConsentRequest`](writ_core::ConsentRequest).
 //!
 //! Column families (key layouts in `keys`): `tokens` (immutable records), `state`
 //! (each token's mutable [`TokenState`](writ_core::TokenState); no row means the default
 //! state), `txn_tokens` (index: the tokens of a transaction), `children` (index: the
 //! children of a token, written by `insert_child` and walked by `revoke`), `expiry`
 //! (index: tokens by expiry time, walked by `purge_expired`), `parties` (disabled
-//! parties, read whole at start) and `meta` (schema version); the transaction-listing
+//! parties, read whole at start), `consents` (consent requests) with their indexes
+//! `consent_keys`, `consent_open` and `consent_txns`, and `meta` (schema version); the
+//! transaction-listing
 //! indexes and the audit trail are in `keys`. Purging deletes a token with every entry
 //! of every key space that belongs to it; RocksDB compaction then reclaims the disk
 //! space.

@@ -88,8 +88,7 @@ pub enum SignInError {
     Unavailable(String),
 }
 
-/// A sign-in in progress.
-#[derive(Debug)]
+/// A sign-in in progress (no `Debug`: it holds the consent link).
 struct Started {
     link: String,
     verifier: String,
@@ -99,8 +98,8 @@ struct Started {
     until: Instant,
 }
 
-/// The configured OpenID Provider and the sign-ins in progress.
-#[derive(Debug)]
+/// The configured OpenID Provider and the sign-ins in progress. `Debug` shows neither
+/// the client secret nor the sign-ins (they hold consent links).
 pub struct SignIn {
     issuer: String,
     client_id: String,
@@ -111,6 +110,21 @@ pub struct SignIn {
     client: reqwest::Client,
     keys: Arc<SubjectVerifier>,
     pending: Mutex<HashMap<String, Started>>,
+}
+
+impl std::fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignIn")
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field("redirect_uri", &self.redirect_uri)
+            .field("pending", &lock(&self.pending).len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Where to send the browser to sign in, and the cookie binding it.
@@ -812,6 +826,12 @@ mod tests {
         c.client_secret_file = Some(path.clone());
         let s = SignIn::new(&c, "https://w").unwrap();
         assert_eq!(s.client_secret.as_deref(), Some("s3cret"));
+        s.start("the-link", "alice").unwrap();
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("s3cret") && !shown.contains("the-link"),
+            "{shown}"
+        );
         std::fs::write(&path, "").unwrap();
         assert!(
             SignIn::new(&c, "https://w")
