@@ -15,16 +15,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use tonic::metadata::MetadataValue;
 
-/// The planner agent: the root's audience.
-pub const PLANNER: &str = "spiffe://writ.local/agent/planner";
-/// The booking agent: holds the token that asks for consent.
-pub const BOOKING: &str = "spiffe://writ.local/agent/booking";
-/// The payments API: the resource the redeemed token is for.
-pub const PAYMENTS: &str = "spiffe://writ.local/api/payments";
-/// The high-privilege scope.
-pub const CHARGE: &str = "payments:charge";
-/// Its description, as the page shows it.
-pub const CHARGE_DESCRIPTION: &str = "Charge the user's card";
+/// The parties, the high-privilege scope and its description: the gRPC consent suite's.
+pub use crate::consent::{BOOKING, CHARGE, CHARGE_DESCRIPTION, PAYMENTS, PLANNER};
 /// The user.
 pub const ALICE: &str = "alice";
 
