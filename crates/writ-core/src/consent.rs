@@ -436,13 +436,25 @@ impl ConsentRequest {
         Ok(())
     }
 
+    /// Is it open at `now`: may it still be decided or redeemed? An open request is
+    /// answered again for an identical one, and names itself in `CONSENT_REQUIRED`.
+    pub fn is_open(&self, now: UnixMillis) -> bool {
+        !self.status(now).is_final()
+    }
+
+    /// Can its stored state still change, whatever the time: pending (to be decided or
+    /// marked expired) or approved and not redeemed (to be redeemed or marked expired)?
+    pub fn can_change(&self) -> bool {
+        matches!(
+            self.state,
+            ConsentState::Pending | ConsentState::Decided(Decision { approved: true, .. })
+        )
+    }
+
     /// Marks a request that expired undecided or unredeemed as expired (for the trail);
     /// `true` if it changed.
     pub fn expire(&mut self, now: UnixMillis) -> bool {
-        let stale = matches!(
-            self.state,
-            ConsentState::Pending | ConsentState::Decided(Decision { approved: true, .. })
-        ) && now >= self.expires_at;
+        let stale = self.can_change() && now >= self.expires_at;
         if stale {
             self.state = ConsentState::Expired {
                 at: self.expires_at,
@@ -699,10 +711,16 @@ mod tests {
     #[test]
     fn expiry_is_recorded_once_for_pending_and_unredeemed_requests() {
         let mut r = request(1000);
+        assert!(r.is_open(UnixMillis(2000)) && r.can_change());
+        assert!(
+            !r.is_open(UnixMillis(301_000)) && r.can_change(),
+            "stale, not yet marked"
+        );
         assert!(!r.expire(UnixMillis(2000)));
         assert!(r.expire(UnixMillis(301_000)));
         assert!(!r.expire(UnixMillis(302_000)));
         assert_eq!(r.status(UnixMillis(302_000)), ConsentStatus::Expired);
+        assert!(!r.can_change());
     }
 
     #[test]

@@ -13,8 +13,8 @@ use writ_core::audit::bounded_detail;
 use writ_core::lifecycle::{self, Status};
 use writ_core::limits::MAX_TOKENS_PER_TXN;
 use writ_core::{
-    Actor, ConsentError, ConsentId, ConsentRequest, ConsentState, ConsentStatus, Decision, Event,
-    EventId, PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
+    Actor, ConsentError, ConsentId, ConsentRequest, ConsentStatus, Decision, Event, EventId,
+    PartyDisable, Revocation, TokenId, TokenRecord, TokenState, TxnId, UnixMillis,
 };
 
 /// Everything that can go wrong in a store. One enum for every backend, so callers
@@ -533,24 +533,17 @@ pub(crate) fn consent_matches(query: &ConsentQuery, r: &ConsentRequest) -> bool 
         && query.status.is_none_or(|want| r.status(query.now) == want)
 }
 
-/// Is `r` open at `now`: may it still be decided or redeemed? An open request with the
-/// same key is answered instead of a new one, and open requests count against
+/// Is `r` open at `now` ([`ConsentRequest::is_open`])? An open request with the same key
+/// is answered instead of a new one, and open requests count against
 /// [`MAX_OPEN_CONSENTS_PER_TXN`].
 pub(crate) fn consent_open(r: &ConsentRequest, now: UnixMillis) -> bool {
-    matches!(
-        r.status(now),
-        ConsentStatus::Pending | ConsentStatus::Approved
-    )
+    r.is_open(now)
 }
 
-/// Can `r` still change: pending (to be decided or marked expired) or approved and not
-/// redeemed (to be redeemed or marked expired), whatever the time? Such a request stays
-/// in the open index until it is closed, and is never purged.
+/// Can `r` still change ([`ConsentRequest::can_change`])? Such a request stays in the open
+/// index until it is closed, and is never purged.
 pub(crate) fn consent_changeable(r: &ConsentRequest) -> bool {
-    matches!(
-        r.state,
-        ConsentState::Pending | ConsentState::Decided(Decision { approved: true, .. })
-    )
+    r.can_change()
 }
 
 /// Builds a page of [`TokenStore::list_consents`] from `candidates` (newest first, already

@@ -456,8 +456,7 @@ fn check_schema(db: &DB) -> Result<(), StoreError> {
 
 /// Records this build's schema version, synced.
 fn record_schema_version(db: &DB, what: &str) -> Result<(), StoreError> {
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
+    let sync = synced();
     let version = keys::encode_schema_version(keys::SCHEMA_VERSION);
     db.put_cf_opt(
         cf(db, keys::CF_META)?,
@@ -476,8 +475,7 @@ fn record_schema_version(db: &DB, what: &str) -> Result<(), StoreError> {
 /// would ever remove their entries. The audit trail starts empty.
 fn upgrade_from_v1(db: &DB) -> Result<(), StoreError> {
     const CHUNK: usize = 10_000;
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
+    let sync = synced();
     let records = || {
         let mut read_opts = ReadOptions::default();
         read_opts.set_total_order_seek(true);
@@ -611,16 +609,28 @@ fn put_record(
     Ok(())
 }
 
-/// The stored state row of a token, if any.
-fn read_state(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, StoreError> {
+/// One point read in `family`, decoded by `decode`; `None` when the key is absent.
+fn read_decoded<T>(
+    inner: &Inner,
+    family: &str,
+    key: impl AsRef<[u8]>,
+    decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
     let db = &inner.db;
-    match db
-        .get_pinned_cf(cf(db, keys::CF_STATE)?, keys::state_key(id))
-        .map_err(backend)?
-    {
-        Some(value) => codec::decode_state(&value).map(Some),
+    match db.get_pinned_cf(cf(db, family)?, key).map_err(backend)? {
+        Some(value) => decode(&value).map(Some),
         None => Ok(None),
     }
+}
+
+/// The stored state row of a token, if any.
+fn read_state(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, StoreError> {
+    read_decoded(
+        inner,
+        keys::CF_STATE,
+        keys::state_key(id),
+        codec::decode_state,
+    )
 }
 
 fn put_state(
@@ -941,8 +951,7 @@ fn set_party_disabled_blocking(
 ) -> Result<(), StoreError> {
     let db = &inner.db;
     let parties = cf(db, keys::CF_PARTIES)?;
-    let mut sync = WriteOptions::default();
-    sync.set_sync(true);
+    let sync = synced();
     match disabled {
         Some(d) => {
             let d = PartyDisable::new(d.at, d.by, d.reason);
@@ -1504,8 +1513,9 @@ fn purge_events_blocking(
     })
 }
 
-/// Write options that sync the WAL whatever the store's durability: for decisions and
-/// redemptions, which the user or the agent acts on at once.
+/// Write options that sync the WAL whatever the store's durability: the schema version,
+/// party disablements, and consent decisions and redemptions, which the user or the agent
+/// acts on at once.
 fn synced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -1513,32 +1523,25 @@ fn synced() -> WriteOptions {
 }
 
 fn read_consent(inner: &Inner, id: ConsentId) -> Result<Option<ConsentRequest>, StoreError> {
-    let db = &inner.db;
-    match db
-        .get_pinned_cf(cf(db, keys::CF_CONSENTS)?, keys::consent_key(id))
-        .map_err(backend)?
-    {
-        Some(value) => codec::decode_consent(&value).map(Some),
-        None => Ok(None),
-    }
+    read_decoded(
+        inner,
+        keys::CF_CONSENTS,
+        keys::consent_key(id),
+        codec::decode_consent,
+    )
 }
 
 fn consent_by_key_blocking(
     inner: &Inner,
     key: &[u8; 32],
 ) -> Result<Option<ConsentRequest>, StoreError> {
-    let db = &inner.db;
-    let Some(id) = db
-        .get_pinned_cf(
-            cf(db, keys::CF_CONSENT_KEYS)?,
-            keys::consent_action_key(key),
-        )
-        .map_err(backend)?
-    else {
-        return Ok(None);
-    };
-    let id = keys::consent_id_of(&id).ok_or_else(|| corrupt("consent_keys value"))?;
-    read_consent(inner, id)
+    let id = read_decoded(
+        inner,
+        keys::CF_CONSENT_KEYS,
+        keys::consent_action_key(key),
+        |v| keys::consent_id_of(v).ok_or_else(|| corrupt("consent_keys value")),
+    )?;
+    id.map_or(Ok(None), |id| read_consent(inner, id))
 }
 
 /// A request as it now stands, added to `batch`: its record, its `consent_txns` entry

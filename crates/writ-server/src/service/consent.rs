@@ -24,8 +24,7 @@ use writ_core::text::Shown;
 use writ_core::token::ct_eq_32;
 use writ_core::{
     Actor, ActorKind, AuthMethod, Channel, ClientType, ConsentAction, ConsentId, ConsentRequest,
-    ConsentState, ConsentStatus, Decision, Denial, Event, Party, PartyView, TokenRecord,
-    TokenSecret, UnixMillis,
+    ConsentState, Decision, Denial, Event, Party, PartyView, TokenRecord, TokenSecret, UnixMillis,
 };
 use writ_store::{ConsentInsert, StoreError, TokenStore};
 
@@ -159,14 +158,7 @@ impl<S: TokenStore> Service<S> {
         let key = action_key(token, &action, &record.audience.id);
         let found = self.store.consent_by_key(key).await?;
         let now = now();
-        Ok(found
-            .filter(|r| {
-                matches!(
-                    r.status(now),
-                    ConsentStatus::Pending | ConsentStatus::Approved
-                )
-            })
-            .map(|r| r.id))
+        Ok(found.filter(|r| r.is_open(now)).map(|r| r.id))
     }
 
     /// The party `id` names as a token audience, as Downscope would take it: the
