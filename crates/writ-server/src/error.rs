@@ -15,14 +15,24 @@
 //!
 //! Every message is cut to [`MAX_STATUS_MESSAGE`] bytes, so no request can make a large
 //! `grpc-message` trailer.
+//!
+//! Every status also carries a `google.rpc.ErrorInfo` (AIP-193) in domain
+//! [`ERROR_DOMAIN`]: a stable `reason` (UPPER_SNAKE_CASE, one per refusal a program
+//! handles differently) and, where one applies, `metadata` naming the refused
+//! `dimension`, the invalid `field` or the `consentRequestId`. Client libraries surface
+//! them as typed errors; the message stays for people.
 
 use crate::auth::AuthError;
+use tonic_types::{ErrorDetails, StatusExt};
 use writ_api::FieldError;
 use writ_core::ConsentError;
 use writ_core::limits::MAX_DETAIL_BYTES;
 use writ_core::narrow::{Dimension, NarrowingError};
 use writ_core::text::truncate;
 use writ_store::StoreError;
+
+/// The `domain` of every `google.rpc.ErrorInfo` Writ answers.
+pub const ERROR_DOMAIN: &str = "writ";
 
 /// Longest `grpc-message` the server sends, in bytes.
 pub const MAX_STATUS_MESSAGE: usize = MAX_DETAIL_BYTES + 256;
@@ -147,6 +157,99 @@ pub enum ParentProblem {
     Revoked,
 }
 
+/// The machine-readable reason of `e` and its metadata (the `google.rpc.ErrorInfo` of
+/// its status). Reasons are stable: clients branch on them.
+fn error_info(e: &ServiceError) -> (&'static str, Vec<(&'static str, String)>) {
+    use ParentProblem::{Invalid, Malformed, Revoked};
+    let none = Vec::new;
+    match e {
+        ServiceError::Invalid(f) => ("INVALID_FIELD", vec![("field", f.field.clone())]),
+        ServiceError::Auth(a) => (
+            match a {
+                AuthError::BadCredential => "BAD_CREDENTIAL",
+                AuthError::Unproven(_) => "UNPROVEN_IDENTITY",
+                AuthError::Exhausted(_) => "ASSERTIONS_EXHAUSTED",
+                AuthError::Limited { .. } => "RATE_LIMITED",
+                AuthError::Malformed(_) => "MALFORMED_HEADER",
+                AuthError::Forbidden(_) => "FORBIDDEN",
+            },
+            none(),
+        ),
+        ServiceError::Unauthenticated(_) => ("UNAUTHENTICATED", none()),
+        ServiceError::PermissionDenied(_) => ("FORBIDDEN", none()),
+        ServiceError::ParentToken(Malformed | Invalid)
+        | ServiceError::Store(StoreError::ParentMissing) => ("PARENT_TOKEN_INVALID", none()),
+        ServiceError::ParentToken(Revoked) | ServiceError::Store(StoreError::ParentRevoked) => {
+            ("PARENT_TOKEN_REVOKED", none())
+        }
+        ServiceError::Token(Malformed | Invalid) => ("TOKEN_INVALID", none()),
+        ServiceError::Token(Revoked) => ("TOKEN_REVOKED", none()),
+        ServiceError::FanOut(_) | ServiceError::Store(StoreError::FanOutExceeded { .. }) => {
+            ("FAN_OUT_EXCEEDED", none())
+        }
+        ServiceError::TxnFull(_) | ServiceError::Store(StoreError::TxnFull { .. }) => {
+            ("TXN_FULL", none())
+        }
+        ServiceError::UsesLeft | ServiceError::Store(StoreError::UsesExhausted) => {
+            ("NOT_ENOUGH_USES", none())
+        }
+        ServiceError::NotFound(_) | ServiceError::Store(StoreError::NotFound) => {
+            ("NOT_FOUND", none())
+        }
+        ServiceError::MintRefused(n) => (
+            "MINT_REFUSED",
+            vec![("dimension", n.dimension.as_str().to_owned())],
+        ),
+        ServiceError::Narrowing(n) => (
+            "NARROWING_REFUSED",
+            vec![("dimension", n.dimension.as_str().to_owned())],
+        ),
+        ServiceError::IdempotencyReused => ("IDEMPOTENCY_KEY_REUSED", none()),
+        ServiceError::Consent(c) | ServiceError::Store(StoreError::Consent(c)) => {
+            let (reason, id) = match c {
+                ConsentError::Attributes(_) => ("CONSENT_ATTRIBUTES", None),
+                ConsentError::Pending(id) => ("CONSENT_PENDING", Some(id)),
+                ConsentError::Denied(id) => ("CONSENT_DENIED", Some(id)),
+                ConsentError::Expired(id) => ("CONSENT_EXPIRED", Some(id)),
+                ConsentError::Redeemed(id) => ("CONSENT_REDEEMED", Some(id)),
+                ConsentError::Decided(id) => ("CONSENT_DECIDED", Some(id)),
+                ConsentError::WrongSubject(id) => ("CONSENT_WRONG_SUBJECT", Some(id)),
+                ConsentError::WrongParty(id) => ("CONSENT_WRONG_PARTY", Some(id)),
+                ConsentError::WrongToken(id) => ("CONSENT_WRONG_TOKEN", Some(id)),
+            };
+            let meta = id.map(|id| vec![("consentRequestId", id.to_string())]);
+            (reason, meta.unwrap_or_default())
+        }
+        ServiceError::TooManyConsents(_)
+        | ServiceError::Store(StoreError::TooManyConsents { .. }) => ("TOO_MANY_CONSENTS", none()),
+        ServiceError::FailedPrecondition(_) => ("FAILED_PRECONDITION", none()),
+        ServiceError::Store(StoreError::Conflict) => ("CONFLICT", none()),
+        ServiceError::Store(_) => ("STORAGE_UNAVAILABLE", none()),
+        ServiceError::Signing(crate::signing::SigningError::Refused(_)) => {
+            ("SIGNING_REFUSED", none())
+        }
+        ServiceError::Signing(_) => ("SIGNING_FAILED", none()),
+    }
+}
+
+/// A status with Writ's `google.rpc.ErrorInfo` for `reason` and `metadata`.
+pub(crate) fn status_with_reason(
+    code: tonic::Code,
+    message: String,
+    reason: &'static str,
+    metadata: Vec<(&'static str, String)>,
+) -> tonic::Status {
+    let metadata: std::collections::HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    tonic::Status::with_error_details(
+        code,
+        message,
+        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         use tonic::Code;
@@ -198,17 +301,21 @@ impl From<ServiceError> for tonic::Status {
             }
             ServiceError::Signing(_) => Code::Internal,
         };
+        let (reason, metadata) = error_info(&e);
         if code == Code::Internal {
             // Never key material in it, but file paths and causes stay in the server's log.
             tracing::error!(error = %e, "JWT signing failure");
-            return tonic::Status::internal("JWT signing failed; see the server's log");
+            let message = "JWT signing failed; see the server's log".to_owned();
+            return status_with_reason(code, message, reason, metadata);
         }
         if code == Code::Unavailable {
             // The engine's message stays in the server's log, not in the caller's hands.
             tracing::error!(error = %e, "storage failure");
-            return tonic::Status::unavailable("storage is unavailable; retry later");
+            let message = "storage is unavailable; retry later".to_owned();
+            return status_with_reason(code, message, reason, metadata);
         }
-        tonic::Status::new(code, truncate(e.to_string(), MAX_STATUS_MESSAGE))
+        let message = truncate(e.to_string(), MAX_STATUS_MESSAGE);
+        status_with_reason(code, message, reason, metadata)
     }
 }
 
@@ -216,6 +323,72 @@ impl From<ServiceError> for tonic::Status {
 mod tests {
     use super::*;
     use writ_core::ConsentId;
+
+    /// The `google.rpc.ErrorInfo` a client branches on: a refused narrowing names its
+    /// dimension, a consent refusal its request, an invalid field the field; storage
+    /// failures keep their engine message out of it.
+    #[test]
+    fn every_status_carries_writs_reason_and_its_metadata() {
+        use tonic_types::StatusExt;
+        let info = |e: ServiceError| {
+            let s = tonic::Status::from(e);
+            let i = s.get_details_error_info().expect("ErrorInfo");
+            assert_eq!(i.domain, ERROR_DOMAIN);
+            assert!(
+                i.reason
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{}",
+                i.reason
+            );
+            (s.code(), i.reason, i.metadata)
+        };
+        let (code, reason, meta) = info(ServiceError::Narrowing(NarrowingError {
+            dimension: Dimension::Scopes,
+            detail: "payments.refund is not held".into(),
+        }));
+        assert_eq!(
+            (code, reason.as_str()),
+            (tonic::Code::PermissionDenied, "NARROWING_REFUSED")
+        );
+        assert_eq!(meta.get("dimension").map(String::as_str), Some("scopes"));
+        let (_, reason, meta) = info(ServiceError::MintRefused(NarrowingError {
+            dimension: Dimension::Ceiling,
+            detail: String::new(),
+        }));
+        assert_eq!(reason, "MINT_REFUSED");
+        assert_eq!(meta.get("dimension").map(String::as_str), Some("ceiling"));
+        let id = ConsentId([7; 16]);
+        let (_, reason, meta) = info(ServiceError::Store(StoreError::Consent(
+            ConsentError::Pending(id),
+        )));
+        assert_eq!(reason, "CONSENT_PENDING");
+        assert_eq!(meta.get("consentRequestId"), Some(&id.to_string()));
+        let (code, reason, meta) = info(ServiceError::Invalid(FieldError {
+            field: "scopes[0]".into(),
+            message: "empty".into(),
+        }));
+        assert_eq!(
+            (code, reason.as_str()),
+            (tonic::Code::InvalidArgument, "INVALID_FIELD")
+        );
+        assert_eq!(meta.get("field").map(String::as_str), Some("scopes[0]"));
+        assert_eq!(
+            info(ServiceError::IdempotencyReused).1,
+            "IDEMPOTENCY_KEY_REUSED"
+        );
+        assert_eq!(
+            info(ServiceError::ParentToken(ParentProblem::Revoked)).1,
+            "PARENT_TOKEN_REVOKED"
+        );
+        let (code, reason, _) = info(ServiceError::Store(StoreError::Backend(
+            "disk on fire".into(),
+        )));
+        assert_eq!(
+            (code, reason.as_str()),
+            (tonic::Code::Unavailable, "STORAGE_UNAVAILABLE")
+        );
+    }
 
     /// Each consent refusal gets the code of what the caller can do about it, and a
     /// message naming the request.

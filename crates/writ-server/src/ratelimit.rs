@@ -238,7 +238,15 @@ pub fn status(limited: &Limited, caller: &str) -> tonic::Status {
     tonic::Status::with_error_details_and_metadata(
         tonic::Code::ResourceExhausted,
         message,
-        ErrorDetails::with_retry_info(Some(limited.retry_after)),
+        {
+            let mut details = ErrorDetails::with_retry_info(Some(limited.retry_after));
+            details.set_error_info(
+                "RATE_LIMITED",
+                crate::error::ERROR_DOMAIN,
+                std::collections::HashMap::new(),
+            );
+            details
+        },
         metadata,
     )
 }
