@@ -23,9 +23,20 @@ pub struct FieldError {
     pub message: String,
 }
 
+/// The `domain` of the `google.rpc.ErrorInfo` every Writ error status carries (its
+/// `reason` is stable, its metadata names the field, dimension or consent request).
+pub const ERROR_DOMAIN: &str = "writ";
+
 impl From<FieldError> for tonic::Status {
+    /// `INVALID_ARGUMENT` with reason `INVALID_FIELD` and the field in its metadata.
     fn from(e: FieldError) -> Self {
-        tonic::Status::invalid_argument(e.to_string())
+        use tonic_types::StatusExt;
+        let metadata = std::collections::HashMap::from([("field".to_owned(), e.field.clone())]);
+        tonic::Status::with_error_details(
+            tonic::Code::InvalidArgument,
+            e.to_string(),
+            tonic_types::ErrorDetails::with_error_info("INVALID_FIELD", ERROR_DOMAIN, metadata),
+        )
     }
 }
 

@@ -31,8 +31,7 @@ use writ_core::narrow::{Dimension, NarrowingError};
 use writ_core::text::truncate;
 use writ_store::StoreError;
 
-/// The `domain` of every `google.rpc.ErrorInfo` Writ answers.
-pub const ERROR_DOMAIN: &str = "writ";
+pub use writ_api::ERROR_DOMAIN;
 
 /// Longest `grpc-message` the server sends, in bytes.
 pub const MAX_STATUS_MESSAGE: usize = MAX_DETAIL_BYTES + 256;
