@@ -5,6 +5,7 @@ generated credentials for the minter and the operator."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
@@ -12,8 +13,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -185,3 +188,42 @@ async def to_booking(planner: writ.Client, root: writ.Minted, **overrides: objec
     )
     args.update(overrides)
     return await planner.downscope(root.token, **args)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def serve_asgi(app: Any) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a free loopback port, in a task of this loop; yields
+    its base URL."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    task = asyncio.create_task(server.serve())
+    for _ in range(500):
+        if server.started or task.done():
+            break
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+    assert server.started, "uvicorn did not start"
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+class Recorder:
+    """An ASGI app that records every request's raw headers and answers 200."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+
+    def txn_tokens(self, i: int = -1) -> list[str]:
+        return [v.decode() for k, v in self.requests[i][1] if k.lower() == b"txn-token"]
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        assert scope["type"] == "http"
+        self.requests.append((scope["path"], list(scope["headers"])))
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"ok"})
