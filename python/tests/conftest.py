@@ -36,7 +36,7 @@ WORKLOADS = ["payments", "wallet"]
 HERE = Path(__file__).parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -78,7 +78,7 @@ def server() -> Iterator[Server]:
     tmp = Path(tempfile.mkdtemp(prefix="writ-py-"))
     data = tmp / "data"
     log = tmp / "serve.log"
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("WRIT_")}
     env.update(
         WRIT_HTTP_LISTEN="127.0.0.1:0",
@@ -191,12 +191,13 @@ async def to_booking(planner: writ.Client, root: writ.Minted, **overrides: objec
 
 
 @asynccontextmanager
-async def serve_asgi(app: Any) -> AsyncIterator[str]:
-    """``app`` served by uvicorn on a free loopback port, in a task of this loop; yields
-    its base URL."""
+async def serve_asgi(app: Any, *, port: int = 0, lifespan: bool = False) -> AsyncIterator[str]:
+    """``app`` served by uvicorn on a loopback port (default: any free one), in a task of
+    this loop; yields its base URL."""
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on" if lifespan else "off")
+    server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started or task.done():

@@ -209,3 +209,41 @@ async def test_propagation_follows_tasks_and_stays_inside_the_block(
     assert writ.current() is None
     assert seen == [None] + [b.info.token_id] * 4
     assert len(set(children + [t.result()])) == 4 and b.token not in children
+
+
+async def test_action_only_tokens_are_refused_unless_the_app_checks_an_action_first(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    only = await booking.downscope(
+        b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], max_uses=1, require_action_check=True
+    )
+    ran: list[str] = []
+    body = {"amount": 50, "category": "travel"}
+    async with serve_asgi(payments_app(payments, ran)) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        assert r.status_code == 401 and r.json()["reason"] == "action_required"
+    assert ran == []
+
+    seen: list[object] = []
+
+    async def refund(request: Request) -> JSONResponse:
+        seen.append(writ.current())  # nothing verified yet
+        with pytest.raises(writ.NoContext):
+            await writ.child_for(writ.Downstream(audience=writ.agent(BOOKING), scopes=["payments:refund"]))
+        await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
+        ctx = writ.current()
+        assert ctx is not None
+        return JSONResponse({"for": ctx.info.subject, "uses": ctx.info.max_uses})
+
+    app = TxnTokenMiddleware(Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, admit_action_only=True)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as http:
+        ok = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        assert ok.status_code == 200 and ok.json() == {"for": "alice", "uses": 1}, ok.text
+        # Its one use is spent: the same token is now refused before the app.
+        again = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        assert again.status_code == 401 and again.json()["reason"] == "exhausted"
+        # Ordinary tokens are still verified up front.
+        assert (await http.post("/refund", json=body)).status_code == 401
+    assert seen == [None]

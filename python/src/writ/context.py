@@ -42,6 +42,9 @@ class Context:
 
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("writ_current", default=None)
+# A token that answers only action checks (require_action_check), admitted by a middleware
+# that was told its app checks an action first: not verified until check() says allowed.
+_pending: contextvars.ContextVar[tuple[str, Client] | None] = contextvars.ContextVar("writ_pending", default=None)
 
 
 def current() -> Context | None:
@@ -124,12 +127,36 @@ async def child_for(downstream: Downstream, *, client: Client | None = None) -> 
 async def check(action: Action, *, client: Client | None = None) -> Verdict:
     """Checks ``action`` against the current token (a Validate with the action, which
     spends a use of a use-limited token). Answers the allowed verdict, or raises:
-    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`."""
-    ctx = require()
-    c = client or ctx.client
+    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`.
+
+    A token admitted pending an action check (``TxnTokenMiddleware(admit_action_only=True)``)
+    becomes the current context once this check allows it, for the rest of the caller's
+    task."""
+    ctx = _current.get()
+    if ctx is not None:
+        token, c = ctx.token, client or ctx.client
+    else:
+        pending = _pending.get()
+        if pending is None:
+            raise NoContext()
+        token, c = pending[0], client or pending[1]
     if c is None:
         raise NoContext("the current context names no Writ client to validate with")
-    return raise_unless_allowed(await c.validate(ctx.token, action=action))
+    verdict = raise_unless_allowed(await c.validate(token, action=action))
+    if ctx is None and verdict.info is not None:
+        _pending.set(None)
+        _current.set(Context(token=token, info=verdict.info, client=c))
+    return verdict
+
+
+@contextmanager
+def pending(token: str, client: Client) -> Iterator[None]:
+    """Admits ``token`` for the block pending an action check (see :func:`check`)."""
+    reset = _pending.set((token, client))
+    try:
+        yield
+    finally:
+        _pending.reset(reset)
 
 
 def raise_unless_allowed(v: Verdict) -> Verdict:

@@ -157,7 +157,7 @@ class ActionDenied(PermissionDenied):
 
     def __init__(self, denied_by: str, reason: str) -> None:
         super().__init__(
-            reason or f"denied by {denied_by}",
+            f"denied by {denied_by}: {reason}" if reason else f"denied by {denied_by}",
             code=grpc.StatusCode.PERMISSION_DENIED,
             reason="ACTION_DENIED",
             dimension=denied_by,

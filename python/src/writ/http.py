@@ -26,7 +26,7 @@ import grpc
 import httpx
 
 from writ.client import Client
-from writ.context import Context, Downstream, child_for, use
+from writ.context import Context, Downstream, child_for, pending, use
 from writ.errors import WritError
 
 HEADER = "Txn-Token"
@@ -125,12 +125,21 @@ class TxnTokenMiddleware:
     service reach ``app``. ``client`` is this service's Writ client (its identity is the
     audience tokens must be for). ``exempt``: exact paths served without a token (health
     checks). Refusals are 401 JSON ``{"error": "invalid_token", "reason": …}`` (503
-    ``writ_unavailable`` when Writ cannot be reached); the token is never echoed."""
+    ``writ_unavailable`` when Writ cannot be reached); the token is never echoed.
 
-    def __init__(self, app: ASGIApp, *, client: Client, exempt: Iterable[str] = ()) -> None:
+    ``admit_action_only``: a token that answers only action checks (``require_action_check``,
+    as every token redeemed from a consent does) is inactive (``action_required``) to
+    introspection, so by default it is refused. With this set, such a token is admitted
+    *pending*: no context is current until the app's :func:`writ.check` allows its action
+    (and makes it current). Set it only for apps whose every route checks an action first."""
+
+    def __init__(
+        self, app: ASGIApp, *, client: Client, exempt: Iterable[str] = (), admit_action_only: bool = False
+    ) -> None:
         self.app = app
         self.client = client
         self.exempt = frozenset(exempt)
+        self.admit_action_only = admit_action_only
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope.get("path") in self.exempt:
@@ -149,6 +158,10 @@ class TxnTokenMiddleware:
                 log.warning("Writ unavailable while validating a Txn-Token: %s", e)
                 return await self._refuse(scope, send, 503, "writ_unavailable")
             return await self._refuse(scope, send, 401, (e.reason or e.code.name).lower())
+        if not verdict.active and verdict.inactive_reason == "action_required" and self.admit_action_only:
+            with pending(token, self.client):
+                await self.app(scope, receive, send)
+            return
         if not verdict.active or verdict.info is None:
             return await self._refuse(scope, send, 401, verdict.inactive_reason or "inactive")
         ctx = Context(token=token, info=verdict.info, client=self.client)
