@@ -30,6 +30,8 @@ HOTEL = f"{TD}/agent/hotel"
 MALLORY = f"{TD}/agent/mallory"
 PAYMENTS = f"{TD}/workload/payments"
 WALLET = f"{TD}/workload/wallet"
+ASSERTER = f"{TD}/agent/asserter"  # proves itself with JWT client assertions, no certificate
+ASSERTION_AUDIENCE = f"{TD}/writ"
 
 AGENTS = ["planner", "booking", "hotel", "mallory"]
 WORKLOADS = ["payments", "wallet"]
@@ -47,6 +49,16 @@ class Server:
     target: str
     data_dir: Path
     log: Path
+    asserter_key: Any  # the Ed25519 private key registered for ASSERTER
+
+    def assertion(self) -> str:
+        """A fresh RFC 7523 client assertion for ASSERTER (single use: a new jti each time)."""
+        import jwt
+
+        now = int(time.time())
+        claims = {"iss": ASSERTER, "sub": ASSERTER, "aud": ASSERTION_AUDIENCE, "iat": now, "exp": now + 60}
+        claims["jti"] = os.urandom(16).hex()
+        return jwt.encode(claims, self.asserter_key, algorithm="EdDSA", headers={"kid": "asserter-1"})
 
     @property
     def ca(self) -> Path:
@@ -87,7 +99,27 @@ def server() -> Iterator[Server]:
         RUST_LOG="info",
     )
     args = [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data-dir", str(data)]
-    args += ["--policy", str(HERE / "policy.toml")]
+    # The test policy, plus a party that proves itself with a key generated for this session.
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    policy = tmp / "policy.toml"
+    policy.write_text(
+        (HERE / "policy.toml").read_text()
+        + f"""
+[parties."{ASSERTER}"]
+kind = "agent"
+client_type = "confidential"
+roles = ["agent"]
+scopes = ["trips:book", "trips:read", "payments:refund", "payments:charge"]
+keys = [{{ kid = "asserter-1", public_key = \"\"\"
+{public.decode().strip()}
+\"\"\" }}]
+"""
+    )
+    args += ["--policy", str(policy)]
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=out)
     try:
@@ -98,7 +130,7 @@ def server() -> Iterator[Server]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"writ serve did not listen within 30 s:\n{log.read_text()}")
             time.sleep(0.05)
-        srv = Server(target=f"127.0.0.1:{port}", data_dir=data, log=log)
+        srv = Server(target=f"127.0.0.1:{port}", data_dir=data, log=log, asserter_key=key)
         for kind, names in (("agent", AGENTS), ("workload", WORKLOADS)):
             r = srv.writ("certs", "issue", "--kind", kind, "--data-dir", str(data), *names)
             assert r.returncode == 0, r.stderr

@@ -8,9 +8,10 @@ from typing import Any
 import grpc
 import grpc.aio
 import pytest
-from conftest import BOOKING, PAYMENTS, PLANNER, Server, mint_root, to_booking
+from conftest import ASSERTER, BOOKING, PAYMENTS, PLANNER, Server, mint_root, to_booking
 
 import writ
+from writ._proto import writ_pb2 as pb
 
 
 async def test_a_three_hop_chain_narrows_at_each_hop(
@@ -206,3 +207,33 @@ async def test_plaintext_is_refused_beyond_loopback_and_secrets_stay_out_of_repr
         assert root.token not in shown
     with pytest.raises(TypeError):
         writ.Action("x", flag=True).to_proto()  # type: ignore[arg-type]
+
+
+async def test_a_client_assertion_per_attempt(server: Server, minter: writ.Client, operator: writ.Client) -> None:
+    """A party proving itself with JWT client assertions (no certificate): each attempt
+    carries a fresh one (an assertion is single use), retries included."""
+    root = await mint_root(minter, audience=writ.agent(ASSERTER))
+    made: list[str] = []
+
+    async def assertion() -> str:
+        made.append(server.assertion())
+        return made[-1]
+
+    lossy = LoseFirstResponse("/writ.v1.TokenService/Downscope")
+    async with await writ.connect(
+        server.target, tls=writ.Tls(ca=server.ca), assertion=assertion, interceptors=[lossy]
+    ) as asserter:
+        v = await asserter.validate(root.token)
+        assert v.active and v.info is not None and v.info.audience.id == ASSERTER
+        child = await asserter.downscope(root.token, audience=writ.agent(BOOKING), scopes=["trips:book"], ttl=60)
+        assert child.info.act.id == ASSERTER
+        assert child.info.actor_auth == pb.AUTH_METHOD_CLIENT_ASSERTION
+    assert len(made) == 3 and len(set(made)) == 3  # validate, downscope, its retry
+    assert len((await operator.get_transaction(root.info.txn)).tokens) == 2
+    # The same assertion twice is a replay: refused.
+    once = server.assertion()
+    async with await writ.connect(server.target, tls=writ.Tls(ca=server.ca), assertion=lambda: once) as replayer:
+        assert (await replayer.validate(root.token)).active
+        with pytest.raises(writ.Unauthenticated) as e:
+            await replayer.validate(root.token)
+    assert e.value.code == grpc.StatusCode.UNAUTHENTICATED and e.value.reason

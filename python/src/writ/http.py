@@ -125,7 +125,8 @@ class TxnTokenMiddleware:
     service reach ``app``. ``client`` is this service's Writ client (its identity is the
     audience tokens must be for). ``exempt``: exact paths served without a token (health
     checks). Refusals are 401 JSON ``{"error": "invalid_token", "reason": …}`` (503
-    ``writ_unavailable`` when Writ cannot be reached); the token is never echoed.
+    ``writ_unavailable`` when Writ cannot be reached or rate-limits this service); the
+    token is never echoed.
 
     ``admit_action_only``: a token that answers only action checks (``require_action_check``,
     as every token redeemed from a consent does) is inactive (``action_required``) to
@@ -154,7 +155,11 @@ class TxnTokenMiddleware:
         try:
             verdict = await self.client.validate(token)
         except WritError as e:
-            if e.code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if e.code in (
+                grpc.StatusCode.UNAVAILABLE,
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+            ):
                 log.warning("Writ unavailable while validating a Txn-Token: %s", e)
                 return await self._refuse(scope, send, 503, "writ_unavailable")
             return await self._refuse(scope, send, 401, (e.reason or e.code.name).lower())
