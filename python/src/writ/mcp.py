@@ -48,6 +48,7 @@ __all__ = [
     "authorization",
     "downstream",
     "requires",
+    "verified",
 ]
 
 log = logging.getLogger("writ.mcp")
