@@ -1,0 +1,117 @@
+"""Writ for Python: an async client for transaction tokens, their propagation through a
+chain of async calls, Txn-Token HTTP helpers (:mod:`writ.http`) and MCP integration
+(:mod:`writ.mcp`).
+
+    client = await writ.connect("127.0.0.1:7433", tls=writ.Tls(ca=..., cert=..., key=...))
+    minted = await client.mint(subject="alice", audience=writ.agent("spiffe://…"), scopes=[...])
+"""
+
+from writ.client import Client, Tls, connect, new_idempotency_key
+from writ.context import Context, Downstream, check, child_for, current, require, use
+from writ.errors import (
+    ActionDenied,
+    ConsentError,
+    ConsentPending,
+    ConsentRequired,
+    FailedPrecondition,
+    InvalidArgument,
+    InvalidField,
+    NarrowingRefused,
+    NoContext,
+    NotFound,
+    PermissionDenied,
+    RateLimited,
+    ResourceExhausted,
+    TokenInactive,
+    TokenRejected,
+    Unauthenticated,
+    Unavailable,
+    WritError,
+)
+from writ.types import (
+    Action,
+    ConsentRequest,
+    ConsentRequestInfo,
+    Constraint,
+    Decision,
+    Minted,
+    Party,
+    Time,
+    TokenInfo,
+    TokenNode,
+    Transaction,
+    Verdict,
+    agent,
+    allow,
+    deny,
+    exact,
+    max_,
+    min_,
+    prefix,
+    range_,
+    user,
+    window,
+    workload,
+)
+
+TXN_TOKEN_HEADER = "Txn-Token"
+"""The HTTP header a transaction token travels in between hops (exactly one)."""
+TXN_TOKEN_METADATA = "txn-token"
+"""The gRPC metadata key a transaction token travels in between hops (exactly one)."""
+
+__all__ = [
+    "TXN_TOKEN_HEADER",
+    "TXN_TOKEN_METADATA",
+    "Action",
+    "ActionDenied",
+    "Client",
+    "ConsentError",
+    "ConsentPending",
+    "ConsentRequest",
+    "ConsentRequestInfo",
+    "ConsentRequired",
+    "Constraint",
+    "Context",
+    "Decision",
+    "Downstream",
+    "FailedPrecondition",
+    "InvalidArgument",
+    "InvalidField",
+    "Minted",
+    "NarrowingRefused",
+    "NoContext",
+    "NotFound",
+    "Party",
+    "PermissionDenied",
+    "RateLimited",
+    "ResourceExhausted",
+    "Time",
+    "Tls",
+    "TokenInactive",
+    "TokenInfo",
+    "TokenNode",
+    "TokenRejected",
+    "Transaction",
+    "Unauthenticated",
+    "Unavailable",
+    "Verdict",
+    "WritError",
+    "agent",
+    "allow",
+    "check",
+    "child_for",
+    "connect",
+    "current",
+    "deny",
+    "exact",
+    "max_",
+    "min_",
+    "new_idempotency_key",
+    "prefix",
+    "range_",
+    "require",
+    "use",
+    "user",
+    "window",
+    "workload",
+]

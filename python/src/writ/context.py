@@ -1,0 +1,171 @@
+"""The verified token of the current chain of async calls, in a ``contextvars`` variable.
+
+A hop that received and validated a token (the ASGI middleware, the MCP verifier or
+decorator, or the program itself with :func:`use`) makes it current; everything awaited
+from there, tasks created from there included (asyncio copies the context into each
+task), sees it with :func:`current`, and derives each downstream call's child from it
+(:func:`child_for`, the httpx hook). Nothing here ever sends the current token itself
+anywhere but back to Writ.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from writ._proto import writ_pb2 as pb
+from writ.errors import ActionDenied, ConsentRequired, NoContext, TokenInactive
+from writ.types import Action, Verdict
+
+if TYPE_CHECKING:
+    from writ.client import Client
+
+
+@dataclass(frozen=True)
+class Context:
+    """A token this hop verified (its secret and what Validate said of it), and the client
+    that verified it (whose identity is the token's audience, the one that may derive
+    children from it). ``consented`` maps a resource's party id to a token redeemed from
+    the user's consent for it (the MCP decorator sets it): that resource's call carries
+    it instead of a fresh child."""
+
+    token: str = field(repr=False)
+    info: pb.TokenInfo
+    client: Client | None = field(default=None, repr=False, compare=False)
+    consented: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def __repr__(self) -> str:
+        return f"writ.Context(token_id={self.info.token_id!r}, txn={self.info.txn!r}, subject={self.info.subject!r})"
+
+
+_current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("writ_current", default=None)
+# A token that answers only action checks (require_action_check), admitted by a middleware
+# that was told its app checks an action first: not verified until check() says allowed.
+_pending: contextvars.ContextVar[tuple[str, Client] | None] = contextvars.ContextVar("writ_pending", default=None)
+
+
+def current() -> Context | None:
+    """The verified context of this chain of calls, if any."""
+    return _current.get()
+
+
+def require() -> Context:
+    """The verified context, or :class:`~writ.errors.NoContext` (fail closed)."""
+    ctx = _current.get()
+    if ctx is None:
+        raise NoContext()
+    return ctx
+
+
+@contextmanager
+def use(ctx: Context) -> Iterator[Context]:
+    """Makes ``ctx`` current for the block (and every task created inside it)."""
+    reset = _current.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _current.reset(reset)
+
+
+@dataclass(frozen=True)
+class Downstream:
+    """What a call to one downstream party gets: a child of the current token bound to
+    ``audience``, with these scopes, claims, targets and lifetime (all narrower than the
+    current token's, or Writ refuses). ``match``: for the httpx hook, the request URLs it
+    applies to: a base URL (``https://payments.internal/v1``: that scheme, host, port and
+    path prefix) or a host (``payments.internal``, ``127.0.0.1:8080``), or several."""
+
+    audience: pb.Party
+    scopes: Sequence[str]
+    claims: Mapping[str, pb.Constraint] = field(default_factory=dict)
+    ttl: int = 60
+    targets: Sequence[str] = ()
+    max_uses: int = 0
+    require_action_check: bool = False
+    drop_rctx: Sequence[str] = ()
+    purpose: str = ""
+    match: str | Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        # Frozen and hashable-ish: every sequence as a tuple, match always a tuple.
+        for name in ("scopes", "targets", "drop_rctx"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        m = self.match
+        object.__setattr__(self, "match", (m,) if isinstance(m, str) else tuple(m))
+        object.__setattr__(self, "claims", dict(self.claims))
+
+
+async def child_for(downstream: Downstream, *, client: Client | None = None) -> str:
+    """A fresh child of the current token for ``downstream`` (or the token redeemed from
+    the user's consent for that party). Never the current token itself; with no current
+    token, :class:`~writ.errors.NoContext`."""
+    ctx = require()
+    consented = ctx.consented.get(downstream.audience.id)
+    if consented is not None:
+        return consented
+    c = client or ctx.client
+    if c is None:
+        raise NoContext("the current context names no Writ client to downscope with")
+    child = await c.downscope(
+        ctx.token,
+        audience=downstream.audience,
+        scopes=downstream.scopes,
+        claims=downstream.claims,
+        ttl=downstream.ttl,
+        targets=downstream.targets,
+        max_uses=downstream.max_uses,
+        require_action_check=downstream.require_action_check,
+        drop_rctx=downstream.drop_rctx,
+        purpose=downstream.purpose,
+    )
+    return child.token
+
+
+async def check(action: Action, *, client: Client | None = None) -> Verdict:
+    """Checks ``action`` against the current token (a Validate with the action, which
+    spends a use of a use-limited token). Answers the allowed verdict, or raises:
+    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`.
+
+    A token admitted pending an action check (``TxnTokenMiddleware(admit_action_only=True)``)
+    becomes the current context once this check allows it, for the rest of the caller's
+    task."""
+    ctx = _current.get()
+    if ctx is not None:
+        token, c = ctx.token, client or ctx.client
+    else:
+        pending = _pending.get()
+        if pending is None:
+            raise NoContext()
+        token, c = pending[0], client or pending[1]
+    if c is None:
+        raise NoContext("the current context names no Writ client to validate with")
+    verdict = raise_unless_allowed(await c.validate(token, action=action))
+    if ctx is None and verdict.info is not None:
+        _pending.set(None)
+        _current.set(Context(token=token, info=verdict.info, client=c))
+    return verdict
+
+
+@contextmanager
+def pending(token: str, client: Client) -> Iterator[None]:
+    """Admits ``token`` for the block pending an action check (see :func:`check`)."""
+    reset = _pending.set((token, client))
+    try:
+        yield
+    finally:
+        _pending.reset(reset)
+
+
+def raise_unless_allowed(v: Verdict) -> Verdict:
+    """``v`` if allowed; else the error it stands for."""
+    if not v.active:
+        raise TokenInactive(v.inactive_reason or "unspecified")
+    d = v.decision
+    if d is not None and not d.allowed:
+        if d.consent_required:
+            raise ConsentRequired(d.reason or "the user must consent first", d.consent_request_id)
+        raise ActionDenied(d.denied_by, d.reason)
+    return v

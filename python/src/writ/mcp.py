@@ -1,0 +1,264 @@
+"""Writ in an MCP server built with the official ``mcp`` SDK (FastMCP, 1.x).
+
+MCP forbids passing a client's token through to upstream APIs; this is where Writ's
+downscoping belongs. The pieces:
+
+- :class:`WritTokenVerifier`, the SDK's ``TokenVerifier``: the bearer token an MCP client
+  presents is a Writ token whose audience is this server's identity; it is introspected at
+  Writ (Validate as this server) on every HTTP request, and answered as the SDK's
+  ``AccessToken`` bound (RFC 8707) to this server's URL. Anything else: ``None`` (401).
+- :func:`requires`, a per-tool declaration of the scope and attributes the tool needs,
+  checked at Writ (Validate with the action) on every call before the body runs. A refusal
+  is a tool error naming the reason. A high-privilege scope answering
+  ``consent_required`` asks the user (``RequestConsent``, then a URL-mode elicitation
+  carrying Writ's consent link to the MCP client), waits for the decision (retrying
+  ``RedeemConsent`` while it is pending, bounded), and runs the body with the redeemed
+  single-use token as the one the consent's resource receives.
+- :func:`downstream`, inside a tool: one line for a narrowed child of the verified token
+  for an upstream call (or the redeemed token, for the consent's resource). The httpx hook
+  of :mod:`writ.http` picks up the same context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import inspect
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar, Union, cast
+
+from mcp.server.auth.middleware.auth_context import get_access_token
+from mcp.server.auth.provider import AccessToken
+from mcp.server.auth.settings import AuthSettings
+from mcp.server.lowlevel.server import request_ctx
+from pydantic import AnyHttpUrl, Field, PrivateAttr
+
+from writ._proto import writ_pb2 as pb
+from writ.client import Client
+from writ.context import Context, Downstream, child_for, raise_unless_allowed, use
+from writ.errors import ConsentPending, ConsentRequired, NoContext, WritError
+from writ.types import Action, AttrValue, Minted
+
+__all__ = [
+    "WritAccessToken",
+    "WritTokenVerifier",
+    "auth_settings",
+    "authorization",
+    "downstream",
+    "requires",
+    "verified",
+]
+
+log = logging.getLogger("writ.mcp")
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+AttributeSource = Union[str, Callable[[Mapping[str, Any]], AttrValue]]
+
+
+class WritAccessToken(AccessToken):
+    """The SDK's ``AccessToken`` for a verified Writ token; carries the verified context
+    (never shown in its repr)."""
+
+    token: str = Field(repr=False)
+    _writ: Context | None = PrivateAttr(default=None)
+
+    @property
+    def writ(self) -> Context:
+        if self._writ is None:
+            raise NoContext()
+        return self._writ
+
+
+class WritTokenVerifier:
+    """The MCP SDK's ``TokenVerifier`` backed by Writ.
+
+    ``client``: this MCP server's Writ client (its identity is the audience the tokens it
+    accepts are bound to). ``resource``: this server's URL (its RFC 8707 resource; pair
+    with ``AuthSettings(resource_server_url=resource, validate_token_resource=True)``, as
+    :func:`auth_settings` does). ``audience``: optionally, the party id tokens must name
+    (Writ already refuses any other caller's token as ``wrong_audience``)."""
+
+    def __init__(self, client: Client, *, resource: str, audience: str | None = None) -> None:
+        self.client = client
+        self.resource = resource
+        self.audience = audience
+
+    async def verify_token(self, token: str) -> AccessToken | None:
+        try:
+            verdict = await self.client.validate(token)
+        except WritError as e:  # fail closed: no verdict, no access
+            log.warning("Writ could not validate a bearer token: %s", e)
+            return None
+        info = verdict.info
+        if not verdict.active or info is None:
+            log.info("bearer token refused: %s", verdict.inactive_reason)
+            return None
+        if self.audience is not None and info.audience.id != self.audience:
+            return None
+        access = WritAccessToken(
+            token=token,
+            client_id=info.act.id,  # the current actor: who presents the token
+            scopes=list(info.scopes),
+            expires_at=info.expires_at_unix_ms // 1000,
+            resource=self.resource,
+            subject=info.subject,
+            claims={"txn": info.txn, "token_id": info.token_id, "aud": info.audience.id},
+        )
+        access._writ = Context(token=token, info=info, client=self.client)
+        return access
+
+
+def auth_settings(resource: str, *, issuer: str, required_scopes: list[str] | None = None) -> AuthSettings:
+    """FastMCP's ``AuthSettings`` for a server whose tokens Writ issues: ``resource`` is this
+    server's URL (tokens are bound to it), ``issuer`` Writ's OAuth issuer (its
+    ``http.issuer``, e.g. ``https://localhost:7434``)."""
+    return AuthSettings(
+        issuer_url=AnyHttpUrl(issuer),
+        resource_server_url=AnyHttpUrl(resource),
+        validate_token_resource=True,
+        required_scopes=required_scopes,
+    )
+
+
+def _request_access() -> WritAccessToken | None:
+    """The verified bearer token of the MCP request being handled (the HTTP request that
+    carried the tool call; contextvars set by the SDK's auth middleware do not reach the
+    session's tasks, the request object does)."""
+    try:
+        rc = request_ctx.get()
+    except LookupError:
+        rc = None
+    request = getattr(rc, "request", None) if rc is not None else None
+    user = request.scope.get("user") if request is not None and hasattr(request, "scope") else None
+    access = getattr(user, "access_token", None) or get_access_token()
+    return access if isinstance(access, WritAccessToken) else None
+
+
+def verified() -> Context:
+    """The verified context of the current tool call, or :class:`~writ.errors.NoContext`."""
+    access = _request_access()
+    if access is None:
+        raise NoContext("no Writ-verified bearer token on this MCP request (is WritTokenVerifier configured?)")
+    return access.writ
+
+
+async def downstream(target: Downstream) -> str:
+    """Inside a tool: a fresh child of the current token for ``target`` (or the token the
+    user's consent was redeemed for, when ``target`` is that consent's resource). Never the
+    token the tool was called with."""
+    return await child_for(target)
+
+
+async def authorization(target: Downstream, *, client: Client | None = None) -> dict[str, str]:
+    """For an MCP *client* (an agent calling an MCP server): headers carrying a fresh child
+    of the current token for the MCP server ``target`` names, as MCP's bearer token:
+    ``streamablehttp_client(url, headers=await writ.mcp.authorization(booking))``."""
+    return {"Authorization": f"Bearer {await child_for(target, client=client)}"}
+
+
+async def _consent(
+    ctx: Context, action: Action, resource: str, reason: str, timeout: float
+) -> Minted:
+    """Asks the user for ``action`` at ``resource`` through a URL-mode elicitation, and
+    answers the redeemed single-use token once they approved."""
+    client = ctx.client
+    assert client is not None
+    req = await client.request_consent(ctx.token, action, resource=resource, reason=reason)
+    rc = request_ctx.get()
+    if req.info.status != pb.CONSENT_STATUS_APPROVED:
+        params = rc.session.client_params
+        elicitation = params.capabilities.elicitation if params is not None else None
+        if elicitation is None or elicitation.url is None:
+            raise ConsentRequired(
+                "the user must approve this action, and this MCP client cannot open the consent link "
+                "(no URL-mode elicitation)",
+                req.id,
+            )
+        result = await rc.session.elicit_url(
+            message=f"Writ asks for your consent: {req.info.description}",
+            url=req.url,
+            elicitation_id=req.id,
+            related_request_id=rc.request_id,
+        )
+        if result.action != "accept":
+            raise ConsentRequired(f"the consent link was not opened ({result.action})", req.id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    delay = 0.1
+    while True:
+        try:
+            redeemed = await client.redeem_consent(req.id, ctx.token)
+            break
+        except ConsentPending:
+            if loop.time() >= deadline:
+                raise ConsentRequired(f"no decision within {timeout:g} s", req.id) from None
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 2.0)
+    try:
+        await rc.session.send_elicit_complete(req.id, related_request_id=rc.request_id)
+    except Exception:  # informative only
+        log.debug("could not notify the client that consent %s completed", req.id)
+    return redeemed
+
+
+def requires(
+    scope: str,
+    /,
+    *,
+    consent_resource: str | None = None,
+    consent_reason: str | Callable[[Mapping[str, Any]], str] | None = None,
+    consent_timeout: float = 300.0,
+    **attributes: AttributeSource,
+) -> Callable[[F], F]:
+    """Declares what a tool needs: ``scope``, and each action attribute taken from a tool
+    argument (``amount="amount"``) or computed from all of them (a callable). Checked at
+    Writ on every call; the body runs only if allowed, with the verified context current.
+
+    ``consent_resource``: for a high-privilege scope, the party the action will be
+    performed at (the upstream API the tool calls, one of the token's targets). When the
+    check answers ``consent_required`` the user is asked through a URL-mode elicitation,
+    and the body runs with the redeemed token as that party's (see :func:`downstream`).
+    Without it, or if the user does not approve within ``consent_timeout`` seconds, the
+    tool fails with :class:`~writ.errors.ConsentRequired`.
+    """
+
+    def decorate(fn: F) -> F:
+        if not inspect.iscoroutinefunction(fn):
+            raise TypeError(f"writ.mcp.requires: {fn.__name__} must be an async function")
+        signature = inspect.signature(fn)
+        for name, source in attributes.items():
+            if isinstance(source, str) and source not in signature.parameters:
+                raise TypeError(f"writ.mcp.requires: {fn.__name__} has no argument {source!r} (for {name!r})")
+
+        @functools.wraps(fn)
+        async def checked(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            arguments = dict(bound.arguments)
+            action = Action(
+                scope,
+                {name: arguments[src] if isinstance(src, str) else src(arguments) for name, src in attributes.items()},
+            )
+            ctx = verified()
+            assert ctx.client is not None
+            verdict = await ctx.client.validate(ctx.token, action=action)
+            consented: dict[str, str] = {}
+            try:
+                raise_unless_allowed(verdict)
+            except ConsentRequired:
+                if consent_resource is None:
+                    raise
+                reason = (
+                    consent_reason(arguments)
+                    if callable(consent_reason)
+                    else consent_reason or f"{fn.__name__}: {scope}"
+                )
+                redeemed = await _consent(ctx, action, consent_resource, reason, consent_timeout)
+                consented[consent_resource] = redeemed.token
+            with use(dataclasses.replace(ctx, consented=consented)):
+                return await fn(*args, **kwargs)
+
+        return cast(F, checked)
+
+    return decorate

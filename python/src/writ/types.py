@@ -1,0 +1,229 @@
+"""The values of Writ's API in Python: parties, claim constraints, actions, and what calls
+answer (Minted, Verdict, ConsentRequest).
+
+Token and consent information are the generated protobuf messages themselves
+(``TokenInfo``, ``ConsentRequestInfo``, ``Transaction``: typed through the generated
+stubs, every field documented in proto/writ/v1/writ.proto); the small frozen classes here
+carry a token secret or a consent link beside them and keep both out of their repr.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Union
+
+from writ._proto import writ_pb2 as pb
+
+Party = pb.Party
+Constraint = pb.Constraint
+TokenInfo = pb.TokenInfo
+ConsentRequestInfo = pb.ConsentRequestInfo
+Transaction = pb.Transaction
+TokenNode = pb.TokenNode
+
+
+@dataclass(frozen=True)
+class Time:
+    """A point in time (Unix seconds) as an attribute or exact value: what a ``window``
+    checks, never a plain integer."""
+
+    unix: int
+
+    @classmethod
+    def of(cls, t: _dt.datetime | int) -> Time:
+        return cls(int(t.timestamp()) if isinstance(t, _dt.datetime) else int(t))
+
+
+Scalar = Union[int, str, Time, _dt.datetime]
+AttrValue = Union[Scalar, Sequence[Scalar]]
+
+
+def _party(id: str, kind: pb.ActorKind, public: bool) -> pb.Party:
+    ct = pb.CLIENT_TYPE_PUBLIC if public else pb.CLIENT_TYPE_CONFIDENTIAL
+    return pb.Party(id=id, kind=kind, client_type=ct)
+
+
+def agent(id: str, *, public: bool = False) -> pb.Party:
+    """An AI agent party (its SPIFFE ID), confidential unless ``public``."""
+    return _party(id, pb.ACTOR_KIND_AGENT, public)
+
+
+def workload(id: str, *, public: bool = False) -> pb.Party:
+    """A workload party (an API, a service), confidential unless ``public``."""
+    return _party(id, pb.ACTOR_KIND_WORKLOAD, public)
+
+
+def user(id: str, *, public: bool = False) -> pb.Party:
+    """A user party."""
+    return _party(id, pb.ACTOR_KIND_USER, public)
+
+
+def scalar_value(v: Scalar) -> pb.Value:
+    # bool is an int: refuse it rather than send 0/1.
+    if isinstance(v, bool):
+        raise TypeError("writ: a bool is not a claim value (use an int or a str)")
+    if isinstance(v, int):
+        return pb.Value(int=v)
+    if isinstance(v, str):
+        return pb.Value(str=v)
+    if isinstance(v, Time):
+        return pb.Value(time=v.unix)
+    if isinstance(v, _dt.datetime):
+        return pb.Value(time=int(v.timestamp()))
+    raise TypeError(f"writ: unsupported value type {type(v).__name__}")
+
+
+def value(v: AttrValue) -> pb.Value:
+    """The wire value of an attribute: int, str, time (``Time`` or datetime) or a list of them."""
+    if isinstance(v, (list, tuple)):
+        return pb.Value(list=pb.ValueList(values=[scalar_value(x) for x in v]))
+    return scalar_value(v)  # type: ignore[arg-type]
+
+
+def _c(applies_to: Iterable[str], **kind: object) -> pb.Constraint:
+    return pb.Constraint(applies_to=list(applies_to), **kind)  # type: ignore[arg-type]
+
+
+def max_(n: int, *, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """An integer ≤ ``n``."""
+    return _c(applies_to, max=n)
+
+
+def min_(n: int, *, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """An integer ≥ ``n``."""
+    return _c(applies_to, min=n)
+
+
+def range_(lo: int, hi: int, *, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """An integer in ``[lo, hi]``."""
+    return _c(applies_to, range=pb.Range(min=lo, max=hi))
+
+
+def window(
+    not_before: _dt.datetime | int, not_after: _dt.datetime | int, *, applies_to: Iterable[str] = ()
+) -> pb.Constraint:
+    """A time in ``[not_before, not_after]`` (datetimes or Unix seconds)."""
+    w = pb.Window(not_before=Time.of(not_before).unix, not_after=Time.of(not_after).unix)
+    return _c(applies_to, window=w)
+
+
+def allow(*values: str, case_insensitive: bool = False, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """A string in the set."""
+    return _c(applies_to, allow=pb.StringSet(values=list(values), case_insensitive=case_insensitive))
+
+
+def deny(*values: str, case_insensitive: bool = False, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """A string not in the set."""
+    return _c(applies_to, deny=pb.StringSet(values=list(values), case_insensitive=case_insensitive))
+
+
+def prefix(path: str, *, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """A canonical resource path under ``path``, by whole segments."""
+    return _c(applies_to, prefix=path)
+
+
+def exact(v: Scalar, *, applies_to: Iterable[str] = ()) -> pb.Constraint:
+    """Exactly one value."""
+    return _c(applies_to, exact=scalar_value(v))
+
+
+class Action:
+    """One action to check: a scope and the attributes its claims constrain.
+
+    ``Action("payments:charge", amount=450, category="travel")``; attributes whose names are
+    not Python identifiers go in ``attributes``.
+    """
+
+    __slots__ = ("scope", "attributes")
+
+    def __init__(
+        self, scope: str, /, attributes: Mapping[str, AttrValue] | None = None, **attrs: AttrValue
+    ) -> None:
+        self.scope = scope
+        self.attributes: dict[str, AttrValue] = {**(attributes or {}), **attrs}
+
+    def to_proto(self) -> pb.Action:
+        return pb.Action(scope=self.scope, attributes={k: value(v) for k, v in self.attributes.items()})
+
+    def __repr__(self) -> str:
+        return f"Action({self.scope!r}, {self.attributes!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Action) and (self.scope, self.attributes) == (other.scope, other.attributes)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Minted:
+    """A token just issued (Mint, Downscope, RedeemConsent): its secret, shown once, and
+    what it records. The secret never appears in the repr."""
+
+    token: str = field(repr=False)
+    info: pb.TokenInfo
+
+    def __repr__(self) -> str:
+        return f"Minted(token_id={self.info.token_id!r}, txn={self.info.txn!r}, audience={self.info.audience.id!r})"
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The answer to an action check."""
+
+    allowed: bool
+    denied_by: str = ""
+    reason: str = ""
+    consent_required: bool = False
+    consent_request_id: str = ""
+
+
+_INACTIVE = {v: k.removeprefix("INACTIVE_REASON_").lower() for k, v in pb.InactiveReason.items()}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What Validate answered. Inactive is an answer, not an error: ``inactive_reason`` is
+    ``expired``, ``revoked``, ``unknown``, ``wrong_audience``, ``malformed``, ``exhausted``
+    or ``action_required``."""
+
+    active: bool
+    inactive_reason: str | None = None
+    info: pb.TokenInfo | None = None
+    decision: Decision | None = None
+    txn_token_jwt: str = field(default="", repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        """Active and, when an action was asked, allowed."""
+        return self.active and (self.decision is None or self.decision.allowed)
+
+    @property
+    def consent_required(self) -> bool:
+        return self.decision is not None and self.decision.consent_required
+
+    @classmethod
+    def from_proto(cls, r: pb.ValidateResponse) -> Verdict:
+        if not r.active:
+            return cls(active=False, inactive_reason=_INACTIVE.get(r.inactive_reason, "unspecified"))
+        d = r.decision if r.HasField("decision") else None
+        return cls(
+            active=True,
+            info=r.info if r.HasField("info") else None,
+            decision=None
+            if d is None
+            else Decision(d.allowed, d.denied_by, d.reason, d.consent_required, d.consent_request_id),
+            txn_token_jwt=r.txn_token_jwt,
+        )
+
+
+@dataclass(frozen=True)
+class ConsentRequest:
+    """A consent request as RequestConsent answered it. ``url`` is the consent page's link,
+    a capability for the user only: it is kept out of the repr."""
+
+    id: str
+    url: str = field(repr=False)
+    existing: bool
+    info: pb.ConsentRequestInfo

@@ -1,0 +1,249 @@
+"""The Txn-Token helpers on the wire: the httpx hook never forwards the parent (checked
+with a recording server), and the ASGI middleware lets only an active token for this
+service reach the app."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from conftest import BOOKING, PAYMENTS, PLANNER, Recorder, Server, mint_root, serve_asgi, to_booking
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import writ
+from writ.http import TxnTokenAuth, TxnTokenHook, TxnTokenMiddleware
+
+
+def payments_downstream(base_url: str) -> writ.Downstream:
+    return writ.Downstream(
+        audience=writ.workload(PAYMENTS),
+        scopes=["payments:refund"],
+        claims={"amount": writ.max_(300)},
+        ttl=30,
+        match=base_url + "/payments",
+    )
+
+
+async def test_the_hook_sends_a_fresh_child_never_the_parent(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    rec = Recorder()
+    async with serve_asgi(rec) as url:
+        hook = TxnTokenHook([payments_downstream(url)], client=booking)
+        async with httpx.AsyncClient(event_hooks={"request": [hook]}) as http:
+            with writ.use(writ.Context(b.token, b.info, booking)):
+                # A Txn-Token set by hand (here the parent itself) is replaced, not forwarded.
+                await http.post(f"{url}/payments/refund", headers={"Txn-Token": b.token})
+                await http.post(f"{url}/payments/refund")
+                # Not a declared downstream: no Txn-Token at all, even one set by hand.
+                await http.get(f"{url}/elsewhere", headers={"Txn-Token": b.token})
+                # Segment prefix: /paymentsX is not under /payments.
+                await http.get(f"{url}/paymentsX")
+    first, second = rec.txn_tokens(0), rec.txn_tokens(1)
+    assert len(first) == 1 and len(second) == 1
+    assert first[0] != second[0], "each call gets its own child"
+    for raw in rec.requests:
+        assert all(b.token.encode() not in v and root.token.encode() not in v for _, v in raw[1])
+    assert rec.txn_tokens(2) == [] and rec.txn_tokens(3) == []
+    for child in (first[0], second[0]):
+        v = await payments.validate(child, action=writ.Action("payments:refund", amount=300, category="x"))
+        assert v.allowed and v.info is not None
+        assert v.info.parent_token_id == b.info.token_id and v.info.audience.id == PAYMENTS
+        assert dict(v.info.claims)["amount"].max == 300
+
+
+async def test_the_hook_fails_closed(minter: writ.Client, planner: writ.Client, booking: writ.Client) -> None:
+    rec = Recorder()
+    async with serve_asgi(rec) as url:
+        d = payments_downstream(url)
+        async with httpx.AsyncClient(event_hooks={"request": [TxnTokenHook([d], client=booking)]}) as http:
+            # No current token: nothing is sent.
+            with pytest.raises(writ.NoContext):
+                await http.post(f"{url}/payments/refund")
+            # A downscope Writ refuses (wider than the parent): nothing is sent.
+            root = await mint_root(minter)
+            b = await to_booking(planner, root)
+            wide = writ.Downstream(
+                audience=writ.workload(PAYMENTS), scopes=["payments:refund"], claims={"amount": writ.max_(5000)}, match=url
+            )
+            async with httpx.AsyncClient(event_hooks={"request": [TxnTokenHook([wide], client=booking)]}) as http2:
+                with writ.use(writ.Context(b.token, b.info, booking)):
+                    with pytest.raises(writ.NarrowingRefused):
+                        await http2.post(f"{url}/payments/refund")
+            # Revoked parent: refused at Writ, nothing sent.
+            await booking.revoke(token=b.token, reason="test")
+            with writ.use(writ.Context(b.token, b.info, booking)):
+                with pytest.raises(writ.TokenRejected):
+                    await http.post(f"{url}/payments/refund")
+    assert rec.requests == []
+
+
+async def test_the_auth_flow_form(minter: writ.Client, planner: writ.Client, booking: writ.Client) -> None:
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    rec = Recorder()
+    async with serve_asgi(rec) as url:
+        async with httpx.AsyncClient(auth=TxnTokenAuth([payments_downstream(url)])) as http:
+            with writ.use(writ.Context(b.token, b.info, booking)):
+                await http.get(f"{url}/payments/x", headers={"txn-token": "writ_forwarded_by_hand"})
+    tokens = rec.txn_tokens(0)
+    assert len(tokens) == 1 and tokens[0] not in (b.token, "writ_forwarded_by_hand")
+
+
+def payments_app(client: writ.Client, ran: list[str]) -> Any:
+    async def refund(request: Request) -> JSONResponse:
+        ctx = writ.current()
+        assert ctx is not None and request.state.writ is ctx
+        ran.append(ctx.info.token_id)
+        body = await request.json()
+        try:
+            await writ.check(writ.Action("payments:refund", amount=body["amount"], category=body["category"]))
+        except writ.ActionDenied as e:
+            return JSONResponse({"refused": e.denied_by}, status_code=403)
+        return JSONResponse({"refunded": body["amount"], "for": ctx.info.subject})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/refund", refund, methods=["POST"]), Route("/healthz", health)])
+    return TxnTokenMiddleware(app, client=client, exempt=["/healthz"])
+
+
+async def test_the_middleware_refuses_every_bad_token_before_the_app_runs(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    good = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=60)
+    revoked = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=60)
+    await payments.revoke(token=revoked.token, reason="test")  # its holder
+    short = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=1)
+    forged = good.token[:-6] + ("AAAAAA" if not good.token.endswith("AAAAAA") else "BBBBBB")
+    ran: list[str] = []
+    body = {"amount": 100, "category": "travel"}
+    async with serve_asgi(payments_app(payments, ran)) as url, httpx.AsyncClient(base_url=url) as http:
+        cases: list[tuple[list[tuple[str, str]], str | set[str]]] = [
+            ([], "missing_token"),
+            ([("Txn-Token", good.token), ("Txn-Token", good.token)], "multiple_tokens"),
+            ([("Txn-Token", forged)], {"malformed", "unknown"}),  # the integrity tag fails
+            ([("Txn-Token", "writ_garbage")], "malformed"),
+            ([("Txn-Token", revoked.token)], "revoked"),
+            ([("Txn-Token", b.token)], "wrong_audience"),  # booking's token presented to payments
+            ([("Authorization", f"Bearer {good.token}")], "missing_token"),  # never in Authorization
+        ]
+        await asyncio.sleep(1.5)  # let `short` expire (ttl 1 s)
+        cases.append(([("Txn-Token", short.token)], "expired"))
+        for headers, reason in cases:
+            r = await http.post("/refund", json=body, headers=httpx.Headers(headers))
+            assert r.status_code == 401, (reason, r.text)
+            expected = reason if isinstance(reason, set) else {reason}
+            assert r.json()["error"] == "invalid_token" and r.json()["reason"] in expected, r.text
+            assert "writ_" not in r.text and r.headers["cache-control"] == "no-store"
+        assert ran == [], "the app never ran for a refused token"
+        assert (await http.get("/healthz")).status_code == 200
+        # The good token reaches the app, whose own action check still applies.
+        ok = await http.post("/refund", json=body, headers={"Txn-Token": good.token})
+        assert ok.status_code == 200 and ok.json() == {"refunded": 100, "for": "alice"}
+        too_much = await http.post("/refund", json={"amount": 501, "category": "travel"}, headers={"Txn-Token": good.token})
+        assert too_much.status_code == 403 and too_much.json() == {"refused": "amount"}
+    assert ran == [good.info.token_id, good.info.token_id]
+
+
+async def test_a_chain_over_http_booking_to_payments(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """Booking's handler (behind the middleware, as booking) calls payments (behind the
+    middleware, as payments) through the hook: each hop verifies its own token."""
+    ran: list[str] = []
+    async with serve_asgi(payments_app(payments, ran)) as pay_url:
+        hook = TxnTokenHook(
+            [writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=30, match=pay_url)]
+        )
+
+        async def book(request: Request) -> JSONResponse:
+            async with httpx.AsyncClient(event_hooks={"request": [hook]}) as http:
+                r = await http.post(f"{pay_url}/refund", json={"amount": 120, "category": "travel"})
+            return JSONResponse({"payments": r.json(), "status": r.status_code})
+
+        booking_app = TxnTokenMiddleware(Starlette(routes=[Route("/book", book, methods=["POST"])]), client=booking)
+        async with serve_asgi(booking_app) as book_url, httpx.AsyncClient() as http:
+            root = await mint_root(minter)
+            b = await to_booking(planner, root)
+            r = await http.post(f"{book_url}/book", headers={"Txn-Token": b.token})
+            assert r.status_code == 200, r.text
+            assert r.json() == {"payments": {"refunded": 120, "for": "alice"}, "status": 200}
+    assert len(ran) == 1
+    assert PLANNER != BOOKING  # (parties as the conftest names them)
+
+
+async def test_propagation_follows_tasks_and_stays_inside_the_block(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, server: Server
+) -> None:
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    ctx = writ.Context(b.token, b.info, booking)
+    d = writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=30)
+    seen: list[str | None] = []
+
+    async def leaf() -> str:
+        await asyncio.sleep(0)
+        c = writ.current()
+        seen.append(c.info.token_id if c else None)
+        return await writ.child_for(d)
+
+    assert writ.current() is None
+    outside = asyncio.create_task(leaf())  # created before the block: no context
+    with pytest.raises(writ.NoContext):
+        await outside
+    with writ.use(ctx):
+        children = await asyncio.gather(*(asyncio.create_task(leaf()) for _ in range(3)))
+        async with asyncio.TaskGroup() as tg:
+            t = tg.create_task(leaf())
+    assert writ.current() is None
+    assert seen == [None] + [b.info.token_id] * 4
+    assert len(set(children + [t.result()])) == 4 and b.token not in children
+
+
+async def test_action_only_tokens_are_refused_unless_the_app_checks_an_action_first(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    only = await booking.downscope(
+        b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], max_uses=1, require_action_check=True
+    )
+    ran: list[str] = []
+    body = {"amount": 50, "category": "travel"}
+    async with serve_asgi(payments_app(payments, ran)) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        assert r.status_code == 401 and r.json()["reason"] == "action_required"
+    assert ran == []
+
+    seen: list[object] = []
+
+    async def refund(request: Request) -> JSONResponse:
+        seen.append(writ.current())  # nothing verified yet
+        with pytest.raises(writ.NoContext):
+            await writ.child_for(writ.Downstream(audience=writ.agent(BOOKING), scopes=["payments:refund"]))
+        await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
+        ctx = writ.current()
+        assert ctx is not None
+        return JSONResponse({"for": ctx.info.subject, "uses": ctx.info.max_uses})
+
+    app = TxnTokenMiddleware(Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, admit_action_only=True)
+    async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as http:
+        ok = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        assert ok.status_code == 200 and ok.json() == {"for": "alice", "uses": 1}, ok.text
+        # Its one use is spent: the same token is now refused before the app.
+        again = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        assert again.status_code == 401 and again.json()["reason"] == "exhausted"
+        # Ordinary tokens are still verified up front.
+        assert (await http.post("/refund", json=body)).status_code == 401
+    assert seen == [None]

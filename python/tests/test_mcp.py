@@ -1,0 +1,294 @@
+"""writ.mcp with the real ``mcp`` SDK: a FastMCP server (booking, behind WritTokenVerifier
+over streamable HTTP) and an MCP client session (the planner) in this process, the
+payments API behind the ASGI middleware, and a real writ serve."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+from conftest import BOOKING, PAYMENTS, Server, free_port, mint_root, serve_asgi
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
+from mcp.server.fastmcp import FastMCP
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+import writ
+import writ.mcp
+from writ._proto import writ_pb2 as pb
+from writ.http import TxnTokenHook, TxnTokenMiddleware
+
+ISSUER = "https://localhost:7434"
+
+
+def payments_api(client: writ.Client, log: list[tuple[str, int]]) -> Any:
+    """The payments API: every request's Txn-Token verified as payments, then the action
+    checked against it."""
+
+    def route(scope: str) -> Route:
+        async def handler(request: Request) -> JSONResponse:
+            body = await request.json()
+            try:
+                await writ.check(writ.Action(scope, amount=body["amount"], category=body["category"]))
+            except writ.WritError as e:
+                return JSONResponse({"refused": e.reason, "by": e.dimension}, status_code=403)
+            log.append((scope, body["amount"]))
+            return JSONResponse({"done": scope, "amount": body["amount"]})
+
+        return Route("/" + scope.split(":")[1], handler, methods=["POST"])
+
+    app = Starlette(routes=[route("payments:charge"), route("payments:refund")])
+    # Every route checks an action first, so a consent's redeemed token (action checks
+    # only) is admitted pending that check.
+    return TxnTokenMiddleware(app, client=client, admit_action_only=True)
+
+
+def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> FastMCP:
+    """The booking agent's MCP server, written as a user would with writ.mcp."""
+    mcp = FastMCP(
+        "booking",
+        token_verifier=writ.mcp.WritTokenVerifier(client, resource=url, audience=BOOKING),
+        auth=writ.mcp.auth_settings(url, issuer=ISSUER),
+    )
+    refunds = writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=30)
+    charges = writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:charge"], ttl=30, match=pay_url)
+    hook = TxnTokenHook([charges])
+
+    @mcp.tool()
+    @writ.mcp.requires("trips:book", category="category")
+    async def book_trip(destination: str, category: str) -> str:
+        ran.append("book_trip")
+        ctx = writ.current()
+        assert ctx is not None
+        return f"booked {destination} for {ctx.info.subject}"
+
+    @mcp.tool()
+    @writ.mcp.requires("payments:refund", amount="amount", category="category")
+    async def refund(amount: int, category: str) -> str:
+        ran.append("refund")
+        token = await writ.mcp.downstream(refunds)  # the one line
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                f"{pay_url}/refund", json={"amount": amount, "category": category}, headers={"Txn-Token": token}
+            )
+        return r.text
+
+    @mcp.tool()
+    @writ.mcp.requires(
+        "payments:charge",
+        amount="amount",
+        category="category",
+        consent_resource=PAYMENTS,
+        consent_reason=lambda a: f"charge {a['amount']} EUR for the Lisbon trip",
+        consent_timeout=20,
+    )
+    async def charge(amount: int, category: str) -> str:
+        ran.append("charge")
+        async with httpx.AsyncClient(event_hooks={"request": [hook]}) as http:
+            r = await http.post(f"{pay_url}/charge", json={"amount": amount, "category": category})
+        return r.text
+
+    return mcp
+
+
+@asynccontextmanager
+async def stack(booking: writ.Client, payments: writ.Client) -> AsyncIterator[tuple[str, list[str], list[Any]]]:
+    ran: list[str] = []
+    paid: list[tuple[str, int]] = []
+    async with serve_asgi(payments_api(payments, paid)) as pay_url:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/mcp"
+        app = booking_mcp(booking, url, pay_url, ran).streamable_http_app()
+        async with serve_asgi(app, port=port, lifespan=True):
+            yield url, ran, paid
+
+
+@asynccontextmanager
+async def session(url: str, headers: dict[str, str], elicit: Any = None) -> AsyncIterator[ClientSession]:
+    async with (
+        httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(30, read=300)) as http,
+        streamable_http_client(url, http_client=http) as (read, write, _),
+        ClientSession(read, write, elicitation_callback=elicit) as s,
+    ):
+        await s.initialize()
+        yield s
+
+
+def text(r: types.CallToolResult) -> str:
+    return "".join(c.text for c in r.content if isinstance(c, types.TextContent))
+
+
+async def planner_headers(minter: writ.Client, planner: writ.Client, **scopes: Any) -> tuple[writ.Minted, dict[str, str]]:
+    """The planner (an MCP client holding the root token) derives booking's token with
+    writ.mcp.authorization, as a user's agent would."""
+    root = await mint_root(minter)
+    booking_mcp_party = writ.Downstream(
+        audience=writ.agent(BOOKING),
+        scopes=scopes.get("scopes", ["trips:book", "payments:charge", "payments:refund"]),
+        targets=[PAYMENTS],
+        claims={"amount": writ.max_(500)},
+        ttl=120,
+    )
+    with writ.use(writ.Context(root.token, root.info, planner)):
+        return root, await writ.mcp.authorization(booking_mcp_party)
+
+
+async def test_tools_allowed_and_refused_on_every_call(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client, operator: writ.Client
+) -> None:
+    async with stack(booking, payments) as (url, ran, paid):
+        root, headers = await planner_headers(minter, planner)
+        assert headers["Authorization"].startswith("Bearer writ_")
+        assert root.token not in headers["Authorization"]
+        async with session(url, headers) as s:
+            ok = await s.call_tool("book_trip", {"destination": "Lisbon", "category": "travel"})
+            assert not ok.isError and text(ok) == "booked Lisbon for alice"
+            # A claim refuses it: the body never runs, the error names why.
+            bad = await s.call_tool("book_trip", {"destination": "Vegas", "category": "Gambling"})
+            assert bad.isError and "ACTION_DENIED" in text(bad) and "category" in text(bad)
+            # Over booking's limit (max 500): refused before the body.
+            over = await s.call_tool("refund", {"amount": 600, "category": "travel"})
+            assert over.isError and "ACTION_DENIED" in text(over) and "amount" in text(over)
+            # Within it: the tool calls payments with a fresh child, which payments accepts.
+            done = await s.call_tool("refund", {"amount": 120, "category": "travel"})
+            assert not done.isError, text(done)
+            assert '"done":"payments:refund"' in text(done)
+        assert ran == ["book_trip", "refund"] and paid == [("payments:refund", 120)]
+        assert all(root.token not in text(r) for r in (ok, bad, over, done))
+        # Payments saw a child of booking's token, not booking's token.
+        tree = await operator.get_transaction(root.info.txn)
+        by_id = {n.info.token_id: n.info for n in tree.tokens}
+        pay = [i for i in by_id.values() if i.audience.id == PAYMENTS]
+        assert len(pay) == 1 and by_id[pay[0].parent_token_id].audience.id == BOOKING
+
+        # A token without the tool's scope: every call is checked, so this one is refused.
+        _, narrow = await planner_headers(minter, planner, scopes=["payments:refund"])
+        async with session(url, narrow) as s:
+            r = await s.call_tool("book_trip", {"destination": "Lisbon", "category": "travel"})
+            assert r.isError and "ACTION_DENIED" in text(r) and "scope" in text(r)
+        assert ran == ["book_trip", "refund"]
+
+
+async def test_missing_forged_foreign_and_revoked_bearer_tokens_are_refused(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}},
+    }
+    accept = {"Accept": "application/json, text/event-stream"}
+    async with stack(booking, payments) as (url, ran, _):
+        root, headers = await planner_headers(minter, planner)
+        token = headers["Authorization"].removeprefix("Bearer ")
+        forged = token[:-6] + ("AAAAAA" if not token.endswith("AAAAAA") else "BBBBBB")
+        async with httpx.AsyncClient() as http:
+            good = await http.post(url, json=init, headers={**accept, **headers})
+            assert good.status_code == 200, good.text
+            for auth in (None, f"Bearer {forged}", "Bearer writ_garbage", f"Bearer {root.token}", f"Basic {token}"):
+                h = dict(accept) if auth is None else {**accept, "Authorization": auth}
+                r = await http.post(url, json=init, headers=h)
+                assert r.status_code == 401, (auth, r.text)
+                assert token not in r.text and root.token not in r.text
+            await booking.revoke(token=token, reason="test")
+            r = await http.post(url, json=init, headers={**accept, **headers})
+            assert r.status_code == 401
+        # And an MCP client with no token cannot even initialize.
+        with pytest.raises(Exception):
+            async with session(url, {}):
+                pass
+    assert ran == []
+
+
+async def test_consent_through_url_elicitation_end_to_end(
+    minter: writ.Client,
+    planner: writ.Client,
+    booking: writ.Client,
+    payments: writ.Client,
+    wallet: writ.Client,
+    operator: writ.Client,
+) -> None:
+    elicited: list[types.ElicitRequestURLParams] = []
+
+    async def approve(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        # The MCP client shows the link to the user; here the wallet app (an approver,
+        # with its own certificate) records alice's approval through the back-channel.
+        assert isinstance(params, types.ElicitRequestURLParams)
+        elicited.append(params)
+        await wallet.decide_consent(params.elicitationId, approve=True, subject="alice")
+        return types.ElicitResult(action="accept")
+
+    async with stack(booking, payments) as (url, ran, paid):
+        root, headers = await planner_headers(minter, planner)
+        async with session(url, headers, elicit=approve) as s:
+            r = await s.call_tool("charge", {"amount": 420, "category": "travel"})
+            assert not r.isError, text(r)
+            assert '"done":"payments:charge"' in text(r)
+        assert ran == ["charge"] and paid == [("payments:charge", 420)]
+        assert len(elicited) == 1
+        consent = elicited[0]
+        assert consent.url.startswith("https://") and "/consent/" in consent.url
+        assert consent.elicitationId.startswith("cns_") and "420" in consent.message
+        info = await operator.get_consent(consent.elicitationId)
+        assert info.status == pb.CONSENT_STATUS_REDEEMED
+        assert info.resource.id == PAYMENTS and info.requester == BOOKING
+        trail = [pb.EventKind.Name(e.kind) for e in await operator.list_events(root.info.txn)]
+        for step in ("EVENT_KIND_CONSENT_REQUESTED", "EVENT_KIND_CONSENT_APPROVED", "EVENT_KIND_CONSENT_REDEEMED"):
+            assert step in trail, trail
+
+
+async def test_consent_denied_or_impossible_never_runs_the_tool(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client, wallet: writ.Client
+) -> None:
+    async def deny(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        assert isinstance(params, types.ElicitRequestURLParams)
+        await wallet.decide_consent(params.elicitationId, approve=False, subject="alice")
+        return types.ElicitResult(action="accept")
+
+    async def decline(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="decline")
+
+    async with stack(booking, payments) as (url, ran, paid):
+        _, headers = await planner_headers(minter, planner)
+        async with session(url, headers, elicit=deny) as s:
+            r = await s.call_tool("charge", {"amount": 100, "category": "travel"})
+            assert r.isError and "CONSENT_DENIED" in text(r)
+        _, headers = await planner_headers(minter, planner)
+        async with session(url, headers, elicit=decline) as s:
+            r = await s.call_tool("charge", {"amount": 100, "category": "travel"})
+            assert r.isError and "CONSENT_REQUIRED" in text(r) and "decline" in text(r)
+        _, headers = await planner_headers(minter, planner)
+        async with session(url, headers) as s:  # a client without elicitation
+            r = await s.call_tool("charge", {"amount": 100, "category": "travel"})
+            assert r.isError and "CONSENT_REQUIRED" in text(r)
+    assert ran == [] and paid == []
+
+
+def test_requires_checks_its_declaration() -> None:
+    with pytest.raises(TypeError, match="no argument"):
+
+        @writ.mcp.requires("trips:book", category="kind")
+        async def tool(category: str) -> str:
+            return category
+
+    with pytest.raises(TypeError, match="async"):
+
+        @writ.mcp.requires("trips:book")
+        def sync_tool() -> str:
+            return ""
+
+
+async def test_outside_an_mcp_request_there_is_no_context(server: Server) -> None:
+    @writ.mcp.requires("trips:book")
+    async def tool() -> str:
+        return "ran"
+
+    with pytest.raises(writ.NoContext):
+        await tool()
