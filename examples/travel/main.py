@@ -32,7 +32,6 @@ import planner
 import stack
 import wallet
 import writ
-from writ._proto import writ_pb2 as pb  # the generated messages TokenInfo is typed as
 
 # ---------------------------------------------------------------------------------------
 # Telling the story
@@ -83,7 +82,7 @@ class Narrator:
         return ok
 
 
-def constraint(name: str, c: pb.Constraint) -> str:
+def constraint(name: str, c: writ.Constraint) -> str:
     """One claim the way a person reads it."""
     kind = c.WhichOneof("kind")
     if kind == "max":
@@ -103,7 +102,7 @@ def constraint(name: str, c: pb.Constraint) -> str:
     return text
 
 
-def grant(info: pb.TokenInfo) -> str:
+def grant(info: writ.TokenInfo) -> str:
     """A token's grant in one line: scopes, claims, uses."""
     claims = ", ".join(constraint(k, info.claims[k]) for k in sorted(info.claims))
     uses = f"; {info.max_uses} use" + ("s" if info.max_uses != 1 else "") if info.max_uses else ""
@@ -158,7 +157,7 @@ async def cast_on(server: stack.WritServer) -> AsyncIterator[Cast]:
 
 
 async def story(cast: Cast, n: Narrator, *, interactive: bool) -> None:
-    async def hop(token_id: str) -> pb.TokenInfo:
+    async def hop(token_id: str) -> writ.TokenInfo:
         """A token's record as the operator sees it (GetToken): to show what narrowed."""
         return (await cast.operator.get_token(token_id)).token.info
 

@@ -1,6 +1,6 @@
 """The payments API: a plain HTTP service (Starlette on uvicorn) behind Writ's
-``Txn-Token`` middleware. The middleware admits only a request carrying one active token
-issued to this service; the handler then checks the exact charge it is asked to make
+``Txn-Token`` middleware. The middleware admits only a request carrying one token
+issued to this service and still usable; the handler then checks the exact charge it is asked to make
 (scope, amount, category) against that token with Validate. The API trusts nothing the
 caller says about its rights: only what Writ answers for the token.
 """
@@ -24,7 +24,6 @@ def scope_for(amount: int) -> str:
 
 
 async def charge(request: Request) -> JSONResponse:
-    ctx = writ.require()  # set by the middleware: the request never gets here without it
     body = await request.json()
     amount, category = int(body["amount"]), str(body["category"])
     try:
@@ -41,6 +40,7 @@ async def charge(request: Request) -> JSONResponse:
         )
     except writ.TokenInactive as e:
         return JSONResponse({"error": "invalid_token", "reason": e.inactive_reason}, status_code=401)
+    ctx = writ.require()  # the token the check allowed, with what Writ knows of it
     return JSONResponse(
         {
             "charged": amount,
@@ -54,6 +54,8 @@ async def charge(request: Request) -> JSONResponse:
 
 def create_app(client: writ.Client) -> TxnTokenMiddleware:
     """The API, wrapped in the middleware that validates every Txn-Token as this service
-    (``client`` proves the payments identity)."""
+    (``client`` proves the payments identity). Its one route checks an action before
+    anything else, so it may admit tokens that answer only action checks, as the
+    single-use token redeemed from alice's consent does."""
     app = Starlette(routes=[Route("/charges", charge, methods=["POST"])])
-    return TxnTokenMiddleware(app, client=client)
+    return TxnTokenMiddleware(app, client=client, admit_action_only=True)
