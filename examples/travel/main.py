@@ -241,6 +241,9 @@ async def story(cast: Cast, n: Narrator, *, interactive: bool) -> None:
         n.say("booking's tool checks payments.charge_large at Writ: CONSENT_REQUIRED, so it asks alice")
         result = await session.call_tool("book_flight", {"flight": "TP 1351 LIS, 12 March", "amount": 950})
         paid = planner.tool_json(result)
+        if interactive and links:
+            decided = await cast.operator.get_consent(links[0].elicitation_id)
+            n.say(f"Writ recorded alice's decision: {decided.id} approved ({decided.channel})")
         n.expect("the consent link reached the planner (URL-mode elicitation)",
                  len(links) == 1 and "/consent/" in links[0].url, f"{links}")
         if n.expect("the flight is charged with the single-use consent token",
