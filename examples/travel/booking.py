@@ -1,0 +1,104 @@
+"""The booking service: an MCP server (FastMCP, streamable HTTP) whose tools book hotels
+and flights and pay for them at the payments API.
+
+- Every MCP request's bearer token is introspected at Writ as this server
+  (``WritTokenVerifier``): a token not issued to booking, revoked or expired is a 401.
+- Every tool declares the scope and claims it needs (``writ.mcp.requires``), checked at
+  Writ on each call before the body runs.
+- The call to payments never carries the token booking received: the httpx hook derives a
+  fresh child for payments on each request (``payments.charge``, hotels only, one minute).
+- A charge above 500 EUR needs ``payments.charge_large``, which alice must approve: the
+  decorator asks Writ for her consent, sends the consent link to the planner as a
+  URL-mode elicitation, waits for her decision and hands payments the single-use token
+  redeemed for exactly that charge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from mcp.server.fastmcp import FastMCP
+from starlette.applications import Starlette
+
+import writ
+from gateway import PAYMENTS
+from writ.http import TxnTokenHook
+from writ.mcp import WritTokenVerifier, auth_settings, requires
+
+
+def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer: str) -> Starlette:
+    """The booking server's ASGI app. ``client`` proves booking's identity to Writ;
+    ``url`` is where it is served (its MCP endpoint, ``url/mcp``, is the resource its
+    tokens are bound to); ``writ_issuer`` is Writ's OAuth issuer."""
+    resource = f"{url}/mcp"
+    # Ordinary charges: a child for payments that can only charge hotels, for one minute.
+    payments_hook = TxnTokenHook(
+        [
+            writ.Downstream(
+                audience=writ.workload(PAYMENTS),
+                scopes=["payments.charge"],
+                claims={"category": writ.allow("hotel")},
+                ttl=60,
+                match=payments_url,
+            )
+        ],
+        client=client,
+    )
+    http = httpx.AsyncClient(base_url=payments_url, event_hooks={"request": [payments_hook]})
+
+    mcp: FastMCP[Any] = FastMCP(
+        "booking",
+        token_verifier=WritTokenVerifier(client, resource=resource),
+        auth=auth_settings(resource, issuer=writ_issuer, required_scopes=["trip.book"]),
+    )
+
+    async def pay(amount: int, category: str, reference: str) -> dict[str, Any]:
+        r = await http.post("/charges", json={"amount": amount, "category": category, "reference": reference})
+        body: dict[str, Any] = r.json()
+        if r.status_code != 200:
+            raise RuntimeError(f"payments refused the charge: HTTP {r.status_code} {body}")
+        return body
+
+    @mcp.tool()
+    @requires("payments.charge", amount="amount", category=lambda _: "hotel")
+    async def book_hotel(hotel: str, nights: int, amount: int) -> dict[str, Any]:
+        """Book a hotel and pay for it (amount in EUR)."""
+        return await pay(amount, "hotel", f"{hotel}, {nights} nights")
+
+    @mcp.tool()
+    @requires(
+        "payments.charge_large",
+        amount="amount",
+        category=lambda _: "flight",
+        consent_resource=PAYMENTS,
+        consent_reason=lambda a: f"the flight {a['flight']} for {a['amount']} EUR",
+    )
+    async def book_flight(flight: str, amount: int) -> dict[str, Any]:
+        """Book a flight and pay for it (amount in EUR): a large charge, alice approves it."""
+        paid = await pay(amount, "flight", flight)
+        # Suppose the answer was lost and the charge is sent again: the consent's token
+        # was for one charge, and payments refuses the second one.
+        try:
+            await pay(amount, "flight", flight)
+            paid["replay"] = "accepted"
+        except RuntimeError as e:
+            paid["replay"] = f"refused: {e}"
+        return paid
+
+    app = mcp.streamable_http_app()
+    # The app's lifespan runs the MCP session manager; close the payments client after it.
+    serve_sessions = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a: Starlette) -> AsyncIterator[Any]:
+        async with serve_sessions(a) as state:
+            try:
+                yield state
+            finally:
+                await http.aclose()
+
+    app.router.lifespan_context = lifespan
+    return app
