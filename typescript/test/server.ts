@@ -76,7 +76,9 @@ export class WritServer {
     const policy = join(dir, "policy.toml");
     writeFileSync(policy, POLICY);
     const port = await freePort();
-    const addr = `127.0.0.1:${port}`;
+    const listen = `127.0.0.1:${port}`;
+    // By name: the development certificate names localhost, and grpc-js warns on an IP as TLS server name.
+    const addr = `localhost:${port}`;
     const log = join(dir, "serve.log");
     const env: NodeJS.ProcessEnv = {};
     for (const [k, v] of Object.entries(process.env)) if (!k.startsWith("WRIT_")) env[k] = v;
@@ -87,7 +89,7 @@ export class WritServer {
       RUST_LOG: "info",
     });
     const out = openSync(log, "w");
-    const child = spawn(bin, ["serve", "--listen", addr, "--data-dir", join(dir, "data"), "--policy", policy], {
+    const child = spawn(bin, ["serve", "--listen", listen, "--data-dir", join(dir, "data"), "--policy", policy], {
       env,
       stdio: ["ignore", "ignore", out],
     });
