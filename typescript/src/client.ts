@@ -476,8 +476,9 @@ export class WritClient {
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.#once(def, req, call.timeoutMs ?? this.#timeoutMs);
-      } catch (e) {
-        const err = e instanceof WritError ? e : new WritError({ code: status.UNKNOWN, message: String(e) });
+      } catch (err) {
+        // Only a status from the wire is retried; a local failure (an assertion callback's) is not.
+        if (!(err instanceof WritError)) throw err;
         const transient = err.code === status.UNAVAILABLE || err.code === status.DEADLINE_EXCEEDED;
         if (!transient || attempt >= attempts) throw err;
         // Full jitter over an exponential step: 100 ms, 200 ms, 400 ms … capped at 2 s.

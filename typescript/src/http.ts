@@ -123,10 +123,12 @@ async function check(client: WritClient, req: IncomingMessage, opts: MiddlewareO
     const action = opts.action?.(req);
     verdict = await client.validate(token, action ? { action } : {});
   } catch (e) {
-    if (e instanceof WritError && (e.code === status.INVALID_ARGUMENT || e.code === status.UNAUTHENTICATED)) {
-      return invalid((e.reason || "malformed").toLowerCase(), "the token was refused");
+    // Token problems are verdicts (inactive), so a refused call is about the request's
+    // action attributes (not canonical text, say): the request is at fault.
+    if (e instanceof WritError && e.code === status.INVALID_ARGUMENT) {
+      return { status: 400, body: { error: "invalid_request", error_description: "the request's action was refused" } };
     }
-    // Writ could not answer: nothing is verified, so nothing runs.
+    // Writ could not answer, or refused this service itself: nothing is verified, so nothing runs.
     return { status: 503, body: { error: "temporarily_unavailable", error_description: "the token could not be checked" } };
   }
   if (!verdict.active || !verdict.info) {

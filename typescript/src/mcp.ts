@@ -46,7 +46,7 @@ export function writTokenVerifier(client: WritClient, opts: VerifierOptions): OA
       try {
         v = await client.validate(token);
       } catch (e) {
-        if (e instanceof WritError && (e.code === status.INVALID_ARGUMENT || e.code === status.UNAUTHENTICATED)) {
+        if (e instanceof WritError && e.code === status.INVALID_ARGUMENT) {
           throw new InvalidTokenError("the token was refused");
         }
         throw new ServerError("the token could not be checked");

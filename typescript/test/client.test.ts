@@ -2,6 +2,7 @@
 // survive, secrets kept out of logs, and consent end to end.
 
 import assert from "node:assert/strict";
+import { generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { inspect } from "node:util";
 import { status } from "@grpc/grpc-js";
@@ -19,6 +20,35 @@ import {
 } from "../src/index.js";
 import { BOOKING, MALLORY, PAYMENTS, PLANNER, WritServer } from "./server.js";
 
+// A party that proves itself with JWT client assertions signed by a registered Ed25519 key.
+const ASSERTER = "spiffe://writ.local/agent/asserter";
+const keys = generateKeyPairSync("ed25519");
+const ASSERTER_POLICY = `
+[parties."${ASSERTER}"]
+kind = "agent"
+client_type = "confidential"
+roles = ["agent"]
+scopes = ["trips:book"]
+keys = [{ kid = "k1", public_key = """
+${keys.publicKey.export({ type: "spki", format: "pem" }).toString().trim()}
+""" }]
+`;
+
+/** A fresh client assertion (RFC 7523) for ASSERTER, addressed to this Writ. */
+function assertion(): string {
+  const b64 = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url");
+  const now = Math.floor(Date.now() / 1000);
+  const input = `${b64({ alg: "EdDSA", typ: "JWT", kid: "k1" })}.${b64({
+    iss: ASSERTER,
+    sub: ASSERTER,
+    aud: "spiffe://writ.local/writ",
+    iat: now,
+    exp: now + 60,
+    jti: randomUUID(),
+  })}`;
+  return `${input}.${sign(null, Buffer.from(input), keys.privateKey).toString("base64url")}`;
+}
+
 let srv: WritServer;
 let minter: WritClient;
 let operator: WritClient;
@@ -27,7 +57,7 @@ let booking: WritClient;
 let payments: WritClient;
 
 before(async () => {
-  srv = await WritServer.start();
+  srv = await WritServer.start({ policy: ASSERTER_POLICY });
   minter = await srv.with("minter");
   operator = await srv.with("operator");
   planner = await srv.as("planner");
@@ -227,6 +257,25 @@ describe("client", () => {
     const again = await refused(booking.redeemConsent(req.id, b.token));
     assert.equal(again.reason, "CONSENT_REDEEMED");
     assert.equal(again.code, status.FAILED_PRECONDITION);
+  });
+
+  test("a JWT client assertion proves the caller, fresh for every call", async () => {
+    const r = await minter.mint({ subject: "alice", audience: agent(ASSERTER), scopes: ["trips:book"] });
+    let made = 0;
+    const asserter = await connect(srv.addr, { tls: { ca: srv.ca }, assertion: () => (made++, assertion()) });
+    assert.equal((await asserter.validate(r.token)).active, true);
+    assert.equal((await asserter.validate(r.token)).active, true);
+    assert.equal(made, 2, "one assertion per call");
+    asserter.close();
+
+    // A replayed assertion is refused, with Writ's reason.
+    const once = assertion();
+    const replaying = await connect(srv.addr, { tls: { ca: srv.ca }, assertion: () => once });
+    assert.equal((await replaying.validate(r.token)).active, true);
+    const replay = await refused(replaying.validate(r.token));
+    replaying.close();
+    assert.equal(replay.code, status.UNAUTHENTICATED);
+    assert.ok(replay.reason.length > 0, replay.message);
   });
 
   test("plaintext is refused to anything but loopback", async () => {

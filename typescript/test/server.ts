@@ -69,12 +69,12 @@ export class WritServer {
     this.#log = log;
   }
 
-  /** `writ serve` on a free port; resolves once it logs `writ listening`, certificates issued. */
-  static async start(): Promise<WritServer> {
+  /** `writ serve` on a free port (the test policy plus `opts.policy`); resolves once it logs `writ listening`, certificates issued. */
+  static async start(opts: { policy?: string } = {}): Promise<WritServer> {
     const bin = writBin();
     const dir = mkdtempSync(join(tmpdir(), "writ-ts-"));
     const policy = join(dir, "policy.toml");
-    writeFileSync(policy, POLICY);
+    writeFileSync(policy, POLICY + (opts.policy ?? ""));
     const port = await freePort();
     const listen = `127.0.0.1:${port}`;
     // By name: the development certificate names localhost, and grpc-js warns on an IP as TLS server name.
