@@ -171,8 +171,10 @@ export type InactiveReasonName =
   | "unspecified";
 
 function reasonName(r: InactiveReason): InactiveReasonName {
-  const name = InactiveReason[r] ?? "INACTIVE_REASON_UNSPECIFIED";
-  return name.replace(/^INACTIVE_REASON_/, "").toLowerCase() as InactiveReasonName;
+  const name = InactiveReason[r];
+  // A reason newer than these stubs reads as unspecified (still inactive).
+  if (!name?.startsWith("INACTIVE_REASON_")) return "unspecified";
+  return name.slice("INACTIVE_REASON_".length).toLowerCase() as InactiveReasonName;
 }
 
 /** Validate's answer. Inactive tokens are an answer, not an error. */

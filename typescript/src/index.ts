@@ -47,6 +47,16 @@ export {
   type Party,
   type SetOptions,
 } from "./builders.js";
+export {
+  ActorKind,
+  AuthMethod,
+  ClientType,
+  InactiveReason,
+  TokenStatus,
+  type Act,
+  type ConsentParty,
+  type Revocation,
+} from "./gen/writ/v1/writ.js";
 export { current, requireCurrent, run, WritContext } from "./context.js";
 export { ERROR_DOMAIN, NoCurrentTokenError, WritError } from "./errors.js";
 export {

@@ -25,7 +25,7 @@ function losing(
   seen.interceptor = (options, nextCall) => {
     const mine = options.method_definition.path.endsWith(`/${method}`);
     return new InterceptingCall(nextCall(options), {
-      start(metadata, listener, next) {
+      start(metadata, _listener, next) {
         if (mine) seen.sent++;
         // The answer arrives, but the call ends UNAVAILABLE: grpc-js's unary callback
         // then reports only the error, as if the response had been lost on the way.
