@@ -93,6 +93,8 @@ export class WritServer {
       env,
       stdio: ["ignore", "ignore", out],
     });
+    // Never leave a server behind, even when the test process dies early.
+    process.once("exit", () => child.exitCode === null && child.kill("SIGKILL"));
     const srv = new WritServer(addr, dir, child, log);
     await srv.#waitListening();
     execFileSync(bin, ["certs", "issue", "--kind", "agent", "--data-dir", srv.dataDir, "planner", "booking", "mallory"], {
