@@ -94,7 +94,14 @@ export class WritServer {
       stdio: ["ignore", "ignore", out],
     });
     // Never leave a server behind, even when the test process dies early.
-    process.once("exit", () => child.exitCode === null && child.kill("SIGKILL"));
+    const reap = (): void => void (child.exitCode === null && child.kill("SIGKILL"));
+    process.once("exit", reap);
+    for (const sig of ["SIGTERM", "SIGINT"] as const) {
+      process.once(sig, () => {
+        reap();
+        process.exit(1);
+      });
+    }
     const srv = new WritServer(addr, dir, child, log);
     await srv.#waitListening();
     execFileSync(bin, ["certs", "issue", "--kind", "agent", "--data-dir", srv.dataDir, "planner", "booking", "mallory"], {
