@@ -1,0 +1,193 @@
+// Txn-Token over HTTP. Inbound: a middleware (Node `http` handlers and Express-style
+// `(req, res, next)`) that accepts exactly one `Txn-Token` header, validates it as this
+// service, answers 401/403 JSON before the handler on anything else, and runs the handler
+// inside the verified context. Outbound: a `fetch` wrapper that gives each request to a
+// declared downstream a freshly downscoped child in exactly one `Txn-Token` header. No
+// path forwards the token it received; every failure stops the request.
+
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { status } from "@grpc/grpc-js";
+import type { Action } from "./builders.js";
+import type { DownscopeOptions, Verdict, WritClient } from "./client.js";
+import { requireCurrent, run, WritContext } from "./context.js";
+import { WritError } from "./errors.js";
+
+/** The header a token travels in between hops (never `Authorization`). */
+export const TXN_TOKEN_HEADER = "txn-token";
+
+// ---------------------------------------------------------------------------------------
+// Outbound
+
+/** A downstream this service calls, and what its token may do. */
+export interface Downstream extends Omit<DownscopeOptions, "idempotencyKey"> {
+  /** The base URL it covers: same origin, and a path under the base's by whole segments. */
+  url: string | URL;
+}
+
+export interface WritFetchOptions {
+  /** The fetch to wrap (default: the global one). */
+  fetch?: typeof fetch;
+}
+
+function covers(base: URL, url: URL): boolean {
+  if (base.origin !== url.origin) return false;
+  const p = base.pathname;
+  if (p === "/" || p === "") return true;
+  if (p.endsWith("/")) return url.pathname.startsWith(p);
+  return url.pathname === p || url.pathname.startsWith(`${p}/`);
+}
+
+/**
+ * A `fetch` that, for each request to a declared downstream, downscopes the current token
+ * (see `run()` and the middleware) to that downstream's declaration and sends the child in
+ * exactly one `Txn-Token` header. Without a current token it throws before sending
+ * (`NoCurrentTokenError`); a refused downscope throws the `WritError`. Requests to
+ * anything undeclared go out without any `Txn-Token` header.
+ */
+export function writFetch(
+  client: WritClient,
+  downstreams: readonly Downstream[],
+  opts: WritFetchOptions = {},
+): typeof fetch {
+  const inner = opts.fetch ?? globalThis.fetch;
+  const declared = downstreams.map((d) => ({ ...d, base: new URL(d.url) }));
+  const wrapped = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const url = new URL(input instanceof Request ? input.url : input);
+    // As fetch itself: init.headers, when given, replaces a Request's headers.
+    const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
+    headers.delete(TXN_TOKEN_HEADER);
+    const target = declared.find((d) => covers(d.base, url));
+    if (target) {
+      const ctx = requireCurrent(`a request to ${url.origin}`);
+      const { url: _u, base: _b, ...narrowing } = target;
+      const child = await client.downscope(ctx.token, narrowing);
+      headers.set(TXN_TOKEN_HEADER, child.token);
+    }
+    return inner(input, { ...init, headers });
+  };
+  return wrapped as typeof fetch;
+}
+
+/** The current token downscoped for one call (for clients other than fetch: set the result as the `txn-token` header or metadata). */
+export async function downstreamToken(client: WritClient, narrowing: Omit<DownscopeOptions, "idempotencyKey">): Promise<string> {
+  const ctx = requireCurrent("downstreamToken");
+  return (await client.downscope(ctx.token, narrowing)).token;
+}
+
+// ---------------------------------------------------------------------------------------
+// Inbound
+
+export interface MiddlewareOptions {
+  /** The action a request needs, checked at Writ with the token (undefined: the token alone). */
+  action?: (req: IncomingMessage) => Action | undefined;
+}
+
+/** The request as the handler sees it: the verified context, and the verdict it came from. */
+export interface WritRequest extends IncomingMessage {
+  writ?: WritContext;
+  writVerdict?: Verdict;
+}
+
+type Refusal = { status: number; body: Record<string, unknown> };
+
+function refuse(res: ServerResponse, r: Refusal): void {
+  const body = JSON.stringify(r.body);
+  res.writeHead(r.status, {
+    "content-type": "application/json",
+    "cache-control": "no-store",
+    "content-length": Buffer.byteLength(body),
+  });
+  res.end(body);
+}
+
+/** Exactly one non-empty `Txn-Token` header, or why not. */
+function presented(req: IncomingMessage): string | Refusal {
+  const values = req.headersDistinct[TXN_TOKEN_HEADER] ?? [];
+  if (values.length === 0) return invalid("missing", "no Txn-Token header");
+  if (values.length > 1) return invalid("multiple", "more than one Txn-Token header");
+  const token = values[0]!.trim();
+  if (!token || /[\s,]/.test(token)) return invalid("malformed", "the Txn-Token header is not one token");
+  return token;
+}
+
+function invalid(reason: string, description: string): Refusal {
+  return { status: 401, body: { error: "invalid_token", reason, error_description: description } };
+}
+
+/** Validates the request's token as this service: the verified context, or the refusal to answer. */
+async function check(client: WritClient, req: IncomingMessage, opts: MiddlewareOptions): Promise<WritContext | Refusal> {
+  const token = presented(req);
+  if (typeof token !== "string") return token;
+  let verdict: Verdict;
+  try {
+    const action = opts.action?.(req);
+    verdict = await client.validate(token, action ? { action } : {});
+  } catch (e) {
+    // Token problems are verdicts (inactive), so a refused call is about the request's
+    // action attributes (not canonical text, say): the request is at fault.
+    if (e instanceof WritError && e.code === status.INVALID_ARGUMENT) {
+      return { status: 400, body: { error: "invalid_request", error_description: "the request's action was refused" } };
+    }
+    // Writ could not answer, or refused this service itself: nothing is verified, so nothing runs.
+    return { status: 503, body: { error: "temporarily_unavailable", error_description: "the token could not be checked" } };
+  }
+  if (!verdict.active || !verdict.info) {
+    return invalid(verdict.inactiveReason ?? "inactive", "the token is not active for this service");
+  }
+  if (verdict.decision && !verdict.decision.allowed) {
+    return {
+      status: 403,
+      body: {
+        error: "insufficient_scope",
+        denied_by: verdict.decision.deniedBy,
+        error_description: verdict.decision.reason,
+        consent_required: verdict.decision.consentRequired,
+        ...(verdict.decision.consentRequestId ? { consent_request_id: verdict.decision.consentRequestId } : {}),
+      },
+    };
+  }
+  const ctx = new WritContext(token, verdict.info);
+  const wr = req as WritRequest;
+  wr.writ = ctx;
+  wr.writVerdict = verdict;
+  // The handler reads the token from current(), never from the headers it might copy on.
+  delete req.headers[TXN_TOKEN_HEADER];
+  return ctx;
+}
+
+/**
+ * Express/Connect-style middleware: `app.use(txnTokenMiddleware(client))`. The next
+ * handlers run inside the verified context (`current()`, `req.writ`); refusals are
+ * answered here and `next` is never called.
+ */
+export function txnTokenMiddleware(
+  client: WritClient,
+  opts: MiddlewareOptions = {},
+): (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void {
+  return (req, res, next) => {
+    check(client, req, opts).then(
+      (r) => (r instanceof WritContext ? run(r, () => next()) : refuse(res, r)),
+      (e: unknown) => next(e),
+    );
+  };
+}
+
+/** Wraps a Node `http` request handler: `http.createServer(withTxnToken(client, handler))`. */
+export function withTxnToken(
+  client: WritClient,
+  handler: (req: WritRequest, res: ServerResponse) => unknown,
+  opts: MiddlewareOptions = {},
+): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    void (async () => {
+      try {
+        const r = await check(client, req, opts);
+        if (!(r instanceof WritContext)) return refuse(res, r);
+        await run(r, () => handler(req as WritRequest, res));
+      } catch {
+        if (!res.headersSent) refuse(res, { status: 500, body: { error: "server_error" } });
+        else res.destroy();
+      }
+    })();
+  };
+}

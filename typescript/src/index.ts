@@ -1,0 +1,72 @@
+// @writ/client: Writ transaction tokens for Node. The client (connect, mint, downscope,
+// validate, revoke, consent), typed errors, the current token (AsyncLocalStorage) and the
+// Txn-Token HTTP helpers. The MCP integration is `@writ/client/mcp`.
+
+export {
+  connect,
+  ConsentRequest,
+  ConsentStatus,
+  Minted,
+  Verdict,
+  WritClient,
+  type ActionDecision,
+  type CallOptions,
+  type ConnectOptions,
+  type ConsentRequestInfo,
+  type DecideConsentOptions,
+  type DownscopeOptions,
+  type InactiveReasonName,
+  type MintOptions,
+  type PemSource,
+  type RequestConsentOptions,
+  type RevokeOptions,
+  type TlsOptions,
+  type TokenInfo,
+  type TokenNode,
+  type Transaction,
+  type ValidateOptions,
+} from "./client.js";
+export {
+  action,
+  agent,
+  allow,
+  deny,
+  exact,
+  max,
+  min,
+  prefix,
+  range,
+  time,
+  Time,
+  window,
+  workload,
+  type Action,
+  type AttributeValue,
+  type ClaimOptions,
+  type Constraint,
+  type Party,
+  type SetOptions,
+} from "./builders.js";
+export {
+  ActorKind,
+  AuthMethod,
+  ClientType,
+  InactiveReason,
+  TokenStatus,
+  type Act,
+  type ConsentParty,
+  type Revocation,
+} from "./gen/writ/v1/writ.js";
+export { current, requireCurrent, run, WritContext } from "./context.js";
+export { ERROR_DOMAIN, NoCurrentTokenError, WritError } from "./errors.js";
+export {
+  downstreamToken,
+  TXN_TOKEN_HEADER,
+  txnTokenMiddleware,
+  withTxnToken,
+  writFetch,
+  type Downstream,
+  type MiddlewareOptions,
+  type WritFetchOptions,
+  type WritRequest,
+} from "./http.js";
