@@ -73,9 +73,10 @@ async def test_refusals_keep_reason_and_dimension(
         await booking.request_consent(b.token, writ.Action("trips:read"), resource=PAYMENTS, reason="r")
     assert e3.value.reason == "INVALID_FIELD" and e3.value.field == "action.scope"
     assert e3.value.code == grpc.StatusCode.INVALID_ARGUMENT
-    # (A field refused while the request is decoded carries no ErrorInfo yet: the code stands.)
-    with pytest.raises(writ.InvalidArgument):
+    # A field refused while the request is decoded says the same.
+    with pytest.raises(writ.InvalidField) as e5:
         await minter.mint(subject="", audience=writ.agent(PLANNER), scopes=["trips:book"])
+    assert e5.value.reason == "INVALID_FIELD" and e5.value.field == "subject"
     # A bad credential.
     async with await writ.connect(server.target, tls=writ.Tls(ca=server.ca), credential="wmc_wrong") as bad:
         with pytest.raises(writ.Unauthenticated) as e4:
