@@ -119,8 +119,9 @@ async function check(client: WritClient, req: IncomingMessage, opts: MiddlewareO
   const token = presented(req);
   if (typeof token !== "string") return token;
   let verdict: Verdict;
+  let action: Action | undefined;
   try {
-    const action = opts.action?.(req);
+    action = opts.action?.(req);
     verdict = await client.validate(token, action ? { action } : {});
   } catch (e) {
     // Token problems are verdicts (inactive), so a refused call is about the request's
@@ -134,15 +135,20 @@ async function check(client: WritClient, req: IncomingMessage, opts: MiddlewareO
   if (!verdict.active || !verdict.info) {
     return invalid(verdict.inactiveReason ?? "inactive", "the token is not active for this service");
   }
-  if (verdict.decision && !verdict.decision.allowed) {
+  const decision = verdict.decision;
+  // An action was asked: only an explicit allowed decision lets the request through.
+  if (action && decision === undefined) {
+    return { status: 403, body: { error: "insufficient_scope", error_description: "Writ answered no decision for the action" } };
+  }
+  if (decision && !decision.allowed) {
     return {
       status: 403,
       body: {
         error: "insufficient_scope",
-        denied_by: verdict.decision.deniedBy,
-        error_description: verdict.decision.reason,
-        consent_required: verdict.decision.consentRequired,
-        ...(verdict.decision.consentRequestId ? { consent_request_id: verdict.decision.consentRequestId } : {}),
+        denied_by: decision.deniedBy,
+        error_description: decision.reason,
+        consent_required: decision.consentRequired,
+        ...(decision.consentRequestId ? { consent_request_id: decision.consentRequestId } : {}),
       },
     };
   }

@@ -118,7 +118,9 @@ export function requires<Args>(client: WritClient, req: ToolRequirement<Args>, t
     }
     if (!v.active || !v.info) return refused(`the token is not active (${v.inactiveReason ?? "inactive"})`);
     const ctx = new WritContext(token, v.info);
-    if (v.decision && !v.decision.allowed) {
+    // The action was asked: only an explicit allowed decision runs the body (fail closed).
+    if (v.decision === undefined) return refused("Writ answered no decision for the action");
+    if (!v.decision.allowed) {
       if (!(v.decision.consentRequired && req.consent)) {
         return refused(`${v.decision.deniedBy}: ${v.decision.reason}`);
       }
