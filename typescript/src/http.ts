@@ -156,15 +156,26 @@ async function check(client: WritClient, req: IncomingMessage, opts: MiddlewareO
   const wr = req as WritRequest;
   wr.writ = ctx;
   wr.writVerdict = verdict;
-  // The handler reads the token from current(), never from the headers it might copy on.
-  delete req.headers[TXN_TOKEN_HEADER];
+  forget(req);
   return ctx;
+}
+
+/** Removes the token from every view of the request's headers: the handler reads it from current(), never copies it on. */
+function forget(req: IncomingMessage): void {
+  delete req.headers[TXN_TOKEN_HEADER];
+  delete req.headersDistinct[TXN_TOKEN_HEADER]; // computed once, already holding it
+  const raw = req.rawHeaders;
+  for (let i = raw.length - 2; i >= 0; i -= 2) {
+    if (raw[i]!.toLowerCase() === TXN_TOKEN_HEADER) raw.splice(i, 2);
+  }
 }
 
 /**
  * Express/Connect-style middleware: `app.use(txnTokenMiddleware(client))`. The next
  * handlers run inside the verified context (`current()`, `req.writ`); refusals are
- * answered here and `next` is never called.
+ * answered here and `next` is never called. The token is checked once, when the request
+ * starts: a long-lived request (a stream, a websocket upgrade) is not re-validated, so a
+ * revocation does not cut it; bound its lifetime, or validate again where it matters.
  */
 export function txnTokenMiddleware(
   client: WritClient,

@@ -122,6 +122,9 @@ async function paymentsApi(): Promise<{ url: string; ran: { count: number } }> {
               depth: ctx?.info.depth,
               sameAsReq: ctx === req.writ,
               headerLeft: req.headers["txn-token"] !== undefined,
+              distinctLeft: req.headersDistinct["txn-token"] !== undefined,
+              rawLeft: req.rawHeaders.some((v) => v.toLowerCase() === "txn-token" || v.includes("writ_")),
+              rawOthers: req.rawHeaders.length,
             }),
           );
         },
@@ -157,6 +160,9 @@ describe("inbound middleware", () => {
     assert.equal(res.body["depth"], 2);
     assert.equal(res.body["sameAsReq"], true);
     assert.equal(res.body["headerLeft"], false, "the token is in current(), not left in the headers");
+    assert.equal(res.body["distinctLeft"], false, "nor in headersDistinct");
+    assert.equal(res.body["rawLeft"], false, "nor in rawHeaders");
+    assert.ok((res.body["rawOthers"] as number) >= 2, "the other raw headers stay");
     assert.equal(api.ran.count, before + 1);
   });
 
