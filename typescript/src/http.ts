@@ -37,12 +37,38 @@ function covers(base: URL, url: URL): boolean {
   return url.pathname === p || url.pathname.startsWith(`${p}/`);
 }
 
+/** The redirects `writFetch` follows itself for a request that carried a token. */
+export const MAX_REDIRECTS = 5;
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+// What fetch drops when a redirect turns the request into a GET, and when it changes origin.
+const BODY_HEADERS = ["content-encoding", "content-language", "content-location", "content-type", "content-length"];
+const CROSS_ORIGIN_DROPPED = ["authorization", "proxy-authorization", "cookie", "host"];
+
+/** A body fetch can send again on a 307/308 (not a stream, nor a Request's consumed body). */
+function replayable(body: RequestInit["body"]): boolean {
+  return (
+    body == null ||
+    typeof body === "string" ||
+    body instanceof ArrayBuffer ||
+    ArrayBuffer.isView(body) ||
+    body instanceof Blob ||
+    body instanceof URLSearchParams ||
+    body instanceof FormData
+  );
+}
+
 /**
  * A `fetch` that, for each request to a declared downstream, downscopes the current token
  * (see `run()` and the middleware) to that downstream's declaration and sends the child in
  * exactly one `Txn-Token` header. Without a current token it throws before sending
  * (`NoCurrentTokenError`); a refused downscope throws the `WritError`. Requests to
  * anything undeclared go out without any `Txn-Token` header.
+ *
+ * Redirects: fetch would follow them with the header on, to any origin. So a request that
+ * carries a token follows them here instead (at most `MAX_REDIRECTS`, as fetch does
+ * otherwise), matching each hop again: a hop to a declared downstream gets a fresh child
+ * for that downstream, any other hop none. With `redirect: "manual"` or `"error"` the
+ * caller's choice stands. The answer is the last hop's (`redirected` stays false).
  */
 export function writFetch(
   client: WritClient,
@@ -51,19 +77,50 @@ export function writFetch(
 ): typeof fetch {
   const inner = opts.fetch ?? globalThis.fetch;
   const declared = downstreams.map((d) => ({ ...d, base: new URL(d.url) }));
-  const wrapped = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
-    const url = new URL(input instanceof Request ? input.url : input);
-    // As fetch itself: init.headers, when given, replaces a Request's headers.
-    const headers = new Headers(init?.headers ?? (input instanceof Request ? input.headers : undefined));
+  /** Sets the Txn-Token for `url` in `headers`: a fresh child for a declared downstream, none otherwise. */
+  const attach = async (url: URL, headers: Headers): Promise<boolean> => {
     headers.delete(TXN_TOKEN_HEADER);
     const target = declared.find((d) => covers(d.base, url));
-    if (target) {
-      const ctx = requireCurrent(`a request to ${url.origin}`);
-      const { url: _u, base: _b, ...narrowing } = target;
-      const child = await client.downscope(ctx.token, narrowing);
-      headers.set(TXN_TOKEN_HEADER, child.token);
+    if (!target) return false;
+    const ctx = requireCurrent(`a request to ${url.origin}`);
+    const { url: _u, base: _b, ...narrowing } = target;
+    headers.set(TXN_TOKEN_HEADER, (await client.downscope(ctx.token, narrowing)).token);
+    return true;
+  };
+  const wrapped = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const req = input instanceof Request ? input : undefined;
+    let url = new URL(req ? req.url : (input as string | URL));
+    // As fetch itself: init.headers, when given, replaces a Request's headers.
+    const headers = new Headers(init?.headers ?? req?.headers);
+    const mode = init?.redirect ?? req?.redirect ?? "follow";
+    if (!(await attach(url, headers)) || mode !== "follow") return inner(input, { ...init, headers });
+
+    let res = await inner(input, { ...init, headers, redirect: "manual" });
+    let method = (init?.method ?? req?.method ?? "GET").toUpperCase();
+    let body: RequestInit["body"] = init?.body !== undefined ? init.body : req?.body;
+    const { headers: _h, body: _b, method: _m, redirect: _r, ...rest } = init ?? {};
+    const later: RequestInit = { ...rest, signal: init?.signal ?? req?.signal ?? null };
+    for (let hops = 0; ; hops++) {
+      const location = res.headers.get("location");
+      if (!REDIRECTS.has(res.status) || location === null) return res;
+      await res.body?.cancel().catch(() => undefined);
+      if (hops === MAX_REDIRECTS) throw new TypeError(`writFetch: more than ${MAX_REDIRECTS} redirects`);
+      const next = new URL(location, url);
+      if (next.protocol !== "http:" && next.protocol !== "https:") {
+        throw new TypeError(`writFetch: a redirect to a ${next.protocol} URL`);
+      }
+      if ((res.status === 303 && method !== "GET" && method !== "HEAD") || (res.status <= 302 && method === "POST")) {
+        method = "GET";
+        body = null;
+        for (const h of BODY_HEADERS) headers.delete(h);
+      } else if (!replayable(body)) {
+        throw new TypeError(`writFetch: a ${res.status} redirect would send again a body that cannot be replayed (a stream)`);
+      }
+      if (next.origin !== url.origin) for (const h of CROSS_ORIGIN_DROPPED) headers.delete(h);
+      url = next;
+      await attach(url, headers);
+      res = await inner(url, { ...later, method, headers, body: body ?? null, redirect: "manual" });
     }
-    return inner(input, { ...init, headers });
   };
   return wrapped as typeof fetch;
 }
