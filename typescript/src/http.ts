@@ -9,7 +9,7 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import { status } from "@grpc/grpc-js";
 import type { Action } from "./builders.js";
 import type { DownscopeOptions, Verdict, WritClient } from "./client.js";
-import { requireCurrent, run, WritContext } from "./context.js";
+import { requireCurrent, run, takeConsent, WritContext } from "./context.js";
 import { WritError } from "./errors.js";
 
 /** The header a token travels in between hops (never `Authorization`). */
@@ -62,7 +62,9 @@ function replayable(body: RequestInit["body"]): boolean {
  * (see `run()` and the middleware) to that downstream's declaration and sends the child in
  * exactly one `Txn-Token` header. Without a current token it throws before sending
  * (`NoCurrentTokenError`); a refused downscope throws the `WritError`. Requests to
- * anything undeclared go out without any `Txn-Token` header.
+ * anything undeclared go out without any `Txn-Token` header. Inside a `requires` tool that
+ * redeemed a consent, the first request to the consent's resource carries the redeemed
+ * single-use token instead of a child (once: later ones get ordinary children).
  *
  * Redirects: fetch would follow them with the header on, to any origin. So a request that
  * carries a token follows them here instead (at most `MAX_REDIRECTS`, as fetch does
@@ -82,9 +84,8 @@ export function writFetch(
     headers.delete(TXN_TOKEN_HEADER);
     const target = declared.find((d) => covers(d.base, url));
     if (!target) return false;
-    const ctx = requireCurrent(`a request to ${url.origin}`);
     const { url: _u, base: _b, ...narrowing } = target;
-    headers.set(TXN_TOKEN_HEADER, (await client.downscope(ctx.token, narrowing)).token);
+    headers.set(TXN_TOKEN_HEADER, await childFor(client, narrowing, `a request to ${url.origin}`));
     return true;
   };
   const wrapped = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
@@ -125,10 +126,25 @@ export function writFetch(
   return wrapped as typeof fetch;
 }
 
-/** The current token downscoped for one call (for clients other than fetch: set the result as the `txn-token` header or metadata). */
-export async function downstreamToken(client: WritClient, narrowing: Omit<DownscopeOptions, "idempotencyKey">): Promise<string> {
-  const ctx = requireCurrent("downstreamToken");
+/**
+ * The token for one call to `narrowing.audience`: inside a `requires` tool that redeemed a
+ * consent, the redeemed single-use token for its audience, once; otherwise (and after
+ * that) a fresh child of the current token.
+ */
+async function childFor(client: WritClient, narrowing: Omit<DownscopeOptions, "idempotencyKey">, what: string): Promise<string> {
+  const ctx = requireCurrent(what);
+  const redeemed = takeConsent(narrowing.audience.id);
+  if (redeemed) return redeemed.token;
   return (await client.downscope(ctx.token, narrowing)).token;
+}
+
+/**
+ * The current token downscoped for one call (for clients other than fetch: set the result
+ * as the `txn-token` header or metadata). The first call to a consent's resource inside a
+ * `requires` tool answers the redeemed single-use token instead, as `writFetch` does.
+ */
+export async function downstreamToken(client: WritClient, narrowing: Omit<DownscopeOptions, "idempotencyKey">): Promise<string> {
+  return childFor(client, narrowing, "downstreamToken");
 }
 
 // ---------------------------------------------------------------------------------------

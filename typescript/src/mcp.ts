@@ -4,10 +4,10 @@
 // (scope + attributes taken from the tool's arguments) checked at Writ on every call.
 // The tool body runs inside the verified context, so `writFetch` / `downstreamToken`
 // narrow the token for each upstream call. A latent high-privilege scope can ask the user
-// through a URL-mode elicitation carrying Writ's consent link, then hand the tool the
-// redeemed single-use token (`consentToken()`) for the upstream that checks it.
+// through a URL-mode elicitation carrying Writ's consent link, then hold the redeemed
+// single-use token for the tool's first request to the upstream that checks it
+// (`writFetch` sends it; `consentToken()` shows it).
 
-import { AsyncLocalStorage } from "node:async_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { status } from "@grpc/grpc-js";
 import { InvalidTokenError, ServerError } from "@modelcontextprotocol/sdk/server/auth/errors.js";
@@ -22,7 +22,7 @@ import {
 } from "@modelcontextprotocol/sdk/types.js";
 import { action as makeAction, type AttributeValue } from "./builders.js";
 import { Minted, type Verdict, type WritClient } from "./client.js";
-import { run, WritContext } from "./context.js";
+import { heldConsent, run, runWithConsent, WritContext } from "./context.js";
 import { WritError } from "./errors.js";
 
 export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
@@ -88,11 +88,14 @@ export interface ToolRequirement<Args> {
 
 type Tool<Args> = (args: Args, extra: ToolExtra) => CallToolResult | Promise<CallToolResult>;
 
-const consented = new AsyncLocalStorage<Minted>();
-
-/** Inside a tool that went through consent: the redeemed single-use token, for the consent's resource only. */
+/**
+ * Inside a tool that went through consent: the redeemed single-use token (audience the
+ * consent's resource), until a request took it. `writFetch` and `downstreamToken` send it
+ * by themselves with the first request to that resource; read it here only to send it by
+ * other means, and then do not also call that resource through them.
+ */
 export function consentToken(): Minted | undefined {
-  return consented.getStore();
+  return heldConsent();
 }
 
 function refused(text: string): CallToolResult {
@@ -126,7 +129,7 @@ export function requires<Args>(client: WritClient, req: ToolRequirement<Args>, t
       }
       const redeemed = await askUser(client, token, act, req.consent, args, extra);
       if (!(redeemed instanceof Minted)) return redeemed;
-      return run(ctx, () => consented.run(redeemed, () => tool(args, extra)));
+      return run(ctx, () => runWithConsent(redeemed, () => tool(args, extra)));
     }
     return run(ctx, () => tool(args, extra));
   };
