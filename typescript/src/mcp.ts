@@ -28,18 +28,32 @@ import { WritError } from "./errors.js";
 export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
 
 export interface VerifierOptions {
-  /** This MCP server's resource identifier (RFC 8707: its URL), reported in `AuthInfo.resource`. */
+  /**
+   * This MCP server's identity at Writ (its SPIFFE ID): the client's own, the audience every
+   * token presented here must name. Checked on each answer, beside Writ's own check.
+   */
+  audience: string;
+  /**
+   * This MCP server's resource identifier (RFC 8707: its URL), reported in
+   * `AuthInfo.resource` for `requireBearerAuth({ expectedResource })`. It stands for the
+   * party `audience`: a token is for this resource exactly when its audience is that party.
+   */
   resource: string | URL;
 }
 
 /**
  * A verifier for `requireBearerAuth({ verifier, expectedResource })`: the bearer token is
  * validated at Writ with this server's identity, so only a token whose audience is this
- * server is active (that binding is what `resource` stands for). Inactive or refused
- * tokens are `invalid_token` (401); Writ unreachable is a server error.
+ * server is active, and its audience must be `opts.audience` (that binding is what
+ * `resource` stands for: the SDK's own resource check only compares it with the
+ * configuration). Inactive, refused or other-audience tokens are `invalid_token` (401).
+ * Writ unreachable is a `ServerError`, which the SDK answers 500 `server_error` (it has no
+ * way to answer 503); nothing runs either way.
  */
 export function writTokenVerifier(client: WritClient, opts: VerifierOptions): OAuthTokenVerifier {
   const resource = new URL(opts.resource);
+  const audience = opts.audience;
+  if (!audience) throw new TypeError("writTokenVerifier: `audience` (this server's identity) is required");
   return {
     async verifyAccessToken(token: string): Promise<AuthInfo> {
       let v: Verdict;
@@ -53,6 +67,9 @@ export function writTokenVerifier(client: WritClient, opts: VerifierOptions): OA
       }
       if (!v.active || !v.info) {
         throw new InvalidTokenError(`the token is not active for this server (${v.inactiveReason ?? "inactive"})`);
+      }
+      if (v.info.audience?.id !== audience) {
+        throw new InvalidTokenError("the token is not for this server (wrong_audience)");
       }
       return {
         token,

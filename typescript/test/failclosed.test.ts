@@ -1,16 +1,19 @@
-// Fail closed on answers Writ should never give: the middleware and `requires` are fed
-// fabricated verdicts by a stub client (no server), so an active token without a decision
-// for the action asked is refused.
+// Fail closed on answers Writ should never give: the middleware, `requires` and the MCP
+// verifier are fed fabricated verdicts by a stub client (no server), so an active token
+// without a decision for the action asked, or active for another audience, is refused.
 
 import assert from "node:assert/strict";
 import { createServer, request as httpRequest, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, describe, test } from "node:test";
-import { action, InactiveReason, txnTokenMiddleware, Verdict, withTxnToken, type WritClient } from "../src/index.js";
+import { InvalidTokenError, ServerError } from "@modelcontextprotocol/sdk/server/auth/errors.js";
+import { status } from "@grpc/grpc-js";
+import { action, InactiveReason, txnTokenMiddleware, Verdict, withTxnToken, WritError, type WritClient } from "../src/index.js";
 import { TokenInfo, type ActionDecision } from "../src/gen/writ/v1/writ.js";
-import { requires, type ToolExtra } from "../src/mcp.js";
+import { requires, writTokenVerifier, type ToolExtra } from "../src/mcp.js";
 
 const ME = "spiffe://writ.local/workload/payments";
+const OTHER = "spiffe://writ.local/agent/booking";
 const TOKEN = "writ_stubstubstubstubstubstubstub";
 
 /** An active verdict for `audience`, with `decision` (undefined: Writ answered none). */
@@ -98,5 +101,29 @@ describe("fail closed on a missing decision", () => {
     assert.equal(asked.allowed, false);
     const plain = new Verdict(true, InactiveReason.INACTIVE_REASON_UNSPECIFIED, info, undefined, "", false);
     assert.equal(plain.allowed, true);
+  });
+});
+
+describe("the MCP verifier binds the token to this server", () => {
+  const resource = "https://payments.internal/mcp";
+
+  test("an active token whose audience is another party is invalid_token", async () => {
+    const verifier = writTokenVerifier(stub(verdict(undefined, OTHER)), { audience: ME, resource });
+    await assert.rejects(verifier.verifyAccessToken(TOKEN), InvalidTokenError);
+  });
+
+  test("this server's token passes, reporting the resource it stands for", async () => {
+    const info = await writTokenVerifier(stub(verdict(undefined, ME)), { audience: ME, resource }).verifyAccessToken(TOKEN);
+    assert.equal(String(info.resource), resource);
+    assert.deepEqual(info.scopes, ["payments:refund"]);
+  });
+
+  test("an audience is required", () => {
+    assert.throws(() => writTokenVerifier(stub(verdict()), { audience: "", resource }), TypeError);
+  });
+
+  test("Writ unreachable is a ServerError (the SDK answers 500), never a pass", async () => {
+    const down = { validate: async () => Promise.reject(new WritError({ code: status.UNAVAILABLE, message: "down" })) } as unknown as WritClient;
+    await assert.rejects(writTokenVerifier(down, { audience: ME, resource }).verifyAccessToken(TOKEN), ServerError);
   });
 });

@@ -150,7 +150,7 @@ before(async () => {
   const httpServer = createServer(app);
   mcpUrl = `${await listen(httpServer)}/mcp`;
   const auth = requireBearerAuth({
-    verifier: writTokenVerifier(booking, { resource: mcpUrl }),
+    verifier: writTokenVerifier(booking, { audience: BOOKING, resource: mcpUrl }),
     expectedResource: new URL(mcpUrl),
   });
   const sessions = new Map<string, StreamableHTTPServerTransport>();
