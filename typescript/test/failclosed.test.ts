@@ -42,9 +42,9 @@ async function serve(handler: Parameters<typeof createServer>[1]): Promise<strin
   return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
 }
 
-function get(url: string): Promise<number> {
+function get(url: string, tokens: string | string[] = TOKEN): Promise<number> {
   return new Promise((resolve, reject) => {
-    const req = httpRequest(url, { headers: { "txn-token": TOKEN } }, (res) => {
+    const req = httpRequest(url, { headers: { "txn-token": tokens } }, (res) => {
       res.resume();
       res.on("end", () => resolve(res.statusCode ?? 0));
     });
@@ -101,6 +101,20 @@ describe("fail closed on a missing decision", () => {
     assert.equal(asked.allowed, false);
     const plain = new Verdict(true, InactiveReason.INACTIVE_REASON_UNSPECIFIED, info, undefined, "", false);
     assert.equal(plain.allowed, true);
+  });
+});
+
+describe("one token, checked here before Writ is asked", () => {
+  test("two Txn-Token headers, or two tokens joined in one, are 401 without a Validate", async () => {
+    const client = stub(verdict(undefined)); // it would answer active for anything
+    let ran = 0;
+    const url = await serve(withTxnToken(client, (_req, res) => void (ran++, res.end())));
+    assert.equal(await get(url, [TOKEN, TOKEN]), 401);
+    assert.equal(await get(url, `${TOKEN},${TOKEN}`), 401);
+    assert.equal(await get(url, `${TOKEN} ${TOKEN}`), 401);
+    assert.equal(client.asked.length, 0, "Writ was never asked");
+    assert.equal(ran, 0);
+    assert.equal(await get(url, TOKEN), 200, "one token is checked and passes");
   });
 });
 

@@ -197,6 +197,7 @@ describe("inbound middleware", () => {
     ["forged", async () => ["writ_AQAAAAGZwstW_s3YforgedforgedforgedforgedforgedforgedXYZ"], "malformed"],
     ["not a token", async () => ["hello"], "malformed"],
     ["two headers", async () => [good.token, good.token], "multiple"],
+    ["two tokens joined by a comma in one header", async () => [`${good.token},${good.token}`], "malformed"],
     [
       "wrong audience (booking's token presented to payments)",
       async () => {
