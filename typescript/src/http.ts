@@ -2,8 +2,9 @@
 // `(req, res, next)`) that accepts exactly one `Txn-Token` header, validates it as this
 // service, answers 401/403 JSON before the handler on anything else, and runs the handler
 // inside the verified context. Outbound: a `fetch` wrapper that gives each request to a
-// declared downstream a freshly downscoped child in exactly one `Txn-Token` header. No
-// path forwards the token it received; every failure stops the request.
+// declared downstream a freshly downscoped child in exactly one `Txn-Token` header, and
+// follows redirects itself so that no other origin receives one. No path forwards the
+// token it received; every failure stops the request.
 
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { status } from "@grpc/grpc-js";
@@ -67,8 +68,8 @@ function replayable(body: RequestInit["body"]): boolean {
  * single-use token instead of a child (once: later ones get ordinary children).
  *
  * Redirects: fetch would follow them with the header on, to any origin. So a request that
- * carries a token follows them here instead (at most `MAX_REDIRECTS`, as fetch does
- * otherwise), matching each hop again: a hop to a declared downstream gets a fresh child
+ * carries a token follows them here instead (at most `MAX_REDIRECTS`, with fetch's rules
+ * for methods, bodies and cross-origin headers), matching each hop again: a hop to a declared downstream gets a fresh child
  * for that downstream, any other hop none. With `redirect: "manual"` or `"error"` the
  * caller's choice stands. The answer is the last hop's (`redirected` stays false).
  */
