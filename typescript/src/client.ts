@@ -187,17 +187,27 @@ export class Verdict extends Redacted {
   /** The action check's decision, when an action was asked. */
   readonly decision: ActionDecision | undefined;
   readonly #jwt: string;
-  constructor(active: boolean, reason: InactiveReason, info?: TokenInfo, decision?: ActionDecision, jwt = "") {
+  readonly #actionAsked: boolean;
+  constructor(
+    active: boolean,
+    reason: InactiveReason,
+    info?: TokenInfo,
+    decision?: ActionDecision,
+    jwt = "",
+    actionAsked = decision !== undefined,
+  ) {
     super();
     this.active = active;
     this.inactiveReason = active ? undefined : reasonName(reason);
     this.info = info;
     this.decision = decision;
     this.#jwt = jwt;
+    this.#actionAsked = actionAsked;
   }
-  /** Active, and the action (if one was asked) allowed. */
+  /** Active, and the action (if one was asked) allowed: an asked action without a decision is not (fail closed). */
   get allowed(): boolean {
-    return this.active && (this.decision === undefined || this.decision.allowed);
+    if (!this.active) return false;
+    return this.#actionAsked ? this.decision?.allowed === true : this.decision === undefined || this.decision.allowed;
   }
   /** The action waits for the user's consent (RequestConsent). */
   get consentRequired(): boolean {
@@ -394,7 +404,7 @@ export class WritClient {
       opts.action ? "never" : "safe",
       call,
     );
-    return new Verdict(res.active, res.inactiveReason, res.info, res.decision, res.txnTokenJwt);
+    return new Verdict(res.active, res.inactiveReason, res.info, res.decision, res.txnTokenJwt, opts.action !== undefined);
   }
 
   /** Revokes a token and its descendants: by `token` (its holder), or by `tokenId` / `txn` (operators). Answers the ids newly revoked. */

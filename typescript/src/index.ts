@@ -61,6 +61,7 @@ export { current, requireCurrent, run, WritContext } from "./context.js";
 export { ERROR_DOMAIN, NoCurrentTokenError, WritError } from "./errors.js";
 export {
   downstreamToken,
+  MAX_REDIRECTS,
   TXN_TOKEN_HEADER,
   txnTokenMiddleware,
   withTxnToken,

@@ -4,10 +4,10 @@
 // (scope + attributes taken from the tool's arguments) checked at Writ on every call.
 // The tool body runs inside the verified context, so `writFetch` / `downstreamToken`
 // narrow the token for each upstream call. A latent high-privilege scope can ask the user
-// through a URL-mode elicitation carrying Writ's consent link, then hand the tool the
-// redeemed single-use token (`consentToken()`) for the upstream that checks it.
+// through a URL-mode elicitation carrying Writ's consent link, then hold the redeemed
+// single-use token for the tool's first request to the upstream that checks it
+// (`writFetch` sends it; `consentToken()` shows it).
 
-import { AsyncLocalStorage } from "node:async_hooks";
 import { setTimeout as sleep } from "node:timers/promises";
 import { status } from "@grpc/grpc-js";
 import { InvalidTokenError, ServerError } from "@modelcontextprotocol/sdk/server/auth/errors.js";
@@ -22,24 +22,38 @@ import {
 } from "@modelcontextprotocol/sdk/types.js";
 import { action as makeAction, type AttributeValue } from "./builders.js";
 import { Minted, type Verdict, type WritClient } from "./client.js";
-import { run, WritContext } from "./context.js";
+import { heldConsent, run, runWithConsent, WritContext } from "./context.js";
 import { WritError } from "./errors.js";
 
 export type ToolExtra = RequestHandlerExtra<ServerRequest, ServerNotification>;
 
 export interface VerifierOptions {
-  /** This MCP server's resource identifier (RFC 8707: its URL), reported in `AuthInfo.resource`. */
+  /**
+   * This MCP server's identity at Writ (its SPIFFE ID): the client's own, the audience every
+   * token presented here must name. Checked on each answer, beside Writ's own check.
+   */
+  audience: string;
+  /**
+   * This MCP server's resource identifier (RFC 8707: its URL), reported in
+   * `AuthInfo.resource` for `requireBearerAuth({ expectedResource })`. It stands for the
+   * party `audience`: a token is for this resource exactly when its audience is that party.
+   */
   resource: string | URL;
 }
 
 /**
  * A verifier for `requireBearerAuth({ verifier, expectedResource })`: the bearer token is
  * validated at Writ with this server's identity, so only a token whose audience is this
- * server is active (that binding is what `resource` stands for). Inactive or refused
- * tokens are `invalid_token` (401); Writ unreachable is a server error.
+ * server is active, and its audience must be `opts.audience` (that binding is what
+ * `resource` stands for: the SDK's own resource check only compares it with the
+ * configuration). Inactive, refused or other-audience tokens are `invalid_token` (401).
+ * Writ unreachable is a `ServerError`, which the SDK answers 500 `server_error` (it has no
+ * way to answer 503); nothing runs either way.
  */
 export function writTokenVerifier(client: WritClient, opts: VerifierOptions): OAuthTokenVerifier {
   const resource = new URL(opts.resource);
+  const audience = opts.audience;
+  if (!audience) throw new TypeError("writTokenVerifier: `audience` (this server's identity) is required");
   return {
     async verifyAccessToken(token: string): Promise<AuthInfo> {
       let v: Verdict;
@@ -53,6 +67,9 @@ export function writTokenVerifier(client: WritClient, opts: VerifierOptions): OA
       }
       if (!v.active || !v.info) {
         throw new InvalidTokenError(`the token is not active for this server (${v.inactiveReason ?? "inactive"})`);
+      }
+      if (v.info.audience?.id !== audience) {
+        throw new InvalidTokenError("the token is not for this server (wrong_audience)");
       }
       return {
         token,
@@ -88,11 +105,14 @@ export interface ToolRequirement<Args> {
 
 type Tool<Args> = (args: Args, extra: ToolExtra) => CallToolResult | Promise<CallToolResult>;
 
-const consented = new AsyncLocalStorage<Minted>();
-
-/** Inside a tool that went through consent: the redeemed single-use token, for the consent's resource only. */
+/**
+ * Inside a tool that went through consent: the redeemed single-use token (audience the
+ * consent's resource), until a request took it. `writFetch` and `downstreamToken` send it
+ * by themselves with the first request to that resource; read it here only to send it by
+ * other means, and then do not also call that resource through them.
+ */
 export function consentToken(): Minted | undefined {
-  return consented.getStore();
+  return heldConsent();
 }
 
 function refused(text: string): CallToolResult {
@@ -118,13 +138,15 @@ export function requires<Args>(client: WritClient, req: ToolRequirement<Args>, t
     }
     if (!v.active || !v.info) return refused(`the token is not active (${v.inactiveReason ?? "inactive"})`);
     const ctx = new WritContext(token, v.info);
-    if (v.decision && !v.decision.allowed) {
+    // The action was asked: only an explicit allowed decision runs the body (fail closed).
+    if (v.decision === undefined) return refused("Writ answered no decision for the action");
+    if (!v.decision.allowed) {
       if (!(v.decision.consentRequired && req.consent)) {
         return refused(`${v.decision.deniedBy}: ${v.decision.reason}`);
       }
       const redeemed = await askUser(client, token, act, req.consent, args, extra);
       if (!(redeemed instanceof Minted)) return redeemed;
-      return run(ctx, () => consented.run(redeemed, () => tool(args, extra)));
+      return run(ctx, () => runWithConsent(redeemed, () => tool(args, extra)));
     }
     return run(ctx, () => tool(args, extra));
   };

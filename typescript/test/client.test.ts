@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { generateKeyPairSync, randomUUID, sign } from "node:crypto";
 import { after, before, describe, test } from "node:test";
 import { inspect } from "node:util";
-import { status } from "@grpc/grpc-js";
+import { InterceptingCall, status, type Interceptor } from "@grpc/grpc-js";
 import {
   action,
   agent,
@@ -134,6 +134,29 @@ describe("client", () => {
     const charge = await payments.validate(p.token, { action: action("payments:charge", { amount: 420, merchant: "tap" }) });
     assert.equal(charge.allowed, false);
     assert.equal(charge.consentRequired, true);
+  });
+
+  test("an action check answered without a decision is not allowed (fail closed)", async () => {
+    // The answer is tampered with on the way in: Validate's decision is dropped.
+    const dropDecision: Interceptor = (options, nextCall) =>
+      new InterceptingCall(nextCall(options), {
+        start(metadata, _listener, next) {
+          next(metadata, {
+            onReceiveMessage(message: { decision?: unknown }, nextMessage) {
+              if (options.method_definition.path.endsWith("/Validate")) message.decision = undefined;
+              nextMessage(message);
+            },
+          });
+        },
+      });
+    const tampered = await srv.as("booking", { interceptors: [dropDecision] });
+    const r = await root();
+    const b = await planner.downscope(r.token, { audience: agent(BOOKING), scopes: ["trips:book"] });
+    const v = await tampered.validate(b.token, { action: action("trips:book", { category: "travel" }) });
+    assert.equal(v.active, true);
+    assert.equal(v.decision, undefined);
+    assert.equal(v.allowed, false);
+    assert.equal((await tampered.validate(b.token)).allowed, true, "without an action, active is enough");
   });
 
   test("a wrong audience is an inactive answer, not an error", async () => {

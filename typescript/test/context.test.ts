@@ -5,7 +5,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { inspect } from "node:util";
-import { current, NoCurrentTokenError, requireCurrent, run, WritContext } from "../src/index.js";
+import { current, downstreamToken, Minted, NoCurrentTokenError, requireCurrent, run, workload, WritContext, type WritClient } from "../src/index.js";
+import { runWithConsent } from "../src/context.js";
 import { TokenInfo } from "../src/gen/writ/v1/writ.js";
 
 function ctx(id: string): WritContext {
@@ -50,5 +51,20 @@ describe("context", () => {
     assert.ok(!inspect(a, { depth: 5 }).includes("writ_secret_a"));
     assert.ok(!JSON.stringify(a).includes("writ_secret_a"));
     assert.equal(a.token, "writ_secret_a");
+  });
+
+  test("downstreamToken: a held consent token goes to its audience once, then children", async () => {
+    const PAYMENTS = "spiffe://writ.local/workload/payments";
+    const redeemed = new Minted("writ_redeemed", TokenInfo.fromPartial({ tokenId: "tid_r", audience: { id: PAYMENTS } }));
+    let derived = 0;
+    const client = { downscope: async () => new Minted(`writ_child_${++derived}`, TokenInfo.fromPartial({})) } as unknown as WritClient;
+    const got = await run(ctx("a"), () =>
+      runWithConsent(redeemed, async () => [
+        await downstreamToken(client, { audience: workload("spiffe://writ.local/workload/other") }),
+        await downstreamToken(client, { audience: workload(PAYMENTS) }),
+        await downstreamToken(client, { audience: workload(PAYMENTS) }),
+      ]),
+    );
+    assert.deepEqual(got, ["writ_child_1", "writ_redeemed", "writ_child_2"]);
   });
 });

@@ -5,7 +5,7 @@
 // context through async handlers.
 
 import assert from "node:assert/strict";
-import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server } from "node:http";
+import { createServer, request as httpRequest, type IncomingHttpHeaders, type Server, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
@@ -15,6 +15,7 @@ import {
   agent,
   current,
   max,
+  MAX_REDIRECTS,
   NoCurrentTokenError,
   run,
   txnTokenMiddleware,
@@ -53,22 +54,36 @@ async function listen(s: Server): Promise<string> {
   return `http://127.0.0.1:${(s.address() as AddressInfo).port}`;
 }
 
-/** What a server received: every request's raw header lines. */
+/** What a server received: every request's method, raw header lines and body. */
 interface Recorded {
+  method: string;
   path: string;
   raw: string[];
   headers: IncomingHttpHeaders;
+  body: string;
 }
 
-async function recorder(): Promise<{ url: string; seen: Recorded[] }> {
+/** A server that records every request and answers `answer` (default: 200 "ok"). */
+async function recorder(answer?: (path: string, res: ServerResponse) => void): Promise<{ url: string; seen: Recorded[] }> {
   const seen: Recorded[] = [];
   const url = await listen(
     createServer((req, res) => {
-      seen.push({ path: req.url ?? "", raw: req.rawHeaders, headers: req.headers });
-      res.end("ok");
+      let body = "";
+      req.on("data", (c: Buffer) => (body += c.toString()));
+      req.on("end", () => {
+        seen.push({ method: req.method ?? "", path: req.url ?? "", raw: req.rawHeaders, headers: req.headers, body });
+        if (answer) answer(req.url ?? "", res);
+        else res.end("ok");
+      });
     }),
   );
   return { url, seen };
+}
+
+/** Answers a redirect to `location`. */
+function redirect(res: ServerResponse, status: number, location: string): void {
+  res.writeHead(status, { location });
+  res.end();
 }
 
 /** The values of every `txn-token` header line, as sent on the wire. */
@@ -122,6 +137,9 @@ async function paymentsApi(): Promise<{ url: string; ran: { count: number } }> {
               depth: ctx?.info.depth,
               sameAsReq: ctx === req.writ,
               headerLeft: req.headers["txn-token"] !== undefined,
+              distinctLeft: req.headersDistinct["txn-token"] !== undefined,
+              rawLeft: req.rawHeaders.some((v) => v.toLowerCase() === "txn-token" || v.includes("writ_")),
+              rawOthers: req.rawHeaders.length,
             }),
           );
         },
@@ -157,6 +175,9 @@ describe("inbound middleware", () => {
     assert.equal(res.body["depth"], 2);
     assert.equal(res.body["sameAsReq"], true);
     assert.equal(res.body["headerLeft"], false, "the token is in current(), not left in the headers");
+    assert.equal(res.body["distinctLeft"], false, "nor in headersDistinct");
+    assert.equal(res.body["rawLeft"], false, "nor in rawHeaders");
+    assert.ok((res.body["rawOthers"] as number) >= 2, "the other raw headers stay");
     assert.equal(api.ran.count, before + 1);
   });
 
@@ -176,6 +197,7 @@ describe("inbound middleware", () => {
     ["forged", async () => ["writ_AQAAAAGZwstW_s3YforgedforgedforgedforgedforgedforgedXYZ"], "malformed"],
     ["not a token", async () => ["hello"], "malformed"],
     ["two headers", async () => [good.token, good.token], "multiple"],
+    ["two tokens joined by a comma in one header", async () => [`${good.token},${good.token}`], "malformed"],
     [
       "wrong audience (booking's token presented to payments)",
       async () => {
@@ -279,6 +301,85 @@ describe("outbound fetch", () => {
         ["/bookingX", 0],
       ],
     );
+  });
+
+  test("a redirect to an undeclared origin carries no Txn-Token", async () => {
+    const elsewhere = await recorder();
+    const declared = await recorder((_path, res) => redirect(res, 302, `${elsewhere.url}/landing`));
+    const r = await root();
+    const f = writFetch(planner, [{ url: `${declared.url}/booking`, audience: agent(BOOKING), scopes: ["trips:book"] }]);
+    const res = await run(r, () => f(`${declared.url}/booking/go`, { headers: { authorization: "Bearer mine" } }));
+    assert.equal(res.status, 200);
+    assert.equal(await res.text(), "ok", "the redirect was followed");
+    assert.equal(declared.seen.length, 1);
+    assert.equal(txnTokenLines(declared.seen[0]!).length, 1, "the declared downstream got its child");
+    assert.equal(elsewhere.seen.length, 1);
+    const landed = elsewhere.seen[0]!;
+    assert.equal(landed.path, "/landing");
+    assert.deepEqual(txnTokenLines(landed), [], "no Txn-Token to the other origin");
+    assert.ok(!landed.raw.some((v) => v.includes("writ_")), "no token anywhere in that request");
+    assert.equal(landed.headers.authorization, undefined, "nor the authorization, as fetch does");
+  });
+
+  test("a redirect to another declared downstream gets a fresh child for it; a 307 keeps method and body", async () => {
+    const pay = await recorder();
+    const book = await recorder((_path, res) => redirect(res, 307, `${pay.url}/refund`));
+    const r = await root();
+    const f = writFetch(planner, [
+      { url: book.url, audience: agent(BOOKING), scopes: ["trips:book"] },
+      { url: pay.url, audience: workload(PAYMENTS), scopes: ["payments:refund"], claims: { amount: max(10) } },
+    ]);
+    const res = await run(r, () => f(`${book.url}/refund`, { method: "POST", body: "amount=5" }));
+    assert.equal(await res.text(), "ok");
+    const [first] = book.seen;
+    const [second] = pay.seen;
+    assert.ok(first && second);
+    assert.equal(second.method, "POST");
+    assert.equal(second.body, "amount=5");
+    const [bookChild] = txnTokenLines(first);
+    const payLines = txnTokenLines(second);
+    assert.equal(payLines.length, 1);
+    assert.notEqual(payLines[0], bookChild, "not the first hop's child");
+    assert.notEqual(payLines[0], r.token);
+    const v = await payments.validate(payLines[0]!);
+    assert.equal(v.active, true, "a child for payments, valid at payments");
+    assert.equal(v.info?.audience?.id, PAYMENTS);
+    assert.deepEqual(v.info?.scopes, ["payments:refund"]);
+  });
+
+  test("a 303 turns a POST into a GET without its body; a streamed body is not resent; redirects are bounded", async () => {
+    const rec = await recorder((path, res) => {
+      if (path === "/api/post") redirect(res, 303, "/api/done");
+      else if (path === "/api/done") res.end("done");
+      else if (path === "/api/stream") redirect(res, 307, "/api/done");
+      else redirect(res, 302, "/api/loop"); // forever
+    });
+    const r = await root();
+    const f = writFetch(planner, [{ url: `${rec.url}/api`, audience: agent(BOOKING), scopes: ["trips:book"] }]);
+    await run(r, async () => {
+      const res = await f(`${rec.url}/api/post`, { method: "POST", body: "x=1", headers: { "content-type": "text/plain" } });
+      assert.equal(await res.text(), "done");
+      await assert.rejects(f(`${rec.url}/api/loop`), TypeError);
+      // A streamed body cannot be sent twice: a 307 is refused, as fetch refuses it.
+      const stream = new Blob(["x=1"]).stream();
+      await assert.rejects(f(`${rec.url}/api/stream`, { method: "POST", body: stream, duplex: "half" } as RequestInit), /cannot be replayed/);
+    });
+    const done = rec.seen[1]!;
+    assert.deepEqual([done.method, done.path, done.body, done.headers["content-type"]], ["GET", "/api/done", "", undefined]);
+    const loop = rec.seen.filter((s) => s.path === "/api/loop");
+    assert.equal(loop.length, MAX_REDIRECTS + 1, "the first request and MAX_REDIRECTS hops, no more");
+    assert.equal(new Set(loop.map((s) => txnTokenLines(s)[0])).size, loop.length, "a fresh child for every hop");
+    assert.equal(rec.seen.filter((s) => s.path === "/api/done").length, 1, "the stream's 307 was not followed");
+  });
+
+  test("redirect: manual is the caller's: the 3xx comes back, nothing followed", async () => {
+    const elsewhere = await recorder();
+    const declared = await recorder((_path, res) => redirect(res, 302, elsewhere.url));
+    const r = await root();
+    const f = writFetch(planner, [{ url: declared.url, audience: agent(BOOKING), scopes: ["trips:book"] }]);
+    const res = await run(r, () => f(declared.url, { redirect: "manual" }));
+    assert.equal(res.status, 302);
+    assert.equal(elsewhere.seen.length, 0);
   });
 
   test("fails closed: no current token, or a refused downscope, and nothing is sent", async () => {

@@ -88,6 +88,30 @@ function bookingServer(): McpServer {
       },
     ),
   );
+  // The same charge through writFetch: the first request to payments carries the redeemed
+  // token by itself, the next one an ordinary child (which payments answers consent_required).
+  const toCharge = writFetch(booking, [{ url: `${paymentsUrl}/charge`, audience: workload(PAYMENTS), scopes: ["payments:charge"] }]);
+  server.registerTool(
+    "charge-fetch",
+    { description: "Charge the card (writFetch)", inputSchema: { amount: z.number().int() } },
+    requires(
+      booking,
+      {
+        scope: "payments:charge",
+        attributes: (a) => ({ amount: a.amount }),
+        consent: { resource: PAYMENTS, reason: (a) => `charge ${a.amount} EUR`, pollMs: 100, waitMs: 10_000 },
+      },
+      async (a): Promise<CallToolResult> => {
+        const redeemed = consentToken()?.info.tokenId;
+        const first = await toCharge(`${paymentsUrl}/charge?amount=${a.amount}`);
+        const heldAfter = consentToken() !== undefined;
+        const second = await toCharge(`${paymentsUrl}/charge?amount=${a.amount}`);
+        const answer = async (res: Response) => ({ status: res.status, ...((await res.json()) as object) });
+        const out = { redeemed, heldAfter, first: await answer(first), second: await answer(second) };
+        return { content: [{ type: "text", text: JSON.stringify(out) }] };
+      },
+    ),
+  );
   return server;
 }
 
@@ -106,7 +130,8 @@ before(async () => {
         payments,
         (req, res) => {
           upstream.push({ path: req.url ?? "", status: 200 });
-          res.end(JSON.stringify({ depth: current()?.info.depth, audience: current()?.info.audience?.id }));
+          const ctx = current();
+          res.end(JSON.stringify({ depth: ctx?.info.depth, audience: ctx?.info.audience?.id, tokenId: ctx?.info.tokenId }));
         },
         {
           action: (req) => {
@@ -125,7 +150,7 @@ before(async () => {
   const httpServer = createServer(app);
   mcpUrl = `${await listen(httpServer)}/mcp`;
   const auth = requireBearerAuth({
-    verifier: writTokenVerifier(booking, { resource: mcpUrl }),
+    verifier: writTokenVerifier(booking, { audience: BOOKING, resource: mcpUrl }),
     expectedResource: new URL(mcpUrl),
   });
   const sessions = new Map<string, StreamableHTTPServerTransport>();
@@ -267,5 +292,25 @@ describe("MCP", () => {
     assert.equal(ran.charge, before + 1);
     await client.close();
     await declining.close();
+  });
+
+  test("consent: writFetch sends the redeemed token with the first request to the resource, once", async () => {
+    const t = await tokenForBooking(["payments:charge"]);
+    const client = await mcpClient(t.token, (_url, id) => wallet.decideConsent(id, { approve: true, subject: "alice" }).then(() => undefined));
+    const r = await client.callTool({ name: "charge-fetch", arguments: { amount: 420 } });
+    assert.equal(r.isError, undefined, text(r));
+    const body = JSON.parse(text(r)) as {
+      redeemed: string;
+      heldAfter: boolean;
+      first: { status: number; tokenId: string };
+      second: { status: number; consent_required: boolean };
+    };
+    assert.match(body.redeemed, /^tid_/);
+    assert.equal(body.first.status, 200, "payments allowed the charge");
+    assert.equal(body.first.tokenId, body.redeemed, "with the redeemed token");
+    assert.equal(body.heldAfter, false, "taken by that request");
+    assert.equal(body.second.status, 403, "a later request carries an ordinary child");
+    assert.equal(body.second.consent_required, true);
+    await client.close();
   });
 });
