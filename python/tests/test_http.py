@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import writ
-from writ.http import TxnTokenAuth, TxnTokenHook, TxnTokenMiddleware
+import writ.http
+from writ.http import TxnTokenHook, TxnTokenMiddleware
 
 
 def payments_downstream(base_url: str) -> writ.Downstream:
@@ -85,16 +86,31 @@ async def test_the_hook_fails_closed(minter: writ.Client, planner: writ.Client, 
     assert rec.requests == []
 
 
-async def test_the_auth_flow_form(minter: writ.Client, planner: writ.Client, booking: writ.Client) -> None:
+async def test_redirects_get_a_fresh_child_only_where_declared(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """The hook runs on every hop of a redirect chain: a 302 to an undeclared origin
+    carries no Txn-Token (httpx copies every other header to the redirect target), a 302
+    to a declared one gets a child derived for that hop. No auth-flow form is offered:
+    httpx runs an auth flow once, outside its redirect loop."""
+    assert not [n for n, v in vars(writ.http).items() if isinstance(v, type) and issubclass(v, httpx.Auth)]
     root = await mint_root(minter)
     b = await to_booking(planner, root)
-    rec = Recorder()
-    async with serve_asgi(rec) as url:
-        async with httpx.AsyncClient(auth=TxnTokenAuth([payments_downstream(url)])) as http:
+    rec, evil = Recorder(), Recorder()
+    async with serve_asgi(rec) as url, serve_asgi(evil) as evil_url:
+        hook = TxnTokenHook([payments_downstream(url)], client=booking)
+        async with httpx.AsyncClient(event_hooks={"request": [hook]}, follow_redirects=True) as http:
             with writ.use(writ.Context(b.token, b.info, booking)):
-                await http.get(f"{url}/payments/x", headers={"txn-token": "writ_forwarded_by_hand"})
-    tokens = rec.txn_tokens(0)
-    assert len(tokens) == 1 and tokens[0] not in (b.token, "writ_forwarded_by_hand")
+                away = await http.get(f"{url}/payments/go", params={"to": f"{evil_url}/payments/steal"})
+                back = await http.get(f"{url}/payments/go", params={"to": f"{url}/payments/landing"})
+    assert away.status_code == 200 and back.status_code == 200
+    assert [p for p, _ in evil.requests] == ["/payments/steal"] and evil.txn_tokens(0) == []
+    assert [p for p, _ in rec.requests] == ["/payments/go", "/payments/go", "/payments/landing"]
+    first, hop1, hop2 = rec.txn_tokens(0), rec.txn_tokens(1), rec.txn_tokens(2)
+    assert len(first) == 1 and len(hop1) == 1 and len(hop2) == 1
+    assert hop2[0] != hop1[0], "the redirected request gets its own child"
+    v = await payments.validate(hop2[0])
+    assert v.active and v.info is not None and v.info.parent_token_id == b.info.token_id
 
 
 def payments_app(client: writ.Client, ran: list[str]) -> Any:

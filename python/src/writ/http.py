@@ -1,11 +1,14 @@
 """The ``Txn-Token`` HTTP header on both sides of a hop.
 
-Outbound (httpx): :class:`TxnTokenHook` (an event hook) or :class:`TxnTokenAuth` (an
-auth flow) give each request to a declared downstream exactly one ``Txn-Token`` header
-holding a child of the *current* token, downscoped for that call alone; any
-``Txn-Token`` already on a request is removed first, whatever its destination, so the
-parent (or anything else) is never forwarded. No current token, or a refused Downscope:
-the request is never sent.
+Outbound (httpx): :class:`TxnTokenHook`, a request event hook, gives each request to a
+declared downstream exactly one ``Txn-Token`` header holding a child of the *current*
+token, downscoped for that call alone; any ``Txn-Token`` already on a request is removed
+first, whatever its destination, so the parent (or anything else) is never forwarded.
+httpx runs request hooks on every hop of a redirect chain (and copies every header but
+``Authorization`` and ``Cookie`` to the next hop), so each hop is stripped and re-derived
+on its own. There is deliberately no ``httpx.Auth`` form: httpx runs an auth flow once,
+outside its redirect loop, and a redirect would carry its child to wherever it points.
+No current token, or a refused Downscope: the request is never sent.
 
 Inbound (ASGI): :class:`TxnTokenMiddleware` reads exactly one ``Txn-Token`` header,
 validates it as this service (the Writ client's identity must be the token's audience)
@@ -18,7 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -97,22 +100,6 @@ class TxnTokenHook(_Outbound):
 
     async def __call__(self, request: httpx.Request) -> None:
         await self.attach(request)
-
-
-class TxnTokenAuth(_Outbound, httpx.Auth):
-    """The same as an httpx auth flow: ``httpx.AsyncClient(auth=TxnTokenAuth(...))``
-    (async clients only)."""
-
-    def __init__(self, downstreams: Iterable[Downstream], *, client: Client | None = None) -> None:
-        _Outbound.__init__(self, client, downstreams)
-
-    def sync_auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        raise RuntimeError("writ: TxnTokenAuth needs httpx.AsyncClient")
-        yield request  # pragma: no cover
-
-    async def async_auth_flow(self, request: httpx.Request) -> AsyncGenerator[httpx.Request, httpx.Response]:
-        await self.attach(request)
-        yield request
 
 
 def txn_token_hook(downstreams: Iterable[Downstream], *, client: Client | None = None) -> TxnTokenHook:
