@@ -263,3 +263,37 @@ async def test_action_only_tokens_are_refused_unless_the_app_checks_an_action_fi
         # Ordinary tokens are still verified up front.
         assert (await http.post("/refund", json=body)).status_code == 401
     assert seen == [None]
+
+
+async def test_asgi_in_the_callers_task_each_request_is_checked_against_its_own_token(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """httpx.ASGITransport runs the app in the caller's task (and context): two requests
+    in a row, each with its own action-only token, are each checked against that token,
+    and the caller's context is what it was before."""
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    tokens = [
+        await booking.downscope(
+            b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], require_action_check=True
+        )
+        for _ in range(2)
+    ]
+
+    async def refund(request: Request) -> JSONResponse:
+        before = writ.current()  # not the caller's: nothing is verified yet
+        await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
+        ctx = writ.current()
+        assert ctx is not None
+        return JSONResponse({"before": before is not None, "checked": ctx.info.token_id})
+
+    app = TxnTokenMiddleware(Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, admit_action_only=True)
+    mine = writ.Context(b.token, b.info, booking)
+    with writ.use(mine):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://payments") as http:
+            for t in tokens:
+                r = await http.post("/refund", headers={"Txn-Token": t.token})
+                assert r.status_code == 200, r.text
+                assert r.json() == {"before": False, "checked": t.info.token_id}
+                assert writ.current() is mine
+    assert writ.current() is None

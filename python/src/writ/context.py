@@ -42,10 +42,22 @@ class Context:
 
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("writ_current", default=None)
-# A token that answers only action checks (require_action_check), admitted by a middleware
-# that was told its app checks an action first: not verified until check() says allowed.
-_pending: contextvars.ContextVar[tuple[str, Client] | None] = contextvars.ContextVar("writ_pending", default=None)
 
+
+class _Pending:
+    """A token that answers only action checks (require_action_check), admitted by a
+    middleware that was told its app checks an action first: not verified until check()
+    says allowed. ``promoted``: the reset token of the context check() made current."""
+
+    __slots__ = ("token", "client", "promoted")
+
+    def __init__(self, token: str, client: Client) -> None:
+        self.token = token
+        self.client = client
+        self.promoted: contextvars.Token[Context | None] | None = None
+
+
+_pending: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar("writ_pending", default=None)
 
 def current() -> Context | None:
     """The verified context of this chain of calls, if any."""
@@ -130,32 +142,44 @@ async def check(action: Action, *, client: Client | None = None) -> Verdict:
     :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`.
 
     A token admitted pending an action check (``TxnTokenMiddleware(admit_action_only=True)``)
-    becomes the current context once this check allows it, for the rest of the caller's
-    task."""
-    ctx = _current.get()
-    if ctx is not None:
+    is the one checked whenever one is pending, and becomes the current context once this
+    check allows it, until the middleware's block for that request exits."""
+    # A pending token is this request's own: it wins over any context the caller (an ASGI
+    # host running the app in the caller's task) had current.
+    p = _pending.get()
+    ctx = _current.get() if p is None else None
+    c: Client | None
+    if p is not None:
+        token, c = p.token, client or p.client
+    elif ctx is not None:
         token, c = ctx.token, client or ctx.client
     else:
-        pending = _pending.get()
-        if pending is None:
-            raise NoContext()
-        token, c = pending[0], client or pending[1]
+        raise NoContext()
     if c is None:
         raise NoContext("the current context names no Writ client to validate with")
     verdict = raise_unless_allowed(await c.validate(token, action=action))
-    if ctx is None and verdict.info is not None:
-        _pending.set(None)
-        _current.set(Context(token=token, info=verdict.info, client=c))
+    if p is not None and p.promoted is None and verdict.info is not None:
+        # Current until the pending block exits (reset there), never beyond it.
+        p.promoted = _current.set(Context(token=token, info=verdict.info, client=c))
     return verdict
 
 
 @contextmanager
 def pending(token: str, client: Client) -> Iterator[None]:
     """Admits ``token`` for the block pending an action check (see :func:`check`)."""
-    reset = _pending.set((token, client))
+    p = _Pending(token, client)
+    reset = _pending.set(p)
+    # Nothing else is current for the block (not even what the ASGI host's caller had).
+    cleared = _current.set(None)
     try:
         yield
     finally:
+        if p.promoted is not None:
+            try:
+                _current.reset(p.promoted)
+            except ValueError:  # promoted inside a task of the app: gone with that task
+                pass
+        _current.reset(cleared)
         _pending.reset(reset)
 
 
