@@ -245,7 +245,7 @@ class Client:
             txn_token_jwt=txn_token_jwt,
         )
         r = await self._call(_TOKEN_SERVICE + "Validate", req, pb.ValidateResponse, retry=action is None)
-        return Verdict.from_proto(r)
+        return Verdict.from_proto(r, action_asked=action is not None)
 
     async def revoke(
         self,

@@ -157,7 +157,7 @@ async def check(action: Action, *, client: Client | None = None) -> Verdict:
         raise NoContext()
     if c is None:
         raise NoContext("the current context names no Writ client to validate with")
-    verdict = raise_unless_allowed(await c.validate(token, action=action))
+    verdict = raise_unless_allowed(await c.validate(token, action=action), action_sent=True)
     if p is not None and p.promoted is None and verdict.info is not None:
         # Current until the pending block exits (reset there), never beyond it.
         p.promoted = _current.set(Context(token=token, info=verdict.info, client=c))
@@ -183,12 +183,18 @@ def pending(token: str, client: Client) -> Iterator[None]:
         _pending.reset(reset)
 
 
-def raise_unless_allowed(v: Verdict) -> Verdict:
-    """``v`` if allowed; else the error it stands for."""
+def raise_unless_allowed(v: Verdict, *, action_sent: bool) -> Verdict:
+    """``v`` if active and, when an action was sent, allowed by an explicit decision; else
+    the error it stands for. A missing decision for an action sent is a denial (fail
+    closed), never a pass."""
     if not v.active:
         raise TokenInactive(v.inactive_reason or "unspecified")
+    if not action_sent:
+        return v
     d = v.decision
-    if d is not None and not d.allowed:
+    if d is None:
+        raise ActionDenied("no_decision", "Writ answered no decision for the action")
+    if not d.allowed:
         if d.consent_required:
             raise ConsentRequired(d.reason or "the user must consent first", d.consent_request_id)
         raise ActionDenied(d.denied_by, d.reason)

@@ -245,7 +245,7 @@ def requires(
             verdict = await ctx.client.validate(ctx.token, action=action)
             consented: dict[str, str] = {}
             try:
-                raise_unless_allowed(verdict)
+                raise_unless_allowed(verdict, action_sent=True)
             except ConsentRequired:
                 if consent_resource is None:
                     raise

@@ -193,20 +193,30 @@ class Verdict:
     info: pb.TokenInfo | None = None
     decision: Decision | None = None
     txn_token_jwt: str = field(default="", repr=False)
+    action_asked: bool = False
 
     @property
     def allowed(self) -> bool:
-        """Active and, when an action was asked, allowed."""
-        return self.active and (self.decision is None or self.decision.allowed)
+        """Active and, when an action was asked, allowed by an explicit decision (an action
+        asked and no decision answered is not allowed)."""
+        if not self.active:
+            return False
+        if self.decision is None:
+            return not self.action_asked
+        return self.decision.allowed
 
     @property
     def consent_required(self) -> bool:
         return self.decision is not None and self.decision.consent_required
 
     @classmethod
-    def from_proto(cls, r: pb.ValidateResponse) -> Verdict:
+    def from_proto(cls, r: pb.ValidateResponse, *, action_asked: bool = False) -> Verdict:
         if not r.active:
-            return cls(active=False, inactive_reason=_INACTIVE.get(r.inactive_reason, "unspecified"))
+            return cls(
+                active=False,
+                inactive_reason=_INACTIVE.get(r.inactive_reason, "unspecified"),
+                action_asked=action_asked,
+            )
         d = r.decision if r.HasField("decision") else None
         return cls(
             active=True,
@@ -215,6 +225,7 @@ class Verdict:
             if d is None
             else Decision(d.allowed, d.denied_by, d.reason, d.consent_required, d.consent_request_id),
             txn_token_jwt=r.txn_token_jwt,
+            action_asked=action_asked,
         )
 
 
