@@ -17,7 +17,7 @@ from starlette.routing import Route
 
 import writ
 import writ.http
-from writ.http import TxnTokenHook, TxnTokenMiddleware
+from writ.http import Incoming, TxnTokenHook, TxnTokenMiddleware
 
 
 def payments_downstream(base_url: str) -> writ.Downstream:
@@ -227,50 +227,77 @@ async def test_propagation_follows_tasks_and_stays_inside_the_block(
     assert len(set(children + [t.result()])) == 4 and b.token not in children
 
 
-async def test_action_only_tokens_are_refused_unless_the_app_checks_an_action_first(
+def refund_action(request: Incoming) -> writ.Action:
+    """The action a refund request asks for, from its JSON body."""
+    body = request.json()
+    return writ.Action("payments:refund", amount=body["amount"], category=body["category"])
+
+
+async def test_the_middleware_checks_the_requests_action_before_the_app_runs(
     minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
 ) -> None:
+    """With ``action=``, a token that answers only action checks reaches the app only
+    after Writ allowed the request's action; a denied or uncomputable action never
+    reaches it."""
     root = await mint_root(minter)
     b = await to_booking(planner, root)
-    only = await booking.downscope(
-        b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], max_uses=1, require_action_check=True
-    )
-    ran: list[str] = []
-    body = {"amount": 50, "category": "travel"}
-    async with serve_asgi(payments_app(payments, ran)) as url, httpx.AsyncClient(base_url=url) as http:
-        r = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
-        assert r.status_code == 401 and r.json()["reason"] == "action_required"
-    assert ran == []
 
-    seen: list[object] = []
+    def only(**kw: object) -> Any:
+        args: dict[str, Any] = dict(audience=writ.workload(PAYMENTS), scopes=["payments:refund"], require_action_check=True)
+        args.update(kw)
+        return booking.downscope(b.token, **args)
+
+    once = await only(max_uses=1)
+    ran: list[tuple[str, str | None, Any]] = []
+    body = {"amount": 50, "category": "travel"}
+    # Without `action`, such a token is inactive to introspection: refused.
+    async with serve_asgi(payments_app(payments, [])) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/refund", json=body, headers={"Txn-Token": once.token})
+        assert r.status_code == 401 and r.json()["reason"] == "action_required"
 
     async def refund(request: Request) -> JSONResponse:
-        seen.append(writ.current())  # nothing verified yet
-        with pytest.raises(writ.NoContext):
-            await writ.child_for(writ.Downstream(audience=writ.agent(BOOKING), scopes=["payments:refund"]))
-        await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
-        ctx = writ.current()
-        assert ctx is not None
-        return JSONResponse({"for": ctx.info.subject, "uses": ctx.info.max_uses})
+        ctx = writ.require()
+        ran.append((ctx.info.token_id, ctx.action.scope if ctx.action else None, await request.json()))
+        return JSONResponse({"for": ctx.info.subject})
 
-    app = TxnTokenMiddleware(Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, admit_action_only=True)
+    app = TxnTokenMiddleware(
+        Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, action=refund_action, max_body=64
+    )
     async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as http:
-        ok = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
-        assert ok.status_code == 200 and ok.json() == {"for": "alice", "uses": 1}, ok.text
+        # Denied by a claim (booking's child allows at most 500): 403, the app never runs.
+        over = await http.post("/refund", json={"amount": 501, "category": "travel"}, headers={"Txn-Token": once.token})
+        assert over.status_code == 403 and over.json()["error"] == "insufficient_scope", over.text
+        assert over.json()["denied_by"] == "amount" and over.json()["consent_required"] is False
+        # No action can be computed from the request: 400; a body over max_body: 413.
+        bad = await http.post("/refund", content=b"not json", headers={"Txn-Token": once.token})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
+        big = await http.post("/refund", json={"amount": 1, "category": "x" * 100}, headers={"Txn-Token": once.token})
+        assert big.status_code == 413
+        assert ran == []
+        # Allowed: the app runs once, with the action recorded and the body replayed.
+        ok = await http.post("/refund", json=body, headers={"Txn-Token": once.token})
+        assert ok.status_code == 200 and ok.json() == {"for": "alice"}, ok.text
+        assert ran == [(once.info.token_id, "payments:refund", body)]
         # Its one use is spent: the same token is now refused before the app.
-        again = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        again = await http.post("/refund", json=body, headers={"Txn-Token": once.token})
         assert again.status_code == 401 and again.json()["reason"] == "exhausted"
-        # Ordinary tokens are still verified up front.
+        # A high-privilege scope answers consent_required: 403, naming it.
+        charge = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:charge"])
+        app.action = lambda r: writ.Action("payments:charge", amount=50, category="travel")
+        latent = await http.post("/refund", json=body, headers={"Txn-Token": charge.token})
+        assert latent.status_code == 403 and latent.json()["consent_required"] is True, latent.text
+        # Ordinary tokens still need to be there.
         assert (await http.post("/refund", json=body)).status_code == 401
-    assert seen == [None]
+    assert len(ran) == 1
 
 
 async def test_asgi_in_the_callers_task_each_request_is_checked_against_its_own_token(
     minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
 ) -> None:
     """httpx.ASGITransport runs the app in the caller's task (and context): two requests
-    in a row, each with its own action-only token, are each checked against that token,
-    and the caller's context is what it was before."""
+    in a row, each with its own token, are each checked against that token (by the
+    middleware's action, and by writ.check inside the app), and the caller's context is
+    what it was before."""
     root = await mint_root(minter)
     b = await to_booking(planner, root)
     tokens = [
@@ -281,19 +308,19 @@ async def test_asgi_in_the_callers_task_each_request_is_checked_against_its_own_
     ]
 
     async def refund(request: Request) -> JSONResponse:
-        before = writ.current()  # not the caller's: nothing is verified yet
+        ctx = writ.require()
         await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
-        ctx = writ.current()
-        assert ctx is not None
-        return JSONResponse({"before": before is not None, "checked": ctx.info.token_id})
+        return JSONResponse({"checked": ctx.info.token_id, "still": writ.require() is ctx})
 
-    app = TxnTokenMiddleware(Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, admit_action_only=True)
+    app = TxnTokenMiddleware(
+        Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, action=refund_action
+    )
     mine = writ.Context(b.token, b.info, booking)
     with writ.use(mine):
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://payments") as http:
             for t in tokens:
-                r = await http.post("/refund", headers={"Txn-Token": t.token})
+                r = await http.post("/refund", json={"amount": 50, "category": "travel"}, headers={"Txn-Token": t.token})
                 assert r.status_code == 200, r.text
-                assert r.json() == {"before": False, "checked": t.info.token_id}
+                assert r.json() == {"checked": t.info.token_id, "still": True}
                 assert writ.current() is mine
     assert writ.current() is None

@@ -22,7 +22,7 @@ from starlette.routing import Route
 import writ
 import writ.mcp
 from writ._proto import writ_pb2 as pb
-from writ.http import TxnTokenHook, TxnTokenMiddleware
+from writ.http import Incoming, TxnTokenHook, TxnTokenMiddleware
 
 ISSUER = "https://localhost:7434"
 
@@ -34,19 +34,21 @@ def payments_api(client: writ.Client, log: list[tuple[str, int]]) -> Any:
     def route(scope: str) -> Route:
         async def handler(request: Request) -> JSONResponse:
             body = await request.json()
-            try:
-                await writ.check(writ.Action(scope, amount=body["amount"], category=body["category"]))
-            except writ.WritError as e:
-                return JSONResponse({"refused": e.reason, "by": e.dimension}, status_code=403)
+            assert writ.require().action == writ.Action(scope, amount=body["amount"], category=body["category"])
             log.append((scope, body["amount"]))
             return JSONResponse({"done": scope, "amount": body["amount"]})
 
         return Route("/" + scope.split(":")[1], handler, methods=["POST"])
 
+    def action(request: Incoming) -> writ.Action:
+        body = request.json()
+        scope = "payments:" + request.path.strip("/")
+        return writ.Action(scope, amount=body["amount"], category=body["category"])
+
     app = Starlette(routes=[route("payments:charge"), route("payments:refund")])
-    # Every route checks an action first, so a consent's redeemed token (action checks
-    # only) is admitted pending that check.
-    return TxnTokenMiddleware(app, client=client, admit_action_only=True)
+    # Every request's action is checked before the app runs, so a consent's redeemed
+    # token (action checks only) is accepted once its action is allowed.
+    return TxnTokenMiddleware(app, client=client, action=action)
 
 
 def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> FastMCP:

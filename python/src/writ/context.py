@@ -30,12 +30,14 @@ class Context:
     that verified it (whose identity is the token's audience, the one that may derive
     children from it). ``consented`` maps a resource's party id to a token redeemed from
     the user's consent for it (the MCP decorator sets it): that resource's call carries
-    it instead of a fresh child."""
+    it instead of a fresh child. ``action``: the action this hop checked and Writ allowed
+    before the handler ran (the middleware's ``action=``, ``writ.mcp.requires``), if any."""
 
     token: str = field(repr=False)
     info: pb.TokenInfo
     client: Client | None = field(default=None, repr=False, compare=False)
     consented: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    action: Action | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
         return f"writ.Context(token_id={self.info.token_id!r}, txn={self.info.txn!r}, subject={self.info.subject!r})"
@@ -43,21 +45,6 @@ class Context:
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("writ_current", default=None)
 
-
-class _Pending:
-    """A token that answers only action checks (require_action_check), admitted by a
-    middleware that was told its app checks an action first: not verified until check()
-    says allowed. ``promoted``: the reset token of the context check() made current."""
-
-    __slots__ = ("token", "client", "promoted")
-
-    def __init__(self, token: str, client: Client) -> None:
-        self.token = token
-        self.client = client
-        self.promoted: contextvars.Token[Context | None] | None = None
-
-
-_pending: contextvars.ContextVar[_Pending | None] = contextvars.ContextVar("writ_pending", default=None)
 
 def current() -> Context | None:
     """The verified context of this chain of calls, if any."""
@@ -139,48 +126,13 @@ async def child_for(downstream: Downstream, *, client: Client | None = None) -> 
 async def check(action: Action, *, client: Client | None = None) -> Verdict:
     """Checks ``action`` against the current token (a Validate with the action, which
     spends a use of a use-limited token). Answers the allowed verdict, or raises:
-    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`.
-
-    A token admitted pending an action check (``TxnTokenMiddleware(admit_action_only=True)``)
-    is the one checked whenever one is pending, and becomes the current context once this
-    check allows it, until the middleware's block for that request exits."""
-    # A pending token is this request's own: it wins over any context the caller (an ASGI
-    # host running the app in the caller's task) had current.
-    p = _pending.get()
-    ctx = _current.get() if p is None else None
-    c: Client | None
-    if p is not None:
-        token, c = p.token, client or p.client
-    elif ctx is not None:
-        token, c = ctx.token, client or ctx.client
-    else:
-        raise NoContext()
+    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`. Changes no
+    context."""
+    ctx = require()
+    c = client or ctx.client
     if c is None:
         raise NoContext("the current context names no Writ client to validate with")
-    verdict = raise_unless_allowed(await c.validate(token, action=action), action_sent=True)
-    if p is not None and p.promoted is None and verdict.info is not None:
-        # Current until the pending block exits (reset there), never beyond it.
-        p.promoted = _current.set(Context(token=token, info=verdict.info, client=c))
-    return verdict
-
-
-@contextmanager
-def pending(token: str, client: Client) -> Iterator[None]:
-    """Admits ``token`` for the block pending an action check (see :func:`check`)."""
-    p = _Pending(token, client)
-    reset = _pending.set(p)
-    # Nothing else is current for the block (not even what the ASGI host's caller had).
-    cleared = _current.set(None)
-    try:
-        yield
-    finally:
-        if p.promoted is not None:
-            try:
-                _current.reset(p.promoted)
-            except ValueError:  # promoted inside a task of the app: gone with that task
-                pass
-        _current.reset(cleared)
-        _pending.reset(reset)
+    return raise_unless_allowed(await c.validate(ctx.token, action=action), action_sent=True)
 
 
 def raise_unless_allowed(v: Verdict, *, action_sent: bool) -> Verdict:

@@ -256,7 +256,7 @@ def requires(
                 )
                 redeemed = await _consent(ctx, action, consent_resource, reason, consent_timeout)
                 consented[consent_resource] = redeemed.token
-            with use(dataclasses.replace(ctx, consented=consented)):
+            with use(dataclasses.replace(ctx, consented=consented, action=action)):
                 return await fn(*args, **kwargs)
 
         return cast(F, checked)
