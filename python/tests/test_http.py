@@ -324,3 +324,24 @@ async def test_asgi_in_the_callers_task_each_request_is_checked_against_its_own_
                 assert r.json() == {"checked": t.info.token_id, "still": True}
                 assert writ.current() is mine
     assert writ.current() is None
+
+
+async def test_the_app_never_sees_the_txn_token_header(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """The middleware removes Txn-Token from the request before the app (and the action
+    callable) run: the app has the verified context, not a header it could copy on."""
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    good = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=60)
+    rec = Recorder()
+    seen: list[str | None] = []
+
+    def action(request: Incoming) -> None:
+        seen.append(request.header("txn-token"))
+
+    async with serve_asgi(TxnTokenMiddleware(rec, client=payments, action=action)) as url, httpx.AsyncClient() as http:
+        r = await http.get(f"{url}/x", headers={"Txn-Token": good.token, "X-Other": "kept"})
+        assert r.status_code == 200, r.text
+    assert rec.txn_tokens(0) == [] and seen == [None]
+    assert (b"x-other", b"kept") in rec.requests[0][1]

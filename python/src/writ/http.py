@@ -199,6 +199,11 @@ class TxnTokenMiddleware:
     was allowed. The allowed action is ``ctx.action``; a use-limited token has spent a use
     on it (an app that checks again with :func:`writ.check` spends another).
 
+    The app never sees the ``Txn-Token`` header (it is removed from the scope's headers):
+    it has the verified context instead. A websocket is validated once, at connect (its
+    handshake's header, and ``action`` computed from the handshake): a token revoked or
+    expiring later does not close a connection already open.
+
     Refusals, the token never echoed: 401 ``{"error": "invalid_token", "reason": …}``
     (missing, several, inactive); 403 ``{"error": "insufficient_scope", "denied_by": …,
     "consent_required": …}`` (the action denied); 400 ``invalid_request`` (no action could
@@ -231,6 +236,9 @@ class TxnTokenMiddleware:
         if len(values) > 1:
             return await self._refuse(scope, send, 401, "multiple_tokens")
         token = values[0].decode("latin-1").strip()
+        # Neither the action callable nor the app sees the header: the app gets the
+        # verified context, never a token it could copy onto a call of its own.
+        scope["headers"] = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != _HEADER_LOWER]
         act: Action | None = None
         if self.action is not None:
             body = b""
