@@ -51,6 +51,11 @@ def payments_api(client: writ.Client, log: list[tuple[str, int]]) -> Any:
     return TxnTokenMiddleware(app, client=client, action=action)
 
 
+# What the charge tool saw: its context, and payments' answer to its second call.
+contexts: list[writ.Context] = []
+second: list[tuple[int, Any]] = []
+
+
 def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> FastMCP:
     """The booking agent's MCP server, written as a user would with writ.mcp."""
     mcp = FastMCP(
@@ -90,10 +95,19 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
         consent_reason=lambda a: f"charge {a['amount']} EUR for the Lisbon trip",
         consent_timeout=20,
     )
-    async def charge(amount: int, category: str) -> str:
+    async def charge(amount: int, category: str, dry_run: bool = False) -> str:
         ran.append("charge")
+        contexts.append(writ.require())
+        if dry_run:
+            return "not charged"
         async with httpx.AsyncClient(event_hooks={"request": [hook]}) as http:
             r = await http.post(f"{pay_url}/charge", json={"amount": amount, "category": category})
+            # The consent's token was handed out once: a second call gets a fresh child,
+            # which still needs consent at payments.
+            again = await http.post(f"{pay_url}/charge", json={"amount": amount, "category": category})
+        if r.request.headers["Txn-Token"] == again.request.headers["Txn-Token"]:
+            raise RuntimeError("the redeemed token went out twice")
+        second.append((again.status_code, again.json()))
         return r.text
 
     return mcp
@@ -233,8 +247,17 @@ async def test_consent_through_url_elicitation_end_to_end(
             r = await s.call_tool("charge", {"amount": 420, "category": "travel"})
             assert not r.isError, text(r)
             assert '"done":"payments:charge"' in text(r)
-        assert ran == ["charge"] and paid == [("payments:charge", 420)]
-        assert len(elicited) == 1
+            # Consented, but the body never calls payments: the redeemed token is discarded
+            # when it ends, so a task outliving it gets a fresh child, not that token.
+            dry = await s.call_tool("charge", {"amount": 100, "category": "travel", "dry_run": True})
+            assert text(dry) == "not charged", text(dry)
+        with writ.use(contexts[-1]):
+            late = await writ.child_for(writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:charge"]))
+        v = await payments.validate(late)
+        assert v.active and v.info is not None and v.info.consent_request_id == ""
+        assert ran == ["charge", "charge"] and paid == [("payments:charge", 420)]
+        assert second[-1][0] == 403 and second[-1][1]["consent_required"] is True, second
+        assert len(elicited) == 2
         consent = elicited[0]
         assert consent.url.startswith("https://") and "/consent/" in consent.url
         assert consent.elicitationId.startswith("cns_") and "420" in consent.message

@@ -24,19 +24,46 @@ if TYPE_CHECKING:
     from writ.client import Client
 
 
+class Redeemed:
+    """A token redeemed from the user's consent: single use, for exactly one action at one
+    party (``audience``, the consent's resource). Handed out once, by :func:`child_for`
+    for a downstream whose audience is that party; after that, or once discarded (the MCP
+    decorator discards it when the tool body ends), never again."""
+
+    __slots__ = ("audience", "_token")
+
+    def __init__(self, audience: str, token: str) -> None:
+        self.audience = audience
+        self._token: str | None = token
+
+    def take(self, audience: str) -> str | None:
+        """The token, once, if ``audience`` is its party; else ``None``."""
+        if audience != self.audience or self._token is None:
+            return None
+        token, self._token = self._token, None
+        return token
+
+    def discard(self) -> None:
+        self._token = None
+
+    def __repr__(self) -> str:
+        state = "unused" if self._token is not None else "spent"
+        return f"<writ.Redeemed for {self.audience} ({state})>"
+
+
 @dataclass(frozen=True)
 class Context:
     """A token this hop verified (its secret and what Validate said of it), and the client
     that verified it (whose identity is the token's audience, the one that may derive
-    children from it). ``consented`` maps a resource's party id to a token redeemed from
-    the user's consent for it (the MCP decorator sets it): that resource's call carries
-    it instead of a fresh child. ``action``: the action this hop checked and Writ allowed
+    children from it). ``consented``: a token redeemed from the user's consent (the MCP
+    decorator sets it): the first call to that consent's resource carries it instead of a
+    fresh child, and no other call ever does. ``action``: the action this hop checked and Writ allowed
     before the handler ran (the middleware's ``action=``, ``writ.mcp.requires``), if any."""
 
     token: str = field(repr=False)
     info: pb.TokenInfo
     client: Client | None = field(default=None, repr=False, compare=False)
-    consented: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    consented: Redeemed | None = field(default=None, repr=False, compare=False)
     action: Action | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:
@@ -98,13 +125,14 @@ class Downstream:
 
 
 async def child_for(downstream: Downstream, *, client: Client | None = None) -> str:
-    """A fresh child of the current token for ``downstream`` (or the token redeemed from
-    the user's consent for that party). Never the current token itself; with no current
-    token, :class:`~writ.errors.NoContext`."""
+    """A fresh child of the current token for ``downstream`` (or, once, the token redeemed
+    from the user's consent, when ``downstream`` is that consent's party). Never the
+    current token itself; with no current token, :class:`~writ.errors.NoContext`."""
     ctx = require()
-    consented = ctx.consented.get(downstream.audience.id)
-    if consented is not None:
-        return consented
+    if ctx.consented is not None:
+        redeemed = ctx.consented.take(downstream.audience.id)
+        if redeemed is not None:
+            return redeemed
     c = client or ctx.client
     if c is None:
         raise NoContext("the current context names no Writ client to downscope with")

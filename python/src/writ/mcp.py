@@ -37,7 +37,7 @@ from pydantic import AnyHttpUrl, Field, PrivateAttr
 
 from writ._proto import writ_pb2 as pb
 from writ.client import Client
-from writ.context import Context, Downstream, child_for, raise_unless_allowed, use
+from writ.context import Context, Downstream, Redeemed, child_for, raise_unless_allowed, use
 from writ.errors import ConsentPending, ConsentRequired, NoContext, WritError
 from writ.types import Action, AttrValue, Minted
 
@@ -243,7 +243,7 @@ def requires(
             ctx = verified()
             assert ctx.client is not None
             verdict = await ctx.client.validate(ctx.token, action=action)
-            consented: dict[str, str] = {}
+            consented: Redeemed | None = None
             try:
                 raise_unless_allowed(verdict, action_sent=True)
             except ConsentRequired:
@@ -255,9 +255,13 @@ def requires(
                     else consent_reason or f"{fn.__name__}: {scope}"
                 )
                 redeemed = await _consent(ctx, action, consent_resource, reason, consent_timeout)
-                consented[consent_resource] = redeemed.token
-            with use(dataclasses.replace(ctx, consented=consented, action=action)):
-                return await fn(*args, **kwargs)
+                consented = Redeemed(consent_resource, redeemed.token)
+            try:
+                with use(dataclasses.replace(ctx, consented=consented, action=action)):
+                    return await fn(*args, **kwargs)
+            finally:
+                if consented is not None:  # tasks outliving the body never get it
+                    consented.discard()
 
         return cast(F, checked)
 
