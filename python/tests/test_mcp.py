@@ -317,3 +317,19 @@ async def test_outside_an_mcp_request_there_is_no_context(server: Server) -> Non
 
     with pytest.raises(writ.NoContext):
         await tool()
+
+
+def test_verified_never_falls_back_to_the_auth_context_var() -> None:
+    """The SDK's auth contextvar, inside a session's tasks, holds the token of whoever
+    created the session, not of the request being handled: never used."""
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+
+    access = writ.mcp.WritAccessToken(token="writ_creator", client_id="creator", scopes=["trips:book"])
+    access._writ = writ.Context("writ_creator", pb.TokenInfo(token_id="tid_creator"))
+    reset = auth_context_var.set(AuthenticatedUser(access))
+    try:
+        with pytest.raises(writ.NoContext):
+            writ.mcp.verified()
+    finally:
+        auth_context_var.reset(reset)

@@ -29,7 +29,6 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, Union, cast
 
-from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.lowlevel.server import request_ctx
@@ -122,16 +121,17 @@ def auth_settings(resource: str, *, issuer: str, required_scopes: list[str] | No
 
 
 def _request_access() -> WritAccessToken | None:
-    """The verified bearer token of the MCP request being handled (the HTTP request that
-    carried the tool call; contextvars set by the SDK's auth middleware do not reach the
-    session's tasks, the request object does)."""
+    """The verified bearer token of the MCP request being handled: the HTTP request that
+    carried the tool call, and nothing else. (The SDK's auth contextvar,
+    ``get_access_token()``, is not used: inside a session's tasks it holds the token of
+    whoever created the session, not of this request.)"""
     try:
         rc = request_ctx.get()
     except LookupError:
         rc = None
     request = getattr(rc, "request", None) if rc is not None else None
     user = request.scope.get("user") if request is not None and hasattr(request, "scope") else None
-    access = getattr(user, "access_token", None) or get_access_token()
+    access = getattr(user, "access_token", None)
     return access if isinstance(access, WritAccessToken) else None
 
 
