@@ -2,7 +2,8 @@
 and flights and pay for them at the payments API.
 
 - Every MCP request's bearer token is introspected at Writ as this server
-  (``WritTokenVerifier``): a token not issued to booking, revoked or expired is a 401.
+  (``WritTokenVerifier``): a token not issued to booking, revoked or expired is a 401
+  (Writ unreachable: a 503).
 - Every tool declares the scope and claims it needs (``writ.mcp.requires``), checked at
   Writ on each call before the body runs.
 - The call to payments never carries the token booking received: the httpx hook derives a
@@ -24,9 +25,9 @@ from mcp.server.fastmcp import FastMCP
 from starlette.applications import Starlette
 
 import writ
-from gateway import PAYMENTS
+from gateway import BOOKING, PAYMENTS
 from writ.http import TxnTokenHook
-from writ.mcp import WritTokenVerifier, auth_settings, requires
+from writ.mcp import WritTokenVerifier, auth_settings, requires, streamable_http_app
 
 
 def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer: str) -> Starlette:
@@ -51,7 +52,7 @@ def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer:
 
     mcp: FastMCP[Any] = FastMCP(
         "booking",
-        token_verifier=WritTokenVerifier(client, resource=resource),
+        token_verifier=WritTokenVerifier(client, audience=BOOKING, resource=resource),
         auth=auth_settings(resource, issuer=writ_issuer, required_scopes=["trip.book"]),
     )
 
@@ -97,7 +98,7 @@ def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer:
             )
         return "accepted" if again.status_code == 200 else f"refused: HTTP {again.status_code} {again.json()}"
 
-    app = mcp.streamable_http_app()
+    app = streamable_http_app(mcp)  # the SDK's app; 503 while Writ is unreachable
     # The app's lifespan runs the MCP session manager; close the payments client after it.
     serve_sessions = app.router.lifespan_context
 

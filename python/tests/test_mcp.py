@@ -333,3 +333,33 @@ def test_verified_never_falls_back_to_the_auth_context_var() -> None:
             writ.mcp.verified()
     finally:
         auth_context_var.reset(reset)
+
+
+async def test_the_verifier_binds_tokens_to_its_audience_and_answers_503_when_writ_is_down(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client
+) -> None:
+    with pytest.raises(TypeError):
+        writ.mcp.WritTokenVerifier(booking, resource="http://127.0.0.1/mcp")  # type: ignore[call-arg]
+    _, headers = await planner_headers(minter, planner)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    right = writ.mcp.WritTokenVerifier(booking, audience=BOOKING, resource="http://127.0.0.1/mcp")
+    wrong = writ.mcp.WritTokenVerifier(booking, audience=PAYMENTS, resource="http://127.0.0.1/mcp")
+    ok = await right.verify_token(token)
+    assert ok is not None and ok.claims is not None and ok.claims["aud"] == BOOKING
+    assert await wrong.verify_token(token) is None
+
+    # Writ unreachable: not a 401 (the token may be fine), a 503.
+    async with await writ.connect(f"127.0.0.1:{free_port()}", timeout=2, max_attempts=1) as down:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/mcp"
+        mcp = FastMCP(
+            "down",
+            token_verifier=writ.mcp.WritTokenVerifier(down, audience=BOOKING, resource=url),
+            auth=writ.mcp.auth_settings(url, issuer=ISSUER),
+        )
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+        accept = {"Accept": "application/json, text/event-stream"}
+        async with serve_asgi(writ.mcp.streamable_http_app(mcp), port=port, lifespan=True), httpx.AsyncClient() as http:
+            r = await http.post(url, json=init, headers={**accept, **headers})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "temporarily_unavailable" and "writ_" not in r.text

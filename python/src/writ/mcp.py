@@ -25,14 +25,19 @@ import asyncio
 import dataclasses
 import functools
 import inspect
+import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar, Union, cast
 
+import grpc
 from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
+from mcp.server.fastmcp import FastMCP
 from mcp.server.lowlevel.server import request_ctx
 from pydantic import AnyHttpUrl, Field, PrivateAttr
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from writ._proto import writ_pb2 as pb
 from writ.client import Client
@@ -43,10 +48,12 @@ from writ.types import Action, AttrValue, Minted
 __all__ = [
     "WritAccessToken",
     "WritTokenVerifier",
+    "WritUnavailable",
     "auth_settings",
     "authorization",
     "downstream",
     "requires",
+    "streamable_http_app",
     "verified",
 ]
 
@@ -69,38 +76,56 @@ class WritAccessToken(AccessToken):
         return self._writ
 
 
+class WritUnavailable(Exception):
+    """Raised by :meth:`WritTokenVerifier.verify_token` when Writ could not answer (or
+    refused this server itself): nothing was verified, and the bearer token may well be
+    fine, so the answer is not a 401. :func:`streamable_http_app` answers it 503; served
+    otherwise, the SDK answers 500."""
+
+
 class WritTokenVerifier:
     """The MCP SDK's ``TokenVerifier`` backed by Writ.
 
-    ``client``: this MCP server's Writ client (its identity is the audience the tokens it
-    accepts are bound to). ``resource``: this server's URL (its RFC 8707 resource; pair
-    with ``AuthSettings(resource_server_url=resource, validate_token_resource=True)``, as
-    :func:`auth_settings` does). ``audience``: optionally, the party id tokens must name
-    (Writ already refuses any other caller's token as ``wrong_audience``)."""
+    ``client``: this MCP server's Writ client, whose identity (its certificate's SPIFFE ID)
+    is the party tokens must be issued to. ``audience``: that party's id, required: a
+    token is accepted only if Writ answers it active *and* names ``audience`` as its
+    audience (Writ itself already answers any other party's token ``wrong_audience``;
+    this check also catches a client connected with the wrong identity). That is the
+    real binding: ``resource``, this server's URL, is what the SDK's RFC 8707 check
+    compares (``AuthSettings(resource_server_url=resource, validate_token_resource=True)``,
+    as :func:`auth_settings` does), and every token for ``audience`` maps to it.
 
-    def __init__(self, client: Client, *, resource: str, audience: str | None = None) -> None:
+    Writ unreachable, or refusing this server: :class:`WritUnavailable` (503 behind
+    :func:`streamable_http_app`), never a pass and never a 401."""
+
+    def __init__(self, client: Client, *, audience: str, resource: str) -> None:
+        if not audience:
+            raise ValueError("writ.mcp: WritTokenVerifier needs this server's party id as audience")
         self.client = client
-        self.resource = resource
         self.audience = audience
+        self.resource = resource
 
     async def verify_token(self, token: str) -> AccessToken | None:
         try:
             verdict = await self.client.validate(token)
-        except WritError as e:  # fail closed: no verdict, no access
+        except WritError as e:
+            if e.code == grpc.StatusCode.INVALID_ARGUMENT:  # the token itself is unusable
+                return None
             log.warning("Writ could not validate a bearer token: %s", e)
-            return None
+            raise WritUnavailable(str(e)) from None
         info = verdict.info
         if not verdict.active or info is None:
             log.info("bearer token refused: %s", verdict.inactive_reason)
             return None
-        if self.audience is not None and info.audience.id != self.audience:
+        if info.audience.id != self.audience:
+            log.warning("bearer token refused: issued to %s, not %s", info.audience.id, self.audience)
             return None
         access = WritAccessToken(
             token=token,
             client_id=info.act.id,  # the current actor: who presents the token
             scopes=list(info.scopes),
             expires_at=info.expires_at_unix_ms // 1000,
-            resource=self.resource,
+            resource=self.resource,  # the URL the audience maps to (see the class)
             subject=info.subject,
             claims={"txn": info.txn, "token_id": info.token_id, "aud": info.audience.id},
         )
@@ -118,6 +143,48 @@ def auth_settings(resource: str, *, issuer: str, required_scopes: list[str] | No
         validate_token_resource=True,
         required_scopes=required_scopes,
     )
+
+
+class _UnavailableAs503:
+    """ASGI: a :class:`WritUnavailable` raised before any response started is a 503."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def watch(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        except WritUnavailable:
+            if started or scope["type"] != "http":
+                raise
+            body = json.dumps({"error": "temporarily_unavailable", "error_description": "Writ could not be reached"})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 503,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode()),
+                        (b"cache-control", b"no-store"),
+                        (b"retry-after", b"1"),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body.encode()})
+
+
+def streamable_http_app(mcp: FastMCP[Any]) -> Starlette:
+    """``mcp.streamable_http_app()``, answering 503 (not 401) while Writ cannot be reached."""
+    app = mcp.streamable_http_app()
+    app.add_middleware(_UnavailableAs503)
+    return app
 
 
 def _request_access() -> WritAccessToken | None:
