@@ -4,8 +4,9 @@ and flights and pay for them at the payments API.
 - Every MCP request's bearer token is introspected at Writ as this server
   (``WritTokenVerifier``): a token not issued to booking, revoked or expired is a 401
   (Writ unreachable: a 503).
-- Every tool declares the scope and claims it needs (``writ.mcp.requires``), checked at
-  Writ on each call before the body runs.
+- Every tool is registered with the scope and claims it needs (``writ.mcp.tool``),
+  checked at Writ on each call before the body runs; the server refuses to start if a
+  tool was registered without that check.
 - The call to payments never carries the token booking received: the httpx hook derives a
   fresh child for payments on each request (``payments.charge``, hotels only, one minute).
 - A charge above 500 EUR needs ``payments.charge_large``, which alice must approve: the
@@ -27,7 +28,7 @@ from starlette.applications import Starlette
 import writ
 from gateway import BOOKING, PAYMENTS
 from writ.http import TxnTokenHook
-from writ.mcp import WritTokenVerifier, auth_settings, requires, streamable_http_app
+from writ.mcp import WritTokenVerifier, auth_settings, streamable_http_app, tool
 
 
 def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer: str) -> Starlette:
@@ -62,15 +63,14 @@ def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer:
             raise RuntimeError(f"payments refused the charge: HTTP {r.status_code} {r.json()}")
         return r
 
-    @mcp.tool()
-    @requires("payments.charge", amount="amount", category=lambda _: "hotel")
+    @tool(mcp, "payments.charge", amount="amount", category=lambda _: "hotel")
     async def book_hotel(hotel: str, nights: int, amount: int) -> dict[str, Any]:
         """Book a hotel and pay for it (amount in EUR)."""
         paid: dict[str, Any] = (await pay(amount, "hotel", f"{hotel}, {nights} nights")).json()
         return paid
 
-    @mcp.tool()
-    @requires(
+    @tool(
+        mcp,
         "payments.charge_large",
         amount="amount",
         category=lambda _: "flight",
@@ -98,7 +98,8 @@ def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer:
             )
         return "accepted" if again.status_code == 200 else f"refused: HTTP {again.status_code} {again.json()}"
 
-    app = streamable_http_app(mcp)  # the SDK's app; 503 while Writ is unreachable
+    # The SDK's app, once every tool is known to be checked; 503 while Writ is unreachable.
+    app = streamable_http_app(mcp)
     # The app's lifespan runs the MCP session manager; close the payments client after it.
     serve_sessions = app.router.lifespan_context
 

@@ -67,7 +67,7 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
     charges = writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:charge"], ttl=30, match=pay_url)
     hook = TxnTokenHook([charges])
 
-    @mcp.tool()
+    @mcp.tool()  # FastMCP's decorator above requires: the checked function is registered
     @writ.mcp.requires("trips:book", category="category")
     async def book_trip(destination: str, category: str) -> str:
         ran.append("book_trip")
@@ -75,8 +75,7 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
         assert ctx is not None
         return f"booked {destination} for {ctx.info.subject}"
 
-    @mcp.tool()
-    @writ.mcp.requires("payments:refund", amount="amount", category="category")
+    @writ.mcp.tool(mcp, "payments:refund", amount="amount", category="category")
     async def refund(amount: int, category: str) -> str:
         ran.append("refund")
         token = await writ.mcp.downstream(refunds)  # the one line
@@ -86,8 +85,8 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
             )
         return r.text
 
-    @mcp.tool()
-    @writ.mcp.requires(
+    @writ.mcp.tool(
+        mcp,
         "payments:charge",
         amount="amount",
         category="category",
@@ -120,7 +119,7 @@ async def stack(booking: writ.Client, payments: writ.Client) -> AsyncIterator[tu
     async with serve_asgi(payments_api(payments, paid)) as pay_url:
         port = free_port()
         url = f"http://127.0.0.1:{port}/mcp"
-        app = booking_mcp(booking, url, pay_url, ran).streamable_http_app()
+        app = writ.mcp.streamable_http_app(booking_mcp(booking, url, pay_url, ran))
         async with serve_asgi(app, port=port, lifespan=True):
             yield url, ran, paid
 
@@ -344,6 +343,8 @@ async def test_the_verifier_binds_tokens_to_its_audience_and_answers_503_when_wr
     token = headers["Authorization"].removeprefix("Bearer ")
     right = writ.mcp.WritTokenVerifier(booking, audience=BOOKING, resource="http://127.0.0.1/mcp")
     wrong = writ.mcp.WritTokenVerifier(booking, audience=PAYMENTS, resource="http://127.0.0.1/mcp")
+    for v in (right, wrong):
+        writ.mcp.guard(FastMCP("x", token_verifier=v, auth=writ.mcp.auth_settings("http://127.0.0.1/mcp", issuer=ISSUER)))
     ok = await right.verify_token(token)
     assert ok is not None and ok.claims is not None and ok.claims["aud"] == BOOKING
     assert await wrong.verify_token(token) is None
@@ -363,3 +364,62 @@ async def test_the_verifier_binds_tokens_to_its_audience_and_answers_503_when_wr
             r = await http.post(url, json=init, headers={**accept, **headers})
             assert r.status_code == 503, r.text
             assert r.json()["error"] == "temporarily_unavailable" and "writ_" not in r.text
+
+
+async def test_a_tool_registered_without_its_check_is_never_served(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client
+) -> None:
+    """``@requires`` above ``@mcp.tool()`` registers the unchecked function (FastMCP returns
+    it unchanged): the server refuses to start; a verifier never guarded, or a tool
+    registered later without a check, refuses every request."""
+    ran: list[str] = []
+
+    def server(url: str) -> FastMCP:
+        verifier = writ.mcp.WritTokenVerifier(booking, audience=BOOKING, resource=url)
+        return FastMCP("booking", token_verifier=verifier, auth=writ.mcp.auth_settings(url, issuer=ISSUER))
+
+    url = f"http://127.0.0.1:{free_port()}/mcp"
+    mcp = server(url)
+
+    @writ.mcp.requires("payments:refund", amount="amount")  # the wrong order
+    @mcp.tool()
+    async def refund(amount: int) -> str:
+        ran.append("refund")
+        return "refunded"
+
+    @writ.mcp.tool(mcp, "trips:book")
+    async def book() -> str:
+        return "booked"
+
+    assert writ.mcp.unchecked_tools(mcp) == ["refund"]
+    with pytest.raises(writ.mcp.UncheckedTools, match="refund") as e:
+        writ.mcp.streamable_http_app(mcp)
+    assert e.value.tools == ["refund"]
+    writ.mcp.streamable_http_app(mcp, unchecked=["refund"])  # named: served as it is
+
+    async def ping() -> str:
+        ran.append("ping")
+        return "pong"
+
+    _, headers = await planner_headers(minter, planner)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    # Never guarded (the SDK's app used directly): every request is refused.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    plain = server(url)
+    writ.mcp.tool(plain, "trips:book")(ping)
+    async with serve_asgi(plain.streamable_http_app(), port=port, lifespan=True), httpx.AsyncClient() as http:
+        r = await http.post(url, json=init, headers={**accept, **headers})
+        assert r.status_code == 500
+    # Guarded, then a tool added without its check: every request is refused.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    late = server(url)
+    app = writ.mcp.streamable_http_app(late)
+    async with serve_asgi(app, port=port, lifespan=True), httpx.AsyncClient() as http:
+        assert (await http.post(url, json=init, headers={**accept, **headers})).status_code == 200
+        late.add_tool(ping)
+        r = await http.post(url, json=init, headers={**accept, **headers})
+        assert r.status_code == 500
+    assert ran == []

@@ -27,7 +27,7 @@ import functools
 import inspect
 import json
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, TypeVar, Union, cast
 
 import grpc
@@ -35,6 +35,7 @@ from mcp.server.auth.provider import AccessToken
 from mcp.server.auth.settings import AuthSettings
 from mcp.server.fastmcp import FastMCP
 from mcp.server.lowlevel.server import request_ctx
+from mcp.types import ToolAnnotations
 from pydantic import AnyHttpUrl, Field, PrivateAttr
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -46,19 +47,24 @@ from writ.errors import ConsentPending, ConsentRequired, NoContext, WritError
 from writ.types import Action, AttrValue, Minted
 
 __all__ = [
+    "UncheckedTools",
     "WritAccessToken",
     "WritTokenVerifier",
     "WritUnavailable",
     "auth_settings",
     "authorization",
     "downstream",
+    "guard",
     "requires",
     "streamable_http_app",
+    "tool",
+    "unchecked_tools",
     "verified",
 ]
 
 log = logging.getLogger("writ.mcp")
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+_CHECKED = "__writ_requires__"  # set on every function requires() checks: its scope
 AttributeSource = Union[str, Callable[[Mapping[str, Any]], AttrValue]]
 
 
@@ -96,7 +102,9 @@ class WritTokenVerifier:
     as :func:`auth_settings` does), and every token for ``audience`` maps to it.
 
     Writ unreachable, or refusing this server: :class:`WritUnavailable` (503 behind
-    :func:`streamable_http_app`), never a pass and never a 401."""
+    :func:`streamable_http_app`), never a pass and never a 401. Until :func:`guard` ran
+    for the server (:func:`streamable_http_app` runs it), and whenever a tool without
+    Writ's check is registered: :class:`UncheckedTools` (500), for every request."""
 
     def __init__(self, client: Client, *, audience: str, resource: str) -> None:
         if not audience:
@@ -104,8 +112,22 @@ class WritTokenVerifier:
         self.client = client
         self.audience = audience
         self.resource = resource
+        self._guarded: tuple[FastMCP[Any], frozenset[str]] | None = None
+
+    def _check_tools(self) -> None:
+        if self._guarded is None:
+            raise UncheckedTools(
+                "writ.mcp: this server's tools were never checked: serve it with writ.mcp.streamable_http_app(mcp) "
+                "(or call writ.mcp.guard(mcp) first)",
+                [],
+            )
+        mcp, allowed = self._guarded
+        missing = [n for n in unchecked_tools(mcp) if n not in allowed]
+        if missing:
+            raise UncheckedTools(f"writ.mcp: tools registered without a Writ check: {', '.join(missing)}", missing)
 
     async def verify_token(self, token: str) -> AccessToken | None:
+        self._check_tools()  # a misconfigured server serves nothing (500)
         try:
             verdict = await self.client.validate(token)
         except WritError as e:
@@ -180,8 +202,10 @@ class _UnavailableAs503:
             await send({"type": "http.response.body", "body": body.encode()})
 
 
-def streamable_http_app(mcp: FastMCP[Any]) -> Starlette:
-    """``mcp.streamable_http_app()``, answering 503 (not 401) while Writ cannot be reached."""
+def streamable_http_app(mcp: FastMCP[Any], *, unchecked: Iterable[str] = ()) -> Starlette:
+    """``mcp.streamable_http_app()``, once :func:`guard` found every tool checked (but those
+    named in ``unchecked``), answering 503 (not 401) while Writ cannot be reached."""
+    guard(mcp, unchecked=unchecked)
     app = mcp.streamable_http_app()
     app.add_middleware(_UnavailableAs503)
     return app
@@ -276,11 +300,19 @@ def requires(
     consent_resource: str | None = None,
     consent_reason: str | Callable[[Mapping[str, Any]], str] | None = None,
     consent_timeout: float = 300.0,
-    **attributes: AttributeSource,
+    attributes: Mapping[str, AttributeSource] | None = None,
+    **more_attributes: AttributeSource,
 ) -> Callable[[F], F]:
     """Declares what a tool needs: ``scope``, and each action attribute taken from a tool
-    argument (``amount="amount"``) or computed from all of them (a callable). Checked at
-    Writ on every call; the body runs only if allowed, with the verified context current.
+    argument (``amount="amount"``) or computed from all of them (a callable); attributes
+    whose names clash with a parameter go in ``attributes``. Checked at Writ on every
+    call; the body runs only if allowed, with the verified context current.
+
+    Prefer :func:`tool`, which registers the checked function itself. With FastMCP's own
+    decorator, ``@mcp.tool()`` must be *above* ``@requires(...)``: FastMCP registers the
+    function it is given and returns it unchanged, so ``@requires`` above it would wrap a
+    copy nobody calls. :func:`guard` (run by :func:`streamable_http_app`) refuses to serve
+    a tool registered without this check.
 
     ``consent_resource``: for a high-privilege scope, the party the action will be
     performed at (the upstream API the tool calls, one of the token's targets). When the
@@ -289,6 +321,8 @@ def requires(
     Without it, or if the user does not approve within ``consent_timeout`` seconds, the
     tool fails with :class:`~writ.errors.ConsentRequired`.
     """
+
+    attributes = {**(attributes or {}), **more_attributes}
 
     def decorate(fn: F) -> F:
         if not inspect.iscoroutinefunction(fn):
@@ -330,6 +364,88 @@ def requires(
                 if consented is not None:  # tasks outliving the body never get it
                     consented.discard()
 
+        setattr(checked, _CHECKED, scope)
         return cast(F, checked)
 
     return decorate
+
+
+def tool(
+    mcp: FastMCP[Any],
+    scope: str,
+    /,
+    *,
+    name: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    annotations: ToolAnnotations | None = None,
+    structured_output: bool | None = None,
+    consent_resource: str | None = None,
+    consent_reason: str | Callable[[Mapping[str, Any]], str] | None = None,
+    consent_timeout: float = 300.0,
+    attributes: Mapping[str, AttributeSource] | None = None,
+    **more_attributes: AttributeSource,
+) -> Callable[[F], F]:
+    """Registers the decorated function as a tool of ``mcp`` (``name``, ``title``,
+    ``description``, ``annotations``, ``structured_output`` as FastMCP's ``tool()``
+    takes them), checked as :func:`requires` declares (``scope``, the attributes, consent)
+    on every call: the one decorator, which cannot be put in the wrong order."""
+
+    def decorate(fn: F) -> F:
+        checked = requires(
+            scope,
+            consent_resource=consent_resource,
+            consent_reason=consent_reason,
+            consent_timeout=consent_timeout,
+            attributes=attributes,
+            **more_attributes,
+        )(fn)
+        mcp.add_tool(
+            checked,
+            name=name,
+            title=title,
+            description=description,
+            annotations=annotations,
+            structured_output=structured_output,
+        )
+        return checked
+
+    return decorate
+
+
+class UncheckedTools(RuntimeError):
+    """Tools registered without Writ's per-call check (``tools``), or a server whose tools
+    were never looked at (``tools`` empty): nothing is served."""
+
+    def __init__(self, message: str, tools: list[str]) -> None:
+        super().__init__(message)
+        self.tools = tools
+
+
+def unchecked_tools(mcp: FastMCP[Any]) -> list[str]:
+    """The names of ``mcp``'s tools registered without :func:`requires`/:func:`tool`."""
+    manager = getattr(mcp, "_tool_manager", None)
+    if manager is None or not hasattr(manager, "list_tools"):
+        raise UncheckedTools("writ.mcp: cannot list this server's tools (an mcp SDK this version does not know)", [])
+    return sorted(t.name for t in manager.list_tools() if not getattr(t.fn, _CHECKED, None))
+
+
+def guard(mcp: FastMCP[Any], *, unchecked: Iterable[str] = ()) -> None:
+    """Refuses to go on (:class:`UncheckedTools`) if a tool of ``mcp`` is registered without
+    Writ's per-call check, except those named in ``unchecked`` (tools meant to need no
+    action, say a ``ping``). It also arms ``mcp``'s :class:`WritTokenVerifier`, which
+    refuses every request until this ran and, after, whenever a tool registered later
+    lacks the check. :func:`streamable_http_app` calls it; call it yourself before
+    ``mcp.run()`` or ``mcp.sse_app()``."""
+    verifier = getattr(mcp, "_token_verifier", None)
+    if not isinstance(verifier, WritTokenVerifier):
+        raise TypeError("writ.mcp.guard: this FastMCP's token_verifier is not a writ.mcp.WritTokenVerifier")
+    allowed = frozenset(unchecked)
+    missing = [n for n in unchecked_tools(mcp) if n not in allowed]
+    if missing:
+        raise UncheckedTools(
+            f"writ.mcp: tools registered without a Writ check: {', '.join(missing)} (use @writ.mcp.tool(mcp, scope, ...), "
+            "or put @mcp.tool() above @writ.mcp.requires(...))",
+            missing,
+        )
+    verifier._guarded = (mcp, allowed)
