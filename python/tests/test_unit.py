@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
+import httpx
 import pytest
 
 import writ
 from writ._proto import writ_pb2 as pb
 from writ.context import Redeemed, raise_unless_allowed
+from writ.http import AmbiguousURL, TxnTokenHook
 
 
 class FakeClient:
@@ -75,3 +78,76 @@ async def test_a_consents_redeemed_token_is_handed_out_once_and_only_to_its_reso
     late.discard()
     with writ.use(writ.Context("writ_parent", INFO, cast(writ.Client, fake), consented=late)):
         assert await writ.child_for(charge) == "writ_child3"
+
+
+CHARGES = writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:charge"])
+
+
+def hook_for(*patterns: str) -> TxnTokenHook:
+    return TxnTokenHook([dataclasses.replace(CHARGES, match=patterns)], client=cast(writ.Client, FakeDownscoper()))
+
+
+async def attached(hook: TxnTokenHook, url: str) -> bool:
+    request = httpx.Request("GET", url, headers={"Txn-Token": "writ_forwarded"})
+    with writ.use(writ.Context("writ_parent", INFO)):
+        await hook(request)
+    values = request.headers.get_list("Txn-Token")
+    assert "writ_forwarded" not in values
+    return bool(values)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "url", "expected"),
+    [
+        # A base URL: that scheme, host, port, and path prefix by whole segments (raw).
+        ("https://gw/v1", "https://gw/v1", True),
+        ("https://gw/v1", "https://gw/v1/charges?x=%2F", True),
+        ("https://gw/v1", "https://GW:443/v1/x", True),
+        ("https://gw/v1", "https://gw/v1x", False),
+        ("https://gw/v1", "https://gw/v2/x", False),
+        ("https://gw/v1", "http://gw/v1/x", False),
+        ("https://gw/v1", "https://gw:8443/v1/x", False),
+        ("https://gw/v1/", "https://gw/v1/x", True),
+        # A bare host means https on its default port (or the port given), any path.
+        ("gw", "https://gw/anything", True),
+        ("gw", "http://gw/anything", False),
+        ("gw", "https://gw:8443/x", False),
+        ("gw:8443", "https://gw:8443/x", True),
+        ("gw:8443", "http://gw:8443/x", False),
+        ("http://gw:8080", "http://gw:8080/x", True),
+        # IPv6 literals, however spelled.
+        ("[::1]:8080", "https://[::1]:8080/x", True),
+        ("[::1]:8080", "https://[0:0::1]:8080/x", True),
+        ("[::1]:8080", "http://[::1]:8080/x", False),
+        ("http://[::1]:8080/v1", "http://[::1]:8080/v1/x", True),
+    ],
+)
+async def test_downstream_matching(pattern: str, url: str, expected: bool) -> None:
+    assert await attached(hook_for(pattern), url) is expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://gw/v1%2F..%2Fadmin",
+        "https://gw/v1/%2e%2e/admin",
+        "https://gw/v1/%2E./admin",
+        "https://gw/v1/..;/admin",
+        "https://gw/v1/x%5C..%5Cadmin",
+        "https://gw/v1/%252e%252e/admin",
+    ],
+)
+async def test_an_ambiguous_path_under_a_path_prefix_is_refused(url: str) -> None:
+    """Encoded separators or dots (which a server may decode into another path) under a
+    path-prefixed downstream: the hook raises, the request is never sent."""
+    with pytest.raises(AmbiguousURL):
+        await attached(hook_for("https://gw/v1"), url)
+    assert await attached(hook_for("gw"), url)  # a bare host covers every path anyway
+
+
+@pytest.mark.parametrize(
+    "pattern", ["https://gw/v1?x=1", "https://gw/v1#f", "gw/v1", "ftp://gw", "https://gw/v1/../admin", "https://u@gw/", ""]
+)
+def test_a_bad_match_pattern_is_refused(pattern: str) -> None:
+    with pytest.raises(ValueError):
+        hook_for(pattern)

@@ -101,8 +101,10 @@ class Downstream:
     """What a call to one downstream party gets: a child of the current token bound to
     ``audience``, with these scopes, claims, targets and lifetime (all narrower than the
     current token's, or Writ refuses). ``match``: for the httpx hook, the request URLs it
-    applies to: a base URL (``https://payments.internal/v1``: that scheme, host, port and
-    path prefix) or a host (``payments.internal``, ``127.0.0.1:8080``), or several."""
+    applies to: a base URL (``https://payments.internal/v1``, ``http://127.0.0.1:8080``:
+    that scheme, host, port and raw path prefix by whole segments) or a host
+    (``payments.internal``, ``payments.internal:8443``, ``[::1]:8443``: https only, on
+    that port or 443), or several. Plain http needs the explicit ``http://``."""
 
     audience: pb.Party
     scopes: Sequence[str]

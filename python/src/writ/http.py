@@ -21,11 +21,12 @@ unless the token is active (and the action allowed); the app then finds the veri
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any, Union
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
 
 import grpc
 import httpx
@@ -47,37 +48,87 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _segment_prefix(path: str, base: str) -> bool:
-    base = base.rstrip("/")
-    return not base or path == base or path.startswith(base + "/")
+class AmbiguousURL(ValueError):
+    """A request to a path-prefixed downstream's origin whose path a server could read as
+    another path (encoded ``/``, ``\\``, ``.`` or ``%``, or dot segments): the hook
+    refuses to send it rather than guess whether it is under the prefix."""
 
 
-def _matches(url: httpx.URL, pattern: str) -> bool:
-    port = url.port or _DEFAULT_PORTS.get(url.scheme)
-    if "://" in pattern:
-        b = urlsplit(pattern)
-        b_port = b.port or _DEFAULT_PORTS.get(b.scheme)
-        return (
-            b.scheme == url.scheme
-            and (b.hostname or "") == url.host
-            and b_port == port
-            and _segment_prefix(url.path, b.path)
-        )
-    host, _, p = pattern.rpartition(":") if pattern.count(":") == 1 else (pattern, "", "")
-    return host.lower() == url.host and (not p or int(p) == port)
+# In a raw path, these decode (once or twice) to a separator or a dot.
+_AMBIGUOUS = ("%2f", "%2e", "%5c", "%25", "\\")
+
+
+def _ambiguous(raw_path: str) -> bool:
+    lower = raw_path.lower()
+    if any(x in lower for x in _AMBIGUOUS):
+        return True
+    return any(seg.split(";", 1)[0] in (".", "..") for seg in raw_path.split("/"))
+
+
+def _host(url: httpx.URL) -> str:
+    host = url.raw_host.decode("ascii").lower()
+    try:
+        return str(ipaddress.ip_address(host))  # one spelling per IP literal
+    except ValueError:
+        return host
+
+
+class _Pattern:
+    """One ``match`` entry: a scheme, host and port, and a raw path prefix ("" = any path)."""
+
+    __slots__ = ("scheme", "host", "port", "path")
+
+    def __init__(self, pattern: str) -> None:
+        if not pattern or any(c in pattern for c in "?#@ \t\r\n"):
+            raise ValueError(f"writ: Downstream match {pattern!r} is not a base URL or a host[:port]")
+        if "://" in pattern:
+            given = pattern.split("://", 1)[1]
+            path = given[given.find("/") :] if "/" in given else ""
+            if _ambiguous(path):
+                raise ValueError(f"writ: Downstream match {pattern!r} has an ambiguous path")
+        elif "/" in pattern:
+            raise ValueError(f"writ: Downstream match {pattern!r}: a host has no path (write https://host/path)")
+        else:
+            pattern = "https://" + pattern  # a bare host: https only
+        try:
+            url = httpx.URL(pattern)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"writ: Downstream match {pattern!r} is not a URL: {e}") from None
+        if url.scheme not in ("http", "https") or not url.raw_host:
+            raise ValueError(f"writ: Downstream match {pattern!r} must be http(s)://host[:port][/path] or host[:port]")
+        self.scheme = url.scheme
+        self.host = _host(url)
+        self.port = url.port or _DEFAULT_PORTS[url.scheme]
+        self.path = url.raw_path.decode("ascii").rstrip("/")
+
+    def matches(self, url: httpx.URL) -> bool:
+        if url.scheme != self.scheme or _host(url) != self.host:
+            return False
+        if (url.port or _DEFAULT_PORTS.get(url.scheme)) != self.port:
+            return False
+        if not self.path:
+            return True
+        raw = url.raw_path.split(b"?", 1)[0].decode("ascii")
+        if _ambiguous(raw):
+            raise AmbiguousURL(f"writ: refusing to send {url.scheme}://{url.host}: its path is ambiguous under {self.path}")
+        return raw == self.path or raw.startswith(self.path + "/")
 
 
 class _Outbound:
     def __init__(self, client: Client | None, downstreams: Iterable[Downstream]) -> None:
         self.client = client
         self.downstreams = tuple(downstreams)
+        self._patterns: list[tuple[_Pattern, Downstream]] = []
         for d in self.downstreams:
             if not d.match:
                 raise ValueError(f"writ: Downstream for {d.audience.id} has no `match` (a base URL or a host)")
+            self._patterns += [(_Pattern(m), d) for m in d.match]
 
     def downstream_for(self, url: httpx.URL) -> Downstream | None:
-        for d in self.downstreams:
-            if any(_matches(url, m) for m in d.match):
+        """The first downstream whose ``match`` covers ``url``; :class:`AmbiguousURL` if a
+        path-prefixed one is at its origin and its path is ambiguous."""
+        for pattern, d in self._patterns:
+            if pattern.matches(url):
                 return d
         return None
 
