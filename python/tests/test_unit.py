@@ -10,6 +10,7 @@ import pytest
 
 import writ
 from writ._proto import writ_pb2 as pb
+from writ.client import _is_loopback
 from writ.context import Redeemed, raise_unless_allowed
 from writ.http import AmbiguousURL, TxnTokenHook
 
@@ -151,3 +152,55 @@ async def test_an_ambiguous_path_under_a_path_prefix_is_refused(url: str) -> Non
 def test_a_bad_match_pattern_is_refused(pattern: str) -> None:
     with pytest.raises(ValueError):
         hook_for(pattern)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "127.0.0.1:7433",
+        "127.0.0.2:7433",
+        "localhost:7433",
+        "LOCALHOST:7433",
+        "localhost",
+        "[::1]:7433",
+        "[0:0::1]:7433",
+        "dns:///localhost:7433",
+        "dns:localhost:7433",
+        "dns:///[::1]:7433",
+        "ipv4:127.0.0.1:7433,127.0.0.2:7434",
+        "ipv6:[::1]:7433",
+        "unix:/run/writ.sock",
+        "unix:///run/writ.sock",
+        "unix-abstract:writ",
+    ],
+)
+def test_plaintext_targets_on_this_machine(target: str) -> None:
+    assert _is_loopback(target)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "dns://[::1]:53/writ.example.com:7433",  # the authority is the DNS server, not the host
+        "dns://127.0.0.1/writ.example.com:7433",
+        "dns://localhost:53/10.0.0.1:7433",
+        "writ.example.com:7433",
+        "10.0.0.1:7433",
+        "[2001:db8::1]:7433",
+        "::1",
+        "localhost.example.com:7433",
+        "127.0.0.1.nip.io:7433",
+        "127.0.0.1:7433/x",
+        "localhost:7433:1",
+        "127.1:7433",
+        "dns:///%6cocalhost:7433",
+        "ipv4:127.0.0.1:7433,10.0.0.1:7433",
+        "ipv4:localhost:7433",
+        "ipv6:[2001:db8::1]:7433",
+        "passthrough:///127.0.0.1:7433",
+        "xds:///writ",
+        "",
+    ],
+)
+def test_plaintext_targets_elsewhere(target: str) -> None:
+    assert not _is_loopback(target)
