@@ -204,3 +204,32 @@ def test_plaintext_targets_on_this_machine(target: str) -> None:
 )
 def test_plaintext_targets_elsewhere(target: str) -> None:
     assert not _is_loopback(target)
+
+
+def test_values_holding_a_secret_never_give_it_away_by_accident() -> None:
+    """A token (or consent link, or signed JWT) is read by its attribute only: never in a
+    repr or str, nor through dataclasses.asdict, vars(), pickle or model_dump."""
+    import pickle
+
+    import writ.mcp
+
+    secret = "writ_SECRETsecretSECRETsecret"
+    minted = writ.Minted(secret, INFO)
+    ctx = writ.Context(secret, INFO, action=writ.Action("payments:refund", amount=1))
+    verdict = writ.Verdict(active=True, info=INFO, txn_token_jwt=secret)
+    consent = writ.ConsentRequest(id="cns_1", url=f"https://writ/consent/{secret}", existing=False, info=pb.ConsentRequestInfo())
+    access = writ.mcp.WritAccessToken(token=secret, client_id="planner", scopes=[])
+    assert (minted.token, ctx.token, verdict.txn_token_jwt, access.token) == (secret,) * 4 and secret in consent.url
+    for value in (minted, ctx, verdict, consent):
+        assert secret not in repr(value) and secret not in str(value)
+        assert not dataclasses.is_dataclass(value)
+        with pytest.raises(TypeError):
+            dataclasses.asdict(value)  # type: ignore[call-overload]
+        with pytest.raises(TypeError):
+            vars(value)
+        with pytest.raises(TypeError):
+            pickle.dumps(value)
+        with pytest.raises(AttributeError):
+            value.info = INFO  # type: ignore[misc]
+    assert secret not in repr(access) and secret not in str(access.model_dump()) and secret not in access.model_dump_json()
+    assert ctx.action == writ.Action("payments:refund", amount=1) and verdict.allowed and minted == writ.Minted(secret, INFO)

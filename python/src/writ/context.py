@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from writ._proto import writ_pb2 as pb
 from writ.errors import ActionDenied, ConsentRequired, NoContext, TokenInactive
-from writ.types import Action, Verdict
+from writ.types import Action, Sealed, Verdict
 
 if TYPE_CHECKING:
     from writ.client import Client
@@ -51,20 +51,40 @@ class Redeemed:
         return f"<writ.Redeemed for {self.audience} ({state})>"
 
 
-@dataclass(frozen=True)
-class Context:
-    """A token this hop verified (its secret and what Validate said of it), and the client
-    that verified it (whose identity is the token's audience, the one that may derive
-    children from it). ``consented``: a token redeemed from the user's consent (the MCP
-    decorator sets it): the first call to that consent's resource carries it instead of a
-    fresh child, and no other call ever does. ``action``: the action this hop checked and Writ allowed
-    before the handler ran (the middleware's ``action=``, ``writ.mcp.requires``), if any."""
+class Context(Sealed):
+    """A token this hop verified (its secret ``token`` and ``info``, what Validate said of
+    it), and the ``client`` that verified it (whose identity is the token's audience, the
+    one that may derive children from it). ``consented``: a token redeemed from the user's
+    consent (the MCP decorator sets it): the first call to that consent's resource carries
+    it instead of a fresh child, and no other call ever does. ``action``: the action this
+    hop checked and Writ allowed before the handler ran (the middleware's ``action=``,
+    ``writ.mcp.requires``), if any. Immutable; the token never in its repr."""
 
-    token: str = field(repr=False)
+    __slots__ = ("_token", "info", "client", "consented", "action")
+    _token: str
     info: pb.TokenInfo
-    client: Client | None = field(default=None, repr=False, compare=False)
-    consented: Redeemed | None = field(default=None, repr=False, compare=False)
-    action: Action | None = field(default=None, compare=False)
+    client: Client | None
+    consented: Redeemed | None
+    action: Action | None
+
+    def __init__(
+        self,
+        token: str,
+        info: pb.TokenInfo,
+        client: Client | None = None,
+        *,
+        consented: Redeemed | None = None,
+        action: Action | None = None,
+    ) -> None:
+        self._set(_token=token, info=info, client=client, consented=consented, action=action)
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    def but(self, *, consented: Redeemed | None = None, action: Action | None = None) -> Context:
+        """This context with a consent's redeemed token and the allowed action."""
+        return Context(self._token, self.info, self.client, consented=consented, action=action)
 
     def __repr__(self) -> str:
         return f"writ.Context(token_id={self.info.token_id!r}, txn={self.info.txn!r}, subject={self.info.subject!r})"

@@ -22,7 +22,6 @@ downscoping belongs. The pieces:
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import inspect
 import json
@@ -69,10 +68,12 @@ AttributeSource = Union[str, Callable[[Mapping[str, Any]], AttrValue]]
 
 
 class WritAccessToken(AccessToken):
-    """The SDK's ``AccessToken`` for a verified Writ token; carries the verified context
-    (never shown in its repr)."""
+    """The SDK's ``AccessToken`` for a verified Writ token; carries the verified context.
+    The token is never in its repr nor in ``model_dump()``/``model_dump_json()``; the SDK
+    requires it as a plain pydantic field, so ``access.token`` (and pickling) still give
+    it."""
 
-    token: str = Field(repr=False)
+    token: str = Field(repr=False, exclude=True)  # never in model_dump() / model_dump_json()
     _writ: Context | None = PrivateAttr(default=None)
 
     @property
@@ -358,7 +359,7 @@ def requires(
                 redeemed = await _consent(ctx, action, consent_resource, reason, consent_timeout)
                 consented = Redeemed(consent_resource, redeemed.token)
             try:
-                with use(dataclasses.replace(ctx, consented=consented, action=action)):
+                with use(ctx.but(consented=consented, action=action)):
                     return await fn(*args, **kwargs)
             finally:
                 if consented is not None:  # tasks outliving the body never get it
