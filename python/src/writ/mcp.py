@@ -4,19 +4,22 @@ MCP forbids passing a client's token through to upstream APIs; this is where Wri
 downscoping belongs. The pieces:
 
 - :class:`WritTokenVerifier`, the SDK's ``TokenVerifier``: the bearer token an MCP client
-  presents is a Writ token whose audience is this server's identity; it is introspected at
-  Writ (Validate as this server) on every HTTP request, and answered as the SDK's
-  ``AccessToken`` bound (RFC 8707) to this server's URL. Anything else: ``None`` (401).
-- :func:`requires`, a per-tool declaration of the scope and attributes the tool needs,
-  checked at Writ (Validate with the action) on every call before the body runs. A refusal
-  is a tool error naming the reason. A high-privilege scope answering
-  ``consent_required`` asks the user (``RequestConsent``, then a URL-mode elicitation
-  carrying Writ's consent link to the MCP client), waits for the decision (retrying
-  ``RedeemConsent`` while it is pending, bounded), and runs the body with the redeemed
-  single-use token as the one the consent's resource receives.
+  presents is a Writ token whose audience is this server's party (``audience``); it is
+  introspected at Writ (Validate as this server) on every HTTP request, and answered as
+  the SDK's ``AccessToken`` for this server's URL (the RFC 8707 resource that party maps
+  to). Refused: ``None`` (401); Writ unreachable: :class:`WritUnavailable` (503).
+- :func:`tool` (or :func:`requires` under FastMCP's own decorator), a per-tool declaration
+  of the scope and attributes the tool needs, checked at Writ (Validate with the action)
+  on every call before the body runs. A refusal is a tool error naming the reason. A
+  high-privilege scope answering ``consent_required`` asks the user (``RequestConsent``,
+  then a URL-mode elicitation carrying Writ's consent link to the MCP client), waits for
+  the decision (retrying ``RedeemConsent`` while it is pending, bounded), and runs the
+  body with the redeemed single-use token handed, once, to the consent's resource.
+- :func:`guard` / :func:`streamable_http_app`: nothing is served while a tool is
+  registered without that check.
 - :func:`downstream`, inside a tool: one line for a narrowed child of the verified token
-  for an upstream call (or the redeemed token, for the consent's resource). The httpx hook
-  of :mod:`writ.http` picks up the same context.
+  for an upstream call (or, once, the redeemed token, for the consent's resource). The
+  httpx hook of :mod:`writ.http` picks up the same context.
 """
 
 from __future__ import annotations
@@ -236,9 +239,9 @@ def verified() -> Context:
 
 
 async def downstream(target: Downstream) -> str:
-    """Inside a tool: a fresh child of the current token for ``target`` (or the token the
-    user's consent was redeemed for, when ``target`` is that consent's resource). Never the
-    token the tool was called with."""
+    """Inside a tool: a fresh child of the current token for ``target`` (or, the first time
+    only, the token the user's consent was redeemed for, when ``target`` is that consent's
+    resource). Never the token the tool was called with."""
     return await child_for(target)
 
 
