@@ -109,6 +109,7 @@ async def attached(hook: TxnTokenHook, url: str) -> bool:
         ("https://gw/v1", "http://gw/v1/x", False),
         ("https://gw/v1", "https://gw:8443/v1/x", False),
         ("https://gw/v1/", "https://gw/v1/x", True),
+        ("https://gw/users/@me", "https://gw/users/@me/x", True),
         # A bare host means https on its default port (or the port given), any path.
         ("gw", "https://gw/anything", True),
         ("gw", "http://gw/anything", False),
@@ -147,7 +148,7 @@ async def test_an_ambiguous_path_under_a_path_prefix_is_refused(url: str) -> Non
 
 
 @pytest.mark.parametrize(
-    "pattern", ["https://gw/v1?x=1", "https://gw/v1#f", "gw/v1", "ftp://gw", "https://gw/v1/../admin", "https://u@gw/", ""]
+    "pattern", ["https://gw/v1?x=1", "https://gw/v1#f", "gw/v1", "ftp://gw", "https://gw/v1/../admin", "https://u@gw/", "u:p@gw", ""]
 )
 def test_a_bad_match_pattern_is_refused(pattern: str) -> None:
     with pytest.raises(ValueError):

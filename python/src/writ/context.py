@@ -82,8 +82,8 @@ class Context(Sealed):
     def token(self) -> str:
         return self._token
 
-    def but(self, *, consented: Redeemed | None = None, action: Action | None = None) -> Context:
-        """This context with a consent's redeemed token and the allowed action."""
+    def _for_call(self, *, consented: Redeemed | None, action: Action | None) -> Context:
+        """This context for one tool call: its consent's redeemed token, its allowed action."""
         return Context(self._token, self.info, self.client, consented=consented, action=action)
 
     def __repr__(self) -> str:

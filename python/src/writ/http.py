@@ -79,7 +79,7 @@ class _Pattern:
     __slots__ = ("scheme", "host", "port", "path")
 
     def __init__(self, pattern: str) -> None:
-        if not pattern or any(c in pattern for c in "?#@ \t\r\n"):
+        if not pattern or any(c in pattern for c in "?# \t\r\n"):
             raise ValueError(f"writ: Downstream match {pattern!r} is not a base URL or a host[:port]")
         if "://" in pattern:
             given = pattern.split("://", 1)[1]
@@ -94,7 +94,7 @@ class _Pattern:
             url = httpx.URL(pattern)
         except httpx.InvalidURL as e:
             raise ValueError(f"writ: Downstream match {pattern!r} is not a URL: {e}") from None
-        if url.scheme not in ("http", "https") or not url.raw_host:
+        if url.scheme not in ("http", "https") or not url.raw_host or url.userinfo:
             raise ValueError(f"writ: Downstream match {pattern!r} must be http(s)://host[:port][/path] or host[:port]")
         self.scheme = url.scheme
         self.host = _host(url)

@@ -362,7 +362,7 @@ def requires(
                 redeemed = await _consent(ctx, action, consent_resource, reason, consent_timeout)
                 consented = Redeemed(consent_resource, redeemed.token)
             try:
-                with use(ctx.but(consented=consented, action=action)):
+                with use(ctx._for_call(consented=consented, action=action)):
                     return await fn(*args, **kwargs)
             finally:
                 if consented is not None:  # tasks outliving the body never get it
