@@ -2,15 +2,17 @@
 and flights and pay for them at the payments API.
 
 - Every MCP request's bearer token is introspected at Writ as this server
-  (``WritTokenVerifier``): a token not issued to booking, revoked or expired is a 401.
-- Every tool declares the scope and claims it needs (``writ.mcp.requires``), checked at
-  Writ on each call before the body runs.
+  (``WritTokenVerifier``): a token not issued to booking, revoked or expired is a 401
+  (Writ unreachable: a 503).
+- Every tool is registered with the scope and claims it needs (``writ.mcp.tool``),
+  checked at Writ on each call before the body runs; the server refuses to start if a
+  tool was registered without that check.
 - The call to payments never carries the token booking received: the httpx hook derives a
   fresh child for payments on each request (``payments.charge``, hotels only, one minute).
 - A charge above 500 EUR needs ``payments.charge_large``, which alice must approve: the
   decorator asks Writ for her consent, sends the consent link to the planner as a
-  URL-mode elicitation, waits for her decision and hands payments the single-use token
-  redeemed for exactly that charge.
+  URL-mode elicitation, waits for her decision and hands payments (once: the next call
+  gets a fresh child) the single-use token redeemed for exactly that charge.
 """
 
 from __future__ import annotations
@@ -24,9 +26,9 @@ from mcp.server.fastmcp import FastMCP
 from starlette.applications import Starlette
 
 import writ
-from gateway import PAYMENTS
+from gateway import BOOKING, PAYMENTS
 from writ.http import TxnTokenHook
-from writ.mcp import WritTokenVerifier, auth_settings, requires
+from writ.mcp import WritTokenVerifier, auth_settings, streamable_http_app, tool
 
 
 def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer: str) -> Starlette:
@@ -51,25 +53,24 @@ def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer:
 
     mcp: FastMCP[Any] = FastMCP(
         "booking",
-        token_verifier=WritTokenVerifier(client, resource=resource),
+        token_verifier=WritTokenVerifier(client, audience=BOOKING, resource=resource),
         auth=auth_settings(resource, issuer=writ_issuer, required_scopes=["trip.book"]),
     )
 
-    async def pay(amount: int, category: str, reference: str) -> dict[str, Any]:
+    async def pay(amount: int, category: str, reference: str) -> httpx.Response:
         r = await http.post("/charges", json={"amount": amount, "category": category, "reference": reference})
-        body: dict[str, Any] = r.json()
         if r.status_code != 200:
-            raise RuntimeError(f"payments refused the charge: HTTP {r.status_code} {body}")
-        return body
+            raise RuntimeError(f"payments refused the charge: HTTP {r.status_code} {r.json()}")
+        return r
 
-    @mcp.tool()
-    @requires("payments.charge", amount="amount", category=lambda _: "hotel")
+    @tool(mcp, "payments.charge", amount="amount", category=lambda _: "hotel")
     async def book_hotel(hotel: str, nights: int, amount: int) -> dict[str, Any]:
         """Book a hotel and pay for it (amount in EUR)."""
-        return await pay(amount, "hotel", f"{hotel}, {nights} nights")
+        paid: dict[str, Any] = (await pay(amount, "hotel", f"{hotel}, {nights} nights")).json()
+        return paid
 
-    @mcp.tool()
-    @requires(
+    @tool(
+        mcp,
         "payments.charge_large",
         amount="amount",
         category=lambda _: "flight",
@@ -78,17 +79,27 @@ def create_app(client: writ.Client, *, url: str, payments_url: str, writ_issuer:
     )
     async def book_flight(flight: str, amount: int) -> dict[str, Any]:
         """Book a flight and pay for it (amount in EUR): a large charge, alice approves it."""
-        paid = await pay(amount, "flight", flight)
-        # Suppose the answer was lost and the charge is sent again: the consent's token
-        # was for one charge, and payments refuses the second one.
-        try:
-            await pay(amount, "flight", flight)
-            paid["replay"] = "accepted"
-        except RuntimeError as e:
-            paid["replay"] = f"refused: {e}"
+        r = await pay(amount, "flight", flight)  # carries the consent's single-use token
+        paid: dict[str, Any] = r.json()
+        paid["replay"] = await replay(r.request)
         return paid
 
-    app = mcp.streamable_http_app()
+    async def replay(request: httpx.Request) -> str:
+        """What an attacker who captured the charge request (or a careless retry that resends
+        it byte for byte) gets: the very same Txn-Token header value, sent again with a plain
+        HTTP client. The library never sends a consent's token twice; payments refuses it
+        anyway: its one use is spent."""
+        async with httpx.AsyncClient() as plain:
+            again = await plain.send(
+                plain.build_request(
+                    request.method, request.url, content=request.content,
+                    headers={"content-type": "application/json", "Txn-Token": request.headers["Txn-Token"]},
+                )
+            )
+        return "accepted" if again.status_code == 200 else f"refused: HTTP {again.status_code} {again.json()}"
+
+    # The SDK's app, once every tool is known to be checked; 503 while Writ is unreachable.
+    app = streamable_http_app(mcp)
     # The app's lifespan runs the MCP session manager; close the payments client after it.
     serve_sessions = app.router.lifespan_context
 

@@ -253,7 +253,7 @@ async def story(cast: Cast, n: Narrator, *, interactive: bool) -> None:
             n.say(f"  {grant(sent)}; consent {sent.consent_request_id}")
             n.say(f"payments checked payments.charge_large, amount 950, category flight: allowed; "
                   f"charged for {paid['for']}")
-            n.say(f"booking sends the same charge again (say its answer was lost): {paid.get('replay')}")
+            n.say(f"the same request replayed verbatim (its Txn-Token captured): {paid.get('replay')}")
             n.expect("the consent token allows exactly that charge, once",
                      sent.max_uses == 1 and sent.claims["amount"].exact.int == 950)
             n.expect("a second use of that token is refused (exhausted)",

@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import pytest_asyncio
@@ -247,7 +248,8 @@ async def serve_asgi(app: Any, *, port: int = 0, lifespan: bool = False) -> Asyn
 
 
 class Recorder:
-    """An ASGI app that records every request's raw headers and answers 200."""
+    """An ASGI app that records every request's raw headers and answers 200, or, for a
+    path ending in ``/go``, a 302 to the URL in its query (``?to=…``)."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, list[tuple[bytes, bytes]]]] = []
@@ -258,5 +260,11 @@ class Recorder:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         assert scope["type"] == "http"
         self.requests.append((scope["path"], list(scope["headers"])))
+        if scope["path"].endswith("/go"):
+            to = parse_qs(scope["query_string"].decode())["to"][0]
+            headers = [(b"location", to.encode()), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 302, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         await send({"type": "http.response.body", "body": b"ok"})

@@ -16,7 +16,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 import writ
-from writ.http import TxnTokenAuth, TxnTokenHook, TxnTokenMiddleware
+import writ.http
+from writ.http import Incoming, TxnTokenHook, TxnTokenMiddleware
 
 
 def payments_downstream(base_url: str) -> writ.Downstream:
@@ -85,16 +86,31 @@ async def test_the_hook_fails_closed(minter: writ.Client, planner: writ.Client, 
     assert rec.requests == []
 
 
-async def test_the_auth_flow_form(minter: writ.Client, planner: writ.Client, booking: writ.Client) -> None:
+async def test_redirects_get_a_fresh_child_only_where_declared(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """The hook runs on every hop of a redirect chain: a 302 to an undeclared origin
+    carries no Txn-Token (httpx copies every other header to the redirect target), a 302
+    to a declared one gets a child derived for that hop. No auth-flow form is offered:
+    httpx runs an auth flow once, outside its redirect loop."""
+    assert not [n for n, v in vars(writ.http).items() if isinstance(v, type) and issubclass(v, httpx.Auth)]
     root = await mint_root(minter)
     b = await to_booking(planner, root)
-    rec = Recorder()
-    async with serve_asgi(rec) as url:
-        async with httpx.AsyncClient(auth=TxnTokenAuth([payments_downstream(url)])) as http:
+    rec, evil = Recorder(), Recorder()
+    async with serve_asgi(rec) as url, serve_asgi(evil) as evil_url:
+        hook = TxnTokenHook([payments_downstream(url)], client=booking)
+        async with httpx.AsyncClient(event_hooks={"request": [hook]}, follow_redirects=True) as http:
             with writ.use(writ.Context(b.token, b.info, booking)):
-                await http.get(f"{url}/payments/x", headers={"txn-token": "writ_forwarded_by_hand"})
-    tokens = rec.txn_tokens(0)
-    assert len(tokens) == 1 and tokens[0] not in (b.token, "writ_forwarded_by_hand")
+                away = await http.get(f"{url}/payments/go", params={"to": f"{evil_url}/payments/steal"})
+                back = await http.get(f"{url}/payments/go", params={"to": f"{url}/payments/landing"})
+    assert away.status_code == 200 and back.status_code == 200
+    assert [p for p, _ in evil.requests] == ["/payments/steal"] and evil.txn_tokens(0) == []
+    assert [p for p, _ in rec.requests] == ["/payments/go", "/payments/go", "/payments/landing"]
+    first, hop1, hop2 = rec.txn_tokens(0), rec.txn_tokens(1), rec.txn_tokens(2)
+    assert len(first) == 1 and len(hop1) == 1 and len(hop2) == 1
+    assert hop2[0] != hop1[0], "the redirected request gets its own child"
+    v = await payments.validate(hop2[0])
+    assert v.active and v.info is not None and v.info.parent_token_id == b.info.token_id
 
 
 def payments_app(client: writ.Client, ran: list[str]) -> Any:
@@ -211,39 +227,121 @@ async def test_propagation_follows_tasks_and_stays_inside_the_block(
     assert len(set(children + [t.result()])) == 4 and b.token not in children
 
 
-async def test_action_only_tokens_are_refused_unless_the_app_checks_an_action_first(
+def refund_action(request: Incoming) -> writ.Action:
+    """The action a refund request asks for, from its JSON body."""
+    body = request.json()
+    return writ.Action("payments:refund", amount=body["amount"], category=body["category"])
+
+
+async def test_the_middleware_checks_the_requests_action_before_the_app_runs(
     minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
 ) -> None:
+    """With ``action=``, a token that answers only action checks reaches the app only
+    after Writ allowed the request's action; a denied or uncomputable action never
+    reaches it."""
     root = await mint_root(minter)
     b = await to_booking(planner, root)
-    only = await booking.downscope(
-        b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], max_uses=1, require_action_check=True
-    )
-    ran: list[str] = []
-    body = {"amount": 50, "category": "travel"}
-    async with serve_asgi(payments_app(payments, ran)) as url, httpx.AsyncClient(base_url=url) as http:
-        r = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
-        assert r.status_code == 401 and r.json()["reason"] == "action_required"
-    assert ran == []
 
-    seen: list[object] = []
+    def only(**kw: object) -> Any:
+        args: dict[str, Any] = dict(audience=writ.workload(PAYMENTS), scopes=["payments:refund"], require_action_check=True)
+        args.update(kw)
+        return booking.downscope(b.token, **args)
+
+    once = await only(max_uses=1)
+    ran: list[tuple[str, str | None, Any]] = []
+    body = {"amount": 50, "category": "travel"}
+    # Without `action`, such a token is inactive to introspection: refused.
+    async with serve_asgi(payments_app(payments, [])) as url, httpx.AsyncClient(base_url=url) as http:
+        r = await http.post("/refund", json=body, headers={"Txn-Token": once.token})
+        assert r.status_code == 401 and r.json()["reason"] == "action_required"
 
     async def refund(request: Request) -> JSONResponse:
-        seen.append(writ.current())  # nothing verified yet
-        with pytest.raises(writ.NoContext):
-            await writ.child_for(writ.Downstream(audience=writ.agent(BOOKING), scopes=["payments:refund"]))
-        await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
-        ctx = writ.current()
-        assert ctx is not None
-        return JSONResponse({"for": ctx.info.subject, "uses": ctx.info.max_uses})
+        ctx = writ.require()
+        ran.append((ctx.info.token_id, ctx.action.scope if ctx.action else None, await request.json()))
+        return JSONResponse({"for": ctx.info.subject})
 
-    app = TxnTokenMiddleware(Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, admit_action_only=True)
+    app = TxnTokenMiddleware(
+        Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, action=refund_action, max_body=64
+    )
     async with serve_asgi(app) as url, httpx.AsyncClient(base_url=url) as http:
-        ok = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
-        assert ok.status_code == 200 and ok.json() == {"for": "alice", "uses": 1}, ok.text
+        # Denied by a claim (booking's child allows at most 500): 403, the app never runs.
+        over = await http.post("/refund", json={"amount": 501, "category": "travel"}, headers={"Txn-Token": once.token})
+        assert over.status_code == 403 and over.json()["error"] == "insufficient_scope", over.text
+        assert over.json()["denied_by"] == "amount" and over.json()["consent_required"] is False
+        # No action can be computed from the request: 400; a body over max_body: 413.
+        bad = await http.post("/refund", content=b"not json", headers={"Txn-Token": once.token})
+        assert bad.status_code == 400 and bad.json()["error"] == "invalid_request"
+        big = await http.post("/refund", json={"amount": 1, "category": "x" * 100}, headers={"Txn-Token": once.token})
+        assert big.status_code == 413
+        assert ran == []
+        # Allowed: the app runs once, with the action recorded and the body replayed.
+        ok = await http.post("/refund", json=body, headers={"Txn-Token": once.token})
+        assert ok.status_code == 200 and ok.json() == {"for": "alice"}, ok.text
+        assert ran == [(once.info.token_id, "payments:refund", body)]
         # Its one use is spent: the same token is now refused before the app.
-        again = await http.post("/refund", json=body, headers={"Txn-Token": only.token})
+        again = await http.post("/refund", json=body, headers={"Txn-Token": once.token})
         assert again.status_code == 401 and again.json()["reason"] == "exhausted"
-        # Ordinary tokens are still verified up front.
+        # A high-privilege scope answers consent_required: 403, naming it.
+        charge = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:charge"])
+        app.action = lambda r: writ.Action("payments:charge", amount=50, category="travel")
+        latent = await http.post("/refund", json=body, headers={"Txn-Token": charge.token})
+        assert latent.status_code == 403 and latent.json()["consent_required"] is True, latent.text
+        # Ordinary tokens still need to be there.
         assert (await http.post("/refund", json=body)).status_code == 401
-    assert seen == [None]
+    assert len(ran) == 1
+
+
+async def test_asgi_in_the_callers_task_each_request_is_checked_against_its_own_token(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """httpx.ASGITransport runs the app in the caller's task (and context): two requests
+    in a row, each with its own token, are each checked against that token (by the
+    middleware's action, and by writ.check inside the app), and the caller's context is
+    what it was before."""
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    tokens = [
+        await booking.downscope(
+            b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], require_action_check=True
+        )
+        for _ in range(2)
+    ]
+
+    async def refund(request: Request) -> JSONResponse:
+        ctx = writ.require()
+        await writ.check(writ.Action("payments:refund", amount=50, category="travel"))
+        return JSONResponse({"checked": ctx.info.token_id, "still": writ.require() is ctx})
+
+    app = TxnTokenMiddleware(
+        Starlette(routes=[Route("/refund", refund, methods=["POST"])]), client=payments, action=refund_action
+    )
+    mine = writ.Context(b.token, b.info, booking)
+    with writ.use(mine):
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://payments") as http:
+            for t in tokens:
+                r = await http.post("/refund", json={"amount": 50, "category": "travel"}, headers={"Txn-Token": t.token})
+                assert r.status_code == 200, r.text
+                assert r.json() == {"checked": t.info.token_id, "still": True}
+                assert writ.current() is mine
+    assert writ.current() is None
+
+
+async def test_the_app_never_sees_the_txn_token_header(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client, payments: writ.Client
+) -> None:
+    """The middleware removes Txn-Token from the request before the app (and the action
+    callable) run: the app has the verified context, not a header it could copy on."""
+    root = await mint_root(minter)
+    b = await to_booking(planner, root)
+    good = await booking.downscope(b.token, audience=writ.workload(PAYMENTS), scopes=["payments:refund"], ttl=60)
+    rec = Recorder()
+    seen: list[str | None] = []
+
+    def action(request: Incoming) -> None:
+        seen.append(request.header("txn-token"))
+
+    async with serve_asgi(TxnTokenMiddleware(rec, client=payments, action=action)) as url, httpx.AsyncClient() as http:
+        r = await http.get(f"{url}/x", headers={"Txn-Token": good.token, "X-Other": "kept"})
+        assert r.status_code == 200, r.text
+    assert rec.txn_tokens(0) == [] and seen == [None]
+    assert (b"x-other", b"kept") in rec.requests[0][1]

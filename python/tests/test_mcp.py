@@ -22,7 +22,7 @@ from starlette.routing import Route
 import writ
 import writ.mcp
 from writ._proto import writ_pb2 as pb
-from writ.http import TxnTokenHook, TxnTokenMiddleware
+from writ.http import Incoming, TxnTokenHook, TxnTokenMiddleware
 
 ISSUER = "https://localhost:7434"
 
@@ -34,19 +34,26 @@ def payments_api(client: writ.Client, log: list[tuple[str, int]]) -> Any:
     def route(scope: str) -> Route:
         async def handler(request: Request) -> JSONResponse:
             body = await request.json()
-            try:
-                await writ.check(writ.Action(scope, amount=body["amount"], category=body["category"]))
-            except writ.WritError as e:
-                return JSONResponse({"refused": e.reason, "by": e.dimension}, status_code=403)
+            assert writ.require().action == writ.Action(scope, amount=body["amount"], category=body["category"])
             log.append((scope, body["amount"]))
             return JSONResponse({"done": scope, "amount": body["amount"]})
 
         return Route("/" + scope.split(":")[1], handler, methods=["POST"])
 
+    def action(request: Incoming) -> writ.Action:
+        body = request.json()
+        scope = "payments:" + request.path.strip("/")
+        return writ.Action(scope, amount=body["amount"], category=body["category"])
+
     app = Starlette(routes=[route("payments:charge"), route("payments:refund")])
-    # Every route checks an action first, so a consent's redeemed token (action checks
-    # only) is admitted pending that check.
-    return TxnTokenMiddleware(app, client=client, admit_action_only=True)
+    # Every request's action is checked before the app runs, so a consent's redeemed
+    # token (action checks only) is accepted once its action is allowed.
+    return TxnTokenMiddleware(app, client=client, action=action)
+
+
+# What the charge tool saw: its context, and payments' answer to its second call.
+contexts: list[writ.Context] = []
+second: list[tuple[int, Any]] = []
 
 
 def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> FastMCP:
@@ -60,7 +67,7 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
     charges = writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:charge"], ttl=30, match=pay_url)
     hook = TxnTokenHook([charges])
 
-    @mcp.tool()
+    @mcp.tool()  # FastMCP's decorator above requires: the checked function is registered
     @writ.mcp.requires("trips:book", category="category")
     async def book_trip(destination: str, category: str) -> str:
         ran.append("book_trip")
@@ -68,8 +75,7 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
         assert ctx is not None
         return f"booked {destination} for {ctx.info.subject}"
 
-    @mcp.tool()
-    @writ.mcp.requires("payments:refund", amount="amount", category="category")
+    @writ.mcp.tool(mcp, "payments:refund", amount="amount", category="category")
     async def refund(amount: int, category: str) -> str:
         ran.append("refund")
         token = await writ.mcp.downstream(refunds)  # the one line
@@ -79,8 +85,8 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
             )
         return r.text
 
-    @mcp.tool()
-    @writ.mcp.requires(
+    @writ.mcp.tool(
+        mcp,
         "payments:charge",
         amount="amount",
         category="category",
@@ -88,10 +94,19 @@ def booking_mcp(client: writ.Client, url: str, pay_url: str, ran: list[str]) -> 
         consent_reason=lambda a: f"charge {a['amount']} EUR for the Lisbon trip",
         consent_timeout=20,
     )
-    async def charge(amount: int, category: str) -> str:
+    async def charge(amount: int, category: str, dry_run: bool = False) -> str:
         ran.append("charge")
+        contexts.append(writ.require())
+        if dry_run:
+            return "not charged"
         async with httpx.AsyncClient(event_hooks={"request": [hook]}) as http:
             r = await http.post(f"{pay_url}/charge", json={"amount": amount, "category": category})
+            # The consent's token was handed out once: a second call gets a fresh child,
+            # which still needs consent at payments.
+            again = await http.post(f"{pay_url}/charge", json={"amount": amount, "category": category})
+        if r.request.headers["Txn-Token"] == again.request.headers["Txn-Token"]:
+            raise RuntimeError("the redeemed token went out twice")
+        second.append((again.status_code, again.json()))
         return r.text
 
     return mcp
@@ -104,7 +119,7 @@ async def stack(booking: writ.Client, payments: writ.Client) -> AsyncIterator[tu
     async with serve_asgi(payments_api(payments, paid)) as pay_url:
         port = free_port()
         url = f"http://127.0.0.1:{port}/mcp"
-        app = booking_mcp(booking, url, pay_url, ran).streamable_http_app()
+        app = writ.mcp.streamable_http_app(booking_mcp(booking, url, pay_url, ran))
         async with serve_asgi(app, port=port, lifespan=True):
             yield url, ran, paid
 
@@ -231,8 +246,17 @@ async def test_consent_through_url_elicitation_end_to_end(
             r = await s.call_tool("charge", {"amount": 420, "category": "travel"})
             assert not r.isError, text(r)
             assert '"done":"payments:charge"' in text(r)
-        assert ran == ["charge"] and paid == [("payments:charge", 420)]
-        assert len(elicited) == 1
+            # Consented, but the body never calls payments: the redeemed token is discarded
+            # when it ends, so a task outliving it gets a fresh child, not that token.
+            dry = await s.call_tool("charge", {"amount": 100, "category": "travel", "dry_run": True})
+            assert text(dry) == "not charged", text(dry)
+        with writ.use(contexts[-1]):
+            late = await writ.child_for(writ.Downstream(audience=writ.workload(PAYMENTS), scopes=["payments:charge"]))
+        v = await payments.validate(late)
+        assert v.active and v.info is not None and v.info.consent_request_id == ""
+        assert ran == ["charge", "charge"] and paid == [("payments:charge", 420)]
+        assert second[-1][0] == 403 and second[-1][1]["consent_required"] is True, second
+        assert len(elicited) == 2
         consent = elicited[0]
         assert consent.url.startswith("https://") and "/consent/" in consent.url
         assert consent.elicitationId.startswith("cns_") and "420" in consent.message
@@ -292,3 +316,110 @@ async def test_outside_an_mcp_request_there_is_no_context(server: Server) -> Non
 
     with pytest.raises(writ.NoContext):
         await tool()
+
+
+def test_verified_never_falls_back_to_the_auth_context_var() -> None:
+    """The SDK's auth contextvar, inside a session's tasks, holds the token of whoever
+    created the session, not of the request being handled: never used."""
+    from mcp.server.auth.middleware.auth_context import auth_context_var
+    from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+
+    access = writ.mcp.WritAccessToken(token="writ_creator", client_id="creator", scopes=["trips:book"])
+    access._writ = writ.Context("writ_creator", pb.TokenInfo(token_id="tid_creator"))
+    reset = auth_context_var.set(AuthenticatedUser(access))
+    try:
+        with pytest.raises(writ.NoContext):
+            writ.mcp.verified()
+    finally:
+        auth_context_var.reset(reset)
+
+
+async def test_the_verifier_binds_tokens_to_its_audience_and_answers_503_when_writ_is_down(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client
+) -> None:
+    with pytest.raises(TypeError):
+        writ.mcp.WritTokenVerifier(booking, resource="http://127.0.0.1/mcp")  # type: ignore[call-arg]
+    _, headers = await planner_headers(minter, planner)
+    token = headers["Authorization"].removeprefix("Bearer ")
+    right = writ.mcp.WritTokenVerifier(booking, audience=BOOKING, resource="http://127.0.0.1/mcp")
+    wrong = writ.mcp.WritTokenVerifier(booking, audience=PAYMENTS, resource="http://127.0.0.1/mcp")
+    for v in (right, wrong):
+        writ.mcp.guard(FastMCP("x", token_verifier=v, auth=writ.mcp.auth_settings("http://127.0.0.1/mcp", issuer=ISSUER)))
+    ok = await right.verify_token(token)
+    assert ok is not None and ok.claims is not None and ok.claims["aud"] == BOOKING
+    assert await wrong.verify_token(token) is None
+
+    # Writ unreachable: not a 401 (the token may be fine), a 503.
+    async with await writ.connect(f"127.0.0.1:{free_port()}", timeout=2, max_attempts=1) as down:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}/mcp"
+        mcp = FastMCP(
+            "down",
+            token_verifier=writ.mcp.WritTokenVerifier(down, audience=BOOKING, resource=url),
+            auth=writ.mcp.auth_settings(url, issuer=ISSUER),
+        )
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+        accept = {"Accept": "application/json, text/event-stream"}
+        async with serve_asgi(writ.mcp.streamable_http_app(mcp), port=port, lifespan=True), httpx.AsyncClient() as http:
+            r = await http.post(url, json=init, headers={**accept, **headers})
+            assert r.status_code == 503, r.text
+            assert r.json()["error"] == "temporarily_unavailable" and "writ_" not in r.text
+
+
+async def test_a_tool_registered_without_its_check_is_never_served(
+    minter: writ.Client, planner: writ.Client, booking: writ.Client
+) -> None:
+    """``@requires`` above ``@mcp.tool()`` registers the unchecked function (FastMCP returns
+    it unchanged): the server refuses to start; a verifier never guarded, or a tool
+    registered later without a check, refuses every request."""
+    ran: list[str] = []
+
+    def server(url: str) -> FastMCP:
+        verifier = writ.mcp.WritTokenVerifier(booking, audience=BOOKING, resource=url)
+        return FastMCP("booking", token_verifier=verifier, auth=writ.mcp.auth_settings(url, issuer=ISSUER))
+
+    url = f"http://127.0.0.1:{free_port()}/mcp"
+    mcp = server(url)
+
+    @writ.mcp.requires("payments:refund", amount="amount")  # the wrong order
+    @mcp.tool()
+    async def refund(amount: int) -> str:
+        ran.append("refund")
+        return "refunded"
+
+    @writ.mcp.tool(mcp, "trips:book")
+    async def book() -> str:
+        return "booked"
+
+    assert writ.mcp.unchecked_tools(mcp) == ["refund"]
+    with pytest.raises(writ.mcp.UncheckedTools, match="refund") as e:
+        writ.mcp.streamable_http_app(mcp)
+    assert e.value.tools == ["refund"]
+    writ.mcp.streamable_http_app(mcp, unchecked=["refund"])  # named: served as it is
+
+    async def ping() -> str:
+        ran.append("ping")
+        return "pong"
+
+    _, headers = await planner_headers(minter, planner)
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    accept = {"Accept": "application/json, text/event-stream"}
+    # Never guarded (the SDK's app used directly): every request is refused.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    plain = server(url)
+    writ.mcp.tool(plain, "trips:book")(ping)
+    async with serve_asgi(plain.streamable_http_app(), port=port, lifespan=True), httpx.AsyncClient() as http:
+        r = await http.post(url, json=init, headers={**accept, **headers})
+        assert r.status_code == 500
+    # Guarded, then a tool added without its check: every request is refused.
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/mcp"
+    late = server(url)
+    app = writ.mcp.streamable_http_app(late)
+    async with serve_asgi(app, port=port, lifespan=True), httpx.AsyncClient() as http:
+        assert (await http.post(url, json=init, headers={**accept, **headers})).status_code == 200
+        late.add_tool(ping)
+        r = await http.post(url, json=init, headers={**accept, **headers})
+        assert r.status_code == 500
+    assert ran == []

@@ -7,7 +7,7 @@ chain of async calls, Txn-Token HTTP helpers (:mod:`writ.http`) and MCP integrat
 """
 
 from writ.client import Client, Tls, connect, new_idempotency_key
-from writ.context import Context, Downstream, check, child_for, current, require, use
+from writ.context import Context, Downstream, Redeemed, check, child_for, current, require, use
 from writ.errors import (
     ActionDenied,
     ConsentError,
@@ -84,6 +84,7 @@ __all__ = [
     "Party",
     "PermissionDenied",
     "RateLimited",
+    "Redeemed",
     "ResourceExhausted",
     "Time",
     "Tls",

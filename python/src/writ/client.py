@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import ipaddress
 import random
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -59,18 +60,52 @@ class Tls:
         )
 
 
-def _is_loopback(target: str) -> bool:
-    host = target.split("://", 1)[-1]
-    if host.startswith("["):
-        host = host[1 : host.find("]")]
-    elif host.count(":") == 1:
-        host = host.rsplit(":", 1)[0]
-    if host == "localhost":
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+))(?::(?P<port>[0-9]{1,5}))?")
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+def _loopback_host_port(s: str, *, names: bool = True) -> bool:
+    """``host[:port]`` or ``[v6][:port]`` naming this machine: a loopback IP literal, or
+    (``names``) ``localhost``. Anything else, or anything not exactly that shape: no."""
+    m = _HOST_PORT.fullmatch(s)
+    if m is None:
+        return False
+    literal = m["v6"] or m["host"]
+    if m["host"] and names and literal.lower() == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        ip = ipaddress.IPv6Address(literal) if m["v6"] else ipaddress.IPv4Address(literal)
     except ValueError:
         return False
+    return ip.is_loopback
+
+
+def _is_loopback(target: str) -> bool:
+    """Whether a gRPC ``target`` stays on this machine (plaintext is allowed there):
+    ``host:port`` / ``[v6]:port`` naming loopback or ``localhost``; ``dns:`` with such a
+    host after the authority (the authority names the DNS server, not the host);
+    ``ipv4:``/``ipv6:`` lists of loopback literals only; ``unix:``/``unix-abstract:``
+    sockets. Every other form or scheme: no (pass ``tls=`` or ``allow_insecure``)."""
+    if target.startswith(("unix:", "unix-abstract:")):
+        return True
+    for scheme, v6 in (("ipv4:", False), ("ipv6:", True)):
+        if target.startswith(scheme):
+            addresses = target[len(scheme) :].split(",")
+            return all(
+                _loopback_host_port(a, names=False) and a.startswith("[") == v6 for a in addresses
+            )
+    if target.startswith("dns:"):
+        rest = target[len("dns:") :]
+        if rest.startswith("//"):
+            slash = rest.find("/", 2)
+            if slash < 0:
+                return False
+            rest = rest[slash + 1 :]
+        return _loopback_host_port(rest)
+    m = _SCHEME.match(target)
+    if m is not None and not target[m.end() :].isdigit():
+        return False  # another resolver's scheme (passthrough:, xds:, …), not host:port
+    return _loopback_host_port(target)
 
 
 def new_idempotency_key() -> str:
@@ -245,7 +280,7 @@ class Client:
             txn_token_jwt=txn_token_jwt,
         )
         r = await self._call(_TOKEN_SERVICE + "Validate", req, pb.ValidateResponse, retry=action is None)
-        return Verdict.from_proto(r)
+        return Verdict.from_proto(r, action_asked=action is not None)
 
     async def revoke(
         self,
@@ -339,7 +374,8 @@ async def connect(
     """A client for the Writ server at ``target`` (``host:port``).
 
     ``tls``: TLS (and, with ``cert``/``key``, mTLS as that party); without it the channel is
-    plaintext, refused beyond loopback unless ``allow_insecure``. ``credential``: a minter's
+    plaintext, refused beyond this machine (loopback, ``localhost``, a unix socket; parsed
+    strictly, see ``_is_loopback``) unless ``allow_insecure``. ``credential``: a minter's
     or operator's bearer credential. ``assertion``: a callable answering a fresh JWT client
     assertion per call. ``timeout`` bounds each attempt; safe calls make at most
     ``max_attempts``.

@@ -18,33 +18,79 @@ from typing import TYPE_CHECKING
 
 from writ._proto import writ_pb2 as pb
 from writ.errors import ActionDenied, ConsentRequired, NoContext, TokenInactive
-from writ.types import Action, Verdict
+from writ.types import Action, Sealed, Verdict
 
 if TYPE_CHECKING:
     from writ.client import Client
 
 
-@dataclass(frozen=True)
-class Context:
-    """A token this hop verified (its secret and what Validate said of it), and the client
-    that verified it (whose identity is the token's audience, the one that may derive
-    children from it). ``consented`` maps a resource's party id to a token redeemed from
-    the user's consent for it (the MCP decorator sets it): that resource's call carries
-    it instead of a fresh child."""
+class Redeemed:
+    """A token redeemed from the user's consent: single use, for exactly one action at one
+    party (``audience``, the consent's resource). Handed out once, by :func:`child_for`
+    for a downstream whose audience is that party; after that, or once discarded (the MCP
+    decorator discards it when the tool body ends), never again."""
 
-    token: str = field(repr=False)
+    __slots__ = ("audience", "_token")
+
+    def __init__(self, audience: str, token: str) -> None:
+        self.audience = audience
+        self._token: str | None = token
+
+    def take(self, audience: str) -> str | None:
+        """The token, once, if ``audience`` is its party; else ``None``."""
+        if audience != self.audience or self._token is None:
+            return None
+        token, self._token = self._token, None
+        return token
+
+    def discard(self) -> None:
+        self._token = None
+
+    def __repr__(self) -> str:
+        state = "unused" if self._token is not None else "spent"
+        return f"<writ.Redeemed for {self.audience} ({state})>"
+
+
+class Context(Sealed):
+    """A token this hop verified (its secret ``token`` and ``info``, what Validate said of
+    it), and the ``client`` that verified it (whose identity is the token's audience, the
+    one that may derive children from it). ``consented``: a token redeemed from the user's
+    consent (the MCP decorator sets it): the first call to that consent's resource carries
+    it instead of a fresh child, and no other call ever does. ``action``: the action this
+    hop checked and Writ allowed before the handler ran (the middleware's ``action=``,
+    ``writ.mcp.requires``), if any. Immutable; the token never in its repr."""
+
+    __slots__ = ("_token", "info", "client", "consented", "action")
+    _token: str
     info: pb.TokenInfo
-    client: Client | None = field(default=None, repr=False, compare=False)
-    consented: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
+    client: Client | None
+    consented: Redeemed | None
+    action: Action | None
+
+    def __init__(
+        self,
+        token: str,
+        info: pb.TokenInfo,
+        client: Client | None = None,
+        *,
+        consented: Redeemed | None = None,
+        action: Action | None = None,
+    ) -> None:
+        self._set(_token=token, info=info, client=client, consented=consented, action=action)
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    def _for_call(self, *, consented: Redeemed | None, action: Action | None) -> Context:
+        """This context for one tool call: its consent's redeemed token, its allowed action."""
+        return Context(self._token, self.info, self.client, consented=consented, action=action)
 
     def __repr__(self) -> str:
         return f"writ.Context(token_id={self.info.token_id!r}, txn={self.info.txn!r}, subject={self.info.subject!r})"
 
 
 _current: contextvars.ContextVar[Context | None] = contextvars.ContextVar("writ_current", default=None)
-# A token that answers only action checks (require_action_check), admitted by a middleware
-# that was told its app checks an action first: not verified until check() says allowed.
-_pending: contextvars.ContextVar[tuple[str, Client] | None] = contextvars.ContextVar("writ_pending", default=None)
 
 
 def current() -> Context | None:
@@ -75,8 +121,10 @@ class Downstream:
     """What a call to one downstream party gets: a child of the current token bound to
     ``audience``, with these scopes, claims, targets and lifetime (all narrower than the
     current token's, or Writ refuses). ``match``: for the httpx hook, the request URLs it
-    applies to: a base URL (``https://payments.internal/v1``: that scheme, host, port and
-    path prefix) or a host (``payments.internal``, ``127.0.0.1:8080``), or several."""
+    applies to: a base URL (``https://payments.internal/v1``, ``http://127.0.0.1:8080``:
+    that scheme, host, port and raw path prefix by whole segments) or a host
+    (``payments.internal``, ``payments.internal:8443``, ``[::1]:8443``: https only, on
+    that port or 443), or several. Plain http needs the explicit ``http://``."""
 
     audience: pb.Party
     scopes: Sequence[str]
@@ -99,13 +147,14 @@ class Downstream:
 
 
 async def child_for(downstream: Downstream, *, client: Client | None = None) -> str:
-    """A fresh child of the current token for ``downstream`` (or the token redeemed from
-    the user's consent for that party). Never the current token itself; with no current
-    token, :class:`~writ.errors.NoContext`."""
+    """A fresh child of the current token for ``downstream`` (or, once, the token redeemed
+    from the user's consent, when ``downstream`` is that consent's party). Never the
+    current token itself; with no current token, :class:`~writ.errors.NoContext`."""
     ctx = require()
-    consented = ctx.consented.get(downstream.audience.id)
-    if consented is not None:
-        return consented
+    if ctx.consented is not None:
+        redeemed = ctx.consented.take(downstream.audience.id)
+        if redeemed is not None:
+            return redeemed
     c = client or ctx.client
     if c is None:
         raise NoContext("the current context names no Writ client to downscope with")
@@ -127,44 +176,27 @@ async def child_for(downstream: Downstream, *, client: Client | None = None) -> 
 async def check(action: Action, *, client: Client | None = None) -> Verdict:
     """Checks ``action`` against the current token (a Validate with the action, which
     spends a use of a use-limited token). Answers the allowed verdict, or raises:
-    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`.
-
-    A token admitted pending an action check (``TxnTokenMiddleware(admit_action_only=True)``)
-    becomes the current context once this check allows it, for the rest of the caller's
-    task."""
-    ctx = _current.get()
-    if ctx is not None:
-        token, c = ctx.token, client or ctx.client
-    else:
-        pending = _pending.get()
-        if pending is None:
-            raise NoContext()
-        token, c = pending[0], client or pending[1]
+    :class:`TokenInactive`, :class:`ConsentRequired`, :class:`ActionDenied`. Changes no
+    context."""
+    ctx = require()
+    c = client or ctx.client
     if c is None:
         raise NoContext("the current context names no Writ client to validate with")
-    verdict = raise_unless_allowed(await c.validate(token, action=action))
-    if ctx is None and verdict.info is not None:
-        _pending.set(None)
-        _current.set(Context(token=token, info=verdict.info, client=c))
-    return verdict
+    return raise_unless_allowed(await c.validate(ctx.token, action=action), action_sent=True)
 
 
-@contextmanager
-def pending(token: str, client: Client) -> Iterator[None]:
-    """Admits ``token`` for the block pending an action check (see :func:`check`)."""
-    reset = _pending.set((token, client))
-    try:
-        yield
-    finally:
-        _pending.reset(reset)
-
-
-def raise_unless_allowed(v: Verdict) -> Verdict:
-    """``v`` if allowed; else the error it stands for."""
+def raise_unless_allowed(v: Verdict, *, action_sent: bool) -> Verdict:
+    """``v`` if active and, when an action was sent, allowed by an explicit decision; else
+    the error it stands for. A missing decision for an action sent is a denial (fail
+    closed), never a pass."""
     if not v.active:
         raise TokenInactive(v.inactive_reason or "unspecified")
+    if not action_sent:
+        return v
     d = v.decision
-    if d is not None and not d.allowed:
+    if d is None:
+        raise ActionDenied("no_decision", "Writ answered no decision for the action")
+    if not d.allowed:
         if d.consent_required:
             raise ConsentRequired(d.reason or "the user must consent first", d.consent_request_id)
         raise ActionDenied(d.denied_by, d.reason)

@@ -10,8 +10,9 @@ carry a token secret or a consent link beside them and keep both out of their re
 from __future__ import annotations
 
 import datetime as _dt
+import hmac
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Union
 
 from writ._proto import writ_pb2 as pb
@@ -22,6 +23,34 @@ TokenInfo = pb.TokenInfo
 ConsentRequestInfo = pb.ConsentRequestInfo
 Transaction = pb.Transaction
 TokenNode = pb.TokenNode
+
+
+class Sealed:
+    """The base of values that hold a secret (a token, a consent link, a signed JWT):
+    immutable, the secret in a private slot read through a property, so it is never in a
+    repr, and ``dataclasses.asdict``, ``vars()``, ``pickle`` and ``copy`` cannot spill it
+    (they raise, or answer the same object)."""
+
+    __slots__ = ()
+
+    def _set(self, **values: object) -> None:
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is immutable")
+
+    def __copy__(self) -> Sealed:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> Sealed:
+        return self
+
+    def __reduce__(self) -> str | tuple[object, ...]:
+        raise TypeError(f"{type(self).__name__} holds a secret: not picklable")
 
 
 @dataclass(frozen=True)
@@ -156,13 +185,29 @@ class Action:
     __hash__ = None  # type: ignore[assignment]
 
 
-@dataclass(frozen=True)
-class Minted:
-    """A token just issued (Mint, Downscope, RedeemConsent): its secret, shown once, and
-    what it records. The secret never appears in the repr."""
+class Minted(Sealed):
+    """A token just issued (Mint, Downscope, RedeemConsent): its secret ``token``, shown
+    once, and what it records (``info``). The secret never appears in the repr."""
 
-    token: str = field(repr=False)
+    __slots__ = ("_token", "info")
+    _token: str
     info: pb.TokenInfo
+
+    def __init__(self, token: str, info: pb.TokenInfo) -> None:
+        self._set(_token=token, info=info)
+
+    @property
+    def token(self) -> str:
+        return self._token
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Minted)
+            and self.info == other.info
+            and hmac.compare_digest(self._token.encode(), other._token.encode())
+        )
+
+    __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
         return f"Minted(token_id={self.info.token_id!r}, txn={self.info.txn!r}, audience={self.info.audience.id!r})"
@@ -182,31 +227,76 @@ class Decision:
 _INACTIVE = {v: k.removeprefix("INACTIVE_REASON_").lower() for k, v in pb.InactiveReason.items()}
 
 
-@dataclass(frozen=True)
-class Verdict:
+class Verdict(Sealed):
     """What Validate answered. Inactive is an answer, not an error: ``inactive_reason`` is
     ``expired``, ``revoked``, ``unknown``, ``wrong_audience``, ``malformed``, ``exhausted``
-    or ``action_required``."""
+    or ``action_required``. ``txn_token_jwt``: the signed JWT form, when asked for (a
+    bearer credential too: kept out of the repr). ``action_asked``: an action was sent."""
 
+    __slots__ = ("active", "inactive_reason", "info", "decision", "_jwt", "action_asked")
     active: bool
-    inactive_reason: str | None = None
-    info: pb.TokenInfo | None = None
-    decision: Decision | None = None
-    txn_token_jwt: str = field(default="", repr=False)
+    inactive_reason: str | None
+    info: pb.TokenInfo | None
+    decision: Decision | None
+    _jwt: str
+    action_asked: bool
+
+    def __init__(
+        self,
+        active: bool,
+        inactive_reason: str | None = None,
+        info: pb.TokenInfo | None = None,
+        decision: Decision | None = None,
+        txn_token_jwt: str = "",
+        action_asked: bool = False,
+    ) -> None:
+        self._set(
+            active=active,
+            inactive_reason=inactive_reason,
+            info=info,
+            decision=decision,
+            _jwt=txn_token_jwt,
+            action_asked=action_asked,
+        )
+
+    @property
+    def txn_token_jwt(self) -> str:
+        return self._jwt
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Verdict) and all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        token_id = self.info.token_id if self.info is not None else None
+        return (
+            f"Verdict(active={self.active!r}, inactive_reason={self.inactive_reason!r}, token_id={token_id!r}, "
+            f"decision={self.decision!r}, action_asked={self.action_asked!r})"
+        )
 
     @property
     def allowed(self) -> bool:
-        """Active and, when an action was asked, allowed."""
-        return self.active and (self.decision is None or self.decision.allowed)
+        """Active and, when an action was asked, allowed by an explicit decision (an action
+        asked and no decision answered is not allowed)."""
+        if not self.active:
+            return False
+        if self.decision is None:
+            return not self.action_asked
+        return self.decision.allowed
 
     @property
     def consent_required(self) -> bool:
         return self.decision is not None and self.decision.consent_required
 
     @classmethod
-    def from_proto(cls, r: pb.ValidateResponse) -> Verdict:
+    def from_proto(cls, r: pb.ValidateResponse, *, action_asked: bool = False) -> Verdict:
         if not r.active:
-            return cls(active=False, inactive_reason=_INACTIVE.get(r.inactive_reason, "unspecified"))
+            return cls(
+                active=False,
+                inactive_reason=_INACTIVE.get(r.inactive_reason, "unspecified"),
+                action_asked=action_asked,
+            )
         d = r.decision if r.HasField("decision") else None
         return cls(
             active=True,
@@ -215,15 +305,26 @@ class Verdict:
             if d is None
             else Decision(d.allowed, d.denied_by, d.reason, d.consent_required, d.consent_request_id),
             txn_token_jwt=r.txn_token_jwt,
+            action_asked=action_asked,
         )
 
 
-@dataclass(frozen=True)
-class ConsentRequest:
+class ConsentRequest(Sealed):
     """A consent request as RequestConsent answered it. ``url`` is the consent page's link,
     a capability for the user only: it is kept out of the repr."""
 
+    __slots__ = ("id", "_url", "existing", "info")
     id: str
-    url: str = field(repr=False)
+    _url: str
     existing: bool
     info: pb.ConsentRequestInfo
+
+    def __init__(self, id: str, url: str, existing: bool, info: pb.ConsentRequestInfo) -> None:
+        self._set(id=id, _url=url, existing=existing, info=info)
+
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def __repr__(self) -> str:
+        return f"ConsentRequest(id={self.id!r}, existing={self.existing!r}, status={self.info.status!r})"
