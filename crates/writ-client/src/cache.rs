@@ -260,7 +260,10 @@ mod tests {
         // The token expires in 2 s: the entry lives 2 s, not 5.
         c.insert_at(k, &active(2_000, 0), t0, NOW_MS);
         assert!(c.get_at(&k, t0 + Duration::from_millis(1_999)).is_some());
-        assert!(c.get_at(&k, t0 + Duration::from_secs(2)).is_none(), "expiry");
+        assert!(
+            c.get_at(&k, t0 + Duration::from_secs(2)).is_none(),
+            "expiry"
+        );
         // Already expired on the server's clock: not kept.
         c.insert_at(k, &active(0, 0), t0, NOW_MS);
         assert!(c.is_empty());
@@ -331,7 +334,12 @@ mod tests {
             .map(|i| c.key(&req(&format!("writ_{i}"))).unwrap())
             .collect();
         for (i, k) in keys.iter().enumerate() {
-            c.insert_at(*k, &active(60_000, 0), t0 + Duration::from_millis(i as u64), NOW_MS);
+            c.insert_at(
+                *k,
+                &active(60_000, 0),
+                t0 + Duration::from_millis(i as u64),
+                NOW_MS,
+            );
             assert!(c.len() <= 3);
         }
         let now = t0 + Duration::from_millis(10);
@@ -341,16 +349,29 @@ mod tests {
             assert!(c.get_at(k, now).is_some());
         }
         // Re-inserting a held key does not evict another; expired ones go first.
-        c.insert_at(keys[4], &active(60_000, 0), t0 + Duration::from_secs(2), NOW_MS);
+        c.insert_at(
+            keys[4],
+            &active(60_000, 0),
+            t0 + Duration::from_secs(2),
+            NOW_MS,
+        );
         assert_eq!(c.len(), 3);
         let later = t0 + Duration::from_secs(6);
         let fresh = c.key(&req("writ_fresh")).unwrap();
         c.insert_at(fresh, &active(60_000, 0), later, NOW_MS);
         assert_eq!(c.len(), 2, "the expired entries were purged: {c:?}");
-        assert!(c.get_at(&keys[4], later).is_some(), "the refreshed one stays");
+        assert!(
+            c.get_at(&keys[4], later).is_some(),
+            "the refreshed one stays"
+        );
         // Many re-insertions keep the order queue bounded.
         for i in 0..100u64 {
-            c.insert_at(fresh, &active(60_000, 0), later + Duration::from_millis(i), NOW_MS);
+            c.insert_at(
+                fresh,
+                &active(60_000, 0),
+                later + Duration::from_millis(i),
+                NOW_MS,
+            );
         }
         assert!(c.lock().order.len() <= 6);
     }
@@ -372,10 +393,24 @@ mod tests {
             }),
             ..req("writ_a")
         };
-        let a = c.key(&action("pay", vec![("amount", 5), ("n", 1)])).unwrap();
+        let a = c
+            .key(&action("pay", vec![("amount", 5), ("n", 1)]))
+            .unwrap();
         assert_ne!(a, plain);
-        assert_eq!(a, c.key(&action("pay", vec![("n", 1), ("amount", 5)])).unwrap());
-        assert_ne!(a, c.key(&action("pay", vec![("amount", 6), ("n", 1)])).unwrap());
-        assert_ne!(a, c.key(&action("book", vec![("amount", 5), ("n", 1)])).unwrap());
+        assert_eq!(
+            a,
+            c.key(&action("pay", vec![("n", 1), ("amount", 5)]))
+                .unwrap()
+        );
+        assert_ne!(
+            a,
+            c.key(&action("pay", vec![("amount", 6), ("n", 1)]))
+                .unwrap()
+        );
+        assert_ne!(
+            a,
+            c.key(&action("book", vec![("amount", 5), ("n", 1)]))
+                .unwrap()
+        );
     }
 }

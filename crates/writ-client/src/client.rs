@@ -399,13 +399,19 @@ impl WritClient {
     /// Starts a transaction (minters only). Always sent with an idempotency key (a random
     /// one when `req` has none), reused by every retry: a retry after a lost answer
     /// returns the token already minted.
-    pub async fn mint(&mut self, mut req: pb::MintRequest) -> Result<pb::MintResponse, ClientError> {
+    pub async fn mint(
+        &mut self,
+        mut req: pb::MintRequest,
+    ) -> Result<pb::MintResponse, ClientError> {
         if req.idempotency_key.is_empty() {
             req.idempotency_key = retry::idempotency_key();
         }
-        self.call(&self.tokens, Safety::Idempotent, req, |mut c, r| async move {
-            c.mint(r).await
-        })
+        self.call(
+            &self.tokens,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.mint(r).await },
+        )
         .await
     }
 
@@ -418,9 +424,12 @@ impl WritClient {
         if req.idempotency_key.is_empty() {
             req.idempotency_key = retry::idempotency_key();
         }
-        self.call(&self.tokens, Safety::Idempotent, req, |mut c, r| async move {
-            c.downscope(r).await
-        })
+        self.call(
+            &self.tokens,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.downscope(r).await },
+        )
         .await
     }
 
@@ -475,9 +484,12 @@ impl WritClient {
         &mut self,
         req: pb::RevokeRequest,
     ) -> Result<pb::RevokeResponse, ClientError> {
-        self.call(&self.tokens, Safety::Idempotent, req, |mut c, r| async move {
-            c.revoke(r).await
-        })
+        self.call(
+            &self.tokens,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.revoke(r).await },
+        )
         .await
     }
 
@@ -488,9 +500,12 @@ impl WritClient {
         &mut self,
         req: pb::RequestConsentRequest,
     ) -> Result<pb::RequestConsentResponse, ClientError> {
-        self.call(&self.tokens, Safety::Idempotent, req, |mut c, r| async move {
-            c.request_consent(r).await
-        })
+        self.call(
+            &self.tokens,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.request_consent(r).await },
+        )
         .await
     }
 
@@ -567,9 +582,12 @@ impl WritClient {
     /// The JWT signing keys and the JWKS that publishes them (operators).
     pub async fn list_signing_keys(&mut self) -> Result<pb::ListSigningKeysResponse, ClientError> {
         let req = pb::ListSigningKeysRequest {};
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.list_signing_keys(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.list_signing_keys(r).await },
+        )
         .await
     }
 
@@ -590,9 +608,12 @@ impl WritClient {
         &mut self,
         req: pb::GetTransactionRequest,
     ) -> Result<pb::Transaction, ClientError> {
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.get_transaction(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.get_transaction(r).await },
+        )
         .await
     }
 
@@ -625,9 +646,12 @@ impl WritClient {
         let req = pb::GetTokenRequest {
             token_id: token_id.to_string(),
         };
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.get_token(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.get_token(r).await },
+        )
         .await
     }
 
@@ -636,9 +660,12 @@ impl WritClient {
         &mut self,
         req: pb::ListTransactionsRequest,
     ) -> Result<pb::ListTransactionsResponse, ClientError> {
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.list_transactions(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.list_transactions(r).await },
+        )
         .await
     }
 
@@ -647,9 +674,12 @@ impl WritClient {
         &mut self,
         req: pb::ListEventsRequest,
     ) -> Result<pb::ListEventsResponse, ClientError> {
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.list_events(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.list_events(r).await },
+        )
         .await
     }
 
@@ -670,18 +700,24 @@ impl WritClient {
         &mut self,
         req: pb::ListConsentsRequest,
     ) -> Result<pb::ListConsentsResponse, ClientError> {
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.list_consents(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.list_consents(r).await },
+        )
         .await
     }
 
     /// One consent request (operators).
     pub async fn get_consent(&mut self, id: &str) -> Result<pb::ConsentRequestInfo, ClientError> {
         let req = pb::GetConsentRequest { id: id.into() };
-        self.call(&self.chain, Safety::Idempotent, req, |mut c, r| async move {
-            c.get_consent(r).await
-        })
+        self.call(
+            &self.chain,
+            Safety::Idempotent,
+            req,
+            |mut c, r| async move { c.get_consent(r).await },
+        )
         .await
     }
 }
@@ -782,7 +818,11 @@ mod tests {
             .lock()
             .unwrap()
             .iter()
-            .map(|s| pb::MintRequest::decode(&s.body[..]).unwrap().idempotency_key)
+            .map(|s| {
+                pb::MintRequest::decode(&s.body[..])
+                    .unwrap()
+                    .idempotency_key
+            })
             .collect();
         assert_eq!(keys.len(), 3, "three attempts");
         assert_eq!(keys[0].len(), 32, "a generated key: {keys:?}");
@@ -860,7 +900,11 @@ mod tests {
         assert_eq!(paths(&seen).len(), 3);
         c.redeem_consent("cns_x", "writ_x", 0).await.unwrap_err();
         assert_eq!(paths(&seen).len(), 1);
-        for code in [Code::PermissionDenied, Code::ResourceExhausted, Code::Internal] {
+        for code in [
+            Code::PermissionDenied,
+            Code::ResourceExhausted,
+            Code::Internal,
+        ] {
             let (mut c, seen) = failing(code);
             let e = c.mint(pb::MintRequest::default()).await.unwrap_err();
             assert_eq!(e.code(), Some(code));
@@ -907,7 +951,10 @@ mod tests {
         let mut c = WritClient::over(Transport::new(svc))
             .with_timeout(Duration::from_millis(20))
             .with_retry(RetryPolicy::none());
-        let e = c.validate(pb::ValidateRequest::default()).await.unwrap_err();
+        let e = c
+            .validate(pb::ValidateRequest::default())
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), Some(Code::DeadlineExceeded), "{e}");
     }
 }

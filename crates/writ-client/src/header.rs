@@ -160,7 +160,10 @@ mod tests {
         assert_eq!(all[0], "writ_child");
         assert!(all[0].is_sensitive());
         assert_eq!(txn_token_header(&h).unwrap(), Some("writ_child"));
-        h.insert(TXN_TOKEN_METADATA, HeaderValue::from_bytes(b"\xffx").unwrap());
+        h.insert(
+            TXN_TOKEN_METADATA,
+            HeaderValue::from_bytes(b"\xffx").unwrap(),
+        );
         assert!(matches!(
             txn_token_header(&h),
             Err(ClientError::Metadata(_))

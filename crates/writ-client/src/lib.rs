@@ -31,8 +31,8 @@ pub use client::{
 };
 pub use error::{BoxError, ClientError, ERROR_DOMAIN};
 pub use header::{
-    TXN_TOKEN_HEADER, TXN_TOKEN_METADATA, TokenSecret, attach_txn_token,
-    replace_txn_token_header, txn_token, txn_token_header,
+    TXN_TOKEN_HEADER, TXN_TOKEN_METADATA, TokenSecret, attach_txn_token, replace_txn_token_header,
+    txn_token, txn_token_header,
 };
 pub use retry::RetryPolicy;
 pub use writ_api::pb as proto;

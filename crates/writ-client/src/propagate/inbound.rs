@@ -149,7 +149,9 @@ where
                     parts.headers.remove(TXN_TOKEN_METADATA);
                     parts.extensions.insert(ctx.clone());
                     let req = http::Request::from_parts(parts, body);
-                    let answer = context::scope(ctx, inner.call(req)).await?;
+                    // Inside the scope from the start: the inner service's `call` sees the
+                    // current transaction too, not only its future.
+                    let answer = context::scope(ctx, async move { inner.call(req).await }).await?;
                     Ok(answer.map(Either::Left))
                 }
                 Err(refusal) => {
@@ -322,7 +324,11 @@ async fn verify(
         }
         return Err(Refusal::new(Denied, why));
     }
-    Ok(TxnContext::new(TokenSecret::new(token), info, answer.decision))
+    Ok(TxnContext::new(
+        TokenSecret::new(token),
+        info,
+        answer.decision,
+    ))
 }
 
 /// `expired`, `revoked`, `wrong_audience`, …
@@ -350,7 +356,12 @@ mod tests {
         let (parts, b) = body(r.clone().into_response(true)).await;
         assert_eq!(parts.status, http::StatusCode::OK);
         assert_eq!(parts.headers["grpc-status"], "16");
-        assert!(parts.headers["grpc-message"].to_str().unwrap().contains("txn-token"));
+        assert!(
+            parts.headers["grpc-message"]
+                .to_str()
+                .unwrap()
+                .contains("txn-token")
+        );
         assert_eq!(parts.headers["content-type"], "application/grpc");
         assert!(b.is_empty());
 
@@ -363,7 +374,8 @@ mod tests {
 
         let (parts, _) = body(Refusal::new(RefusalKind::Denied, "d").into_response(true)).await;
         assert_eq!(parts.headers["grpc-status"], "7");
-        let (parts, b) = body(Refusal::new(RefusalKind::Unavailable, "u").into_response(false)).await;
+        let (parts, b) =
+            body(Refusal::new(RefusalKind::Unavailable, "u").into_response(false)).await;
         assert_eq!(parts.status, http::StatusCode::SERVICE_UNAVAILABLE);
         assert!(b.contains("temporarily_unavailable"));
     }
@@ -376,13 +388,15 @@ mod tests {
         assert!(is_grpc(&h));
         h.insert("content-type", "application/json".parse().unwrap());
         assert!(!is_grpc(&h));
-        assert_eq!(inactive_reason(pb::InactiveReason::WrongAudience), "wrong_audience");
+        assert_eq!(
+            inactive_reason(pb::InactiveReason::WrongAudience),
+            "wrong_audience"
+        );
     }
 
     /// A client whose every call fails the test: requests refused before Writ is asked.
     fn unreachable_client() -> WritClient {
-        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9")
-            .connect_lazy();
+        let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
         WritClient::from_channel(channel).with_retry(crate::RetryPolicy::none())
     }
 

@@ -133,7 +133,9 @@ pub enum OutboundError {
     },
     /// Writ refused or failed the narrowing; the status (with Writ's reason and
     /// dimension) is the source, and a tonic client reports it as the call's status.
-    #[error("narrowing the transaction token for {audience} failed, the call was not sent: {source}")]
+    #[error(
+        "narrowing the transaction token for {audience} failed, the call was not sent: {source}"
+    )]
     Downscope {
         /// The downstream's id.
         audience: String,
@@ -286,7 +288,10 @@ mod tests {
             .drop_rctx(&["req_ip"]);
         let r = d.request(&TokenSecret::new("writ_parent"));
         assert_eq!(r.parent_token, "writ_parent");
-        assert_eq!(r.audience.unwrap().id, "spiffe://writ.local/workload/payments");
+        assert_eq!(
+            r.audience.unwrap().id,
+            "spiffe://writ.local/workload/payments"
+        );
         assert_eq!(r.scopes, vec!["payments:charge"]);
         assert_eq!(r.claims["amount"], build::max(100));
         assert_eq!(r.ttl_seconds, 2, "rounded up");
@@ -294,7 +299,12 @@ mod tests {
         assert_eq!(r.drop_rctx, vec!["req_ip"]);
         assert!(r.targets.is_empty());
         assert!(r.idempotency_key.is_empty(), "the client adds one per call");
-        assert_eq!(Downstream::new(build::agent("a")).request(&TokenSecret::new("t")).ttl_seconds, 0);
+        assert_eq!(
+            Downstream::new(build::agent("a"))
+                .request(&TokenSecret::new("t"))
+                .ttl_seconds,
+            0
+        );
     }
 
     #[tokio::test]
@@ -317,9 +327,14 @@ mod tests {
         let e = e.downcast::<OutboundError>().unwrap();
         assert!(matches!(*e, OutboundError::NoCurrentToken { .. }), "{e}");
         // With a parent but Writ unreachable: the narrowing fails, nothing is sent.
-        let parent = TxnContext::new(TokenSecret::new("writ_parent"), pb::TokenInfo::default(), None);
+        let parent = TxnContext::new(
+            TokenSecret::new("writ_parent"),
+            pb::TokenInfo::default(),
+            None,
+        );
         let mut req = http::Request::new(());
-        req.headers_mut().insert("txn-token", "writ_parent".parse().unwrap());
+        req.headers_mut()
+            .insert("txn-token", "writ_parent".parse().unwrap());
         let e = context::scope(parent, svc.oneshot(req)).await.unwrap_err();
         assert!(!e.to_string().contains("writ_parent"), "{e}");
         let e = e.downcast::<OutboundError>().unwrap();
