@@ -709,7 +709,7 @@ async fn a_three_service_chain_narrows_at_every_hop_and_refuses_bad_tokens_befor
         r,
         Code::Unauthenticated,
         "inactive (revoked)",
-        &[root.token.clone()],
+        std::slice::from_ref(&root.token),
     );
     assert_eq!(chain.planner.calls(), 1);
 }
