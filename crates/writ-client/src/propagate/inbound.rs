@@ -394,7 +394,7 @@ mod tests {
         );
     }
 
-    /// A client whose every call fails the test: requests refused before Writ is asked.
+    /// A client of no server: Writ cannot be asked.
     fn unreachable_client() -> WritClient {
         let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy();
         WritClient::from_channel(channel).with_retry(crate::RetryPolicy::none())
