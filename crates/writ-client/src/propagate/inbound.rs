@@ -311,24 +311,38 @@ async fn verify(
             "txn-token: Writ answered without the token's information",
         ));
     };
-    if let Some(d) = &answer.decision
-        && !d.allowed
-    {
-        let scope = scope.unwrap_or_default();
-        let mut why = format!(
-            "txn-token: action {scope} denied by {}: {}",
-            d.denied_by, d.reason
-        );
-        if d.consent_required && !d.consent_request_id.is_empty() {
-            why.push_str(&format!(" (consent request {})", d.consent_request_id));
-        }
-        return Err(Refusal::new(Denied, why));
-    }
+    judge_action(scope.as_deref(), answer.decision.as_ref())?;
     Ok(TxnContext::new(
         TokenSecret::new(token),
         info,
         answer.decision,
     ))
+}
+
+/// The verdict on an action check: when an action was asked (`scope`), only a decision
+/// that allows it lets the request through; no decision at all fails closed, whatever
+/// answered.
+fn judge_action(scope: Option<&str>, decision: Option<&pb::ActionDecision>) -> Result<(), Refusal> {
+    let Some(scope) = scope else {
+        return Ok(());
+    };
+    match decision {
+        Some(d) if d.allowed => Ok(()),
+        Some(d) => {
+            let mut why = format!(
+                "txn-token: action {scope} denied by {}: {}",
+                d.denied_by, d.reason
+            );
+            if d.consent_required && !d.consent_request_id.is_empty() {
+                why.push_str(&format!(" (consent request {})", d.consent_request_id));
+            }
+            Err(Refusal::new(RefusalKind::Denied, why))
+        }
+        None => Err(Refusal::new(
+            RefusalKind::Unavailable,
+            "txn-token: Writ answered the action check without a decision",
+        )),
+    }
 }
 
 /// `expired`, `revoked`, `wrong_audience`, …
@@ -378,6 +392,30 @@ mod tests {
             body(Refusal::new(RefusalKind::Unavailable, "u").into_response(false)).await;
         assert_eq!(parts.status, http::StatusCode::SERVICE_UNAVAILABLE);
         assert!(b.contains("temporarily_unavailable"));
+    }
+
+    /// An action check lets a request through only on a decision that allows it; an
+    /// answer without one (a tampered or older peer) fails closed.
+    #[test]
+    fn an_action_check_passes_only_on_an_allowing_decision() {
+        let allowed = pb::ActionDecision {
+            allowed: true,
+            ..Default::default()
+        };
+        let denied = pb::ActionDecision {
+            allowed: false,
+            denied_by: "consent".into(),
+            reason: "CONSENT_REQUIRED".into(),
+            consent_required: true,
+            consent_request_id: "cns_1".into(),
+        };
+        assert!(judge_action(None, None).is_ok());
+        assert!(judge_action(Some("pay"), Some(&allowed)).is_ok());
+        let r = judge_action(Some("pay"), Some(&denied)).unwrap_err();
+        assert_eq!(r.kind, RefusalKind::Denied);
+        assert!(r.description.contains("cns_1"), "{}", r.description);
+        let r = judge_action(Some("pay"), None).unwrap_err();
+        assert_eq!(r.kind, RefusalKind::Unavailable);
     }
 
     #[test]
