@@ -1,0 +1,418 @@
+//! Token records, their states and indexes: inserting a root or a child (`stage_child`, shared
+//! with consent redemption), reading records and states (from memory when it can), spending
+//! uses, and the transaction tree.
+
+use super::*;
+
+/// The transaction-listing index entries a record contributes: for a root, the
+/// transaction itself, its subject and its two parties (minter and audience); for a
+/// child, its audience (its actor was its parent's audience). Idempotent puts.
+pub(super) fn index_txn(
+    db: &DB,
+    batch: &mut WriteBatch,
+    record: &TokenRecord,
+) -> Result<(), StoreError> {
+    let txn = record.txn;
+    let mut parties = vec![record.audience.id.as_str()];
+    if record.parent.is_none() {
+        batch.put_cf(
+            cf(db, keys::CF_TXNS)?,
+            txn.0,
+            keys::txn_value(record.token_id, 1),
+        );
+        batch.put_cf(
+            cf(db, keys::CF_SUBJECT_TXNS)?,
+            keys::digest_txn_key(&keys::digest(&record.subject), txn),
+            keys::EMPTY_VALUE,
+        );
+        parties.push(record.current_actor().id.as_str());
+    }
+    let (party_txns, txn_parties) = (cf(db, keys::CF_PARTY_TXNS)?, cf(db, keys::CF_TXN_PARTIES)?);
+    for party in parties {
+        let d = keys::digest(party);
+        batch.put_cf(party_txns, keys::digest_txn_key(&d, txn), keys::EMPTY_VALUE);
+        batch.put_cf(txn_parties, keys::txn_party_key(txn, &d), keys::EMPTY_VALUE);
+    }
+    Ok(())
+}
+
+/// Under the transaction's lock ([`RocksStore::locked`]).
+pub(super) fn insert_blocking(
+    inner: &Inner,
+    record: &TokenRecord,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let db = &inner.db;
+    let tokens = cf(db, keys::CF_TOKENS)?;
+    let key = keys::token_key(record.token_id);
+    let mut batch = WriteBatch::default();
+    put_record(inner, &mut batch, record)?;
+    index_txn(db, &mut batch, record)?;
+    put_event(db, &mut batch, event)?;
+    let _id_guard = inner.lock_id(record.token_id);
+    if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
+        return Err(StoreError::Conflict);
+    }
+    db.write_opt(batch, &inner.write_opts()).map_err(backend)
+}
+
+/// The record and its index entries, added to `batch`.
+pub(super) fn put_record(
+    inner: &Inner,
+    batch: &mut WriteBatch,
+    record: &TokenRecord,
+) -> Result<(), StoreError> {
+    let db = &inner.db;
+    batch.put_cf(
+        cf(db, keys::CF_TOKENS)?,
+        keys::token_key(record.token_id),
+        codec::encode(record)?,
+    );
+    batch.put_cf(
+        cf(db, keys::CF_TXN_TOKENS)?,
+        keys::txn_token_key(record.txn, record.token_id),
+        keys::tree_value(record.parent, record.issued_at),
+    );
+    batch.put_cf(
+        cf(db, keys::CF_EXPIRY)?,
+        keys::expiry_key(record.grant.expires_at, record.token_id),
+        keys::EMPTY_VALUE,
+    );
+    Ok(())
+}
+
+/// One point read in `family`, decoded by `decode`; `None` when the key is absent.
+pub(super) fn read_decoded<T>(
+    inner: &Inner,
+    family: &str,
+    key: impl AsRef<[u8]>,
+    decode: impl FnOnce(&[u8]) -> Result<T, StoreError>,
+) -> Result<Option<T>, StoreError> {
+    let db = &inner.db;
+    match db.get_pinned_cf(cf(db, family)?, key).map_err(backend)? {
+        Some(value) => decode(&value).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The stored state row of a token, if any.
+pub(super) fn read_state(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, StoreError> {
+    read_decoded(
+        inner,
+        keys::CF_STATE,
+        keys::state_key(id),
+        codec::decode_state,
+    )
+}
+
+pub(super) fn put_state(
+    inner: &Inner,
+    batch: &mut WriteBatch,
+    id: TokenId,
+    state: &TokenState,
+) -> Result<(), StoreError> {
+    batch.put_cf(
+        cf(&inner.db, keys::CF_STATE)?,
+        keys::state_key(id),
+        codec::encode_state(state)?,
+    );
+    Ok(())
+}
+
+pub(super) fn token_exists(inner: &Inner, id: TokenId) -> Result<bool, StoreError> {
+    let db = &inner.db;
+    Ok(db
+        .get_pinned_cf(cf(db, keys::CF_TOKENS)?, keys::token_key(id))
+        .map_err(backend)?
+        .is_some())
+}
+
+pub(super) fn state_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenState>, StoreError> {
+    // A state row is only ever written for an existing token.
+    if let Some(state) = read_state(inner, id)? {
+        return Ok(Some(state));
+    }
+    Ok(token_exists(inner, id)?.then(TokenState::default))
+}
+
+/// Under the transaction's lock ([`RocksStore::locked`]).
+pub(super) fn insert_child_blocking(
+    inner: &Inner,
+    record: &TokenRecord,
+    max_children: u32,
+    event: &Event,
+) -> Result<(), StoreError> {
+    let mut batch = WriteBatch::default();
+    put_event(&inner.db, &mut batch, event)?;
+    let _id_guard = stage_child(inner, &mut batch, record, max_children)?;
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)
+}
+
+/// Adds a child token to `batch` as [`TokenStore::insert_child`] stores it, after its
+/// checks (the id is free, the parent exists in the transaction, [`admit_child`]): the
+/// record and its indexes, the parent→child link, the parent's new state and the
+/// transaction's count. The one way a child is written (`insert_child` and
+/// `redeem_consent`). Under the transaction's lock; returns the id's guard, to be held
+/// until `batch` is written.
+pub(super) fn stage_child<'a>(
+    inner: &'a Inner,
+    batch: &mut WriteBatch,
+    record: &TokenRecord,
+    max_children: u32,
+) -> Result<MutexGuard<'a, ()>, StoreError> {
+    let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
+    put_record(inner, batch, record)?;
+    index_txn(&inner.db, batch, record)?;
+    batch.put_cf(
+        cf(&inner.db, keys::CF_CHILDREN)?,
+        keys::child_key(parent_id, record.token_id),
+        keys::EMPTY_VALUE,
+    );
+    let id_guard = inner.lock_id(record.token_id);
+    if token_exists(inner, record.token_id)? {
+        return Err(StoreError::Conflict);
+    }
+    let parent = match get_blocking(inner, parent_id)? {
+        Some(p) if p.txn == record.txn => p,
+        _ => return Err(StoreError::ParentMissing),
+    };
+    let mut pstate = read_state(inner, parent_id)?.unwrap_or_default();
+    // The transaction's size from its entry in `txns` (one read); a scan only for an
+    // entry written before the count was kept, which this write then brings up to date.
+    let txns = cf(&inner.db, keys::CF_TXNS)?;
+    let entry = match inner
+        .db
+        .get_pinned_cf(txns, record.txn.0)
+        .map_err(backend)?
+    {
+        Some(v) => Some(keys::of_txn_value(&v).ok_or_else(|| corrupt("txns value"))?),
+        None => None,
+    };
+    let held = match entry {
+        Some((_, Some(n))) => n as usize,
+        _ => scan_ids(
+            inner,
+            keys::CF_TXN_TOKENS,
+            &keys::txn_prefix(record.txn),
+            keys::token_id_of_txn_key,
+            MAX_TOKENS_PER_TXN,
+        )?
+        .len(),
+    };
+    admit_child(&parent, &mut pstate, record, max_children, held)?;
+    put_state(inner, batch, parent_id, &pstate)?;
+    if let Some((root, _)) = entry {
+        let held = u32::try_from(held + 1).unwrap_or(u32::MAX);
+        batch.put_cf(txns, record.txn.0, keys::txn_value(root, held));
+    }
+    Ok(id_guard)
+}
+
+/// Ids of the children of `parent`, from the `children` index.
+pub(super) fn children_of(inner: &Inner, parent: TokenId) -> Result<Vec<TokenId>, StoreError> {
+    scan_ids(
+        inner,
+        keys::CF_CHILDREN,
+        &keys::children_prefix(parent),
+        keys::child_id_of_child_key,
+        usize::MAX,
+    )
+}
+
+/// The entries of `cf_name` whose keys start with `prefix`, from `from` on (never a scan
+/// beyond the prefix).
+pub(super) fn prefix_iter<'a>(
+    inner: &'a Inner,
+    cf_name: &str,
+    prefix: &[u8],
+    from: &[u8],
+) -> Result<rocksdb::DBIteratorWithThreadMode<'a, DB>, StoreError> {
+    let db = &inner.db;
+    let mut read_opts = ReadOptions::default();
+    read_opts.set_prefix_same_as_start(true);
+    read_opts.set_iterate_range(PrefixRange(prefix));
+    Ok(db.iterator_cf_opt(
+        cf(db, cf_name)?,
+        read_opts,
+        IteratorMode::From(from, Direction::Forward),
+    ))
+}
+
+/// Up to `limit` token ids stored under `prefix` in an index column family keyed
+/// `prefix ‖ token id`, bounded to the prefix (never a scan beyond it).
+pub(super) fn scan_ids(
+    inner: &Inner,
+    cf_name: &str,
+    prefix: &[u8],
+    id_of: fn(&[u8]) -> Option<TokenId>,
+    limit: usize,
+) -> Result<Vec<TokenId>, StoreError> {
+    let iter = prefix_iter(inner, cf_name, prefix, prefix)?;
+    let mut ids = Vec::new();
+    for item in iter.take(limit) {
+        let (key, _) = item.map_err(backend)?;
+        // The bounds already stop the scan; checking again costs nothing.
+        if !key.starts_with(prefix) {
+            break;
+        }
+        let id =
+            id_of(&key).ok_or_else(|| corrupt(format!("{cf_name} key of {} bytes", key.len())))?;
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+/// A token without a use limit: nothing to count, so no lock; one read decides and only
+/// the event is written.
+pub(super) fn consume_unlimited_blocking(
+    inner: &Inner,
+    id: TokenId,
+    event: Option<&Event>,
+) -> Result<UseOutcome, StoreError> {
+    if read_state(inner, id)?.is_some_and(|s| s.revoked.is_some()) {
+        return Ok(UseOutcome::Revoked);
+    }
+    if let Some(e) = event {
+        append_events_blocking(inner, std::slice::from_ref(e))?;
+    }
+    Ok(UseOutcome::Consumed { remaining: None })
+}
+
+/// A token with `max` uses, under its transaction's lock ([`RocksStore::locked`]).
+pub(super) fn consume_limited_blocking(
+    inner: &Inner,
+    id: TokenId,
+    max: u32,
+    event: Option<&Event>,
+) -> Result<UseOutcome, StoreError> {
+    if !token_exists(inner, id)? {
+        return Ok(UseOutcome::Unknown); // purged since its record was read
+    }
+    let mut state = read_state(inner, id)?.unwrap_or_default();
+    if state.revoked.is_some() {
+        return Ok(UseOutcome::Revoked);
+    }
+    if state.uses >= max {
+        return Ok(UseOutcome::Exhausted);
+    }
+    state.uses += 1;
+    let mut batch = WriteBatch::default();
+    put_state(inner, &mut batch, id, &state)?;
+    if let Some(e) = event {
+        put_event(&inner.db, &mut batch, e)?;
+    }
+    inner
+        .db
+        .write_opt(batch, &inner.write_opts())
+        .map_err(backend)?;
+    Ok(UseOutcome::Consumed {
+        remaining: Some(max - state.uses),
+    })
+}
+
+pub(super) fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+    let db = &inner.db;
+    match db
+        .get_pinned_cf(cf(db, keys::CF_TOKENS)?, keys::token_key(id))
+        .map_err(backend)?
+    {
+        Some(value) => codec::decode(&value).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Whether a read at `ReadTier::BlockCache` stopped because it needed the disk.
+pub(super) fn needs_disk(e: &rocksdb::Error) -> bool {
+    e.kind() == rocksdb::ErrorKind::Incomplete
+}
+
+pub(super) fn read_opts_at(tier: ReadTier) -> ReadOptions {
+    let mut opts = ReadOptions::default();
+    opts.set_read_tier(tier);
+    opts
+}
+
+/// A token's record, read with `opts`. When they set `ReadTier::BlockCache` the read
+/// never touches the disk, and `Ok(None)` (rather than an answer) says it would have had
+/// to.
+pub(super) fn get_record_at(
+    inner: &Inner,
+    id: TokenId,
+    opts: &ReadOptions,
+) -> Result<Option<Option<TokenRecord>>, StoreError> {
+    let db = &inner.db;
+    match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), opts) {
+        Ok(Some(v)) => Ok(Some(Some(codec::decode(&v)?))),
+        Ok(None) => Ok(Some(None)),
+        Err(e) if needs_disk(&e) => Ok(None),
+        Err(e) => Err(backend(e)),
+    }
+}
+
+/// A token's record and state, read at `tier`, as [`get_record_at`] reads a record.
+pub(super) fn get_with_state_at(
+    inner: &Inner,
+    id: TokenId,
+    tier: ReadTier,
+) -> Result<Option<Option<(TokenRecord, TokenState)>>, StoreError> {
+    let db = &inner.db;
+    let opts = read_opts_at(tier);
+    let record = match get_record_at(inner, id, &opts)? {
+        Some(Some(record)) => record,
+        Some(None) => return Ok(Some(None)),
+        None => return Ok(None),
+    };
+    let state = match db.get_pinned_cf_opt(cf(db, keys::CF_STATE)?, keys::state_key(id), &opts) {
+        Ok(Some(v)) => codec::decode_state(&v)?,
+        Ok(None) => TokenState::default(),
+        Err(e) if needs_disk(&e) => return Ok(None),
+        Err(e) => return Err(backend(e)),
+    };
+    Ok(Some(Some((record, state))))
+}
+
+/// The tree of a transaction from its `txn_tokens` entries; an entry written before schema
+/// 4 (an empty value) costs a read of its record.
+pub(super) fn txn_tree_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TreeEntry>, StoreError> {
+    let prefix = keys::txn_prefix(txn);
+    let mut out = Vec::new();
+    for item in prefix_iter(inner, keys::CF_TXN_TOKENS, &prefix, &prefix)? {
+        let (key, value) = item.map_err(backend)?;
+        let bad = || {
+            corrupt(format!(
+                "txn_tokens entry of {}+{} bytes",
+                key.len(),
+                value.len()
+            ))
+        };
+        let id = keys::token_id_of_txn_key(&key).ok_or_else(bad)?;
+        match keys::of_tree_value(&value).ok_or_else(bad)? {
+            Some((parent, issued_at)) => out.push(TreeEntry {
+                id,
+                parent,
+                issued_at,
+            }),
+            None => out.extend(get_blocking(inner, id)?.as_ref().map(TreeEntry::of)),
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn txn_tokens_blocking(inner: &Inner, txn: TxnId) -> Result<Vec<TokenId>, StoreError> {
+    scan_ids(
+        inner,
+        keys::CF_TXN_TOKENS,
+        &keys::txn_prefix(txn),
+        keys::token_id_of_txn_key,
+        usize::MAX,
+    )
+}
+
+/// Tokens per pass of a purge (see [`purge_batch`]).
+pub(super) const PURGE_BATCH: usize = 256;
+
+/// An `expiry` index key and the token id it names.
+pub(super) type ExpiryEntry = (Box<[u8]>, TokenId);
