@@ -27,15 +27,35 @@ pub struct FieldError {
 /// `reason` is stable, its metadata names the field, dimension or consent request).
 pub const ERROR_DOMAIN: &str = "writ";
 
+/// A status carrying Writ's `google.rpc.ErrorInfo`: `reason` and `metadata` in domain
+/// [`ERROR_DOMAIN`]. Every error status Writ answers is made here.
+pub fn error_status(
+    code: tonic::Code,
+    message: impl Into<String>,
+    reason: &str,
+    metadata: impl IntoIterator<Item = (&'static str, String)>,
+) -> tonic::Status {
+    use tonic_types::StatusExt;
+    let metadata: std::collections::HashMap<String, String> = metadata
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    tonic::Status::with_error_details(
+        code,
+        message,
+        tonic_types::ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
+    )
+}
+
 impl From<FieldError> for tonic::Status {
     /// `INVALID_ARGUMENT` with reason `INVALID_FIELD` and the field in its metadata.
     fn from(e: FieldError) -> Self {
-        use tonic_types::StatusExt;
-        let metadata = std::collections::HashMap::from([("field".to_owned(), e.field.clone())]);
-        tonic::Status::with_error_details(
+        let field = e.field.clone();
+        error_status(
             tonic::Code::InvalidArgument,
             e.to_string(),
-            tonic_types::ErrorDetails::with_error_info("INVALID_FIELD", ERROR_DOMAIN, metadata),
+            "INVALID_FIELD",
+            [("field", field)],
         )
     }
 }

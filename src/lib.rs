@@ -19,7 +19,7 @@ pub mod pb {
     tonic::include_proto!("writ.v1");
 }
 
-pub use convert::{ERROR_DOMAIN, FieldError};
+pub use convert::{ERROR_DOMAIN, FieldError, error_status};
 
 /// The encoded `FileDescriptorSet` of `writ.v1` (with the files it imports), written by
 /// the root `build.rs`: what server reflection serves, so `grpcurl` needs no proto files.

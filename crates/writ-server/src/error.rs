@@ -23,7 +23,6 @@
 //! them as typed errors; the message stays for people.
 
 use crate::auth::AuthError;
-use tonic_types::{ErrorDetails, StatusExt};
 use writ_api::FieldError;
 use writ_core::ConsentError;
 use writ_core::limits::MAX_DETAIL_BYTES;
@@ -231,24 +230,6 @@ fn error_info(e: &ServiceError) -> (&'static str, Vec<(&'static str, String)>) {
     }
 }
 
-/// A status with Writ's `google.rpc.ErrorInfo` for `reason` and `metadata`.
-pub(crate) fn status_with_reason(
-    code: tonic::Code,
-    message: String,
-    reason: &'static str,
-    metadata: Vec<(&'static str, String)>,
-) -> tonic::Status {
-    let metadata: std::collections::HashMap<String, String> = metadata
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    tonic::Status::with_error_details(
-        code,
-        message,
-        ErrorDetails::with_error_info(reason, ERROR_DOMAIN, metadata),
-    )
-}
-
 impl From<ServiceError> for tonic::Status {
     fn from(e: ServiceError) -> Self {
         use tonic::Code;
@@ -305,16 +286,16 @@ impl From<ServiceError> for tonic::Status {
             // Never key material in it, but file paths and causes stay in the server's log.
             tracing::error!(error = %e, "JWT signing failure");
             let message = "JWT signing failed; see the server's log".to_owned();
-            return status_with_reason(code, message, reason, metadata);
+            return writ_api::error_status(code, message, reason, metadata);
         }
         if code == Code::Unavailable {
             // The engine's message stays in the server's log, not in the caller's hands.
             tracing::error!(error = %e, "storage failure");
             let message = "storage is unavailable; retry later".to_owned();
-            return status_with_reason(code, message, reason, metadata);
+            return writ_api::error_status(code, message, reason, metadata);
         }
         let message = truncate(e.to_string(), MAX_STATUS_MESSAGE);
-        status_with_reason(code, message, reason, metadata)
+        writ_api::error_status(code, message, reason, metadata)
     }
 }
 

@@ -781,6 +781,11 @@ mod tests {
         }
         let retry = s.get_details_retry_info().expect("RetryInfo");
         assert_eq!(retry.retry_delay, Some(Duration::from_millis(2_500)));
+        let info = s.get_details_error_info().expect("ErrorInfo");
+        assert_eq!(
+            (info.reason.as_str(), info.domain.as_str()),
+            ("RATE_LIMITED", crate::error::ERROR_DOMAIN)
+        );
         assert_eq!(s.metadata().get(RETRY_AFTER).unwrap(), "3", "rounded up");
         // Below a second: RetryInfo is exact, the header says one second.
         let short = Limited {
