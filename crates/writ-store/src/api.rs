@@ -379,22 +379,64 @@ pub(crate) fn commit_party_txn(
     events: &dyn EventIssuer,
     write: impl FnOnce(&[(TokenId, TokenState)], &Event) -> Result<(), StoreError>,
 ) -> Result<Vec<TokenId>, StoreError> {
-    let Some(&(_, _, first)) = todo.first() else {
+    let Some((states, event)) = plan_party_txn(todo, any, by, reason, events) else {
         return Ok(Vec::new());
     };
+    let written = write(&states, &event);
+    settle_party_txn(states, event, written, events)
+}
+
+/// The first half of [`commit_party_txn`], for a backend whose write is asynchronous:
+/// issues the event id and builds the new states and the event (`None` for an empty
+/// `todo`: nothing issued). Hand the write's result to [`settle_party_txn`].
+pub(crate) fn plan_party_txn(
+    todo: Vec<(TokenId, TokenState, TokenId)>,
+    any: &TokenRecord,
+    by: &Actor,
+    reason: &str,
+    events: &dyn EventIssuer,
+) -> Option<(Vec<(TokenId, TokenState)>, Event)> {
+    let &(_, _, first) = todo.first()?;
     let single = todo.iter().all(|&(_, _, cause)| cause == first);
     let id = events.issue();
     let states = mark_revoked(todo, id.at(), by, reason);
     let event = Event::revoked(id, any, single.then_some(first), by, reason, states.len());
-    match write(&states, &event) {
+    Some((states, event))
+}
+
+/// The second half of [`commit_party_txn`]: reports the event as stored or abandoned and
+/// returns the ids newly revoked.
+pub(crate) fn settle_party_txn(
+    states: Vec<(TokenId, TokenState)>,
+    event: Event,
+    written: Result<(), StoreError>,
+    events: &dyn EventIssuer,
+) -> Result<Vec<TokenId>, StoreError> {
+    match written {
         Ok(()) => {
             events.stored(event);
             Ok(states.into_iter().map(|(token, _)| token).collect())
         }
         Err(e) => {
-            events.abandoned(id);
+            events.abandoned(event.id);
             Err(e)
         }
+    }
+}
+
+/// The use rule of [`TokenStore::consume_use`] for a token with `max` uses, applied to its
+/// current state under the transaction's serialisation: a revoked token spends nothing,
+/// an exhausted one neither; otherwise one use is counted in `state`.
+pub(crate) fn spend_use(max: u32, state: &mut TokenState) -> UseOutcome {
+    if state.revoked.is_some() {
+        return UseOutcome::Revoked;
+    }
+    if state.uses >= max {
+        return UseOutcome::Exhausted;
+    }
+    state.uses += 1;
+    UseOutcome::Consumed {
+        remaining: Some(max - state.uses),
     }
 }
 
@@ -465,23 +507,62 @@ pub(crate) fn collect_page(
     candidates: impl Iterator<Item = Result<TxnId, StoreError>>,
     mut root_of: impl FnMut(TxnId) -> Result<Option<(TokenRecord, TokenState)>, StoreError>,
 ) -> Result<TxnPage, StoreError> {
-    let limit = query.limit.max(1);
-    let mut roots = Vec::new();
-    for (scanned, candidate) in candidates.enumerate() {
+    let mut pager = TxnPager::new(query);
+    for candidate in candidates {
         let txn = candidate?;
-        if let Some((record, state)) = root_of(txn)?
-            && txn_matches(query, &record, &state)
-        {
-            roots.push((record, state));
+        if let Some(page) = pager.offer(txn, root_of(txn)?) {
+            return Ok(page);
         }
-        if roots.len() >= limit || scanned + 1 >= MAX_TXN_SCAN {
-            return Ok(TxnPage {
-                roots,
+    }
+    Ok(pager.end())
+}
+
+/// [`collect_page`] one candidate at a time, for a backend that reads candidates and
+/// their roots in batches (asynchronously): the same rule, in one place.
+pub(crate) struct TxnPager<'q> {
+    query: &'q TxnQuery,
+    roots: Vec<(TokenRecord, TokenState)>,
+    scanned: usize,
+}
+
+impl<'q> TxnPager<'q> {
+    pub(crate) fn new(query: &'q TxnQuery) -> TxnPager<'q> {
+        TxnPager {
+            query,
+            roots: Vec::new(),
+            scanned: 0,
+        }
+    }
+
+    /// Examines the next candidate (newest first) with its root, if it has one. `Some`
+    /// when the page is complete (its limit or the scan budget reached).
+    pub(crate) fn offer(
+        &mut self,
+        txn: TxnId,
+        root: Option<(TokenRecord, TokenState)>,
+    ) -> Option<TxnPage> {
+        if let Some((record, state)) = root
+            && txn_matches(self.query, &record, &state)
+        {
+            self.roots.push((record, state));
+        }
+        self.scanned += 1;
+        if self.roots.len() >= self.query.limit.max(1) || self.scanned >= MAX_TXN_SCAN {
+            return Some(TxnPage {
+                roots: std::mem::take(&mut self.roots),
                 next: Some(txn),
             });
         }
+        None
     }
-    Ok(TxnPage { roots, next: None })
+
+    /// The page when the candidates ran out.
+    pub(crate) fn end(self) -> TxnPage {
+        TxnPage {
+            roots: self.roots,
+            next: None,
+        }
+    }
 }
 
 /// Most open (pending or approved, unexpired) consent requests one transaction may have:
@@ -554,26 +635,60 @@ pub(crate) fn collect_consent_page(
     query: &ConsentQuery,
     candidates: impl Iterator<Item = Result<(ConsentId, Option<ConsentRequest>), StoreError>>,
 ) -> Result<ConsentPage, StoreError> {
-    let limit = query.limit.max(1);
-    let mut requests = Vec::new();
-    for (scanned, candidate) in candidates.enumerate() {
+    let mut pager = ConsentPager::new(query);
+    for candidate in candidates {
         let (id, request) = candidate?;
-        if let Some(r) = request
-            && consent_matches(query, &r)
-        {
-            requests.push(r);
+        if let Some(page) = pager.offer(id, request) {
+            return Ok(page);
         }
-        if requests.len() >= limit || scanned + 1 >= MAX_TXN_SCAN {
-            return Ok(ConsentPage {
-                requests,
+    }
+    Ok(pager.end())
+}
+
+/// [`collect_consent_page`] one candidate at a time (see [`TxnPager`]).
+pub(crate) struct ConsentPager<'q> {
+    query: &'q ConsentQuery,
+    requests: Vec<ConsentRequest>,
+    scanned: usize,
+}
+
+impl<'q> ConsentPager<'q> {
+    pub(crate) fn new(query: &'q ConsentQuery) -> ConsentPager<'q> {
+        ConsentPager {
+            query,
+            requests: Vec::new(),
+            scanned: 0,
+        }
+    }
+
+    /// Examines the next candidate (newest first). `Some` when the page is complete.
+    pub(crate) fn offer(
+        &mut self,
+        id: ConsentId,
+        request: Option<ConsentRequest>,
+    ) -> Option<ConsentPage> {
+        if let Some(r) = request
+            && consent_matches(self.query, &r)
+        {
+            self.requests.push(r);
+        }
+        self.scanned += 1;
+        if self.requests.len() >= self.query.limit.max(1) || self.scanned >= MAX_TXN_SCAN {
+            return Some(ConsentPage {
+                requests: std::mem::take(&mut self.requests),
                 next: Some(id),
             });
         }
+        None
     }
-    Ok(ConsentPage {
-        requests,
-        next: None,
-    })
+
+    /// The page when the candidates ran out.
+    pub(crate) fn end(self) -> ConsentPage {
+        ConsentPage {
+            requests: self.requests,
+            next: None,
+        }
+    }
 }
 
 /// Storage for token records.

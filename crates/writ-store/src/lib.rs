@@ -31,6 +31,8 @@
 //! of every key space that belongs to it; RocksDB compaction then reclaims the disk
 //! space.
 //! - [`rocks`]: [`RocksStore`], the embedded, durable RocksDB backend.
+//! - [`redis`]: [`RedisStore`], the shared backend of several stateless Writ nodes, on a
+//!   Redis Cluster (its own key layout in `redis/keys.rs`).
 //! - [`memory`]: [`MemoryStore`], an in-process backend with the same semantics, for
 //!   fast tests of the layers above.
 #![forbid(unsafe_code)]
@@ -40,6 +42,7 @@ pub mod api;
 mod codec;
 mod keys;
 pub mod memory;
+pub mod redis;
 pub mod rocks;
 
 #[cfg(test)]
@@ -51,4 +54,5 @@ pub use api::{
     TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
 };
 pub use memory::MemoryStore;
+pub use redis::{RedisOptions, RedisStore};
 pub use rocks::{Durability, RocksStore, SizeEstimates, StoreOptions};

@@ -7,7 +7,7 @@ use crate::api::{
     PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats, TokenStore, TreeEntry,
     TxnPage, TxnQuery, UseOutcome, admit_child, collect_consent_page, collect_page,
     commit_party_txn, consent_changeable, consent_open, mark_revoked, party_reason,
-    party_txn_revocations, txn_range,
+    party_txn_revocations, spend_use, txn_range,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -588,14 +588,7 @@ impl State {
         let Some(max) = max else {
             return UseOutcome::Consumed { remaining: None };
         };
-        let state = self.states.entry(id).or_default();
-        if state.uses >= max {
-            return UseOutcome::Exhausted;
-        }
-        state.uses += 1;
-        UseOutcome::Consumed {
-            remaining: Some(max - state.uses),
-        }
+        spend_use(max, self.states.entry(id).or_default())
     }
 }
 

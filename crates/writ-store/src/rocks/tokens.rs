@@ -292,13 +292,10 @@ pub(super) fn consume_limited_blocking(
         return Ok(UseOutcome::Unknown); // purged since its record was read
     }
     let mut state = read_state(inner, id)?.unwrap_or_default();
-    if state.revoked.is_some() {
-        return Ok(UseOutcome::Revoked);
+    let outcome = crate::api::spend_use(max, &mut state);
+    if !matches!(outcome, UseOutcome::Consumed { .. }) {
+        return Ok(outcome);
     }
-    if state.uses >= max {
-        return Ok(UseOutcome::Exhausted);
-    }
-    state.uses += 1;
     let mut batch = WriteBatch::default();
     put_state(inner, &mut batch, id, &state)?;
     if let Some(e) = event {
@@ -308,9 +305,7 @@ pub(super) fn consume_limited_blocking(
         .db
         .write_opt(batch, &inner.write_opts())
         .map_err(backend)?;
-    Ok(UseOutcome::Consumed {
-        remaining: Some(max - state.uses),
-    })
+    Ok(outcome)
 }
 
 pub(super) fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {

@@ -1,0 +1,215 @@
+//! The listing indexes (transactions by day, by subject, by party) and the listings read
+//! through them. Each index is a sorted set of raw transaction ids in lex order (ids begin
+//! with their mint time), written durably *before* the transaction's commit, so every
+//! committed transaction is listed and found by the kill switch. An index entry whose
+//! transaction never committed (or expired) is skipped: the status always comes from the
+//! transaction's own keys, so an index can lag but never make a revoked or expired token
+//! look active. The page rule is `api`'s (`TxnPager`).
+
+use super::keys::{DAY_BUCKETS, day_of, id16};
+use super::{Inner, backend};
+use crate::api::{StoreError, TxnPage, TxnPager, TxnQuery, txn_range};
+use crate::codec;
+use redis::Value;
+use writ_core::{TokenRecord, TokenState, TxnId, UnixMillis};
+
+/// Candidates read from an index per round.
+const CHUNK: usize = 256;
+
+/// A lex bound on raw ids: `[id` (inclusive) or `(id` (exclusive).
+fn bound(inclusive: bool, id: &[u8]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(17);
+    b.push(if inclusive { b'[' } else { b'(' });
+    b.extend_from_slice(id);
+    b
+}
+
+impl Inner {
+    /// Enters `txn` in one index, durably, trimming entries past the horizon.
+    async fn index(&self, key: String, txn: TxnId, expire_at: u64) -> Result<(), StoreError> {
+        let horizon = UnixMillis(
+            super::keys::mint_ms(txn).saturating_sub(self.opts.index_horizon.as_millis() as u64),
+        );
+        let trim = match self.opts.key_expiry {
+            true => TxnId::new(horizon, [0; 10]).0.to_vec(),
+            false => Vec::new(),
+        };
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("writ_index")
+            .arg(1)
+            .arg(key)
+            .arg(&txn.0[..])
+            .arg(expire_at)
+            .arg(trim);
+        let _: i64 = self.durable(cmd).await?;
+        Ok(())
+    }
+
+    /// Enters a new root's transaction in the day, subject and party indexes.
+    pub(super) async fn index_root(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let txn = record.txn;
+        let at = self.txn_expiry(record.grant.expires_at);
+        let day = day_of(txn);
+        if !super::lock(&self.days).contains(&day) {
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(self.keys.days()).arg(day).arg(day);
+            let _: i64 = self.durable(cmd).await?;
+            super::lock(&self.days).insert(day);
+        }
+        self.index(self.keys.txn_bucket_of(txn), txn, at).await?;
+        self.index(self.keys.subject_index(&record.subject), txn, at)
+            .await?;
+        self.index_party(txn, &record.current_actor().id).await?;
+        if record.audience.id != record.current_actor().id {
+            self.index_party(txn, &record.audience.id).await?;
+        }
+        Ok(())
+    }
+
+    /// Enters `txn` under `party` (an actor or audience of one of its tokens).
+    pub(super) async fn index_party(&self, txn: TxnId, party: &str) -> Result<(), StoreError> {
+        // The party index is what the kill switch walks: it lives as long as anything of
+        // the transaction can (its keys' expiry is extended by every new token, so the
+        // horizon, not the token, bounds it).
+        let at = match self.opts.key_expiry {
+            true => UnixMillis(super::keys::mint_ms(txn))
+                .0
+                .saturating_add(self.opts.index_horizon.as_millis() as u64),
+            false => 0,
+        };
+        self.index(self.keys.party_index(party), txn, at).await
+    }
+
+    /// Up to `limit` transactions under `party`, after `after`, in id order.
+    pub(super) async fn party_page(
+        &self,
+        party: &str,
+        after: Option<TxnId>,
+        limit: usize,
+    ) -> Result<Vec<TxnId>, StoreError> {
+        let lo = after.map_or(b"-".to_vec(), |t| bound(false, &t.0));
+        let raw: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(self.keys.party_index(party))
+            .arg(lo)
+            .arg("+")
+            .arg("BYLEX")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(super::count(limit))
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        raw.iter()
+            .map(|m| Ok(TxnId(id16(m, "index member")?)))
+            .collect()
+    }
+
+    /// Up to `n` ids of index `key` in `[lo, hi)`, newest first.
+    async fn newest(
+        &self,
+        key: String,
+        lo: TxnId,
+        hi: Option<TxnId>,
+        n: usize,
+    ) -> Result<Vec<TxnId>, StoreError> {
+        let max = hi.map_or(b"+".to_vec(), |h| bound(false, &h.0));
+        let raw: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(max)
+            .arg(bound(true, &lo.0))
+            .arg("BYLEX")
+            .arg("REV")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(super::count(n))
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        raw.iter()
+            .map(|m| Ok(TxnId(id16(m, "index member")?)))
+            .collect()
+    }
+
+    /// Up to `n` transactions of every subject in `[lo, hi)`, newest first: the newest day
+    /// with any, its buckets merged.
+    async fn newest_of_all(
+        &self,
+        lo: TxnId,
+        hi: Option<TxnId>,
+        n: usize,
+    ) -> Result<Vec<TxnId>, StoreError> {
+        let top = hi.map_or(u64::MAX, day_of);
+        let days: Vec<u64> = redis::cmd("ZRANGE")
+            .arg(self.keys.days())
+            .arg(top)
+            .arg(day_of(lo))
+            .arg("BYSCORE")
+            .arg("REV")
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        for day in days {
+            let mut found = Vec::new();
+            for bucket in 0..DAY_BUCKETS {
+                found.extend(
+                    self.newest(self.keys.txn_bucket(day, bucket), lo, hi, n)
+                        .await?,
+                );
+            }
+            if !found.is_empty() {
+                found.sort_unstable_by(|a, b| b.cmp(a));
+                found.truncate(n);
+                return Ok(found);
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    /// A transaction's first root with its state, if it is still stored.
+    async fn root_of(&self, txn: TxnId) -> Result<Option<(TokenRecord, TokenState)>, StoreError> {
+        let reply: Value = redis::cmd("FCALL_RO")
+            .arg("writ_root")
+            .arg(3)
+            .arg(self.keys.meta(txn))
+            .arg(self.keys.records(txn))
+            .arg(self.keys.states(txn))
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        let (record, state): (Option<Vec<u8>>, Option<Vec<u8>>) = match reply {
+            Value::Nil => return Ok(None),
+            other => redis::from_redis_value(other).map_err(super::reply_error)?,
+        };
+        match (record, state) {
+            (Some(r), Some(s)) => Ok(Some((codec::decode(&r)?, codec::decode_state(&s)?))),
+            _ => Ok(None),
+        }
+    }
+
+    pub(super) async fn list_txns(&self, query: &TxnQuery) -> Result<TxnPage, StoreError> {
+        let (lo, mut hi) = txn_range(query);
+        let mut pager = TxnPager::new(query);
+        loop {
+            if hi.is_some_and(|h| h <= lo) {
+                return Ok(pager.end());
+            }
+            let chunk = match (&query.party, &query.subject) {
+                (Some(p), _) => self.newest(self.keys.party_index(p), lo, hi, CHUNK).await?,
+                (None, Some(s)) => {
+                    self.newest(self.keys.subject_index(s), lo, hi, CHUNK)
+                        .await?
+                }
+                (None, None) => self.newest_of_all(lo, hi, CHUNK).await?,
+            };
+            let Some(&last) = chunk.last() else {
+                return Ok(pager.end());
+            };
+            for txn in chunk {
+                if let Some(page) = pager.offer(txn, self.root_of(txn).await?) {
+                    return Ok(page);
+                }
+            }
+            hi = Some(last);
+        }
+    }
+}

@@ -1,0 +1,723 @@
+//! [`RedisStore`]: a [`TokenStore`] on a Redis Cluster, so several stateless Writ nodes
+//! share one trust domain's tokens.
+//!
+//! Every key of one transaction carries the transaction's hash tag (see `keys`), so a
+//! transaction lives on one shard. A mutation reads what it needs, applies the shared rule
+//! of `api` in Rust (`admit_child`, `mark_revoked`, the party walk, `spend_use`, the
+//! consent transitions), and writes the result with one server-side function
+//! (`writ.lua`'s `writ_apply`) that refuses a write computed from a version of the
+//! transaction that is no longer current; the store then reads again (optimistic
+//! concurrency per transaction, where RocksStore holds a lock). Mutations of one
+//! transaction from this process still queue on a lock striped by transaction, so they do
+//! not make each other retry; across Writ nodes the version check alone serialises them.
+//!
+//! Durability: every write that changes a token, a use, a consent or a party is sent in
+//! one pipeline with `WAIT <required_replicas> <ack_timeout>` on the same connection, and
+//! is acknowledged only when that many replicas have it; otherwise the call fails
+//! ([`StoreError::Backend`], answered `UNAVAILABLE`) and the caller retries (Mint and
+//! Downscope under their idempotency key, Revoke as it is). The cluster's nodes run with
+//! `appendfsync always` and `min-replicas-to-write` (see `scripts/redis-cluster` and
+//! `deploy/`). A `WAIT` blocks its connection, so durable writes go through a small pool
+//! of connections of their own and reads never queue behind one. The client re-sends a
+//! command whose connection dropped; each write carries a nonce, and `writ_apply`
+//! recognises one it already applied, so a re-sent write never applies twice.
+//!
+//! Expiry is Redis's own: every key of a transaction expires `retention` after its root
+//! (a child never outlives its parent), events `event_retention` after the last one, so
+//! the purge calls of [`TokenStore`] have nothing to do. What Writ caches is immutable:
+//! the `(transaction, record)` of a token id. A token's state is read from its shard's
+//! master on every call, so a revocation through one Writ node is seen by every other at
+//! once.
+//!
+//! Layout, by concern: this file connects, holds the primitives (the durable write, the
+//! transaction write, the striped lock, the record cache) and implements [`TokenStore`]
+//! by calling `tokens` (records, states, children, uses), `revoke` (subtrees and the kill
+//! switch), `listing` (indexes and listings), `audit` (the trail, statistics) and
+//! `consent`. Key names are `keys`' alone; record bytes `codec`'s.
+
+mod audit;
+mod consent;
+mod keys;
+mod listing;
+mod revoke;
+mod tokens;
+
+#[cfg(test)]
+mod tests;
+
+use crate::api::{
+    ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, PartyRevoked, PurgeStats, RevokeTarget,
+    Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
+};
+use keys::Keys;
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{FromRedisValue, Pipeline, RedisError, Value};
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+use tokio::sync::Mutex as AsyncMutex;
+use writ_core::{
+    Actor, ConsentId, ConsentRequest, Decision, Event, EventId, PartyDisable, TokenId, TokenRecord,
+    TokenState, TxnId, UnixMillis,
+};
+
+/// The function library every master must hold (loaded, replacing an older one, when the
+/// store connects, and again if a node answers that it lacks it).
+const FUNCTIONS: &str = include_str!("writ.lua");
+
+/// How often a mutation reads again after its transaction changed under it before it
+/// gives up ([`StoreError::Backend`]): only other Writ nodes' writes to the same
+/// transaction can make it retry.
+const MAX_ATTEMPTS: usize = 64;
+
+/// How the store reaches its cluster and what it waits for.
+#[derive(Clone, Debug)]
+pub struct RedisOptions {
+    /// Seed nodes (`redis://host:port`); the rest of the cluster is discovered.
+    pub nodes: Vec<String>,
+    /// Namespace of every key (letters, digits, `-`, `_`, `.`).
+    pub prefix: String,
+    /// Replicas that must hold a write (`WAIT`) before it is acknowledged: the number of
+    /// replicas per shard, so the replica a failover promotes has every acknowledged write.
+    /// 0 acknowledges on the master's word alone (a single-node development cluster).
+    pub required_replicas: u32,
+    /// How long a write waits for its replicas before it fails unacknowledged.
+    pub ack_timeout: Duration,
+    /// Budget of one command, retries included (must exceed `ack_timeout`).
+    pub response_timeout: Duration,
+    /// Connections reserved for durable writes (each carries one `WAIT` at a time).
+    pub write_connections: usize,
+    /// How long a transaction's keys live past its root's expiry (investigation,
+    /// idempotent retries).
+    pub retention: Duration,
+    /// How long a transaction's audit events live past the last one.
+    pub event_retention: Duration,
+    /// Let keys expire. Off only for tests whose records carry fixed, past timestamps.
+    pub key_expiry: bool,
+    /// How far back the listing indexes reach: entries of transactions minted longer ago
+    /// are dropped as new ones arrive. At least the longest token lifetime plus
+    /// `retention` (nothing older is stored).
+    pub index_horizon: Duration,
+    /// Most token records cached in memory (immutable; 0: no cache).
+    pub record_cache: usize,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            nodes: vec!["redis://127.0.0.1:7001".to_owned()],
+            prefix: "writ".to_owned(),
+            required_replicas: 1,
+            ack_timeout: Duration::from_millis(500),
+            response_timeout: Duration::from_secs(3),
+            write_connections: 4,
+            retention: Duration::from_secs(3600),
+            event_retention: Duration::from_secs(30 * 86_400),
+            key_expiry: true,
+            index_horizon: Duration::from_secs(2 * 86_400),
+            record_cache: 100_000,
+        }
+    }
+}
+
+/// The Redis Cluster store. Clones share one set of connections.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    keys: Keys,
+    opts: RedisOptions,
+    /// Reads (never blocked behind a `WAIT`).
+    read: ClusterConnection,
+    /// Durable writes, round-robin.
+    writes: Vec<ClusterConnection>,
+    next_write: AtomicUsize,
+    /// Per-transaction serialisation within this process.
+    stripes: Vec<AsyncMutex<()>>,
+    stripe_hasher: RandomState,
+    cache: RecordCache,
+    /// Days already entered in the days index by this process.
+    days: Mutex<HashSet<u64>>,
+    /// The greatest event id this process stored, and the greatest it has raised the
+    /// cluster's high-water mark to.
+    high_water: AtomicU64,
+    high_water_stored: AtomicU64,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("nodes", &self.inner.opts.nodes)
+            .field("prefix", &self.inner.opts.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(e: RedisError) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+/// A count for `LIMIT` (Redis takes a signed 64-bit integer).
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A reply of an unexpected shape.
+fn reply_error(e: impl fmt::Display) -> StoreError {
+    StoreError::Backend(format!("redis: unexpected reply: {e}"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl RedisStore {
+    /// Connects to the cluster, loads Writ's functions on every master and starts the
+    /// task that keeps the audit trail's high-water mark.
+    pub async fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
+        if !keys::valid_prefix(&opts.prefix) {
+            return Err(StoreError::Backend(format!(
+                "redis prefix {:?}: use 1 to 64 letters, digits, '-', '_' or '.'",
+                opts.prefix
+            )));
+        }
+        if opts.nodes.is_empty() {
+            return Err(StoreError::Backend("redis: no seed nodes".into()));
+        }
+        if opts.response_timeout <= opts.ack_timeout {
+            return Err(StoreError::Backend(
+                "redis: the response timeout must exceed the acknowledgement timeout".into(),
+            ));
+        }
+        let client = ClusterClientBuilder::new(opts.nodes.clone())
+            .connection_timeout(Duration::from_secs(2).min(opts.response_timeout))
+            .response_timeout(opts.response_timeout)
+            .retries(3)
+            .build()
+            .map_err(backend)?;
+        let mut read = client.get_async_connection().await.map_err(backend)?;
+        let mut writes = Vec::new();
+        for _ in 0..opts.write_connections.max(1) {
+            writes.push(client.get_async_connection().await.map_err(backend)?);
+        }
+        load_functions(&mut read).await?;
+        let inner = Arc::new(Inner {
+            keys: Keys::new(&opts.prefix),
+            stripes: (0..256).map(|_| AsyncMutex::new(())).collect(),
+            stripe_hasher: RandomState::new(),
+            cache: RecordCache::new(opts.record_cache),
+            days: Mutex::default(),
+            high_water: AtomicU64::new(0),
+            high_water_stored: AtomicU64::new(0),
+            next_write: AtomicUsize::new(0),
+            read,
+            writes,
+            opts,
+        });
+        tokio::spawn(audit::keep_high_water(Arc::downgrade(&inner)));
+        Ok(RedisStore { inner })
+    }
+
+    /// The options the store was connected with.
+    pub fn options(&self) -> &RedisOptions {
+        &self.inner.opts
+    }
+}
+
+async fn load_functions(conn: &mut ClusterConnection) -> Result<(), StoreError> {
+    // Routed to every master by the client; replicas receive it through replication.
+    let _: Value = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(FUNCTIONS)
+        .query_async(conn)
+        .await
+        .map_err(backend)?;
+    Ok(())
+}
+
+/// What a transaction write found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Commit {
+    /// Written (by this call, or by an earlier send of it).
+    Applied,
+    /// The transaction changed since it was read: read again.
+    Stale,
+}
+
+/// One transaction's atomic write, for `writ_apply`: every key in the transaction's slot.
+struct TxnWrite {
+    keys: Vec<String>,
+    args: Vec<Vec<u8>>,
+}
+
+/// Field-value pairs per `HSET` (Lua's `unpack` takes at most a few thousand values).
+const CHUNK: usize = 256;
+
+impl TxnWrite {
+    fn new(keys: &Keys, txn: TxnId) -> TxnWrite {
+        TxnWrite {
+            keys: vec![keys.meta(txn), keys.ops(txn)],
+            args: Vec::new(),
+        }
+    }
+
+    fn key_index(&mut self, key: String) -> usize {
+        match self.keys.iter().position(|k| *k == key) {
+            Some(i) => i + 1,
+            None => {
+                self.keys.push(key);
+                self.keys.len()
+            }
+        }
+    }
+
+    fn op(&mut self, op: &str, key: String, expire_at: u64, args: Vec<Vec<u8>>) {
+        let index = self.key_index(key);
+        self.args.push(op.as_bytes().to_vec());
+        self.args.push(index.to_string().into_bytes());
+        self.args.push(expire_at.to_string().into_bytes());
+        self.args.push(args.len().to_string().into_bytes());
+        self.args.extend(args);
+    }
+
+    /// `HSET key field value …`, in chunks.
+    fn hset(&mut self, key: &str, expire_at: u64, pairs: Vec<(Vec<u8>, Vec<u8>)>) {
+        let mut pairs = pairs.into_iter().peekable();
+        while pairs.peek().is_some() {
+            let args = pairs
+                .by_ref()
+                .take(CHUNK)
+                .flat_map(|(f, v)| [f, v])
+                .collect();
+            self.op("HSET", key.to_owned(), expire_at, args);
+        }
+    }
+
+    /// `ZADD key score member`.
+    fn zadd(&mut self, key: &str, expire_at: u64, score: u64, member: Vec<u8>) {
+        self.op(
+            "ZADD",
+            key.to_owned(),
+            expire_at,
+            vec![score.to_string().into_bytes(), member],
+        );
+    }
+}
+
+/// A fresh nonce for one logical write (kept across its retries).
+fn nonce() -> Vec<u8> {
+    rand::random::<[u8; 16]>().to_vec()
+}
+
+impl Inner {
+    fn write_conn(&self) -> ClusterConnection {
+        let i = self.next_write.fetch_add(1, Ordering::Relaxed) % self.writes.len();
+        self.writes[i].clone()
+    }
+
+    fn read_conn(&self) -> ClusterConnection {
+        self.read.clone()
+    }
+
+    /// This process's serialisation of one transaction's mutations.
+    async fn lock(&self, txn: TxnId) -> tokio::sync::MutexGuard<'_, ()> {
+        let i = self.stripe_hasher.hash_one(txn.0) as usize % self.stripes.len();
+        self.stripes[i].lock().await
+    }
+
+    /// When a key that lives `keep` past `at` expires, or 0 (no expiry).
+    fn expire_at(&self, at: UnixMillis, keep: Duration) -> u64 {
+        match self.opts.key_expiry {
+            true => at.0.saturating_add(keep.as_millis() as u64),
+            false => 0,
+        }
+    }
+
+    /// When a transaction's keys expire, given its tokens' latest expiry.
+    fn txn_expiry(&self, expires_at: UnixMillis) -> u64 {
+        self.expire_at(expires_at, self.opts.retention)
+    }
+
+    fn event_expiry(&self, id: EventId) -> u64 {
+        self.expire_at(id.at(), self.opts.event_retention)
+    }
+
+    /// Runs one single-slot command on a write connection with `WAIT` pipelined after it,
+    /// and answers its reply only if the required replicas acknowledged it.
+    async fn durable<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        let mut conn = self.write_conn();
+        let mut pipe = Pipeline::new();
+        pipe.add_command(cmd);
+        let required = self.opts.required_replicas;
+        if required == 0 {
+            let (reply,): (T,) = pipe.query_async(&mut conn).await.map_err(backend)?;
+            return Ok(reply);
+        }
+        pipe.cmd("WAIT")
+            .arg(required)
+            .arg(self.opts.ack_timeout.as_millis() as u64);
+        let (reply, acked): (T, i64) = pipe.query_async(&mut conn).await.map_err(backend)?;
+        if acked < i64::from(required) {
+            return Err(StoreError::Backend(format!(
+                "redis: the write reached {acked} of {required} replicas in time; not acknowledged"
+            )));
+        }
+        Ok(reply)
+    }
+
+    /// Applies `write` if the transaction is still at `version` ("" for a new one).
+    async fn commit(
+        &self,
+        write: &TxnWrite,
+        version: &str,
+        nonce: &[u8],
+    ) -> Result<Commit, StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("writ_apply").arg(write.keys.len());
+        for k in &write.keys {
+            cmd.arg(k);
+        }
+        cmd.arg(version).arg(nonce);
+        for a in &write.args {
+            cmd.arg(&a[..]);
+        }
+        let reply: Result<(i64, String), StoreError> = self.durable(cmd.clone()).await;
+        let reply = match reply {
+            Err(StoreError::Backend(m)) if m.contains("Function not found") => {
+                load_functions(&mut self.read_conn()).await?;
+                self.durable(cmd).await
+            }
+            other => other,
+        }?;
+        match reply.0 {
+            1 | 2 => Ok(Commit::Applied),
+            0 => Ok(Commit::Stale),
+            n => Err(StoreError::Backend(format!(
+                "redis: writ_apply answered {n}"
+            ))),
+        }
+    }
+
+    /// A transaction's version ("" if it has none yet).
+    #[cfg(test)]
+    async fn version(&self, txn: TxnId) -> Result<String, StoreError> {
+        let v: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.meta(txn))
+            .arg("v")
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        Ok(v.unwrap_or_default())
+    }
+
+    /// Waits a little before reading a contended transaction again.
+    async fn backoff(attempt: usize) {
+        let cap = 1u64 << attempt.min(6);
+        let micros = rand::random_range(0..=cap * 100);
+        tokio::time::sleep(Duration::from_micros(micros)).await;
+    }
+
+    /// Notes an event id stored, for the high-water mark.
+    fn saw_event(&self, id: EventId) {
+        self.high_water.fetch_max(id.0, Ordering::Relaxed);
+    }
+}
+
+fn contended(txn: TxnId) -> StoreError {
+    StoreError::Backend(format!(
+        "redis: transaction {txn} changed under {MAX_ATTEMPTS} attempts in a row; try again"
+    ))
+}
+
+/// Immutable `(transaction, record)` pairs by token id, bounded by entry count: what a
+/// Validate needs to find a token's shard and judge it, never its state.
+struct RecordCache {
+    cap: usize,
+    map: Mutex<HashMap<TokenId, (TxnId, Arc<TokenRecord>)>>,
+}
+
+impl RecordCache {
+    fn new(cap: usize) -> RecordCache {
+        RecordCache {
+            cap,
+            map: Mutex::default(),
+        }
+    }
+
+    fn get(&self, id: TokenId) -> Option<(TxnId, Arc<TokenRecord>)> {
+        lock(&self.map).get(&id).cloned()
+    }
+
+    fn put(&self, id: TokenId, txn: TxnId, record: Arc<TokenRecord>) {
+        if self.cap == 0 {
+            return;
+        }
+        let mut map = lock(&self.map);
+        if map.len() >= self.cap
+            && let Some(victim) = map.keys().next().copied()
+        {
+            // An arbitrary entry (the hasher is seeded at random).
+            map.remove(&victim);
+        }
+        map.insert(id, (txn, record));
+    }
+
+    fn forget(&self, id: TokenId) {
+        lock(&self.map).remove(&id);
+    }
+}
+
+impl TokenStore for RedisStore {
+    fn insert(
+        &self,
+        record: TokenRecord,
+        event: Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.insert(record, event).await }
+    }
+
+    fn get(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move {
+            Ok(inner
+                .get_with_state(id)
+                .await?
+                .map(|(r, _)| Arc::unwrap_or_clone(r)))
+        }
+    }
+
+    fn txn_tree(
+        &self,
+        txn: TxnId,
+    ) -> impl Future<Output = Result<Vec<TreeEntry>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.txn_tree(txn).await }
+    }
+
+    fn state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<TokenState>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { Ok(inner.get_with_state(id).await?.map(|(_, s)| s)) }
+    }
+
+    fn get_with_state(
+        &self,
+        id: TokenId,
+    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move {
+            Ok(inner
+                .get_with_state(id)
+                .await?
+                .map(|(r, s)| (Arc::unwrap_or_clone(r), s)))
+        }
+    }
+
+    fn insert_child(
+        &self,
+        record: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.insert_child(record, max_children, event).await }
+    }
+
+    fn revoke(
+        &self,
+        target: RevokeTarget,
+        by: Actor,
+        reason: String,
+        event: EventId,
+    ) -> impl Future<Output = Result<Revoked, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.revoke(target, &by, &reason, event).await }
+    }
+
+    fn revoke_party(
+        &self,
+        party: String,
+        by: Actor,
+        reason: String,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<PartyRevoked, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.revoke_party(&party, &by, &reason, events).await }
+    }
+
+    fn set_party_disabled(
+        &self,
+        party: String,
+        disabled: Option<PartyDisable>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.set_party_disabled(party, disabled).await }
+    }
+
+    fn disabled_parties(
+        &self,
+    ) -> impl Future<Output = Result<Vec<(String, PartyDisable)>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.disabled_parties().await }
+    }
+
+    fn consume_use(
+        &self,
+        id: TokenId,
+        event: Option<Event>,
+    ) -> impl Future<Output = Result<UseOutcome, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.consume_use(id, event).await }
+    }
+
+    /// Nothing to do: a transaction's keys expire by themselves, `retention` after its
+    /// root.
+    async fn purge_expired(
+        &self,
+        _cutoff: UnixMillis,
+        _max_tokens: usize,
+    ) -> Result<PurgeStats, StoreError> {
+        Ok(PurgeStats::default())
+    }
+
+    fn stats(&self) -> impl Future<Output = Result<StoreStats, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.stats().await }
+    }
+
+    fn list_txns(
+        &self,
+        query: TxnQuery,
+    ) -> impl Future<Output = Result<TxnPage, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.list_txns(&query).await }
+    }
+
+    fn append_events(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.append_events(events).await }
+    }
+
+    fn events(
+        &self,
+        txn: TxnId,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.events(txn, after, limit).await }
+    }
+
+    fn last_event_id(&self) -> impl Future<Output = Result<Option<EventId>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.last_event_id().await }
+    }
+
+    /// Nothing to do: events expire by themselves, `event_retention` after the last one
+    /// of their transaction.
+    async fn purge_events(
+        &self,
+        _cutoff: UnixMillis,
+        _max_events: usize,
+    ) -> Result<PurgeStats, StoreError> {
+        Ok(PurgeStats::default())
+    }
+
+    fn insert_consent(
+        &self,
+        request: ConsentRequest,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.insert_consent(request, event).await }
+    }
+
+    fn consent(
+        &self,
+        id: ConsentId,
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { Ok(inner.consent(id).await?.map(|(_, r)| r)) }
+    }
+
+    fn consent_by_key(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<Option<ConsentRequest>, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.consent_by_key(key).await }
+    }
+
+    fn decide_consent(
+        &self,
+        id: ConsentId,
+        decision: Decision,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.decide_consent(id, decision, event).await }
+    }
+
+    fn redeem_consent(
+        &self,
+        id: ConsentId,
+        by: String,
+        child: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move {
+            inner
+                .redeem_consent(id, &by, child, max_children, event)
+                .await
+        }
+    }
+
+    fn expire_consents(
+        &self,
+        now: UnixMillis,
+        max: usize,
+        by: Actor,
+        events: Arc<dyn EventIssuer>,
+    ) -> impl Future<Output = Result<(usize, bool), StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.expire_consents(now, max, &by, &*events).await }
+    }
+
+    /// Requests expire by themselves (`retention` after their expiry); this only trims
+    /// the listing index of requests that are gone.
+    fn purge_consents(
+        &self,
+        cutoff: UnixMillis,
+        max: usize,
+    ) -> impl Future<Output = Result<PurgeStats, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.trim_consent_index(cutoff, max).await }
+    }
+
+    fn list_consents(
+        &self,
+        query: ConsentQuery,
+    ) -> impl Future<Output = Result<ConsentPage, StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.list_consents(&query).await }
+    }
+}

@@ -1,0 +1,375 @@
+//! Token records, states, children and uses on the cluster.
+
+use super::keys::{encode_tree, id16};
+use super::{Commit, Inner, MAX_ATTEMPTS, TxnWrite, backend, contended, nonce};
+use crate::api::{StoreError, TreeEntry, UseOutcome, admit_child, spend_use};
+use crate::codec;
+use redis::Pipeline;
+use std::sync::Arc;
+use writ_core::{Event, TokenId, TokenRecord, TokenState, TxnId};
+
+/// What a child insert reads of its transaction, in one round trip.
+type ChildRead = (
+    Option<String>,
+    Option<u64>,
+    bool,
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+);
+
+impl Inner {
+    /// The transaction and record of a token: from the cache, else through its pointer.
+    pub(super) async fn lookup(
+        &self,
+        id: TokenId,
+    ) -> Result<Option<(TxnId, Arc<TokenRecord>)>, StoreError> {
+        if let Some(found) = self.cache.get(id) {
+            return Ok(Some(found));
+        }
+        let txn: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(self.keys.token(id))
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        let Some(txn) = txn else { return Ok(None) };
+        let txn = TxnId(id16(&txn, "token pointer")?);
+        let record: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.records(txn))
+            .arg(&id.0[..])
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        // A pointer without a record: an insert that was refused (or is still running).
+        let Some(record) = record else {
+            return Ok(None);
+        };
+        let record = Arc::new(codec::decode(&record)?);
+        self.cache.put(id, txn, record.clone());
+        Ok(Some((txn, record)))
+    }
+
+    /// A token's record and current state; the state always from the master.
+    pub(super) async fn get_with_state(
+        &self,
+        id: TokenId,
+    ) -> Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError> {
+        let Some((txn, record)) = self.lookup(id).await? else {
+            return Ok(None);
+        };
+        let state: Option<Vec<u8>> = redis::cmd("HGET")
+            .arg(self.keys.states(txn))
+            .arg(&id.0[..])
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        match state {
+            Some(s) => Ok(Some((record, codec::decode_state(&s)?))),
+            // Expired and gone since it was cached.
+            None => {
+                self.cache.forget(id);
+                Ok(None)
+            }
+        }
+    }
+
+    pub(super) async fn txn_tree(&self, txn: TxnId) -> Result<Vec<TreeEntry>, StoreError> {
+        let raw: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(self.keys.tree(txn))
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        let mut tree = raw
+            .iter()
+            .map(|(id, v)| super::keys::decode_tree(id, v))
+            .collect::<Result<Vec<_>, _>>()?;
+        tree.sort_by_key(|e| e.id);
+        Ok(tree)
+    }
+
+    /// Claims a token id for `txn` across the cluster (its pointer), durably. Another
+    /// transaction's claim is a [`StoreError::Conflict`]; this transaction's (an earlier
+    /// attempt, or a concurrent duplicate) is left to the transaction's own check.
+    pub(super) async fn claim(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let key = self.keys.token(record.token_id);
+        let at = self.txn_expiry(record.grant.expires_at);
+        let set: Option<String> = self.durable(claim_cmd(&key, record, at)).await?;
+        if set.is_some() {
+            return Ok(());
+        }
+        let owner: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        match owner {
+            Some(t) if t[..] == record.txn.0[..] => Ok(()),
+            Some(_) => Err(StoreError::Conflict),
+            // Expired in between: claim again (once; a second miss is a real race).
+            None => {
+                let set: Option<String> = self.durable(claim_cmd(&key, record, at)).await?;
+                set.map(|_| ()).ok_or(StoreError::Conflict)
+            }
+        }
+    }
+
+    /// The writes every new token makes in its transaction: record, default state, tree
+    /// entry, and its event.
+    fn stage_token(
+        &self,
+        w: &mut TxnWrite,
+        record: &TokenRecord,
+        encoded: Vec<u8>,
+        event: &Event,
+        at: u64,
+    ) -> Result<(), StoreError> {
+        let txn = record.txn;
+        let id = record.token_id.0.to_vec();
+        w.hset(&self.keys.records(txn), at, vec![(id.clone(), encoded)]);
+        w.hset(
+            &self.keys.states(txn),
+            at,
+            vec![(id.clone(), codec::encode_state(&TokenState::default())?)],
+        );
+        w.hset(
+            &self.keys.tree(txn),
+            at,
+            vec![(id, encode_tree(&TreeEntry::of(record)))],
+        );
+        self.stage_event(w, event)
+    }
+
+    /// Adds `event` to its transaction's trail in `w`.
+    pub(super) fn stage_event(&self, w: &mut TxnWrite, event: &Event) -> Result<(), StoreError> {
+        let member = super::keys::event_member(event.id, &codec::encode_event(event)?);
+        w.zadd(
+            &self.keys.events(event.txn),
+            self.event_expiry(event.id),
+            event.id.0,
+            member,
+        );
+        Ok(())
+    }
+
+    pub(super) async fn insert(&self, record: TokenRecord, event: Event) -> Result<(), StoreError> {
+        let encoded = codec::encode(&record)?;
+        self.claim(&record).await?;
+        self.index_root(&record).await?;
+        let (txn, id) = (record.txn, record.token_id);
+        let at = self.txn_expiry(record.grant.expires_at);
+        let nonce = nonce();
+        let _serial = self.lock(txn).await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (version, count, root, exists): (
+                Option<String>,
+                Option<u64>,
+                Option<Vec<u8>>,
+                bool,
+            ) = Pipeline::new()
+                .hget(self.keys.meta(txn), "v")
+                .hget(self.keys.meta(txn), "count")
+                .hget(self.keys.meta(txn), "root")
+                .hexists(self.keys.records(txn), &id.0[..])
+                .query_async(&mut self.read_conn())
+                .await
+                .map_err(backend)?;
+            if exists {
+                return Err(StoreError::Conflict);
+            }
+            let mut w = TxnWrite::new(&self.keys, txn);
+            let mut meta = vec![(
+                b"count".to_vec(),
+                (count.unwrap_or(0) + 1).to_string().into_bytes(),
+            )];
+            if root.is_none() {
+                meta.push((b"root".to_vec(), id.0.to_vec()));
+            }
+            w.hset(&self.keys.meta(txn), at, meta);
+            self.stage_token(&mut w, &record, encoded.clone(), &event, at)?;
+            match self
+                .commit(&w, &version.unwrap_or_default(), &nonce)
+                .await?
+            {
+                Commit::Applied => {
+                    self.saw_event(event.id);
+                    return Ok(());
+                }
+                Commit::Stale => Self::backoff(attempt).await,
+            }
+        }
+        Err(contended(txn))
+    }
+
+    pub(super) async fn insert_child(
+        &self,
+        record: TokenRecord,
+        max_children: u32,
+        event: Event,
+    ) -> Result<(), StoreError> {
+        let parent = record.parent.ok_or(StoreError::ParentMissing)?;
+        let encoded = codec::encode(&record)?;
+        let nonce = nonce();
+        let mut claimed = false;
+        let _serial = self.lock(record.txn).await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let mut w = TxnWrite::new(&self.keys, record.txn);
+            let version = self
+                .stage_child(&mut w, &record, encoded.clone(), parent, max_children)
+                .await?;
+            if !claimed {
+                // Only once the rule admits the child: its pointer and party entry, so a
+                // refused child leaves no claim on its id.
+                self.claim(&record).await?;
+                self.index_party(record.txn, &record.audience.id).await?;
+                claimed = true;
+            }
+            self.stage_event(&mut w, &event)?;
+            match self.commit(&w, &version, &nonce).await? {
+                Commit::Applied => {
+                    self.saw_event(event.id);
+                    return Ok(());
+                }
+                Commit::Stale => Self::backoff(attempt).await,
+            }
+        }
+        Err(contended(record.txn))
+    }
+
+    /// Reads what admitting `record` under `parent` needs, applies [`admit_child`] and
+    /// stages the child and the parent's new state in `w` (not the event). Returns the
+    /// version read. Shared by `insert_child` and consent redemption.
+    pub(super) async fn stage_child(
+        &self,
+        w: &mut TxnWrite,
+        record: &TokenRecord,
+        encoded: Vec<u8>,
+        parent: TokenId,
+        max_children: u32,
+    ) -> Result<String, StoreError> {
+        let txn = record.txn;
+        let (version, count, exists, parent_record, parent_state): ChildRead = Pipeline::new()
+            .hget(self.keys.meta(txn), "v")
+            .hget(self.keys.meta(txn), "count")
+            .hexists(self.keys.records(txn), &record.token_id.0[..])
+            .hget(self.keys.records(txn), &parent.0[..])
+            .hget(self.keys.states(txn), &parent.0[..])
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        if exists {
+            return Err(StoreError::Conflict);
+        }
+        let (Some(parent_record), Some(parent_state)) = (parent_record, parent_state) else {
+            return Err(StoreError::ParentMissing);
+        };
+        let parent_record = codec::decode(&parent_record)?;
+        if parent_record.txn != txn {
+            return Err(StoreError::ParentMissing);
+        }
+        let mut parent_state = codec::decode_state(&parent_state)?;
+        let held = usize::try_from(count.unwrap_or(0)).unwrap_or(usize::MAX);
+        admit_child(
+            &parent_record,
+            &mut parent_state,
+            record,
+            max_children,
+            held,
+        )?;
+        // A child never outlives its parent, so the transaction's expiry stands.
+        let at = self.txn_expiry(record.grant.expires_at);
+        w.hset(
+            &self.keys.meta(txn),
+            at,
+            vec![(b"count".to_vec(), (held + 1).to_string().into_bytes())],
+        );
+        let id = record.token_id.0.to_vec();
+        w.hset(&self.keys.records(txn), at, vec![(id.clone(), encoded)]);
+        w.hset(
+            &self.keys.states(txn),
+            at,
+            vec![
+                (id.clone(), codec::encode_state(&TokenState::default())?),
+                (parent.0.to_vec(), codec::encode_state(&parent_state)?),
+            ],
+        );
+        w.hset(
+            &self.keys.tree(txn),
+            at,
+            vec![(id, encode_tree(&TreeEntry::of(record)))],
+        );
+        Ok(version.unwrap_or_default())
+    }
+
+    pub(super) async fn consume_use(
+        &self,
+        id: TokenId,
+        event: Option<Event>,
+    ) -> Result<UseOutcome, StoreError> {
+        let Some((txn, record)) = self.lookup(id).await? else {
+            return Ok(UseOutcome::Unknown);
+        };
+        let Some(max) = record.grant.max_uses else {
+            // Nothing to count: only the event is written (as RocksStore does).
+            let Some((_, state)) = self.get_with_state(id).await? else {
+                return Ok(UseOutcome::Unknown);
+            };
+            if state.revoked.is_some() {
+                return Ok(UseOutcome::Revoked);
+            }
+            if let Some(e) = event {
+                self.append_events(vec![e]).await?;
+            }
+            return Ok(UseOutcome::Consumed { remaining: None });
+        };
+        let nonce = nonce();
+        let _serial = self.lock(txn).await;
+        for attempt in 0..MAX_ATTEMPTS {
+            let (version, state): (Option<String>, Option<Vec<u8>>) = Pipeline::new()
+                .hget(self.keys.meta(txn), "v")
+                .hget(self.keys.states(txn), &id.0[..])
+                .query_async(&mut self.read_conn())
+                .await
+                .map_err(backend)?;
+            let Some(state) = state else {
+                self.cache.forget(id);
+                return Ok(UseOutcome::Unknown);
+            };
+            let mut state = codec::decode_state(&state)?;
+            let outcome = spend_use(max, &mut state);
+            if !matches!(outcome, UseOutcome::Consumed { .. }) {
+                return Ok(outcome);
+            }
+            let mut w = TxnWrite::new(&self.keys, txn);
+            w.hset(
+                &self.keys.states(txn),
+                0,
+                vec![(id.0.to_vec(), codec::encode_state(&state)?)],
+            );
+            if let Some(e) = &event {
+                self.stage_event(&mut w, e)?;
+            }
+            match self
+                .commit(&w, &version.unwrap_or_default(), &nonce)
+                .await?
+            {
+                Commit::Applied => {
+                    if let Some(e) = &event {
+                        self.saw_event(e.id);
+                    }
+                    return Ok(outcome);
+                }
+                Commit::Stale => Self::backoff(attempt).await,
+            }
+        }
+        Err(contended(txn))
+    }
+}
+
+/// `SET <pointer> <txn> NX [PXAT at]`.
+fn claim_cmd(key: &str, record: &TokenRecord, at: u64) -> redis::Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(&record.txn.0[..]).arg("NX");
+    if at > 0 {
+        cmd.arg("PXAT").arg(at);
+    }
+    cmd
+}

@@ -1,0 +1,85 @@
+#!lua name=writ_v1
+-- Writ's one server-side function: check-and-apply for one transaction. Every key it
+-- touches is in the transaction's hash slot ({<txn>}), so it runs atomically on the
+-- slot's master and is replicated as its effects. Every rule stays in Rust; this only
+-- refuses a write computed from a version that is no longer current.
+--
+-- KEYS[1]: the transaction's meta hash (field v: its version, bumped by every write).
+-- KEYS[2]: the list of the nonces of its recent writes (a re-sent write is recognised).
+-- KEYS[3..]: the keys the writes touch.
+-- ARGV[1]: the version the caller read ('' = none: the transaction is new).
+-- ARGV[2]: this write's nonce.
+-- ARGV[3..]: writes, each `op, key index, expire-at ms ('0': none), n, n args`.
+-- Returns {1, new version} (applied), {2, version} (this nonce was applied before: a
+-- re-sent write), or {0, version} (stale: read again).
+local allowed = { HSET = true, HDEL = true, ZADD = true, ZREM = true }
+local function apply(keys, args)
+  local v = redis.call('HGET', keys[1], 'v') or ''
+  if v ~= args[1] then
+    if redis.call('LPOS', keys[2], args[2]) then
+      -- A write of our own, so a WAIT pipelined after this call covers the earlier one.
+      redis.call('HINCRBY', keys[1], 'seen', 1)
+      return { 2, v }
+    end
+    return { 0, v }
+  end
+  local i = 3
+  while i <= #args do
+    local op, key = args[i], keys[tonumber(args[i + 1])]
+    local at, n = tonumber(args[i + 2]), tonumber(args[i + 3])
+    if not allowed[op] or key == nil or at == nil or n == nil then
+      return redis.error_reply('ERR writ_apply: malformed write')
+    end
+    if n > 0 then
+      redis.call(op, key, unpack(args, i + 4, i + 3 + n))
+    end
+    -- Expiry is only ever extended (PEXPIRETIME is -1 for a key without one).
+    if at > 0 and redis.call('EXISTS', key) == 1 then
+      local now = redis.call('PEXPIRETIME', key)
+      if now >= 0 and now < at then redis.call('PEXPIREAT', key, at) end
+      if now == -1 then redis.call('PEXPIREAT', key, at) end
+    end
+    i = i + 4 + n
+  end
+  local nv = redis.call('HINCRBY', keys[1], 'v', 1)
+  redis.call('LPUSH', keys[2], args[2])
+  redis.call('LTRIM', keys[2], 0, 63)
+  local at = redis.call('PEXPIRETIME', keys[1])
+  if at > 0 then redis.call('PEXPIREAT', keys[2], at) end
+  return { 1, tostring(nv) }
+end
+
+-- Raises a counter to at least ARGV[1] (the audit trail's high-water mark).
+local function raise(keys, args)
+  local v = tonumber(redis.call('GET', keys[1]) or '0')
+  local n = tonumber(args[1])
+  if n > v then redis.call('SET', keys[1], args[1]) end
+  return 1
+end
+
+-- Enters a transaction in a listing index (a sorted set in lex order of raw ids).
+-- KEYS[1]: the index. ARGV[1]: the member. ARGV[2]: expire-at ms ('0': none), only ever
+-- extended. ARGV[3]: members below this one (transactions long gone) are dropped ('' none).
+local function index(keys, args)
+  redis.call('ZADD', keys[1], 0, args[1])
+  local at = tonumber(args[2])
+  if at > 0 then
+    local now = redis.call('PEXPIRETIME', keys[1])
+    if now == -1 or now < at then redis.call('PEXPIREAT', keys[1], at) end
+  end
+  if args[3] ~= '' then redis.call('ZREMRANGEBYLEX', keys[1], '-', '(' .. args[3]) end
+  return 1
+end
+
+-- A transaction's first root: {record, state} (nil when it has none).
+-- KEYS[1]: meta hash, KEYS[2]: records, KEYS[3]: states.
+local function root(keys)
+  local id = redis.call('HGET', keys[1], 'root')
+  if not id then return nil end
+  return { redis.call('HGET', keys[2], id), redis.call('HGET', keys[3], id) }
+end
+
+redis.register_function('writ_apply', apply)
+redis.register_function('writ_index', index)
+redis.register_function{ function_name = 'writ_root', callback = root, flags = { 'no-writes' } }
+redis.register_function('writ_raise', raise)
