@@ -637,11 +637,7 @@ async fn a_disablement_whose_walk_never_ran_is_finished_at_start() {
     srv.stop().await;
     {
         use writ_store::TokenStore;
-        let store = writ_store::RocksStore::open(
-            &srv.data_dir().join(writ_server::DB_DIR),
-            writ_store::StoreOptions::default(),
-        )
-        .unwrap();
+        let store = writ_e2e::redis::open_store(srv.config()).await;
         let why = writ_core::PartyDisable::new(
             writ_core::UnixMillis(1),
             "local-operator".into(),

@@ -282,7 +282,10 @@ async fn a_scenario_is_counted_probed_reflected_and_logged_without_secrets() {
     ] {
         assert_eq!(sample(&text, line), want, "{line}");
     }
-    assert!(sample(&text, "writ_tokens_stored") >= 1.0, "{text}");
+    // RocksDB's estimate; a Redis Cluster's memory is the cluster's own metric.
+    if writ_e2e::redis::test_backend() == writ_server::config::Backend::Rocksdb {
+        assert!(sample(&text, "writ_tokens_stored") >= 1.0, "{text}");
+    }
     assert!(sample(&text, "writ_audit_queue_depth") >= 0.0);
     assert!(
         sample(

@@ -210,6 +210,12 @@ pub struct StorageConfig {
     pub cleanup_interval_seconds: u64,
     /// RocksDB block cache for token records and states, in MiB.
     pub block_cache_mib: u64,
+    /// Where tokens live: `rocksdb` (default, embedded in the data directory: one Writ
+    /// node) or `redis` (a Redis Cluster shared by several stateless Writ nodes,
+    /// `[storage.redis]`).
+    pub backend: Backend,
+    /// The Redis Cluster, with `backend = "redis"`.
+    pub redis: RedisConfig,
 }
 
 impl Default for StorageConfig {
@@ -219,6 +225,77 @@ impl Default for StorageConfig {
             retention_seconds: 3600,
             cleanup_interval_seconds: 30,
             block_cache_mib: writ_store::StoreOptions::default().block_cache_mib,
+            backend: Backend::default(),
+            redis: RedisConfig::default(),
+        }
+    }
+}
+
+/// The storage backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded RocksDB in `<data_dir>/db`.
+    #[default]
+    Rocksdb,
+    /// A Redis Cluster (`[storage.redis]`).
+    Redis,
+}
+
+/// How Writ reaches its Redis Cluster and what a write waits for (see
+/// `writ_store::RedisOptions`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Seed nodes, `redis://host:port`; the rest of the cluster is discovered.
+    pub nodes: Vec<String>,
+    /// Namespace of every key (one cluster may serve several trust domains).
+    pub prefix: String,
+    /// Replicas that must hold a write before it is acknowledged: the replicas per shard,
+    /// so the replica a failover promotes holds every acknowledged write.
+    pub required_replicas: u32,
+    /// How long a write waits for its replicas before it fails (`UNAVAILABLE`).
+    pub ack_timeout_ms: u64,
+    /// Budget of one command to the cluster, its retries included.
+    pub response_timeout_ms: u64,
+    /// Connections reserved for durable writes.
+    pub write_connections: usize,
+    /// Token records cached in memory (immutable records only; 0: none).
+    pub record_cache_entries: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        let o = writ_store::RedisOptions::default();
+        RedisConfig {
+            nodes: Vec::new(),
+            prefix: o.prefix,
+            required_replicas: o.required_replicas,
+            ack_timeout_ms: o.ack_timeout.as_millis() as u64,
+            response_timeout_ms: o.response_timeout.as_millis() as u64,
+            write_connections: o.write_connections,
+            record_cache_entries: o.record_cache,
+        }
+    }
+}
+
+impl Config {
+    /// The Redis store's options from `[storage.redis]` and the retention settings.
+    pub fn redis_options(&self) -> writ_store::RedisOptions {
+        let r = &self.storage.redis;
+        let retention = std::time::Duration::from_secs(self.storage.retention_seconds);
+        writ_store::RedisOptions {
+            nodes: r.nodes.clone(),
+            prefix: r.prefix.clone(),
+            required_replicas: r.required_replicas,
+            ack_timeout: std::time::Duration::from_millis(r.ack_timeout_ms),
+            response_timeout: std::time::Duration::from_millis(r.response_timeout_ms),
+            write_connections: r.write_connections,
+            retention,
+            event_retention: std::time::Duration::from_secs(self.audit.retention_seconds),
+            key_expiry: true,
+            index_horizon: retention + std::time::Duration::from_secs(self.tokens.max_ttl_seconds),
+            record_cache: r.record_cache_entries,
         }
     }
 }
@@ -472,6 +549,24 @@ impl Config {
                 "runtime.worker_threads = {} must be in 0..=1024, and 0 with flavor = \"current_thread\"",
                 rt.worker_threads
             ));
+        }
+        let r = &self.storage.redis;
+        if self.storage.backend == Backend::Redis {
+            if r.nodes.is_empty() {
+                return bad("storage.backend = \"redis\" needs storage.redis.nodes".into());
+            }
+            if r.ack_timeout_ms == 0 || r.response_timeout_ms <= r.ack_timeout_ms {
+                return bad(format!(
+                    "storage.redis.response_timeout_ms = {} must exceed ack_timeout_ms = {} (> 0)",
+                    r.response_timeout_ms, r.ack_timeout_ms
+                ));
+            }
+            if r.write_connections == 0 || r.write_connections > 64 {
+                return bad(format!(
+                    "storage.redis.write_connections = {} must be in 1..=64",
+                    r.write_connections
+                ));
+            }
         }
         if self.storage.block_cache_mib == 0 || self.storage.block_cache_mib > 1 << 20 {
             return bad(format!(

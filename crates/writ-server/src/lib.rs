@@ -73,7 +73,7 @@ use tokio::task::JoinHandle;
 use writ_api::pb::chain_service_server::ChainServiceServer;
 use writ_api::pb::token_service_server::TokenServiceServer;
 use writ_core::limits::MAX_MESSAGE_BYTES;
-use writ_store::{RocksStore, StoreOptions};
+use writ_store::{AnyStore, RedisStore, RocksStore, StoreOptions};
 
 pub use config::Config;
 
@@ -149,7 +149,7 @@ pub struct RunningServer {
     /// Verifies external subject tokens.
     pub subjects: Arc<subject::SubjectVerifier>,
     /// Released last, off the async threads: closing the store flushes its memtables.
-    store: Arc<RocksStore>,
+    store: Arc<AnyStore>,
     /// Held until the store is closed: one server per data directory.
     lock: secrets::DataDirLock,
 }
@@ -298,7 +298,7 @@ impl Reflection<(), ()> {
 /// What a scrape reads from the rest of the server. Weak handles: the metrics never keep
 /// the store open (or the audit writer running) past shutdown.
 fn observe(
-    store: &Arc<RocksStore>,
+    store: &Arc<AnyStore>,
     audit: &Arc<audit::Audit>,
     disabled: &Arc<parties::Disabled>,
     policy: &policy::PolicyHandle,
@@ -317,11 +317,16 @@ fn observe(
             .count() as u64;
         Box::pin(async move {
             let sizes = match store.upgrade() {
-                Some(store) => tokio::task::spawn_blocking(move || store.size_estimates())
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-                    .unwrap_or_default(),
+                Some(store) if store.rocks().is_some() => tokio::task::spawn_blocking(move || {
+                    store.rocks().map(RocksStore::size_estimates)
+                })
+                .await
+                .ok()
+                .flatten()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+                // The Redis Cluster's memory is the cluster's own metric.
+                Some(_) => writ_store::SizeEstimates::default(),
                 None => writ_store::SizeEstimates::default(),
             };
             metrics::Observed {
@@ -461,9 +466,18 @@ async fn start_with_keepalive(
         durability: config.storage.durability,
         block_cache_mib: config.storage.block_cache_mib,
     };
-    let store = tokio::task::spawn_blocking(move || RocksStore::open(&db_path, opts))
-        .await
-        .map_err(|e| ServerError::Transport(e.to_string()))??;
+    let store = match config.storage.backend {
+        config::Backend::Rocksdb => AnyStore::Rocks(
+            tokio::task::spawn_blocking(move || RocksStore::open(&db_path, opts))
+                .await
+                .map_err(|e| ServerError::Transport(e.to_string()))??,
+        ),
+        config::Backend::Redis => {
+            let redis = RedisStore::connect(config.redis_options()).await?;
+            tracing::info!(nodes = ?config.storage.redis.nodes, "storage: Redis Cluster");
+            AnyStore::Redis(redis)
+        }
+    };
     let store = Arc::new(store);
     let store_handle = store.clone();
     let (audit, audit_writer) = audit::Audit::start(store.clone()).await?;

@@ -38,6 +38,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod any;
 pub mod api;
 mod codec;
 mod keys;
@@ -48,6 +49,7 @@ pub mod rocks;
 #[cfg(test)]
 mod conformance;
 
+pub use any::AnyStore;
 pub use api::{
     ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, MAX_OPEN_CONSENTS_PER_TXN,
     MAX_PARTY_REVOKED_IDS, PartyRevoked, PurgeStats, RevokeTarget, Revoked, StoreError, StoreStats,

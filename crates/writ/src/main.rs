@@ -254,7 +254,8 @@ Configuration precedence, lowest first:
   1. built-in defaults (every setting has one);
   2. the configuration file: --config FILE, or WRIT_CONFIG;
   3. environment variables: WRIT_LISTEN, WRIT_DATA_DIR, WRIT_POLICY, WRIT_OPS_LISTEN,
-     WRIT_LOG_FORMAT, WRIT_LOG_LEVEL, WRIT_OTLP_ENDPOINT (one per flag below);
+     WRIT_LOG_FORMAT, WRIT_LOG_LEVEL, WRIT_OTLP_ENDPOINT, WRIT_REDIS_NODES (one per
+     flag below);
   4. command-line flags.
 RUST_LOG, when set, replaces the log level of every layer above.";
 
@@ -291,6 +292,11 @@ struct ServeArgs {
     /// `observability.otlp_endpoint`.
     #[arg(long, env = "WRIT_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Store tokens in this Redis Cluster (comma-separated seed nodes,
+    /// `redis://host:port`) instead of the embedded RocksDB; sets `storage.backend =
+    /// "redis"` and `storage.redis.nodes`.
+    #[arg(long, env = "WRIT_REDIS_NODES", value_delimiter = ',')]
+    redis_nodes: Option<Vec<String>>,
 }
 
 /// The development CA of the default data directory (`writ serve` creates it).
@@ -1083,6 +1089,10 @@ fn serve_config(a: &ServeArgs) -> Result<writ_server::Config> {
     }
     if let Some(p) = &a.policy {
         config.policy = Some(p.clone());
+    }
+    if let Some(nodes) = &a.redis_nodes {
+        config.storage.backend = writ_server::config::Backend::Redis;
+        config.storage.redis.nodes = nodes.clone();
     }
     let o = &mut config.observability;
     if let Some(l) = a.ops_listen {
