@@ -62,6 +62,7 @@ pub fn cluster_nodes() -> Vec<String> {
                 .arg(&dir)
                 .args(["--port", "0", "--owner"])
                 .arg(std::process::id().to_string())
+                .arg("--clean")
                 .output()
                 .expect("running scripts/redis-cluster");
             assert!(

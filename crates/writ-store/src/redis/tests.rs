@@ -25,6 +25,7 @@ pub(crate) fn cluster_nodes() -> Vec<String> {
                 .arg(&dir)
                 .args(["--port", "0", "--owner"])
                 .arg(std::process::id().to_string())
+                .arg("--clean")
                 .output()
                 .expect("scripts/redis-cluster runs (is bash there?)");
             assert!(
