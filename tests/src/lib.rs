@@ -107,6 +107,32 @@ impl TestServer {
         .await
     }
 
+    /// Starts another Writ node of `other`'s trust domain: the same server key ring (a
+    /// copy) and the same store, which must be one several nodes share (Redis); its own
+    /// data directory, credentials and listeners otherwise.
+    pub async fn start_node_of(other: &TestServer) -> TestServer {
+        let keys = other.data_dir.join(KEYS_FILE);
+        let storage = other.config.storage.clone();
+        assert_eq!(
+            storage.backend,
+            writ_server::config::Backend::Redis,
+            "nodes share a Redis store"
+        );
+        TestServer::launch(
+            move |c| c.storage = storage,
+            move |data_dir| {
+                std::fs::create_dir_all(data_dir).expect("creating the data directory");
+                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+                    .expect("chmod 700 on the data directory");
+                let copy = data_dir.join(KEYS_FILE);
+                std::fs::copy(&keys, &copy).expect("copying the server key ring");
+                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
+                    .expect("chmod 600 on the copied key ring");
+            },
+        )
+        .await
+    }
+
     async fn launch(
         configure: impl FnOnce(&mut Config),
         prepare: impl FnOnce(&Path),

@@ -154,6 +154,10 @@ pub struct RunningServer {
     lock: secrets::DataDirLock,
 }
 
+/// How often a node on a shared store (Redis) re-reads the disabled parties, so a party
+/// disabled through another node is refused here too.
+pub const PARTY_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How often the policy file is checked for changes (besides SIGHUP).
 pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -512,6 +516,25 @@ async fn start_with_keepalive(
         let service = service.clone();
         tokio::spawn(async move { service.resume_disabled().await })
     };
+    // On a store other Writ nodes share, a party disabled (or enabled) through another
+    // node is picked up within `PARTY_SYNC`.
+    let party_sync = match store.rocks() {
+        Some(_) => None,
+        None => {
+            let (service, mut stopped) = (service.clone(), stop.subscribe());
+            Some(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => return,
+                        () = tokio::time::sleep(PARTY_SYNC) => {}
+                    }
+                    if let Err(e) = service.sync_disabled().await {
+                        tracing::warn!(error = %e, "reading the disabled parties from the store");
+                    }
+                }
+            }))
+        }
+    };
     // Parties the policy file disables lose what they hold, at start and on every reload
     // that disables them.
     let policy_kill = {
@@ -614,6 +637,7 @@ async fn start_with_keepalive(
         // The subject-token issuers' key sets (JWKS files and URLs).
         subjects.spawn_refresher(stop.subscribe()),
     ];
+    reloaders.extend(party_sync);
     // Stopped only after the server has (its last requests may still count events), and
     // before the audit writer, which waits for every handle on the trail.
     let (drain_stop, drain_stopped) = watch::channel(false);

@@ -955,6 +955,37 @@ impl<S: TokenStore> Service<S> {
         }
     }
 
+    /// Brings this node's set of disabled parties in line with the store's, for a store
+    /// other Writ nodes share: a party another node disabled is refused here from now on,
+    /// the admissions in flight here are waited for, and then this node walks the party's
+    /// transactions itself, so a token it admitted before it knew is revoked too (the walk
+    /// writes nothing where there is nothing new). A party enabled elsewhere acts again.
+    pub async fn sync_disabled(&self) -> Result<(), StoreError> {
+        let stored = self.store.disabled_parties().await?;
+        let mut newly = Vec::new();
+        {
+            let _one_at_a_time = self.disabled.switch().await;
+            let known: std::collections::BTreeSet<String> =
+                self.disabled.all().into_iter().map(|(p, _)| p).collect();
+            let now: std::collections::BTreeSet<&String> = stored.iter().map(|(p, _)| p).collect();
+            for gone in known.iter().filter(|p| !now.contains(p)) {
+                self.disabled.enable(gone);
+                tracing::warn!(party = %gone, "party enabled through another node");
+            }
+            for (party, why) in stored {
+                if !known.contains(&party) {
+                    self.disabled.disable(party.clone(), why.clone()).await;
+                    tracing::warn!(party = %party, by = %why.by, "party disabled through another node");
+                    newly.push((party, why));
+                }
+            }
+        }
+        for (party, why) in newly {
+            self.walk_for_server(party, why.by, why.reason).await;
+        }
+        Ok(())
+    }
+
     /// Revokes what `party` holds or presents on the server's own initiative (recorded as
     /// `internal`, on behalf of `by`), logging the outcome.
     async fn walk_for_server(&self, party: String, by: String, reason: String) {

@@ -373,6 +373,17 @@ impl Inner {
         Ok(reply)
     }
 
+    /// Returns once the replicas hold everything the transaction's master holds now: for an
+    /// answer read rather than written ("revoked already"), which must not be undone by a
+    /// failover either. `WAIT` counts the master's replication offset after the command
+    /// before it, whatever connection wrote.
+    async fn barrier(&self, txn: TxnId) -> Result<(), StoreError> {
+        let mut cmd = redis::cmd("HEXISTS");
+        cmd.arg(self.keys.meta(txn)).arg("v");
+        let _: bool = self.durable(cmd).await?;
+        Ok(())
+    }
+
     /// Applies `write` if the transaction is still at `version` ("" for a new one).
     async fn commit(
         &self,

@@ -115,6 +115,8 @@ impl Inner {
                 .map(|(id, cause)| (id, whole.state_of(id), cause));
             let states = mark_revoked(todo, event.at(), by, reason);
             if states.is_empty() {
+                // "Revoked already" is an answer too: only once the replicas hold it.
+                self.barrier(txn).await?;
                 return Ok(Revoked {
                     ids: Vec::new(),
                     event: None,
@@ -190,6 +192,7 @@ impl Inner {
                 |id| Ok(records.get(&id)),
             )?;
             let Some((todo, any)) = found else {
+                self.barrier(txn).await?;
                 return Ok(Vec::new());
             };
             let Some((states, event)) = plan_party_txn(todo, &any, by, reason, events) else {
