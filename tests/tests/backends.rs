@@ -2,7 +2,9 @@
 //! run again with `WRIT_TEST_BACKEND=redis` against one six-node Redis Cluster, so
 //! `cargo test --workspace` proves the same behaviour on RocksDB and on Redis with one
 //! suite, not a copy. Cargo builds every test binary of the package before it runs any,
-//! so the newest binary of each name is this build's.
+//! so the newest binary of each name is this build's. Run it with the package's others
+//! (`cargo test -p writ-e2e` or `--workspace`): `cargo test --test backends` alone builds
+//! only this binary and would run whatever the last build left of the others.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
