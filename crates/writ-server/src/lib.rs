@@ -478,7 +478,14 @@ async fn start_with_keepalive(
         ),
         config::Backend::Redis => {
             let redis = RedisStore::connect(config.redis_options()).await?;
-            tracing::info!(nodes = ?config.storage.redis.nodes, "storage: Redis Cluster");
+            let nodes: Vec<String> = config
+                .storage
+                .redis
+                .nodes
+                .iter()
+                .map(|n| writ_store::redact_node_url(n))
+                .collect();
+            tracing::info!(nodes = ?nodes, "storage: Redis Cluster");
             AnyStore::Redis(redis)
         }
     };

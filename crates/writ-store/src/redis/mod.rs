@@ -153,10 +153,21 @@ struct Inner {
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<String> = self.inner.opts.nodes.iter().map(|n| redact(n)).collect();
         f.debug_struct("RedisStore")
-            .field("nodes", &self.inner.opts.nodes)
+            .field("nodes", &nodes)
             .field("prefix", &self.inner.opts.prefix)
             .finish_non_exhaustive()
+    }
+}
+
+/// A node URL fit for logs: any credentials (`redis://user:password@host`) replaced.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 

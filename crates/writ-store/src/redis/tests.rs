@@ -205,3 +205,13 @@ async fn a_re_sent_write_is_applied_once() {
         Commit::Stale
     );
 }
+
+#[test]
+fn credentials_in_node_urls_never_reach_a_log() {
+    assert_eq!(
+        redact("redis://writ:s3cret@10.0.0.1:6379"),
+        "redis://***@10.0.0.1:6379"
+    );
+    assert_eq!(redact("redis://:s3cret@h:1"), "redis://***@h:1");
+    assert_eq!(redact("redis://127.0.0.1:7001"), "redis://127.0.0.1:7001");
+}
