@@ -88,14 +88,35 @@ impl Inner {
         limit: usize,
     ) -> Result<Vec<TxnId>, StoreError> {
         let lo = after.map_or(b"-".to_vec(), |t| bound(false, &t.0));
-        let raw: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(self.keys.party_index(party))
-            .arg(lo)
-            .arg("+")
-            .arg("BYLEX")
+        self.lex_range(
+            self.keys.party_index(party),
+            lo,
+            b"+".to_vec(),
+            false,
+            limit,
+        )
+        .await
+    }
+
+    /// Up to `n` transaction ids of index `key` between the lex bounds `from` and `to`
+    /// (`from` the greater one when `rev`).
+    async fn lex_range(
+        &self,
+        key: String,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        rev: bool,
+        n: usize,
+    ) -> Result<Vec<TxnId>, StoreError> {
+        let mut cmd = redis::cmd("ZRANGE");
+        cmd.arg(key).arg(from).arg(to).arg("BYLEX");
+        if rev {
+            cmd.arg("REV");
+        }
+        let raw: Vec<Vec<u8>> = cmd
             .arg("LIMIT")
             .arg(0)
-            .arg(super::count(limit))
+            .arg(super::count(n))
             .query_async(&mut self.read_conn())
             .await
             .map_err(backend)?;
@@ -113,21 +134,7 @@ impl Inner {
         n: usize,
     ) -> Result<Vec<TxnId>, StoreError> {
         let max = hi.map_or(b"+".to_vec(), |h| bound(false, &h.0));
-        let raw: Vec<Vec<u8>> = redis::cmd("ZRANGE")
-            .arg(key)
-            .arg(max)
-            .arg(bound(true, &lo.0))
-            .arg("BYLEX")
-            .arg("REV")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(super::count(n))
-            .query_async(&mut self.read_conn())
-            .await
-            .map_err(backend)?;
-        raw.iter()
-            .map(|m| Ok(TxnId(id16(m, "index member")?)))
-            .collect()
+        self.lex_range(key, max, bound(true, &lo.0), true, n).await
     }
 
     /// Up to `n` transactions of every subject in `[lo, hi)`, newest first: the newest day

@@ -17,6 +17,9 @@ type ChildRead = (
     Option<Vec<u8>>,
 );
 
+/// A token read through its pointer: transaction, record, raw state.
+type Fetched = (TxnId, Arc<TokenRecord>, Option<Vec<u8>>);
+
 impl Inner {
     /// The transaction and record of a token: from the cache, else through its pointer.
     pub(super) async fn lookup(
@@ -26,6 +29,12 @@ impl Inner {
         if let Some(found) = self.cache.get(id) {
             return Ok(Some(found));
         }
+        Ok(self.fetch(id).await?.map(|(txn, record, _)| (txn, record)))
+    }
+
+    /// A token read through its pointer: its transaction, record (cached from then on) and
+    /// raw state, the last two in one round trip.
+    async fn fetch(&self, id: TokenId) -> Result<Option<Fetched>, StoreError> {
         let txn: Option<Vec<u8>> = redis::cmd("GET")
             .arg(self.keys.token(id))
             .query_async(&mut self.read_conn())
@@ -33,9 +42,9 @@ impl Inner {
             .map_err(backend)?;
         let Some(txn) = txn else { return Ok(None) };
         let txn = TxnId(id16(&txn, "token pointer")?);
-        let record: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.keys.records(txn))
-            .arg(&id.0[..])
+        let (record, state): (Option<Vec<u8>>, Option<Vec<u8>>) = Pipeline::new()
+            .hget(self.keys.records(txn), &id.0[..])
+            .hget(self.keys.states(txn), &id.0[..])
             .query_async(&mut self.read_conn())
             .await
             .map_err(backend)?;
@@ -45,23 +54,30 @@ impl Inner {
         };
         let record = Arc::new(codec::decode(&record)?);
         self.cache.put(id, txn, record.clone());
-        Ok(Some((txn, record)))
+        Ok(Some((txn, record, state)))
     }
 
-    /// A token's record and current state; the state always from the master.
+    /// A token's record and current state; the state always from the master (one round
+    /// trip with the record cached, two without).
     pub(super) async fn get_with_state(
         &self,
         id: TokenId,
     ) -> Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError> {
-        let Some((txn, record)) = self.lookup(id).await? else {
-            return Ok(None);
+        let (record, state) = match self.cache.get(id) {
+            Some((txn, record)) => {
+                let state: Option<Vec<u8>> = redis::cmd("HGET")
+                    .arg(self.keys.states(txn))
+                    .arg(&id.0[..])
+                    .query_async(&mut self.read_conn())
+                    .await
+                    .map_err(backend)?;
+                (record, state)
+            }
+            None => match self.fetch(id).await? {
+                Some((_, record, state)) => (record, state),
+                None => return Ok(None),
+            },
         };
-        let state: Option<Vec<u8>> = redis::cmd("HGET")
-            .arg(self.keys.states(txn))
-            .arg(&id.0[..])
-            .query_async(&mut self.read_conn())
-            .await
-            .map_err(backend)?;
         match state {
             Some(s) => Ok(Some((record, codec::decode_state(&s)?))),
             // Expired and gone since it was cached.
