@@ -434,6 +434,9 @@ mod tests {
         ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
             self.inner.get(id)
         }
+        fn sync(&self, txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send {
+            self.inner.sync(txn)
+        }
         fn txn_tree(
             &self,
             txn: TxnId,

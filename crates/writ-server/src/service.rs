@@ -446,6 +446,9 @@ impl<S: TokenStore> Service<S> {
                 {
                     return Err(ServiceError::IdempotencyReused);
                 }
+                // The earlier attempt may have failed to be acknowledged: answer only once
+                // its token is as durable as this attempt's would be.
+                self.store.sync(record.txn).await?;
                 tracing::info!(txn = %record.txn, token_id = %record.token_id, "answered a retry with the token it already issued");
                 return Ok(Some((secret, record)));
             }
@@ -866,9 +869,11 @@ impl<S: TokenStore> Service<S> {
                     _ => return Err(ServiceError::Token(ParentProblem::Invalid)),
                 };
                 // Revoked already, and so is its whole subtree (a revocation reaches every
-                // descendant at once, and a revoked token derives nothing): nothing new,
-                // answered without the store.
+                // descendant at once, and a revoked token derives nothing): nothing new to
+                // write. Answered once the revocation is as durable as one this call would
+                // have written (an earlier attempt's may not have been acknowledged).
                 if state.revoked.is_some() {
+                    self.store.sync(record.txn).await?;
                     return Ok(Vec::new());
                 }
                 let id = record.token_id;

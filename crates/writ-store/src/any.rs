@@ -49,6 +49,7 @@ macro_rules! dispatch {
 dispatch! {
     fn insert(&self, record: TokenRecord, event: Event) -> ();
     fn get(&self, id: TokenId) -> Option<TokenRecord>;
+    fn sync(&self, txn: TxnId) -> ();
     fn txn_tree(&self, txn: TxnId) -> Vec<TreeEntry>;
     fn state(&self, id: TokenId) -> Option<TokenState>;
     fn get_with_state(&self, id: TokenId) -> Option<(TokenRecord, TokenState)>;

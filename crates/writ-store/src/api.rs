@@ -718,6 +718,14 @@ pub trait TokenStore: Send + Sync + 'static {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send;
 
+    /// Returns once what the store holds of `txn` is as durable as a write it
+    /// acknowledges: for an answer that was read rather than written ("revoked already",
+    /// a retry answered with the token an earlier attempt stored), whose write may have
+    /// failed to be acknowledged. A no-op where every read already sees only durable
+    /// data (RocksDB writes before it makes visible, per its durability); a replication
+    /// barrier on a replicated store.
+    fn sync(&self, txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Every token of one transaction with its place in the tree (parent, issue time),
     /// in key order (byte order of the token id), from an index scan: neither a full scan
     /// nor (for tokens written by this schema) a read of their records.
@@ -1024,6 +1032,10 @@ impl<T: TokenStore> TokenStore for Arc<T> {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
         T::get(self, id)
+    }
+
+    fn sync(&self, txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        T::sync(self, txn)
     }
 
     fn txn_tree(

@@ -638,6 +638,11 @@ impl TokenStore for MemoryStore {
         async move { Ok(store.lock().tokens.get(&id).cloned()) }
     }
 
+    fn sync(&self, _txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        // Nothing to make durable: the store is memory.
+        std::future::ready(Ok(()))
+    }
+
     fn txn_tree(
         &self,
         txn: TxnId,

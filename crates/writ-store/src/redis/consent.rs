@@ -187,6 +187,8 @@ impl Inner {
                 && let Some(existing) = all.iter().find(|r| r.id.0[..] == newest[..])
                 && consent_open(existing, now)
             {
+                // Answered from a read: as durable as an insert first.
+                self.barrier(txn).await?;
                 return Ok(ConsentInsert::Existing(Box::new(existing.clone())));
             }
             if all.iter().filter(|r| consent_open(r, now)).count() >= MAX_OPEN_CONSENTS_PER_TXN {

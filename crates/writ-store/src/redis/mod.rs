@@ -325,7 +325,8 @@ impl TxnWrite {
 
 /// A fresh nonce for one logical write (kept across its retries).
 fn nonce() -> Vec<u8> {
-    rand::random::<[u8; 16]>().to_vec()
+    // Hex, so the version it becomes reads back as a string.
+    hex::encode(rand::random::<[u8; 16]>()).into_bytes()
 }
 
 impl Inner {
@@ -385,14 +386,27 @@ impl Inner {
     }
 
     /// Returns once the replicas hold everything the transaction's master holds now: for an
-    /// answer read rather than written ("revoked already"), which must not be undone by a
-    /// failover either. `WAIT` counts the master's replication offset after the command
-    /// before it, whatever connection wrote.
+    /// answer read rather than written ("revoked already", a retry answered with the token
+    /// an earlier attempt stored), which must not be undone by a failover either. A write
+    /// (`writ_touch`), so the `WAIT` after it counts the master's replication offset past
+    /// every earlier write of the slot, whichever connection made it.
     async fn barrier(&self, txn: TxnId) -> Result<(), StoreError> {
-        let mut cmd = redis::cmd("HEXISTS");
-        cmd.arg(self.keys.meta(txn)).arg("v");
-        let _: bool = self.durable(cmd).await?;
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("writ_touch").arg(1).arg(self.keys.meta(txn));
+        let _: i64 = self.call_durable(cmd).await?;
         Ok(())
+    }
+
+    /// [`durable`](Self::durable) for an `FCALL`, loading Writ's functions first if the
+    /// master lacks them (a node that joined, or a restart without its data).
+    async fn call_durable<T: FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, StoreError> {
+        match self.durable(cmd.clone()).await {
+            Err(StoreError::Backend(m)) if m.contains("Function not found") => {
+                load_functions(&mut self.read_conn()).await?;
+                self.durable(cmd).await
+            }
+            other => other,
+        }
     }
 
     /// Applies `write` if the transaction is still at `version` ("" for a new one).
@@ -411,14 +425,7 @@ impl Inner {
         for a in &write.args {
             cmd.arg(&a[..]);
         }
-        let reply: Result<(i64, String), StoreError> = self.durable(cmd.clone()).await;
-        let reply = match reply {
-            Err(StoreError::Backend(m)) if m.contains("Function not found") => {
-                load_functions(&mut self.read_conn()).await?;
-                self.durable(cmd).await
-            }
-            other => other,
-        }?;
+        let reply: (i64, String) = self.call_durable(cmd).await?;
         match reply.0 {
             1 | 2 => Ok(Commit::Applied),
             0 => Ok(Commit::Stale),
@@ -505,6 +512,11 @@ impl TokenStore for RedisStore {
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let inner = self.inner.clone();
         async move { inner.insert(record, event).await }
+    }
+
+    fn sync(&self, txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let inner = self.inner.clone();
+        async move { inner.barrier(txn).await }
     }
 
     fn get(

@@ -206,6 +206,146 @@ async fn a_re_sent_write_is_applied_once() {
     );
 }
 
+#[tokio::test]
+async fn an_answer_read_rather_than_written_is_acknowledged_like_a_write() {
+    // One store whose writes are acknowledged, and one on the same namespace asking for
+    // more replicas than the cluster has: what it reads must not be answered either.
+    let opts = options();
+    let good = RedisStore::connect(opts.clone()).await.unwrap();
+    let strict = RedisStore::connect(RedisOptions {
+        required_replicas: 3,
+        ack_timeout: Duration::from_millis(50),
+        ..opts
+    })
+    .await
+    .unwrap();
+    let t = txn(3);
+    let mut root = record(t, tid(1), None);
+    root.audience.id = "mallory".into();
+    good.put(root).await.unwrap();
+    let by = conformance::by("op");
+    let done = good
+        .revoke_at(
+            RevokeTarget::Token(tid(1)),
+            by.clone(),
+            "r".into(),
+            UnixMillis(5),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done, vec![tid(1)]);
+    good.sync(t).await.unwrap();
+    let not_acked =
+        |e: &StoreError| matches!(e, StoreError::Backend(m) if m.contains("not acknowledged"));
+    // "Revoked already", read from the master: refused unless the replicas hold it.
+    let e = strict
+        .revoke_at(
+            RevokeTarget::Token(tid(1)),
+            by.clone(),
+            "r".into(),
+            UnixMillis(6),
+        )
+        .await
+        .unwrap_err();
+    assert!(not_acked(&e), "{e:?}");
+    let e = strict.sync(t).await.unwrap_err();
+    assert!(not_acked(&e), "{e:?}");
+    let events: Arc<dyn crate::api::EventIssuer> = conformance::Issued::at(UnixMillis(7));
+    let e = strict
+        .revoke_party("mallory".into(), by, "r".into(), events)
+        .await
+        .unwrap_err();
+    assert!(not_acked(&e), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_keyed_root_whose_first_attempt_failed_is_stored_by_a_retry() {
+    let store = store().await;
+    let inner = &store.inner;
+    let keyed = |t| {
+        let mut r = record(t, tid(1), None);
+        r.idempotency = Some([7; 32]);
+        r
+    };
+    // Attempt 1 claimed the id for its transaction, then failed before its commit.
+    inner.claim_leased(&keyed(txn(1))).await.unwrap();
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(inner.keys.token(tid(1)))
+        .query_async(&mut inner.read_conn())
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= inner.claim_lease() as i64,
+        "a lease: {ttl}"
+    );
+    // A retry (same id, a new transaction) while the lease holds: retryable, not a
+    // conflict that the idempotency key would answer for ever.
+    let e = store.put(keyed(txn(2))).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Backend(m) if m.contains("not finished")),
+        "{e:?}"
+    );
+    // Once the lease has run out, the retry stores it, and holds the id for good.
+    let _: i64 = redis::cmd("DEL")
+        .arg(inner.keys.token(tid(1)))
+        .query_async(&mut inner.write_conn())
+        .await
+        .unwrap();
+    store.put(keyed(txn(2))).await.unwrap();
+    assert_eq!(store.get(tid(1)).await.unwrap().unwrap().txn, txn(2));
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(inner.keys.token(tid(1)))
+        .query_async(&mut inner.read_conn())
+        .await
+        .unwrap();
+    assert_eq!(ttl, -1, "held without a lease (key expiry is off here)");
+    // Stored, it is a conflict: the service answers with the stored token.
+    assert_eq!(
+        store.put(keyed(txn(3))).await.unwrap_err(),
+        StoreError::Conflict
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_write_is_refused_whole_and_a_version_is_the_last_writes_nonce() {
+    let store = store().await;
+    let inner = &store.inner;
+    let t = txn(8);
+    store.put(record(t, tid(1), None)).await.unwrap();
+    let version = inner.version(t).await.unwrap();
+    // The first op is well formed, the second names a key that is not there.
+    let mut w = TxnWrite::new(&inner.keys, t);
+    w.hset(&inner.keys.meta(t), 0, vec![(b"x".to_vec(), b"1".to_vec())]);
+    w.args.extend(
+        [&b"HSET"[..], b"99", b"0", b"2", b"f", b"v"]
+            .iter()
+            .map(|a| a.to_vec()),
+    );
+    let e = inner.commit(&w, &version, &nonce()).await.unwrap_err();
+    assert!(
+        matches!(&e, StoreError::Backend(m) if m.contains("malformed")),
+        "{e:?}"
+    );
+    let x: Option<String> = redis::cmd("HGET")
+        .arg(inner.keys.meta(t))
+        .arg("x")
+        .query_async(&mut inner.read_conn())
+        .await
+        .unwrap();
+    assert_eq!(x, None, "nothing of a refused write is applied");
+    assert_eq!(inner.version(t).await.unwrap(), version);
+    // A version is the nonce of the write that made it, not a counter two histories
+    // could share.
+    let mut w = TxnWrite::new(&inner.keys, t);
+    w.hset(&inner.keys.meta(t), 0, vec![(b"x".to_vec(), b"1".to_vec())]);
+    let n = nonce();
+    assert_eq!(
+        inner.commit(&w, &version, &n).await.unwrap(),
+        Commit::Applied
+    );
+    assert_eq!(inner.version(t).await.unwrap().as_bytes(), &n[..]);
+}
+
 #[test]
 fn credentials_in_node_urls_never_reach_a_log() {
     assert_eq!(

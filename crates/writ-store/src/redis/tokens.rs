@@ -108,23 +108,97 @@ impl Inner {
     pub(super) async fn claim(&self, record: &TokenRecord) -> Result<(), StoreError> {
         let key = self.keys.token(record.token_id);
         let at = self.txn_expiry(record.grant.expires_at);
-        let set: Option<String> = self.durable(claim_cmd(&key, record, at)).await?;
+        let set: Option<String> = self
+            .durable(claim_cmd(&key, record, Hold::Until(at)))
+            .await?;
         if set.is_some() {
             return Ok(());
         }
-        let owner: Option<Vec<u8>> = redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut self.read_conn())
-            .await
-            .map_err(backend)?;
-        match owner {
-            Some(t) if t[..] == record.txn.0[..] => Ok(()),
+        match self.owner(&key).await? {
+            Some(t) if t == record.txn => Ok(()),
             Some(_) => Err(StoreError::Conflict),
             // Expired in between: claim again (once; a second miss is a real race).
             None => {
-                let set: Option<String> = self.durable(claim_cmd(&key, record, at)).await?;
+                let set: Option<String> = self
+                    .durable(claim_cmd(&key, record, Hold::Until(at)))
+                    .await?;
                 set.map(|_| ()).ok_or(StoreError::Conflict)
             }
+        }
+    }
+
+    /// The transaction a token id's pointer names, if any.
+    async fn owner(&self, key: &str) -> Result<Option<TxnId>, StoreError> {
+        let owner: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        owner
+            .map(|t| id16(&t, "token pointer").map(TxnId))
+            .transpose()
+    }
+
+    /// Claims the id of a root minted under an idempotency key, for a lease only: every
+    /// attempt of a keyed Mint derives the same token id but starts a new transaction, so
+    /// an attempt that failed between its claim and its commit must not hold the id for
+    /// ever. Another transaction's claim is a [`StoreError::Conflict`] once that
+    /// transaction holds the token (the service answers the retry with it), and a
+    /// retryable [`StoreError::Backend`] while it does not (an attempt still running, or
+    /// one that failed: its lease runs out). [`keep`](Self::keep) makes the claim the
+    /// token's for good once its record is stored.
+    pub(super) async fn claim_leased(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let key = self.keys.token(record.token_id);
+        let lease = self.claim_lease();
+        let set: Option<String> = self
+            .durable(claim_cmd(&key, record, Hold::For(lease)))
+            .await?;
+        if set.is_some() {
+            return Ok(());
+        }
+        let Some(owner) = self.owner(&key).await? else {
+            return Err(unfinished(record.token_id));
+        };
+        if owner == record.txn {
+            return Ok(());
+        }
+        let stored: bool = redis::cmd("HEXISTS")
+            .arg(self.keys.records(owner))
+            .arg(&record.token_id.0[..])
+            .query_async(&mut self.read_conn())
+            .await
+            .map_err(backend)?;
+        if stored {
+            Err(StoreError::Conflict)
+        } else {
+            Err(unfinished(record.token_id))
+        }
+    }
+
+    /// How long a leased claim holds before its record must be stored: ten response
+    /// timeouts, so an attempt that is merely slow (retries, a failover) keeps it.
+    pub(super) fn claim_lease(&self) -> u64 {
+        let ms = self.opts.response_timeout.as_millis().saturating_mul(10);
+        u64::try_from(ms).unwrap_or(u64::MAX).max(10_000)
+    }
+
+    /// Makes a leased claim the token's until the transaction's expiry, durably, once its
+    /// record is stored. If the lease ran out and another attempt took the id, the token
+    /// this call stored is unreachable (its pointer names the other transaction) and the
+    /// attempt fails as unfinished: its caller retries and is answered with the other's.
+    async fn keep(&self, record: &TokenRecord) -> Result<(), StoreError> {
+        let at = self.txn_expiry(record.grant.expires_at);
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("writ_hold")
+            .arg(1)
+            .arg(self.keys.token(record.token_id))
+            .arg(&record.txn.0[..])
+            .arg(at);
+        let held: i64 = self.call_durable(cmd).await?;
+        if held == 1 {
+            Ok(())
+        } else {
+            Err(unfinished(record.token_id))
         }
     }
 
@@ -168,7 +242,14 @@ impl Inner {
 
     pub(super) async fn insert(&self, record: TokenRecord, event: Event) -> Result<(), StoreError> {
         let encoded = codec::encode(&record)?;
-        self.claim(&record).await?;
+        // A random id is never claimed twice; a keyed Mint's is derived, so its attempts
+        // share it across transactions.
+        let keyed = record.idempotency.is_some();
+        if keyed {
+            self.claim_leased(&record).await?;
+        } else {
+            self.claim(&record).await?;
+        }
         self.index_root(&record).await?;
         let (txn, id) = (record.txn, record.token_id);
         let at = self.txn_expiry(record.grant.expires_at);
@@ -207,6 +288,9 @@ impl Inner {
             {
                 Commit::Applied => {
                     self.saw_event(event.id);
+                    if keyed {
+                        self.keep(&record).await?;
+                    }
                     return Ok(());
                 }
                 Commit::Stale => Self::backoff(attempt).await,
@@ -381,11 +465,33 @@ impl Inner {
 }
 
 /// `SET <pointer> <txn> NX [PXAT at]`.
-fn claim_cmd(key: &str, record: &TokenRecord, at: u64) -> redis::Cmd {
+/// How long a claim holds its pointer.
+#[derive(Clone, Copy)]
+enum Hold {
+    /// Until this time (ms since the epoch; 0: no expiry).
+    Until(u64),
+    /// For this many milliseconds: a lease.
+    For(u64),
+}
+
+fn claim_cmd(key: &str, record: &TokenRecord, hold: Hold) -> redis::Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(&record.txn.0[..]).arg("NX");
-    if at > 0 {
-        cmd.arg("PXAT").arg(at);
+    match hold {
+        Hold::Until(0) => {}
+        Hold::Until(at) => {
+            cmd.arg("PXAT").arg(at);
+        }
+        Hold::For(ms) => {
+            cmd.arg("PX").arg(ms);
+        }
     }
     cmd
+}
+
+/// A keyed Mint whose token id another attempt holds but has not stored yet.
+fn unfinished(id: TokenId) -> StoreError {
+    StoreError::Backend(format!(
+        "redis: an earlier attempt to store token {id} under this idempotency key has not finished; retry"
+    ))
 }
