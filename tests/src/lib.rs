@@ -111,6 +111,15 @@ impl TestServer {
     /// copy) and the same store, which must be one several nodes share (Redis); its own
     /// data directory, credentials and listeners otherwise.
     pub async fn start_node_of(other: &TestServer) -> TestServer {
+        TestServer::start_node_of_with(other, |_| {}).await
+    }
+
+    /// [`start_node_of`](Self::start_node_of), with `configure` applied after the shared
+    /// store's settings (say, other replica acknowledgement settings).
+    pub async fn start_node_of_with(
+        other: &TestServer,
+        configure: impl FnOnce(&mut Config),
+    ) -> TestServer {
         let keys = other.data_dir.join(KEYS_FILE);
         let storage = other.config.storage.clone();
         assert_eq!(
@@ -119,7 +128,10 @@ impl TestServer {
             "nodes share a Redis store"
         );
         TestServer::launch(
-            move |c| c.storage = storage,
+            move |c| {
+                c.storage = storage;
+                configure(c);
+            },
             move |data_dir| {
                 std::fs::create_dir_all(data_dir).expect("creating the data directory");
                 std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))

@@ -5,6 +5,7 @@ use std::time::Duration;
 use writ_e2e::*;
 
 use pb::InactiveReason;
+use tonic::Code;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_from_one_node_works_through_the_others_and_its_revocation_is_seen_at_once() {
@@ -114,4 +115,43 @@ async fn a_party_disabled_through_one_node_is_refused_by_the_others() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// An answer a node reads rather than writes ("revoked already", a retried Mint answered
+/// with the token an earlier attempt stored) is given only once the replicas hold what was
+/// read, as a write's would be: an earlier attempt whose write was not acknowledged must
+/// not be acknowledged by its retry, or a failover could undo it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_answers_what_it_read_only_once_the_replicas_hold_it() {
+    let a = TestServer::start_with(redis::use_cluster).await;
+    // b asks for more replicas than each shard has: nothing it answers is acknowledged.
+    let b = TestServer::start_node_of_with(&a, |c| {
+        c.storage.redis.required_replicas = 3;
+        c.storage.redis.ack_timeout_ms = 50;
+    })
+    .await;
+    let unavailable = |r: Result<_, writ_client::ClientError>, what: &str| match r {
+        Ok(_) => panic!("{what}: answered OK without the replicas"),
+        Err(e) => assert_eq!(e.code(), Some(Code::Unavailable), "{what}: {e:?}"),
+    };
+    let root = a.mint(trip_mint()).await.token;
+    a.revoke_as_holder("planner", &root, "done").await;
+    unavailable(
+        b.party("planner")
+            .await
+            .revoke(revoke_token(&root, "again"))
+            .await,
+        "a holder's revoke of a revoked token",
+    );
+    let keyed = pb::MintRequest {
+        idempotency_key: "7f3a-mint-once".into(),
+        ..trip_mint()
+    };
+    let first = a.mint(keyed.clone()).await;
+    unavailable(
+        b.minter().await.mint(keyed.clone()).await,
+        "a keyed Mint's retry",
+    );
+    // Through a node whose writes are acknowledged, the retry is answered as before.
+    assert_eq!(a.mint(keyed).await.token, first.token);
 }

@@ -36,6 +36,7 @@
 //! `consent`. Key names are `keys`' alone; record bytes `codec`'s.
 
 mod audit;
+mod check;
 mod consent;
 mod keys;
 mod listing;
@@ -190,8 +191,9 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl RedisStore {
-    /// Connects to the cluster, loads Writ's functions on every master and starts the
-    /// task that keeps the audit trail's high-water mark.
+    /// Connects to the cluster, checks that its shape and settings are ones the store's
+    /// guarantees hold on (see `check`), loads Writ's functions on every master and starts
+    /// the task that keeps the audit trail's high-water mark.
     pub async fn connect(opts: RedisOptions) -> Result<RedisStore, StoreError> {
         if !keys::valid_prefix(&opts.prefix) {
             return Err(StoreError::Backend(format!(
@@ -218,6 +220,7 @@ impl RedisStore {
         for _ in 0..opts.write_connections.max(1) {
             writes.push(client.get_async_connection().await.map_err(backend)?);
         }
+        check::verify(&mut read, &opts).await?;
         load_functions(&mut read).await?;
         let inner = Arc::new(Inner {
             keys: Keys::new(&opts.prefix),

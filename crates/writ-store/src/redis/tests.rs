@@ -178,6 +178,22 @@ async fn a_write_the_replicas_do_not_acknowledge_fails() {
 }
 
 #[tokio::test]
+async fn a_cluster_whose_replicas_would_not_all_acknowledge_is_refused() {
+    // Each shard has one replica: acknowledging on the master's word alone would let a
+    // failover promote a replica without the write.
+    let err = RedisStore::connect(RedisOptions {
+        required_replicas: 0,
+        ..options()
+    })
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Backend(m) if m.contains("has 1 replica but")),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_re_sent_write_is_applied_once() {
     let store = store().await;
     let inner = &store.inner;
