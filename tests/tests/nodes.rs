@@ -130,10 +130,12 @@ async fn a_node_answers_what_it_read_only_once_the_replicas_hold_it() {
         c.storage.redis.ack_timeout_ms = 50;
     })
     .await;
-    let unavailable = |r: Result<_, writ_client::ClientError>, what: &str| match r {
-        Ok(_) => panic!("{what}: answered OK without the replicas"),
-        Err(e) => assert_eq!(e.code(), Some(Code::Unavailable), "{what}: {e:?}"),
-    };
+    fn unavailable<T>(r: Result<T, writ_client::ClientError>, what: &str) {
+        match r {
+            Ok(_) => panic!("{what}: answered OK without the replicas"),
+            Err(e) => assert_eq!(e.code(), Some(Code::Unavailable), "{what}: {e:?}"),
+        }
+    }
     let root = a.mint(trip_mint()).await.token;
     a.revoke_as_holder("planner", &root, "done").await;
     unavailable(
@@ -144,7 +146,7 @@ async fn a_node_answers_what_it_read_only_once_the_replicas_hold_it() {
         "a holder's revoke of a revoked token",
     );
     let keyed = pb::MintRequest {
-        idempotency_key: "7f3a-mint-once".into(),
+        idempotency_key: "7f3a9c1e-mint-once".into(),
         ..trip_mint()
     };
     let first = a.mint(keyed.clone()).await;
