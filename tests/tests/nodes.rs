@@ -157,3 +157,58 @@ async fn a_node_answers_what_it_read_only_once_the_replicas_hold_it() {
     // Through a node whose writes are acknowledged, the retry is answered as before.
     assert_eq!(a.mint(keyed).await.token, first.token);
 }
+
+/// A party disabled through one node and enabled again before another node read the
+/// disablement: what that node admitted for the party meanwhile is revoked all the same,
+/// because the enablement walks the party once more after every node has read the
+/// disablement (or stopped admitting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_party_enabled_before_another_node_read_its_disablement_loses_what_it_got_meanwhile() {
+    let a = TestServer::start_with(|c| {
+        redis::use_cluster(c);
+        c.storage.redis.party_sync_ms = 500;
+        c.storage.redis.ack_timeout_ms = 100;
+        c.storage.redis.response_timeout_ms = 600;
+    })
+    .await;
+    // b does not re-read the set during this test: it stands for a node that had not
+    // read it yet.
+    let b = TestServer::start_node_of_with(&a, |c| c.storage.redis.party_sync_ms = 60_000).await;
+    let root = a.mint(trip_mint()).await.token;
+    ok(
+        a.operator()
+            .await
+            .disable_party("booking", "key leaked")
+            .await,
+        "disable",
+    );
+    // b admits booking: it has not read the disablement.
+    let meanwhile = b
+        .downscope(
+            "planner",
+            child(&root, build::agent("booking"), &[], &["trips:book"], vec![]),
+        )
+        .await
+        .info
+        .expect("the child's info")
+        .token_id;
+    ok(a.operator().await.enable_party("booking").await, "enable");
+    let node = ok(b.operator().await.get_token(&meanwhile).await, "get_token")
+        .token
+        .expect("the token");
+    assert_eq!(node.status, pb::TokenStatus::Revoked as i32, "{node:?}");
+    // Enabled, booking is admitted again, and keeps what it gets.
+    let after = a
+        .downscope(
+            "planner",
+            child(&root, build::agent("booking"), &[], &["trips:book"], vec![]),
+        )
+        .await
+        .info
+        .expect("the child's info")
+        .token_id;
+    let node = ok(a.operator().await.get_token(&after).await, "get_token")
+        .token
+        .expect("the token");
+    assert_eq!(node.status, pb::TokenStatus::Active as i32, "{node:?}");
+}

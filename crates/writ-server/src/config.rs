@@ -262,6 +262,10 @@ pub struct RedisConfig {
     pub write_connections: usize,
     /// Token records cached in memory (immutable records only; 0: none).
     pub record_cache_entries: usize,
+    /// How often each node re-reads the disabled parties (a party disabled through another
+    /// node is refused here within this); a node that cannot read them for two of these
+    /// admits nothing until it can.
+    pub party_sync_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -275,6 +279,7 @@ impl Default for RedisConfig {
             response_timeout_ms: o.response_timeout.as_millis() as u64,
             write_connections: o.write_connections,
             record_cache_entries: o.record_cache,
+            party_sync_ms: 1000,
         }
     }
 }
@@ -565,6 +570,12 @@ impl Config {
                 return bad(format!(
                     "storage.redis.write_connections = {} must be in 1..=64",
                     r.write_connections
+                ));
+            }
+            if !(100..=60_000).contains(&r.party_sync_ms) {
+                return bad(format!(
+                    "storage.redis.party_sync_ms = {} must be in 100..=60000",
+                    r.party_sync_ms
                 ));
             }
         }

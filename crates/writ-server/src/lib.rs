@@ -154,10 +154,6 @@ pub struct RunningServer {
     lock: secrets::DataDirLock,
 }
 
-/// How often a node on a shared store (Redis) re-reads the disabled parties, so a party
-/// disabled through another node is refused here too.
-pub const PARTY_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// How often the policy file is checked for changes (besides SIGHUP).
 pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -495,6 +491,15 @@ async fn start_with_keepalive(
     let audit_for_drain = audit.clone();
     let audit_for_cleanup = audit.clone();
     let disabled = parties::Disabled::new(writ_store::TokenStore::disabled_parties(&*store).await?);
+    if store.rocks().is_none() {
+        // Other nodes change the set too: re-read (below), and admit nothing when it
+        // could not be. An admission's write may take a few commands' time.
+        let r = &config.storage.redis;
+        disabled.share(
+            std::time::Duration::from_millis(r.party_sync_ms),
+            std::time::Duration::from_millis(r.response_timeout_ms.saturating_mul(2)),
+        );
+    }
     let (stop, mut stopped) = watch::channel(false);
     let service = service::Service::new(
         store.clone(),
@@ -524,21 +529,42 @@ async fn start_with_keepalive(
         tokio::spawn(async move { service.resume_disabled().await })
     };
     // On a store other Writ nodes share, a party disabled (or enabled) through another
-    // node is picked up within `PARTY_SYNC`.
+    // node is picked up within `storage.redis.party_sync_ms`.
     let party_sync = match store.rocks() {
         Some(_) => None,
         None => {
+            let every = std::time::Duration::from_millis(config.storage.redis.party_sync_ms);
             let (service, mut stopped) = (service.clone(), stop.subscribe());
+            // Walks run on a task of their own, so a long one never delays the re-read
+            // (a node that has not re-read for two intervals admits nothing).
+            let (walks, mut to_walk) = tokio::sync::mpsc::unbounded_channel();
+            let walker = {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    while let Some((party, why)) = to_walk.recv().await {
+                        service.walk_disabled(party, why).await;
+                    }
+                })
+            };
             Some(tokio::spawn(async move {
                 loop {
                     tokio::select! {
-                        _ = stopped.wait_for(|s| *s) => return,
-                        () = tokio::time::sleep(PARTY_SYNC) => {}
+                        _ = stopped.wait_for(|s| *s) => break,
+                        () = tokio::time::sleep(every) => {}
                     }
-                    if let Err(e) = service.sync_disabled().await {
-                        tracing::warn!(error = %e, "reading the disabled parties from the store");
+                    match service.sync_disabled().await {
+                        Ok(newly) => {
+                            for walk in newly {
+                                let _ = walks.send(walk);
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "reading the disabled parties from the store")
+                        }
                     }
                 }
+                drop(walks);
+                let _ = walker.await;
             }))
         }
     };

@@ -506,7 +506,7 @@ impl<S: TokenStore> Service<S> {
         }
         // From the audience check until the write ends: a party disabled meanwhile is
         // either refused here or revoked with this token.
-        let pass = self.disabled.admission().await;
+        let pass = self.disabled.admission().await.map_err(stale)?;
         let now = now();
         let (secret, new) =
             self.issue(retry.as_ref(), TxnId::new(now, rand::random()), now, minter);
@@ -638,7 +638,7 @@ impl<S: TokenStore> Service<S> {
             // A child that names no limit gets what the parent has left to pass on.
             req.max_uses = Some(max.saturating_sub(state.uses).max(1));
         }
-        let pass = self.disabled.admission().await;
+        let pass = self.disabled.admission().await.map_err(stale)?;
         let now = now();
         let (secret, new) = self.issue(retry.as_ref(), parent.txn, now, actor);
         let child = match narrow::downscope(&parent, caller_id, req, &self.policy, new)
@@ -932,11 +932,14 @@ impl<S: TokenStore> Service<S> {
         // flag stored but not in force, nor stops the walk half way (a crash mid-walk is
         // resumed at start, see `resume_disabled`).
         let walk = tokio::spawn(async move {
-            let _one_at_a_time = disabled.switch().await;
-            store
-                .set_party_disabled(target.clone(), Some(why.clone()))
-                .await?;
-            disabled.disable(target.clone(), why).await;
+            {
+                let _one_at_a_time = disabled.switch().await;
+                store
+                    .set_party_disabled(target.clone(), Some(why.clone()))
+                    .await?;
+                disabled.disable(target.clone(), why).await;
+            }
+            // In force; the walk needs no switch (which the shared set's re-read takes).
             store.revoke_party(target, by, reason, events).await
         });
         let revoked = walk
@@ -962,38 +965,44 @@ impl<S: TokenStore> Service<S> {
 
     /// Brings this node's set of disabled parties in line with the store's, for a store
     /// other Writ nodes share: a party another node disabled is refused here from now on,
-    /// the admissions in flight here are waited for, and then this node walks the party's
-    /// transactions itself, so a token it admitted before it knew is revoked too (the walk
-    /// writes nothing where there is nothing new). A party enabled elsewhere acts again.
-    pub async fn sync_disabled(&self) -> Result<(), StoreError> {
+    /// and the admissions in flight here are waited for. Returns the parties this node
+    /// must then walk itself ([`walk_disabled`](Self::walk_disabled)), so a token it
+    /// admitted before it knew is revoked too (a walk writes nothing where there is nothing
+    /// new), with those whose walk failed before. A party enabled elsewhere acts again.
+    pub async fn sync_disabled(&self) -> Result<Vec<(String, PartyDisable)>, StoreError> {
         let stored = self.store.disabled_parties().await?;
-        let mut newly = Vec::new();
-        {
-            let _one_at_a_time = self.disabled.switch().await;
-            let known: std::collections::BTreeSet<String> =
-                self.disabled.all().into_iter().map(|(p, _)| p).collect();
-            let now: std::collections::BTreeSet<&String> = stored.iter().map(|(p, _)| p).collect();
-            for gone in known.iter().filter(|p| !now.contains(p)) {
-                self.disabled.enable(gone);
-                tracing::warn!(party = %gone, "party enabled through another node");
-            }
-            for (party, why) in stored {
-                if !known.contains(&party) {
-                    self.disabled.disable(party.clone(), why.clone()).await;
-                    tracing::warn!(party = %party, by = %why.by, "party disabled through another node");
-                    newly.push((party, why));
-                }
+        self.disabled.synced();
+        let mut newly = self.disabled.unwalked();
+        let _one_at_a_time = self.disabled.switch().await;
+        let known: std::collections::BTreeSet<String> =
+            self.disabled.all().into_iter().map(|(p, _)| p).collect();
+        let now: std::collections::BTreeSet<&String> = stored.iter().map(|(p, _)| p).collect();
+        for gone in known.iter().filter(|p| !now.contains(p)) {
+            self.disabled.enable(gone);
+            tracing::warn!(party = %gone, "party enabled through another node");
+        }
+        for (party, why) in stored {
+            if !known.contains(&party) {
+                self.disabled.disable(party.clone(), why.clone()).await;
+                tracing::warn!(party = %party, by = %why.by, "party disabled through another node");
+                newly.push((party, why));
             }
         }
-        for (party, why) in newly {
-            self.walk_for_server(party, why.by, why.reason).await;
-        }
-        Ok(())
+        Ok(newly)
+    }
+
+    /// Walks a party [`sync_disabled`](Self::sync_disabled) named; a walk that fails is
+    /// named again on its next read.
+    pub async fn walk_disabled(&self, party: String, why: PartyDisable) {
+        let done = self
+            .walk_for_server(party.clone(), why.by.clone(), why.reason.clone())
+            .await;
+        self.disabled.walked(&party, (!done).then_some(why));
     }
 
     /// Revokes what `party` holds or presents on the server's own initiative (recorded as
-    /// `internal`, on behalf of `by`), logging the outcome.
-    async fn walk_for_server(&self, party: String, by: String, reason: String) {
+    /// `internal`, on behalf of `by`), logging the outcome; whether it completed.
+    async fn walk_for_server(&self, party: String, by: String, reason: String) -> bool {
         let by = Actor {
             id: by,
             auth: writ_core::AuthMethod::Internal,
@@ -1004,14 +1013,17 @@ impl<S: TokenStore> Service<S> {
             .revoke_party(party.clone(), by, reason, events)
             .await
         {
-            Ok(r) if r.revoked > 0 => {
-                self.metrics
-                    .revoked(usize::try_from(r.revoked).unwrap_or(usize::MAX));
-                tracing::warn!(party = %party, revoked = r.revoked, "revoked what a disabled party held")
+            Ok(r) => {
+                if r.revoked > 0 {
+                    self.metrics
+                        .revoked(usize::try_from(r.revoked).unwrap_or(usize::MAX));
+                    tracing::warn!(party = %party, revoked = r.revoked, "revoked what a disabled party held");
+                }
+                true
             }
-            Ok(_) => {}
             Err(e) => {
-                tracing::error!(party = %party, error = %e, "revoking what a disabled party held")
+                tracing::error!(party = %party, error = %e, "revoking what a disabled party held");
+                false
             }
         }
     }
@@ -1045,7 +1057,31 @@ impl<S: TokenStore> Service<S> {
     pub async fn enable_party(&self, caller: &Caller, party: String) -> Result<bool, ServiceError> {
         let by = operator(caller, "enabling a party")?;
         let (store, disabled, target) = (self.store.clone(), self.disabled.clone(), party.clone());
+        let events = WalkEvents::new(self.audit.clone());
         let was = tokio::spawn(async move {
+            // On a shared store, another node may have admitted a token for the party
+            // before it read the disablement, and may never read it if the party acts
+            // again first. Every node has read it (or admits nothing), and its admissions
+            // have landed, `settled_after` it was stored: from then on, one more walk
+            // finds what they admitted. (No switch held meanwhile: the re-read takes it.)
+            if let Some(settle) = disabled.settled_after()
+                && let Some((_, why)) = store
+                    .disabled_parties()
+                    .await?
+                    .into_iter()
+                    .find(|(p, _)| *p == target)
+            {
+                let settled = why.at.0.saturating_add(ms(settle));
+                let wait = settled.saturating_sub(now().0);
+                tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                let by = Actor {
+                    id: why.by,
+                    auth: writ_core::AuthMethod::Internal,
+                };
+                store
+                    .revoke_party(target.clone(), by, why.reason, events)
+                    .await?;
+            }
             let _one_at_a_time = disabled.switch().await;
             store.set_party_disabled(target.clone(), None).await?;
             Ok::<_, StoreError>(disabled.enable(&target))
@@ -1055,6 +1091,15 @@ impl<S: TokenStore> Service<S> {
         tracing::warn!(party = %party, by = %by.id, was_disabled = was, "party enabled");
         Ok(was)
     }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// An admission refused because this node cannot tell which parties are disabled.
+fn stale(e: crate::parties::Stale) -> ServiceError {
+    ServiceError::Store(StoreError::Backend(e.to_string()))
 }
 
 /// The operator behind a caller, or why it is not one (`what` it wanted to do).

@@ -9,7 +9,7 @@
 //! the request id ([`KeyRing::links`]): never stored (only its hash), re-derived to
 //! answer an identical request again, and checked before any storage read.
 
-use super::{Miss, Service, holder, now};
+use super::{Miss, Service, holder, now, stale};
 use crate::audit::Written;
 use crate::auth::Caller;
 use crate::config::ConsentConfig;
@@ -513,7 +513,7 @@ impl<S: TokenStore> Service<S> {
         let ttl = self.redeemed_ttl(ttl_secs);
         // From the audience check until the write ends: a party disabled meanwhile is
         // either refused here or revoked with this token.
-        let pass = self.disabled.admission().await;
+        let pass = self.disabled.admission().await.map_err(stale)?;
         let (secret, child) = self.redeemed_child(&record, actor, &request, ttl, now())?;
         let pending = self.audit.issue();
         let event = Event::consent_redeemed(pending.id(), &request, &child);
