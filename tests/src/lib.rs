@@ -24,6 +24,7 @@ use writ_client::{ClientError, WritClient};
 use writ_server::RunningServer;
 
 pub mod consent;
+pub mod jwt;
 pub mod redis;
 
 pub use writ_client::build;

@@ -7,7 +7,7 @@
 // Test code: unwrap is the assertion, and certificates are dated from the wall clock.
 #![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 use tonic::Code;
 use writ_client::build;
 use writ_e2e::*;
@@ -224,48 +224,6 @@ async fn asserted_identities_are_refused_unless_in_development_mode() {
         .find(|e| e.kind == pb::EventKind::Downscoped as i32)
         .unwrap();
     assert_eq!(downscoped.actor_auth, pb::AuthMethod::Asserted as i32);
-}
-
-/// A JWT-SVID client assertion, as a caller behind a TLS-terminating proxy sends it.
-mod jwt {
-    use super::*;
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use serde_json::json;
-
-    pub struct Signer {
-        private_pem: String,
-        pub jwk: serde_json::Value,
-    }
-
-    impl Signer {
-        pub fn new(kid: &str) -> Signer {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let raw = pair.public_key_raw().to_vec();
-            Signer {
-                private_pem: pair.serialize_pem(),
-                jwk: json!({
-                    "use": "jwt-svid", "kid": kid, "kty": "EC", "crv": "P-256",
-                    "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
-                    "y": URL_SAFE_NO_PAD.encode(&raw[33..]),
-                }),
-            }
-        }
-
-        pub fn sign(&self, kid: &str, claims: &serde_json::Value) -> String {
-            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-            header.kid = Some(kid.to_owned());
-            let key = jsonwebtoken::EncodingKey::from_ec_pem(self.private_pem.as_bytes()).unwrap();
-            jsonwebtoken::encode(&header, claims, &key).unwrap()
-        }
-    }
-
-    pub fn now() -> u64 {
-        SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

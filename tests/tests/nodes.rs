@@ -212,3 +212,63 @@ async fn a_party_enabled_before_another_node_read_its_disablement_loses_what_it_
         .expect("the token");
     assert_eq!(node.status, pb::TokenStatus::Active as i32, "{node:?}");
 }
+
+/// A client assertion proves its caller once per trust domain, not once per node: the
+/// nodes share the record of the assertions used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_assertion_accepted_by_one_node_is_refused_by_the_others() {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let bundle = tmp.path().join("jwt-bundle.json");
+    let signer = jwt::Signer::new("k1");
+    std::fs::write(
+        &bundle,
+        serde_json::json!({ "keys": [signer.jwk.clone()] }).to_string(),
+    )
+    .expect("writing the bundle");
+    let with_bundle = bundle.clone();
+    let a = TestServer::start_with(move |c| {
+        redis::use_cluster(c);
+        c.auth.jwt_svid_bundle = Some(with_bundle);
+    })
+    .await;
+    let b = TestServer::start_node_of_with(&a, |c| c.auth.jwt_svid_bundle = Some(bundle)).await;
+    let planner = a.spiffe("agent/planner");
+    let root = a
+        .mint(mint_request(
+            "alice",
+            build::agent(&planner),
+            &[],
+            &["trips:book"],
+            vec![],
+        ))
+        .await
+        .token;
+    let now = jwt::now();
+    let claims = serde_json::json!({
+        "sub": planner, "aud": a.spiffe("writ"), "iat": now, "exp": now + 60, "jti": "once-per-domain",
+    });
+    let assertion = signer.sign("k1", &claims);
+    assert_active(&ok(
+        asserting(&a, &assertion)
+            .await
+            .validate(introspect(&root))
+            .await,
+        "the assertion's first use",
+    ));
+    assert_refused(
+        asserting(&b, &assertion)
+            .await
+            .validate(introspect(&root))
+            .await,
+        Code::Unauthenticated,
+        &["jti"],
+    );
+}
+
+/// A client of `srv` that proves itself with `assertion`.
+async fn asserting(srv: &TestServer, assertion: &str) -> writ_client::WritClient {
+    srv.anonymous()
+        .await
+        .with_client_assertion(assertion)
+        .expect("a valid header")
+}

@@ -24,9 +24,10 @@
 //!   Clients mint a fresh assertion for every call anyway, so this costs nothing but a
 //!   retry. Residual: an assertion dated up to `leeway` in the future (a client clock
 //!   that runs fast) and used with the previous process within `leeway` before a restart
-//!   can be replayed once against the new one. Several Writ nodes each keep their own
-//!   cache, so an assertion can be used once per node; the [`ReplayCache`] trait is where
-//!   a shared cache (Redis) plugs in.
+//!   can be replayed once against the new one. Writ nodes that share a Redis Cluster also
+//!   record each assertion there once their own cache admitted it ([`SharedReplay`],
+//!   checked by the authenticator after `verify`), so an assertion is used once per trust
+//!   domain, not once per node.
 //! - **`jti` is required, JWT-SVIDs included.** Replay refusal needs it. Stock SPIRE
 //!   JWT-SVIDs carry no `jti`, and its agent caches and hands out the same JWT-SVID for
 //!   the same audience, which a replay check must refuse on second use: JWT-SVIDs work
@@ -593,6 +594,35 @@ pub struct VerifiedAssertion {
     /// The `kid` of the key that verified it (registered or bundle), if it has one: for
     /// the audit trail, to tell which key was used.
     pub kid: Option<String>,
+    /// The (`sub`, `jti`) pair as a [`SharedReplay`] records it ([`replay_key`]), and
+    /// until when (Unix seconds): `exp` plus the leeway.
+    pub replay: ([u8; 32], u64),
+}
+
+/// The key under which a [`SharedReplay`] records (`sub`, `jti`): a digest every node
+/// computes alike (unkeyed, so nodes agree; BLAKE3 is collision resistant), with each part
+/// length-prefixed so no two pairs share one.
+pub fn replay_key(sub: &str, jti: &str) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("writ 2026-12 client assertion jti replay");
+    for part in [sub, jti] {
+        h.update(&(part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    *h.finalize().as_bytes()
+}
+
+/// A replay record several Writ nodes share (a store they all use), consulted after this
+/// node's own [`ReplayCache`] admitted an assertion: so an assertion is used once per
+/// trust domain, not once per node.
+pub trait SharedReplay: Send + Sync + fmt::Debug {
+    /// Records `key` until `until_unix_secs` unless it is recorded: `Ok(true)` the first
+    /// time, `Ok(false)` for as long as it is. `Err`: the record could not be made (the
+    /// caller cannot tell whether the key was used).
+    fn first_use(
+        &self,
+        key: [u8; 32],
+        until_unix_secs: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>;
 }
 
 /// A JWT-SVID bundle key: the key and the algorithms it may verify.
@@ -770,6 +800,7 @@ impl AssertionVerifier {
             kind,
             expires_at: exp,
             kid: used_kid,
+            replay: (replay_key(sub, jti), exp.saturating_add(leeway)),
         })
     }
 
@@ -1585,8 +1616,14 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
                 kind: AssertionKind::ClientAssertion,
                 expires_at: NOW + 60,
                 kid: None,
+                replay: (
+                    replay_key(PARTY, "j1"),
+                    NOW + 60 + verifier().config.leeway.as_secs()
+                ),
             }
         );
+        assert_ne!(replay_key(PARTY, "j1"), replay_key(PARTY, "j2"));
+        assert_ne!(replay_key("ab", "c"), replay_key("a", "bc"));
     }
 
     #[test]
@@ -2209,6 +2246,10 @@ He1M0ViL0ozmq/Jzbh15pvU6yxv+3D25752l/crbqBKxd0icOMGeNw7xXJFOGrNj
                 kind: AssertionKind::JwtSvid,
                 expires_at: NOW + 120,
                 kid: Some("ec".into()),
+                replay: (
+                    replay_key(WORKLOAD, "1"),
+                    NOW + 120 + v.config.leeway.as_secs()
+                ),
             }
         );
         verify(&v, &reg, &ed.sign(Some("ed"), &svid_claims(WORKLOAD, "2"))).unwrap();

@@ -18,7 +18,9 @@
 //! cannot be bypassed. What an identity may do (its roles) comes from the registry, never
 //! from the request.
 
-use crate::assertion::{ASSERTION_HEADER, AssertionError, AssertionKind, AssertionVerifier};
+use crate::assertion::{
+    ASSERTION_HEADER, AssertionError, AssertionKind, AssertionVerifier, SharedReplay,
+};
 use crate::error::ServiceError;
 use crate::parties::Disabled;
 use crate::policy::{Policy, PolicyHandle};
@@ -185,6 +187,9 @@ pub enum AuthError {
     /// The caller is identified but claims what it may not.
     #[error("{0}")]
     Forbidden(String),
+    /// The proof could not be checked now (a shared record unreachable): retry.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// Identifies callers from the request: its connection's client certificate and its
@@ -202,6 +207,23 @@ pub struct Authenticator {
     disabled: Option<Arc<Disabled>>,
     /// Per-caller rate limits, charged once a caller is identified (or not).
     limits: Option<Arc<crate::ratelimit::RateLimiter>>,
+    /// Where nodes sharing a store record the assertions used, after this node's cache.
+    shared_replay: Option<Arc<dyn SharedReplay>>,
+}
+
+/// A caller, and the assertion that proved it (its replay key and lifetime), if any.
+struct Proven {
+    caller: Caller,
+    replay: Option<([u8; 32], u64)>,
+}
+
+impl From<Caller> for Proven {
+    fn from(caller: Caller) -> Proven {
+        Proven {
+            caller,
+            replay: None,
+        }
+    }
 }
 
 impl Authenticator {
@@ -215,7 +237,15 @@ impl Authenticator {
             policy: None,
             disabled: None,
             limits: None,
+            shared_replay: None,
         }
+    }
+
+    /// Also records each assertion used in `shared`, so nodes sharing it refuse an
+    /// assertion another node accepted.
+    pub fn with_shared_replay(mut self, shared: Arc<dyn SharedReplay>) -> Self {
+        self.shared_replay = Some(shared);
+        self
     }
 
     /// Charges every identified request to its caller's bucket, and every other one to
@@ -251,29 +281,49 @@ impl Authenticator {
     }
 
     /// Decides who is calling `request`.
-    pub fn identify<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
+    pub async fn identify<T>(&self, request: &tonic::Request<T>) -> Result<Caller, AuthError> {
         let info = request.extensions().get::<PeerInfo>();
         let ip = crate::ratelimit::peer_ip(request);
-        self.identify_request(
+        let proven = self.identify_request(
             request.metadata().as_ref(),
             info,
             ip,
             FormClientAuth::default(),
-        )
+        );
+        self.first_use(proven).await
+    }
+
+    /// The caller, once a shared replay record (if any) has the assertion that proved it
+    /// as used for the first time.
+    async fn first_use(&self, proven: Result<Proven, AuthError>) -> Result<Caller, AuthError> {
+        let proven = proven?;
+        if let (Some(shared), Some((key, until))) = (&self.shared_replay, proven.replay) {
+            match shared.first_use(key, until).await {
+                Ok(true) => {}
+                Ok(false) => return Err(AuthError::Unproven(AssertionError::Replayed.to_string())),
+                Err(e) => {
+                    return Err(AuthError::Unavailable(format!(
+                        "recording the client assertion as used failed ({e}); retry with a fresh one"
+                    )));
+                }
+            }
+        }
+        Ok(proven.caller)
     }
 
     /// Decides who is calling an HTTP request (the OAuth face): the same proofs as
     /// [`identify`](Self::identify), read from the same headers and the connection's
     /// [`PeerInfo`] in the request's extensions, plus the RFC 7523 client authentication of
     /// its form, `form` (one more way to present a client assertion, never a second proof).
-    pub fn identify_http(
+    pub async fn identify_http(
         &self,
         parts: &::http::request::Parts,
         form: FormClientAuth<'_>,
     ) -> Result<Caller, AuthError> {
         let info = parts.extensions.get::<PeerInfo>();
         let ip = info.and_then(|p| p.remote_addr).map(|a| a.ip());
-        self.identify_request(&parts.headers, info, ip, form)
+        let proven = self.identify_request(&parts.headers, info, ip, form);
+        self.first_use(proven).await
     }
 
     /// The one path of every request: the connection's certificate still valid, the one
@@ -285,7 +335,7 @@ impl Authenticator {
         info: Option<&PeerInfo>,
         ip: Option<std::net::IpAddr>,
         form: FormClientAuth<'_>,
-    ) -> Result<Caller, AuthError> {
+    ) -> Result<Proven, AuthError> {
         // The handshake checked the certificate's validity once; the connection may last
         // longer than the certificate.
         let now = i64::try_from(crate::service::now_secs()).unwrap_or(i64::MAX);
@@ -299,11 +349,14 @@ impl Authenticator {
         let peer = info
             .and_then(|p| p.spiffe_id.as_ref())
             .map(|id| id.to_string());
-        let caller = self
-            .identify_headers(headers, peer, form)
-            .and_then(|caller| form.check_client_id(caller));
+        let proven = self.identify_headers(headers, peer, form).and_then(|p| {
+            Ok(Proven {
+                caller: form.check_client_id(p.caller)?,
+                replay: p.replay,
+            })
+        });
         if let Some(limits) = &self.limits {
-            match &caller {
+            match proven.as_ref().map(|p| &p.caller) {
                 Ok(Caller::Known(i)) => {
                     limits
                         .check(&i.actor.id, i.roles)
@@ -322,7 +375,7 @@ impl Authenticator {
                     })?,
             }
         }
-        caller
+        proven
     }
 
     /// [`identify`](Self::identify) from the metadata and the SPIFFE ID of the
@@ -333,6 +386,7 @@ impl Authenticator {
         peer: Option<String>,
     ) -> Result<Caller, AuthError> {
         self.identify_headers(md.as_ref(), peer, FormClientAuth::default())
+            .map(|p| p.caller)
     }
 
     /// The one proof among the headers, the connection's SPIFFE ID `peer` and the form's
@@ -342,7 +396,7 @@ impl Authenticator {
         headers: &::http::HeaderMap,
         peer: Option<String>,
         form: FormClientAuth<'_>,
-    ) -> Result<Caller, AuthError> {
+    ) -> Result<Proven, AuthError> {
         for header in IDENTITY_HEADERS {
             if headers.get_all(header).iter().nth(1).is_some() {
                 return Err(AuthError::Malformed(format!(
@@ -373,7 +427,9 @@ impl Authenticator {
             )));
         }
         if let Some(v) = headers.get(AUTHORIZATION) {
-            return self.bearer(v.to_str().map_err(|_| AuthError::BadCredential)?);
+            return self
+                .bearer(v.to_str().map_err(|_| AuthError::BadCredential)?)
+                .map(Proven::from);
         }
         // One policy for the whole request: keys and roles never come from two.
         let policy = self.policy.as_ref().map(PolicyHandle::current);
@@ -387,10 +443,12 @@ impl Authenticator {
             return self.assertion(CLIENT_ASSERTION, jwt, policy.as_deref());
         }
         if let Some(id) = peer {
-            return self.party(id, AuthMethod::Mtls, policy.as_deref());
+            return self
+                .party(id, AuthMethod::Mtls, policy.as_deref())
+                .map(Proven::from);
         }
         match headers.get(CALLER_HEADER) {
-            None => Ok(Caller::Anonymous),
+            None => Ok(Caller::Anonymous.into()),
             Some(v) => {
                 let id = v.to_str().map_err(|_| {
                     AuthError::Malformed(format!("{CALLER_HEADER}: must be printable ASCII"))
@@ -403,6 +461,7 @@ impl Authenticator {
                     )));
                 }
                 self.party(id.to_owned(), AuthMethod::Asserted, policy.as_deref())
+                    .map(Proven::from)
             }
         }
     }
@@ -437,7 +496,7 @@ impl Authenticator {
         field: &str,
         jwt: &str,
         policy: Option<&Policy>,
-    ) -> Result<Caller, AuthError> {
+    ) -> Result<Proven, AuthError> {
         let Some(verifier) = &self.assertions else {
             return Err(AuthError::Unproven(format!(
                 "{field}: client assertions are not configured"
@@ -462,7 +521,10 @@ impl Authenticator {
         // A party id is a SPIFFE ID of at most `MAX_ID_LEN` bytes, however it is proven.
         let subject = crate::tls::SpiffeId::parse(&verified.subject)
             .map_err(|e| AuthError::Unproven(format!("{field}: `sub`: {e}")))?;
-        self.party(subject.to_string(), method, policy)
+        Ok(Proven {
+            caller: self.party(subject.to_string(), method, policy)?,
+            replay: Some(verified.replay),
+        })
     }
 
     /// The party `id`, proven by `auth`, with the roles the registry gives it: refused
@@ -697,18 +759,19 @@ mod tests {
     /// the connection's certificate; the form's RFC 7523 assertion is one more way to
     /// present a client assertion, never a second proof; `client_id` must name whoever
     /// was proven.
-    #[test]
-    fn http_requests_prove_one_identity_through_the_same_seam() {
+    #[tokio::test]
+    async fn http_requests_prove_one_identity_through_the_same_seam() {
         let a = auth();
         let spiffe = "spiffe://writ.local/agent/planner";
         let bearer = format!("Bearer {C1}");
         let none = FormClientAuth::default();
         assert_eq!(
-            a.identify_http(&http_parts(&[("authorization", &bearer)], None), none),
+            a.identify_http(&http_parts(&[("authorization", &bearer)], None), none)
+                .await,
             Ok(Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]))
         );
         assert_eq!(
-            a.identify_http(&http_parts(&[], Some(spiffe)), none),
+            a.identify_http(&http_parts(&[], Some(spiffe)), none).await,
             Ok(Caller::known(
                 spiffe,
                 AuthMethod::Mtls,
@@ -716,7 +779,7 @@ mod tests {
             ))
         );
         assert_eq!(
-            a.identify_http(&http_parts(&[], None), none),
+            a.identify_http(&http_parts(&[], None), none).await,
             Ok(Caller::Anonymous)
         );
         let form = FormClientAuth {
@@ -726,7 +789,7 @@ mod tests {
         };
         // No verifier configured here: the form's assertion is a client assertion.
         assert!(matches!(
-            a.identify_http(&http_parts(&[], None), form),
+            a.identify_http(&http_parts(&[], None), form).await,
             Err(AuthError::Unproven(m)) if m.starts_with(CLIENT_ASSERTION)
         ));
         // Beside the header, a certificate or a credential: two proofs.
@@ -737,7 +800,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    a.identify_http(&http_parts(&headers, spiffe), form),
+                    a.identify_http(&http_parts(&headers, spiffe), form).await,
                     Err(AuthError::Malformed(m)) if m.contains("one proof") && m.contains(CLIENT_ASSERTION)
                 ),
                 "{headers:?} {spiffe:?}"
@@ -750,15 +813,15 @@ mod tests {
             client_id: None,
         };
         assert!(matches!(
-            a.identify_http(&http_parts(&[], None), typed(Some("urn:x:saml"), Some("a.b.c"))),
+            a.identify_http(&http_parts(&[], None), typed(Some("urn:x:saml"), Some("a.b.c"))).await,
             Err(AuthError::Unproven(m)) if m.starts_with(CLIENT_ASSERTION_TYPE)
         ));
         assert!(matches!(
-            a.identify_http(&http_parts(&[], None), typed(None, Some("a.b.c"))),
+            a.identify_http(&http_parts(&[], None), typed(None, Some("a.b.c"))).await,
             Err(AuthError::Malformed(m)) if m.starts_with(CLIENT_ASSERTION_TYPE)
         ));
         assert!(matches!(
-            a.identify_http(&http_parts(&[], None), typed(Some(JWT_BEARER), None)),
+            a.identify_http(&http_parts(&[], None), typed(Some(JWT_BEARER), None)).await,
             Err(AuthError::Malformed(m)) if m.starts_with(CLIENT_ASSERTION)
         ));
         // client_id names the proven identity, or the request is refused.
@@ -768,14 +831,15 @@ mod tests {
         };
         assert!(
             a.identify_http(&http_parts(&[], Some(spiffe)), claiming(spiffe))
+                .await
                 .is_ok()
         );
         assert!(matches!(
-            a.identify_http(&http_parts(&[("authorization", &bearer)], None), claiming(spiffe)),
+            a.identify_http(&http_parts(&[("authorization", &bearer)], None), claiming(spiffe)).await,
             Err(AuthError::Unproven(m)) if m.starts_with("client_id")
         ));
         assert!(matches!(
-            a.identify_http(&http_parts(&[], None), claiming("gw")),
+            a.identify_http(&http_parts(&[], None), claiming("gw")).await,
             Err(AuthError::Unproven(m)) if m.contains("proves nothing")
         ));
         // A header sent twice, as for gRPC.
@@ -783,25 +847,25 @@ mod tests {
             a.identify_http(
                 &http_parts(&[("authorization", &bearer), ("authorization", &bearer)], None),
                 none
-            ),
+            ).await,
             Err(AuthError::Malformed(m)) if m.starts_with("authorization")
         ));
     }
 
     /// Rate limits are charged once per HTTP request too: to the caller, or to the peer
     /// address of a request that proves nobody.
-    #[test]
-    fn http_requests_are_rate_limited_like_grpc_ones() {
+    #[tokio::test]
+    async fn http_requests_are_rate_limited_like_grpc_ones() {
         let config: crate::ratelimit::RateLimitConfig =
             toml::from_str("anonymous = { requests_per_second = 1, burst = 1 }\n").unwrap();
         let a = auth().with_limits(Arc::new(crate::ratelimit::RateLimiter::new(&config)));
         let parts = http_parts(&[], None);
         assert_eq!(
-            a.identify_http(&parts, FormClientAuth::default()),
+            a.identify_http(&parts, FormClientAuth::default()).await,
             Ok(Caller::Anonymous)
         );
         assert!(matches!(
-            a.identify_http(&parts, FormClientAuth::default()),
+            a.identify_http(&parts, FormClientAuth::default()).await,
             Err(AuthError::Limited { caller, .. }) if caller == "anonymous 127.0.0.1"
         ));
     }

@@ -193,8 +193,8 @@ async fn forward(
 }
 
 /// The operator behind a chain query, or why the caller may not make one.
-fn operator_only<T>(auth: &Authenticator, request: &Request<T>) -> Result<String, Status> {
-    let caller: Caller = auth.identify(request).map_err(ServiceError::from)?;
+async fn operator_only<T>(auth: &Authenticator, request: &Request<T>) -> Result<String, Status> {
+    let caller: Caller = auth.identify(request).await.map_err(ServiceError::from)?;
     let operator = caller.require(
         &[Role::Operator],
         "chain queries require an operator's identity",
@@ -288,7 +288,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::ListTransactionsRequest>,
     ) -> Result<Response<pb::ListTransactionsResponse>, Status> {
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         let l = convert::list_transactions_request(request.into_inner())?;
         let now = now();
         let page = self
@@ -319,7 +319,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::ListEventsRequest>,
     ) -> Result<Response<pb::ListEventsResponse>, Status> {
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         let (txn, after, limit) = convert::list_events_request(request.into_inner())?;
         // Everything this server has answered is in the trail before it is read, and
         // nothing is shown past an event still being written (so a reader paging by id
@@ -346,7 +346,11 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::DisablePartyRequest>,
     ) -> Result<Response<pb::DisablePartyResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let (party, reason) = convert::disable_party_request(request.into_inner())?;
         let revoked = self.service.disable_party(&caller, party, reason).await?;
         Ok(Response::new(pb::DisablePartyResponse {
@@ -360,7 +364,11 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::EnablePartyRequest>,
     ) -> Result<Response<pb::EnablePartyResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let party = convert::id("party", &request.into_inner().party)?;
         let was_disabled = self.service.enable_party(&caller, party).await?;
         Ok(Response::new(pb::EnablePartyResponse { was_disabled }))
@@ -370,7 +378,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::ListSigningKeysRequest>,
     ) -> Result<Response<pb::ListSigningKeysResponse>, Status> {
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         Ok(Response::new(pb::ListSigningKeysResponse {
             keys: self.signer.keys_at().iter().map(signing_key_pb).collect(),
             jwks_json: self.signer.jwks().to_string(),
@@ -382,7 +390,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::RotateSigningKeysRequest>,
     ) -> Result<Response<pb::RotateSigningKeysResponse>, Status> {
-        let operator = operator_only(&self.auth, &request)?;
+        let operator = operator_only(&self.auth, &request).await?;
         tracing::info!(by = %operator, "signing key rotation requested");
         let keys = self.signer.rotate().await.map_err(ServiceError::from)?;
         Ok(Response::new(pb::RotateSigningKeysResponse {
@@ -394,7 +402,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::ListConsentsRequest>,
     ) -> Result<Response<pb::ListConsentsResponse>, Status> {
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         let l = convert::list_consents_request(request.into_inner())?;
         let now = now();
         let page = self
@@ -423,7 +431,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::GetConsentRequest>,
     ) -> Result<Response<pb::ConsentRequestInfo>, Status> {
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         let id = convert::get_consent_request(request.into_inner())?;
         let found = self
             .store
@@ -438,7 +446,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let operator = operator_only(&self.auth, &request)?;
+        let operator = operator_only(&self.auth, &request).await?;
         let filter = convert::watch_events_request(request.into_inner())?;
         let slot = WatchSlot::take(&self.watchers, &operator)?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
@@ -457,7 +465,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         request: Request<pb::GetTransactionRequest>,
     ) -> Result<Response<pb::Transaction>, Status> {
         use prost::Message;
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         let (txn, after, page_size) = convert::get_transaction_request(request.into_inner())?;
         // The tree's shape comes from the transaction index alone; records are read only
         // for the page answered.
@@ -538,7 +546,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         &self,
         request: Request<pb::GetTokenRequest>,
     ) -> Result<Response<pb::GetTokenResponse>, Status> {
-        operator_only(&self.auth, &request)?;
+        operator_only(&self.auth, &request).await?;
         let id: TokenId = convert::parsed("token_id", &request.into_inner().token_id)?;
         let Some((record, state)) = self.load(id).await? else {
             return Err(ServiceError::NotFound(format!("token_id: no token {id}")).into());

@@ -170,6 +170,7 @@ fn error_info(e: &ServiceError) -> (&'static str, Vec<(&'static str, String)>) {
                 AuthError::Limited { .. } => "RATE_LIMITED",
                 AuthError::Malformed(_) => "MALFORMED_HEADER",
                 AuthError::Forbidden(_) => "FORBIDDEN",
+                AuthError::Unavailable(_) => "UNAVAILABLE",
             },
             none(),
         ),
@@ -245,6 +246,7 @@ impl From<ServiceError> for tonic::Status {
             ServiceError::Auth(AuthError::Exhausted(_)) => Code::ResourceExhausted,
             ServiceError::Auth(AuthError::Malformed(_)) => Code::InvalidArgument,
             ServiceError::Auth(AuthError::Forbidden(_)) => Code::PermissionDenied,
+            ServiceError::Auth(AuthError::Unavailable(_)) => Code::Unavailable,
             ServiceError::PermissionDenied(_) => Code::PermissionDenied,
             // A token that does not verify or is not stored, malformed or not: present a
             // valid one. (Only Validate tells these apart, as an inactive reason.)

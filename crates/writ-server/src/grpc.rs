@@ -57,7 +57,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::MintRequest>,
     ) -> Result<Response<pb::MintResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let (req, key) = convert::mint_request(request.into_inner())?;
         let (secret, record) = self.service.mint(&caller, req, key.as_deref()).await?;
         Ok(Response::new(pb::MintResponse {
@@ -70,7 +74,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::DownscopeRequest>,
     ) -> Result<Response<pb::DownscopeResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let d = convert::downscope_request(request.into_inner())?;
         let (secret, record) = self
             .service
@@ -91,7 +99,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::ValidateRequest>,
     ) -> Result<Response<pb::ValidateResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let req = request.into_inner();
         let action = convert::action(req.action)?;
         // Asked before anything is looked up or spent: a JWT cannot be recalled, so only
@@ -162,7 +174,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::RevokeRequest>,
     ) -> Result<Response<pb::RevokeResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let (target, reason) = convert::revoke_request(request.into_inner())?;
         let ids = self.service.revoke(&caller, target, reason).await?;
         Ok(Response::new(pb::RevokeResponse {
@@ -174,7 +190,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::RequestConsentRequest>,
     ) -> Result<Response<pb::RequestConsentResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let ask = convert::request_consent_request(request.into_inner())?;
         let requested = self
             .service
@@ -191,7 +211,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::DecideConsentRequest>,
     ) -> Result<Response<pb::DecideConsentResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let (id, approve, subject) = convert::decide_consent_request(request.into_inner())?;
         let decided = self
             .service
@@ -206,7 +230,11 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
         &self,
         request: Request<pb::RedeemConsentRequest>,
     ) -> Result<Response<pb::RedeemConsentResponse>, Status> {
-        let caller = self.auth.identify(&request).map_err(ServiceError::from)?;
+        let caller = self
+            .auth
+            .identify(&request)
+            .await
+            .map_err(ServiceError::from)?;
         let (id, token, ttl) = convert::redeem_consent_request(request.into_inner())?;
         let (secret, record) = self
             .service

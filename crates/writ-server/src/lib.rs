@@ -154,6 +154,27 @@ pub struct RunningServer {
     lock: secrets::DataDirLock,
 }
 
+/// The record of client assertions used, kept in the Redis Cluster the nodes share.
+#[derive(Debug)]
+struct SharedJti(writ_store::RedisStore);
+
+impl assertion::SharedReplay for SharedJti {
+    fn first_use(
+        &self,
+        key: [u8; 32],
+        until_unix_secs: u64,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>
+    {
+        let until = writ_core::UnixMillis(until_unix_secs.saturating_mul(1000));
+        Box::pin(async move {
+            self.0
+                .first_use(key, until)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    }
+}
+
 /// How often the policy file is checked for changes (besides SIGHUP).
 pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -594,6 +615,11 @@ async fn start_with_keepalive(
         .with_limits(limits.clone())
         .with_assertions(assertions.clone())
         .with_asserted_identities(config.auth.asserted_identities);
+    // Nodes sharing a store share the record of assertions used: one use per trust domain.
+    let auth = match &*store {
+        writ_store::AnyStore::Redis(r) => auth.with_shared_replay(Arc::new(SharedJti(r.clone()))),
+        writ_store::AnyStore::Rocks(_) => auth,
+    };
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
         service.clone(),
         store.clone(),

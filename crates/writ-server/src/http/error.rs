@@ -244,7 +244,9 @@ impl From<AuthError> for OAuthError {
             // Two proofs, a header twice, a malformed value (RFC 6749: "utilizes more
             // than one mechanism for authenticating the client" is invalid_request).
             AuthError::Malformed(_) => OAuthError::invalid_request(e.to_string()),
-            AuthError::Exhausted(_) => OAuthError::unavailable(e.to_string(), 1),
+            AuthError::Exhausted(_) | AuthError::Unavailable(_) => {
+                OAuthError::unavailable(e.to_string(), 1)
+            }
         }
     }
 }

@@ -122,14 +122,18 @@ pub(crate) async fn read_and_identify<S: TokenStore>(
         Ok(form) => form,
         Err(refused) => {
             return Err(
-                match state.auth.identify_http(parts, FormClientAuth::default()) {
+                match state
+                    .auth
+                    .identify_http(parts, FormClientAuth::default())
+                    .await
+                {
                     Err(limited @ AuthError::Limited { .. }) => limited.into(),
                     _ => refused,
                 },
             );
         }
     };
-    let caller = state.auth.identify_http(parts, form.client_auth())?;
+    let caller = state.auth.identify_http(parts, form.client_auth()).await?;
     Ok((form, caller))
 }
 

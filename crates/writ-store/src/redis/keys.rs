@@ -93,6 +93,10 @@ impl Keys {
     pub(super) fn consent_key(&self, key: &[u8; 32]) -> String {
         format!("{}:ckey:{{{}}}", self.prefix, hex::encode(key))
     }
+    /// A client assertion recorded as used (its `sub`/`jti` digest).
+    pub(super) fn assertion(&self, key: &[u8; 32]) -> String {
+        format!("{}:jti:{{{}}}", self.prefix, hex::encode(key))
+    }
 
     /// The bucket of the all-transactions index `txn` belongs to.
     pub(super) fn txn_bucket_of(&self, txn: TxnId) -> String {

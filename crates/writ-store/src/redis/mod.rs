@@ -243,6 +243,21 @@ impl RedisStore {
     pub fn options(&self) -> &RedisOptions {
         &self.inner.opts
     }
+
+    /// Records a used client assertion's `key` until `until` unless it is recorded:
+    /// `Ok(true)` the first time, `Ok(false)` while it is. Acknowledged by the replicas
+    /// like a revocation: a record lost in a failover would let the assertion be used
+    /// once more.
+    pub async fn first_use(&self, key: [u8; 32], until: UnixMillis) -> Result<bool, StoreError> {
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(self.inner.keys.assertion(&key))
+            .arg(1)
+            .arg("NX")
+            .arg("PXAT")
+            .arg(until.0.max(1));
+        let set: Option<String> = self.inner.durable(cmd).await?;
+        Ok(set.is_some())
+    }
 }
 
 async fn load_functions(conn: &mut ClusterConnection) -> Result<(), StoreError> {

@@ -362,6 +362,37 @@ async fn a_malformed_write_is_refused_whole_and_a_version_is_the_last_writes_non
     assert_eq!(inner.version(t).await.unwrap().as_bytes(), &n[..]);
 }
 
+#[tokio::test]
+async fn a_client_assertion_is_recorded_used_once_across_stores() {
+    let opts = options();
+    let (a, b) = (
+        RedisStore::connect(opts.clone()).await.unwrap(),
+        RedisStore::connect(opts).await.unwrap(),
+    );
+    #[allow(clippy::disallowed_methods)] // Redis expires keys on the real clock.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let until = UnixMillis(now + 60_000);
+    assert!(a.first_use([1; 32], until).await.unwrap());
+    assert!(
+        !b.first_use([1; 32], until).await.unwrap(),
+        "used through a"
+    );
+    assert!(!a.first_use([1; 32], until).await.unwrap());
+    assert!(b.first_use([2; 32], until).await.unwrap());
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(a.inner.keys.assertion(&[1; 32]))
+        .query_async(&mut a.inner.read_conn())
+        .await
+        .unwrap();
+    assert!(
+        ttl > 0 && ttl <= 60_000,
+        "kept only while it could be replayed: {ttl}"
+    );
+}
+
 #[test]
 fn credentials_in_node_urls_never_reach_a_log() {
     assert_eq!(

@@ -94,7 +94,7 @@ pub async fn show<S: TokenStore>(
     request: Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    if let Some(limited) = charge(&state, &parts) {
+    if let Some(limited) = charge(&state, &parts).await {
         return limited;
     }
     let link = link_of(&parts);
@@ -153,7 +153,7 @@ pub async fn decide<S: TokenStore>(
     request: Request,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    if let Some(limited) = charge(&state, &parts) {
+    if let Some(limited) = charge(&state, &parts).await {
         return limited;
     }
     let link = link_of(&parts);
@@ -219,7 +219,7 @@ pub async fn callback<S: TokenStore>(
     request: Request,
 ) -> Response {
     let (parts, _) = request.into_parts();
-    if let Some(limited) = charge(&state, &parts) {
+    if let Some(limited) = charge(&state, &parts).await {
         return limited;
     }
     let Some(sign_in) = &state.consent.sign_in else {
@@ -284,8 +284,12 @@ fn link_of(parts: &Parts) -> &str {
 
 /// Charges the request to its caller's rate limit (an anonymous browser: its peer
 /// address's); over it, the 429 page (with `Retry-After`) to answer.
-fn charge<S: TokenStore>(state: &HttpState<S>, parts: &Parts) -> Option<Response> {
-    match state.auth.identify_http(parts, FormClientAuth::default()) {
+async fn charge<S: TokenStore>(state: &HttpState<S>, parts: &Parts) -> Option<Response> {
+    match state
+        .auth
+        .identify_http(parts, FormClientAuth::default())
+        .await
+    {
         Err(AuthError::Limited { limited, .. }) => {
             let secs = limited.retry_after.as_secs().max(1);
             let mut response = MessagePage::new(
