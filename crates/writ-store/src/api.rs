@@ -817,8 +817,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// `revoke`. Several transactions may be in hand at once, each under its own lock
     /// (never two locks held by one write).
     ///
-    /// On an error the transactions already handled stay revoked and the rest are not:
-    /// call again. A future dropped mid-walk stops it between transactions (a transaction
+    /// On an error the transactions already handled stay revoked: call again. A store
+    /// whose transactions fail apart (Redis, by shard) walks on past a transaction it
+    /// cannot revoke and answers the first error once it has tried every one. A future dropped mid-walk stops it between transactions (a transaction
     /// being written lands whole, with its event).
     ///
     fn revoke_party(

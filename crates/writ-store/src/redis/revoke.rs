@@ -55,6 +55,32 @@ impl Inner {
         })
     }
 
+    /// Reads the records of `ids` into `into`, a chunk per round trip.
+    async fn read_records(
+        &self,
+        txn: TxnId,
+        ids: &[TokenId],
+        into: &mut BTreeMap<TokenId, TokenRecord>,
+    ) -> Result<(), StoreError> {
+        for chunk in ids.chunks(super::CHUNK) {
+            let mut hmget = redis::cmd("HMGET");
+            hmget.arg(self.keys.records(txn));
+            for id in chunk {
+                hmget.arg(&id.0[..]);
+            }
+            let raw: Vec<Option<Vec<u8>>> = hmget
+                .query_async(&mut self.read_conn())
+                .await
+                .map_err(backend)?;
+            for (id, r) in chunk.iter().zip(raw) {
+                if let Some(r) = r {
+                    into.insert(*id, codec::decode(&r)?);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn record(&self, txn: TxnId, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
         let raw: Option<Vec<u8>> = redis::cmd("HGET")
             .arg(self.keys.records(txn))
@@ -148,16 +174,29 @@ impl Inner {
         let reason = party_reason(party, reason);
         let mut done = PartyRevoked::default();
         let mut after: Option<TxnId> = None;
+        // A transaction that cannot be revoked now (its shard failing over, say) does not
+        // stop the walk: every other one is revoked, and the first error is answered at
+        // the end, so the caller walks again.
+        let mut failed: Option<StoreError> = None;
         loop {
             let page = self.party_page(party, after, PARTY_PAGE).await?;
             for &txn in &page {
-                let ids = self
+                match self
                     .revoke_party_txn(txn, party, by, &reason, &*events)
-                    .await?;
-                done.add(ids);
+                    .await
+                {
+                    Ok(ids) => done.add(ids),
+                    Err(e) => {
+                        tracing::warn!(%txn, error = %e, "revoking a disabled party's tokens in one transaction failed; walking on");
+                        failed.get_or_insert(e);
+                    }
+                }
             }
             if page.len() < PARTY_PAGE {
-                return Ok(done);
+                return match failed {
+                    None => Ok(done),
+                    Some(e) => Err(e),
+                };
             }
             after = page.last().copied();
         }
@@ -174,17 +213,17 @@ impl Inner {
     ) -> Result<Vec<TokenId>, StoreError> {
         let nonce = nonce();
         let _serial = self.lock(txn).await;
+        // Records never change: read once, and only those of tokens not yet revoked.
+        let mut records: BTreeMap<TokenId, TokenRecord> = BTreeMap::new();
         for attempt in 0..MAX_ATTEMPTS {
             let whole = self.read_whole(txn).await?;
-            let records: Raw = redis::cmd("HGETALL")
-                .arg(self.keys.records(txn))
-                .query_async(&mut self.read_conn())
-                .await
-                .map_err(backend)?;
-            let records: BTreeMap<TokenId, TokenRecord> = records
+            let wanted: Vec<TokenId> = whole
+                .tree
                 .iter()
-                .map(|(id, r)| Ok((TokenId(id16(id, "record field")?), codec::decode(r)?)))
-                .collect::<Result<_, StoreError>>()?;
+                .map(|e| e.id)
+                .filter(|id| !records.contains_key(id) && whole.state_of(*id).revoked.is_none())
+                .collect();
+            self.read_records(txn, &wanted, &mut records).await?;
             let found = party_txn_revocations(
                 whole.tree.clone(),
                 party,
