@@ -275,6 +275,34 @@ async fn an_answer_read_rather_than_written_is_acknowledged_like_a_write() {
 }
 
 #[tokio::test]
+async fn a_party_walk_goes_on_past_a_transaction_it_cannot_revoke() {
+    let store = store().await;
+    let inner = &store.inner;
+    for n in [1, 2] {
+        let mut r = record(txn(n.into()), tid(n), None);
+        r.audience.id = "mallory".into();
+        store.put(r).await.unwrap();
+    }
+    // The first transaction in the walk's order is unreadable (a key of the wrong type).
+    let _: () = redis::cmd("SET")
+        .arg(inner.keys.tree(txn(1)))
+        .arg("not a hash")
+        .query_async(&mut inner.write_conn())
+        .await
+        .unwrap();
+    let events: Arc<dyn crate::api::EventIssuer> = conformance::Issued::at(UnixMillis(7));
+    let e = store
+        .revoke_party("mallory".into(), conformance::by("op"), "r".into(), events)
+        .await
+        .unwrap_err();
+    assert!(matches!(&e, StoreError::Backend(m) if m.contains("WRONGTYPE")), "{e:?}");
+    assert!(
+        store.state(tid(2)).await.unwrap().unwrap().revoked.is_some(),
+        "the walk stopped at the first transaction it could not revoke"
+    );
+}
+
+#[tokio::test]
 async fn a_keyed_root_whose_first_attempt_failed_is_stored_by_a_retry() {
     let store = store().await;
     let inner = &store.inner;
