@@ -898,7 +898,9 @@ pub trait TokenStore: Send + Sync + 'static {
         events: Vec<Event>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
-    /// Up to `limit` events of one transaction with ids after `after`, in id order.
+    /// Up to `limit` events of one transaction with ids after `after`, in id order. On a
+    /// store several nodes write, two events may share an id; such events are never split
+    /// between pages, so a page may then hold a few more than `limit`.
     fn events(
         &self,
         txn: TxnId,

@@ -22,13 +22,19 @@ impl Inner {
     /// by replicas: like RocksStore's, these survive a crash of the process (the master
     /// fsyncs its AOF), not every failover.
     pub(super) async fn append_events(&self, events: Vec<Event>) -> Result<(), StoreError> {
+        if events.is_empty() {
+            return Ok(());
+        }
         let mut by_txn: BTreeMap<TxnId, Vec<&Event>> = BTreeMap::new();
         for e in &events {
             by_txn.entry(e.txn).or_default().push(e);
         }
+        // One pipeline for the batch: the client sends each transaction's commands to its
+        // shard.
+        let mut pipe = redis::pipe();
+        let mut newest = EventId(0);
         for (txn, events) in by_txn {
             let key = self.keys.events(txn);
-            let mut pipe = redis::pipe();
             let mut last = EventId(0);
             for e in events {
                 pipe.zadd(&key, event_member(e.id, &codec::encode_event(e)?), e.id.0)
@@ -37,14 +43,18 @@ impl Inner {
             }
             let at = self.event_expiry(last);
             if at > 0 {
+                // Set if the key has no expiry yet (GT alone never sets one), extended if
+                // it has an earlier one.
+                pipe.cmd("PEXPIREAT").arg(&key).arg(at).arg("NX").ignore();
                 pipe.cmd("PEXPIREAT").arg(&key).arg(at).arg("GT").ignore();
             }
-            let () = pipe
-                .query_async(&mut self.write_conn())
-                .await
-                .map_err(backend)?;
-            self.saw_event(last);
+            newest = newest.max(last);
         }
+        let () = pipe
+            .query_async(&mut self.write_conn())
+            .await
+            .map_err(backend)?;
+        self.saw_event(newest);
         Ok(())
     }
 
@@ -66,9 +76,31 @@ impl Inner {
             .query_async(&mut self.read_conn())
             .await
             .map_err(backend)?;
-        raw.iter()
+        let mut events = raw
+            .iter()
             .map(|m| codec::decode_event(event_of_member(m)?))
-            .collect()
+            .collect::<Result<Vec<Event>, _>>()?;
+        // Two nodes may issue one id (each issues its own increasing ids): a page never
+        // ends between such events, or a reader paging `after` the id would skip one.
+        if events.len() == limit
+            && let Some(last) = events.last().map(|e| e.id)
+        {
+            let same: Vec<Vec<u8>> = redis::cmd("ZRANGE")
+                .arg(self.keys.events(txn))
+                .arg(last.0)
+                .arg(last.0)
+                .arg("BYSCORE")
+                .query_async(&mut self.read_conn())
+                .await
+                .map_err(backend)?;
+            if same.len() > 1 {
+                events.retain(|e| e.id != last);
+                for m in &same {
+                    events.push(codec::decode_event(event_of_member(m)?)?);
+                }
+            }
+        }
+        Ok(events)
     }
 
     pub(super) async fn last_event_id(&self) -> Result<Option<EventId>, StoreError> {

@@ -295,11 +295,42 @@ async fn a_party_walk_goes_on_past_a_transaction_it_cannot_revoke() {
         .revoke_party("mallory".into(), conformance::by("op"), "r".into(), events)
         .await
         .unwrap_err();
-    assert!(matches!(&e, StoreError::Backend(m) if m.contains("WRONGTYPE")), "{e:?}");
     assert!(
-        store.state(tid(2)).await.unwrap().unwrap().revoked.is_some(),
+        matches!(&e, StoreError::Backend(m) if m.contains("WRONGTYPE")),
+        "{e:?}"
+    );
+    assert!(
+        store
+            .state(tid(2))
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+            .is_some(),
         "the walk stopped at the first transaction it could not revoke"
     );
+}
+
+#[tokio::test]
+async fn a_page_of_events_never_ends_between_two_with_one_id() {
+    // Two nodes each issue their own increasing ids, so one id can name two events.
+    let store = store().await;
+    let t = txn(4);
+    let (a, b) = (record(t, tid(1), None), record(t, tid(2), None));
+    store
+        .append_events(vec![
+            Event::minted(EventId(10), &a),
+            Event::minted(EventId(20), &a),
+            Event::minted(EventId(20), &b),
+            Event::minted(EventId(30), &a),
+        ])
+        .await
+        .unwrap();
+    let ids = |events: Vec<Event>| events.iter().map(|e| e.id.0).collect::<Vec<_>>();
+    let first = store.events(t, None, 2).await.unwrap();
+    assert_eq!(ids(first), vec![10, 20, 20]);
+    let next = store.events(t, Some(EventId(20)), 2).await.unwrap();
+    assert_eq!(ids(next), vec![30]);
 }
 
 #[tokio::test]
