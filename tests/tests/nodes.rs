@@ -272,3 +272,48 @@ async fn asserting(srv: &TestServer, assertion: &str) -> writ_client::WritClient
         .with_client_assertion(assertion)
         .expect("a valid header")
 }
+
+/// A watcher on one node sees what every node stores: each announces its stored events
+/// to the others (once, never its own back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_node_sees_the_events_another_node_stores() {
+    let a = TestServer::start_with(redis::use_cluster).await;
+    let b = TestServer::start_node_of(&a).await;
+    let mut watch = ok(
+        b.operator()
+            .await
+            .watch_events(pb::WatchEventsRequest {
+                kinds: vec![pb::EventKind::Minted.into(), pb::EventKind::Revoked.into()],
+                ..Default::default()
+            })
+            .await,
+        "watch",
+    );
+    let minted_on_a = a.mint(trip_mint()).await;
+    let txn = minted_on_a.info.expect("info").txn;
+    let minted_on_b = b.mint(trip_mint()).await.info.expect("info").txn;
+    a.revoke_as_operator(revoke_txn(&txn, "done")).await;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let e = match tokio::time::timeout(Duration::from_secs(30), watch.message()).await {
+            Ok(Ok(Some(e))) => e,
+            other => panic!("expected an event, got {other:?}"),
+        };
+        seen.push((e.kind(), e.txn));
+    }
+    seen.sort();
+    let mut want = vec![
+        (pb::EventKind::Minted, txn.clone()),
+        (pb::EventKind::Minted, minted_on_b),
+        (pb::EventKind::Revoked, txn),
+    ];
+    want.sort();
+    assert_eq!(seen, want);
+    // Nothing twice: the next event is the next one stored.
+    let marker = a.mint(trip_mint()).await.info.expect("info").txn;
+    let next = match tokio::time::timeout(Duration::from_secs(30), watch.message()).await {
+        Ok(Ok(Some(e))) => e,
+        other => panic!("expected an event, got {other:?}"),
+    };
+    assert_eq!((next.kind(), next.txn), (pb::EventKind::Minted, marker));
+}

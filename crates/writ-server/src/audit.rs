@@ -93,12 +93,28 @@ impl Drop for Pending {
     }
 }
 
+/// Where nodes that share a store announce the events they stored to each other (the
+/// live feed across nodes); each node reads the others' and hands them to
+/// [`Audit::announce_remote`].
+pub trait SharedFeed: Send + Sync + std::fmt::Debug {
+    /// Announces `events`, stored already; failures are logged, not returned (the trail
+    /// holds the events; only live watchers elsewhere miss them).
+    fn announce(&self, events: Vec<Event>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+}
+
+type Feed = Arc<std::sync::OnceLock<Arc<dyn SharedFeed>>>;
+
 /// The audit trail as the service and the chain queries see it.
 #[derive(Debug)]
 pub struct Audit {
     issuer: Shared,
     queue: mpsc::Sender<Msg>,
     live: broadcast::Sender<Arc<Event>>,
+    /// The feed across nodes, on a shared store.
+    feed: Feed,
+    /// Counts the times the feed across nodes lost events before this node read them:
+    /// every watcher ends then.
+    gaps: tokio::sync::watch::Sender<u64>,
 }
 
 impl Audit {
@@ -124,12 +140,15 @@ impl Audit {
             last,
             pending: BTreeSet::new(),
         }));
+        let feed: Feed = Arc::default();
         let audit = Arc::new(Audit {
             issuer: issuer.clone(),
             queue,
             live: live.clone(),
+            feed: feed.clone(),
+            gaps: tokio::sync::watch::Sender::new(0),
         });
-        let writer = tokio::spawn(write_loop(store, rx, live, issuer));
+        let writer = tokio::spawn(write_loop(store, rx, live, issuer, feed));
         Ok((audit, writer))
     }
 
@@ -158,8 +177,33 @@ impl Audit {
 
     /// Announces an event the store has already written (with its token change).
     pub fn publish(&self, event: Event) {
+        announce_shared(&self.feed, std::slice::from_ref(&event));
         // No watcher is not an error.
         let _ = self.live.send(Arc::new(event));
+    }
+
+    /// From now on, also announces every stored event on `feed` (a store other nodes
+    /// share). Set once, at start.
+    pub fn share(&self, feed: Arc<dyn SharedFeed>) {
+        let _ = self.feed.set(feed);
+    }
+
+    /// Hands events another node stored to this node's watchers.
+    pub fn announce_remote(&self, events: Vec<Event>) {
+        for e in events {
+            let _ = self.live.send(Arc::new(e));
+        }
+    }
+
+    /// The feed across nodes lost events before this node read them: every watcher is
+    /// ended (it reads the gap with ListEvents).
+    pub fn feed_lost(&self) {
+        self.gaps.send_modify(|n| *n += 1);
+    }
+
+    /// Changes each time the feed across nodes lost events ([`feed_lost`](Self::feed_lost)).
+    pub fn gaps(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.gaps.subscribe()
     }
 
     /// Queues `event` (whose id `pending` issued) for the writer, which settles the id
@@ -198,6 +242,7 @@ impl Audit {
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let live = self.live.clone();
+        let feed = self.feed.clone();
         let store = store.clone();
         let task = tokio::spawn(async move {
             let result = write(store).await;
@@ -206,6 +251,7 @@ impl Audit {
             }
             let stored = result.as_ref().ok().and_then(Written::stored_event);
             if let Some(event) = event.or(stored) {
+                announce_shared(&feed, std::slice::from_ref(&event));
                 // No watcher is not an error.
                 let _ = live.send(Arc::new(event));
             }
@@ -241,6 +287,14 @@ impl Audit {
     /// their batch is written.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.live.subscribe()
+    }
+}
+
+/// Announces stored `events` on the feed across nodes, if there is one, off the caller's
+/// path.
+fn announce_shared(feed: &Feed, events: &[Event]) {
+    if let Some(feed) = feed.get() {
+        tokio::spawn(feed.announce(events.to_vec()));
     }
 }
 
@@ -294,6 +348,7 @@ async fn write_loop<S: TokenStore>(
     mut rx: mpsc::Receiver<Msg>,
     live: broadcast::Sender<Arc<Event>>,
     issuer: Shared,
+    feed: Feed,
 ) {
     let mut msgs = Vec::with_capacity(WRITE_BATCH);
     let mut lost = false;
@@ -319,8 +374,10 @@ async fn write_loop<S: TokenStore>(
         }
         if !events.is_empty() {
             let ids: Vec<u64> = events.iter().map(|e| e.id.0).collect();
-            // Copy the batch for the feed only when someone is watching.
-            let watched = (live.receiver_count() > 0).then(|| events.clone());
+            // Copy the batch for the feed only when someone is watching (here, or on
+            // another node).
+            let watched =
+                (live.receiver_count() > 0 || feed.get().is_some()).then(|| events.clone());
             let mut attempt = 0;
             let stored = loop {
                 match store.append_events(events.clone()).await {
@@ -343,6 +400,9 @@ async fn write_loop<S: TokenStore>(
                 }
             }
             if stored {
+                if let Some(batch) = &watched {
+                    announce_shared(&feed, batch);
+                }
                 for e in watched.into_iter().flatten() {
                     let _ = live.send(Arc::new(e));
                 }

@@ -146,6 +146,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<pb::AuditEvent, Status>>
 async fn forward(
     _slot: WatchSlot,
     mut live: broadcast::Receiver<Arc<writ_core::Event>>,
+    mut gaps: watch::Receiver<u64>,
     filter: convert::WatchFilter,
     out: mpsc::Sender<Result<pb::AuditEvent, Status>>,
     mut stop: watch::Receiver<bool>,
@@ -160,6 +161,10 @@ async fn forward(
         let event = tokio::select! {
             e = live.recv() => e,
             _ = stop.wait_for(|s| *s) => break Some(shutting_down()),
+            Ok(()) = gaps.changed() => break Some(Status::resource_exhausted(
+                "events other Writ nodes stored were lost before this node read them; \
+                 read the gap with ListEvents and watch again",
+            )),
             () = out.closed() => break None,
         };
         let item = match event {
@@ -453,6 +458,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
         tokio::spawn(forward(
             slot,
             self.audit.subscribe(),
+            self.audit.gaps(),
             filter,
             tx,
             self.stop.clone(),
@@ -612,12 +618,48 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
-        tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        tokio::spawn(forward(
+            slot,
+            rx,
+            watch::channel(0).1,
+            convert::WatchFilter::default(),
+            tx,
+            stop,
+        ));
         let first = out.recv().await.unwrap();
         let status = first.unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
         assert!(status.message().contains("6 events behind"), "{status:?}");
         // The stream ends there, and the watch gives its place back.
+        assert!(out.recv().await.is_none());
+        assert_eq!(open(&watchers), 0);
+    }
+
+    /// Events other nodes stored were lost before this node read them: every watch ends,
+    /// told to read the gap.
+    #[tokio::test]
+    async fn a_gap_in_the_feed_across_nodes_ends_a_watch() {
+        let (live, rx) = broadcast::channel(4);
+        let (tx, mut out) = mpsc::channel(16);
+        let (_stop_tx, stop) = watch::channel(false);
+        let (gaps_tx, gaps) = watch::channel(0);
+        let watchers = Arc::default();
+        let slot = WatchSlot::take(&watchers, "ops").unwrap();
+        let task = tokio::spawn(forward(
+            slot,
+            rx,
+            gaps,
+            convert::WatchFilter::default(),
+            tx,
+            stop,
+        ));
+        live.send(event(1)).unwrap();
+        assert!(out.recv().await.unwrap().is_ok());
+        gaps_tx.send_modify(|n| *n += 1);
+        task.await.unwrap();
+        let end = out.recv().await.unwrap().unwrap_err();
+        assert_eq!(end.code(), tonic::Code::ResourceExhausted);
+        assert!(end.message().contains("ListEvents"), "{end:?}");
         assert!(out.recv().await.is_none());
         assert_eq!(open(&watchers), 0);
     }
@@ -629,7 +671,14 @@ mod tests {
         let (stop_tx, stop) = watch::channel(false);
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
-        let task = tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        let task = tokio::spawn(forward(
+            slot,
+            rx,
+            watch::channel(0).1,
+            convert::WatchFilter::default(),
+            tx,
+            stop,
+        ));
         live.send(event(1)).unwrap();
         assert!(out.recv().await.unwrap().is_ok());
         stop_tx.send(true).unwrap();
@@ -657,7 +706,14 @@ mod tests {
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
         let started = tokio::time::Instant::now();
-        let task = tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        let task = tokio::spawn(forward(
+            slot,
+            rx,
+            watch::channel(0).1,
+            convert::WatchFilter::default(),
+            tx,
+            stop,
+        ));
         for n in 0..3 {
             live.send(event(n)).unwrap();
         }
@@ -690,7 +746,14 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
-        tokio::spawn(forward(slot, rx, convert::WatchFilter::default(), tx, stop));
+        tokio::spawn(forward(
+            slot,
+            rx,
+            watch::channel(0).1,
+            convert::WatchFilter::default(),
+            tx,
+            stop,
+        ));
         for n in 0..4 {
             live.send(event(n)).unwrap();
         }

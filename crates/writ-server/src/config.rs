@@ -301,6 +301,7 @@ impl Config {
             key_expiry: true,
             index_horizon: retention + std::time::Duration::from_secs(self.tokens.max_ttl_seconds),
             record_cache: r.record_cache_entries,
+            feed_entries: writ_store::RedisOptions::default().feed_entries,
         }
     }
 }

@@ -175,6 +175,70 @@ impl assertion::SharedReplay for SharedJti {
     }
 }
 
+/// The live feed of audit events across the nodes sharing a Redis Cluster.
+#[derive(Debug)]
+struct SharedEvents(writ_store::RedisStore);
+
+impl audit::SharedFeed for SharedEvents {
+    fn announce(
+        &self,
+        events: Vec<writ_core::Event>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+        let store = self.0.clone();
+        Box::pin(async move {
+            if let Err(e) = store.announce(&events).await {
+                tracing::warn!(error = %e, events = events.len(), "announcing events to the other nodes");
+            }
+        })
+    }
+}
+
+/// Reads what the other nodes announce on the feed and hands it to this node's watchers,
+/// until `stop`; a read that finds the feed trimmed past it ends them.
+async fn read_feed(
+    store: writ_store::RedisStore,
+    audit: Arc<audit::Audit>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let wait = std::time::Duration::from_secs(1);
+    let mut cursor = loop {
+        match store.feed_end().await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(error = %e, "finding the end of the feed across nodes");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    };
+    loop {
+        let read = tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            r = store.read_feed(&mut cursor, wait) => r,
+        };
+        match read {
+            Ok(read) => {
+                if read.gap {
+                    tracing::warn!(
+                        "the feed across nodes was trimmed past this node; ending its watchers"
+                    );
+                    audit.feed_lost();
+                }
+                audit.announce_remote(read.events);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the feed across nodes");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}
+
 /// How often the policy file is checked for changes (besides SIGHUP).
 pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -522,6 +586,21 @@ async fn start_with_keepalive(
         );
     }
     let (stop, mut stopped) = watch::channel(false);
+    // On a shared store, watchers here see what the other nodes store too.
+    let feed_reader = match &*store {
+        writ_store::AnyStore::Redis(r) => {
+            audit.share(Arc::new(SharedEvents(r.clone())));
+            Some(tokio::spawn(read_feed(
+                r.clone(),
+                audit.clone(),
+                stop.subscribe(),
+            )))
+        }
+        writ_store::AnyStore::Rocks(_) => None,
+    };
+    // Nodes sharing a store each hold a copy of the signing keys' manifest: they rotate
+    // only when an operator rolls a rotated manifest out to all of them (README).
+    let shared_store = store.rocks().is_none();
     let service = service::Service::new(
         store.clone(),
         keys,
@@ -683,6 +762,12 @@ async fn start_with_keepalive(
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
+    if shared_store {
+        tracing::warn!(
+            "several nodes share this store: JWT signing keys are not rotated automatically \
+             (rotate on one node with `writ keys rotate`, then give every node its manifest)"
+        );
+    }
     let mut reloaders = vec![
         assertions.spawn_bundle_reloader(
             std::time::Duration::from_secs(config.tls.reload_interval_seconds),
@@ -691,12 +776,14 @@ async fn start_with_keepalive(
         policy.spawn_watcher(POLICY_POLL, stop.subscribe()),
         policy_kill,
         limits.spawn_housekeeping(stop.subscribe()),
-        // Automatic rotation of the JWT signing keys, and removal of retired ones.
-        signer.spawn_rotation(stop.subscribe()),
+        // Automatic rotation of the JWT signing keys (one node alone), and removal of
+        // retired ones.
+        signer.spawn_rotation(!shared_store, stop.subscribe()),
         // The subject-token issuers' key sets (JWKS files and URLs).
         subjects.spawn_refresher(stop.subscribe()),
     ];
     reloaders.extend(party_sync);
+    reloaders.extend(feed_reader);
     // Stopped only after the server has (its last requests may still count events), and
     // before the audit writer, which waits for every handle on the trail.
     let (drain_stop, drain_stopped) = watch::channel(false);

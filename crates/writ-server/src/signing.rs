@@ -767,7 +767,13 @@ impl Signer {
     /// The periodic check: rotates if the current keys are `rotate_after_seconds` old,
     /// and removes retired keys whose overlap ended.
     pub fn tick(&self, now: u64) -> Result<(), SigningError> {
-        if self.due(now) {
+        self.tick_with(now, true)
+    }
+
+    /// [`tick`](Self::tick), rotating only if `rotate` (removal of retired keys is the
+    /// same on every node holding one manifest, so it always runs).
+    fn tick_with(&self, now: u64, rotate: bool) -> Result<(), SigningError> {
+        if rotate && self.due(now) {
             tracing::info!("the current JWT signing keys reached rotate_after_seconds");
             self.rotate_at(now)?;
         }
@@ -794,15 +800,21 @@ impl Signer {
     }
 
     /// Starts the periodic check ([`Signer::tick`] every [`Signer::check_interval`]); it
-    /// ends when `stop` turns true.
-    pub fn spawn_rotation(self: &Arc<Self>, stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    /// ends when `stop` turns true. With `rotate` false it only removes retired keys:
+    /// nodes that each hold a copy of one manifest (several nodes on one store) would each
+    /// rotate to a different next key, and publish different key sets.
+    pub fn spawn_rotation(
+        self: &Arc<Self>,
+        rotate: bool,
+        stop: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
         let signer = self.clone();
         crate::periodic::every_blocking(
             self.check_interval(),
             crate::periodic::First::Now,
             stop,
             "JWT signing key rotation",
-            move || signer.tick(crate::service::now_secs()),
+            move || signer.tick_with(crate::service::now_secs(), rotate),
             |ticked| {
                 if let Err(e) = ticked {
                     tracing::error!(error = %e, "JWT signing key rotation");

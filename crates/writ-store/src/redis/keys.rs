@@ -126,6 +126,10 @@ impl Keys {
     pub(super) fn high_water(&self) -> String {
         format!("{}:hwm", self.prefix)
     }
+    /// The live feed of audit events across nodes (a stream).
+    pub(super) fn feed(&self) -> String {
+        format!("{}:feed", self.prefix)
+    }
     /// A `SCAN MATCH` pattern for every key of this namespace.
     pub(super) fn pattern(&self) -> String {
         format!("{}:*", self.prefix)

@@ -38,6 +38,7 @@
 mod audit;
 mod check;
 mod consent;
+mod feed;
 mod keys;
 mod listing;
 mod revoke;
@@ -50,6 +51,7 @@ use crate::api::{
     ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, PartyRevoked, PurgeStats, RevokeTarget,
     Revoked, StoreError, StoreStats, TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
 };
+pub use feed::{FeedCursor, FeedRead};
 use keys::Keys;
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -106,6 +108,9 @@ pub struct RedisOptions {
     pub index_horizon: Duration,
     /// Most token records cached in memory (immutable; 0: no cache).
     pub record_cache: usize,
+    /// About how many entries the live feed of audit events across nodes keeps (a
+    /// node that falls further behind ends its watchers).
+    pub feed_entries: usize,
 }
 
 impl Default for RedisOptions {
@@ -122,6 +127,7 @@ impl Default for RedisOptions {
             key_expiry: true,
             index_horizon: Duration::from_secs(2 * 86_400),
             record_cache: 100_000,
+            feed_entries: 50_000,
         }
     }
 }
@@ -139,6 +145,10 @@ struct Inner {
     read: ClusterConnection,
     /// Durable writes, round-robin.
     writes: Vec<ClusterConnection>,
+    /// The live feed's blocking reads (never ahead of anything else).
+    feed: ClusterConnection,
+    /// This process among the nodes announcing on the feed.
+    origin: u64,
     next_write: AtomicUsize,
     /// Per-transaction serialisation within this process.
     stripes: Vec<AsyncMutex<()>>,
@@ -220,6 +230,7 @@ impl RedisStore {
         for _ in 0..opts.write_connections.max(1) {
             writes.push(client.get_async_connection().await.map_err(backend)?);
         }
+        let feed = client.get_async_connection().await.map_err(backend)?;
         check::verify(&mut read, &opts).await?;
         load_functions(&mut read).await?;
         let inner = Arc::new(Inner {
@@ -233,10 +244,14 @@ impl RedisStore {
             next_write: AtomicUsize::new(0),
             read,
             writes,
+            feed,
+            origin: rand::random(),
             opts,
         });
         tokio::spawn(audit::keep_high_water(Arc::downgrade(&inner)));
-        Ok(RedisStore { inner })
+        let store = RedisStore { inner };
+        store.open_feed().await?;
+        Ok(store)
     }
 
     /// The options the store was connected with.
@@ -355,6 +370,10 @@ impl Inner {
 
     fn read_conn(&self) -> ClusterConnection {
         self.read.clone()
+    }
+
+    fn feed_conn(&self) -> ClusterConnection {
+        self.feed.clone()
     }
 
     /// This process's serialisation of one transaction's mutations.

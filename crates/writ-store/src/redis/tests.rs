@@ -452,6 +452,57 @@ async fn a_client_assertion_is_recorded_used_once_across_stores() {
     );
 }
 
+#[tokio::test]
+async fn what_one_node_announces_the_others_read_and_a_reader_trimmed_past_is_told() {
+    let opts = RedisOptions {
+        feed_entries: 10,
+        ..options()
+    };
+    let (a, b) = (
+        RedisStore::connect(opts.clone()).await.unwrap(),
+        RedisStore::connect(opts).await.unwrap(),
+    );
+    let mut at_b = b.feed_end().await.unwrap();
+    let mut at_a = a.feed_end().await.unwrap();
+    let t = txn(5);
+    let r = record(t, tid(1), None);
+    let sent = vec![
+        Event::minted(EventId(10), &r),
+        Event::minted(EventId(11), &r),
+    ];
+    a.announce(&sent).await.unwrap();
+    let read = b
+        .read_feed(&mut at_b, Duration::from_millis(500))
+        .await
+        .unwrap();
+    assert_eq!(read.events, sent);
+    assert!(!read.gap);
+    // A node does not read back its own announcements.
+    let own = a
+        .read_feed(&mut at_a, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(own.events.is_empty() && !own.gap, "{own:?}");
+    // Nothing new: the read waits, then answers nothing.
+    let idle = b
+        .read_feed(&mut at_b, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(idle.events.is_empty() && !idle.gap);
+    // b falls far behind: the feed is trimmed past it, and b is told.
+    let many: Vec<Event> = (0..500)
+        .map(|i| Event::minted(EventId(100 + i), &r))
+        .collect();
+    for chunk in many.chunks(50) {
+        a.announce(chunk).await.unwrap();
+    }
+    let late = b
+        .read_feed(&mut at_b, Duration::from_millis(50))
+        .await
+        .unwrap();
+    assert!(late.gap, "a reader the feed was trimmed past must know");
+}
+
 #[test]
 fn credentials_in_node_urls_never_reach_a_log() {
     assert_eq!(
