@@ -438,7 +438,8 @@ impl FaultCluster {
                     .and_then(|n| n.parse::<u32>().ok())
                     .is_some_and(|n| n >= 1),
                 Some("slave") => {
-                    self.info_field(p, "replication", "master_link_status").as_deref()
+                    self.info_field(p, "replication", "master_link_status")
+                        .as_deref()
                         == Some("up")
                 }
                 _ => false,

@@ -13,7 +13,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::time::Instant;
 use tonic::Code;
 use writ_client::{ClientError, RetryPolicy, WritClient};
@@ -33,6 +33,8 @@ const NODE_TIMEOUT_MS: u64 = 1000;
 /// generous deadline (a hang is an error, not a wait).
 #[derive(Clone)]
 struct Node {
+    /// No identity yet: other callers are asserted from it.
+    base: WritClient,
     minter: WritClient,
     operator: WritClient,
     planner: WritClient,
@@ -48,6 +50,7 @@ fn raw(c: WritClient) -> WritClient {
 impl Node {
     async fn of(srv: &TestServer) -> Node {
         Node {
+            base: raw(srv.anonymous().await),
             minter: raw(srv.minter().await),
             operator: raw(srv.operator().await),
             planner: raw(srv.party("planner").await),
@@ -91,7 +94,11 @@ impl Node {
             "booking" => self.booking.clone(),
             "payments" => self.payments.clone(),
             "operator" => self.operator.clone(),
-            other => panic!("no client for {other}"),
+            other => self
+                .base
+                .clone()
+                .as_caller(other)
+                .expect("caller id is valid metadata"),
         }
     }
 }
@@ -216,10 +223,7 @@ impl Ledger {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    writ_server::service::now().0
 }
 
 fn code_name(e: &ClientError) -> String {
@@ -354,7 +358,13 @@ fn root_request() -> pb::MintRequest {
 fn single_use_child(parent: &str) -> pb::DownscopeRequest {
     pb::DownscopeRequest {
         max_uses: 1,
-        ..child(parent, build::agent("booking"), &[], &["trips:book"], vec![])
+        ..child(
+            parent,
+            build::agent("booking"),
+            &[],
+            &["trips:book"],
+            vec![],
+        )
     }
 }
 
@@ -386,16 +396,14 @@ async fn round(run: &Run, nodes: &[Node], k: usize, r: usize) {
     let root_i = run.track(tracked(root.token.clone(), root.info, "planner"));
 
     let phase = run.phase();
-    let a = nodes[n1].downscope(single_use_child(&root.token))
-        .await;
+    let a = nodes[n1].downscope(single_use_child(&root.token)).await;
     let a = run.note("downscope", phase, a).map(|a| {
         let mut t = tracked(a.token, a.info, "booking");
         t.parent = Some(root_i);
         run.track(t)
     });
     let phase = run.phase();
-    let b = nodes[n2].downscope(payments_child(&root.token))
-        .await;
+    let b = nodes[n2].downscope(payments_child(&root.token)).await;
     let b = run.note("downscope", phase, b).map(|b| {
         let mut t = tracked(b.token, b.info, "payments");
         t.parent = Some(root_i);
@@ -421,7 +429,8 @@ async fn round(run: &Run, nodes: &[Node], k: usize, r: usize) {
     let revocation = match r % 4 {
         0 => Some((
             root_i,
-            nodes[n2].revoke("planner", revoke_token(&root.token, "fault test"))
+            nodes[n2]
+                .revoke("planner", revoke_token(&root.token, "fault test"))
                 .await,
         )),
         1 => match b {
@@ -429,7 +438,8 @@ async fn round(run: &Run, nodes: &[Node], k: usize, r: usize) {
                 let secret = run.tracked(bi).secret;
                 Some((
                     bi,
-                    nodes[n0].revoke("payments", revoke_token(&secret, "fault test"))
+                    nodes[n0]
+                        .revoke("payments", revoke_token(&secret, "fault test"))
                         .await,
                 ))
             }
@@ -439,7 +449,8 @@ async fn round(run: &Run, nodes: &[Node], k: usize, r: usize) {
             let txn = run.tracked(root_i).txn;
             Some((
                 root_i,
-                nodes[n1].revoke("operator", revoke_txn(&txn, "fault test"))
+                nodes[n1]
+                    .revoke("operator", revoke_txn(&txn, "fault test"))
                     .await,
             ))
         }
@@ -490,7 +501,8 @@ fn note_check(
         *l.allowed.entry(i).or_default() += 1;
         l.tokens[i].used = Ack::Yes;
     } else if let Some(bad) = l.judge(i, &v) {
-        l.violations.push(format!("action check ({phase:?}): {bad}"));
+        l.violations
+            .push(format!("action check ({phase:?}): {bad}"));
     }
 }
 
@@ -601,8 +613,7 @@ async fn recovered(nodes: &[Node], shard: &Shard) -> usize {
                 if !shard.serves(txn_slot(&txn)) {
                     return Ok::<bool, ClientError>(false);
                 }
-                let kid = node.downscope(payments_child(&root.token))
-                    .await?;
+                let kid = node.downscope(payments_child(&root.token)).await?;
                 node.revoke("payments", revoke_token(&kid.token, "recovered"))
                     .await?;
                 Ok(true)
@@ -662,7 +673,11 @@ fn report(name: &str, run: &Run, shard: &Shard, extra: &[String]) {
     for line in extra {
         eprintln!("{line}");
     }
-    eprintln!("lost or contradicted: {} {:?}", l.violations.len(), l.violations);
+    eprintln!(
+        "lost or contradicted: {} {:?}",
+        l.violations.len(),
+        l.violations
+    );
     assert!(
         l.violations.is_empty(),
         "{name}: answers contradict what was acknowledged:\n{}",
@@ -718,8 +733,9 @@ fn victim(cluster: &FaultCluster) -> (Shard, u16) {
 
 // ---- the tests ----
 
-/// A master killed (SIGKILL) during mixed load through three Writ nodes; its replica is
-/// promoted; the killed node restarted rejoins as the shard's replica.
+/// A master killed (SIGKILL) during mixed load through three Writ nodes, just after its
+/// replica fell behind for 0.3 s; the replica is promoted; the killed node restarted
+/// rejoins as the shard's replica.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_master_killed_during_mixed_load_loses_nothing_acknowledged() {
     let started = Instant::now();
@@ -730,9 +746,19 @@ async fn a_master_killed_during_mixed_load_loses_nothing_acknowledged() {
     run.wait_rounds(18).await;
 
     let (shard, replica) = victim(&cluster);
+    // The replica lags for a moment (its stream held back), so writes in flight reach
+    // only the master when it dies: what WAIT must not acknowledge.
+    let c = cluster.clone();
+    let tag = key_of(&shard);
+    let master = shard.master;
+    tokio::task::spawn_blocking(move || c.stall_replica(master, replica, &tag))
+        .await
+        .expect("stalling the replica");
+    tokio::time::sleep(Duration::from_millis(300)).await;
     run.enter(Phase::Failover);
     let killed_at = Instant::now();
     cluster.kill(shard.master);
+    cluster.signal(replica, "CONT");
     wait_promoted(&cluster, &shard, replica).await;
     let failover = killed_at.elapsed();
     run.enter(Phase::Degraded);
@@ -759,7 +785,7 @@ async fn a_master_killed_during_mixed_load_loses_nothing_acknowledged() {
         &shard,
         &[
             format!(
-                "killed master {} at {:?}; replica {replica} promoted after {failover:?}; replica back after {degraded:?}",
+                "killed master {} at {:?} (its replica stalled 0.3 s before); replica {replica} promoted after {failover:?}; replica back after {degraded:?}",
                 shard.master,
                 killed_at - started
             ),
@@ -878,15 +904,18 @@ async fn a_master_killed_during_a_burst_of_revocations_undoes_none_acknowledged(
                 let root_i = run.track(tracked(root.token.clone(), root.info, "planner"));
                 for (req, holder) in [
                     (
-                        child(&root.token, build::agent("booking"), &[], &["trips:book"], vec![]),
+                        child(
+                            &root.token,
+                            build::agent("booking"),
+                            &[],
+                            &["trips:book"],
+                            vec![],
+                        ),
                         "booking",
                     ),
                     (payments_child(&root.token), "payments"),
                 ] {
-                    let (kid, _) = settled("downscoping", || {
-                        node.downscope(req.clone())
-                    })
-                    .await;
+                    let (kid, _) = settled("downscoping", || node.downscope(req.clone())).await;
                     let mut t = tracked(kid.token, kid.info, holder);
                     t.parent = Some(root_i);
                     run.track(t);
@@ -965,8 +994,7 @@ async fn a_master_killed_during_a_burst_of_revocations_undoes_none_acknowledged(
         cluster.signal(replica, "CONT");
         (in_flight, done, Instant::now())
     };
-    let (_, (in_flight, done_at_kill, killed_at)) =
-        tokio::join!(futures_join_all(burst), fault);
+    let (_, (in_flight, done_at_kill, killed_at)) = tokio::join!(futures_join_all(burst), fault);
     wait_promoted(&cluster, &shard, replica).await;
     let failover = killed_at.elapsed();
     run.enter(Phase::Degraded);
@@ -975,7 +1003,10 @@ async fn a_master_killed_during_a_burst_of_revocations_undoes_none_acknowledged(
     run.enter(Phase::After);
 
     // What each job's outcome means for its tokens.
-    let outcomes = outcomes.lock().unwrap_or_else(PoisonError::into_inner).clone();
+    let outcomes = outcomes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone();
     for (j, ack) in outcomes.iter().enumerate() {
         let (Revocation::Holder(i) | Revocation::Txn(i)) = jobs[j];
         run.ledger().tokens[i].revoked = *ack;
@@ -1046,8 +1077,7 @@ async fn send_revocation(
         }
         Revocation::Txn(i) => {
             let t = run.tracked(i);
-            node.revoke("operator", revoke_txn(&t.txn, "burst"))
-                .await
+            node.revoke("operator", revoke_txn(&t.txn, "burst")).await
         }
     }
 }
@@ -1060,13 +1090,46 @@ async fn futures_join_all<F: std::future::Future<Output = ()> + Send + 'static>(
     }
 }
 
-/// While a shard's only replica is stopped, a write reaches only its master and must not
-/// be acknowledged, and neither may an answer read from such a write: a retry that finds
-/// the token already revoked (Revoke by its holder) or the child already issued (Downscope
-/// under the same idempotency key). The master then dies and the replica, promoted, never
-/// held that write: whatever was acknowledged must still hold.
+/// While a shard's only replica is stalled, a write reaches only its master and must not
+/// be acknowledged, and neither may an answer read from such a write. Revoke by the
+/// holder: the first attempt fails (its WAIT times out) but leaves the token revoked on the
+/// master; the retry must not answer "revoked already" before the replica holds it.
+/// The master then dies and the promoted replica never held that write: an acknowledged
+/// revocation would be undone. (Fails on a base without the store's sync barrier.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn answers_read_from_an_unreplicated_write_are_not_acknowledged() {
+async fn a_revocation_retried_while_the_replica_lags_is_acknowledged_only_once_replicated() {
+    unreplicated_answers(
+        "a revocation retried while the replica lags",
+        Retried::Revoke,
+    )
+    .await;
+}
+
+/// The same for Downscope under an idempotency key: the retry finds the child the first
+/// attempt stored on the master only, and must not return it before the replica holds it;
+/// otherwise the acknowledged child is lost when the master dies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_keyed_downscope_retried_while_the_replica_lags_is_acknowledged_only_once_replicated() {
+    unreplicated_answers(
+        "a keyed downscope retried while the replica lags",
+        Retried::Downscope,
+    )
+    .await;
+}
+
+/// The child audiences of [`unreplicated_answers`], one per root.
+const AUDIENCES: [&str; 10] = [
+    "svc0", "svc1", "svc2", "svc3", "svc4", "svc5", "svc6", "svc7", "svc8", "svc9",
+];
+
+/// What [`unreplicated_answers`] sends twice.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Retried {
+    Revoke,
+    Downscope,
+}
+
+async fn unreplicated_answers(name: &str, what: Retried) {
     let started = Instant::now();
     let cluster = Arc::new(FaultCluster::start(NODE_TIMEOUT_MS));
     let (_servers, nodes) = three_nodes(&cluster).await;
@@ -1074,53 +1137,58 @@ async fn answers_read_from_an_unreplicated_write_are_not_acknowledged() {
     let run = Run::new();
     let (shard, replica) = victim(&cluster);
 
-    // Roots whose transactions live on the victim's shard.
+    // Roots whose transactions live on the victim's shard, each with a child audience
+    // of its own: a Downscope also writes its audience's listing entry, on whichever
+    // shard that key hashes to, so the audiences vary.
     let mut roots = Vec::new();
-    while roots.len() < 8 {
-        let (root, _) = settled("minting", || node.mint(root_request())).await;
+    let root = pb::MintRequest {
+        targets: strings(&AUDIENCES),
+        ..root_request()
+    };
+    while roots.len() < AUDIENCES.len() {
+        let (root, _) = settled("minting", || node.mint(root.clone())).await;
         if shard.serves(txn_slot(&token_info(&root).txn)) {
             roots.push(run.track(tracked(root.token.clone(), root.info, "planner")));
         }
     }
 
-    let stall = Instant::now();
     let junk = cluster.stall_replica(shard.master, replica, &key_of(&shard));
-    let stalled_in = stall.elapsed();
+    let stalled = Instant::now();
     run.enter(Phase::Failover);
-    // Half the roots revoked by their holder, then the revocation sent again; the other
-    // half each derive a child under an idempotency key, then the same request again.
+    // Each root revoked by its holder, then again; or each deriving a child under an
+    // idempotency key, then the same request again.
     let attempts: Vec<_> = roots
         .iter()
         .enumerate()
         .map(|(n, &i)| {
             let (t, node) = (run.tracked(i), node.clone());
             tokio::spawn(async move {
-                if n % 2 == 0 {
-                    let mut answers = Vec::new();
-                    for _ in 0..2 {
-                        answers.push(
-                            node.revoke("planner", revoke_token(&t.secret, "unreplicated"))
-                                .await
-                                .map(|_| ()),
-                        );
-                    }
-                    (i, answers, None)
-                } else {
-                    let req = pb::DownscopeRequest {
-                        idempotency_key: format!("faults-retry-{n}-{}", rand::random::<u64>()),
-                        ..payments_child(&t.secret)
+                let mut answers = Vec::new();
+                let mut issued = None;
+                let audience = AUDIENCES[n];
+                let req = pb::DownscopeRequest {
+                    idempotency_key: format!("faults-retry-{n}-{}", rand::random::<u64>()),
+                    ..child(
+                        &t.secret,
+                        build::workload(audience),
+                        &[],
+                        &["payments:charge"],
+                        vec![],
+                    )
+                };
+                for _ in 0..2 {
+                    let answer = match what {
+                        Retried::Revoke => node
+                            .revoke("planner", revoke_token(&t.secret, "unreplicated"))
+                            .await
+                            .map(|_| ()),
+                        Retried::Downscope => node.downscope(req.clone()).await.map(|kid| {
+                            issued = Some(tracked(kid.token, kid.info, audience));
+                        }),
                     };
-                    let mut answers = Vec::new();
-                    let mut issued = None;
-                    for _ in 0..2 {
-                        let r = node.downscope(req.clone()).await;
-                        if let Ok(kid) = &r {
-                            issued = Some(tracked(kid.token.clone(), kid.info.clone(), "payments"));
-                        }
-                        answers.push(r.map(|_| ()));
-                    }
-                    (i, answers, issued)
+                    answers.push(answer);
                 }
+                (i, answers, issued)
             })
         })
         .collect();
@@ -1128,16 +1196,20 @@ async fn answers_read_from_an_unreplicated_write_are_not_acknowledged() {
     for a in attempts {
         results.push(a.await.expect("an attempt task panicked"));
     }
-    let stopped_for = Instant::now();
+    let stalled_for = stalled.elapsed();
     cluster.kill(shard.master);
     cluster.signal(replica, "CONT");
     let mut acknowledged = Vec::new();
     for (i, answers, issued) in results {
         let ok = answers.iter().any(Result::is_ok);
         for a in answers {
-            run.note("during the stall", Phase::Failover, a);
+            run.note("while the replica lagged", Phase::Failover, a);
         }
         if !ok {
+            // Sent, never acknowledged: revoked or not, both fine.
+            if what == Retried::Revoke {
+                run.ledger().tokens[i].revoked = Ack::Maybe;
+            }
             continue;
         }
         match issued {
@@ -1159,17 +1231,14 @@ async fn answers_read_from_an_unreplicated_write_are_not_acknowledged() {
     run.enter(Phase::After);
     verify(&run, &nodes).await;
     report(
-        "answers read from an unreplicated write",
+        name,
         &run,
         &shard,
         &[
             format!(
-                "replica {replica} stalled (stopped, its stream held back), master {} killed {:?} later; acknowledged while the replica was stopped: {acknowledged:?}",
-                shard.master,
-                stopped_for.elapsed()
+                "replica {replica} stalled ({junk} MiB of junk held its stream back), master {} killed {stalled_for:?} later; acknowledged meanwhile: {acknowledged:?}",
+                shard.master
             ),
-            format!("the replica's stream held back by {junk} MiB of junk in {stalled_in:?}"),
-            format!("the replica's stream held back by {junk} MiB of junk in {stalled_in:?}"),
             format!("wall time: {:?}", started.elapsed()),
         ],
     );

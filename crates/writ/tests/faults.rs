@@ -138,10 +138,18 @@ impl Node {
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
             || !node.data_dir.join("minter.credential").exists()
         {
-            if let Some(st) = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(st) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 panic!("writ serve exited with {st}:\n{}", node.log());
             }
-            assert!(Instant::now() < end, "{name} did not start:\n{}", node.log());
+            assert!(
+                Instant::now() < end,
+                "{name} did not start:\n{}",
+                node.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         node
@@ -320,7 +328,10 @@ async fn wait_rounds(run: &Run, nodes: &[usize], more: usize) {
     let target = sum(run) + more;
     let end = Instant::now() + DEADLINE;
     while sum(run) < target {
-        assert!(Instant::now() < end, "{more} rounds not run within {DEADLINE:?}");
+        assert!(
+            Instant::now() < end,
+            "{more} rounds not run within {DEADLINE:?}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -363,7 +374,13 @@ async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() 
         let (secret, holder, revoked, maybe, node) = {
             let l = run.ledger();
             let t = &l.tokens[i];
-            (t.secret.clone(), t.holder, t.revoked, t.maybe_revoked, t.node)
+            (
+                t.secret.clone(),
+                t.holder,
+                t.revoked,
+                t.maybe_revoked,
+                t.node,
+            )
         };
         let via = survivors[i % 2];
         let mut client = match holder {
@@ -408,7 +425,10 @@ async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() 
         a.log(),
         b.log()
     );
-    assert!(lost.is_empty(), "acknowledged tokens lost or wrong: {lost:?}");
+    assert!(
+        lost.is_empty(),
+        "acknowledged tokens lost or wrong: {lost:?}"
+    );
     assert!(by_c > 0, "nothing was acknowledged through the killed node");
     assert!(
         l.errors.keys().any(|(n, after, ..)| *n == 2 && *after),
