@@ -304,7 +304,7 @@ async fn load(run: Arc<Run>, node: usize, c: Clients) {
         if let Some(v) = run.note(node, "validate", c.payments.clone().validate(check).await) {
             assert!(v.active, "a fresh child answered inactive: {v:?}");
         }
-        if r % 3 == 0 {
+        if r.is_multiple_of(3) {
             let req = pb::RevokeRequest {
                 target: Some(pb::revoke_request::Target::Token(kid.token.clone())),
                 reason: "node fault test".into(),
