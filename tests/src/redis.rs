@@ -177,3 +177,313 @@ pub async fn open_store(config: &Config) -> writ_store::AnyStore {
         ),
     }
 }
+
+/// A private six-node cluster for one fault test: started in a temporary directory of its
+/// own (`--port 0 --owner <this pid> --clean`, so its watchdog stops it even if the test
+/// binary dies), with nodes killed, stopped, continued and restarted through
+/// `scripts/redis-cluster`, and stopped (its directory removed) on drop. A fault test never
+/// touches the cluster other tests of its binary share.
+#[derive(Debug)]
+pub struct FaultCluster {
+    dir: PathBuf,
+    nodes: Vec<String>,
+}
+
+/// One master of a [`FaultCluster`] as the cluster sees it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Shard {
+    /// The master's port.
+    pub master: u16,
+    /// Its slot ranges, inclusive.
+    pub slots: Vec<(u16, u16)>,
+}
+
+impl Shard {
+    /// Whether this shard serves `slot`.
+    pub fn serves(&self, slot: u16) -> bool {
+        self.slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi)
+    }
+}
+
+fn script_path() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster")
+}
+
+impl FaultCluster {
+    /// Starts a cluster whose nodes time out after `node_timeout_ms` (how long a master
+    /// must be silent before its replica is promoted).
+    pub fn start(node_timeout_ms: u64) -> FaultCluster {
+        let dir = tempfile::Builder::new()
+            .prefix("writ-faults-redis-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        let out = Command::new(script_path())
+            .arg("start")
+            .arg(&dir)
+            .args(["--port", "0", "--owner"])
+            .arg(std::process::id().to_string())
+            .arg("--clean")
+            .arg("--node-timeout")
+            .arg(node_timeout_ms.to_string())
+            .output()
+            .expect("running scripts/redis-cluster");
+        assert!(
+            out.status.success(),
+            "starting a private Redis Cluster failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let nodes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .split(',')
+            .map(str::to_owned)
+            .collect();
+        FaultCluster { dir, nodes }
+    }
+
+    /// The seed nodes (`redis://127.0.0.1:P`).
+    pub fn nodes(&self) -> &[String] {
+        &self.nodes
+    }
+
+    /// The six node ports.
+    pub fn ports(&self) -> Vec<u16> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.rsplit(':').next()?.parse().ok())
+            .collect()
+    }
+
+    /// Points `config` at this cluster under a fresh namespace (nodes started with
+    /// [`crate::TestServer::start_node_of`] share it).
+    pub fn use_in(&self, config: &mut Config) {
+        config.storage.backend = Backend::Redis;
+        config.storage.redis.nodes = self.nodes.clone();
+        config.storage.redis.prefix = format!("faults-{}", rand::random::<u32>());
+    }
+
+    /// Runs `scripts/redis-cluster COMMAND DIR ARGS`, panicking with its output on failure.
+    fn script(&self, command: &str, args: &[&str]) -> String {
+        let out = Command::new(script_path())
+            .arg(command)
+            .arg(&self.dir)
+            .args(args)
+            .output()
+            .expect("running scripts/redis-cluster");
+        assert!(
+            out.status.success(),
+            "scripts/redis-cluster {command} {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// SIGKILL to node `port`; returns once it is gone.
+    pub fn kill(&self, port: u16) {
+        self.script("kill", &[&port.to_string()]);
+    }
+
+    /// Sends `signal` (`STOP`, `CONT`, …) to node `port`.
+    pub fn signal(&self, port: u16, signal: &str) {
+        self.script("kill", &[&port.to_string(), "--signal", signal]);
+    }
+
+    /// Restarts the killed node `port` from its configuration and data (it rejoins the
+    /// cluster, as a replica if its shard failed over); returns once it answers PING.
+    pub fn restart(&self, port: u16) {
+        self.script("restart", &[&port.to_string()]);
+    }
+
+    /// `redis-cli -p PORT ARGS…` bounded to 2 s; `None` when the node does not answer.
+    pub fn cli(&self, port: u16, args: &[&str]) -> Option<String> {
+        let out = Command::new("timeout")
+            .args(["2", "redis-cli", "-h", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).replace('\r', ""))
+    }
+
+    /// Makes `replica` lag behind `master`: stops it (SIGSTOP), then writes junk through
+    /// the master (keys tagged `{tag}`, one of the master's slots; they expire in a
+    /// minute) until the replication stream no longer fits the sockets and the master
+    /// holds the rest in the replica's output buffer (`omem` > 0). From then on, what the
+    /// master takes reaches only the master until the replica is continued: a stopped
+    /// replica alone would still read what its socket buffered. The master keeps taking
+    /// writes for `min-replicas-max-lag` (2 s) after the replica's last acknowledgement.
+    /// Returns the junk written, in MiB.
+    pub fn stall_replica(&self, master: u16, replica: u16, tag: &str) -> usize {
+        self.signal(replica, "STOP");
+        for chunk in 0..32 {
+            let key = format!("{{{tag}}}:faults-junk:{chunk}");
+            let wrote = self.cli(
+                master,
+                &[
+                    "EVAL",
+                    "redis.call('SET', KEYS[1], string.rep('x', 4194304), 'PX', 60000) return 1",
+                    "1",
+                    &key,
+                ],
+            );
+            assert!(wrote.is_some(), "master {master} refused the junk write");
+            let buffered = self
+                .cli(master, &["CLIENT", "LIST", "TYPE", "replica"])
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|kv| kv.strip_prefix("omem="))
+                .filter_map(|n| n.parse::<u64>().ok())
+                .any(|n| n > 0);
+            if buffered {
+                return 4 * (chunk + 1);
+            }
+        }
+        panic!("128 MiB written through master {master} and its replica's stream still fits");
+    }
+
+    /// One `field:value` of an INFO answer of node `port`.
+    pub fn info_field(&self, port: u16, section: &str, field: &str) -> Option<String> {
+        let info = self.cli(port, &["INFO", section])?;
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("{field}:")).map(str::to_owned))
+    }
+
+    /// The masters serving slots, as node `port` sees them (`None` if it does not answer;
+    /// masters flagged failing are left out).
+    pub fn shards_seen_by(&self, port: u16) -> Option<Vec<Shard>> {
+        let nodes = self.cli(port, &["CLUSTER", "NODES"])?;
+        let mut shards = Vec::new();
+        for line in nodes.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            let Some(master) = f[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+            else {
+                continue;
+            };
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| {
+                    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+                    Some((lo.parse().ok()?, hi.parse().ok()?))
+                })
+                .collect::<Vec<_>>();
+            if !slots.is_empty() {
+                shards.push(Shard { master, slots });
+            }
+        }
+        Some(shards)
+    }
+
+    /// The masters serving slots, as the first node that answers sees them.
+    pub fn shards(&self) -> Vec<Shard> {
+        self.ports()
+            .into_iter()
+            .find_map(|p| self.shards_seen_by(p))
+            .expect("no node of the cluster answers CLUSTER NODES")
+    }
+
+    /// The replica of master `port` (by `INFO replication`), if it has a linked one.
+    pub fn replica_of(&self, master: u16) -> Option<u16> {
+        let info = self.cli(master, &["INFO", "replication"])?;
+        info.lines()
+            .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+            .find_map(|l| {
+                l.split(',')
+                    .find_map(|kv| kv.strip_prefix("port="))
+                    .and_then(|p| p.parse().ok())
+            })
+    }
+
+    /// The port of the master serving `key` now (the owner with the highest config
+    /// epoch among the live nodes' views; `scripts/redis-cluster master-of`).
+    pub fn master_of(&self, key: &str) -> Option<u16> {
+        let out = Command::new(script_path())
+            .arg("master-of")
+            .arg(&self.dir)
+            .arg(key)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    }
+
+    /// Whether every node is up, the cluster ok on each, every master has a linked
+    /// replica and every replica its master (`status`, then `INFO replication`): writes
+    /// that need `WAIT 1` can be acknowledged on every shard again.
+    pub fn healthy(&self) -> bool {
+        let status = Command::new(script_path())
+            .arg("status")
+            .arg(&self.dir)
+            .output();
+        if !status.is_ok_and(|o| o.status.success()) {
+            return false;
+        }
+        self.ports().into_iter().all(|p| {
+            match self.info_field(p, "replication", "role").as_deref() {
+                Some("master") => self
+                    .info_field(p, "replication", "connected_slaves")
+                    .and_then(|n| n.parse::<u32>().ok())
+                    .is_some_and(|n| n >= 1),
+                Some("slave") => {
+                    self.info_field(p, "replication", "master_link_status")
+                        .as_deref()
+                        == Some("up")
+                }
+                _ => false,
+            }
+        })
+    }
+}
+
+impl Drop for FaultCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script_path())
+            .arg("stop")
+            .arg(&self.dir)
+            .arg("--clean")
+            .output();
+    }
+}
+
+/// The hash slot of `key` (Redis Cluster's CRC16/XMODEM of the key, or of its first
+/// non-empty `{…}` hash tag, mod 16384).
+pub fn key_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    let data = tagged.unwrap_or(key);
+    let mut crc: u16 = 0;
+    for &b in data {
+        crc ^= u16::from(b) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    crc % 16384
+}
+
+/// The hash slot every key of the transaction `txn` (`txn_<hex>`, as the wire shows it)
+/// lives in: the Redis store tags each with `{<hex>}`.
+pub fn txn_slot(txn: &str) -> u16 {
+    let hex = txn.strip_prefix("txn_").unwrap_or(txn);
+    key_slot(format!("{{{hex}}}").as_bytes())
+}

@@ -1,0 +1,437 @@
+//! A Writ node killed during load (issue 14): three `writ serve` processes on one private
+//! six-node Redis Cluster, clients of each sending Mint, Downscope, Validate and Revoke
+//! through their own node only; one process is killed with SIGKILL mid-way. The clients
+//! of the other two nodes must see no error at all, and every token acknowledged through
+//! any node (the killed one included) must afterwards validate, or be revoked, through
+//! the others. Prints its figures (`--nocapture`).
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+use writ_client::proto as pb;
+use writ_client::{ClientError, RetryPolicy, WritClient, build};
+
+const WRIT: &str = env!("CARGO_BIN_EXE_writ");
+/// How long any awaited condition may take before the test fails.
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis-cluster")
+}
+
+/// A private cluster in its own directory, stopped (and removed) on drop; its watchdog
+/// stops it too if this process dies.
+struct Cluster {
+    dir: PathBuf,
+    nodes: String,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let out = Command::new(script())
+            .arg("start")
+            .arg(dir)
+            .args(["--port", "0", "--owner"])
+            .arg(std::process::id().to_string())
+            .arg("--clean")
+            .output()
+            .expect("running scripts/redis-cluster");
+        assert!(
+            out.status.success(),
+            "starting a Redis Cluster failed (install Redis with `scripts/redis-cluster install`):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let nodes = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .last()
+            .unwrap_or_default()
+            .to_owned();
+        Cluster {
+            dir: dir.to_path_buf(),
+            nodes,
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(script())
+            .arg("stop")
+            .arg(&self.dir)
+            .arg("--clean")
+            .output();
+    }
+}
+
+/// A `writ serve` process on the cluster (plaintext on loopback, asserted identities);
+/// killed on drop.
+struct Node {
+    child: Option<Child>,
+    port: u16,
+    data_dir: PathBuf,
+    log: PathBuf,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("an ephemeral port")
+        .port()
+}
+
+impl Node {
+    /// Starts a node over `data_dir`, with a copy of `keys_of`'s server key ring when given
+    /// (every node of a trust domain shares it).
+    fn start(tmp: &Path, name: &str, nodes: &str, keys_of: Option<&Node>) -> Node {
+        let data_dir = tmp.join(name);
+        std::fs::create_dir_all(&data_dir).expect("the data directory");
+        std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
+            .expect("chmod 700");
+        if let Some(other) = keys_of {
+            let copy = data_dir.join("server-keys.toml");
+            std::fs::copy(other.data_dir.join("server-keys.toml"), &copy)
+                .expect("copying the key ring");
+            std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
+                .expect("chmod 600");
+        }
+        let config = tmp.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            "[auth]\nasserted_identities = true\n[tls]\nenabled = false\n[storage.redis]\nprefix = \"faults-nodes\"\n",
+        )
+        .expect("the configuration");
+        let port = free_port();
+        let log = tmp.join(format!("{name}.log"));
+        let child = Command::new(WRIT)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--redis-nodes")
+            .arg(nodes)
+            .env("WRIT_HTTP_LISTEN", "127.0.0.1:0")
+            .env("WRIT_OPS_LISTEN", "127.0.0.1:0")
+            .env("WRIT_LOG_FORMAT", "text")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("the log"))
+            .spawn()
+            .expect("spawning writ serve");
+        let mut node = Node {
+            child: Some(child),
+            port,
+            data_dir,
+            log,
+        };
+        let end = Instant::now() + DEADLINE;
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Listening, and the minter credential written (the store is open by then).
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err()
+            || !node.data_dir.join("minter.credential").exists()
+        {
+            if let Some(st) = node
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("writ serve exited with {st}:\n{}", node.log());
+            }
+            assert!(
+                Instant::now() < end,
+                "{name} did not start:\n{}",
+                node.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        node
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL, as in a crash; returns once the process is reaped.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().expect("SIGKILL");
+            c.wait().expect("reaping writ serve");
+        }
+    }
+
+    async fn clients(&self) -> Clients {
+        let raw = |c: WritClient| {
+            c.with_retry(RetryPolicy::none())
+                .with_timeout(Duration::from_secs(30))
+        };
+        let base = WritClient::connect(&self.url())
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url()));
+        let cred = std::fs::read_to_string(self.data_dir.join("minter.credential"))
+            .expect("the minter credential");
+        Clients {
+            minter: raw(base
+                .clone()
+                .with_minter_credential(cred.trim())
+                .expect("credential")),
+            planner: raw(base.clone().as_caller("planner").expect("caller")),
+            payments: raw(base.as_caller("payments").expect("caller")),
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[derive(Clone)]
+struct Clients {
+    minter: WritClient,
+    planner: WritClient,
+    payments: WritClient,
+}
+
+/// An acknowledged token.
+struct Tracked {
+    secret: String,
+    holder: &'static str,
+    revoked: bool,
+    /// A revocation was sent and not acknowledged: revoked or active, both fine.
+    maybe_revoked: bool,
+    node: usize,
+}
+
+#[derive(Default)]
+struct Ledger {
+    tokens: Vec<Tracked>,
+    acked: BTreeMap<(usize, &'static str), usize>,
+    errors: BTreeMap<(usize, bool, &'static str, String), usize>,
+    rounds: [usize; 3],
+}
+
+struct Run {
+    ledger: Mutex<Ledger>,
+    stop: AtomicBool,
+    killed: AtomicBool,
+}
+
+impl Run {
+    fn ledger(&self) -> MutexGuard<'_, Ledger> {
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn note<T>(&self, node: usize, op: &'static str, r: Result<T, ClientError>) -> Option<T> {
+        let mut l = self.ledger();
+        match r {
+            Ok(v) => {
+                *l.acked.entry((node, op)).or_default() += 1;
+                Some(v)
+            }
+            Err(e) => {
+                let code = e
+                    .code()
+                    .map_or_else(|| "no status".to_owned(), |c| format!("{c:?}"));
+                let after = self.killed.load(Ordering::SeqCst);
+                *l.errors.entry((node, after, op, code)).or_default() += 1;
+                None
+            }
+        }
+    }
+}
+
+/// One client's loop through its own node: Mint; a payments child; the child validated;
+/// every third round the child revoked by its holder.
+async fn load(run: Arc<Run>, node: usize, c: Clients) {
+    let mut r = 0usize;
+    while !run.stop.load(Ordering::SeqCst) {
+        r += 1;
+        let req = pb::MintRequest {
+            subject: "alice".into(),
+            audience: Some(build::agent("planner")),
+            targets: vec!["payments".into()],
+            scopes: vec!["payments:charge".into()],
+            ..Default::default()
+        };
+        let Some(root) = run.note(node, "mint", c.minter.clone().mint(req).await) else {
+            // The killed node's clients: no busy loop.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let kid = pb::DownscopeRequest {
+            parent_token: root.token.clone(),
+            audience: Some(build::workload("payments")),
+            scopes: vec!["payments:charge".into()],
+            ..Default::default()
+        };
+        let kid = run.note(node, "downscope", c.planner.clone().downscope(kid).await);
+        {
+            let mut l = run.ledger();
+            for (secret, holder) in [(Some(root.token.clone()), "planner")]
+                .into_iter()
+                .chain([(kid.as_ref().map(|k| k.token.clone()), "payments")])
+            {
+                if let Some(secret) = secret {
+                    l.tokens.push(Tracked {
+                        secret,
+                        holder,
+                        revoked: false,
+                        maybe_revoked: false,
+                        node,
+                    });
+                }
+            }
+        }
+        let Some(kid) = kid else { continue };
+        let kid_index = run.ledger().tokens.len() - 1;
+        let check = pb::ValidateRequest {
+            token: kid.token.clone(),
+            ..Default::default()
+        };
+        if let Some(v) = run.note(node, "validate", c.payments.clone().validate(check).await) {
+            assert!(v.active, "a fresh child answered inactive: {v:?}");
+        }
+        if r.is_multiple_of(3) {
+            let req = pb::RevokeRequest {
+                target: Some(pb::revoke_request::Target::Token(kid.token.clone())),
+                reason: "node fault test".into(),
+            };
+            let done = run
+                .note(node, "revoke", c.payments.clone().revoke(req).await)
+                .is_some();
+            let mut l = run.ledger();
+            l.tokens[kid_index].revoked = done;
+            l.tokens[kid_index].maybe_revoked = !done;
+        }
+        run.ledger().rounds[node] += 1;
+    }
+}
+
+async fn wait_rounds(run: &Run, nodes: &[usize], more: usize) {
+    let sum = |run: &Run| {
+        let l = run.ledger();
+        nodes.iter().map(|&n| l.rounds[n]).sum::<usize>()
+    };
+    let target = sum(run) + more;
+    let end = Instant::now() + DEADLINE;
+    while sum(run) < target {
+        assert!(
+            Instant::now() < end,
+            "{more} rounds not run within {DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let cluster = Cluster::start(&tmp.path().join("redis"));
+    let a = Node::start(tmp.path(), "a", &cluster.nodes, None);
+    let b = Node::start(tmp.path(), "b", &cluster.nodes, Some(&a));
+    let mut c = Node::start(tmp.path(), "c", &cluster.nodes, Some(&a));
+    let clients = [a.clients().await, b.clients().await, c.clients().await];
+    let run = Arc::new(Run {
+        ledger: Mutex::default(),
+        stop: AtomicBool::new(false),
+        killed: AtomicBool::new(false),
+    });
+    let mut tasks = Vec::new();
+    for (n, cl) in clients.iter().enumerate() {
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(load(run.clone(), n, cl.clone())));
+        }
+    }
+    wait_rounds(&run, &[0, 1, 2], 30).await;
+    run.killed.store(true, Ordering::SeqCst);
+    let killed_at = started.elapsed();
+    c.kill();
+    wait_rounds(&run, &[0, 1], 40).await;
+    run.stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.expect("a load task panicked");
+    }
+
+    // Every acknowledged token, through the surviving nodes in turn.
+    let survivors = [&clients[0], &clients[1]];
+    let mut lost = Vec::new();
+    let (count, mut checked, mut by_c) = (run.ledger().tokens.len(), 0, 0);
+    for i in 0..count {
+        let (secret, holder, revoked, maybe, node) = {
+            let l = run.ledger();
+            let t = &l.tokens[i];
+            (
+                t.secret.clone(),
+                t.holder,
+                t.revoked,
+                t.maybe_revoked,
+                t.node,
+            )
+        };
+        let via = survivors[i % 2];
+        let mut client = match holder {
+            "planner" => via.planner.clone(),
+            _ => via.payments.clone(),
+        };
+        let v = client
+            .validate(pb::ValidateRequest {
+                token: secret,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("validating through a surviving node: {e}"));
+        checked += 1;
+        by_c += usize::from(node == 2);
+        let reason = pb::InactiveReason::try_from(v.inactive_reason).ok();
+        let fine = match (v.active, reason) {
+            (true, _) => !revoked,
+            (false, Some(pb::InactiveReason::Revoked)) => revoked || maybe,
+            _ => false,
+        };
+        if !fine {
+            lost.push(format!(
+                "token {i} (through node {node}, revoked {revoked}, maybe {maybe}): {v:?}"
+            ));
+        }
+    }
+    let l = run.ledger();
+    eprintln!("== a Writ node killed during load");
+    eprintln!("rounds run per node: {:?}", l.rounds);
+    eprintln!("operations acknowledged (node, op): {:?}", l.acked);
+    eprintln!("errors (node, after the kill, op, code): {:?}", l.errors);
+    eprintln!(
+        "node c SIGKILLed at {killed_at:?}; tokens checked through a and b afterwards: {checked} ({by_c} acknowledged through c)"
+    );
+    eprintln!("lost or contradicted: {} {lost:?}", lost.len());
+    eprintln!("wall time: {:?}", started.elapsed());
+    let survivor_errors: Vec<_> = l.errors.iter().filter(|((n, ..), _)| *n != 2).collect();
+    assert!(
+        survivor_errors.is_empty(),
+        "the other nodes' clients saw errors: {survivor_errors:?}\nnode a:\n{}\nnode b:\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        lost.is_empty(),
+        "acknowledged tokens lost or wrong: {lost:?}"
+    );
+    assert!(by_c > 0, "nothing was acknowledged through the killed node");
+    assert!(
+        l.errors.keys().any(|(n, after, ..)| *n == 2 && *after),
+        "the killed node's clients saw no error: was it killed?"
+    );
+}
