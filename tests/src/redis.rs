@@ -143,6 +143,17 @@ pub async fn logical_contents(config: &Config) -> Vec<(String, Vec<u8>)> {
                     "string" => {
                         vec![read.query_async::<Vec<u8>>(&mut conn).await.unwrap()]
                     }
+                    // The live feed across nodes: every field and value of every entry.
+                    "stream" => {
+                        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+                            .arg(&key)
+                            .arg("-")
+                            .arg("+")
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                        entries.into_iter().flat_map(|(_, fields)| fields).collect()
+                    }
                     _ => read.query_async(&mut conn).await.unwrap(),
                 };
                 out.push((key.clone(), key.clone().into_bytes()));

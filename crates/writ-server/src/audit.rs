@@ -102,7 +102,15 @@ pub trait SharedFeed: Send + Sync + std::fmt::Debug {
     fn announce(&self, events: Vec<Event>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 }
 
-type Feed = Arc<std::sync::OnceLock<Arc<dyn SharedFeed>>>;
+/// The feed across nodes, once set, and whether a node elsewhere has watchers (only then
+/// are events announced).
+#[derive(Debug, Default)]
+struct FeedState {
+    feed: std::sync::OnceLock<Arc<dyn SharedFeed>>,
+    wanted: std::sync::atomic::AtomicBool,
+}
+
+type Feed = Arc<FeedState>;
 
 /// The audit trail as the service and the chain queries see it.
 #[derive(Debug)]
@@ -185,7 +193,19 @@ impl Audit {
     /// From now on, also announces every stored event on `feed` (a store other nodes
     /// share). Set once, at start.
     pub fn share(&self, feed: Arc<dyn SharedFeed>) {
-        let _ = self.feed.set(feed);
+        let _ = self.feed.feed.set(feed);
+    }
+
+    /// Whether a node elsewhere has watchers, so this node announces what it stores.
+    pub fn feed_wanted(&self, wanted: bool) {
+        self.feed
+            .wanted
+            .store(wanted, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many watchers this node has.
+    pub fn watchers(&self) -> usize {
+        self.live.receiver_count()
     }
 
     /// Hands events another node stored to this node's watchers.
@@ -293,9 +313,16 @@ impl Audit {
 /// Announces stored `events` on the feed across nodes, if there is one, off the caller's
 /// path.
 fn announce_shared(feed: &Feed, events: &[Event]) {
-    if let Some(feed) = feed.get() {
-        tokio::spawn(feed.announce(events.to_vec()));
+    if let Some(shared) = feed.feed.get()
+        && wanted(feed)
+    {
+        tokio::spawn(shared.announce(events.to_vec()));
     }
+}
+
+/// Whether events are announced across nodes now.
+fn wanted(feed: &Feed) -> bool {
+    feed.feed.get().is_some() && feed.wanted.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Whether a store write's result means its event was written with it.
@@ -376,8 +403,7 @@ async fn write_loop<S: TokenStore>(
             let ids: Vec<u64> = events.iter().map(|e| e.id.0).collect();
             // Copy the batch for the feed only when someone is watching (here, or on
             // another node).
-            let watched =
-                (live.receiver_count() > 0 || feed.get().is_some()).then(|| events.clone());
+            let watched = (live.receiver_count() > 0 || wanted(&feed)).then(|| events.clone());
             let mut attempt = 0;
             let stored = loop {
                 match store.append_events(events.clone()).await {

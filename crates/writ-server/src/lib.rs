@@ -193,30 +193,56 @@ impl audit::SharedFeed for SharedEvents {
     }
 }
 
-/// Reads what the other nodes announce on the feed and hands it to this node's watchers,
-/// until `stop`; a read that finds the feed trimmed past it ends them.
+/// Keeps the feed across nodes: says every second whether this node has watchers, learns
+/// whether another node has (so this one announces what it stores), and while this node
+/// has watchers reads what the others announce and hands it to them; a read that finds
+/// the feed trimmed past it ends them. Until `stop`.
 async fn read_feed(
     store: writ_store::RedisStore,
     audit: Arc<audit::Audit>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let wait = std::time::Duration::from_secs(1);
-    let mut cursor = loop {
-        match store.feed_end().await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "finding the end of the feed across nodes");
-                tokio::select! {
-                    _ = stop.wait_for(|s| *s) => return,
-                    () = tokio::time::sleep(wait) => {}
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+    const LEASE: std::time::Duration = std::time::Duration::from_secs(10);
+    let mut cursor: Option<writ_store::FeedCursor> = None;
+    let mut told: Option<tokio::time::Instant> = None;
+    loop {
+        let watching = audit.watchers() > 0;
+        // Where this node's watchers start reading: taken before the other nodes can
+        // learn of them (and start announcing), so nothing announced since is missed.
+        if !watching {
+            cursor = None;
+        } else if cursor.is_none() {
+            match store.feed_end().await {
+                Ok(c) => cursor = Some(c),
+                Err(e) => tracing::warn!(error = %e, "finding the end of the feed across nodes"),
+            }
+        }
+        if told.is_none_or(|t| t.elapsed() >= EVERY) {
+            told = Some(tokio::time::Instant::now());
+            match store
+                .watchers_elsewhere(watching && cursor.is_some(), service::now().0, LEASE)
+                .await
+            {
+                Ok(elsewhere) => audit.feed_wanted(elsewhere),
+                Err(e) => {
+                    tracing::warn!(error = %e, "telling the other nodes about this node's watchers")
                 }
             }
         }
-    };
-    loop {
-        let read = tokio::select! {
-            _ = stop.wait_for(|s| *s) => return,
-            r = store.read_feed(&mut cursor, wait) => r,
+        let read = match &mut cursor {
+            Some(c) => tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = store.read_feed(c, EVERY) => r,
+            },
+            // Nobody to hand events to (or no place to start yet): read nothing.
+            None => {
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(EVERY) => {}
+                }
+                continue;
+            }
         };
         match read {
             Ok(read) => {
@@ -232,7 +258,7 @@ async fn read_feed(
                 tracing::warn!(error = %e, "reading the feed across nodes");
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
-                    () = tokio::time::sleep(wait) => {}
+                    () = tokio::time::sleep(EVERY) => {}
                 }
             }
         }

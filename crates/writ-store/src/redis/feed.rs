@@ -1,7 +1,8 @@
 //! The live feed of audit events across Writ nodes: each node announces the events it has
 //! stored on one Redis stream (`XADD … MAXLEN ~`), and reads the others' from it
 //! (`XREAD BLOCK` on a connection of its own), so a WatchEvents stream on any node sees
-//! what every node stored. Announced only once stored, as a node's own feed is. A reader
+//! what every node stored. Nodes announce only while a node elsewhere has a watcher
+//! (each says so, on a lease, in a sorted set), so a cluster nobody watches pays nothing. Announced only once stored, as a node's own feed is. A reader
 //! that fell so far behind that the stream was trimmed past it is told (`gap`), so its
 //! watchers are ended rather than silently missing events (conservatively: a reader whose
 //! last entry was trimmed is told, even if nothing after it was).
@@ -86,6 +87,41 @@ impl RedisStore {
             .await
             .map_err(backend)?;
         Ok(())
+    }
+
+    /// Tells the other nodes whether anyone watches events here (`watching`, kept for
+    /// `lease` from `now`, ms since the epoch), and answers whether anyone watches on
+    /// another node: only then are events worth announcing.
+    pub async fn watchers_elsewhere(
+        &self,
+        watching: bool,
+        now: u64,
+        lease: Duration,
+    ) -> Result<bool, StoreError> {
+        let inner = &self.inner;
+        let key = inner.keys.watching();
+        let lease = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+        let mut pipe = redis::pipe();
+        if watching {
+            pipe.zadd(&key, inner.origin, now.saturating_add(lease))
+                .ignore();
+        } else {
+            pipe.zrem(&key, inner.origin).ignore();
+        }
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(now)
+            .ignore()
+            .cmd("ZRANGE")
+            .arg(&key)
+            .arg(0)
+            .arg(-1);
+        let (nodes,): (Vec<u64>,) = pipe
+            .query_async(&mut inner.write_conn())
+            .await
+            .map_err(backend)?;
+        Ok(nodes.iter().any(|&n| n != inner.origin))
     }
 
     /// Where the feed ends now: read from here to see what is announced from now on.

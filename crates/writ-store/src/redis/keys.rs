@@ -126,9 +126,13 @@ impl Keys {
     pub(super) fn high_water(&self) -> String {
         format!("{}:hwm", self.prefix)
     }
-    /// The live feed of audit events across nodes (a stream).
+    /// The live feed of audit events across nodes (a stream), and the nodes that have
+    /// watchers (a sorted set: node → lease end). One hash tag, so they share a shard.
     pub(super) fn feed(&self) -> String {
-        format!("{}:feed", self.prefix)
+        format!("{}:{{feed}}:stream", self.prefix)
+    }
+    pub(super) fn watching(&self) -> String {
+        format!("{}:{{feed}}:watchers", self.prefix)
     }
     /// A `SCAN MATCH` pattern for every key of this namespace.
     pub(super) fn pattern(&self) -> String {
