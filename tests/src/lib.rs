@@ -150,6 +150,7 @@ impl TestServer {
         configure: impl FnOnce(&mut Config),
         prepare: impl FnOnce(&Path),
     ) -> TestServer {
+        log_if_asked();
         let tmp = tempfile::tempdir().expect("creating a temporary directory");
         let data_dir = tmp.path().join("data");
         prepare(&data_dir);
@@ -995,4 +996,18 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// True when `needle` occurs in `haystack`.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The servers' logs on stderr, when `WRIT_TEST_LOG` names a filter (`warn`,
+/// `writ_server=debug`): what a failing test's server said.
+fn log_if_asked() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("WRIT_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
 }

@@ -81,7 +81,11 @@ impl Inner {
         Ok(())
     }
 
-    async fn record(&self, txn: TxnId, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {
+    pub(super) async fn record(
+        &self,
+        txn: TxnId,
+        id: TokenId,
+    ) -> Result<Option<TokenRecord>, StoreError> {
         let raw: Option<Vec<u8>> = redis::cmd("HGET")
             .arg(self.keys.records(txn))
             .arg(&id.0[..])

@@ -382,6 +382,50 @@ async fn a_keyed_root_whose_first_attempt_failed_is_stored_by_a_retry() {
 }
 
 #[tokio::test]
+async fn a_keyed_root_stored_by_an_attempt_that_failed_after_its_write_is_kept() {
+    let store = store().await;
+    let inner = &store.inner;
+    let keyed = |t, id| {
+        let mut r = record(t, tid(id), None);
+        r.idempotency = Some([8; 32]);
+        r
+    };
+    let pttl = |id| async move {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(inner.keys.token(tid(id)))
+            .query_async(&mut inner.read_conn())
+            .await
+            .unwrap();
+        ttl
+    };
+    // An attempt wrote its transaction, then failed before it held the id for good.
+    let first = keyed(txn(1), 1);
+    let minted = Event::minted(EventId(1), &first);
+    inner.claim_leased(&first).await.unwrap();
+    inner
+        .insert_claimed(&first, crate::codec::encode(&first).unwrap(), &minted)
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    assert!(pttl(1).await > 0, "still on its lease");
+    // Its retry is answered with that token (a conflict the service replays), which is
+    // now held for good: it cannot vanish when the lease would have run out.
+    assert_eq!(
+        store.put(keyed(txn(2), 1)).await.unwrap_err(),
+        StoreError::Conflict
+    );
+    assert_eq!(pttl(1).await, -1);
+    assert_eq!(store.get(tid(1)).await.unwrap().unwrap().txn, txn(1));
+    // An attempt that failed before its write gives its claim up: the retry goes ahead
+    // at once.
+    let failed = keyed(txn(3), 2);
+    inner.claim_leased(&failed).await.unwrap();
+    inner.release(&failed).await;
+    store.put(keyed(txn(4), 2)).await.unwrap();
+    assert_eq!(store.get(tid(2)).await.unwrap().unwrap().txn, txn(4));
+}
+
+#[tokio::test]
 async fn a_malformed_write_is_refused_whole_and_a_version_is_the_last_writes_nonce() {
     let store = store().await;
     let inner = &store.inner;

@@ -168,10 +168,28 @@ impl Inner {
             .query_async(&mut self.read_conn())
             .await
             .map_err(backend)?;
-        if stored {
-            Err(StoreError::Conflict)
-        } else {
-            Err(unfinished(record.token_id))
+        if !stored {
+            return Err(unfinished(record.token_id));
+        }
+        // Stored by an earlier attempt whose answer was lost (or which failed after its
+        // commit): its token for good, so the retry the service answers with it holds.
+        if let Some(earlier) = self.record(owner, record.token_id).await? {
+            self.keep(&earlier).await?;
+        }
+        Err(StoreError::Conflict)
+    }
+
+    /// Gives up a leased claim of this attempt's (best effort: otherwise the lease runs
+    /// out).
+    pub(super) async fn release(&self, record: &TokenRecord) {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("writ_release")
+            .arg(1)
+            .arg(self.keys.token(record.token_id))
+            .arg(&record.txn.0[..]);
+        let released: Result<i64, _> = cmd.query_async(&mut self.write_conn()).await;
+        if let Err(e) = released {
+            tracing::debug!(error = %e, "releasing a claim; its lease will run out");
         }
     }
 
@@ -245,12 +263,35 @@ impl Inner {
         // A random id is never claimed twice; a keyed Mint's is derived, so its attempts
         // share it across transactions.
         let keyed = record.idempotency.is_some();
-        if keyed {
-            self.claim_leased(&record).await?;
-        } else {
+        if !keyed {
             self.claim(&record).await?;
+            return self
+                .insert_claimed(&record, encoded, &event)
+                .await
+                .map_err(|(e, _)| e);
         }
-        self.index_root(&record).await?;
+        self.claim_leased(&record).await?;
+        match self.insert_claimed(&record, encoded, &event).await {
+            Ok(()) => self.keep(&record).await,
+            Err((e, Attempt::NotCommitted)) => {
+                // Nothing of this attempt is stored: its retry need not wait for the lease.
+                self.release(&record).await;
+                Err(e)
+            }
+            Err((e, Attempt::MaybeCommitted)) => Err(e),
+        }
+    }
+
+    /// A root's indexes and its transaction's write, once its id is claimed. On an error,
+    /// whether the transaction's write may have landed.
+    pub(super) async fn insert_claimed(
+        &self,
+        record: &TokenRecord,
+        encoded: Vec<u8>,
+        event: &Event,
+    ) -> Result<(), (StoreError, Attempt)> {
+        let not = |e| (e, Attempt::NotCommitted);
+        self.index_root(record).await.map_err(not)?;
         let (txn, id) = (record.txn, record.token_id);
         let at = self.txn_expiry(record.grant.expires_at);
         let nonce = nonce();
@@ -268,9 +309,9 @@ impl Inner {
                 .hexists(self.keys.records(txn), &id.0[..])
                 .query_async(&mut self.read_conn())
                 .await
-                .map_err(backend)?;
+                .map_err(|e| not(backend(e)))?;
             if exists {
-                return Err(StoreError::Conflict);
+                return Err(not(StoreError::Conflict));
             }
             let mut w = TxnWrite::new(&self.keys, txn);
             let mut meta = vec![(
@@ -281,22 +322,21 @@ impl Inner {
                 meta.push((b"root".to_vec(), id.0.to_vec()));
             }
             w.hset(&self.keys.meta(txn), at, meta);
-            self.stage_token(&mut w, &record, encoded.clone(), &event, at)?;
+            self.stage_token(&mut w, record, encoded.clone(), event, at)
+                .map_err(not)?;
             match self
                 .commit(&w, &version.unwrap_or_default(), &nonce)
-                .await?
+                .await
+                .map_err(|e| (e, Attempt::MaybeCommitted))?
             {
                 Commit::Applied => {
                     self.saw_event(event.id);
-                    if keyed {
-                        self.keep(&record).await?;
-                    }
                     return Ok(());
                 }
                 Commit::Stale => Self::backoff(attempt).await,
             }
         }
-        Err(contended(txn))
+        Err(not(contended(txn)))
     }
 
     pub(super) async fn insert_child(
@@ -487,6 +527,14 @@ fn claim_cmd(key: &str, record: &TokenRecord, hold: Hold) -> redis::Cmd {
         }
     }
     cmd
+}
+
+/// Whether a failed root insert may have written its transaction.
+pub(super) enum Attempt {
+    /// It failed before its write was sent.
+    NotCommitted,
+    /// Its write was sent: it may have landed.
+    MaybeCommitted,
 }
 
 /// A keyed Mint whose token id another attempt holds but has not stored yet.

@@ -107,6 +107,16 @@ local function index(keys, args)
   return 1
 end
 
+-- Gives up a pointer's claim if this transaction holds it. KEYS[1]: the pointer.
+-- ARGV[1]: the transaction. Returns 1 if released.
+local function release(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    redis.call('DEL', keys[1])
+    return 1
+  end
+  return 0
+end
+
 -- A transaction's first root: {record, state} (nil when it has none).
 -- KEYS[1]: meta hash, KEYS[2]: records, KEYS[3]: states.
 local function root(keys)
@@ -121,3 +131,4 @@ redis.register_function{ function_name = 'writ_root', callback = root, flags = {
 redis.register_function('writ_raise', raise)
 redis.register_function('writ_touch', touch)
 redis.register_function('writ_hold', hold)
+redis.register_function('writ_release', release)
