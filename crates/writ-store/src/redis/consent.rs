@@ -264,8 +264,10 @@ impl Inner {
                 if child.txn != txn {
                     return Err(StoreError::ParentMissing);
                 }
-                self.claim(&child).await?;
-                self.index_party(child.txn, &child.audience.id).await?;
+                tokio::try_join!(
+                    self.claim(&child),
+                    self.index_party(child.txn, &child.audience.id)
+                )?;
                 claimed = true;
             }
             let mut w = TxnWrite::new(&self.keys, txn);

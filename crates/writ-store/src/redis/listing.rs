@@ -50,19 +50,29 @@ impl Inner {
         let txn = record.txn;
         let at = self.txn_expiry(record.grant.expires_at);
         let day = day_of(txn);
-        if !super::lock(&self.days).contains(&day) {
-            let mut cmd = redis::cmd("ZADD");
-            cmd.arg(self.keys.days()).arg(day).arg(day);
-            let _: i64 = self.durable(cmd).await?;
-            super::lock(&self.days).insert(day);
-        }
-        self.index(self.keys.txn_bucket_of(txn), txn, at).await?;
-        self.index(self.keys.subject_index(&record.subject), txn, at)
-            .await?;
-        self.index_party(txn, &record.current_actor().id).await?;
-        if record.audience.id != record.current_actor().id {
-            self.index_party(txn, &record.audience.id).await?;
-        }
+        let days = async {
+            if !super::lock(&self.days).contains(&day) {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(self.keys.days()).arg(day).arg(day);
+                let _: i64 = self.durable(cmd).await?;
+                super::lock(&self.days).insert(day);
+            }
+            Ok(())
+        };
+        let audience = async {
+            match record.audience.id != record.current_actor().id {
+                true => self.index_party(txn, &record.audience.id).await,
+                false => Ok(()),
+            }
+        };
+        // Each on its own shard, each acknowledged: at once, not one after another.
+        tokio::try_join!(
+            days,
+            self.index(self.keys.txn_bucket_of(txn), txn, at),
+            self.index(self.keys.subject_index(&record.subject), txn, at),
+            self.index_party(txn, &record.current_actor().id),
+            audience,
+        )?;
         Ok(())
     }
 

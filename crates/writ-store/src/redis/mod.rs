@@ -121,7 +121,7 @@ impl Default for RedisOptions {
             required_replicas: 1,
             ack_timeout: Duration::from_millis(500),
             response_timeout: Duration::from_secs(3),
-            write_connections: 4,
+            write_connections: 16,
             retention: Duration::from_secs(3600),
             event_retention: Duration::from_secs(30 * 86_400),
             key_expiry: true,

@@ -263,14 +263,21 @@ impl Inner {
         // A random id is never claimed twice; a keyed Mint's is derived, so its attempts
         // share it across transactions.
         let keyed = record.idempotency.is_some();
+        // The claim and the indexes are on other shards than the transaction and each
+        // other: written at once, all before the transaction's write.
         if !keyed {
-            self.claim(&record).await?;
+            tokio::try_join!(self.claim(&record), self.index_root(&record))?;
             return self
                 .insert_claimed(&record, encoded, &event)
                 .await
                 .map_err(|(e, _)| e);
         }
-        self.claim_leased(&record).await?;
+        let (claimed, indexed) = tokio::join!(self.claim_leased(&record), self.index_root(&record));
+        claimed?;
+        if let Err(e) = indexed {
+            self.release(&record).await;
+            return Err(e);
+        }
         match self.insert_claimed(&record, encoded, &event).await {
             Ok(()) => self.keep(&record).await,
             Err((e, Attempt::NotCommitted)) => {
@@ -282,8 +289,8 @@ impl Inner {
         }
     }
 
-    /// A root's indexes and its transaction's write, once its id is claimed. On an error,
-    /// whether the transaction's write may have landed.
+    /// A root's transaction write, once its id is claimed and its indexes written. On an
+    /// error, whether the write may have landed.
     pub(super) async fn insert_claimed(
         &self,
         record: &TokenRecord,
@@ -291,7 +298,6 @@ impl Inner {
         event: &Event,
     ) -> Result<(), (StoreError, Attempt)> {
         let not = |e| (e, Attempt::NotCommitted);
-        self.index_root(record).await.map_err(not)?;
         let (txn, id) = (record.txn, record.token_id);
         let at = self.txn_expiry(record.grant.expires_at);
         let nonce = nonce();
@@ -358,8 +364,10 @@ impl Inner {
             if !claimed {
                 // Only once the rule admits the child: its pointer and party entry, so a
                 // refused child leaves no claim on its id.
-                self.claim(&record).await?;
-                self.index_party(record.txn, &record.audience.id).await?;
+                tokio::try_join!(
+                    self.claim(&record),
+                    self.index_party(record.txn, &record.audience.id)
+                )?;
                 claimed = true;
             }
             self.stage_event(&mut w, &event)?;
