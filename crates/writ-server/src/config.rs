@@ -262,6 +262,8 @@ pub struct RedisConfig {
     pub write_connections: usize,
     /// Token records cached in memory (immutable records only; 0: none).
     pub record_cache_entries: usize,
+    /// Most MiB of records cached in memory.
+    pub record_cache_mib: usize,
     /// How often each node re-reads the disabled parties (a party disabled through another
     /// node is refused here within this); a node that cannot read them for two of these
     /// admits nothing until it can.
@@ -279,6 +281,7 @@ impl Default for RedisConfig {
             response_timeout_ms: o.response_timeout.as_millis() as u64,
             write_connections: o.write_connections,
             record_cache_entries: o.record_cache,
+            record_cache_mib: o.record_cache_bytes >> 20,
             party_sync_ms: 1000,
         }
     }
@@ -301,6 +304,7 @@ impl Config {
             key_expiry: true,
             index_horizon: retention + std::time::Duration::from_secs(self.tokens.max_ttl_seconds),
             record_cache: r.record_cache_entries,
+            record_cache_bytes: r.record_cache_mib << 20,
             feed_entries: writ_store::RedisOptions::default().feed_entries,
         }
     }
@@ -571,6 +575,12 @@ impl Config {
                 return bad(format!(
                     "storage.redis.write_connections = {} must be in 1..=64",
                     r.write_connections
+                ));
+            }
+            if r.record_cache_mib > 1 << 16 {
+                return bad(format!(
+                    "storage.redis.record_cache_mib = {} must be in 0..=65536",
+                    r.record_cache_mib
                 ));
             }
             if !(100..=60_000).contains(&r.party_sync_ms) {

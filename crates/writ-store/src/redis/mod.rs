@@ -108,6 +108,9 @@ pub struct RedisOptions {
     pub index_horizon: Duration,
     /// Most token records cached in memory (immutable; 0: no cache).
     pub record_cache: usize,
+    /// Most bytes of (encoded) records cached in memory: records are up to about 48 KiB
+    /// each, so the count alone does not bound the cache's memory.
+    pub record_cache_bytes: usize,
     /// About how many entries the live feed of audit events across nodes keeps (a
     /// node that falls further behind ends its watchers).
     pub feed_entries: usize,
@@ -127,6 +130,7 @@ impl Default for RedisOptions {
             key_expiry: true,
             index_horizon: Duration::from_secs(2 * 86_400),
             record_cache: 100_000,
+            record_cache_bytes: 128 << 20,
             feed_entries: 50_000,
         }
     }
@@ -237,7 +241,7 @@ impl RedisStore {
             keys: Keys::new(&opts.prefix),
             stripes: (0..256).map(|_| AsyncMutex::new(())).collect(),
             stripe_hasher: RandomState::new(),
-            cache: RecordCache::new(opts.record_cache),
+            cache: RecordCache::new(opts.record_cache, opts.record_cache_bytes),
             days: Mutex::default(),
             high_water: AtomicU64::new(0),
             high_water_stored: AtomicU64::new(0),
@@ -503,41 +507,71 @@ fn contended(txn: TxnId) -> StoreError {
     ))
 }
 
-/// Immutable `(transaction, record)` pairs by token id, bounded by entry count: what a
+/// Immutable `(transaction, record)` pairs by token id, bounded by entry count and bytes: what a
 /// Validate needs to find a token's shard and judge it, never its state.
 struct RecordCache {
     cap: usize,
-    map: Mutex<HashMap<TokenId, (TxnId, Arc<TokenRecord>)>>,
+    cap_bytes: usize,
+    map: Mutex<Cached>,
+}
+
+/// The cached records, each with its encoded size, and their total.
+#[derive(Default)]
+struct Cached {
+    records: HashMap<TokenId, (TxnId, Arc<TokenRecord>, usize)>,
+    bytes: usize,
 }
 
 impl RecordCache {
-    fn new(cap: usize) -> RecordCache {
+    fn new(cap: usize, cap_bytes: usize) -> RecordCache {
         RecordCache {
             cap,
+            cap_bytes,
             map: Mutex::default(),
         }
     }
 
     fn get(&self, id: TokenId) -> Option<(TxnId, Arc<TokenRecord>)> {
-        lock(&self.map).get(&id).cloned()
+        lock(&self.map)
+            .records
+            .get(&id)
+            .map(|(txn, r, _)| (*txn, r.clone()))
     }
 
-    fn put(&self, id: TokenId, txn: TxnId, record: Arc<TokenRecord>) {
-        if self.cap == 0 {
+    /// Caches `record` (`size` bytes encoded), dropping arbitrary entries (the hasher is
+    /// seeded at random) while either bound would be passed.
+    fn put(&self, id: TokenId, txn: TxnId, record: Arc<TokenRecord>, size: usize) {
+        if self.cap == 0 || size > self.cap_bytes {
             return;
         }
-        let mut map = lock(&self.map);
-        if map.len() >= self.cap
-            && let Some(victim) = map.keys().next().copied()
-        {
-            // An arbitrary entry (the hasher is seeded at random).
-            map.remove(&victim);
+        let mut cached = lock(&self.map);
+        if let Some((_, _, old)) = cached.records.remove(&id) {
+            cached.bytes -= old;
         }
-        map.insert(id, (txn, record));
+        while cached.records.len() >= self.cap || cached.bytes + size > self.cap_bytes {
+            let Some(victim) = cached.records.keys().next().copied() else {
+                break;
+            };
+            if let Some((_, _, gone)) = cached.records.remove(&victim) {
+                cached.bytes -= gone;
+            }
+        }
+        cached.records.insert(id, (txn, record, size));
+        cached.bytes += size;
     }
 
     fn forget(&self, id: TokenId) {
-        lock(&self.map).remove(&id);
+        let mut cached = lock(&self.map);
+        if let Some((_, _, gone)) = cached.records.remove(&id) {
+            cached.bytes -= gone;
+        }
+    }
+
+    /// Entries and bytes held (tests).
+    #[cfg(test)]
+    fn held(&self) -> (usize, usize) {
+        let cached = lock(&self.map);
+        (cached.records.len(), cached.bytes)
     }
 }
 

@@ -548,6 +548,30 @@ async fn what_one_node_announces_the_others_read_and_a_reader_trimmed_past_is_to
 }
 
 #[test]
+fn the_record_cache_stays_within_its_entries_and_its_bytes() {
+    let cache = RecordCache::new(3, 1000);
+    let r = Arc::new(record(txn(1), tid(1), None));
+    for n in 0..10 {
+        cache.put(tid(n), txn(1), r.clone(), 300);
+        let (entries, bytes) = cache.held();
+        assert!(
+            entries <= 3 && bytes <= 1000,
+            "{entries} entries, {bytes} bytes"
+        );
+        assert_eq!(bytes, entries * 300);
+    }
+    assert!(cache.get(tid(9)).is_some(), "the newest is kept");
+    // One record larger than the whole budget is not cached at all.
+    cache.put(tid(20), txn(1), r.clone(), 2000);
+    assert!(cache.get(tid(20)).is_none());
+    // Caching one again replaces it; forgetting gives its bytes back.
+    cache.put(tid(9), txn(1), r.clone(), 100);
+    let (_, before) = cache.held();
+    cache.forget(tid(9));
+    assert_eq!(cache.held().1, before - 100);
+}
+
+#[test]
 fn credentials_in_node_urls_never_reach_a_log() {
     assert_eq!(
         redact("redis://writ:s3cret@10.0.0.1:6379"),

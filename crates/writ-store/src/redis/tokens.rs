@@ -52,8 +52,9 @@ impl Inner {
         let Some(record) = record else {
             return Ok(None);
         };
+        let size = record.len();
         let record = Arc::new(codec::decode(&record)?);
-        self.cache.put(id, txn, record.clone());
+        self.cache.put(id, txn, record.clone(), size);
         Ok(Some((txn, record, state)))
     }
 
