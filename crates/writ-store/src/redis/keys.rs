@@ -29,7 +29,7 @@ use writ_core::{ConsentId, EventId, TokenId, TxnId, UnixMillis};
 
 /// Buckets per day of the all-transactions index, so one day's mints spread over slots.
 pub(super) const DAY_BUCKETS: u8 = 16;
-const DAY_MS: u64 = 86_400_000;
+pub(super) const DAY_MS: u64 = 86_400_000;
 
 /// The names of every key, under one prefix (a namespace: one cluster may serve several
 /// Writ deployments, or tests).

@@ -51,11 +51,28 @@ impl Inner {
         let at = self.txn_expiry(record.grant.expires_at);
         let day = day_of(txn);
         let days = async {
-            if !super::lock(&self.days).contains(&day) {
-                let mut cmd = redis::cmd("ZADD");
-                cmd.arg(self.keys.days()).arg(day).arg(day);
-                let _: i64 = self.durable(cmd).await?;
-                super::lock(&self.days).insert(day);
+            if super::lock(&self.days).contains(&day) {
+                return Ok(());
+            }
+            let mut cmd = redis::cmd("ZADD");
+            cmd.arg(self.keys.days()).arg(day).arg(day);
+            let _: i64 = self.durable(cmd).await?;
+            super::lock(&self.days).insert(day);
+            // A new day: days past the horizon hold no transaction any more (their keys
+            // expired), and a listing that reads to the end must not visit every day since
+            // the first deployment.
+            if self.opts.key_expiry {
+                let horizon_days = (self.opts.index_horizon.as_millis() as u64)
+                    .div_ceil(super::keys::DAY_MS)
+                    .saturating_add(1);
+                let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+                trim.arg(self.keys.days())
+                    .arg("-inf")
+                    .arg(format!("({}", day.saturating_sub(horizon_days)));
+                let trimmed: Result<i64, _> = trim.query_async(&mut self.write_conn()).await;
+                if let Err(e) = trimmed {
+                    tracing::debug!(error = %e, "trimming the days index; the next new day will");
+                }
             }
             Ok(())
         };

@@ -571,6 +571,46 @@ fn the_record_cache_stays_within_its_entries_and_its_bytes() {
     assert_eq!(cache.held().1, before - 100);
 }
 
+#[tokio::test]
+async fn the_days_index_forgets_days_past_the_horizon() {
+    let store = RedisStore::connect(RedisOptions {
+        key_expiry: true,
+        ..options()
+    })
+    .await
+    .unwrap();
+    let inner = &store.inner;
+    #[allow(clippy::disallowed_methods)] // the day of a real transaction
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let days_ago = |d: u64| TxnId::new(UnixMillis(now - d * 86_400_000), [d as u8; 10]);
+    let day = |t: TxnId| keys::day_of(t);
+    let old = days_ago(10);
+    let mut r = conformance::expiring(record(old, tid(1), None), now + 60_000);
+    store.put(r.clone()).await.unwrap();
+    let score = |t: TxnId| async move {
+        let s: Option<f64> = redis::cmd("ZSCORE")
+            .arg(inner.keys.days())
+            .arg(day(t))
+            .query_async(&mut inner.read_conn())
+            .await
+            .unwrap();
+        s
+    };
+    assert!(score(old).await.is_some());
+    // The first transaction of a new day trims the days past the horizon.
+    let today = days_ago(0);
+    r = conformance::expiring(record(today, tid(2), None), now + 60_000);
+    store.put(r).await.unwrap();
+    assert!(score(today).await.is_some());
+    assert!(
+        score(old).await.is_none(),
+        "a day ten days back is past a two-day horizon"
+    );
+}
+
 #[test]
 fn credentials_in_node_urls_never_reach_a_log() {
     assert_eq!(
