@@ -62,6 +62,7 @@ impl Keys {
     pub(super) fn meta(&self, txn: TxnId) -> String {
         self.txn_key(txn, "m")
     }
+    /// The nonces of the transaction's recent writes (a sorted set by time applied).
     pub(super) fn ops(&self, txn: TxnId) -> String {
         self.txn_key(txn, "o")
     }

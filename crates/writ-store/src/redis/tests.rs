@@ -220,6 +220,20 @@ async fn a_re_sent_write_is_applied_once() {
         inner.commit(&w, &version, &nonce()).await.unwrap(),
         Commit::Stale
     );
+    // A re-send is recognised however many writes came between (within a minute).
+    for _ in 0..100 {
+        let v = inner.version(t).await.unwrap();
+        assert_eq!(
+            inner.commit(&w, &v, &nonce()).await.unwrap(),
+            Commit::Applied
+        );
+    }
+    let latest = inner.version(t).await.unwrap();
+    assert_eq!(
+        inner.commit(&w, &version, &n).await.unwrap(),
+        Commit::Applied
+    );
+    assert_eq!(inner.version(t).await.unwrap(), latest, "not applied again");
 }
 
 #[tokio::test]

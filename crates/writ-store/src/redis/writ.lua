@@ -5,7 +5,8 @@
 -- refuses a write computed from a version that is no longer current.
 --
 -- KEYS[1]: the transaction's meta hash (field v: its version, the nonce of its last write).
--- KEYS[2]: the list of the nonces of its recent writes (a re-sent write is recognised).
+-- KEYS[2]: the nonces of its recent writes, by the time they were applied (a sorted set):
+-- a write re-sent within a minute is recognised, however many writes came between.
 -- KEYS[3..]: the keys the writes touch.
 -- ARGV[1]: the version the caller read ('' = none: the transaction is new).
 -- ARGV[2]: this write's nonce (random, so a version read from one history never matches
@@ -18,7 +19,7 @@ local allowed = { HSET = true, HDEL = true, ZADD = true, ZREM = true }
 local function apply(keys, args)
   local v = redis.call('HGET', keys[1], 'v') or ''
   if v ~= args[1] then
-    if redis.call('LPOS', keys[2], args[2]) then
+    if redis.call('ZSCORE', keys[2], args[2]) then
       -- A write of our own, so a WAIT pipelined after this call covers the earlier one.
       redis.call('HINCRBY', keys[1], 'seen', 1)
       return { 2, v }
@@ -51,8 +52,11 @@ local function apply(keys, args)
     end
   end
   redis.call('HSET', keys[1], 'v', args[2])
-  redis.call('LPUSH', keys[2], args[2])
-  redis.call('LTRIM', keys[2], 0, 63)
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  redis.call('ZADD', keys[2], now, args[2])
+  redis.call('ZREMRANGEBYSCORE', keys[2], '-inf', '(' .. (now - 60000))
+  redis.call('ZREMRANGEBYRANK', keys[2], 0, -4097)
   local at = redis.call('PEXPIRETIME', keys[1])
   if at > 0 then redis.call('PEXPIREAT', keys[2], at) end
   return { 1, args[2] }
