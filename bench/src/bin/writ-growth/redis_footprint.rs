@@ -39,7 +39,7 @@ async fn store(nodes: &[String], prefix: &str, cache: Option<usize>) -> Result<R
 }
 
 /// Memory of every node at one point.
-#[derive(Serialize)]
+#[derive(Clone, Serialize)]
 struct Snapshot {
     /// Live tokens stored under this run's prefix (roots plus children).
     tokens: usize,
@@ -118,10 +118,39 @@ struct Out<'a> {
     /// From the baseline to each size, and between consecutive sizes.
     slopes: Vec<Slope>,
     cache_probe: Option<CacheProbe>,
+    /// Chain attempts retried after an unacknowledged write.
+    retried_chains: usize,
     loadavg_after: String,
 }
 
 const NOTE: &str = "tokens = roots + children (one child per root), minted through the in-process Service over RedisStore (Config::redis_options defaults: WAIT 1 replica, key expiry), audit events included; memory from INFO memory of every node; slopes between snapshots are per token";
+
+/// Runs `op` up to 10 times while it fails (counted in [`RETRIED`]).
+async fn retry<T, F, Fut>(mut op: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) if attempt < 9 => {
+                attempt += 1;
+                RETRIED.fetch_add(1, Ordering::Relaxed);
+                if attempt == 1 {
+                    eprintln!("  retrying a chain: {e}");
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Chains retried after an unacknowledged write (a retried chain may leave a root or
+/// child of its failed attempt behind: at most this many extra tokens).
+static RETRIED: AtomicUsize = AtomicUsize::new(0);
 
 /// Mints chains (root + one child) through `svc` until `chains` more exist, with
 /// `concurrency` in flight; keeps the first `keep` token ids in `ids`.
@@ -143,13 +172,19 @@ async fn mint_chains(
                 if i >= chains {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let (root, root_rec) = adapter::mint(&svc, fixtures::mint_request(1)).await?;
-                let (_child, child_rec) = adapter::downscope(
-                    &svc,
-                    &fixtures::hop(0),
-                    root.expose(),
-                    fixtures::child_request(1, 1),
-                )
+                // A write not acknowledged in time (UNAVAILABLE: the replica's WAIT
+                // timed out on this overloaded machine) is retried, as a client would.
+                let (root_rec, child_rec) = retry(|| async {
+                    let (root, root_rec) = adapter::mint(&svc, fixtures::mint_request(1)).await?;
+                    let (_child, child_rec) = adapter::downscope(
+                        &svc,
+                        &fixtures::hop(0),
+                        root.expose(),
+                        fixtures::child_request(1, 1),
+                    )
+                    .await?;
+                    Ok((root_rec, child_rec))
+                })
                 .await?;
                 {
                     let mut ids = ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -258,6 +293,21 @@ pub async fn run(
             row.totals.all_aof_bytes >> 20
         );
         rows.push(row);
+        // What is measured so far survives a later failure.
+        let partial = Out {
+            tool: "writ-growth redis-footprint",
+            machine: machine.clone(),
+            note: NOTE,
+            prefix: &prefix,
+            cluster: members.clone(),
+            baseline: baseline.clone(),
+            rows: rows.clone(),
+            slopes: Vec::new(),
+            cache_probe: None,
+            retried_chains: RETRIED.load(Ordering::Relaxed),
+            loadavg_after: report::loadavg(),
+        };
+        report::write_json(out, &partial)?;
     }
     drop(store);
     let mut slopes = Vec::new();
@@ -328,6 +378,7 @@ pub async fn run(
             rows,
             slopes,
             cache_probe,
+            retried_chains: RETRIED.load(Ordering::Relaxed),
             loadavg_after: report::loadavg(),
         },
     )?;
