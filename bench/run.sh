@@ -53,7 +53,9 @@ if [[ -n "${REDIS:-}" ]]; then
     done
   done
   bash tables-redis.sh "$R14/load" | tee "$R14/load/table.md"
-  # Memory per live token: 100k then 1M tokens (roots and their children) in one namespace.
+  # Memory per live token: 100k then 1M tokens (roots and their children) in one namespace
+  # (~900 tokens/s on two shared cores: the committed run used REDIS_SIZES=100000,300000,
+  # on a cluster of its own, as the sweep leaves ~275k keys behind).
   "$BIN/writ-growth" redis-footprint --redis-nodes "$NODES" --cluster-dir "$CLUSTER_DIR" \
     --sizes "${REDIS_SIZES:-100000,1000000}" --out "$R14/redis-footprint.json" 2>&1 | tee "$R14/logs/redis-footprint.log"
   echo "done: results in bench/$R14"
