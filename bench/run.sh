@@ -3,6 +3,7 @@
 #
 #   bash bench/run.sh            # everything, about 15 minutes after the first build
 #   QUICK=1 bash bench/run.sh    # shorter runs, for checking the harness itself
+#   REDIS=1 bash bench/run.sh    # issue 14 alone: the Redis Cluster backend (see below)
 #
 # Builds bench/ (its own workspace: the main workspace is never built here) and
 # bench/baselines/, runs the criterion benches, the writ-load sweeps and the growth
@@ -13,6 +14,54 @@ set -euo pipefail
 cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/writ-bench-target}"
 R=results
+
+# Issue 14's step, on its own: `REDIS=1 bash bench/run.sh` (needs redis-server and
+# redis-cli: scripts/redis-cluster install). Starts a six-node Redis Cluster (three
+# masters, three replicas) in a temporary directory on free ports, then back to back at
+# concurrency 16 and 64: the empty-RPC floor, and Validate and Mint+Downscope on RocksDB
+# (durability sync) and on the cluster through 1, 2 and 3 in-process Writ nodes (the
+# connections spread over them); then memory per live token on the cluster
+# (writ-growth redis-footprint). Results in $R14 (default results/issue14-<commit>);
+# nothing else in results/ is touched. Every run uses 6 connections (2 per node at 3).
+if [[ -n "${REDIS:-}" ]]; then
+  cargo build --release --bins
+  BIN="$CARGO_TARGET_DIR/release"
+  R14="${R14:-$R/issue14-$(git rev-parse --short HEAD)}"
+  mkdir -p "$R14/load" "$R14/logs"
+  { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; \
+    echo "commit: $(git rev-parse HEAD)"; redis-server --version; } | tee "$R14/machine.txt"
+  CLUSTER_DIR="$(mktemp -d /tmp/writ-bench-redis.XXXXXX)"
+  # The cluster's watchdog stops it (and removes its directory) when this script exits.
+  ../scripts/redis-cluster start "$CLUSTER_DIR" --port 0 --owner $$ --clean > "$R14/logs/cluster.log"
+  NODES="$(tail -1 "$CLUSTER_DIR/nodes")"
+  trap '../scripts/redis-cluster stop "$CLUSTER_DIR" --clean || true' EXIT
+  echo "cluster: $NODES"
+  load14() { # name, then writ-load arguments
+    local name=$1; shift
+    echo "== writ-load $name: $*"
+    "$BIN/writ-load" --duration "${DUR:-8}" --warmup "${WARM:-2}" --connections 6 \
+      --out "$R14/load/$name.json" --label "$name" "$@" 2> "$R14/logs/$name.log" | tee -a "$R14/load/summary.txt"
+  }
+  : > "$R14/load/summary.txt"
+  for c in ${CONCURRENCIES:-16 64}; do
+    load14 "empty-c$c" --mix empty --concurrency "$c"
+    for mix in validate chain; do
+      load14 "$mix-rocksdb-c$c" --mix "$mix" --concurrency "$c" --durability sync
+      for n in 1 2 3; do
+        load14 "$mix-redis$n-c$c" --mix "$mix" --concurrency "$c" --backend redis --redis-nodes "$NODES" --nodes "$n"
+      done
+    done
+  done
+  bash tables-redis.sh "$R14/load" | tee "$R14/load/table.md"
+  # Memory per live token: 100k then 1M tokens (roots and their children) in one namespace
+  # (~900 tokens/s on two shared cores: the committed run used REDIS_SIZES=100000,300000,
+  # on a cluster of its own, as the sweep leaves ~275k keys behind).
+  "$BIN/writ-growth" redis-footprint --redis-nodes "$NODES" --cluster-dir "$CLUSTER_DIR" \
+    --sizes "${REDIS_SIZES:-100000,1000000}" --out "$R14/redis-footprint.json" 2>&1 | tee "$R14/logs/redis-footprint.log"
+  echo "done: results in bench/$R14"
+  exit 0
+fi
+
 rm -rf "$R/load" "$R/logs"
 mkdir -p "$R/load" "$R/logs"
 DUR=${DUR:-8}

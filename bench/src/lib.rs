@@ -14,6 +14,8 @@
 //! - [`baseline`]: the empty-RPC server, the floor Writ's RPCs are compared with.
 //! - [`serve`]: starts Writ or the baseline on a thread with a runtime of its own
 //!   (multi-thread or current-thread, with a chosen worker count).
+//! - [`cluster`]: a Redis Cluster's nodes, memory, keys and append-only files, read
+//!   through `redis-cli` (the Redis backend's footprint).
 //! - [`report`]: latency summaries, machine facts and the JSON result files.
 //! - [`svg`]: small hand-written SVG line charts for `bench/results/`.
 
@@ -24,6 +26,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 pub mod adapter;
 pub mod baseline;
+pub mod cluster;
 pub mod fixtures;
 pub mod report;
 pub mod serve;

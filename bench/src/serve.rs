@@ -6,7 +6,7 @@
 use anyhow::{Context, Result, anyhow};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use tempfile::TempDir;
@@ -90,8 +90,56 @@ impl ServerHandle {
 /// Starts Writ (`writ_server::start`) with `configure` applied to a default configuration whose listen address
 /// is an ephemeral loopback port and whose data directory is a new temporary directory.
 pub fn spawn_writ(spec: RuntimeSpec, configure: impl FnOnce(&mut Config)) -> Result<ServerHandle> {
+    spawn_writ_with(spec, configure, None)
+}
+
+/// [`spawn_writ`] for another node of the same trust domain as `peer` (a server this
+/// harness started, sharing its Redis store through `configure`): its data directory
+/// starts with a copy of `peer`'s server key ring and local minter and operator
+/// credentials, so a token minted through either validates through both and one
+/// credential file serves every node (what `tests/src/lib.rs`'s `start_node_of` does,
+/// and what a deployment shares through its Secret).
+pub fn spawn_writ_node_of(
+    peer: &ServerHandle,
+    spec: RuntimeSpec,
+    configure: impl FnOnce(&mut Config),
+) -> Result<ServerHandle> {
+    let from = peer
+        .data_dir
+        .as_deref()
+        .context("the peer is not a Writ server")?;
+    spawn_writ_with(spec, configure, Some(from))
+}
+
+/// The files another node of the same trust domain shares with the first.
+const SHARED_SECRETS: [&str; 3] = [
+    writ_server::secrets::KEYS_FILE,
+    writ_server::secrets::MINTER_CREDENTIAL_FILE,
+    writ_server::secrets::OPERATOR_CREDENTIAL_FILE,
+];
+
+fn copy_secrets(from: &Path, to: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    writ_server::secrets::ensure_private_dir(to)?;
+    for name in SHARED_SECRETS {
+        let dst = to.join(name);
+        std::fs::copy(from.join(name), &dst)
+            .with_context(|| format!("copying {name} from {}", from.display()))?;
+        std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+fn spawn_writ_with(
+    spec: RuntimeSpec,
+    configure: impl FnOnce(&mut Config),
+    secrets_from: Option<&Path>,
+) -> Result<ServerHandle> {
     let tmp = tempfile::tempdir().context("creating a temporary data directory")?;
     let data_dir = tmp.path().join("data");
+    if let Some(from) = secrets_from {
+        copy_secrets(from, &data_dir)?;
+    }
     let mut config = Config::default();
     // Plaintext with asserted identities on loopback, as the empty-RPC floor is measured
     // (the TLS and mTLS costs are issue 15's to measure).
@@ -101,8 +149,9 @@ pub fn spawn_writ(spec: RuntimeSpec, configure: impl FnOnce(&mut Config)) -> Res
     config.limits.enabled = false;
     configure(&mut config);
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
-    // Several servers may run at once: no fixed ops port.
+    // Several servers may run at once: no fixed ops or OAuth-over-HTTP port.
     config.observability.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.http.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.data_dir = data_dir.clone();
     let (ready_tx, ready_rx) = mpsc::channel::<Result<SocketAddr, String>>();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();

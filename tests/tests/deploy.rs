@@ -661,8 +661,15 @@ fn the_secret_holds_only_marked_placeholders() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_shipped_configuration_and_policy_serve_a_chain() {
-    let text = read(KUBE_CONFIG);
-    let config = server_config(&text, KUBE_CONFIG);
+    serve_a_chain_on(KUBE_CONFIG, |_| {}).await;
+}
+
+/// Starts a server on the shipped configuration `rel` (its listeners on loopback, the
+/// development CA, the repository's policy, then `storage` applied) and serves the
+/// policy's example chain through it.
+async fn serve_a_chain_on(rel: &str, storage: impl FnOnce(&mut Config)) {
+    let text = read(rel);
+    let config = server_config(&text, rel);
     assert!(config.tls.enabled && !config.auth.asserted_identities);
     let policy_path = repo().join(KUBE_POLICY);
     let policy = writ_server::policy::Policy::read(&policy_path, Some(&config.trust_domain))
@@ -682,13 +689,14 @@ async fn the_shipped_configuration_and_policy_serve_a_chain() {
             t.insert("listen".into(), "127.0.0.1:0".into());
         }
     }
-    let local = server_config(&toml::to_string(&table).expect("TOML"), KUBE_CONFIG);
+    let local = server_config(&toml::to_string(&table).expect("TOML"), rel);
     let srv = TestServer::start_proven_with(move |c| {
         *c = local;
         c.tls.cert = None;
         c.tls.key = None;
         c.tls.client_ca = None;
         c.policy = Some(policy_path);
+        storage(c);
     })
     .await;
 
@@ -833,6 +841,409 @@ fn the_spire_component_points_writ_at_what_spiffe_helper_writes() {
     }
     let sidecar = container(pod, "initContainers", "spiffe-helper");
     assert_eq!(string(sidecar, "restartPolicy", "the sidecar"), "Always");
+}
+
+// ---------------------------------------------------------------------------------------
+// Kubernetes on a Redis Cluster (the redis component)
+
+const REDIS_DIR: &str = "deploy/kubernetes/redis";
+const REDIS_CONFIG: &str = "deploy/kubernetes/redis/writ.toml";
+const REDIS_CONF: &str = "deploy/kubernetes/redis/redis.conf";
+
+/// The redis component's own manifests (its `resources`), by file.
+fn redis_manifests() -> Manifests {
+    let k = kustomization(REDIS_DIR);
+    let docs = list(&k, "resources")
+        .iter()
+        .flat_map(|r| {
+            let file = format!("{REDIS_DIR}/{}", r.as_str().expect("a resource is a path"));
+            yaml_docs(&file).into_iter().map(move |d| (file.clone(), d))
+        })
+        .collect();
+    Manifests { docs }
+}
+
+/// The component's inline patches, parsed.
+fn redis_patches() -> Vec<Value> {
+    list(&kustomization(REDIS_DIR), "patches")
+        .iter()
+        .map(|p| {
+            let text = string(p, "patch", "an inline patch of the redis component");
+            serde_yaml_ng::from_str(text).expect("a patch is YAML")
+        })
+        .collect()
+}
+
+#[test]
+fn the_redis_component_replaces_the_statefulset_and_lists_every_manifest() {
+    let k = kustomization(REDIS_DIR);
+    assert_eq!(string(&k, "kind", REDIS_DIR), "Component");
+    let listed: BTreeSet<String> = list(&k, "resources")
+        .iter()
+        .map(|r| r.as_str().expect("a resource is a path").to_owned())
+        .collect();
+    let on_disk: BTreeSet<String> = std::fs::read_dir(repo().join(REDIS_DIR))
+        .expect("deploy/kubernetes/redis")
+        .map(|e| {
+            e.expect("a directory entry")
+                .file_name()
+                .into_string()
+                .expect("UTF-8")
+        })
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    assert_eq!(
+        listed, on_disk,
+        "every manifest is a resource, and only those (patches are inline)"
+    );
+    for (file, doc) in &redis_manifests().docs {
+        for key in ["apiVersion", "kind", "metadata.name"] {
+            string(doc, key, file);
+        }
+        assert!(
+            opt(doc, "metadata.namespace").is_none(),
+            "{file}: the kustomization sets the namespace"
+        );
+    }
+    // It replaces the base's writ-config with its writ.toml.
+    let generators = list(&k, "configMapGenerator");
+    assert_eq!(generators.len(), 1);
+    assert_eq!(name(&generators[0]), "writ-config");
+    assert_eq!(string(&generators[0], "behavior", "writ-config"), "replace");
+    let files: Vec<&str> = list(&generators[0], "files")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert_eq!(files, ["writ.toml"]);
+
+    // Deletes the StatefulSet; the PDB allows one pod down, whatever the replica count.
+    let patches = redis_patches();
+    let deleted: Vec<&Value> = patches
+        .iter()
+        .filter(|p| opt(p, "$patch").and_then(Value::as_str) == Some("delete"))
+        .collect();
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(
+        string(deleted[0], "kind", "the delete patch"),
+        "StatefulSet"
+    );
+    let base = Manifests::base();
+    assert_eq!(
+        string(deleted[0], "metadata.name", "the delete patch"),
+        string(base.statefulset(), "metadata.name", "the StatefulSet")
+    );
+    let pdb = patches
+        .iter()
+        .find(|p| opt(p, "kind").and_then(Value::as_str) == Some("PodDisruptionBudget"))
+        .expect("a PDB patch");
+    assert_eq!(
+        string(pdb, "metadata.name", "the PDB patch"),
+        string(
+            base.one("PodDisruptionBudget", "writ"),
+            "metadata.name",
+            "the PDB"
+        )
+    );
+    assert_eq!(int(pdb, "spec.maxUnavailable", "the PDB patch"), 1);
+    assert_eq!(
+        opt(pdb, "spec.minAvailable"),
+        Some(&Value::Null),
+        "the base's minAvailable is removed (a PDB takes one of the two)"
+    );
+}
+
+#[test]
+fn the_redis_deployment_serves_what_its_configuration_names_unprivileged() {
+    let base = Manifests::base();
+    let m = redis_manifests();
+    let deployments = m.all("Deployment");
+    assert_eq!(deployments.len(), 1, "one Deployment");
+    let dep = deployments[0];
+    assert!(
+        int(dep, "spec.replicas", "the Deployment") >= 2,
+        "several stateless nodes"
+    );
+    assert_eq!(
+        int(
+            dep,
+            "spec.strategy.rollingUpdate.maxUnavailable",
+            "the Deployment"
+        ),
+        0,
+        "a rollout adds a ready pod before it takes one away"
+    );
+    let labels = at(dep, "spec.template.metadata.labels", "the pod template");
+    let selects = |selector: &Value, what: &str| {
+        for (k, v) in selector.as_mapping().expect("labels") {
+            assert_eq!(
+                labels.get(k.as_str().expect("a key")),
+                Some(v),
+                "{what} selects the Deployment's pods"
+            );
+        }
+    };
+    selects(
+        at(dep, "spec.selector.matchLabels", "the Deployment"),
+        "the Deployment",
+    );
+    selects(
+        at(
+            base.one("PodDisruptionBudget", "writ"),
+            "spec.selector.matchLabels",
+            "the PDB",
+        ),
+        "the PDB",
+    );
+    for svc in base.all("Service") {
+        let svc_name = string(svc, "metadata.name", "a Service");
+        selects(at(svc, "spec.selector", svc_name), svc_name);
+    }
+
+    // The pod: as the base's, unprivileged, every container bounded.
+    let pod = at(dep, "spec.template.spec", "the Deployment");
+    let base_pod = at(base.statefulset(), "spec.template.spec", "the StatefulSet");
+    for key in ["securityContext", "serviceAccountName"] {
+        assert_eq!(
+            at(pod, key, "the pod"),
+            at(base_pod, key, "the base pod"),
+            "{key}"
+        );
+    }
+    assert!(!boolean(pod, "automountServiceAccountToken", "the pod"));
+    for key in ["containers", "initContainers"] {
+        for c in list(pod, key) {
+            assert_unprivileged(c, name(c));
+        }
+    }
+
+    // Ports and probes: the configuration's listeners, as in the base.
+    let table = toml_table(REDIS_CONFIG);
+    let listen = Listeners::of(&table, REDIS_CONFIG);
+    let writ = container(pod, "containers", "writ");
+    let base_writ = container(base_pod, "containers", "writ");
+    let ports = container_ports(writ);
+    assert_eq!(ports, container_ports(base_writ));
+    let numbers: BTreeSet<i64> = ports.values().copied().collect();
+    assert_eq!(numbers, listen.ports());
+    for probe in ["startupProbe", "livenessProbe"] {
+        let port = at(writ, &format!("{probe}.grpc.port"), "the writ container");
+        assert_eq!(
+            resolve_port(port, &ports, probe),
+            i64::from(listen.ops.port())
+        );
+    }
+    assert_eq!(
+        at(writ, "readinessProbe", "the writ container"),
+        at(base_writ, "readinessProbe", "the base container")
+    );
+    assert_eq!(at(writ, "args", "writ"), at(base_writ, "args", "base"));
+
+    // The config volume is the base's (writ.toml, policy, TLS), mounted the same way.
+    let volumes: BTreeMap<&str, &Value> =
+        list(pod, "volumes").iter().map(|v| (name(v), v)).collect();
+    let base_volumes: BTreeMap<&str, &Value> = list(base_pod, "volumes")
+        .iter()
+        .map(|v| (name(v), v))
+        .collect();
+    let config_mount = mount_of(writ, "/etc/writ/writ.toml");
+    assert_eq!(
+        config_mount,
+        mount_of(base_writ, "/etc/writ/writ.toml"),
+        "the configuration is mounted as in the base"
+    );
+    assert_eq!(
+        volumes[name(config_mount)],
+        base_volumes[name(config_mount)],
+        "the config volume is the base's"
+    );
+    for mount in list(writ, "volumeMounts") {
+        assert!(
+            volumes.contains_key(name(mount)),
+            "{}: a pod volume (no claims)",
+            name(mount)
+        );
+        assert!(
+            opt(mount, "subPath").is_none(),
+            "{}: no subPath",
+            name(mount)
+        );
+    }
+
+    // The data directory: a pod-local volume that the init container fills with exactly
+    // the shared secrets, owner-only, before Writ starts.
+    let data_dir = toml_str(&table, "data_dir", REDIS_CONFIG);
+    let data = mount_of(writ, data_dir);
+    let data_volume = volumes[name(data)];
+    assert_eq!(
+        string(data_volume, "emptyDir.medium", "the data volume"),
+        "Memory",
+        "the key ring never touches a disk"
+    );
+    let init = container(pod, "initContainers", "data-dir");
+    assert_eq!(
+        name(mount_of(init, data_dir)),
+        name(data),
+        "the init container writes the data volume"
+    );
+    let script = list(init, "command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(script.contains("umask 077"), "owner-only files: {script}");
+    assert!(script.contains(&format!("mkdir -p {data_dir}")), "{script}");
+    let secret = m.one("Secret", "writ-node-secrets");
+    let secret_name = string(secret, "metadata.name", "the Secret");
+    let secret_mount = list(init, "volumeMounts")
+        .iter()
+        .find(|mount| {
+            opt(volumes[name(mount)], "secret.secretName").and_then(Value::as_str)
+                == Some(secret_name)
+        })
+        .expect("the init container mounts writ-node-secrets");
+    assert_eq!(opt(secret_mount, "readOnly"), Some(&Value::Bool(true)));
+    let secret_volume = volumes[name(secret_mount)];
+    assert_eq!(
+        int(secret_volume, "secret.defaultMode", "the Secret volume"),
+        0o440
+    );
+    let copied: BTreeSet<&str> = list(secret_volume, "secret.items")
+        .iter()
+        .map(|i| {
+            let path = string(i, "path", "an item");
+            let from = format!("{}/{path}", string(secret_mount, "mountPath", "the mount"));
+            assert!(script.contains(&from), "the init container copies {from}");
+            assert_eq!(string(i, "key", "an item"), path);
+            path
+        })
+        .collect();
+    assert_eq!(
+        copied,
+        BTreeSet::from([
+            writ_server::secrets::KEYS_FILE,
+            writ_server::signing::SIGNING_KEYS_FILE,
+        ]),
+        "every node gets the shared key ring and signing keys"
+    );
+    assert!(
+        list(writ, "volumeMounts")
+            .iter()
+            .all(|mount| name(mount) != name(secret_mount)),
+        "Writ itself reads its copies, not the Secret"
+    );
+
+    // The seed nodes may come from the Secret (credentials in the URLs).
+    let env = list(writ, "env")
+        .iter()
+        .find(|e| name(e) == "WRIT_REDIS_NODES")
+        .expect("WRIT_REDIS_NODES");
+    let key_ref = at(env, "valueFrom.secretKeyRef", "WRIT_REDIS_NODES");
+    assert_eq!(name(key_ref), secret_name);
+    assert!(boolean(key_ref, "optional", "WRIT_REDIS_NODES"));
+    let key = string(key_ref, "key", "WRIT_REDIS_NODES");
+    assert!(
+        at(secret, "stringData", "the Secret").get(key).is_some(),
+        "the Secret has {key}"
+    );
+}
+
+#[test]
+fn the_redis_secret_holds_only_marked_placeholders() {
+    let m = redis_manifests();
+    let secret = m.one("Secret", "writ-node-secrets");
+    assert!(opt(secret, "data").is_none(), "placeholders are stringData");
+    for (k, v) in at(secret, "stringData", "the Secret")
+        .as_mapping()
+        .expect("a mapping")
+    {
+        let v = v.as_str().expect("a string");
+        assert!(v.starts_with("REPLACE"), "{k:?} is a marked placeholder");
+        assert!(
+            !v.contains("-----BEGIN") && !v.contains("[[keys]]"),
+            "{k:?}"
+        );
+    }
+}
+
+/// `redis.conf`'s `directive value` lines.
+fn redis_conf() -> BTreeMap<String, String> {
+    read(REDIS_CONF)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (k, v) = l
+                .split_once(char::is_whitespace)
+                .unwrap_or_else(|| panic!("{REDIS_CONF}: {l:?}"));
+            (k.to_owned(), v.trim().to_owned())
+        })
+        .collect()
+}
+
+#[test]
+fn the_redis_configuration_agrees_with_the_cluster_settings_and_the_base() {
+    let config = server_config(&read(REDIS_CONFIG), REDIS_CONFIG);
+    assert_eq!(config.storage.backend, writ_server::config::Backend::Redis);
+    assert!(config.tls.enabled && !config.auth.asserted_identities);
+    let redis = &config.storage.redis;
+    assert!(redis.required_replicas >= 1, "a write waits for a replica");
+    let conf = redis_conf();
+    for (directive, value) in [
+        ("cluster-enabled", "yes"),
+        ("cluster-require-full-coverage", "no"),
+        ("appendonly", "yes"),
+        ("appendfsync", "always"),
+        ("maxmemory-policy", "noeviction"),
+    ] {
+        assert_eq!(
+            conf.get(directive).map(String::as_str),
+            Some(value),
+            "{REDIS_CONF}: {directive}"
+        );
+    }
+    assert_eq!(
+        conf.get("min-replicas-to-write"),
+        Some(&redis.required_replicas.to_string()),
+        "a master refuses what its replicas cannot acknowledge"
+    );
+    // The script that starts the local cluster uses the same durability settings.
+    let script = read("scripts/redis-cluster");
+    for directive in [
+        "cluster-require-full-coverage",
+        "appendonly",
+        "appendfsync",
+        "min-replicas-to-write",
+    ] {
+        let line = format!("{directive} {}", conf[directive]);
+        assert!(
+            script.lines().any(|l| l.trim() == line),
+            "scripts/redis-cluster: {line}"
+        );
+    }
+    // No node rotates the shared signing keys on its own before the operator does.
+    assert_eq!(
+        config.signing.rotate_after_seconds,
+        365 * 86_400,
+        "signing.rotate_after_seconds: the longest allowed"
+    );
+
+    // Apart from [storage] and [signing], the base configuration.
+    let mut base = toml_table(KUBE_CONFIG);
+    let mut with_redis = toml_table(REDIS_CONFIG);
+    for t in [&mut base, &mut with_redis] {
+        t.remove("storage");
+        t.remove("signing");
+    }
+    assert_eq!(
+        base, with_redis,
+        "{REDIS_CONFIG} differs from {KUBE_CONFIG} only in [storage] and [signing]"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_configuration_and_policy_serve_a_chain() {
+    // On this test binary's local cluster, under a namespace of its own.
+    serve_a_chain_on(REDIS_CONFIG, writ_e2e::redis::use_cluster).await;
 }
 
 // ---------------------------------------------------------------------------------------

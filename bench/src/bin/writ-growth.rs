@@ -19,6 +19,12 @@
 //!   and this process's), and startup: a server process on the loaded data directory
 //!   timed until it listens and answers a first Validate, then in-process reopens with
 //!   cold and warm Validates.
+//! - `redis-footprint`: memory per live token on the Redis Cluster backend: chains (a
+//!   root and one downscoped child, the claims every measurement uses, with their audit
+//!   events) minted through the in-process service over a `RedisStore`, and each node's
+//!   `INFO memory`, keys and append-only files read before and at each size, so bytes
+//!   per token are a slope between sizes; then a process of its own caches records
+//!   through a fresh store (`redis-cache-probe`) to measure a Writ node's record cache.
 //! - `plot-load`: draws throughput against concurrency from `writ-load` JSON results.
 //!
 //! Each subcommand writes a JSON result and an SVG chart.
@@ -186,6 +192,57 @@ enum Cmd {
         #[arg(long, default_value = "results/footprint.svg")]
         svg: PathBuf,
     },
+    /// Memory per live token on a Redis Cluster: chains of a root and one child minted
+    /// through the service over a `RedisStore` (acknowledged as the server does: WAIT
+    /// for the replicas), each node's `INFO memory` read before loading and at each
+    /// size (cumulative, one namespace), then a Writ node's record cache measured.
+    RedisFootprint {
+        /// Seed nodes (`redis://host:port`, comma separated).
+        #[arg(
+            long,
+            value_delimiter = ',',
+            env = "WRIT_BENCH_REDIS_NODES",
+            required = true
+        )]
+        redis_nodes: Vec<String>,
+        /// The cluster's directory (`scripts/redis-cluster start DIR`): append-only file
+        /// sizes are read from `DIR/<port>/appendonlydir`.
+        #[arg(long)]
+        cluster_dir: Option<PathBuf>,
+        /// Live tokens (roots plus children) at which memory is read, ascending.
+        #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+        sizes: Vec<usize>,
+        /// Chains minted concurrently.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Distinct records the cache probe reads (the server's record_cache_entries
+        /// default is 100000).
+        #[arg(long, default_value_t = 100_000)]
+        cache_probe: usize,
+        /// Key prefix (default: one of this run's own).
+        #[arg(long)]
+        prefix: Option<String>,
+        /// JSON result.
+        #[arg(long, default_value = "results/redis-footprint.json")]
+        out: PathBuf,
+    },
+    /// Reads each token id in a file once through a fresh `RedisStore` with a record
+    /// cache of `--entries`, printing this process's RSS before and after as JSON:
+    /// `redis-footprint` runs it to measure the record cache alone.
+    #[command(hide = true)]
+    RedisCacheProbe {
+        /// Seed nodes.
+        #[arg(long, value_delimiter = ',', required = true)]
+        redis_nodes: Vec<String>,
+        /// Key prefix.
+        #[arg(long)]
+        prefix: String,
+        /// Record cache entries.
+        #[arg(long)]
+        entries: usize,
+        /// One token id per line.
+        ids: PathBuf,
+    },
     /// Serves a data directory with the default configuration (on 127.0.0.1, an
     /// ephemeral port, printed on stdout) until stdin closes: `footprint` runs the
     /// server in a process of its own with this, to time its startup and read its RSS.
@@ -270,6 +327,34 @@ fn main() -> Result<()> {
             svg,
         } => rt.block_on(footprint(sizes, probe, cold, dir, &out, &svg)),
         Cmd::ServeDataDir { data_dir } => rt.block_on(serve_data_dir(data_dir)),
+        Cmd::RedisFootprint {
+            redis_nodes,
+            cluster_dir,
+            sizes,
+            concurrency,
+            cache_probe,
+            prefix,
+            out,
+        } => rt.block_on(redis_footprint::run(
+            redis_nodes,
+            cluster_dir,
+            sizes,
+            concurrency,
+            cache_probe,
+            prefix,
+            &out,
+        )),
+        Cmd::RedisCacheProbe {
+            redis_nodes,
+            prefix,
+            entries,
+            ids,
+        } => rt.block_on(redis_footprint::cache_probe(
+            redis_nodes,
+            prefix,
+            entries,
+            &ids,
+        )),
         Cmd::PlotLoad { title, svg, files } => plot_load(&title, &svg, &files),
     }
 }
@@ -1683,3 +1768,6 @@ fn plot_load(title: &str, svg: &Path, files: &[PathBuf]) -> Result<()> {
     eprintln!("wrote {}", svg.display());
     Ok(())
 }
+
+#[path = "writ-growth/redis_footprint.rs"]
+mod redis_footprint;

@@ -18,6 +18,12 @@
 //!   an operator) at `--revoke-rate` per second.
 //! - `empty`: the empty unary RPC.
 //!
+//! With `--backend redis --redis-nodes A,B,C --nodes N` it starts N in-process Writ
+//! servers sharing one Redis Cluster (each on its own port and runtime, all with the
+//! first one's key ring and credentials, as nodes of one trust domain are deployed) and
+//! spreads the connections over them round-robin; the token pool is minted through the
+//! first node, so Validates on the others read tokens they did not mint.
+//!
 //! With `--rate R` the load is open-loop (R operations per second in total, spread over
 //! the workers) and latency is measured from each operation's scheduled start, so a
 //! stalled server cannot hide its queueing (no coordinated omission).
@@ -38,7 +44,7 @@ use writ_bench::report::{self, Latency, Machine};
 use writ_bench::serve::{self, Flavor, RuntimeSpec, ServerHandle};
 use writ_bench::{fixtures, wire};
 use writ_client::WritClient;
-use writ_server::config::ValidationEvents;
+use writ_server::config::{Backend, ValidationEvents};
 use writ_store::Durability;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
@@ -57,6 +63,13 @@ enum AuditValidations {
     All,
     Actions,
     None,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
+#[serde(rename_all = "lowercase")]
+enum BackendArg {
+    Rocksdb,
+    Redis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, ValueEnum)]
@@ -146,9 +159,27 @@ struct Args {
     /// Worker threads of the load generator's own (multi-thread) runtime.
     #[arg(long, default_value_t = 2)]
     client_workers: usize,
-    /// In-process server: storage.durability.
+    /// In-process server: storage.durability (RocksDB).
     #[arg(long, value_enum, default_value = "sync")]
     durability: DurabilityArg,
+    /// In-process servers: storage.backend.
+    #[arg(long, value_enum, default_value = "rocksdb")]
+    backend: BackendArg,
+    /// With --backend redis: the cluster's seed nodes (`redis://host:port`, comma
+    /// separated; `scripts/redis-cluster start` prints them).
+    #[arg(long, value_delimiter = ',', env = "WRIT_BENCH_REDIS_NODES")]
+    redis_nodes: Vec<String>,
+    /// With --backend redis: Writ nodes started in-process on the one cluster, the
+    /// connections spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// With --backend redis: storage.redis.prefix (default: one of this run's own, so
+    /// runs sharing a cluster never see each other's keys).
+    #[arg(long)]
+    redis_prefix: Option<String>,
+    /// With --backend redis: storage.redis.record_cache_entries (default: the server's).
+    #[arg(long)]
+    record_cache: Option<usize>,
     /// Write the result as JSON here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -397,9 +428,14 @@ struct OpSummary {
 #[derive(Serialize)]
 struct ServerInfo {
     in_process: bool,
+    /// The first server's URL.
     url: String,
+    /// Every server the connections were spread over.
+    urls: Vec<String>,
     runtime: Option<RuntimeSpec>,
     durability: Option<DurabilityArg>,
+    backend: Option<BackendArg>,
+    redis_prefix: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -460,17 +496,35 @@ fn main() -> Result<()> {
     if args.concurrency == 0 || args.connections == 0 {
         bail!("--concurrency and --connections must be at least 1");
     }
+    if args.connections < args.nodes {
+        bail!("--connections must be at least --nodes (each node gets its share)");
+    }
     let machine_before = report::machine();
     let spec = RuntimeSpec {
         flavor: args.server_runtime,
         workers: args.server_workers,
     };
-    let server: Option<ServerHandle> = match (&args.server, args.mix) {
-        (Some(_), _) => None,
-        (None, Mix::Empty) => Some(serve::spawn_baseline(spec)?),
+    if args.nodes == 0 || (args.nodes > 1 && args.backend != BackendArg::Redis) {
+        bail!("--nodes N > 1 needs --backend redis (RocksDB serves one node)");
+    }
+    if args.backend == BackendArg::Redis && args.redis_nodes.is_empty() && args.server.is_none() {
+        bail!("--backend redis needs --redis-nodes (scripts/redis-cluster start prints them)");
+    }
+    let redis_prefix = (args.backend == BackendArg::Redis && args.server.is_none()).then(|| {
+        args.redis_prefix.clone().unwrap_or_else(|| {
+            format!("bench-{}-{:08x}", std::process::id(), rand::random::<u32>())
+        })
+    });
+    let mut servers: Vec<ServerHandle> = Vec::new();
+    match (&args.server, args.mix) {
+        (Some(_), _) => {}
+        (None, Mix::Empty) => servers.push(serve::spawn_baseline(spec)?),
         (None, _) => {
             let (depth, durability, audit) = (args.depth, args.durability, args.audit_validations);
-            Some(serve::spawn_writ(spec, |c| {
+            let (backend, nodes, cache) =
+                (args.backend, args.redis_nodes.clone(), args.record_cache);
+            let prefix = redis_prefix.clone().unwrap_or_default();
+            let configure = move |c: &mut writ_server::Config| {
                 c.tokens.max_depth = depth.max(c.tokens.max_depth);
                 c.tokens.max_children = 1024;
                 c.audit.validations = match audit {
@@ -482,29 +536,49 @@ fn main() -> Result<()> {
                     DurabilityArg::Sync => Durability::Sync,
                     DurabilityArg::Buffered => Durability::Buffered,
                 };
-            })?)
+                if backend == BackendArg::Redis {
+                    c.storage.backend = Backend::Redis;
+                    c.storage.redis.nodes = nodes.clone();
+                    c.storage.redis.prefix = prefix.clone();
+                    if let Some(n) = cache {
+                        c.storage.redis.record_cache_entries = n;
+                    }
+                }
+            };
+            let first = serve::spawn_writ(spec, configure.clone())?;
+            for _ in 1..args.nodes {
+                let node = serve::spawn_writ_node_of(&first, spec, configure.clone())?;
+                servers.push(node);
+            }
+            servers.insert(0, first);
         }
     };
-    let url = match (&args.server, &server) {
-        (Some(u), _) => u.clone(),
-        (None, Some(s)) => s.url(),
-        (None, None) => unreachable!("a server was started"),
+    let urls: Vec<String> = match &args.server {
+        Some(u) => vec![u.clone()],
+        None => servers.iter().map(ServerHandle::url).collect(),
     };
+    let url = urls[0].clone();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .thread_name("load")
         .worker_threads(args.client_workers.max(1))
         .enable_all()
         .build()?;
+    let in_process = !servers.is_empty();
+    let writ_in_process = in_process && args.mix != Mix::Empty;
     let info = ServerInfo {
-        in_process: server.is_some(),
+        in_process,
         url: url.clone(),
-        runtime: server.as_ref().map(|_| spec),
-        durability: (server.is_some() && args.mix != Mix::Empty).then_some(args.durability),
+        urls: urls.clone(),
+        runtime: in_process.then_some(spec),
+        durability: (writ_in_process && args.backend == BackendArg::Rocksdb)
+            .then_some(args.durability),
+        backend: writ_in_process.then_some(args.backend),
+        redis_prefix: redis_prefix.filter(|_| writ_in_process),
     };
-    let data_dir = server.as_ref().and_then(|s| s.data_dir.clone());
-    let result = rt.block_on(run(&args, &url, data_dir));
+    let data_dir = servers.first().and_then(|s| s.data_dir.clone());
+    let result = rt.block_on(run(&args, &urls, data_dir));
     drop(rt);
-    if let Some(s) = server {
+    for s in servers {
         s.stop()?;
     }
     let (elapsed, hists, shared) = result?;
@@ -516,9 +590,12 @@ fn main() -> Result<()> {
 
 async fn run(
     args: &Args,
-    url: &str,
+    urls: &[String],
     data_dir: Option<PathBuf>,
 ) -> Result<(f64, Hists, Arc<Shared>)> {
+    let url = urls[0].as_str();
+    // Connection `i` goes to server `i % servers`.
+    let url_of = |i: usize| urls[i % urls.len()].as_str();
     let credential = |name: &str, flag: &Option<PathBuf>| -> Result<String> {
         match (flag, &data_dir) {
             (Some(p), _) => read_credential(p),
@@ -532,8 +609,10 @@ async fn run(
     let mut operator = None;
     if args.mix == Mix::Empty {
         let mut conns = Vec::new();
-        for _ in 0..args.connections {
-            let ch = Endpoint::from_shared(url.to_string())?.connect().await?;
+        for i in 0..args.connections {
+            let ch = Endpoint::from_shared(url_of(i).to_string())?
+                .connect()
+                .await?;
             conns.push(BaselineClient::new(ch));
         }
         for i in 0..args.concurrency {
@@ -543,11 +622,11 @@ async fn run(
         }
     } else {
         let mut conns = Vec::new();
-        for _ in 0..args.connections {
+        for i in 0..args.connections {
             conns.push(if args.insecure_plaintext {
-                WritClient::connect_insecure(url).await?
+                WritClient::connect_insecure(url_of(i)).await?
             } else {
-                WritClient::connect(url).await?
+                WritClient::connect(url_of(i)).await?
             });
         }
         let minter_cred = credential("minter.credential", &args.minter_credential_file)?;
@@ -723,8 +802,12 @@ fn summarize(
         out.args.connections,
         match &out.server.runtime {
             Some(r) => format!(
-                "in-process {:?} workers {:?} audit.validations {:?}",
-                r.flavor, r.workers, out.args.audit_validations
+                "in-process {:?} workers {:?} audit.validations {:?} backend {:?} x{}",
+                r.flavor,
+                r.workers,
+                out.args.audit_validations,
+                out.server.backend,
+                out.server.urls.len()
             ),
             None => out.server.url.clone(),
         }
