@@ -973,40 +973,6 @@ async fn metadata_jwks_and_unknown_routes_over_both_http_versions() {
     }
 }
 
-/// A JWT-SVID, as the form's RFC 7523 client assertion.
-mod jwt {
-    use base64::Engine;
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-    use serde_json::json;
-
-    pub struct Signer {
-        private_pem: String,
-        pub jwk: serde_json::Value,
-    }
-
-    impl Signer {
-        pub fn new(kid: &str) -> Signer {
-            let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            let raw = pair.public_key_raw().to_vec();
-            Signer {
-                private_pem: pair.serialize_pem(),
-                jwk: json!({
-                    "use": "jwt-svid", "kid": kid, "kty": "EC", "crv": "P-256",
-                    "x": URL_SAFE_NO_PAD.encode(&raw[1..33]),
-                    "y": URL_SAFE_NO_PAD.encode(&raw[33..]),
-                }),
-            }
-        }
-
-        pub fn sign(&self, kid: &str, claims: &serde_json::Value) -> String {
-            let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
-            header.kid = Some(kid.to_owned());
-            let key = jsonwebtoken::EncodingKey::from_ec_pem(self.private_pem.as_bytes()).unwrap();
-            jsonwebtoken::encode(&header, claims, &key).unwrap()
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_assertion_in_the_form_is_one_proof_like_the_header() {
     let tmp = tempfile::tempdir().unwrap();
