@@ -93,19 +93,7 @@ impl TestServer {
     /// unknown there.
     pub async fn start_with_keys_of(other: &TestServer) -> TestServer {
         let keys = other.data_dir.join(KEYS_FILE);
-        TestServer::launch(
-            |_| {},
-            move |data_dir| {
-                std::fs::create_dir_all(data_dir).expect("creating the data directory");
-                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-                    .expect("chmod 700 on the data directory");
-                let copy = data_dir.join(KEYS_FILE);
-                std::fs::copy(&keys, &copy).expect("copying the server key ring");
-                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
-                    .expect("chmod 600 on the copied key ring");
-            },
-        )
-        .await
+        TestServer::launch(|_| {}, move |data_dir| with_key_ring_of(&keys, data_dir)).await
     }
 
     /// Starts another Writ node of `other`'s trust domain: the same server key ring (a
@@ -133,15 +121,7 @@ impl TestServer {
                 c.storage = storage;
                 configure(c);
             },
-            move |data_dir| {
-                std::fs::create_dir_all(data_dir).expect("creating the data directory");
-                std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
-                    .expect("chmod 700 on the data directory");
-                let copy = data_dir.join(KEYS_FILE);
-                std::fs::copy(&keys, &copy).expect("copying the server key ring");
-                std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
-                    .expect("chmod 600 on the copied key ring");
-            },
+            move |data_dir| with_key_ring_of(&keys, data_dir),
         )
         .await
     }
@@ -996,6 +976,18 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// True when `needle` occurs in `haystack`.
 pub fn contains_bytes(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Creates the data directory `data_dir` (0700) holding a copy of the server key ring
+/// `keys` (0600).
+fn with_key_ring_of(keys: &Path, data_dir: &Path) {
+    std::fs::create_dir_all(data_dir).expect("creating the data directory");
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .expect("chmod 700 on the data directory");
+    let copy = data_dir.join(KEYS_FILE);
+    std::fs::copy(keys, &copy).expect("copying the server key ring");
+    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o600))
+        .expect("chmod 600 on the copied key ring");
 }
 
 /// The servers' logs on stderr, when `WRIT_TEST_LOG` names a filter (`warn`,

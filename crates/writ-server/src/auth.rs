@@ -579,6 +579,52 @@ mod tests {
     const C1: &str = "wmc_00000000000000000000000000000001";
     const OPS: &str = "woc_00000000000000000000000000000003";
 
+    /// A shared replay record that answers as told.
+    #[derive(Debug)]
+    struct Shared(Result<bool, String>);
+
+    impl SharedReplay for Shared {
+        fn first_use(
+            &self,
+            _key: [u8; 32],
+            _until_unix_secs: u64,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + '_>>
+        {
+            Box::pin(std::future::ready(self.0.clone()))
+        }
+    }
+
+    /// On a shared store, an assertion proves its caller only if the shared record takes
+    /// it as used for the first time: used elsewhere is a replay, unrecordable is
+    /// retryable (never accepted on this node's word alone).
+    #[tokio::test]
+    async fn a_shared_replay_record_decides_an_assertions_first_use() {
+        let caller = Caller::known("spiffe://td/agent/a", AuthMethod::ClientAssertion, &[]);
+        let proven = || {
+            Ok(Proven {
+                caller: caller.clone(),
+                replay: Some(([7; 32], 100)),
+            })
+        };
+        let with = |answer| auth().with_shared_replay(Arc::new(Shared(answer)));
+        assert_eq!(with(Ok(true)).first_use(proven()).await, Ok(caller.clone()));
+        let replayed = with(Ok(false)).first_use(proven()).await;
+        assert!(
+            matches!(&replayed, Err(AuthError::Unproven(m)) if m.contains("jti")),
+            "{replayed:?}"
+        );
+        let down = with(Err("cluster down".into())).first_use(proven()).await;
+        assert!(matches!(&down, Err(AuthError::Unavailable(_))), "{down:?}");
+        // A caller proven otherwise (no assertion) is not looked up at all.
+        let bearer = Caller::known("gw", AuthMethod::Bearer, &[Role::Minter]);
+        assert_eq!(
+            with(Err("cluster down".into()))
+                .first_use(Ok(bearer.clone().into()))
+                .await,
+            Ok(bearer)
+        );
+    }
+
     fn auth() -> Authenticator {
         let mut m = Credentials::default();
         m.add("gw".into(), CredentialRole::Minter, credential_digest(C1));

@@ -618,14 +618,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
-        tokio::spawn(forward(
-            slot,
-            rx,
-            watch::channel(0).1,
-            convert::WatchFilter::default(),
-            tx,
-            stop,
-        ));
+        tokio::spawn(forward_all(slot, rx, tx, stop));
         let first = out.recv().await.unwrap();
         let status = first.unwrap_err();
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
@@ -671,14 +664,7 @@ mod tests {
         let (stop_tx, stop) = watch::channel(false);
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
-        let task = tokio::spawn(forward(
-            slot,
-            rx,
-            watch::channel(0).1,
-            convert::WatchFilter::default(),
-            tx,
-            stop,
-        ));
+        let task = tokio::spawn(forward_all(slot, rx, tx, stop));
         live.send(event(1)).unwrap();
         assert!(out.recv().await.unwrap().is_ok());
         stop_tx.send(true).unwrap();
@@ -686,6 +672,23 @@ mod tests {
         let end = out.recv().await.unwrap().unwrap_err();
         assert_eq!(end.code(), tonic::Code::Unavailable);
         assert!(out.recv().await.is_none());
+    }
+
+    /// `forward` with no filter, on a node whose feed across nodes never loses events.
+    fn forward_all(
+        slot: WatchSlot,
+        live: broadcast::Receiver<Arc<writ_core::Event>>,
+        out: mpsc::Sender<Result<pb::AuditEvent, Status>>,
+        stop: watch::Receiver<bool>,
+    ) -> impl Future<Output = ()> {
+        forward(
+            slot,
+            live,
+            watch::channel(0).1,
+            convert::WatchFilter::default(),
+            out,
+            stop,
+        )
     }
 
     fn open(watchers: &Arc<Mutex<Watchers>>) -> usize {
@@ -706,14 +709,7 @@ mod tests {
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
         let started = tokio::time::Instant::now();
-        let task = tokio::spawn(forward(
-            slot,
-            rx,
-            watch::channel(0).1,
-            convert::WatchFilter::default(),
-            tx,
-            stop,
-        ));
+        let task = tokio::spawn(forward_all(slot, rx, tx, stop));
         for n in 0..3 {
             live.send(event(n)).unwrap();
         }
@@ -746,14 +742,7 @@ mod tests {
         let (_stop_tx, stop) = watch::channel(false);
         let watchers = Arc::default();
         let slot = WatchSlot::take(&watchers, "ops").unwrap();
-        tokio::spawn(forward(
-            slot,
-            rx,
-            watch::channel(0).1,
-            convert::WatchFilter::default(),
-            tx,
-            stop,
-        ));
+        tokio::spawn(forward_all(slot, rx, tx, stop));
         for n in 0..4 {
             live.send(event(n)).unwrap();
         }

@@ -602,7 +602,10 @@ async fn start_with_keepalive(
     let audit_for_drain = audit.clone();
     let audit_for_cleanup = audit.clone();
     let disabled = parties::Disabled::new(writ_store::TokenStore::disabled_parties(&*store).await?);
-    if store.rocks().is_none() {
+    // A store other Writ nodes share: what is not a token change but must be shared goes
+    // through it too (below).
+    let shared = store.redis().cloned();
+    if shared.is_some() {
         // Other nodes change the set too: re-read (below), and admit nothing when it
         // could not be. An admission's write may take a few commands' time.
         let r = &config.storage.redis;
@@ -613,20 +616,10 @@ async fn start_with_keepalive(
     }
     let (stop, mut stopped) = watch::channel(false);
     // On a shared store, watchers here see what the other nodes store too.
-    let feed_reader = match &*store {
-        writ_store::AnyStore::Redis(r) => {
-            audit.share(Arc::new(SharedEvents(r.clone())));
-            Some(tokio::spawn(read_feed(
-                r.clone(),
-                audit.clone(),
-                stop.subscribe(),
-            )))
-        }
-        writ_store::AnyStore::Rocks(_) => None,
-    };
-    // Nodes sharing a store each hold a copy of the signing keys' manifest: they rotate
-    // only when an operator rolls a rotated manifest out to all of them (README).
-    let shared_store = store.rocks().is_none();
+    let feed_reader = shared.clone().map(|r| {
+        audit.share(Arc::new(SharedEvents(r.clone())));
+        tokio::spawn(read_feed(r, audit.clone(), stop.subscribe()))
+    });
     let service = service::Service::new(
         store.clone(),
         keys,
@@ -656,9 +649,9 @@ async fn start_with_keepalive(
     };
     // On a store other Writ nodes share, a party disabled (or enabled) through another
     // node is picked up within `storage.redis.party_sync_ms`.
-    let party_sync = match store.rocks() {
-        Some(_) => None,
-        None => {
+    let party_sync = match shared {
+        None => None,
+        Some(_) => {
             let every = std::time::Duration::from_millis(config.storage.redis.party_sync_ms);
             let (service, mut stopped) = (service.clone(), stop.subscribe());
             // Walks run on a task of their own, so a long one never delays the re-read
@@ -721,9 +714,9 @@ async fn start_with_keepalive(
         .with_assertions(assertions.clone())
         .with_asserted_identities(config.auth.asserted_identities);
     // Nodes sharing a store share the record of assertions used: one use per trust domain.
-    let auth = match &*store {
-        writ_store::AnyStore::Redis(r) => auth.with_shared_replay(Arc::new(SharedJti(r.clone()))),
-        writ_store::AnyStore::Rocks(_) => auth,
+    let auth = match &shared {
+        Some(r) => auth.with_shared_replay(Arc::new(SharedJti(r.clone()))),
+        None => auth,
     };
     let chain = ChainServiceServer::new(chain::ChainGrpc::new(
         service.clone(),
@@ -788,7 +781,9 @@ async fn start_with_keepalive(
     let shutdown = async move {
         let _ = stopped.wait_for(|s| *s).await;
     };
-    if shared_store {
+    // Nodes sharing a store each hold a copy of the signing keys' manifest: they rotate
+    // only when an operator rolls a rotated manifest out to all of them (README).
+    if shared.is_some() {
         tracing::warn!(
             "several nodes share this store: JWT signing keys are not rotated automatically \
              (rotate on one node with `writ keys rotate`, then give every node its manifest)"
@@ -804,7 +799,7 @@ async fn start_with_keepalive(
         limits.spawn_housekeeping(stop.subscribe()),
         // Automatic rotation of the JWT signing keys (one node alone), and removal of
         // retired ones.
-        signer.spawn_rotation(!shared_store, stop.subscribe()),
+        signer.spawn_rotation(shared.is_none(), stop.subscribe()),
         // The subject-token issuers' key sets (JWKS files and URLs).
         subjects.spawn_refresher(stop.subscribe()),
     ];

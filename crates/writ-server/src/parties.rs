@@ -89,17 +89,9 @@ impl Disabled {
         }
     }
 
-    /// Remembers that `party`'s walk failed here (`Some`) or succeeded (`None`).
-    pub fn walked(&self, party: &str, failed: Option<PartyDisable>) {
-        let mut unwalked = lock(&self.unwalked);
-        match failed {
-            Some(why) => {
-                unwalked.insert(party.to_owned(), why);
-            }
-            None => {
-                unwalked.remove(party);
-            }
-        }
+    /// Remembers that `party`'s walk failed here, for [`unwalked`](Self::unwalked).
+    pub fn walk_failed(&self, party: String, why: PartyDisable) {
+        lock(&self.unwalked).insert(party, why);
     }
 
     /// Takes the parties whose walk failed here and that are still disabled (each is

@@ -994,10 +994,12 @@ impl<S: TokenStore> Service<S> {
     /// Walks a party [`sync_disabled`](Self::sync_disabled) named; a walk that fails is
     /// named again on its next read.
     pub async fn walk_disabled(&self, party: String, why: PartyDisable) {
-        let done = self
+        if !self
             .walk_for_server(party.clone(), why.by.clone(), why.reason.clone())
-            .await;
-        self.disabled.walked(&party, (!done).then_some(why));
+            .await
+        {
+            self.disabled.walk_failed(party, why);
+        }
     }
 
     /// Revokes what `party` holds or presents on the server's own initiative (recorded as

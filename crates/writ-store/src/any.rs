@@ -29,6 +29,14 @@ impl AnyStore {
             AnyStore::Redis(_) => None,
         }
     }
+
+    /// The Redis store, if that is the backend: a store other Writ nodes share.
+    pub fn redis(&self) -> Option<&RedisStore> {
+        match self {
+            AnyStore::Redis(s) => Some(s),
+            AnyStore::Rocks(_) => None,
+        }
+    }
 }
 
 macro_rules! dispatch {

@@ -522,6 +522,14 @@ struct Cached {
     bytes: usize,
 }
 
+impl Cached {
+    fn remove(&mut self, id: &TokenId) {
+        if let Some((_, _, size)) = self.records.remove(id) {
+            self.bytes -= size;
+        }
+    }
+}
+
 impl RecordCache {
     fn new(cap: usize, cap_bytes: usize) -> RecordCache {
         RecordCache {
@@ -545,26 +553,19 @@ impl RecordCache {
             return;
         }
         let mut cached = lock(&self.map);
-        if let Some((_, _, old)) = cached.records.remove(&id) {
-            cached.bytes -= old;
-        }
+        cached.remove(&id);
         while cached.records.len() >= self.cap || cached.bytes + size > self.cap_bytes {
             let Some(victim) = cached.records.keys().next().copied() else {
                 break;
             };
-            if let Some((_, _, gone)) = cached.records.remove(&victim) {
-                cached.bytes -= gone;
-            }
+            cached.remove(&victim);
         }
         cached.records.insert(id, (txn, record, size));
         cached.bytes += size;
     }
 
     fn forget(&self, id: TokenId) {
-        let mut cached = lock(&self.map);
-        if let Some((_, _, gone)) = cached.records.remove(&id) {
-            cached.bytes -= gone;
-        }
+        lock(&self.map).remove(&id);
     }
 
     /// Entries and bytes held (tests).

@@ -163,20 +163,12 @@ impl Inner {
         if owner == record.txn {
             return Ok(());
         }
-        let stored: bool = redis::cmd("HEXISTS")
-            .arg(self.keys.records(owner))
-            .arg(&record.token_id.0[..])
-            .query_async(&mut self.read_conn())
-            .await
-            .map_err(backend)?;
-        if !stored {
-            return Err(unfinished(record.token_id));
-        }
         // Stored by an earlier attempt whose answer was lost (or which failed after its
         // commit): its token for good, so the retry the service answers with it holds.
-        if let Some(earlier) = self.record(owner, record.token_id).await? {
-            self.keep(&earlier).await?;
-        }
+        let Some(earlier) = self.record(owner, record.token_id).await? else {
+            return Err(unfinished(record.token_id));
+        };
+        self.keep(&earlier).await?;
         Err(StoreError::Conflict)
     }
 
