@@ -748,6 +748,35 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    /// `[storage.redis]` is checked whole when the backend is Redis: each bound names its
+    /// key.
+    #[test]
+    fn the_redis_settings_are_bounded() {
+        let redis = || {
+            let mut c = Config::default();
+            c.storage.backend = Backend::Redis;
+            c.storage.redis.nodes = vec!["redis://127.0.0.1:7001".into()];
+            c
+        };
+        redis().validate().unwrap();
+        let cases: [(&str, fn(&mut RedisConfig)); 6] = [
+            ("storage.redis.nodes", |r| r.nodes.clear()),
+            ("response_timeout_ms", |r| {
+                r.response_timeout_ms = r.ack_timeout_ms
+            }),
+            ("write_connections", |r| r.write_connections = 0),
+            ("record_cache_mib", |r| r.record_cache_mib = (1 << 16) + 1),
+            ("party_sync_ms", |r| r.party_sync_ms = 99),
+            ("party_sync_ms", |r| r.party_sync_ms = 60_001),
+        ];
+        for (key, break_it) in cases {
+            let mut c = redis();
+            break_it(&mut c.storage.redis);
+            let e = c.validate().unwrap_err().to_string();
+            assert!(e.contains(key), "{key}: {e}");
+        }
+    }
+
     #[test]
     fn keyed_tokens_outlive_two_idempotency_windows() {
         let mut c = Config::default();

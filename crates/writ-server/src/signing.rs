@@ -1183,6 +1183,20 @@ mod tests {
         assert_eq!(states(&again), states(&s));
     }
 
+    /// Nodes sharing a store each hold a copy of the manifest: there the periodic check
+    /// never rotates (each node would make its own next key), however old the keys.
+    #[test]
+    fn a_node_on_a_shared_store_never_rotates_on_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = config(SigningAlgorithm::EdDSA);
+        let s = load(dir.path(), &c, T0);
+        let first = s.signing_kid();
+        s.tick_with(T0 + 10_000_000, false).unwrap();
+        assert_eq!(s.signing_kid(), first);
+        s.tick_with(T0 + 10_000_000, true).unwrap();
+        assert_ne!(s.signing_kid(), first, "due, on a node alone");
+    }
+
     #[test]
     fn keys_rotate_automatically_by_age_and_retired_ones_expire_at_load() {
         let dir = tempfile::tempdir().unwrap();
