@@ -759,7 +759,8 @@ mod tests {
             c
         };
         redis().validate().unwrap();
-        let cases: [(&str, fn(&mut RedisConfig)); 6] = [
+        type Breaks = fn(&mut RedisConfig);
+        let cases: [(&str, Breaks); 6] = [
             ("storage.redis.nodes", |r| r.nodes.clear()),
             ("response_timeout_ms", |r| {
                 r.response_timeout_ms = r.ack_timeout_ms
