@@ -44,6 +44,53 @@ pub fn use_cluster(config: &mut Config) {
     );
 }
 
+/// Points `config` at a cluster of this test binary that speaks TLS only (client
+/// certificates required), reached as the least-privileged ACL user DEPLOY.md describes,
+/// with its certificates and password read from files as an operator's would be.
+pub fn use_tls_cluster(config: &mut Config) {
+    static CLUSTER: OnceLock<PathBuf> = OnceLock::new();
+    let dir = CLUSTER.get_or_init(|| {
+        let dir = tempfile::Builder::new()
+            .prefix("writ-e2e-redis-tls-")
+            .tempdir()
+            .expect("a temporary directory")
+            .keep();
+        let out = Command::new(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster"),
+        )
+        .arg("start")
+        .arg(&dir)
+        .args(["--port", "0", "--owner"])
+        .arg(std::process::id().to_string())
+        .args([
+            "--clean",
+            "--tls",
+            "--acl-user",
+            "writ",
+            "--acl-keys",
+            "tls*",
+        ])
+        .output()
+        .expect("running scripts/redis-cluster");
+        assert!(
+            out.status.success(),
+            "starting a TLS Redis Cluster failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    });
+    use_cluster(config);
+    let r = &mut config.storage.redis;
+    let nodes = std::fs::read_to_string(dir.join("nodes")).expect("the cluster's seeds");
+    r.nodes = nodes.trim().split(',').map(str::to_owned).collect();
+    r.ca = Some(dir.join("tls/ca.crt"));
+    r.client_cert = Some(dir.join("tls/client.crt"));
+    r.client_key = Some(dir.join("tls/client.key"));
+    r.username = Some("writ".into());
+    r.password_file = Some(dir.join("acl/writ.password"));
+    r.prefix = format!("tls{}", r.prefix);
+}
+
 /// The seed nodes of this test binary's cluster, started on first use (or the cluster
 /// named in `WRIT_TEST_REDIS_NODES`, which `tests/backends.rs` shares with the suites it
 /// runs).
@@ -185,7 +232,7 @@ pub async fn open_store(config: &Config) -> writ_store::AnyStore {
             .expect("opening the store"),
         ),
         Backend::Redis => writ_store::AnyStore::Redis(
-            writ_store::RedisStore::connect(config.redis_options())
+            writ_store::RedisStore::connect(config.redis_options().expect("the redis options"))
                 .await
                 .expect("connecting to the cluster"),
         ),

@@ -39,6 +39,28 @@ async fn a_token_from_one_node_works_through_the_others_and_its_revocation_is_se
     }
 }
 
+/// Nodes that reach their cluster over TLS, as the ACL user DEPLOY.md gives, serve a
+/// whole chain: mint, downscope, validate and revoke through different nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_on_a_tls_cluster_as_the_documented_acl_user_serve_a_chain() {
+    let a = TestServer::start_with(redis::use_tls_cluster).await;
+    let b = TestServer::start_node_of(&a).await;
+    let root = a.mint(trip_mint()).await.token;
+    let kid = b
+        .downscope(
+            "planner",
+            child(&root, build::agent("booking"), &[], &["trips:book"], vec![]),
+        )
+        .await
+        .token;
+    assert_active(&a.validate("booking", introspect(&kid)).await);
+    b.revoke_as_holder("planner", &root, "done").await;
+    assert_inactive(
+        &a.validate("booking", introspect(&kid)).await,
+        InactiveReason::Revoked,
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_party_disabled_through_one_node_is_refused_by_the_others() {
     let a = TestServer::start_with(redis::use_cluster).await;

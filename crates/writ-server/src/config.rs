@@ -247,8 +247,24 @@ pub enum Backend {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RedisConfig {
-    /// Seed nodes, `redis://host:port`; the rest of the cluster is discovered.
+    /// Seed nodes, `rediss://host:port` (TLS) or `redis://host:port`; the rest of the
+    /// cluster is discovered. No credentials in them: see `username` and `password_file`.
     pub nodes: Vec<String>,
+    /// The CA certificates (PEM) the nodes' certificates must chain to; unset: the
+    /// system's roots. Only with `rediss://` nodes.
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain and its private key (PEM), for nodes that ask for one
+    /// (Redis's `tls-auth-clients`, on by default). Set both or neither.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub client_key: Option<PathBuf>,
+    /// The ACL user Writ connects as (DEPLOY.md gives its rules); unset: `default`.
+    pub username: Option<String>,
+    /// A file holding the password (one line); unset: no `AUTH`.
+    pub password_file: Option<PathBuf>,
+    /// Allow `redis://` (plaintext) nodes that are not on loopback. Whoever can read or
+    /// write that link can read every token record or undo a revocation.
+    pub allow_plaintext: bool,
     /// Namespace of every key (one cluster may serve several trust domains).
     pub prefix: String,
     /// Replicas that must hold a write before it is acknowledged: the replicas per shard,
@@ -275,6 +291,12 @@ impl Default for RedisConfig {
         let o = writ_store::RedisOptions::default();
         RedisConfig {
             nodes: Vec::new(),
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            username: None,
+            password_file: None,
+            allow_plaintext: false,
             prefix: o.prefix,
             required_replicas: o.required_replicas,
             ack_timeout_ms: o.ack_timeout.as_millis() as u64,
@@ -288,12 +310,51 @@ impl Default for RedisConfig {
 }
 
 impl Config {
-    /// The Redis store's options from `[storage.redis]` and the retention settings.
-    pub fn redis_options(&self) -> writ_store::RedisOptions {
+    /// The Redis store's options from `[storage.redis]` and the retention settings, with
+    /// the certificate and password files read.
+    pub fn redis_options(&self) -> Result<writ_store::RedisOptions, ConfigError> {
         let r = &self.storage.redis;
         let retention = std::time::Duration::from_secs(self.storage.retention_seconds);
-        writ_store::RedisOptions {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })
+        };
+        let password = match &r.password_file {
+            None => None,
+            Some(path) => {
+                let bytes = read(path)?;
+                let text = String::from_utf8(bytes).map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "storage.redis.password_file {}: not UTF-8",
+                        path.display()
+                    ))
+                })?;
+                let password = text.trim_end_matches(['\r', '\n']);
+                if password.is_empty() || password.contains(['\r', '\n']) {
+                    return Err(ConfigError::Invalid(format!(
+                        "storage.redis.password_file {}: must hold one non-empty line",
+                        path.display()
+                    )));
+                }
+                Some(password.to_owned())
+            }
+        };
+        let client = match (&r.client_cert, &r.client_key) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            _ => None,
+        };
+        Ok(writ_store::RedisOptions {
             nodes: r.nodes.clone(),
+            tls: writ_store::RedisTls {
+                ca_pem: r.ca.as_deref().map(read).transpose()?,
+                client,
+            },
+            auth: writ_store::RedisAuth {
+                username: r.username.clone(),
+                password,
+            },
             prefix: r.prefix.clone(),
             required_replicas: r.required_replicas,
             ack_timeout: std::time::Duration::from_millis(r.ack_timeout_ms),
@@ -306,8 +367,66 @@ impl Config {
             record_cache: r.record_cache_entries,
             record_cache_bytes: r.record_cache_mib << 20,
             feed_entries: writ_store::RedisOptions::default().feed_entries,
+        })
+    }
+}
+
+/// What is wrong with `[storage.redis]`'s nodes and TLS settings, if anything.
+fn redis_nodes_problem(r: &RedisConfig) -> Option<String> {
+    let tls = r
+        .nodes
+        .iter()
+        .filter(|n| n.starts_with("rediss://"))
+        .count();
+    if tls != 0 && tls != r.nodes.len() {
+        return Some("storage.redis.nodes mixes redis:// and rediss://: use one scheme".into());
+    }
+    for (i, node) in r.nodes.iter().enumerate() {
+        let Some(rest) = node
+            .strip_prefix("rediss://")
+            .or_else(|| node.strip_prefix("redis://"))
+        else {
+            return Some(format!(
+                "storage.redis.nodes[{i}] = {:?} must start with rediss:// or redis://",
+                writ_store::redact_node_url(node)
+            ));
+        };
+        let authority = rest.split('/').next().unwrap_or_default();
+        if let Some((userinfo, _)) = authority.rsplit_once('@') {
+            if userinfo.contains(':') {
+                return Some(format!(
+                    "storage.redis.nodes[{i}] carries a password: put it in a file named by storage.redis.password_file (and the user in storage.redis.username)"
+                ));
+            }
+        }
+        let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let host = host
+            .rsplit_once(':')
+            .map_or(host, |(h, _)| h)
+            .trim_matches(['[', ']']);
+        let loopback = host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if tls == 0 && !loopback && !r.allow_plaintext {
+            return Some(format!(
+                "storage.redis.nodes[{i}] = {node:?} is plaintext off loopback: use rediss:// (TLS), or set storage.redis.allow_plaintext = true on a network only Writ and Redis share"
+            ));
         }
     }
+    if tls == 0 && (r.ca.is_some() || r.client_cert.is_some() || r.client_key.is_some()) {
+        return Some("storage.redis.ca, client_cert and client_key need rediss:// nodes".into());
+    }
+    if r.client_cert.is_some() != r.client_key.is_some() {
+        return Some("storage.redis.client_cert and client_key: set both or neither".into());
+    }
+    if r.username
+        .as_deref()
+        .is_some_and(|u| u.is_empty() || u.contains(char::is_whitespace))
+    {
+        return Some("storage.redis.username must be a non-empty name without spaces".into());
+    }
+    None
 }
 
 /// Which validations the audit trail records.
@@ -565,6 +684,9 @@ impl Config {
             if r.nodes.is_empty() {
                 return bad("storage.backend = \"redis\" needs storage.redis.nodes".into());
             }
+            if let Some(why) = redis_nodes_problem(r) {
+                return bad(why);
+            }
             if r.ack_timeout_ms == 0 || r.response_timeout_ms <= r.ack_timeout_ms {
                 return bad(format!(
                     "storage.redis.response_timeout_ms = {} must exceed ack_timeout_ms = {} (> 0)",
@@ -776,6 +898,84 @@ mod tests {
             let e = c.validate().unwrap_err().to_string();
             assert!(e.contains(key), "{key}: {e}");
         }
+    }
+
+    /// The link to Redis is TLS, or plaintext on loopback, or plaintext by explicit choice;
+    /// credentials never sit in a node URL (they would reach logs and process listings).
+    #[test]
+    fn the_redis_link_is_tls_or_a_named_choice_and_keeps_passwords_out_of_urls() {
+        let with = |nodes: &[&str], edit: fn(&mut RedisConfig)| {
+            let mut c = Config::default();
+            c.storage.backend = Backend::Redis;
+            c.storage.redis.nodes = nodes.iter().map(|n| n.to_string()).collect();
+            edit(&mut c.storage.redis);
+            c.validate().map_err(|e| e.to_string())
+        };
+        let fine: fn(&mut RedisConfig) = |_| {};
+        with(&["rediss://redis-0.example:6379"], fine).unwrap();
+        with(&["redis://127.0.0.1:7001", "redis://[::1]:7002"], fine).unwrap();
+        with(&["redis://localhost:7001"], fine).unwrap();
+        with(&["redis://10.0.0.1:6379"], |r| r.allow_plaintext = true).unwrap();
+        with(&["rediss://r:6379"], |r| {
+            r.ca = Some("ca.pem".into());
+            r.client_cert = Some("c.pem".into());
+            r.client_key = Some("k.pem".into());
+            r.username = Some("writ".into());
+            r.password_file = Some("pw".into());
+        })
+        .unwrap();
+        let refused: [(&[&str], fn(&mut RedisConfig), &str); 7] = [
+            (&["redis://10.0.0.1:6379"], fine, "plaintext off loopback"),
+            (&["rediss://a:1", "redis://127.0.0.1:2"], fine, "mixes"),
+            (&["http://a:1"], fine, "must start with"),
+            (&["rediss://writ:s3cret@a:1"], fine, "carries a password"),
+            (
+                &["redis://127.0.0.1:1"],
+                |r| r.ca = Some("ca.pem".into()),
+                "need rediss://",
+            ),
+            (
+                &["rediss://a:1"],
+                |r| r.client_cert = Some("c.pem".into()),
+                "set both",
+            ),
+            (
+                &["rediss://a:1"],
+                |r| r.username = Some("a b".into()),
+                "storage.redis.username",
+            ),
+        ];
+        for (nodes, edit, want) in refused {
+            let e = with(nodes, edit).unwrap_err();
+            assert!(e.contains(want), "{nodes:?}: {e}");
+            assert!(
+                !e.contains("s3cret"),
+                "an error must not echo a password: {e}"
+            );
+        }
+    }
+
+    /// The password file holds one line; a trailing newline is not part of the password.
+    #[test]
+    fn the_redis_password_is_read_from_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Config::default();
+        c.storage.backend = Backend::Redis;
+        c.storage.redis.nodes = vec!["rediss://a:1".into()];
+        let pw = dir.path().join("pw");
+        c.storage.redis.password_file = Some(pw.clone());
+        std::fs::write(&pw, "s3cret\n").unwrap();
+        let o = c.redis_options().unwrap();
+        assert_eq!(o.auth.password.as_deref(), Some("s3cret"));
+        assert!(!format!("{o:?}").contains("s3cret"));
+        for bad in ["", "\n", "a\nb\n"] {
+            std::fs::write(&pw, bad).unwrap();
+            let e = c.redis_options().unwrap_err().to_string();
+            assert!(e.contains("password_file"), "{bad:?}: {e}");
+        }
+        std::fs::remove_file(&pw).unwrap();
+        let e = c.redis_options().unwrap_err().to_string();
+        assert!(e.contains("pw"), "{e}");
     }
 
     #[test]

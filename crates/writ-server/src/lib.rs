@@ -584,7 +584,7 @@ async fn start_with_keepalive(
                 .map_err(|e| ServerError::Transport(e.to_string()))??,
         ),
         config::Backend::Redis => {
-            let redis = RedisStore::connect(config.redis_options()).await?;
+            let redis = RedisStore::connect(config.redis_options()?).await?;
             let nodes: Vec<String> = config
                 .storage
                 .redis

@@ -56,5 +56,7 @@ pub use api::{
     TokenStore, TreeEntry, TxnPage, TxnQuery, UseOutcome,
 };
 pub use memory::MemoryStore;
-pub use redis::{FeedCursor, FeedRead, RedisOptions, RedisStore, redact as redact_node_url};
+pub use redis::{
+    FeedCursor, FeedRead, RedisAuth, RedisOptions, RedisStore, RedisTls, redact as redact_node_url,
+};
 pub use rocks::{Durability, RocksStore, SizeEstimates, StoreOptions};

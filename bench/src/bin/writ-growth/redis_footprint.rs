@@ -35,7 +35,7 @@ async fn store(nodes: &[String], prefix: &str, cache: Option<usize>) -> Result<R
     if let Some(n) = cache {
         config.storage.redis.record_cache_entries = n;
     }
-    Ok(RedisStore::connect(config.redis_options()).await?)
+    Ok(RedisStore::connect(config.redis_options()?).await?)
 }
 
 /// Memory of every node at one point.

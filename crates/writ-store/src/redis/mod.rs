@@ -81,8 +81,15 @@ const MAX_ATTEMPTS: usize = 64;
 /// How the store reaches its cluster and what it waits for.
 #[derive(Clone, Debug)]
 pub struct RedisOptions {
-    /// Seed nodes (`redis://host:port`); the rest of the cluster is discovered.
+    /// Seed nodes (`redis://host:port`, or `rediss://host:port` for TLS); the rest of the
+    /// cluster is discovered and reached the same way.
     pub nodes: Vec<String>,
+    /// Certificates for `rediss://` nodes: the CA the nodes' certificates chain to (else
+    /// the system's roots) and a client certificate (for `tls-auth-clients`).
+    pub tls: RedisTls,
+    /// The ACL user and password every connection authenticates as (`None`: Redis's
+    /// `default` user, with the password if one is given).
+    pub auth: RedisAuth,
     /// Namespace of every key (letters, digits, `-`, `_`, `.`).
     pub prefix: String,
     /// Replicas that must hold a write (`WAIT`) before it is acknowledged: the number of
@@ -120,6 +127,8 @@ impl Default for RedisOptions {
     fn default() -> Self {
         RedisOptions {
             nodes: vec!["redis://127.0.0.1:7001".to_owned()],
+            tls: RedisTls::default(),
+            auth: RedisAuth::default(),
             prefix: "writ".to_owned(),
             required_replicas: 1,
             ack_timeout: Duration::from_millis(500),
@@ -133,6 +142,42 @@ impl Default for RedisOptions {
             record_cache_bytes: 128 << 20,
             feed_entries: 50_000,
         }
+    }
+}
+
+/// PEM certificates for a cluster reached over TLS. Never printed.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// The CA certificates the nodes' certificates must chain to; `None`: the system's.
+    pub ca_pem: Option<Vec<u8>>,
+    /// The client's certificate chain and private key, presented to the nodes.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisTls")
+            .field("ca", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field("client", &self.client.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// The credentials of every connection (Redis `AUTH`). The password is never printed.
+#[derive(Clone, Default)]
+pub struct RedisAuth {
+    /// An ACL user; `None`: `default`.
+    pub username: Option<String>,
+    /// Its password.
+    pub password: Option<String>,
+}
+
+impl fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
     }
 }
 
@@ -223,12 +268,45 @@ impl RedisStore {
                 "redis: the response timeout must exceed the acknowledgement timeout".into(),
             ));
         }
-        let client = ClusterClientBuilder::new(opts.nodes.clone())
+        let tls = opts.nodes.iter().all(|n| n.starts_with("rediss://"));
+        if !tls && opts.nodes.iter().any(|n| n.starts_with("rediss://")) {
+            return Err(StoreError::Backend(
+                "redis: the seed nodes mix redis:// and rediss://; use one scheme".into(),
+            ));
+        }
+        if !tls && (opts.tls.ca_pem.is_some() || opts.tls.client.is_some()) {
+            return Err(StoreError::Backend(
+                "redis: certificates are set but the seed nodes are not rediss:// URLs".into(),
+            ));
+        }
+        let mut builder = ClusterClientBuilder::new(opts.nodes.clone())
             .connection_timeout(Duration::from_secs(2).min(opts.response_timeout))
             .response_timeout(opts.response_timeout)
-            .retries(3)
-            .build()
-            .map_err(backend)?;
+            .retries(3);
+        if tls {
+            // redis builds its rustls configuration on the process's provider: make it
+            // ring, Writ's one provider, unless the process chose already.
+            if rustls::crypto::CryptoProvider::get_default().is_none() {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+            }
+            builder =
+                builder.certs(redis::TlsCertificates {
+                    client_tls: opts.tls.client.as_ref().map(|(cert, key)| {
+                        redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }
+                    }),
+                    root_cert: opts.tls.ca_pem.clone(),
+                });
+        }
+        if let Some(user) = &opts.auth.username {
+            builder = builder.username(user);
+        }
+        if let Some(password) = &opts.auth.password {
+            builder = builder.password(password);
+        }
+        let client = builder.build().map_err(backend)?;
         let mut read = client.get_async_connection().await.map_err(backend)?;
         let mut writes = Vec::new();
         for _ in 0..opts.write_connections.max(1) {

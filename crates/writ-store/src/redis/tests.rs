@@ -8,36 +8,38 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-/// The seed nodes of this test binary's cluster, started on first use and stopped by the
-/// script's watchdog when the process ends.
+/// Starts a six-node cluster with `scripts/redis-cluster start DIR --port 0 <extra>`,
+/// stopped by the script's watchdog when this process ends: its directory and seeds.
+fn start_cluster(extra: &[&str]) -> (PathBuf, Vec<String>) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let dir = tempfile::Builder::new()
+        .prefix("writ-redis-")
+        .tempdir()
+        .expect("a temporary directory")
+        .keep();
+    let out = Command::new(root.join("scripts/redis-cluster"))
+        .arg("start")
+        .arg(&dir)
+        .args(["--port", "0", "--owner"])
+        .arg(std::process::id().to_string())
+        .arg("--clean")
+        .args(extra)
+        .output()
+        .expect("scripts/redis-cluster runs (is bash there?)");
+    assert!(
+        out.status.success(),
+        "starting a Redis Cluster failed (install Redis with `scripts/redis-cluster install`):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    (dir, last.split(',').map(str::to_owned).collect())
+}
+
+/// The seed nodes of this test binary's cluster, started on first use.
 pub(crate) fn cluster_nodes() -> Vec<String> {
     static NODES: OnceLock<Vec<String>> = OnceLock::new();
-    NODES
-        .get_or_init(|| {
-            let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-            let dir = tempfile::Builder::new()
-                .prefix("writ-redis-")
-                .tempdir()
-                .expect("a temporary directory")
-                .keep();
-            let out = Command::new(root.join("scripts/redis-cluster"))
-                .arg("start")
-                .arg(&dir)
-                .args(["--port", "0", "--owner"])
-                .arg(std::process::id().to_string())
-                .arg("--clean")
-                .output()
-                .expect("scripts/redis-cluster runs (is bash there?)");
-            assert!(
-                out.status.success(),
-                "starting a Redis Cluster failed (install Redis with `scripts/redis-cluster install`):\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let stdout = String::from_utf8_lossy(&out.stdout);
-            let last = stdout.lines().last().unwrap_or_default();
-            last.split(',').map(str::to_owned).collect()
-        })
-        .clone()
+    NODES.get_or_init(|| start_cluster(&[]).1).clone()
 }
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -633,4 +635,103 @@ fn credentials_in_node_urls_never_reach_a_log() {
     );
     assert_eq!(redact("redis://:s3cret@h:1"), "redis://***@h:1");
     assert_eq!(redact("redis://127.0.0.1:7001"), "redis://127.0.0.1:7001");
+}
+
+/// A cluster that speaks TLS only (client certificates required) and has the ACL user
+/// DEPLOY.md describes, `writ`, on keys `acl*`: options that reach it as that user.
+fn tls_acl_options() -> RedisOptions {
+    static CLUSTER: OnceLock<(PathBuf, Vec<String>)> = OnceLock::new();
+    let (dir, nodes) = CLUSTER
+        .get_or_init(|| start_cluster(&["--tls", "--acl-user", "writ", "--acl-keys", "acl*"]));
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    let password = String::from_utf8(read("acl/writ.password")).unwrap();
+    RedisOptions {
+        nodes: nodes.clone(),
+        tls: RedisTls {
+            ca_pem: Some(read("tls/ca.crt")),
+            client: Some((read("tls/client.crt"), read("tls/client.key"))),
+        },
+        auth: RedisAuth {
+            username: Some("writ".into()),
+            password: Some(password.trim_end().to_owned()),
+        },
+        prefix: format!("acl{}", options().prefix),
+        ..options()
+    }
+}
+
+/// The whole store works over TLS as the least-privileged user the docs give, and that
+/// user can reach nothing outside its namespace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_store_works_over_tls_as_the_documented_acl_user_and_only_in_its_namespace() {
+    let opts = tls_acl_options();
+    assert!(opts.nodes.iter().all(|n| n.starts_with("rediss://")));
+    let store = RedisStore::connect(opts.clone()).await.unwrap();
+    conformance::run_for(store.clone(), Expiry::ServerSide).await;
+    let store = RedisStore::connect(tls_acl_options()).await.unwrap();
+    conformance::audit_and_listing_for(store.clone(), Expiry::ServerSide).await;
+    let mut conn = store.inner.read_conn();
+    let outside: Result<Option<String>, _> = redis::cmd("GET")
+        .arg("other:key")
+        .query_async(&mut conn)
+        .await;
+    let e = outside.expect_err("a key outside the user's pattern");
+    assert!(e.to_string().to_uppercase().contains("NOPERM"), "{e}");
+    let flush: Result<Value, _> = redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async(&mut conn)
+        .await;
+    assert!(flush.is_err(), "the user must not remove the functions");
+}
+
+/// A cluster whose certificates do not chain to the configured CA, a client without a
+/// certificate and a wrong password are each refused at connect, with the reason.
+#[tokio::test]
+async fn a_tls_cluster_is_reached_only_with_its_ca_a_client_certificate_and_the_password() {
+    let good = tls_acl_options();
+    let wrong_ca = RedisOptions {
+        tls: RedisTls {
+            ca_pem: Some(good.tls.client.clone().unwrap().0),
+            ..good.tls.clone()
+        },
+        ..good.clone()
+    };
+    let no_cert = RedisOptions {
+        tls: RedisTls {
+            client: None,
+            ..good.tls.clone()
+        },
+        ..good.clone()
+    };
+    let wrong_password = RedisOptions {
+        auth: RedisAuth {
+            password: Some("not-the-password".into()),
+            ..good.auth.clone()
+        },
+        ..good.clone()
+    };
+    let plaintext = RedisOptions {
+        nodes: good
+            .nodes
+            .iter()
+            .map(|n| n.replace("rediss://", "redis://"))
+            .collect(),
+        tls: RedisTls::default(),
+        ..good.clone()
+    };
+    for (case, opts) in [
+        ("wrong CA", wrong_ca),
+        ("no client certificate", no_cert),
+        ("wrong password", wrong_password),
+        ("plaintext", plaintext),
+    ] {
+        let e = RedisStore::connect(opts).await.map(|_| ()).expect_err(case);
+        assert!(matches!(e, StoreError::Backend(_)), "{case}: {e}");
+    }
+    let rendered = format!("{:?}", good);
+    assert!(
+        !rendered.contains(good.auth.password.as_deref().unwrap()),
+        "the options' Debug must not show the password"
+    );
+    assert!(!rendered.contains("BEGIN"), "nor a certificate or key");
 }
