@@ -392,12 +392,13 @@ fn redis_nodes_problem(r: &RedisConfig) -> Option<String> {
             ));
         };
         let authority = rest.split('/').next().unwrap_or_default();
-        if let Some((userinfo, _)) = authority.rsplit_once('@') {
-            if userinfo.contains(':') {
-                return Some(format!(
-                    "storage.redis.nodes[{i}] carries a password: put it in a file named by storage.redis.password_file (and the user in storage.redis.username)"
-                ));
-            }
+        if authority
+            .rsplit_once('@')
+            .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        {
+            return Some(format!(
+                "storage.redis.nodes[{i}] carries a password: put it in a file named by storage.redis.password_file (and the user in storage.redis.username)"
+            ));
         }
         let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
         let host = host
@@ -924,7 +925,8 @@ mod tests {
             r.password_file = Some("pw".into());
         })
         .unwrap();
-        let refused: [(&[&str], fn(&mut RedisConfig), &str); 7] = [
+        type Case = (&'static [&'static str], fn(&mut RedisConfig), &'static str);
+        let refused: [Case; 7] = [
             (&["redis://10.0.0.1:6379"], fine, "plaintext off loopback"),
             (&["rediss://a:1", "redis://127.0.0.1:2"], fine, "mixes"),
             (&["http://a:1"], fine, "must start with"),
