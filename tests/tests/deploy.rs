@@ -1132,36 +1132,78 @@ fn the_redis_deployment_serves_what_its_configuration_names_unprivileged() {
         "Writ itself reads its copies, not the Secret"
     );
 
-    // The seed nodes may come from the Secret (credentials in the URLs).
-    let env = list(writ, "env")
-        .iter()
-        .find(|e| name(e) == "WRIT_REDIS_NODES")
-        .expect("WRIT_REDIS_NODES");
-    let key_ref = at(env, "valueFrom.secretKeyRef", "WRIT_REDIS_NODES");
-    assert_eq!(name(key_ref), secret_name);
-    assert!(boolean(key_ref, "optional", "WRIT_REDIS_NODES"));
-    let key = string(key_ref, "key", "WRIT_REDIS_NODES");
+    // How Writ reaches the cluster: every file [storage.redis] names is an item of the
+    // writ-redis-client Secret, mounted read-only, readable by the pod's group only.
+    let config = server_config(&read(REDIS_CONFIG), REDIS_CONFIG);
+    let r = &config.storage.redis;
+    let client = m.one("Secret", "writ-redis-client");
+    let client_keys = at(client, "stringData", "writ-redis-client");
+    for (key, file) in [
+        ("ca", &r.ca),
+        ("client_cert", &r.client_cert),
+        ("client_key", &r.client_key),
+        ("password_file", &r.password_file),
+    ] {
+        let file = file
+            .as_deref()
+            .unwrap_or_else(|| panic!("storage.redis.{key} is set"));
+        let file = file.to_str().expect("a UTF-8 path");
+        let mount = mount_of(writ, file);
+        assert_eq!(opt(mount, "readOnly"), Some(&Value::Bool(true)), "{key}");
+        let volume = volumes[name(mount)];
+        assert_eq!(
+            opt(volume, "secret.secretName").and_then(Value::as_str),
+            Some("writ-redis-client"),
+            "storage.redis.{key} comes from writ-redis-client"
+        );
+        assert_eq!(
+            int(volume, "secret.defaultMode", "writ-redis-client"),
+            0o440
+        );
+        let path = file
+            .strip_prefix(string(mount, "mountPath", "the mount"))
+            .expect("under the mount")
+            .trim_start_matches('/');
+        let item = list(volume, "secret.items")
+            .iter()
+            .find(|i| string(i, "path", "an item") == path)
+            .unwrap_or_else(|| panic!("storage.redis.{key}: no item {path}"));
+        assert!(
+            client_keys.get(string(item, "key", "an item")).is_some(),
+            "the Secret holds {path}"
+        );
+    }
+    assert!(r.username.is_some(), "Writ connects as its ACL user");
     assert!(
-        at(secret, "stringData", "the Secret").get(key).is_some(),
-        "the Secret has {key}"
+        r.nodes.iter().all(|n| n.starts_with("rediss://")) && !r.allow_plaintext,
+        "the cluster is reached over TLS"
+    );
+    assert!(
+        opt(writ, "env").is_none_or(|e| !format!("{e:?}").contains("WRIT_REDIS_NODES")),
+        "no node URLs (with credentials) from the environment"
     );
 }
 
 #[test]
 fn the_redis_secret_holds_only_marked_placeholders() {
     let m = redis_manifests();
-    let secret = m.one("Secret", "writ-node-secrets");
-    assert!(opt(secret, "data").is_none(), "placeholders are stringData");
-    for (k, v) in at(secret, "stringData", "the Secret")
-        .as_mapping()
-        .expect("a mapping")
-    {
-        let v = v.as_str().expect("a string");
-        assert!(v.starts_with("REPLACE"), "{k:?} is a marked placeholder");
-        assert!(
-            !v.contains("-----BEGIN") && !v.contains("[[keys]]"),
-            "{k:?}"
-        );
+    for name in ["writ-node-secrets", "writ-redis-client"] {
+        let secret = m.one("Secret", name);
+        assert!(opt(secret, "data").is_none(), "placeholders are stringData");
+        for (k, v) in at(secret, "stringData", name)
+            .as_mapping()
+            .expect("a mapping")
+        {
+            let v = v.as_str().expect("a string");
+            assert!(
+                v.starts_with("REPLACE"),
+                "{name} {k:?} is a marked placeholder"
+            );
+            assert!(
+                !v.contains("-----BEGIN") && !v.contains("[[keys]]"),
+                "{name} {k:?}"
+            );
+        }
     }
 }
 
@@ -1220,6 +1262,29 @@ fn the_redis_configuration_agrees_with_the_cluster_settings_and_the_base() {
             "scripts/redis-cluster: {line}"
         );
     }
+    // The ACL user's rules are one text: the script's (the store's tests run as that
+    // user), redis.conf's and DEPLOY.md's.
+    let rules = script
+        .lines()
+        .find_map(|l| l.strip_prefix("writ_acl='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .expect("scripts/redis-cluster: writ_acl='...'");
+    let user = format!(
+        "user {} on >PASSWORD ~{}:* {rules}",
+        redis.username.as_deref().expect("storage.redis.username"),
+        redis.prefix
+    );
+    assert!(
+        read(REDIS_CONF)
+            .lines()
+            .any(|l| l.trim_start_matches(['#', ' ']) == user),
+        "{REDIS_CONF}: {user}"
+    );
+    let setuser = format!("ACL SETUSER {}", &user["user ".len()..]);
+    assert!(
+        read("DEPLOY.md").lines().any(|l| l.trim() == setuser),
+        "DEPLOY.md: {setuser}"
+    );
     // No node rotates the shared signing keys on its own before the operator does.
     assert_eq!(
         config.signing.rotate_after_seconds,
@@ -1242,8 +1307,10 @@ fn the_redis_configuration_agrees_with_the_cluster_settings_and_the_base() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_configuration_and_policy_serve_a_chain() {
-    // On this test binary's local cluster, under a namespace of its own.
-    serve_a_chain_on(REDIS_CONFIG, writ_e2e::redis::use_cluster).await;
+    // On this test binary's local cluster over TLS, as the ACL user the docs give (the
+    // files [storage.redis] names replaced by the test cluster's), under a namespace of
+    // its own.
+    serve_a_chain_on(REDIS_CONFIG, writ_e2e::redis::use_tls_cluster).await;
 }
 
 // ---------------------------------------------------------------------------------------
