@@ -106,6 +106,94 @@ pub struct CacheProbe {
     bytes_per_cached_record: f64,
 }
 
+/// One kind of key (by its last part: `e` audit events, `r` records, `s` states, `t`
+/// tree, `m` meta, `o` nonces, `tok` token pointers, `ix` indexes) on the masters.
+#[derive(Clone, Serialize)]
+struct KeyKind {
+    kind: String,
+    keys: u64,
+    /// Keys whose `MEMORY USAGE … SAMPLES 0` was read (the first ones SCAN found).
+    sampled: u64,
+    mean_bytes: f64,
+    /// keys × mean_bytes.
+    estimated_bytes: f64,
+}
+
+/// The kind of a key of `prefix`'s namespace.
+fn kind_of(prefix: &str, key: &str) -> String {
+    let rest = key
+        .strip_prefix(prefix)
+        .unwrap_or(key)
+        .trim_start_matches(':');
+    if let Some((_, tail)) = rest.rsplit_once("}:") {
+        return tail.to_owned();
+    }
+    rest.split(':').next().unwrap_or("other").to_owned()
+}
+
+/// Keys of `prefix` on every master, by kind, with the memory of up to `sample` keys of
+/// each kind: how a token's bytes split between its state and its audit events.
+fn key_kinds(members: &[cluster::Node], prefix: &str, sample: usize) -> Result<Vec<KeyKind>> {
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    let mut keys: BTreeMap<String, u64> = BTreeMap::new();
+    let mut sampled_at: BTreeMap<String, Vec<(String, String, u16)>> = BTreeMap::new();
+    for node in members.iter().filter(|n| n.master) {
+        let (host, port) = cluster::host_port(&format!("redis://{}", node.addr))?;
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", &host, "-p", &port.to_string(), "--scan", "--pattern"])
+            .arg(format!("{prefix}:*"))
+            .output()
+            .context("redis-cli --scan")?;
+        for key in String::from_utf8_lossy(&out.stdout).lines() {
+            let kind = kind_of(prefix, key);
+            *keys.entry(kind.clone()).or_default() += 1;
+            let at = sampled_at.entry(kind).or_default();
+            if at.len() < sample {
+                at.push((key.to_owned(), host.clone(), port));
+            }
+        }
+    }
+    let mut kinds = Vec::new();
+    for (kind, count) in &keys {
+        let mut by_node: BTreeMap<(&str, u16), Vec<&str>> = BTreeMap::new();
+        for (key, host, port) in &sampled_at[kind] {
+            by_node.entry((host, *port)).or_default().push(key);
+        }
+        let (mut total, mut n) = (0u64, 0u64);
+        for ((host, port), list) in by_node {
+            let mut child = std::process::Command::new("redis-cli")
+                .args(["-h", host, "-p", &port.to_string()])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .context("redis-cli")?;
+            {
+                let mut stdin = child.stdin.take().context("stdin")?;
+                for key in list {
+                    writeln!(stdin, "MEMORY USAGE \"{key}\" SAMPLES 0")?;
+                }
+            }
+            let out = child.wait_with_output()?;
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Ok(b) = line.trim().parse::<u64>() {
+                    total += b;
+                    n += 1;
+                }
+            }
+        }
+        let mean = total as f64 / n.max(1) as f64;
+        kinds.push(KeyKind {
+            kind: kind.clone(),
+            keys: *count,
+            sampled: n,
+            mean_bytes: mean,
+            estimated_bytes: mean * *count as f64,
+        });
+    }
+    Ok(kinds)
+}
+
 #[derive(Serialize)]
 struct Out<'a> {
     tool: &'static str,
@@ -118,6 +206,8 @@ struct Out<'a> {
     /// From the baseline to each size, and between consecutive sizes.
     slopes: Vec<Slope>,
     cache_probe: Option<CacheProbe>,
+    /// At the largest size: the namespace's keys on the masters by kind.
+    key_kinds: Vec<KeyKind>,
     /// Chain attempts retried after an unacknowledged write.
     retried_chains: usize,
     loadavg_after: String,
@@ -304,6 +394,7 @@ pub async fn run(
             rows: rows.clone(),
             slopes: Vec::new(),
             cache_probe: None,
+            key_kinds: Vec::new(),
             retried_chains: RETRIED.load(Ordering::Relaxed),
             loadavg_after: report::loadavg(),
         };
@@ -328,6 +419,18 @@ pub async fn run(
             s.all_rss_per_token,
             s.keys_per_token,
             s.aof_bytes_per_token
+        );
+    }
+    let key_kinds = key_kinds(&members, &prefix, 2000)?;
+    let per_token = rows.last().map_or(1, |r| r.tokens.max(1)) as f64;
+    for k in &key_kinds {
+        eprintln!(
+            "keys {:>4}: {:>9} keys, {:>7.0} B mean ({} sampled), {:>6.0} B per token",
+            k.kind,
+            k.keys,
+            k.mean_bytes,
+            k.sampled,
+            k.estimated_bytes / per_token
         );
     }
     // The record cache of a Writ node, in a process of its own.
@@ -378,6 +481,7 @@ pub async fn run(
             rows,
             slopes,
             cache_probe,
+            key_kinds,
             retried_chains: RETRIED.load(Ordering::Relaxed),
             loadavg_after: report::loadavg(),
         },

@@ -6,7 +6,7 @@
 //! node seeds its clock past every id it issued.
 
 use super::keys::{corrupt, event_member, event_of_member};
-use super::{Inner, backend};
+use super::{Inner, backend, function};
 use crate::api::StoreError;
 use crate::api::StoreStats;
 use crate::codec;
@@ -122,7 +122,7 @@ impl Inner {
             return Ok(());
         }
         let _: i64 = redis::cmd("FCALL")
-            .arg("writ_raise")
+            .arg(function("raise"))
             .arg(1)
             .arg(self.keys.high_water())
             .arg(seen)

@@ -7,7 +7,7 @@
 //! look active. The page rule is `api`'s (`TxnPager`).
 
 use super::keys::{DAY_BUCKETS, day_of, id16};
-use super::{Inner, backend};
+use super::{Inner, backend, function};
 use crate::api::{StoreError, TxnPage, TxnPager, TxnQuery, txn_range};
 use crate::codec;
 use redis::Value;
@@ -35,7 +35,7 @@ impl Inner {
             false => Vec::new(),
         };
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("writ_index")
+        cmd.arg(function("index"))
             .arg(1)
             .arg(key)
             .arg(&txn.0[..])
@@ -202,7 +202,7 @@ impl Inner {
     /// A transaction's first root with its state, if it is still stored.
     async fn root_of(&self, txn: TxnId) -> Result<Option<(TokenRecord, TokenState)>, StoreError> {
         let reply: Value = redis::cmd("FCALL_RO")
-            .arg("writ_root")
+            .arg(function("root"))
             .arg(3)
             .arg(self.keys.meta(txn))
             .arg(self.keys.records(txn))

@@ -69,9 +69,25 @@ use writ_core::{
     TokenState, TxnId, UnixMillis,
 };
 
-/// The function library every master must hold (loaded, replacing an older one, when the
-/// store connects, and again if a node answers that it lacks it).
+/// The function library every master must hold (loaded when the store connects, and
+/// again if a node answers that it lacks it).
 const FUNCTIONS: &str = include_str!("writ.lua");
+
+/// The version of [`FUNCTIONS`], in the library's name and in every function's: nodes of
+/// two releases side by side in a rolling upgrade each call their own functions, and a
+/// node never replaces the library another node runs on. Bump it with any change to
+/// `writ.lua`, and record the file's new digest in [`FUNCTIONS_DIGEST`] (a test holds the
+/// two together).
+const FUNCTIONS_VERSION: u32 = 2;
+
+/// BLAKE3 of `writ.lua` at [`FUNCTIONS_VERSION`].
+#[cfg(test)]
+const FUNCTIONS_DIGEST: &str = "181f745b01f1a8c5a07a0ac2aa8a69ff235e9ad3c8e2c42631a4af5c9cae97df";
+
+/// The name under which the library registers function `name`.
+fn function(name: &str) -> String {
+    format!("writ_{name}_v{FUNCTIONS_VERSION}")
+}
 
 /// How often a mutation reads again after its transaction changed under it before it
 /// gives up ([`StoreError::Backend`]): only other Writ nodes' writes to the same
@@ -357,16 +373,21 @@ impl RedisStore {
     }
 }
 
+/// Loads this version's library on every master that lacks it (routed to every master by
+/// the client; replicas receive it through replication). Never `REPLACE`: a library of
+/// this version is this code (see [`FUNCTIONS_VERSION`]), and another version's belongs
+/// to other nodes.
 async fn load_functions(conn: &mut ClusterConnection) -> Result<(), StoreError> {
-    // Routed to every master by the client; replicas receive it through replication.
-    let _: Value = redis::cmd("FUNCTION")
+    let loaded: Result<Value, RedisError> = redis::cmd("FUNCTION")
         .arg("LOAD")
-        .arg("REPLACE")
         .arg(FUNCTIONS)
         .query_async(conn)
-        .await
-        .map_err(backend)?;
-    Ok(())
+        .await;
+    match loaded {
+        Ok(_) => Ok(()),
+        Err(e) if e.to_string().contains("already exists") => Ok(()),
+        Err(e) => Err(backend(e)),
+    }
 }
 
 /// What a transaction write found.
@@ -511,7 +532,7 @@ impl Inner {
     /// every earlier write of the slot, whichever connection made it.
     async fn barrier(&self, txn: TxnId) -> Result<(), StoreError> {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("writ_touch").arg(1).arg(self.keys.meta(txn));
+        cmd.arg(function("touch")).arg(1).arg(self.keys.meta(txn));
         let _: i64 = self.call_durable(cmd).await?;
         Ok(())
     }
@@ -536,7 +557,7 @@ impl Inner {
         nonce: &[u8],
     ) -> Result<Commit, StoreError> {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("writ_apply").arg(write.keys.len());
+        cmd.arg(function("apply")).arg(write.keys.len());
         for k in &write.keys {
             cmd.arg(k);
         }

@@ -735,3 +735,54 @@ async fn a_tls_cluster_is_reached_only_with_its_ca_a_client_certificate_and_the_
     );
     assert!(!rendered.contains("BEGIN"), "nor a certificate or key");
 }
+
+/// The library's version is in its name and every function's, and `writ.lua` is the code
+/// that version was recorded with: a change to the file without a new version would let
+/// nodes of two releases call different code under one name.
+#[test]
+fn the_function_library_is_versioned_with_its_code() {
+    let first = FUNCTIONS.lines().next().unwrap();
+    assert_eq!(first, format!("#!lua name=writ_v{FUNCTIONS_VERSION}"));
+    let registered: Vec<&str> = FUNCTIONS
+        .lines()
+        .filter(|l| l.starts_with("redis.register_function"))
+        .map(|l| l.split('\'').nth(1).unwrap())
+        .collect();
+    assert_eq!(registered.len(), 7, "{registered:?}");
+    for name in registered {
+        let bare = name
+            .strip_prefix("writ_")
+            .and_then(|n| n.strip_suffix(&format!("_v{FUNCTIONS_VERSION}")))
+            .unwrap_or_else(|| panic!("{name}: not writ_<name>_v{FUNCTIONS_VERSION}"));
+        assert_eq!(function(bare), name);
+    }
+    let digest = blake3::hash(FUNCTIONS.as_bytes()).to_hex();
+    assert_eq!(
+        digest.as_str(),
+        FUNCTIONS_DIGEST,
+        "writ.lua changed: bump FUNCTIONS_VERSION (the library's and every function's name) and set FUNCTIONS_DIGEST to {digest}"
+    );
+}
+
+/// A node never replaces the library another node runs on: loading again is a no-op, and
+/// an older version's library stays callable beside this one.
+#[tokio::test]
+async fn loading_the_functions_again_keeps_what_other_versions_run() {
+    let store = store().await;
+    let mut conn = store.inner.read_conn();
+    let old = "#!lua name=writ_v0test\nredis.register_function('writ_ping_v0test', function() return 7 end)";
+    let _: Result<Value, _> = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(old)
+        .query_async(&mut conn)
+        .await;
+    load_functions(&mut conn).await.unwrap();
+    load_functions(&mut conn).await.unwrap();
+    let seven: i64 = redis::cmd("FCALL")
+        .arg("writ_ping_v0test")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(seven, 7, "the other version's function is still there");
+}

@@ -1,7 +1,7 @@
 //! Token records, states, children and uses on the cluster.
 
 use super::keys::{encode_tree, id16};
-use super::{Commit, Inner, MAX_ATTEMPTS, TxnWrite, backend, contended, nonce};
+use super::{Commit, Inner, MAX_ATTEMPTS, TxnWrite, backend, contended, function, nonce};
 use crate::api::{StoreError, TreeEntry, UseOutcome, admit_child, spend_use};
 use crate::codec;
 use redis::Pipeline;
@@ -176,7 +176,7 @@ impl Inner {
     /// out).
     pub(super) async fn release(&self, record: &TokenRecord) {
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("writ_release")
+        cmd.arg(function("release"))
             .arg(1)
             .arg(self.keys.token(record.token_id))
             .arg(&record.txn.0[..]);
@@ -200,7 +200,7 @@ impl Inner {
     async fn keep(&self, record: &TokenRecord) -> Result<(), StoreError> {
         let at = self.txn_expiry(record.grant.expires_at);
         let mut cmd = redis::cmd("FCALL");
-        cmd.arg("writ_hold")
+        cmd.arg(function("hold"))
             .arg(1)
             .arg(self.keys.token(record.token_id))
             .arg(&record.txn.0[..])

@@ -1,4 +1,4 @@
-#!lua name=writ_v1
+#!lua name=writ_v2
 -- Writ's one server-side function: check-and-apply for one transaction. Every key it
 -- touches is in the transaction's hash slot ({<txn>}), so it runs atomically on the
 -- slot's master and is replicated as its effects. Every rule stays in Rust; this only
@@ -129,10 +129,10 @@ local function root(keys)
   return { redis.call('HGET', keys[2], id), redis.call('HGET', keys[3], id) }
 end
 
-redis.register_function('writ_apply', apply)
-redis.register_function('writ_index', index)
-redis.register_function{ function_name = 'writ_root', callback = root, flags = { 'no-writes' } }
-redis.register_function('writ_raise', raise)
-redis.register_function('writ_touch', touch)
-redis.register_function('writ_hold', hold)
-redis.register_function('writ_release', release)
+redis.register_function('writ_apply_v2', apply)
+redis.register_function('writ_index_v2', index)
+redis.register_function{ function_name = 'writ_root_v2', callback = root, flags = { 'no-writes' } }
+redis.register_function('writ_raise_v2', raise)
+redis.register_function('writ_touch_v2', touch)
+redis.register_function('writ_hold_v2', hold)
+redis.register_function('writ_release_v2', release)
