@@ -16,9 +16,9 @@
 //! | `P:{T}:c`, `P:{T}:k` | hash | consent id → request; action key → newest consent id |
 //! | `P:tok:{tid}` | string | the token's transaction id |
 //! | `P:cid:{id}`, `P:ckey:{key}` | string | a consent request's transaction id |
-//! | `P:ix:t:{day.n}` | zset | transactions minted that day, in 16 buckets (lex order) |
-//! | `P:ix:days` | zset | the days that have a bucket |
-//! | `P:ix:s:{digest}`, `P:ix:p:{digest}` | zset | transactions by subject, by party |
+//! | `P:ix:t:{day.n}` | zset | transactions minted that day (lex order), bucket n of 16 |
+//! | `P:ix:days:{d.n}` | zset | the days that have a bucket (score = member = day), bucket n of 16 |
+//! | `P:ix:s:{digest.n}`, `P:ix:p:{digest.n}` | zset | transactions by subject, by party, bucket n of 16 |
 //! | `P:cx` | zset | every consent request: member = id ‖ txn (lex order) |
 //! | `P:co` | zset | requests that may still change: score = expiry, member = id ‖ txn |
 //! | `P:parties` | hash | party → disablement |
@@ -27,8 +27,11 @@
 use crate::api::{StoreError, TreeEntry};
 use writ_core::{ConsentId, EventId, TokenId, TxnId, UnixMillis};
 
-/// Buckets per day of the all-transactions index, so one day's mints spread over slots.
-pub(super) const DAY_BUCKETS: u8 = 16;
+/// Buckets of every index (a day's, a subject's, a party's), each in a slot of its own: a
+/// transaction is entered in one, so a day's mints spread over the shards, and while one
+/// shard cannot acknowledge writes a transaction is entered in a bucket elsewhere instead
+/// of failing its Mint. Readers merge the buckets.
+pub(super) const BUCKETS: u8 = 16;
 pub(super) const DAY_MS: u64 = 86_400_000;
 
 /// The names of every key, under one prefix (a namespace: one cluster may serve several
@@ -99,21 +102,22 @@ impl Keys {
         format!("{}:jti:{{{}}}", self.prefix, hex::encode(key))
     }
 
-    /// The bucket of the all-transactions index `txn` belongs to.
-    pub(super) fn txn_bucket_of(&self, txn: TxnId) -> String {
-        self.txn_bucket(day_of(txn), txn.0[15] % DAY_BUCKETS)
+    /// The all-transactions index of one day.
+    pub(super) fn day_index(&self, day: u64) -> Index {
+        Index(format!("{}:ix:t:{{{day}", self.prefix))
     }
-    pub(super) fn txn_bucket(&self, day: u64, n: u8) -> String {
-        format!("{}:ix:t:{{{day}.{n}}}", self.prefix)
+    pub(super) fn days(&self) -> Index {
+        Index(format!("{}:ix:days:{{d", self.prefix))
     }
-    pub(super) fn days(&self) -> String {
-        format!("{}:ix:days", self.prefix)
+    pub(super) fn subject_index(&self, subject: &str) -> Index {
+        Index(format!(
+            "{}:ix:s:{{{}",
+            self.prefix,
+            digest("subject", subject)
+        ))
     }
-    pub(super) fn subject_index(&self, subject: &str) -> String {
-        format!("{}:ix:s:{{{}}}", self.prefix, digest("subject", subject))
-    }
-    pub(super) fn party_index(&self, party: &str) -> String {
-        format!("{}:ix:p:{{{}}}", self.prefix, digest("party", party))
+    pub(super) fn party_index(&self, party: &str) -> Index {
+        Index(format!("{}:ix:p:{{{}", self.prefix, digest("party", party)))
     }
     pub(super) fn consent_index(&self) -> String {
         format!("{}:cx", self.prefix)
@@ -208,6 +212,23 @@ impl Keys {
 
 /// A short keyed digest naming an index key, so an id of any length (and any bytes) makes
 /// a bounded key and spreads over slots.
+/// A bucketed index (see [`BUCKETS`]): the keys of its buckets.
+pub(super) struct Index(String);
+
+impl Index {
+    pub(super) fn bucket(&self, n: u8) -> String {
+        format!("{}.{n}}}", self.0)
+    }
+    pub(super) fn buckets(&self) -> impl Iterator<Item = String> + '_ {
+        (0..BUCKETS).map(|n| self.bucket(n))
+    }
+}
+
+/// The bucket a transaction is entered in first.
+pub(super) fn first_bucket(txn: TxnId) -> u8 {
+    txn.0[15] % BUCKETS
+}
+
 fn digest(kind: &str, id: &str) -> String {
     let mut h = blake3::Hasher::new_derive_key("writ redis index key v1");
     h.update(kind.as_bytes());

@@ -5,13 +5,26 @@
 //! transaction never committed (or expired) is skipped: the status always comes from the
 //! transaction's own keys, so an index can lag but never make a revoked or expired token
 //! look active. The page rule is `api`'s (`TxnPager`).
+//!
+//! Every index is split into buckets on different slots (`keys::BUCKETS`). A transaction
+//! is entered in its first bucket, or, while that bucket's shard cannot acknowledge a
+//! write (a shard left without a replica), in the next one that can: so a shard without a
+//! replica fails the Mints of the transactions it holds, not every Mint of a party,
+//! subject or day whose index happens to live there. Readers merge the buckets.
 
-use super::keys::{DAY_BUCKETS, day_of, id16};
+use super::keys::{BUCKETS, Index, day_of, first_bucket, id16};
 use super::{Inner, backend, function};
 use crate::api::{StoreError, TxnPage, TxnPager, TxnQuery, txn_range};
 use crate::codec;
 use redis::Value;
 use writ_core::{TokenRecord, TokenState, TxnId, UnixMillis};
+
+/// How long an index bucket whose shard refused a write is tried only after the others
+/// (never skipped: the order alone changes, so a bucket whose shard healed costs nothing).
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Most buckets remembered as refused.
+const MAX_REFUSED: usize = 4096;
 
 /// Candidates read from an index per round.
 const CHUNK: usize = 256;
@@ -25,8 +38,56 @@ fn bound(inclusive: bool, id: &[u8]) -> Vec<u8> {
 }
 
 impl Inner {
-    /// Enters `txn` in one index, durably, trimming entries past the horizon.
-    async fn index(&self, key: String, txn: TxnId, expire_at: u64) -> Result<(), StoreError> {
+    /// Enters `txn` in one bucket of `index`, durably: its first bucket, or the next whose
+    /// shard acknowledges the write. Only a write its shard refused for want of replicas
+    /// moves on (at once, or after `ack_timeout`); any other failure fails the call.
+    async fn index(&self, index: Index, txn: TxnId, expire_at: u64) -> Result<(), StoreError> {
+        self.enter(&index, first_bucket(txn), |key| {
+            self.index_bucket(key, txn, expire_at)
+        })
+        .await
+    }
+
+    /// Runs `write` on bucket `first` of `index`, or on the next ones in turn while their
+    /// shards refuse it for want of replicas.
+    async fn enter<F, Fut>(&self, index: &Index, first: u8, write: F) -> Result<(), StoreError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let order: Vec<String> = (0..BUCKETS)
+            .map(|i| index.bucket((first + i) % BUCKETS))
+            .collect();
+        // Buckets refused lately go last (each refusal costs `ack_timeout`).
+        let (fresh, stale): (Vec<String>, Vec<String>) = {
+            let mut refused = super::lock(&self.refused_buckets);
+            let now = std::time::Instant::now();
+            refused.retain(|_, at| now.duration_since(*at) < REFUSED_FOR);
+            order.into_iter().partition(|k| !refused.contains_key(k))
+        };
+        let mut first_refusal = None;
+        for key in fresh.into_iter().chain(stale) {
+            match write(key.clone()).await {
+                Err(e) if super::unreplicated(&e) => {
+                    let mut refused = super::lock(&self.refused_buckets);
+                    if refused.len() < MAX_REFUSED {
+                        refused.insert(key, std::time::Instant::now());
+                    }
+                    first_refusal.get_or_insert(e);
+                }
+                done => return done,
+            }
+        }
+        Err(first_refusal.unwrap_or_else(|| StoreError::Backend("redis: no index bucket".into())))
+    }
+
+    /// Enters `txn` in one bucket, durably, trimming entries past the horizon.
+    async fn index_bucket(
+        &self,
+        key: String,
+        txn: TxnId,
+        expire_at: u64,
+    ) -> Result<(), StoreError> {
         let horizon = UnixMillis(
             super::keys::mint_ms(txn).saturating_sub(self.opts.index_horizon.as_millis() as u64),
         );
@@ -54,9 +115,14 @@ impl Inner {
             if super::lock(&self.days).contains(&day) {
                 return Ok(());
             }
-            let mut cmd = redis::cmd("ZADD");
-            cmd.arg(self.keys.days()).arg(day).arg(day);
-            let _: i64 = self.durable(cmd).await?;
+            let first = (day % u64::from(BUCKETS)) as u8;
+            self.enter(&self.keys.days(), first, |key| async move {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(key).arg(day).arg(day);
+                let _: i64 = self.durable(cmd).await?;
+                Ok(())
+            })
+            .await?;
             super::lock(&self.days).insert(day);
             // A new day: days past the horizon hold no transaction any more (their keys
             // expired), and a listing that reads to the end must not visit every day since
@@ -65,13 +131,15 @@ impl Inner {
                 let horizon_days = (self.opts.index_horizon.as_millis() as u64)
                     .div_ceil(super::keys::DAY_MS)
                     .saturating_add(1);
-                let mut trim = redis::cmd("ZREMRANGEBYSCORE");
-                trim.arg(self.keys.days())
-                    .arg("-inf")
-                    .arg(format!("({}", day.saturating_sub(horizon_days)));
-                let trimmed: Result<i64, _> = trim.query_async(&mut self.write_conn()).await;
-                if let Err(e) = trimmed {
-                    tracing::debug!(error = %e, "trimming the days index; the next new day will");
+                for key in self.keys.days().buckets() {
+                    let mut trim = redis::cmd("ZREMRANGEBYSCORE");
+                    trim.arg(key)
+                        .arg("-inf")
+                        .arg(format!("({}", day.saturating_sub(horizon_days)));
+                    let trimmed: Result<i64, _> = trim.query_async(&mut self.write_conn()).await;
+                    if let Err(e) = trimmed {
+                        tracing::debug!(error = %e, "trimming the days index; the next new day will");
+                    }
                 }
             }
             Ok(())
@@ -85,7 +153,7 @@ impl Inner {
         // Each on its own shard, each acknowledged: at once, not one after another.
         tokio::try_join!(
             days,
-            self.index(self.keys.txn_bucket_of(txn), txn, at),
+            self.index(self.keys.day_index(day), txn, at),
             self.index(self.keys.subject_index(&record.subject), txn, at),
             self.index_party(txn, &record.current_actor().id),
             audience,
@@ -115,14 +183,18 @@ impl Inner {
         limit: usize,
     ) -> Result<Vec<TxnId>, StoreError> {
         let lo = after.map_or(b"-".to_vec(), |t| bound(false, &t.0));
-        self.lex_range(
-            self.keys.party_index(party),
-            lo,
-            b"+".to_vec(),
-            false,
-            limit,
-        )
-        .await
+        let mut found = Vec::new();
+        for key in self.keys.party_index(party).buckets() {
+            found.extend(
+                self.lex_range(key, lo.clone(), b"+".to_vec(), false, limit)
+                    .await?,
+            );
+        }
+        // A transaction entered in two buckets (a retried Mint) is one.
+        found.sort_unstable();
+        found.dedup();
+        found.truncate(limit);
+        Ok(found)
     }
 
     /// Up to `n` transaction ids of index `key` between the lex bounds `from` and `to`
@@ -152,16 +224,26 @@ impl Inner {
             .collect()
     }
 
-    /// Up to `n` ids of index `key` in `[lo, hi)`, newest first.
+    /// Up to `n` ids of `index` (its buckets merged) in `[lo, hi)`, newest first.
     async fn newest(
         &self,
-        key: String,
+        index: Index,
         lo: TxnId,
         hi: Option<TxnId>,
         n: usize,
     ) -> Result<Vec<TxnId>, StoreError> {
         let max = hi.map_or(b"+".to_vec(), |h| bound(false, &h.0));
-        self.lex_range(key, max, bound(true, &lo.0), true, n).await
+        let mut found = Vec::new();
+        for key in index.buckets() {
+            found.extend(
+                self.lex_range(key, max.clone(), bound(true, &lo.0), true, n)
+                    .await?,
+            );
+        }
+        found.sort_unstable_by(|a, b| b.cmp(a));
+        found.dedup();
+        found.truncate(n);
+        Ok(found)
     }
 
     /// Up to `n` transactions of every subject in `[lo, hi)`, newest first: the newest day
@@ -173,26 +255,24 @@ impl Inner {
         n: usize,
     ) -> Result<Vec<TxnId>, StoreError> {
         let top = hi.map_or(u64::MAX, day_of);
-        let days: Vec<u64> = redis::cmd("ZRANGE")
-            .arg(self.keys.days())
-            .arg(top)
-            .arg(day_of(lo))
-            .arg("BYSCORE")
-            .arg("REV")
-            .query_async(&mut self.read_conn())
-            .await
-            .map_err(backend)?;
+        let mut days: Vec<u64> = Vec::new();
+        for key in self.keys.days().buckets() {
+            let some: Vec<u64> = redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(top)
+                .arg(day_of(lo))
+                .arg("BYSCORE")
+                .arg("REV")
+                .query_async(&mut self.read_conn())
+                .await
+                .map_err(backend)?;
+            days.extend(some);
+        }
+        days.sort_unstable_by(|a, b| b.cmp(a));
+        days.dedup();
         for day in days {
-            let mut found = Vec::new();
-            for bucket in 0..DAY_BUCKETS {
-                found.extend(
-                    self.newest(self.keys.txn_bucket(day, bucket), lo, hi, n)
-                        .await?,
-                );
-            }
+            let found = self.newest(self.keys.day_index(day), lo, hi, n).await?;
             if !found.is_empty() {
-                found.sort_unstable_by(|a, b| b.cmp(a));
-                found.truncate(n);
                 return Ok(found);
             }
         }

@@ -221,6 +221,10 @@ struct Inner {
     cache: RecordCache,
     /// Days already entered in the days index by this process.
     days: Mutex<HashSet<u64>>,
+    /// Index buckets whose shard lately refused a write for want of replicas, and when:
+    /// skipped for a while, since each refusal costs `ack_timeout` (the `WAIT` pipelined
+    /// after the write runs anyway).
+    refused_buckets: Mutex<HashMap<String, std::time::Instant>>,
     /// The greatest event id this process stored, and the greatest it has raised the
     /// cluster's high-water mark to.
     high_water: AtomicU64,
@@ -245,6 +249,16 @@ pub fn redact(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// How a durable write that its replicas did not acknowledge in time ends its message.
+const UNREPLICATED: &str = "not acknowledged";
+
+/// Whether a durable write failed only because its shard could not acknowledge it with
+/// the required replicas (the master refused it, `NOREPLICAS`, or `WAIT` fell short):
+/// the shard answers, but has no replica to hold what it writes.
+fn unreplicated(e: &StoreError) -> bool {
+    matches!(e, StoreError::Backend(m) if m.ends_with(UNREPLICATED) || m.contains("NOREPLICAS"))
 }
 
 fn backend(e: RedisError) -> StoreError {
@@ -337,6 +351,7 @@ impl RedisStore {
             stripe_hasher: RandomState::new(),
             cache: RecordCache::new(opts.record_cache, opts.record_cache_bytes),
             days: Mutex::default(),
+            refused_buckets: Mutex::default(),
             high_water: AtomicU64::new(0),
             high_water_stored: AtomicU64::new(0),
             next_write: AtomicUsize::new(0),
@@ -519,7 +534,7 @@ impl Inner {
         let (reply, acked): (T, i64) = pipe.query_async(&mut conn).await.map_err(backend)?;
         if acked < i64::from(required) {
             return Err(StoreError::Backend(format!(
-                "redis: the write reached {acked} of {required} replicas in time; not acknowledged"
+                "redis: the write reached {acked} of {required} replicas in time; {UNREPLICATED}"
             )));
         }
         Ok(reply)

@@ -606,14 +606,19 @@ async fn the_days_index_forgets_days_past_the_horizon() {
     let old = days_ago(10);
     let mut r = conformance::expiring(record(old, tid(1), None), now + 60_000);
     store.put(r.clone()).await.unwrap();
+    // Whether any bucket of the days index holds `t`'s day.
     let score = |t: TxnId| async move {
-        let s: Option<f64> = redis::cmd("ZSCORE")
-            .arg(inner.keys.days())
-            .arg(day(t))
-            .query_async(&mut inner.read_conn())
-            .await
-            .unwrap();
-        s
+        let mut found = None;
+        for key in inner.keys.days().buckets() {
+            let s: Option<f64> = redis::cmd("ZSCORE")
+                .arg(key)
+                .arg(day(t))
+                .query_async(&mut inner.read_conn())
+                .await
+                .unwrap();
+            found = found.or(s);
+        }
+        found
     };
     assert!(score(old).await.is_some());
     // The first transaction of a new day trims the days past the horizon.
@@ -785,4 +790,193 @@ async fn loading_the_functions_again_keeps_what_other_versions_run() {
         .await
         .unwrap();
     assert_eq!(seven, 7, "the other version's function is still there");
+}
+
+/// A master's port, its slot ranges and its replica's port.
+type ShardOf = (u16, Vec<(u16, u16)>, Option<u16>);
+
+/// The shards as node `port` sees them.
+fn shards_of(port: u16) -> Vec<ShardOf> {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CLUSTER", "NODES"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let port_of = |f: &str| -> u16 {
+        f.split('@')
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let lines: Vec<Vec<&str>> = text.lines().map(|l| l.split(' ').collect()).collect();
+    lines
+        .iter()
+        .filter(|f| f[2].contains("master"))
+        .map(|f| {
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .map(|s| {
+                    let (lo, hi) = s.split_once('-').unwrap_or((s, s));
+                    (lo.parse().unwrap(), hi.parse().unwrap())
+                })
+                .collect();
+            let replica = lines
+                .iter()
+                .find(|r| r[2].contains("slave") && r[3] == f[0])
+                .map(|r| port_of(r[1]));
+            (port_of(f[1]), slots, replica)
+        })
+        .collect()
+}
+
+fn slot_of(port: u16, key: &str) -> u16 {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "CLUSTER", "KEYSLOT", key])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}
+
+/// While one shard has no replica (its master refuses writes), only the Mints whose
+/// transaction or token pointer lives on that shard fail: every other enters its day, subject and party in an index
+/// bucket on a shard that can acknowledge, and listings and the kill switch's walk still
+/// find every one. (With one index key per party, every Mint of a party whose index lived
+/// on that shard failed; with the day bucket chosen by the transaction alone, a third of
+/// the rest did.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_without_a_replica_fails_only_the_transactions_it_holds() {
+    let (dir, nodes) = start_cluster(&[]);
+    let port = |url: &str| -> u16 { url.rsplit(':').next().unwrap().parse().unwrap() };
+    let any = port(&nodes[0]);
+    let shards = shards_of(any);
+    assert_eq!(shards.len(), 3, "{shards:?}");
+    let (master, slots, replica) = shards[0].clone();
+    let on_broken = |slot: u16| slots.iter().any(|&(lo, hi)| lo <= slot && slot <= hi);
+    let store = RedisStore::connect(RedisOptions {
+        nodes: nodes.clone(),
+        ..options()
+    })
+    .await
+    .unwrap();
+    let keys = &store.inner.keys;
+    // The party's and the subject's first buckets for most transactions lie on the broken
+    // shard somewhere: make sure some do for the transactions below.
+    let party_buckets: Vec<bool> = keys
+        .party_index("agent:planner")
+        .buckets()
+        .map(|k| on_broken(slot_of(any, &k)))
+        .collect();
+    assert!(party_buckets.iter().any(|b| *b) && party_buckets.iter().any(|b| !*b));
+
+    let out =
+        Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis-cluster"))
+            .arg("kill")
+            .arg(&dir)
+            .arg(replica.unwrap().to_string())
+            .output()
+            .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The master notices (min-replicas-max-lag) and refuses writes.
+    let probe = (0..)
+        .map(|n| format!("probe{{{n}}}"))
+        .find(|k| on_broken(slot_of(master, k)))
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new("redis-cli")
+            .args(["-p", &master.to_string(), "SET", &probe, "1"])
+            .output()
+            .unwrap();
+        if String::from_utf8_lossy(&out.stdout).contains("NOREPLICAS") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the master still takes writes"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    #[allow(clippy::disallowed_methods)] // transactions of today
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut stored = Vec::new();
+    let mut on_first_broken_bucket = 0;
+    for n in 0u32.. {
+        if stored.len() == 16 {
+            break;
+        }
+        let t = TxnId::new(UnixMillis(now + u64::from(n)), rand::random());
+        let id = tid(90_000 + n);
+        // The transaction's own keys and its token's pointer have fixed slots: a Mint
+        // whose either lives on the broken shard fails, as it must.
+        if on_broken(slot_of(any, &keys.meta(t))) || on_broken(slot_of(any, &keys.token(id))) {
+            continue;
+        }
+        if party_buckets[usize::from(keys::first_bucket(t))] {
+            on_first_broken_bucket += 1;
+        }
+        let r = conformance::expiring(record(t, id, None), now + 600_000);
+        store
+            .put(r)
+            .await
+            .unwrap_or_else(|e| panic!("a transaction on a healthy shard must be stored: {e}"));
+        stored.push(t);
+    }
+    assert!(
+        on_first_broken_bucket > 0,
+        "no transaction's first bucket was on the broken shard"
+    );
+
+    let listed = |party: Option<&str>, subject: Option<&str>| {
+        let store = store.clone();
+        let (party, subject) = (party.map(str::to_owned), subject.map(str::to_owned));
+        async move {
+            let page = store
+                .list_txns(TxnQuery {
+                    party,
+                    subject,
+                    since: None,
+                    until: None,
+                    status: None,
+                    now: UnixMillis(now),
+                    before: None,
+                    limit: 100,
+                })
+                .await
+                .unwrap();
+            let mut txns: Vec<TxnId> = page.roots.iter().map(|(r, _)| r.txn).collect();
+            txns.sort();
+            txns
+        }
+    };
+    let mut want = stored.clone();
+    want.sort();
+    assert_eq!(listed(Some("agent:planner"), None).await, want, "by party");
+    assert_eq!(listed(None, Some("user:alice")).await, want, "by subject");
+    assert_eq!(listed(None, None).await, want, "all");
+    let done = store
+        .revoke_party(
+            "agent:planner".into(),
+            Actor {
+                id: "op:alice".into(),
+                auth: writ_core::AuthMethod::Mtls,
+            },
+            "lost".into(),
+            conformance::Issued::at(UnixMillis(now)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(done.txns, 16, "the walk finds every transaction: {done:?}");
 }
