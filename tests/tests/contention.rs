@@ -100,3 +100,53 @@ fn repeated_revokes_of_a_revoked_token_write_nothing_and_block_nobody() {
         );
     });
 }
+
+/// Validators call for one token over and over (from the server's memory, after the first)
+/// while its holder revokes it, five times over: every Validate sent after the revocation
+/// was answered says revoked, however many were in flight around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_validate_sent_after_a_revocation_is_answered_says_revoked() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    const VALIDATORS: usize = 6;
+    let srv = TestServer::start().await;
+    let planner = srv.party("planner").await;
+    for round in 0..5 {
+        let minted = srv.mint(trip_mint()).await;
+        let acked = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (before, after) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let validators: Vec<_> = (0..VALIDATORS)
+            .map(|_| {
+                let (mut planner, token) = (planner.clone(), minted.token.clone());
+                let (acked, stop) = (acked.clone(), stop.clone());
+                let (before, after) = (before.clone(), after.clone());
+                tokio::spawn(async move {
+                    while !stop.load(Ordering::Acquire) {
+                        let sent_after = acked.load(Ordering::Acquire);
+                        let answer = ok(planner.validate(introspect(&token)).await, "validate");
+                        if sent_after {
+                            assert_inactive(&answer, pb::InactiveReason::Revoked);
+                            after.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            before.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                })
+            })
+            .collect();
+        while before.load(Ordering::Relaxed) < 50 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let revoked = srv.revoke_as_holder("planner", &minted.token, "done").await;
+        assert_eq!(revoked.len(), 1, "round {round}");
+        acked.store(true, Ordering::Release);
+        while after.load(Ordering::Relaxed) < 50 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        stop.store(true, Ordering::Release);
+        for v in validators {
+            v.await.expect("a validator");
+        }
+    }
+}

@@ -1447,6 +1447,7 @@ async fn footprint_one(
     let server_opts = StoreOptions {
         durability: defaults.storage.durability,
         block_cache_mib: defaults.storage.block_cache_mib,
+        hot_tier_mib: defaults.storage.hot_tier_mib,
     };
     let rss_before_load_bytes = rss_bytes();
     let store = Arc::new(RocksStore::open(
@@ -1632,6 +1633,7 @@ async fn footprint(
     let store_options = StoreOptions {
         durability: defaults.storage.durability,
         block_cache_mib: defaults.storage.block_cache_mib,
+        hot_tier_mib: defaults.storage.hot_tier_mib,
     };
     let mut rows = Vec::new();
     for &n in &sizes {

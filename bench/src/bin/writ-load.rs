@@ -162,6 +162,10 @@ struct Args {
     /// In-process server: storage.durability (RocksDB).
     #[arg(long, value_enum, default_value = "sync")]
     durability: DurabilityArg,
+    /// In-process server: storage.hot_tier_mib (RocksDB; 0 turns the hot tier off).
+    /// The server's default when not given.
+    #[arg(long)]
+    hot_tier_mib: Option<u64>,
     /// In-process servers: storage.backend.
     #[arg(long, value_enum, default_value = "rocksdb")]
     backend: BackendArg,
@@ -521,6 +525,7 @@ fn main() -> Result<()> {
         (None, Mix::Empty) => servers.push(serve::spawn_baseline(spec)?),
         (None, _) => {
             let (depth, durability, audit) = (args.depth, args.durability, args.audit_validations);
+            let hot_tier_mib = args.hot_tier_mib;
             let (backend, nodes, cache) =
                 (args.backend, args.redis_nodes.clone(), args.record_cache);
             let prefix = redis_prefix.clone().unwrap_or_default();
@@ -536,6 +541,9 @@ fn main() -> Result<()> {
                     DurabilityArg::Sync => Durability::Sync,
                     DurabilityArg::Buffered => Durability::Buffered,
                 };
+                if let Some(mib) = hot_tier_mib {
+                    c.storage.hot_tier_mib = mib;
+                }
                 if backend == BackendArg::Redis {
                     c.storage.backend = Backend::Redis;
                     c.storage.redis.nodes = nodes.clone();

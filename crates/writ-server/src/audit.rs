@@ -538,7 +538,7 @@ mod tests {
         fn get_with_state(
             &self,
             id: TokenId,
-        ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send
+        ) -> impl Future<Output = Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError>> + Send
         {
             self.inner.get_with_state(id)
         }

@@ -255,7 +255,10 @@ fn node(
 }
 
 impl<S: TokenStore> ChainGrpc<S> {
-    async fn load(&self, id: TokenId) -> Result<Option<(TokenRecord, TokenState)>, ServiceError> {
+    async fn load(
+        &self,
+        id: TokenId,
+    ) -> Result<Option<(Arc<TokenRecord>, TokenState)>, ServiceError> {
         Ok(self.store.get_with_state(id).await?)
     }
 }
@@ -492,7 +495,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             },
         };
         let now = now();
-        let mut records: HashMap<TokenId, TokenRecord> = HashMap::new();
+        let mut records: HashMap<TokenId, Arc<TokenRecord>> = HashMap::new();
         let mut tokens = Vec::new();
         // `next`: where the following page starts; `last`: the last token answered (the
         // cursor names it, never one skipped as reclaimed).
@@ -511,7 +514,8 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             };
             let parent = parent
                 .as_ref()
-                .or_else(|| record.parent.and_then(|p| records.get(&p)));
+                .or_else(|| record.parent.and_then(|p| records.get(&p)))
+                .map(|p| &**p);
             let n = node(
                 &record,
                 &state,
@@ -574,7 +578,7 @@ impl<S: TokenStore> ChainService for ChainGrpc<S> {
             .iter()
             .enumerate()
             .map(|(i, (r, s))| {
-                let parent = i.checked_sub(1).map(|j| &chain[j].0);
+                let parent = i.checked_sub(1).map(|j| &*chain[j].0);
                 node(r, s, parent, now, self.service.latent_scopes(r))
             })
             .collect();

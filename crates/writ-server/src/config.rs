@@ -210,6 +210,9 @@ pub struct StorageConfig {
     pub cleanup_interval_seconds: u64,
     /// RocksDB block cache for token records and states, in MiB.
     pub block_cache_mib: u64,
+    /// The hot tier for Validate (decoded records with their states, kept coherent with
+    /// every revocation and spent use), in MiB; 0 turns it off.
+    pub hot_tier_mib: u64,
     /// Where tokens live: `rocksdb` (default, embedded in the data directory: one Writ
     /// node) or `redis` (a Redis Cluster shared by several stateless Writ nodes,
     /// `[storage.redis]`).
@@ -225,6 +228,7 @@ impl Default for StorageConfig {
             retention_seconds: 3600,
             cleanup_interval_seconds: 30,
             block_cache_mib: writ_store::StoreOptions::default().block_cache_mib,
+            hot_tier_mib: writ_store::StoreOptions::default().hot_tier_mib,
             backend: Backend::default(),
             redis: RedisConfig::default(),
         }
@@ -719,6 +723,12 @@ impl Config {
                 self.storage.block_cache_mib
             ));
         }
+        if self.storage.hot_tier_mib > 1 << 20 {
+            return bad(format!(
+                "storage.hot_tier_mib = {} must be in 0..=1048576",
+                self.storage.hot_tier_mib
+            ));
+        }
         if t.max_children == 0 || t.max_children > 1024 {
             return bad(format!(
                 "tokens.max_children = {} must be in 1..=1024",
@@ -1146,6 +1156,15 @@ block_cache_mib = {bad}
             ))
             .unwrap();
             assert!(c.validate().is_err(), "block_cache_mib = {bad}");
+        }
+        for (setting, ok) in [("0", true), ("1048576", true), ("1048577", false)] {
+            let c: Config = toml::from_str(&format!(
+                "[storage]
+hot_tier_mib = {setting}
+"
+            ))
+            .unwrap();
+            assert_eq!(c.validate().is_ok(), ok, "hot_tier_mib = {setting}");
         }
     }
 }

@@ -427,6 +427,10 @@ fn observe(
             .filter(|p| !p.enabled)
             .count() as u64;
         Box::pin(async move {
+            let hot = store
+                .upgrade()
+                .and_then(|s| s.rocks().map(RocksStore::hot_tier_stats))
+                .unwrap_or_default();
             let sizes = match store.upgrade() {
                 Some(store) if store.rocks().is_some() => tokio::task::spawn_blocking(move || {
                     store.rocks().map(RocksStore::size_estimates)
@@ -444,6 +448,7 @@ fn observe(
                 tokens_stored: sizes.tokens,
                 store_sst_bytes: sizes.sst_bytes,
                 store_memtable_bytes: sizes.memtable_bytes,
+                hot_tier: hot,
                 audit_queue: audit.upgrade().map_or(0, |a| a.queue_depth() as u64),
                 disabled_by_operator: by_operator,
                 disabled_by_policy: by_policy,
@@ -576,6 +581,7 @@ async fn start_with_keepalive(
     let opts = StoreOptions {
         durability: config.storage.durability,
         block_cache_mib: config.storage.block_cache_mib,
+        hot_tier_mib: config.storage.hot_tier_mib,
     };
     let store = match config.storage.backend {
         config::Backend::Rocksdb => AnyStore::Rocks(

@@ -131,6 +131,8 @@ pub struct Observed {
     pub store_sst_bytes: u64,
     /// Bytes of the store's memtables (written, not yet flushed to tables).
     pub store_memtable_bytes: u64,
+    /// The RocksDB store's hot tier (zero on other backends).
+    pub hot_tier: writ_store::HotTierStats,
     /// Audit events queued for the writer.
     pub audit_queue: u64,
     /// Parties an operator disabled (the kill switch).
@@ -159,6 +161,12 @@ pub struct Metrics {
     tokens_stored: Gauge,
     store_sst_bytes: Gauge,
     store_memtable_bytes: Gauge,
+    hot_tier_reads: Family<ResultLabels, Counter>,
+    hot_tier_entries: Gauge,
+    hot_tier_bytes: Gauge,
+    hot_tier_budget: Gauge,
+    /// Serialises renders' catch-up of counters kept elsewhere (the hot tier's).
+    catching_up: std::sync::Mutex<()>,
     cleanup_tokens: Counter,
     cleanup_events: Counter,
     cleanup_last_run: Gauge<f64, AtomicU64>,
@@ -269,6 +277,32 @@ impl Metrics {
             Unit::Bytes,
             store_memtable_bytes.clone(),
         );
+        let hot_tier_reads = Family::<ResultLabels, Counter>::default();
+        r.register(
+            "writ_store_hot_tier_reads",
+            "Validate's token reads by whether the hot tier held the token (hit) or RocksDB was read (miss)",
+            hot_tier_reads.clone(),
+        );
+        let hot_tier_entries = Gauge::default();
+        r.register(
+            "writ_store_hot_tier_entries",
+            "Tokens held in the hot tier",
+            hot_tier_entries.clone(),
+        );
+        let hot_tier_bytes = Gauge::default();
+        r.register_with_unit(
+            "writ_store_hot_tier",
+            "Estimated size of the tokens held in the hot tier",
+            Unit::Bytes,
+            hot_tier_bytes.clone(),
+        );
+        let hot_tier_budget = Gauge::default();
+        r.register_with_unit(
+            "writ_store_hot_tier_budget",
+            "The hot tier's bound (storage.hot_tier_mib)",
+            Unit::Bytes,
+            hot_tier_budget.clone(),
+        );
         let cleanup_tokens = Counter::default();
         r.register(
             "writ_cleanup_tokens_purged",
@@ -334,6 +368,11 @@ impl Metrics {
             tokens_stored,
             store_sst_bytes,
             store_memtable_bytes,
+            hot_tier_reads,
+            hot_tier_entries,
+            hot_tier_bytes,
+            hot_tier_budget,
+            catching_up: std::sync::Mutex::default(),
             cleanup_tokens,
             cleanup_events,
             cleanup_last_run,
@@ -359,6 +398,20 @@ impl Metrics {
             set(&self.tokens_stored, o.tokens_stored);
             set(&self.store_sst_bytes, o.store_sst_bytes);
             set(&self.store_memtable_bytes, o.store_memtable_bytes);
+            set(&self.hot_tier_entries, o.hot_tier.entries);
+            set(&self.hot_tier_bytes, o.hot_tier.bytes);
+            set(&self.hot_tier_budget, o.hot_tier.budget);
+            {
+                // The tier counts on its own; its counters here catch up to it.
+                let _one = self
+                    .catching_up
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for (result, total) in [("hit", o.hot_tier.hits), ("miss", o.hot_tier.misses)] {
+                    let c = self.hot_tier_reads.get_or_create(&ResultLabels { result });
+                    c.inc_by(total.saturating_sub(c.get()));
+                }
+            }
             set(&self.audit_queue, o.audit_queue);
             set(
                 &self
@@ -894,6 +947,13 @@ mod tests {
                     tokens_stored: 7,
                     store_sst_bytes: 1024,
                     store_memtable_bytes: 2048,
+                    hot_tier: writ_store::HotTierStats {
+                        hits: 9,
+                        misses: 3,
+                        entries: 2,
+                        bytes: 4096,
+                        budget: 8192,
+                    },
                     audit_queue: 1,
                     disabled_by_operator: 2,
                     disabled_by_policy: 1,
@@ -918,6 +978,11 @@ mod tests {
             "writ_tokens_stored 7",
             "writ_store_sst_files_bytes 1024",
             "writ_store_memtables_bytes 2048",
+            "writ_store_hot_tier_reads_total{result=\"hit\"} 9",
+            "writ_store_hot_tier_reads_total{result=\"miss\"} 3",
+            "writ_store_hot_tier_entries 2",
+            "writ_store_hot_tier_bytes 4096",
+            "writ_store_hot_tier_budget_bytes 8192",
             "writ_audit_queue_depth 1",
             "writ_parties_disabled{source=\"operator\"} 2",
             "writ_parties_disabled{source=\"policy\"} 1",
@@ -925,5 +990,13 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+        // Counters kept elsewhere catch up to their totals: a second scrape adds nothing.
+        let again = m.render().await;
+        assert!(
+            again
+                .lines()
+                .any(|l| l == "writ_store_hot_tier_reads_total{result=\"hit\"} 9"),
+            "{again}"
+        );
     }
 }

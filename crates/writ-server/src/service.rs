@@ -86,7 +86,7 @@ pub enum Validation {
     /// The token is active; `decision` is set when an action was asked about.
     Active {
         /// The stored record.
-        record: Box<TokenRecord>,
+        record: Arc<TokenRecord>,
         /// The action verdict, if one was asked.
         decision: Option<Result<(), Denial>>,
         /// The action was denied only because its scope is high-privilege and the token
@@ -552,7 +552,7 @@ impl<S: TokenStore> Service<S> {
     async fn lookup(
         &self,
         presented: &str,
-    ) -> Result<Result<(TokenRecord, TokenState), Miss>, ServiceError> {
+    ) -> Result<Result<(Arc<TokenRecord>, TokenState), Miss>, ServiceError> {
         let verified = match self.keys.verify(presented) {
             Ok(v) => v,
             Err(TokenError::Malformed) => return Ok(Err(Miss::Malformed)),
@@ -731,7 +731,7 @@ impl<S: TokenStore> Service<S> {
         // in which case no event is ever built from the placeholder id.
         let pending = (self.validations != ValidationEvents::None).then(|| self.audit.issue());
         let id = pending.as_ref().map_or(EventId(0), |p| p.id());
-        let ctx = (actor, &record, &scope, id);
+        let ctx = (actor, &*record, &scope, id);
         // `pending` comes back unless its event was written with a spent use.
         let (verdict, pending, latent) = self.decide(ctx, &state, action.as_ref(), pending).await?;
         if let Some(pending) = pending
@@ -765,7 +765,7 @@ impl<S: TokenStore> Service<S> {
         };
         Ok(match verdict {
             Ok(decision) => Validation::Active {
-                record: Box::new(record),
+                record,
                 decision,
                 consent,
             },

@@ -60,7 +60,7 @@ dispatch! {
     fn sync(&self, txn: TxnId) -> ();
     fn txn_tree(&self, txn: TxnId) -> Vec<TreeEntry>;
     fn state(&self, id: TokenId) -> Option<TokenState>;
-    fn get_with_state(&self, id: TokenId) -> Option<(TokenRecord, TokenState)>;
+    fn get_with_state(&self, id: TokenId) -> Option<(Arc<TokenRecord>, TokenState)>;
     fn insert_child(&self, record: TokenRecord, max_children: u32, event: Event) -> ();
     fn revoke(&self, target: RevokeTarget, by: Actor, reason: String, event: EventId) -> Revoked;
     fn revoke_party(

@@ -746,7 +746,7 @@ pub trait TokenStore: Send + Sync + 'static {
     fn get_with_state(
         &self,
         id: TokenId,
-    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError>> + Send;
 
     /// Stores a child token derived from `record.parent`, atomically with respect to
     /// every other mutation of the transaction. Refuses, writing nothing:
@@ -1058,7 +1058,8 @@ impl<T: TokenStore> TokenStore for Arc<T> {
     fn get_with_state(
         &self,
         id: TokenId,
-    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError>> + Send
+    {
         T::get_with_state(self, id)
     }
 

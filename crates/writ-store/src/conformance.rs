@@ -1074,7 +1074,7 @@ async fn record_and_state_read_together<S: TokenStore>(store: &S) {
         .await
         .unwrap();
     let (r, s) = store.get_with_state(root.token_id).await.unwrap().unwrap();
-    assert_eq!(r, root);
+    assert_eq!(*r, root);
     assert_eq!(Some(s.clone()), store.state(root.token_id).await.unwrap());
     assert_eq!(s.children, 1);
     store

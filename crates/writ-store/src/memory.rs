@@ -668,13 +668,14 @@ impl TokenStore for MemoryStore {
     fn get_with_state(
         &self,
         id: TokenId,
-    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError>> + Send
+    {
         let store = self.clone();
         async move {
             let state = store.lock();
             Ok(state.tokens.get(&id).map(|r| {
                 (
-                    r.clone(),
+                    Arc::new(r.clone()),
                     state.states.get(&id).cloned().unwrap_or_default(),
                 )
             }))

@@ -186,7 +186,7 @@ impl<S: TokenStore> Service<S> {
     async fn consent_token(
         &self,
         token: &str,
-    ) -> Result<(TokenRecord, writ_core::TokenState), ServiceError> {
+    ) -> Result<(Arc<TokenRecord>, writ_core::TokenState), ServiceError> {
         match self.lookup(token).await? {
             Ok(found) => Ok(found),
             Err(Miss::Malformed) => Err(ServiceError::Token(ParentProblem::Malformed)),

@@ -737,14 +737,10 @@ impl TokenStore for RedisStore {
     fn get_with_state(
         &self,
         id: TokenId,
-    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError>> + Send
+    {
         let inner = self.inner.clone();
-        async move {
-            Ok(inner
-                .get_with_state(id)
-                .await?
-                .map(|(r, s)| (Arc::unwrap_or_clone(r), s)))
-        }
+        async move { inner.get_with_state(id).await }
     }
 
     fn insert_child(

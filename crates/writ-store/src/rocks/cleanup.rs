@@ -88,6 +88,7 @@ pub(super) fn purge_batch(
     for (stripe, group) in groups {
         let _stripe = inner.txn_locks[stripe].blocking_lock();
         let mut batch = WriteBatch::default();
+        let ids: Vec<TokenId> = group.iter().map(|(_, id, _)| *id).collect();
         for (key, id, record) in group {
             batch.delete_cf(expiry, key);
             batch.delete_cf(tokens, keys::token_key(id));
@@ -104,6 +105,9 @@ pub(super) fn purge_batch(
             }
         }
         db.write_opt(batch, &unsynced).map_err(backend)?;
+        for id in &ids {
+            inner.hot.forget(id);
+        }
     }
     if inner.durability == Durability::Sync {
         db.flush_wal(true).map_err(backend)?;

@@ -169,8 +169,9 @@ pub(super) fn redeem_consent_blocking(
     let mut batch = WriteBatch::default();
     put_consent(inner, &mut batch, &request)?;
     put_event(&inner.db, &mut batch, event)?;
-    let _id_guard = stage_child(inner, &mut batch, child, max_children)?;
+    let staged = stage_child(inner, &mut batch, child, max_children)?;
     inner.db.write_opt(batch, &synced()).map_err(backend)?;
+    staged.written(inner);
     Ok(request)
 }
 

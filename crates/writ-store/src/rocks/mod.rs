@@ -82,6 +82,7 @@ use writ_core::{
 mod audit;
 mod cleanup;
 mod consent;
+mod hot;
 mod listing;
 mod revoke;
 mod schema;
@@ -92,6 +93,8 @@ mod tokens;
 use audit::*;
 use cleanup::*;
 use consent::*;
+pub use hot::HotTierStats;
+use hot::{HotTier, Miss};
 use listing::*;
 use revoke::*;
 use schema::*;
@@ -119,6 +122,9 @@ pub struct StoreOptions {
     /// answers from memory (without a hand-off to the blocking pool) when the blocks it
     /// needs are cached, so size it to the live tokens (about 300 MB per million).
     pub block_cache_mib: u64,
+    /// Size of the hot tier (decoded records with their states, see `hot`), in MiB; 0
+    /// turns it off. Validate of a token it holds reads nothing from RocksDB.
+    pub hot_tier_mib: u64,
 }
 
 impl Default for StoreOptions {
@@ -126,6 +132,7 @@ impl Default for StoreOptions {
         StoreOptions {
             durability: Durability::default(),
             block_cache_mib: 256,
+            hot_tier_mib: 128,
         }
     }
 }
@@ -155,6 +162,8 @@ struct Inner {
     txn_locks: Vec<Arc<AsyncMutex<()>>>,
     /// Which stripe a transaction's lock is: keyed at random when the store opens.
     stripe_hasher: RandomState,
+    /// Validate's reads from memory; every state write under a transaction's lock tells it.
+    hot: HotTier,
 }
 
 impl Drop for Inner {
@@ -332,6 +341,10 @@ impl RocksStore {
                     .map(|_| Arc::new(AsyncMutex::new(())))
                     .collect(),
                 stripe_hasher: RandomState::new(),
+                hot: HotTier::new(
+                    usize::try_from(opts.hot_tier_mib.saturating_mul(1 << 20))
+                        .unwrap_or(usize::MAX),
+                ),
             }),
         })
     }
@@ -384,16 +397,24 @@ impl RocksStore {
     fn record(
         &self,
         id: TokenId,
-    ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<Option<Arc<TokenRecord>>, StoreError>> + Send + 'static {
         let inner = self.inner.clone();
-        let slow = self.blocking(move |inner| get_blocking(inner, id));
+        let slow = self.blocking(move |inner| Ok(get_blocking(inner, id)?.map(Arc::new)));
         async move {
+            if let Some(record) = inner.hot.record(&id) {
+                return Ok(Some(record));
+            }
             let cached = get_record_at(&inner, id, &read_opts_at(ReadTier::BlockCache))?;
             match cached {
-                Some(answer) => Ok(answer),
+                Some(answer) => Ok(answer.map(|(record, _)| Arc::new(record))),
                 None => slow.await,
             }
         }
+    }
+
+    /// What the hot tier holds and how it has served (metrics).
+    pub fn hot_tier_stats(&self) -> HotTierStats {
+        self.inner.hot.stats()
     }
 
     /// The sequence number of the last write RocksDB applied. A diagnostic: a call that
@@ -514,19 +535,30 @@ impl TokenStore for RocksStore {
     fn get_with_state(
         &self,
         id: TokenId,
-    ) -> impl Future<Output = Result<Option<(TokenRecord, TokenState)>, StoreError>> + Send {
+    ) -> impl Future<Output = Result<Option<(Arc<TokenRecord>, TokenState)>, StoreError>> + Send
+    {
         let inner = self.inner.clone();
         let slow = self.blocking(move |inner| {
             // The `All` tier always answers.
             Ok(get_with_state_at(inner, id, ReadTier::All)?.flatten())
         });
         async move {
-            // Validate's read: answered from memory on the calling thread when it can be
-            // (a few microseconds, no hand-off to the blocking pool), else by the pool.
-            match get_with_state_at(&inner, id, ReadTier::BlockCache)? {
-                Some(answer) => Ok(answer),
-                None => slow.await,
-            }
+            // Validate's read: from the hot tier; else from memtable and block cache on
+            // the calling thread when they hold it (no hand-off to the blocking pool); else
+            // by the pool. What RocksDB answers fills the tier (unless a state changed
+            // meanwhile: see `hot`).
+            let miss: Miss = match inner.hot.get(&id) {
+                Ok(hit) => return Ok(Some(hit)),
+                Err(miss) => miss,
+            };
+            let found = match get_with_state_at(&inner, id, ReadTier::BlockCache)? {
+                Some(answer) => answer,
+                None => slow.await?,
+            };
+            Ok(found.map(|(record, state, encoded)| {
+                inner.hot.fill(miss, record.clone(), state.clone(), encoded);
+                (record, state)
+            }))
         }
     }
 

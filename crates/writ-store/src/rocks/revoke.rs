@@ -65,7 +65,9 @@ pub(super) fn revoke_blocking(
     })
 }
 
-/// Writes revoked tokens' new states with the revocation's event, in one atomic write.
+/// Writes revoked tokens' new states with the revocation's event, in one atomic write,
+/// then tells the hot tier (still under the transaction's lock: no Validate that starts
+/// after the caller is answered can see them active).
 pub(super) fn write_revocation(
     inner: &Inner,
     states: &[(TokenId, TokenState)],
@@ -79,7 +81,11 @@ pub(super) fn write_revocation(
     inner
         .db
         .write_opt(batch, &inner.write_opts())
-        .map_err(backend)
+        .map_err(backend)?;
+    for (id, state) in states {
+        inner.hot.changed(id, state);
+    }
+    Ok(())
 }
 
 /// Transactions of a party's walk in hand at once, each under its own lock: their synced

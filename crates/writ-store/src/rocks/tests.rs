@@ -108,10 +108,10 @@ async fn reads_that_need_the_disk_fall_back_to_the_blocking_pool() {
     let cold = get_with_state_at(&store.inner, tid(1), ReadTier::BlockCache);
     assert_eq!(cold, Ok(None), "a cold read needs the disk");
     let (r, s) = store.get_with_state(tid(1)).await.unwrap().unwrap();
-    assert_eq!((r, s.children), (root, 1));
+    assert_eq!((&*r, s.children), (&root, 1));
     assert_eq!(
         store.get_with_state(tid(2)).await.unwrap().map(|(r, _)| r),
-        Some(child)
+        Some(Arc::new(child))
     );
     assert_eq!(store.get_with_state(tid(3)).await.unwrap(), None);
 }
@@ -1298,4 +1298,177 @@ fn durability_reads_from_config_in_lowercase() {
     assert_eq!(parse(r#"{"store":{}}"#), Some(Durability::Sync));
     assert_eq!(parse(r#"{"store":{"durability":"Sync"}}"#), None);
     assert_eq!(Durability::default(), Durability::Sync);
+}
+
+fn open_with_tier(dir: &TempDir, hot_tier_mib: u64) -> RocksStore {
+    let opts = StoreOptions {
+        durability: Durability::Buffered,
+        hot_tier_mib,
+        ..StoreOptions::default()
+    };
+    RocksStore::open(dir.path(), opts).unwrap()
+}
+
+/// The conformance suite again with a tier too small to hold what it stores (entries are
+/// evicted and filled again throughout), and with the tier off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conformance_with_a_small_hot_tier_and_without_one() {
+    for mib in [1, 0] {
+        let dir = TempDir::new().unwrap();
+        conformance::run(open_with_tier(&dir, mib)).await;
+    }
+}
+
+/// Every state change a transaction's lock guards reaches a token the tier holds: the
+/// next read answers from the tier (a hit) with the new state.
+#[tokio::test]
+async fn the_hot_tier_follows_every_state_change() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with_tier(&dir, 64);
+    let t = txn(501);
+    let root = conformance::with_uses(record(t, tid(1), None), Some(3));
+    store.put(root).await.unwrap();
+    let read = |id| {
+        let store = store.clone();
+        async move {
+            let before = store.hot_tier_stats().hits;
+            let (_, state) = store.get_with_state(id).await.unwrap().unwrap();
+            (state, store.hot_tier_stats().hits > before)
+        }
+    };
+    // The first read fills the tier, the second is a hit.
+    assert_eq!(read(tid(1)).await, (TokenState::default(), false));
+    assert_eq!(read(tid(1)).await, (TokenState::default(), true));
+    // A spent use.
+    store.consume_use(tid(1), None).await.unwrap();
+    let (state, hit) = read(tid(1)).await;
+    assert_eq!((state.uses, hit), (1, true));
+    // A derived child: the parent's count.
+    store
+        .put_child(record(t, tid(2), Some(tid(1))), 4)
+        .await
+        .unwrap();
+    let (state, hit) = read(tid(1)).await;
+    assert_eq!((state.uses, state.children, hit), (1, 1, true));
+    read(tid(2)).await;
+    // A revocation of the root reaches both.
+    store
+        .revoke_at(
+            RevokeTarget::Token(tid(1)),
+            conformance::by("op"),
+            "r".to_owned(),
+            UnixMillis(5),
+        )
+        .await
+        .unwrap();
+    for id in [tid(1), tid(2)] {
+        let (state, hit) = read(id).await;
+        assert!(state.revoked.is_some() && hit, "{id}: {state:?} hit {hit}");
+    }
+    // A purge drops what it deletes: the record is gone, not served from memory.
+    let gone = conformance::expiring(record(txn(502), tid(3), None), 1_000);
+    store.put(gone).await.unwrap();
+    read(tid(3)).await;
+    assert!(store.hot_tier_stats().entries >= 3);
+    store
+        .purge_expired(UnixMillis(10_000), usize::MAX)
+        .await
+        .unwrap();
+    assert_eq!(store.get_with_state(tid(3)).await.unwrap(), None);
+    assert_eq!(store.record(tid(3)).await.unwrap(), None);
+}
+
+/// Readers hammer tokens through a tier small enough that they are evicted and filled
+/// again all along, while tokens are revoked and uses spent one by one: a read that starts
+/// after a revocation (or a spend) was acknowledged never answers the state before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+    // About three times what the tier holds.
+    const TOKENS: u32 = 2_000;
+    let dir = TempDir::new().unwrap();
+    // 1 MiB: a few entries per shard, so fills and evictions race the writes.
+    let store = open_with_tier(&dir, 1);
+    for i in 0..TOKENS {
+        let r = conformance::with_uses(record(txn(600 + u64::from(i)), tid(i), None), Some(1_000));
+        store.put(r).await.unwrap();
+    }
+    let revoked: Arc<Vec<AtomicBool>> =
+        Arc::new((0..TOKENS).map(|_| AtomicBool::new(false)).collect());
+    let spent: Arc<Vec<AtomicU32>> = Arc::new((0..TOKENS).map(|_| AtomicU32::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicUsize::new(0));
+    let mut readers = Vec::new();
+    for r in 0..6u32 {
+        let (store, revoked, spent, stop, reads) = (
+            store.clone(),
+            revoked.clone(),
+            spent.clone(),
+            stop.clone(),
+            reads.clone(),
+        );
+        readers.push(tokio::spawn(async move {
+            let mut i = r;
+            while !stop.load(Ordering::Acquire) {
+                i = (i * 7 + 13) % TOKENS;
+                // What was acknowledged before this read began.
+                let was_revoked = revoked[i as usize].load(Ordering::Acquire);
+                let uses = spent[i as usize].load(Ordering::Acquire);
+                let (_, state) = store.get_with_state(tid(i)).await.unwrap().unwrap();
+                assert!(
+                    !was_revoked || state.revoked.is_some(),
+                    "token {i} read active after its revocation was acknowledged"
+                );
+                assert!(
+                    state.uses >= uses,
+                    "token {i} read with {} uses after {uses} were acknowledged",
+                    state.uses
+                );
+                reads.fetch_add(1, Ordering::Relaxed);
+                tokio::task::yield_now().await;
+            }
+        }));
+    }
+    // The readers are under way before the first change.
+    while reads.load(Ordering::Relaxed) < 100 {
+        tokio::task::yield_now().await;
+    }
+    for i in 0..TOKENS {
+        if i % 2 == 0 {
+            store
+                .revoke_at(
+                    RevokeTarget::Token(tid(i)),
+                    conformance::by("op"),
+                    "r".to_owned(),
+                    UnixMillis(7),
+                )
+                .await
+                .unwrap();
+            revoked[i as usize].store(true, Ordering::Release);
+        } else {
+            for _ in 0..3 {
+                store.consume_use(tid(i), None).await.unwrap();
+                spent[i as usize].fetch_add(1, Ordering::Release);
+            }
+        }
+    }
+    stop.store(true, Ordering::Release);
+    for r in readers {
+        r.await.unwrap();
+    }
+    let stats = store.hot_tier_stats();
+    assert!(stats.hits > 0 && stats.misses > 0, "{stats:?}");
+    assert!(
+        stats.entries < u64::from(TOKENS),
+        "the tier held everything: {stats:?}"
+    );
+    assert!(stats.bytes <= stats.budget, "{stats:?}");
+    // And the tier agrees with RocksDB for every token at the end.
+    for i in 0..TOKENS {
+        let (_, from_tier) = store.get_with_state(tid(i)).await.unwrap().unwrap();
+        let from_db = read_state(&store.inner, tid(i))
+            .unwrap()
+            .unwrap_or_default();
+        assert_eq!(from_tier, from_db, "token {i}");
+    }
 }

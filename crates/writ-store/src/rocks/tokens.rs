@@ -144,25 +144,42 @@ pub(super) fn insert_child_blocking(
 ) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     put_event(&inner.db, &mut batch, event)?;
-    let _id_guard = stage_child(inner, &mut batch, record, max_children)?;
+    let staged = stage_child(inner, &mut batch, record, max_children)?;
     inner
         .db
         .write_opt(batch, &inner.write_opts())
-        .map_err(backend)
+        .map_err(backend)?;
+    staged.written(inner);
+    Ok(())
+}
+
+/// A child staged in a batch ([`stage_child`]): holds its id's lock until the batch is
+/// written, and knows the parent's new state, which [`Staged::written`] tells the hot tier.
+pub(super) struct Staged<'a> {
+    _id_guard: MutexGuard<'a, ()>,
+    parent: TokenId,
+    parent_state: TokenState,
+}
+
+impl Staged<'_> {
+    /// The batch is written: the parent's state (one more child) reaches the hot tier.
+    pub(super) fn written(self, inner: &Inner) {
+        inner.hot.changed(&self.parent, &self.parent_state);
+    }
 }
 
 /// Adds a child token to `batch` as [`TokenStore::insert_child`] stores it, after its
 /// checks (the id is free, the parent exists in the transaction, [`admit_child`]): the
 /// record and its indexes, the parent→child link, the parent's new state and the
 /// transaction's count. The one way a child is written (`insert_child` and
-/// `redeem_consent`). Under the transaction's lock; returns the id's guard, to be held
-/// until `batch` is written.
+/// `redeem_consent`). Under the transaction's lock; returns what to hold until `batch` is
+/// written and then to call [`Staged::written`] on.
 pub(super) fn stage_child<'a>(
     inner: &'a Inner,
     batch: &mut WriteBatch,
     record: &TokenRecord,
     max_children: u32,
-) -> Result<MutexGuard<'a, ()>, StoreError> {
+) -> Result<Staged<'a>, StoreError> {
     let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
     put_record(inner, batch, record)?;
     index_txn(&inner.db, batch, record)?;
@@ -208,7 +225,11 @@ pub(super) fn stage_child<'a>(
         let held = u32::try_from(held + 1).unwrap_or(u32::MAX);
         batch.put_cf(txns, record.txn.0, keys::txn_value(root, held));
     }
-    Ok(id_guard)
+    Ok(Staged {
+        _id_guard: id_guard,
+        parent: parent_id,
+        parent_state: pstate,
+    })
 }
 
 /// Ids of the children of `parent`, from the `children` index.
@@ -305,6 +326,7 @@ pub(super) fn consume_limited_blocking(
         .db
         .write_opt(batch, &inner.write_opts())
         .map_err(backend)?;
+    inner.hot.changed(&id, &state);
     Ok(outcome)
 }
 
@@ -330,33 +352,34 @@ pub(super) fn read_opts_at(tier: ReadTier) -> ReadOptions {
     opts
 }
 
-/// A token's record, read with `opts`. When they set `ReadTier::BlockCache` the read
-/// never touches the disk, and `Ok(None)` (rather than an answer) says it would have had
-/// to.
+/// A token's record and its encoded size, read with `opts`. When they set
+/// `ReadTier::BlockCache` the read never touches the disk, and `Ok(None)` (rather than an
+/// answer) says it would have had to.
 pub(super) fn get_record_at(
     inner: &Inner,
     id: TokenId,
     opts: &ReadOptions,
-) -> Result<Option<Option<TokenRecord>>, StoreError> {
+) -> Result<Option<Option<(TokenRecord, usize)>>, StoreError> {
     let db = &inner.db;
     match db.get_pinned_cf_opt(cf(db, keys::CF_TOKENS)?, keys::token_key(id), opts) {
-        Ok(Some(v)) => Ok(Some(Some(codec::decode(&v)?))),
+        Ok(Some(v)) => Ok(Some(Some((codec::decode(&v)?, v.len())))),
         Ok(None) => Ok(Some(None)),
         Err(e) if needs_disk(&e) => Ok(None),
         Err(e) => Err(backend(e)),
     }
 }
 
-/// A token's record and state, read at `tier`, as [`get_record_at`] reads a record.
+/// A token's record (with its encoded size) and state, read at `tier`, as
+/// [`get_record_at`] reads a record.
 pub(super) fn get_with_state_at(
     inner: &Inner,
     id: TokenId,
     tier: ReadTier,
-) -> Result<Option<Option<(TokenRecord, TokenState)>>, StoreError> {
+) -> Result<Option<Option<Fetched>>, StoreError> {
     let db = &inner.db;
     let opts = read_opts_at(tier);
-    let record = match get_record_at(inner, id, &opts)? {
-        Some(Some(record)) => record,
+    let (record, encoded) = match get_record_at(inner, id, &opts)? {
+        Some(Some(found)) => found,
         Some(None) => return Ok(Some(None)),
         None => return Ok(None),
     };
@@ -366,8 +389,11 @@ pub(super) fn get_with_state_at(
         Err(e) if needs_disk(&e) => return Ok(None),
         Err(e) => return Err(backend(e)),
     };
-    Ok(Some(Some((record, state))))
+    Ok(Some(Some((Arc::new(record), state, encoded))))
 }
+
+/// A record as [`get_with_state_at`] read it: shared, with its state and encoded size.
+pub(super) type Fetched = (Arc<TokenRecord>, TokenState, usize);
 
 /// The tree of a transaction from its `txn_tokens` entries; an entry written before schema
 /// 4 (an empty value) costs a read of its record.

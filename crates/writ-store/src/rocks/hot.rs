@@ -1,0 +1,377 @@
+//! The hot tier: the tokens Validate reads, as decoded records with their states, in
+//! process memory. A Validate of a hot token costs one map lookup: no RocksDB read, no
+//! decode, no copy of the record (it is shared as an `Arc`).
+//!
+//! Coherence, which is the point of this module. Records never change. A state changes
+//! only in a write made under its transaction's lock ([`RocksStore::locked`]: a
+//! revocation, a spent use, a derived child) or deleted by a purge (under the same lock);
+//! each such write tells the tier ([`HotTier::changed`], [`HotTier::forget`]) after
+//! RocksDB has taken it and before the lock is released and the caller answered. So from
+//! the moment a revocation is acknowledged, the tier holds the revoked state or nothing.
+//! The race left is a fill: a reader that missed, read the old state from RocksDB, and
+//! would put it in after the writer told the tier. Each shard therefore counts the
+//! changes made to its tokens (`generation`); a reader takes the count when it misses
+//! ([`Miss`]) and its fill lands only if the count has not moved since. A fill that loses
+//! is dropped (the next read misses again), never installed stale.
+//!
+//! Bounded by bytes (an estimate of each entry's heap footprint from its encoded size),
+//! split evenly over the shards; each shard evicts with CLOCK: an entry read since the
+//! hand last passed it gets a second chance, so a burst of once-read tokens does not push
+//! out the ones read over and over.
+//!
+//! [`RocksStore::locked`]: super::RocksStore
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use writ_core::{TokenId, TokenRecord, TokenState};
+
+/// Shards, each with its own lock: Validates of different tokens rarely meet. A power of
+/// two (see `shard_of`).
+const SHARDS: usize = 64;
+
+/// Bytes an entry costs beyond twice its encoded record: the record's and the entry's
+/// fixed parts, the map's and the ring's slots. (Decoded strings and maps take about twice
+/// the encoded bytes; BENCHMARKS.md has the measured figure.)
+const ENTRY_OVERHEAD: usize =
+    size_of::<TokenRecord>() + size_of::<Entry>() + 2 * size_of::<(TokenId, u64)>() + 64;
+
+/// What the tier holds and how it has served, for the metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HotTierStats {
+    /// Reads answered from the tier.
+    pub hits: u64,
+    /// Reads that went to RocksDB.
+    pub misses: u64,
+    /// Tokens held.
+    pub entries: u64,
+    /// Estimated bytes held.
+    pub bytes: u64,
+    /// The bound on `bytes`.
+    pub budget: u64,
+}
+
+struct Entry {
+    record: Arc<TokenRecord>,
+    state: TokenState,
+    weight: usize,
+    /// Read since the clock hand last passed.
+    referenced: bool,
+    /// Which ring slot is this entry's (older slots of a re-inserted id are stale).
+    slot: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    map: HashMap<TokenId, Entry>,
+    /// The clock: ids in insertion order, each with the slot number it was given.
+    ring: VecDeque<(TokenId, u64)>,
+    next_slot: u64,
+    bytes: usize,
+    /// Changes made to this shard's tokens' states (see the module docs).
+    generation: u64,
+}
+
+impl Shard {
+    fn remove(&mut self, id: &TokenId) {
+        if let Some(e) = self.map.remove(id) {
+            self.bytes -= e.weight;
+        }
+    }
+
+    /// Evicts one entry, by the clock. False when nothing is left to evict.
+    fn evict_one(&mut self) -> bool {
+        while let Some((id, slot)) = self.ring.pop_front() {
+            let Some(entry) = self.map.get_mut(&id) else {
+                continue; // removed since
+            };
+            if entry.slot != slot {
+                continue; // a stale slot of an id inserted again
+            }
+            if entry.referenced {
+                entry.referenced = false;
+                self.ring.push_back((id, slot));
+                continue;
+            }
+            self.remove(&id);
+            return true;
+        }
+        false
+    }
+
+    fn insert(
+        &mut self,
+        budget: usize,
+        record: Arc<TokenRecord>,
+        state: TokenState,
+        weight: usize,
+    ) {
+        let id = record.token_id;
+        self.remove(&id);
+        while self.bytes + weight > budget {
+            if !self.evict_one() {
+                break;
+            }
+        }
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.ring.push_back((id, slot));
+        self.map.insert(
+            id,
+            Entry {
+                record,
+                state,
+                weight,
+                referenced: false,
+                slot,
+            },
+        );
+        self.bytes += weight;
+        // Stale slots (removed or re-inserted ids) are skipped by the hand; drop them when
+        // they outnumber the live ones, so the ring stays proportional to the map.
+        if self.ring.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.ring
+                .retain(|(id, slot)| map.get(id).is_some_and(|e| e.slot == *slot));
+        }
+    }
+}
+
+/// A read that missed: the shard's generation then, which a fill must still find.
+#[derive(Debug)]
+pub(super) struct Miss {
+    shard: usize,
+    generation: u64,
+}
+
+pub(super) struct HotTier {
+    shards: Box<[Mutex<Shard>]>,
+    shard_budget: usize,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl HotTier {
+    /// A tier of at most `budget` bytes; 0 turns it off (every read misses).
+    pub(super) fn new(budget: usize) -> HotTier {
+        HotTier {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            shard_budget: budget / SHARDS,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    fn shard_of(id: &TokenId) -> usize {
+        // Token ids are hash output, but mixing all their bytes costs nothing and spreads
+        // ids that are not (tests', say) too.
+        let (a, b) = id.0.split_at(8);
+        let word = |s: &[u8]| u64::from_le_bytes(s.try_into().unwrap_or_default());
+        let mixed = (word(a) ^ word(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (mixed >> (64 - SHARDS.trailing_zeros())) as usize
+    }
+
+    fn shard(&self, i: usize) -> MutexGuard<'_, Shard> {
+        self.shards[i]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The token's record and current state, or the [`Miss`] a fill must present.
+    pub(super) fn get(&self, id: &TokenId) -> Result<(Arc<TokenRecord>, TokenState), Miss> {
+        let i = Self::shard_of(id);
+        let mut shard = self.shard(i);
+        match shard.map.get_mut(id) {
+            Some(e) => {
+                e.referenced = true;
+                let hit = (e.record.clone(), e.state.clone());
+                drop(shard);
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                Ok(hit)
+            }
+            None => {
+                let generation = shard.generation;
+                drop(shard);
+                self.misses.fetch_add(1, Ordering::Relaxed);
+                Err(Miss {
+                    shard: i,
+                    generation,
+                })
+            }
+        }
+    }
+
+    /// The token's record alone, if held (records never change). Not counted.
+    pub(super) fn record(&self, id: &TokenId) -> Option<Arc<TokenRecord>> {
+        let shard = self.shard(Self::shard_of(id));
+        shard.map.get(id).map(|e| e.record.clone())
+    }
+
+    /// Holds what a read that missed found in RocksDB (`encoded` bytes of record), unless
+    /// a state of this shard changed since the miss: then what was read may be older than
+    /// what a writer has since told the tier, and it is dropped.
+    pub(super) fn fill(
+        &self,
+        miss: Miss,
+        record: Arc<TokenRecord>,
+        state: TokenState,
+        encoded: usize,
+    ) {
+        let weight = 2 * encoded + ENTRY_OVERHEAD;
+        if weight > self.shard_budget || Self::shard_of(&record.token_id) != miss.shard {
+            return;
+        }
+        let mut shard = self.shard(miss.shard);
+        if shard.generation != miss.generation {
+            return;
+        }
+        shard.insert(self.shard_budget, record, state, weight);
+    }
+
+    /// A write under the token's transaction lock set its state to `state` (RocksDB has
+    /// it): the tier's copy, if any, follows, and fills begun before this do not land.
+    pub(super) fn changed(&self, id: &TokenId, state: &TokenState) {
+        let mut shard = self.shard(Self::shard_of(id));
+        shard.generation += 1;
+        if let Some(e) = shard.map.get_mut(id) {
+            e.state = state.clone();
+        }
+    }
+
+    /// The token was deleted (purged): dropped, and fills begun before this do not land.
+    pub(super) fn forget(&self, id: &TokenId) {
+        let mut shard = self.shard(Self::shard_of(id));
+        shard.generation += 1;
+        shard.remove(id);
+    }
+
+    pub(super) fn stats(&self) -> HotTierStats {
+        let (mut entries, mut bytes) = (0, 0);
+        for i in 0..SHARDS {
+            let shard = self.shard(i);
+            entries += shard.map.len() as u64;
+            bytes += shard.bytes as u64;
+        }
+        HotTierStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries,
+            bytes,
+            budget: (self.shard_budget * SHARDS) as u64,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use writ_core::{Revocation, TxnId, UnixMillis};
+
+    /// The `n`th record (from 0) whose id falls in `shard`.
+    fn record(n: usize, shard: usize) -> Arc<TokenRecord> {
+        let id = (0u32..)
+            .map(|i| {
+                TokenId(
+                    [i.to_be_bytes(), [7; 4], [9; 4], [1; 4]]
+                        .concat()
+                        .try_into()
+                        .unwrap(),
+                )
+            })
+            .filter(|id| HotTier::shard_of(id) == shard)
+            .nth(n)
+            .unwrap();
+        Arc::new(crate::conformance::record(TxnId([3; 16]), id, None))
+    }
+
+    fn revoked() -> TokenState {
+        TokenState {
+            revoked: Some(Revocation {
+                at: UnixMillis(1),
+                by: "ops".to_owned(),
+                reason: "test".into(),
+                cause: TokenId([0; 16]),
+            }),
+            ..TokenState::default()
+        }
+    }
+
+    #[test]
+    fn a_fill_begun_before_a_change_never_lands() {
+        let tier = HotTier::new(1 << 20);
+        let r = record(1, 0);
+        let id = r.token_id;
+        // A reader misses and reads the old state from the store...
+        let miss = tier.get(&id).unwrap_err();
+        // ...a revocation is written and told to the tier (nothing held yet)...
+        tier.changed(&id, &revoked());
+        // ...and the reader's fill, with the state it read before, is dropped.
+        tier.fill(miss, r.clone(), TokenState::default(), 400);
+        assert!(tier.get(&id).is_err(), "a stale state was installed");
+        // A fill begun after the change lands, and a later change updates it in place.
+        let miss = tier.get(&id).unwrap_err();
+        tier.fill(miss, r.clone(), TokenState::default(), 400);
+        assert_eq!(tier.get(&id).unwrap().1, TokenState::default());
+        tier.changed(&id, &revoked());
+        assert_eq!(tier.get(&id).unwrap().1, revoked());
+        // A change of another token in the same shard also stops a fill in flight (the
+        // generation is per shard); one in another shard does not.
+        let other = record(2, 0);
+        let miss = tier.get(&other.token_id).unwrap_err();
+        tier.changed(&id, &revoked());
+        tier.fill(miss, other.clone(), TokenState::default(), 400);
+        assert!(tier.get(&other.token_id).is_err());
+        let miss = tier.get(&other.token_id).unwrap_err();
+        tier.changed(&record(3, 1).token_id, &revoked());
+        tier.fill(miss, other.clone(), TokenState::default(), 400);
+        assert!(tier.get(&other.token_id).is_ok());
+        // Forgotten (purged): gone, and a fill in flight does not bring it back.
+        let miss = Miss {
+            shard: 0,
+            generation: tier.shard(0).generation,
+        };
+        tier.forget(&id);
+        assert!(tier.get(&id).is_err());
+        tier.fill(miss, r, TokenState::default(), 400);
+        assert!(tier.get(&id).is_err());
+    }
+
+    #[test]
+    fn the_tier_stays_within_its_budget_and_keeps_what_is_read() {
+        let budget = 64 * 4 * (2 * 400 + ENTRY_OVERHEAD); // four entries per shard
+        let tier = HotTier::new(budget);
+        let hot = record(0, 7);
+        let miss = tier.get(&hot.token_id).unwrap_err();
+        tier.fill(miss, hot.clone(), TokenState::default(), 400);
+        for i in 1..=40 {
+            let r = record(i, 7);
+            // The hot token is read between every two fills.
+            assert!(tier.get(&hot.token_id).is_ok(), "evicted after {i} fills");
+            let miss = tier.get(&r.token_id).unwrap_err();
+            tier.fill(miss, r, TokenState::default(), 400);
+            let stats = tier.stats();
+            assert!(stats.bytes <= stats.budget, "{stats:?}");
+            assert!(tier.shard(7).bytes <= tier.shard_budget);
+            assert!(tier.shard(7).map.len() <= 4);
+        }
+        // The ring does not grow without bound over re-inserted and removed ids.
+        for _ in 0..1000 {
+            let r = record(41, 7);
+            if let Err(miss) = tier.get(&r.token_id) {
+                tier.fill(miss, r.clone(), TokenState::default(), 400);
+            }
+            tier.forget(&r.token_id);
+        }
+        assert!(tier.shard(7).ring.len() <= 2 * 4 + 64 + 1);
+        // An entry larger than a shard's share is never held; a tier of 0 holds nothing.
+        let big = record(50, 9);
+        let miss = tier.get(&big.token_id).unwrap_err();
+        tier.fill(miss, big.clone(), TokenState::default(), budget);
+        assert!(tier.get(&big.token_id).is_err());
+        let off = HotTier::new(0);
+        let miss = off.get(&big.token_id).unwrap_err();
+        off.fill(miss, big.clone(), TokenState::default(), 1);
+        assert!(off.get(&big.token_id).is_err());
+        assert_eq!(off.stats().entries, 0);
+    }
+}
