@@ -4,6 +4,7 @@
 #   bash bench/run.sh            # everything, about 15 minutes after the first build
 #   QUICK=1 bash bench/run.sh    # shorter runs, for checking the harness itself
 #   REDIS=1 bash bench/run.sh    # issue 14 alone: the Redis Cluster backend (see below)
+#   ISSUE15=1 bash bench/run.sh  # issue 15 alone: the hot tier A/B, the journey, the JWT check
 #
 # Builds bench/ (its own workspace: the main workspace is never built here) and
 # bench/baselines/, runs the criterion benches, the writ-load sweeps and the growth
@@ -59,6 +60,44 @@ if [[ -n "${REDIS:-}" ]]; then
   "$BIN/writ-growth" redis-footprint --redis-nodes "$NODES" --cluster-dir "$CLUSTER_DIR" \
     --sizes "${REDIS_SIZES:-100000,1000000}" --out "$R14/redis-footprint.json" 2>&1 | tee "$R14/logs/redis-footprint.log"
   echo "done: results in bench/$R14"
+  exit 0
+fi
+
+# Issue 15's step, on its own: `ISSUE15=1 bash bench/run.sh`. Back to back, each at
+# c = 1, 16, 64 and 256: the empty-RPC floor, Validate with the hot tier off
+# (--hot-tier-mib 0) and on (the default), then at c = 64 decision-only and without
+# validation events, durable Mint+Downscope, the four-hop journey (mint, three
+# downscopes, a validate with the action at each hop; --depth 3) and, at c = 1, the
+# in-process EdDSA JWT verify-and-check timed in the same run (--jwt-baseline).
+# Results in $R15 (default results/issue15-<commit>); `bash tables.sh` reads them with
+# RESULTS=issue15-<commit>/load.
+if [[ -n "${ISSUE15:-}" ]]; then
+  cargo build --release --bins
+  BIN="$CARGO_TARGET_DIR/release"
+  R15="${R15:-$R/issue15-$(git rev-parse --short HEAD)}"
+  mkdir -p "$R15/load" "$R15/logs"
+  { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; \
+    echo "commit: $(git rev-parse HEAD)"; } | tee "$R15/machine.txt"
+  load15() { # name, then writ-load arguments
+    local name=$1; shift
+    echo "== writ-load $name: $*"
+    "$BIN/writ-load" --duration "${DUR:-8}" --warmup "${WARM:-2}" \
+      --out "$R15/load/$name.json" --label "$name" "$@" 2> "$R15/logs/$name.log" | tee -a "$R15/load/summary.txt"
+  }
+  : > "$R15/load/summary.txt"
+  for c in ${CONCURRENCIES:-1 16 64 256}; do
+    load15 "empty-c$c" --mix empty --concurrency "$c"
+    load15 "validate-hotoff-c$c" --mix validate --concurrency "$c" --hot-tier-mib 0
+    load15 "validate-c$c" --mix validate --concurrency "$c" $([[ $c == 1 ]] && echo --jwt-baseline)
+  done
+  load15 validate-decision_only-c64 --mix validate --concurrency 64 --decision-only
+  load15 validate-audit_none-c64 --mix validate --concurrency 64 --audit-validations none
+  load15 chain-sync-c64 --mix chain --concurrency 64 --durability sync
+  load15 journey-sync-c16 --mix journey --depth 3 --concurrency 16 --durability sync
+  (RESULTS="${R15#results/}/load" bash tables.sh empty-c1 validate-hotoff-c1 validate-c1 empty-c16 validate-hotoff-c16 validate-c16 \
+    empty-c64 validate-hotoff-c64 validate-c64 validate-decision_only-c64 validate-audit_none-c64 chain-sync-c64 \
+    empty-c256 validate-hotoff-c256 validate-c256) | tee "$R15/load/table.md"
+  echo "done: results in bench/$R15"
   exit 0
 fi
 

@@ -26,13 +26,17 @@ fn rt() -> Runtime {
         .unwrap()
 }
 
-fn rocks(durability: Durability) -> (tempfile::TempDir, RocksStore) {
+/// A RocksDB store; `hot_tier: false` turns its hot tier off (reads from memtable and
+/// block cache, as before issue 15).
+fn rocks(durability: Durability, hot_tier: bool) -> (tempfile::TempDir, RocksStore) {
     let tmp = tempfile::tempdir().unwrap();
+    let defaults = StoreOptions::default();
     let store = RocksStore::open(
         &tmp.path().join("db"),
         StoreOptions {
             durability,
-            ..StoreOptions::default()
+            hot_tier_mib: if hot_tier { defaults.hot_tier_mib } else { 0 },
+            ..defaults
         },
     )
     .unwrap();
@@ -82,9 +86,11 @@ fn store_ops<S: TokenStore>(c: &mut Criterion, rt: &Runtime, name: &str, store: 
 
 fn stores(c: &mut Criterion) {
     let rt = rt();
-    let (_t1, r) = rocks(Durability::Buffered);
+    let (_t1, r) = rocks(Durability::Buffered, true);
     store_ops(c, &rt, "rocks_buffered", r, 20);
-    let (_t2, r) = rocks(Durability::Sync);
+    let (_t0, r) = rocks(Durability::Buffered, false);
+    store_ops(c, &rt, "rocks_buffered_hot_off", r, 20);
+    let (_t2, r) = rocks(Durability::Sync, true);
     store_ops(c, &rt, "rocks_sync", r, 10);
     store_ops(c, &rt, "memory", MemoryStore::new(), 20);
 }
@@ -156,9 +162,11 @@ fn service_ops<S: TokenStore>(
 
 fn service(c: &mut Criterion) {
     let rt = rt();
-    let (_t1, r) = rocks(Durability::Buffered);
+    let (_t1, r) = rocks(Durability::Buffered, true);
     service_ops(c, &rt, "rocks_buffered", r, 20);
-    let (_t2, r) = rocks(Durability::Sync);
+    let (_t0, r) = rocks(Durability::Buffered, false);
+    service_ops(c, &rt, "rocks_buffered_hot_off", r, 20);
+    let (_t2, r) = rocks(Durability::Sync, true);
     service_ops(c, &rt, "rocks_sync", r, 10);
     service_ops(c, &rt, "memory", MemoryStore::new(), 20);
 }

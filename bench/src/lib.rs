@@ -12,6 +12,7 @@
 //!   load generator, the growth runs and the micro-benches measure the same chain.
 //! - [`wire`]: the same chain as gRPC requests.
 //! - [`baseline`]: the empty-RPC server, the floor Writ's RPCs are compared with.
+//! - [`jwt`]: the EdDSA JWT baseline (an offline check), for criterion and `writ-load`.
 //! - [`serve`]: starts Writ or the baseline on a thread with a runtime of its own
 //!   (multi-thread or current-thread, with a chosen worker count).
 //! - [`cluster`]: a Redis Cluster's nodes, memory, keys and append-only files, read
@@ -28,6 +29,7 @@ pub mod adapter;
 pub mod baseline;
 pub mod cluster;
 pub mod fixtures;
+pub mod jwt;
 pub mod report;
 pub mod serve;
 pub mod svg;

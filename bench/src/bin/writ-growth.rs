@@ -251,6 +251,15 @@ enum Cmd {
         /// The data directory (key ring and `db/`).
         data_dir: PathBuf,
     },
+    /// The RocksDB store's hot tier, measured: stores `--tokens` roots (the standard
+    /// record) with a tier large enough to hold them, reads each once through
+    /// `get_with_state` (which fills the tier), and prints this process's RSS before and
+    /// after the reads with the tier's own estimate, as JSON: bytes per cached token.
+    HotTierProbe {
+        /// Tokens stored and read.
+        #[arg(long, default_value_t = 200_000)]
+        tokens: usize,
+    },
     /// Throughput against concurrency from writ-load JSON results, one line per label.
     PlotLoad {
         /// Chart title.
@@ -355,6 +364,7 @@ fn main() -> Result<()> {
             entries,
             &ids,
         )),
+        Cmd::HotTierProbe { tokens } => rt.block_on(hot_tier_probe(tokens)),
         Cmd::PlotLoad { title, svg, files } => plot_load(&title, &svg, &files),
     }
 }
@@ -1268,6 +1278,53 @@ async fn fanout(
         },
     )?;
     eprintln!("wrote {} and {}", out.display(), svg.display());
+    Ok(())
+}
+
+async fn hot_tier_probe(tokens: usize) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let store = Arc::new(RocksStore::open(
+        &dir.path().join("db"),
+        StoreOptions {
+            durability: Durability::Buffered,
+            hot_tier_mib: 16 * 1024,
+            ..StoreOptions::default()
+        },
+    )?);
+    let (keys, policy) = (fixtures::keyring(), fixtures::policy(8));
+    let issued_at = now();
+    let mut ids = Vec::with_capacity(tokens);
+    let mut set = JoinSet::new();
+    for _ in 0..tokens {
+        let Some((_, record)) = fixtures::record_chain(&keys, &policy, 0, issued_at)?.pop() else {
+            continue;
+        };
+        ids.push(record.token_id);
+        let store = store.clone();
+        set.spawn(async move { adapter::put(store.as_ref(), record).await });
+        while set.len() >= 64 {
+            set.join_next().await.context("a put")???;
+        }
+    }
+    while let Some(done) = set.join_next().await {
+        done??;
+    }
+    let before = rss_bytes();
+    for id in &ids {
+        store.get_with_state(*id).await?.context("a stored token")?;
+    }
+    let after = rss_bytes();
+    let stats = store.hot_tier_stats();
+    let out = serde_json::json!({
+        "tokens": tokens,
+        "rss_before_reads_bytes": before,
+        "rss_after_reads_bytes": after,
+        "rss_per_cached_token_bytes": (after.saturating_sub(before)) as f64 / stats.entries.max(1) as f64,
+        "tier_entries": stats.entries,
+        "tier_estimate_bytes": stats.bytes,
+        "tier_estimate_per_token_bytes": stats.bytes as f64 / stats.entries.max(1) as f64,
+    });
+    println!("{out}");
     Ok(())
 }
 

@@ -52,6 +52,10 @@ use writ_store::Durability;
 enum Mix {
     Validate,
     Chain,
+    /// The whole chain a user sees: a Mint, then at each hop a Validate with the action
+    /// check by the token's audience and (but at the last) a Downscope to the next hop;
+    /// `--depth 3` is four hops. Counted per journey (`per_op.journey`).
+    Journey,
     Mint,
     Revoke,
     Empty,
@@ -162,6 +166,11 @@ struct Args {
     /// In-process server: storage.durability (RocksDB).
     #[arg(long, value_enum, default_value = "sync")]
     durability: DurabilityArg,
+    /// Also time the EdDSA JWT baseline (an offline verify-and-check, `writ_bench::jwt`)
+    /// on this process's main thread, 20,000 times just before the load and again just
+    /// after it, and report both medians beside the load's figures.
+    #[arg(long)]
+    jwt_baseline: bool,
     /// In-process server: storage.hot_tier_mib (RocksDB; 0 turns the hot tier off).
     /// The server's default when not given.
     #[arg(long)]
@@ -242,6 +251,12 @@ enum Work {
     },
     Chain {
         minter: WritClient,
+        hops: Vec<WritClient>,
+        depth: u32,
+    },
+    Journey {
+        minter: WritClient,
+        /// One client per hop, `0..=depth`.
         hops: Vec<WritClient>,
         depth: u32,
     },
@@ -334,6 +349,66 @@ async fn worker(id: usize, mut work: Work, shared: Arc<Shared>, period: Option<D
                             break;
                         }
                     }
+                }
+            }
+            Work::Journey {
+                minter,
+                hops,
+                depth,
+            } => {
+                let mut token = match minter.mint(wire::mint_pb(*depth)).await {
+                    Ok(r) => {
+                        rec(&mut hists, &shared, "mint", t0);
+                        r.token
+                    }
+                    Err(e) => {
+                        shared.error(e);
+                        continue;
+                    }
+                };
+                let mut whole = true;
+                for level in 0..=*depth {
+                    let hop = &mut hops[level as usize];
+                    let t = Instant::now();
+                    match hop.validate(wire::validate_pb(&token, true)).await {
+                        Ok(r) if r.active && r.decision.as_ref().is_some_and(|d| d.allowed) => {
+                            rec(&mut hists, &shared, "validate", t);
+                        }
+                        Ok(r) => {
+                            shared.error(format!(
+                                "hop {level}: not allowed (active {}, reason {})",
+                                r.active, r.inactive_reason
+                            ));
+                            whole = false;
+                            break;
+                        }
+                        Err(e) => {
+                            shared.error(e);
+                            whole = false;
+                            break;
+                        }
+                    }
+                    if level == *depth {
+                        break;
+                    }
+                    let t = Instant::now();
+                    match hop
+                        .downscope(wire::downscope_pb(&token, level + 1, *depth))
+                        .await
+                    {
+                        Ok(r) => {
+                            rec(&mut hists, &shared, "downscope", t);
+                            token = r.token;
+                        }
+                        Err(e) => {
+                            shared.error(e);
+                            whole = false;
+                            break;
+                        }
+                    }
+                }
+                if whole {
+                    rec(&mut hists, &shared, "journey", t0);
                 }
             }
             Work::Mint { minter } => match minter.mint(wire::mint_pb(0)).await {
@@ -457,6 +532,29 @@ struct Output {
     latency: Latency,
     per_op: BTreeMap<String, OpSummary>,
     first_error: Option<String>,
+    /// With `--jwt-baseline`: the offline check's timings in the same run.
+    jwt_baseline: Option<JwtTiming>,
+}
+
+/// [`writ_bench::jwt::JwtBaseline`] timed one call at a time (nanoseconds).
+#[derive(Serialize, Clone, Copy)]
+struct JwtTiming {
+    calls: usize,
+    before_p50_ns: u64,
+    after_p50_ns: u64,
+    before_p99_ns: u64,
+    after_p99_ns: u64,
+}
+
+const JWT_CALLS: usize = 20_000;
+
+fn jwt_times() -> Vec<u64> {
+    let now = writ_server::service::now().0 / 1000;
+    writ_bench::jwt::JwtBaseline::new(now).time(JWT_CALLS)
+}
+
+fn at(sorted: &[u64], q: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
 }
 
 /// `--serve-only`: one request of the mix, framed as gRPC puts it on the wire (a
@@ -584,7 +682,18 @@ fn main() -> Result<()> {
         redis_prefix: redis_prefix.filter(|_| writ_in_process),
     };
     let data_dir = servers.first().and_then(|s| s.data_dir.clone());
+    let jwt_before = args.jwt_baseline.then(jwt_times);
     let result = rt.block_on(run(&args, &urls, data_dir));
+    let jwt = jwt_before.map(|before| {
+        let after = jwt_times();
+        JwtTiming {
+            calls: JWT_CALLS,
+            before_p50_ns: at(&before, 0.5),
+            after_p50_ns: at(&after, 0.5),
+            before_p99_ns: at(&before, 0.99),
+            after_p99_ns: at(&after, 0.99),
+        }
+    });
     drop(rt);
     for s in servers {
         s.stop()?;
@@ -593,7 +702,7 @@ fn main() -> Result<()> {
     if args.serve_only.is_some() {
         return Ok(());
     }
-    summarize(args, info, machine_before, elapsed, hists, &shared)
+    summarize(args, info, machine_before, elapsed, hists, &shared, jwt)
 }
 
 async fn run(
@@ -676,6 +785,15 @@ async fn run(
                 Mix::Chain => Work::Chain {
                     minter: minters[i % minters.len()].clone(),
                     hops: hops_of(conn)?,
+                    depth: args.depth,
+                },
+                Mix::Journey => Work::Journey {
+                    minter: minters[i % minters.len()].clone(),
+                    hops: (0..=args.depth)
+                        .map(|l| -> Result<WritClient> {
+                            Ok(conn.clone().as_caller(&fixtures::hop(l))?)
+                        })
+                        .collect::<Result<_>>()?,
                     depth: args.depth,
                 },
                 Mix::Mint => Work::Mint {
@@ -766,12 +884,14 @@ fn summarize(
     elapsed: f64,
     hists: Hists,
     shared: &Shared,
+    jwt: Option<JwtTiming>,
 ) -> Result<()> {
     let mut all = report::histogram();
     let mut per_op = BTreeMap::new();
     for (k, h) in &hists {
-        // The revoker runs beside the load: its operations are reported, not counted in.
-        if *k != "revoke" {
+        // The revoker runs beside the load: its operations are reported, not counted in;
+        // a journey is reported apart from the calls it is made of.
+        if *k != "revoke" && *k != "journey" {
             all.add(h)?;
         }
         per_op.insert(
@@ -801,8 +921,18 @@ fn summarize(
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
+        jwt_baseline: jwt,
         args,
     };
+    if let Some(j) = &out.jwt_baseline {
+        println!(
+            "EdDSA JWT verify-and-check, in process: p50 {:.1} µs before the load, {:.1} µs after (p99 {:.1} / {:.1})",
+            j.before_p50_ns as f64 / 1e3,
+            j.after_p50_ns as f64 / 1e3,
+            j.before_p99_ns as f64 / 1e3,
+            j.after_p99_ns as f64 / 1e3
+        );
+    }
     println!(
         "mix {:?}  concurrency {}  connections {}  server {}",
         out.args.mix,

@@ -30,11 +30,18 @@ use writ_core::{TokenId, TokenRecord, TokenState};
 /// two (see `shard_of`).
 const SHARDS: usize = 64;
 
-/// Bytes an entry costs beyond twice its encoded record: the record's and the entry's
-/// fixed parts, the map's and the ring's slots. (Decoded strings and maps take about twice
-/// the encoded bytes; BENCHMARKS.md has the measured figure.)
-const ENTRY_OVERHEAD: usize =
-    size_of::<TokenRecord>() + size_of::<Entry>() + 2 * size_of::<(TokenId, u64)>() + 64;
+/// What a held token costs in memory, estimated from its encoded size: decoded, every
+/// string and map is an allocation of its own (a map's first node holds eleven entries'
+/// room), so a record takes several times its encoded bytes, plus the fixed parts (the
+/// record, the entry, the map's and the ring's slots, the allocator's rounding). Fitted to
+/// the resident memory measured per cached token (`writ-growth hot-tier-probe`,
+/// BENCHMARKS.md), and rounded up.
+const PER_ENCODED_BYTE: usize = 4;
+const ENTRY_OVERHEAD: usize = 3072;
+
+fn weight(encoded: usize) -> usize {
+    PER_ENCODED_BYTE * encoded + ENTRY_OVERHEAD
+}
 
 /// What the tier holds and how it has served, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -217,7 +224,7 @@ impl HotTier {
         state: TokenState,
         encoded: usize,
     ) {
-        let weight = 2 * encoded + ENTRY_OVERHEAD;
+        let weight = weight(encoded);
         if weight > self.shard_budget || Self::shard_of(&record.token_id) != miss.shard {
             return;
         }
@@ -338,7 +345,7 @@ mod tests {
 
     #[test]
     fn the_tier_stays_within_its_budget_and_keeps_what_is_read() {
-        let budget = 64 * 4 * (2 * 400 + ENTRY_OVERHEAD); // four entries per shard
+        let budget = 64 * 4 * weight(400); // four entries per shard
         let tier = HotTier::new(budget);
         let hot = record(0, 7);
         let miss = tier.get(&hot.token_id).unwrap_err();
