@@ -231,6 +231,26 @@ fn rec(hists: &mut Hists, shared: &Shared, kind: &'static str, since: Instant) {
     }
 }
 
+/// Mints a root for a chain of `depth`, recording the Mint (from `t0`) or its error.
+async fn mint_root(
+    minter: &mut WritClient,
+    depth: u32,
+    hists: &mut Hists,
+    shared: &Shared,
+    t0: Instant,
+) -> Option<String> {
+    match minter.mint(wire::mint_pb(depth)).await {
+        Ok(r) => {
+            rec(hists, shared, "mint", t0);
+            Some(r.token)
+        }
+        Err(e) => {
+            shared.error(e);
+            None
+        }
+    }
+}
+
 /// One pre-minted chain: the root's public id (what an operator revokes) and the leaf's
 /// secret (what is validated).
 #[derive(Clone, Debug)]
@@ -326,15 +346,9 @@ async fn worker(id: usize, mut work: Work, shared: Arc<Shared>, period: Option<D
                 hops,
                 depth,
             } => {
-                let mut parent = match minter.mint(wire::mint_pb(*depth)).await {
-                    Ok(r) => {
-                        rec(&mut hists, &shared, "mint", t0);
-                        r.token
-                    }
-                    Err(e) => {
-                        shared.error(e);
-                        continue;
-                    }
+                let Some(mut parent) = mint_root(minter, *depth, &mut hists, &shared, t0).await
+                else {
+                    continue;
                 };
                 for level in 1..=*depth {
                     let t = Instant::now();
@@ -356,15 +370,9 @@ async fn worker(id: usize, mut work: Work, shared: Arc<Shared>, period: Option<D
                 hops,
                 depth,
             } => {
-                let mut token = match minter.mint(wire::mint_pb(*depth)).await {
-                    Ok(r) => {
-                        rec(&mut hists, &shared, "mint", t0);
-                        r.token
-                    }
-                    Err(e) => {
-                        shared.error(e);
-                        continue;
-                    }
+                let Some(mut token) = mint_root(minter, *depth, &mut hists, &shared, t0).await
+                else {
+                    continue;
                 };
                 let mut whole = true;
                 for level in 0..=*depth {
