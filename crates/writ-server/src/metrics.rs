@@ -280,7 +280,7 @@ impl Metrics {
         let hot_tier_reads = Family::<ResultLabels, Counter>::default();
         r.register(
             "writ_store_hot_tier_reads",
-            "Validate's token reads by whether the hot tier held the token (hit) or RocksDB was read (miss)",
+            "Token reads with their state (Validate, and the chain queries) by whether the hot tier held the token (hit) or RocksDB was read (miss)",
             hot_tier_reads.clone(),
         );
         let hot_tier_entries = Gauge::default();

@@ -43,6 +43,14 @@ fn weight(encoded: usize) -> usize {
     PER_ENCODED_BYTE * encoded + ENTRY_OVERHEAD
 }
 
+/// What a state holds beyond its fixed part: a revocation's strings.
+fn state_weight(state: &TokenState) -> usize {
+    state
+        .revoked
+        .as_ref()
+        .map_or(0, |r| r.by.len() + r.reason.len() + 64)
+}
+
 /// What the tier holds and how it has served, for the metrics.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HotTierStats {
@@ -61,6 +69,7 @@ pub struct HotTierStats {
 struct Entry {
     record: Arc<TokenRecord>,
     state: TokenState,
+    /// The record's [`weight`] plus the state's [`state_weight`].
     weight: usize,
     /// Read since the clock hand last passed.
     referenced: bool,
@@ -224,7 +233,7 @@ impl HotTier {
         state: TokenState,
         encoded: usize,
     ) {
-        let weight = weight(encoded);
+        let weight = weight(encoded) + state_weight(&state);
         if weight > self.shard_budget || Self::shard_of(&record.token_id) != miss.shard {
             return;
         }
@@ -238,10 +247,22 @@ impl HotTier {
     /// A write under the token's transaction lock set its state to `state` (RocksDB has
     /// it): the tier's copy, if any, follows, and fills begun before this do not land.
     pub(super) fn changed(&self, id: &TokenId, state: &TokenState) {
-        let mut shard = self.shard(Self::shard_of(id));
+        let mut guard = self.shard(Self::shard_of(id));
+        let shard = &mut *guard;
         shard.generation += 1;
-        if let Some(e) = shard.map.get_mut(id) {
-            e.state = state.clone();
+        let Some(e) = shard.map.get_mut(id) else {
+            return;
+        };
+        // A revoked state weighs more: re-weigh, and evict (by the clock) if that passes the
+        // shard's share.
+        let (old, new) = (state_weight(&e.state), state_weight(state));
+        e.state = state.clone();
+        e.weight = e.weight - old + new;
+        shard.bytes = shard.bytes - old + new;
+        while shard.bytes > self.shard_budget {
+            if !shard.evict_one() {
+                break;
+            }
         }
     }
 
@@ -380,5 +401,20 @@ mod tests {
         off.fill(miss, big.clone(), TokenState::default(), 1);
         assert!(off.get(&big.token_id).is_err());
         assert_eq!(off.stats().entries, 0);
+        // A revocation's strings count: a shard filled to its share stays within it when
+        // its tokens are revoked with long reasons.
+        let tight = HotTier::new(64 * 4 * weight(400));
+        for i in 0..4 {
+            let r = record(60 + i, 3);
+            let miss = tight.get(&r.token_id).unwrap_err();
+            tight.fill(miss, r, TokenState::default(), 400);
+        }
+        let mut long = revoked();
+        long.revoked.as_mut().unwrap().reason = "x".repeat(512);
+        for i in 0..4 {
+            tight.changed(&record(60 + i, 3).token_id, &long);
+            assert!(tight.shard(3).bytes <= tight.shard_budget);
+        }
+        assert!(tight.shard(3).map.len() < 4, "nothing was evicted");
     }
 }

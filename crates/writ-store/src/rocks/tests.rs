@@ -1379,8 +1379,9 @@ async fn the_hot_tier_follows_every_state_change() {
 }
 
 /// Readers hammer tokens through a tier small enough that they are evicted and filled
-/// again all along, while tokens are revoked and uses spent one by one: a read that starts
-/// after a revocation (or a spend) was acknowledged never answers the state before it.
+/// again all along, while tokens are revoked, uses spent and children derived one by one: a
+/// read that starts after a revocation (a spend, a child) was acknowledged never answers
+/// the state before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
     use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
@@ -1395,15 +1396,17 @@ async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
     }
     let revoked: Arc<Vec<AtomicBool>> =
         Arc::new((0..TOKENS).map(|_| AtomicBool::new(false)).collect());
+    let derived: Arc<Vec<AtomicU32>> = Arc::new((0..TOKENS).map(|_| AtomicU32::new(0)).collect());
     let spent: Arc<Vec<AtomicU32>> = Arc::new((0..TOKENS).map(|_| AtomicU32::new(0)).collect());
     let stop = Arc::new(AtomicBool::new(false));
     let reads = Arc::new(AtomicUsize::new(0));
     let mut readers = Vec::new();
     for r in 0..6u32 {
-        let (store, revoked, spent, stop, reads) = (
+        let (store, revoked, spent, derived, stop, reads) = (
             store.clone(),
             revoked.clone(),
             spent.clone(),
+            derived.clone(),
             stop.clone(),
             reads.clone(),
         );
@@ -1414,6 +1417,7 @@ async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
                 // What was acknowledged before this read began.
                 let was_revoked = revoked[i as usize].load(Ordering::Acquire);
                 let uses = spent[i as usize].load(Ordering::Acquire);
+                let children = derived[i as usize].load(Ordering::Acquire);
                 let (_, state) = store.get_with_state(tid(i)).await.unwrap().unwrap();
                 assert!(
                     !was_revoked || state.revoked.is_some(),
@@ -1423,6 +1427,11 @@ async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
                     state.uses >= uses,
                     "token {i} read with {} uses after {uses} were acknowledged",
                     state.uses
+                );
+                assert!(
+                    state.children >= children,
+                    "token {i} read with {} children after {children} were acknowledged",
+                    state.children
                 );
                 reads.fetch_add(1, Ordering::Relaxed);
                 tokio::task::yield_now().await;
@@ -1450,6 +1459,9 @@ async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
                 store.consume_use(tid(i), None).await.unwrap();
                 spent[i as usize].fetch_add(1, Ordering::Release);
             }
+            let child = record(txn(600 + u64::from(i)), tid(TOKENS + i), Some(tid(i)));
+            store.put_child(child, 4).await.unwrap();
+            derived[i as usize].fetch_add(1, Ordering::Release);
         }
     }
     stop.store(true, Ordering::Release);
