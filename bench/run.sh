@@ -16,6 +16,15 @@ cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/writ-bench-target}"
 R=results
 
+# One writ-load run: `load_in DIR NAME ARGS…` writes DIR/load/NAME.json and
+# DIR/logs/NAME.log and appends the summary to DIR/load/summary.txt.
+load_in() {
+  local dir=$1 name=$2; shift 2
+  echo "== writ-load $name: $*"
+  "$BIN/writ-load" --duration "${DUR:-8}" --warmup "${WARM:-2}" \
+    --out "$dir/load/$name.json" --label "$name" "$@" 2> "$dir/logs/$name.log" | tee -a "$dir/load/summary.txt"
+}
+
 # Issue 14's step, on its own: `REDIS=1 bash bench/run.sh` (needs redis-server and
 # redis-cli: scripts/redis-cluster install). Starts a six-node Redis Cluster (three
 # masters, three replicas) in a temporary directory on free ports, then back to back at
@@ -37,12 +46,7 @@ if [[ -n "${REDIS:-}" ]]; then
   NODES="$(tail -1 "$CLUSTER_DIR/nodes")"
   trap '../scripts/redis-cluster stop "$CLUSTER_DIR" --clean || true' EXIT
   echo "cluster: $NODES"
-  load14() { # name, then writ-load arguments
-    local name=$1; shift
-    echo "== writ-load $name: $*"
-    "$BIN/writ-load" --duration "${DUR:-8}" --warmup "${WARM:-2}" --connections 6 \
-      --out "$R14/load/$name.json" --label "$name" "$@" 2> "$R14/logs/$name.log" | tee -a "$R14/load/summary.txt"
-  }
+  load14() { local name=$1; shift; load_in "$R14" "$name" --connections 6 "$@"; }
   : > "$R14/load/summary.txt"
   for c in ${CONCURRENCIES:-16 64}; do
     load14 "empty-c$c" --mix empty --concurrency "$c"
@@ -78,12 +82,7 @@ if [[ -n "${ISSUE15:-}" ]]; then
   mkdir -p "$R15/load" "$R15/logs"
   { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; \
     echo "commit: $(git rev-parse HEAD)"; } | tee "$R15/machine.txt"
-  load15() { # name, then writ-load arguments
-    local name=$1; shift
-    echo "== writ-load $name: $*"
-    "$BIN/writ-load" --duration "${DUR:-8}" --warmup "${WARM:-2}" \
-      --out "$R15/load/$name.json" --label "$name" "$@" 2> "$R15/logs/$name.log" | tee -a "$R15/load/summary.txt"
-  }
+  load15() { load_in "$R15" "$@"; }
   : > "$R15/load/summary.txt"
   for c in ${CONCURRENCIES:-1 16 64 256}; do
     load15 "empty-c$c" --mix empty --concurrency "$c"
@@ -115,12 +114,7 @@ BIN="$CARGO_TARGET_DIR/release"
 { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; } \
   | tee "$R/machine.txt"
 
-load() { # name, then writ-load arguments
-  local name=$1; shift
-  echo "== writ-load $name: $*"
-  "$BIN/writ-load" --duration "$DUR" --warmup "$WARM" --out "$R/load/$name.json" --label "$name" "$@" \
-    2> "$R/logs/$name.log" | tee -a "$R/load/summary.txt"
-}
+load() { load_in "$R" "$@"; }
 : > "$R/load/summary.txt"
 
 # 1. Validate vs the empty RPC at the same concurrency (both servers set TCP_NODELAY, as

@@ -427,11 +427,12 @@ fn observe(
             .filter(|p| !p.enabled)
             .count() as u64;
         Box::pin(async move {
+            let store = store.upgrade();
             let hot = store
-                .upgrade()
+                .as_ref()
                 .and_then(|s| s.rocks().map(RocksStore::hot_tier_stats))
                 .unwrap_or_default();
-            let sizes = match store.upgrade() {
+            let sizes = match store {
                 Some(store) if store.rocks().is_some() => tokio::task::spawn_blocking(move || {
                     store.rocks().map(RocksStore::size_estimates)
                 })

@@ -88,8 +88,9 @@ pub(super) fn purge_batch(
     for (stripe, group) in groups {
         let _stripe = inner.txn_locks[stripe].blocking_lock();
         let mut batch = WriteBatch::default();
-        let ids: Vec<TokenId> = group.iter().map(|(_, id, _)| *id).collect();
+        let mut ids = Vec::with_capacity(group.len());
         for (key, id, record) in group {
+            ids.push(id);
             batch.delete_cf(expiry, key);
             batch.delete_cf(tokens, keys::token_key(id));
             batch.delete_cf(state, keys::state_key(id));

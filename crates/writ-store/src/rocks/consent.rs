@@ -170,8 +170,7 @@ pub(super) fn redeem_consent_blocking(
     put_consent(inner, &mut batch, &request)?;
     put_event(&inner.db, &mut batch, event)?;
     let staged = stage_child(inner, &mut batch, child, max_children)?;
-    inner.db.write_opt(batch, &synced()).map_err(backend)?;
-    staged.written(inner);
+    write_with_states(inner, batch, &synced(), &[staged.parent_change()])?;
     Ok(request)
 }
 

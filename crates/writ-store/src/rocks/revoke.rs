@@ -65,9 +65,8 @@ pub(super) fn revoke_blocking(
     })
 }
 
-/// Writes revoked tokens' new states with the revocation's event, in one atomic write,
-/// then tells the hot tier (still under the transaction's lock: no Validate that starts
-/// after the caller is answered can see them active).
+/// Writes revoked tokens' new states with the revocation's event, in one atomic write
+/// ([`write_with_states`]: the hot tier follows before the caller is answered).
 pub(super) fn write_revocation(
     inner: &Inner,
     states: &[(TokenId, TokenState)],
@@ -78,14 +77,8 @@ pub(super) fn write_revocation(
         put_state(inner, &mut batch, *id, state)?;
     }
     put_event(&inner.db, &mut batch, event)?;
-    inner
-        .db
-        .write_opt(batch, &inner.write_opts())
-        .map_err(backend)?;
-    for (id, state) in states {
-        inner.hot.changed(id, state);
-    }
-    Ok(())
+    let changed: Vec<(TokenId, &TokenState)> = states.iter().map(|(id, s)| (*id, s)).collect();
+    write_with_states(inner, batch, &inner.write_opts(), &changed)
 }
 
 /// Transactions of a party's walk in hand at once, each under its own lock: their synced

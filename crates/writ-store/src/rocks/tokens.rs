@@ -145,16 +145,28 @@ pub(super) fn insert_child_blocking(
     let mut batch = WriteBatch::default();
     put_event(&inner.db, &mut batch, event)?;
     let staged = stage_child(inner, &mut batch, record, max_children)?;
-    inner
-        .db
-        .write_opt(batch, &inner.write_opts())
-        .map_err(backend)?;
-    staged.written(inner);
+    write_with_states(inner, batch, &inner.write_opts(), &[staged.parent_change()])
+}
+
+/// Writes `batch`, which sets the states in `changed`, then tells the hot tier of them:
+/// the one way a state write ends, so no writer can leave the tier behind. Under the
+/// lock of the tokens' transaction ([`RocksStore::locked`]), which is held until the
+/// caller is answered: no Validate that starts afterwards reads the states before.
+pub(super) fn write_with_states(
+    inner: &Inner,
+    batch: WriteBatch,
+    opts: &WriteOptions,
+    changed: &[(TokenId, &TokenState)],
+) -> Result<(), StoreError> {
+    inner.db.write_opt(batch, opts).map_err(backend)?;
+    for (id, state) in changed {
+        inner.hot.changed(id, state);
+    }
     Ok(())
 }
 
 /// A child staged in a batch ([`stage_child`]): holds its id's lock until the batch is
-/// written, and knows the parent's new state, which [`Staged::written`] tells the hot tier.
+/// written, and the parent's new state, which the write reports ([`write_with_states`]).
 pub(super) struct Staged<'a> {
     _id_guard: MutexGuard<'a, ()>,
     parent: TokenId,
@@ -162,9 +174,9 @@ pub(super) struct Staged<'a> {
 }
 
 impl Staged<'_> {
-    /// The batch is written: the parent's state (one more child) reaches the hot tier.
-    pub(super) fn written(self, inner: &Inner) {
-        inner.hot.changed(&self.parent, &self.parent_state);
+    /// The parent's new state (one more child), for [`write_with_states`].
+    pub(super) fn parent_change(&self) -> (TokenId, &TokenState) {
+        (self.parent, &self.parent_state)
     }
 }
 
@@ -173,7 +185,7 @@ impl Staged<'_> {
 /// record and its indexes, the parent→child link, the parent's new state and the
 /// transaction's count. The one way a child is written (`insert_child` and
 /// `redeem_consent`). Under the transaction's lock; returns what to hold until `batch` is
-/// written and then to call [`Staged::written`] on.
+/// written (with [`write_with_states`] and [`Staged::parent_change`]).
 pub(super) fn stage_child<'a>(
     inner: &'a Inner,
     batch: &mut WriteBatch,
@@ -322,11 +334,7 @@ pub(super) fn consume_limited_blocking(
     if let Some(e) = event {
         put_event(&inner.db, &mut batch, e)?;
     }
-    inner
-        .db
-        .write_opt(batch, &inner.write_opts())
-        .map_err(backend)?;
-    inner.hot.changed(&id, &state);
+    write_with_states(inner, batch, &inner.write_opts(), &[(id, &state)])?;
     Ok(outcome)
 }
 
