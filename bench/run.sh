@@ -16,6 +16,17 @@ cd "$(dirname "$0")"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/writ-bench-target}"
 R=results
 
+# A step of its own: build, and a results directory DIR with the machine's facts (and the
+# commit) in DIR/machine.txt; any further arguments are a command whose output is added.
+step_in() {
+  local dir=$1; shift
+  cargo build --release --bins
+  BIN="$CARGO_TARGET_DIR/release"
+  mkdir -p "$dir/load" "$dir/logs"
+  { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; \
+    echo "commit: $(git rev-parse HEAD)"; if (($#)); then "$@"; fi; } | tee "$dir/machine.txt"
+}
+
 # One writ-load run: `load_in DIR NAME ARGS…` writes DIR/load/NAME.json and
 # DIR/logs/NAME.log and appends the summary to DIR/load/summary.txt.
 load_in() {
@@ -34,12 +45,8 @@ load_in() {
 # (writ-growth redis-footprint). Results in $R14 (default results/issue14-<commit>);
 # nothing else in results/ is touched. Every run uses 6 connections (2 per node at 3).
 if [[ -n "${REDIS:-}" ]]; then
-  cargo build --release --bins
-  BIN="$CARGO_TARGET_DIR/release"
   R14="${R14:-$R/issue14-$(git rev-parse --short HEAD)}"
-  mkdir -p "$R14/load" "$R14/logs"
-  { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; \
-    echo "commit: $(git rev-parse HEAD)"; redis-server --version; } | tee "$R14/machine.txt"
+  step_in "$R14" redis-server --version
   CLUSTER_DIR="$(mktemp -d /tmp/writ-bench-redis.XXXXXX)"
   # The cluster's watchdog stops it (and removes its directory) when this script exits.
   ../scripts/redis-cluster start "$CLUSTER_DIR" --port 0 --owner $$ --clean > "$R14/logs/cluster.log"
@@ -76,12 +83,8 @@ fi
 # Results in $R15 (default results/issue15-<commit>); `bash tables.sh` reads them with
 # RESULTS=issue15-<commit>/load.
 if [[ -n "${ISSUE15:-}" ]]; then
-  cargo build --release --bins
-  BIN="$CARGO_TARGET_DIR/release"
   R15="${R15:-$R/issue15-$(git rev-parse --short HEAD)}"
-  mkdir -p "$R15/load" "$R15/logs"
-  { echo "nproc: $(nproc)"; grep -m1 'model name' /proc/cpuinfo; echo "loadavg: $(cat /proc/loadavg)"; date -u; \
-    echo "commit: $(git rev-parse HEAD)"; } | tee "$R15/machine.txt"
+  step_in "$R15"
   load15() { load_in "$R15" "$@"; }
   : > "$R15/load/summary.txt"
   for c in ${CONCURRENCIES:-1 16 64 256}; do
