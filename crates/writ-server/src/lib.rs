@@ -428,10 +428,9 @@ fn observe(
             .count() as u64;
         Box::pin(async move {
             let store = store.upgrade();
-            let hot = store
-                .as_ref()
-                .and_then(|s| s.rocks().map(RocksStore::hot_tier_stats))
-                .unwrap_or_default();
+            let rocks = store.as_ref().and_then(|s| s.rocks());
+            let hot = rocks.map(RocksStore::hot_tier_stats).unwrap_or_default();
+            let writer = rocks.map(RocksStore::writer_stats).unwrap_or_default();
             let sizes = match store {
                 Some(store) if store.rocks().is_some() => tokio::task::spawn_blocking(move || {
                     store.rocks().map(RocksStore::size_estimates)
@@ -450,6 +449,7 @@ fn observe(
                 store_sst_bytes: sizes.sst_bytes,
                 store_memtable_bytes: sizes.memtable_bytes,
                 hot_tier: hot,
+                writer,
                 audit_queue: audit.upgrade().map_or(0, |a| a.queue_depth() as u64),
                 disabled_by_operator: by_operator,
                 disabled_by_policy: by_policy,

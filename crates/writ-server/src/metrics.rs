@@ -133,6 +133,8 @@ pub struct Observed {
     pub store_memtable_bytes: u64,
     /// The RocksDB store's hot tier (zero on other backends).
     pub hot_tier: writ_store::HotTierStats,
+    /// The RocksDB store's writer (zero on other backends).
+    pub writer: writ_store::WriterStats,
     /// Audit events queued for the writer.
     pub audit_queue: u64,
     /// Parties an operator disabled (the kill switch).
@@ -165,7 +167,10 @@ pub struct Metrics {
     hot_tier_entries: Gauge,
     hot_tier_bytes: Gauge,
     hot_tier_budget: Gauge,
-    /// Serialises renders' catch-up of counters kept elsewhere (the hot tier's).
+    writer_groups: Counter,
+    writer_jobs: Counter,
+    /// Serialises renders' catch-up of counters kept elsewhere (the hot tier's, the
+    /// writer's).
     catching_up: std::sync::Mutex<()>,
     cleanup_tokens: Counter,
     cleanup_events: Counter,
@@ -303,6 +308,18 @@ impl Metrics {
             Unit::Bytes,
             hot_tier_budget.clone(),
         );
+        let writer_groups = Counter::default();
+        r.register(
+            "writ_store_writer_groups",
+            "Groups of writes (Mint, Downscope, revocation, a spent use) the store's writer ran, each answered after one sync of the write-ahead log; jobs / groups is the mean group",
+            writer_groups.clone(),
+        );
+        let writer_jobs = Counter::default();
+        r.register(
+            "writ_store_writer_jobs",
+            "Writes (and calls that found nothing to write) run by the store's writer",
+            writer_jobs.clone(),
+        );
         let cleanup_tokens = Counter::default();
         r.register(
             "writ_cleanup_tokens_purged",
@@ -372,6 +389,8 @@ impl Metrics {
             hot_tier_entries,
             hot_tier_bytes,
             hot_tier_budget,
+            writer_groups,
+            writer_jobs,
             catching_up: std::sync::Mutex::default(),
             cleanup_tokens,
             cleanup_events,
@@ -409,6 +428,12 @@ impl Metrics {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (result, total) in [("hit", o.hot_tier.hits), ("miss", o.hot_tier.misses)] {
                     let c = self.hot_tier_reads.get_or_create(&ResultLabels { result });
+                    c.inc_by(total.saturating_sub(c.get()));
+                }
+                for (c, total) in [
+                    (&self.writer_groups, o.writer.groups),
+                    (&self.writer_jobs, o.writer.jobs),
+                ] {
                     c.inc_by(total.saturating_sub(c.get()));
                 }
             }
@@ -954,6 +979,10 @@ mod tests {
                         bytes: 4096,
                         budget: 8192,
                     },
+                    writer: writ_store::WriterStats {
+                        groups: 4,
+                        jobs: 10,
+                    },
                     audit_queue: 1,
                     disabled_by_operator: 2,
                     disabled_by_policy: 1,
@@ -983,6 +1012,8 @@ mod tests {
             "writ_store_hot_tier_entries 2",
             "writ_store_hot_tier_bytes 4096",
             "writ_store_hot_tier_budget_bytes 8192",
+            "writ_store_writer_groups_total 4",
+            "writ_store_writer_jobs_total 10",
             "writ_audit_queue_depth 1",
             "writ_parties_disabled{source=\"operator\"} 2",
             "writ_parties_disabled{source=\"policy\"} 1",

@@ -721,9 +721,9 @@ pub trait TokenStore: Send + Sync + 'static {
     /// Returns once what the store holds of `txn` is as durable as a write it
     /// acknowledges: for an answer that was read rather than written ("revoked already",
     /// a retry answered with the token an earlier attempt stored), whose write may have
-    /// failed to be acknowledged. A no-op where every read already sees only durable
-    /// data (RocksDB writes before it makes visible, per its durability); a replication
-    /// barrier on a replicated store.
+    /// failed to be acknowledged. On RocksDB, a wait for the writer's next group sync
+    /// (a write of the group in hand is visible before it is synced); a replication
+    /// barrier on a replicated store; a no-op in memory.
     fn sync(&self, txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Every token of one transaction with its place in the tree (parent, issue time),

@@ -59,4 +59,4 @@ pub use memory::MemoryStore;
 pub use redis::{
     FeedCursor, FeedRead, RedisAuth, RedisOptions, RedisStore, RedisTls, redact as redact_node_url,
 };
-pub use rocks::{Durability, HotTierStats, RocksStore, SizeEstimates, StoreOptions};
+pub use rocks::{Durability, HotTierStats, RocksStore, SizeEstimates, StoreOptions, WriterStats};

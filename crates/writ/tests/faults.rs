@@ -1,9 +1,14 @@
-//! A Writ node killed during load (issue 14): three `writ serve` processes on one private
-//! six-node Redis Cluster, clients of each sending Mint, Downscope, Validate and Revoke
-//! through their own node only; one process is killed with SIGKILL mid-way. The clients
-//! of the other two nodes must see no error at all, and every token acknowledged through
-//! any node (the killed one included) must afterwards validate, or be revoked, through
-//! the others. Prints its figures (`--nocapture`).
+//! Writ nodes killed during load, clients sending Mint, Downscope, Validate and Revoke
+//! meanwhile; prints its figures (`--nocapture`).
+//!
+//! - Issue 14: three `writ serve` processes on one private six-node Redis Cluster, each
+//!   client through its own node only; one process is killed with SIGKILL mid-way. The
+//!   clients of the other two nodes must see no error at all, and every token acknowledged
+//!   through any node (the killed one included) must afterwards validate, or be revoked,
+//!   through the others.
+//! - Issue 15: one node on RocksDB, whose writer group-commits the writes of many clients,
+//!   killed with SIGKILL mid-way and started again on its data directory: every token it
+//!   acknowledged validates, or is revoked if its revocation was acknowledged.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -73,6 +78,7 @@ impl Drop for Cluster {
 struct Node {
     child: Option<Child>,
     port: u16,
+    ops_port: u16,
     data_dir: PathBuf,
     log: PathBuf,
 }
@@ -85,9 +91,10 @@ fn free_port() -> u16 {
 }
 
 impl Node {
-    /// Starts a node over `data_dir`, with a copy of `keys_of`'s server key ring when given
-    /// (every node of a trust domain shares it).
-    fn start(tmp: &Path, name: &str, nodes: &str, keys_of: Option<&Node>) -> Node {
+    /// Starts a node over `tmp/name` on the Redis Cluster `nodes` (on RocksDB there when
+    /// `None`), with a copy of `keys_of`'s server key ring when given (every node of a
+    /// trust domain shares it).
+    fn start(tmp: &Path, name: &str, nodes: Option<&str>, keys_of: Option<&Node>) -> Node {
         let data_dir = tmp.join(name);
         std::fs::create_dir_all(&data_dir).expect("the data directory");
         std::fs::set_permissions(&data_dir, std::fs::Permissions::from_mode(0o700))
@@ -100,25 +107,31 @@ impl Node {
                 .expect("chmod 600");
         }
         let config = tmp.join(format!("{name}.toml"));
+        let redis = match nodes {
+            Some(_) => "[storage.redis]\nprefix = \"faults-nodes\"\n",
+            None => "",
+        };
         std::fs::write(
             &config,
-            "[auth]\nasserted_identities = true\n[tls]\nenabled = false\n[storage.redis]\nprefix = \"faults-nodes\"\n",
+            format!("[auth]\nasserted_identities = true\n[tls]\nenabled = false\n{redis}"),
         )
         .expect("the configuration");
-        let port = free_port();
+        let (port, ops_port) = (free_port(), free_port());
         let log = tmp.join(format!("{name}.log"));
-        let child = Command::new(WRIT)
-            .arg("serve")
+        let mut command = Command::new(WRIT);
+        command.arg("serve");
+        if let Some(nodes) = nodes {
+            command.arg("--redis-nodes").arg(nodes);
+        }
+        let child = command
             .arg("--config")
             .arg(&config)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--data-dir")
             .arg(&data_dir)
-            .arg("--redis-nodes")
-            .arg(nodes)
             .env("WRIT_HTTP_LISTEN", "127.0.0.1:0")
-            .env("WRIT_OPS_LISTEN", "127.0.0.1:0")
+            .env("WRIT_OPS_LISTEN", format!("127.0.0.1:{ops_port}"))
             .env("WRIT_LOG_FORMAT", "text")
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -129,6 +142,7 @@ impl Node {
         let mut node = Node {
             child: Some(child),
             port,
+            ops_port,
             data_dir,
             log,
         };
@@ -161,6 +175,19 @@ impl Node {
 
     fn url(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A counter or gauge of the node's metrics (its ops listener, plain HTTP/1.1).
+    fn metric(&self, name: &str) -> u64 {
+        use std::io::{Read, Write};
+        let mut conn = TcpStream::connect(("127.0.0.1", self.ops_port)).expect("the ops port");
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
+            .expect("a metrics request");
+        let mut text = String::new();
+        conn.read_to_string(&mut text).expect("the metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
     }
 
     /// SIGKILL, as in a crash; returns once the process is reaped.
@@ -341,9 +368,10 @@ async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() 
     let started = Instant::now();
     let tmp = tempfile::tempdir().expect("a temporary directory");
     let cluster = Cluster::start(&tmp.path().join("redis"));
-    let a = Node::start(tmp.path(), "a", &cluster.nodes, None);
-    let b = Node::start(tmp.path(), "b", &cluster.nodes, Some(&a));
-    let mut c = Node::start(tmp.path(), "c", &cluster.nodes, Some(&a));
+    let nodes = Some(cluster.nodes.as_str());
+    let a = Node::start(tmp.path(), "a", nodes, None);
+    let b = Node::start(tmp.path(), "b", nodes, Some(&a));
+    let mut c = Node::start(tmp.path(), "c", nodes, Some(&a));
     let clients = [a.clients().await, b.clients().await, c.clients().await];
     let run = Arc::new(Run {
         ledger: Mutex::default(),
@@ -433,5 +461,100 @@ async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() 
     assert!(
         l.errors.keys().any(|(n, after, ..)| *n == 2 && *after),
         "the killed node's clients saw no error: was it killed?"
+    );
+}
+
+/// Issue 15: one node on RocksDB (durability `sync`), its writer group-committing the
+/// writes of 16 clients, SIGKILLed mid-load and started again on its data directory. Every
+/// token it acknowledged must validate, or answer revoked if its revocation was
+/// acknowledged (either, if a revocation was in flight); writes in flight at the kill
+/// may be lost, never an acknowledged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_killed_between_group_commits_loses_nothing_it_acknowledged() {
+    let started = Instant::now();
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let mut node = Node::start(tmp.path(), "rocks", None, None);
+    let clients = node.clients().await;
+    let run = Arc::new(Run {
+        ledger: Mutex::default(),
+        stop: AtomicBool::new(false),
+        killed: AtomicBool::new(false),
+    });
+    let tasks: Vec<_> = (0..16)
+        .map(|_| tokio::spawn(load(run.clone(), 0, clients.clone())))
+        .collect();
+    wait_rounds(&run, &[0], 200).await;
+    let (groups, jobs) = (
+        node.metric("writ_store_writer_groups_total"),
+        node.metric("writ_store_writer_jobs_total"),
+    );
+    run.killed.store(true, Ordering::SeqCst);
+    node.kill();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    run.stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        t.await.expect("a load task panicked");
+    }
+
+    let node = Node::start(tmp.path(), "rocks", None, None);
+    let after = node.clients().await;
+    let mut lost = Vec::new();
+    let count = run.ledger().tokens.len();
+    for i in 0..count {
+        let (secret, holder, revoked, maybe) = {
+            let l = run.ledger();
+            let t = &l.tokens[i];
+            (t.secret.clone(), t.holder, t.revoked, t.maybe_revoked)
+        };
+        let mut client = match holder {
+            "planner" => after.planner.clone(),
+            _ => after.payments.clone(),
+        };
+        let v = client
+            .validate(pb::ValidateRequest {
+                token: secret,
+                ..Default::default()
+            })
+            .await
+            .unwrap_or_else(|e| panic!("validating after the restart: {e}"));
+        let reason = pb::InactiveReason::try_from(v.inactive_reason).ok();
+        let fine = match (v.active, reason) {
+            (true, _) => !revoked,
+            (false, Some(pb::InactiveReason::Revoked)) => revoked || maybe,
+            _ => false,
+        };
+        if !fine {
+            lost.push(format!(
+                "token {i} (revoked {revoked}, maybe {maybe}): {v:?}"
+            ));
+        }
+    }
+    let l = run.ledger();
+    eprintln!("== a RocksDB node killed between group commits");
+    eprintln!("rounds run: {}", l.rounds[0]);
+    eprintln!("operations acknowledged: {:?}", l.acked);
+    eprintln!("errors (after the kill, op, code): {:?}", l.errors);
+    eprintln!(
+        "writer before the kill: {jobs} jobs in {groups} groups ({:.1} per sync)",
+        jobs as f64 / groups.max(1) as f64
+    );
+    eprintln!(
+        "tokens checked after the restart: {count}; lost or contradicted: {} {lost:?}",
+        lost.len()
+    );
+    eprintln!("wall time: {:?}", started.elapsed());
+    assert!(
+        lost.is_empty(),
+        "acknowledged tokens lost or wrong: {lost:?}\n{}",
+        node.log()
+    );
+    assert!(count > 0 && groups > 0, "nothing was acknowledged");
+    assert!(
+        jobs > groups,
+        "no sync answered more than one write ({jobs} jobs, {groups} groups): no group commit"
+    );
+    assert!(
+        l.errors.keys().any(|(_, after, ..)| *after),
+        "no request failed at the kill: was it killed mid-load?"
     );
 }

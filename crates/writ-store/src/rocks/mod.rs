@@ -1,24 +1,25 @@
 //! [`RocksStore`]: the embedded, durable [`TokenStore`], on RocksDB.
 //!
 //! One column family per key space (see `keys`). Every engine call is blocking, so
-//! each runs on Tokio's blocking pool and never stalls an async worker; only point
-//! reads that memtable and block cache can answer (Validate's, and the record read a
-//! mutation starts with) run on the calling thread. The pool is also where group commit
-//! comes from: concurrent writers block in RocksDB's write thread, which batches them
-//! into one WAL write and one fsync.
+//! none runs on an async worker but point reads that memtable and block cache can
+//! answer (Validate's, the record read a mutation starts with, a retry's lookup). The
+//! writes a request waits on (insert, insert_child, revoke, a spent use) run on the
+//! store's one writer thread (`writer`), which group-commits them: one WAL sync per
+//! group of whatever arrived meanwhile. Everything else runs on Tokio's blocking pool,
+//! where concurrent synced writes share fsyncs through RocksDB's own write group.
 //!
 //! State mutations read, check and write under a lock striped by transaction id (every
 //! token of a call tree shares its transaction), each in one `WriteBatch`. So a child
 //! derived while an ancestor is being revoked is either inserted before the revocation
 //! walks the `children` index (and revoked with the subtree) or sees its parent revoked
 //! and is refused. The stripe is an async mutex, awaited *before* the hand-off to the
-//! blocking pool; its owned guard moves into the blocking task and is dropped after the
-//! write. A waiter therefore holds no pool thread: however many mutations of one
-//! transaction queue up, the pool stays free for every other call. A mutation that names
-//! a token first reads its (immutable) record to learn the transaction, then re-checks
-//! under the lock that it still exists. Token-id uniqueness across transactions is kept
-//! by a second, short lock striped by id, taken in the blocking task after the
-//! transaction's.
+//! writer or the blocking pool; its owned guard moves with the work and is dropped once
+//! the write is synced. A waiter therefore holds no thread: however many mutations of one
+//! transaction queue up, the rest of the store goes on. A mutation that names a token
+//! first reads its (immutable) record to learn the transaction, then re-checks under the
+//! lock that it still exists. Token-id uniqueness across transactions is kept by a
+//! second, short lock striped by id, taken after the transaction's around the id's check
+//! and the write.
 //!
 //! [`TokenStore::revoke_party`] (the kill switch) walks the party's `party_txns` entries a
 //! page at a time and revokes in each transaction under that transaction's lock, like
@@ -42,14 +43,17 @@
 //!
 //! Durability rests on the write-ahead log, which is never disabled: an acknowledged
 //! insert is in the WAL (and, with [`Durability::Sync`], on disk), and RocksDB replays
-//! the WAL on the next open.
+//! the WAL on the next open. A write of the writer's group in hand is visible before its
+//! sync, but nothing is answered on the strength of it until then (see `writer`; reads
+//! that answer for a write call [`TokenStore::sync`]).
 //!
 //! Layout, by concern: this file opens the store (column families, options, the lock
-//! stripes, the blocking-pool hand-off) and implements [`TokenStore`] by calling the
-//! blocking functions of `schema` (version check and upgrades), `tokens` (records,
-//! states, children, uses, reads from memory), `revoke` (subtrees and the kill switch),
-//! `cleanup` (expired tokens, statistics), `listing` (transactions), `audit` (the trail)
-//! and `consent` (consent requests). Key bytes are `keys`' alone; record bytes `codec`'s.
+//! stripes, the hand-offs) and implements [`TokenStore`] by calling the blocking
+//! functions of `schema` (version check and upgrades), `tokens` (records, states,
+//! children, uses, reads from memory), `revoke` (subtrees and the kill switch), `cleanup`
+//! (expired tokens, statistics), `listing` (transactions), `audit` (the trail) and
+//! `consent` (consent requests); `writer` runs the writes a request waits on and `hot`
+//! holds what Validate reads. Key bytes are `keys`' alone; record bytes `codec`'s.
 
 use crate::api::{
     ConsentInsert, ConsentPage, ConsentQuery, EventIssuer, MAX_OPEN_CONSENTS_PER_TXN, MAX_TXN_SCAN,
@@ -89,6 +93,7 @@ mod schema;
 #[cfg(test)]
 mod tests;
 mod tokens;
+mod writer;
 
 use audit::*;
 use cleanup::*;
@@ -99,6 +104,8 @@ use listing::*;
 use revoke::*;
 use schema::*;
 use tokens::*;
+use writer::Writer;
+pub use writer::WriterStats;
 
 /// When an insert is acknowledged relative to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,6 +171,9 @@ struct Inner {
     stripe_hasher: RandomState,
     /// Validate's reads from memory; every state write under a transaction's lock tells it.
     hot: HotTier,
+    /// The thread that runs and group-commits the writes a request waits on
+    /// ([`RocksStore::committed`]).
+    writer: Writer,
 }
 
 impl Drop for Inner {
@@ -332,7 +342,7 @@ impl RocksStore {
         }
         tracing::info!(path = %path.display(), durability = ?opts.durability, "token store open");
         Ok(RocksStore {
-            inner: Arc::new(Inner {
+            inner: Arc::new_cyclic(|store| Inner {
                 db,
                 durability: opts.durability,
                 path: path.to_owned(),
@@ -345,6 +355,7 @@ impl RocksStore {
                     usize::try_from(opts.hot_tier_mib.saturating_mul(1 << 20))
                         .unwrap_or(usize::MAX),
                 ),
+                writer: Writer::start(store.clone()),
             }),
         })
     }
@@ -390,6 +401,26 @@ impl RocksStore {
         }
     }
 
+    /// Runs `f` on the writer thread (see `writer`) holding `txn`'s lock stripe, awaited
+    /// here as in [`locked`](Self::locked). `f` writes with the options it is given (no
+    /// sync of its own); it is answered, and the lock released, once the group it ran in
+    /// is synced per the store's durability.
+    fn committed<T, F>(
+        &self,
+        txn: TxnId,
+        f: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &WriteOptions) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        async move {
+            let guard = inner.txn_lock(txn).lock_owned().await;
+            inner.writer.submit(Some(guard), f).await
+        }
+    }
+
     /// A token's record: read on the calling thread when memtable and block cache hold
     /// it, else on the blocking pool. Records never change, so a mutation reads one
     /// before taking its transaction's lock (and re-checks under the lock that it still
@@ -410,6 +441,11 @@ impl RocksStore {
                 None => slow.await,
             }
         }
+    }
+
+    /// How the writer has grouped the writes a request waits on (metrics).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
     }
 
     /// What the hot tier holds and how it has served (metrics).
@@ -502,20 +538,26 @@ impl TokenStore for RocksStore {
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let txn = record.txn;
-        self.locked(txn, move |inner| insert_blocking(inner, &record, &event))
+        self.committed(txn, move |inner, opts| {
+            insert_blocking(inner, &record, &event, opts)
+        })
     }
 
+    /// As [`record`](Self::record) reads: a retried Mint or Downscope looks up the ids its
+    /// key derives (almost always absent: memtable and bloom filters answer, no hand-off).
     fn get(
         &self,
         id: TokenId,
     ) -> impl Future<Output = Result<Option<TokenRecord>, StoreError>> + Send {
-        self.blocking(move |inner| get_blocking(inner, id))
+        let record = self.record(id);
+        async move { Ok(record.await?.map(Arc::unwrap_or_clone)) }
     }
 
     fn sync(&self, _txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send {
-        // A read sees a write only once it is in the WAL, synced per the durability the
-        // operator chose: what was read is as durable as what was acknowledged.
-        std::future::ready(Ok(()))
+        // A read may see a write of the writer's current group before its sync: answered
+        // after the next group's sync, which covers it. (Writes off the writer are synced
+        // before they are visible.)
+        self.inner.writer.sync()
     }
 
     fn txn_tree(
@@ -569,8 +611,8 @@ impl TokenStore for RocksStore {
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let txn = record.txn;
-        self.locked(txn, move |inner| {
-            insert_child_blocking(inner, &record, max_children, &event)
+        self.committed(txn, move |inner, opts| {
+            insert_child_blocking(inner, &record, max_children, &event, opts)
         })
     }
 
@@ -589,8 +631,8 @@ impl TokenStore for RocksStore {
                 RevokeTarget::Txn(txn) => txn,
             };
             store
-                .locked(txn, move |inner| {
-                    revoke_blocking(inner, target, &by, &reason, event)
+                .committed(txn, move |inner, opts| {
+                    revoke_blocking(inner, target, &by, &reason, event, opts)
                 })
                 .await
         }
@@ -681,8 +723,8 @@ impl TokenStore for RocksStore {
                 }
                 Some(max) => {
                     store
-                        .locked(record.txn, move |inner| {
-                            consume_limited_blocking(inner, id, max, event.as_ref())
+                        .committed(record.txn, move |inner, opts| {
+                            consume_limited_blocking(inner, id, max, event.as_ref(), opts)
                         })
                         .await
                 }

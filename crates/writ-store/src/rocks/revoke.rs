@@ -3,14 +3,15 @@
 
 use super::*;
 
-/// Under the lock of `target`'s transaction ([`RocksStore::locked`]). Writes nothing
-/// (no state, no event) when nothing is newly revoked.
+/// On the writer, under the lock of `target`'s transaction ([`RocksStore::committed`]).
+/// Writes nothing (no state, no event) when nothing is newly revoked.
 pub(super) fn revoke_blocking(
     inner: &Inner,
     target: RevokeTarget,
     by: &Actor,
     reason: &str,
     event: EventId,
+    opts: &WriteOptions,
 ) -> Result<Revoked, StoreError> {
     let at = event.at();
     // (token, cause) pairs, in walk order.
@@ -58,7 +59,7 @@ pub(super) fn revoke_blocking(
     }
     let any = get_blocking(inner, first)?.ok_or_else(|| corrupt("indexed token has no record"))?;
     let event = Event::revoked(event, &any, target.token(), by, reason, states.len());
-    write_revocation(inner, &states, &event)?;
+    write_revocation(inner, &states, &event, opts)?;
     Ok(Revoked {
         ids: states.into_iter().map(|(id, _)| id).collect(),
         event: Some(event),
@@ -71,6 +72,7 @@ pub(super) fn write_revocation(
     inner: &Inner,
     states: &[(TokenId, TokenState)],
     event: &Event,
+    opts: &WriteOptions,
 ) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     for (id, state) in states {
@@ -78,7 +80,7 @@ pub(super) fn write_revocation(
     }
     put_event(&inner.db, &mut batch, event)?;
     let changed: Vec<(TokenId, &TokenState)> = states.iter().map(|(id, s)| (*id, s)).collect();
-    write_with_states(inner, batch, &inner.write_opts(), &changed)
+    write_with_states(inner, batch, opts, &changed)
 }
 
 /// Transactions of a party's walk in hand at once, each under its own lock: their synced
@@ -141,7 +143,7 @@ pub(super) fn revoke_party_blocking(
         &job.by,
         &job.reason,
         &*job.events,
-        |states, event| write_revocation(inner, states, event),
+        |states, event| write_revocation(inner, states, event, &inner.write_opts()),
     )
 }
 

@@ -1484,3 +1484,130 @@ async fn no_read_after_an_acknowledged_change_sees_the_state_before_it() {
         assert_eq!(from_tier, from_db, "token {i}");
     }
 }
+
+/// `count` transactions from `from` on, each on a lock stripe of its own, so their
+/// writes can all be queued at once.
+fn txns_on_distinct_stripes(store: &RocksStore, from: u64, count: usize) -> Vec<TxnId> {
+    let mut stripes = BTreeSet::new();
+    (from..)
+        .map(txn)
+        .filter(|t| stripes.insert(store.inner.txn_stripe(*t)))
+        .take(count)
+        .collect()
+}
+
+/// Waits until `n` jobs are queued for the writer (it is held: none is taken).
+async fn queued(store: &RocksStore, n: usize) {
+    for _ in 0..10_000 {
+        if store.inner.writer.queued() >= n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    panic!(
+        "{n} jobs were never queued ({} are)",
+        store.inner.writer.queued()
+    );
+}
+
+/// Writes that arrive while the writer is busy run in one group behind it and are
+/// answered by one sync of the WAL, and every one of them lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_queued_meanwhile_share_one_sync() {
+    const WRITES: usize = 64;
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, Durability::Sync);
+    let txns = txns_on_distinct_stripes(&store, 700, WRITES);
+    let release = store.inner.writer.hold().await;
+    let before = store.writer_stats();
+    let mut tasks = JoinSet::new();
+    for (i, t) in txns.into_iter().enumerate() {
+        let (store, id) = (store.clone(), tid(700 + i as u32));
+        tasks.spawn(async move { store.put(record(t, id, None)).await });
+    }
+    queued(&store, WRITES).await;
+    drop(release);
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap().unwrap();
+    }
+    let after = store.writer_stats();
+    // The holding job and the 64 behind it: one group, one sync.
+    assert_eq!(after.groups - before.groups, 1, "{before:?} → {after:?}");
+    assert_eq!(after.jobs - before.jobs, WRITES as u64 + 1);
+    for i in 0..WRITES {
+        assert!(store.get(tid(700 + i as u32)).await.unwrap().is_some());
+    }
+}
+
+/// A failed sync fails its whole group and every later write, which is not even run; a
+/// read that waits for durability fails too. A restart (reopening) writes again.
+#[tokio::test]
+async fn a_failed_sync_refuses_every_write_until_a_restart() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, Durability::Sync);
+    store.put(record(txn(801), tid(801), None)).await.unwrap();
+    store.inner.writer.fail_next_sync();
+    let failed = store.put(record(txn(802), tid(802), None)).await;
+    assert!(
+        matches!(&failed, Err(StoreError::Backend(m)) if m.contains("injected")),
+        "{failed:?}"
+    );
+    let refused = store.put(record(txn(803), tid(803), None)).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Backend(m)) if m.contains("until a restart")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        store.get(tid(803)).await.unwrap(),
+        None,
+        "a refused job ran"
+    );
+    assert!(store.sync(txn(801)).await.is_err());
+    drop(store);
+    let store = open(&dir, Durability::Sync);
+    store.put(record(txn(803), tid(803), None)).await.unwrap();
+    assert!(store.get(tid(801)).await.unwrap().is_some());
+}
+
+/// `sync` is answered only after the writer's current group is synced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_waits_for_the_group_in_hand() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, Durability::Sync);
+    let release = store.inner.writer.hold().await;
+    let s = store.clone();
+    let synced = tokio::spawn(async move { s.sync(txn(1)).await });
+    queued(&store, 1).await;
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(
+        !synced.is_finished(),
+        "sync answered while the writer was held"
+    );
+    drop(release);
+    synced.await.unwrap().unwrap();
+}
+
+/// A write whose caller goes away once it is queued still runs to the end, and holds its
+/// transaction's lock until it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_write_lands_although_its_caller_went_away() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, Durability::Sync);
+    let release = store.inner.writer.hold().await;
+    let mut put = Box::pin(store.put(record(txn(901), tid(901), None)));
+    tokio::select! {
+        _ = &mut put => panic!("answered while the writer was held"),
+        () = queued(&store, 1) => {}
+    }
+    drop(put);
+    let s = store.clone();
+    let lock = tokio::spawn(async move { drop(s.hold_txn(txn(901)).await) });
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    assert!(
+        !lock.is_finished(),
+        "the transaction's lock was free before the write ran"
+    );
+    drop(release);
+    lock.await.unwrap();
+    assert!(store.get(tid(901)).await.unwrap().is_some());
+}

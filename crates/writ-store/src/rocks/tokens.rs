@@ -36,11 +36,12 @@ pub(super) fn index_txn(
     Ok(())
 }
 
-/// Under the transaction's lock ([`RocksStore::locked`]).
+/// On the writer, under the transaction's lock ([`RocksStore::committed`]).
 pub(super) fn insert_blocking(
     inner: &Inner,
     record: &TokenRecord,
     event: &Event,
+    opts: &WriteOptions,
 ) -> Result<(), StoreError> {
     let db = &inner.db;
     let tokens = cf(db, keys::CF_TOKENS)?;
@@ -53,7 +54,7 @@ pub(super) fn insert_blocking(
     if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
         return Err(StoreError::Conflict);
     }
-    db.write_opt(batch, &inner.write_opts()).map_err(backend)
+    db.write_opt(batch, opts).map_err(backend)
 }
 
 /// The record and its index entries, added to `batch`.
@@ -135,17 +136,18 @@ pub(super) fn state_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenS
     Ok(token_exists(inner, id)?.then(TokenState::default))
 }
 
-/// Under the transaction's lock ([`RocksStore::locked`]).
+/// On the writer, under the transaction's lock ([`RocksStore::committed`]).
 pub(super) fn insert_child_blocking(
     inner: &Inner,
     record: &TokenRecord,
     max_children: u32,
     event: &Event,
+    opts: &WriteOptions,
 ) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     put_event(&inner.db, &mut batch, event)?;
     let staged = stage_child(inner, &mut batch, record, max_children)?;
-    write_with_states(inner, batch, &inner.write_opts(), &[staged.parent_change()])
+    write_with_states(inner, batch, opts, &[staged.parent_change()])
 }
 
 /// Writes `batch`, which sets the states in `changed`, then tells the hot tier of them:
@@ -204,7 +206,13 @@ pub(super) fn stage_child<'a>(
     if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
     }
-    let parent = match get_blocking(inner, parent_id)? {
+    // The parent's record from the hot tier when it holds it: this runs on the writer,
+    // where every microsecond is every queued write's.
+    let parent = match inner.hot.record(&parent_id) {
+        Some(p) => Some(p),
+        None => get_blocking(inner, parent_id)?.map(Arc::new),
+    };
+    let parent = match parent {
         Some(p) if p.txn == record.txn => p,
         _ => return Err(StoreError::ParentMissing),
     };
@@ -314,12 +322,14 @@ pub(super) fn consume_unlimited_blocking(
     Ok(UseOutcome::Consumed { remaining: None })
 }
 
-/// A token with `max` uses, under its transaction's lock ([`RocksStore::locked`]).
+/// A token with `max` uses, on the writer under its transaction's lock
+/// ([`RocksStore::committed`]).
 pub(super) fn consume_limited_blocking(
     inner: &Inner,
     id: TokenId,
     max: u32,
     event: Option<&Event>,
+    opts: &WriteOptions,
 ) -> Result<UseOutcome, StoreError> {
     if !token_exists(inner, id)? {
         return Ok(UseOutcome::Unknown); // purged since its record was read
@@ -334,7 +344,7 @@ pub(super) fn consume_limited_blocking(
     if let Some(e) = event {
         put_event(&inner.db, &mut batch, e)?;
     }
-    write_with_states(inner, batch, &inner.write_opts(), &[(id, &state)])?;
+    write_with_states(inner, batch, opts, &[(id, &state)])?;
     Ok(outcome)
 }
 
