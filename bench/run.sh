@@ -77,9 +77,11 @@ fi
 # Issue 15's step, on its own: `ISSUE15=1 bash bench/run.sh`. Back to back, each at
 # c = 1, 16, 64 and 256: the empty-RPC floor, Validate with the hot tier off
 # (--hot-tier-mib 0) and on (the default), then at c = 64 decision-only and without
-# validation events, durable Mint+Downscope, the four-hop journey (mint, three
-# downscopes, a validate with the action at each hop; --depth 3) and, at c = 1, the
-# in-process EdDSA JWT verify-and-check timed in the same run (--jwt-baseline).
+# validation events, Mint+Downscope durable and buffered at c = 16 and 64, the four-hop
+# journey (mint, three downscopes, a validate with the action at each hop; --depth 3),
+# the floor and Validate open-loop at half the floor's rate at c = 64 (p99 at half of
+# peak) and, at c = 1, the in-process EdDSA JWT verify-and-check timed in the same run
+# (--jwt-baseline).
 # Results in $R15 (default results/issue15-<commit>); `bash tables.sh` reads them with
 # RESULTS=issue15-<commit>/load.
 if [[ -n "${ISSUE15:-}" ]]; then
@@ -94,11 +96,18 @@ if [[ -n "${ISSUE15:-}" ]]; then
   done
   load15 validate-decision_only-c64 --mix validate --concurrency 64 --decision-only
   load15 validate-audit_none-c64 --mix validate --concurrency 64 --audit-validations none
-  load15 chain-sync-c64 --mix chain --concurrency 64 --durability sync
+  for c in 16 64; do
+    load15 "chain-sync-c$c" --mix chain --concurrency "$c" --durability sync
+    load15 "chain-buffered-c$c" --mix chain --concurrency "$c" --durability buffered
+  done
   load15 journey-sync-c16 --mix journey --depth 3 --concurrency 16 --durability sync
+  # Open loop at half the floor's closed-loop rate at c=64: the floor, then Validate.
+  for mix in empty validate; do
+    load15 "$mix-half" --mix "$mix" --concurrency 256 --rate-from "$R15/load/empty-c64.json" --rate-fraction 0.5
+  done
   (RESULTS="${R15#results/}/load" bash tables.sh empty-c1 validate-hotoff-c1 validate-c1 empty-c16 validate-hotoff-c16 validate-c16 \
-    empty-c64 validate-hotoff-c64 validate-c64 validate-decision_only-c64 validate-audit_none-c64 chain-sync-c64 \
-    empty-c256 validate-hotoff-c256 validate-c256) | tee "$R15/load/table.md"
+    chain-sync-c16 chain-buffered-c16 empty-c64 validate-hotoff-c64 validate-c64 validate-decision_only-c64 validate-audit_none-c64 \
+    chain-sync-c64 chain-buffered-c64 empty-c256 validate-hotoff-c256 validate-c256 empty-half validate-half) | tee "$R15/load/table.md"
   echo "done: results in bench/$R15"
   exit 0
 fi
