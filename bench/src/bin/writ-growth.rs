@@ -595,6 +595,9 @@ struct TokensRow {
     disk_bytes: u64,
     disk_bytes_per_token: f64,
     probe: Probe,
+    /// With `--warm`: the sample's first reads, one at a time (before the probe).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    first_read: Option<Latency>,
 }
 
 #[derive(Serialize)]
@@ -737,13 +740,23 @@ async fn tokens(
         let load_seconds = t0.elapsed().as_secs_f64();
         let disk = report::dir_bytes(&path);
         let sample = Arc::new(reservoir.kept.clone());
-        if warm {
+        let first_read = if warm {
             // Validate every sampled token once first: the probe then measures a working
-            // set that is in the block cache, not the first read after a flush.
+            // set held in memory (the hot tier, the block cache), not the first read after
+            // a flush. Those first reads are timed too: what a token outside the working
+            // set costs at this size.
+            let mut h = report::histogram();
             for t in sample.iter() {
+                let t0 = Instant::now();
                 adapter::validate(&svc, &fixtures::hop(0), t.expose(), true).await?;
+                report::record(&mut h, nanos(t0));
             }
-        }
+            let first = Latency::of(&h);
+            eprintln!("{size:>9} tokens, first reads of the sample: {first}");
+            Some(first)
+        } else {
+            None
+        };
         let p = probe(&svc, &fixtures::hop(0), &sample, probe_n, concurrency).await?;
         eprintln!(
             "{size:>9} tokens: {}  |  {:.0} validates/s with {concurrency} tasks  |  {:.0} B/token on disk",
@@ -759,6 +772,7 @@ async fn tokens(
             disk_bytes: disk,
             disk_bytes_per_token: disk as f64 / size as f64,
             probe: p,
+            first_read,
         });
         write_tokens(
             out,

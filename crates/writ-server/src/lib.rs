@@ -458,6 +458,22 @@ fn observe(
     })
 }
 
+/// Once a second, whether the RocksDB store's writer has failed for good (a sync of its
+/// WAL failed: every write is refused until a restart); if so, the server stops being
+/// ready and live, so an orchestrator restarts it. Ends with the store.
+async fn watch_store(store: std::sync::Weak<AnyStore>, readiness: Arc<ops::Readiness>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let Some(store) = store.upgrade() else { return };
+        if store.rocks().is_some_and(|r| r.writer_stats().failed) {
+            tracing::error!("the store refuses every write until a restart: not ready, not live");
+            readiness.store_failed().await;
+            return;
+        }
+    }
+}
+
 /// Opens the data directory and store, binds, and starts serving in the background.
 pub async fn start(config: Config) -> Result<RunningServer, ServerError> {
     start_with_keepalive(config, HTTP2_KEEPALIVE_INTERVAL, HTTP2_KEEPALIVE_TIMEOUT).await
@@ -758,6 +774,7 @@ async fn start_with_keepalive(
         // Responses carry whole records; four times the request bound leaves headroom.
         .max_encoding_message_size(4 * MAX_MESSAGE_BYTES);
 
+    let watched = store.rocks().is_some().then(|| Arc::downgrade(&store));
     let cleanup = tokio::spawn(cleanup::run_with_metrics(
         store,
         cleanup::Schedule {
@@ -848,6 +865,9 @@ async fn start_with_keepalive(
         }),
     };
     readiness.serving().await;
+    if let Some(store) = watched {
+        tokio::spawn(watch_store(store, readiness.clone()));
+    }
     tracing::info!(
         addr = %local_addr,
         ops = %ops_addr.map_or_else(|| "off".to_owned(), |a| a.to_string()),

@@ -169,6 +169,7 @@ pub struct Metrics {
     hot_tier_budget: Gauge,
     writer_groups: Counter,
     writer_jobs: Counter,
+    writer_failed: Gauge,
     /// Serialises renders' catch-up of counters kept elsewhere (the hot tier's, the
     /// writer's).
     catching_up: std::sync::Mutex<()>,
@@ -320,6 +321,12 @@ impl Metrics {
             "Writes (and calls that found nothing to write) run by the store's writer",
             writer_jobs.clone(),
         );
+        let writer_failed = Gauge::default();
+        r.register(
+            "writ_store_writer_failed",
+            "1 once a sync of the store's write-ahead log failed: every write is refused until a restart (and /healthz fails)",
+            writer_failed.clone(),
+        );
         let cleanup_tokens = Counter::default();
         r.register(
             "writ_cleanup_tokens_purged",
@@ -391,6 +398,7 @@ impl Metrics {
             hot_tier_budget,
             writer_groups,
             writer_jobs,
+            writer_failed,
             catching_up: std::sync::Mutex::default(),
             cleanup_tokens,
             cleanup_events,
@@ -420,6 +428,7 @@ impl Metrics {
             set(&self.hot_tier_entries, o.hot_tier.entries);
             set(&self.hot_tier_bytes, o.hot_tier.bytes);
             set(&self.hot_tier_budget, o.hot_tier.budget);
+            set(&self.writer_failed, u64::from(o.writer.failed));
             {
                 // The tier counts on its own; its counters here catch up to it.
                 let _one = self
@@ -982,6 +991,7 @@ mod tests {
                     writer: writ_store::WriterStats {
                         groups: 4,
                         jobs: 10,
+                        failed: true,
                     },
                     audit_queue: 1,
                     disabled_by_operator: 2,
@@ -1014,6 +1024,7 @@ mod tests {
             "writ_store_hot_tier_budget_bytes 8192",
             "writ_store_writer_groups_total 4",
             "writ_store_writer_jobs_total 10",
+            "writ_store_writer_failed 1",
             "writ_audit_queue_depth 1",
             "writ_parties_disabled{source=\"operator\"} 2",
             "writ_parties_disabled{source=\"policy\"} 1",

@@ -2,7 +2,9 @@
 //! on a port of its own, in plaintext, speaking HTTP/1.1 and h2c on the one port.
 //!
 //! - `GET /metrics`: Prometheus (OpenMetrics) text, see [`crate::metrics`].
-//! - `GET /healthz`: liveness: the process answers (200 as long as it serves at all).
+//! - `GET /healthz`: liveness: 200 as long as the process serves at all, 503 once its
+//!   store has refused every write until a restart (a failed sync of RocksDB's WAL), so an
+//!   orchestrator restarts it.
 //! - `GET /readyz`: readiness: 200 while the store is open and the server is not shutting
 //!   down, 503 otherwise.
 //! - `grpc.health.v1.Health`: the same readiness for `""`, `writ.v1.TokenService` and
@@ -135,6 +137,8 @@ impl ObservabilityConfig {
 #[derive(Debug)]
 pub struct Readiness {
     ready: AtomicBool,
+    /// The store failed for good: not ready, and not live either.
+    failed: AtomicBool,
     reporter: HealthReporter,
 }
 
@@ -149,6 +153,7 @@ impl Readiness {
         }
         Arc::new(Readiness {
             ready: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
             reporter,
         })
     }
@@ -174,7 +179,19 @@ impl Readiness {
         self.set(false).await;
     }
 
+    /// The store refuses every write until a restart: not ready, and `/healthz` fails.
+    pub async fn store_failed(&self) {
+        self.failed.store(true, Ordering::SeqCst);
+        self.set(false).await;
+    }
+
+    /// Live: the store has not failed for good.
+    pub fn is_live(&self) -> bool {
+        !self.failed.load(Ordering::SeqCst)
+    }
+
     async fn set(&self, ready: bool) {
+        let ready = ready && self.is_live();
         self.ready.store(ready, Ordering::SeqCst);
         let status = if ready {
             ServingStatus::Serving
@@ -222,10 +239,19 @@ async fn scrape(State(s): State<OpsState>) -> impl IntoResponse {
     )
 }
 
-async fn healthz() -> impl IntoResponse {
+async fn healthz(State(s): State<OpsState>) -> impl IntoResponse {
+    let (status, body) = if s.readiness.is_live() {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the store refuses every write until a restart\n",
+        )
+    };
     (
+        status,
         [(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        "ok\n",
+        body,
     )
 }
 
@@ -342,7 +368,7 @@ mod tests {
     }
 
     /// Readiness starts false, rises when serving and falls at shutdown, for `/readyz`
-    /// and gRPC health alike; liveness answers throughout.
+    /// and gRPC health alike; liveness answers throughout, until the store fails for good.
     #[tokio::test]
     async fn readiness_flips_at_start_and_at_shutdown() {
         use tonic_health::pb::health_server::Health;
@@ -388,12 +414,26 @@ mod tests {
         for s in HEALTH_SERVICES {
             assert_eq!(check(s).await, not, "{s:?} at shutdown");
         }
+        // A store that failed for good: not live, and never ready again.
+        readiness.store_failed().await;
+        readiness.serving().await;
+        assert_eq!(
+            get(&mut app, "/readyz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            get(&mut app, "/healthz").await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        for s in HEALTH_SERVICES {
+            assert_eq!(check(s).await, not, "{s:?} after the store failed");
+        }
         // Every probe was counted, by route template and status.
         let (status, text) = get(&mut app, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
         assert!(
             text.contains(
-                "writ_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"503\"} 2"
+                "writ_http_requests_total{route=\"/readyz\",method=\"GET\",status=\"503\"} 3"
             ),
             "{text}"
         );

@@ -444,6 +444,8 @@ impl<S: TokenStore> Service<S> {
                 if record.idempotency != Some(retry.digest)
                     || record.trust_domain != self.trust_domain
                 {
+                    // A refusal that rests on a stored token: only once it is durable.
+                    self.store.sync(record.txn).await?;
                     return Err(ServiceError::IdempotencyReused);
                 }
                 // The earlier attempt may have failed to be acknowledged: answer only once

@@ -8,7 +8,6 @@ use crate::api::{
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use writ_core::consent::action_key;
 use writ_core::{
@@ -26,11 +25,21 @@ pub(crate) fn by(id: &str) -> Actor {
     }
 }
 
-static NEXT_EVENT: AtomicU64 = AtomicU64::new(0);
+/// Event ids handed out per millisecond (see [`event_at`]).
+static ISSUED: std::sync::Mutex<BTreeMap<u64, u64>> = std::sync::Mutex::new(BTreeMap::new());
 
-/// A fresh event id at `at`: unique within a test process (up to 1000 per millisecond).
+/// A fresh event id at `at`, later than the ids issued at `at` before it (as a server's
+/// clock issues them), so events of one millisecond list in the order they were made
+/// whatever other tests run meanwhile: counted per millisecond, not across all of them (a
+/// shared count let another test's events wrap it between two of one test's). Unique up
+/// to 1000 per millisecond in a test process.
 pub(crate) fn event_at(at: UnixMillis) -> EventId {
-    EventId(at.0 * 1000 + NEXT_EVENT.fetch_add(1, Ordering::Relaxed) % 1000)
+    let mut issued = ISSUED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let n = issued.entry(at.0).or_default();
+    *n += 1;
+    EventId(at.0 * 1000 + (*n - 1) % 1000)
 }
 
 /// Test shorthands for the token writes, with their audit events made up.

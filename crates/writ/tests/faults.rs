@@ -305,6 +305,8 @@ async fn load(run: Arc<Run>, node: usize, c: Clients) {
             ..Default::default()
         };
         let kid = run.note(node, "downscope", c.planner.clone().downscope(kid).await);
+        // The child's index, taken under the same lock as its push (other tasks push too).
+        let mut kid_index = None;
         {
             let mut l = run.ledger();
             for (secret, holder) in [(Some(root.token.clone()), "planner")]
@@ -312,6 +314,7 @@ async fn load(run: Arc<Run>, node: usize, c: Clients) {
                 .chain([(kid.as_ref().map(|k| k.token.clone()), "payments")])
             {
                 if let Some(secret) = secret {
+                    kid_index = (holder == "payments").then_some(l.tokens.len());
                     l.tokens.push(Tracked {
                         secret,
                         holder,
@@ -322,8 +325,9 @@ async fn load(run: Arc<Run>, node: usize, c: Clients) {
                 }
             }
         }
-        let Some(kid) = kid else { continue };
-        let kid_index = run.ledger().tokens.len() - 1;
+        let (Some(kid), Some(kid_index)) = (kid, kid_index) else {
+            continue;
+        };
         let check = pb::ValidateRequest {
             token: kid.token.clone(),
             ..Default::default()
@@ -468,7 +472,10 @@ async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() 
 /// writes of 16 clients, SIGKILLed mid-load and started again on its data directory. Every
 /// token it acknowledged must validate, or answer revoked if its revocation was
 /// acknowledged (either, if a revocation was in flight); writes in flight at the kill
-/// may be lost, never an acknowledged one.
+/// may be lost, never an acknowledged one. A SIGKILL keeps the page cache, so this catches
+/// an answer given before its write reached the WAL (it fails when the WAL is buffered in
+/// the process), not a missing fsync: `rocks::tests` checks that answers wait for the
+/// group's sync.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_node_killed_between_group_commits_loses_nothing_it_acknowledged() {
     let started = Instant::now();

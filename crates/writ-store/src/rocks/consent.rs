@@ -100,11 +100,12 @@ pub(super) fn open_consents_of(
     Ok(open)
 }
 
-/// Under the transaction's lock ([`RocksStore::locked`]).
+/// On the writer, under the transaction's lock ([`RocksStore::committed`]).
 pub(super) fn insert_consent_blocking(
     inner: &Inner,
     request: &ConsentRequest,
     event: &Event,
+    opts: &WriteOptions,
 ) -> Result<ConsentInsert, StoreError> {
     let db = &inner.db;
     let mut batch = WriteBatch::default();
@@ -132,7 +133,7 @@ pub(super) fn insert_consent_blocking(
             limit: MAX_OPEN_CONSENTS_PER_TXN,
         });
     }
-    db.write_opt(batch, &inner.write_opts()).map_err(backend)?;
+    db.write_opt(batch, opts).map_err(backend)?;
     Ok(ConsentInsert::Inserted)
 }
 
@@ -153,8 +154,9 @@ pub(super) fn decide_consent_blocking(
     Ok(request)
 }
 
-/// Under the transaction's lock ([`RocksStore::locked`]): the consent rule, then the
-/// child's ([`stage_child`]), then one synced write of the child, the request and the event.
+/// On the writer, under the transaction's lock ([`RocksStore::committed_with`], its group
+/// always synced): the consent rule, then the child's ([`stage_child`]), then one write of
+/// the child, the request and the event.
 pub(super) fn redeem_consent_blocking(
     inner: &Inner,
     id: ConsentId,
@@ -162,6 +164,7 @@ pub(super) fn redeem_consent_blocking(
     child: &TokenRecord,
     max_children: u32,
     event: &Event,
+    opts: &WriteOptions,
 ) -> Result<ConsentRequest, StoreError> {
     let mut request = read_consent(inner, id)?.ok_or(StoreError::NotFound)?;
     let token = child.parent.ok_or(ConsentError::WrongToken(id))?;
@@ -170,7 +173,7 @@ pub(super) fn redeem_consent_blocking(
     put_consent(inner, &mut batch, &request)?;
     put_event(&inner.db, &mut batch, event)?;
     let staged = stage_child(inner, &mut batch, child, max_children)?;
-    write_with_states(inner, batch, &synced(), &[staged.parent_change()])?;
+    write_with_states(inner, batch, opts, &[staged.parent_change()])?;
     Ok(request)
 }
 

@@ -273,6 +273,18 @@ impl HotTier {
         shard.remove(id);
     }
 
+    /// Drops everything, and fills begun before this do not land: after a write that may
+    /// not have told the tier what it changed (it panicked).
+    pub(super) fn clear(&self) {
+        for i in 0..SHARDS {
+            let mut shard = self.shard(i);
+            shard.generation += 1;
+            shard.map.clear();
+            shard.ring.clear();
+            shard.bytes = 0;
+        }
+    }
+
     pub(super) fn stats(&self) -> HotTierStats {
         let (mut entries, mut bytes) = (0, 0);
         for i in 0..SHARDS {

@@ -414,10 +414,25 @@ impl RocksStore {
         T: Send + 'static,
         F: FnOnce(&Inner, &WriteOptions) -> Result<T, StoreError> + Send + 'static,
     {
+        self.committed_with(txn, false, f)
+    }
+
+    /// [`committed`](Self::committed), its group synced whatever the store's durability
+    /// when `always_sync`.
+    fn committed_with<T, F>(
+        &self,
+        txn: TxnId,
+        always_sync: bool,
+        f: F,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
+    where
+        T: Send + 'static,
+        F: FnOnce(&Inner, &WriteOptions) -> Result<T, StoreError> + Send + 'static,
+    {
         let inner = self.inner.clone();
         async move {
             let guard = inner.txn_lock(txn).lock_owned().await;
-            inner.writer.submit(Some(guard), f).await
+            inner.writer.submit(Some(guard), always_sync, f).await
         }
     }
 
@@ -506,8 +521,8 @@ impl RocksStore {
 }
 
 /// Write options that sync the WAL whatever the store's durability: the schema version,
-/// party disablements, and consent decisions and redemptions, which the user or the agent
-/// acts on at once.
+/// party disablements, and consent decisions, which the user or the agent acts on at once
+/// (redemptions too, on the writer: `committed_with`).
 fn synced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -785,9 +800,10 @@ impl TokenStore for RocksStore {
         request: ConsentRequest,
         event: Event,
     ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
+        // On the writer: it holds an id stripe across its write, as token inserts do.
         let txn = request.txn;
-        self.locked(txn, move |inner| {
-            insert_consent_blocking(inner, &request, &event)
+        self.committed(txn, move |inner, opts| {
+            insert_consent_blocking(inner, &request, &event, opts)
         })
     }
 
@@ -836,9 +852,11 @@ impl TokenStore for RocksStore {
         async move {
             let request = store.blocking(move |inner| read_consent(inner, id)).await?;
             let txn = request.ok_or(StoreError::NotFound)?.txn;
+            // On the writer (it inserts a token), synced whatever the durability: the
+            // user and the agent act on a redemption at once.
             store
-                .locked(txn, move |inner| {
-                    redeem_consent_blocking(inner, id, &by, &child, max_children, &event)
+                .committed_with(txn, true, move |inner, opts| {
+                    redeem_consent_blocking(inner, id, &by, &child, max_children, &event, opts)
                 })
                 .await
         }

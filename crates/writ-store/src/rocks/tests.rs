@@ -1611,3 +1611,31 @@ async fn a_queued_write_lands_although_its_caller_went_away() {
     lock.await.unwrap();
     assert!(store.get(tid(901)).await.unwrap().is_some());
 }
+
+/// A job that panics is answered with an error, empties the hot tier (it may have written
+/// without telling it) and leaves the writer running.
+#[tokio::test]
+async fn a_panicking_write_empties_the_hot_tier_and_the_writer_goes_on() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, Durability::Sync);
+    store.put(record(txn(1001), tid(1001), None)).await.unwrap();
+    store.get_with_state(tid(1001)).await.unwrap().unwrap();
+    assert_eq!(store.hot_tier_stats().entries, 1);
+    let lock = store.hold_txn(txn(1001)).await;
+    let panicked = store
+        .inner
+        .writer
+        .submit(Some(lock), false, |_, _| -> Result<(), StoreError> {
+            panic!("a job panics (test)")
+        })
+        .await;
+    assert_eq!(
+        panicked,
+        Err(StoreError::Task("a store write panicked".into()))
+    );
+    assert_eq!(store.hot_tier_stats().entries, 0);
+    // Its lock was released with its group.
+    drop(store.hold_txn(txn(1001)).await);
+    store.put(record(txn(1002), tid(1002), None)).await.unwrap();
+    assert!(store.get(tid(1002)).await.unwrap().is_some());
+}

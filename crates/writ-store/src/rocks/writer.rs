@@ -43,7 +43,9 @@ type Answer = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
 struct Job {
     work: Work,
     /// The transaction's lock, released once the job is answered.
-    _lock: Option<OwnedMutexGuard<()>>,
+    lock: Option<OwnedMutexGuard<()>>,
+    /// Sync its group whatever the store's durability (consent redemptions).
+    always_sync: bool,
 }
 
 /// What the writer has done (metrics): the mean group is `jobs / groups`.
@@ -53,12 +55,15 @@ pub struct WriterStats {
     pub groups: u64,
     /// Jobs run in them (writes, and calls that found nothing to write).
     pub jobs: u64,
+    /// A sync of the WAL failed: every write is refused until a restart.
+    pub failed: bool,
 }
 
 #[derive(Default)]
 struct Counters {
     groups: AtomicU64,
     jobs: AtomicU64,
+    failed: std::sync::atomic::AtomicBool,
     /// Tests: fail the next sync as a disk would.
     #[cfg(test)]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -90,16 +95,19 @@ impl Writer {
         WriterStats {
             groups: self.counters.groups.load(Relaxed),
             jobs: self.counters.jobs.load(Relaxed),
+            failed: self.counters.failed.load(Relaxed),
         }
     }
 
     /// Runs `work` on the writer thread, holding `lock` (a transaction's) until it is
-    /// answered: after the sync of the group it ran in. `work` writes with the options it
-    /// is given (no sync of its own). Dropped before it is queued (the caller went away
-    /// while the queue was full), nothing runs; once queued, it runs to the end.
+    /// answered: after the sync of the group it ran in (made whatever the store's
+    /// durability when `always_sync`). `work` writes with the options it is given (no
+    /// sync of its own). Dropped before it is queued (the caller went away while the queue
+    /// was full), nothing runs; once queued, it runs to the end.
     pub(super) fn submit<T, F>(
         &self,
         lock: Option<OwnedMutexGuard<()>>,
+        always_sync: bool,
         work: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
     where
@@ -110,7 +118,14 @@ impl Writer {
         let job = Job {
             work: Box::new(move |run: Option<(&Inner, &WriteOptions)>| {
                 let out = match run {
-                    Some((inner, opts)) => work(inner, opts),
+                    Some((inner, opts)) => catch_unwind(AssertUnwindSafe(|| work(inner, opts)))
+                        .unwrap_or_else(|_| {
+                            // What it wrote, it wrote whole (one batch), but perhaps
+                            // without telling the hot tier: empty it.
+                            tracing::error!("a store write panicked; the hot tier is emptied");
+                            inner.hot.clear();
+                            Err(StoreError::Task("a store write panicked".into()))
+                        }),
                     None => Err(StoreError::Backend(POISONED.into())),
                 };
                 Box::new(move |synced: Result<(), StoreError>| {
@@ -118,7 +133,8 @@ impl Writer {
                     let _ = answer.send(synced.and(out));
                 })
             }),
-            _lock: lock,
+            lock,
+            always_sync,
         };
         let jobs = self.jobs.clone();
         async move {
@@ -134,7 +150,7 @@ impl Writer {
     /// Returns once every write the writer ran before the call is synced (per the store's
     /// durability): for an answer read rather than written.
     pub(super) fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        self.submit(None, |_, _| Ok(()))
+        self.submit(None, false, |_, _| Ok(()))
     }
 }
 
@@ -152,25 +168,33 @@ fn run(mut queue: mpsc::Receiver<Job>, store: Weak<Inner>, counters: &Counters) 
             return; // closed while a job was queued: its caller hears the writer stopped
         };
         let mut next = Some(first);
-        while let Some(Job { work, _lock: lock }) = next.take() {
+        let mut sync = inner.durability == Durability::Sync;
+        while let Some(job) = next.take() {
             let run = (!poisoned).then_some((&*inner, &unsynced));
-            // A job that panics drops its answer (its caller hears so) and nothing else:
-            // what it wrote, it wrote whole (one batch).
-            if let Ok(answer) = catch_unwind(AssertUnwindSafe(|| work(run))) {
-                group.push((answer, lock));
-            }
+            sync |= job.always_sync;
+            // A job catches its own work's panic (`submit`); this is only a backstop.
+            let work = job.work;
+            let answer = catch_unwind(AssertUnwindSafe(|| work(run))).unwrap_or_else(|_| {
+                inner.hot.clear();
+                Box::new(|_| ())
+            });
+            // The lock is held until the group is synced, whatever happened.
+            group.push((answer, job.lock));
             if group.len() < MAX_GROUP {
                 next = queue.try_recv().ok();
             }
         }
-        let synced = match inner.durability {
-            _ if poisoned => Err(StoreError::Backend(POISONED.into())),
-            Durability::Buffered => Ok(()),
-            Durability::Sync => sync_wal(&inner, counters).map_err(|e| {
+        let synced = if poisoned {
+            Err(StoreError::Backend(POISONED.into()))
+        } else if sync {
+            sync_wal(&inner, counters).map_err(|e| {
                 tracing::error!(error = %e, "syncing the write-ahead log failed: refusing every later write");
                 poisoned = true;
+                counters.failed.store(true, Relaxed);
                 StoreError::Backend(format!("syncing the write-ahead log failed: {e}"))
-            }),
+            })
+        } else {
+            Ok(())
         };
         drop(inner);
         counters.groups.fetch_add(1, Relaxed);
@@ -210,7 +234,7 @@ impl Writer {
     pub(super) async fn hold(&self) -> std::sync::mpsc::Sender<()> {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started, running) = oneshot::channel();
-        let job = self.submit(None, move |_, _| {
+        let job = self.submit(None, false, move |_, _| {
             let _ = started.send(());
             let _ = held.recv();
             Ok(())
