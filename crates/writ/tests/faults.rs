@@ -351,6 +351,42 @@ async fn load(run: Arc<Run>, node: usize, c: Clients) {
     }
 }
 
+/// Validates acknowledged token `i` through `via` by its holder: the node it was
+/// acknowledged through, and what is wrong, if anything (active though its revocation was
+/// acknowledged, or inactive for any reason but a revocation that was sent).
+async fn recheck(run: &Run, i: usize, via: &Clients) -> (usize, Option<String>) {
+    let (secret, holder, revoked, maybe, node) = {
+        let l = run.ledger();
+        let t = &l.tokens[i];
+        (
+            t.secret.clone(),
+            t.holder,
+            t.revoked,
+            t.maybe_revoked,
+            t.node,
+        )
+    };
+    let mut client = match holder {
+        "planner" => via.planner.clone(),
+        _ => via.payments.clone(),
+    };
+    let v = client
+        .validate(pb::ValidateRequest {
+            token: secret,
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("validating token {i} again: {e}"));
+    let reason = pb::InactiveReason::try_from(v.inactive_reason).ok();
+    let fine = match (v.active, reason) {
+        (true, _) => !revoked,
+        (false, Some(pb::InactiveReason::Revoked)) => revoked || maybe,
+        _ => false,
+    };
+    let problem = (!fine).then(|| format!("token {i} (revoked {revoked}, maybe {maybe}): {v:?}"));
+    (node, problem)
+}
+
 async fn wait_rounds(run: &Run, nodes: &[usize], more: usize) {
     let sum = |run: &Run| {
         let l = run.ledger();
@@ -401,45 +437,13 @@ async fn a_writ_node_killed_during_load_costs_the_other_nodes_clients_nothing() 
     // Every acknowledged token, through the surviving nodes in turn.
     let survivors = [&clients[0], &clients[1]];
     let mut lost = Vec::new();
-    let (count, mut checked, mut by_c) = (run.ledger().tokens.len(), 0, 0);
+    let (count, mut by_c) = (run.ledger().tokens.len(), 0);
     for i in 0..count {
-        let (secret, holder, revoked, maybe, node) = {
-            let l = run.ledger();
-            let t = &l.tokens[i];
-            (
-                t.secret.clone(),
-                t.holder,
-                t.revoked,
-                t.maybe_revoked,
-                t.node,
-            )
-        };
-        let via = survivors[i % 2];
-        let mut client = match holder {
-            "planner" => via.planner.clone(),
-            _ => via.payments.clone(),
-        };
-        let v = client
-            .validate(pb::ValidateRequest {
-                token: secret,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("validating through a surviving node: {e}"));
-        checked += 1;
+        let (node, problem) = recheck(&run, i, survivors[i % 2]).await;
         by_c += usize::from(node == 2);
-        let reason = pb::InactiveReason::try_from(v.inactive_reason).ok();
-        let fine = match (v.active, reason) {
-            (true, _) => !revoked,
-            (false, Some(pb::InactiveReason::Revoked)) => revoked || maybe,
-            _ => false,
-        };
-        if !fine {
-            lost.push(format!(
-                "token {i} (through node {node}, revoked {revoked}, maybe {maybe}): {v:?}"
-            ));
-        }
+        lost.extend(problem.map(|p| format!("through node {node}: {p}")));
     }
+    let checked = count;
     let l = run.ledger();
     eprintln!("== a Writ node killed during load");
     eprintln!("rounds run per node: {:?}", l.rounds);
@@ -508,33 +512,7 @@ async fn a_node_killed_between_group_commits_loses_nothing_it_acknowledged() {
     let mut lost = Vec::new();
     let count = run.ledger().tokens.len();
     for i in 0..count {
-        let (secret, holder, revoked, maybe) = {
-            let l = run.ledger();
-            let t = &l.tokens[i];
-            (t.secret.clone(), t.holder, t.revoked, t.maybe_revoked)
-        };
-        let mut client = match holder {
-            "planner" => after.planner.clone(),
-            _ => after.payments.clone(),
-        };
-        let v = client
-            .validate(pb::ValidateRequest {
-                token: secret,
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("validating after the restart: {e}"));
-        let reason = pb::InactiveReason::try_from(v.inactive_reason).ok();
-        let fine = match (v.active, reason) {
-            (true, _) => !revoked,
-            (false, Some(pb::InactiveReason::Revoked)) => revoked || maybe,
-            _ => false,
-        };
-        if !fine {
-            lost.push(format!(
-                "token {i} (revoked {revoked}, maybe {maybe}): {v:?}"
-            ));
-        }
+        lost.extend(recheck(&run, i, &after).await.1);
     }
     let l = run.ledger();
     eprintln!("== a RocksDB node killed between group commits");

@@ -1,5 +1,6 @@
 //! The store's one writer thread: group commit in user space for the writes a request
-//! waits on (Mint, Downscope, revocation, a spent use).
+//! waits on (Mint, Downscope, revocation, a spent use; consent requests and redemptions,
+//! which hold a token-id stripe across their write as inserts do).
 //!
 //! Each of those is a read-check-write under its transaction's lock. Handed to a
 //! blocking-pool thread each, they then queued in RocksDB's write group for a leader to
@@ -20,7 +21,10 @@
 //! after.
 //!
 //! A failed sync poisons the writer: every later job is refused until a restart, because a
-//! later fsync can succeed although the pages the failed one held were dropped.
+//! later fsync can succeed although the pages the failed one held were dropped
+//! ([`WriterStats::failed`] tells the server, which stops being ready and live). A job
+//! that panics is answered with an error after its group, like the others, and empties
+//! the hot tier (it may have written without telling it).
 
 use super::{Durability, Inner};
 use crate::api::StoreError;
@@ -51,7 +55,8 @@ struct Job {
 /// What the writer has done (metrics): the mean group is `jobs / groups`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WriterStats {
-    /// Groups run, each ended by one sync of the WAL (none when durability is buffered).
+    /// Groups run, each ended by one sync of the WAL (none when durability is buffered and
+    /// no job of the group asked for one).
     pub groups: u64,
     /// Jobs run in them (writes, and calls that found nothing to write).
     pub jobs: u64,
