@@ -783,9 +783,12 @@ async fn loading_the_functions_again_keeps_what_other_versions_run() {
         .await;
     load_functions(&mut conn).await.unwrap();
     load_functions(&mut conn).await.unwrap();
+    // With a key, so the call goes to the master of its slot: a keyless one goes to a
+    // random node, and a replica refuses a function not flagged read-only.
     let seven: i64 = redis::cmd("FCALL")
         .arg("writ_ping_v0test")
-        .arg(0)
+        .arg(1)
+        .arg("writ-test-ping")
         .query_async(&mut conn)
         .await
         .unwrap();
