@@ -3,10 +3,11 @@
 //! One column family per key space (see `keys`). Every engine call is blocking, so
 //! none runs on an async worker but point reads that memtable and block cache can
 //! answer (Validate's, the record read a mutation starts with, a retry's lookup). The
-//! writes a request waits on (insert, insert_child, revoke, a spent use) run on the
-//! store's one writer thread (`writer`), which group-commits them: one WAL sync per
-//! group of whatever arrived meanwhile. Everything else runs on Tokio's blocking pool,
-//! where concurrent synced writes share fsyncs through RocksDB's own write group.
+//! writes a request waits on (insert, insert_child, revoke, a spent use, a consent
+//! request or redemption) run on the store's one writer thread (`writer`), which
+//! group-commits them: one WAL sync per group of whatever arrived meanwhile. Everything
+//! else runs on Tokio's blocking pool, where concurrent synced writes share fsyncs
+//! through RocksDB's own write group.
 //!
 //! State mutations read, check and write under a lock striped by transaction id (every
 //! token of a call tree shares its transaction), each in one `WriteBatch`. So a child
