@@ -458,19 +458,16 @@ fn observe(
     })
 }
 
-/// Once a second, whether the RocksDB store's writer has failed for good (a sync of its
-/// WAL failed: every write is refused until a restart); if so, the server stops being
-/// ready and live, so an orchestrator restarts it. Ends with the store.
-async fn watch_store(store: std::sync::Weak<AnyStore>, readiness: Arc<ops::Readiness>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tick.tick().await;
-        let Some(store) = store.upgrade() else { return };
-        if store.rocks().is_some_and(|r| r.writer_stats().failed) {
-            tracing::error!("the store refuses every write until a restart: not ready, not live");
-            readiness.store_failed().await;
-            return;
-        }
+/// Waits for the RocksDB store's writer to fail for good (a sync of its WAL failed: every
+/// write is refused until a restart); then the server stops being ready and live, so an
+/// orchestrator restarts it. Ends with the store (the channel closes).
+async fn watch_store(
+    mut failed: tokio::sync::watch::Receiver<bool>,
+    readiness: Arc<ops::Readiness>,
+) {
+    if failed.wait_for(|failed| *failed).await.is_ok() {
+        tracing::error!("the store refuses every write until a restart: not ready, not live");
+        readiness.store_failed().await;
     }
 }
 
@@ -774,7 +771,7 @@ async fn start_with_keepalive(
         // Responses carry whole records; four times the request bound leaves headroom.
         .max_encoding_message_size(4 * MAX_MESSAGE_BYTES);
 
-    let watched = store.rocks().is_some().then(|| Arc::downgrade(&store));
+    let watched = store.rocks().map(RocksStore::writer_failed);
     let cleanup = tokio::spawn(cleanup::run_with_metrics(
         store,
         cleanup::Schedule {
@@ -865,8 +862,8 @@ async fn start_with_keepalive(
         }),
     };
     readiness.serving().await;
-    if let Some(store) = watched {
-        tokio::spawn(watch_store(store, readiness.clone()));
+    if let Some(failed) = watched {
+        tokio::spawn(watch_store(failed, readiness.clone()));
     }
     tracing::info!(
         addr = %local_addr,
@@ -911,6 +908,27 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             ..Default::default()
         }
+    }
+
+    /// A store whose writer fails takes the server out of readiness and liveness; one
+    /// that closes without failing leaves them alone.
+    #[tokio::test]
+    async fn a_failed_store_makes_the_server_unready_and_not_live() {
+        let readiness = ops::Readiness::new().await;
+        readiness.serving().await;
+        let (fail, failed) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(watch_store(failed, readiness.clone()));
+        fail.send_replace(true);
+        watcher.await.unwrap();
+        assert!(!readiness.is_live() && !readiness.is_ready());
+
+        let readiness = ops::Readiness::new().await;
+        readiness.serving().await;
+        let (closed, failed) = tokio::sync::watch::channel(false);
+        let watcher = tokio::spawn(watch_store(failed, readiness.clone()));
+        drop(closed);
+        watcher.await.unwrap();
+        assert!(readiness.is_live() && readiness.is_ready());
     }
 
     #[tokio::test]

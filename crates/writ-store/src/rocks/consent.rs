@@ -154,7 +154,7 @@ pub(super) fn decide_consent_blocking(
     Ok(request)
 }
 
-/// On the writer, under the transaction's lock ([`RocksStore::committed_with`], its group
+/// On the writer, under the transaction's lock ([`RocksStore::committed`], its group
 /// always synced): the consent rule, then the child's ([`stage_child`]), then one write of
 /// the child, the request and the event.
 pub(super) fn redeem_consent_blocking(

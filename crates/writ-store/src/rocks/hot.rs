@@ -3,10 +3,11 @@
 //! decode, no copy of the record (it is shared as an `Arc`).
 //!
 //! Coherence, which is the point of this module. Records never change. A state changes
-//! only in a write made under its transaction's lock ([`RocksStore::locked`]: a
-//! revocation, a spent use, a derived child) or deleted by a purge (under the same lock);
-//! each such write tells the tier ([`HotTier::changed`] through
-//! `tokens::write_with_states`, [`HotTier::forget`]) after RocksDB has taken it and before the lock is released and the caller answered. So from
+//! only in a write made under its transaction's lock ([`RocksStore::committed`] or
+//! [`RocksStore::locked`]: a revocation, a spent use, a derived child) or deleted by a
+//! purge (under the same lock); each such write tells the tier ([`HotTier::changed`]
+//! through `tokens::write_with_states`, [`HotTier::forget`]) after RocksDB has taken it
+//! and before the lock is released and the caller answered. So from
 //! the moment a revocation is acknowledged, the tier holds the revoked state or nothing.
 //! The race left is a fill: a reader that missed, read the old state from RocksDB, and
 //! would put it in after the writer told the tier. Each shard therefore counts the
@@ -20,6 +21,7 @@
 //! out the ones read over and over.
 //!
 //! [`RocksStore::locked`]: super::RocksStore
+//! [`RocksStore::committed`]: super::RocksStore
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

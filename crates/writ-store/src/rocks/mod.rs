@@ -105,8 +105,8 @@ use listing::*;
 use revoke::*;
 use schema::*;
 use tokens::*;
-use writer::Writer;
 pub use writer::WriterStats;
+use writer::{WalSync, Writer};
 
 /// When an insert is acknowledged relative to the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -405,25 +405,11 @@ impl RocksStore {
     /// Runs `f` on the writer thread (see `writer`) holding `txn`'s lock stripe, awaited
     /// here as in [`locked`](Self::locked). `f` writes with the options it is given (no
     /// sync of its own); it is answered, and the lock released, once the group it ran in
-    /// is synced per the store's durability.
+    /// is synced as `sync` says.
     fn committed<T, F>(
         &self,
         txn: TxnId,
-        f: F,
-    ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
-    where
-        T: Send + 'static,
-        F: FnOnce(&Inner, &WriteOptions) -> Result<T, StoreError> + Send + 'static,
-    {
-        self.committed_with(txn, false, f)
-    }
-
-    /// [`committed`](Self::committed), its group synced whatever the store's durability
-    /// when `always_sync`.
-    fn committed_with<T, F>(
-        &self,
-        txn: TxnId,
-        always_sync: bool,
+        sync: WalSync,
         f: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
     where
@@ -433,7 +419,7 @@ impl RocksStore {
         let inner = self.inner.clone();
         async move {
             let guard = inner.txn_lock(txn).lock_owned().await;
-            inner.writer.submit(Some(guard), always_sync, f).await
+            inner.writer.submit(Some(guard), sync, f).await
         }
     }
 
@@ -446,7 +432,7 @@ impl RocksStore {
         id: TokenId,
     ) -> impl Future<Output = Result<Option<Arc<TokenRecord>>, StoreError>> + Send + 'static {
         let inner = self.inner.clone();
-        let slow = self.blocking(move |inner| Ok(get_blocking(inner, id)?.map(Arc::new)));
+        let slow = self.blocking(move |inner| record_blocking(inner, id));
         async move {
             if let Some(record) = inner.hot.record(&id) {
                 return Ok(Some(record));
@@ -462,6 +448,12 @@ impl RocksStore {
     /// How the writer has grouped the writes a request waits on (metrics).
     pub fn writer_stats(&self) -> WriterStats {
         self.inner.writer.stats()
+    }
+
+    /// Becomes true once a sync of the WAL fails: the store then refuses every write
+    /// until a restart. Closed when the store closes.
+    pub fn writer_failed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.inner.writer.failed()
     }
 
     /// What the hot tier holds and how it has served (metrics).
@@ -523,7 +515,7 @@ impl RocksStore {
 
 /// Write options that sync the WAL whatever the store's durability: the schema version,
 /// party disablements, and consent decisions, which the user or the agent acts on at once
-/// (redemptions too, on the writer: `committed_with`).
+/// (redemptions too, on the writer: [`WalSync::Always`]).
 fn synced() -> WriteOptions {
     let mut opts = WriteOptions::default();
     opts.set_sync(true);
@@ -554,7 +546,7 @@ impl TokenStore for RocksStore {
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let txn = record.txn;
-        self.committed(txn, move |inner, opts| {
+        self.committed(txn, WalSync::AsConfigured, move |inner, opts| {
             insert_blocking(inner, &record, &event, opts)
         })
     }
@@ -571,8 +563,8 @@ impl TokenStore for RocksStore {
 
     fn sync(&self, _txn: TxnId) -> impl Future<Output = Result<(), StoreError>> + Send {
         // A read may see a write of the writer's current group before its sync: answered
-        // after the next group's sync, which covers it. (Writes off the writer are synced
-        // before they are visible.)
+        // after the next group's sync, which covers it. (A write off the writer is visible
+        // only once RocksDB has taken it as the durability says.)
         self.inner.writer.sync()
     }
 
@@ -627,7 +619,7 @@ impl TokenStore for RocksStore {
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
         let txn = record.txn;
-        self.committed(txn, move |inner, opts| {
+        self.committed(txn, WalSync::AsConfigured, move |inner, opts| {
             insert_child_blocking(inner, &record, max_children, &event, opts)
         })
     }
@@ -647,7 +639,7 @@ impl TokenStore for RocksStore {
                 RevokeTarget::Txn(txn) => txn,
             };
             store
-                .committed(txn, move |inner, opts| {
+                .committed(txn, WalSync::AsConfigured, move |inner, opts| {
                     revoke_blocking(inner, target, &by, &reason, event, opts)
                 })
                 .await
@@ -739,7 +731,7 @@ impl TokenStore for RocksStore {
                 }
                 Some(max) => {
                     store
-                        .committed(record.txn, move |inner, opts| {
+                        .committed(record.txn, WalSync::AsConfigured, move |inner, opts| {
                             consume_limited_blocking(inner, id, max, event.as_ref(), opts)
                         })
                         .await
@@ -803,7 +795,7 @@ impl TokenStore for RocksStore {
     ) -> impl Future<Output = Result<ConsentInsert, StoreError>> + Send {
         // On the writer: it holds an id stripe across its write, as token inserts do.
         let txn = request.txn;
-        self.committed(txn, move |inner, opts| {
+        self.committed(txn, WalSync::AsConfigured, move |inner, opts| {
             insert_consent_blocking(inner, &request, &event, opts)
         })
     }
@@ -856,7 +848,7 @@ impl TokenStore for RocksStore {
             // On the writer (it inserts a token), synced whatever the durability: the
             // user and the agent act on a redemption at once.
             store
-                .committed_with(txn, true, move |inner, opts| {
+                .committed(txn, WalSync::Always, move |inner, opts| {
                     redeem_consent_blocking(inner, id, &by, &child, max_children, &event, opts)
                 })
                 .await

@@ -1563,8 +1563,11 @@ async fn a_failed_sync_refuses_every_write_until_a_restart() {
         "a refused job ran"
     );
     assert!(store.sync(txn(801)).await.is_err());
+    // The server hears it (readiness and liveness follow: writ-server's tests).
+    assert!(store.writer_stats().failed && *store.writer_failed().borrow());
     drop(store);
     let store = open(&dir, Durability::Sync);
+    assert!(!*store.writer_failed().borrow());
     store.put(record(txn(803), tid(803), None)).await.unwrap();
     assert!(store.get(tid(801)).await.unwrap().is_some());
 }
@@ -1625,9 +1628,11 @@ async fn a_panicking_write_empties_the_hot_tier_and_the_writer_goes_on() {
     let panicked = store
         .inner
         .writer
-        .submit(Some(lock), false, |_, _| -> Result<(), StoreError> {
-            panic!("a job panics (test)")
-        })
+        .submit(
+            Some(lock),
+            writer::WalSync::AsConfigured,
+            |_, _| -> Result<(), StoreError> { panic!("a job panics (test)") },
+        )
         .await;
     assert_eq!(
         panicked,

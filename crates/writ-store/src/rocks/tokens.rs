@@ -152,8 +152,9 @@ pub(super) fn insert_child_blocking(
 
 /// Writes `batch`, which sets the states in `changed`, then tells the hot tier of them:
 /// the one way a state write ends, so no writer can leave the tier behind. Under the
-/// lock of the tokens' transaction ([`RocksStore::locked`]), which is held until the
-/// caller is answered: no Validate that starts afterwards reads the states before.
+/// lock of the tokens' transaction ([`RocksStore::committed`], [`RocksStore::locked`]),
+/// which is held until the caller is answered: no Validate that starts afterwards reads
+/// the states before.
 pub(super) fn write_with_states(
     inner: &Inner,
     batch: WriteBatch,
@@ -206,13 +207,8 @@ pub(super) fn stage_child<'a>(
     if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
     }
-    // The parent's record from the hot tier when it holds it: this runs on the writer,
-    // where every microsecond is every queued write's.
-    let parent = match inner.hot.record(&parent_id) {
-        Some(p) => Some(p),
-        None => get_blocking(inner, parent_id)?.map(Arc::new),
-    };
-    let parent = match parent {
+    // On the writer, where every microsecond is every queued write's: from the tier.
+    let parent = match record_blocking(inner, parent_id)? {
         Some(p) if p.txn == record.txn => p,
         _ => return Err(StoreError::ParentMissing),
     };
@@ -346,6 +342,18 @@ pub(super) fn consume_limited_blocking(
     }
     write_with_states(inner, batch, opts, &[(id, &state)])?;
     Ok(outcome)
+}
+
+/// A token's record, shared: from the hot tier when it holds it, else read (and decoded)
+/// from RocksDB.
+pub(super) fn record_blocking(
+    inner: &Inner,
+    id: TokenId,
+) -> Result<Option<Arc<TokenRecord>>, StoreError> {
+    match inner.hot.record(&id) {
+        Some(record) => Ok(Some(record)),
+        None => Ok(get_blocking(inner, id)?.map(Arc::new)),
+    }
 }
 
 pub(super) fn get_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenRecord>, StoreError> {

@@ -22,7 +22,7 @@
 //!
 //! A failed sync poisons the writer: every later job is refused until a restart, because a
 //! later fsync can succeed although the pages the failed one held were dropped
-//! ([`WriterStats::failed`] tells the server, which stops being ready and live). A job
+//! ([`Writer::failed`] tells the server, which stops being ready and live). A job
 //! that panics is answered with an error after its group, like the others, and empties
 //! the hot tier (it may have written without telling it).
 
@@ -32,7 +32,7 @@ use rocksdb::WriteOptions;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use tokio::sync::{OwnedMutexGuard, mpsc, oneshot};
+use tokio::sync::{OwnedMutexGuard, mpsc, oneshot, watch};
 
 /// Jobs waiting for the writer before a caller waits for room.
 const QUEUE: usize = 4096;
@@ -48,8 +48,17 @@ struct Job {
     work: Work,
     /// The transaction's lock, released once the job is answered.
     lock: Option<OwnedMutexGuard<()>>,
-    /// Sync its group whatever the store's durability (consent redemptions).
-    always_sync: bool,
+    sync: WalSync,
+}
+
+/// When a job's group syncs the WAL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum WalSync {
+    /// As the store's durability says.
+    AsConfigured,
+    /// Whatever the durability (a consent redemption: the user and the agent act on it
+    /// at once).
+    Always,
 }
 
 /// What the writer has done (metrics): the mean group is `jobs / groups`.
@@ -64,11 +73,11 @@ pub struct WriterStats {
     pub failed: bool,
 }
 
-#[derive(Default)]
 struct Counters {
     groups: AtomicU64,
     jobs: AtomicU64,
-    failed: std::sync::atomic::AtomicBool,
+    /// Set once a sync failed; watched by the server ([`Writer::failed`]).
+    failed: watch::Sender<bool>,
     /// Tests: fail the next sync as a disk would.
     #[cfg(test)]
     fail_next_sync: std::sync::atomic::AtomicBool,
@@ -87,7 +96,13 @@ impl Writer {
     /// closes the database at once.
     pub(super) fn start(store: Weak<Inner>) -> Writer {
         let (jobs, queue) = mpsc::channel(QUEUE);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters {
+            groups: AtomicU64::new(0),
+            jobs: AtomicU64::new(0),
+            failed: watch::Sender::new(false),
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+        });
         let shared = counters.clone();
         std::thread::Builder::new()
             .name("writ-store-writer".into())
@@ -100,19 +115,24 @@ impl Writer {
         WriterStats {
             groups: self.counters.groups.load(Relaxed),
             jobs: self.counters.jobs.load(Relaxed),
-            failed: self.counters.failed.load(Relaxed),
+            failed: *self.counters.failed.borrow(),
         }
     }
 
+    /// Becomes true once a sync fails (every write is refused from then on until a
+    /// restart); closed when the writer stops.
+    pub(super) fn failed(&self) -> watch::Receiver<bool> {
+        self.counters.failed.subscribe()
+    }
+
     /// Runs `work` on the writer thread, holding `lock` (a transaction's) until it is
-    /// answered: after the sync of the group it ran in (made whatever the store's
-    /// durability when `always_sync`). `work` writes with the options it is given (no
+    /// answered: after the sync of the group it ran in (see [`WalSync`]). `work` writes with the options it is given (no
     /// sync of its own). Dropped before it is queued (the caller went away while the queue
     /// was full), nothing runs; once queued, it runs to the end.
     pub(super) fn submit<T, F>(
         &self,
         lock: Option<OwnedMutexGuard<()>>,
-        always_sync: bool,
+        sync: WalSync,
         work: F,
     ) -> impl Future<Output = Result<T, StoreError>> + Send + 'static
     where
@@ -139,7 +159,7 @@ impl Writer {
                 })
             }),
             lock,
-            always_sync,
+            sync,
         };
         let jobs = self.jobs.clone();
         async move {
@@ -155,7 +175,7 @@ impl Writer {
     /// Returns once every write the writer ran before the call is synced (per the store's
     /// durability): for an answer read rather than written.
     pub(super) fn sync(&self) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
-        self.submit(None, false, |_, _| Ok(()))
+        self.submit(None, WalSync::AsConfigured, |_, _| Ok(()))
     }
 }
 
@@ -176,7 +196,7 @@ fn run(mut queue: mpsc::Receiver<Job>, store: Weak<Inner>, counters: &Counters) 
         let mut sync = inner.durability == Durability::Sync;
         while let Some(job) = next.take() {
             let run = (!poisoned).then_some((&*inner, &unsynced));
-            sync |= job.always_sync;
+            sync |= job.sync == WalSync::Always;
             // A job catches its own work's panic (`submit`); this is only a backstop.
             let work = job.work;
             let answer = catch_unwind(AssertUnwindSafe(|| work(run))).unwrap_or_else(|_| {
@@ -195,7 +215,7 @@ fn run(mut queue: mpsc::Receiver<Job>, store: Weak<Inner>, counters: &Counters) 
             sync_wal(&inner, counters).map_err(|e| {
                 tracing::error!(error = %e, "syncing the write-ahead log failed: refusing every later write");
                 poisoned = true;
-                counters.failed.store(true, Relaxed);
+                counters.failed.send_replace(true);
                 StoreError::Backend(format!("syncing the write-ahead log failed: {e}"))
             })
         } else {
@@ -239,7 +259,7 @@ impl Writer {
     pub(super) async fn hold(&self) -> std::sync::mpsc::Sender<()> {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let (started, running) = oneshot::channel();
-        let job = self.submit(None, false, move |_, _| {
+        let job = self.submit(None, WalSync::AsConfigured, move |_, _| {
             let _ = started.send(());
             let _ = held.recv();
             Ok(())
