@@ -5,10 +5,12 @@
 //! contexts are checked against [`writ_core::limits`] and every required field is
 //! present, so handlers only ever see valid core values. Errors name the field.
 //! [`oauth`] is the same for OAuth JSON (introspection answers, Txn-Token JWT claims).
+//! [`answer`] is Validate's answer as the server writes it (its `TokenInfo` encoded once).
 //! [`compact`] is the claim syntax the command line and the policy file share.
 //! Both the server and the client link this crate; it never depends on the store.
 #![forbid(unsafe_code)]
 
+pub mod answer;
 pub mod compact;
 pub mod convert;
 pub mod oauth;

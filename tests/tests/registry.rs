@@ -285,6 +285,40 @@ async fn a_good_reload_applies_and_a_bad_one_keeps_the_policy_under_load() {
     assert!(load.await.unwrap() > 0, "the load ran");
 }
 
+/// Validate keeps a token's encoded answer, but its latent scopes follow the policy in
+/// force: a reload that stops marking a scope high-privilege shows in the very answers
+/// that were kept before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_answers_follow_a_reload_of_the_policy() {
+    let (srv, _dir, path) = server(&policy("")).await;
+    let token = srv
+        .mint(root(&["trips:read", "payments:charge"], 100))
+        .await
+        .token;
+    let mut planner = srv.svid_client("agent/planner").await;
+    for _ in 0..3 {
+        let info = assert_active(&ok(planner.validate(introspect(&token)).await, "validate"));
+        assert_eq!(info.latent_scopes, ["payments:charge"], "{info:?}");
+    }
+    let relaxed = policy("").replace("high_privilege = true\n", "");
+    assert_ne!(relaxed, policy(""), "the test edits the policy");
+    write_policy(&path, &relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = assert_active(&ok(planner.validate(introspect(&token)).await, "validate"));
+        if info.latent_scopes.is_empty() {
+            // Everything else in the answer is as it was.
+            assert_eq!(info.scopes, ["payments:charge", "trips:read"], "{info:?}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the kept answer never followed the reload: {info:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// RFC 7523 client assertions, verified with the key the policy registers for the party.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_assertions_are_verified_with_registered_keys() {

@@ -374,8 +374,19 @@ impl WritClient {
                 Safety::Once => 1,
             };
             let mut attempt = 1;
+            // Each attempt that may be retried sends a copy; the last sends `msg` itself.
+            let mut msg = Some(msg);
             loop {
-                let sent = f(client.clone(), self.request(msg.clone())?);
+                let this = if attempt < attempts {
+                    msg.clone()
+                } else {
+                    msg.take()
+                };
+                // The last attempt always ends the loop, so `msg` is there for each.
+                let Some(this) = this else {
+                    unreachable!("an attempt after the last")
+                };
+                let sent = f(client.clone(), self.request(this)?);
                 let answer = match self.timeout {
                     Some(t) => tokio::time::timeout(t, sent).await.unwrap_or_else(|_| {
                         Err(tonic::Status::deadline_exceeded(format!(

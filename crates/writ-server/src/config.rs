@@ -213,6 +213,8 @@ pub struct StorageConfig {
     /// The hot tier for Validate (decoded records with their states, kept coherent with
     /// every revocation and spent use), in MiB; 0 turns it off.
     pub hot_tier_mib: u64,
+    /// Validate's answers encoded once per token (any backend), in MiB; 0 turns it off.
+    pub answer_cache_mib: u64,
     /// Where tokens live: `rocksdb` (default, embedded in the data directory: one Writ
     /// node) or `redis` (a Redis Cluster shared by several stateless Writ nodes,
     /// `[storage.redis]`).
@@ -229,6 +231,7 @@ impl Default for StorageConfig {
             cleanup_interval_seconds: 30,
             block_cache_mib: writ_store::StoreOptions::default().block_cache_mib,
             hot_tier_mib: writ_store::StoreOptions::default().hot_tier_mib,
+            answer_cache_mib: 32,
             backend: Backend::default(),
             redis: RedisConfig::default(),
         }
@@ -729,6 +732,12 @@ impl Config {
                 self.storage.hot_tier_mib
             ));
         }
+        if self.storage.answer_cache_mib > 1 << 20 {
+            return bad(format!(
+                "storage.answer_cache_mib = {} must be in 0..=1048576",
+                self.storage.answer_cache_mib
+            ));
+        }
         if t.max_children == 0 || t.max_children > 1024 {
             return bad(format!(
                 "tokens.max_children = {} must be in 1..=1024",
@@ -1165,6 +1174,13 @@ hot_tier_mib = {setting}
             ))
             .unwrap();
             assert_eq!(c.validate().is_ok(), ok, "hot_tier_mib = {setting}");
+            let c: Config = toml::from_str(&format!(
+                "[storage]
+answer_cache_mib = {setting}
+"
+            ))
+            .unwrap();
+            assert_eq!(c.validate().is_ok(), ok, "answer_cache_mib = {setting}");
         }
     }
 }

@@ -1,14 +1,19 @@
 //! The tonic `TokenService`: identify the caller, convert the request (validating it),
 //! call the [`Service`], convert the answer. No rules live here.
+//!
+//! Validate answers through [`writ_api::answer`]'s stub, with the token's `TokenInfo`
+//! encoded once ([`Answers`]).
 
+use crate::answers::Answers;
 use crate::auth::Authenticator;
 use crate::error::ServiceError;
 use crate::service::{Inactive, Service, Validation, now, now_secs};
 use crate::signing::Signer;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
+use writ_api::answer::{self, ValidateAnswer, server::token_service_server::TokenService};
 use writ_api::convert;
-use writ_api::pb::{self, token_service_server::TokenService};
+use writ_api::pb;
 use writ_store::TokenStore;
 
 /// The gRPC face of a [`Service`].
@@ -18,15 +23,24 @@ pub struct GrpcService<S> {
     auth: Authenticator,
     /// Signs the Txn-Token JWTs Validate answers on request.
     signer: Arc<Signer>,
+    /// Validate's answers, encoded once per token.
+    answers: Arc<Answers>,
 }
 
 impl<S> GrpcService<S> {
-    /// Wraps a service; `signer` signs the Txn-Token JWTs Validate returns.
-    pub fn new(service: Arc<Service<S>>, auth: Authenticator, signer: Arc<Signer>) -> Self {
+    /// Wraps a service; `signer` signs the Txn-Token JWTs Validate returns; `answers`
+    /// keeps Validate's encoded answers.
+    pub fn new(
+        service: Arc<Service<S>>,
+        auth: Authenticator,
+        signer: Arc<Signer>,
+        answers: Arc<Answers>,
+    ) -> Self {
         GrpcService {
             service,
             auth,
             signer,
+            answers,
         }
     }
 }
@@ -36,6 +50,16 @@ impl<S: TokenStore> GrpcService<S> {
     /// force.
     fn info(&self, record: &writ_core::TokenRecord) -> pb::TokenInfo {
         convert::token_info(record, self.service.latent_scopes(record))
+    }
+
+    /// [`info`](Self::info) encoded, as Validate answers it: kept per token under the
+    /// policy it was made under.
+    fn encoded_info(&self, record: &writ_core::TokenRecord) -> prost::bytes::Bytes {
+        let policy = self.service.policy_in_force();
+        self.answers.info(record.token_id, policy.digest(), || {
+            let latent = crate::service::consent::latent_scopes(policy.registry(), record);
+            answer::encode_info(&convert::token_info(record, latent))
+        })
     }
 }
 
@@ -98,7 +122,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
     async fn validate(
         &self,
         request: Request<pb::ValidateRequest>,
-    ) -> Result<Response<pb::ValidateResponse>, Status> {
+    ) -> Result<Response<ValidateAnswer>, Status> {
         let caller = self
             .auth
             .identify(&request)
@@ -121,7 +145,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
             _ => None,
         };
         let answer = match self.service.validate(&caller, &req.token, action).await? {
-            Validation::Inactive(why) => pb::ValidateResponse {
+            Validation::Inactive(why) => ValidateAnswer {
                 inactive_reason: inactive_pb(why).into(),
                 ..Default::default()
             },
@@ -129,7 +153,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
                 record,
                 decision,
                 consent,
-            } => pb::ValidateResponse {
+            } => ValidateAnswer {
                 // Only for an active token whose action check (if any) allowed: never for
                 // a revoked, expired or exhausted one.
                 // Nor for a use-limited or action-check-only token (`jwt_refusal`): the
@@ -148,7 +172,7 @@ impl<S: TokenStore> TokenService for GrpcService<S> {
                 },
                 active: true,
                 inactive_reason: pb::InactiveReason::Unspecified.into(),
-                info: (!req.decision_only).then(|| self.info(&record)),
+                info: (!req.decision_only).then(|| self.encoded_info(&record)),
                 decision: decision.map(|d| match d {
                     Ok(()) => pb::ActionDecision {
                         allowed: true,

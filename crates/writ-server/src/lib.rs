@@ -40,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+pub mod answers;
 pub mod assertion;
 pub mod audit;
 pub mod auth;
@@ -70,8 +71,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use writ_api::answer::server::token_service_server::TokenServiceServer;
 use writ_api::pb::chain_service_server::ChainServiceServer;
-use writ_api::pb::token_service_server::TokenServiceServer;
 use writ_core::limits::MAX_MESSAGE_BYTES;
 use writ_store::{AnyStore, RedisStore, RocksStore, StoreOptions};
 
@@ -413,11 +414,14 @@ fn observe(
     audit: &Arc<audit::Audit>,
     disabled: &Arc<parties::Disabled>,
     policy: &policy::PolicyHandle,
+    answers: &Arc<answers::Answers>,
 ) -> metrics::Observe {
     let (store, audit) = (Arc::downgrade(store), Arc::downgrade(audit));
+    let answers = Arc::downgrade(answers);
     let (disabled, policy) = (disabled.clone(), policy.clone());
     Box::new(move || {
         let (store, audit) = (store.clone(), audit.clone());
+        let answered = answers.upgrade().map(|a| a.stats()).unwrap_or_default();
         let by_operator = disabled.count() as u64;
         let by_policy = policy
             .current()
@@ -450,6 +454,7 @@ fn observe(
                 store_memtable_bytes: sizes.memtable_bytes,
                 hot_tier: hot,
                 writer,
+                answers: answered,
                 audit_queue: audit.upgrade().map_or(0, |a| a.queue_depth() as u64),
                 disabled_by_operator: by_operator,
                 disabled_by_policy: by_policy,
@@ -662,7 +667,8 @@ async fn start_with_keepalive(
     });
     let service = Arc::new(service);
     signer.use_policy(policy.clone());
-    metrics.observe_with(observe(&store, &audit, &disabled, &policy));
+    let answers = Arc::new(answers::Answers::new(config.storage.answer_cache_mib << 20));
+    metrics.observe_with(observe(&store, &audit, &disabled, &policy, &answers));
     let resume = {
         let service = service.clone();
         tokio::spawn(async move { service.resume_disabled().await })
@@ -764,7 +770,7 @@ async fn start_with_keepalive(
     }))
     // Counted, timed and spanned (request id, txn, traceparent) like every gRPC request.
     .layer(metrics::http_layer(metrics.clone()));
-    let grpc = grpc::GrpcService::new(service, auth, signer.clone());
+    let grpc = grpc::GrpcService::new(service, auth, signer.clone(), answers);
 
     let svc = TokenServiceServer::new(grpc)
         .max_decoding_message_size(MAX_MESSAGE_BYTES)

@@ -135,6 +135,8 @@ pub struct Observed {
     pub hot_tier: writ_store::HotTierStats,
     /// The RocksDB store's writer (zero on other backends).
     pub writer: writ_store::WriterStats,
+    /// Validate's encoded answers.
+    pub answers: crate::answers::AnswerStats,
     /// Audit events queued for the writer.
     pub audit_queue: u64,
     /// Parties an operator disabled (the kill switch).
@@ -170,8 +172,11 @@ pub struct Metrics {
     writer_groups: Counter,
     writer_jobs: Counter,
     writer_failed: Gauge,
+    answer_reads: Family<ResultLabels, Counter>,
+    answer_bytes: Gauge,
+    answer_budget: Gauge,
     /// Serialises renders' catch-up of counters kept elsewhere (the hot tier's, the
-    /// writer's).
+    /// writer's, the encoded answers').
     catching_up: std::sync::Mutex<()>,
     cleanup_tokens: Counter,
     cleanup_events: Counter,
@@ -309,6 +314,26 @@ impl Metrics {
             Unit::Bytes,
             hot_tier_budget.clone(),
         );
+        let answer_reads = Family::<ResultLabels, Counter>::default();
+        r.register(
+            "writ_validate_answer_cache_reads",
+            "Validate answers by whether the token's TokenInfo was already encoded (hit) or was encoded afresh (miss)",
+            answer_reads.clone(),
+        );
+        let answer_bytes = Gauge::default();
+        r.register_with_unit(
+            "writ_validate_answer_cache",
+            "Size of the encoded TokenInfo answers kept",
+            Unit::Bytes,
+            answer_bytes.clone(),
+        );
+        let answer_budget = Gauge::default();
+        r.register_with_unit(
+            "writ_validate_answer_cache_budget",
+            "The encoded answers' bound (storage.answer_cache_mib)",
+            Unit::Bytes,
+            answer_budget.clone(),
+        );
         let writer_groups = Counter::default();
         r.register(
             "writ_store_writer_groups",
@@ -396,6 +421,9 @@ impl Metrics {
             hot_tier_entries,
             hot_tier_bytes,
             hot_tier_budget,
+            answer_reads,
+            answer_bytes,
+            answer_budget,
             writer_groups,
             writer_jobs,
             writer_failed,
@@ -429,6 +457,8 @@ impl Metrics {
             set(&self.hot_tier_bytes, o.hot_tier.bytes);
             set(&self.hot_tier_budget, o.hot_tier.budget);
             set(&self.writer_failed, u64::from(o.writer.failed));
+            set(&self.answer_bytes, o.answers.bytes);
+            set(&self.answer_budget, o.answers.budget);
             {
                 // The tier counts on its own; its counters here catch up to it.
                 let _one = self
@@ -437,6 +467,10 @@ impl Metrics {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 for (result, total) in [("hit", o.hot_tier.hits), ("miss", o.hot_tier.misses)] {
                     let c = self.hot_tier_reads.get_or_create(&ResultLabels { result });
+                    c.inc_by(total.saturating_sub(c.get()));
+                }
+                for (result, total) in [("hit", o.answers.hits), ("miss", o.answers.misses)] {
+                    let c = self.answer_reads.get_or_create(&ResultLabels { result });
                     c.inc_by(total.saturating_sub(c.get()));
                 }
                 for (c, total) in [
@@ -993,6 +1027,13 @@ mod tests {
                         jobs: 10,
                         failed: true,
                     },
+                    answers: crate::answers::AnswerStats {
+                        hits: 5,
+                        misses: 2,
+                        entries: 2,
+                        bytes: 900,
+                        budget: 1 << 20,
+                    },
                     audit_queue: 1,
                     disabled_by_operator: 2,
                     disabled_by_policy: 1,
@@ -1025,6 +1066,10 @@ mod tests {
             "writ_store_writer_groups_total 4",
             "writ_store_writer_jobs_total 10",
             "writ_store_writer_failed 1",
+            "writ_validate_answer_cache_reads_total{result=\"hit\"} 5",
+            "writ_validate_answer_cache_reads_total{result=\"miss\"} 2",
+            "writ_validate_answer_cache_bytes 900",
+            "writ_validate_answer_cache_budget_bytes 1048576",
             "writ_audit_queue_depth 1",
             "writ_parties_disabled{source=\"operator\"} 2",
             "writ_parties_disabled{source=\"policy\"} 1",

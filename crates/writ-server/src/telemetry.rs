@@ -224,7 +224,10 @@ pub fn sane_request_id(id: &[u8]) -> bool {
 
 /// 128 random bits, hex.
 fn fresh_request_id() -> String {
-    hex::encode(rand::random::<[u8; 16]>())
+    let mut digits = [0u8; 32];
+    // 16 bytes are exactly 32 digits: this cannot fail.
+    let _ = hex::encode_to_slice(rand::random::<[u8; 16]>(), &mut digits);
+    digits.iter().map(|&d| char::from(d)).collect()
 }
 
 /// Reads W3C trace context from HTTP headers (gRPC metadata are HTTP/2 headers).

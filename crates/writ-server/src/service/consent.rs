@@ -133,6 +133,12 @@ impl<S: TokenStore> Service<S> {
         latent_scopes(self.registry.current().registry(), record)
     }
 
+    /// The policy in force, for an answer that shows latent scopes and must know which
+    /// policy they were read under (Validate's encoded answers).
+    pub fn policy_in_force(&self) -> Arc<crate::policy::Policy> {
+        self.registry.current()
+    }
+
     /// Validate's consent rule for an action the grant allowed: `Err` is the
     /// `CONSENT_REQUIRED` denial.
     pub(super) fn exercisable(&self, record: &TokenRecord, scope: &str) -> Result<(), Denial> {
