@@ -273,6 +273,9 @@ pub const POLICY_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 /// stopped reading) before it drops the connections that are left.
 pub const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long shutdown waits for the store to close once the server has let go of it.
+const STORE_CLOSE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// How often the server pings each HTTP/2 connection, and how long it waits for the
 /// answer before it drops the connection: a peer that vanished (or a half-open socket
 /// behind a NAT) does not hold its connection and streams until TCP gives up.
@@ -338,9 +341,22 @@ impl RunningServer {
         let _ = self.drain.await;
         // The services are gone with the server, so the writer drains its queue and ends.
         let _ = self.audit_writer.await;
-        // Normally the last handle: its drop flushes the store (blocking work).
+        // Normally the last handle: its drop flushes the store (blocking work). The RocksDB
+        // writer may still hold it for a group whose callers went away; it closes the store
+        // when that group is done.
+        let closed = self.store.rocks().map(RocksStore::closed);
         let store = self.store;
         let _ = tokio::task::spawn_blocking(move || drop(store)).await;
+        if let Some(closed) = closed
+            && tokio::time::timeout(STORE_CLOSE_GRACE, closed)
+                .await
+                .is_err()
+        {
+            tracing::warn!(
+                grace_seconds = STORE_CLOSE_GRACE.as_secs(),
+                "the store is still open after shutdown (a task still holds it)"
+            );
+        }
         // Only now may another server open this data directory.
         drop(self.lock);
         served

@@ -456,6 +456,19 @@ impl RocksStore {
         self.inner.writer.failed()
     }
 
+    /// Resolves once the database is closed and the writer thread has ended. The last
+    /// handle's drop does not always close it: the writer may hold the store for the group
+    /// in hand (a write whose caller went away) and closes it when that group is done. A
+    /// server waits for this before it lets another open the data directory.
+    pub fn closed(&self) -> impl Future<Output = ()> + Send + 'static {
+        // The channel closes when both ends of the writer are gone: the thread, and the
+        // handle the database holds.
+        let mut failed = self.inner.writer.failed();
+        async move {
+            let _ = failed.wait_for(|_| false).await;
+        }
+    }
+
     /// What the hot tier holds and how it has served (metrics).
     pub fn hot_tier_stats(&self) -> HotTierStats {
         self.inner.hot.stats()

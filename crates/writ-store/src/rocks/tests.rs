@@ -1572,6 +1572,26 @@ async fn a_failed_sync_refuses_every_write_until_a_restart() {
     assert!(store.get(tid(801)).await.unwrap().is_some());
 }
 
+/// The last handle's drop while the writer holds the store for a group: the database
+/// stays open (and its directory locked) until that group is done, and `closed` says when.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_is_closed_when_the_writer_lets_go() {
+    let dir = TempDir::new().unwrap();
+    let store = open(&dir, Durability::Sync);
+    store.put(record(txn(950), tid(950), None)).await.unwrap();
+    let release = store.inner.writer.hold().await;
+    let closed = store.closed();
+    drop(store);
+    assert!(
+        RocksStore::open(dir.path(), StoreOptions::default()).is_err(),
+        "opened while the writer still held the store"
+    );
+    drop(release);
+    closed.await;
+    let reopened = RocksStore::open(dir.path(), StoreOptions::default()).unwrap();
+    assert!(reopened.get(tid(950)).await.unwrap().is_some());
+}
+
 /// `sync` is answered only after the writer's current group is synced.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sync_waits_for_the_group_in_hand() {
