@@ -161,7 +161,7 @@ pub(super) fn redeem_consent_blocking(
     inner: &Inner,
     id: ConsentId,
     by: &str,
-    child: &TokenRecord,
+    child: &Arc<TokenRecord>,
     max_children: u32,
     event: &Event,
     opts: &WriteOptions,
@@ -172,8 +172,7 @@ pub(super) fn redeem_consent_blocking(
     let mut batch = WriteBatch::default();
     put_consent(inner, &mut batch, &request)?;
     put_event(&inner.db, &mut batch, event)?;
-    let staged = stage_child(inner, &mut batch, child, max_children)?;
-    write_with_states(inner, batch, opts, &[staged.parent_change()])?;
+    stage_child(inner, &mut batch, child, max_children)?.write(inner, batch, opts)?;
     Ok(request)
 }
 

@@ -2,6 +2,10 @@
 //! process memory. A Validate of a hot token costs one map lookup: no RocksDB read, no
 //! decode, no copy of the record (it is shared as an `Arc`).
 //!
+//! Tokens come in two ways: a read that missed fills the tier with what RocksDB holds,
+//! and a token just written (a Mint, a Downscope, a redeemed consent) is put in by its
+//! write ([`HotTier::born`]), so the next hop, which reads it at once, finds it here.
+//!
 //! Coherence, which is the point of this module. Records never change. A state changes
 //! only in a write made under its transaction's lock ([`RocksStore::committed`] or
 //! [`RocksStore::locked`]: a revocation, a spent use, a derived child) or deleted by a
@@ -13,7 +17,9 @@
 //! would put it in after the writer told the tier. Each shard therefore counts the
 //! changes made to its tokens (`generation`); a reader takes the count when it misses
 //! ([`Miss`]) and its fill lands only if the count has not moved since. A fill that loses
-//! is dropped (the next read misses again), never installed stale.
+//! is dropped (the next read misses again), never installed stale. Hence, under a
+//! token's transaction lock, the tier holds its current state or nothing, and a write
+//! there may take the state from the tier ([`HotTier::held`]) instead of reading RocksDB.
 //!
 //! Bounded by bytes (an estimate of each entry's heap footprint from its encoded size),
 //! split evenly over the shards; each shard evicts with CLOCK: an entry read since the
@@ -223,6 +229,30 @@ impl HotTier {
     pub(super) fn record(&self, id: &TokenId) -> Option<Arc<TokenRecord>> {
         let shard = self.shard(Self::shard_of(id));
         shard.map.get(id).map(|e| e.record.clone())
+    }
+
+    /// The token's record and state, if held, not counted as a read: for a write under the
+    /// token's transaction lock, where the tier's state is RocksDB's (see the module docs).
+    pub(super) fn held(&self, id: &TokenId) -> Option<(Arc<TokenRecord>, TokenState)> {
+        let shard = self.shard(Self::shard_of(id));
+        shard
+            .map
+            .get(id)
+            .map(|e| (e.record.clone(), e.state.clone()))
+    }
+
+    /// Holds a token just written (`encoded` bytes of record) with the state a new token
+    /// has, the default: the next hop's first Validate or Downscope of it reads memory.
+    /// Under the token's transaction lock, after RocksDB took the write, so no change of
+    /// its state can come before; a racing fill holds the same. Not marked read: a token
+    /// never read is the first the clock evicts.
+    pub(super) fn born(&self, record: Arc<TokenRecord>, encoded: usize) {
+        let weight = weight(encoded);
+        if weight > self.shard_budget {
+            return;
+        }
+        let mut shard = self.shard(Self::shard_of(&record.token_id));
+        shard.insert(self.shard_budget, record, TokenState::default(), weight);
     }
 
     /// Holds what a read that missed found in RocksDB (`encoded` bytes of record), unless

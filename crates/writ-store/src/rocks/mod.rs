@@ -558,7 +558,7 @@ impl TokenStore for RocksStore {
         record: TokenRecord,
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let txn = record.txn;
+        let (txn, record) = (record.txn, Arc::new(record));
         self.committed(txn, WalSync::AsConfigured, move |inner, opts| {
             insert_blocking(inner, &record, &event, opts)
         })
@@ -631,7 +631,7 @@ impl TokenStore for RocksStore {
         max_children: u32,
         event: Event,
     ) -> impl Future<Output = Result<(), StoreError>> + Send {
-        let txn = record.txn;
+        let (txn, record) = (record.txn, Arc::new(record));
         self.committed(txn, WalSync::AsConfigured, move |inner, opts| {
             insert_child_blocking(inner, &record, max_children, &event, opts)
         })
@@ -854,7 +854,7 @@ impl TokenStore for RocksStore {
         max_children: u32,
         event: Event,
     ) -> impl Future<Output = Result<ConsentRequest, StoreError>> + Send {
-        let store = self.clone();
+        let (store, child) = (self.clone(), Arc::new(child));
         async move {
             let request = store.blocking(move |inner| read_consent(inner, id)).await?;
             let txn = request.ok_or(StoreError::NotFound)?.txn;

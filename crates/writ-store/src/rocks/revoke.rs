@@ -80,7 +80,7 @@ pub(super) fn write_revocation(
     }
     put_event(&inner.db, &mut batch, event)?;
     let changed: Vec<(TokenId, &TokenState)> = states.iter().map(|(id, s)| (*id, s)).collect();
-    write_with_states(inner, batch, opts, &changed)
+    write_with_states(inner, batch, opts, &changed, None)
 }
 
 /// Transactions of a party's walk in hand at once, each under its own lock: their synced

@@ -1336,8 +1336,7 @@ async fn the_hot_tier_follows_every_state_change() {
             (state, store.hot_tier_stats().hits > before)
         }
     };
-    // The first read fills the tier, the second is a hit.
-    assert_eq!(read(tid(1)).await, (TokenState::default(), false));
+    // The write put the new token in the tier: its first read is a hit.
     assert_eq!(read(tid(1)).await, (TokenState::default(), true));
     // A spent use.
     store.consume_use(tid(1), None).await.unwrap();
@@ -1350,7 +1349,8 @@ async fn the_hot_tier_follows_every_state_change() {
         .unwrap();
     let (state, hit) = read(tid(1)).await;
     assert_eq!((state.uses, state.children, hit), (1, 1, true));
-    read(tid(2)).await;
+    // The child too is held from its write.
+    assert_eq!(read(tid(2)).await, (TokenState::default(), true));
     // A revocation of the root reaches both.
     store
         .revoke_at(
@@ -1365,17 +1365,45 @@ async fn the_hot_tier_follows_every_state_change() {
         let (state, hit) = read(id).await;
         assert!(state.revoked.is_some() && hit, "{id}: {state:?} hit {hit}");
     }
+    // Out of the tier (emptied), a token is read from RocksDB and held again.
+    store.inner.hot.clear();
+    for expect_hit in [false, true] {
+        let (state, hit) = read(tid(2)).await;
+        assert_eq!((state.revoked.is_some(), hit), (true, expect_hit));
+    }
     // A purge drops what it deletes: the record is gone, not served from memory.
     let gone = conformance::expiring(record(txn(502), tid(3), None), 1_000);
     store.put(gone).await.unwrap();
-    read(tid(3)).await;
-    assert!(store.hot_tier_stats().entries >= 3);
+    assert!(read(tid(3)).await.1);
     store
         .purge_expired(UnixMillis(10_000), usize::MAX)
         .await
         .unwrap();
+    assert!(store.inner.hot.held(&tid(3)).is_none());
     assert_eq!(store.get_with_state(tid(3)).await.unwrap(), None);
     assert_eq!(store.record(tid(3)).await.unwrap(), None);
+}
+
+/// A child is admitted against its parent's current state, which the writer takes from
+/// the tier when it holds the parent and from RocksDB when not: the fan-out bound holds
+/// either way, and the tier ends up agreeing with RocksDB.
+#[tokio::test]
+async fn a_child_is_admitted_against_the_parents_state_in_or_out_of_the_tier() {
+    let dir = TempDir::new().unwrap();
+    let store = open_with_tier(&dir, 64);
+    let t = txn(503);
+    store.put(record(t, tid(1), None)).await.unwrap();
+    let child = |n| store.put_child(record(t, tid(n), Some(tid(1))), 3);
+    child(2).await.unwrap(); // the parent from the tier (held since its write)
+    store.inner.hot.clear();
+    child(3).await.unwrap(); // from RocksDB
+    assert!(store.inner.hot.held(&tid(1)).is_none());
+    store.get_with_state(tid(1)).await.unwrap().unwrap(); // held again
+    child(4).await.unwrap(); // from the tier, with the two children RocksDB counted
+    assert_eq!(child(5).await, Err(StoreError::FanOutExceeded { limit: 3 }));
+    let (_, state) = store.inner.hot.held(&tid(1)).unwrap();
+    assert_eq!(state.children, 3);
+    assert_eq!(read_state(&store.inner, tid(1)).unwrap(), Some(state));
 }
 
 /// Readers hammer tokens through a tier small enough that they are evicted and filled

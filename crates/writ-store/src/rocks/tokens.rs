@@ -39,7 +39,7 @@ pub(super) fn index_txn(
 /// On the writer, under the transaction's lock ([`RocksStore::committed`]).
 pub(super) fn insert_blocking(
     inner: &Inner,
-    record: &TokenRecord,
+    record: &Arc<TokenRecord>,
     event: &Event,
     opts: &WriteOptions,
 ) -> Result<(), StoreError> {
@@ -47,27 +47,29 @@ pub(super) fn insert_blocking(
     let tokens = cf(db, keys::CF_TOKENS)?;
     let key = keys::token_key(record.token_id);
     let mut batch = WriteBatch::default();
-    put_record(inner, &mut batch, record)?;
+    let encoded = put_record(inner, &mut batch, record)?;
     index_txn(db, &mut batch, record)?;
     put_event(db, &mut batch, event)?;
     let _id_guard = inner.lock_id(record.token_id);
     if db.get_pinned_cf(tokens, key).map_err(backend)?.is_some() {
         return Err(StoreError::Conflict);
     }
-    db.write_opt(batch, opts).map_err(backend)
+    write_with_states(inner, batch, opts, &[], Some((record, encoded)))
 }
 
-/// The record and its index entries, added to `batch`.
+/// The record and its index entries, added to `batch`; the record's encoded size.
 pub(super) fn put_record(
     inner: &Inner,
     batch: &mut WriteBatch,
     record: &TokenRecord,
-) -> Result<(), StoreError> {
+) -> Result<usize, StoreError> {
     let db = &inner.db;
+    let encoded = codec::encode(record)?;
+    let size = encoded.len();
     batch.put_cf(
         cf(db, keys::CF_TOKENS)?,
         keys::token_key(record.token_id),
-        codec::encode(record)?,
+        encoded,
     );
     batch.put_cf(
         cf(db, keys::CF_TXN_TOKENS)?,
@@ -79,7 +81,7 @@ pub(super) fn put_record(
         keys::expiry_key(record.grant.expires_at, record.token_id),
         keys::EMPTY_VALUE,
     );
-    Ok(())
+    Ok(size)
 }
 
 /// One point read in `family`, decoded by `decode`; `None` when the key is absent.
@@ -139,20 +141,20 @@ pub(super) fn state_blocking(inner: &Inner, id: TokenId) -> Result<Option<TokenS
 /// On the writer, under the transaction's lock ([`RocksStore::committed`]).
 pub(super) fn insert_child_blocking(
     inner: &Inner,
-    record: &TokenRecord,
+    record: &Arc<TokenRecord>,
     max_children: u32,
     event: &Event,
     opts: &WriteOptions,
 ) -> Result<(), StoreError> {
     let mut batch = WriteBatch::default();
     put_event(&inner.db, &mut batch, event)?;
-    let staged = stage_child(inner, &mut batch, record, max_children)?;
-    write_with_states(inner, batch, opts, &[staged.parent_change()])
+    stage_child(inner, &mut batch, record, max_children)?.write(inner, batch, opts)
 }
 
-/// Writes `batch`, which sets the states in `changed`, then tells the hot tier of them:
-/// the one way a state write ends, so no writer can leave the tier behind. Under the
-/// lock of the tokens' transaction ([`RocksStore::committed`], [`RocksStore::locked`]),
+/// Writes `batch`, which sets the states in `changed` (and stores the token `born`, with
+/// its encoded size, when there is one), then tells the hot tier of them: the one way a
+/// state or a token is written under a lock, so no writer can leave the tier behind. Under
+/// the lock of the tokens' transaction ([`RocksStore::committed`], [`RocksStore::locked`]),
 /// which is held until the caller is answered: no Validate that starts afterwards reads
 /// the states before.
 pub(super) fn write_with_states(
@@ -160,26 +162,45 @@ pub(super) fn write_with_states(
     batch: WriteBatch,
     opts: &WriteOptions,
     changed: &[(TokenId, &TokenState)],
+    born: Option<(&Arc<TokenRecord>, usize)>,
 ) -> Result<(), StoreError> {
     inner.db.write_opt(batch, opts).map_err(backend)?;
     for (id, state) in changed {
         inner.hot.changed(id, state);
     }
+    if let Some((record, encoded)) = born {
+        inner.hot.born(record.clone(), encoded);
+    }
     Ok(())
 }
 
 /// A child staged in a batch ([`stage_child`]): holds its id's lock until the batch is
-/// written, and the parent's new state, which the write reports ([`write_with_states`]).
+/// written ([`Staged::write`]), which reports the parent's new state and the child to the
+/// hot tier.
 pub(super) struct Staged<'a> {
     _id_guard: MutexGuard<'a, ()>,
     parent: TokenId,
     parent_state: TokenState,
+    child: &'a Arc<TokenRecord>,
+    encoded: usize,
 }
 
 impl Staged<'_> {
-    /// The parent's new state (one more child), for [`write_with_states`].
-    pub(super) fn parent_change(&self) -> (TokenId, &TokenState) {
-        (self.parent, &self.parent_state)
+    /// Writes `batch`, which holds the staged child, with [`write_with_states`].
+    pub(super) fn write(
+        self,
+        inner: &Inner,
+        batch: WriteBatch,
+        opts: &WriteOptions,
+    ) -> Result<(), StoreError> {
+        let changed = [(self.parent, &self.parent_state)];
+        write_with_states(
+            inner,
+            batch,
+            opts,
+            &changed,
+            Some((self.child, self.encoded)),
+        )
     }
 }
 
@@ -187,16 +208,16 @@ impl Staged<'_> {
 /// checks (the id is free, the parent exists in the transaction, [`admit_child`]): the
 /// record and its indexes, the parent→child link, the parent's new state and the
 /// transaction's count. The one way a child is written (`insert_child` and
-/// `redeem_consent`). Under the transaction's lock; returns what to hold until `batch` is
-/// written (with [`write_with_states`] and [`Staged::parent_change`]).
+/// `redeem_consent`). Under the transaction's lock; returns what writes `batch`
+/// ([`Staged::write`]).
 pub(super) fn stage_child<'a>(
     inner: &'a Inner,
     batch: &mut WriteBatch,
-    record: &TokenRecord,
+    record: &'a Arc<TokenRecord>,
     max_children: u32,
 ) -> Result<Staged<'a>, StoreError> {
     let parent_id = record.parent.ok_or(StoreError::ParentMissing)?;
-    put_record(inner, batch, record)?;
+    let encoded = put_record(inner, batch, record)?;
     index_txn(&inner.db, batch, record)?;
     batch.put_cf(
         cf(&inner.db, keys::CF_CHILDREN)?,
@@ -207,12 +228,18 @@ pub(super) fn stage_child<'a>(
     if token_exists(inner, record.token_id)? {
         return Err(StoreError::Conflict);
     }
-    // On the writer, where every microsecond is every queued write's: from the tier.
-    let parent = match record_blocking(inner, parent_id)? {
-        Some(p) if p.txn == record.txn => p,
-        _ => return Err(StoreError::ParentMissing),
+    // On the writer, where every microsecond is every queued write's: from the tier, which
+    // under the lock holds the parent's current state or nothing.
+    let (parent, mut pstate) = match inner.hot.held(&parent_id) {
+        Some(held) => held,
+        None => match get_blocking(inner, parent_id)? {
+            Some(p) => (p.into(), read_state(inner, parent_id)?.unwrap_or_default()),
+            None => return Err(StoreError::ParentMissing),
+        },
     };
-    let mut pstate = read_state(inner, parent_id)?.unwrap_or_default();
+    if parent.txn != record.txn {
+        return Err(StoreError::ParentMissing);
+    }
     // The transaction's size from its entry in `txns` (one read); a scan only for an
     // entry written before the count was kept, which this write then brings up to date.
     let txns = cf(&inner.db, keys::CF_TXNS)?;
@@ -245,6 +272,8 @@ pub(super) fn stage_child<'a>(
         _id_guard: id_guard,
         parent: parent_id,
         parent_state: pstate,
+        child: record,
+        encoded,
     })
 }
 
@@ -340,7 +369,7 @@ pub(super) fn consume_limited_blocking(
     if let Some(e) = event {
         put_event(&inner.db, &mut batch, e)?;
     }
-    write_with_states(inner, batch, opts, &[(id, &state)])?;
+    write_with_states(inner, batch, opts, &[(id, &state)], None)?;
     Ok(outcome)
 }
 
