@@ -358,12 +358,12 @@ impl WritClient {
         &'a self,
         client: &'a C,
         safety: Safety,
-        msg: Req,
+        mut msg: Req,
         f: F,
     ) -> Pin<Box<dyn Future<Output = Result<Resp, ClientError>> + Send + 'a>>
     where
         C: Clone + Send + Sync + 'a,
-        Req: Clone + Send + 'a,
+        Req: Clone + Default + Send + 'a,
         Resp: Send + 'a,
         F: Fn(C, tonic::Request<Req>) -> Fut + Send + 'a,
         Fut: Future<Output = Result<tonic::Response<Resp>, tonic::Status>> + Send + 'a,
@@ -374,17 +374,12 @@ impl WritClient {
                 Safety::Once => 1,
             };
             let mut attempt = 1;
-            // Each attempt that may be retried sends a copy; the last sends `msg` itself.
-            let mut msg = Some(msg);
             loop {
+                // Each attempt that may be retried sends a copy; the last sends `msg` itself.
                 let this = if attempt < attempts {
                     msg.clone()
                 } else {
-                    msg.take()
-                };
-                // The last attempt always ends the loop, so `msg` is there for each.
-                let Some(this) = this else {
-                    unreachable!("an attempt after the last")
+                    std::mem::take(&mut msg)
                 };
                 let sent = f(client.clone(), self.request(this)?);
                 let answer = match self.timeout {

@@ -460,19 +460,19 @@ impl Metrics {
             set(&self.answer_bytes, o.answers.bytes);
             set(&self.answer_budget, o.answers.budget);
             {
-                // The tier counts on its own; its counters here catch up to it.
+                // The tier and the answers count on their own; their counters here catch up.
                 let _one = self
                     .catching_up
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for (result, total) in [("hit", o.hot_tier.hits), ("miss", o.hot_tier.misses)] {
-                    let c = self.hot_tier_reads.get_or_create(&ResultLabels { result });
-                    c.inc_by(total.saturating_sub(c.get()));
-                }
-                for (result, total) in [("hit", o.answers.hits), ("miss", o.answers.misses)] {
-                    let c = self.answer_reads.get_or_create(&ResultLabels { result });
-                    c.inc_by(total.saturating_sub(c.get()));
-                }
+                let reads = |family: &Family<ResultLabels, Counter>, hits: u64, misses: u64| {
+                    for (result, total) in [("hit", hits), ("miss", misses)] {
+                        let c = family.get_or_create(&ResultLabels { result });
+                        c.inc_by(total.saturating_sub(c.get()));
+                    }
+                };
+                reads(&self.hot_tier_reads, o.hot_tier.hits, o.hot_tier.misses);
+                reads(&self.answer_reads, o.answers.hits, o.answers.misses);
                 for (c, total) in [
                     (&self.writer_groups, o.writer.groups),
                     (&self.writer_jobs, o.writer.jobs),
