@@ -23,6 +23,16 @@ pub struct FieldError {
     pub message: String,
 }
 
+impl FieldError {
+    /// The same error with `parent` put before its path (which is relative to `parent`).
+    fn within(self, parent: &str) -> FieldError {
+        FieldError {
+            field: format!("{parent}{}", self.field),
+            message: self.message,
+        }
+    }
+}
+
 /// The `domain` of the `google.rpc.ErrorInfo` every Writ error status carries (its
 /// `reason` is stable, its metadata names the field, dimension or consent request).
 pub const ERROR_DOMAIN: &str = "writ";
@@ -242,24 +252,26 @@ pub fn value(field: &str, v: Option<pb::Value>) -> Result<Value> {
     }
 }
 
-/// An action attribute: one value, or a list of 1..=[`MAX_ATTRIBUTE_VALUES`] values.
-fn attribute(field: &str, v: pb::Value) -> Result<Vec<Value>> {
+/// An action attribute: one value, or a list of 1..=[`MAX_ATTRIBUTE_VALUES`] values. Errors
+/// name the offending item relative to the attribute (`[1]`, or nothing for the attribute
+/// itself): its caller prefixes the attribute's own path, and only on an error.
+fn attribute(v: pb::Value) -> Result<Vec<Value>> {
     match v.kind {
         Some(pb::value::Kind::List(list)) => {
             let n = list.values.len();
             if n == 0 || n > MAX_ATTRIBUTE_VALUES {
                 return bad(
-                    field,
+                    "",
                     format!("a list must hold 1..={MAX_ATTRIBUTE_VALUES} values; it holds {n}"),
                 );
             }
             list.values
                 .into_iter()
                 .enumerate()
-                .map(|(i, v)| value(&format!("{field}[{i}]"), Some(v)))
+                .map(|(i, v)| value("", Some(v)).map_err(|e| e.within(&format!("[{i}]"))))
                 .collect()
         }
-        kind => Ok(vec![value(field, Some(pb::Value { kind }))?]),
+        kind => Ok(vec![value("", Some(pb::Value { kind }))?]),
     }
 }
 
@@ -543,9 +555,12 @@ pub fn action(a: Option<pb::Action>) -> Result<Option<Action>> {
         .attributes
         .into_iter()
         .map(|(k, v)| {
-            let f = format!("action.attributes[{}]", Shown(&k));
-            name(&f, &k)?;
-            Ok((k, attribute(&f, v)?))
+            // Every Validate with an action runs this: the field's path is built only for
+            // an error.
+            let at = |e: FieldError| e.within(&format!("action.attributes[{}]", Shown(&k)));
+            name("", &k).map_err(at)?;
+            let values = attribute(v).map_err(at)?;
+            Ok((k, values))
         })
         .collect::<Result<_>>()?;
     Ok(Some(Action { scope, attributes }))
@@ -1450,18 +1465,39 @@ mod tests {
             attr(pb::value::Kind::Time(7)).unwrap().unwrap().attributes["a"],
             vec![Value::Time(7)]
         );
-        for bad in [
-            list(vec![]),
-            list(vec![pb::Value {
-                kind: Some(list(vec![str_v("x")])),
-            }]),
-            list((0..=MAX_ATTRIBUTE_VALUES).map(|_| str_v("x")).collect()),
-            pb::value::Kind::Str("gambling\u{FE0F}".into()),
-            pb::value::Kind::Str("Gambling ".into()),
+        for (bad, field) in [
+            (list(vec![]), r#"action.attributes["a"]"#),
+            (
+                list(vec![
+                    str_v("x"),
+                    pb::Value {
+                        kind: Some(list(vec![str_v("x")])),
+                    },
+                ]),
+                r#"action.attributes["a"][1]"#,
+            ),
+            (
+                list((0..=MAX_ATTRIBUTE_VALUES).map(|_| str_v("x")).collect()),
+                r#"action.attributes["a"]"#,
+            ),
+            (
+                pb::value::Kind::Str("gambling\u{FE0F}".into()),
+                r#"action.attributes["a"]"#,
+            ),
+            (
+                list(vec![str_v("x"), str_v("Gambling ")]),
+                r#"action.attributes["a"][1]"#,
+            ),
         ] {
             let err = attr(bad).unwrap_err();
-            assert!(err.field.starts_with("action.attributes[\"a\"]"), "{err}");
+            assert_eq!(err.field, field, "{err}");
         }
+        let err = action(Some(pb::Action {
+            scope: "pay".into(),
+            attributes: [("a b".into(), str_v("x"))].into(),
+        }))
+        .unwrap_err();
+        assert_eq!(err.field, r#"action.attributes["a b"]"#, "{err}");
     }
 
     #[test]
