@@ -247,12 +247,8 @@ impl HotTier {
     /// its state can come before; a racing fill holds the same. Not marked read: a token
     /// never read is the first the clock evicts.
     pub(super) fn born(&self, record: Arc<TokenRecord>, encoded: usize) {
-        let weight = weight(encoded);
-        if weight > self.shard_budget {
-            return;
-        }
-        let mut shard = self.shard(Self::shard_of(&record.token_id));
-        shard.insert(self.shard_budget, record, TokenState::default(), weight);
+        let shard = Self::shard_of(&record.token_id);
+        self.hold(shard, None, record, TokenState::default(), encoded);
     }
 
     /// Holds what a read that missed found in RocksDB (`encoded` bytes of record), unless
@@ -265,12 +261,27 @@ impl HotTier {
         state: TokenState,
         encoded: usize,
     ) {
+        if Self::shard_of(&record.token_id) == miss.shard {
+            self.hold(miss.shard, Some(miss.generation), record, state, encoded);
+        }
+    }
+
+    /// Puts an entry in shard `i`, unless it alone would pass the shard's share or the
+    /// shard's generation is no longer `generation` (when one is given).
+    fn hold(
+        &self,
+        i: usize,
+        generation: Option<u64>,
+        record: Arc<TokenRecord>,
+        state: TokenState,
+        encoded: usize,
+    ) {
         let weight = weight(encoded) + state_weight(&state);
-        if weight > self.shard_budget || Self::shard_of(&record.token_id) != miss.shard {
+        if weight > self.shard_budget {
             return;
         }
-        let mut shard = self.shard(miss.shard);
-        if shard.generation != miss.generation {
+        let mut shard = self.shard(i);
+        if generation.is_some_and(|g| g != shard.generation) {
             return;
         }
         shard.insert(self.shard_budget, record, state, weight);
