@@ -27,6 +27,19 @@ pub mod consent;
 pub mod jwt;
 pub mod redis;
 
+/// The repository's root, found at run time: cargo sets `CARGO_MANIFEST_DIR` for the
+/// tests it runs, so a test binary reused from a target directory shared with another
+/// checkout finds this checkout's files, not the other's (the compile-time path is the
+/// fallback for a binary started by hand).
+pub fn repo_root() -> PathBuf {
+    let package = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from);
+    package
+        .parent()
+        .expect("tests/ lies in the repository")
+        .to_owned()
+}
+
 pub use writ_client::build;
 pub use writ_client::proto as pb;
 pub use writ_server::Config;

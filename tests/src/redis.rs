@@ -55,23 +55,21 @@ pub fn use_tls_cluster(config: &mut Config) {
             .tempdir()
             .expect("a temporary directory")
             .keep();
-        let out = Command::new(
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster"),
-        )
-        .arg("start")
-        .arg(&dir)
-        .args(["--port", "0", "--owner"])
-        .arg(std::process::id().to_string())
-        .args([
-            "--clean",
-            "--tls",
-            "--acl-user",
-            "writ",
-            "--acl-keys",
-            "tls*",
-        ])
-        .output()
-        .expect("running scripts/redis-cluster");
+        let out = Command::new(crate::repo_root().join("scripts/redis-cluster"))
+            .arg("start")
+            .arg(&dir)
+            .args(["--port", "0", "--owner"])
+            .arg(std::process::id().to_string())
+            .args([
+                "--clean",
+                "--tls",
+                "--acl-user",
+                "writ",
+                "--acl-keys",
+                "tls*",
+            ])
+            .output()
+            .expect("running scripts/redis-cluster");
         assert!(
             out.status.success(),
             "starting a TLS Redis Cluster failed:\n{}",
@@ -101,7 +99,7 @@ pub fn cluster_nodes() -> Vec<String> {
             if let Ok(nodes) = std::env::var("WRIT_TEST_REDIS_NODES") {
                 return nodes.split(',').map(str::to_owned).collect();
             }
-            let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster");
+            let script = crate::repo_root().join("scripts/redis-cluster");
             let dir = tempfile::Builder::new()
                 .prefix("writ-e2e-redis-")
                 .tempdir()
@@ -267,7 +265,7 @@ impl Shard {
 }
 
 fn script_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/redis-cluster")
+    crate::repo_root().join("scripts/redis-cluster")
 }
 
 impl FaultCluster {

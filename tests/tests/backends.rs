@@ -36,7 +36,7 @@ fn the_end_to_end_suite_passes_on_a_redis_cluster() {
     let nodes = writ_e2e::redis::cluster_nodes().join(",");
     let exe = std::env::current_exe().expect("the test binary's path");
     let deps = exe.parent().expect("the deps directory");
-    let tests = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests");
+    let tests = writ_e2e::repo_root().join("tests/tests");
     let mut names: Vec<String> = std::fs::read_dir(&tests)
         .expect("tests/tests")
         .filter_map(Result::ok)

@@ -11,6 +11,7 @@
 // Test code: unwrap is the assertion.
 #![allow(clippy::unwrap_used)]
 
+use std::path::PathBuf;
 use std::time::Duration;
 use thirtyfour::prelude::{By, ElementQueryable, Key};
 use tonic::Code;
@@ -18,7 +19,9 @@ use writ_e2e::browser::*;
 use writ_e2e::*;
 
 /// The README's screenshot.
-const SCREENSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/consent-page.png");
+fn screenshot() -> PathBuf {
+    repo_root().join("docs/consent-page.png")
+}
 
 /// Waits (bounded) for the page's `<h1>` to read `title`.
 async fn wait_for_title(browser: &Browser, title: &str) {
@@ -119,11 +122,15 @@ async fn a_person_approves_in_a_browser_and_the_agent_may_do_exactly_that_once()
     let png = browser.driver.screenshot_as_png().await.unwrap();
     let (w, h) = check_png(&png, 600, 800);
     if std::env::var("WRIT_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
-        std::fs::write(SCREENSHOT, &png).unwrap();
-        eprintln!("wrote {SCREENSHOT} ({w}×{h}, {} bytes)", png.len());
+        std::fs::write(screenshot(), &png).unwrap();
+        eprintln!(
+            "wrote {} ({w}×{h}, {} bytes)",
+            screenshot().display(),
+            png.len()
+        );
     }
     // The committed screenshot decodes too.
-    check_png(&std::fs::read(SCREENSHOT).unwrap(), 600, 800);
+    check_png(&std::fs::read(screenshot()).unwrap(), 600, 800);
 
     browser
         .driver

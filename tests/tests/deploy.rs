@@ -9,21 +9,14 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use writ_e2e::*;
 
 /// The uid (and gid) the image and the pod run as: distroless's `nonroot`.
 const UID: i64 = 65532;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ lies in the repository")
-        .to_owned()
-}
-
 fn read(rel: &str) -> String {
-    let path = repo().join(rel);
+    let path = repo_root().join(rel);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
@@ -255,7 +248,7 @@ const IMAGE_CONFIG: &str = "deploy/docker/writ.toml";
 
 #[test]
 fn the_kustomization_lists_every_manifest_and_each_parses() {
-    let dir = repo().join("deploy/kubernetes");
+    let dir = repo_root().join("deploy/kubernetes");
     let k = kustomization("deploy/kubernetes");
     let listed: BTreeSet<String> = list(&k, "resources")
         .iter()
@@ -671,7 +664,7 @@ async fn serve_a_chain_on(rel: &str, storage: impl FnOnce(&mut Config)) {
     let text = read(rel);
     let config = server_config(&text, rel);
     assert!(config.tls.enabled && !config.auth.asserted_identities);
-    let policy_path = repo().join(KUBE_POLICY);
+    let policy_path = repo_root().join(KUBE_POLICY);
     let policy = writ_server::policy::Policy::read(&policy_path, Some(&config.trust_domain))
         .unwrap_or_else(|e| panic!("{KUBE_POLICY}: {e}"));
     let stranger = format!("spiffe://{}/ns/default/sa/stranger", config.trust_domain);
@@ -882,7 +875,7 @@ fn the_redis_component_replaces_the_statefulset_and_lists_every_manifest() {
         .iter()
         .map(|r| r.as_str().expect("a resource is a path").to_owned())
         .collect();
-    let on_disk: BTreeSet<String> = std::fs::read_dir(repo().join(REDIS_DIR))
+    let on_disk: BTreeSet<String> = std::fs::read_dir(repo_root().join(REDIS_DIR))
         .expect("deploy/kubernetes/redis")
         .map(|e| {
             e.expect("a directory entry")

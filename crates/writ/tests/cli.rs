@@ -1921,10 +1921,11 @@ fn development_mode_accepts_asserted_identities_over_tls_and_plaintext() {
 /// party may hold; a bad file fails naming the field, and the server refuses to start on it.
 #[test]
 fn policy_check_reports_a_good_file_and_refuses_a_bad_one() {
-    let example = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../deploy/policy.example.toml"
-    );
+    // This checkout's file (cargo sets `CARGO_MANIFEST_DIR` when it runs the test).
+    let package: std::path::PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into);
+    let example = package.join("../../deploy/policy.example.toml");
+    let example = example.to_str().expect("a UTF-8 path");
     let o = writ(&["policy", "check", example], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
     let report = String::from_utf8_lossy(&o.stdout);

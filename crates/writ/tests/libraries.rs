@@ -9,7 +9,7 @@
 //! never sets it. A machine without Python 3.11+ or Node.js 20+ fails here, naming what
 //! to install.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -18,9 +18,13 @@ const WRIT: &str = env!("CARGO_BIN_EXE_writ");
 /// The Python suite and the example share one virtualenv: one at a time.
 static PYTHON_VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// The repository's root (this crate is `crates/writ`).
+/// The repository's root (this crate is `crates/writ`), from the `CARGO_MANIFEST_DIR`
+/// cargo sets when it runs the test: a binary reused from a target directory shared with
+/// another checkout must find this checkout's files, not the path it was compiled at.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let package: PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    package
         .ancestors()
         .nth(2)
         .expect("crates/writ has a grandparent")

@@ -8,16 +8,24 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
+/// This checkout's `scripts/redis-cluster`, from the `CARGO_MANIFEST_DIR` cargo sets when
+/// it runs the tests (not the compile-time path: a test binary reused from a target
+/// directory shared with another checkout must not run that checkout's script).
+fn cluster_script() -> PathBuf {
+    let package: PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
+    package.join("../../scripts/redis-cluster")
+}
+
 /// Starts a six-node cluster with `scripts/redis-cluster start DIR --port 0 <extra>`,
 /// stopped by the script's watchdog when this process ends: its directory and seeds.
 fn start_cluster(extra: &[&str]) -> (PathBuf, Vec<String>) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let dir = tempfile::Builder::new()
         .prefix("writ-redis-")
         .tempdir()
         .expect("a temporary directory")
         .keep();
-    let out = Command::new(root.join("scripts/redis-cluster"))
+    let out = Command::new(cluster_script())
         .arg("start")
         .arg(&dir)
         .args(["--port", "0", "--owner"])
@@ -880,13 +888,12 @@ async fn a_shard_without_a_replica_fails_only_the_transactions_it_holds() {
         .collect();
     assert!(party_buckets.iter().any(|b| *b) && party_buckets.iter().any(|b| !*b));
 
-    let out =
-        Command::new(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/redis-cluster"))
-            .arg("kill")
-            .arg(&dir)
-            .arg(replica.unwrap().to_string())
-            .output()
-            .unwrap();
+    let out = Command::new(cluster_script())
+        .arg("kill")
+        .arg(&dir)
+        .arg(replica.unwrap().to_string())
+        .output()
+        .unwrap();
     assert!(
         out.status.success(),
         "{}",
