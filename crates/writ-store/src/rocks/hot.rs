@@ -97,14 +97,15 @@ struct Shard {
 }
 
 impl Shard {
-    fn remove(&mut self, id: &TokenId) {
-        if let Some(e) = self.map.remove(id) {
-            self.bytes -= e.weight;
-        }
+    /// Removes `id`'s entry and gives it back (for the caller to drop after the lock).
+    fn remove(&mut self, id: &TokenId) -> Option<Entry> {
+        let e = self.map.remove(id)?;
+        self.bytes -= e.weight;
+        Some(e)
     }
 
-    /// Evicts one entry, by the clock. False when nothing is left to evict.
-    fn evict_one(&mut self) -> bool {
+    /// Evicts one entry, by the clock, and gives it back; `None` when nothing is left.
+    fn evict_one(&mut self) -> Option<Entry> {
         while let Some((id, slot)) = self.ring.pop_front() {
             let Some(entry) = self.map.get_mut(&id) else {
                 continue; // removed since
@@ -117,24 +118,26 @@ impl Shard {
                 self.ring.push_back((id, slot));
                 continue;
             }
-            self.remove(&id);
-            return true;
+            return self.remove(&id);
         }
-        false
+        None
     }
 
+    /// Inserts, evicting by the clock to stay within `budget`: gives back what it evicted
+    /// or replaced, for the caller to drop once the shard's lock is released.
     fn insert(
         &mut self,
         budget: usize,
         record: Arc<TokenRecord>,
         state: TokenState,
         weight: usize,
-    ) {
+    ) -> Vec<Entry> {
         let id = record.token_id;
-        self.remove(&id);
+        let mut out: Vec<Entry> = self.remove(&id).into_iter().collect();
         while self.bytes + weight > budget {
-            if !self.evict_one() {
-                break;
+            match self.evict_one() {
+                Some(e) => out.push(e),
+                None => break,
             }
         }
         let slot = self.next_slot;
@@ -158,6 +161,7 @@ impl Shard {
             self.ring
                 .retain(|(id, slot)| map.get(id).is_some_and(|e| e.slot == *slot));
         }
+        out
     }
 }
 
@@ -280,16 +284,22 @@ impl HotTier {
         if weight > self.shard_budget {
             return;
         }
-        let mut shard = self.shard(i);
-        if generation.is_some_and(|g| g != shard.generation) {
-            return;
-        }
-        shard.insert(self.shard_budget, record, state, weight);
+        let evicted = {
+            let mut shard = self.shard(i);
+            if generation.is_some_and(|g| g != shard.generation) {
+                return;
+            }
+            shard.insert(self.shard_budget, record, state, weight)
+        };
+        // Freed after the lock: a Validate reading this shard does not wait on the frees
+        // (a token's write holds one in, and so usually evicts one, on the writer thread).
+        drop(evicted);
     }
 
     /// A write under the token's transaction lock set its state to `state` (RocksDB has
     /// it): the tier's copy, if any, follows, and fills begun before this do not land.
     pub(super) fn changed(&self, id: &TokenId, state: &TokenState) {
+        let mut evicted = Vec::new();
         let mut guard = self.shard(Self::shard_of(id));
         let shard = &mut *guard;
         shard.generation += 1;
@@ -303,17 +313,22 @@ impl HotTier {
         e.weight = e.weight - old + new;
         shard.bytes = shard.bytes - old + new;
         while shard.bytes > self.shard_budget {
-            if !shard.evict_one() {
-                break;
+            match shard.evict_one() {
+                Some(e) => evicted.push(e),
+                None => break,
             }
         }
+        drop(guard); // before `evicted`: freed after the lock
     }
 
     /// The token was deleted (purged): dropped, and fills begun before this do not land.
     pub(super) fn forget(&self, id: &TokenId) {
-        let mut shard = self.shard(Self::shard_of(id));
-        shard.generation += 1;
-        shard.remove(id);
+        let removed = {
+            let mut shard = self.shard(Self::shard_of(id));
+            shard.generation += 1;
+            shard.remove(id)
+        };
+        drop(removed); // freed after the lock
     }
 
     /// Drops everything, and fills begun before this do not land: after a write that may
