@@ -829,7 +829,11 @@ where
                     Ok(response) => {
                         let status = response.status().as_u16();
                         tally.answered(grpc_code(response.headers()), status);
-                        if let Ok(v) = http::HeaderValue::from_str(&id) {
+                        if let Ok(mut v) = http::HeaderValue::from_str(&id) {
+                            // Never indexed by HPACK: a value that never repeats would only
+                            // churn the connection's dynamic table (an insert, a search and
+                            // evictions of reusable entries on every answer).
+                            v.set_sensitive(true);
                             response
                                 .headers_mut()
                                 .insert(telemetry::REQUEST_ID_HEADER, v);
@@ -895,6 +899,10 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(answer.headers()["x-request-id"], "abc-1", "echoed back");
+        assert!(
+            answer.headers()["x-request-id"].is_sensitive(),
+            "kept out of HPACK's dynamic table"
+        );
         refused
             .call(request("/writ.v1.TokenService/Downscope", None))
             .await
