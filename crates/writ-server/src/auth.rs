@@ -397,22 +397,27 @@ impl Authenticator {
         peer: Option<String>,
         form: FormClientAuth<'_>,
     ) -> Result<Proven, AuthError> {
-        for header in IDENTITY_HEADERS {
-            if headers.get_all(header).iter().nth(1).is_some() {
+        // Each identity header looked up once (a lookup hashes the name); one value each.
+        let mut found = [None; IDENTITY_HEADERS.len()];
+        for (slot, header) in found.iter_mut().zip(IDENTITY_HEADERS) {
+            let mut values = headers.get_all(header).iter();
+            *slot = values.next();
+            if values.next().is_some() {
                 return Err(AuthError::Malformed(format!(
                     "{header}: sent more than once; send exactly one value"
                 )));
             }
         }
+        let [caller, authorization, assertion] = found;
         let form_assertion = form.assertion()?;
         let proofs = [
             peer.as_ref().map(|_| "a client certificate"),
-            headers.get(AUTHORIZATION).map(|_| AUTHORIZATION),
-            headers.get(ASSERTION_HEADER).map(|_| ASSERTION_HEADER),
+            authorization.map(|_| AUTHORIZATION),
+            assertion.map(|_| ASSERTION_HEADER),
             form_assertion.map(|_| CLIENT_ASSERTION),
-            headers.get(CALLER_HEADER).map(|_| CALLER_HEADER),
+            caller.map(|_| CALLER_HEADER),
         ];
-        if headers.get(CALLER_HEADER).is_some() && !self.asserted {
+        if caller.is_some() && !self.asserted {
             return Err(AuthError::Unproven(format!(
                 "{CALLER_HEADER}: asserted identities are refused (development mode is off); \
                  prove the identity with a client certificate or a client assertion ({ASSERTION_HEADER})"
@@ -426,14 +431,14 @@ impl Authenticator {
                 presented.join(" and ")
             )));
         }
-        if let Some(v) = headers.get(AUTHORIZATION) {
+        if let Some(v) = authorization {
             return self
                 .bearer(v.to_str().map_err(|_| AuthError::BadCredential)?)
                 .map(Proven::from);
         }
         // One policy for the whole request: keys and roles never come from two.
         let policy = self.policy.as_ref().map(PolicyHandle::current);
-        if let Some(v) = headers.get(ASSERTION_HEADER) {
+        if let Some(v) = assertion {
             let jwt = v.to_str().map_err(|_| {
                 AuthError::Malformed(format!("{ASSERTION_HEADER}: must be printable ASCII"))
             })?;
@@ -447,7 +452,7 @@ impl Authenticator {
                 .party(id, AuthMethod::Mtls, policy.as_deref())
                 .map(Proven::from);
         }
-        match headers.get(CALLER_HEADER) {
+        match caller {
             None => Ok(Caller::Anonymous.into()),
             Some(v) => {
                 let id = v.to_str().map_err(|_| {
