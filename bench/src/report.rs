@@ -5,6 +5,7 @@
 use anyhow::{Context, Result};
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -102,6 +103,59 @@ pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_default()
+}
+
+/// CPU time this process has used so far, by thread name (tokio names every worker of a
+/// runtime alike, so a name is a pool), and the whole process's under `"total"` (which
+/// keeps the time of threads that have exited): clock ticks turned into seconds. On a
+/// shared VM the CPU an operation costs is steadier than the throughput it reaches.
+pub fn cpu_seconds() -> BTreeMap<String, f64> {
+    let tick = 100.0; // USER_HZ: 100 on every Linux this runs on
+    let mut out = BTreeMap::new();
+    let parse = |stat: &str| -> Option<(String, f64)> {
+        // `pid (comm) state ...`: comm may hold spaces, so split at the last ')'.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_string();
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After comm: state is field 3, so utime (14) and stime (15) are [11] and [12].
+        let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        Some((comm, ticks as f64 / tick))
+    };
+    if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+        for t in tasks.flatten() {
+            if let Some((comm, secs)) = std::fs::read_to_string(t.path().join("stat"))
+                .ok()
+                .as_deref()
+                .and_then(parse)
+            {
+                *out.entry(comm).or_insert(0.0) += secs;
+            }
+        }
+    }
+    if let Some((_, secs)) = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .as_deref()
+        .and_then(parse)
+    {
+        out.insert("total".into(), secs);
+    }
+    out
+}
+
+/// CPU microseconds per operation between two [`cpu_seconds`] readings, by thread name.
+pub fn cpu_us_per_op(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+    ops: u64,
+) -> BTreeMap<String, f64> {
+    after
+        .iter()
+        .map(|(k, a)| {
+            let used = a - before.get(k).copied().unwrap_or(0.0);
+            (k.clone(), used * 1e6 / ops.max(1) as f64)
+        })
+        .filter(|(_, us)| *us > 0.0)
+        .collect()
 }
 
 /// Writes `value` as pretty JSON to `path`, creating parent directories.

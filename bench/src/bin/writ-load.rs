@@ -542,6 +542,10 @@ struct Output {
     first_error: Option<String>,
     /// With `--jwt-baseline`: the offline check's timings in the same run.
     jwt_baseline: Option<JwtTiming>,
+    /// This process's CPU time in the measured window per operation counted, by thread
+    /// name (`server` is an in-process server's workers, `load` the client's) and in
+    /// `total`: µs. Steadier than throughput on a shared machine.
+    cpu_us_per_op: BTreeMap<String, f64>,
 }
 
 /// [`writ_bench::jwt::JwtBaseline`] timed one call at a time (nanoseconds).
@@ -706,18 +710,24 @@ fn main() -> Result<()> {
     for s in servers {
         s.stop()?;
     }
-    let (elapsed, hists, shared) = result?;
+    let measured = result?;
     if args.serve_only.is_some() {
         return Ok(());
     }
-    summarize(args, info, machine_before, elapsed, hists, &shared, jwt)
+    summarize(args, info, machine_before, measured, jwt)
 }
 
-async fn run(
-    args: &Args,
-    urls: &[String],
-    data_dir: Option<PathBuf>,
-) -> Result<(f64, Hists, Arc<Shared>)> {
+/// What a run measured.
+struct Measured {
+    /// Seconds in the measured window.
+    elapsed: f64,
+    hists: Hists,
+    shared: Arc<Shared>,
+    /// This process's CPU by thread name at the start and the end of the window.
+    cpu: (BTreeMap<String, f64>, BTreeMap<String, f64>),
+}
+
+async fn run(args: &Args, urls: &[String], data_dir: Option<PathBuf>) -> Result<Measured> {
     let url = urls[0].as_str();
     // Connection `i` goes to server `i % servers`.
     let url_of = |i: usize| urls[i % urls.len()].as_str();
@@ -814,7 +824,12 @@ async fn run(
     let shared = Arc::new(Shared::default());
     if let Some(body) = &args.serve_only {
         serve_only(args, url, body, &pool).await?;
-        return Ok((0.0, Hists::new(), shared));
+        return Ok(Measured {
+            elapsed: 0.0,
+            hists: Hists::new(),
+            shared,
+            cpu: Default::default(),
+        });
     }
     let period = args
         .rate
@@ -836,6 +851,7 @@ async fn run(
     let warmup = Duration::from_secs_f64(args.warmup);
     let total = warmup + Duration::from_secs_f64(args.duration);
     let mut measured_from = None;
+    let mut cpu_from = BTreeMap::new();
     let mut last = 0u64;
     let mut tick = tokio::time::interval_at(
         (start + Duration::from_secs(1)).into(),
@@ -846,6 +862,7 @@ async fn run(
         if measured_from.is_none() && now >= start + warmup {
             shared.recording.store(true, Ordering::Relaxed);
             measured_from = Some(now);
+            cpu_from = report::cpu_seconds();
         }
         if now >= start + total {
             break;
@@ -871,6 +888,7 @@ async fn run(
         }
     }
     shared.recording.store(false, Ordering::Relaxed);
+    let cpu_to = report::cpu_seconds();
     shared.stop.store(true, Ordering::Relaxed);
     let elapsed = measured_from.map_or(0.0, |m| m.elapsed().as_secs_f64());
     let mut hists = Hists::new();
@@ -882,18 +900,27 @@ async fn run(
             hists.entry(k).or_insert_with(report::histogram).add(&v)?;
         }
     }
-    Ok((elapsed, hists, shared))
+    Ok(Measured {
+        elapsed,
+        hists,
+        shared,
+        cpu: (cpu_from, cpu_to),
+    })
 }
 
 fn summarize(
     args: Args,
     server: ServerInfo,
     machine_before: Machine,
-    elapsed: f64,
-    hists: Hists,
-    shared: &Shared,
+    measured: Measured,
     jwt: Option<JwtTiming>,
 ) -> Result<()> {
+    let Measured {
+        elapsed,
+        hists,
+        shared,
+        cpu: (cpu_from, cpu_to),
+    } = measured;
     let mut all = report::histogram();
     let mut per_op = BTreeMap::new();
     for (k, h) in &hists {
@@ -912,6 +939,7 @@ fn summarize(
         );
     }
     let ops = all.len();
+    let cpu_us_per_op = report::cpu_us_per_op(&cpu_from, &cpu_to, ops);
     let out = Output {
         tool: "writ-load",
         server,
@@ -930,6 +958,7 @@ fn summarize(
             .unwrap_or_else(|p| p.into_inner())
             .clone(),
         jwt_baseline: jwt,
+        cpu_us_per_op,
         args,
     };
     if let Some(j) = &out.jwt_baseline {
@@ -965,6 +994,12 @@ fn summarize(
     for (k, s) in &out.per_op {
         println!("  {k:<10} {:>9.0} ops/s  {}", s.throughput_ops_s, s.latency);
     }
+    let cpu: Vec<String> = out
+        .cpu_us_per_op
+        .iter()
+        .map(|(k, us)| format!("{k} {us:.1}"))
+        .collect();
+    println!("CPU µs per op: {}", cpu.join("  "));
     if let Some(e) = &out.first_error {
         println!("first error: {e}");
     }
