@@ -123,6 +123,17 @@ impl Shard {
         None
     }
 
+    /// Evicts by the clock until the shard holds at most `limit` bytes (or nothing is left),
+    /// into `out`: the caller drops them once the shard's lock is released.
+    fn evict_to(&mut self, limit: usize, out: &mut Vec<Entry>) {
+        while self.bytes > limit {
+            match self.evict_one() {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+    }
+
     /// Inserts, evicting by the clock to stay within `budget`: gives back what it evicted
     /// or replaced, for the caller to drop once the shard's lock is released.
     fn insert(
@@ -134,12 +145,7 @@ impl Shard {
     ) -> Vec<Entry> {
         let id = record.token_id;
         let mut out: Vec<Entry> = self.remove(&id).into_iter().collect();
-        while self.bytes + weight > budget {
-            match self.evict_one() {
-                Some(e) => out.push(e),
-                None => break,
-            }
-        }
+        self.evict_to(budget.saturating_sub(weight), &mut out);
         let slot = self.next_slot;
         self.next_slot += 1;
         self.ring.push_back((id, slot));
@@ -312,12 +318,7 @@ impl HotTier {
         e.state = state.clone();
         e.weight = e.weight - old + new;
         shard.bytes = shard.bytes - old + new;
-        while shard.bytes > self.shard_budget {
-            match shard.evict_one() {
-                Some(e) => evicted.push(e),
-                None => break,
-            }
-        }
+        shard.evict_to(self.shard_budget, &mut evicted);
         drop(guard); // before `evicted`: freed after the lock
     }
 
