@@ -2,6 +2,8 @@
 //! commands against it over TLS with client certificates from `writ certs issue`, crash
 //! durability (SIGKILL) and clean shutdown (SIGTERM).
 
+mod common;
+
 use serde_json::Value as Json;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -1921,10 +1923,7 @@ fn development_mode_accepts_asserted_identities_over_tls_and_plaintext() {
 /// party may hold; a bad file fails naming the field, and the server refuses to start on it.
 #[test]
 fn policy_check_reports_a_good_file_and_refuses_a_bad_one() {
-    // This checkout's file (cargo sets `CARGO_MANIFEST_DIR` when it runs the test).
-    let package: std::path::PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), Into::into);
-    let example = package.join("../../deploy/policy.example.toml");
+    let example = common::repo_root().join("deploy/policy.example.toml");
     let example = example.to_str().expect("a UTF-8 path");
     let o = writ(&["policy", "check", example], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", describe(&o));

@@ -10,6 +10,8 @@
 //!   killed with SIGKILL mid-way and started again on its data directory: every token it
 //!   acknowledged validates, or is revoked if its revocation was acknowledged.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -25,12 +27,8 @@ const WRIT: &str = env!("CARGO_BIN_EXE_writ");
 /// How long any awaited condition may take before the test fails.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// This checkout's script, from the `CARGO_MANIFEST_DIR` cargo sets when it runs the test
-/// (not the compile-time path: the binary may come from a shared target directory).
 fn script() -> PathBuf {
-    let package: PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
-    package.join("../../scripts/redis-cluster")
+    common::repo_root().join("scripts/redis-cluster")
 }
 
 /// A private cluster in its own directory, stopped (and removed) on drop; its watchdog

@@ -9,7 +9,9 @@
 //! never sets it. A machine without Python 3.11+ or Node.js 20+ fails here, naming what
 //! to install.
 
-use std::path::PathBuf;
+mod common;
+
+use common::repo_root;
 use std::process::Command;
 use std::time::Instant;
 
@@ -17,19 +19,6 @@ const WRIT: &str = env!("CARGO_BIN_EXE_writ");
 
 /// The Python suite and the example share one virtualenv: one at a time.
 static PYTHON_VENV: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-/// The repository's root (this crate is `crates/writ`), from the `CARGO_MANIFEST_DIR`
-/// cargo sets when it runs the test: a binary reused from a target directory shared with
-/// another checkout must find this checkout's files, not the path it was compiled at.
-fn root() -> PathBuf {
-    let package: PathBuf = std::env::var_os("CARGO_MANIFEST_DIR")
-        .map_or_else(|| env!("CARGO_MANIFEST_DIR").into(), PathBuf::from);
-    package
-        .ancestors()
-        .nth(2)
-        .expect("crates/writ has a grandparent")
-        .to_path_buf()
-}
 
 /// Runs `script` (relative to the root) with `WRIT_BIN` set, and fails the test with its
 /// whole output unless it exits 0. `needs` names the tool the script cannot run without.
@@ -41,11 +30,11 @@ fn run_suite(script: &str, needs: &str) {
     if Command::new(needs).arg("--version").output().is_err() {
         panic!("{script} needs `{needs}` on PATH (Python 3.11+ with venv, Node.js 20+ with npm)");
     }
-    let path = root().join(script);
+    let path = repo_root().join(script);
     assert!(path.is_file(), "{} is missing", path.display());
     let started = Instant::now();
     let out = Command::new(&path)
-        .current_dir(root())
+        .current_dir(repo_root())
         .env("WRIT_BIN", WRIT)
         .output()
         .unwrap_or_else(|e| panic!("running {}: {e}", path.display()));
