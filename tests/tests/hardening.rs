@@ -56,6 +56,21 @@ async fn a_duplicated_identity_header_is_refused_naming_it() {
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
     assert!(status.message().contains("authorization"), "{status:?}");
 
+    // Two client assertions: refused before either is read.
+    let req = with_header(
+        introspect(&root.token),
+        "writ-client-assertion",
+        &["a.b.c", "a.b.c"],
+    );
+    let status = raw.validate(req).await.expect_err("refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status
+            .message()
+            .contains("writ-client-assertion: sent more than once"),
+        "{status:?}"
+    );
+
     // One value of each is still fine.
     let req = with_header(introspect(&root.token), "x-writ-caller", &["planner"]);
     let answer = raw.validate(req).await.expect("validated").into_inner();
